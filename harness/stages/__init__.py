@@ -1,0 +1,56 @@
+"""Stage workers. Each stage module exposes `run(spec, task, paths) -> None`:
+
+- `spec` is the frozen `RunSpec` read back from the run directory (`spec.json`, with derived values such as
+  `tokenize.shards` already resolved at submit time), `task` the array index (0 for single-task stages),
+  `paths` the run directory layout.
+- A worker is idempotent: it skips work whose outputs verify, writes atomically, and never parses CLI flags.
+- `run_task` is the one function submitit pickles; it writes the task's completion marker after `run` returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from harness import spec as spec_mod
+from harness.rundir import RunPaths, is_done, mark_done, read_json
+
+StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
+
+ORDER: tuple[str, ...] = ("stage-assets", "tokenize", "merge", "finetune", "infer", "evaluate", "report")
+MODULES: dict[str, str] = {
+    "stage-assets": "harness.stages.assets",
+    "tokenize": "harness.stages.tokenize",
+    "merge": "harness.stages.merge",
+    "finetune": "harness.stages.finetune",
+    "infer": "harness.stages.infer",
+    "evaluate": "harness.stages.evaluate",
+    "report": "harness.stages.report",
+}
+
+log = logging.getLogger("harness")
+
+
+def load_run_spec(paths: RunPaths) -> spec_mod.RunSpec:
+    return spec_mod.from_dict(read_json(paths.spec_json), source=str(paths.spec_json))
+
+
+def worker(stage: str) -> StageFn:
+    return importlib.import_module(MODULES[stage]).run  # type: ignore[no-any-return]
+
+
+def run_task(run_dir: str, stage: str, task: int) -> str:
+    """Entry point of every Slurm/local task: load the frozen spec, run the stage, then mark it done."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = RunPaths(Path(run_dir))
+    if is_done(paths, stage, task):
+        log.info("%s[%d] already complete; nothing to do", stage, task)
+        return "skipped"
+    spec = load_run_spec(paths)
+    log.info("%s[%d] starting on %s (job %s)", stage, task, os.uname().nodename, os.environ.get("SLURM_JOB_ID", "-"))
+    worker(stage)(spec, task, paths)
+    mark_done(paths, stage, task, {"node": os.uname().nodename, "job": os.environ.get("SLURM_JOB_ID", "")})
+    return "done"
