@@ -481,3 +481,25 @@ def _tp_str(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def absolutize(spec: RunSpec, base: Path) -> RunSpec:
+    """Relative paths resolve against `base` (the submit directory) once, so every task on every node sees
+    the same absolute paths in the frozen spec. Repo ids stay repo ids unless a local path of that name exists."""
+
+    def path(p: str) -> str:
+        return str((base / Path(p).expanduser()).resolve()) if p else p
+
+    def asset(p: str) -> str:
+        local = base / Path(p).expanduser()
+        return str(local.resolve()) if p and (p.startswith(("/", "./", "../", "~")) or local.exists()) else p
+
+    r = dataclasses.replace
+    return r(spec,
+             run=r(spec.run, workdir=path(spec.run.workdir), results_dir=path(spec.run.results_dir)),
+             data=r(spec.data, videos=path(spec.data.videos), jsonl=path(spec.data.jsonl)),
+             assets=r(spec.assets, hf_home=path(spec.assets.hf_home)),
+             model=r(spec.model, checkpoint=asset(spec.model.checkpoint), text_encoder=asset(spec.model.text_encoder)),
+             tokenizer=r(spec.tokenizer, encoder=asset(spec.tokenizer.encoder), decoder=asset(spec.tokenizer.decoder)),
+             infer=r(spec.infer, inputs=path(spec.infer.inputs)),
+             evaluate=r(spec.evaluate, reference=path(spec.evaluate.reference)))

@@ -1,0 +1,223 @@
+"""`harness` command line. Input errors print one line each and exit 2; nothing else is caught here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import spec as spec_mod
+from harness.errors import HarnessError
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    for path in a.specs:
+        s = spec_mod.load(Path(path))
+        console.print(f"{path}: ok ({s.token_math.describe()})")
+    return 0
+
+
+def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes)
+    from harness import plan as plan_mod
+    from harness.launch import slurmcli
+
+    notes = []
+    if num_inputs is None:
+        try:
+            from harness.inputs import discover
+
+            num_inputs = len(discover(spec))
+        except HarnessError as e:
+            notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
+            num_inputs = 0
+    max_array, nodes = 1001, spec.tokenize.nodes_available or 1
+    if not slurmcli.controller_error():
+        max_array = slurmcli.max_array_size(slurmcli.config())
+        nodes = spec.tokenize.nodes_available or slurmcli.nodes_available(spec.tokenize.partition)
+    else:
+        notes.append(f"no Slurm controller here: MaxArraySize 1001 and {nodes} node(s) assumed")
+    facts = plan_mod.Facts(num_inputs=num_inputs, max_array_size=max_array, nodes_available=nodes)
+    return plan_mod.build(spec, facts), facts, notes
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from harness.launch import render, slurm
+    from harness.rundir import RunPaths
+
+    spec = spec_mod.absolutize(spec_mod.load(Path(a.spec)), Path.cwd())
+    plan, facts, notes = _plan_for_display(spec, a.num_inputs)
+    tm = plan.token_math
+    console.print(f"[bold]{spec.run.name}[/] ({spec.run.recipe}, model {spec.model.preset})")
+    console.print(f"token math: {tm.describe()}")
+    f = spec.finetune
+    console.print(f"finetune: {f.nodes} node(s) x {spec_mod.ranks_per_node(f)} rank(s)/node"
+                  f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel};"
+                  f" GBS {f.global_batch_size} = MBS {f.micro_batch_size} x DP {plan.data_parallel}"
+                  f" x grad-accum {plan.grad_accumulation}")
+    console.print(f"inputs: {plan.num_inputs} -> {plan.spec.tokenize.shards} shard(s); checkpoints at steps "
+                  f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
+    for w in list(plan.warnings) + notes:
+        console.print(f"[yellow]note:[/] {w}")
+    table = Table("stage", "tasks", "array", "after", "resources", "container")
+    for s in plan.stages:
+        r = s.resources
+        arr = ", ".join(f"{a}-{b - 1}" for a, b in s.chunks) + (f" %{r.array_throttle}" if r.array_throttle else "") \
+            if s.array else "-"
+        deps = ", ".join(f"{d.kind}:{d.stage}" for d in s.depends) or "-"
+        res = f"{r.nodes}N x {r.ntasks_per_node}T, {r.gpus_per_node} GPU/N, {r.cpus_per_task} CPU/T, {r.time_min} min"
+        table.add_row(s.name, str(s.tasks), arr, deps, res, "yes" if s.container else "-")
+    console.print(table)
+    paths = RunPaths(Path(spec.run.workdir) / f"{spec.run.name}-<run-id>")
+    placeholders = {s.name: [f"${{{s.name.upper().replace('-', '_')}_JOB_ID}}"] for s in plan.stages}
+    for i, s in enumerate(plan.stages):
+        params = render.executor_params(plan, s, paths, render.dependency(s, placeholders),
+                                        slurm.srun_args(plan, s, paths))
+        for k, (lo, hi) in enumerate(s.chunks):
+            text = render.sbatch_text(params, paths.logs(s.name) / "%j", slurm.python_for(plan, s),
+                                      hi - lo if s.array else None)
+            if s.name == "finetune" or a.out is None:
+                srun = next((ln for ln in text.splitlines() if ln.startswith("srun ")), "")
+                if s.name == "finetune":
+                    console.print(f"finetune srun: {srun}", soft_wrap=True)
+            if a.out is not None:
+                out = Path(a.out) / f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(text, encoding="utf-8")
+    if a.out is not None:
+        console.print(f"wrote {plan.sbatch_calls} sbatch script(s) to {a.out} (job ids shown as ${{STAGE_JOB_ID}})")
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from harness import launch
+
+    res = launch.submit(Path(a.spec), a.executor)
+    console.print(f"run {res.paths.run_id} -> {res.paths.root}")
+    console.print(f"executor: {res.choice.executor} ({res.choice.reason})")
+    for s in res.submissions:
+        console.print(f"  {s['stage']:<13} job {s['job_id']}")
+    if a.wait:
+        from harness import ops
+
+        return ops.wait(res.paths, timeout_s=a.timeout)
+    return 0
+
+
+def _ops(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(a: argparse.Namespace) -> int:
+        from harness import ops
+
+        return getattr(ops, "cmd_" + name)(a)  # type: ignore[no-any-return]
+    return run
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from harness import synth
+
+    out = synth.make_quickstart(Path(a.out))
+    for k, v in out.items():
+        console.print(f"{k}: {v}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    import json
+
+    from harness.stages.evaluate import evaluate_dirs
+
+    result = evaluate_dirs(Path(a.reference), Path(a.generated), backend=a.backend)
+    console.print_json(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import importlib
+    import json
+
+    mod = importlib.import_module(f"harness.bench.{a.name}")
+    result = mod.run(a.args)
+    console.print_json(json.dumps(result, default=str))
+    return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check specs; one line per problem, exit 2 on any")
+    s.add_argument("specs", nargs="+")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("plan", help="print the DAG, token math and resources; --out writes every sbatch script")
+    s.add_argument("spec")
+    s.add_argument("--out", default=None)
+    s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
+    s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("submit", help="submit the whole DAG; returns at once with the run id and job ids")
+    s.add_argument("spec")
+    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
+    s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
+    s.add_argument("--timeout", type=float, default=3600.0)
+    s.set_defaults(fn=cmd_submit)
+
+    for name, helptext in (("status", "stage and array-task states"), ("logs", "a task's stdout/stderr"),
+                           ("resume", "resubmit only incomplete tasks and the stages after them"),
+                           ("cancel", "cancel a run (or one stage)"), ("report", "tables + results files"),
+                           ("runs", "list runs")):
+        s = sub.add_parser(name, help=helptext)
+        if name != "runs":
+            s.add_argument("run", help="run id or run directory")
+        else:
+            s.add_argument("--workdir", default="runs")
+        if name == "logs":
+            s.add_argument("stage")
+            s.add_argument("task", nargs="?", type=int, default=0)
+            s.add_argument("--follow", "-f", action="store_true")
+            s.add_argument("--stderr", action="store_true")
+        if name == "status":
+            s.add_argument("--watch", action="store_true")
+        if name == "cancel":
+            s.add_argument("stage", nargs="?", default=None)
+        if name in ("status", "resume", "cancel", "report", "logs"):
+            s.add_argument("--workdir", default="runs", help="where to look up a run id")
+        s.set_defaults(fn=_ops(name))
+
+    s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
+    s.add_argument("--out", default=".quickstart")
+    s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("evaluate", help="TokenBench PSNR/SSIM of generated vs reference videos")
+    s.add_argument("--reference", required=True)
+    s.add_argument("--generated", required=True)
+    s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
+    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare"])
+    s.add_argument("args", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except HarnessError as e:
+        for problem in e.problems:
+            err.print(str(problem), markup=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

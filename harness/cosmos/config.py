@@ -1,0 +1,86 @@
+"""megatron-core `TransformerConfig` for a Cosmos preset: the one place model hyper-parameters become mcore
+settings. Cosmos AR is a Llama-3-style decoder (RMSNorm, SwiGLU, no biases, GQA) plus qk-layernorm and a 3D RoPE
+that the harness injects itself (so mcore's own position embedding is off)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from harness.models import ModelPreset
+
+Precision = Literal["bf16-mixed", "fp32"]
+
+LAYERNORM_EPS = 1e-5
+INIT_STD = 0.02
+YARN_BETA_FAST = 4.0
+YARN_BETA_SLOW = 1.0
+"""YaRN band edges of the 12B configs (NeMo's CosmosConfig12B: yarn_beta_fast 4, yarn_beta_slow 1)."""
+
+
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN frequency rescaling of the 3D RoPE; only the 12B-family presets use it."""
+
+    scale: float
+    original_grid: tuple[int, int, int]
+    beta_fast: float = YARN_BETA_FAST
+    beta_slow: float = YARN_BETA_SLOW
+
+
+def head_dim(preset: ModelPreset) -> int:
+    return preset.hidden_size // preset.num_attention_heads
+
+
+def yarn(preset: ModelPreset) -> Yarn | None:
+    if preset.yarn_scale == 1.0 or preset.yarn_original_grid is None:
+        return None
+    return Yarn(preset.yarn_scale, preset.yarn_original_grid)
+
+
+def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision = "fp32",
+                       recompute: str = "none") -> TransformerConfig:
+    """Fusions that need Apex/TE/CUDA kernels are switched off: the harness runs on CPU and on GPUs without
+    Transformer Engine, and SDPA already fuses the attention."""
+    bf16 = precision == "bf16-mixed"
+    kw: dict[str, object] = dict(
+        num_layers=preset.num_layers,
+        hidden_size=preset.hidden_size,
+        ffn_hidden_size=preset.ffn_hidden_size,
+        num_attention_heads=preset.num_attention_heads,
+        num_query_groups=preset.num_query_groups,
+        kv_channels=head_dim(preset),
+        normalization="RMSNorm",
+        layernorm_epsilon=LAYERNORM_EPS,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        rotary_interleaved=False,
+        tensor_model_parallel_size=tp,
+        sequence_parallel=False,
+        init_method_std=INIT_STD,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        autocast_dtype=torch.bfloat16 if bf16 else torch.float32,
+    )
+    if recompute == "full":
+        kw.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recompute == "selective":
+        kw.update(recompute_granularity="selective")
+    return TransformerConfig(**kw)  # type: ignore[arg-type]

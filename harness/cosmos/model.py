@@ -1,0 +1,244 @@
+"""The Cosmos AR model on megatron-core: a `GPTModel` built from a harness layer spec, with the 3D RoPE injected.
+
+Layer spec: mcore's `SelfAttention`/`MLP`/`TransformerLayer` with tensor-parallel linears, plus three harness
+modules: `SDPAttention` (core attention through torch SDPA, flash on GPU; mcore's unfused local attention
+materialises S x S scores and runs out of memory at 12,800 tokens), `NormedColumnParallelLinear` (RMSNorm fused
+into the following linear, so parameter names match Transformer Engine's `layer_norm_weight`, i.e. the keys of a
+NeMo 2 Cosmos checkpoint), and `RMSNorm` for the q/k and final norms.
+
+Stable forward API (used by training, inference and the bench):
+    logits = model(tokens, start=0)                      # tokens [b, s] int64 -> [b, s, vocab_out] (gathered)
+    loss = model(tokens, labels=labels)                  # per-token loss [b, s] (float32), TP-exact
+    logits = model(tokens, start=p, kv_cache=cache)      # incremental decoding: tokens at positions [p, p+s)
+Video2World adds `context=[b, L, crossattn_dim]` (T5 embeddings) and optional `context_mask=[b, L]` (True = keep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.models.gpt.gpt_model import GPTModel
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from harness.cosmos import config as cfg
+from harness.cosmos.rope3d import Rope3D, abs_sincos
+from harness.models import ModelPreset
+from harness.tokens import Grid
+
+
+class RMSNorm(torch.nn.Module):
+    """RMSNorm computed in fp32 (`eps` from the config); mcore's local norms need Apex or wrap torch's."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = cfg.LAYERNORM_EPS,
+                 **_: Any) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        setattr(self.weight, "sequence_parallel", False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
+    """RMSNorm then a column-parallel linear; the norm weight is `layer_norm_weight`, as in TE's
+    `TELayerNormColumnParallelLinear`, so the state-dict keys equal those of NeMo's Cosmos checkpoints."""
+
+    def __init__(self, input_size: int, output_size: int, *, config: TransformerConfig, **kw: Any) -> None:
+        kw.pop("tp_comm_buffer_name", None)
+        super().__init__(input_size, output_size, config=config, **kw)
+        self.eps = config.layernorm_epsilon
+        self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, dtype=config.params_dtype))
+        setattr(self.layer_norm_weight, "sequence_parallel", False)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), self.layer_norm_weight.float(), self.eps).to(x.dtype)
+        return super().forward(normed, *args, **kw)
+
+
+class _TPLinear(tensor_parallel.ColumnParallelLinear):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        kw.pop("tp_comm_buffer_name", None)
+        super().__init__(*a, **kw)
+
+
+class _TPRowLinear(tensor_parallel.RowParallelLinear):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        kw.pop("tp_comm_buffer_name", None)
+        super().__init__(*a, **kw)
+
+
+@dataclass
+class LayerKV:
+    """One layer's cached keys/values [b, heads_kv, s, d] (this TP rank's heads)."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+@dataclass
+class KVCache:
+    """Per-layer self-attention caches for incremental decoding; `length` = positions already consumed."""
+
+    layers: list[LayerKV] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return 0 if not self.layers or self.layers[0].k is None else int(self.layers[0].k.shape[2])
+
+
+class SDPAttention(MegatronModule):
+    """Core attention through `torch.nn.functional.scaled_dot_product_attention` (flash/efficient kernels on GPU,
+    GQA without materialising repeated K/V). Receives mcore's [s, b, heads, d] tensors, returns [s, b, heads*d]."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str = "self", softmax_scale: float | None = None, **_: Any) -> None:
+        super().__init__(config=config)
+        self.attn_mask_type = attn_mask_type
+        self.attention_type = attention_type
+        self.softmax_scale = softmax_scale
+        self.kv: LayerKV | None = None
+        """Set by `CosmosModel.forward` while decoding with a cache."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None,
+                attn_mask_type: Any = None, attention_bias: Any = None, packed_seq_params: Any = None,
+                **_: Any) -> torch.Tensor:
+        sq, b = query.shape[0], query.shape[1]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        if self.kv is not None and self.attention_type == "self":
+            k, v = self.kv.append(k, v)
+        gqa = q.shape[1] != k.shape[1]
+        sk = k.shape[2]
+        mask = None
+        causal = self.attention_type == "self" and self.attn_mask_type == AttnMaskType.causal
+        if causal and sq != sk and sq > 1:
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+        elif attention_mask is not None and not causal:
+            mask = attention_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and sq == sk and sq > 1,
+                                             scale=self.softmax_scale, enable_gqa=gqa)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+
+class CosmosLayer(TransformerLayer):
+    """A TransformerLayer that adds Video2World's absolute position embedding to its input (every layer, as
+    Cosmos' `extra_per_block_abs_pos_emb`). `abs_pos` ([s, 1, h]) is set by `CosmosModel.forward`."""
+
+    abs_pos: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        if self.abs_pos is not None:
+            hidden_states = hidden_states + self.abs_pos.to(hidden_states.dtype)
+        return super().forward(hidden_states, *args, **kw)
+
+
+def layer_spec(video2world: bool = False) -> TransformerBlockSubmodules:
+    """The Cosmos decoder spec (mcore modules + the harness' SDPA core attention and fused-norm linears)."""
+    cross: dict[str, Any] = {}
+    if video2world:
+        from harness.cosmos.video2world import cross_attention_spec  # noqa: PLC0415 (only V2W needs it)
+        cross = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm),
+                     cross_attn_bda=get_bias_dropout_add)
+    layer = ModuleSpec(
+        module=CosmosLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=IdentityOp,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=NormedColumnParallelLinear,
+                    core_attention=SDPAttention,
+                    linear_proj=_TPRowLinear,
+                    q_layernorm=RMSNorm,
+                    k_layernorm=RMSNorm,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=IdentityOp,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=NormedColumnParallelLinear,
+                                                                linear_fc2=_TPRowLinear)),
+            mlp_bda=get_bias_dropout_add,
+            **cross,
+        ),
+    )
+    return TransformerBlockSubmodules(layer_specs=[layer], layer_norm=RMSNorm)
+
+
+class CosmosModel(GPTModel):
+    """GPTModel with the Cosmos 3D RoPE (and, for Video2World, abs positions, cross-attention, 64,000 outputs)."""
+
+    def __init__(self, preset: ModelPreset, grid: Grid, config: TransformerConfig, seq_len: int) -> None:
+        spec = layer_spec(preset.video2world)
+        spec.layer_specs = [spec.layer_specs[0]] * preset.num_layers
+        super().__init__(config=config, transformer_layer_spec=spec, vocab_size=preset.vocab_size,
+                         max_sequence_length=preset.seq_length, share_embeddings_and_output_weights=False,
+                         position_embedding_type="none", parallel_output=True)
+        self.preset, self.grid, self.seq_len = preset, grid, seq_len
+        self.rope = Rope3D(grid, cfg.head_dim(preset), preset.rotary_base, cfg.yarn(preset),
+                           bov=preset.video2world, length=seq_len)
+        if preset.video2world:
+            from harness.cosmos.video2world import setup_video2world  # noqa: PLC0415
+            setup_video2world(self, config, preset, grid, seq_len)
+
+    def forward(self, tokens: torch.Tensor, *, start: int = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
+                kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        n = tokens.shape[1]
+        if kv_cache is not None:
+            start = kv_cache.length
+        self._bind_cache(kv_cache)
+        hidden = self.embedding(input_ids=tokens, position_ids=None)
+        rope = self.rope(start, n).to(hidden.device)
+        extra: dict[str, Any] = {}
+        if self.preset.video2world:
+            from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
+            extra = prepare_context(self, hidden, start, n, context, context_mask)
+        hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=rope, **extra)
+        logits, _ = self.output_layer(hidden)
+        if labels is not None:
+            loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.transpose(0, 1).contiguous())
+            return loss.transpose(0, 1).contiguous()
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+        return logits.transpose(0, 1).contiguous()
+
+    def _bind_cache(self, kv_cache: KVCache | None) -> None:
+        attns = [layer.self_attention.core_attention for layer in self.decoder.layers]
+        if kv_cache is not None and not kv_cache.layers:
+            kv_cache.layers.extend(LayerKV() for _ in attns)
+        for i, attn in enumerate(attns):
+            attn.kv = kv_cache.layers[i] if kv_cache is not None else None
+
+
+def build_model(preset: ModelPreset, grid: Grid, *, tp: int = 1, precision: cfg.Precision = "fp32",
+                recompute: str = "none", seq_len: int | None = None, device: str | torch.device | None = None
+                ) -> CosmosModel:
+    """Build on this rank (torch.distributed and mcore parallel state must be initialised; see `train.init_parallel`).
+    `seq_len` is the longest input the RoPE tables cover (default: a whole sample of this grid)."""
+    if parallel_state.get_tensor_model_parallel_world_size() != tp:
+        raise ValueError(f"model TP {tp} != initialised tensor-parallel size "
+                         f"{parallel_state.get_tensor_model_parallel_world_size()}")
+    conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute)
+    if seq_len is None:
+        seq_len = grid.tokens + (64 if preset.video2world else 0)
+    model = CosmosModel(preset, grid, conf, seq_len)
+    dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(dev)

@@ -1,0 +1,93 @@
+"""Stage plan -> submitit executor parameters and sbatch text. Pure: no Slurm calls, no file writes.
+
+The sbatch text comes from submitit's own renderer, so `harness plan --out` shows exactly what
+`harness submit` sends. Secrets are never rendered: HF_TOKEN reaches stage-assets through the job's
+inherited environment and is unset for every other stage.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from submitit.slurm.slurm import _make_sbatch_string
+
+from harness.plan import Plan, StagePlan
+from harness.rundir import RunPaths
+from harness.spec import RunSpec
+
+SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+
+
+def dependency(stage: StagePlan, parent_ids: dict[str, list[str]]) -> str:
+    """`afterok:1:2` style, one entry per parent array (several when a big array was split)."""
+    parts = []
+    for dep in stage.depends:
+        ids = parent_ids.get(dep.stage, [])
+        if ids:
+            parts.append(dep.kind + ":" + ":".join(ids))
+    return ",".join(parts)
+
+
+def container_args(spec: RunSpec, paths: RunPaths, harness_src: Path, deps_src: list[Path]) -> list[str]:
+    """Pyxis flags: the image, the harness source and its pure-python deps, the run dir and the HF cache."""
+    c = spec.container
+    hf_home = str(Path(spec.assets.hf_home).expanduser())
+    mounts = [f"{harness_src}:{c.harness_mount}:ro", f"{paths.root}:{paths.root}", f"{hf_home}:{hf_home}"]
+    mounts += [f"{d}:{c.harness_mount}-deps/{d.name}:ro" for d in deps_src]
+    mounts += list(c.mounts)
+    workdir = c.workdir or c.harness_mount
+    return [f"--container-image={c.image}", "--container-mounts=" + ",".join(mounts),
+            f"--container-workdir={workdir}", "--no-container-mount-home"]
+
+
+def setup_lines(spec: RunSpec, stage: StagePlan) -> list[str]:
+    hf_home = str(Path(spec.assets.hf_home).expanduser())
+    lines = [f"export HF_HOME={shlex.quote(hf_home)}"]
+    if stage.name != "stage-assets":
+        lines += ["export HF_HUB_OFFLINE=1", "unset " + " ".join(SECRETS)]
+    if stage.container:
+        mount = spec.container.harness_mount
+        lines.append(f"export PYTHONPATH={shlex.quote(mount)}:{shlex.quote(mount + '-deps')}"
+                     "${PYTHONPATH:+:$PYTHONPATH}")
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(spec.container.env.items())]
+    if stage.resources.nodes * stage.resources.ntasks_per_node > 1:
+        lines += ['_first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                  "export MASTER_ADDR=$(scontrol show node \"$_first\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')",
+                  "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))"]
+    return lines
+
+
+def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, srun_args: list[str]) -> dict[str, Any]:
+    r, spec = stage.resources, plan.spec
+    params: dict[str, Any] = {
+        "job_name": f"{spec.run.name}.{stage.name}",
+        "time": r.time_min,
+        "nodes": r.nodes,
+        "ntasks_per_node": r.ntasks_per_node,
+        "cpus_per_task": r.cpus_per_task,
+        "signal_delay_s": r.signal_delay_s,
+        "setup": setup_lines(spec, stage),
+        "comment": paths.run_id,
+        "additional_parameters": {"kill-on-invalid-dep": "yes"},
+        "srun_args": srun_args,
+    }
+    optional = {"partition": r.partition, "account": r.account, "qos": r.qos, "constraint": r.constraint,
+                "gpus_per_node": r.gpus_per_node, "mem": f"{r.mem_gb}GB" if r.mem_gb else "",
+                "dependency": dep}
+    params.update({k: v for k, v in optional.items() if v})
+    if stage.array and r.array_throttle:
+        params["array_parallelism"] = r.array_throttle
+    if stage.requeue:
+        params["additional_parameters"] = {**params["additional_parameters"], "requeue": True}
+    return params
+
+
+def sbatch_text(params: dict[str, Any], folder: Path, python: str, array_size: int | None) -> str:
+    """The exact script submitit writes for these parameters (array_size None: not an array)."""
+    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    p = dict(params)
+    if array_size is not None and array_size > 1:
+        p["map_count"] = array_size
+    return _make_sbatch_string(command=command, folder=folder, **p)

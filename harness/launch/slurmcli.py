@@ -1,0 +1,114 @@
+"""The one subprocess boundary to Slurm's client tools.
+
+Every call goes through `_run`, which counts calls per command so tests can check that a status of a
+1,000-task run costs at most two queries. Queries are batched: one squeue and one sacct per call.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+
+CALLS: collections.Counter[str] = collections.Counter()
+"""Slurm client invocations by command name, for tests and benchmarks."""
+
+
+def _run(cmd: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    CALLS[cmd[0]] += 1
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"{cmd[0]}: {e}") from None
+    if check and proc.returncode != 0:
+        raise HarnessError(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {proc.stderr.strip()[:400]}")
+    return proc
+
+
+def have_sbatch() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def controller_error() -> str:
+    """'' when a Slurm controller answers; otherwise why not (client tools can exist with no cluster)."""
+    if not have_sbatch():
+        return "sbatch not found on PATH"
+    try:
+        proc = _run(["scontrol", "ping"], timeout=15, check=False)
+    except HarnessError as e:
+        return str(e)
+    if proc.returncode != 0 or "UP" not in proc.stdout:
+        return f"no Slurm controller answers (scontrol ping: {(proc.stdout + proc.stderr).strip()[:200]})"
+    return ""
+
+
+def config() -> dict[str, str]:
+    out = _run(["scontrol", "show", "config"]).stdout
+    cfg = {}
+    for line in out.splitlines():
+        if "=" in line:
+            k, _, v = line.partition("=")
+            cfg[k.strip()] = v.strip()
+    return cfg
+
+
+def max_array_size(cfg: dict[str, str]) -> int:
+    """Largest array size Slurm accepts: indices run 0..MaxArraySize-1."""
+    try:
+        return int(cfg.get("MaxArraySize", "1001"))
+    except ValueError:
+        return 1001
+
+
+def nodes_available(partition: str = "") -> int:
+    cmd = ["sinfo", "-h", "-N", "-o", "%N %t"] + (["-p", partition] if partition else [])
+    lines = _run(cmd).stdout.split()
+    names = {lines[i] for i in range(0, len(lines) - 1, 2) if not lines[i + 1].startswith(("down", "drain"))}
+    return max(1, len(names))
+
+
+@dataclass(frozen=True)
+class TaskState:
+    job_id: str
+    """Array job id plus index, e.g. 1234_7, or a plain job id."""
+    state: str
+    node: str = ""
+    elapsed: str = ""
+    exit_code: str = ""
+    reason: str = ""
+
+
+def squeue(job_ids: list[str]) -> dict[str, TaskState]:
+    """Live tasks (pending ones with their reason) in one call."""
+    if not job_ids:
+        return {}
+    out = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r"], check=False).stdout
+    states = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) == 5:
+            states[parts[0]] = TaskState(parts[0], parts[1], parts[2], parts[3], "", parts[4])
+    return states
+
+
+def sacct(job_ids: list[str]) -> dict[str, TaskState]:
+    """Finished (and running) tasks from accounting, in one call; array tasks expanded."""
+    if not job_ids:
+        return {}
+    out = _run(["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,Elapsed,ExitCode,Reason"],
+               check=False).stdout
+    states = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 6:
+            state = parts[1].split()[0] if parts[1] else "UNKNOWN"
+            states[parts[0]] = TaskState(parts[0], state, parts[2], parts[3], parts[4], parts[5])
+    return states
+
+
+def scancel(job_ids: list[str]) -> None:
+    if job_ids:
+        _run(["scancel", *job_ids], check=False)

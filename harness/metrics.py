@@ -1,0 +1,250 @@
+"""Video quality metrics: PSNR and SSIM, as TokenBench defines them, fast.
+
+Definitions (the reference backend computes them with scikit-image itself):
+- PSNR: ONE mean squared error over every pixel of every compared frame (peak 255), as TokenBench does;
+  identical clips have no finite PSNR: `psnr` returns `math.inf` and callers report it explicitly.
+- SSIM: `skimage.metrics.structural_similarity(data_range=255, channel_axis=-1)` with its defaults, per frame,
+  then averaged over frames. Those defaults are a 7x7 uniform window, K1=0.01, K2=0.03, sample covariance
+  (49/48), the SSIM map averaged per channel over the pixels at least 3 from the border, channels averaged.
+
+The fast backend relies on one fact: inside the cropped region every 7x7 window lies in the image, so the
+border mode of skimage's filter never matters, and on uint8 input all window sums are exact integers. Only
+the final SSIM ratio is floating point (float64), so the fast values equal skimage's to ~1e-12.
+Two engines compute it: a numba kernel (one fused pass per channel; CPU) and torch (cumulative sums;
+used on CUDA, also runnable on CPU for testing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+Backend = Literal["auto", "fast", "skimage"]
+Engine = Literal["numba", "torch"]
+
+PEAK = 255.0
+WIN = 7
+"""skimage's default window (gaussian_weights=False)."""
+K1, K2 = 0.01, 0.03
+C1, C2 = (K1 * PEAK) ** 2, (K2 * PEAK) ** 2
+NP = WIN * WIN
+CROP = (WIN - 1) // 2
+
+
+def check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    """Both clips must be uint8 [T,H,W,C] of one shape: the exact-integer fast path depends on uint8."""
+    if a.shape != b.shape:
+        raise ValueError(f"clips differ in shape: {a.shape} vs {b.shape}")
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"clips must be uint8, got {a.dtype} and {b.dtype}")
+    if a.ndim != 4 or a.shape[1] < WIN or a.shape[2] < WIN:
+        raise ValueError(f"clips must be [T,H,W,C] with H, W >= {WIN}, got {a.shape}")
+
+
+def psnr_from_mse(mse: float) -> float:
+    return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)
+
+
+# ------------------------------------------------------------------------------------------ reference
+def psnr_skimage(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import mean_squared_error
+
+    check_pair(a, b)
+    return psnr_from_mse(float(mean_squared_error(a, b)))
+
+
+def ssim_skimage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame SSIM, computed by scikit-image itself: the reference the fast path is tested against."""
+    from skimage.metrics import structural_similarity
+
+    check_pair(a, b)
+    return np.array([structural_similarity(a[i], b[i], data_range=PEAK, channel_axis=-1)
+                     for i in range(a.shape[0])], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------ numba
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a declared dependency; torch still works without it
+    numba = None
+
+
+def _ssim_frames_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float) -> np.ndarray:  # pragma: no cover
+    """a, b: uint8 [T, H, W*C] (a frame's rows with channels interleaved). One pass per frame: vertical
+    running sums over contiguous rows (vectorizable), horizontal prefix sums with stride C, then the SSIM
+    ratio of each window; no [T,H,W,C]-sized temporaries."""
+    t_n, h, wc = a.shape
+    ho, wo = h - 6, wc // c_n - 6
+    span = 7 * c_n
+    r2 = 1.0 / (49.0 * 49.0)
+    r48 = 1.0 / (49.0 * 48.0)
+    out = np.empty(t_n, dtype=np.float64)
+    col = np.zeros((5, wc), dtype=np.int32)
+    pre = np.zeros((5, wc + c_n), dtype=np.int32)
+    for t in range(t_n):
+        col[:, :] = 0
+        total = 0.0
+        for i in range(h):
+            for q in range(wc):
+                x = np.int32(a[t, i, q])
+                y = np.int32(b[t, i, q])
+                col[0, q] += x
+                col[1, q] += y
+                col[2, q] += x * x
+                col[3, q] += y * y
+                col[4, q] += x * y
+            if i >= 7:
+                for q in range(wc):
+                    x = np.int32(a[t, i - 7, q])
+                    y = np.int32(b[t, i - 7, q])
+                    col[0, q] -= x
+                    col[1, q] -= y
+                    col[2, q] -= x * x
+                    col[3, q] -= y * y
+                    col[4, q] -= x * y
+            if i < 6:
+                continue
+            for k in range(5):
+                for q in range(wc):
+                    pre[k, q + c_n] = pre[k, q] + col[k, q]
+            for q in range(wo * c_n):
+                sx = pre[0, q + span] - pre[0, q]
+                sy = pre[1, q + span] - pre[1, q]
+                sxx = pre[2, q + span] - pre[2, q]
+                syy = pre[3, q + span] - pre[3, q]
+                sxy = pre[4, q + span] - pre[4, q]
+                sxsy = sx * sy
+                sq = sx * sx + sy * sy
+                a1 = 2.0 * sxsy * r2 + c1
+                b1 = sq * r2 + c1
+                a2 = 2.0 * (49 * sxy - sxsy) * r48 + c2
+                b2 = (49 * (sxx + syy) - sq) * r48 + c2
+                total += a1 * a2 / (b1 * b2)
+        out[t] = total / (c_n * ho * wo)
+    return out
+
+
+def _sum_sq_diff_py(a: np.ndarray, b: np.ndarray) -> int:  # pragma: no cover
+    fa = a.ravel()
+    fb = b.ravel()
+    acc = np.int64(0)
+    for k in range(fa.size):
+        d = np.int64(fa[k]) - np.int64(fb[k])
+        acc += d * d
+    return acc
+
+
+if numba is not None:
+    _ssim_frames_nb = numba.njit(cache=True, nogil=True, fastmath=True)(_ssim_frames_py)
+    _sum_sq_diff_nb = numba.njit(cache=True, nogil=True)(_sum_sq_diff_py)
+
+
+def _numba_kernels() -> tuple:
+    if numba is None:
+        raise ImportError("the fast CPU metrics need numba: pip install numba (or use backend='skimage')")
+    return _ssim_frames_nb, _sum_sq_diff_nb
+
+
+# ------------------------------------------------------------------------------------------ torch
+def _box_sum_torch(x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """Exact 7x7 'valid' window sums of an int32 tensor [..., H, W] via cumulative sums."""
+    import torch
+    import torch.nn.functional as F
+
+    c = F.pad(torch.cumsum(x, -1, dtype=torch.int32), (1, 0))
+    x = c[..., WIN:] - c[..., :-WIN]
+    c = F.pad(torch.cumsum(x, -2, dtype=torch.int32), (0, 0, 1, 0))
+    return c[..., WIN:, :] - c[..., :-WIN, :]
+
+
+def ssim_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
+               device: str = "cpu", chunk: int = 8) -> np.ndarray:
+    """Per-frame SSIM on torch; int32 window sums are exact (max 49 * 49 * 255^2 < 2^31)."""
+    import torch
+
+    ta = torch.as_tensor(a).to(device, non_blocking=True)
+    tb = torch.as_tensor(b).to(device, non_blocking=True)
+    out = []
+    for s in range(0, ta.shape[0], chunk):
+        x = ta[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)
+        y = tb[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)
+        sx, sy, sxx, syy, sxy = _box_sum_torch(torch.stack([x, y, x * x, y * y, x * y]))
+        sxsy = sx * sy
+        sq = sx * sx + sy * sy
+        a1 = (2 * sxsy).double() / (NP * NP) + C1
+        b1 = sq.double() / (NP * NP) + C1
+        a2 = (2 * (NP * sxy - sxsy)).double() / (NP * (NP - 1)) + C2
+        b2 = (NP * (sxx + syy) - sq).double() / (NP * (NP - 1)) + C2
+        smap = a1 * a2 / (b1 * b2)
+        out.append(smap.mean(dim=(1, 2, 3)))
+    return torch.cat(out).cpu().numpy()
+
+
+def sum_sq_diff_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
+                      device: str = "cpu") -> int:
+    import torch
+
+    d = torch.as_tensor(a).to(device).to(torch.int32) - torch.as_tensor(b).to(device).to(torch.int32)
+    return int((d * d).sum(dtype=torch.int64).item())
+
+
+# ------------------------------------------------------------------------------------------ public
+def fast_engine(device: str) -> Engine:
+    """numba on CPU (one fused pass, no temporaries); torch where the data lives on a GPU."""
+    return "torch" if device.startswith("cuda") else "numba"
+
+
+def default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def resolve_backend(backend: str) -> Literal["fast", "skimage"]:
+    if backend in ("auto", "fast"):
+        return "fast"
+    if backend == "skimage":
+        return "skimage"
+    raise ValueError(f"metric backend {backend!r}: must be one of auto, fast, skimage")
+
+
+def clip_metrics(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu",
+                 engine: Engine | None = None) -> tuple[int, np.ndarray]:
+    """(sum of squared differences, per-frame SSIM) of two aligned uint8 clips.
+
+    The squared-error SUM (an exact integer) is returned rather than PSNR so callers can pool any subset of
+    frames into one MSE (all compared frames, or only the predicted ones) without recomputing."""
+    check_pair(a, b)
+    if resolve_backend(backend) == "skimage":
+        from skimage.metrics import mean_squared_error
+
+        sse = int(round(float(mean_squared_error(a, b)) * a.size))
+        return sse, ssim_skimage(a, b)
+    engine = engine or fast_engine(device)
+    if engine == "torch":
+        return sum_sq_diff_torch(a, b, device), ssim_torch(a, b, device)
+    ssim_k, sse_k = _numba_kernels()
+    t, h, w, c = a.shape
+    a = np.ascontiguousarray(a).reshape(t, h, w * c)
+    b = np.ascontiguousarray(b).reshape(t, h, w * c)
+    return int(sse_k(a, b)), ssim_k(a, b, c, C1, C2)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:
+    """PSNR of one MSE over the whole clip; math.inf when the clips are identical."""
+    if resolve_backend(backend) == "skimage":
+        return psnr_skimage(a, b)
+    check_pair(a, b)
+    sse = sum_sq_diff_torch(a, b, device) if fast_engine(device) == "torch" else \
+        int(_numba_kernels()[1](np.ascontiguousarray(a), np.ascontiguousarray(b)))
+    return psnr_from_mse(sse / a.size)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:
+    """Mean over frames of skimage's per-frame SSIM."""
+    return float(clip_metrics(a, b, backend, device)[1].mean())

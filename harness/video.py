@@ -1,0 +1,121 @@
+"""Video I/O with PyAV: the one definition of how a file becomes a [T, H, W, 3] uint8 clip, and back.
+
+Tokenize, infer and evaluate all go through `load_clip`, so a clip is cropped and padded the same way
+everywhere. Resizing happens in swscale (C) straight to the cover size, then a center crop in numpy;
+decoding stops after the first T frames. This module imports no torch: decode worker processes stay small.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from harness.errors import HarnessError, Problem
+
+
+class VideoError(HarnessError):
+    """A file that is not a decodable video; the tokenize stage records it as skipped with this reason."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(Problem(str(path), "", reason))
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClipShape:
+    frames: int
+    height: int
+    width: int
+
+
+def cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
+    """Smallest size with the source aspect ratio that covers width x height."""
+    scale = max(width / src_w, height / src_h)
+    return max(width, round(src_w * scale)), max(height, round(src_h * scale))
+
+
+def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.ndarray:
+    """First `shape.frames` frames, resized to cover and center-cropped; short clips repeat their last frame."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise VideoError(path, "empty file (0 bytes)")
+        frames = _decode(path, shape, threads)
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
+        raise VideoError(path, f"cannot decode: {e.__class__.__name__}: {_first_line(e)}") from None
+    if not frames:
+        raise VideoError(path, "no decodable video frames")
+    while len(frames) < shape.frames:
+        frames.append(frames[-1])
+    return np.stack(frames)
+
+
+def _decode(path: Path, shape: ClipShape, threads: int) -> list[np.ndarray]:
+    frames: list[np.ndarray] = []
+    with av.open(str(path), mode="r") as container:
+        if not container.streams.video:
+            raise VideoError(path, "no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        for frame in container.decode(stream):
+            frames.append(_fit(frame, shape))
+            if len(frames) == shape.frames:
+                break
+    return frames
+
+
+def _fit(frame: av.VideoFrame, shape: ClipShape) -> np.ndarray:
+    cw, ch = cover_size(frame.width, frame.height, shape.width, shape.height)
+    rgb = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
+    y0, x0 = (ch - shape.height) // 2, (cw - shape.width) // 2
+    return np.ascontiguousarray(rgb[y0:y0 + shape.height, x0:x0 + shape.width])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "strerror", None) or e).strip().splitlines()
+    return text[0] if text else "(no message)"
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int, *, crf: int = 12) -> None:
+    """Write uint8 [T, H, W, 3] as H.264 (MPEG-4 part 2 where libx264 is missing), atomically."""
+    path = Path(path)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise HarnessError(f"{path}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} "
+                           f"{list(frames.shape)}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise HarnessError(f"{path}: {w}x{h}: width and height must be even for yuv420p video")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4.tmp")
+    os.close(fd)
+    try:
+        _encode(tmp, frames, fps, crf)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _encode(tmp: str, frames: np.ndarray, fps: int, crf: int) -> None:
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(tmp, mode="w", format="mp4") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        else:
+            stream.codec_context.qscale = 2
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
