@@ -6,6 +6,7 @@ reference is generated from these). Unknown keys are errors with the closest val
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import math
@@ -315,7 +316,7 @@ def _coerce(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[Any, str]:
                 return None, f"item {i}: {message}"
             items.append(item)
         return tuple(items), ""
-    if origin in (Mapping, dict) or tp is Mapping:
+    if origin in (Mapping, dict, collections.abc.Mapping):
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             return None, "must be a table of strings"
         return types.MappingProxyType(dict(value)), ""
