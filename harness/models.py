@@ -54,7 +54,7 @@ _COSMOS_12B = dict(num_layers=40, hidden_size=5120, ffn_hidden_size=14_336, num_
                    num_query_groups=8, seq_length=15_360, pretrain_grid=(5, 40, 64),
                    pretrain_compression=(8, 16, 16), yarn_scale=2.0, yarn_original_grid=(3, 40, 64))
 _TINY = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-             seq_length=4096, pretrain_grid=(3, 4, 4), pretrain_compression=(4, 8, 8))
+             seq_length=4096, pretrain_grid=(3, 6, 8), pretrain_compression=(4, 8, 8))
 
 PRESETS: dict[str, ModelPreset] = {
     p.name: p

@@ -4,8 +4,10 @@ CI sets HARNESS_REQUIRE_SLURM=1 so a missing cluster fails instead of skipping."
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -21,18 +23,34 @@ def _controller_up() -> str:
     return "" if p.returncode == 0 and "UP" in p.stdout else (p.stdout + p.stderr).strip()
 
 
+def _start_cluster() -> str:
+    """Bring up sbatch/local-slurm.sh's cluster (packages must be installed; needs root)."""
+    if os.geteuid() != 0 or shutil.which("slurmctld") is None:
+        return "slurmctld not installed or not root (run: sudo bash sbatch/local-slurm.sh install)"
+    p = subprocess.run(["bash", str(REPO / "sbatch" / "local-slurm.sh"), "up"], capture_output=True, text=True,
+                       timeout=180, env={**os.environ, "SKIP_INSTALL": "1"})
+    return "" if p.returncode == 0 else p.stderr.strip()[-500:]
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """SLURM_CONF of a running local cluster; fails in CI, skips elsewhere when none is up."""
-    if not os.environ.get("SLURM_CONF") and DEFAULT_CONF.exists():
+def slurm_cluster() -> Iterator[str]:
+    """SLURM_CONF of the project's local cluster: reused if one answers, else started here and stopped
+    after the session. Fails when HARNESS_REQUIRE_SLURM=1 (CI), skips elsewhere when none can run."""
+    started = False
+    if not os.environ.get("SLURM_CONF"):
         os.environ["SLURM_CONF"] = str(DEFAULT_CONF)
-    why = _controller_up()
+    why = _controller_up() if Path(os.environ["SLURM_CONF"]).exists() else "no slurm.conf"
+    if why and os.environ["SLURM_CONF"] == str(DEFAULT_CONF):
+        why = _start_cluster() or _controller_up()
+        started = not why
     if why:
         msg = f"no local Slurm cluster ({why}); start it with: bash sbatch/local-slurm.sh up"
         if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    return os.environ["SLURM_CONF"]
+    yield os.environ["SLURM_CONF"]
+    if started:
+        subprocess.run(["bash", str(REPO / "sbatch" / "local-slurm.sh"), "down"], capture_output=True, timeout=120)
 
 
 @pytest.fixture()
@@ -41,3 +59,7 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     keep = [p for p in os.environ["PATH"].split(os.pathsep)
             if not (Path(p) / "sbatch").exists()]
     monkeypatch.setenv("PATH", os.pathsep.join(keep))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/*.sbatch")
