@@ -36,7 +36,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 from harness.cosmos import config as cfg
 from harness.cosmos.rope3d import Rope3D, abs_sincos
 from harness.models import ModelPreset
-from harness.tokens import Grid
+from harness.tokens import VIDEO2WORLD_PAD, Grid
 
 
 class RMSNorm(torch.nn.Module):
@@ -238,7 +238,7 @@ def build_model(preset: ModelPreset, grid: Grid, *, tp: int = 1, precision: cfg.
                          f"{parallel_state.get_tensor_model_parallel_world_size()}")
     conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute)
     if seq_len is None:
-        seq_len = grid.tokens + (64 if preset.video2world else 0)
+        seq_len = grid.tokens + (VIDEO2WORLD_PAD if preset.video2world else 0)
     model = CosmosModel(preset, grid, conf, seq_len)
     dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(dev)

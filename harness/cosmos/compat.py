@@ -1,0 +1,150 @@
+"""Run megatron-core on a machine without CUDA (the CPU quickstart, CI): a handful of patches, applied only when
+`torch.cuda.is_available()` is false, each naming the megatron-core code that assumes CUDA (checked against
+megatron-core 0.16.1). Nothing here runs on a GPU node; `apply()` is idempotent.
+
+Also required on CPU, outside this module: `psutil` installed (without it a dist-checkpoint save hangs in
+`count_queue.join()`), the `gather_object` exchange algorithm for fully-parallel loads (see checkpoint.py), and
+an `if __name__ == "__main__"` guard in scripts (a save starts a multiprocessing Manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+_applied = False
+
+
+def needed() -> bool:
+    return not torch.cuda.is_available()
+
+
+def apply() -> bool:
+    """Patch megatron-core for CPU when CUDA is absent; returns whether patches are active."""
+    global _applied
+    if not needed():
+        return False
+    if _applied:
+        return True
+    _patch_cuda_calls()
+    _patch_rng()
+    _patch_memory_buffer()
+    _patch_optimizer()
+    _applied = True
+    log.info("megatron-core CPU compatibility patches applied (no CUDA)")
+    return True
+
+
+def _patch_cuda_calls() -> None:
+    # dist_checkpointing/strategies/torch.py and filesystem_async.py call torch.cuda.synchronize() around
+    # saves and loads; optimizer/optimizer.py and distributed_data_parallel.py use torch.cuda.current_device()
+    # as the device of new tensors (grad buffers, found-inf flags). On CPU both must be harmless.
+    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
+
+
+def _patch_rng() -> None:
+    # tensor_parallel/random.py: CudaRNGStatesTracker.add() calls torch.cuda.get_rng_state()/manual_seed, and
+    # fork()/CheckpointFunction go through _get_cuda_rng_state/_set_cuda_rng_state, which read
+    # torch.cuda.default_generators. On CPU the tracked states are CPU generator states.
+    from megatron.core.tensor_parallel import random as mr
+
+    def get_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    def set_state(new_state: torch.Tensor, device: int = -1, graph_safe: bool = False) -> None:
+        torch.set_rng_state(new_state)
+
+    def add(self: Any, name: str, seed: int) -> None:
+        if seed in self.seeds_:
+            raise Exception(f"seed {seed} already exists")
+        self.seeds_.add(seed)
+        if name in self.states_:
+            raise Exception(f"rng state {name} already exists")
+        orig = torch.get_rng_state()
+        torch.manual_seed(seed)
+        self.states_[name] = torch.get_rng_state()
+        torch.set_rng_state(orig)
+
+    mr._get_cuda_rng_state = get_state
+    mr._set_cuda_rng_state = set_state
+    mr.CudaRNGStatesTracker.add = add
+    torch.cuda.manual_seed = lambda seed: None  # type: ignore[assignment]
+    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()  # type: ignore[assignment]
+    torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)  # type: ignore[assignment]
+
+
+def _patch_memory_buffer() -> None:
+    # utils.py GlobalMemoryBuffer.get_tensor allocates its scratch buffer with
+    # device=torch.cuda.current_device() (used by sequence-parallel all-gathers).
+    from megatron.core import utils
+
+    def get_tensor(self: Any, tensor_shape: Any, dtype: torch.dtype, name: str, mem_alloc_context: Any = None
+                   ) -> torch.Tensor:
+        n = 1
+        for s in tensor_shape:
+            n *= int(s)
+        buf = self.buffer.get((name, dtype))
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=dtype, device="cpu", requires_grad=False)
+            self.buffer[(name, dtype)] = buf
+        return buf[:n].view(*tensor_shape)
+
+    utils.GlobalMemoryBuffer.get_tensor = get_tensor
+
+
+def _patch_optimizer() -> None:
+    # optimizer/clip_grads.py get_grad_norm_fp32 builds its norm with device=torch.cuda.current_device() and,
+    # without Apex/TE, calls multi_tensor_applier on CUDA buffers; clip_grad_by_total_norm_fp32 asserts the
+    # grads are CUDA tensors. optimizer/optimizer.py MixedPrecisionOptimizer/FP32Optimizer keep a
+    # `_scale_one` / found-inf tensor on 'cuda'. On CPU: plain torch norms and scaling.
+    from megatron.core.optimizer import clip_grads, optimizer as opt
+
+    def grad_norm(grads_for_norm: Any, norm_type: float = 2, grad_stats_parallel_group: Any = None) -> float:
+        if isinstance(grads_for_norm, torch.Tensor):
+            grads_for_norm = [grads_for_norm]
+        norm_type = float(norm_type)
+        if norm_type == float("inf"):
+            total = max((g.abs().max().float() for g in grads_for_norm), default=torch.tensor(0.0))
+            total = torch.as_tensor(total, dtype=torch.float32)
+            if grad_stats_parallel_group is not None:
+                torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX, group=grad_stats_parallel_group)
+            return float(total)
+        total = torch.zeros((), dtype=torch.float32)
+        for g in grads_for_norm:
+            total += torch.norm(g.float(), norm_type) ** norm_type
+        if grad_stats_parallel_group is not None:
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM, group=grad_stats_parallel_group)
+        return float(total ** (1.0 / norm_type))
+
+    def clip(parameters: Any, max_norm: float, total_norm: float, use_decoupled_grad: bool = False) -> None:
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        coeff = max_norm / (total_norm + 1.0e-6)
+        if coeff < 1.0:
+            for p in parameters:
+                g = p.decoupled_grad if use_decoupled_grad else p.grad
+                if g is not None:
+                    g.detach().mul_(coeff)
+
+    clip_grads.get_grad_norm_fp32 = grad_norm
+    clip_grads.clip_grad_by_total_norm_fp32 = clip
+    opt.get_grad_norm_fp32 = grad_norm
+    opt.clip_grad_by_total_norm_fp32 = clip
+    _orig_fp32_init = opt.FP32Optimizer.__init__
+
+    def fp32_init(self: Any, *a: Any, **k: Any) -> None:
+        _orig_fp32_init(self, *a, **k)
+        self._scale = torch.tensor([1.0], dtype=torch.float)
+
+    opt.FP32Optimizer.__init__ = fp32_init
+
+
+@contextlib.contextmanager
+def cpu_patches() -> Iterator[bool]:
+    """`with cpu_patches():` for scripts; patches stay for the process (megatron keeps references)."""
+    yield apply()
