@@ -71,50 +71,61 @@ except ImportError:  # pragma: no cover - numba is a declared dependency; torch 
     numba = None
 
 
-def _ssim_frames_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float) -> np.ndarray:  # pragma: no cover
-    """a, b: uint8 [T, H, W*C] (a frame's rows with channels interleaved). One pass per frame: vertical
-    running sums over contiguous rows (vectorizable), horizontal prefix sums with stride C, then the SSIM
-    ratio of each window; no [T,H,W,C]-sized temporaries."""
+def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float,
+                    ssim_out: np.ndarray) -> int:  # pragma: no cover - compiled by numba
+    """a, b: uint8 [T, H, W*C] (rows with channels interleaved, so every pass is contiguous).
+
+    Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column, prefix sums along the row with
+    stride C (so each channel keeps its own windows), then the SSIM ratio of every window. Fills
+    ssim_out[T] and returns the exact sum of squared differences; no [T,H,W,C]-sized temporaries."""
     t_n, h, wc = a.shape
     ho, wo = h - 6, wc // c_n - 6
     span = 7 * c_n
     r2 = 1.0 / (49.0 * 49.0)
     r48 = 1.0 / (49.0 * 48.0)
-    out = np.empty(t_n, dtype=np.float64)
-    col = np.zeros((5, wc), dtype=np.int32)
-    pre = np.zeros((5, wc + c_n), dtype=np.int32)
+    col = np.zeros((wc, 5), np.int32)
+    pre = np.zeros((wc + c_n, 5), np.int32)
+    sse = np.int64(0)
     for t in range(t_n):
-        col[:, :] = 0
+        col[:] = 0
         total = 0.0
         for i in range(h):
+            ar = a[t, i]
+            br = b[t, i]
+            row_sse = np.int32(0)
             for q in range(wc):
-                x = np.int32(a[t, i, q])
-                y = np.int32(b[t, i, q])
-                col[0, q] += x
-                col[1, q] += y
-                col[2, q] += x * x
-                col[3, q] += y * y
-                col[4, q] += x * y
+                x = np.int32(ar[q])
+                y = np.int32(br[q])
+                col[q, 0] += x
+                col[q, 1] += y
+                col[q, 2] += x * x
+                col[q, 3] += y * y
+                col[q, 4] += x * y
+                row_sse += (x - y) * (x - y)
+            sse += row_sse
             if i >= 7:
+                ao = a[t, i - 7]
+                bo = b[t, i - 7]
                 for q in range(wc):
-                    x = np.int32(a[t, i - 7, q])
-                    y = np.int32(b[t, i - 7, q])
-                    col[0, q] -= x
-                    col[1, q] -= y
-                    col[2, q] -= x * x
-                    col[3, q] -= y * y
-                    col[4, q] -= x * y
+                    x = np.int32(ao[q])
+                    y = np.int32(bo[q])
+                    col[q, 0] -= x
+                    col[q, 1] -= y
+                    col[q, 2] -= x * x
+                    col[q, 3] -= y * y
+                    col[q, 4] -= x * y
             if i < 6:
                 continue
-            for k in range(5):
-                for q in range(wc):
-                    pre[k, q + c_n] = pre[k, q] + col[k, q]
+            for q in range(wc):
+                for k in range(5):
+                    pre[q + c_n, k] = pre[q, k] + col[q, k]
             for q in range(wo * c_n):
-                sx = pre[0, q + span] - pre[0, q]
-                sy = pre[1, q + span] - pre[1, q]
-                sxx = pre[2, q + span] - pre[2, q]
-                syy = pre[3, q + span] - pre[3, q]
-                sxy = pre[4, q + span] - pre[4, q]
+                e = q + span
+                sx = pre[e, 0] - pre[q, 0]
+                sy = pre[e, 1] - pre[q, 1]
+                sxx = pre[e, 2] - pre[q, 2]
+                syy = pre[e, 3] - pre[q, 3]
+                sxy = pre[e, 4] - pre[q, 4]
                 sxsy = sx * sy
                 sq = sx * sx + sy * sy
                 a1 = 2.0 * sxsy * r2 + c1
@@ -122,29 +133,22 @@ def _ssim_frames_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
                 a2 = 2.0 * (49 * sxy - sxsy) * r48 + c2
                 b2 = (49 * (sxx + syy) - sq) * r48 + c2
                 total += a1 * a2 / (b1 * b2)
-        out[t] = total / (c_n * ho * wo)
-    return out
-
-
-def _sum_sq_diff_py(a: np.ndarray, b: np.ndarray) -> int:  # pragma: no cover
-    fa = a.ravel()
-    fb = b.ravel()
-    acc = np.int64(0)
-    for k in range(fa.size):
-        d = np.int64(fa[k]) - np.int64(fb[k])
-        acc += d * d
-    return acc
+        ssim_out[t] = total / (c_n * ho * wo)
+    return sse
 
 
 if numba is not None:
-    _ssim_frames_nb = numba.njit(cache=True, nogil=True, fastmath=True)(_ssim_frames_py)
-    _sum_sq_diff_nb = numba.njit(cache=True, nogil=True)(_sum_sq_diff_py)
+    _clip_kernel = numba.njit(cache=True, nogil=True, fastmath=True)(_clip_kernel_py)
 
 
-def _numba_kernels() -> tuple:
+def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarray]:
     if numba is None:
         raise ImportError("the fast CPU metrics need numba: pip install numba (or use backend='skimage')")
-    return _ssim_frames_nb, _sum_sq_diff_nb
+    t, h, w, c = a.shape
+    out = np.empty(t, dtype=np.float64)
+    sse = _clip_kernel(np.ascontiguousarray(a).reshape(t, h, w * c), np.ascontiguousarray(b).reshape(t, h, w * c),
+                       c, C1, C2, out)
+    return int(sse), out
 
 
 # ------------------------------------------------------------------------------------------ torch
@@ -228,11 +232,7 @@ def clip_metrics(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: st
     engine = engine or fast_engine(device)
     if engine == "torch":
         return sum_sq_diff_torch(a, b, device), ssim_torch(a, b, device)
-    ssim_k, sse_k = _numba_kernels()
-    t, h, w, c = a.shape
-    a = np.ascontiguousarray(a).reshape(t, h, w * c)
-    b = np.ascontiguousarray(b).reshape(t, h, w * c)
-    return int(sse_k(a, b)), ssim_k(a, b, c, C1, C2)
+    return _numba_clip(a, b)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:
@@ -240,8 +240,7 @@ def psnr(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu
     if resolve_backend(backend) == "skimage":
         return psnr_skimage(a, b)
     check_pair(a, b)
-    sse = sum_sq_diff_torch(a, b, device) if fast_engine(device) == "torch" else \
-        int(_numba_kernels()[1](np.ascontiguousarray(a), np.ascontiguousarray(b)))
+    sse = sum_sq_diff_torch(a, b, device) if fast_engine(device) == "torch" else _numba_clip(a, b)[0]
     return psnr_from_mse(sse / a.size)
 
 

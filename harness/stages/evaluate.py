@@ -1,0 +1,301 @@
+"""Evaluate stage: PSNR / SSIM of one checkpoint's generated videos against their references.
+
+Frame alignment (the convention the infer stage writes, see `Sidecar`): generated frame g stands for
+reference frame `reference_frames[g]` of the source video, after the same resize-to-cover + center crop to
+the generated size. The infer stage conditions on the first `context_frames` frames of the clip and predicts
+the rest, so generated frame g is reference frame g; frames whose reference index lies past the end of the
+source have no ground truth and are left out (and listed). Upstream TokenBench instead compared generated
+frames with the FIRST N reference frames while generation continued the LAST ones.
+Without a sidecar (standalone `harness evaluate --reference DIR --generated DIR`) frame i is compared with
+frame i, and the result says `"alignment": "identity"`.
+
+Metrics are reported over all compared frames and over the predicted frames alone (context frames measure
+the tokenizer's reconstruction, predicted ones the model). Identical clips have infinite PSNR: JSON has no
+infinity, so `psnr_db` is null with `identical: true`, and means exclude such videos (their names are listed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import av
+import numpy as np
+
+from harness import metrics
+from harness.errors import HarnessError
+from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.video import ClipShape, VideoError, load_clip
+
+if TYPE_CHECKING:
+    from harness.spec import RunSpec
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+ALIGNMENT_CONVENTION = ("generated frame g = reference frame reference_frames[g] of the source video, resized to "
+                        "cover the generated size and center-cropped")
+
+
+# ------------------------------------------------------------------------------------- sidecar
+@dataclass(frozen=True)
+class Sidecar:
+    """`<name>.json` next to `<name>.mp4`, written by the infer stage: which source each generated frame shows."""
+
+    reference: str
+    """Absolute path of the source video (or image) the generation was conditioned on."""
+    reference_frames: tuple[int | None, ...]
+    """Per generated frame: the source frame it stands for (None: no ground truth exists)."""
+    context_frames: int
+    """Generated frames 0..context_frames-1 reproduce the context; the rest are predicted."""
+    step: int = 0
+    seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "reference_frames": list(self.reference_frames),
+                "convention": ALIGNMENT_CONVENTION}
+
+    @staticmethod
+    def read(path: Path) -> "Sidecar":
+        try:
+            raw = read_json(path)
+            return Sidecar(reference=str(raw["reference"]),
+                           reference_frames=tuple(None if r is None else int(r) for r in raw["reference_frames"]),
+                           context_frames=int(raw["context_frames"]), step=int(raw.get("step", 0)),
+                           seed=int(raw.get("seed", 0)), temperature=float(raw.get("temperature", 1.0)),
+                           top_p=float(raw.get("top_p", 1.0)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HarnessError(f"{path}: not a valid alignment sidecar ({e.__class__.__name__}: {e}); it needs "
+                               f"reference, reference_frames, context_frames") from None
+
+
+def sidecar_path(video: Path) -> Path:
+    return video.with_suffix(".json")
+
+
+# ------------------------------------------------------------------------------------- pairs
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    generated: str
+    reference: str
+    reference_frames: tuple[int | None, ...] | None
+    """None: identity alignment (no sidecar)."""
+    context_frames: int = 0
+
+
+def count_frames(path: Path) -> int:
+    """Real frames in a file (packets demuxed, nothing decoded): load_clip pads short clips, and padded
+    frames are not ground truth."""
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            raise VideoError(path, "no video stream")
+        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+
+
+def _frame_size(path: Path) -> tuple[int, int]:
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            raise VideoError(path, "no video stream")
+        s = c.streams.video[0].codec_context
+        return s.width, s.height
+
+
+def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
+    """(reference frames, generated frames, compared generated indices, their reference indices,
+    generated indices without ground truth) for one pair, already aligned frame for frame."""
+    gen_path, ref_path = Path(pair.generated), Path(pair.reference)
+    n_gen = count_frames(gen_path)
+    w, h = _frame_size(gen_path)
+    gen = load_clip(gen_path, ClipShape(n_gen, h, w))
+    mapping = pair.reference_frames if pair.reference_frames is not None else tuple(range(n_gen))
+    if len(mapping) != n_gen:
+        raise HarnessError(f"{gen_path}: {n_gen} frames but its sidecar maps {len(mapping)}")
+    n_ref = count_frames(ref_path) if ref_path.suffix.lower() in VIDEO_SUFFIXES else 1
+    g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < n_ref]
+    r_idx = [int(mapping[g]) for g in g_idx]  # type: ignore[arg-type]
+    compared = set(g_idx)
+    missing = [g for g in range(n_gen) if g not in compared]
+    if not g_idx:
+        raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path} ({n_ref} frames)")
+    ref = load_clip(ref_path, ClipShape(max(r_idx) + 1, h, w))
+    return ref[r_idx], gen[g_idx], g_idx, r_idx, missing
+
+
+# ------------------------------------------------------------------------------------- scoring
+def _summary(sse: int, ssim: np.ndarray, pixels: int) -> dict[str, Any]:
+    p = metrics.psnr_from_mse(sse / pixels)
+    return {"psnr_db": None if math.isinf(p) else p, "identical": math.isinf(p), "ssim": float(ssim.mean()),
+            "frames": int(ssim.size)}
+
+
+def score_arrays(pair: Pair, ref: np.ndarray, gen: np.ndarray, g_idx: list[int], r_idx: list[int],
+                 missing: list[int], backend: str, device: str) -> dict[str, Any]:
+    sse, ssim = metrics.clip_metrics(ref, gen, backend, device)
+    frame_pixels = ref[0].size
+    out: dict[str, Any] = {"name": pair.name, "generated": pair.generated, "reference": pair.reference,
+                           "alignment": "identity" if pair.reference_frames is None else "sidecar",
+                           "compared_frames": {"generated": g_idx, "reference": r_idx},
+                           "frames_without_reference": missing, "ssim_per_frame": [float(s) for s in ssim],
+                           "context_frames": pair.context_frames}
+    out.update(_summary(sse, ssim, ssim.size * frame_pixels))
+    pred = [k for k, g in enumerate(g_idx) if g >= pair.context_frames]
+    if pair.reference_frames is not None and pred and len(pred) < len(g_idx):
+        psse = int(((ref[pred].astype(np.int32) - gen[pred].astype(np.int32)) ** 2).sum(dtype=np.int64))
+        out["predicted"] = _summary(psse, ssim[pred], len(pred) * frame_pixels)
+    return out
+
+
+def score_pair(pair: Pair, backend: str, device: str) -> dict[str, Any]:
+    """Decode and score one pair; failures become a record with `error`, never an exception."""
+    try:
+        return score_arrays(pair, *load_pair(pair), backend, device)
+    except (HarnessError, ValueError, OSError, av.FFmpegError) as e:
+        return {"name": pair.name, "generated": pair.generated, "reference": pair.reference,
+                "error": f"{e.__class__.__name__}: {e}"}
+
+
+def _load_only(pair: Pair) -> Any:
+    try:
+        return load_pair(pair)
+    except (HarnessError, ValueError, OSError, av.FFmpegError) as e:
+        return f"{e.__class__.__name__}: {e}"
+
+
+def _init_worker() -> None:
+    """One compute thread per worker process: the processes are the parallelism."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None = None,
+                workers: int = 0) -> list[dict[str, Any]]:
+    """Score every pair. CPU: whole pairs (decode + metrics) run in worker processes. GPU: workers decode and
+    the parent computes on the GPU while the next pairs decode."""
+    kind = metrics.resolve_backend(backend)
+    device = device or (metrics.default_device() if kind == "fast" else "cpu")
+    workers = min(workers or default_workers(), max(1, len(pairs)))
+    if workers == 1:
+        return [score_pair(p, kind, device) for p in pairs]
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        if device == "cpu":
+            return list(pool.map(score_pair, pairs, [kind] * len(pairs), [device] * len(pairs)))
+        out = []
+        for pair, loaded in zip(pairs, pool.map(_load_only, pairs)):
+            if isinstance(loaded, str):
+                out.append({"name": pair.name, "generated": pair.generated, "reference": pair.reference,
+                            "error": loaded})
+            else:
+                out.append(score_arrays(pair, *loaded, kind, device))
+        return out
+
+
+def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missing_reference: Iterable[str],
+              missing_generated: Iterable[str]) -> dict[str, Any]:
+    ok = [r for r in results if "error" not in r]
+    kind = metrics.resolve_backend(backend)
+    engine = "skimage" if kind == "skimage" else metrics.fast_engine(device)
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    pred = [r["predicted"] for r in ok if "predicted" in r]
+    return {
+        "backend": kind, "engine": engine, "device": device,
+        "videos": ok,
+        "mean": {"psnr_db": mean(ok, "psnr_db"), "ssim": mean(ok, "ssim"), "videos": len(ok),
+                 "identical_videos": sorted(r["name"] for r in ok if r["identical"]),
+                 "predicted_psnr_db": mean(pred, "psnr_db"), "predicted_ssim": mean(pred, "ssim")},
+        "failed": [{"name": r["name"], "error": r["error"]} for r in results if "error" in r],
+        "missing_reference": sorted(missing_reference),
+        "missing_generated": sorted(missing_generated),
+        "notes": ["identical clips have infinite PSNR: psnr_db is null, identical is true, and means exclude them",
+                  "PSNR: one MSE over all compared frames of a video; SSIM: skimage defaults per frame, averaged"],
+    }
+
+
+# ------------------------------------------------------------------------------------- matching
+def _videos(root: Path) -> dict[str, Path]:
+    """Video files of one directory keyed by stem (generated files are .mp4 whatever the source was)."""
+    if not root.is_dir():
+        raise HarnessError(f"{root}: not a directory")
+    out: dict[str, Path] = {}
+    for p in sorted(root.iterdir()):
+        if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file() and not p.name.startswith("."):
+            out.setdefault(p.stem, p)
+    return out
+
+
+def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "auto", *,
+                  device: str | None = None, workers: int = 0, use_sidecars: bool = True) -> dict[str, Any]:
+    """Standalone evaluation (`harness evaluate --reference DIR --generated DIR`): files matched by name as
+    TokenBench does (by stem, so x.mov matches x.mp4); unmatched files are reported by name, not fatal.
+    A generated file's sidecar, if present, gives its frame alignment; otherwise frame i vs frame i."""
+    refs, gens = _videos(Path(reference)), _videos(Path(generated))
+    pairs = []
+    for stem, g in gens.items():
+        if stem not in refs:
+            continue
+        side = Sidecar.read(sidecar_path(g)) if use_sidecars and sidecar_path(g).is_file() else None
+        pairs.append(Pair(stem, str(g), str(refs[stem]), side.reference_frames if side else None,
+                          side.context_frames if side else 0))
+    kind = metrics.resolve_backend(backend)
+    device = device or (metrics.default_device() if kind == "fast" else "cpu")
+    out = summarize(score_pairs(pairs, kind, device, workers), backend=kind, device=device,
+                    missing_reference=[s for s in gens if s not in refs],
+                    missing_generated=[s for s in refs if s not in gens])
+    return {"reference_dir": str(reference), "generated_dir": str(generated), **out}
+
+
+def stage_pairs(spec: RunSpec, gen_dir: Path) -> tuple[list[Pair], list[str], list[str]]:
+    """Pairs of one checkpoint: the reference is evaluate.reference/<stem>.* when set, else the sidecar's
+    source, else infer.inputs/<stem>.*; returns (pairs, missing references, missing generated)."""
+    gens = _videos(gen_dir)
+    ref_dir = Path(spec.evaluate.reference).expanduser() if spec.evaluate.reference else None
+    if ref_dir is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
+        fallback = _videos(Path(spec.infer.inputs).expanduser())
+    else:
+        fallback = {}
+    refs = _videos(ref_dir) if ref_dir else {}
+    pairs, missing = [], []
+    for stem, g in gens.items():
+        side = Sidecar.read(sidecar_path(g)) if sidecar_path(g).is_file() else None
+        ref = refs.get(stem) if ref_dir else (Path(side.reference) if side else fallback.get(stem))
+        if ref is None or not ref.is_file():
+            missing.append(stem)
+            continue
+        pairs.append(Pair(stem, str(g), str(ref), side.reference_frames if side else None,
+                          side.context_frames if side else 0))
+    return pairs, missing, [s for s in refs if s not in gens]
+
+
+def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
+    """Task = checkpoint index; writes paths.eval_json(step) atomically."""
+    from harness.plan import checkpoint_steps
+
+    steps = checkpoint_steps(spec.finetune)
+    if not 0 <= task < len(steps):
+        raise HarnessError(f"evaluate task {task}: only {len(steps)} checkpoints ({list(steps)})")
+    step = steps[task]
+    gen_dir = paths.infer_dir(step)
+    if not gen_dir.is_dir():
+        raise HarnessError(f"{gen_dir}: no generated videos for checkpoint step {step}; did infer[{task}] run?")
+    pairs, missing_ref, missing_gen = stage_pairs(spec, gen_dir)
+    kind = metrics.resolve_backend(spec.evaluate.backend)
+    device = metrics.default_device() if kind == "fast" else "cpu"
+    workers = min(default_workers(), spec.evaluate.cpus_per_task)
+    out = summarize(score_pairs(pairs, kind, device, workers), backend=kind, device=device,
+                    missing_reference=missing_ref, missing_generated=missing_gen)
+    atomic_write_json(paths.eval_json(step), {"step": step, "checkpoint_index": task, "generated_dir": str(gen_dir),
+                                              "metrics": list(spec.evaluate.metrics), **out})

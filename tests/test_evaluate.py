@@ -1,0 +1,134 @@
+"""Evaluate stage: frame alignment, name matching, infinite PSNR, and the stage's JSON output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import spec as spec_mod
+from harness.plan import checkpoint_steps
+from harness.rundir import RunPaths, atomic_write_json
+from harness.stages import evaluate
+from harness.synth import smooth_clip
+from harness.video import write_mp4
+
+H, W = 48, 64
+
+
+def numbered_clip(frames: int, seed: int = 0) -> np.ndarray:
+    """Frame k carries its index: a bar whose height and brightness grow with k, over a smooth background,
+    so comparing frame g with any frame other than the aligned one costs many dB."""
+    clip = smooth_clip(frames, H, W, seed).copy()
+    for k in range(frames):
+        clip[k, : 2 + 2 * k, : W // 2] = (k * 37) % 256
+    return clip
+
+
+def write_generated(path: Path, frames: np.ndarray, mapping: list[int | None] | None, context: int = 5) -> None:
+    write_mp4(path, frames, 25, crf=4)
+    if mapping is not None:
+        side = evaluate.Sidecar(reference="", reference_frames=tuple(mapping), context_frames=context)
+        atomic_write_json(evaluate.sidecar_path(path), side.to_json())
+
+
+@pytest.fixture()
+def dirs(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    clip = numbered_clip(25)
+    write_mp4(ref / "clip.mp4", clip, 25, crf=4)
+    return ref, gen, clip
+
+
+def test_sidecar_alignment_beats_identity(dirs: tuple[Path, Path, np.ndarray]) -> None:
+    ref, gen, clip = dirs
+    mapping = list(range(8, 25))  # generation continued from frame 8: generated g shows reference 8 + g
+    write_generated(gen / "clip.mp4", clip[8:25], mapping)
+    aligned = evaluate.evaluate_dirs(ref, gen, "fast", device="cpu", workers=1)
+    naive = evaluate.evaluate_dirs(ref, gen, "fast", device="cpu", workers=1, use_sidecars=False)
+    (a,), (n,) = aligned["videos"], naive["videos"]
+    assert a["alignment"] == "sidecar" and n["alignment"] == "identity"
+    assert a["compared_frames"] == {"generated": list(range(17)), "reference": mapping}
+    assert n["compared_frames"]["reference"] == list(range(17))
+    assert a["psnr_db"] > 40 and a["ssim"] > 0.97
+    assert a["psnr_db"] - n["psnr_db"] > 15
+    assert a["predicted"]["frames"] == 12 and a["predicted"]["psnr_db"] > 40
+
+
+def test_frames_past_the_reference_are_left_out(dirs: tuple[Path, Path, np.ndarray]) -> None:
+    ref, gen, clip = dirs
+    frames = np.concatenate([clip[20:25], clip[24:25].repeat(4, 0)])
+    write_generated(gen / "clip.mp4", frames, [20, 21, 22, 23, 24, 25, 26, 27, None], context=5)
+    (v,) = evaluate.evaluate_dirs(ref, gen, "fast", device="cpu", workers=1)["videos"]
+    assert v["compared_frames"]["reference"] == [20, 21, 22, 23, 24]
+    assert v["frames_without_reference"] == [5, 6, 7, 8]
+    assert "predicted" not in v  # every predicted frame lies past the end of the reference
+    assert v["psnr_db"] > 40
+
+
+def test_identical_videos_report_infinite_psnr(dirs: tuple[Path, Path, np.ndarray]) -> None:
+    ref, gen, _ = dirs
+    shutil.copy(ref / "clip.mp4", gen / "clip.mp4")
+    for backend in ("fast", "skimage"):
+        out = evaluate.evaluate_dirs(ref, gen, backend, device="cpu", workers=1)
+        (v,) = out["videos"]
+        assert v["psnr_db"] is None and v["identical"] is True and v["ssim"] == pytest.approx(1.0, abs=1e-12)
+        assert out["mean"]["identical_videos"] == ["clip"] and out["mean"]["psnr_db"] is None
+        json.dumps(out, allow_nan=False)  # valid JSON: no Infinity
+
+
+def test_missing_pairs_reported_by_name(dirs: tuple[Path, Path, np.ndarray]) -> None:
+    ref, gen, clip = dirs
+    write_mp4(ref / "only_ref.mov", clip[:9], 25)
+    write_generated(gen / "clip.mp4", clip[:17], None)
+    write_generated(gen / "only_gen.mp4", clip[:17], None)
+    (gen / "broken.mp4").write_bytes(b"not a video")
+    shutil.copy(gen / "broken.mp4", ref / "broken.mp4")
+    out = evaluate.evaluate_dirs(ref, gen, "fast", device="cpu", workers=1)
+    assert out["missing_reference"] == ["only_gen"]
+    assert out["missing_generated"] == ["only_ref"]
+    assert [f["name"] for f in out["failed"]] == ["broken"]
+    assert [v["name"] for v in out["videos"]] == ["clip"] and out["videos"][0]["alignment"] == "identity"
+
+
+def test_fast_and_skimage_agree_in_worker_processes(dirs: tuple[Path, Path, np.ndarray]) -> None:
+    ref, gen, clip = dirs
+    noisy = np.clip(clip.astype(int) + np.random.default_rng(0).integers(-20, 21, clip.shape), 0, 255)
+    for i in range(3):
+        shutil.copy(ref / "clip.mp4", ref / f"c{i}.mp4")
+        write_generated(gen / f"c{i}.mp4", noisy[i:i + 17].astype(np.uint8), list(range(i, i + 17)))
+    fast = evaluate.evaluate_dirs(ref, gen, "fast", device="cpu", workers=2)
+    slow = evaluate.evaluate_dirs(ref, gen, "skimage", workers=1)
+    assert fast["engine"] == "numba" and slow["engine"] == "skimage"
+    for f, s in zip(fast["videos"], slow["videos"], strict=True):
+        assert abs(f["psnr_db"] - s["psnr_db"]) < 1e-6 and abs(f["ssim"] - s["ssim"]) < 1e-5
+        assert f["compared_frames"] == s["compared_frames"]
+
+
+def test_stage_writes_eval_json(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
+    ref, _, clip = dirs
+    spec = spec_mod.from_dict({"data": {"videos": str(ref)}, "finetune": {"max_steps": 4, "save_every": 2},
+                               "evaluate": {"backend": "skimage"}})
+    paths = RunPaths(tmp_path / "run")
+    step = checkpoint_steps(spec.finetune)[1]
+    out_dir = paths.infer_dir(step)
+    out_dir.mkdir(parents=True)
+    write_generated(out_dir / "clip.mp4", clip[3:20], list(range(3, 20)))
+    side = json.loads(evaluate.sidecar_path(out_dir / "clip.mp4").read_text())
+    side["reference"] = str(ref / "clip.mp4")
+    evaluate.sidecar_path(out_dir / "clip.mp4").write_text(json.dumps(side))
+    write_generated(out_dir / "orphan.mp4", clip[:17], None)  # no sidecar, no reference anywhere
+    evaluate.run(spec, 1, paths)
+    out = json.loads(paths.eval_json(step).read_text())
+    assert out["step"] == step and out["backend"] == "skimage"
+    assert out["missing_reference"] == ["orphan"]
+    (v,) = out["videos"]
+    assert v["compared_frames"]["reference"] == list(range(3, 20)) and v["psnr_db"] > 40
+    assert out["mean"]["psnr_db"] == v["psnr_db"]
+    with pytest.raises(Exception, match="checkpoints"):
+        evaluate.run(spec, 2, paths)
