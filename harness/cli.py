@@ -127,6 +127,20 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
+    from harness import launch, ops, synth
+
+    if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
+        synth.make_quickstart(Path(a.assets))
+        console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/")
+    res = launch.submit(Path(a.spec), a.executor)
+    console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})")
+    code = ops.wait(res.paths, timeout_s=a.timeout)
+    ops.print_report(res.paths)
+    return code
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     import json
 
@@ -193,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
     s.add_argument("--out", default=".quickstart")
     s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("quickstart", help="synthetic assets + the whole DAG on configs/quickstart.toml + report")
+    s.add_argument("--spec", default="configs/quickstart.toml")
+    s.add_argument("--assets", default=".quickstart")
+    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
+    s.add_argument("--timeout", type=float, default=1800.0)
+    s.set_defaults(fn=cmd_quickstart)
 
     s = sub.add_parser("evaluate", help="TokenBench PSNR/SSIM of generated vs reference videos")
     s.add_argument("--reference", required=True)

@@ -157,3 +157,10 @@ def test_reference_rows_cover_every_field() -> None:
     keys = {r[0] for r in rows}
     assert "finetune.tensor_parallel" in keys and "container.image" in keys
     assert all(r[3] for r in rows), [r[0] for r in rows if not r[3]]
+
+
+def test_readme_documents_every_key() -> None:
+    readme = (REPO / "README.md").read_text()
+    for key, *_ in spec.reference():
+        sec, name = key.split(".", 1)
+        assert f"`{key}`" in readme or name in readme, key
