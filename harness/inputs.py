@@ -10,6 +10,7 @@ summary names every one of them instead of the whole run dying on one file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -30,7 +31,8 @@ class InputItem:
     prompt: str | None = None
     """Video2World prompt; None for the base recipe."""
     error: str | None = None
-    """Why this item cannot be tokenized (reported by merge); None when it looks usable."""
+    """Why this item cannot be tokenized (reported by merge); None when it looks usable. Reasons read
+    "[line N: ]<kind>: <detail>" so reports can group them by kind (`reason_kind`)."""
 
     @property
     def name(self) -> str:
@@ -53,7 +55,7 @@ def _from_dir(root: Path, extensions: Iterable[str]) -> list[InputItem]:
                    key=lambda p: p.relative_to(root).as_posix())
     items = []
     for i, p in enumerate(found):
-        error = None if p.is_file() else "not a regular file (broken link?)"
+        error = None if p.is_file() else "not a regular file: broken symlink or special file"
         items.append(InputItem(i, str(p.absolute()), None, error))
     return items
 
@@ -73,13 +75,13 @@ def _from_jsonl(path: Path) -> list[InputItem]:
         if error is None:
             assert video is not None
             if video in seen:
-                error = f"duplicate of line {seen[video]} (same visual_input)"
+                error = f"duplicate visual_input: first on line {seen[video]}"
             elif not Path(video).is_file():
-                error = "visual_input file not found"
+                error = "visual_input not found: no such file"
             else:
                 seen[video] = lineno
         if error is not None:
-            error = f"{where}: {error}"
+            error = f"line {lineno}: {error}"
         items.append(InputItem(len(items), video or where, prompt, error))
     return items
 
@@ -89,18 +91,23 @@ def _parse_line(line: str, base: Path) -> tuple[str | None, str | None, str | No
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        return None, None, f"not valid JSON ({e.msg} at column {e.colno})"
+        return None, None, f"not valid JSON: {e.msg} at column {e.colno}"
     if not isinstance(obj, dict):
-        return None, None, 'must be a JSON object {"prompt": ..., "visual_input": ...}'
+        return None, None, 'not a JSON object: each line must be {"prompt": ..., "visual_input": ...}'
     missing = [k for k in ("prompt", "visual_input") if k not in obj]
     if missing:
-        return None, None, f"missing key(s) {', '.join(missing)}; each line needs prompt and visual_input"
+        return None, None, f"missing key: {', '.join(missing)} (each line needs prompt and visual_input)"
     prompt, video = obj["prompt"], obj["visual_input"]
     if not isinstance(prompt, str) or not isinstance(video, str) or not video:
-        return None, None, "prompt and visual_input must be strings (visual_input non-empty)"
+        return None, None, "bad value: prompt and visual_input must be strings, visual_input non-empty"
     p = Path(video).expanduser()
     p = p if p.is_absolute() else base / p
     return str(p.absolute()), prompt, None
+
+
+def reason_kind(reason: str) -> str:
+    """'line 3: missing key: prompt' -> 'missing key'; 'cannot decode: InvalidDataError: ...' -> 'cannot decode'."""
+    return re.sub(r"^line \d+: ", "", reason).split(": ")[0]
 
 
 def shard_of(index: int, num_shards: int) -> int:

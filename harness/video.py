@@ -44,24 +44,32 @@ def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.nda
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise VideoError(path, "empty file (0 bytes)")
+            raise VideoError(path, "empty file: 0 bytes")
         frames = _decode(path, shape, threads)
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
         raise VideoError(path, f"cannot decode: {e.__class__.__name__}: {_first_line(e)}") from None
     if not frames:
-        raise VideoError(path, "no decodable video frames")
+        raise VideoError(path, "no decodable frames: the video stream yielded none")
     while len(frames) < shape.frames:
         frames.append(frames[-1])
     return np.stack(frames)
+
+
+def try_load(path: str, shape: ClipShape) -> tuple[np.ndarray | None, str | None]:
+    """(clip, None) or (None, reason): the picklable unit of work of a decode worker process."""
+    try:
+        return load_clip(path, shape), None
+    except VideoError as e:
+        return None, e.reason
 
 
 def _decode(path: Path, shape: ClipShape, threads: int) -> list[np.ndarray]:
     frames: list[np.ndarray] = []
     with av.open(str(path), mode="r") as container:
         if not container.streams.video:
-            raise VideoError(path, "no video stream")
+            raise VideoError(path, "no video stream: the container holds no video track")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = threads
         for frame in container.decode(stream):

@@ -1,0 +1,51 @@
+"""Video2World prompt embeddings: T5 encoder outputs padded to 512 tokens, as the public recipe feeds its
+cross-attention. Shared by tokenize (training data) and infer (generation prompts) so both see the same
+padding, truncation and zeroed pad positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MAX_LENGTH = 512
+"""Prompt tokens per embedding (T5 positions after padding/truncation)."""
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    tokenizer: Any
+    model: Any
+    device: torch.device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.d_model)
+
+
+def load(directory: str | Path, device: torch.device) -> TextEncoder:
+    """T5 encoder + tokenizer from a local directory (never the network)."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    model = T5EncoderModel.from_pretrained(str(directory), dtype=dtype, local_files_only=True).to(device).eval()
+    return TextEncoder(tokenizer, model, device)
+
+
+@torch.no_grad()
+def encode(encoder: TextEncoder, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [N, 512, d] with pad positions zeroed, int32 [N] prompt lengths in tokens)."""
+    if not prompts:
+        return np.zeros((0, MAX_LENGTH, encoder.dim), np.float32), np.zeros((0,), np.int32)
+    batch = encoder.tokenizer(prompts, return_tensors="pt", truncation=True, padding="max_length",
+                              max_length=MAX_LENGTH)
+    ids = batch["input_ids"].to(encoder.device)
+    mask = batch["attention_mask"].to(encoder.device)
+    hidden = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = hidden.float() * mask.unsqueeze(-1).float()
+    return hidden.cpu().numpy(), mask.sum(dim=1).to(torch.int32).cpu().numpy()

@@ -1,0 +1,115 @@
+"""stage-assets: download every model file the run needs into the shared HF cache, once, before any
+compute node starts; write `assets.json` (role -> local directory). Later stages resolve assets only through
+`resolve`, so compute nodes never touch the network (runtime hub downloads there are a known failure).
+
+A spec value that names an existing local directory (or starts with '/', '.', '~') is used in place, after
+checking the files its role needs; anything else is an HF repo id. The token comes from HF_TOKEN only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.spec import RunSpec
+
+log = logging.getLogger("harness.assets")
+
+_T5_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"]
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    source: str
+    """HF repo id or local directory, as written in the spec."""
+    patterns: tuple[str, ...]
+    """What to download from the repo (the DV repos also hold a large autoencoder.jit we never use)."""
+    required: tuple[tuple[str, ...], ...]
+    """Each entry: at least one of these glob patterns must match a file in the resolved directory."""
+
+
+def roles(spec: RunSpec) -> list[Role]:
+    out = [Role("encoder", spec.tokenizer.encoder, ("encoder.jit", "*.json"), (("encoder.jit",),)),
+           Role("decoder", spec.tokenizer.decoder, ("decoder.jit", "*.json"), (("decoder.jit",),))]
+    if spec.model.checkpoint:
+        out.append(Role("checkpoint", spec.model.checkpoint, ("nemo/*", "*.json"), (("*",),)))
+    if spec.video2world:
+        out.append(Role("text_encoder", spec.model.text_encoder,
+                        tuple(_T5_FILES) + ("*.safetensors", "*.safetensors.index.json"),
+                        (("config.json",), ("tokenizer.json", "spiece.model"),
+                         ("*.safetensors", "pytorch_model*.bin"))))
+    return out
+
+
+def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
+    hf_home = Path(spec.assets.hf_home).expanduser()
+    resolved: dict[str, str] = {}
+    for role in roles(spec):
+        directory = _stage(role, spec, hf_home)
+        _verify(role, directory)
+        resolved[role.name] = str(directory)
+        log.info("asset %s: %s -> %s", role.name, role.source, directory)
+    atomic_write_json(paths.assets_json, resolved)
+
+
+def resolve(paths: RunPaths, role: str) -> Path:
+    """The local directory of an asset staged by stage-assets; never downloads."""
+    try:
+        table = read_json(paths.assets_json)
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{paths.assets_json}: cannot read ({e.__class__.__name__}); run stage-assets first") \
+            from None
+    if role not in table:
+        raise HarnessError(f"{paths.assets_json}: no asset '{role}' (staged: {', '.join(sorted(table)) or 'none'})")
+    directory = Path(table[role])
+    if not directory.is_dir():
+        raise HarnessError(f"{paths.assets_json}: asset '{role}' directory {directory} is missing on this node "
+                           f"(is assets.hf_home on a filesystem every node sees?)")
+    return directory
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
+
+
+def _stage(role: Role, spec: RunSpec, hf_home: Path) -> Path:
+    if _is_local(role.source):
+        directory = Path(role.source).expanduser().absolute()
+        if not directory.is_dir():
+            raise HarnessError(f"{role.name} = {role.source!r}: local directory not found")
+        return directory
+    revision = spec.assets.revisions.get(role.source)
+    snapshot = _download(role, role.patterns, revision, hf_home)
+    if role.name == "text_encoder" and not list(snapshot.glob("*.safetensors")):
+        snapshot = _download(role, role.patterns + ("pytorch_model*.bin", "pytorch_model*.bin.index.json"),
+                             revision, hf_home)
+    if role.name == "checkpoint" and (snapshot / "nemo").is_dir():
+        return snapshot / "nemo"
+    return snapshot
+
+
+def _download(role: Role, patterns: tuple[str, ...], revision: str | None, hf_home: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    where = f"{role.name} = {role.source!r}" + (f" (revision {revision})" if revision else "")
+    try:
+        path = snapshot_download(role.source, revision=revision, cache_dir=hf_home / "hub",
+                                 allow_patterns=list(patterns), token=os.environ.get("HF_TOKEN") or None,
+                                 local_files_only=offline)
+    except Exception as e:  # the hub client raises many types; the user needs one line naming the repo
+        text = (str(e).strip().splitlines() or ["(no message)"])[0]
+        mode = "offline cache lookup (HF_HUB_OFFLINE=1)" if offline else "download"
+        raise HarnessError(f"{where}: {mode} into {hf_home} failed: {e.__class__.__name__}: {text}") from None
+    return Path(path)
+
+
+def _verify(role: Role, directory: Path) -> None:
+    for alternatives in role.required:
+        if not any(next(directory.glob(p), None) is not None for p in alternatives):
+            raise HarnessError(f"{role.name} = {role.source!r}: {directory} has no {' or '.join(alternatives)}")

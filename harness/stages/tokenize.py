@@ -1,0 +1,300 @@
+"""tokenize[shard]: decode, crop and encode one shard of the run's inputs into a megatron-core indexed
+dataset shard, plus (Video2World) the prompt embeddings, and a manifest written last.
+
+Decoding runs in worker processes ahead of the encoder through a bounded, ordered prefetch window, so the
+encoder (a GPU) is rarely idle and document order never depends on timing: a re-run of a shard writes the
+same bytes. Unreadable inputs are recorded in the manifest with their reason and never stop the shard.
+Token ids stay int64 until the one checked narrowing to uint16 (`harness.dataset.to_uint16`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from harness import dataset, prompts, tokens
+from harness.errors import HarnessError
+from harness.inputs import InputItem, items_of_shard, read_inputs
+from harness.rundir import RunPaths, atomic_write_json
+from harness.spec import RunSpec
+from harness.stages.assets import resolve
+from harness.video import ClipShape, try_load
+
+log = logging.getLogger("harness.tokenize")
+
+Decoded = tuple[InputItem, "np.ndarray | None", "str | None"]
+
+
+def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
+    shards = spec.tokenize.shards
+    if shards < 1 or not 0 <= task < shards:
+        raise HarnessError(f"{paths.spec_json}: tokenize.shards = {shards}: task {task} is out of range "
+                           f"(the launcher resolves the shard count at submit time)")
+    problem = dataset.verify_shard(paths, task)
+    if problem is None:
+        log.info("tokenize[%d]: shard verified from its manifest; skipping", task)
+        return
+    log.info("tokenize[%d]: %s; tokenizing", task, problem)
+    items = items_of_shard(read_inputs(paths), task, shards)
+    device = pick_device(spec.tokenize.device)
+    encoder = Encoder.load(resolve(paths, "encoder") / "encoder.jit", device)
+    writer = ShardWriter(paths, task, spec)
+    stats = encode_items(spec, items, encoder, writer)
+    del encoder
+    if spec.video2world:
+        writer.prompt_rows = embed_prompts(resolve(paths, "text_encoder"), device, writer.prompts)
+    writer.finish(stats)
+    log.info("tokenize[%d]: %d videos, %d skipped, %.2f clips/s, encoder busy %.0f%%", task,
+             len(writer.videos), len(writer.skipped), stats["clips_per_s"], 100 * stats["encoder_busy"])
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("tokenize.device = 'cuda': no CUDA device visible on this node")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+# ------------------------------------------------------------------------------------ encoder
+@dataclass
+class Encoder:
+    """encoder.jit on a device (bf16 on CUDA, fp32 on CPU), timed so the busy fraction can be reported."""
+
+    module: Any
+    device: torch.device
+    busy_s: float = 0.0
+
+    @staticmethod
+    def load(path: Path, device: torch.device) -> "Encoder":
+        try:
+            module = torch.jit.load(str(path), map_location=device).eval()
+        except (RuntimeError, OSError, ValueError) as e:
+            raise HarnessError(f"{path}: cannot load TorchScript encoder: {str(e).splitlines()[0]}") from None
+        if device.type == "cuda":
+            module = module.to(torch.bfloat16)
+        return Encoder(module, device)
+
+    @torch.no_grad()
+    def submit(self, clips: np.ndarray) -> "Pending":
+        """Start encoding uint8 [B,T,H,W,3]; on CUDA this returns before the GPU finishes."""
+        if self.device.type != "cuda":
+            t0 = time.perf_counter()
+            x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
+            idx = _indices(self.module(x)).to(torch.int64)
+            self.busy_s += time.perf_counter() - t0
+            return Pending(idx, None, None, None, None)
+        host_in = torch.from_numpy(clips).pin_memory()
+        x = host_in.to(self.device, non_blocking=True)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        x = x.permute(0, 4, 1, 2, 3).to(torch.bfloat16).div_(127.5).sub_(1.0)
+        idx = _indices(self.module(x)).to(torch.int64)
+        end.record()
+        host = torch.empty(idx.shape, dtype=torch.int64, pin_memory=True)
+        host.copy_(idx, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Pending(host, done, start, end, host_in)
+
+    def wait(self, p: "Pending") -> np.ndarray:
+        if p.done is not None:
+            p.done.synchronize()
+            self.busy_s += p.start.elapsed_time(p.end) / 1000.0
+        return p.indices.numpy()
+
+
+@dataclass
+class Pending:
+    indices: torch.Tensor
+    done: Any
+    start: Any
+    end: Any
+    keep: Any
+    """The pinned input buffer, held until the copy that reads it has finished."""
+
+
+def _indices(out: Any) -> torch.Tensor:
+    """Cosmos DV encoders return (indices, codes, ...); the indices come first."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# ------------------------------------------------------------------------------------ pipeline
+def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer: "ShardWriter") -> dict[str, Any]:
+    """Decode ahead, encode in batches, write in input order; returns throughput figures."""
+    v, tk = spec.video, spec.tokenize
+    shape = ClipShape(v.num_frames, v.height, v.width)
+    depth = 2 * tk.batch_size + tk.decode_workers
+    t0 = time.perf_counter()
+    batch: list[tuple[InputItem, np.ndarray]] = []
+    inflight: deque[tuple[list[InputItem], Pending]] = deque()
+    with _progress(len(items), f"tokenize[{writer.shard}]") as advance:
+        for item, clip, reason in decoded(items, shape, tk.decode_workers, depth):
+            if clip is None:
+                writer.skip(item, reason or "unknown error")
+                advance()
+                continue
+            batch.append((item, clip))
+            if len(batch) == tk.batch_size:
+                inflight.append(_submit(encoder, batch))
+                batch = []
+            while len(inflight) > (1 if encoder.device.type == "cuda" else 0):
+                advance(_drain(encoder, writer, *inflight.popleft()))
+        if batch:
+            inflight.append(_submit(encoder, batch))
+        while inflight:
+            advance(_drain(encoder, writer, *inflight.popleft()))
+    wall = time.perf_counter() - t0
+    n = len(writer.videos)
+    return {"clips": n, "seconds": round(wall, 4), "encode_seconds": round(encoder.busy_s, 4),
+            "encoder_busy": encoder.busy_s / wall if wall > 0 else 0.0,
+            "clips_per_s": n / wall if wall > 0 else 0.0, "device": str(encoder.device),
+            "batch_size": tk.batch_size, "decode_workers": tk.decode_workers}
+
+
+def _submit(encoder: Encoder, batch: list[tuple[InputItem, np.ndarray]]) -> tuple[list[InputItem], Pending]:
+    return [it for it, _ in batch], encoder.submit(np.stack([c for _, c in batch]))
+
+
+def _drain(encoder: Encoder, writer: "ShardWriter", items: list[InputItem], pending: Pending) -> int:
+    indices = encoder.wait(pending)
+    for item, grid in zip(items, indices):
+        writer.add(item, grid)
+    return len(items)
+
+
+def decoded(items: list[InputItem], shape: ClipShape, workers: int, depth: int) -> Iterator[Decoded]:
+    """(item, clip, reason) in input order; at most `depth` clips decoded ahead of the consumer."""
+    if workers == 0:
+        for item in items:
+            yield (item, None, item.error) if item.error else (item, *try_load(item.path, shape))
+        return
+    with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+        window: deque[tuple[InputItem, Future[Any] | None]] = deque()
+        todo = iter(items)
+
+        def top_up() -> None:
+            while len(window) < depth and (item := next(todo, None)) is not None:
+                window.append((item, None if item.error else pool.submit(try_load, item.path, shape)))
+
+        top_up()
+        while window:
+            item, future = window.popleft()
+            top_up()
+            yield (item, None, item.error) if future is None else (item, *future.result())
+
+
+def _mp_context() -> Any:
+    """fork where the OS has it: workers only run PyAV/numpy (never torch or CUDA), and a spawned worker
+    would re-import the launching program (torch included), costing seconds per shard."""
+    import multiprocessing
+
+    return get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+def _progress(total: int, label: str) -> Any:
+    """A rich progress bar on stderr (the task log); `advance(n)` moves it."""
+    from contextlib import contextmanager
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def bar() -> Iterator[Any]:
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(file=sys.stderr), transient=False) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda n=1: progress.advance(task, n)
+
+    return bar()
+
+
+def embed_prompts(directory: Path, device: torch.device, texts: list[str], batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    enc = prompts.load(directory, device)
+    rows, lengths = [], []
+    for i in range(0, len(texts), batch):
+        e, n = prompts.encode(enc, texts[i:i + batch])
+        rows.append(e)
+        lengths.append(n)
+    if not rows:
+        return prompts.encode(enc, [])
+    return np.concatenate(rows), np.concatenate(lengths)
+
+
+# ------------------------------------------------------------------------------------ writer
+class ShardWriter:
+    """Writes one shard under temp names; `finish` renames them into place and writes the manifest last."""
+
+    def __init__(self, paths: RunPaths, shard: int, spec: RunSpec) -> None:
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+        self.paths, self.shard, self.spec = paths, shard, spec
+        self.math = spec.token_math
+        self.files = dataset.shard_files(paths, shard, spec.video2world)
+        directory = self.files["bin"].parent
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(f".{paths.shard_prefix(shard).name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a killed attempt's leftovers
+        self.tmp = {k: p.parent / f".{p.name}.{os.getpid()}.tmp" for k, p in self.files.items()}
+        self.builder = IndexedDatasetBuilder(str(self.tmp["bin"]), dtype=np.uint16)
+        self.videos: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.prompts: list[str] = []
+        self.prompt_rows: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, item: InputItem, grid: np.ndarray) -> None:
+        g = self.math.grid
+        if grid.shape != (g.t, g.h, g.w):
+            raise HarnessError(f"{self.spec.tokenizer.encoder}: encoder returned a {'x'.join(map(str, grid.shape))} "
+                               f"grid for {item.path}; the token math expects {g} ({self.math.describe()})")
+        video = grid.reshape(-1).astype(np.int64)  # T,H,W order
+        assert video.size == self.math.video_tokens, (video.size, self.math.video_tokens)
+        if video.min() < 0 or video.max() >= tokens.VOCAB_CODES:
+            raise HarnessError(f"{self.spec.tokenizer.encoder}: token id {video.max()} outside the "
+                               f"{tokens.VOCAB_CODES:,}-code FSQ vocabulary for {item.path}")
+        if self.spec.video2world:
+            video = np.concatenate([np.array([tokens.BOV_ID], np.int64), video,
+                                    np.full(tokens.VIDEO2WORLD_PAD, tokens.PAD_ID, np.int64)])
+            self.prompts.append(item.prompt or "")
+        assert video.size == self.math.sample_length
+        data = dataset.to_uint16(video)
+        self.builder.add_document(data, [data.size])
+        self.videos.append({"index": item.index, "path": item.path, "tokens": int(data.size),
+                            "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
+
+    def skip(self, item: InputItem, reason: str) -> None:
+        log.warning("tokenize[%d]: skipping %s: %s", self.shard, item.path, reason)
+        self.skipped.append({"index": item.index, "path": item.path, "reason": reason})
+
+    def finish(self, stats: dict[str, Any]) -> None:
+        self.builder.finalize(str(self.tmp["idx"]))
+        if self.spec.video2world:
+            emb, lengths = self.prompt_rows if self.prompt_rows is not None else (None, None)
+            if emb is None or len(emb) != len(self.videos):
+                raise HarnessError(f"tokenize[{self.shard}]: {len(self.videos)} videos but no matching prompt rows")
+            _save_npy(self.tmp["prompts"], emb.astype(np.float32))
+            _save_npy(self.tmp["prompt_lengths"], lengths.astype(np.int32))
+        for key, final in self.files.items():
+            os.replace(self.tmp[key], final)
+        manifest = {"shard": self.shard, "num_shards": self.spec.tokenize.shards, "recipe": self.spec.run.recipe,
+                    "dtype": "uint16", "grid": str(self.math.grid), "video_tokens": self.math.video_tokens,
+                    "sample_length": self.math.sample_length, "videos": self.videos, "skipped": self.skipped,
+                    "files": {k: dataset.file_record(p) for k, p in self.files.items()}, "stats": stats}
+        atomic_write_json(self.paths.shard_manifest(self.shard), manifest)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,70 @@
+"""Shared helpers for the data-preparation tests: synthetic inputs, a run directory, stage runs in-process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from harness import inputs, spec as spec_mod, synth
+from harness.rundir import RunPaths, atomic_write_json
+from harness.stages import run_task
+
+SHAPE = {"num_frames": 17, "height": 48, "width": 64}
+
+
+def make_assets(root: Path) -> dict[str, str]:
+    """Tiny tokenizer + tiny T5 in a local HF cache under root (as the quickstart builds them)."""
+    tok = synth.write_tokenizer(root / "tokenizer")
+    t5 = synth.write_text_encoder(root / "text-encoder")
+    hf = root / "hf"
+    synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO, {n: tok / n for n in ("encoder.jit", "decoder.jit", "config.json")})
+    synth.write_hf_snapshot(hf, synth.TEXT_ENCODER_REPO, {f.name: f for f in t5.iterdir() if f.is_file()})
+    return {"hf_home": str(hf), "tokenizer_dir": str(tok), "text_encoder_dir": str(t5)}
+
+
+def make_spec(assets: dict[str, str], *, videos: str = "", jsonl: str = "", shards: int = 4,
+              **sections: dict[str, Any]) -> spec_mod.RunSpec:
+    v2w = bool(jsonl)
+    raw: dict[str, Any] = {
+        "run": {"name": "t", "recipe": "video2world" if v2w else "base", "seed": 7},
+        "model": {"preset": "tiny-v2w" if v2w else "tiny", "text_encoder": synth.TEXT_ENCODER_REPO},
+        "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO, "compression": [4, 8, 8]},
+        "video": dict(SHAPE),
+        "data": {"videos": videos, "jsonl": jsonl, "split": [8, 1, 1]},
+        "assets": {"hf_home": assets["hf_home"]},
+        "tokenize": {"shards": shards, "batch_size": 3, "decode_workers": 1, "device": "cpu"},
+    }
+    for name, table in sections.items():
+        raw.setdefault(name, {}).update(table)
+    return spec_mod.from_dict(raw)
+
+
+def make_run(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
+    """A submitted-looking run directory: spec.json and inputs.jsonl, as the launcher writes them."""
+    paths = RunPaths(root)
+    root.mkdir(parents=True, exist_ok=True)
+    items = inputs.discover(spec)
+    if spec.tokenize.shards == 0:
+        spec = dataclasses.replace(spec, tokenize=dataclasses.replace(spec.tokenize, shards=len(items)))
+    atomic_write_json(paths.spec_json, spec_mod.to_dict(spec))
+    inputs.write_inputs(paths, items)
+    return paths
+
+
+def run_all(paths: RunPaths, shards: int) -> None:
+    run_task(str(paths.root), "stage-assets", 0)
+    for s in range(shards):
+        run_task(str(paths.root), "tokenize", s)
+    run_task(str(paths.root), "merge", 0)
+
+
+def dataset_bytes(paths: RunPaths) -> dict[str, bytes]:
+    """Every file of the merged dataset, by name (for byte-identity checks)."""
+    d = paths.dataset_prefix.parent
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")}
+
+
+def summary(paths: RunPaths) -> dict[str, Any]:
+    return json.loads(paths.dataset_summary.read_text())
