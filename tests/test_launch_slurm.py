@@ -1,0 +1,162 @@
+"""The backbone against the project's real local Slurm cluster: submit, dependencies, arrays split at
+MaxArraySize, cancelled dependents, distinct run dirs, local fallback. No Slurm command is faked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from harness import launch, plan, spec, synth
+from harness.launch import slurmcli
+from harness.rundir import read_json
+
+pytestmark = pytest.mark.slurm
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
+
+
+def write_spec(tmp: Path, encoder: str, **sections: str) -> Path:
+    clips = tmp / "videos"
+    if not clips.exists():
+        synth.make_clips(clips, 8)
+    text = f"""
+[run]
+name = "t"
+workdir = "{tmp / 'runs'}"
+[model]
+preset = "tiny"
+[tokenizer]
+encoder = "{encoder}"
+decoder = "{encoder}"
+[video]
+width = 32
+height = 32
+num_frames = 9
+[data]
+videos = "{clips}"
+[assets]
+hf_home = "{tmp / 'hf'}"
+[finetune]
+max_steps = 4
+save_every = 2
+"""
+    for name, body in sections.items():
+        text += f"[{name}]\n{body}\n"
+    path = tmp / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def wait_final(job_ids: list[str], timeout: float = 120.0) -> dict[str, slurmcli.TaskState]:
+    """Poll sacct until every task of these jobs is final (sacct lags squeue by ~1 s)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queued = slurmcli.squeue(job_ids)
+        states = slurmcli.sacct(job_ids)
+        if not queued and states and all(s.state in FINAL for s in states.values()):
+            return states
+        time.sleep(0.5)
+    raise AssertionError(f"jobs {job_ids} not final after {timeout}s: {slurmcli.sacct(job_ids)}")
+
+
+def test_failed_stage_cancels_every_dependent(slurm_cluster: str, tmp_path: Path) -> None:
+    """stage-assets fails on a tokenizer directory that does not exist; nothing stays PENDING."""
+    res = launch.submit(write_spec(tmp_path, str(tmp_path / "no-such-tokenizer")), "slurm")
+    assert res.choice.executor == "slurm"
+    ids = {s["stage"]: s["job_id"] for s in res.submissions}
+    assert list(ids) == list(plan.STAGES)
+    states = wait_final(list(ids.values()))
+    by_stage = {stage: {k: v.state for k, v in states.items() if k.split("_")[0] == jid}
+                for stage, jid in ids.items()}
+    assert set(by_stage["stage-assets"].values()) == {"FAILED"}
+    for stage in plan.STAGES[1:-1]:
+        assert by_stage[stage] and set(by_stage[stage].values()) == {"CANCELLED"}, (stage, by_stage[stage])
+    # report is afterany: it still runs, and reports the failure rather than failing itself.
+    assert set(by_stage["report"].values()) == {"COMPLETED"}
+    err = next((tmp_path / "runs").glob("t-*/logs/stage-assets/*/*_0_log.err"))
+    assert "no-such-tokenizer" in err.read_text()
+
+
+def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    res = launch.submit(write_spec(tmp_path, str(tok)), "slurm")
+    try:
+        jobs = read_json(res.paths.jobs_json)
+        assert jobs["executor"] == "slurm"
+        assert [s["stage"] for s in jobs["submissions"]] == list(plan.STAGES)
+        assert jobs["submissions"][1]["tasks"] == [[0, res.plan.stage("tokenize").tasks]]
+        assert (res.paths.root.stat().st_mode & 0o777) == 0o700
+        frozen = spec.from_dict(read_json(res.paths.spec_json))
+        assert frozen.tokenize.shards == res.plan.stage("tokenize").tasks
+        assert Path(frozen.data.videos).is_absolute()
+    finally:
+        slurmcli.scancel([s["job_id"] for s in res.submissions])
+
+
+def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str, tmp_path: Path) -> None:
+    """With MaxArraySize 3, 8 tokenize shards become 3 arrays and merge waits for all of them."""
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    s = spec.absolutize(spec.load(write_spec(tmp_path, str(tok), tokenize="shards = 8")), tmp_path)
+    facts = plan.Facts(num_inputs=8, max_array_size=3, nodes_available=3)
+    p = plan.build(s, facts)
+    paths = launch.new_run_dir(Path(s.run.workdir), "split")
+    choice = launch.Choice("slurm", "test")
+    launch.write_run(paths, "", p, facts, choice)
+    from harness.inputs import discover, write_inputs
+
+    write_inputs(paths, discover(s))
+    todo = {"stage-assets": [0], "tokenize": list(range(8)), "merge": [0]}
+    subs = launch.submit_stages(p, paths, todo, facts, choice)
+    tok_ids = [x["job_id"] for x in subs if x["stage"] == "tokenize"]
+    assert len(tok_ids) == 3
+    merge_id = next(x["job_id"] for x in subs if x["stage"] == "merge")
+    dep = subprocess.run(["scontrol", "show", "job", merge_id], capture_output=True, text=True).stdout
+    for j in tok_ids:
+        assert j in dep
+    states = wait_final([x["job_id"] for x in subs], timeout=300)
+    assert {v.state for v in states.values()} == {"COMPLETED"}, states
+    assert read_json(paths.dataset_summary)["tokenized"] == 8
+
+
+def test_two_submits_of_one_spec_never_share_a_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    path = write_spec(tmp_path, str(tok))
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: launch.submit(path, "slurm"), range(2)))
+    try:
+        roots = {r.paths.root for r in results}
+        assert len(roots) == 2
+        ids = [s["job_id"] for r in results for s in r.submissions]
+        assert len(set(ids)) == len(ids) == 14
+    finally:
+        slurmcli.scancel([s["job_id"] for r in results for s in r.submissions])
+
+
+def test_submit_cli_returns_at_once(slurm_cluster: str, tmp_path: Path) -> None:
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "submit", str(write_spec(tmp_path, str(tok)))],
+                       capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr
+    assert "executor: slurm" in p.stdout and "run t-" in p.stdout
+    ids = [ln.split()[-1] for ln in p.stdout.splitlines() if " job " in ln]
+    assert len(ids) == 7
+    slurmcli.scancel(ids)
+    assert took < 30
+
+
+def test_auto_falls_back_to_local_without_sbatch(no_slurm: None) -> None:
+    choice = launch.choose_executor("auto")
+    assert choice.executor == "local" and "sbatch not found" in choice.reason
+
+
+def test_executor_slurm_without_controller_is_a_clear_error(no_slurm: None) -> None:
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="sbatch not found"):
+        launch.choose_executor("slurm")
