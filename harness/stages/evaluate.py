@@ -89,34 +89,26 @@ class Pair:
     context_frames: int = 0
 
 
-def count_frames(path: Path) -> int:
-    """Real frames in a file (packets demuxed, nothing decoded): load_clip pads short clips, and padded
-    frames are not ground truth."""
+def probe(path: Path) -> tuple[int, int, int]:
+    """(real frame count, width, height) from one demux pass (nothing decoded): load_clip pads short clips,
+    and padded frames are not ground truth."""
     with av.open(str(path)) as c:
         if not c.streams.video:
             raise VideoError(path, "no video stream")
-        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
-
-
-def _frame_size(path: Path) -> tuple[int, int]:
-    with av.open(str(path)) as c:
-        if not c.streams.video:
-            raise VideoError(path, "no video stream")
-        s = c.streams.video[0].codec_context
-        return s.width, s.height
+        s = c.streams.video[0]
+        return sum(1 for p in c.demux(s) if p.size), s.codec_context.width, s.codec_context.height
 
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
     """(reference frames, generated frames, compared generated indices, their reference indices,
     generated indices without ground truth) for one pair, already aligned frame for frame."""
     gen_path, ref_path = Path(pair.generated), Path(pair.reference)
-    n_gen = count_frames(gen_path)
-    w, h = _frame_size(gen_path)
+    n_gen, w, h = probe(gen_path)
     gen = load_clip(gen_path, ClipShape(n_gen, h, w))
     mapping = pair.reference_frames if pair.reference_frames is not None else tuple(range(n_gen))
     if len(mapping) != n_gen:
         raise HarnessError(f"{gen_path}: {n_gen} frames but its sidecar maps {len(mapping)}")
-    n_ref = count_frames(ref_path) if ref_path.suffix.lower() in VIDEO_SUFFIXES else 1
+    n_ref = probe(ref_path)[0] if ref_path.suffix.lower() in VIDEO_SUFFIXES else 1
     g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < n_ref]
     r_idx = [int(mapping[g]) for g in g_idx]  # type: ignore[arg-type]
     compared = set(g_idx)

@@ -1,0 +1,154 @@
+"""`harness bench eval`: the evaluate stage against a TokenBench-style serial loop, side by side.
+
+The baseline does per video what TokenBench and the Cosmos scripts do: decode the generated video, decode the
+reference, resize the reference frames to the generated size (PIL Lanczos, as mediapy's resize does),
+re-encode it to mp4 and decode it back, then PSNR over the clip and scikit-image SSIM frame by frame, serially.
+The harness path is `evaluate_dirs` (parallel decode in processes, fused metrics; on a GPU, metrics there).
+A decode-only pass over the same files with the same process count gives the floor the GPU mode is held to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from harness import metrics
+from harness.rundir import atomic_write_json
+from harness.stages import evaluate
+from harness.synth import smooth_clip
+from harness.video import write_mp4
+
+T, H, W = 17, 320, 512
+
+
+def make_pairs(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
+    """n reference clips and n 'generated' ones (the reference plus noise and a drift), as real mp4s."""
+    ref, gen = root / "reference", root / "generated"
+    ref.mkdir(parents=True, exist_ok=True)
+    gen.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        clip = smooth_clip(T, H, W, seed + i)
+        texture = rng.integers(-4, 5, clip.shape[1:], dtype=np.int16)
+        clip = np.clip(clip + texture, 0, 255).astype(np.uint8)
+        noisy = np.clip(clip.astype(np.int16) + rng.integers(-4, 5, clip.shape, dtype=np.int16), 0, 255)
+        write_mp4(ref / f"clip-{i:04d}.mp4", clip, 25)
+        write_mp4(gen / f"clip-{i:04d}.mp4", np.roll(noisy.astype(np.uint8), 1, axis=2), 25)
+    return ref, gen
+
+
+# ---------------------------------------------------------------------------------- baseline
+def _read(path: Path | str) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+
+def _resize(video: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.LANCZOS)) for f in video])
+
+
+def _write(path: str, video: np.ndarray) -> None:
+    with av.open(path, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+        for f in video:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def baseline(ref_dir: Path, gen_dir: Path, tmp: Path) -> dict[str, tuple[float, float]]:
+    """TokenBench-style: serial, per video resize + re-encode + decode, skimage per frame."""
+    from skimage.metrics import structural_similarity
+
+    out: dict[str, tuple[float, float]] = {}
+    for g in sorted(gen_dir.glob("*.mp4")):
+        gen = _read(g)
+        ref = _resize(_read(ref_dir / g.name), gen.shape[1], gen.shape[2])
+        _write(str(tmp / g.name), ref)
+        ref = _read(tmp / g.name)[: len(gen)]
+        mse = float(((ref.astype(np.float64) - gen.astype(np.float64)) ** 2).mean())
+        ssim = np.mean([structural_similarity(r, x, data_range=255, channel_axis=-1) for r, x in zip(ref, gen)])
+        out[g.stem] = (metrics.psnr_from_mse(mse), float(ssim))
+    return out
+
+
+# ---------------------------------------------------------------------------------- harness
+def _decode_only(path: str) -> int:
+    return int(_read(path).shape[0])
+
+
+def decode_all(files: list[str], workers: int) -> int:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return sum(pool.map(_decode_only, files))
+
+
+def _time(fn: Any, repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="harness bench eval")
+    ap.add_argument("--n", type=int, default=32, help="video pairs (17x320x512)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-repeats", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="decode processes (0 = CPUs available)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--out", default="results/bench")
+    args = ap.parse_args(argv)
+    device = args.device or metrics.default_device()
+    workers = args.workers or evaluate.default_workers()
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp_s:
+        tmp = Path(tmp_s)
+        ref, gen = make_pairs(tmp / "data", args.n)
+        (tmp / "re").mkdir()
+        # warm-up: numba compile cache, CUDA context, page cache; not timed
+        evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers)
+        t_harness, res = _time(lambda: evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers),
+                               args.repeats)
+        files = [str(p) for d in (ref, gen) for p in sorted(d.glob("*.mp4"))]
+        t_decode, _ = _time(lambda: decode_all(files, workers), args.repeats)
+        t_base, _ = _time(lambda: baseline(ref, gen, tmp / "re"), args.baseline_repeats)
+        check = evaluate.evaluate_dirs(ref, gen, "skimage", workers=workers)
+    diff_psnr = max(abs(a["psnr_db"] - b["psnr_db"]) for a, b in zip(res["videos"], check["videos"]))
+    diff_ssim = max(abs(a["ssim"] - b["ssim"]) for a, b in zip(res["videos"], check["videos"]))
+    out = {
+        "bench": "eval", "pairs": args.n, "shape": [T, H, W], "device": device, "engine": res["engine"],
+        "workers": workers, "cpus": os.cpu_count(), "repeats": args.repeats,
+        "baseline_repeats": args.baseline_repeats,
+        "median_s": {"harness": t_harness, "baseline_serial_skimage": t_base, "decode_only": t_decode},
+        "per_pair_ms": {"harness": 1e3 * t_harness / args.n, "baseline_serial_skimage": 1e3 * t_base / args.n,
+                        "decode_only": 1e3 * t_decode / args.n},
+        "speedup_vs_baseline": t_base / t_harness,
+        "harness_over_decode": t_harness / t_decode,
+        "goals": {"speedup_vs_baseline_min": 20.0, "gpu_harness_over_decode_max": 1.2},
+        "max_abs_diff_vs_skimage_backend": {"psnr_db": diff_psnr, "ssim": diff_ssim},
+        "mean_psnr_db": res["mean"]["psnr_db"], "mean_ssim": res["mean"]["ssim"],
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out) / "eval.json", out)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))
