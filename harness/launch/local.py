@@ -8,6 +8,7 @@ submitit's LocalExecutor and honours the dependency kinds itself (afterok / afte
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -99,8 +100,10 @@ class _Driver:
 
 
 def _last_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[-1] if text else type(e).__name__)[:300]
+    """The exception line of the task's traceback (submitit wraps it with log paths), as status shows it."""
+    lines = [ln for ln in str(e).splitlines() if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", ln)]
+    text = lines[-1] if lines else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text[:300]
 
 
 def drive(paths: RunPaths, only: dict[str, list[int]] | None = None) -> None:

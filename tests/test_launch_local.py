@@ -1,0 +1,85 @@
+"""The same DAG without a cluster: submitit's LocalExecutor under the harness's own dependency driver."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import launch, plan, spec, synth
+from harness.launch import local
+from harness.rundir import is_done, read_json
+
+
+def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launch.RunPaths, plan.Plan]:
+    from harness.inputs import discover, write_inputs
+
+    clips = tmp / "videos"
+    synth.make_clips(clips, 6)
+    s = spec.loads(f"""
+[run]
+name = "loc"
+workdir = "{tmp / 'runs'}"
+[model]
+preset = "tiny"
+[tokenizer]
+encoder = "{encoder}"
+decoder = "{encoder}"
+[video]
+width = 32
+height = 32
+num_frames = 9
+[data]
+videos = "{clips}"
+[assets]
+hf_home = "{tmp / 'hf'}"
+[tokenize]
+shards = {shards}
+""")
+    facts = plan.Facts(num_inputs=len(discover(s)), max_array_size=1_000_000, nodes_available=1)
+    p = plan.build(s, facts)
+    paths = launch.new_run_dir(Path(s.run.workdir), "loc")
+    launch.write_run(paths, "", p, facts, launch.Choice("local", "test"))
+    write_inputs(paths, discover(s))
+    return paths, p
+
+
+@pytest.mark.timeout(300)
+def test_local_driver_runs_stages_in_order(tmp_path: Path) -> None:
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    paths, p = make_run(tmp_path, tok)
+    local.drive(paths, only={"stage-assets": [0], "tokenize": [0, 1], "merge": [0]})
+    state = read_json(local.state_path(paths))["stages"]
+    assert state["stage-assets"]["0"]["state"] == "COMPLETED"
+    assert {v["state"] for v in state["tokenize"].values()} == {"COMPLETED"}
+    assert state["merge"]["0"]["state"] == "COMPLETED"
+    assert state["tokenize"]["0"]["end"] <= state["merge"]["0"]["start"]
+    assert is_done(paths, "merge", 0)
+    assert read_json(paths.dataset_summary)["tokenized"] == 6
+
+
+@pytest.mark.timeout(300)
+def test_local_driver_cancels_dependents_of_a_failure(tmp_path: Path) -> None:
+    paths, p = make_run(tmp_path, tmp_path / "missing-tokenizer")
+    local.drive(paths, only={"stage-assets": [0], "tokenize": [0, 1], "merge": [0]})
+    state = read_json(local.state_path(paths))["stages"]
+    assert state["stage-assets"]["0"]["state"] == "FAILED"
+    assert "missing-tokenizer" in state["stage-assets"]["0"]["reason"]
+    assert {v["state"] for v in state["tokenize"].values()} == {"CANCELLED"}
+    assert state["merge"]["0"]["reason"] == "DependencyNeverSatisfied"
+
+
+@pytest.mark.timeout(120)
+def test_submit_local_returns_at_once(tmp_path: Path) -> None:
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    paths, _ = make_run(tmp_path, tok)
+    spec_path = tmp_path / "run.toml"
+    spec_path.write_text(paths.spec_toml.read_text() or "")
+    t0 = time.perf_counter()
+    pid = local.start_driver(paths)
+    assert time.perf_counter() - t0 < 5 and pid > 0
+    deadline = time.time() + 100
+    while time.time() < deadline and not local.state_path(paths).exists():
+        time.sleep(0.2)
+    assert local.state_path(paths).exists()
