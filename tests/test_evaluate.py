@@ -55,9 +55,9 @@ def test_sidecar_alignment_beats_identity(dirs: tuple[Path, Path, np.ndarray]) -
     assert a["alignment"] == "sidecar" and n["alignment"] == "identity"
     assert a["compared_frames"] == {"generated": list(range(17)), "reference": mapping}
     assert n["compared_frames"]["reference"] == list(range(17))
-    assert a["psnr_db"] > 40 and a["ssim"] > 0.97
-    assert a["psnr_db"] - n["psnr_db"] > 15
-    assert a["predicted"]["frames"] == 12 and a["predicted"]["psnr_db"] > 40
+    assert a["psnr"] > 40 and a["ssim"] > 0.97
+    assert a["psnr"] - n["psnr"] > 15
+    assert a["predicted"]["frames"] == 12 and a["predicted"]["psnr"] > 40
 
 
 def test_frames_past_the_reference_are_left_out(dirs: tuple[Path, Path, np.ndarray]) -> None:
@@ -68,7 +68,7 @@ def test_frames_past_the_reference_are_left_out(dirs: tuple[Path, Path, np.ndarr
     assert v["compared_frames"]["reference"] == [20, 21, 22, 23, 24]
     assert v["frames_without_reference"] == [5, 6, 7, 8]
     assert "predicted" not in v  # every predicted frame lies past the end of the reference
-    assert v["psnr_db"] > 40
+    assert v["psnr"] > 40
 
 
 def test_identical_videos_report_infinite_psnr(dirs: tuple[Path, Path, np.ndarray]) -> None:
@@ -77,8 +77,8 @@ def test_identical_videos_report_infinite_psnr(dirs: tuple[Path, Path, np.ndarra
     for backend in ("fast", "skimage"):
         out = evaluate.evaluate_dirs(ref, gen, backend, device="cpu", workers=1)
         (v,) = out["videos"]
-        assert v["psnr_db"] is None and v["identical"] is True and v["ssim"] == pytest.approx(1.0, abs=1e-12)
-        assert out["mean"]["identical_videos"] == ["clip"] and out["mean"]["psnr_db"] is None
+        assert v["psnr"] is None and v["identical"] is True and v["ssim"] == pytest.approx(1.0, abs=1e-12)
+        assert out["mean"]["identical_videos"] == ["clip"] and out["mean"]["psnr"] is None
         json.dumps(out, allow_nan=False)  # valid JSON: no Infinity
 
 
@@ -106,7 +106,7 @@ def test_fast_and_skimage_agree_in_worker_processes(dirs: tuple[Path, Path, np.n
     slow = evaluate.evaluate_dirs(ref, gen, "skimage", workers=1)
     assert fast["engine"] == "numba" and slow["engine"] == "skimage"
     for f, s in zip(fast["videos"], slow["videos"], strict=True):
-        assert abs(f["psnr_db"] - s["psnr_db"]) < 1e-6 and abs(f["ssim"] - s["ssim"]) < 1e-5
+        assert abs(f["psnr"] - s["psnr"]) < 1e-6 and abs(f["ssim"] - s["ssim"]) < 1e-5
         assert f["compared_frames"] == s["compared_frames"]
 
 
@@ -128,7 +128,7 @@ def test_stage_writes_eval_json(tmp_path: Path, dirs: tuple[Path, Path, np.ndarr
     assert out["step"] == step and out["backend"] == "skimage"
     assert out["missing_reference"] == ["orphan"]
     (v,) = out["videos"]
-    assert v["compared_frames"]["reference"] == list(range(3, 20)) and v["psnr_db"] > 40
-    assert out["mean"]["psnr_db"] == v["psnr_db"]
+    assert v["compared_frames"]["reference"] == list(range(3, 20)) and v["psnr"] > 40
+    assert out["mean"]["psnr"] == v["psnr"]
     with pytest.raises(Exception, match="checkpoints"):
         evaluate.run(spec, 2, paths)

@@ -11,7 +11,7 @@ frame i, and the result says `"alignment": "identity"`.
 
 Metrics are reported over all compared frames and over the predicted frames alone (context frames measure
 the tokenizer's reconstruction, predicted ones the model). Identical clips have infinite PSNR: JSON has no
-infinity, so `psnr_db` is null with `identical: true`, and means exclude such videos (their names are listed).
+infinity, so `psnr` is null with `identical: true`, and means exclude such videos (their names are listed).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int],
 # ------------------------------------------------------------------------------------- scoring
 def _summary(sse: int, ssim: np.ndarray, pixels: int) -> dict[str, Any]:
     p = metrics.psnr_from_mse(sse / pixels)
-    return {"psnr_db": None if math.isinf(p) else p, "identical": math.isinf(p), "ssim": float(ssim.mean()),
+    return {"psnr": None if math.isinf(p) else p, "identical": math.isinf(p), "ssim": float(ssim.mean()),
             "frames": int(ssim.size)}
 
 
@@ -204,17 +204,31 @@ def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missi
 
     pred = [r["predicted"] for r in ok if "predicted" in r]
     return {
+        "frames": _frames_note(ok),
         "backend": kind, "engine": engine, "device": device,
         "videos": ok,
-        "mean": {"psnr_db": mean(ok, "psnr_db"), "ssim": mean(ok, "ssim"), "videos": len(ok),
+        "mean": {"psnr": mean(ok, "psnr"), "ssim": mean(ok, "ssim"), "videos": len(ok),
                  "identical_videos": sorted(r["name"] for r in ok if r["identical"]),
-                 "predicted_psnr_db": mean(pred, "psnr_db"), "predicted_ssim": mean(pred, "ssim")},
+                 "predicted_psnr": mean(pred, "psnr"), "predicted_ssim": mean(pred, "ssim")},
         "failed": [{"name": r["name"], "error": r["error"]} for r in results if "error" in r],
         "missing_reference": sorted(missing_reference),
         "missing_generated": sorted(missing_generated),
-        "notes": ["identical clips have infinite PSNR: psnr_db is null, identical is true, and means exclude them",
+        "notes": ["PSNR in dB; identical clips have infinite PSNR: psnr is null, identical is true, and means exclude them",
                   "PSNR: one MSE over all compared frames of a video; SSIM: skimage defaults per frame, averaged"],
     }
+
+
+def _frames_note(ok: list[dict[str, Any]]) -> str:
+    """One line for the report: which frames were compared with which."""
+    side = [r for r in ok if r["alignment"] == "sidecar"]
+    parts = []
+    if side:
+        ctx = sorted({r["context_frames"] for r in side})
+        parts.append(f"{len(side)} video(s) aligned by sidecar ({ALIGNMENT_CONVENTION}; generated frames "
+                     f"0..{ctx[0] - 1 if len(ctx) == 1 else '(C-1)'} reproduce the context, the rest are predicted)")
+    if len(side) < len(ok):
+        parts.append(f"{len(ok) - len(side)} video(s) without sidecar: frame i compared with frame i")
+    return "; ".join(parts) or "no videos compared"
 
 
 # ------------------------------------------------------------------------------------- matching
