@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import spec as spec_mod
@@ -20,7 +21,7 @@ err = Console(stderr=True, highlight=False)
 def cmd_validate(a: argparse.Namespace) -> int:
     for path in a.specs:
         s = spec_mod.load(Path(path))
-        console.print(f"{path}: ok ({s.token_math.describe()})")
+        console.print(f"{path}: ok ({s.token_math.describe()})", markup=False)
     return 0
 
 
@@ -64,7 +65,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     console.print(f"inputs: {plan.num_inputs} -> {plan.spec.tokenize.shards} shard(s); checkpoints at steps "
                   f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
     for w in list(plan.warnings) + notes:
-        console.print(f"[yellow]note:[/] {w}")
+        console.print(f"[yellow]note:[/] {escape(w)}")
     table = Table("stage", "tasks", "array", "after", "resources", "container")
     for s in plan.stages:
         r = s.resources
@@ -85,13 +86,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
             if s.name == "finetune" or a.out is None:
                 srun = next((ln for ln in text.splitlines() if ln.startswith("srun ")), "")
                 if s.name == "finetune":
-                    console.print(f"finetune srun: {srun}", soft_wrap=True)
+                    console.print(f"finetune srun: {srun}", soft_wrap=True, markup=False)
             if a.out is not None:
                 out = Path(a.out) / f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(text, encoding="utf-8")
     if a.out is not None:
-        console.print(f"wrote {plan.sbatch_calls} sbatch script(s) to {a.out} (job ids shown as ${{STAGE_JOB_ID}})")
+        console.print(f"wrote {plan.sbatch_calls} sbatch script(s) to {a.out} (job ids shown as ${{STAGE_JOB_ID}})",
+                      markup=False)
     return 0
 
 
@@ -99,8 +101,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from harness import launch
 
     res = launch.submit(Path(a.spec), a.executor)
-    console.print(f"run {res.paths.run_id} -> {res.paths.root}")
-    console.print(f"executor: {res.choice.executor} ({res.choice.reason})")
+    console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
+    console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
     for s in res.submissions:
         console.print(f"  {s['stage']:<13} job {s['job_id']}")
     if a.wait:
@@ -123,7 +125,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
     out = synth.make_quickstart(Path(a.out))
     for k, v in out.items():
-        console.print(f"{k}: {v}")
+        console.print(f"{k}: {v}", markup=False)
     return 0
 
 
@@ -133,9 +135,9 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
     if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
         synth.make_quickstart(Path(a.assets))
-        console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/")
+        console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/", markup=False)
     res = launch.submit(Path(a.spec), a.executor)
-    console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})")
+    console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})", markup=False)
     code = ops.wait(res.paths, timeout_s=a.timeout)
     ops.print_report(res.paths)
     return code

@@ -229,8 +229,10 @@ def load(path: str | Path) -> RunSpec:
 def loads(text: str, source: str = "<spec>") -> RunSpec:
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(Problem(source, "", f"not valid TOML: {e}")) from None
+    except ValueError as e:  # TOMLDecodeError, and int() refusing a number of more than 4,300 digits
+        raise SpecError(Problem(source, "", f"not valid TOML: {_first_line(e)}")) from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays / inline tables
+        raise SpecError(Problem(source, "", "not valid TOML: arrays or inline tables nested too deeply")) from None
     return from_dict(raw, source)
 
 
@@ -277,7 +279,23 @@ def _unknown_keys(table: Mapping[str, Any], valid: tuple[str, ...], prefix: str,
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-            problems.append(Problem(source, prefix + str(key), f"unknown key; {hint}"))
+            problems.append(Problem(source, prefix + _key(key), f"unknown key; {hint}"))
+
+
+def _key(key: Any) -> str:
+    """A key as one printable token, quoted as TOML would when it is not bare (a quoted key may hold
+    spaces, dots, line breaks or control characters, which would otherwise break the one-line message)."""
+    text = str(key)
+    if re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        return text
+    body = "".join("\\" + ch if ch in '"\\' else ch if ch.isprintable() else
+                   (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}") for ch in text)
+    return f'"{body}"'
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else e.__class__.__name__
 
 
 def _build(cls: type, table: Mapping[str, Any], section: str, source: str, problems: list[Problem]) -> Any:
@@ -319,6 +337,8 @@ def _coerce(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[Any, str]:
     if origin in (Mapping, dict, collections.abc.Mapping):
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             return None, "must be a table of strings"
+        if any(_bad_chars(str(k)) or _bad_chars(v) for k, v in value.items()):
+            return None, "keys and values must not contain NUL or line breaks"
         return types.MappingProxyType(dict(value)), ""
     return _scalar(tp, value, meta)
 
@@ -335,7 +355,7 @@ def _scalar(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[Any, str]:
     if tp is str:
         if not isinstance(value, str):
             return None, "must be a string"
-        if "\x00" in value or "\n" in value or "\r" in value:
+        if _bad_chars(value):
             return None, "must not contain NUL or line breaks"
         pattern = meta.get("pattern")
         if pattern is not None and not pattern.match(value):
@@ -345,6 +365,11 @@ def _scalar(tp: Any, value: Any, meta: Mapping[str, Any]) -> tuple[Any, str]:
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         return None, "out of range" + _bounds(meta)
     return value, ""
+
+
+def _bad_chars(value: str) -> bool:
+    """NUL cannot reach a process argument or a script; a line break would split one sbatch/shell line."""
+    return "\x00" in value or "\n" in value or "\r" in value
 
 
 def _bounds(meta: Mapping[str, Any]) -> str:
@@ -451,7 +476,7 @@ def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
                                        f"(e.g. nvcr.io#nvidia/nemo:25.02.rc3) or a .sqsh path"))
     for k in c.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-            out.append((f"container.env.{k}", "must be a valid environment variable name"))
+            out.append((f"container.env.{_key(k)}", "must be a valid environment variable name"))
     return out
 
 

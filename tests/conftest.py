@@ -63,3 +63,11 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/*.sbatch")
+
+
+# ---------------------------------------------------------------------------- reliability tally (issue 8)
+# The `reliability` fixture and the end-of-session summary (results/reliability.json) live in
+# tests/reliability_plugin.py; importing its hooks here registers them (tests/ is not a package).
+from reliability_plugin import (  # noqa: E402,F401
+    pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary,
+    reliability)

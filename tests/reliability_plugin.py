@@ -1,0 +1,98 @@
+"""Reliability tally of one test session: what the fault, fuzz, injection and secret tests tried and what
+they found. Tests record through the session fixture `reliability` (`reliability.add("faults_injected")`);
+the summary is printed at the end of the session and written to results/reliability.json.
+
+Loaded from tests/conftest.py (tests/ is not a package, so it is imported by module name, not through
+`pytest_plugins`). Counts only ever come from tests that ran: nothing here is a default or a constant.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "reliability.json"
+KEYS = ("faults_injected", "faults_survived", "bad_inputs_tried", "bad_inputs_reported", "specs_fuzzed",
+        "hand_written_bad_specs", "injection_strings_tried", "canaries_fired", "tracebacks", "secrets_found",
+        "files_scanned_for_secrets", "slurm_jobs_submitted")
+"""The figures the summary always shows (0 when no test recorded one)."""
+
+
+class Reliability:
+    """Thread-safe counters plus a list of notes (one line per injected fault and how it ended)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.notes: list[str] = []
+        self.tests: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self.notes.append(text)
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = {k: int(self.counts.get(k, 0)) for k in KEYS}
+        counts.update({k: int(v) for k, v in sorted(self.counts.items()) if k not in counts})
+        return {"counts": counts, "notes": list(self.notes), "tests": dict(sorted(self.tests.items())),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node()}
+
+
+_TALLY = Reliability()
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Iterator[Reliability]:
+    """The session's tally (session-scoped, so hypothesis tests may use it too)."""
+    yield _TALLY
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember the outcome of every test that used the tally, for the JSON file."""
+    if report.nodeid not in _TALLY.tests:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        _TALLY.tests[report.nodeid] = report.outcome
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "reliability" in getattr(item, "fixturenames", ()):
+            _TALLY.tests.setdefault(item.nodeid, "not run")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _TALLY.counts:
+        return
+    data = _TALLY.as_dict()
+    tr = terminalreporter
+    tr.write_sep("=", "reliability summary")
+    for k, v in data["counts"].items():
+        tr.write_line(f"{k:<28} {v}")
+    for n in data["notes"]:
+        tr.write_line(f"  - {n}")
+    tr.write_line(f"written to {RESULTS}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Written whenever a test recorded something (a partial run writes a partial tally: its `tests` say
+    which tests ran)."""
+    if not _TALLY.counts:
+        return
+    data = _TALLY.as_dict()
+    data["exit_status"] = int(exitstatus)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(RESULTS)
