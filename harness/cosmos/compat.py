@@ -100,8 +100,9 @@ def _patch_memory_buffer() -> None:
 def _patch_optimizer() -> None:
     # optimizer/clip_grads.py get_grad_norm_fp32 builds its norm with device=torch.cuda.current_device() and,
     # without Apex/TE, calls multi_tensor_applier on CUDA buffers; clip_grad_by_total_norm_fp32 asserts the
-    # grads are CUDA tensors. optimizer/optimizer.py MixedPrecisionOptimizer/FP32Optimizer keep a
-    # `_scale_one` / found-inf tensor on 'cuda'. On CPU: plain torch norms and scaling.
+    # grads are CUDA tensors. optimizer/optimizer.py FP32Optimizer keeps its `_scale` on 'cuda'. On CPU: plain
+    # torch norms and scaling. (The bf16 MixedPrecisionOptimizer also checks for 'torch.cuda.*Tensor' types,
+    # so on CPU the harness trains in fp32; see cosmos.train.effective_precision.)
     from megatron.core.optimizer import clip_grads, optimizer as opt
 
     def grad_norm(grads_for_norm: Any, norm_type: float = 2, grad_stats_parallel_group: Any = None) -> float:
@@ -135,11 +136,11 @@ def _patch_optimizer() -> None:
     clip_grads.clip_grad_by_total_norm_fp32 = clip
     opt.get_grad_norm_fp32 = grad_norm
     opt.clip_grad_by_total_norm_fp32 = clip
-    _orig_fp32_init = opt.FP32Optimizer.__init__
-
-    def fp32_init(self: Any, *a: Any, **k: Any) -> None:
-        _orig_fp32_init(self, *a, **k)
+    def fp32_init(self: Any, optimizer: Any, config: Any, init_state_fn: Any) -> None:
+        # FP32Optimizer.__init__ sets self._scale = torch.tensor([1.0], device='cuda'); same state, on CPU.
+        opt.MegatronOptimizer.__init__(self, optimizer, config, init_state_fn)
         self._scale = torch.tensor([1.0], dtype=torch.float)
+        self.is_stub_optimizer = optimizer is None
 
     opt.FP32Optimizer.__init__ = fp32_init
 

@@ -150,12 +150,12 @@ class CosmosLayer(TransformerLayer):
         return super().forward(hidden_states, *args, **kw)
 
 
-def layer_spec(video2world: bool = False) -> TransformerBlockSubmodules:
+def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> TransformerBlockSubmodules:
     """The Cosmos decoder spec (mcore modules + the harness' SDPA core attention and fused-norm linears)."""
     cross: dict[str, Any] = {}
     if video2world:
         from harness.cosmos.video2world import cross_attention_spec  # noqa: PLC0415 (only V2W needs it)
-        cross = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm),
+        cross = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
                      cross_attn_bda=get_bias_dropout_add)
     layer = ModuleSpec(
         module=CosmosLayer,
@@ -187,7 +187,7 @@ class CosmosModel(GPTModel):
     """GPTModel with the Cosmos 3D RoPE (and, for Video2World, abs positions, cross-attention, 64,000 outputs)."""
 
     def __init__(self, preset: ModelPreset, grid: Grid, config: TransformerConfig, seq_len: int) -> None:
-        spec = layer_spec(preset.video2world)
+        spec = layer_spec(preset.video2world, preset.crossattn_dim)
         spec.layer_specs = [spec.layer_specs[0]] * preset.num_layers
         super().__init__(config=config, transformer_layer_spec=spec, vocab_size=preset.vocab_size,
                          max_sequence_length=preset.seq_length, share_embeddings_and_output_weights=False,

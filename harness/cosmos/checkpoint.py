@@ -1,0 +1,151 @@
+"""Checkpoints of the mcore engine: megatron-core distributed checkpoints in a NeMo 2 layout.
+
+A checkpoint directory holds `weights/` (an mcore `torch_dist` checkpoint whose model keys are `module.<mcore
+key>`, as NeMo 2's MegatronStrategy writes them; optimizer state under `optimizer.*`), `context/harness.json`
+(preset, grid, TP, step) and `trainer.json` (step, samples consumed), then `done.json`: the completion marker,
+written last. A directory without it (a save killed mid-write) is ignored by `latest_complete`. Loading reshards
+across TP sizes (the checkpoint stores global tensors). A pretrained Cosmos NeMo 2 `nemo/` folder (weights/ +
+context/) loads the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from megatron.core import dist_checkpointing
+
+from harness.cosmos import parallel
+from harness.errors import HarnessError
+from harness.rundir import RunPaths, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from harness.cosmos.model import CosmosModel
+    from harness.spec import RunSpec
+
+log = logging.getLogger(__name__)
+MARKER = "done.json"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def weights_dir(ckpt_dir: Path) -> Path:
+    """NeMo 2 keeps the distributed checkpoint in `weights/`; a bare mcore checkpoint dir also works."""
+    return ckpt_dir / "weights" if (ckpt_dir / "weights").is_dir() else ckpt_dir
+
+
+def unwrap(model: Any) -> "CosmosModel":
+    while hasattr(model, "module") and not hasattr(model, "rope"):
+        model = model.module
+    return model  # type: ignore[no-any-return]
+
+
+def model_sharded_state_dict(model: Any) -> dict[str, Any]:
+    """`module.`-prefixed sharded state dict without `_extra_state` entries (TE's fp8 metadata in NeMo
+    checkpoints; empty for the harness' linears), which carry no weights."""
+    sd = unwrap(model).sharded_state_dict(prefix="module.")
+    return {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+
+
+def is_complete(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / MARKER).is_file()
+
+
+def complete_steps(paths: RunPaths) -> list[int]:
+    root = paths.checkpoint_dir(0).parent
+    if not root.is_dir():
+        return []
+    steps = []
+    for d in root.iterdir():
+        m = _STEP_DIR.match(d.name)
+        if m and is_complete(d):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_complete(paths: RunPaths) -> tuple[int, Path] | None:
+    """(step, dir) of the newest checkpoint with its completion marker, or None."""
+    steps = complete_steps(paths)
+    return (steps[-1], paths.checkpoint_dir(steps[-1])) if steps else None
+
+
+def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any]) -> None:
+    """Collective: every rank calls it. An older incomplete attempt at the same path is removed first."""
+    if parallel.is_main():
+        if ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        (ckpt_dir / "weights").mkdir(parents=True)
+    parallel.barrier()
+    msd = model_sharded_state_dict(model)
+    state: dict[str, Any] = {"state_dict": msd}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(msd)
+    dist_checkpointing.save(state, str(ckpt_dir / "weights"))
+    parallel.barrier()
+    if parallel.is_main():
+        atomic_write_json(ckpt_dir / "context" / "harness.json", context)
+        atomic_write_json(ckpt_dir / "trainer.json", trainer)
+        atomic_write_json(ckpt_dir / MARKER, {"step": trainer.get("step")})
+    parallel.barrier()
+
+
+def _load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+    wdir = weights_dir(ckpt_dir)
+    if not (wdir / "metadata.json").is_file():
+        raise HarnessError(f"{ckpt_dir}: not a megatron distributed checkpoint (no weights/metadata.json)")
+    try:
+        return dist_checkpointing.load(state, str(wdir))  # type: ignore[no-any-return]
+    except Exception as e:  # mcore raises CheckpointingException/KeyError/RuntimeError for a mismatched model
+        raise HarnessError(f"{ckpt_dir}: cannot load into this model ({e.__class__.__name__}: "
+                           f"{str(e).splitlines()[0][:300]})") from e
+
+
+def load_model(model: Any, ckpt_dir: Path) -> None:
+    """Weights only (a pretrained start, or inference); the checkpoint's TP size may differ from this one's."""
+    loaded = _load(ckpt_dir, {"state_dict": model_sharded_state_dict(model)})
+    sd = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
+    missing, unexpected = unwrap(model).load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise HarnessError(f"{ckpt_dir}: weights do not match the model (missing {missing[:3]}, "
+                           f"unexpected {list(unexpected)[:3]})")
+
+
+def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
+    """Model + optimizer state; returns trainer.json."""
+    msd = model_sharded_state_dict(model)
+    state = {"state_dict": msd, "optimizer": optimizer.sharded_state_dict(msd, is_loading=True)}
+    loaded = _load(ckpt_dir, state)
+    sd = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
+    unwrap(model).load_state_dict(sd, strict=False)
+    optimizer.load_state_dict(loaded["optimizer"])
+    return read_json(ckpt_dir / "trainer.json")  # type: ignore[no-any-return]
+
+
+def check_context(ckpt_dir: Path, spec: "RunSpec") -> None:
+    """A harness checkpoint names its preset; refuse another model shape with a clear message."""
+    ctx = ckpt_dir / "context" / "harness.json"
+    if ctx.is_file():
+        preset = read_json(ctx).get("preset")
+        if preset and preset != spec.model.preset:
+            raise HarnessError(f"{ckpt_dir}: checkpoint of preset {preset!r}, but model.preset is "
+                               f"{spec.model.preset!r}")
+
+
+def load_for_inference(ckpt_dir: str | Path, spec: "RunSpec", tp: int = 1, *, seq_len: int | None = None
+                       ) -> "CosmosModel":
+    """A model in eval mode with the checkpoint's weights, tensor-parallel over `tp` ranks (every rank of the TP
+    group calls this). Initialises torch.distributed/mcore if needed (single process when no launcher variables
+    are set). bf16 on GPU, fp32 on CPU. `seq_len`: positions the RoPE tables must cover (default: one sample)."""
+    from harness.cosmos.model import build_model
+
+    ckpt_dir = Path(ckpt_dir)
+    check_context(ckpt_dir, spec)
+    parallel.init(tp, seed=spec.run.seed)
+    precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
+    model = build_model(spec.preset, spec.token_math.grid, tp=tp, precision=precision, seq_len=seq_len)
+    load_model(model, ckpt_dir)
+    return model.eval()

@@ -1,0 +1,122 @@
+"""Process-group setup for the mcore engine: rank discovery (torchrun, Slurm, or one process), torch.distributed
+(gloo on CPU, NCCL on GPU) and megatron-core's tensor/data-parallel groups (TP within a node, DP across)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from harness.cosmos import compat
+from harness.errors import HarnessError
+
+TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    rank: int
+    world: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    source: str
+    """"torchrun", "slurm" or "single"."""
+
+
+def rank_env(environ: dict[str, str] | None = None) -> RankEnv:
+    """torchrun/spawn variables win (they are set per process); then Slurm's per-task SLURM_PROCID; else one process."""
+    env = dict(os.environ if environ is None else environ)
+    port = int(env.get("MASTER_PORT", "0") or 0)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return RankEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
+                       env.get("MASTER_ADDR", "127.0.0.1"), port or 29500, "torchrun")
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        job = int(env.get("SLURM_JOB_ID", "0") or 0)
+        addr = env.get("MASTER_ADDR") or first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
+                                                    or env.get("SLURM_NODELIST", ""))
+        return RankEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
+                       addr, port or 20000 + job % 20000, "slurm")
+    return RankEnv(0, 1, 0, "127.0.0.1", port or _free_port(), "single")
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a Slurm hostlist ("gpu[003-005,9],cpu1" -> "gpu003"); scontrol when present, else parsed."""
+    if not nodelist:
+        raise HarnessError("SLURM_NODELIST is empty: cannot find the rendezvous host (set MASTER_ADDR)")
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.split()
+            if out:
+                return out[0]
+        except (subprocess.SubprocessError, OSError):
+            pass
+    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m:
+        raise HarnessError(f"SLURM_NODELIST={nodelist!r}: cannot parse the first host")
+    prefix, ranges = m.group(1), m.group(2)
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init(tp: int, *, seed: int = 1234, env: RankEnv | None = None) -> RankEnv:
+    """Initialise torch.distributed and mcore's parallel state once per process (idempotent for the same TP)."""
+    env = env or rank_env()
+    compat.apply()
+    if env.world % tp:
+        raise HarnessError(f"{env.world} ranks cannot be split into tensor-parallel groups of {tp}")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
+                                rank=env.rank, world_size=env.world, timeout=TIMEOUT)
+    if parallel_state.model_parallel_is_initialized():
+        if parallel_state.get_tensor_model_parallel_world_size() == tp:
+            return env
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return env
+
+
+def dp_size() -> int:
+    return parallel_state.get_data_parallel_world_size()
+
+
+def dp_rank() -> int:
+    return parallel_state.get_data_parallel_rank()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

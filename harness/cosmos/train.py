@@ -1,0 +1,263 @@
+"""The "mcore" finetune engine: a lean megatron-core training loop (the schedules in megatron.core.pipeline_parallel
+hard-code CUDA; this loop has no pipeline parallelism and so needs none of them).
+
+One rank per GPU (or per TP shard on CPU); TP within a node, DP across. mcore DDP (distributed optimizer when
+DP > 1 on GPU), bf16 compute with fp32 master weights and Adam state (spec.finetune.precision), gradient
+accumulation GBS / (MBS x DP), warm-up + cosine (or constant) LR, grad clipping. Checkpoints at
+`harness.plan.checkpoint_steps` and on SIGUSR2/SIGTERM; resume from the newest COMPLETE checkpoint; metrics.jsonl
+holds each step exactly once across requeues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+from harness import plan, tokens
+from harness.cosmos import checkpoint as ckpt
+from harness.cosmos import config as cfg
+from harness.cosmos import data as data_mod
+from harness.cosmos import parallel
+from harness.cosmos.model import build_model
+from harness.cosmos.signals import StopSignal
+from harness.errors import HarnessError
+from harness.rundir import RunPaths, atomic_write_json, atomic_write_text
+from harness.spec import FinetuneSection, RunSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trainer:
+    spec: RunSpec
+    paths: RunPaths
+    model: Any
+    """DDP-wrapped CosmosModel."""
+    optimizer: Any
+    samples: data_mod.VideoSamples
+    step: int
+    """Optimizer steps completed."""
+    last_step: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def lr_at(f: FinetuneSection, step: int) -> float:
+    """LR of 0-based optimizer step `step`: linear warm-up, then cosine from lr to min_lr (constant if equal)."""
+    if f.warmup_steps and step < f.warmup_steps:
+        return f.lr * (step + 1) / f.warmup_steps
+    if f.min_lr == f.lr:
+        return f.lr
+    progress = min(1.0, (step - f.warmup_steps) / max(1, f.max_steps - f.warmup_steps))
+    return f.min_lr + 0.5 * (f.lr - f.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def effective_precision(f: FinetuneSection) -> str:
+    """bf16-mixed needs CUDA: megatron-core's mixed-precision optimizer only accepts torch.cuda tensors (and CPU
+    bf16 matmuls are slow), so a CPU run trains in fp32."""
+    if f.precision == "bf16-mixed" and not torch.cuda.is_available():
+        log.warning("finetune.precision = 'bf16-mixed' needs CUDA; training in fp32 on CPU")
+        return "fp32"
+    return f.precision
+
+
+def build_optimizer(model: Any, f: FinetuneSection, *, bf16: bool, distributed: bool) -> Any:
+    conf = OptimizerConfig(optimizer="adam", lr=f.lr, min_lr=f.min_lr, weight_decay=f.weight_decay,
+                           clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
+                           use_distributed_optimizer=distributed)
+    return get_megatron_optimizer(conf, [model])
+
+
+def wrap_ddp(model: Any, *, distributed: bool) -> DistributedDataParallel:
+    ddp_conf = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                             use_distributed_optimizer=distributed)
+    return DistributedDataParallel(model.config, ddp_conf, model)
+
+
+def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, where: str = "dataset") -> Trainer:
+    """Build model + optimizer on this rank; resume from the newest complete checkpoint, else start from the
+    pretrained checkpoint (if any), else random init."""
+    f = spec.finetune
+    parallel.init(f.tensor_parallel, seed=spec.run.seed)
+    cuda = torch.cuda.is_available()
+    precision = effective_precision(f)
+    bf16 = precision == "bf16-mixed"
+    tm = spec.token_math
+    model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=precision, recompute=f.recompute,
+                        seq_len=tm.sample_length - 1)
+    latest = ckpt.latest_complete(paths)
+    if latest is None and spec.model.checkpoint:
+        source = pretrained_dir(spec)
+        log.info("starting from pretrained checkpoint %s", source)
+        ckpt.load_model(model, source)
+    distributed = cuda and parallel.dp_size() > 1
+    ddp = wrap_ddp(model, distributed=distributed)
+    optimizer = build_optimizer(ddp, f, bf16=bf16, distributed=distributed)
+    step = 0
+    if latest is not None:
+        ckpt.check_context(latest[1], spec)
+        state = ckpt.load_training(ddp, optimizer, latest[1])
+        step = int(state["step"])
+        log.info("resumed from %s (step %d)", latest[1], step)
+    samples = data_mod.VideoSamples(dataset, tm, "train", where=where)
+    last = min(f.max_steps, data_mod.steps_available(len(samples), f.global_batch_size, f.max_epochs))
+    if last < f.max_steps:
+        log.warning("finetune.max_epochs=%d over %d training videos allows %d steps < max_steps=%d: stopping at %d",
+                    f.max_epochs, len(samples), last, f.max_steps, last)
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return Trainer(spec, paths, ddp, optimizer, samples, step, last, torch.bfloat16 if bf16 else torch.float32,
+                   device)
+
+
+def pretrained_dir(spec: RunSpec) -> Path:
+    """model.checkpoint as a local dir (itself or its `nemo/` subfolder) or a staged HF repo's `nemo/` folder."""
+    src = spec.model.checkpoint
+    local = Path(src).expanduser()
+    if local.is_dir():
+        return local / "nemo" if (local / "nemo" / "weights").is_dir() else local
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = Path(snapshot_download(src, revision=spec.assets.revisions.get(src), local_files_only=True))
+    except Exception as e:
+        raise HarnessError(f"{spec.source}: model.checkpoint = {src!r}: not a local dir and not in the HF cache "
+                           f"(run stage-assets first): {e.__class__.__name__}") from None
+    return snap / "nemo" if (snap / "nemo").is_dir() else snap
+
+
+def train_step(t: Trainer) -> dict[str, float]:
+    """One optimizer step (all micro-batches); returns the metrics of this step."""
+    f = t.spec.finetune
+    dp, dp_rank = parallel.dp_size(), parallel.dp_rank()
+    accum = f.global_batch_size // (f.micro_batch_size * dp)
+    t.model.zero_grad_buffer()
+    t.optimizer.zero_grad()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
+    for micro in range(accum):
+        ids = data_mod.micro_batch(t.step, micro, gbs=f.global_batch_size, mbs=f.micro_batch_size, dp=dp,
+                                   dp_rank=dp_rank, n=len(t.samples), seed=t.spec.run.seed)
+        batch = data_mod.collate([t.samples.sample(i) for i in ids], t.device, t.dtype)
+        per_token = t.model(batch["tokens"], labels=batch["labels"], context=batch.get("context"))
+        mask = batch["loss_mask"]
+        loss = (per_token * mask).sum() / mask.sum()
+        (loss / accum).backward()
+        loss_sum += loss.detach().double()
+    finalize_model_grads([t.model])  # DP all-reduce + sum of qk-layernorm grads over TP (per-head norms)
+    lr = lr_at(f, t.step)
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    ok, grad_norm, _ = t.optimizer.step()
+    if not ok:
+        log.warning("step %d: optimizer skipped the update (non-finite gradients)", t.step + 1)
+    if dist.is_initialized():
+        dist.all_reduce(loss_sum, group=_dp_group())
+    if t.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - start
+    t.step += 1
+    tm = t.spec.token_math
+    seq = tm.sample_length - 1
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    flops = cfg.train_flops_per_token(t.spec.preset, seq) * seq * f.global_batch_size
+    return {"step": t.step, "loss": float(loss_sum) / (accum * dp), "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "tokens_per_s": f.global_batch_size * tm.video_tokens / dt, "tflops": flops / dt / world / 1e12,
+            "step_time_s": dt, "epoch": (t.step * f.global_batch_size) // len(t.samples), "time": time.time()}
+
+
+def _dp_group() -> Any:
+    from megatron.core import parallel_state
+
+    return parallel_state.get_data_parallel_group()
+
+
+def save(t: Trainer, reason: str) -> None:
+    tm = t.spec.token_math
+    context = {"preset": t.spec.model.preset, "grid": [tm.grid.t, tm.grid.h, tm.grid.w],
+               "compression": list(tm.compression), "tensor_parallel": t.spec.finetune.tensor_parallel,
+               "step": t.step, "engine": "mcore", "recipe": t.spec.run.recipe}
+    trainer = {"step": t.step, "samples_consumed": t.step * t.spec.finetune.global_batch_size, "reason": reason}
+    start = time.perf_counter()
+    ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=trainer, context=context)
+    if parallel.is_main():
+        write_checkpoints_json(t.paths, t.spec.finetune)
+        log.info("checkpoint step %d (%s) in %.1fs", t.step, reason, time.perf_counter() - start)
+
+
+def write_checkpoints_json(paths: RunPaths, f: FinetuneSection) -> None:
+    """`steps`: completed checkpoints among the planned ones (what infer/evaluate arrays index); `all`: every
+    complete checkpoint, including ones written on a preemption signal."""
+    done = ckpt.complete_steps(paths)
+    planned = set(plan.checkpoint_steps(f))
+    atomic_write_json(paths.checkpoints_json, {"steps": [s for s in done if s in planned], "all": done,
+                                               "planned": sorted(planned)})
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of steps <= `step` (the resumed checkpoint): later ones are recomputed, so each step is
+    logged exactly once; a torn last line from a kill is dropped too."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def append_metrics(path: Path, rec: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        fh.flush()
+
+
+def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, where: str = "dataset") -> int:
+    """Run (or resume) finetuning to the last step; returns it. Every rank calls this. On SIGUSR2/SIGTERM:
+    checkpoint, then `StopSignal.exit` (requeue through submitit, or raise `Preempted`)."""
+    stop = StopSignal()
+    stop.install()
+    try:
+        t = setup(spec, paths, dataset, where=where)
+        f = spec.finetune
+        planned = set(plan.checkpoint_steps(f))
+        if parallel.is_main():
+            truncate_metrics(paths.metrics_jsonl, t.step)
+        parallel.barrier()
+        for w in tokens.warnings(spec.token_math):
+            log.warning(w)
+        while t.step < t.last_step:
+            rec = train_step(t)
+            if parallel.is_main():
+                append_metrics(paths.metrics_jsonl, rec)
+                if t.step % f.log_every == 0 or t.step == t.last_step:
+                    log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.1f TFLOP/s", t.step, rec["loss"],
+                             rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])
+            signum = stop.agreed(t.device)
+            if t.step in planned or t.step == t.last_step or signum:
+                save(t, "signal" if signum and t.step not in planned else "schedule")
+            if signum:
+                stop.exit(signum, t.step)
+        if not ckpt.is_complete(paths.checkpoint_dir(t.step)):
+            save(t, "final")
+        elif parallel.is_main():
+            write_checkpoints_json(paths, f)
+        parallel.barrier()
+        return t.step
+    finally:
+        stop.restore()
