@@ -1,0 +1,70 @@
+"""Operating runs: status, logs, resume, cancel, report, runs, and `submit --wait`.
+
+Every command rebuilds what it needs from the run directory (spec.json, plan.json, jobs.json, completion
+markers) plus at most one squeue and one sacct, all through `harness.launch.slurmcli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.ops import control, state, status
+from harness.rundir import RunPaths
+
+
+
+def _console() -> Console:
+    """Made per command, so the terminal width (or COLUMNS) of this call applies."""
+    return Console(highlight=False)
+
+__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "wait",
+           "control", "state", "status"]
+
+
+def _run(a: argparse.Namespace) -> RunPaths:
+    return state.resolve_run(a.run, getattr(a, "workdir", "runs"))
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    return status.status(_run(a), _console(), show_all=getattr(a, "all", False), watch=getattr(a, "watch", False))
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    return control.show_logs(_run(a), a.stage, a.task, _console(), follow=a.follow, stderr=a.stderr)
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    control.resume(_run(a), _console())
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    return control.cancel(_run(a), _console(), getattr(a, "stage", None))
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from harness import report
+    from harness.launch import load_plan
+
+    paths = _run(a)
+    plan = load_plan(paths)
+    rs = state.collect(paths, plan)
+    failures = [r.__dict__ for r in rs.rows if r.state != state.COMPLETED]
+    rep = report.build(paths, plan.spec, failures, plan.checkpoint_steps)
+    console = _console()
+    report.render(rep, console)
+    files = report.write(rep, report.results_dir(plan.spec, paths))
+    for f in files:
+        console.print(f"wrote {f}", soft_wrap=True)
+    return 0
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    return status.runs(Path(a.workdir), _console())
+
+
+def wait(paths: RunPaths, timeout_s: float) -> int:
+    return status.wait(paths, timeout_s, _console())

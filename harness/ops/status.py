@@ -1,0 +1,139 @@
+"""`harness status`, `harness runs` and `harness submit --wait`: one aggregated view per stage (counts by
+state), and one row per task only where a task needs attention, so a 1,000-task array stays readable."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Column, Table
+
+from harness.launch import load_plan
+from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, query_slurm
+from harness.plan import Plan
+from harness.rundir import RunPaths
+
+TASK_ROWS = 50
+"""Task rows shown without --all; the stage table still counts every task."""
+_STYLE = {COMPLETED: "green", "RUNNING": "cyan", "PENDING": "yellow", "FAILED": "red", "OUT_OF_MEMORY": "red",
+          "TIMEOUT": "red", "NODE_FAIL": "red", "CANCELLED": "magenta"}
+
+
+def verdict(rs: RunState) -> str:
+    """One word for a run: running, completed, failed (some task ended badly) or incomplete."""
+    states = {r.state for r in rs.rows}
+    if states & ACTIVE or rs.driver_alive:
+        return "running"
+    if states == {COMPLETED}:
+        return "completed"
+    return "failed" if states - {COMPLETED, "NOT_SUBMITTED"} else "incomplete"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    order = sorted(counts.items(), key=lambda kv: (kv[0] != COMPLETED, -kv[1], kv[0]))
+    return ", ".join(f"[{_STYLE.get(s, 'white')}]{n} {s}[/]" for s, n in order)
+
+
+def stage_table(rs: RunState) -> Table:
+    jobs = load_jobs(rs.paths)
+    t = Table("stage", "done", "states", "job ids", title=f"run {rs.paths.run_id} ({rs.executor})",
+              title_justify="left")
+    for s in rs.stages:
+        ids = ", ".join(job_ids(jobs, s.name)) if rs.executor == "slurm" else ""
+        t.add_row(s.name, f"{s.done}/{len(s.rows)}", _counts(s.counts), ids or "-")
+    return t
+
+
+def task_table(rs: RunState, show_all: bool = False) -> Table | None:
+    rows = [r for r in rs.rows if show_all or r.state != COMPLETED]
+    if not rows:
+        return None
+    shown = rows if show_all else rows[:TASK_ROWS]
+    t = Table("stage", "task", "job", "state", "node", "elapsed", "exit", Column("reason", overflow="fold"),
+              Column("log", overflow="fold"),
+              caption=None if len(shown) == len(rows) else f"{len(rows) - len(shown)} more task(s) not shown "
+                                                           f"(--all lists every task)")
+    for r in shown:
+        bad = r.state not in (COMPLETED, "PENDING", "RUNNING")
+        log = r.log if r.log and (bad or show_all) else ""
+        t.add_row(r.stage, str(r.task), r.job_id or "-", f"[{_STYLE.get(r.state, 'white')}]{r.state}[/]",
+                  r.node or "-", r.elapsed or "-", r.exit_code or "-", r.reason or "-", log or "-")
+    return t
+
+
+def view(rs: RunState, show_all: bool = False) -> Group:
+    parts: list = [stage_table(rs), f"{verdict(rs)}: {rs.summary()}"]
+    tasks = task_table(rs, show_all)
+    if tasks is not None:
+        parts.append(tasks)
+    return Group(*parts)
+
+
+def status(paths: RunPaths, console: Console, show_all: bool = False, watch: bool = False,
+           interval_s: float = 2.0) -> int:
+    plan = load_plan(paths)
+    rs = collect(paths, plan)
+    if not watch:
+        console.print(view(rs, show_all))
+        return 0
+    from rich.live import Live
+
+    with Live(view(rs, show_all), console=console, refresh_per_second=2) as live:
+        while not rs.final or rs.driver_alive:
+            time.sleep(interval_s)
+            rs = collect(paths, plan)
+            live.update(view(rs, show_all))
+    return 0
+
+
+def wait(paths: RunPaths, timeout_s: float, console: Console, interval_s: float = 2.0,
+         plan: Plan | None = None) -> int:
+    """Poll until every task is final; 0 iff all completed. Prints one summary line."""
+    plan = plan or load_plan(paths)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rs = collect(paths, plan)
+        if rs.final and not rs.driver_alive:
+            break
+        if time.monotonic() > deadline:
+            console.print(f"run {paths.run_id}: still running after {timeout_s:.0f} s: {rs.summary()}",
+                          soft_wrap=True)
+            return 1
+        time.sleep(interval_s)
+    word = verdict(rs)
+    hint = "" if word == "completed" else f"; harness status {paths.root}"
+    console.print(f"run {paths.run_id}: {word}: {rs.summary()}{hint}", soft_wrap=True)
+    return 0 if rs.complete else 1
+
+
+def find_runs(workdir: Path) -> list[RunPaths]:
+    if not workdir.is_dir():
+        return []
+    found = [RunPaths(p.absolute()) for p in workdir.iterdir()
+             if (p / "jobs.json").is_file() and (p / "plan.json").is_file()]
+    return sorted(found, key=lambda p: p.jobs_json.stat().st_mtime)
+
+
+def runs(workdir: Path, console: Console) -> int:
+    """Every run under workdir with its state; Slurm runs share one squeue and one sacct."""
+    found = find_runs(workdir)
+    if not found:
+        console.print(f"no runs under {workdir}")
+        return 0
+    jobs = {p: load_jobs(p) for p in found}
+    ids = [i for p in found if jobs[p]["executor"] == "slurm" for i in job_ids(jobs[p])]
+    snap = Snapshot(query_slurm(ids))
+    t = Table("run", "executor", "submitted", "state", "tasks", title=str(workdir), title_justify="left")
+    for p in found:
+        try:
+            rs = collect(p, load_plan(p), snap)
+            state, tasks = verdict(rs), rs.summary()
+        except Exception as e:  # noqa: BLE001 - one unreadable run must not hide the others
+            state, tasks = "unreadable", f"{e.__class__.__name__}: {e}"[:120]
+        subs = jobs[p]["submissions"]
+        when = datetime.fromtimestamp(subs[0]["time"]).strftime("%Y-%m-%d %H:%M") if subs else "-"
+        t.add_row(p.run_id, jobs[p]["executor"], when, state, tasks)
+    console.print(t)
+    return 0

@@ -1,0 +1,284 @@
+"""The run report: what the data, training and evaluation stages produced, as rich tables in the terminal
+and as results files (`report.md`, `report.json`, PNG plots) under `<run.results_dir>/<run id>/`.
+
+It reads only the run directory's result files (dataset summary, metrics.jsonl, eval/step-*.json); the
+caller passes the failures it knows about (`harness report` from squeue/sacct, the report stage from the
+completion markers), so this module never talks to Slurm. Missing inputs are reported, never invented.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.rundir import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from harness.spec import RunSpec
+
+PEAK_TFLOPS = 989.0
+"""Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project."""
+
+
+@dataclass(frozen=True)
+class Training:
+    steps: int
+    """Last logged optimizer step."""
+    logged: int
+    """Metric lines in metrics.jsonl."""
+    final_loss: float | None
+    tokens_per_s: float | None
+    """Median over the logged steps after the first (the first pays for compilation and warm-up)."""
+    tflops: float | None
+    """Median achieved TFLOP/s per GPU, same steps as tokens_per_s."""
+    mfu: float | None
+    """tflops / PEAK_TFLOPS."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    psnr: float | None
+    ssim: float | None
+    videos: int
+    best: bool
+    """Highest mean PSNR (SSIM breaks ties) among the evaluated checkpoints."""
+    frames: str = ""
+    """Which frames were compared, as the evaluate stage states it."""
+
+
+@dataclass(frozen=True)
+class Report:
+    run_id: str
+    name: str
+    data: dict[str, Any]
+    training: Training | None
+    loss_curve: tuple[tuple[int, float], ...]
+    checkpoints: tuple[Checkpoint, ...]
+    failures: tuple[dict[str, Any], ...]
+    missing: tuple[str, ...]
+    """Result files that were expected but absent (a stage failed or has not run)."""
+
+    @property
+    def best(self) -> Checkpoint | None:
+        return next((c for c in self.checkpoints if c.best), None)
+
+
+# ------------------------------------------------------------------------------------------ build
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl lines; a torn last line (the writer was killed mid-line) is skipped, not fatal."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            out.append(row)
+    return sorted(out, key=lambda r: r["step"])
+
+
+def _median(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    vals = [v for v in (_num(r.get(key)) for r in rows) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def training(rows: list[dict[str, Any]]) -> Training | None:
+    if not rows:
+        return None
+    steady = rows[1:] or rows
+    tflops = _median(steady, "tflops")
+    losses = [r for r in rows if _num(r.get("loss")) is not None]
+    return Training(steps=rows[-1]["step"], logged=len(rows),
+                    final_loss=float(losses[-1]["loss"]) if losses else None,
+                    tokens_per_s=_median(steady, "tokens_per_s"), tflops=tflops,
+                    mfu=tflops / PEAK_TFLOPS if tflops is not None else None)
+
+
+def checkpoints(evals: dict[int, dict[str, Any]]) -> tuple[Checkpoint, ...]:
+    rows = []
+    for step in sorted(evals):
+        e = evals[step]
+        mean = e.get("mean") or {}
+        frames = e.get("frames", "")
+        rows.append((step, _num(mean.get("psnr")), _num(mean.get("ssim")), len(e.get("videos") or []),
+                     frames if isinstance(frames, str) else json.dumps(frames)))
+    scored = [r for r in rows if r[1] is not None]
+    best = max(scored, key=lambda r: (r[1], r[2] if r[2] is not None else -1.0))[0] if scored else None
+    return tuple(Checkpoint(s, p, q, n, s == best, f) for s, p, q, n, f in rows)
+
+
+def _read(path: Path, missing: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        missing.append(str(path))
+    except ValueError as e:
+        missing.append(f"{path} (unreadable: {e})")
+    return None
+
+
+def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]],
+          checkpoint_steps: Sequence[int]) -> Report:
+    missing: list[str] = []
+    data = _read(paths.dataset_summary, missing)
+    rows = read_metrics(paths.metrics_jsonl) if paths.metrics_jsonl.is_file() else []
+    if not rows:
+        missing.append(str(paths.metrics_jsonl))
+    evals = {}
+    for step in checkpoint_steps:
+        e = _read(paths.eval_json(step), missing)
+        if isinstance(e, dict):
+            evals[step] = e
+    curve = tuple((r["step"], float(r["loss"])) for r in rows if _num(r.get("loss")) is not None)
+    return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
+                  training=training(rows), loss_curve=curve, checkpoints=checkpoints(evals),
+                  failures=tuple(failures), missing=tuple(missing))
+
+
+def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
+    return Path(spec.run.results_dir).expanduser() / paths.run_id
+
+
+# ------------------------------------------------------------------------------------------ format
+def fmt(v: float | None, kind: str) -> str:
+    """The one formatting of each number, shared by the terminal, markdown and tests."""
+    if v is None:
+        return "-"
+    return {"loss": f"{v:.4f}", "psnr": f"{v:.2f}", "ssim": f"{v:.4f}", "rate": f"{v:,.1f}",
+            "tflops": f"{v:.1f}", "mfu": f"{100 * v:.1f}%"}.get(kind, f"{v:g}")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flat(v, key + ".")
+        elif isinstance(v, list):
+            preview = ", ".join(str(x if not isinstance(x, dict) else x.get("path", x.get("name", x)))
+                                for x in v[:3])
+            out.append((key, f"{len(v)} item(s)" + (f": {preview}{', ...' if len(v) > 3 else ''}" if v else "")))
+        else:
+            out.append((key, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)))
+    return out
+
+
+def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table: rendered by rich in the terminal and as markdown in report.md."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    if rep.data:
+        out.append(("data", ["field", "value"], [[k, v] for k, v in _flat(rep.data)]))
+    t = rep.training
+    if t is not None:
+        out.append(("training", ["steps", "final loss", "tokens/s", "TFLOP/s per GPU",
+                                 f"MFU (peak {PEAK_TFLOPS:g})"],
+                    [[str(t.steps), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
+                      fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
+    if rep.checkpoints:
+        out.append(("checkpoints", ["step", "PSNR (dB)", "SSIM", "videos", "best", "frames compared"],
+                    [[str(c.step), fmt(c.psnr, "psnr"), fmt(c.ssim, "ssim"), str(c.videos),
+                      "*" if c.best else "", c.frames or "-"] for c in rep.checkpoints]))
+    if rep.failures:
+        out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
+                    [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
+                      str(f.get("exit_code", "") or "-"), str(f.get("reason", "") or "-"),
+                      str(f.get("log", "") or "-")] for f in rep.failures]))
+    if rep.missing:
+        out.append(("missing results", ["file"], [[m] for m in rep.missing]))
+    return out
+
+
+def render(rep: Report, console: Console) -> None:
+    console.print(f"[bold]report[/] {rep.run_id} ({rep.name})")
+    for title, header, rows in tables(rep):
+        table = Table(*header, title=title, title_justify="left")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+
+
+def markdown(rep: Report) -> str:
+    lines = [f"# Report {rep.run_id}", "", f"Run name: `{rep.name}`", ""]
+    for title, header, rows in tables(rep):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_json(rep: Report) -> dict[str, Any]:
+    best = rep.best
+    return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
+            "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
+            "loss_curve": [list(p) for p in rep.loss_curve],
+            "checkpoints": [asdict(c) for c in rep.checkpoints], "best_checkpoint": best.step if best else None,
+            "failures": list(rep.failures), "missing": list(rep.missing)}
+
+
+# ------------------------------------------------------------------------------------------ files
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plots(rep: Report) -> dict[str, bytes]:
+    """loss.png (loss vs step) and eval.png (PSNR and SSIM vs checkpoint step), where there is data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    if rep.loss_curve:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([s for s, _ in rep.loss_curve], [v for _, v in rep.loss_curve], lw=1.2)
+        ax.set(xlabel="step", ylabel="loss", title=f"{rep.name}: training loss")
+        ax.grid(alpha=0.3)
+        out["loss.png"] = _png(fig)
+        plt.close(fig)
+    scored = [c for c in rep.checkpoints if c.psnr is not None or c.ssim is not None]
+    if scored:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, key, label in ((a1, "psnr", "PSNR (dB)"), (a2, "ssim", "SSIM")):
+            pts = [(c.step, getattr(c, key)) for c in scored if getattr(c, key) is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+            best = rep.best
+            if best is not None and getattr(best, key) is not None:
+                ax.scatter([best.step], [getattr(best, key)], s=120, facecolors="none", edgecolors="red",
+                           label=f"best (step {best.step})")
+                ax.legend(loc="best", fontsize=8)
+            ax.set(xlabel="checkpoint step", ylabel=label)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{rep.name}: evaluation")
+        out["eval.png"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def write(rep: Report, out_dir: Path) -> list[Path]:
+    """report.json, report.md and the plots, each written atomically; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = plots(rep)
+    doc = {**to_json(rep), "plots": sorted(pngs)}
+    written = []
+    for name, data in pngs.items():
+        atomic_write_bytes(out_dir / name, data)
+        written.append(out_dir / name)
+    atomic_write_json(out_dir / "report.json", doc)
+    md = markdown(rep) + "".join(f"\n![{n}]({n})\n" for n in sorted(pngs))
+    atomic_write_text(out_dir / "report.md", md)
+    return written + [out_dir / "report.json", out_dir / "report.md"]

@@ -1,0 +1,264 @@
+"""Operating runs on the project's local Slurm cluster (and the local executor): status, logs, resume,
+cancel, runs, wait.
+
+The Slurm runs here use real stage workers that are cheap: `stage-assets` (checks the tokenizer files the
+spec names) and `report` (writes the results files). A failure is a genuinely bad input (a tokenizer
+directory without decoder.jit) or a real `scancel` of one array task; the fix is the missing file. Nothing
+here fakes sbatch, squeue or sacct.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from harness import cli, launch
+from harness import plan as plan_mod
+from harness import spec as spec_mod
+from harness.errors import HarnessError
+from harness.launch import slurmcli
+from harness.ops import control, state, status
+from harness.plan import Dependency
+from harness.rundir import RunPaths, new_run_dir
+
+SPEC = """
+[run]
+name = "ops"
+workdir = "{root}/runs"
+results_dir = "{root}/results"
+
+[tokenizer]
+encoder = "{root}/tok"
+decoder = "{root}/tok"
+
+[data]
+videos = "{root}/videos"
+
+[assets]
+hf_home = "{root}/hf"
+cpus_per_task = 1
+time_min = 5
+
+[report]
+cpus_per_task = 1
+time_min = 5
+"""
+
+
+def make_run(root: Path, executor: str = "slurm", with_decoder: bool = False) -> tuple[RunPaths, plan_mod.Plan,
+                                                                                      plan_mod.Facts]:
+    """A real run directory (spec.toml, spec.json, plan.json, jobs.json) for a tokenizer dir that has
+    encoder.jit but, unless with_decoder, no decoder.jit: stage-assets rejects it."""
+    (root / "tok").mkdir(parents=True, exist_ok=True)
+    (root / "tok" / "encoder.jit").write_bytes(b"encoder")
+    if with_decoder:
+        (root / "tok" / "decoder.jit").write_bytes(b"decoder")
+    (root / "videos").mkdir(exist_ok=True)
+    text = SPEC.format(root=root)
+    (root / "run.toml").write_text(text)
+    spec = spec_mod.absolutize(spec_mod.load(root / "run.toml"), root)
+    facts = plan_mod.Facts(num_inputs=3, max_array_size=1001, nodes_available=3)
+    plan = plan_mod.build(spec, facts)
+    paths = new_run_dir(root / "runs", "ops")
+    choice = launch.Choice(executor, "test")
+    launch.write_run(paths, text, plan, facts, choice)
+    launch.record_jobs(paths, choice, [])
+    return paths, plan, facts
+
+
+def two_stage(plan: plan_mod.Plan, tasks: int, first_dep: tuple[Dependency, ...] = ()) -> plan_mod.Plan:
+    """stage-assets -> report, each `tasks` wide (aftercorr when arrays, afterok otherwise)."""
+    array = tasks > 1
+    a = dataclasses.replace(plan.stage("stage-assets"), tasks=tasks, array=array, chunks=((0, tasks),),
+                            depends=first_dep)
+    r = dataclasses.replace(plan.stage("report"), tasks=tasks, array=array, chunks=((0, tasks),),
+                            depends=(Dependency("stage-assets", "aftercorr" if array else "afterok"),))
+    return dataclasses.replace(plan, stages=(a, r))
+
+
+def held_gate() -> str:
+    """A held no-op job: stages depending on it stay PENDING until it is released, so a test can act on
+    pending array tasks without racing the scheduler."""
+    out = subprocess.run(["sbatch", "--parsable", "--hold", "-t", "1", "-c", "1", "--wrap", "true"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().split(";")[0]
+
+
+def render(rs: state.RunState) -> str:
+    con = Console(record=True, width=250)
+    con.print(status.view(rs))
+    return con.export_text()
+
+
+def rows(rs: state.RunState, stage: str) -> list[state.TaskRow]:
+    return [r for r in rs.rows if r.stage == stage]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, slurm_cluster: str) -> None:
+    paths, plan, facts = make_run(tmp_path)
+    small = two_stage(plan, 1)
+    choice = launch.Choice("slurm", "test")
+    launch.submit_stages(small, paths, {"stage-assets": [0], "report": [0]}, facts, choice)
+    con = Console(record=True, width=250)
+    assert status.wait(paths, 90, con, interval_s=0.5, plan=small) == 1
+    assert "failed" in con.export_text()
+
+    slurmcli.CALLS.clear()
+    rs = state.collect(paths, small)
+    assert slurmcli.CALLS["squeue"] + slurmcli.CALLS["sacct"] <= 2
+    [a] = rows(rs, "stage-assets")
+    [r] = rows(rs, "report")
+    assert (a.state, a.exit_code) == ("FAILED", "1:0")
+    assert r.state == "CANCELLED" and r.state not in state.ACTIVE
+    err = Path(a.log).with_suffix(".err")
+    assert Path(a.log).is_file() and "has no decoder.jit" in err.read_text()
+    text = render(rs)
+    assert "FAILED" in text and "1:0" in text and a.log in text and "0/2 tasks completed" in text
+
+    (tmp_path / "tok" / "decoder.jit").write_bytes(b"decoder")  # the fix
+    todo = control.resume(paths, Console(record=True), plan=small)
+    assert todo == {"stage-assets": [0], "report": [0]}
+    assert status.wait(paths, 90, Console(record=True), interval_s=0.5, plan=small) == 0
+    rs = state.collect(paths, small)
+    assert rs.complete
+    assert (tmp_path / "results" / paths.run_id / "report.json").is_file()
+    again = Console(record=True)
+    assert control.resume(paths, again, plan=small) == {}
+    assert "nothing to resubmit" in again.export_text()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_resume_resubmits_exactly_the_cancelled_index(tmp_path: Path, slurm_cluster: str) -> None:
+    paths, plan, facts = make_run(tmp_path, with_decoder=True)
+    gate = held_gate()
+    small = two_stage(plan, 3, (Dependency("gate", "afterok"),))
+    choice = launch.Choice("slurm", "test")
+    try:
+        subs = launch.submit_stages(small, paths, {"stage-assets": [0, 1, 2], "report": [0, 1, 2]}, facts,
+                                    choice, {"gate": [gate]})
+        a_id = subs[0]["job_id"]
+        with pytest.raises(HarnessError, match="still pending or running"):
+            control.resume(paths, Console(record=True), plan=small)
+        assert cli.main(["resume", str(paths.root)]) == 2  # the same refusal through the CLI
+        slurmcli.scancel([f"{a_id}_1"])
+    finally:
+        subprocess.run(["scontrol", "release", gate], check=True)
+    assert status.wait(paths, 120, Console(record=True), interval_s=0.5, plan=small) == 1
+    rs = state.collect(paths, small)
+    assert [r.state for r in rows(rs, "stage-assets")] == ["COMPLETED", "CANCELLED", "COMPLETED"]
+    assert [r.job_id for r in rows(rs, "stage-assets")] == [f"{a_id}_{i}" for i in range(3)]
+    assert rows(rs, "stage-assets")[1].reason == "cancelled while pending"  # no sacct record exists for it
+    rep = rows(rs, "report")
+    assert rep[0].state == rep[2].state == "COMPLETED" and rep[1].state == "CANCELLED"
+
+    todo = control.resume(paths, Console(record=True), plan=small)
+    assert todo == {"stage-assets": [1], "report": [1]}
+    new = [s for s in state.load_jobs(paths)["submissions"] if s["round"] == 1]
+    assert [(s["stage"], s["tasks"], s["array"]) for s in new] == [("stage-assets", [[1, 2]], False),
+                                                                  ("report", [[1, 2]], False)]
+    assert status.wait(paths, 90, Console(record=True), interval_s=0.5, plan=small) == 0
+    rs = state.collect(paths, small)
+    assert rs.complete and rows(rs, "stage-assets")[1].job_id == new[0]["job_id"]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_status_of_1000_task_array_is_fast_and_two_queries(tmp_path: Path, slurm_cluster: str) -> None:
+    paths, plan, facts = make_run(tmp_path, with_decoder=True)
+    gate = held_gate()
+    big = two_stage(plan, 1000, (Dependency("gate", "afterok"),))
+    big = dataclasses.replace(big, stages=big.stages[:1])
+    try:
+        launch.submit_stages(big, paths, {"stage-assets": list(range(1000))}, facts,
+                             launch.Choice("slurm", "test"), {"gate": [gate]})
+        state.collect(paths, big)  # warm caches (imports, Slurm's own)
+        slurmcli.CALLS.clear()
+        t0 = time.perf_counter()
+        rs = state.collect(paths, big)
+        con = Console(record=True, width=200)
+        con.print(status.view(rs))
+        seconds = time.perf_counter() - t0
+        assert sum(slurmcli.CALLS.values()) <= 2, slurmcli.CALLS
+        assert seconds < 1.0, seconds
+        assert rs.stages[0].counts == {"PENDING": 1000}
+        text = con.export_text()
+        assert "0/1000" in text and "1000 PENDING" in text and "950 more task(s) not shown" in text
+    finally:
+        control.cancel(paths, Console(record=True), plan=big)
+        subprocess.run(["scancel", gate], check=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(60)
+def test_cancel_one_stage_and_runs_listing(tmp_path: Path, slurm_cluster: str) -> None:
+    paths, plan, facts = make_run(tmp_path, with_decoder=True)
+    gate = held_gate()
+    small = two_stage(plan, 2, (Dependency("gate", "afterok"),))
+    try:
+        launch.submit_stages(small, paths, {"stage-assets": [0, 1], "report": [0, 1]}, facts,
+                             launch.Choice("slurm", "test"), {"gate": [gate]})
+        control.cancel(paths, Console(record=True), "report", plan=small)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            rs = state.collect(paths, small)
+            if {r.state for r in rows(rs, "report")} == {"CANCELLED"}:
+                break
+            time.sleep(0.5)
+        assert {r.state for r in rows(rs, "report")} == {"CANCELLED"}
+        assert {r.state for r in rows(rs, "stage-assets")} == {"PENDING"}
+    finally:
+        control.cancel(paths, Console(record=True), plan=small)
+        subprocess.run(["scancel", gate], check=True)
+
+
+# ------------------------------------------------------------------------------------------ local executor
+@pytest.mark.timeout(120)
+def test_local_run_failure_status_logs_resume_cancel(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local driver runs the saved (full) plan: stage-assets fails on the bad tokenizer dir and every
+    later stage is cancelled; status, logs, runs and resume read it from the run directory."""
+    from harness.launch import local
+
+    paths, plan, _ = make_run(tmp_path, executor="local")
+    pid = local.start_driver(paths)
+    launch.record_jobs(paths, launch.Choice("local", "test"), [
+        {"stage": "*", "job_id": f"local:{pid}", "tasks": [], "array": False, "time": time.time(), "round": 0}])
+    assert status.wait(paths, 90, Console(record=True), interval_s=0.3) == 1
+    rs = state.collect(paths, plan)
+    a = rows(rs, "stage-assets")[0]
+    assert a.state == "FAILED" and "has no decoder.jit" in a.reason
+    later = [r for r in rs.rows if r.stage not in ("stage-assets", "report")]
+    assert later and {r.state for r in later} == {"CANCELLED"}
+    assert {r.reason for r in later} == {"DependencyNeverSatisfied"}
+    assert rows(rs, "report")[0].state == "COMPLETED"  # afterany: the report lists what did not run
+    doc = json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())
+    assert {(f["stage"], f["task"]) for f in doc["failures"]} == {(r.stage, r.task) for r in rs.rows
+                                                                  if r.stage != "report"}
+
+    monkeypatch.setenv("COLUMNS", "300")
+    assert cli.main(["status", str(paths.root)]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "has no decoder.jit" in out and f"1/{len(rs.rows)} tasks completed" in out
+    assert cli.main(["logs", str(paths.root), "stage-assets", "--stderr"]) == 0
+    assert "has no decoder.jit" in capsys.readouterr().out
+    assert cli.main(["runs", "--workdir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert paths.run_id in out and "failed" in out
+    assert cli.main(["status", "no-such-run", "--workdir", str(tmp_path / "runs")]) == 2
+    assert "no-such-run" in capsys.readouterr().err
+
+    todo = control.resume(paths, Console(record=True))
+    assert todo == {s.name: list(range(s.tasks)) for s in plan.stages}
+    assert state.load_jobs(paths)["submissions"][-1]["round"] == 1
+    assert cli.main(["cancel", str(paths.root)]) == 0
+    rs = state.collect(paths, plan)
+    assert rs.final and not rs.driver_alive
