@@ -3,9 +3,10 @@ interface, a tiny T5 prompt encoder, real mp4 clips (good and broken), and a loc
 the hub's, so the real loading code (`snapshot_download` with HF_HUB_OFFLINE=1, `torch.jit.load`,
 `T5EncoderModel.from_pretrained`) runs unchanged where no model hub is reachable.
 
-The tiny tokenizer is exact FSQ bookkeeping around a crude codec: the 6 FSQ digits of a latent cell hold a
-coarse (8 levels) and a fine (5 levels) quantization of the mean RGB colour of its t x h x w patch, so
-indices span the real 64,000-code vocabulary and decode(encode(x)) approximates smooth clips.
+The tiny tokenizer is exact FSQ bookkeeping around a crude codec: the mean RGB colour of each t x h x w patch
+is quantized to 40 levels per channel, written as a coarse (8 levels) and a fine (5 levels) FSQ digit, so
+the 6 digits of a latent cell reach every one of the real 64,000 codes and decode(encode(x)) approximates
+smooth clips.
 """
 
 from __future__ import annotations
@@ -50,11 +51,9 @@ class TinyDVEncoder(nn.Module):
             z = torch.cat([first, rest], dim=2)
         else:
             z = first
-        z = z.clamp(-1.0, 1.0)
-        coarse = torch.round((z + 1.0) * 3.5).clamp(0.0, 7.0)
-        residual = (z - (coarse / 3.5 - 1.0)) * 7.0
-        fine = torch.round((residual + 1.0) * 2.0).clamp(0.0, 4.0)
-        digits = torch.cat([coarse, fine], dim=1)
+        q = torch.round((z.clamp(-1.0, 1.0) + 1.0) * 19.5)  # 40 levels per colour channel: 8 coarse x 5 fine
+        coarse = torch.div(q, 5.0, rounding_mode="floor")
+        digits = torch.cat([coarse, q - 5.0 * coarse], dim=1)
         index = (digits.to(torch.int64) * self.basis.view(1, 6, 1, 1, 1)).sum(dim=1)
         codes = digits / (self.levels.view(1, 6, 1, 1, 1) - 1.0) * 2.0 - 1.0
         return index, codes
@@ -73,7 +72,7 @@ class TinyDVDecoder(nn.Module):
         idx = indices.to(torch.int64).unsqueeze(1)
         digits = (idx // self.basis.view(1, 6, 1, 1, 1)) % self.levels_i.view(1, 6, 1, 1, 1)
         d = digits.float()
-        z = d[:, :3] / 3.5 - 1.0 + (d[:, 3:] / 2.0 - 1.0) / 7.0  # [B,3,T',H',W']
+        z = (d[:, :3] * 5.0 + d[:, 3:]) / 19.5 - 1.0  # [B,3,T',H',W']
         b, c, tl, hl, wl = z.shape
         frames = torch.cat([z[:, :, :1], z[:, :, 1:].repeat_interleave(self.t, dim=2)], dim=2)
         tt = frames.shape[2]

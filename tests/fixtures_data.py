@@ -68,3 +68,37 @@ def dataset_bytes(paths: RunPaths) -> dict[str, bytes]:
 
 def summary(paths: RunPaths) -> dict[str, Any]:
     return json.loads(paths.dataset_summary.read_text())
+
+
+def cached_dir(factory: Any, name: str, build: Any) -> Path:
+    """A directory built once per pytest session (shared by test modules without a conftest fixture)."""
+    root = Path(factory.getbasetemp()) / f"data-{name}"
+    if not (root / ".built").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        build(root)
+        (root / ".built").write_text("ok")
+    return root
+
+
+def session_assets(factory: Any) -> dict[str, str]:
+    root = cached_dir(factory, "assets", make_assets)
+    return {"hf_home": str(root / "hf"), "tokenizer_dir": str(root / "tokenizer"),
+            "text_encoder_dir": str(root / "text-encoder")}
+
+
+def session_videos(factory: Any) -> Path:
+    """40 good clips of several sizes and lengths plus the four broken files."""
+    def build(root: Path) -> None:
+        synth.make_clips(root, 40)
+        synth.make_bad_files(root)
+    return cached_dir(factory, "videos", build)
+
+
+def session_base_run(factory: Any) -> RunPaths:
+    """The clean reference run: 44 inputs (4 broken) over 4 shards, stage-assets -> tokenize[4] -> merge."""
+    assets, videos = session_assets(factory), session_videos(factory)
+
+    def build(root: Path) -> None:
+        paths = make_run(root / "run", make_spec(assets, videos=str(videos)))
+        run_all(paths, 4)
+    return RunPaths(cached_dir(factory, "base-run", build) / "run")

@@ -1,0 +1,93 @@
+"""Video I/O: resize-to-cover + center crop, first T frames, last-frame padding, clear errors, atomic mp4s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import synth
+from harness.errors import HarnessError
+from harness.video import ClipShape, VideoError, cover_size, load_clip, try_load, write_mp4
+
+
+def _bands(frames: int, height: int, width: int) -> np.ndarray:
+    """Left third red, middle green, right third blue; brightness rises with the frame number."""
+    v = np.zeros((frames, height, width, 3), np.uint8)
+    third = width // 3
+    for t in range(frames):
+        level = 60 + 10 * t
+        v[t, :, :third, 0] = level
+        v[t, :, third:2 * third, 1] = level
+        v[t, :, 2 * third:, 2] = level
+    return v
+
+
+def test_cover_size() -> None:
+    assert cover_size(1920, 1080, 512, 320) == (569, 320)
+    assert cover_size(480, 640, 512, 320) == (512, 683)
+    assert cover_size(512, 320, 512, 320) == (512, 320)
+    assert cover_size(100, 100, 64, 48) == (64, 64)
+
+
+def test_round_trip_at_the_same_size(tmp_path: Path) -> None:
+    clip = synth.smooth_clip(9, 48, 64, seed=3)
+    write_mp4(tmp_path / "a.mp4", clip, fps=25)
+    back = load_clip(tmp_path / "a.mp4", ClipShape(9, 48, 64))
+    assert back.shape == (9, 48, 64, 3) and back.dtype == np.uint8
+    mse = ((back.astype(float) - clip) ** 2).mean()
+    assert 10 * np.log10(255**2 / mse) > 32  # H.264 at crf 12 with 4:2:0 chroma
+    assert [p.name for p in tmp_path.iterdir()] == ["a.mp4"]  # no temp files left behind
+
+
+def test_wide_clip_is_center_cropped(tmp_path: Path) -> None:
+    write_mp4(tmp_path / "wide.mp4", _bands(5, 48, 144), fps=25)  # 3:1 -> 1:1 keeps only the middle third
+    out = load_clip(tmp_path / "wide.mp4", ClipShape(5, 48, 48))
+    mean = out[:, 4:-4, 4:-4].reshape(-1, 3).mean(axis=0)
+    assert mean[1] > 50 and mean[0] < 10 and mean[2] < 10
+
+
+def test_tall_clip_is_resized_to_cover_then_cropped(tmp_path: Path) -> None:
+    clip = synth.smooth_clip(5, 96, 48, seed=1)
+    write_mp4(tmp_path / "tall.mp4", clip, fps=25)
+    out = load_clip(tmp_path / "tall.mp4", ClipShape(5, 32, 64))  # scale x4/3 -> 128x64, crop rows 48..80
+    import av
+
+    with av.open(str(tmp_path / "tall.mp4")) as c:
+        f = next(c.decode(video=0)).reformat(width=64, height=128, format="rgb24", interpolation="AREA").to_ndarray()
+    assert np.array_equal(out[0], f[48:80])
+
+
+def test_first_frames_and_padding_with_the_last_frame(tmp_path: Path) -> None:
+    write_mp4(tmp_path / "b.mp4", _bands(9, 32, 48), fps=25)
+    full = load_clip(tmp_path / "b.mp4", ClipShape(9, 32, 48))
+    first = load_clip(tmp_path / "b.mp4", ClipShape(5, 32, 48))
+    assert np.array_equal(first, full[:5])
+    padded = load_clip(tmp_path / "b.mp4", ClipShape(17, 32, 48))
+    assert np.array_equal(padded[:9], full)
+    assert all(np.array_equal(padded[t], full[8]) for t in range(9, 17))
+    assert full[:, :, 20, 1].mean(axis=1).tolist() == sorted(full[:, :, 20, 1].mean(axis=1).tolist())
+
+
+def test_broken_files_raise_one_line_errors(tmp_path: Path) -> None:
+    paths = synth.make_bad_files(tmp_path)
+    shape = ClipShape(9, 32, 32)
+    for p in paths:
+        with pytest.raises(VideoError) as e:
+            load_clip(p, shape)
+        assert str(e.value).startswith(str(p) + ": ") and "\n" not in str(e.value)
+        clip, reason = try_load(str(p), shape)
+        assert clip is None and reason == e.value.reason
+    assert try_load(str(tmp_path / "empty.mp4"), shape)[1] == "empty file: 0 bytes"
+    assert try_load(str(tmp_path / "notes.mp4"), shape)[1].startswith("cannot decode")
+    missing = try_load(str(tmp_path / "missing.mp4"), shape)
+    assert missing[0] is None and "No such file" in missing[1]
+
+
+def test_write_mp4_rejects_bad_frames(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="uint8"):
+        write_mp4(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.float32), 25)
+    with pytest.raises(HarnessError, match="even"):
+        write_mp4(tmp_path / "x.mp4", np.zeros((2, 9, 8, 3), np.uint8), 25)
+    assert not list(tmp_path.iterdir())
