@@ -1,0 +1,268 @@
+"""Infer stage: continue evaluation clips with one fine-tuned checkpoint; task index = checkpoint index.
+
+Per input: the clip as the tokenize stage defines it (first T frames, resize-to-cover + center crop), its first
+`context_latent_frames` latent frames (1 for an image) as context, the rest of the latent grid generated with
+a KV cache, decoded with the DV decoder (no diffusion decoder), written as `<name>.mp4` at video.fps with the
+alignment sidecar `<name>.json` (see harness.stages.evaluate.Sidecar): generated frame g stands for source
+frame g, and the first 1 + (c-1)*t frames reproduce the context. Inputs come from infer.inputs (a directory of
+videos/images, or a Video2World jsonl) or, when empty, from the test split of the run's merged dataset (its
+context tokens are read from the dataset, so no re-encoding).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.rundir import RunPaths, atomic_write_json
+from harness.stages.evaluate import Sidecar, sidecar_path
+from harness.tokens import BOV_ID
+
+if TYPE_CHECKING:
+    from harness.spec import RunSpec
+
+log = logging.getLogger("harness.infer")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class InferInput:
+    name: str
+    """Output file stem (unique within the checkpoint's directory)."""
+    source: str
+    """The video or image the context comes from; the evaluate stage's reference."""
+    image: bool = False
+    prompt: str | None = None
+    context_tokens: np.ndarray | None = field(default=None, compare=False)
+    """Already-encoded context (dataset test split); None: encode the source."""
+    prompt_embedding: np.ndarray | None = field(default=None, compare=False)
+    prompt_length: int = 0
+
+
+# ------------------------------------------------------------------------------------- inputs
+def list_inputs(spec: RunSpec, paths: RunPaths) -> list[InferInput]:
+    src = spec.infer.inputs
+    items = _from_dataset(spec, paths) if not src else _from_path(spec, Path(src).expanduser())
+    items = items[: spec.infer.max_inputs]
+    if not items:
+        raise HarnessError(f"infer.inputs = {src!r}: no inputs found" if src else
+                           f"{paths.dataset_split}: the test split is empty; set data.split's test weight or infer.inputs")
+    return _unique_names(items)
+
+
+def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
+    if root.is_dir():
+        exts = {e.lower() for e in spec.data.extensions} | set(IMAGE_SUFFIXES)
+        files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts),
+                       key=lambda p: p.relative_to(root).as_posix())
+        return [InferInput(p.stem, str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
+    if root.is_file() and root.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(root.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                video, prompt = Path(obj["visual_input"]).expanduser(), str(obj["prompt"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise HarnessError(f"{root}:{n}: infer.inputs line must be {{\"prompt\", \"visual_input\"}} "
+                                   f"({e.__class__.__name__})") from None
+            video = video if video.is_absolute() else root.parent / video
+            out.append(InferInput(video.stem, str(video.absolute()), video.suffix.lower() in IMAGE_SUFFIXES, prompt))
+        return out
+    raise HarnessError(f"infer.inputs = {str(root)!r}: not a directory of videos/images nor a .jsonl file")
+
+
+def _from_dataset(spec: RunSpec, paths: RunPaths) -> list[InferInput]:
+    from harness.dataset import open_dataset
+
+    ds = open_dataset(paths)
+    g = spec.token_math.grid
+    n_ctx = spec.infer.context_latent_frames * g.h * g.w
+    out = []
+    for i in ds.split("test")[: spec.infer.max_inputs]:
+        doc = ds.document(i)
+        tokens = ds.tokens(i)
+        video = tokens[1:1 + g.tokens] if ds.video2world else tokens[: g.tokens]
+        emb = ds.prompt_embedding(i) if ds.video2world else None
+        out.append(InferInput(Path(doc["path"]).stem, doc["path"], False, None, video[:n_ctx].copy(), emb,
+                              ds.prompt_length(i) if ds.video2world else 0))
+    return out
+
+
+def _unique_names(items: list[InferInput]) -> list[InferInput]:
+    seen: dict[str, int] = {}
+    out = []
+    for it in items:
+        k = seen.get(it.name, 0)
+        seen[it.name] = k + 1
+        if k:
+            it = InferInput(f"{it.name}-{k}", it.source, it.image, it.prompt, it.context_tokens,
+                            it.prompt_embedding, it.prompt_length)
+        out.append(it)
+    return out
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+@dataclass
+class Tokenizer:
+    """DV encoder/decoder TorchScript modules on the generation device (bf16 on CUDA, as tokenize runs them)."""
+
+    encoder: Any
+    decoder: Any
+    device: torch.device
+
+    @staticmethod
+    def load(paths: RunPaths, device: torch.device) -> "Tokenizer":
+        from harness.stages.assets import resolve
+
+        mods = []
+        for role in ("encoder", "decoder"):
+            f = resolve(paths, role) / f"{role}.jit"
+            try:
+                m = torch.jit.load(str(f), map_location=device).eval()
+            except (RuntimeError, OSError, ValueError) as e:
+                raise HarnessError(f"{f}: cannot load TorchScript {role}: {str(e).splitlines()[0]}") from None
+            mods.append(m.to(torch.bfloat16) if device.type == "cuda" else m)
+        return Tokenizer(mods[0], mods[1], device)
+
+    @torch.inference_mode()
+    def encode(self, clips: np.ndarray) -> torch.Tensor:
+        """uint8 [B,T,H,W,3] -> indices [B,T',H',W'] int64."""
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        x = torch.from_numpy(clips).to(self.device).permute(0, 4, 1, 2, 3).to(dtype).div(127.5).sub(1.0)
+        out = self.encoder(x)
+        return (out[0] if isinstance(out, (tuple, list)) else out).to(torch.int64)
+
+    @torch.inference_mode()
+    def decode(self, indices: torch.Tensor) -> np.ndarray:
+        """indices [B,T',H',W'] -> uint8 [B,T,H,W,3]."""
+        video = self.decoder(indices.to(self.device)).float()
+        video = ((video.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+        return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------- generation
+def context_latents(spec: RunSpec, item: InferInput) -> int:
+    return 1 if item.image else spec.infer.context_latent_frames
+
+
+def reference_frames(spec: RunSpec, item: InferInput) -> tuple[int | None, ...]:
+    """Generated frame g continues the clip from its start, so it stands for source frame g; an image has
+    ground truth for frame 0 only."""
+    t = spec.video.num_frames
+    return (0,) + (None,) * (t - 1) if item.image else tuple(range(t))
+
+
+def batches(spec: RunSpec, items: list[InferInput]) -> Iterator[list[InferInput]]:
+    """Inputs with the same context length together, at most infer.batch_size per batch."""
+    for c in sorted({context_latents(spec, it) for it in items}):
+        group = [it for it in items if context_latents(spec, it) == c]
+        for s in range(0, len(group), spec.infer.batch_size):
+            yield group[s:s + spec.infer.batch_size]
+
+
+def _context_tokens(spec: RunSpec, batch: list[InferInput], tok: Tokenizer) -> torch.Tensor:
+    from harness.video import ClipShape, load_clip
+
+    tm, v = spec.token_math, spec.video
+    c = context_latents(spec, batch[0])
+    rows = []
+    to_encode = [it for it in batch if it.context_tokens is None]
+    if to_encode:
+        shape = ClipShape(tm.context_frames(c), v.height, v.width)
+        clips = np.stack([load_clip(it.source, shape) for it in to_encode])
+        encoded = iter(tok.encode(clips).reshape(len(to_encode), -1)[:, : c * tm.grid.h * tm.grid.w])
+    for it in batch:
+        rows.append(torch.as_tensor(it.context_tokens, dtype=torch.int64, device=tok.device)
+                    if it.context_tokens is not None else next(encoded))
+    return torch.stack(rows)
+
+
+def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, device: torch.device,
+                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Video2World: T5 embeddings (from the dataset, or encoded from the jsonl prompts) and their mask."""
+    if not spec.video2world:
+        return {}
+    if any(it.prompt_embedding is None for it in batch):
+        from harness import prompts
+
+        emb, lengths = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
+    else:
+        emb = np.stack([it.prompt_embedding for it in batch])
+        lengths = np.array([it.prompt_length for it in batch])
+    ctx = torch.from_numpy(emb).to(device, dtype)
+    mask = torch.arange(ctx.shape[1], device=device)[None, :] < torch.as_tensor(lengths, device=device)[:, None]
+    return {"context": ctx, "context_mask": mask}
+
+
+def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, device: torch.device) -> Any:
+    if not spec.video2world or all(it.prompt_embedding is not None for it in items):
+        return None
+    from harness import prompts
+    from harness.stages.assets import resolve
+
+    return prompts.load(resolve(paths, "text_encoder"), device)
+
+
+def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
+    from harness.cosmos import parallel
+    from harness.cosmos.checkpoint import load_for_inference
+    from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
+    from harness.plan import checkpoint_steps
+    from harness.video import write_mp4
+
+    steps = checkpoint_steps(spec.finetune)
+    if not 0 <= task < len(steps):
+        raise HarnessError(f"infer task {task}: only {len(steps)} checkpoints ({list(steps)})")
+    step = steps[task]
+    out_dir = paths.infer_dir(step)
+    items = list_inputs(spec, paths)
+    todo = [it for it in items if not ((out_dir / f"{it.name}.mp4").is_file() and
+                                       sidecar_path(out_dir / f"{it.name}.mp4").is_file())]
+    log.info("infer[%d] step %d: %d inputs, %d to generate", task, step, len(items), len(todo))
+    if not todo:
+        return
+    model = load_for_inference(paths.checkpoint_dir(step), spec, spec.infer.tensor_parallel)
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
+    parallel.barrier()  # every rank has decided `todo` before rank 0 writes anything
+    tok = Tokenizer.load(paths, device)
+    text_encoder = _text_encoder(spec, todo, paths, device)
+    tm, i = spec.token_math, spec.infer
+    bov = 1 if spec.video2world else 0
+    cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov)
+    records = []
+    for k, batch in enumerate(batches(spec, todo)):
+        prompt = _context_tokens(spec, batch, tok)
+        n_ctx = prompt.shape[1]
+        if bov:
+            prompt = torch.cat([torch.full((len(batch), 1), BOV_ID, device=device, dtype=torch.int64), prompt], 1)
+        stats = GenStats()
+        sampling = Sampling(i.temperature, i.top_p, spec.run.seed + 1_000_003 * step + k)
+        new = generate(model, prompt, tm.grid.tokens - n_ctx, sampling, cache=cache, stats=stats,
+                       **_prompt_context(spec, batch, text_encoder, device, dtype))
+        grid = torch.cat([prompt[:, bov:], new], 1).reshape(len(batch), tm.grid.t, tm.grid.h, tm.grid.w)
+        records.append({"batch": len(batch), "new_tokens": stats.new_tokens + 1, "prefill_s": stats.prefill_s,
+                        "decode_s": stats.decode_s, "tokens_per_s": stats.tokens_per_s})
+        if not parallel.is_main():
+            continue
+        videos = tok.decode(grid)
+        for it, video in zip(batch, videos):
+            mp4 = out_dir / f"{it.name}.mp4"
+            side = Sidecar(it.source, reference_frames(spec, it), tm.context_frames(context_latents(spec, it)),
+                           step, sampling.seed, i.temperature, i.top_p)
+            atomic_write_json(sidecar_path(mp4), side.to_json())
+            write_mp4(mp4, video, spec.video.fps)
+    if parallel.is_main():
+        atomic_write_json(out_dir.parent / f"step-{step:08d}.stats.json",
+                          {"step": step, "inputs": len(items), "generated": len(todo), "batches": records,
+                           "time": time.time(), "grid": str(tm.grid), "device": str(device)})
+    parallel.barrier()

@@ -1,0 +1,91 @@
+"""Infer stage end to end on CPU: tiny checkpoint + tiny DV tokenizer -> mp4s + alignment sidecars, which the
+evaluate stage then scores frame for frame."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import spec as spec_mod
+from harness.cosmos.pretrained import write_tiny_pretrained
+from harness.errors import HarnessError
+from harness.models import PRESETS
+from harness.plan import checkpoint_steps
+from harness.rundir import RunPaths, atomic_write_json
+from harness.stages import evaluate, infer
+from harness.synth import make_clips, smooth_clip, write_tokenizer
+from harness.video import ClipShape, load_clip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[spec_mod.RunSpec, RunPaths]:
+    root = tmp_path_factory.mktemp("infer")
+    inputs = root / "inputs"
+    make_clips(inputs, 3, seed=4)
+    Image.fromarray(smooth_clip(1, 60, 80, seed=9)[0]).save(inputs / "still.png")
+    spec = spec_mod.from_dict({
+        "model": {"preset": "tiny"}, "data": {"videos": str(inputs)},
+        "video": {"width": 64, "height": 48, "num_frames": 17},
+        "finetune": {"max_steps": 2, "save_every": 2},
+        "infer": {"inputs": str(inputs), "max_inputs": 3, "batch_size": 2, "temperature": 1.0, "top_p": 0.8},
+        "evaluate": {"backend": "fast"}})
+    paths = RunPaths(root / "run")
+    tok = write_tokenizer(root / "tok", (4, 8, 8))
+    atomic_write_json(paths.assets_json, {"encoder": str(tok), "decoder": str(tok)})
+    write_tiny_pretrained(paths.checkpoint_dir(checkpoint_steps(spec.finetune)[0]), PRESETS["tiny"], seed=3)
+    return spec, paths
+
+
+@pytest.mark.timeout(300)
+def test_infer_writes_videos_and_sidecars(run_dir: tuple[spec_mod.RunSpec, RunPaths]) -> None:
+    spec, paths = run_dir
+    items = infer.list_inputs(spec, paths)
+    assert [it.name for it in items] == ["clip_000", "clip_001", "clip_002"]  # max_inputs = 3, sorted
+    infer.run(spec, 0, paths)
+    out = paths.infer_dir(2)
+    for it in items:
+        mp4 = out / f"{it.name}.mp4"
+        frames = load_clip(mp4, ClipShape(17, 48, 64))
+        assert frames.shape == (17, 48, 64, 3)
+        side = evaluate.Sidecar.read(evaluate.sidecar_path(mp4))
+        assert side.reference == it.source and side.reference_frames == tuple(range(17))
+        assert side.context_frames == 5 and side.step == 2  # 2 latent frames at t=4
+    stats = json.loads((out.parent / "step-00000002.stats.json").read_text())
+    assert stats["generated"] == 3 and [b["batch"] for b in stats["batches"]] == [2, 1]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    infer.run(spec, 0, paths)  # idempotent: everything present, nothing regenerated
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    evaluate.run(spec, 0, paths)
+    res = json.loads(paths.eval_json(2).read_text())
+    assert res["missing_reference"] == [] and res["failed"] == [] and len(res["videos"]) == 3
+    for v in res["videos"]:
+        assert v["alignment"] == "sidecar" and v["context_frames"] == 5
+        # clip_002 has 21 source frames, clip_001 only 13: frames past the source are not compared
+        n_src = {"clip_000": 17, "clip_001": 13, "clip_002": 21}[v["name"]]
+        assert v["compared_frames"]["reference"] == list(range(min(17, n_src)))
+        ctx = np.mean(v["ssim_per_frame"][:5])
+        assert ctx > 0.5  # the context frames are the tokenizer's reconstruction of the source
+
+
+@pytest.mark.timeout(300)
+def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunPaths]) -> None:
+    spec, paths = run_dir
+    img_dir = paths.root.parent / "images"
+    img_dir.mkdir(exist_ok=True)
+    (img_dir / "still.png").write_bytes((paths.root.parent / "inputs" / "still.png").read_bytes())
+    spec2 = spec_mod.from_dict({**spec_mod.to_dict(spec), "infer": {**spec_mod.to_dict(spec)["infer"],
+                                                                     "inputs": str(img_dir)}})
+    (it,) = infer.list_inputs(spec2, paths)
+    assert it.image and infer.context_latents(spec2, it) == 1
+    assert infer.reference_frames(spec2, it)[:2] == (0, None)
+    empty = paths.root.parent / "empty"
+    empty.mkdir(exist_ok=True)
+    spec3 = spec_mod.from_dict({**spec_mod.to_dict(spec), "infer": {**spec_mod.to_dict(spec)["infer"],
+                                                                    "inputs": str(empty)}})
+    with pytest.raises(HarnessError, match="no inputs found"):
+        infer.list_inputs(spec3, paths)
