@@ -1,0 +1,101 @@
+"""Helpers for the Cosmos model / finetune tests: a tiny run directory with a real megatron indexed dataset in the
+merged-dataset layout `harness.dataset.open_dataset` reads, and multi-rank (gloo) execution via spawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from harness import spec as spec_mod
+from harness.dataset import to_uint16
+from harness.rundir import RunPaths, atomic_write_json
+from harness.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
+
+VIDEO = {"width": 32, "height": 32, "num_frames": 9}
+"""9 x 32 x 32 @ 4x8x8 -> grid 3x4x4 = 48 tokens: a whole video per sample, cheap on CPU."""
+
+
+def make_spec(*, tp: int = 1, max_steps: int = 6, save_every: int = 2, gbs: int = 2, mbs: int = 1,
+              lr: float = 3e-3, checkpoint: str = "", v2w: bool = False, **finetune: Any) -> spec_mod.RunSpec:
+    raw: dict[str, Any] = {
+        "run": {"name": "ft", "seed": 11, "recipe": "video2world" if v2w else "base"},
+        "model": {"preset": "tiny-v2w" if v2w else "tiny", "checkpoint": checkpoint},
+        "video": dict(VIDEO),
+        "data": {"jsonl": "/x.jsonl"} if v2w else {"videos": "/x"},
+        "finetune": {"engine": "mcore", "tensor_parallel": tp, "global_batch_size": gbs, "micro_batch_size": mbs,
+                     "lr": lr, "min_lr": lr, "max_steps": max_steps, "save_every": save_every, "precision": "fp32",
+                     "max_epochs": 1000, **finetune},
+    }
+    return spec_mod.from_dict(raw)
+
+
+def video_tokens(spec: spec_mod.RunSpec, n: int, seed: int = 0) -> list[np.ndarray]:
+    """Learnable synthetic videos: a random first latent frame, later frames shifted copies of it."""
+    g = spec.token_math.grid
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        first = rng.integers(0, 200, size=g.h * g.w)
+        out.append(np.concatenate([first + 1000 * t for t in range(g.t)]).astype(np.int64))
+    return out
+
+
+def make_run(root: Path, spec: spec_mod.RunSpec, n_videos: int = 8, split: tuple[int, int, int] = (6, 1, 1)) -> RunPaths:
+    """spec.json + the merged dataset (uint16 .bin/.idx, summary.json, split.json; V2W prompt arrays)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    paths = RunPaths(root)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.spec_json, spec_mod.to_dict(spec))
+    prefix = paths.dataset_prefix
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    docs = video_tokens(spec, n_videos)
+    if spec.video2world:
+        docs = [np.concatenate([[BOV_ID], d, [PAD_ID] * VIDEO2WORLD_PAD]) for d in docs]
+    for d in docs:
+        builder.add_document(torch.from_numpy(to_uint16(d)), [len(d)])
+    builder.finalize(f"{prefix}.idx")
+    recipe = "video2world" if spec.video2world else "base"
+    atomic_write_json(paths.dataset_summary, {"recipe": recipe, "documents": [{"tokens": len(d)} for d in docs]})
+    a, b, _ = split
+    ids = list(range(n_videos))
+    paths.dataset_split.write_text(json.dumps({"train": ids[:a], "val": ids[a:a + b], "test": ids[a + b:]}))
+    if spec.video2world:
+        rng = np.random.default_rng(5)
+        np.save(f"{prefix}.prompts.npy", rng.standard_normal((n_videos, 6, spec.preset.crossattn_dim)).astype(np.float32))
+        np.save(f"{prefix}.prompt_lengths.npy", np.full(n_videos, 6, dtype=np.int32))
+    return paths
+
+
+def metrics(paths: RunPaths) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in paths.metrics_jsonl.read_text().splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_main(rank: int, fn: Callable[..., Any], args: tuple[Any, ...], world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    result = fn(*args)
+    Path(f"{out}.{rank}").write_bytes(pickle.dumps(result))
+
+
+def run_ranks(fn: Callable[..., Any], args: tuple[Any, ...], world: int, tmp: Path) -> list[Any]:
+    """Run fn(*args) on `world` spawned gloo ranks; returns each rank's return value."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp / f"ranks-{free_port()}")
+    mp.start_processes(_rank_main, args=(fn, args, world, free_port(), out), nprocs=world, start_method="spawn")
+    return [pickle.loads(Path(f"{out}.{r}").read_bytes()) for r in range(world)]
