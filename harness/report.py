@@ -44,6 +44,17 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Tokenize:
+    shards: int
+    """Shards whose manifest was readable."""
+    clips: int
+    seconds: float
+    """Summed wall time of the shard tasks' encode loops."""
+    clips_per_s: float | None
+    """clips / seconds: throughput of one tokenize task, independent of how many ran at once."""
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     step: int
     psnr: float | None
@@ -60,6 +71,7 @@ class Report:
     run_id: str
     name: str
     data: dict[str, Any]
+    tokenize: Tokenize | None
     training: Training | None
     loss_curve: tuple[tuple[int, float], ...]
     checkpoints: tuple[Checkpoint, ...]
@@ -107,6 +119,23 @@ def training(rows: list[dict[str, Any]]) -> Training | None:
                     mfu=tflops / PEAK_TFLOPS if tflops is not None else None)
 
 
+def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
+    """Summed over the shard manifests' `stats` (clips, seconds) written by the tokenize tasks."""
+    clips, seconds, n = 0, 0.0, 0
+    for s in range(shards):
+        try:
+            stats = json.loads(paths.shard_manifest(s).read_text(encoding="utf-8")).get("stats") or {}
+        except (OSError, ValueError):
+            continue
+        c, sec = _num(stats.get("clips")), _num(stats.get("seconds"))
+        if c is None or sec is None:
+            continue
+        clips, seconds, n = clips + int(c), seconds + sec, n + 1
+    if not n:
+        return None
+    return Tokenize(n, clips, seconds, clips / seconds if seconds > 0 else None)
+
+
 def checkpoints(evals: dict[int, dict[str, Any]]) -> tuple[Checkpoint, ...]:
     rows = []
     for step in sorted(evals):
@@ -144,7 +173,7 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]],
             evals[step] = e
     curve = tuple((r["step"], float(r["loss"])) for r in rows if _num(r.get("loss")) is not None)
     return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
-                  training=training(rows), loss_curve=curve, checkpoints=checkpoints(evals),
+                  tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows), loss_curve=curve, checkpoints=checkpoints(evals),
                   failures=tuple(failures), missing=tuple(missing))
 
 
@@ -158,7 +187,11 @@ def fmt(v: float | None, kind: str) -> str:
     if v is None:
         return "-"
     return {"loss": f"{v:.4f}", "psnr": f"{v:.2f}", "ssim": f"{v:.4f}", "rate": f"{v:,.1f}",
-            "tflops": f"{v:.1f}", "mfu": f"{100 * v:.1f}%"}.get(kind, f"{v:g}")
+            "tflops": f"{v:.1f}", "mfu": f"{100 * v:.2f}%"}.get(kind, f"{v:g}")
+
+
+HIDDEN = frozenset({"documents"})
+"""Summary fields too long for a table (one row per video); they stay in report.json."""
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -180,7 +213,11 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table: rendered by rich in the terminal and as markdown in report.md."""
     out: list[tuple[str, list[str], list[list[str]]]] = []
     if rep.data:
-        out.append(("data", ["field", "value"], [[k, v] for k, v in _flat(rep.data)]))
+        out.append(("data", ["field", "value"], [[k, v] for k, v in _flat(rep.data) if k not in HIDDEN]))
+    if rep.tokenize is not None:
+        k = rep.tokenize
+        out.append(("tokenize", ["shards", "clips", "task seconds", "clips/s per task"],
+                    [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
     t = rep.training
     if t is not None:
         out.append(("training", ["steps", "final loss", "tokens/s", "TFLOP/s per GPU",
@@ -222,7 +259,7 @@ def markdown(rep: Report) -> str:
 def to_json(rep: Report) -> dict[str, Any]:
     best = rep.best
     return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
-            "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
+            "tokenize": asdict(rep.tokenize) if rep.tokenize else None, "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
             "loss_curve": [list(p) for p in rep.loss_curve],
             "checkpoints": [asdict(c) for c in rep.checkpoints], "best_checkpoint": best.step if best else None,
             "failures": list(rep.failures), "missing": list(rep.missing)}

@@ -1,0 +1,167 @@
+"""The run report renders the numbers its producers wrote: the files here are written in the formats of
+merge (dataset/summary.json), tokenize (shard manifests' stats), finetune (metrics.jsonl) and evaluate
+(eval/step-*.json), with realistic values, and every number shown is checked against them."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import struct
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from harness import cli, launch, report
+from harness import plan as plan_mod
+from harness import spec as spec_mod
+from harness.rundir import RunPaths, atomic_write_json, mark_done, new_run_dir
+
+SPEC = """
+[run]
+name = "rep"
+workdir = "{root}/runs"
+results_dir = "{root}/results"
+
+[data]
+videos = "{root}/videos"
+
+[tokenize]
+shards = 2
+
+[finetune]
+max_steps = 40
+save_every = 10
+"""
+
+PSNR = {10: 24.8123, 20: 27.4511, 30: 28.9034, 40: 28.1207}
+SSIM = {10: 0.6012, 20: 0.7107, 30: 0.7561, 40: 0.7498}
+
+
+def make_results(root: Path, skip_eval: int | None = None) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    text = SPEC.format(root=root)
+    (root / "run.toml").write_text(text)
+    spec = spec_mod.absolutize(spec_mod.load(root / "run.toml"), root)
+    facts = plan_mod.Facts(num_inputs=12, max_array_size=1001, nodes_available=1)
+    plan = plan_mod.build(spec, facts)
+    paths = new_run_dir(root / "runs", "rep")
+    choice = launch.Choice("local", "test")
+    launch.write_run(paths, text, plan, facts, choice)
+    launch.record_jobs(paths, choice, [])
+    atomic_write_json(paths.dataset_summary, {
+        "recipe": "base", "shards": 2, "videos_in": 12, "tokenized": 10, "tokens": 10 * 1281,
+        "skipped": [{"index": 3, "path": "/data/broken.mp4", "name": "broken.mp4", "reason": "no video stream",
+                     "kind": "unreadable"},
+                    {"index": 7, "path": "/data/empty.mp4", "name": "empty.mp4", "reason": "0 frames",
+                     "kind": "empty"}],
+        "skipped_by_kind": {"unreadable": ["broken.mp4"], "empty": ["empty.mp4"]},
+        "tokens_per_video": 1280, "sample_length": 1281, "grid": "5x8x32", "dtype": "uint16",
+        "splits": {"train": 8, "validation": 1, "test": 1},
+        "documents": [{"doc": i, "path": f"/data/clip{i}.mp4", "tokens": 1281} for i in range(10)]})
+    for s, (clips, secs) in enumerate(((6, 2.5), (4, 1.5))):
+        atomic_write_json(paths.shard_manifest(s), {"shard": s, "stats": {"clips": clips, "seconds": secs,
+                                                                          "clips_per_s": clips / secs}})
+    metrics = [{"step": i, "loss": 11.2 * 0.93 ** i, "lr": 1e-4, "grad_norm": 2.0 / i,
+                "tokens_per_s": 900.0 + 7 * i + (300 if i == 1 else 0), "tflops": 0.9 + 0.01 * i}
+               for i in range(1, 41)]
+    paths.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 41, "lo')
+    for step in plan.checkpoint_steps:
+        if step == skip_eval:
+            continue
+        videos = [{"name": f"clip{i}.mp4", "psnr": PSNR[step] + i * 0.1, "ssim": SSIM[step]} for i in range(2)]
+        atomic_write_json(paths.eval_json(step), {"step": step, "frames": "generated frames 9-16 vs reference 9-16",
+                                                  "videos": videos, "mean": {"psnr": PSNR[step], "ssim": SSIM[step],
+                                                                             "videos": 2}})
+    return paths, plan, metrics
+
+
+def line_with(text: str, *needles: str) -> str:
+    return next(ln for ln in text.splitlines() if all(n in ln for n in needles))
+
+
+def test_tables_show_the_producers_numbers(tmp_path: Path) -> None:
+    paths, plan, metrics = make_results(tmp_path)
+    rep = report.build(paths, plan.spec, [], plan.checkpoint_steps)
+    con = Console(record=True, width=220)
+    report.render(rep, con)
+    text = con.export_text()
+
+    steady = metrics[1:]  # the first step pays for warm-up
+    tflops = statistics.median(m["tflops"] for m in steady)
+    assert rep.training is not None and rep.training.steps == 40 and rep.training.logged == 40  # torn line skipped
+    row = line_with(text, "│ 40 ")
+    assert f"{metrics[-1]['loss']:.4f}" in row
+    assert f"{statistics.median(m['tokens_per_s'] for m in steady):,.1f}" in row
+    assert f"{tflops:.1f}" in row and f"{100 * tflops / 989.0:.2f}%" in row
+    for step in plan.checkpoint_steps:
+        row = line_with(text, f"│ {step} ", f"{PSNR[step]:.2f}")
+        assert f"{SSIM[step]:.4f}" in row
+        assert ("*" in row) == (step == max(PSNR, key=PSNR.get))
+    assert line_with(text, "│ 2 ", "│ 10 ", "4.0", "2.5")  # tokenize: 10 clips in 4.0 s -> 2.5 clips/s
+    assert "broken.mp4" in line_with(text, "skipped ")
+    assert "│ videos_in " in text and "│ 12 " in line_with(text, "videos_in")
+    assert "documents" not in text  # one row per video stays out of the table
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_results_files_json_markdown_and_plots(tmp_path: Path) -> None:
+    paths, plan, metrics = make_results(tmp_path)
+    failures = [{"stage": "infer", "task": 2, "state": "OUT_OF_MEMORY", "exit_code": "0:125",
+                 "reason": "", "log": "/x/logs/infer/7_2/7_2_0_log.out"}]
+    rep = report.build(paths, plan.spec, failures, plan.checkpoint_steps)
+    out = report.results_dir(plan.spec, paths)
+    files = report.write(rep, out)
+    assert out == tmp_path / "results" / paths.run_id
+    assert {f.name for f in files} == {"report.json", "report.md", "loss.png", "eval.png"}
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["best_checkpoint"] == 30
+    assert [c["psnr"] for c in doc["checkpoints"]] == [PSNR[s] for s in plan.checkpoint_steps]
+    assert doc["training"]["final_loss"] == metrics[-1]["loss"]
+    assert doc["loss_curve"][0] == [1, metrics[0]["loss"]] and len(doc["loss_curve"]) == 40
+    assert doc["tokenize"]["clips_per_s"] == 2.5 and doc["failures"] == failures
+    md = (out / "report.md").read_text()
+    assert f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | 2 | * |" in md
+    assert "| infer | 2 | OUT_OF_MEMORY | 0:125 |" in md and "![eval.png](eval.png)" in md
+    for name in ("loss.png", "eval.png"):
+        data = (out / name).read_bytes()
+        w, h = png_size(data)
+        assert w > 300 and h > 200 and len(data) > 5_000
+
+
+def test_missing_results_are_listed_not_invented(tmp_path: Path) -> None:
+    paths, plan, _ = make_results(tmp_path, skip_eval=40)
+    paths.metrics_jsonl.unlink()
+    rep = report.build(paths, plan.spec, [], plan.checkpoint_steps)
+    assert rep.training is None and rep.loss_curve == ()
+    assert [c.step for c in rep.checkpoints] == [10, 20, 30]
+    assert set(rep.missing) == {str(paths.metrics_jsonl), str(paths.eval_json(40))}
+    files = report.write(rep, tmp_path / "out")
+    assert {f.name for f in files} == {"report.json", "report.md", "eval.png"}
+
+
+@pytest.mark.timeout(60)
+def test_report_stage_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.stages import report as stage
+
+    paths, plan, metrics = make_results(tmp_path)
+    for s in plan.stages:
+        for t in range(s.tasks):
+            if (s.name, t) not in (("evaluate", 3), ("report", 0)):
+                mark_done(paths, s.name, t)
+    stage.run(plan.spec, 0, paths)
+    doc = json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())
+    assert [(f["stage"], f["task"], f["state"]) for f in doc["failures"]] == [("evaluate", 3, "INCOMPLETE")]
+
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli.main(["report", paths.run_id, "--workdir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert f"{metrics[-1]['loss']:.4f}" in out and f"{PSNR[30]:.2f}" in out
+    assert "NOT_SUBMITTED" in line_with(out, "evaluate", "│ 3 ")  # no job ever ran it in this run dir
+    assert str(tmp_path / "results" / paths.run_id / "report.md") in out
