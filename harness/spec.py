@@ -398,7 +398,25 @@ def cross_check(spec: RunSpec) -> list[Problem]:
     out += _check_data(spec)
     out += _check_finetune(spec)
     out += _check_container(spec)
+    out += _check_paths(spec)
     return [Problem(spec.source, k, m) for k, m in out]
+
+
+def _check_paths(spec: RunSpec) -> list[tuple[str, str]]:
+    """Paths may hold spaces, quotes, '$(...)', ';' or '#' (every script quotes them), but the run directory
+    also appears in #SBATCH --output/--error, where sbatch reads '\\' as an escape even inside quotes and
+    Slurm expands '%' patterns; and Pyxis splits --container-mounts at ',' and ':'."""
+    out = []
+    w = spec.run.workdir
+    if "\\" in w or "%" in w:
+        out.append(("run.workdir", f"= {_show(w)}: must not contain '\\' or '%' (sbatch and Slurm's log file "
+                                   f"names give them a meaning)"))
+    if spec.container.image:
+        for key, value in (("run.workdir", w), ("assets.hf_home", spec.assets.hf_home)):
+            if "," in value or ":" in value:
+                out.append((key, f"= {_show(value)}: must not contain ',' or ':' when container.image is set "
+                                 f"(Pyxis splits --container-mounts there)"))
+    return out
 
 
 def _check_model(spec: RunSpec) -> list[tuple[str, str]]:
