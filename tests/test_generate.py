@@ -58,3 +58,14 @@ def test_top_p_keeps_the_nucleus() -> None:
     seen = {int(gen.sample(logits, gen.Sampling(1.0, 0.81), g)) for _ in range(300)}
     assert seen == {0, 1, 2}
     assert int(gen.sample(logits, gen.Sampling(0.0), g)) == 0
+
+
+def test_sampling_follows_the_distribution() -> None:
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(p).repeat(4000, 1)
+    draws = gen.sample(logits, gen.Sampling(1.0, 1.0), gen.make_generator("cpu", 1))
+    freq = torch.bincount(draws, minlength=4).float() / 4000
+    assert torch.allclose(freq, p, atol=0.03)
+    top = gen.sample(logits, gen.Sampling(1.0, 0.75), gen.make_generator("cpu", 1))
+    freq = torch.bincount(top, minlength=4).float() / 4000  # renormalised nucleus {0, 1}: 0.625 / 0.375
+    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.03)

@@ -76,18 +76,18 @@ class StaticKVCache:
 
 
 def sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """[b, V] logits -> [b] token ids."""
+    """[b, V] logits -> [b] token ids. Draws with the exponential-race trick (argmax of p / Exp(1) is a
+    sample of p): no normalisation, no multinomial, and the same kernels every step."""
     if s.temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / s.temperature, dim=-1)
     if s.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(dim=-1) - sorted_p < s.top_p  # the smallest prefix whose mass reaches top_p
-        keep[:, 0] = True
-        sorted_p = sorted_p * keep
-        choice = torch.multinomial(sorted_p, 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        drop = sorted_p.cumsum(dim=-1) - sorted_p >= s.top_p  # keep the smallest prefix whose mass reaches top_p
+        drop[:, 0] = False
+        race = sorted_p.masked_fill_(drop, 0.0) / torch.empty_like(sorted_p).exponential_(generator=generator)
+        return order.gather(-1, race.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
 def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
