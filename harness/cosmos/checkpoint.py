@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from harness.cosmos import parallel
 from harness.errors import HarnessError
@@ -96,11 +97,30 @@ def _load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     wdir = weights_dir(ckpt_dir)
     if not (wdir / "metadata.json").is_file():
         raise HarnessError(f"{ckpt_dir}: not a megatron distributed checkpoint (no weights/metadata.json)")
+    _check_shapes(ckpt_dir, wdir, state["state_dict"])
     try:
         return dist_checkpointing.load(state, str(wdir))  # type: ignore[no-any-return]
     except Exception as e:  # mcore raises CheckpointingException/KeyError/RuntimeError for a mismatched model
         raise HarnessError(f"{ckpt_dir}: cannot load into this model ({e.__class__.__name__}: "
                            f"{str(e).splitlines()[0][:300]})") from e
+
+
+def _check_shapes(ckpt_dir: Path, wdir: Path, msd: dict[str, Any]) -> None:
+    """mcore's loader reads a sub-block of a larger stored tensor without complaint (a 64,064-row Video2World
+    embedding into a 64,000-row base model); compare global shapes first and name every mismatch."""
+    stored = dist_checkpointing.load_tensors_metadata(str(wdir))
+    problems = []
+    for sh in msd.values():
+        if not isinstance(sh, ShardedTensor):  # factories (SwiGLU fc1) and objects: mcore checks those itself
+            continue
+        want, name = tuple(sh.global_shape), sh.key
+        if name not in stored:
+            problems.append(f"{name} missing")
+        elif tuple(stored[name].global_shape) != want:
+            problems.append(f"{name} is {tuple(stored[name].global_shape)}, model needs {want}")
+    if problems:
+        raise HarnessError(f"{ckpt_dir}: weights do not match the model ({len(problems)} tensors): "
+                           + "; ".join(sorted(set(problems))[:4]))
 
 
 def load_model(model: Any, ckpt_dir: Path) -> None:

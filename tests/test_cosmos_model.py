@@ -1,0 +1,140 @@
+"""The Cosmos model on megatron-core (CPU, gloo): forward/loss shapes, causality, KV-cache decoding equal to a
+full forward, the NeMo-2-layout pretrained checkpoint, tensor parallelism (TP=2 logits equal TP=1), Video2World."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.models import PRESETS
+from harness.tokens import Grid
+from cosmos_util import make_spec, run_ranks
+
+GRID = Grid(3, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def single_rank() -> None:
+    from harness.cosmos import parallel
+
+    parallel.init(1)
+
+
+def _model(name: str = "tiny", seed: int = 3) -> Any:
+    from harness.cosmos.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model(PRESETS[name], GRID).eval()
+
+
+@pytest.mark.timeout(120)
+def test_forward_loss_and_causality(single_rank: None) -> None:
+    model = _model()
+    toks = torch.randint(0, 64_000, (2, GRID.tokens))
+    with torch.no_grad():
+        logits = model(toks)
+        assert logits.shape == (2, GRID.tokens, 64_000)
+        changed = toks.clone()
+        changed[:, 30:] = (changed[:, 30:] + 7) % 64_000
+        assert torch.equal(model(changed)[:, :30], logits[:, :30])  # no position sees the future
+        assert not torch.allclose(model(changed)[:, 30:], logits[:, 30:])
+        loss = model(toks[:, :-1], labels=toks[:, 1:])
+    assert loss.shape == (2, GRID.tokens - 1)
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64_000), toks[:, 1:].reshape(-1),
+                                            reduction="none").view(2, -1)
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("chunks", [[1] * 48, [20, 1, 1, 26], [5, 11, 32]])
+def test_kv_cache_decoding_equals_full_forward(single_rank: None, chunks: list[int]) -> None:
+    from harness.cosmos.model import KVCache
+
+    model = _model()
+    toks = torch.randint(0, 64_000, (2, GRID.tokens))
+    with torch.no_grad():
+        full = model(toks)
+        cache, parts, start = KVCache(), [], 0
+        for n in chunks:
+            parts.append(model(toks[:, start:start + n], kv_cache=cache))
+            start += n
+    assert cache.length == GRID.tokens
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.timeout(120)
+def test_pretrained_nemo_layout_loads(single_rank: None, tmp_path: Path) -> None:
+    from harness.cosmos import checkpoint, pretrained
+
+    ref = pretrained.write_tiny_pretrained(tmp_path / "nemo", PRESETS["tiny"], seed=4)
+    assert (tmp_path / "nemo" / "weights" / "metadata.json").is_file()
+    assert (tmp_path / "nemo" / "context" / "model.yaml").is_file()
+    spec = make_spec()
+    model = checkpoint.load_for_inference(tmp_path / "nemo", spec, tp=1)
+    direct = _model()
+    direct.load_state_dict(ref, strict=False)
+    toks = torch.randint(0, 64_000, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(model(toks), direct(toks))
+    with pytest.raises(HarnessError, match="not a megatron distributed checkpoint"):
+        checkpoint.load_for_inference(tmp_path, spec, tp=1)
+    other = tmp_path / "other"
+    pretrained.write_tiny_pretrained(other, PRESETS["tiny-v2w"], seed=4)
+    with pytest.raises(HarnessError, match="cannot load|do not match"):
+        checkpoint.load_model(_model(), other)
+
+
+def _logits(ckpts: dict[str, str], inputs: dict[str, Any], tp: int) -> dict[str, torch.Tensor]:
+    """Base and Video2World logits of the given checkpoints, loaded at TP=tp on this rank."""
+    from harness.cosmos import checkpoint
+
+    out = {}
+    for name, ckpt in ckpts.items():
+        v2w = name == "tiny-v2w"
+        model = checkpoint.load_for_inference(ckpt, make_spec(tp=tp, v2w=v2w), tp=tp)
+        with torch.no_grad():
+            out[name] = model(inputs[name], context=inputs["ctx"] if v2w else None)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_tensor_parallel_logits_equal(single_rank: None, tmp_path: Path) -> None:
+    """The same checkpoint loaded at TP=2 (two gloo ranks) gives the TP=1 logits, base and Video2World."""
+    from harness.cosmos import pretrained
+
+    ckpts = {}
+    for name in ("tiny", "tiny-v2w"):
+        pretrained.write_tiny_pretrained(tmp_path / name, PRESETS[name], seed=9)
+        ckpts[name] = str(tmp_path / name)
+    inputs = {"tiny": torch.randint(0, 64_000, (2, GRID.tokens)),
+              "tiny-v2w": torch.randint(0, 64_064, (2, GRID.tokens + 64)),
+              "ctx": torch.randn(2, 6, PRESETS["tiny-v2w"].crossattn_dim)}
+    one = _logits(ckpts, inputs, 1)
+    two = run_ranks(_logits, (ckpts, inputs, 2), 2, tmp_path)
+    for name in ckpts:
+        assert one[name].shape[-1] == 64_000
+        assert torch.allclose(two[0][name], one[name], atol=2e-5), name
+        assert torch.equal(two[0][name], two[1][name])
+
+
+@pytest.mark.timeout(120)
+def test_video2world_cross_attention_and_cache(single_rank: None) -> None:
+    from harness.cosmos.model import KVCache
+
+    model = _model("tiny-v2w")
+    seq = GRID.tokens + 64
+    toks = torch.randint(0, 64_064, (2, seq))
+    ctx = torch.randn(2, 6, PRESETS["tiny-v2w"].crossattn_dim)
+    with torch.no_grad():
+        full = model(toks, context=ctx)
+        assert full.shape == (2, seq, 64_000)
+        assert not torch.allclose(model(toks, context=ctx * 2), full)  # the prompt matters
+        cache = KVCache()
+        parts = [model(toks[:, :17], kv_cache=cache, context=ctx), model(toks[:, 17:], kv_cache=cache, context=ctx)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        model(toks)
