@@ -96,7 +96,7 @@ def test_missing_pairs_reported_by_name(dirs: tuple[Path, Path, np.ndarray]) -> 
     assert [v["name"] for v in out["videos"]] == ["clip"] and out["videos"][0]["alignment"] == "identity"
 
 
-def test_fast_and_skimage_agree_in_worker_processes(dirs: tuple[Path, Path, np.ndarray]) -> None:
+def test_fast_and_skimage_agree_on_a_thread_pool(dirs: tuple[Path, Path, np.ndarray]) -> None:
     ref, gen, clip = dirs
     noisy = np.clip(clip.astype(int) + np.random.default_rng(0).integers(-20, 21, clip.shape), 0, 255)
     for i in range(3):
@@ -132,3 +132,19 @@ def test_stage_writes_eval_json(tmp_path: Path, dirs: tuple[Path, Path, np.ndarr
     assert out["mean"]["psnr"] == v["psnr"]
     with pytest.raises(Exception, match="checkpoints"):
         evaluate.run(spec, 2, paths)
+
+
+def test_decode_ahead_path_equals_whole_pair_path(dirs: tuple[Path, Path, np.ndarray]) -> None:
+    """The GPU layout (threads decode, the caller computes) gives the same records as threads doing whole
+    pairs; "cpu:0" selects that layout here without a GPU."""
+    ref, gen, clip = dirs
+    for i in range(3):
+        write_generated(gen / f"clip{i}.mp4", clip[i:i + 17], list(range(i, i + 17)))
+        shutil.copy(ref / "clip.mp4", ref / f"clip{i}.mp4")
+    (gen / "bad.mp4").write_bytes(b"x")
+    shutil.copy(gen / "bad.mp4", ref / "bad.mp4")
+    pairs = evaluate.stage_pairs(spec_mod.from_dict({"data": {"videos": str(ref)},
+                                                     "evaluate": {"reference": str(ref)}}), gen)[0]
+    a = evaluate.score_pairs(pairs, "fast", "cpu", workers=2)
+    b = evaluate.score_pairs(pairs, "fast", "cpu:0", workers=2)
+    assert a == b and [r["name"] for r in a if "error" in r] == ["bad"]
