@@ -21,6 +21,7 @@ def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launch.RunPaths
 [run]
 name = "loc"
 workdir = "{tmp / 'runs'}"
+results_dir = "{tmp / 'results'}"
 [model]
 preset = "tiny"
 [tokenizer]

@@ -27,6 +27,7 @@ def write_spec(tmp: Path, encoder: str, **sections: str) -> Path:
 [run]
 name = "t"
 workdir = "{tmp / 'runs'}"
+results_dir = "{tmp / 'results'}"
 [model]
 preset = "tiny"
 [tokenizer]
