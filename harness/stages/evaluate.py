@@ -300,6 +300,10 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     if not 0 <= task < len(steps):
         raise HarnessError(f"evaluate task {task}: only {len(steps)} checkpoints ({list(steps)})")
     step = steps[task]
+    unknown = [m for m in spec.evaluate.metrics if m not in ("psnr", "ssim")]
+    if unknown:
+        raise HarnessError(f"{spec.source}: evaluate.metrics = {list(spec.evaluate.metrics)}: {unknown[0]!r} is not "
+                           f"computed; choose from psnr, ssim")
     gen_dir = paths.infer_dir(step)
     if not gen_dir.is_dir():
         raise HarnessError(f"{gen_dir}: no generated videos for checkpoint step {step}; did infer[{task}] run?")
