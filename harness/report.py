@@ -187,7 +187,7 @@ def fmt(v: float | None, kind: str) -> str:
     if v is None:
         return "-"
     return {"loss": f"{v:.4f}", "psnr": f"{v:.2f}", "ssim": f"{v:.4f}", "rate": f"{v:,.1f}",
-            "tflops": f"{v:.1f}", "mfu": f"{100 * v:.2f}%"}.get(kind, f"{v:g}")
+            "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
 
 
 HIDDEN = frozenset({"documents"})
@@ -225,9 +225,14 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[str(t.steps), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
                       fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
     if rep.checkpoints:
-        out.append(("checkpoints", ["step", "PSNR (dB)", "SSIM", "videos", "best", "frames compared"],
-                    [[str(c.step), fmt(c.psnr, "psnr"), fmt(c.ssim, "ssim"), str(c.videos),
-                      "*" if c.best else "", c.frames or "-"] for c in rep.checkpoints]))
+        frames = {c.frames for c in rep.checkpoints}
+        same = len(frames) == 1
+        header = ["step", "PSNR (dB)", "SSIM", "videos", "best"] + ([] if same else ["frames compared"])
+        out.append(("checkpoints", header,
+                    [[str(c.step), fmt(c.psnr, "psnr"), fmt(c.ssim, "ssim"), str(c.videos), "*" if c.best else ""]
+                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
+        if same and frames != {""}:
+            out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
     if rep.failures:
         out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
                     [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
@@ -289,7 +294,7 @@ def plots(rep: Report) -> dict[str, bytes]:
         plt.close(fig)
     scored = [c for c in rep.checkpoints if c.psnr is not None or c.ssim is not None]
     if scored:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
         for ax, key, label in ((a1, "psnr", "PSNR (dB)"), (a2, "ssim", "SSIM")):
             pts = [(c.step, getattr(c, key)) for c in scored if getattr(c, key) is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")

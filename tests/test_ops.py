@@ -117,9 +117,10 @@ def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, 
     [a] = rows(rs, "stage-assets")
     [r] = rows(rs, "report")
     assert (a.state, a.exit_code) == ("FAILED", "1:0")
-    assert r.state == "CANCELLED" and r.state not in state.ACTIVE
+    assert r.state == "CANCELLED" and r.reason.startswith("DependencyNeverSatisfied")
     err = Path(a.log).with_suffix(".err")
     assert Path(a.log).is_file() and "has no decoder.jit" in err.read_text()
+    assert a.reason.startswith("harness.errors.HarnessError") and "has no decoder.jit" in a.reason
     text = render(rs)
     assert "FAILED" in text and "1:0" in text and a.log in text and "0/2 tasks completed" in text
 

@@ -79,13 +79,18 @@ class TaskState:
     elapsed: str = ""
     exit_code: str = ""
     reason: str = ""
+    cancelled_by: str = ""
+    """uid from sacct's `CANCELLED by <uid>` (a user's scancel); '' when Slurm itself cancelled the task."""
 
 
 def squeue(job_ids: list[str]) -> dict[str, TaskState]:
     """Live tasks (pending ones with their reason) in one call."""
     if not job_ids:
         return {}
-    out = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r"], check=False).stdout
+    proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r"], check=False)
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:  # that one: every job already left
+        raise HarnessError(f"squeue failed ({proc.returncode}): {' '.join(proc.stderr.split())[:300]}")
+    out = proc.stdout
     states = {}
     for line in out.splitlines():
         parts = line.split("|")
@@ -98,14 +103,15 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
     """Finished (and running) tasks from accounting, in one call; array tasks expanded."""
     if not job_ids:
         return {}
-    out = _run(["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,Elapsed,ExitCode,Reason"],
-               check=False).stdout
+    out = _run(["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,Elapsed,ExitCode,Reason"]
+               ).stdout  # a failing sacct (slurmdbd down) must not read as "no tasks"
     states = {}
     for line in out.splitlines():
         parts = line.split("|")
         if len(parts) >= 6:
-            state = parts[1].split()[0] if parts[1] else "UNKNOWN"
-            states[parts[0]] = TaskState(parts[0], state, parts[2], parts[3], parts[4], parts[5])
+            words = parts[1].split() or ["UNKNOWN"]
+            by = words[2] if len(words) > 2 and words[1] == "by" else ""
+            states[parts[0]] = TaskState(parts[0], words[0], parts[2], parts[3], parts[4], parts[5], by)
     return states
 
 

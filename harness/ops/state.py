@@ -182,16 +182,49 @@ def _slurm_row(stage: str, task: int, done: bool, sid: str, log: str, submitted:
         fresh = time.time() - submitted < MISSING_AFTER_S
         return TaskRow(stage, task, "UNKNOWN" if fresh else MISSING, sid, log=log,
                        reason="not in squeue or sacct yet" if fresh else "in neither squeue nor sacct")
-    reason = "" if st.reason in ("None", "") else st.reason
-    state = st.state
-    if done:
-        state = COMPLETED
-    elif state == COMPLETED:
-        state, reason = "FAILED", "exited 0 but wrote no completion marker"
-    elif state == "CANCELLED" and not reason:
-        reason = "cancelled"
+    state = COMPLETED if done else st.state
+    if state == COMPLETED and not done:
+        state = "FAILED"
     return TaskRow(stage, task, state, sid, st.node if st.node not in ("None assigned",) else "",
-                   st.elapsed, st.exit_code, reason, log)
+                   st.elapsed, st.exit_code, explain(state, st, log, done), log)
+
+
+_FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory: raise mem_gb or lower the batch size",
+                  "TIMEOUT": "time limit reached: raise time_min (requeue-safe stages resume)",
+                  "NODE_FAIL": "node failure: resume resubmits the task",
+                  "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot", "DEADLINE": "deadline reached"}
+
+
+def explain(state: str, st: slurmcli.TaskState, log: str, done: bool) -> str:
+    """Why a task is where it is. sacct's Reason of a finished task is its last PENDING reason (stale), so
+    finished tasks are explained by their state, and failures by the last error line of their log."""
+    if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+        return "" if st.reason in ("None", "") else st.reason
+    if state == "FAILED":
+        if st.state == COMPLETED and not done:
+            return "exited 0 but wrote no completion marker"
+        return error_line(log) or f"exit code {st.exit_code}"
+    if state == "CANCELLED":
+        if st.cancelled_by:
+            return f"cancelled by uid {st.cancelled_by}"
+        if st.reason.startswith("Dependency"):
+            return "DependencyNeverSatisfied: a task it depends on failed"
+        return "cancelled"
+    return _FINAL_REASONS.get(state, "")
+
+
+def error_line(log: str, tail_bytes: int = 8192) -> str:
+    """The last exception line of a task's stderr (submitit prints the traceback there)."""
+    err = Path(log[: -len(".out")] + ".err") if log.endswith(".out") else None
+    if err is None or not err.is_file():
+        return ""
+    with open(err, "rb") as f:
+        f.seek(max(0, err.stat().st_size - tail_bytes))
+        lines = f.read().decode(errors="replace").splitlines()
+    lines = [re.sub(r"^\[rank\d+\]:\s?", "", ln).strip() for ln in lines]
+    lines = [ln for ln in lines if ln and not ln.startswith(("srun:", "slurmstepd:"))]
+    hits = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*:", ln)]
+    return ((hits or lines or [""])[-1])[:300]
 
 
 def slurm_stage(paths: RunPaths, jobs: dict[str, Any], stage: str, tasks: int,

@@ -10,11 +10,14 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Column, Table
 
+from harness.errors import HarnessError
 from harness.launch import load_plan
 from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, query_slurm
 from harness.plan import Plan
 from harness.rundir import RunPaths
 
+WAIT_RETRIES = 5
+"""Consecutive failed Slurm queries `wait` tolerates."""
 TASK_ROWS = 50
 """Task rows shown without --all; the stage table still counts every task."""
 _STYLE = {COMPLETED: "green", "RUNNING": "cyan", "PENDING": "yellow", "FAILED": "red", "OUT_OF_MEMORY": "red",
@@ -93,8 +96,17 @@ def wait(paths: RunPaths, timeout_s: float, console: Console, interval_s: float 
     """Poll until every task is final; 0 iff all completed. Prints one summary line."""
     plan = plan or load_plan(paths)
     deadline = time.monotonic() + timeout_s
+    errors = 0
     while True:
-        rs = collect(paths, plan)
+        try:
+            rs = collect(paths, plan)
+            errors = 0
+        except HarnessError:
+            errors += 1  # a busy controller or slurmdbd: retry a few polls before giving up
+            if errors >= WAIT_RETRIES:
+                raise
+            time.sleep(interval_s)
+            continue
         if rs.final and not rs.driver_alive:
             break
         if time.monotonic() > deadline:
