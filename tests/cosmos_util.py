@@ -23,11 +23,12 @@ VIDEO = {"width": 32, "height": 32, "num_frames": 9}
 
 
 def make_spec(*, tp: int = 1, max_steps: int = 6, save_every: int = 2, gbs: int = 2, mbs: int = 1,
-              lr: float = 3e-3, checkpoint: str = "", v2w: bool = False, **finetune: Any) -> spec_mod.RunSpec:
+              lr: float = 3e-3, checkpoint: str = "", v2w: bool = False, video: dict[str, int] | None = None,
+              **finetune: Any) -> spec_mod.RunSpec:
     raw: dict[str, Any] = {
         "run": {"name": "ft", "seed": 11, "recipe": "video2world" if v2w else "base"},
         "model": {"preset": "tiny-v2w" if v2w else "tiny", "checkpoint": checkpoint},
-        "video": dict(VIDEO),
+        "video": dict(video or VIDEO),
         "data": {"jsonl": "/x.jsonl"} if v2w else {"videos": "/x"},
         "finetune": {"engine": "mcore", "tensor_parallel": tp, "global_batch_size": gbs, "micro_batch_size": mbs,
                      "lr": lr, "min_lr": lr, "max_steps": max_steps, "save_every": save_every, "precision": "fp32",

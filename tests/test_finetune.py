@@ -1,0 +1,255 @@
+"""The finetune stage's mcore engine on CPU: training with falling loss, TP=2 equal to TP=1, TP resharding on
+resume, save/load identity, requeue safety (SIGKILL mid-run, SIGUSR2, checkpoints without completion marker),
+whole-video samples, the LR schedule and rank discovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from cosmos_util import make_run, make_spec, metrics
+from harness.errors import HarnessError
+from harness.models import PRESETS
+from harness.rundir import RunPaths, is_done
+from harness.stages import run_task
+
+STEPS, SAVE = 10, 4  # checkpoints at 4, 8 and 10 (max_steps is not a multiple of save_every)
+LR = 1e-2
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from harness.cosmos import parallel, pretrained as pt
+
+    out = tmp_path_factory.mktemp("pretrained") / "nemo"
+    pt.write_tiny_pretrained(out, PRESETS["tiny"], seed=1)
+    parallel.shutdown()
+    return str(out)
+
+
+def spec_for(pretrained: str, **kw: Any) -> Any:
+    return make_spec(checkpoint=pretrained, max_steps=kw.pop("max_steps", STEPS), save_every=kw.pop("save_every", SAVE),
+                     lr=LR, **kw)
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory: pytest.TempPathFactory, pretrained: str) -> RunPaths:
+    """Reference: TP=1, started from the pretrained checkpoint, uninterrupted."""
+    paths = make_run(tmp_path_factory.mktemp("run-a"), spec_for(pretrained))
+    run_task(str(paths.root), "finetune", 0)
+    return paths
+
+
+def losses(paths: RunPaths) -> dict[int, float]:
+    recs = metrics(paths)
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)), f"a step logged twice or out of order: {steps}"
+    return {r["step"]: r["loss"] for r in recs}
+
+
+@pytest.mark.timeout(300)
+def test_trains_with_falling_loss_and_checkpoints(run_a: RunPaths) -> None:
+    recs = metrics(run_a)
+    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
+    first, last = np.mean([r["loss"] for r in recs[:3]]), np.mean([r["loss"] for r in recs[-3:]])
+    assert last < first - 0.5, (first, last)
+    assert all(r["lr"] == LR and r["tokens_per_s"] > 0 and r["tflops"] > 0 and r["grad_norm"] > 0 for r in recs)
+    info = json.loads(run_a.checkpoints_json.read_text())
+    assert info["steps"] == [4, 8, 10] and info["all"] == [4, 8, 10]
+    for step in (4, 8, 10):
+        d = run_a.checkpoint_dir(step)
+        assert (d / "done.json").is_file() and (d / "weights" / "metadata.json").is_file()
+        assert json.loads((d / "context" / "harness.json").read_text())["preset"] == "tiny"
+    assert is_done(run_a, "finetune", 0)
+
+
+def _run_subprocess(root: Path) -> subprocess.Popen[bytes]:
+    script = root / "worker.py"
+    script.write_text("import sys\nfrom harness.stages import run_task\n"
+                      "if __name__ == '__main__':\n    run_task(sys.argv[1], 'finetune', 0)\n")
+    return subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(300)
+def test_resume_after_kill_loses_and_repeats_no_step(tmp_path: Path, pretrained: str, run_a: RunPaths) -> None:
+    from harness.cosmos import checkpoint
+
+    paths = make_run(tmp_path / "run", spec_for(pretrained))
+    proc = _run_subprocess(paths.root)
+    deadline = time.time() + 200
+    while time.time() < deadline and proc.poll() is None:
+        if paths.metrics_jsonl.is_file() and len(paths.metrics_jsonl.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    latest = checkpoint.latest_complete(paths)
+    assert latest is not None and latest[0] in (4, 8)
+    # a save killed mid-write: a later checkpoint dir without its completion marker must be ignored
+    torn = paths.checkpoint_dir(9)
+    shutil.copytree(latest[1], torn)
+    (torn / "done.json").unlink()
+    assert checkpoint.latest_complete(paths) == latest
+    run_task(str(paths.root), "finetune", 0)
+    got, ref = losses(paths), losses(run_a)
+    assert list(got) == list(range(1, STEPS + 1))
+    assert np.allclose([got[s] for s in ref], list(ref.values()), rtol=1e-5)
+    assert json.loads(paths.checkpoints_json.read_text())["steps"] == [4, 8, 10]
+
+
+class _SignalWhen:
+    """Send SIGUSR2 to this process once the metrics log reaches `step` lines (what Slurm's --signal does)."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step = path, step
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        for _ in range(4000):
+            if self.path.is_file() and len(self.path.read_text().splitlines()) >= self.step:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                return
+            time.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+def test_sigusr2_checkpoints_then_resume(tmp_path: Path, pretrained: str, run_a: RunPaths) -> None:
+    from harness.cosmos.signals import Preempted
+
+    paths = make_run(tmp_path / "run", spec_for(pretrained, max_steps=5, save_every=5))
+    _SignalWhen(paths.metrics_jsonl, 2)
+    with pytest.raises(Preempted):
+        run_task(str(paths.root), "finetune", 0)
+    assert not is_done(paths, "finetune", 0)
+    info = json.loads(paths.checkpoints_json.read_text())
+    assert info["steps"] == [] and len(info["all"]) == 1 and 2 <= info["all"][0] < 5  # unplanned, complete
+    run_task(str(paths.root), "finetune", 0)
+    got, ref = losses(paths), losses(run_a)
+    assert list(got) == [1, 2, 3, 4, 5]
+    assert np.allclose([got[s] for s in got], [ref[s] for s in got], rtol=1e-5)
+    assert json.loads(paths.checkpoints_json.read_text())["steps"] == [5]
+
+
+@pytest.mark.timeout(300)
+def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained: str, run_a: RunPaths) -> None:
+    """TP=1 -> TP=2 resharding of model and Adam state on resume; TP=2 losses equal TP=1 ones; then the TP=2
+    checkpoint loads back at TP=1 with the TP=1 run's logits."""
+    from harness.cosmos import checkpoint, parallel
+
+    paths = make_run(tmp_path / "run", spec_for(pretrained, tp=2))
+    shutil.copytree(run_a.checkpoint_dir(4), paths.checkpoint_dir(4))
+    lines = run_a.metrics_jsonl.read_text().splitlines()
+    paths.metrics_jsonl.write_text("\n".join(lines[:5]) + "\n{\"step\": 6, \"lo")  # step 5 + a torn line: dropped
+    run_task(str(paths.root), "finetune", 0)  # one process: the stage spawns the 2 gloo ranks
+    got, ref = losses(paths), losses(run_a)
+    assert list(got) == list(range(1, STEPS + 1))
+    assert np.allclose([got[s] for s in range(5, STEPS + 1)], [ref[s] for s in range(5, STEPS + 1)], rtol=2e-4)
+    toks = torch.randint(0, 64_000, (2, 40))
+    spec = make_spec()
+    with torch.no_grad():
+        tp2_trained = checkpoint.load_for_inference(paths.checkpoint_dir(STEPS), spec, tp=1)(toks)
+        tp1_trained = checkpoint.load_for_inference(run_a.checkpoint_dir(STEPS), spec, tp=1)(toks)
+    parallel.shutdown()
+    assert torch.allclose(tp2_trained, tp1_trained, atol=2e-3)
+
+
+@pytest.mark.timeout(300)
+def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: str) -> None:
+    from harness.cosmos import checkpoint, parallel, train
+    from harness.dataset import open_dataset
+
+    spec = spec_for(pretrained)
+    paths = make_run(tmp_path / "run", spec)
+    t = train.setup(spec, paths, open_dataset(paths))
+    for _ in range(2):
+        train.train_step(t)
+    toks = torch.randint(0, 64_000, (1, 47))
+    with torch.no_grad():
+        before = checkpoint.unwrap(t.model).eval()(toks)
+    train.save(t, "test")
+    loaded = checkpoint.load_for_inference(paths.checkpoint_dir(2), spec, tp=1)
+    with torch.no_grad():
+        assert torch.equal(loaded(toks), before)
+    checkpoint.unwrap(t.model).train()
+    resumed = train.setup(spec, paths, open_dataset(paths))
+    assert resumed.step == 2
+    a, b = train.train_step(t), train.train_step(resumed)
+    assert a["loss"] == b["loss"] and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6)
+    parallel.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_video2world_finetune_masks_bov_and_pad(tmp_path: Path) -> None:
+    from harness.cosmos.data import VideoSamples
+    from harness.dataset import open_dataset
+
+    spec = make_spec(v2w=True, max_steps=2, save_every=2)
+    paths = make_run(tmp_path / "run", spec)
+    ds = open_dataset(paths)
+    s = VideoSamples(ds, spec.token_math).sample(0)
+    grid = spec.token_math.grid.tokens
+    assert s.tokens[0] == 64_000 and len(s.tokens) == grid + 64
+    assert s.loss_mask.sum() == grid and s.loss_mask[:grid].all()
+    assert (s.labels[:grid] < 64_000).all() and (s.labels[grid:] == 64_002).all()
+    run_task(str(paths.root), "finetune", 0)
+    recs = metrics(paths)
+    assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) for r in recs)
+
+
+def test_samples_are_whole_videos(tmp_path: Path) -> None:
+    from harness.cosmos import data
+    from harness.dataset import open_dataset
+
+    spec = make_spec()
+    paths = make_run(tmp_path / "run", spec, n_videos=8, split=(6, 1, 1))
+    ds = open_dataset(paths)
+    vs = data.VideoSamples(ds, spec.token_math)
+    for k in range(len(vs)):
+        doc = ds.tokens(vs.ids[k])
+        s = vs.sample(k)
+        assert np.array_equal(s.tokens, doc[:-1]) and np.array_equal(s.labels, doc[1:])  # never the next video
+    seen = [i for step in range(3) for i in data.global_batch(step, 4, len(vs), 7)]
+    assert sorted(seen[:6]) == list(range(6)) and sorted(seen[6:12]) == list(range(6))  # epochs cover all
+    parts = [data.micro_batch(1, m, gbs=4, mbs=1, dp=2, dp_rank=r, n=6, seed=7) for m in range(2) for r in range(2)]
+    assert sorted(sum(parts, [])) == sorted(data.global_batch(1, 4, 6, 7))
+    wrong = make_spec(video={"width": 32, "height": 32, "num_frames": 13})  # a 4x4x4 grid: 64 tokens
+    with pytest.raises(HarnessError, match="document 0 has 48 tokens; grid 4x4x4 needs 64"):
+        data.VideoSamples(ds, wrong.token_math).sample(0)
+
+
+def test_lr_schedule() -> None:
+    from harness.cosmos.train import lr_at
+
+    f = make_spec(max_steps=10, lr=1.0, min_lr=0.0, warmup_steps=2).finetune
+    assert [round(lr_at(f, s), 6) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert lr_at(f, 9) < lr_at(f, 6) < lr_at(f, 3) < 1.0 and lr_at(f, 10) == pytest.approx(0.0)
+    assert {lr_at(make_spec(lr=0.3, min_lr=0.3).finetune, s) for s in range(6)} == {0.3}
+
+
+def test_rank_discovery_and_engine_choice() -> None:
+    from harness.cosmos.parallel import first_host, rank_env
+    from harness.stages.finetune import choose_engine
+
+    env = rank_env({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
+                    "MASTER_ADDR": "gpu007"})
+    assert (env.rank, env.world, env.local_rank, env.master_addr, env.master_port) == (3, 4, 1, "gpu007", 24242)
+    tr = rank_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"})
+    assert (tr.source, tr.rank, tr.world) == ("torchrun", 1, 2)
+    assert rank_env({}).world == 1
+    assert first_host("gpu[003-005,9],cpu1") == "gpu003"
+    if not torch.cuda.is_available():
+        assert choose_engine(make_spec()) == "mcore"
