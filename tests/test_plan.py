@@ -102,7 +102,9 @@ def test_rendered_scripts_carry_resources_and_flags() -> None:
     assert " python -u -m submitit.core._submit" in ft
     assert "--container-image" not in tok and "{PYTHON} -u -m submitit.core._submit" in tok
     for name, text in scripts.items():
-        assert "HF_TOKEN=" not in text
+        assert "HF_TOKEN=" not in text.replace("HF_TOKEN=,", "")  # only ever blanked in --export, never a value
+        blanked = "HF_TOKEN=,HUGGING_FACE_HUB_TOKEN=,WANDB_API_KEY=" if name != "stage-assets" else "WANDB_API_KEY="
+        assert f"#SBATCH --export=ALL,{blanked}\n" in text
         if name != "stage-assets":
             assert "export HF_HUB_OFFLINE=1" in text and "unset HF_TOKEN" in text
 

@@ -59,6 +59,15 @@ def setup_lines(spec: RunSpec, stage: StagePlan) -> list[str]:
     return lines
 
 
+def export_env(stage: StagePlan) -> str:
+    """sbatch --export: the submitting environment minus the secrets a stage does not need. sbatch stores a
+    job's environment in the controller's state (and slurmdbd with AccountingStoreFlags=job_env) for the
+    job's lifetime; `unset` in the script alone would leave the token there for every stage. Only
+    stage-assets receives HF_TOKEN; no stage receives WANDB_API_KEY through Slurm."""
+    keep = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if stage.name == "stage-assets" else ()
+    return ",".join(["ALL"] + [f"{k}=" for k in SECRETS if k not in keep])
+
+
 def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, srun_args: list[str]) -> dict[str, Any]:
     r, spec = stage.resources, plan.spec
     params: dict[str, Any] = {
@@ -70,7 +79,7 @@ def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, sru
         "signal_delay_s": r.signal_delay_s,
         "setup": setup_lines(spec, stage),
         "comment": paths.run_id,
-        "additional_parameters": {"kill-on-invalid-dep": "yes"},
+        "additional_parameters": {"kill-on-invalid-dep": "yes", "export": export_env(stage)},
         "srun_args": srun_args,
     }
     optional = {"partition": r.partition, "account": r.account, "qos": r.qos, "constraint": r.constraint,

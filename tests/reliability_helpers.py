@@ -1,0 +1,130 @@
+"""Shared pieces of the reliability tests (secrets, concurrency, faults): a tiny real run spec, the harness
+CLI as a subprocess, and waiting on the local cluster through the harness's own Slurm boundary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import synth
+from harness.launch import slurmcli
+
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+         "BOOT_FAIL", "DEADLINE"}
+
+
+def tiny_assets(tmp: Path, clips: int = 6) -> dict[str, Path]:
+    """Real mp4 clips and the tiny DV tokenizer in a local HF cache (stage-assets resolves the repo id
+    offline, through the real snapshot_download)."""
+    videos = tmp / "videos"
+    if not videos.exists():
+        synth.make_clips(videos, clips)
+    hf = tmp / "hf"
+    if not hf.exists():
+        tok = synth.write_tokenizer(tmp / "tok-src")
+        synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO,
+                                {n: tok / n for n in ("encoder.jit", "decoder.jit", "config.json")})
+    return {"videos": videos, "hf": hf}
+
+
+def tiny_spec(tmp: Path, *, name: str = "rel", shards: int = 2, extra: str = "", videos: Path | None = None,
+              clips: int = 6, max_steps: int = 2) -> Path:
+    a = tiny_assets(tmp, clips)
+    text = f"""
+[run]
+name = "{name}"
+workdir = "{tmp / 'runs'}"
+results_dir = "{tmp / 'results'}"
+[model]
+preset = "tiny"
+[tokenizer]
+encoder = "{synth.TOKENIZER_REPO}"
+decoder = "{synth.TOKENIZER_REPO}"
+[video]
+width = 32
+height = 32
+num_frames = 9
+[data]
+videos = "{videos or a['videos']}"
+split = [4, 1, 1]
+[assets]
+hf_home = "{a['hf']}"
+time_min = 5
+[tokenize]
+shards = {shards}
+decode_workers = 0
+batch_size = 2
+time_min = 5
+[merge]
+time_min = 5
+[finetune]
+engine = "mcore"
+max_steps = {max_steps}
+save_every = 1
+global_batch_size = 1
+time_min = 10
+[infer]
+max_inputs = 1
+time_min = 10
+[evaluate]
+time_min = 10
+[report]
+time_min = 5
+{extra}
+"""
+    path = tmp / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def harness(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`harness ARGS` in a subprocess, offline (HF_HUB_OFFLINE=1: no hub on this machine)."""
+    full = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=full, timeout=timeout)
+
+
+def job_ids_from(stdout: str) -> dict[str, str]:
+    """stage -> job id from `harness submit` output lines `  <stage> job <id>`."""
+    return {ln.split()[0]: ln.split()[-1] for ln in stdout.splitlines() if " job " in ln and ln.startswith("  ")}
+
+
+def run_dir_from(stdout: str, workdir: Path) -> Path:
+    """The run directory named by `run <id> -> <dir>` (rich may wrap the long path, so rebuild it)."""
+    run_id = next(ln.split()[1] for ln in stdout.splitlines() if ln.startswith("run "))
+    root = workdir / run_id
+    assert root.is_dir(), (root, stdout)
+    return root
+
+
+def states_by_stage(ids: dict[str, str]) -> dict[str, dict[str, str]]:
+    acct = slurmcli.sacct(list(ids.values()))
+    return {st: {k: v.state for k, v in acct.items() if k.split("_")[0] == jid} for st, jid in ids.items()}
+
+
+def wait_stages(ids: dict[str, str], stages: list[str], timeout: float = 180.0,
+                poll: float = 0.5) -> dict[str, dict[str, str]]:
+    """Wait until every task of the given stages is final in sacct (and none is queued); returns all states."""
+    want = [ids[s] for s in stages]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queued = slurmcli.squeue(want)
+        by = states_by_stage(ids)
+        if not queued and all(by[s] and all(v in FINAL for v in by[s].values()) for s in stages):
+            return by
+        time.sleep(poll)
+    raise AssertionError(f"stages {stages} not final after {timeout}s: {states_by_stage(ids)}")
+
+
+def wait_for(pred, timeout: float, poll: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
