@@ -83,6 +83,12 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     (it,) = infer.list_inputs(spec2, paths)
     assert it.image and infer.context_latents(spec2, it) == 1
     assert infer.reference_frames(spec2, it)[:2] == (0, None)
+    infer.run(spec2, 0, paths)
+    side = evaluate.Sidecar.read(paths.infer_dir(2) / "still.json")
+    assert side.context_frames == 1 and side.reference_frames[1:] == (None,) * 16
+    (v,) = [v for v in evaluate.score_pairs(evaluate.stage_pairs(spec2, paths.infer_dir(2))[0], "fast", "cpu")
+            if v["name"] == "still"]
+    assert v["compared_frames"] == {"generated": [0], "reference": [0]} and v["ssim"] > 0.5
     empty = paths.root.parent / "empty"
     empty.mkdir(exist_ok=True)
     spec3 = spec_mod.from_dict({**spec_mod.to_dict(spec), "infer": {**spec_mod.to_dict(spec)["infer"],

@@ -180,7 +180,13 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], tok: Tokenizer) -> t
     if to_encode:
         shape = ClipShape(tm.context_frames(c), v.height, v.width)
         clips = np.stack([load_clip(it.source, shape) for it in to_encode])
-        encoded = iter(tok.encode(clips).reshape(len(to_encode), -1)[:, : c * tm.grid.h * tm.grid.w])
+        idx = tok.encode(clips)
+        want = (len(to_encode), c, tm.grid.h, tm.grid.w)
+        if tuple(idx.shape) != want:
+            raise HarnessError(f"tokenizer.encoder: {shape.frames}x{v.height}x{v.width} frames encode to "
+                               f"{list(idx.shape)[1:]} latents, expected {list(want)[1:]} for compression "
+                               f"{list(spec.tokenizer.compression)}")
+        encoded = iter(idx.reshape(len(to_encode), -1))
     for it in batch:
         rows.append(torch.as_tensor(it.context_tokens, dtype=torch.int64, device=tok.device)
                     if it.context_tokens is not None else next(encoded))
@@ -231,7 +237,10 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     log.info("infer[%d] step %d: %d inputs, %d to generate", task, step, len(items), len(todo))
     if not todo:
         return
-    model = load_for_inference(paths.checkpoint_dir(step), spec, spec.infer.tensor_parallel)
+    ckpt = paths.checkpoint_dir(step)
+    if not ckpt.is_dir():
+        raise HarnessError(f"{ckpt}: no checkpoint for step {step}; did the finetune stage save it?")
+    model = load_for_inference(ckpt, spec, spec.infer.tensor_parallel)
     dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     parallel.barrier()  # every rank has decided `todo` before rank 0 writes anything
     tok = Tokenizer.load(paths, device)
