@@ -24,7 +24,7 @@ def make_assets(root: Path) -> dict[str, str]:
     return {"hf_home": str(hf), "tokenizer_dir": str(tok), "text_encoder_dir": str(t5)}
 
 
-def make_spec(assets: dict[str, str], *, videos: str = "", jsonl: str = "", shards: int = 4,
+def make_spec(art: dict[str, str], /, *, videos: str = "", jsonl: str = "", shards: int = 4,
               **sections: dict[str, Any]) -> spec_mod.RunSpec:
     v2w = bool(jsonl)
     raw: dict[str, Any] = {
@@ -33,7 +33,7 @@ def make_spec(assets: dict[str, str], *, videos: str = "", jsonl: str = "", shar
         "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO, "compression": [4, 8, 8]},
         "video": dict(SHAPE),
         "data": {"videos": videos, "jsonl": jsonl, "split": [8, 1, 1]},
-        "assets": {"hf_home": assets["hf_home"]},
+        "assets": {"hf_home": art["hf_home"]},
         "tokenize": {"shards": shards, "batch_size": 3, "decode_workers": 1, "device": "cpu"},
     }
     for name, table in sections.items():

@@ -90,7 +90,7 @@ class Encoder:
         """Start encoding uint8 [B,T,H,W,3]; on CUDA this returns before the GPU finishes."""
         if self.device.type != "cuda":
             t0 = time.perf_counter()
-            x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
+            x = _channels_first(torch.from_numpy(clips), torch.float32)
             idx = _indices(self.module(x)).to(torch.int64)
             self.busy_s += time.perf_counter() - t0
             return Pending(idx, None, None, None, None)
@@ -98,7 +98,7 @@ class Encoder:
         x = host_in.to(self.device, non_blocking=True)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        x = x.permute(0, 4, 1, 2, 3).to(torch.bfloat16).div_(127.5).sub_(1.0)
+        x = _channels_first(x, torch.bfloat16)
         idx = _indices(self.module(x)).to(torch.int64)
         end.record()
         host = torch.empty(idx.shape, dtype=torch.int64, pin_memory=True)
@@ -124,6 +124,12 @@ class Pending:
     """The pinned input buffer, held until the copy that reads it has finished."""
 
 
+def _channels_first(clips: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B,T,H,W,3] -> contiguous [B,3,T,H,W] in [-1, 1] (one copy; convolutions want this layout)."""
+    x = clips.permute(0, 4, 1, 2, 3).to(dtype, memory_format=torch.contiguous_format)
+    return x.div_(127.5).sub_(1.0)
+
+
 def _indices(out: Any) -> torch.Tensor:
     """Cosmos DV encoders return (indices, codes, ...); the indices come first."""
     return out[0] if isinstance(out, (tuple, list)) else out
@@ -135,10 +141,17 @@ def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer
     v, tk = spec.video, spec.tokenize
     shape = ClipShape(v.num_frames, v.height, v.width)
     depth = 2 * tk.batch_size + tk.decode_workers
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     batch: list[tuple[InputItem, np.ndarray]] = []
     inflight: deque[tuple[list[InputItem], Pending]] = deque()
+    warm: tuple[float, float] | None = None  # (time, encoder busy) once the first batch is out: steady state
     with _progress(len(items), f"tokenize[{writer.shard}]") as advance:
+
+        def drain() -> None:
+            nonlocal warm
+            advance(_drain(encoder, writer, *inflight.popleft()))
+            warm = warm or (time.perf_counter(), encoder.busy_s)
+
         for item, clip, reason in decoded(items, shape, tk.decode_workers, depth):
             if clip is None:
                 writer.skip(item, reason or "unknown error")
@@ -149,17 +162,19 @@ def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer
                 inflight.append(_submit(encoder, batch))
                 batch = []
             while len(inflight) > (1 if encoder.device.type == "cuda" else 0):
-                advance(_drain(encoder, writer, *inflight.popleft()))
+                drain()
         if batch:
             inflight.append(_submit(encoder, batch))
         while inflight:
-            advance(_drain(encoder, writer, *inflight.popleft()))
-    wall = time.perf_counter() - t0
-    n = len(writer.videos)
+            drain()
+    end = time.perf_counter()
+    wall, n = end - t0, len(writer.videos)
+    steady = (encoder.busy_s - warm[1]) / (end - warm[0]) if warm and end > warm[0] else 0.0
     return {"clips": n, "seconds": round(wall, 4), "encode_seconds": round(encoder.busy_s, 4),
-            "encoder_busy": encoder.busy_s / wall if wall > 0 else 0.0,
+            "encoder_busy": encoder.busy_s / wall if wall > 0 else 0.0, "encoder_busy_steady": steady,
             "clips_per_s": n / wall if wall > 0 else 0.0, "device": str(encoder.device),
-            "batch_size": tk.batch_size, "decode_workers": tk.decode_workers}
+            "batch_size": tk.batch_size, "decode_workers": tk.decode_workers,
+            "started_at": started, "finished_at": started + wall}
 
 
 def _submit(encoder: Encoder, batch: list[tuple[InputItem, np.ndarray]]) -> tuple[list[InputItem], Pending]:

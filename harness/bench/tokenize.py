@@ -1,0 +1,218 @@
+"""`harness bench tokenize`: throughput (clips/s) and encoder-busy fraction of the tokenize stage.
+
+- `--device cpu`: the real stage (one process per shard, each pinned to its own core, as on separate
+  nodes) at the upstream geometry 17 x 320 x 512 with the tiny tokenizer; 2 shards vs 1 shard side by side.
+- `--device cuda`: the real stage with decode workers overlapping an encoder of the published DV4x8x8 size
+  (`harness.bench.dv_encoder`, ~1.4 TFLOP per clip, random weights), vs an upstream-style serial loop (decode,
+  encode, write one video at a time). GPU busy = CUDA-event time inside the encoder / wall time.
+
+Run standalone: `python -m harness.bench.tokenize --device cuda --out results/bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import inputs, spec as spec_mod, synth
+from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.video import write_mp4
+
+SOURCE = (17, 360, 640)
+"""Source clips: 16:9, resized to cover 320 x 512 and center-cropped, as real data would be."""
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="harness bench tokenize")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--clips", type=int, default=0, help="clips to tokenize (default: 24 cpu, 256 cuda)")
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions of each CPU configuration")
+    ap.add_argument("--workers", type=int, default=0, help="decode workers on cuda (default: cores - 2)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default="results/bench")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as d:
+        tmp = Path(d)
+        clips = a.clips or (24 if a.device == "cpu" else 256)
+        make_source_clips(tmp / "videos", clips)
+        result = bench_cpu(tmp, a) if a.device == "cpu" else bench_cuda(tmp, a)
+    result.update({"bench": "tokenize", "device": a.device, "clips": clips, "source": list(SOURCE),
+                   "geometry": "17x320x512", "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    out = Path(a.out) / ("tokenize.json" if a.device == "cpu" else "tokenize-cuda.json")
+    atomic_write_json(out, result)
+    return result
+
+
+def _one_clip(args: tuple[Path, int]) -> None:
+    path, seed = args
+    write_mp4(path, synth.smooth_clip(*SOURCE, seed=seed), fps=25)
+
+
+def make_source_clips(out: Path, n: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max(1, (os.cpu_count() or 2))) as pool:
+        list(pool.map(_one_clip, [(out / f"clip_{i:05d}.mp4", i) for i in range(n)]))
+
+
+def _spec(tmp: Path, tok: Path, shards: int, device: str, batch: int, workers: int) -> spec_mod.RunSpec:
+    return spec_mod.from_dict({
+        "run": {"name": "bench", "recipe": "base"},
+        "model": {"preset": "cosmos-4b"},
+        "tokenizer": {"encoder": str(tok), "decoder": str(tok), "compression": [4, 8, 8]},
+        "video": {"num_frames": 17, "height": 320, "width": 512},
+        "data": {"videos": str(tmp / "videos")},
+        "assets": {"hf_home": str(tmp / "hf")},
+        "tokenize": {"shards": shards, "batch_size": batch, "decode_workers": workers, "device": device},
+    })
+
+
+def _run_dir(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
+    from harness.stages import run_task
+
+    paths = RunPaths(root)
+    root.mkdir(parents=True)
+    atomic_write_json(paths.spec_json, spec_mod.to_dict(spec))
+    inputs.write_inputs(paths, inputs.discover(spec))
+    run_task(str(root), "stage-assets", 0)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ CPU
+_SHARD = ("import os, sys, torch; os.sched_setaffinity(0, {{{core}}}); torch.set_num_threads(1); "
+          "from harness.stages import run_task; run_task({root!r}, 'tokenize', {shard})")
+
+
+def _cpu_once(tmp: Path, tok: Path, shards: int, batch: int, tag: str) -> dict[str, Any]:
+    paths = _run_dir(tmp / f"run-{tag}", _spec(tmp, tok, shards, "cpu", batch, 0))
+    cores = sorted(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", _SHARD.format(core=cores[s % len(cores)], root=str(paths.root),
+                                                                    shard=s)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for s in range(shards)]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"tokenize shard failed:\n{err[-2000:]}")
+    e2e = time.perf_counter() - t0
+    stats = [read_json(paths.shard_manifest(s))["stats"] for s in range(shards)]
+    clips = sum(s["clips"] for s in stats)
+    span = max(s["finished_at"] for s in stats) - min(s["started_at"] for s in stats)
+    return {"shards": shards, "clips": clips, "clips_per_s": clips / span, "pipeline_s": span,
+            "end_to_end_s": e2e, "end_to_end_clips_per_s": clips / e2e,
+            "encoder_busy": statistics.mean(s["encoder_busy"] for s in stats)}
+
+
+def bench_cpu(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
+    tok = synth.write_tokenizer(tmp / "tok")
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for r in range(a.repeat):
+        for shards in (1, 2):  # interleaved, so both see the same machine load
+            runs[shards].append(_cpu_once(tmp, tok, shards, a.batch_size, f"{shards}-{r}"))
+    med = {k: statistics.median(x["clips_per_s"] for x in v) for k, v in runs.items()}
+    return {"cores": len(os.sched_getaffinity(0)), "runs": runs,
+            "median_clips_per_s": {"1_shard": med[1], "2_shards": med[2]},
+            "median_encoder_busy": {f"{k}_shard{'s' if k > 1 else ''}": statistics.median(x["encoder_busy"] for x in v)
+                                    for k, v in runs.items()},
+            "speedup_2_vs_1": med[2] / med[1], "goal": {"speedup_at_least": 1.7},
+            "meets_goal": med[2] / med[1] >= 1.7,
+            "note": "clips/s over the pipelines' joint span (process start-up excluded; end_to_end_* include it)"}
+
+
+# ------------------------------------------------------------------------------------ CUDA
+def bench_cuda(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from harness.bench import dv_encoder
+    from harness.stages import run_task
+
+    tok = tmp / "dv"
+    tok.mkdir()
+    dv_encoder.write(str(tok))
+    synth.write_tokenizer(tmp / "tiny")
+    (tok / "decoder.jit").write_bytes((tmp / "tiny" / "decoder.jit").read_bytes())  # unused, but staged
+    workers = a.workers or max(1, (os.cpu_count() or 4) - 2)
+    ceiling = _encoder_ceiling(tok / "encoder.jit", a.batch_size)
+    serial = _serial_loop(tmp, tok / "encoder.jit", min(64, len(list((tmp / "videos").iterdir()))))
+    paths = _run_dir(tmp / "run", _spec(tmp, tok, 1, "cuda", a.batch_size, workers))
+    run_task(str(paths.root), "tokenize", 0)
+    stats = read_json(paths.shard_manifest(0))["stats"]
+    flops = dv_encoder.flops_per_clip()
+    return {
+        "gpu": torch.cuda.get_device_name(0), "decode_workers": workers, "batch_size": a.batch_size,
+        "encoder_tflop_per_clip": flops / 1e12,
+        "encoder_only": ceiling,
+        "harness": {"clips_per_s": stats["clips_per_s"], "gpu_busy": stats["encoder_busy"],
+                    "gpu_busy_steady": stats["encoder_busy_steady"], "seconds": stats["seconds"],
+                    "achieved_tflops": stats["clips"] * flops / max(stats["encode_seconds"], 1e-9) / 1e12},
+        "upstream_serial": serial,
+        "speedup_vs_serial": stats["clips_per_s"] / serial["clips_per_s"],
+        "goal": {"gpu_busy_at_least": 0.9}, "meets_goal": stats["encoder_busy_steady"] >= 0.9,
+    }
+
+
+def _encoder_ceiling(path: Path, batch: int) -> dict[str, float]:
+    """Encoder alone on a resident batch: the most any pipeline can reach."""
+    import torch
+
+    enc = torch.jit.load(str(path), map_location="cuda").eval().to(torch.bfloat16)
+    x = torch.rand(batch, 3, 17, 320, 512, device="cuda", dtype=torch.bfloat16) * 2 - 1
+    with torch.no_grad():
+        for _ in range(3):
+            enc(x)
+        torch.cuda.synchronize()
+        t0, n = time.perf_counter(), 5
+        for _ in range(n):
+            enc(x)
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / n
+    return {"clips_per_s": batch / dt, "ms_per_batch": 1000 * dt}
+
+
+def _serial_loop(tmp: Path, path: Path, n: int) -> dict[str, float]:
+    """Upstream's shape: for each video, decode + resize, encode alone, copy back, write; nothing overlaps."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from harness.dataset import to_uint16
+    from harness.video import ClipShape, load_clip
+
+    enc = torch.jit.load(str(path), map_location="cuda").eval().to(torch.bfloat16)
+    videos = sorted((tmp / "videos").iterdir())[:n]
+    builder = IndexedDatasetBuilder(str(tmp / "serial.bin"), dtype=np.uint16)
+    shape, busy = ClipShape(17, 320, 512), 0.0
+    with torch.no_grad():
+        for v in videos[:2]:  # warm-up, as the harness pipeline's first batch is
+            enc(torch.from_numpy(load_clip(v, shape)).permute(3, 0, 1, 2)[None].cuda().to(torch.bfloat16))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for v in videos:
+            x = torch.from_numpy(load_clip(v, shape)).permute(3, 0, 1, 2)[None].cuda()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            idx = enc(x.to(torch.bfloat16) / 127.5 - 1.0)[0]
+            end.record()
+            ids = idx.cpu().numpy().reshape(-1)
+            busy += start.elapsed_time(end) / 1000.0
+            builder.add_document(to_uint16(ids), [ids.size])
+        wall = time.perf_counter() - t0
+    builder.finalize(str(tmp / "serial.idx"))
+    return {"clips": len(videos), "clips_per_s": len(videos) / wall, "gpu_busy": busy / wall, "seconds": wall}
+
+
+def main() -> None:
+    print(json.dumps(run(sys.argv[1:]), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
