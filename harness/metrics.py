@@ -72,7 +72,7 @@ except ImportError:  # pragma: no cover - numba is a declared dependency; torch 
 
 
 def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float,
-                    ssim_out: np.ndarray) -> int:  # pragma: no cover - compiled by numba
+                    ssim_out: np.ndarray, sse_out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """a, b: uint8 [T, H, W*C] (rows with channels interleaved, so every pass is contiguous).
 
     Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column, prefix sums along the row with
@@ -85,10 +85,10 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
     r48 = 1.0 / (49.0 * 48.0)
     col = np.zeros((wc, 5), np.int32)
     pre = np.zeros((wc + c_n, 5), np.int32)
-    sse = np.int64(0)
     for t in range(t_n):
         col[:] = 0
         total = 0.0
+        sse = np.int64(0)
         for i in range(h):
             ar = a[t, i]
             br = b[t, i]
@@ -134,21 +134,21 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
                 b2 = (49 * (sxx + syy) - sq) * r48 + c2
                 total += a1 * a2 / (b1 * b2)
         ssim_out[t] = total / (c_n * ho * wo)
-    return sse
+        sse_out[t] = sse
 
 
 if numba is not None:
     _clip_kernel = numba.njit(cache=True, nogil=True, fastmath=True)(_clip_kernel_py)
 
 
-def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarray]:
+def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if numba is None:
         raise ImportError("the fast CPU metrics need numba: pip install numba (or use backend='skimage')")
     t, h, w, c = a.shape
-    out = np.empty(t, dtype=np.float64)
-    sse = _clip_kernel(np.ascontiguousarray(a).reshape(t, h, w * c), np.ascontiguousarray(b).reshape(t, h, w * c),
-                       c, C1, C2, out)
-    return int(sse), out
+    ssim, sse = np.empty(t, dtype=np.float64), np.empty(t, dtype=np.int64)
+    _clip_kernel(np.ascontiguousarray(a).reshape(t, h, w * c), np.ascontiguousarray(b).reshape(t, h, w * c),
+                 c, C1, C2, ssim, sse)
+    return sse, ssim
 
 
 # ------------------------------------------------------------------------------------------ torch
@@ -163,17 +163,18 @@ def _box_sum_torch(x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
     return c[..., WIN:, :] - c[..., :-WIN, :]
 
 
-def ssim_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
-               device: str = "cpu", chunk: int = 8) -> np.ndarray:
-    """Per-frame SSIM on torch; int32 window sums are exact (max 49 * 49 * 255^2 < 2^31)."""
+def clip_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
+               device: str = "cpu", chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(per-frame SSE, per-frame SSIM) on torch, one transfer per clip; int32 window sums are exact
+    (at most 49 * 49 * 255^2 < 2^31), the SSIM ratio is float64."""
     import torch
 
-    ta = torch.as_tensor(a).to(device, non_blocking=True)
-    tb = torch.as_tensor(b).to(device, non_blocking=True)
-    out = []
+    ta, tb = torch.as_tensor(a).to(device), torch.as_tensor(b).to(device)
+    sse, ssim = [], []
     for s in range(0, ta.shape[0], chunk):
         x = ta[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)
         y = tb[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)
+        sse.append(((x - y) ** 2).sum(dim=(1, 2, 3), dtype=torch.int64))
         sx, sy, sxx, syy, sxy = _box_sum_torch(torch.stack([x, y, x * x, y * y, x * y]))
         sxsy = sx * sy
         sq = sx * sx + sy * sy
@@ -181,17 +182,8 @@ def ssim_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  
         b1 = sq.double() / (NP * NP) + C1
         a2 = (2 * (NP * sxy - sxsy)).double() / (NP * (NP - 1)) + C2
         b2 = (NP * (sxx + syy) - sq).double() / (NP * (NP - 1)) + C2
-        smap = a1 * a2 / (b1 * b2)
-        out.append(smap.mean(dim=(1, 2, 3)))
-    return torch.cat(out).cpu().numpy()
-
-
-def sum_sq_diff_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
-                      device: str = "cpu") -> int:
-    import torch
-
-    d = torch.as_tensor(a).to(device).to(torch.int32) - torch.as_tensor(b).to(device).to(torch.int32)
-    return int((d * d).sum(dtype=torch.int64).item())
+        ssim.append((a1 * a2 / (b1 * b2)).mean(dim=(1, 2, 3)))
+    return torch.cat(sse).cpu().numpy(), torch.cat(ssim).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -218,20 +210,21 @@ def resolve_backend(backend: str) -> Literal["fast", "skimage"]:
 
 
 def clip_metrics(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu",
-                 engine: Engine | None = None) -> tuple[int, np.ndarray]:
-    """(sum of squared differences, per-frame SSIM) of two aligned uint8 clips.
+                 engine: Engine | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(per-frame sum of squared differences (int64), per-frame SSIM) of two aligned uint8 clips.
 
-    The squared-error SUM (an exact integer) is returned rather than PSNR so callers can pool any subset of
-    frames into one MSE (all compared frames, or only the predicted ones) without recomputing."""
+    Squared-error SUMS (exact integers) rather than PSNR, so that callers pool any subset of frames (all
+    compared frames, or only the predicted ones) into one MSE without recomputing."""
     check_pair(a, b)
     if resolve_backend(backend) == "skimage":
         from skimage.metrics import mean_squared_error
 
-        sse = int(round(float(mean_squared_error(a, b)) * a.size))
+        n = a[0].size
+        sse = np.array([round(float(mean_squared_error(x, y)) * n) for x, y in zip(a, b)], dtype=np.int64)
         return sse, ssim_skimage(a, b)
     engine = engine or fast_engine(device)
     if engine == "torch":
-        return sum_sq_diff_torch(a, b, device), ssim_torch(a, b, device)
+        return clip_torch(a, b, device)
     return _numba_clip(a, b)
 
 
@@ -239,9 +232,7 @@ def psnr(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu
     """PSNR of one MSE over the whole clip; math.inf when the clips are identical."""
     if resolve_backend(backend) == "skimage":
         return psnr_skimage(a, b)
-    check_pair(a, b)
-    sse = sum_sq_diff_torch(a, b, device) if fast_engine(device) == "torch" else _numba_clip(a, b)[0]
-    return psnr_from_mse(sse / a.size)
+    return psnr_from_mse(int(clip_metrics(a, b, backend, device)[0].sum()) / a.size)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:

@@ -135,11 +135,10 @@ def score_arrays(pair: Pair, ref: np.ndarray, gen: np.ndarray, g_idx: list[int],
                            "compared_frames": {"generated": g_idx, "reference": r_idx},
                            "frames_without_reference": missing, "ssim_per_frame": [float(s) for s in ssim],
                            "context_frames": pair.context_frames}
-    out.update(_summary(sse, ssim, ssim.size * frame_pixels))
+    out.update(_summary(int(sse.sum()), ssim, ssim.size * frame_pixels))
     pred = [k for k, g in enumerate(g_idx) if g >= pair.context_frames]
     if pair.reference_frames is not None and pred and len(pred) < len(g_idx):
-        psse = int(((ref[pred].astype(np.int32) - gen[pred].astype(np.int32)) ** 2).sum(dtype=np.int64))
-        out["predicted"] = _summary(psse, ssim[pred], len(pred) * frame_pixels)
+        out["predicted"] = _summary(int(sse[pred].sum()), ssim[pred], len(pred) * frame_pixels)
     return out
 
 
