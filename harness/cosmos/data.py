@@ -43,8 +43,9 @@ class Sample:
 class VideoSamples:
     """The samples of one split, checked against the spec's token math when read."""
 
-    def __init__(self, ds: TokenSource, tm: TokenMath, split: str = "train", *, where: str = "dataset") -> None:
-        self.ds, self.tm, self.where = ds, tm, where
+    def __init__(self, ds: TokenSource, tm: TokenMath, split: str = "train", *, where: str = "dataset",
+                 context_dim: int | None = None) -> None:
+        self.ds, self.tm, self.where, self.context_dim = ds, tm, where, context_dim
         self.ids = ds.split(split)
         if not self.ids:
             raise HarnessError(f"{where}: split {split!r} is empty; check data.split and the number of videos")
@@ -66,6 +67,10 @@ class VideoSamples:
                 raise HarnessError(f"{self.where}: document {doc} does not start with BOV ({BOV_ID})")
             mask[tm.video_tokens:] = 0.0  # labels 1..grid are the video; later labels are PAD
             context = np.asarray(self.ds.prompt_embedding(doc), dtype=np.float32)
+            if self.context_dim is not None and (context.ndim != 2 or context.shape[1] != self.context_dim):
+                raise HarnessError(f"{self.where}: prompt embedding of document {doc} has shape {context.shape}; "
+                                   f"the model's cross-attention needs [tokens, {self.context_dim}] "
+                                   f"(model.text_encoder must match model.preset)")
         return Sample(toks[:-1], toks[1:], mask, context)
 
 

@@ -109,7 +109,8 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         state = ckpt.load_training(ddp, optimizer, latest[1])
         step = int(state["step"])
         log.info("resumed from %s (step %d)", latest[1], step)
-    samples = data_mod.VideoSamples(dataset, tm, "train", where=where)
+    samples = data_mod.VideoSamples(dataset, tm, "train", where=where,
+                                    context_dim=spec.preset.crossattn_dim if spec.video2world else None)
     last = min(f.max_steps, data_mod.steps_available(len(samples), f.global_batch_size, f.max_epochs))
     if last < f.max_steps:
         log.warning("finetune.max_epochs=%d over %d training videos allows %d steps < max_steps=%d: stopping at %d",
@@ -191,17 +192,19 @@ def save(t: Trainer, reason: str) -> None:
     start = time.perf_counter()
     ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=trainer, context=context)
     if parallel.is_main():
-        write_checkpoints_json(t.paths, t.spec.finetune)
+        write_checkpoints_json(t.paths, t.spec.finetune, t.last_step)
         log.info("checkpoint step %d (%s) in %.1fs", t.step, reason, time.perf_counter() - start)
 
 
-def write_checkpoints_json(paths: RunPaths, f: FinetuneSection) -> None:
+def write_checkpoints_json(paths: RunPaths, f: FinetuneSection, last_step: int | None = None) -> None:
     """`steps`: completed checkpoints among the planned ones (what infer/evaluate arrays index); `all`: every
-    complete checkpoint, including ones written on a preemption signal."""
+    complete checkpoint, including ones written on a preemption signal; `last_step`: where training ends (below
+    max_steps when max_epochs runs out first; that final checkpoint is in `all`)."""
     done = ckpt.complete_steps(paths)
     planned = set(plan.checkpoint_steps(f))
     atomic_write_json(paths.checkpoints_json, {"steps": [s for s in done if s in planned], "all": done,
-                                               "planned": sorted(planned)})
+                                               "planned": sorted(planned),
+                                               "last_step": f.max_steps if last_step is None else last_step})
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -256,7 +259,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         if not ckpt.is_complete(paths.checkpoint_dir(t.step)):
             save(t, "final")
         elif parallel.is_main():
-            write_checkpoints_json(paths, f)
+            write_checkpoints_json(paths, f, t.last_step)
         parallel.barrier()
         return t.step
     finally:
