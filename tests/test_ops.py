@@ -51,6 +51,10 @@ time_min = 5
 """
 
 
+WAIT_S = 400
+"""Bound on one wait: the shared local cluster may be busy with other runs (a free one takes ~5 s)."""
+
+
 def make_run(root: Path, executor: str = "slurm", with_decoder: bool = False) -> tuple[RunPaths, plan_mod.Plan,
                                                                                       plan_mod.Facts]:
     """A real run directory (spec.toml, spec.json, plan.json, jobs.json) for a tokenizer dir that has
@@ -91,7 +95,7 @@ def held_gate() -> str:
 
 
 def render(rs: state.RunState) -> str:
-    con = Console(record=True, width=250)
+    con = Console(record=True, width=500)
     con.print(status.view(rs))
     return con.export_text()
 
@@ -101,14 +105,14 @@ def rows(rs: state.RunState, stage: str) -> list[state.TaskRow]:
 
 
 @pytest.mark.slurm
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(900)
 def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, slurm_cluster: str) -> None:
     paths, plan, facts = make_run(tmp_path)
     small = two_stage(plan, 1)
     choice = launch.Choice("slurm", "test")
     launch.submit_stages(small, paths, {"stage-assets": [0], "report": [0]}, facts, choice)
     con = Console(record=True, width=250)
-    assert status.wait(paths, 90, con, interval_s=0.5, plan=small) == 1
+    assert status.wait(paths, WAIT_S, con, interval_s=0.5, plan=small) == 1
     assert "failed" in con.export_text()
 
     slurmcli.CALLS.clear()
@@ -127,7 +131,7 @@ def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, 
     (tmp_path / "tok" / "decoder.jit").write_bytes(b"decoder")  # the fix
     todo = control.resume(paths, Console(record=True), plan=small)
     assert todo == {"stage-assets": [0], "report": [0]}
-    assert status.wait(paths, 90, Console(record=True), interval_s=0.5, plan=small) == 0
+    assert status.wait(paths, WAIT_S, Console(record=True), interval_s=0.5, plan=small) == 0
     rs = state.collect(paths, small)
     assert rs.complete
     assert (tmp_path / "results" / paths.run_id / "report.json").is_file()
@@ -137,7 +141,7 @@ def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, 
 
 
 @pytest.mark.slurm
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(900)
 def test_resume_resubmits_exactly_the_cancelled_index(tmp_path: Path, slurm_cluster: str) -> None:
     paths, plan, facts = make_run(tmp_path, with_decoder=True)
     gate = held_gate()
@@ -153,7 +157,7 @@ def test_resume_resubmits_exactly_the_cancelled_index(tmp_path: Path, slurm_clus
         slurmcli.scancel([f"{a_id}_1"])
     finally:
         subprocess.run(["scontrol", "release", gate], check=True)
-    assert status.wait(paths, 120, Console(record=True), interval_s=0.5, plan=small) == 1
+    assert status.wait(paths, WAIT_S, Console(record=True), interval_s=0.5, plan=small) == 1
     rs = state.collect(paths, small)
     assert [r.state for r in rows(rs, "stage-assets")] == ["COMPLETED", "CANCELLED", "COMPLETED"]
     assert [r.job_id for r in rows(rs, "stage-assets")] == [f"{a_id}_{i}" for i in range(3)]
@@ -166,7 +170,7 @@ def test_resume_resubmits_exactly_the_cancelled_index(tmp_path: Path, slurm_clus
     new = [s for s in state.load_jobs(paths)["submissions"] if s["round"] == 1]
     assert [(s["stage"], s["tasks"], s["array"]) for s in new] == [("stage-assets", [[1, 2]], False),
                                                                   ("report", [[1, 2]], False)]
-    assert status.wait(paths, 90, Console(record=True), interval_s=0.5, plan=small) == 0
+    assert status.wait(paths, WAIT_S, Console(record=True), interval_s=0.5, plan=small) == 0
     rs = state.collect(paths, small)
     assert rs.complete and rows(rs, "stage-assets")[1].job_id == new[0]["job_id"]
 
@@ -233,7 +237,7 @@ def test_local_run_failure_status_logs_resume_cancel(tmp_path: Path, capsys: pyt
     pid = local.start_driver(paths)
     launch.record_jobs(paths, launch.Choice("local", "test"), [
         {"stage": "*", "job_id": f"local:{pid}", "tasks": [], "array": False, "time": time.time(), "round": 0}])
-    assert status.wait(paths, 90, Console(record=True), interval_s=0.3) == 1
+    assert status.wait(paths, WAIT_S, Console(record=True), interval_s=0.3) == 1
     rs = state.collect(paths, plan)
     a = rows(rs, "stage-assets")[0]
     assert a.state == "FAILED" and "has no decoder.jit" in a.reason
