@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,8 +32,6 @@ from harness.stages.assets import resolve
 from harness.video import ClipShape, try_load
 
 log = logging.getLogger("harness.tokenize")
-
-Decoded = tuple[InputItem, "np.ndarray | None", "str | None"]
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
@@ -86,15 +83,15 @@ class Encoder:
         return Encoder(module, device)
 
     @torch.no_grad()
-    def submit(self, clips: np.ndarray) -> "Pending":
+    def submit(self, clips: torch.Tensor) -> "Pending":
         """Start encoding uint8 [B,T,H,W,3]; on CUDA this returns before the GPU finishes."""
         if self.device.type != "cuda":
             t0 = time.perf_counter()
-            x = _channels_first(torch.from_numpy(clips), torch.float32)
+            x = _channels_first(clips, torch.float32)
             idx = _indices(self.module(x)).to(torch.int64)
             self.busy_s += time.perf_counter() - t0
             return Pending(idx, None, None, None, None)
-        host_in = torch.from_numpy(clips).pin_memory()
+        host_in = clips if clips.is_pinned() else clips.pin_memory()
         x = host_in.to(self.device, non_blocking=True)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -139,10 +136,8 @@ def _indices(out: Any) -> torch.Tensor:
 def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer: "ShardWriter") -> dict[str, Any]:
     """Decode ahead, encode in batches, write in input order; returns throughput figures."""
     v, tk = spec.video, spec.tokenize
-    shape = ClipShape(v.num_frames, v.height, v.width)
-    depth = 2 * tk.batch_size + tk.decode_workers
+    batches = ClipBatches(items, ClipShape(v.num_frames, v.height, v.width), tk.batch_size)
     t0, started = time.perf_counter(), time.time()
-    batch: list[tuple[InputItem, np.ndarray]] = []
     inflight: deque[tuple[list[InputItem], Pending]] = deque()
     warm: tuple[float, float] | None = None  # (time, encoder busy) once the first batch is out: steady state
     with _progress(len(items), f"tokenize[{writer.shard}]") as advance:
@@ -152,19 +147,14 @@ def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer
             advance(_drain(encoder, writer, *inflight.popleft()))
             warm = warm or (time.perf_counter(), encoder.busy_s)
 
-        for item, clip, reason in decoded(items, shape, tk.decode_workers, depth):
-            if clip is None:
-                writer.skip(item, reason or "unknown error")
-                advance()
-                continue
-            batch.append((item, clip))
-            if len(batch) == tk.batch_size:
-                inflight.append(_submit(encoder, batch))
-                batch = []
+        for good, clips, skipped in _loader(batches, tk.decode_workers, encoder.device.type == "cuda"):
+            for item, reason in skipped:
+                writer.skip(item, reason)
+            advance(len(skipped))
+            if good:
+                inflight.append((good, encoder.submit(clips)))
             while len(inflight) > (1 if encoder.device.type == "cuda" else 0):
                 drain()
-        if batch:
-            inflight.append(_submit(encoder, batch))
         while inflight:
             drain()
     end = time.perf_counter()
@@ -177,10 +167,6 @@ def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer
             "started_at": started, "finished_at": started + wall}
 
 
-def _submit(encoder: Encoder, batch: list[tuple[InputItem, np.ndarray]]) -> tuple[list[InputItem], Pending]:
-    return [it for it, _ in batch], encoder.submit(np.stack([c for _, c in batch]))
-
-
 def _drain(encoder: Encoder, writer: "ShardWriter", items: list[InputItem], pending: Pending) -> int:
     indices = encoder.wait(pending)
     for item, grid in zip(items, indices):
@@ -188,30 +174,48 @@ def _drain(encoder: Encoder, writer: "ShardWriter", items: list[InputItem], pend
     return len(items)
 
 
-def decoded(items: list[InputItem], shape: ClipShape, workers: int, depth: int) -> Iterator[Decoded]:
-    """(item, clip, reason) in input order; at most `depth` clips decoded ahead of the consumer."""
-    if workers == 0:
-        for item in items:
-            yield (item, None, item.error) if item.error else (item, *try_load(item.path, shape))
-        return
-    with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
-        window: deque[tuple[InputItem, Future[Any] | None]] = deque()
-        todo = iter(items)
+class ClipBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Batch k = the decodable clips among items[k*B:(k+1)*B], stacked in the worker that decoded them.
 
-        def top_up() -> None:
-            while len(window) < depth and (item := next(todo, None)) is not None:
-                window.append((item, None if item.error else pool.submit(try_load, item.path, shape)))
+    Fixed groups of consecutive items keep the batch composition (and so the bytes) independent of timing;
+    collating in the worker hands the main process one shared-memory tensor per batch instead of pickled
+    pixels, so the process feeding the GPU stays nearly idle."""
 
-        top_up()
-        while window:
-            item, future = window.popleft()
-            top_up()
-            yield (item, None, item.error) if future is None else (item, *future.result())
+    def __init__(self, items: list[InputItem], shape: ClipShape, batch_size: int) -> None:
+        self.groups = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, k: int) -> tuple[list[InputItem], torch.Tensor, list[tuple[InputItem, str]]]:
+        good, clips, skipped = [], [], []
+        for item in self.groups[k]:
+            clip, reason = (None, item.error) if item.error else try_load(item.path, self.shape)
+            if clip is None:
+                skipped.append((item, reason or "unknown decode error"))
+            else:
+                good.append(item)
+                clips.append(clip)
+        s = self.shape
+        stacked = np.stack(clips) if clips else np.zeros((0, s.frames, s.height, s.width, 3), np.uint8)
+        return good, torch.from_numpy(stacked), skipped
+
+
+def _loader(batches: ClipBatches, workers: int, pin: bool) -> Any:
+    """In-order batches, at most 2 per worker decoded ahead of the encoder (bounded prefetch)."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                       collate_fn=_as_is, pin_memory=pin, prefetch_factor=2 if workers else None,
+                                       multiprocessing_context=_mp_context() if workers else None)
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
 
 
 def _mp_context() -> Any:
-    """fork where the OS has it: workers only run PyAV/numpy (never torch or CUDA), and a spawned worker
-    would re-import the launching program (torch included), costing seconds per shard."""
+    """fork where the OS has it: workers only run PyAV/numpy (never CUDA), and a spawned worker would
+    re-import the launching program (torch included), costing seconds per shard."""
     import multiprocessing
 
     return get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
