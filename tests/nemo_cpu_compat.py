@@ -1,0 +1,131 @@
+"""CUDA -> CPU compatibility for running NeMo 2 `llm.api.train` on a machine without a GPU (tests only).
+
+NeMo's MegatronStrategy and Lightning callbacks assume CUDA in many small places (`.to("cuda")`, pinned host
+tensors, side streams). The product never runs NeMo on CPU (`engine = auto` picks NeMo only with CUDA); these
+patches exist so that the NeMo engine's real code path can be tested here. Run as a script, it trains one run
+directory with the NeMo engine: `python tests/nemo_cpu_compat.py RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_applied = False
+
+
+def apply() -> None:
+    global _applied
+    if _applied or torch.cuda.is_available():
+        return
+    from harness.cosmos import compat
+
+    compat.apply()  # megatron-core's own CUDA assumptions (the mcore engine's CPU module)
+    _patch_streams()
+    _patch_device_moves()
+    _patch_factories()
+    _applied = True
+
+
+class _Stream:
+    """torch.cuda.Stream stand-in: megatron_parallel.init_model_parallel builds DDP inside
+    `torch.cuda.stream(torch.cuda.Stream())`."""
+
+    def __init__(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait_stream(self, *a: Any) -> None:
+        pass
+
+
+def _patch_streams() -> None:
+    torch.cuda.Stream = _Stream  # type: ignore[assignment,misc]
+    torch.cuda.stream = lambda s=None: contextlib.nullcontext()  # type: ignore[assignment]
+    torch.cuda.current_stream = lambda *a, **k: _Stream()  # type: ignore[assignment]
+
+
+def _cpu(device: Any) -> Any:
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return torch.device("cpu")
+    if isinstance(device, str) and device.startswith("cuda"):
+        return "cpu"
+    if isinstance(device, int) and not isinstance(device, bool):
+        return "cpu"
+    return device
+
+
+def _patch_device_moves() -> None:
+    """MegatronStrategy.training_step/optimizer_step log scalars as `torch.tensor(x, pin_memory=True).to("cuda")`,
+    gpt_data_step and callbacks call `.cuda()`: on CPU these become no-ops (pinning needs a CUDA context)."""
+    orig_to, orig_tensor = torch.Tensor.to, torch.tensor
+
+    def to(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args:
+            args = (_cpu(args[0]),) + args[1:]
+        if "device" in kwargs:
+            kwargs["device"] = _cpu(kwargs["device"])
+        return orig_to(self, *args, **kwargs)
+
+    def tensor(*args: Any, **kwargs: Any) -> torch.Tensor:
+        kwargs.pop("pin_memory", None)
+        if "device" in kwargs:
+            kwargs["device"] = _cpu(kwargs["device"])
+        return orig_tensor(*args, **kwargs)
+
+    torch.Tensor.to = to  # type: ignore[method-assign]
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    torch.tensor = tensor  # type: ignore[assignment]
+
+
+def main(run_dir: str) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply()
+    from harness.cosmos import nemo_engine
+    from harness.rundir import RunPaths
+    from harness.stages import load_run_spec
+
+    paths = RunPaths(Path(run_dir))
+    nemo_engine.run(load_run_spec(paths), paths)
+
+
+class _CpuTorch:
+    """The `torch` a module sees, with tensor factories' device="cuda" mapped to the CPU."""
+
+    FACTORIES = ("zeros", "ones", "empty", "full", "arange", "tensor", "as_tensor")
+
+    def __init__(self) -> None:
+        for name in self.FACTORIES:
+            setattr(self, name, self._wrap(getattr(torch, name)))
+
+    @staticmethod
+    def _wrap(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.pop("pin_memory", None)
+            if "device" in kwargs:
+                kwargs["device"] = _cpu(kwargs["device"])
+            return fn(*args, **kwargs)
+        return call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def _patch_factories() -> None:
+    """megatron.core.pipeline_parallel.schedules.forward_backward_no_pipelining allocates its token counter with
+    `torch.zeros(..., device="cuda")`."""
+    from megatron.core.pipeline_parallel import schedules
+
+    schedules.torch = _CpuTorch()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
