@@ -18,7 +18,7 @@ from harness.rundir import RunPaths
 
 WAIT_RETRIES = 5
 """Consecutive failed Slurm queries `wait` tolerates."""
-TASK_ROWS = 50
+TASK_ROWS = 20
 """Task rows shown without --all; the stage table still counts every task."""
 _STYLE = {COMPLETED: "green", "RUNNING": "cyan", "PENDING": "yellow", "FAILED": "red", "OUT_OF_MEMORY": "red",
           "TIMEOUT": "red", "NODE_FAIL": "red", "CANCELLED": "magenta"}
@@ -41,7 +41,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 def stage_table(rs: RunState) -> Table:
     jobs = load_jobs(rs.paths)
-    t = Table("stage", "done", "states", "job ids", title=f"run {rs.paths.run_id} ({rs.executor})",
+    t = Table("stage", "done", "states", "job ids", title=f"run {rs.paths.run_id} ({rs.executor}) in {rs.paths.root}",
               title_justify="left")
     for s in rs.stages:
         ids = ", ".join(job_ids(jobs, s.name)) if rs.executor == "slurm" else ""
@@ -53,6 +53,8 @@ def task_table(rs: RunState, show_all: bool = False) -> Table | None:
     rows = [r for r in rs.rows if show_all or r.state != COMPLETED]
     if not rows:
         return None
+    if not show_all:  # failures first, then running, then waiting tasks
+        rows.sort(key=lambda r: (r.state in ACTIVE, r.state != "RUNNING"))
     shown = rows if show_all else rows[:TASK_ROWS]
     t = Table("stage", "task", "job", "state", "node", "elapsed", "exit", Column("reason", overflow="fold"),
               Column("log", overflow="fold"),
@@ -60,10 +62,18 @@ def task_table(rs: RunState, show_all: bool = False) -> Table | None:
                                                            f"(--all lists every task)")
     for r in shown:
         bad = r.state not in (COMPLETED, "PENDING", "RUNNING")
-        log = r.log if r.log and (bad or show_all) else ""
+        log = _short(r.log, rs.paths.root) if r.log and (bad or show_all) else ""
         t.add_row(r.stage, str(r.task), r.job_id or "-", f"[{_STYLE.get(r.state, 'white')}]{r.state}[/]",
                   r.node or "-", r.elapsed or "-", r.exit_code or "-", r.reason or "-", log or "-")
     return t
+
+
+def _short(log: str, root: Path) -> str:
+    """Log paths relative to the run directory (named in the table title): shorter, still exact."""
+    try:
+        return str(Path(log).relative_to(root))
+    except ValueError:
+        return log
 
 
 def view(rs: RunState, show_all: bool = False) -> Group:
@@ -75,8 +85,9 @@ def view(rs: RunState, show_all: bool = False) -> Group:
 
 
 def status(paths: RunPaths, console: Console, show_all: bool = False, watch: bool = False,
-           interval_s: float = 2.0) -> int:
-    plan = load_plan(paths)
+           interval_s: float = 2.0, plan: Plan | None = None) -> int:
+    """One view, or with watch a live one until every task is final."""
+    plan = plan or load_plan(paths)
     rs = collect(paths, plan)
     if not watch:
         console.print(view(rs, show_all))
