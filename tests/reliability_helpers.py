@@ -128,3 +128,45 @@ def wait_for(pred, timeout: float, poll: float = 0.2, what: str = "condition"): 
             return v
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple["object", dict[str, str]]:
+    """Submit only `stages` of a spec's run to Slurm through the launcher's own functions (the later stages
+    would only cost time here); returns (RunPaths, stage -> job id)."""
+    from harness import launch
+    from harness import spec as spec_mod
+    from harness.inputs import discover, write_inputs
+
+    spec = spec_mod.absolutize(spec_mod.load(spec_path), cwd)
+    choice = launch.Choice("slurm", "reliability test")
+    items = discover(spec)
+    facts = launch.gather_facts(spec, choice, len(items))
+    plan = launch.make_plan(spec, facts)
+    paths = launch.new_run_dir(Path(spec.run.workdir), spec.run.name)
+    with launch.run_lock(paths):
+        launch.write_run(paths, spec_path.read_text(), plan, facts, choice)
+        write_inputs(paths, items)
+        todo = {s.name: list(range(s.tasks)) for s in plan.stages if s.name in stages}
+        subs = launch.submit_stages(plan, paths, todo, facts, choice)
+    return paths, {s["stage"]: s["job_id"] for s in subs}
+
+
+def task_process(job_id: str, index: int | None = None):  # type: ignore[no-untyped-def]
+    """The python process of a running task (the srun step, not the batch shell or srun itself), found by
+    the Slurm environment every task carries."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if not cmd or not os.path.basename(cmd[0]).startswith("python") or "submitit.core._submit" not in cmd:
+            continue
+        try:
+            env = p.environ()
+        except (psutil.Error, OSError):
+            continue
+        if index is None:
+            if env.get("SLURM_JOB_ID") == job_id:
+                return p
+        elif env.get("SLURM_ARRAY_JOB_ID") == job_id and env.get("SLURM_ARRAY_TASK_ID") == str(index):
+            return p
+    return None

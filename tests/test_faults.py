@@ -1,0 +1,308 @@
+"""Fault injection against the real local cluster: a tokenize task SIGKILLed mid-shard, a node whose slurmd
+dies under a running task, finetune requeued (preempted) mid-run, and broken inputs mixed with good ones.
+Each fault ends in a complete, correct run (or a report naming every bad input); nothing is faked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import synth
+from harness.launch import slurmcli
+from harness.rundir import RunPaths, is_done, read_json
+from reliability_helpers import (FINAL, harness, states_by_stage, submit_partial, task_process, tiny_spec,
+                                 wait_for, wait_stages)
+
+pytestmark = pytest.mark.slurm
+DATA = ("stage-assets", "tokenize", "merge")
+SLURM_RUN = Path(os.environ.get("TMPDIR", "/tmp")) / "harness-slurm" / "run"
+
+
+def sacct_history(job: str) -> list[str]:
+    """Every attempt's state of one job or array task (-D: requeued attempts too)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job, "-o", "JobID,State,NodeList"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+def resume_cli(root: Path, cwd: Path) -> dict[str, str]:
+    """`harness resume RUN`; returns stage -> new job id."""
+    res = harness("resume", str(root), cwd=cwd)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    return {ln.split()[0]: ln.split()[2] for ln in res.stdout.splitlines() if ln.startswith("  ") and " job " in ln}
+
+
+def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> RunPaths:
+    """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
+    from harness import launch
+    from harness import spec as spec_mod
+    from harness.inputs import discover, write_inputs
+    from harness.stages import run_task
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = spec_mod.absolutize(spec_mod.load(spec_path), tmp)
+    items = discover(spec)
+    facts = launch.plan_mod.Facts(num_inputs=len(items), max_array_size=1001, nodes_available=3)
+    plan = launch.make_plan(spec, facts)
+    paths = launch.new_run_dir(tmp / "clean", "clean")
+    launch.write_run(paths, "", plan, facts, launch.Choice("local", "reference"))
+    write_inputs(paths, items)
+    run_task(str(paths.root), "stage-assets", 0)
+    for i in range(plan.stage("tokenize").tasks):
+        run_task(str(paths.root), "tokenize", i)
+    run_task(str(paths.root), "merge", 0)
+    return paths
+
+
+def same_dataset(a: RunPaths, b: RunPaths) -> None:
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{a.dataset_prefix}{suffix}").read_bytes() == Path(f"{b.dataset_prefix}{suffix}").read_bytes()
+    assert read_json(a.dataset_split) == read_json(b.dataset_split)
+    assert read_json(a.dataset_summary)["documents"] == read_json(b.dataset_summary)["documents"]
+
+
+# ------------------------------------------------------------------------------ (a) SIGKILL mid-shard
+@pytest.mark.timeout(240)
+def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Path, reliability: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    spec_path = tiny_spec(tmp_path, name="kill", shards=3, clips=12)
+    paths, ids = submit_partial(spec_path, DATA, tmp_path)
+    reliability.add("slurm_jobs_submitted", len(ids))
+    victim = 1
+    tok = ids["tokenize"]
+    later: list[str] = list(ids.values())
+    try:
+        proc = wait_for(lambda: task_process(tok, victim), 90, poll=0.05, what=f"tokenize[{victim}] to start")
+        proc.send_signal(signal.SIGSTOP)
+        tmp_bin = paths.root / "tokens"
+        # single-step the task in 10 ms slices until it is inside the shard: temp files open, manifest absent
+        for _ in range(3000):
+            if list(tmp_bin.glob(f".shard-{victim:05d}.bin.*.tmp")):
+                break
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+            proc.send_signal(signal.SIGSTOP)
+        assert list(tmp_bin.glob(f".shard-{victim:05d}.bin.*.tmp")), "tokenize never opened its shard"
+        assert not paths.shard_manifest(victim).exists()
+        # SIGKILL the task process itself (as the OOM killer would): `scancel --signal=KILL <job>_<i>` on this
+        # Slurm 22.05 cancelled the array task instead, and slurmstepd's SIGCONT + SIGTERM (which submitit's
+        # handler ignores) let the stopped task run on and finish its shard before KillWait
+        proc.send_signal(signal.SIGKILL)
+        reliability.add("faults_injected")
+        reliability.note(f"SIGKILL tokenize[{victim}] mid-shard (pid {proc.pid}, job {tok}_{victim})")
+        by = wait_stages(ids, list(DATA), timeout=120)
+        assert by["tokenize"][f"{tok}_{victim}"] != "COMPLETED"
+        assert by["merge"][ids["merge"]] == "CANCELLED"  # afterok never satisfied; kill-on-invalid-dep
+
+        # nothing partial looks complete
+        from harness import dataset
+
+        assert dataset.verify_shard(paths, victim) is not None and not is_done(paths, "tokenize", victim)
+        assert not Path(f"{paths.shard_prefix(victim)}.bin").exists() or \
+            dataset.verify_shard(paths, victim) is not None
+        assert not paths.dataset_summary.exists()
+        others = [i for i in range(3) if i != victim]
+        assert all(is_done(paths, "tokenize", i) for i in others)
+
+        new = resume_cli(paths.root, tmp_path)
+        later += list(new.values())
+        jobs = read_json(paths.jobs_json)["submissions"]
+        round1 = {s["stage"]: s["tasks"] for s in jobs if s.get("round") == 1}
+        assert round1["tokenize"] == [[victim, victim + 1]], round1  # only the killed index
+        wait_stages(new, ["tokenize", "merge"], timeout=120)
+        assert states_by_stage(new)["merge"][new["merge"]] == "COMPLETED"
+    finally:
+        slurmcli.scancel(later)
+    assert not list((paths.root / "tokens").glob(".*.tmp"))  # the killed attempt's temp files are gone
+    same_dataset(paths, clean_reference(spec_path, tmp_path, monkeypatch))
+    reliability.add("faults_survived")
+
+
+# ------------------------------------------------------------------------------ (b) node failure
+def _slurmd_pid(node: str) -> int:
+    return int((SLURM_RUN / f"slurmd-{node}.pid").read_text().split()[0])
+
+
+def _restore_node(node: str) -> None:
+    conf = os.environ["SLURM_CONF"]
+    try:
+        os.kill(_slurmd_pid(node), 0)
+        alive = True
+    except (OSError, ValueError):
+        alive = False
+    if not alive:
+        subprocess.run(["slurmd", "-f", conf, "-N", node], check=True, timeout=60)
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, timeout=30)
+    wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True,
+                                              text=True).stdout or "mix" in subprocess.run(
+        ["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True).stdout, 60, poll=0.5,
+        what=f"{node} back up")
+
+
+@pytest.mark.timeout(300)
+def test_node_failure_under_a_running_task(slurm_cluster: str, tmp_path: Path, reliability: Any) -> None:
+    spec_path = tiny_spec(tmp_path, name="node", shards=3, clips=9)
+    paths, ids = submit_partial(spec_path, DATA, tmp_path)
+    reliability.add("slurm_jobs_submitted", len(ids))
+    tok, victim, node = ids["tokenize"], 0, ""
+    later = list(ids.values())
+    try:
+        proc = wait_for(lambda: task_process(tok, victim), 90, poll=0.05, what="tokenize[0] to start")
+        proc.send_signal(signal.SIGSTOP)  # hold it running on its node
+        node = slurmcli.squeue([tok])[f"{tok}_{victim}"].node
+        assert node and (SLURM_RUN / f"slurmd-{node}.pid").exists(), node
+        os.kill(_slurmd_pid(node), signal.SIGKILL)  # the node's daemon dies ...
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=reliability-test"],
+                       check=True, timeout=30)  # ... and the controller declares it down (SlurmdTimeout, sooner)
+        proc.send_signal(signal.SIGKILL)  # a dead node runs nothing
+        reliability.add("faults_injected")
+        reliability.note(f"node {node} failed (slurmd killed, node DOWN) under tokenize[{victim}]")
+        hist = wait_for(lambda: [h for h in sacct_history(f"{tok}_{victim}")
+                                 if "NODE_FAIL" in h or "REQUEUED" in h], 60, poll=0.5, what="NODE_FAIL")
+        reliability.note(f"node failure reported by Slurm: {hist}")
+        by = wait_stages(ids, list(DATA), timeout=150)
+        if by["merge"][ids["merge"]] != "COMPLETED":  # not requeued by Slurm: resume finishes the run
+            new = resume_cli(paths.root, tmp_path)
+            later += list(new.values())
+            wait_stages(new, ["merge"], timeout=150)
+            assert states_by_stage(new)["merge"][new["merge"]] == "COMPLETED"
+        else:
+            reliability.note("Slurm requeued the NODE_FAIL task itself (JobRequeue); merge completed")
+        summary = read_json(paths.dataset_summary)
+        assert summary["tokenized"] == 9 and summary["shards"] == 3
+        final_node = [h.split("|")[2] for h in sacct_history(f"{tok}_{victim}") if "|COMPLETED|" in h]
+        final_node += [v.node for k, v in slurmcli.sacct([s["job_id"] for s in read_json(paths.jobs_json)
+                                                          ["submissions"] if s["stage"] == "tokenize"]).items()
+                       if v.state == "COMPLETED" and k.endswith(f"_{victim}")]
+        assert final_node and node not in final_node, (node, final_node)
+    finally:
+        slurmcli.scancel(later)
+        if node:
+            _restore_node(node)
+    reliability.add("faults_survived")
+
+
+# ------------------------------------------------------------------------------ (c) preemption of finetune
+@pytest.mark.timeout(300)
+def test_finetune_requeued_mid_run_resumes_from_checkpoint(slurm_cluster: str, tmp_path: Path,
+                                                           reliability: Any) -> None:
+    steps, save_every = 12, 3
+    spec_path = tiny_spec(tmp_path, name="pre", shards=1, clips=4, max_steps=steps,
+                          extra="").read_text().replace("max_steps = 12\nsave_every = 1",
+                                                        f"max_steps = {steps}\nsave_every = {save_every}")
+    spec_file = tmp_path / "pre2.toml"
+    spec_file.write_text(spec_path)
+    paths, ids = submit_partial(spec_file, DATA + ("finetune",), tmp_path)
+    reliability.add("slurm_jobs_submitted", len(ids))
+    ft = ids["finetune"]
+    try:
+        from harness.cosmos import checkpoint as ckpt
+
+        first = wait_for(lambda: ckpt.latest_complete(paths), 200, poll=0.1, what="a first complete checkpoint")
+        st = slurmcli.squeue([ft]).get(ft)
+        assert st is not None and st.state == "RUNNING", (st, "finetune finished before it could be preempted")
+        subprocess.run(["scontrol", "requeue", ft], check=True, timeout=30)
+        reliability.add("faults_injected")
+        reliability.note(f"scontrol requeue finetune (job {ft}) after checkpoint step {first[0]}")
+        wait_stages({"finetune": ft}, ["finetune"], timeout=240)
+        assert states_by_stage({"finetune": ft})["finetune"][ft] == "COMPLETED", sacct_history(ft)
+    finally:
+        slurmcli.scancel(list(ids.values()))
+    hist = sacct_history(ft)
+    assert any("REQUEUED" in h or "PREEMPTED" in h or "CANCELLED" in h for h in hist) or len(hist) > 1, hist
+    rows = [read_json_line(ln) for ln in paths.metrics_jsonl.read_text().splitlines() if ln.strip()]
+    got = [r["step"] for r in rows]
+    assert got == list(range(1, steps + 1)), got  # continuous: every step once, in order
+    done = read_json(paths.checkpoints_json)
+    assert done["steps"] == list(range(save_every, steps + 1, save_every)), done
+    logs = "".join(p.read_text(errors="replace") for p in paths.logs("finetune").rglob("*_log.*"))
+    assert "resumed from" in logs, "the requeued attempt did not resume from a checkpoint"
+    reliability.add("faults_survived")
+
+
+def read_json_line(line: str) -> dict[str, Any]:
+    import json
+
+    return json.loads(line)
+
+
+# ------------------------------------------------------------------------------ (d) bad inputs
+@pytest.mark.timeout(300)
+def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: str, tmp_path: Path,
+                                                                 reliability: Any) -> None:
+    videos = tmp_path / "mixed"
+    good = synth.make_clips(videos, 4)
+    bad = synth.make_bad_files(videos)  # corrupt, truncated, zero-byte, text-as-mp4
+    from harness.video import write_mp4
+
+    write_mp4(videos / "short.mp4", synth.smooth_clip(1, 40, 40, 7), 25)  # one frame: padded, not bad
+    (videos / "dangling.mp4").symlink_to(videos / "no-such-target.mp4")
+    locked = videos / "locked.mp4"
+    good[0].rename(locked)
+    locked.chmod(0)  # root reads it anyway: counted as good when running as root
+    (videos / "subdir.mp4").mkdir()  # a directory with a video suffix is not an input at all
+    bad_names = {p.name for p in bad} | {"dangling.mp4"}
+    expect_good = 3 + 1 + 1  # clips 1..3, short.mp4, locked.mp4 (when root)
+    as_root = os.geteuid() == 0
+    if not as_root:
+        bad_names.add("locked.mp4")
+        expect_good -= 1
+
+    # Video2World jsonl: good lines plus every kind of broken line
+    base = tiny_spec(tmp_path, name="badv", shards=2)
+    v2w_dir = tmp_path / "v2w"
+    clips = synth.make_clips(v2w_dir, 3, seed=5)
+    import json
+
+    lines = [json.dumps({"prompt": "a red ball", "visual_input": c.name}) for c in clips]
+    lines += ['{"prompt": "broken", "visual_input": ', json.dumps({"prompt": "no video"}),
+              json.dumps({"prompt": "gone", "visual_input": "missing.mp4"}),
+              json.dumps({"prompt": "again", "visual_input": clips[0].name}), "[1, 2]",
+              json.dumps({"prompt": 3, "visual_input": clips[1].name})]
+    jsonl = v2w_dir / "data.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    t5 = synth.write_text_encoder(tmp_path / "t5")
+    synth.write_hf_snapshot(tmp_path / "hf", synth.TEXT_ENCODER_REPO, {f.name: f for f in t5.iterdir() if f.is_file()})
+    v2w_text = base.read_text().replace('preset = "tiny"', f'preset = "tiny-v2w"\ntext_encoder = "{synth.TEXT_ENCODER_REPO}"')
+    v2w_text = v2w_text.replace('name = "badv"', 'name = "badj"\nrecipe = "video2world"')
+    v2w_text = v2w_text.replace(f'videos = "{tmp_path / "videos"}"', f'jsonl = "{jsonl}"')
+    v2w_spec = tmp_path / "badj.toml"
+    v2w_spec.write_text(v2w_text)
+    base.write_text(base.read_text().replace(f'videos = "{tmp_path / "videos"}"', f'videos = "{videos}"'))
+
+    p1, ids1 = submit_partial(base, DATA, tmp_path)
+    p2, ids2 = submit_partial(v2w_spec, DATA, tmp_path)
+    reliability.add("slurm_jobs_submitted", len(ids1) + len(ids2))
+    try:
+        by1 = wait_stages(ids1, list(DATA), timeout=200)
+        by2 = wait_stages(ids2, list(DATA), timeout=200)
+    finally:
+        slurmcli.scancel(list(ids1.values()) + list(ids2.values()))
+    assert set(by1["merge"].values()) == {"COMPLETED"} and set(by2["merge"].values()) == {"COMPLETED"}, (by1, by2)
+
+    s1 = read_json(p1.dataset_summary)
+    skipped1 = {s["name"]: s["reason"] for s in s1["skipped"]}
+    reliability.add("bad_inputs_tried", len(bad_names) + 1)  # + the directory named subdir.mp4
+    reliability.add("bad_inputs_reported", len(bad_names & set(skipped1)) + ("subdir.mp4" not in skipped1))
+    assert set(skipped1) == bad_names, skipped1
+    assert s1["tokenized"] == expect_good and s1["videos_in"] == expect_good + len(bad_names)
+    names = {Path(d["path"]).name for d in s1["documents"]}
+    assert {"short.mp4", "clip_001.mp4", "clip_002.mp4", "clip_003.mp4"} <= names
+    assert ("locked.mp4" in names) == as_root
+    reliability.note(f"chmod 000 input: {'read anyway (tests run as root)' if as_root else 'reported'}")
+
+    s2 = read_json(p2.dataset_summary)
+    kinds = {int(s["reason"].split(":")[0].split()[1]): s["kind"] for s in s2["skipped"]}
+    assert kinds == {4: "not valid JSON", 5: "missing key", 6: "visual_input not found",
+                     7: "duplicate visual_input", 8: "not a JSON object", 9: "bad value"}, s2["skipped"]
+    assert s2["tokenized"] == 3 and s2["videos_in"] == 9
+    reliability.add("bad_inputs_tried", 6)
+    reliability.add("bad_inputs_reported", len(kinds))
+    reliability.add("faults_injected", 2)
+    reliability.add("faults_survived", 2)
