@@ -15,6 +15,7 @@ Video2World adds `context=[b, L, crossattn_dim]` (T5 embeddings) and optional `c
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,13 +60,21 @@ class RMSNorm(torch.nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+def _known(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments `cls.__init__` accepts: megatron-core versions differ in what layer builders pass to
+    linears (0.16: tp_comm_buffer_name, tp_group; 0.20 adds pg_collection, name), so drop the ones it lacks."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kw
+    return {k: v for k, v in kw.items() if k in params}
+
+
 class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
     """RMSNorm then a column-parallel linear; the norm weight is `layer_norm_weight`, as in TE's
     `TELayerNormColumnParallelLinear`, so the state-dict keys equal those of NeMo's Cosmos checkpoints."""
 
     def __init__(self, input_size: int, output_size: int, *, config: TransformerConfig, **kw: Any) -> None:
-        kw.pop("tp_comm_buffer_name", None)
-        super().__init__(input_size, output_size, config=config, **kw)
+        super().__init__(input_size, output_size, config=config, **_known(tensor_parallel.ColumnParallelLinear, kw))
         self.eps = config.layernorm_epsilon
         self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, dtype=config.params_dtype))
         setattr(self.layer_norm_weight, "sequence_parallel", False)
@@ -76,14 +85,12 @@ class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
 
 class _TPLinear(tensor_parallel.ColumnParallelLinear):
     def __init__(self, *a: Any, **kw: Any) -> None:
-        kw.pop("tp_comm_buffer_name", None)
-        super().__init__(*a, **kw)
+        super().__init__(*a, **_known(tensor_parallel.ColumnParallelLinear, kw))
 
 
 class _TPRowLinear(tensor_parallel.RowParallelLinear):
     def __init__(self, *a: Any, **kw: Any) -> None:
-        kw.pop("tp_comm_buffer_name", None)
-        super().__init__(*a, **kw)
+        super().__init__(*a, **_known(tensor_parallel.RowParallelLinear, kw))
 
 
 @dataclass
