@@ -30,17 +30,20 @@ from harness.video import ClipShape, load_clip, write_mp4
 T, H, W = 17, 320, 512
 
 
-def make_pairs(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
-    """n reference clips and n 'generated' ones (the reference plus noise and a drift), as real mp4s."""
+def make_pairs(root: Path, n: int, seed: int = 0, texture: int = 4) -> tuple[Path, Path]:
+    """n reference clips and n 'generated' ones (the reference plus noise and a drift), as real mp4s.
+    `texture`: amplitude of per-pixel noise in both; it sets the bitrate, hence the decode cost that every
+    evaluator pays (0 = smooth synthetic content, cheap to decode)."""
     ref, gen = root / "reference", root / "generated"
     ref.mkdir(parents=True, exist_ok=True)
     gen.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
         clip = smooth_clip(T, H, W, seed + i)
-        texture = rng.integers(-4, 5, clip.shape[1:], dtype=np.int16)
-        clip = np.clip(clip + texture, 0, 255).astype(np.uint8)
-        noisy = np.clip(clip.astype(np.int16) + rng.integers(-4, 5, clip.shape, dtype=np.int16), 0, 255)
+        grain = rng.integers(-texture, texture + 1, clip.shape[1:], dtype=np.int16)
+        clip = np.clip(clip + grain, 0, 255).astype(np.uint8)
+        noise = rng.integers(-texture, texture + 1, clip.shape, dtype=np.int16) if texture else 2
+        noisy = np.clip(clip.astype(np.int16) + noise, 0, 255)
         write_mp4(ref / f"clip-{i:04d}.mp4", clip, 25)
         write_mp4(gen / f"clip-{i:04d}.mp4", np.roll(noisy.astype(np.uint8), 1, axis=2), 25)
     return ref, gen
@@ -96,13 +99,16 @@ def decode_all(files: list[str], workers: int) -> int:
         return sum(pool.map(_decode_only, files))
 
 
-def _time(fn: Any, repeats: int) -> tuple[float, Any]:
-    times, result = [], None
+def _time(fn: Any, repeats: int) -> tuple[float, float, Any]:
+    """(median wall s, median CPU s of this process, all threads, last result). CPU time is reported too
+    because a shared machine's load inflates wall time, and unevenly for serial and threaded code."""
+    walls, cpus, result = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus), result
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -111,6 +117,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline-repeats", type=int, default=1)
     ap.add_argument("--workers", type=int, default=0, help="threads (0 = CPUs available)")
+    ap.add_argument("--texture", type=int, default=4, help="per-pixel noise amplitude of the clips (bitrate)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
@@ -118,26 +125,30 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     workers = args.workers or evaluate.default_workers()
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp_s:
         tmp = Path(tmp_s)
-        ref, gen = make_pairs(tmp / "data", args.n)
+        ref, gen = make_pairs(tmp / "data", args.n, texture=args.texture)
         (tmp / "re").mkdir()
         # warm-up: numba compile cache, CUDA context, page cache; not timed
         evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers)
-        t_harness, res = _time(lambda: evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers),
+        t_harness, c_harness, res = _time(lambda: evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers),
                                args.repeats)
         files = [str(p) for d in (ref, gen) for p in sorted(d.glob("*.mp4"))]
-        t_decode, _ = _time(lambda: decode_all(files, workers), args.repeats)
-        t_base, _ = _time(lambda: baseline(ref, gen, tmp / "re"), args.baseline_repeats)
+        t_decode, c_decode, _ = _time(lambda: decode_all(files, workers), args.repeats)
+        t_base, c_base, _ = _time(lambda: baseline(ref, gen, tmp / "re"), args.baseline_repeats)
         check = evaluate.evaluate_dirs(ref, gen, "skimage", workers=workers)
     diff_psnr = max(abs(a["psnr"] - b["psnr"]) for a, b in zip(res["videos"], check["videos"]))
     diff_ssim = max(abs(a["ssim"] - b["ssim"]) for a, b in zip(res["videos"], check["videos"]))
     out = {
-        "bench": "eval", "pairs": args.n, "shape": [T, H, W], "device": device, "engine": res["engine"],
+        "bench": "eval", "pairs": args.n, "shape": [T, H, W], "texture": args.texture, "device": device,
+        "engine": res["engine"],
         "workers": workers, "cpus": os.cpu_count(), "repeats": args.repeats,
         "baseline_repeats": args.baseline_repeats,
         "median_s": {"harness": t_harness, "baseline_serial_skimage": t_base, "decode_only": t_decode},
         "per_pair_ms": {"harness": 1e3 * t_harness / args.n, "baseline_serial_skimage": 1e3 * t_base / args.n,
                         "decode_only": 1e3 * t_decode / args.n},
+        "median_cpu_s": {"harness": c_harness, "baseline_serial_skimage": c_base, "decode_only": c_decode},
+        "load_average_1min": os.getloadavg()[0],
         "speedup_vs_baseline": t_base / t_harness,
+        "speedup_cpu_time": c_base / c_harness,
         "harness_over_decode": t_harness / t_decode,
         "goals": {"speedup_vs_baseline_min": 20.0, "gpu_harness_over_decode_max": 1.2},
         "max_abs_diff_vs_skimage_backend": {"psnr": diff_psnr, "ssim": diff_ssim},

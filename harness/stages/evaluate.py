@@ -90,13 +90,14 @@ class Pair:
 
 
 def probe(path: Path) -> tuple[int, int, int]:
-    """(real frame count, width, height) from one demux pass (nothing decoded): load_clip pads short clips,
-    and padded frames are not ground truth."""
+    """(real frame count, width, height): load_clip pads short clips, and padded frames are not ground truth.
+    The container's frame count when it has one (mp4/mov headers: free), else one demux pass (no decoding)."""
     with av.open(str(path)) as c:
         if not c.streams.video:
             raise VideoError(path, "no video stream")
         s = c.streams.video[0]
-        return sum(1 for p in c.demux(s) if p.size), s.codec_context.width, s.codec_context.height
+        n = s.frames or sum(1 for p in c.demux(s) if p.size)
+        return n, s.codec_context.width, s.codec_context.height
 
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
