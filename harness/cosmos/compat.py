@@ -9,9 +9,8 @@ an `if __name__ == "__main__"` guard in scripts (a save starts a multiprocessing
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -144,8 +143,3 @@ def _patch_optimizer() -> None:
 
     opt.FP32Optimizer.__init__ = fp32_init
 
-
-@contextlib.contextmanager
-def cpu_patches() -> Iterator[bool]:
-    """`with cpu_patches():` for scripts; patches stay for the process (megatron keeps references)."""
-    yield apply()

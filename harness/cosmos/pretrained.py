@@ -73,7 +73,8 @@ def write_tiny_pretrained(out_dir: str | Path, preset: ModelPreset, seed: int = 
     """Write a NeMo-2-layout checkpoint of `preset` with random weights to out_dir; returns the reference state
     dict (unwrapped TP=1 mcore keys) so tests can compare against a model given these weights directly."""
     out = Path(out_dir)
-    parallel.init(1) if not torch.distributed.is_initialized() else None
+    if not torch.distributed.is_initialized():
+        parallel.init(1)
     ref = reference_state_dict(preset, seed)
     L = preset.num_layers
     state: dict[str, object] = {}
