@@ -256,7 +256,7 @@ def test_local_run_failure_status_logs_resume_cancel(tmp_path: Path, capsys: pyt
     assert {(f["stage"], f["task"]) for f in doc["failures"]} == {(r.stage, r.task) for r in rs.rows
                                                                   if r.stage != "report"}
 
-    monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.setenv("COLUMNS", "1000")
     assert cli.main(["status", str(paths.root)]) == 0
     out = capsys.readouterr().out
     assert "FAILED" in out and "has no decoder.jit" in out and f"1/{len(rs.rows)} tasks completed" in out

@@ -207,9 +207,9 @@ def explain(state: str, st: slurmcli.TaskState, log: str, done: bool) -> str:
     if state == "CANCELLED":
         if st.cancelled_by:
             return f"cancelled by uid {st.cancelled_by}"
-        if st.reason.startswith("Dependency"):
-            return "DependencyNeverSatisfied: a task it depends on failed"
-        return "cancelled"
+        # no "by <uid>": Slurm cancelled it itself, which for harness jobs (--kill-on-invalid-dep=yes) means a
+        # dependency failed; sacct's Reason then reads "Dependency" or "None" depending on scheduler timing
+        return "DependencyNeverSatisfied: a task it depends on failed"
     return _FINAL_REASONS.get(state, "")
 
 

@@ -41,8 +41,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 def stage_table(rs: RunState) -> Table:
     jobs = load_jobs(rs.paths)
-    t = Table("stage", "done", "states", "job ids", title=f"run {rs.paths.run_id} ({rs.executor}) in {rs.paths.root}",
-              title_justify="left")
+    t = Table("stage", "done", "states", "job ids")
     for s in rs.stages:
         ids = ", ".join(job_ids(jobs, s.name)) if rs.executor == "slurm" else ""
         t.add_row(s.name, f"{s.done}/{len(s.rows)}", _counts(s.counts), ids or "-")
@@ -69,7 +68,7 @@ def task_table(rs: RunState, show_all: bool = False) -> Table | None:
 
 
 def _short(log: str, root: Path) -> str:
-    """Log paths relative to the run directory (named in the table title): shorter, still exact."""
+    """Log paths relative to the run directory (printed above the tables): shorter, still exact."""
     try:
         return str(Path(log).relative_to(root))
     except ValueError:
@@ -77,7 +76,8 @@ def _short(log: str, root: Path) -> str:
 
 
 def view(rs: RunState, show_all: bool = False) -> Group:
-    parts: list = [stage_table(rs), f"{verdict(rs)}: {rs.summary()}"]
+    parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {rs.paths.root}", stage_table(rs),
+                   f"{verdict(rs)}: {rs.summary()}"]
     tasks = task_table(rs, show_all)
     if tasks is not None:
         parts.append(tasks)
@@ -148,11 +148,17 @@ def runs(workdir: Path, console: Console) -> int:
     jobs = {p: load_jobs(p) for p in found}
     ids = [i for p in found if jobs[p]["executor"] == "slurm" for i in job_ids(jobs[p])]
     snap = Snapshot(query_slurm(ids))
-    t = Table("run", "executor", "submitted", "state", "tasks", title=str(workdir), title_justify="left")
+    t = Table(Column("run", overflow="fold"), "executor", "submitted", "state", Column("tasks", overflow="fold"),
+              title=str(workdir), title_justify="left")
     for p in found:
         try:
             rs = collect(p, load_plan(p), snap)
-            state, tasks = verdict(rs), rs.summary()
+            counts: dict[str, int] = {}
+            for r in rs.rows:
+                counts[r.state] = counts.get(r.state, 0) + 1
+            done = counts.pop(COMPLETED, 0)
+            state = verdict(rs)
+            tasks = ", ".join([f"{done}/{len(rs.rows)} completed"] + [f"{n} {k.lower()}" for k, n in counts.items()])
         except Exception as e:  # noqa: BLE001 - one unreadable run must not hide the others
             state, tasks = "unreadable", f"{e.__class__.__name__}: {e}"[:120]
         subs = jobs[p]["submissions"]
