@@ -28,6 +28,7 @@ def apply() -> None:
     _patch_streams()
     _patch_device_moves()
     _patch_factories()
+    _patch_checkpoint_io()
     _applied = True
 
 
@@ -85,16 +86,41 @@ def _patch_device_moves() -> None:
 
 
 def main(run_dir: str) -> None:
+    """Train RUN_DIR with the NeMo engine; afterwards every rank runs the trained model on fixed probe tokens and
+    rank 0 writes RUN_DIR/probe.pt ({"tokens", "logits"}), for the reload-identity tests."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     apply()
+    from nemo.collections.llm import api
+
     from harness.cosmos import nemo_engine
     from harness.rundir import RunPaths
     from harness.stages import load_run_spec
 
     paths = RunPaths(Path(run_dir))
-    nemo_engine.run(load_run_spec(paths), paths)
+    spec = load_run_spec(paths)
+    real_train = api.train
+
+    def train_then_probe(**kw: Any) -> Any:
+        out = real_train(**kw)
+        _probe(kw["model"], spec, paths)
+        return out
+
+    api.train = train_then_probe
+    nemo_engine.run(spec, paths)
+
+
+def _probe(lightning_model: Any, spec: Any, paths: Any) -> None:
+    from harness.cosmos.checkpoint import unwrap
+
+    model = unwrap(lightning_model.module).eval()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, spec.preset.output_vocab_size, (2, spec.token_math.sample_length - 1), generator=g)
+    with torch.no_grad():
+        logits = model(tokens)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        torch.save({"tokens": tokens, "logits": logits}, paths.root / "probe.pt")
 
 
 class _CpuTorch:
@@ -125,6 +151,14 @@ def _patch_factories() -> None:
     from megatron.core.pipeline_parallel import schedules
 
     schedules.torch = _CpuTorch()  # type: ignore[attr-defined]
+
+
+def _patch_checkpoint_io() -> None:
+    """nemo.lightning.io.pl.MegatronCheckpointIO.load_checkpoint ends with `_fix_tensors_device`, which asserts an
+    initialised CUDA context before moving loaded tensors to the current GPU; CPU tensors need no move."""
+    from nemo.lightning.io import pl as nemo_pl
+
+    nemo_pl._fix_tensors_device = lambda ckpt: ckpt
 
 
 if __name__ == "__main__":

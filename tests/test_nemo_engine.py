@@ -1,0 +1,192 @@
+"""The finetune stage's NeMo engine (NeMo 2 `llm.api.train` + MegatronStrategy) on CPU, behind the tests-only
+CUDA->CPU layer (tests/nemo_cpu_compat.py): start from a NeMo-layout pretrained checkpoint, falling loss,
+harness-layout checkpoints that `harness.cosmos.checkpoint` loads with the trained model's exact logits, resume
+after a checkpoint torn mid-save, TP=2 over gloo, and the `auto` engine choice.
+
+Each training runs in its own interpreter (`python tests/nemo_cpu_compat.py RUN_DIR PROBE`): NeMo/Lightning keep
+process-global state, checkpoint saves start a Manager process, and TP=2 is launched by Lightning itself.
+Skipped where NeMo 2 is not installed (`/work/venv-nemo` has it; see the README)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nemo.collections.llm")
+
+from cosmos_util import make_run, make_spec, metrics  # noqa: E402
+from harness.models import PRESETS  # noqa: E402
+from harness.rundir import RunPaths, atomic_write_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+STEPS, SAVE, GBS = 6, 4, 2  # checkpoints at 4 and 6 (max_steps is not a multiple of save_every)
+
+
+def spec_for(*, tp: int = 1, checkpoint: str = "") -> Any:
+    return make_spec(tp=tp, max_steps=STEPS, save_every=SAVE, gbs=GBS, lr=1e-2, checkpoint=checkpoint,
+                     engine="nemo")
+
+
+def train(paths: RunPaths, timeout: int = 400) -> subprocess.CompletedProcess[str]:
+    """The NeMo engine on one run directory, in a fresh interpreter; the trained model's logits on probe tokens
+    are written to RUN/probe.pt (tests/nemo_cpu_compat.py)."""
+    p = subprocess.run([sys.executable, str(HERE / "nemo_cpu_compat.py"), str(paths.root)], capture_output=True,
+                       text=True, timeout=timeout, cwd=str(paths.root))
+    (paths.root / "train.log").write_text(p.stdout + p.stderr)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Cosmos checkpoint in NeMo 2's layout (nemo/weights + nemo/context), as the HF repo ships it."""
+    from harness.cosmos import parallel, pretrained as pt
+
+    root = tmp_path_factory.mktemp("pretrained")
+    pt.write_tiny_pretrained(root / "nemo", PRESETS["tiny"], seed=1)
+    parallel.shutdown()
+    return root
+
+
+def staged(paths: RunPaths, checkpoint: Path) -> RunPaths:
+    """assets.json as the stage-assets stage writes it for a local model.checkpoint (role -> directory)."""
+    atomic_write_json(paths.assets_json, {"checkpoint": str(checkpoint)})
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory: pytest.TempPathFactory, pretrained: Path) -> RunPaths:
+    """TP=1, started from the pretrained checkpoint, uninterrupted."""
+    paths = make_run(tmp_path_factory.mktemp("nemo-a"), spec_for(checkpoint=str(pretrained)))
+    train(staged(paths, pretrained))
+    return paths
+
+
+def losses(paths: RunPaths) -> dict[int, float]:
+    recs = metrics(paths)
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)), f"a step logged twice or out of order: {steps}"
+    return {r["step"]: r["loss"] for r in recs}
+
+
+def load_logits(paths: RunPaths, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    from harness.cosmos import checkpoint as ckpt, parallel
+    from harness.stages import load_run_spec
+
+    try:
+        model = ckpt.load_for_inference(paths.checkpoint_dir(step), load_run_spec(paths), tp=1)
+        with torch.no_grad():
+            return model(tokens)
+    finally:
+        parallel.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: Path) -> None:
+    recs = metrics(run_a)
+    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
+    assert all(r["engine"] == "nemo" and r["lr"] == 1e-2 and r["grad_norm"] > 0 and r["tokens_per_s"] > 0
+               and r["tflops"] > 0 for r in recs)
+    loss = [r["loss"] for r in recs]
+    assert np.mean(loss[-2:]) < np.mean(loss[:2]) - 0.5, loss
+    # step 1's loss is the pretrained weights' loss on the run's first global batch: the NeMo restore worked
+    assert loss[0] == pytest.approx(first_batch_loss(run_a, pretrained / "nemo"), rel=1e-4)
+
+
+def first_batch_loss(paths: RunPaths, weights: Path) -> float:
+    from harness.cosmos import checkpoint as ckpt, data as data_mod, parallel
+    from harness.cosmos.model import build_model
+    from harness.cosmos.nemo_engine import ordered_sample
+    from harness.dataset import open_dataset
+    from harness.stages import load_run_spec
+
+    spec = load_run_spec(paths)
+    tm = spec.token_math
+    samples = data_mod.VideoSamples(open_dataset(paths), tm, "train")
+    batch = data_mod.collate([samples.sample(ordered_sample(j, GBS, len(samples), spec.run.seed)) for j in range(GBS)],
+                             "cpu", torch.float32)
+    try:
+        parallel.init(1)
+        model = build_model(spec.preset, tm.grid, tp=1, seq_len=tm.sample_length - 1)
+        ckpt.load_model(model, weights)
+        with torch.no_grad():
+            per_token = model(batch["tokens"], labels=batch["labels"])
+        return float((per_token * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
+    finally:
+        parallel.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_checkpoints_in_harness_layout_reload_to_identical_logits(run_a: RunPaths) -> None:
+    info = json.loads(run_a.checkpoints_json.read_text())
+    assert info["steps"] == [4, 6] and info["all"] == [4, 6]
+    for step in (4, 6):
+        d = run_a.checkpoint_dir(step)
+        assert (d / "done.json").is_file() and (d / "weights" / "metadata.json").is_file()
+        ctx = json.loads((d / "context" / "harness.json").read_text())
+        assert ctx["preset"] == "tiny" and ctx["engine"] == "nemo" and ctx["step"] == step
+        assert (d / "context" / "model.yaml").is_file()  # NeMo's own io context, beside the harness one
+    probe = torch.load(run_a.root / "probe.pt")
+    logits = load_logits(run_a, STEPS, probe["tokens"])
+    assert torch.equal(logits, probe["logits"]), float((logits - probe["logits"]).abs().max())
+    assert not torch.equal(load_logits(run_a, 4, probe["tokens"]), probe["logits"])
+
+
+@pytest.mark.timeout(900)
+def test_resume_after_a_torn_final_checkpoint(run_a: RunPaths, tmp_path: Path) -> None:
+    """A requeue after a kill during the last save: the step-6 directory lacks done.json, so training resumes from
+    step 4 (model, Adam state, data position, LR schedule) and recomputes steps 5-6 exactly."""
+    paths = RunPaths(tmp_path / "run")
+    shutil.copytree(run_a.root, paths.root, ignore=shutil.ignore_patterns("probe.pt", "nemo"))
+    (paths.checkpoint_dir(STEPS) / "done.json").unlink()
+    with open(paths.metrics_jsonl, "a") as fh:
+        fh.write('{"step": 7, "loss": 1.0}\n{"step": 5, "lo')  # a torn line and a step past the checkpoint
+    train(paths)
+    a, b = losses(run_a), losses(paths)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for step in (5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)
+    assert json.loads(paths.checkpoints_json.read_text())["all"] == [4, 6]
+    probe = torch.load(paths.root / "probe.pt")
+    assert torch.allclose(probe["logits"], torch.load(run_a.root / "probe.pt")["logits"], atol=1e-5)
+    assert "resum" in (paths.root / "train.log").read_text().lower()
+
+
+@pytest.mark.timeout(900)
+def test_tensor_parallel_2_matches_tp1(tmp_path: Path, run_a: RunPaths, pretrained: Path) -> None:
+    """TP=2 over gloo (two ranks launched by Lightning): the same losses as TP=1, and its checkpoint reshards
+    to TP=1 with the trained model's logits."""
+    paths = make_run(tmp_path / "run", spec_for(tp=2, checkpoint=str(pretrained)))
+    train(staged(paths, pretrained))
+    a, b = losses(run_a), losses(paths)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    for step in b:
+        assert b[step] == pytest.approx(a[step], rel=2e-4), (step, a, b)
+    probe = torch.load(paths.root / "probe.pt")
+    logits = load_logits(paths, STEPS, probe["tokens"])
+    assert torch.allclose(logits, probe["logits"], atol=1e-5), float((logits - probe["logits"]).abs().max())
+
+
+def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from harness.cosmos import nemo_engine
+    from harness.stages import finetune
+
+    spec = make_spec()
+    auto = dataclasses.replace(spec, finetune=dataclasses.replace(spec.finetune, engine="auto"))
+    assert nemo_engine.available()
+    assert nemo_engine.select(auto) == finetune.choose_engine(auto) == ("nemo" if torch.cuda.is_available() else "mcore")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert nemo_engine.select(auto) == finetune.choose_engine(auto) == "nemo"
+    for engine in ("nemo", "mcore"):
+        explicit = dataclasses.replace(spec, finetune=dataclasses.replace(spec.finetune, engine=engine))
+        assert nemo_engine.select(explicit) == engine
