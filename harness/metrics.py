@@ -75,64 +75,70 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
                     ssim_out: np.ndarray, sse_out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """a, b: uint8 [T, H, W*C] (rows with channels interleaved, so every pass is contiguous).
 
-    Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column, prefix sums along the row with
-    stride C (so each channel keeps its own windows), then the SSIM ratio of every window. Fills
-    ssim_out[T] and returns the exact sum of squared differences; no [T,H,W,C]-sized temporaries."""
+    Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column (one vectorized pass per row),
+    prefix sums along the row with stride C (so each channel keeps its own windows), then the SSIM ratio of
+    every window. Fills ssim_out[T] and sse_out[T] (exact per-frame sums of squared differences); the five
+    sums live in separate rows of `col`/`pre` so LLVM vectorizes the passes; no [T,H,W,C] temporaries."""
     t_n, h, wc = a.shape
     ho, wo = h - 6, wc // c_n - 6
-    span = 7 * c_n
+    n, span = wo * c_n, 7 * c_n
     r2 = 1.0 / (49.0 * 49.0)
     r48 = 1.0 / (49.0 * 48.0)
-    col = np.zeros((wc, 5), np.int32)
-    pre = np.zeros((wc + c_n, 5), np.int32)
+    col = np.zeros((5, wc), np.int32)
+    pre = np.zeros((5, wc + c_n), np.int32)
+    c0, c1_, c2_, c3, c4 = col[0], col[1], col[2], col[3], col[4]
+    p0, p1, p2, p3, p4 = pre[0], pre[1], pre[2], pre[3], pre[4]
     for t in range(t_n):
         col[:] = 0
         total = 0.0
         sse = np.int64(0)
         for i in range(h):
-            ar = a[t, i]
-            br = b[t, i]
+            ar, br = a[t, i], b[t, i]
             row_sse = np.int32(0)
-            for q in range(wc):
-                x = np.int32(ar[q])
-                y = np.int32(br[q])
-                col[q, 0] += x
-                col[q, 1] += y
-                col[q, 2] += x * x
-                col[q, 3] += y * y
-                col[q, 4] += x * y
-                row_sse += (x - y) * (x - y)
-            sse += row_sse
-            if i >= 7:
-                ao = a[t, i - 7]
-                bo = b[t, i - 7]
+            if i >= 7:  # slide the window: add row i, drop row i-7
+                ao, bo = a[t, i - 7], b[t, i - 7]
                 for q in range(wc):
-                    x = np.int32(ao[q])
-                    y = np.int32(bo[q])
-                    col[q, 0] -= x
-                    col[q, 1] -= y
-                    col[q, 2] -= x * x
-                    col[q, 3] -= y * y
-                    col[q, 4] -= x * y
+                    x, y = np.int32(ar[q]), np.int32(br[q])
+                    xo, yo = np.int32(ao[q]), np.int32(bo[q])
+                    c0[q] += x - xo
+                    c1_[q] += y - yo
+                    c2_[q] += x * x - xo * xo
+                    c3[q] += y * y - yo * yo
+                    c4[q] += x * y - xo * yo
+                    row_sse += (x - y) * (x - y)
+            else:
+                for q in range(wc):
+                    x, y = np.int32(ar[q]), np.int32(br[q])
+                    c0[q] += x
+                    c1_[q] += y
+                    c2_[q] += x * x
+                    c3[q] += y * y
+                    c4[q] += x * y
+                    row_sse += (x - y) * (x - y)
+            sse += row_sse
             if i < 6:
                 continue
             for q in range(wc):
-                for k in range(5):
-                    pre[q + c_n, k] = pre[q, k] + col[q, k]
-            for q in range(wo * c_n):
+                p0[q + c_n] = p0[q] + c0[q]
+                p1[q + c_n] = p1[q] + c1_[q]
+                p2[q + c_n] = p2[q] + c2_[q]
+                p3[q + c_n] = p3[q] + c3[q]
+                p4[q + c_n] = p4[q] + c4[q]
+            acc = 0.0
+            for q in range(n):
                 e = q + span
-                sx = pre[e, 0] - pre[q, 0]
-                sy = pre[e, 1] - pre[q, 1]
-                sxx = pre[e, 2] - pre[q, 2]
-                syy = pre[e, 3] - pre[q, 3]
-                sxy = pre[e, 4] - pre[q, 4]
+                sx = np.float64(p0[e] - p0[q])
+                sy = np.float64(p1[e] - p1[q])
+                sxx_syy = np.float64((p2[e] - p2[q]) + (p3[e] - p3[q]))
+                sxy = np.float64(p4[e] - p4[q])
                 sxsy = sx * sy
                 sq = sx * sx + sy * sy
                 a1 = 2.0 * sxsy * r2 + c1
                 b1 = sq * r2 + c1
-                a2 = 2.0 * (49 * sxy - sxsy) * r48 + c2
-                b2 = (49 * (sxx + syy) - sq) * r48 + c2
-                total += a1 * a2 / (b1 * b2)
+                a2 = 2.0 * (49.0 * sxy - sxsy) * r48 + c2
+                b2 = (49.0 * sxx_syy - sq) * r48 + c2
+                acc += a1 * a2 / (b1 * b2)
+            total += acc
         ssim_out[t] = total / (c_n * ho * wo)
         sse_out[t] = sse
 
