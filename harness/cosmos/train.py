@@ -75,7 +75,22 @@ def build_optimizer(model: Any, f: FinetuneSection, *, bf16: bool, distributed: 
     conf = OptimizerConfig(optimizer="adam", lr=f.lr, min_lr=f.min_lr, weight_decay=f.weight_decay,
                            clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
                            use_distributed_optimizer=distributed)
-    return get_megatron_optimizer(conf, [model])
+    optimizer = get_megatron_optimizer(conf, [model])
+    _fuse_adam(optimizer)
+    return optimizer
+
+
+def _fuse_adam(optimizer: Any) -> None:
+    """Without Apex/TE, megatron-core falls back to torch's AdamW in its multi-tensor ("foreach") form; torch's
+    fused kernel (CUDA and CPU) does the same update in one pass over the fp32 master weights and Adam state
+    (~112 GB of traffic per step for a 4B model instead of several passes)."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            continue
+        for group in inner.param_groups:
+            group["fused"], group["foreach"] = True, False
+        inner.defaults["fused"], inner.defaults["foreach"] = True, False
 
 
 def wrap_ddp(model: Any, *, distributed: bool) -> DistributedDataParallel:
