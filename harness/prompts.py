@@ -29,11 +29,14 @@ class TextEncoder:
 
 def load(directory: str | Path, device: torch.device) -> TextEncoder:
     """T5 encoder + tokenizer from a local directory (never the network)."""
+    import transformers
     from transformers import AutoTokenizer, T5EncoderModel
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in 4.56; containers ship older
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    model = T5EncoderModel.from_pretrained(str(directory), dtype=dtype, local_files_only=True).to(device).eval()
+    model = T5EncoderModel.from_pretrained(str(directory), local_files_only=True, **{key: dtype}).to(device).eval()
     return TextEncoder(tokenizer, model, device)
 
 

@@ -118,3 +118,19 @@ def test_merge_refuses_inputs_no_shard_accounts_for(copy: RunPaths) -> None:
     write_inputs(copy, items + [InputItem(len(items), "/late/arrival.mp4")])
     with pytest.raises(HarnessError, match="1 inputs are in no shard manifest.*arrival.mp4"):
         worker("merge")(load_run_spec(copy), 0, copy)
+
+
+@pytest.mark.timeout(240)
+def test_more_shards_than_inputs(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Shards with nothing to do still write a (empty) verified shard, and the merge joins them."""
+    from fixtures_data import make_run, make_spec, run_all, session_assets, session_videos
+
+    assets, videos = session_assets(tmp_path_factory), session_videos(tmp_path_factory)
+    lines = [json.dumps({"prompt": f"clip {i}", "visual_input": str(videos / f"clip_{i:03d}.mp4")}) for i in (0, 1)]
+    (tmp_path / "two.jsonl").write_text("\n".join(lines) + "\n")
+    paths = make_run(tmp_path / "run", make_spec(assets, jsonl=str(tmp_path / "two.jsonl"), shards=3))
+    run_all(paths, 3)
+    assert json.loads(paths.shard_manifest(2).read_text())["videos"] == []
+    ds = dataset.open_dataset(paths)
+    assert len(ds) == 2 and ds.prompt_embedding(1).shape == (512, 32)
+    assert summary(paths)["splits"]["train"] >= 1
