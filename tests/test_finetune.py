@@ -111,16 +111,25 @@ def test_resume_after_kill_loses_and_repeats_no_step(tmp_path: Path, pretrained:
 
 
 class _SignalWhen:
-    """Send SIGUSR2 to this process once the metrics log reaches `step` lines (what Slurm's --signal does)."""
+    """Send SIGUSR2 to this process once the metrics log records step `step` (what Slurm's --signal does)."""
 
     def __init__(self, path: Path, step: int) -> None:
         self.path, self.step = path, step
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
+    def _logged(self) -> int:
+        steps = [0]
+        for line in self.path.read_text().splitlines() if self.path.is_file() else []:
+            try:
+                steps.append(int(json.loads(line)["step"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+        return max(steps)
+
     def _watch(self) -> None:
         for _ in range(4000):
-            if self.path.is_file() and len(self.path.read_text().splitlines()) >= self.step:
+            if self._logged() >= self.step:
                 os.kill(os.getpid(), signal.SIGUSR2)
                 return
             time.sleep(0.05)
@@ -146,15 +155,22 @@ def test_sigusr2_checkpoints_then_resume(tmp_path: Path, pretrained: str, run_a:
 
 @pytest.mark.timeout(300)
 def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained: str, run_a: RunPaths) -> None:
-    """TP=1 -> TP=2 resharding of model and Adam state on resume; TP=2 losses equal TP=1 ones; then the TP=2
-    checkpoint loads back at TP=1 with the TP=1 run's logits."""
+    """TP=1 -> TP=2 resharding of model and Adam state on resume; SIGUSR2 forwarded to spawned ranks; TP=2
+    losses equal TP=1 ones; then the TP=2 checkpoint loads back at TP=1 with the TP=1 run's logits."""
     from harness.cosmos import checkpoint, parallel
 
     paths = make_run(tmp_path / "run", spec_for(pretrained, tp=2))
     shutil.copytree(run_a.checkpoint_dir(4), paths.checkpoint_dir(4))
     lines = run_a.metrics_jsonl.read_text().splitlines()
     paths.metrics_jsonl.write_text("\n".join(lines[:5]) + "\n{\"step\": 6, \"lo")  # step 5 + a torn line: dropped
-    run_task(str(paths.root), "finetune", 0)  # one process: the stage spawns the 2 gloo ranks
+    from harness.cosmos.signals import Preempted
+
+    _SignalWhen(paths.metrics_jsonl, 6)  # the stage forwards SIGUSR2 to its ranks, which save at TP=2 and stop
+    with pytest.raises(Preempted):
+        run_task(str(paths.root), "finetune", 0)  # one process: the stage spawns the 2 gloo ranks
+    stopped = json.loads(paths.checkpoints_json.read_text())["all"]
+    assert stopped[0] == 4 and 6 <= stopped[-1] < STEPS and not is_done(paths, "finetune", 0)
+    run_task(str(paths.root), "finetune", 0)  # resumes the TP=2 checkpoint
     got, ref = losses(paths), losses(run_a)
     assert list(got) == list(range(1, STEPS + 1))
     assert np.allclose([got[s] for s in range(5, STEPS + 1)], [ref[s] for s in range(5, STEPS + 1)], rtol=2e-4)
