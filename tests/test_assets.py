@@ -47,6 +47,19 @@ def test_repo_ids_resolve_to_cache_snapshots(offline: None, tmp_path: Path,
         resolve(paths, "checkpoint")
 
 
+def test_checkpoint_repo_resolves_to_its_nemo_folder(offline: None, tmp_path: Path,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    assets = dict(session_assets(tmp_path_factory), hf_home=str(tmp_path / "hf"))
+    for repo in (synth.TOKENIZER_REPO,):
+        src = Path(session_assets(tmp_path_factory)["tokenizer_dir"])
+        synth.write_hf_snapshot(tmp_path / "hf", repo, {n: src / n for n in ("encoder.jit", "decoder.jit")})
+    synth.write_hf_snapshot(tmp_path / "hf", "org/ckpt", {"nemo/weights/x.distcp": b"w", "nemo/context/io.json": b"{}",
+                                                          "model.pt": b"not downloaded"})
+    paths = _stage(tmp_path, assets, model={"checkpoint": "org/ckpt"})
+    ckpt = resolve(paths, "checkpoint")
+    assert ckpt.name == "nemo" and (ckpt / "weights" / "x.distcp").read_bytes() == b"w"
+
+
 def test_local_directories_are_used_in_place(offline: None, tmp_path: Path,
                                              tmp_path_factory: pytest.TempPathFactory) -> None:
     assets = session_assets(tmp_path_factory)
@@ -57,6 +70,9 @@ def test_local_directories_are_used_in_place(offline: None, tmp_path: Path,
                    model={"checkpoint": str(ckpt)})
     assert resolve(paths, "encoder") == Path(assets["tokenizer_dir"])
     assert resolve(paths, "checkpoint") == ckpt
+    (tmp_path / "empty-ckpt").mkdir()
+    with pytest.raises(HarnessError, match=r"checkpoint = .*empty-ckpt has no weights or nemo/weights"):
+        _stage(tmp_path, assets, model={"checkpoint": str(tmp_path / "empty-ckpt")})
 
 
 def test_local_directory_without_the_needed_file(offline: None, tmp_path: Path,

@@ -37,7 +37,7 @@ def roles(spec: RunSpec) -> list[Role]:
     out = [Role("encoder", spec.tokenizer.encoder, ("encoder.jit", "*.json"), (("encoder.jit",),)),
            Role("decoder", spec.tokenizer.decoder, ("decoder.jit", "*.json"), (("decoder.jit",),))]
     if spec.model.checkpoint:
-        out.append(Role("checkpoint", spec.model.checkpoint, ("nemo/*", "*.json"), (("*",),)))
+        out.append(Role("checkpoint", spec.model.checkpoint, ("nemo/*", "*.json"), (("weights", "nemo/weights"),)))
     if spec.video2world:
         out.append(Role("text_encoder", spec.model.text_encoder,
                         tuple(_T5_FILES) + ("*.safetensors", "*.safetensors.index.json"),
