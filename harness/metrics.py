@@ -17,7 +17,8 @@ used on CUDA, also runnable on CPU for testing).
 from __future__ import annotations
 
 import math
-from typing import Literal
+import threading
+from typing import Any, Literal
 
 import numpy as np
 
@@ -175,7 +176,30 @@ def clip_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  
     (at most 49 * 49 * 255^2 < 2^31), the SSIM ratio is float64."""
     import torch
 
-    ta, tb = torch.as_tensor(a).to(device), torch.as_tensor(b).to(device)
+    with _stream(device):
+        return _clip_torch(torch.as_tensor(a).to(device), torch.as_tensor(b).to(device), chunk)
+
+
+_local = threading.local()
+
+
+def _stream(device: str) -> Any:
+    """A CUDA stream per calling thread, so that pairs scored on several threads overlap on the GPU and one
+    thread's synchronisation does not wait for the others' work."""
+    import contextlib
+
+    import torch
+
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    if getattr(_local, "stream", None) is None:
+        _local.stream = torch.cuda.Stream(device=device)
+    return torch.cuda.stream(_local.stream)
+
+
+def _clip_torch(ta: "torch.Tensor", tb: "torch.Tensor", chunk: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
+    import torch
+
     sse, ssim = [], []
     for s in range(0, ta.shape[0], chunk):
         x = ta[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)

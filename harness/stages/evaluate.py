@@ -152,13 +152,6 @@ def score_pair(pair: Pair, backend: str, device: str) -> dict[str, Any]:
                 "error": f"{e.__class__.__name__}: {e}"}
 
 
-def _load_only(pair: Pair) -> Any:
-    try:
-        return load_pair(pair)
-    except (HarnessError, ValueError, OSError, av.FFmpegError) as e:
-        return f"{e.__class__.__name__}: {e}"
-
-
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -177,25 +170,16 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Pair], Any], pairs: Seq
 
 def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None = None,
                 workers: int = 0) -> list[dict[str, Any]]:
-    """Score every pair with a pool of threads: PyAV decodes and the numba kernel run without the GIL, so
-    threads scale like processes without their start-up or the cost of shipping frames between them.
-    CPU: a thread does a whole pair. GPU: threads decode ahead; the caller's thread computes on the GPU."""
+    """Score every pair on a pool of threads, each doing whole pairs: PyAV decoding, the numba kernel and
+    CUDA work all run without the GIL, so threads scale like processes without their start-up or the cost
+    of shipping frames between them, and on a GPU one pair's metrics overlap the next pairs' decoding."""
     kind = metrics.resolve_backend(backend)
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
     workers = min(workers or default_workers(), max(1, len(pairs)))
-    if workers == 1 and device == "cpu":
+    if workers == 1:
         return [score_pair(p, kind, device) for p in pairs]
     with ThreadPoolExecutor(workers) as pool:
-        if device == "cpu":
-            return list(_bounded_map(pool, lambda p: score_pair(p, kind, device), pairs, 2 * workers))
-        out = []
-        for pair, loaded in zip(pairs, _bounded_map(pool, _load_only, pairs, 2 * workers)):
-            if isinstance(loaded, str):
-                out.append({"name": pair.name, "generated": pair.generated, "reference": pair.reference,
-                            "error": loaded})
-            else:
-                out.append(score_arrays(pair, *loaded, kind, device))
-        return out
+        return list(_bounded_map(pool, lambda p: score_pair(p, kind, device), pairs, 2 * workers))
 
 
 def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missing_reference: Iterable[str],
