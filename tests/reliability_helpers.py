@@ -31,7 +31,7 @@ def tiny_assets(tmp: Path, clips: int = 6) -> dict[str, Path]:
 
 
 def tiny_spec(tmp: Path, *, name: str = "rel", shards: int = 2, extra: str = "", videos: Path | None = None,
-              clips: int = 6, max_steps: int = 2) -> Path:
+              clips: int = 6, max_steps: int = 2, save_every: int = 1) -> Path:
     a = tiny_assets(tmp, clips)
     text = f"""
 [run]
@@ -63,7 +63,8 @@ time_min = 5
 [finetune]
 engine = "mcore"
 max_steps = {max_steps}
-save_every = 1
+max_epochs = 1000
+save_every = {save_every}
 global_batch_size = 1
 time_min = 10
 [infer]
