@@ -269,3 +269,23 @@ def test_rank_discovery_and_engine_choice() -> None:
     assert first_host("gpu[003-005,9],cpu1") == "gpu003"
     if not torch.cuda.is_available():
         assert choose_engine(make_spec()) == "mcore"
+
+
+def test_fastpaths_equal_megatron_fallbacks() -> None:
+    """The _foreach replacements of megatron-core's local multi-tensor fallbacks compute the same values."""
+    from megatron.core import utils
+
+    from harness.cosmos import fastpaths
+
+    gen = torch.Generator().manual_seed(0)
+    ts = [torch.randn(n, generator=gen) for n in (5, 300, 7)]
+    norm, _ = fastpaths.l2_norm(0, None, [ts[:2], ts[2:]], False)
+    assert float(norm) == pytest.approx(float(torch.linalg.vector_norm(torch.cat(ts))), rel=1e-6)
+    ref, mine = [t.clone() for t in ts], [t.clone() for t in ts]
+    utils.local_multi_tensor_scale(0, None, [ref, ref], 0.3)
+    fastpaths.scale(0, None, [mine, mine], 0.3)
+    assert all(torch.equal(a, b) for a, b in zip(ref, mine))
+    ref_bf, mine_bf = [torch.empty_like(t, dtype=torch.bfloat16) for t in ts], [torch.empty_like(t, dtype=torch.bfloat16) for t in ts]
+    utils.local_multi_tensor_scale(0, None, [ts, ref_bf], 1.0)  # the fp32 master -> bf16 model copy
+    fastpaths.scale(0, None, [ts, mine_bf], 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(ref_bf, mine_bf))

@@ -96,6 +96,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
+    ap.add_argument("--profile", action="store_true", help="one extra step under torch.profiler: top kernels")
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     from harness.cosmos import parallel, train
@@ -109,6 +110,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         recs = [train.train_step(t) for _ in range(a.steps)]
+        profile = _profile(lambda: train.train_step(t), cuda) if a.profile else None
     step_s = statistics.median(r["step_time_s"] for r in recs)
     tflops = statistics.median(r["tflops"] for r in recs)
     result = {
@@ -120,10 +122,23 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "losses": [r["loss"] for r in recs],
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "torch": torch.__version__, "megatron_core": _mcore_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "profile": profile,
     }
     parallel.shutdown()
     atomic_write_json(Path(a.out) / f"train-{a.preset}-{a.seq}.json", result)
     return result
+
+
+def _profile(step: Any, cuda: bool, top: int = 25) -> list[dict[str, Any]]:
+    """Operators of one training step by self device time (CPU time on CPU), to see where a step goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    return [{"name": e.key[:120], "calls": e.count, "self_ms": getattr(e, key, 0.0) / 1e3} for e in rows]
 
 
 def _mcore_version() -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from harness.cosmos import compat
+from harness.cosmos import compat, fastpaths
 from harness.errors import HarnessError
 
 TIMEOUT = datetime.timedelta(minutes=30)
@@ -81,6 +81,10 @@ def init(tp: int, *, seed: int = 1234, env: RankEnv | None = None) -> RankEnv:
     """Initialise torch.distributed and mcore's parallel state once per process (idempotent for the same TP)."""
     env = env or rank_env()
     compat.apply()
+    fastpaths.apply()
+    # Large, varying activation sizes (12,800-token videos) fragment the caching allocator; expandable segments
+    # avoid the retry/free storms near full memory. Must be set before the first CUDA allocation.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if env.world % tp:
         raise HarnessError(f"{env.world} ranks cannot be split into tensor-parallel groups of {tp}")
     cuda = torch.cuda.is_available()
