@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,23 +143,40 @@ def test_checkpoints_in_harness_layout_reload_to_identical_logits(run_a: RunPath
 
 
 @pytest.mark.timeout(900)
-def test_resume_after_a_torn_final_checkpoint(run_a: RunPaths, tmp_path: Path) -> None:
-    """A requeue after a kill during the last save: the step-6 directory lacks done.json, so training resumes from
-    step 4 (model, Adam state, data position, LR schedule) and recomputes steps 5-6 exactly."""
-    paths = RunPaths(tmp_path / "run")
-    shutil.copytree(run_a.root, paths.root, ignore=shutil.ignore_patterns("probe.pt", "nemo"))
-    (paths.checkpoint_dir(STEPS) / "done.json").unlink()
+def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_path: Path) -> None:
+    """SIGUSR2 (Slurm's warning before the time limit) mid-run: a complete checkpoint at the current step, then the
+    task stops unfinished. The requeued run finds a torn step-4 directory (a later save killed midway, no
+    done.json), discards it, resumes from the signal checkpoint (model, Adam state, data position, LR schedule)
+    and reproduces the uninterrupted run exactly."""
+    paths = staged(make_run(tmp_path / "run", spec_for(checkpoint=str(pretrained))), pretrained)
+    proc = subprocess.Popen([sys.executable, str(HERE / "nemo_cpu_compat.py"), str(paths.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(paths.root))
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if paths.metrics_jsonl.is_file() and len(paths.metrics_jsonl.read_text().splitlines()) >= 2:
+            proc.send_signal(signal.SIGUSR2)
+            break
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Preempted" in out, out[-3000:]
+    info = json.loads(paths.checkpoints_json.read_text())
+    (k,) = info["all"]
+    assert 2 <= k < SAVE and info["steps"] == []
+    assert json.loads((paths.checkpoint_dir(k) / "trainer.json").read_text())["reason"] == "signal"
+    shutil.copytree(paths.checkpoint_dir(k), paths.checkpoint_dir(SAVE), ignore=shutil.ignore_patterns("done.json"))
     with open(paths.metrics_jsonl, "a") as fh:
-        fh.write('{"step": 7, "loss": 1.0}\n{"step": 5, "lo')  # a torn line and a step past the checkpoint
+        fh.write('{"step": 5, "lo')  # a line torn by the kill
     train(paths)
     a, b = losses(run_a), losses(paths)
     assert sorted(b) == list(range(1, STEPS + 1))
-    assert metrics(paths)[:SAVE] == metrics(run_a)[:SAVE]  # kept as logged (time included), not recomputed
+    for step in range(1, STEPS + 1):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (step, a, b)
     log = (paths.root / "train.log").read_text()
-    assert "step 5 loss" in log and "step 4 loss" not in log
-    for step in (5, 6):
-        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)
-    assert json.loads(paths.checkpoints_json.read_text())["all"] == [4, 6]
+    assert f"step {k + 1} loss" in log and f"step {k} loss" not in log  # resumed, not restarted
+    info = json.loads(paths.checkpoints_json.read_text())
+    assert info["steps"] == [SAVE, STEPS] and info["all"] == [k, SAVE, STEPS]
+    assert sorted(p.name for p in paths.checkpoint_dir(0).parent.iterdir()) == \
+        [paths.checkpoint_dir(s).name for s in (k, SAVE, STEPS)]
     probe = torch.load(paths.root / "probe.pt")
     assert torch.allclose(probe["logits"], torch.load(run_a.root / "probe.pt")["logits"], atol=1e-5)
 

@@ -31,6 +31,7 @@ from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
 from harness.cosmos import train as mcore_train
+from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
 from harness.models import PRESETS
 from harness.rundir import RunPaths, atomic_write_json
@@ -286,7 +287,9 @@ if _IMPORT_ERROR is None:
     class HarnessCheckpoint(ModelCheckpoint):
         """NeMo's checkpoint callback writing `RunPaths.checkpoint_dir(step)` (step = optimizer steps completed),
         every `save_every` steps and at the last step, keeping all of them (infer/evaluate index them); after each
-        save completes, the harness completion marker and checkpoints.json."""
+        save completes, the harness completion marker and checkpoints.json. On SIGUSR2/SIGTERM (Slurm's warning
+        before the time limit, preemption) all ranks checkpoint after the current step, then hand over to submitit's
+        requeue (or raise `Preempted`), as the mcore engine does."""
 
         def __init__(self, paths: RunPaths, finetune: FinetuneSection, context: dict[str, Any], steps: list[int]
                      ) -> None:
@@ -294,6 +297,18 @@ if _IMPORT_ERROR is None:
                              auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
                              every_n_train_steps=finetune.save_every, save_on_train_epoch_end=False)
             self.paths, self.finetune, self.context, self.steps = paths, finetune, context, steps
+            self.stop: StopSignal | None = None
+            self.reason = "schedule"
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            super().on_train_start(trainer, pl_module)
+            self.stop = StopSignal()
+            self.stop.install()
+
+        def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if self.stop is not None:
+                self.stop.restore()
+            super().teardown(trainer, pl_module, stage)
 
         def setup(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
             if trainer.is_global_zero:
@@ -308,8 +323,13 @@ if _IMPORT_ERROR is None:
         def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
             super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
             step = trainer.global_step
-            if step in self.steps and self._last_global_step_saved != step:
+            signum = self.stop.agreed(_device()) if self.stop is not None else 0
+            if (step in self.steps or signum) and self._last_global_step_saved != step:
+                self.reason = "schedule" if step in self.steps else "signal"
                 self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+                self.reason = "schedule"
+            if signum and self.stop is not None:
+                self.stop.exit(signum, step)
 
         def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
             start = time.perf_counter()
@@ -320,7 +340,7 @@ if _IMPORT_ERROR is None:
                 raise HarnessError(f"{directory}: NeMo wrote a checkpoint outside the harness layout "
                                    f"(expected {self.paths.checkpoint_dir(step)})")
             if trainer.is_global_zero:
-                mark_complete(self.paths, self.finetune, self.context, step, self.steps[-1], reason="schedule")
+                mark_complete(self.paths, self.finetune, self.context, step, self.steps[-1], reason=self.reason)
                 log.info("checkpoint step %d in %.1fs", step, time.perf_counter() - start)
             trainer.strategy.barrier("harness-checkpoint")
 
