@@ -95,3 +95,29 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
                                                                     "inputs": str(empty)}})
     with pytest.raises(HarnessError, match="no inputs found"):
         infer.list_inputs(spec3, paths)
+
+
+@pytest.mark.timeout(300)
+def test_video2world_from_jsonl_prompts(tmp_path: Path) -> None:
+    from harness.synth import write_jsonl, write_text_encoder
+
+    clips = make_clips(tmp_path / "videos", 2, seed=6)
+    jsonl = write_jsonl(tmp_path / "prompts.jsonl", clips)
+    spec = spec_mod.from_dict({
+        "run": {"recipe": "video2world"}, "model": {"preset": "tiny-v2w"}, "data": {"jsonl": str(jsonl)},
+        "video": {"width": 64, "height": 48, "num_frames": 9},
+        "finetune": {"max_steps": 1, "save_every": 1},
+        "infer": {"inputs": str(jsonl), "batch_size": 2, "context_latent_frames": 1, "temperature": 0.0}})
+    paths = RunPaths(tmp_path / "run")
+    tok = write_tokenizer(tmp_path / "tok", (4, 8, 8))
+    t5 = write_text_encoder(tmp_path / "t5", d_model=PRESETS["tiny-v2w"].crossattn_dim)
+    atomic_write_json(paths.assets_json, {"encoder": str(tok), "decoder": str(tok), "text_encoder": str(t5)})
+    write_tiny_pretrained(paths.checkpoint_dir(1), PRESETS["tiny-v2w"], seed=5)
+    items = infer.list_inputs(spec, paths)
+    assert [it.prompt is not None for it in items] == [True, True]
+    infer.run(spec, 0, paths)
+    for it in items:
+        frames = load_clip(paths.infer_dir(1) / f"{it.name}.mp4", ClipShape(9, 48, 64))
+        assert frames.shape == (9, 48, 64, 3)
+        side = evaluate.Sidecar.read(paths.infer_dir(1) / f"{it.name}.json")
+        assert side.reference == it.source and side.context_frames == 1
