@@ -148,7 +148,8 @@ class FinetuneSection(Resources):
     grad_clip: float = opt(1.0, "gradient-norm clip (0 = off)", min=0.0, max=1e6)
     max_steps: int = opt(100, "optimizer steps", min=1, max=100_000_000)
     save_every: int = opt(25, "checkpoint every N steps (and at max_steps)", min=1, max=100_000_000)
-    max_epochs: int = opt(1, "stop after this many passes over the training split", min=1, max=1_000_000)
+    max_epochs: int = opt(1, "passes over the training split expected; max_steps governs (warns if it needs more)",
+                          min=1, max=1_000_000)
     precision: Precision = opt("bf16-mixed", "bf16 compute with fp32 master weights, or fp32")
     recompute: Recompute = opt("none", "activation recompute")
     log_every: int = opt(1, "metrics log interval in steps", min=1, max=1_000_000)

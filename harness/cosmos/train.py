@@ -126,10 +126,13 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         log.info("resumed from %s (step %d)", latest[1], step)
     samples = data_mod.VideoSamples(dataset, tm, "train", where=where,
                                     context_dim=spec.preset.crossattn_dim if spec.video2world else None)
-    last = min(f.max_steps, data_mod.steps_available(len(samples), f.global_batch_size, f.max_epochs))
-    if last < f.max_steps:
-        log.warning("finetune.max_epochs=%d over %d training videos allows %d steps < max_steps=%d: stopping at %d",
-                    f.max_epochs, len(samples), last, f.max_steps, last)
+    # max_steps governs: the checkpoint schedule, and with it the infer/evaluate arrays, is planned from it
+    # before the data exists. Upstream reaches max_steps the same way (megatron samples max_steps x GBS).
+    last = f.max_steps
+    if data_mod.steps_available(len(samples), f.global_batch_size, f.max_epochs) < f.max_steps:
+        log.warning("finetune.max_epochs=%d over %d training videos gives fewer than max_steps=%d steps: "
+                    "repeating the training split until max_steps, which the planned checkpoints need",
+                    f.max_epochs, len(samples), f.max_steps)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     return Trainer(spec, paths, ddp, optimizer, samples, step, last, torch.bfloat16 if bf16 else torch.float32,
                    device)

@@ -15,6 +15,9 @@ from harness.launch.task import StageTask
 from harness.plan import Plan, StagePlan
 from harness.rundir import RunPaths
 
+MAX_REQUEUES = 50
+"""Time-limit requeues submitit allows a task (its default, 3, would end a long finetune early)."""
+
 Submission = dict  # {"stage", "job_id", "tasks": [[start, stop], ...], "array": bool, "time": float}
 
 
@@ -49,7 +52,7 @@ def submit_stage(plan: Plan, stage: StagePlan, paths: RunPaths, tasks: list[int]
     for start in range(0, len(tasks), chunk_size):
         part = tasks[start:start + chunk_size]
         ex = submitit.SlurmExecutor(folder=paths.logs(stage.name) / "%j", python=python_for(plan, stage),
-                                    max_num_timeout=3)
+                                    max_num_timeout=MAX_REQUEUES)
         ex.update_parameters(**params)
         with ex.batch():
             jobs = [ex.submit(StageTask(str(paths.root), stage.name, t)) for t in part]

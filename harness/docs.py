@@ -1,0 +1,34 @@
+"""The README's spec reference, generated from harness/spec.py so the two cannot drift (a test compares)."""
+
+from __future__ import annotations
+
+from harness import spec
+
+SLURM_KEYS = ("partition", "account", "qos", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
+              "constraint", "array_throttle")
+
+
+def spec_reference_markdown() -> str:
+    lines = ["## Spec reference", "",
+             "Every key, its type, default and meaning (generated from `harness/spec.py` by "
+             "`python -m harness.docs`; unknown keys are errors). Stage tables (`assets`, `tokenize`, `merge`, "
+             "`finetune`, `infer`, `evaluate`, `report`) also take the Slurm keys `" + ", ".join(SLURM_KEYS) + "`.",
+             "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, doc in spec.reference():
+        section, name = key.split(".", 1)
+        if name in SLURM_KEYS and section != "assets":
+            continue
+        if name in SLURM_KEYS:
+            key = "<stage>." + name
+        lines.append(f"| `{key}` | {tp.replace('|', '/')} | `{default}` | {doc.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: str = "README.md") -> None:
+    text = open(path, encoding="utf-8").read()
+    head = text.split("## Spec reference", 1)[0]
+    open(path, "w", encoding="utf-8").write(head + spec_reference_markdown())
+
+
+if __name__ == "__main__":
+    update_readme()
