@@ -222,7 +222,8 @@ def _mp_context() -> Any:
 
 
 def _progress(total: int, label: str) -> Any:
-    """A rich progress bar on stderr (the task log); `advance(n)` moves it."""
+    """A rich progress bar on stderr (the task log); `advance(n)` moves it. Where stderr is a file (a Slurm
+    log) rich draws only the final bar, so a log line also marks every tenth of the shard."""
     from contextlib import contextmanager
 
     from rich.console import Console
@@ -230,10 +231,19 @@ def _progress(total: int, label: str) -> Any:
 
     @contextmanager
     def bar() -> Iterator[Any]:
+        console = Console(file=sys.stderr)
+        done, step = [0], max(1, total // 10)
         with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(file=sys.stderr), transient=False) as progress:
+                      console=console, transient=False) as progress:
             task = progress.add_task(label, total=total)
-            yield lambda n=1: progress.advance(task, n)
+
+            def advance(n: int = 1) -> None:
+                progress.advance(task, n)
+                before, done[0] = done[0], done[0] + n
+                if not console.is_terminal and n and done[0] // step != before // step:
+                    log.info("%s: %d/%d inputs", label, done[0], total)
+
+            yield advance
 
     return bar()
 
