@@ -78,8 +78,8 @@ class Encoder:
             module = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, OSError, ValueError) as e:
             raise HarnessError(f"{path}: cannot load TorchScript encoder: {str(e).splitlines()[0]}") from None
-        if device.type == "cuda":
-            module = module.to(torch.bfloat16)
+        # the published .jit files may hold bf16 weights: run them in the dtype the input will have
+        module = module.to(torch.bfloat16 if device.type == "cuda" else torch.float32)
         return Encoder(module, device)
 
     @torch.no_grad()
