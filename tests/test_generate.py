@@ -69,3 +69,27 @@ def test_sampling_follows_the_distribution() -> None:
     top = gen.sample(logits, gen.Sampling(1.0, 0.75), gen.make_generator("cpu", 1))
     freq = torch.bincount(top, minlength=4).float() / 4000  # renormalised nucleus {0, 1}: 0.625 / 0.375
     assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.03)
+
+
+@pytest.mark.timeout(120)
+def test_device_position_cache_matches_host_position(model: torch.nn.Module) -> None:
+    """The graph path's model hooks (device-tensor position, in-place cache writes, fixed-length buffers with a
+    validity mask) give the host-position tokens; greedy and sampled. (CUDA graph capture itself is GPU-only.)"""
+    prompt = torch.randint(0, 64_000, (2, GRID.h * GRID.w), generator=torch.Generator().manual_seed(3))
+    new = GRID.tokens - prompt.shape[1]
+    for s in (gen.Sampling(temperature=0.0), gen.Sampling(1.0, 0.8, seed=4)):
+        cache = gen.StaticKVCache(len(model.decoder.layers), GRID.tokens + 5)  # spare positions stay masked
+        host = gen.generate(model, prompt, new, s, mode="eager")
+        dev = gen.generate(model, prompt, new, s, cache=cache, mode="device")
+        assert torch.equal(host, dev)
+        assert cache.pos is None and cache.length == GRID.tokens - 1
+        again = gen.generate(model, prompt, new, s, cache=cache, mode="device")  # reused buffers, stale tail
+        assert torch.equal(host, again)
+
+
+def test_rope_device_start_equals_slice() -> None:
+    from harness.cosmos.rope3d import Rope3D
+
+    rope = Rope3D(GRID, 24, 10_000.0, length=GRID.tokens)
+    for start, n in ((0, 1), (7, 1), (5, 4)):
+        assert torch.equal(rope(torch.tensor(start), n), rope(start, n))

@@ -28,27 +28,43 @@ class Sampling:
 
 
 class StaticLayerKV:
-    """One layer's keys/values [b, heads_kv, max_len, d]; `append` writes in place and returns views."""
+    """One layer's keys/values [b, heads_kv, cap, d]. Host-position mode (`cache.pos is None`): `append` writes
+    at `n` and returns views of the first `n` positions. Device-position mode: it writes at `cache.pos` with
+    `index_copy_` and returns the whole buffers, with `attn_mask` saying which positions are valid."""
 
-    def __init__(self, max_len: int) -> None:
-        self.max_len = max_len
+    def __init__(self, cache: "StaticKVCache") -> None:
+        self.cache = cache
         self.k_buf: torch.Tensor | None = None
         self.v_buf: torch.Tensor | None = None
         self.n = 0
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, h, s, d = k.shape
-        if self.k_buf is None or self.k_buf.shape != (b, h, self.max_len, d) or self.k_buf.dtype != k.dtype \
+    def _buffers(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, h, _, d = k.shape
+        if self.k_buf is None or self.k_buf.shape != (b, h, self.cache.cap, d) or self.k_buf.dtype != k.dtype \
                 or self.k_buf.device != k.device:
-            self.k_buf = torch.empty((b, h, self.max_len, d), dtype=k.dtype, device=k.device)
+            self.k_buf = torch.empty((b, h, self.cache.cap, d), dtype=k.dtype, device=k.device)
             self.v_buf = torch.empty_like(self.k_buf)
+            self.cache.graphs.clear()  # captured graphs point at the old buffers
         assert self.v_buf is not None
-        if self.n + s > self.max_len:
-            raise ValueError(f"KV cache of {self.max_len} positions cannot take {self.n} + {s}")
-        self.k_buf[:, :, self.n:self.n + s].copy_(k)
-        self.v_buf[:, :, self.n:self.n + s].copy_(v)
+        return self.k_buf, self.v_buf
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kb, vb = self._buffers(k)
+        if self.cache.pos is not None:
+            kb.index_copy_(2, self.cache.idx, k)
+            vb.index_copy_(2, self.cache.idx, v)
+            return kb, vb
+        s = k.shape[2]
+        if self.n + s > self.cache.max_len:
+            raise ValueError(f"KV cache of {self.cache.max_len} positions cannot take {self.n} + {s}")
+        kb[:, :, self.n:self.n + s].copy_(k)
+        vb[:, :, self.n:self.n + s].copy_(v)
         self.n += s
-        return self.k_buf[:, :, :self.n], self.v_buf[:, :, :self.n]
+        return kb[:, :, :self.n], vb[:, :, :self.n]
+
+    @property
+    def attn_mask(self) -> torch.Tensor | None:
+        return self.cache.mask if self.cache.pos is not None else None
 
     @property
     def k(self) -> torch.Tensor | None:
@@ -57,22 +73,111 @@ class StaticLayerKV:
 
 @dataclass
 class StaticKVCache:
-    """Drop-in for `harness.cosmos.model.KVCache`; `reset()` reuses the buffers for the next batch."""
+    """Drop-in for `harness.cosmos.model.KVCache`; `reset()` reuses the buffers for the next batch.
+
+    Buffers hold `cap` = `max_len` rounded up to 16 positions (the memory-efficient SDPA kernel wants aligned
+    masks); positions past the valid ones are masked, never read as keys."""
 
     num_layers: int
     max_len: int
     layers: list[StaticLayerKV] = field(default_factory=list)
+    pos: torch.Tensor | None = None
+    """Device-position mode: the next position, a 0-dim int64 tensor on the cache's device."""
+    idx: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    graphs: dict[Any, "_DecodeGraph"] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.layers = [StaticLayerKV(self.max_len) for _ in range(self.num_layers)]
+        self.cap = -(-self.max_len // 16) * 16
+        self.layers = [StaticLayerKV(self) for _ in range(self.num_layers)]
 
     @property
-    def length(self) -> int:
+    def length(self) -> int | torch.Tensor:
+        if self.pos is not None:
+            return self.pos
         return self.layers[0].n if self.layers else 0
 
     def reset(self) -> None:
+        self.pos = None
         for layer in self.layers:
             layer.n = 0
+
+    def to_device_position(self, device: torch.device) -> None:
+        """Switch to device-position mode at the current host position (after an eager prefill)."""
+        n = self.layers[0].n
+        if self.pos is None or self.pos.device != device:
+            self.pos = torch.zeros((), dtype=torch.int64, device=device)
+            self.cols = torch.arange(self.cap, device=device)
+        self.pos.fill_(n)
+
+    def begin(self, s: int) -> None:
+        """Positions and mask of the next `s` tokens, computed on the device from `pos` (graph-capturable):
+        token i of the step sees cache positions <= pos + i."""
+        assert self.pos is not None
+        assert self.cols is not None
+        rows = self.pos + torch.arange(s, device=self.pos.device)
+        self.idx = rows
+        self.mask = self.cols[None, :] <= rows[:, None]
+
+    def advance(self, s: int) -> None:
+        assert self.pos is not None
+        self.pos.add_(s)
+
+    def to_host_position(self, n: int) -> None:
+        self.pos = None
+        for layer in self.layers:
+            layer.n = n
+
+
+class _DecodeGraph:
+    """One decode step (embed -> all layers -> logits -> sample) captured as a CUDA graph for one batch shape;
+    replayed per token, it removes megatron-core's per-module Python and launch overhead (~1000 launches)."""
+
+    def __init__(self, model: Any, cache: StaticKVCache, b: int, sampling: Sampling, device: torch.device) -> None:
+        self.model, self.cache, self.sampling = model, cache, sampling
+        self.tok = torch.zeros((b, 1), dtype=torch.int64, device=device)
+        self.gen = make_generator(device, sampling.seed)
+        self.graph = torch.cuda.CUDAGraph()
+        if sampling.temperature != 0:
+            self.graph.register_generator_state(self.gen)
+        start = int(cache.pos)  # type: ignore[arg-type]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up off the capture (TorchScript profiling runs, allocator, cuBLAS)
+            for _ in range(3):
+                cache.pos.fill_(start)  # type: ignore[union-attr]
+                self._step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        cache.pos.fill_(start)  # type: ignore[union-attr]
+        with torch.cuda.graph(self.graph):
+            self._step()
+        cache.pos.fill_(start)  # type: ignore[union-attr]
+
+    def replay(self, out: torch.Tensor) -> None:
+        """Fill out[:, 1:] given out[:, 0] (two launches per token: the graph and a 2-byte copy)."""
+        n0 = int(self.cache.pos)  # type: ignore[arg-type]
+        self.tok.copy_(out[:, :1])
+        for i in range(1, out.shape[1]):
+            self.graph.replay()
+            out[:, i:i + 1].copy_(self.tok)
+        self.cache.to_host_position(n0 + out.shape[1] - 1)
+
+    def _step(self) -> None:
+        self.cache.begin(1)
+        logits = self.model(self.tok, kv_cache=self.cache)[:, -1]
+        self.tok.copy_(sample(logits, self.sampling, self.gen)[:, None])
+        self.cache.advance(1)
+
+
+def graph_supported(model: Any, device: torch.device, context: torch.Tensor | None) -> bool:
+    """CUDA only, one tensor-parallel rank (no collectives inside the graph), base models (Video2World's
+    abs-position slice takes a host position)."""
+    from megatron.core import parallel_state  # noqa: PLC0415
+
+    return (device.type == "cuda" and context is None
+            and parallel_state.get_tensor_model_parallel_world_size() == 1
+            and hasattr(torch.cuda.CUDAGraph, "register_generator_state"))
 
 
 def sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -117,17 +222,23 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, *, use_cache: bool = True,
              cache: StaticKVCache | None = None, context: torch.Tensor | None = None,
-             context_mask: torch.Tensor | None = None, stats: GenStats | None = None) -> torch.Tensor:
+             context_mask: torch.Tensor | None = None, stats: GenStats | None = None,
+             mode: str = "auto") -> torch.Tensor:
     """Continue `prompt` [b, n0] (int64) by `new_tokens` tokens; returns them [b, new_tokens].
 
     With `use_cache=False` every step re-runs the whole sequence (the reference the cache is tested against).
-    Video2World passes `context` (T5 embeddings) and `context_mask`; the prompt then starts with BOV."""
+    Video2World passes `context` (T5 embeddings) and `context_mask`; the prompt then starts with BOV.
+    `mode` (cached decoding): "eager" (host positions), "device" (device positions over fixed-length buffers,
+    eager), "graph" (device positions, each step a replayed CUDA graph), "auto" = graph where
+    `graph_supported`, else eager. The prompt is always prefilled eagerly."""
     device = prompt.device
     b, n0 = prompt.shape
     gen = make_generator(device, sampling.seed)
     extra: dict[str, Any] = {}
     if context is not None:
         extra = {"context": context, "context_mask": context_mask}
+    if mode == "auto":
+        mode = "graph" if use_cache and graph_supported(model, device, context) else "eager"
     out = torch.empty((b, new_tokens), dtype=torch.int64, device=device)
     t0 = time.perf_counter()
     if use_cache:
@@ -138,17 +249,45 @@ def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampli
         seq = prompt
         logits = model(seq, **extra)[:, -1]
     out[:, 0] = sample(logits, sampling, gen)
-    _sync(device)
-    t1 = time.perf_counter()
-    for i in range(1, new_tokens):
-        if use_cache:
-            logits = model(out[:, i - 1:i], kv_cache=cache, **extra)[:, -1]
-        else:
-            seq = torch.cat([prompt, out[:, :i]], dim=1)
-            logits = model(seq, **extra)[:, -1]
-        out[:, i] = sample(logits, sampling, gen)
+    if use_cache and mode == "graph" and new_tokens > 1:
+        dg = _decode_graph(model, cache, out.shape[0], sampling, device)  # type: ignore[arg-type]
+        _sync(device)
+        t1 = time.perf_counter()  # capture (first call per shape) is counted as prefill
+        dg.replay(out)
+    else:
+        _sync(device)
+        t1 = time.perf_counter()
+        if use_cache and mode == "device":
+            cache.to_device_position(device)  # type: ignore[union-attr]
+        for i in range(1, new_tokens):
+            if use_cache:
+                if mode == "device":
+                    cache.begin(1)  # type: ignore[union-attr]
+                logits = model(out[:, i - 1:i], kv_cache=cache, **extra)[:, -1]
+                if mode == "device":
+                    cache.advance(1)  # type: ignore[union-attr]
+            else:
+                seq = torch.cat([prompt, out[:, :i]], dim=1)
+                logits = model(seq, **extra)[:, -1]
+            out[:, i] = sample(logits, sampling, gen)
+        if use_cache and mode == "device":
+            cache.to_host_position(n0 + new_tokens - 1)  # type: ignore[union-attr]
     _sync(device)
     if stats is not None:
         stats.prefill_s, stats.decode_s = t1 - t0, time.perf_counter() - t1
         stats.new_tokens, stats.batch = max(0, new_tokens - 1), b
     return out
+
+
+def _decode_graph(model: Any, cache: StaticKVCache, b: int, sampling: Sampling, device: torch.device
+                  ) -> _DecodeGraph:
+    """The cache's graph for this batch shape and sampling, captured on first use, positioned after the prefill.
+    Its generator is re-seeded per call: sampled graph runs are reproducible per seed (their draws differ from
+    the eager path's, which consumed the same stream in another order)."""
+    cache.to_device_position(device)
+    key = (id(model), b, sampling.temperature, sampling.top_p)
+    dg = cache.graphs.get(key)
+    if dg is None:
+        dg = cache.graphs[key] = _DecodeGraph(model, cache, b, sampling, device)
+    dg.gen.manual_seed(sampling.seed + 1)
+    return dg

@@ -9,7 +9,9 @@ NeMo 2 Cosmos checkpoint), and `RMSNorm` for the q/k and final norms.
 Stable forward API (used by training, inference and the bench):
     logits = model(tokens, start=0)                      # tokens [b, s] int64 -> [b, s, vocab_out] (gathered)
     loss = model(tokens, labels=labels)                  # per-token loss [b, s] (float32), TP-exact
-    logits = model(tokens, start=p, kv_cache=cache)      # incremental decoding: tokens at positions [p, p+s)
+    logits = model(tokens, kv_cache=cache)               # incremental decoding: tokens at positions [p, p+s)
+        (p = cache.length: an int, or a device tensor when the cache's layers expose `attn_mask` [s, L]: then
+        they return whole fixed-length buffers and SDPA masks them, so a CUDA graph can replay the step)
 Video2World adds `context=[b, L, crossattn_dim]` (T5 embeddings) and optional `context_mask=[b, L]` (True = keep).
 """
 
@@ -137,6 +139,9 @@ class SDPAttention(MegatronModule):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         if self.kv is not None and self.attention_type == "self":
             k, v = self.kv.append(k, v)
+            valid = getattr(self.kv, "attn_mask", None)
+            if valid is not None:
+                return self._attend_static(q, k, v, valid)
         gqa = q.shape[1] != k.shape[1]
         sk = k.shape[2]
         mask = None
@@ -148,6 +153,19 @@ class SDPAttention(MegatronModule):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and sq == sk and sq > 1,
                                              scale=self.softmax_scale, enable_gqa=gqa)
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+    def _attend_static(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Attention over a whole fixed-length cache buffer [b, hkv, L, d] with `valid` [sq, L] (True = attend),
+        so shapes never change between decode steps. The query heads sharing one K/V head are folded into the
+        query length ([b, hkv, g*sq, d]): a masked SDPA then runs the memory-efficient kernel on the cache as is,
+        where `enable_gqa` with a mask would fall back to the math kernel and repeat K/V g times."""
+        b, h, sq, d = q.shape
+        hkv = k.shape[1]
+        g = h // hkv
+        qf = q.reshape(b, hkv, g * sq, d)
+        mask = valid if sq == 1 else valid.expand(g, sq, valid.shape[-1]).reshape(g * sq, -1)
+        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=self.softmax_scale)
+        return out.reshape(b, h, sq, d).permute(2, 0, 1, 3).reshape(sq, b, -1)
 
 
 class CosmosLayer(TransformerLayer):
@@ -211,12 +229,12 @@ class CosmosModel(GPTModel):
             from harness.cosmos.video2world import setup_video2world  # noqa: PLC0415
             setup_video2world(self, config, preset, grid, seq_len)
 
-    def forward(self, tokens: torch.Tensor, *, start: int = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
+    def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         n = tokens.shape[1]
         if kv_cache is not None:
-            start = kv_cache.length
+            start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
         self._bind_cache(kv_cache)
         hidden = self.embedding(input_ids=tokens, position_ids=None)
         rope = self.rope(start, n).to(hidden.device)

@@ -106,7 +106,13 @@ class Rope3D(torch.nn.Module):
         self.register_buffer("angles", rope_angles(grid, head_dim, base, y, bov=bov, length=length),
                              persistent=False)
 
-    def forward(self, start: int, n: int) -> torch.Tensor:
+    def forward(self, start: int | torch.Tensor, n: int) -> torch.Tensor:
+        """`start` may be a 0-dim device tensor (a decode position kept on the GPU, so that one captured CUDA
+        graph serves every step): then the rows are gathered with `index_select`, and range is not checked
+        (that would need a host sync)."""
+        if isinstance(start, torch.Tensor):
+            idx = start.reshape(1).to(self.angles.device) + torch.arange(n, device=self.angles.device)
+            return self.angles.index_select(0, idx)
         if start + n > self.angles.shape[0]:
             raise ValueError(f"positions {start}..{start + n} exceed the {self.angles.shape[0]} of grid {self.grid}")
         return self.angles[start:start + n]
