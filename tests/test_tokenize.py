@@ -189,3 +189,14 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
     }
     assert reasons["corrupt.mp4"].startswith("cannot decode")
     assert reasons["v2w.jsonl:7"].startswith("line 7: not valid JSON: ")
+
+
+def test_bf16_saved_encoder_runs_in_fp32_on_cpu(tmp_path: Path) -> None:
+    from harness.stages.tokenize import Encoder
+
+    tok = synth.write_tokenizer(tmp_path)
+    torch.jit.save(torch.jit.load(str(tok / "encoder.jit")).to(torch.bfloat16), str(tmp_path / "bf16.jit"))
+    clips = torch.from_numpy(np.stack([load_clip(p, CLIP) for p in synth.make_clips(tmp_path / "v", 2)]))
+    a, b = Encoder.load(tok / "encoder.jit", torch.device("cpu")), Encoder.load(tmp_path / "bf16.jit", torch.device("cpu"))
+    assert np.array_equal(a.wait(a.submit(clips)), b.wait(b.submit(clips)))
+    assert a.busy_s > 0
