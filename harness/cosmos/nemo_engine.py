@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,8 +53,8 @@ try:
     from nemo.lightning.pytorch.optim import LRSchedulerModule
     from nemo.lightning.pytorch.plugins import MegatronDataSampler
     from nemo.lightning.pytorch.strategies.utils import RestoreConfig
-except ImportError as e:  # NeMo 2 absent (or NeMo 3, speech only): the mcore engine is used instead
-    _IMPORT_ERROR: ImportError | None = e
+except Exception as e:  # NeMo 2 absent, broken, or NeMo 3 (speech only): the mcore engine is used instead
+    _IMPORT_ERROR: Exception | None = e
 else:
     _IMPORT_ERROR = None
 
@@ -183,6 +183,15 @@ def checkpoint_context(spec: RunSpec) -> dict[str, Any]:
             "recipe": spec.run.recipe}
 
 
+_MIRRORED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+             "normalization", "layernorm_epsilon", "qk_layernorm", "gated_linear_unit", "activation_func",
+             "add_bias_linear", "add_qkv_bias", "hidden_dropout", "attention_dropout", "bias_activation_fusion",
+             "bias_dropout_fusion", "masked_softmax_fusion", "apply_rope_fusion", "persist_layer_norm",
+             "gradient_accumulation_fusion", "init_method_std", "use_cpu_initialization", "recompute_granularity",
+             "recompute_method", "recompute_num_layers")
+"""TransformerConfig fields NeMo's config copies from the harness one (NeMo's strategy and plugins read them)."""
+
+
 def _scalar(v: Any) -> float | None:
     return None if v is None else float(v.detach().float().cpu()) if torch.is_tensor(v) else float(v)
 
@@ -203,26 +212,15 @@ if _IMPORT_ERROR is None:
         recompute: str = "none"
         forward_step_fn: Callable[..., Any] = forward_step
         data_step_fn: Callable[..., Any] = data_step
-        mirror: bool = field(default=True, repr=False)
 
         def __post_init__(self) -> None:
-            if self.mirror:
-                preset = PRESETS[self.preset_name]
-                tc = cfg.transformer_config(preset, tp=self.tensor_model_parallel_size, recompute=self.recompute,
-                                            precision="bf16-mixed" if self.bf16 else "fp32")
-                for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                             "num_query_groups", "kv_channels", "normalization", "layernorm_epsilon", "qk_layernorm",
-                             "gated_linear_unit", "activation_func", "add_bias_linear", "add_qkv_bias",
-                             "hidden_dropout", "attention_dropout", "bias_activation_fusion", "bias_dropout_fusion",
-                             "masked_softmax_fusion", "apply_rope_fusion", "persist_layer_norm",
-                             "gradient_accumulation_fusion", "init_method_std", "use_cpu_initialization",
-                             "recompute_granularity", "recompute_method", "recompute_num_layers"):
-                    setattr(self, name, getattr(tc, name))
-                self.seq_length = preset.seq_length
-                self.vocab_size = preset.vocab_size
-                self.share_embeddings_and_output_weights = False
-                self.rotary_base = preset.rotary_base
-                self.cross_entropy_loss_fusion = False
+            preset = PRESETS[self.preset_name]
+            tc = cfg.transformer_config(preset, tp=self.tensor_model_parallel_size, recompute=self.recompute,
+                                        precision="bf16-mixed" if self.bf16 else "fp32")
+            for name in _MIRRORED:
+                setattr(self, name, getattr(tc, name))
+            self.seq_length, self.vocab_size, self.rotary_base = preset.seq_length, preset.vocab_size, preset.rotary_base
+            self.share_embeddings_and_output_weights = self.cross_entropy_loss_fusion = False
             super().__post_init__()
 
         def configure_model(self, tokenizer: Any, pre_process: Any = None, post_process: Any = None,
