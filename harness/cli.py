@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--stderr", action="store_true")
         if name == "status":
             s.add_argument("--watch", action="store_true")
+            s.add_argument("--all", action="store_true", help="list every task, completed ones too")
         if name == "cancel":
             s.add_argument("stage", nargs="?", default=None)
         if name in ("status", "resume", "cancel", "report", "logs"):

@@ -15,6 +15,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.key}" if self.key else self.file
+        if not where:
+            return self.message
         sep = " " if self.message.startswith("= ") else ": "
         return f"{where}{sep}{self.message}"
 
