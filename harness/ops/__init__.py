@@ -46,10 +46,14 @@ def cmd_cancel(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    return print_report(_run(a))
+
+
+def print_report(paths: RunPaths) -> int:
+    """Tables in the terminal and the results files; used by `harness report` and `harness quickstart`."""
     from harness import report
     from harness.launch import load_plan
 
-    paths = _run(a)
     plan = load_plan(paths)
     rs = state.collect(paths, plan)
     failures = [r.__dict__ for r in rs.rows if r.state != state.COMPLETED]
