@@ -87,7 +87,8 @@ def _patch_device_moves() -> None:
 
 def main(run_dir: str) -> None:
     """Train RUN_DIR with the NeMo engine; afterwards every rank runs the trained model on fixed probe tokens and
-    rank 0 writes RUN_DIR/probe.pt ({"tokens", "logits"}), for the reload-identity tests."""
+    rank 0 writes RUN_DIR/probe.pt ({"tokens", "logits"} and, for Video2World, "context"), for the reload-identity
+    tests."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -117,10 +118,13 @@ def _probe(lightning_model: Any, spec: Any, paths: Any) -> None:
     model = unwrap(lightning_model.module).eval()
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, spec.preset.output_vocab_size, (2, spec.token_math.sample_length - 1), generator=g)
+    probe: dict[str, Any] = {"tokens": tokens}
+    if spec.preset.video2world:
+        probe["context"] = torch.randn(2, 6, spec.preset.crossattn_dim, generator=g)
     with torch.no_grad():
-        logits = model(tokens)
+        probe["logits"] = model(tokens, context=probe.get("context"))
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        torch.save({"tokens": tokens, "logits": logits}, paths.root / "probe.pt")
+        torch.save(probe, paths.root / "probe.pt")
 
 
 class _CpuTorch:

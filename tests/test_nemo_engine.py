@@ -80,14 +80,14 @@ def losses(paths: RunPaths) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in recs}
 
 
-def load_logits(paths: RunPaths, step: int, tokens: torch.Tensor) -> torch.Tensor:
+def load_logits(paths: RunPaths, step: int, probe: dict[str, torch.Tensor]) -> torch.Tensor:
     from harness.cosmos import checkpoint as ckpt, parallel
     from harness.stages import load_run_spec
 
     try:
         model = ckpt.load_for_inference(paths.checkpoint_dir(step), load_run_spec(paths), tp=1)
         with torch.no_grad():
-            return model(tokens)
+            return model(probe["tokens"], context=probe.get("context"))
     finally:
         parallel.shutdown()
 
@@ -141,9 +141,9 @@ def test_checkpoints_in_harness_layout_reload_to_identical_logits(run_a: RunPath
         assert ctx["preset"] == "tiny" and ctx["engine"] == "nemo" and ctx["step"] == step
         assert (d / "context" / "model.yaml").is_file()  # NeMo's own io context, beside the harness one
     probe = torch.load(run_a.root / "probe.pt")
-    logits = load_logits(run_a, STEPS, probe["tokens"])
+    logits = load_logits(run_a, STEPS, probe)
     assert torch.equal(logits, probe["logits"]), float((logits - probe["logits"]).abs().max())
-    assert not torch.equal(load_logits(run_a, 4, probe["tokens"]), probe["logits"])
+    assert not torch.equal(load_logits(run_a, 4, probe), probe["logits"])
 
 
 @pytest.mark.timeout(900)
@@ -196,8 +196,22 @@ def test_tensor_parallel_2_matches_tp1(tmp_path: Path, run_a: RunPaths, pretrain
     for step in b:
         assert b[step] == pytest.approx(a[step], rel=2e-4), (step, a, b)
     probe = torch.load(paths.root / "probe.pt")
-    logits = load_logits(paths, STEPS, probe["tokens"])
+    logits = load_logits(paths, STEPS, probe)
     assert torch.allclose(logits, probe["logits"], atol=1e-5), float((logits - probe["logits"]).abs().max())
+
+
+@pytest.mark.timeout(600)
+def test_video2world(tmp_path: Path) -> None:
+    """tiny-v2w ([BOV] + video + [PAD] x 64, cross-attention to prompt embeddings): loss on video tokens falls,
+    and the checkpoint reloads to the trained model's logits."""
+    spec = make_spec(v2w=True, max_steps=4, save_every=2, gbs=GBS, lr=1e-2, engine="nemo")
+    paths = make_run(tmp_path / "run", spec)
+    train(paths)
+    loss = [r["loss"] for r in metrics(paths)]
+    assert len(loss) == 4 and loss[-1] < loss[0] - 0.3, loss
+    assert json.loads(paths.checkpoints_json.read_text())["steps"] == [2, 4]
+    probe = torch.load(paths.root / "probe.pt")
+    assert torch.equal(load_logits(paths, 4, probe), probe["logits"])
 
 
 def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
