@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Problem
 from harness.rundir import RunPaths, atomic_write_text
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class InputItem:
     index: int
-    """Position in the input list; also the document order of the merged dataset."""
+    """Position in the input list; `shard_of` assigns it to a shard (merge orders documents shard by shard)."""
     path: str
     """Absolute video path (or, for a broken jsonl line, a `file:line` locator)."""
     prompt: str | None = None
@@ -42,14 +42,18 @@ class InputItem:
 
 def discover(spec: RunSpec) -> list[InputItem]:
     """The run's inputs in a deterministic order (directory listing sorted by relative path, or jsonl order)."""
-    if spec.data.jsonl:
-        return _from_jsonl(Path(spec.data.jsonl).expanduser())
-    return _from_dir(Path(spec.data.videos).expanduser(), spec.data.extensions)
+    try:
+        if spec.data.jsonl:
+            return _from_jsonl(Path(spec.data.jsonl).expanduser())
+        return _from_dir(Path(spec.data.videos).expanduser(), spec.data.extensions)
+    except HarnessError as e:
+        key = "data.jsonl" if spec.data.jsonl else "data.videos"
+        raise HarnessError(Problem(spec.source, key, e.problems[0].message)) from None
 
 
 def _from_dir(root: Path, extensions: Iterable[str]) -> list[InputItem]:
     if not root.is_dir():
-        raise HarnessError(f"data.videos = {str(root)!r}: not a directory")
+        raise HarnessError(f"= {str(root)!r}: not a directory")
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     found = sorted((p for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir()),
                    key=lambda p: p.relative_to(root).as_posix())
@@ -64,7 +68,8 @@ def _from_jsonl(path: Path) -> list[InputItem]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise HarnessError(f"data.jsonl = {str(path)!r}: cannot read: {e}") from None
+        raise HarnessError(f"= {str(path)!r}: cannot read ({e.__class__.__name__}: {getattr(e, 'strerror', e)})") \
+            from None
     items: list[InputItem] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):
