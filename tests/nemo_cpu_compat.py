@@ -95,9 +95,8 @@ def main(run_dir: str) -> None:
     apply()
     from nemo.collections.llm import api
 
-    from harness.cosmos import nemo_engine
     from harness.rundir import RunPaths
-    from harness.stages import load_run_spec
+    from harness.stages import load_run_spec, run_task
 
     paths = RunPaths(Path(run_dir))
     spec = load_run_spec(paths)
@@ -109,7 +108,8 @@ def main(run_dir: str) -> None:
         return out
 
     api.train = train_then_probe
-    nemo_engine.run(spec, paths)
+    assert spec.finetune.engine == "nemo", spec.finetune.engine
+    run_task(str(paths.root), "finetune", 0)  # the stage worker: dispatch to nemo_engine.run, then the marker
 
 
 def _probe(lightning_model: Any, spec: Any, paths: Any) -> None:

@@ -27,7 +27,7 @@ pytest.importorskip("nemo.collections.llm")
 from cosmos_util import make_run, make_spec, metrics  # noqa: E402
 from harness.cosmos.train import lr_at  # noqa: E402
 from harness.models import PRESETS  # noqa: E402
-from harness.rundir import RunPaths, atomic_write_json  # noqa: E402
+from harness.rundir import RunPaths, atomic_write_json, is_done  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STEPS, SAVE, GBS = 6, 4, 2  # checkpoints at 4 and 6 (max_steps is not a multiple of save_every)
@@ -101,6 +101,7 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
     f = spec_for().finetune  # warm-up then cosine: the mcore engine's schedule, step by step
     assert [r["lr"] for r in recs] == pytest.approx([lr_at(f, s) for s in range(STEPS)], rel=1e-9)
     assert len({r["lr"] for r in recs}) >= 4  # not constant
+    assert is_done(run_a, "finetune", 0)
     loss = [r["loss"] for r in recs]
     assert np.mean(loss[-2:]) < np.mean(loss[:2]) - 0.5, loss
     # step 1's loss is the pretrained weights' loss on the run's first global batch: the NeMo restore worked
@@ -163,6 +164,7 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
         time.sleep(0.05)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and "Preempted" in out, out[-3000:]
+    assert not is_done(paths, "finetune", 0)
     info = json.loads(paths.checkpoints_json.read_text())
     (k,) = info["all"]
     assert 2 <= k < SAVE and info["steps"] == []

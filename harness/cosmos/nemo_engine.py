@@ -35,7 +35,7 @@ from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
 from harness.models import PRESETS
 from harness.rundir import RunPaths, atomic_write_json
-from harness.spec import FinetuneSection, RunSpec
+from harness.spec import FinetuneSection, RunSpec, ranks_per_node
 from harness.tokens import Grid
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,6 @@ def select(spec: RunSpec) -> str:
     if engine == "auto":
         return "nemo" if available() and torch.cuda.is_available() else "mcore"
     return engine
-
-
-def _require() -> None:
-    if _IMPORT_ERROR is not None:
-        raise HarnessError(f"finetune.engine = 'nemo' needs NeMo 2 (nemo_toolkit[nlp] 2.x with nemo.collections.llm)"
-                           f": {_IMPORT_ERROR}; use engine 'mcore' or 'auto'")
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -256,8 +250,7 @@ if _IMPORT_ERROR is None:
             self.spec, self.samples, self.total_steps = spec, samples, total_steps
             self.seq_length = spec.token_math.sample_length - 1
             self.micro_batch_size, self.global_batch_size = f.micro_batch_size, f.global_batch_size
-            self.data_sampler = MegatronDataSampler(seq_len=self.seq_length,
-                                                    micro_batch_size=f.micro_batch_size,
+            self.data_sampler = MegatronDataSampler(seq_len=self.seq_length, micro_batch_size=f.micro_batch_size,
                                                     global_batch_size=f.global_batch_size, dataloader_type="single")
             self.init_global_step = 0
 
@@ -421,7 +414,7 @@ def build(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples, last: 
     steps = save_steps(spec, last)
     callbacks = [MetricsCallback(paths, StepMath.of(spec, len(samples))),
                  HarnessCheckpoint(paths, f, checkpoint_context(spec), steps)]
-    trainer = nl.Trainer(devices=spec_devices(spec), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
+    trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
                          max_steps=last, strategy=strategy,
                          plugins=nl.MegatronMixedPrecision(precision="bf16-mixed" if bf16 else "32"),
                          num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=f.log_every,
@@ -448,17 +441,12 @@ def build(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples, last: 
             "optim": optim, "resume": resume, "tokenizer": None}
 
 
-def spec_devices(spec: RunSpec) -> int:
-    """Ranks per node: one per GPU, as the mcore engine (TP within a node, DP across nodes)."""
-    from harness.spec import ranks_per_node
-
-    return ranks_per_node(spec.finetune)
-
-
 def run(spec: RunSpec, paths: RunPaths) -> int:
     """Train (or resume) to the last step with NeMo; returns it. Every rank calls this (Slurm/torchrun start
     `ranks_per_node` tasks per node; Lightning spawns them itself when started as one process)."""
-    _require()
+    if _IMPORT_ERROR is not None:
+        raise HarnessError(f"{spec.source}: finetune.engine = 'nemo' needs NeMo 2 (nemo_toolkit[nlp] 2.x with "
+                           f"nemo.collections.llm): {_IMPORT_ERROR}; use engine 'mcore' or 'auto'")
     from harness.dataset import open_dataset
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
