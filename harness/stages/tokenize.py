@@ -214,11 +214,19 @@ def _as_is(batch: Any) -> Any:
 
 
 def _mp_context() -> Any:
-    """fork where the OS has it: workers only run PyAV/numpy (never CUDA), and a spawned worker would
-    re-import the launching program (torch included), costing seconds per shard."""
+    """forkserver where the OS has it. A worker forked straight from this process inherits its CUDA context and
+    threads: on the H200 (PyAV 19) such workers hung in their first swscale call while the encoder had run here
+    (py-spy: idle in `frame.reformat`), the 256-clip bench produced nothing. The fork server is a fresh
+    interpreter that imports this module (torch, PyAV) once and never touches CUDA; workers fork from it in
+    milliseconds, where spawn would re-import the launching program per worker."""
     import multiprocessing
 
-    return get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return get_context("spawn")
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 def _progress(total: int, label: str) -> Any:
