@@ -216,6 +216,38 @@ def test_video2world(tmp_path: Path) -> None:
     assert torch.equal(load_logits(paths, 4, probe), probe["logits"])
 
 
+@pytest.mark.parametrize("gbs,mbs,dp,resume_step", [(4, 1, 2, 0), (6, 1, 3, 2), (8, 2, 2, 3), (3, 3, 1, 1)])
+def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: int, resume_step: int) -> None:
+    """NeMo's MegatronPretrainingSampler over the engine's dataset order gives every DP rank, micro-batch by
+    micro-batch, exactly the samples the mcore engine's `micro_batch` picks (also after resuming mid-run)."""
+    from nemo.lightning.data import MegatronPretrainingSampler
+
+    from harness.cosmos import data as data_mod
+    from harness.cosmos.nemo_engine import ordered_sample
+
+    n, seed, steps = 5, 3, 6  # 5 videos: batches cross epoch boundaries
+    for rank in range(dp):
+        sampler = MegatronPretrainingSampler(total_samples=steps * gbs, consumed_samples=resume_step * gbs,
+                                             micro_batch_size=mbs, data_parallel_rank=rank, data_parallel_size=dp,
+                                             global_batch_size=gbs)
+        got = [[ordered_sample(j, gbs, n, seed) for j in idx] for idx in sampler]
+        accum = gbs // (mbs * dp)
+        want = [data_mod.micro_batch(step, m, gbs=gbs, mbs=mbs, dp=dp, dp_rank=rank, n=n, seed=seed)
+                for step in range(resume_step, steps) for m in range(accum)]
+        assert got == want
+
+
+def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
+    from harness.cosmos.nemo_engine import check_engine
+    from harness.errors import HarnessError
+
+    atomic_write_json(tmp_path / "context" / "harness.json", {"preset": "tiny", "engine": "mcore"})
+    with pytest.raises(HarnessError, match="'mcore' engine"):
+        check_engine(tmp_path)
+    atomic_write_json(tmp_path / "context" / "harness.json", {"preset": "tiny", "engine": "nemo"})
+    check_engine(tmp_path)
+
+
 def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 

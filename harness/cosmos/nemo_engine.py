@@ -34,7 +34,7 @@ from harness.cosmos import train as mcore_train
 from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
 from harness.models import PRESETS
-from harness.rundir import RunPaths, atomic_write_json
+from harness.rundir import RunPaths, atomic_write_json, read_json
 from harness.spec import FinetuneSection, RunSpec, ranks_per_node
 from harness.tokens import Grid
 
@@ -382,6 +382,15 @@ def remove_incomplete(paths: RunPaths) -> None:
             d.unlink()
 
 
+def check_engine(ckpt_dir: Path) -> None:
+    """Training state (optimizer layout, Lightning loop state in common.pt) is engine-specific: resume a run only
+    with the engine that wrote its checkpoints (weights load into either, for inference or a pretrained start)."""
+    engine = read_json(ckpt_dir / "context" / "harness.json").get("engine", "nemo")
+    if engine != "nemo":
+        raise HarnessError(f"{ckpt_dir}: written by the {engine!r} engine; resume this run with "
+                           f"finetune.engine = {engine!r} (or start a new run)")
+
+
 def mark_complete(paths: RunPaths, f: FinetuneSection, context: dict[str, Any], step: int, last: int, *,
                   reason: str) -> None:
     """The harness files of one NeMo checkpoint, the completion marker last, then checkpoints.json."""
@@ -428,6 +437,7 @@ def build(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples, last: 
     latest = ckpt.latest_complete(paths)
     if latest is not None:
         ckpt.check_context(latest[1], spec)
+        check_engine(latest[1])
         resume = nl.AutoResume(resume_from_path=str(latest[1]), resume_if_exists=False)
     elif spec.model.checkpoint:
         source = pretrained_dir(paths)
