@@ -69,5 +69,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # The `reliability` fixture and the end-of-session summary (results/reliability.json) live in
 # tests/reliability_plugin.py; importing its hooks here registers them (tests/ is not a package).
 from reliability_plugin import (  # noqa: E402,F401
-    pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary,
+    pytest_collection_finish, pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary,
     reliability)

@@ -66,8 +66,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _TALLY.tests[report.nodeid] = report.outcome
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After deselection (-k, -m): the tests of this session that record into the tally."""
+    for item in session.items:
         if "reliability" in getattr(item, "fixturenames", ()):
             _TALLY.tests.setdefault(item.nodeid, "not run")
 

@@ -71,7 +71,7 @@ def same_dataset(a: RunPaths, b: RunPaths) -> None:
 @pytest.mark.timeout(240)
 def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Path, reliability: Any,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    spec_path = tiny_spec(tmp_path, name="kill", shards=3, clips=12)
+    spec_path = tiny_spec(tmp_path, name="kill", shards=3, clips=6)
     paths, ids = submit_partial(spec_path, DATA, tmp_path)
     reliability.add("slurm_jobs_submitted", len(ids))
     victim = 1

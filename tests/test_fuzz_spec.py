@@ -33,7 +33,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     for name in SECTIONS
 }
 VALID = '[data]\nvideos = "clips"\n[model]\npreset = "tiny"\n[video]\nwidth = 32\nheight = 32\nnum_frames = 9\n'
-SETTINGS = settings(max_examples=400, deadline=None, database=None,
+SETTINGS = settings(max_examples=250, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

@@ -23,7 +23,7 @@ import pytest
 from harness import cli, synth
 from harness.launch import slurmcli
 from harness.rundir import read_json
-from test_launch_slurm import wait_final
+from reliability_helpers import wait_stages
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = secrets.token_hex(3)
@@ -118,7 +118,8 @@ def test_workdir_with_backslash_or_percent_rejected(tmp_path: Path, capsys: pyte
 # ------------------------------------------------------------------------------ accepted and submitted
 def nasty_inputs(tmp_path: Path) -> dict[str, Path | str]:
     """Clips, a jsonl with injected prompts, and an HF cache, all under directories named by payloads."""
-    base = tmp_path / payload("base")
+    base = tmp_path / "m[" / "]k [bold]" / payload("base")  # the full path holds rich markup: 'm[/]k [bold]'
+    base.mkdir(parents=True)
     videos = base / payload("videos")
     clips = synth.make_clips(videos, 4)
     named = []
@@ -173,7 +174,7 @@ env = {{ HARNESS_INJ = {toml_literal(env_value)} }}
 mounts = [{toml_literal(f"/m $(touch CANARY_{TAG}_mount);#'q:/n")}]
 stages = ["finetune"]
 [tokenize]
-shards = 2
+shards = 1
 decode_workers = 0
 time_min = 5
 [finetune]
@@ -247,11 +248,10 @@ def test_injected_paths_prompts_env_mounts_never_run(slurm_cluster: str, tmp_pat
     ids = {ln.split()[0]: ln.split()[-1] for ln in p.stdout.splitlines() if " job " in ln}
     assert len(ids) == 7, p.stdout
     reliability.add("slurm_jobs_submitted", len(ids))
-    try:
-        states = wait_final(list(ids.values()), timeout=240)
+    try:  # data stages and the container stage run; the rest would only cost time here
+        by_stage = wait_stages(ids, ["stage-assets", "tokenize", "merge", "finetune"], timeout=240)
     finally:
         slurmcli.scancel(list(ids.values()))
-    by_stage = {st: {k: v.state for k, v in states.items() if k.split("_")[0] == jid} for st, jid in ids.items()}
     for st in ("stage-assets", "tokenize", "merge"):
         assert set(by_stage[st].values()) == {"COMPLETED"}, (st, by_stage)
     # finetune runs in the (absent here) Pyxis container: srun rejects --container-image, after bash has
@@ -262,6 +262,10 @@ def test_injected_paths_prompts_env_mounts_never_run(slurm_cluster: str, tmp_pat
     assert summary["tokenized"] == 4 and summary["skipped"] == [], summary["skipped"]
     stored = [json.loads(ln)["prompt"] for ln in (run_dir / "inputs.jsonl").read_text().splitlines()]
     assert stored == [json.loads(ln)["prompt"] for ln in inp["prompts"]]
+    for args in (("status", str(run_dir)), ("status", str(run_dir), "--all"), ("logs", str(run_dir), "merge")):
+        r = subprocess.run([*py, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+        assert r.returncode in (0, 1) and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        assert run_dir.name in r.stdout or args[0] == "logs", r.stdout
     found = canaries(*search_roots(tmp_path))
     reliability.add("canaries_fired", len(found))
     assert not found, found

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Column, Table
 
 from harness.errors import HarnessError
@@ -63,7 +64,7 @@ def task_table(rs: RunState, show_all: bool = False) -> Table | None:
         bad = r.state not in (COMPLETED, "PENDING", "RUNNING")
         log = _short(r.log, rs.paths.root) if r.log and (bad or show_all) else ""
         t.add_row(r.stage, str(r.task), r.job_id or "-", f"[{_STYLE.get(r.state, 'white')}]{r.state}[/]",
-                  r.node or "-", r.elapsed or "-", r.exit_code or "-", r.reason or "-", log or "-")
+                  r.node or "-", r.elapsed or "-", r.exit_code or "-", escape(r.reason or "-"), escape(log or "-"))
     return t
 
 
@@ -76,7 +77,7 @@ def _short(log: str, root: Path) -> str:
 
 
 def view(rs: RunState, show_all: bool = False) -> Group:
-    parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {rs.paths.root}", stage_table(rs),
+    parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {escape(str(rs.paths.root))}", stage_table(rs),
                    f"{verdict(rs)}: {rs.summary()}"]
     tasks = task_table(rs, show_all)
     if tasks is not None:
@@ -126,7 +127,7 @@ def wait(paths: RunPaths, timeout_s: float, console: Console, interval_s: float 
             return 1
         time.sleep(interval_s)
     word = verdict(rs)
-    hint = "" if word == "completed" else f"; harness status {paths.root}"
+    hint = "" if word == "completed" else f"; harness status {escape(str(paths.root))}"
     console.print(f"run {paths.run_id}: {word}: {rs.summary()}{hint}", soft_wrap=True)
     return 0 if rs.complete else 1
 
@@ -143,13 +144,13 @@ def runs(workdir: Path, console: Console) -> int:
     """Every run under workdir with its state; Slurm runs share one squeue and one sacct."""
     found = find_runs(workdir)
     if not found:
-        console.print(f"no runs under {workdir}")
+        console.print(f"no runs under {workdir}", markup=False)
         return 0
     jobs = {p: load_jobs(p) for p in found}
     ids = [i for p in found if jobs[p]["executor"] == "slurm" for i in job_ids(jobs[p])]
     snap = Snapshot(query_slurm(ids))
     t = Table(Column("run", overflow="fold"), "executor", "submitted", "state", Column("tasks", overflow="fold"),
-              title=str(workdir), title_justify="left")
+              title=escape(str(workdir)), title_justify="left")
     for p in found:
         try:
             rs = collect(p, load_plan(p), snap)
