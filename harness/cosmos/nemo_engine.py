@@ -122,7 +122,8 @@ def forward_step(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token loss [b, s] from the harness model's own forward (NeMo's GPTModel.forward passes mcore GPTModel
     arguments, position ids and masks, which the 3D-RoPE model does not take); MaskedTokenLossReduction then
     averages it over `loss_mask`."""
-    return model.module(batch["tokens"], labels=batch["labels"], context=batch.get("context"))
+    labels = torch.where(batch["loss_mask"] > 0, batch["labels"], 0)  # masked labels (V2W PAD 64002) are no outputs
+    return model.module(batch["tokens"], labels=labels, context=batch.get("context"))
 
 
 class _EpochSamples(torch.utils.data.Dataset):  # type: ignore[type-arg]
