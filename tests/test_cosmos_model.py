@@ -138,3 +138,26 @@ def test_video2world_cross_attention_and_cache(single_rank: None) -> None:
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
     with pytest.raises(ValueError, match="context"):
         model(toks)
+
+
+def test_token_loss_equals_megatron_vocab_parallel_cross_entropy() -> None:
+    """The one-rank log-softmax loss is megatron's cross-entropy, values and logit gradients (bf16 logits)."""
+    from megatron.core import tensor_parallel
+
+    from harness.cosmos import parallel
+    from harness.cosmos.model import token_loss
+
+    parallel.init(1)
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(7, 3, 50, generator=g) * 4).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, 50, (3, 7), generator=g)
+    labels[1, 2] = 52  # outside the vocab (Video2World PAD): megatron scores it as logit 0
+    ours = token_loss(logits, labels)
+    ref_in = logits.detach().clone().requires_grad_()
+    ref = tensor_parallel.vocab_parallel_cross_entropy(ref_in.float(), labels.t().contiguous()).t()
+    assert ours.shape == (3, 7) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    w = torch.rand(3, 7, generator=g)
+    (ours * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(logits.grad.float(), ref_in.grad.float(), rtol=1e-2, atol=1e-3)

@@ -82,7 +82,7 @@ def test_device_position_cache_matches_host_position(model: torch.nn.Module) -> 
         host = gen.generate(model, prompt, new, s, mode="eager")
         dev = gen.generate(model, prompt, new, s, cache=cache, mode="device")
         assert torch.equal(host, dev)
-        assert cache.pos is None and cache.length == GRID.tokens - 1
+        assert not cache.on_device and cache.length == GRID.tokens - 1
         again = gen.generate(model, prompt, new, s, cache=cache, mode="device")  # reused buffers, stale tail
         assert torch.equal(host, again)
 

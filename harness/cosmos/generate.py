@@ -28,7 +28,7 @@ class Sampling:
 
 
 class StaticLayerKV:
-    """One layer's keys/values [b, heads_kv, cap, d]. Host-position mode (`cache.pos is None`): `append` writes
+    """One layer's keys/values [b, heads_kv, cap, d]. Host-position mode (`not cache.on_device`): `append` writes
     at `n` and returns views of the first `n` positions. Device-position mode: it writes at `cache.pos` with
     `index_copy_` and returns the whole buffers, with `attn_mask` saying which positions are valid."""
 
@@ -50,7 +50,7 @@ class StaticLayerKV:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kb, vb = self._buffers(k)
-        if self.cache.pos is not None:
+        if self.cache.on_device:
             kb.index_copy_(2, self.cache.idx, k)
             vb.index_copy_(2, self.cache.idx, v)
             return kb, vb
@@ -64,7 +64,7 @@ class StaticLayerKV:
 
     @property
     def attn_mask(self) -> torch.Tensor | None:
-        return self.cache.mask if self.cache.pos is not None else None
+        return self.cache.mask if self.cache.on_device else None
 
     @property
     def k(self) -> torch.Tensor | None:
@@ -81,8 +81,10 @@ class StaticKVCache:
     num_layers: int
     max_len: int
     layers: list[StaticLayerKV] = field(default_factory=list)
+    on_device: bool = False
+    """Device-position mode: the next position is `pos`, a 0-dim int64 tensor on the cache's device. `pos`,
+    `cols` and the buffers persist across calls: captured graphs read them by address."""
     pos: torch.Tensor | None = None
-    """Device-position mode: the next position, a 0-dim int64 tensor on the cache's device."""
     idx: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     cols: torch.Tensor | None = None
@@ -94,12 +96,12 @@ class StaticKVCache:
 
     @property
     def length(self) -> int | torch.Tensor:
-        if self.pos is not None:
-            return self.pos
+        if self.on_device:
+            return self.pos  # type: ignore[return-value]
         return self.layers[0].n if self.layers else 0
 
     def reset(self) -> None:
-        self.pos = None
+        self.on_device = False
         for layer in self.layers:
             layer.n = 0
 
@@ -110,6 +112,7 @@ class StaticKVCache:
             self.pos = torch.zeros((), dtype=torch.int64, device=device)
             self.cols = torch.arange(self.cap, device=device)
         self.pos.fill_(n)
+        self.on_device = True
 
     def begin(self, s: int) -> None:
         """Positions and mask of the next `s` tokens, computed on the device from `pos` (graph-capturable):
@@ -125,7 +128,7 @@ class StaticKVCache:
         self.pos.add_(s)
 
     def to_host_position(self, n: int) -> None:
-        self.pos = None
+        self.on_device = False
         for layer in self.layers:
             layer.n = n
 
