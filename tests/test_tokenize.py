@@ -86,18 +86,23 @@ def _copy_run(src: RunPaths, dst: Path, **tokenize: int) -> RunPaths:
 
 @pytest.mark.timeout(240)
 def test_sigkill_mid_shard_then_resume_is_byte_identical(base_run: RunPaths, tmp_path: Path) -> None:
-    paths = _copy_run(base_run, tmp_path / "run")
+    paths = _copy_run(base_run, tmp_path / "run", batch_size=1, decode_workers=0)
     run_task(str(paths.root), "stage-assets", 0)
     for s in (0, 2, 3):
         run_task(str(paths.root), "tokenize", s)
     code = f"from harness.stages import run_task; run_task({str(paths.root)!r}, 'tokenize', 1)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # Step the process in 5 ms slices and look while it is stopped, so the kill lands while its temp
+    # shard exists however fast (or loaded) the machine is.
     tmp_bin = None
     deadline = time.monotonic() + 120
     while tmp_bin is None and proc.poll() is None and time.monotonic() < deadline:
-        tmp_bin = next((paths.root / "tokens").glob(".shard-00001.bin.*.tmp"), None)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+        proc.send_signal(signal.SIGSTOP)
         time.sleep(0.002)
+        tmp_bin = next((paths.root / "tokens").glob(".shard-00001.bin.*.tmp"), None)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert tmp_bin is not None and proc.returncode == -signal.SIGKILL, "tokenize[1] finished before the kill"
