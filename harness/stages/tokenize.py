@@ -280,8 +280,10 @@ class ShardWriter:
         self.files = dataset.shard_files(paths, shard, spec.video2world)
         directory = self.files["bin"].parent
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(f".{paths.shard_prefix(shard).name}.*.tmp"):
-            stale.unlink(missing_ok=True)  # a killed attempt's leftovers
+        # A killed attempt's leftovers: ours (.<name>.<pid>.tmp) and, with megatron-core 0.15, the builder's
+        # own temp file beside it (..<name>.<pid>.tmp.tmp).
+        for stale in directory.glob(f".*{paths.shard_prefix(shard).name}.*.tmp*"):
+            stale.unlink(missing_ok=True)
         self.tmp = {k: p.parent / f".{p.name}.{os.getpid()}.tmp" for k, p in self.files.items()}
         self.builder = IndexedDatasetBuilder(str(self.tmp["bin"]), dtype=np.uint16)
         self.videos: list[dict[str, Any]] = []
