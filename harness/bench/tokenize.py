@@ -38,7 +38,7 @@ SOURCE = (17, 360, 640)
 def run(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench tokenize")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--clips", type=int, default=0, help="clips to tokenize (default: 24 cpu, 256 cuda)")
+    ap.add_argument("--clips", type=int, default=0, help="clips to tokenize (default: 48 cpu, 256 cuda)")
     ap.add_argument("--repeat", type=int, default=3, help="repetitions of each CPU configuration")
     ap.add_argument("--workers", type=int, default=0, help="decode workers on cuda (default: cores - 2)")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -55,7 +55,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as d:
         tmp = Path(d)
         mode = a.mode if a.mode != "auto" else ("shards" if a.device == "cpu" else "dv")
-        clips = a.clips or (24 if mode == "shards" else 256)
+        clips = a.clips or (48 if mode == "shards" else 256)
         make_source_clips(tmp / "videos", clips)
         result = bench_cpu(tmp, a) if mode == "shards" else bench_dv(tmp, a)
     result.update({"bench": "tokenize", "mode": mode, "device": a.device, "clips": clips, "source": list(SOURCE),
@@ -132,17 +132,19 @@ def _cpu_once(tmp: Path, tok: Path, shards: int, batch: int, tag: str,
         if any(p.poll() is not None for p in procs):
             break
         time.sleep(0.01)
-    t0 = time.perf_counter()
+    t0 = time.time()
     go.touch()
     for p in procs:
         _, err = p.communicate()
         if p.returncode:
             raise RuntimeError(f"tokenize shard failed:\n{err[-2000:]}")
-    wall = time.perf_counter() - t0
+    exited = time.time() - t0
     stats = [read_json(paths.shard_manifest(s))["stats"] for s in range(shards)]
+    wall = max(paths.shard_manifest(s).stat().st_mtime for s in range(shards)) - t0
     clips = sum(s["clips"] for s in stats)
     cpu = sum(float(Path(f"{r}.cpu").read_text()) for r in ready)
     return {"shards": shards, "clips": clips, "clips_per_s": clips / wall, "seconds": wall,
+            "seconds_to_process_exit": exited, "clips_per_s_to_process_exit": clips / exited,
             "cpu_seconds": cpu, "clips_per_cpu_s": clips / cpu,
             "pipeline_clips_per_s": [s["clips_per_s"] for s in stats],
             "encoder_busy": statistics.mean(s["encoder_busy"] for s in stats)}
@@ -155,16 +157,21 @@ def bench_cpu(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
         for shards in (1, 2):  # interleaved, so both see the same machine load
             runs[shards].append(_cpu_once(tmp, tok, shards, a.batch_size, f"{shards}-{r}", (a.frames, a.height, a.width)))
     med = {k: statistics.median(x["clips_per_s"] for x in v) for k, v in runs.items()}
+    med_exit = {k: statistics.median(x["clips_per_s_to_process_exit"] for x in v) for k, v in runs.items()}
     return {"cores": len(os.sched_getaffinity(0)), "runs": runs,
             "median_clips_per_s": {"1_shard": med[1], "2_shards": med[2]},
             "median_encoder_busy": {f"{k}_shard{'s' if k > 1 else ''}": statistics.median(x["encoder_busy"] for x in v)
                                     for k, v in runs.items()},
-            "speedup_2_vs_1": med[2] / med[1], "goal": {"speedup_at_least": 1.7},
+            "speedup_2_vs_1": med[2] / med[1], "speedup_2_vs_1_to_process_exit": med_exit[2] / med_exit[1],
+            "goal": {"speedup_at_least": 1.7},
             "cpu_efficiency_2_vs_1": statistics.median(x["clips_per_cpu_s"] for x in runs[2])
             / statistics.median(x["clips_per_cpu_s"] for x in runs[1]),
             "meets_goal": med[2] / med[1] >= 1.7,
-            "note": "clips/s from a common start (after imports) to the last shard's manifest; each shard "
-                    "process pinned to its own core, decode in-process (decode_workers = 0). "
+            "note": "clips/s from a common start (after imports) to the last shard's manifest (the shard's "
+                    "completion); *_to_process_exit also counts interpreter teardown, ~0.9 s per process once "
+                    "megatron.core is imported, a fixed cost per array task that a real shard amortises. Each "
+                    "shard process pinned to its own core (as on separate nodes), decode in-process "
+                    "(decode_workers = 0). "
                     "cpu_efficiency_2_vs_1 = clips per CPU-second, 2 shards over 1: near 1 means sharding costs "
                     "nothing and wall-clock scaling is limited only by free cores (meaningful on a loaded machine)"}
 
