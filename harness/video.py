@@ -41,20 +41,32 @@ def cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, in
 
 def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.ndarray:
     """First `shape.frames` frames, resized to cover and center-cropped; short clips repeat their last frame."""
+    frames = load_frames(path, (shape.height, shape.width), shape.frames, threads=threads)
+    if len(frames) == shape.frames:
+        return frames
+    out = np.empty((shape.frames, shape.height, shape.width, 3), np.uint8)
+    out[:len(frames)] = frames
+    out[len(frames):] = frames[-1]
+    return out
+
+
+def load_frames(path: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None, *,
+                threads: int = 1) -> np.ndarray:
+    """Up to `max_frames` real frames (no padding) [n, H, W, 3]: at `size` = (H, W) resized to cover and
+    center-cropped, or at the video's own size when `size` is None. One open, one decode pass, each frame
+    written straight into the result: callers that need the true frame count need no separate probe."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise VideoError(path, "empty file: 0 bytes")
-        frames = _decode(path, shape, threads)
+        frames = _decode(path, size, max_frames, threads)
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
         raise VideoError(path, f"cannot decode: {e.__class__.__name__}: {_first_line(e)}") from None
-    if not frames:
+    if len(frames) == 0:
         raise VideoError(path, "no decodable frames: the video stream yielded none")
-    while len(frames) < shape.frames:
-        frames.append(frames[-1])
-    return np.stack(frames)
+    return frames
 
 
 def try_load(path: str, shape: ClipShape) -> tuple[np.ndarray | None, str | None]:
@@ -65,25 +77,42 @@ def try_load(path: str, shape: ClipShape) -> tuple[np.ndarray | None, str | None
         return None, e.reason
 
 
-def _decode(path: Path, shape: ClipShape, threads: int) -> list[np.ndarray]:
-    frames: list[np.ndarray] = []
+def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, threads: int) -> np.ndarray:
     with av.open(str(path), mode="r") as container:
         if not container.streams.video:
             raise VideoError(path, "no video stream: the container holds no video track")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = threads
+        cap = max_frames if max_frames is not None else (stream.frames or 0)
+        out: np.ndarray | None = None
+        n = 0
         for frame in container.decode(stream):
-            frames.append(_fit(frame, shape))
-            if len(frames) == shape.frames:
+            rgb = _fit(frame, size)
+            if out is None:
+                out = np.empty((max(cap, 1), *rgb.shape), np.uint8)
+            elif n == len(out):  # the container under-declared its frames (or declared none): grow
+                out = np.concatenate([out, np.empty_like(out)])
+            out[n] = rgb
+            n += 1
+            if n == max_frames:
                 break
-    return frames
+    if out is None:
+        return np.empty((0, 0, 0, 3), np.uint8)
+    return out[:n]
 
 
-def _fit(frame: av.VideoFrame, shape: ClipShape) -> np.ndarray:
-    cw, ch = cover_size(frame.width, frame.height, shape.width, shape.height)
-    rgb = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
-    y0, x0 = (ch - shape.height) // 2, (cw - shape.width) // 2
-    return np.ascontiguousarray(rgb[y0:y0 + shape.height, x0:x0 + shape.width])
+def _fit(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+    """rgb24 of one frame: at its own size, or resized to cover `size` and center-cropped (a view)."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    height, width = size
+    cw, ch = cover_size(frame.width, frame.height, width, height)
+    if (cw, ch) == (frame.width, frame.height):
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
+    y0, x0 = (ch - height) // 2, (cw - width) // 2
+    return rgb[y0:y0 + height, x0:x0 + width]
 
 
 def _first_line(e: BaseException) -> str:

@@ -126,3 +126,20 @@ def test_module_slices_positions_and_rejects_overflow() -> None:
     assert torch.equal(mod(5, 7), mod.angles[5:12])
     with pytest.raises(ValueError, match="exceed"):
         mod(20, 5)
+
+
+def test_fused_rotate_equals_megatron_apply_rotary_pos_emb() -> None:
+    """The model applies RoPE in its core attention (`rotate`, one fused kernel on CUDA); it must be the same
+    arithmetic as megatron-core's own unfused `apply_rotary_pos_emb` on the same angles."""
+    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+    from harness.cosmos.model import rotate
+    from harness.cosmos.rope3d import rope_angles
+    from harness.tokens import Grid
+
+    angles = rope_angles(Grid(3, 4, 6), 128, 10_000.0)  # [s, 1, 1, d]
+    s = angles.shape[0]
+    x = torch.randn(s, 2, 4, 128)  # mcore's [s, b, heads, d]
+    ref = _apply_rotary_pos_emb_bshd(x, angles)
+    ours = rotate(x.permute(1, 2, 0, 3), angles[:, 0, 0].cos(), angles[:, 0, 0].sin()).permute(2, 0, 1, 3)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)

@@ -9,7 +9,7 @@ import pytest
 
 from harness import synth
 from harness.errors import HarnessError
-from harness.video import ClipShape, VideoError, cover_size, load_clip, try_load, write_mp4
+from harness.video import ClipShape, VideoError, cover_size, load_clip, load_frames, try_load, write_mp4
 
 
 def _bands(frames: int, height: int, width: int) -> np.ndarray:
@@ -91,3 +91,16 @@ def test_write_mp4_rejects_bad_frames(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="even"):
         write_mp4(tmp_path / "x.mp4", np.zeros((2, 9, 8, 3), np.uint8), 25)
     assert not list(tmp_path.iterdir())
+
+
+def test_load_frames_returns_real_frames_only(tmp_path: Path) -> None:
+    """The evaluate stage's single-pass loader: native size, no padding, `max_frames` stops early, and the
+    cropped path gives the same frames as load_clip."""
+    clip = _bands(5, 48, 96)
+    write_mp4(tmp_path / "a.mp4", clip, fps=25)
+    native = load_frames(tmp_path / "a.mp4")
+    assert native.shape == (5, 48, 96, 3) and native.flags.c_contiguous
+    assert load_frames(tmp_path / "a.mp4", max_frames=3).shape == (3, 48, 96, 3)
+    assert load_frames(tmp_path / "a.mp4", (32, 32), max_frames=9).shape == (5, 32, 32, 3)  # 5 real frames
+    padded = load_clip(tmp_path / "a.mp4", ClipShape(9, 32, 32))
+    assert np.array_equal(padded[:5], load_frames(tmp_path / "a.mp4", (32, 32))) and (padded[5:] == padded[4]).all()

@@ -61,9 +61,10 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
 
 def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, device: str
               ) -> dict[str, Any]:
-    """Greedy tokens of the graph path vs the same step run eagerly (same kernels: must be equal) and vs the
-    host-position eager path (other attention kernel; random weights give near-tied logits, so bf16 rounding
-    may flip an argmax: reported, not required); plus seeded sampled graph runs reproduce."""
+    """Greedy tokens of the compiled graph path vs the same steps run eagerly with device positions (flex
+    attention's reference implementation) and vs the host-position eager path (SDPA). Random weights give
+    near-tied logits, so bf16 rounding differences between kernels may flip an argmax: reported, not required.
+    Required: seeded sampled graph runs reproduce."""
     from harness.cosmos.generate import Sampling, StaticKVCache, generate
 
     n_ctx = context_latents * grid.h * grid.w
@@ -74,8 +75,9 @@ def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_laten
     s = Sampling(1.0, 0.8, seed=3)
     a, b = (generate(model, prompt, new_tokens, s, cache=cache, mode="graph") for _ in range(2))
     return {"batch": batch, "new_tokens": new_tokens,
-            "greedy_graph_equals_device_eager": bool(torch.equal(out["graph"], out["device"])),
+            "greedy_graph_vs_device_eager_match_fraction": float((out["graph"] == out["device"]).float().mean()),
             "greedy_graph_vs_host_eager_match_fraction": float((out["graph"] == out["eager"]).float().mean()),
+            "greedy_device_vs_host_eager_match_fraction": float((out["device"] == out["eager"]).float().mean()),
             "sampled_graph_reproducible": bool(torch.equal(a, b))}
 
 
@@ -97,19 +99,26 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--preset {args.preset}: the bench runs base presets (no T5 context)")
     model = build(args.preset, grid, device)
     modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
-    rows = [measure(model, grid, b, args.new_tokens, args.context_latent_frames, args.repeats, device, m)
-            for b in args.batch for m in modes]
+    rows = []
+    for b in args.batch:
+        for m in modes:
+            try:
+                rows.append(measure(model, grid, b, args.new_tokens, args.context_latent_frames, args.repeats,
+                                    device, m))
+            except Exception as e:  # noqa: BLE001 - a diagnostic mode that fails is reported, not fatal
+                rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
     checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
         if "graph" in modes else []
     out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device,
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
            "torch": torch.__version__, "path": "harness.cosmos.generate.generate (static KV cache; mode "
-           "eager = host positions, graph = one CUDA graph per decode step)",
+           "eager = host positions, SDPA; graph = device positions, flex-attention flash-decoding over the cache's "
+           "valid key blocks, torch.compile'd step captured as one CUDA graph)",
            "results": rows, "checks": checks, "goal": {"batch": 1, "tokens_per_s_min": GOAL_BATCH1_TOKENS_PER_S}}
-    by = {(r["mode"], r["batch"]): r["tokens_per_s"] for r in rows}
+    by = {(r["mode"], r["batch"]): r["tokens_per_s"] for r in rows if "tokens_per_s" in r}
     out["speedup_graph_vs_eager"] = {b: by[("graph", b)] / by[("eager", b)] for b in args.batch
                                      if ("graph", b) in by and ("eager", b) in by}
-    b1 = [r["tokens_per_s"] for r in rows if r["batch"] == 1]
+    b1 = [r["tokens_per_s"] for r in rows if r["batch"] == 1 and "tokens_per_s" in r]
     if b1:
         out["goal"]["met"] = max(b1) >= GOAL_BATCH1_TOKENS_PER_S
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,16 @@ class Sampling:
     seed: int = 0
 
 
+BLOCK = 128
+"""Key block of the decode attention (flex attention's kernel block): buffers hold a whole number of blocks."""
+
+
 class StaticLayerKV:
     """One layer's keys/values [b, heads_kv, cap, d]. Host-position mode (`not cache.on_device`): `append` writes
-    at `n` and returns views of the first `n` positions. Device-position mode: it writes at `cache.pos` with
-    `index_copy_` and returns the whole buffers, with `attn_mask` saying which positions are valid."""
+    at `n` and returns views of the first `n` positions (attention is the model's SDPA). Device-position mode: it
+    writes at `cache.pos` with `index_copy_` and `attend` runs flex attention over the whole buffers, visiting
+    only the key blocks that hold valid positions (flash-decoding: the keys are split across thread blocks, where
+    a masked SDPA over the buffer gives one thread block per K/V head and reads every position)."""
 
     def __init__(self, cache: "StaticKVCache") -> None:
         self.cache = cache
@@ -42,8 +48,8 @@ class StaticLayerKV:
         b, h, _, d = k.shape
         if self.k_buf is None or self.k_buf.shape != (b, h, self.cache.cap, d) or self.k_buf.dtype != k.dtype \
                 or self.k_buf.device != k.device:
-            self.k_buf = torch.empty((b, h, self.cache.cap, d), dtype=k.dtype, device=k.device)
-            self.v_buf = torch.empty_like(self.k_buf)
+            self.k_buf = torch.zeros((b, h, self.cache.cap, d), dtype=k.dtype, device=k.device)
+            self.v_buf = torch.zeros_like(self.k_buf)
             self.cache.graphs.clear()  # captured graphs point at the old buffers
         assert self.v_buf is not None
         return self.k_buf, self.v_buf
@@ -62,9 +68,14 @@ class StaticLayerKV:
         self.n += s
         return kb[:, :, :self.n], vb[:, :, :self.n]
 
-    @property
-    def attn_mask(self) -> torch.Tensor | None:
-        return self.cache.mask if self.cache.on_device else None
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor | None:
+        """q [b, h, s, d] over the whole buffers (device-position mode); None in host mode (the model's SDPA)."""
+        if not self.cache.on_device:
+            return None
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: PLC0415
+
+        return flex_attention(q, k, v, block_mask=self.cache.block_mask(q.shape[2]), scale=scale,
+                              enable_gqa=q.shape[1] != k.shape[1])
 
     @property
     def k(self) -> torch.Tensor | None:
@@ -75,23 +86,22 @@ class StaticLayerKV:
 class StaticKVCache:
     """Drop-in for `harness.cosmos.model.KVCache`; `reset()` reuses the buffers for the next batch.
 
-    Buffers hold `cap` = `max_len` rounded up to 16 positions (the memory-efficient SDPA kernel wants aligned
-    masks); positions past the valid ones are masked, never read as keys."""
+    Buffers hold `cap` = `max_len` rounded up to whole key blocks; positions past the valid ones are masked
+    (and whole blocks of them skipped), never read as keys."""
 
     num_layers: int
     max_len: int
     layers: list[StaticLayerKV] = field(default_factory=list)
     on_device: bool = False
     """Device-position mode: the next position is `pos`, a 0-dim int64 tensor on the cache's device. `pos`,
-    `cols` and the buffers persist across calls: captured graphs read them by address."""
+    the block counts and the buffers persist across calls: captured graphs read them by address."""
     pos: torch.Tensor | None = None
     idx: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    cols: torch.Tensor | None = None
     graphs: dict[Any, "_DecodeGraph"] = field(default_factory=dict)
+    _masks: dict[int, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.cap = -(-self.max_len // 16) * 16
+        self.cap = -(-self.max_len // BLOCK) * BLOCK
         self.layers = [StaticLayerKV(self) for _ in range(self.num_layers)]
 
     @property
@@ -110,18 +120,37 @@ class StaticKVCache:
         n = self.layers[0].n
         if self.pos is None or self.pos.device != device:
             self.pos = torch.zeros((), dtype=torch.int64, device=device)
-            self.cols = torch.arange(self.cap, device=device)
+            self._masks.clear()
         self.pos.fill_(n)
         self.on_device = True
 
     def begin(self, s: int) -> None:
-        """Positions and mask of the next `s` tokens, computed on the device from `pos` (graph-capturable):
-        token i of the step sees cache positions <= pos + i."""
+        """Positions of the next `s` tokens and the key blocks they attend to, computed on the device from
+        `pos` (graph-capturable): token i of the step sees cache positions <= pos + i."""
         assert self.pos is not None
-        assert self.cols is not None
-        rows = self.pos + torch.arange(s, device=self.pos.device)
-        self.idx = rows
-        self.mask = self.cols[None, :] <= rows[:, None]
+        self.idx = self.pos + torch.arange(s, device=self.pos.device)
+        mask = self.block_mask(s)
+        mask.kv_num_blocks.copy_(torch.div(self.pos + s - 1, BLOCK, rounding_mode="floor") + 1)
+
+    def block_mask(self, s: int) -> Any:
+        """The flex-attention block mask of an `s`-token step: one query block; its key blocks are the first
+        `kv_num_blocks` (updated in place by `begin`), the causal rule applied inside them."""
+        mask = self._masks.get(s)
+        if mask is None:
+            from torch.nn.attention.flex_attention import BlockMask  # noqa: PLC0415
+
+            assert self.pos is not None
+            pos, dev = self.pos, self.pos.device
+            n_blocks = self.cap // BLOCK
+
+            def causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+                return kv_idx <= pos + q_idx
+
+            mask = BlockMask.from_kv_blocks(torch.ones((1, 1, 1), dtype=torch.int32, device=dev),
+                                            torch.arange(n_blocks, dtype=torch.int32, device=dev)[None, None, None],
+                                            BLOCK_SIZE=(BLOCK, BLOCK), mask_mod=causal, seq_lengths=(s, self.cap))
+            self._masks[s] = mask
+        return mask
 
     def advance(self, s: int) -> None:
         assert self.pos is not None
@@ -135,10 +164,14 @@ class StaticKVCache:
 
 class _DecodeGraph:
     """One decode step (embed -> all layers -> logits -> sample) captured as a CUDA graph for one batch shape;
-    replayed per token, it removes megatron-core's per-module Python and launch overhead (~1000 launches)."""
+    replayed per token, it removes megatron-core's per-module Python and launch overhead (~1000 launches).
+    The step runs through `torch.compile` first (Inductor fuses the norms, RoPE, SwiGLU and residual adds, and
+    turns the flex attention into a flash-decoding kernel; flex's eager reference implementation cannot be
+    captured), then is captured. H200, Cosmos-4B, batch 1: 5.3 ms/step with SDPA uncompiled, 2.7 compiled."""
 
     def __init__(self, model: Any, cache: StaticKVCache, b: int, sampling: Sampling, device: torch.device) -> None:
         self.model, self.cache, self.sampling = model, cache, sampling
+        self.fn = _compiled(model)
         self.tok = torch.zeros((b, 1), dtype=torch.int64, device=device)
         self.gen = make_generator(device, sampling.seed)
         self.graph = torch.cuda.CUDAGraph()
@@ -168,9 +201,18 @@ class _DecodeGraph:
 
     def _step(self) -> None:
         self.cache.begin(1)
-        logits = self.model(self.tok, kv_cache=self.cache)[:, -1]
+        logits = self.fn(self.tok, kv_cache=self.cache)[:, -1]
         self.tok.copy_(sample(logits, self.sampling, self.gen)[:, None])
         self.cache.advance(1)
+
+
+def _compiled(model: Any) -> Any:
+    """One compiled wrapper per model (shapes are static per batch size: one compilation each)."""
+    fn = getattr(model, "_harness_compiled", None)
+    if fn is None:
+        fn = torch.compile(model, dynamic=False)
+        object.__setattr__(model, "_harness_compiled", fn)
+    return fn
 
 
 def graph_supported(model: Any, device: torch.device, context: torch.Tensor | None) -> bool:
@@ -232,7 +274,7 @@ def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampli
     With `use_cache=False` every step re-runs the whole sequence (the reference the cache is tested against).
     Video2World passes `context` (T5 embeddings) and `context_mask`; the prompt then starts with BOV.
     `mode` (cached decoding): "eager" (host positions), "device" (device positions over fixed-length buffers,
-    eager), "graph" (device positions, each step a replayed CUDA graph), "auto" = graph where
+    eager), "graph" (device positions, each step a compiled then captured CUDA graph), "auto" = graph where
     `graph_supported`, else eager. The prompt is always prefilled eagerly."""
     device = prompt.device
     b, n0 = prompt.shape

@@ -10,8 +10,8 @@ Stable forward API (used by training, inference and the bench):
     logits = model(tokens, start=0)                      # tokens [b, s] int64 -> [b, s, vocab_out] (gathered)
     loss = model(tokens, labels=labels)                  # per-token loss [b, s] (float32), TP-exact
     logits = model(tokens, kv_cache=cache)               # incremental decoding: tokens at positions [p, p+s)
-        (p = cache.length: an int, or a device tensor when the cache's layers expose `attn_mask` [s, L]: then
-        they return whole fixed-length buffers and SDPA masks them, so a CUDA graph can replay the step)
+        (p = cache.length: an int, or a device tensor when the cache's layers expose `attend`: then they attend
+        over whole fixed-length buffers themselves, so a CUDA graph can replay the step)
 Video2World adds `context=[b, L, crossattn_dim]` (T5 embeddings) and optional `context_mask=[b, L]` (True = keep).
 """
 
@@ -46,6 +46,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """torch's RMSNorm (statistics in fp32 for bf16 inputs, like TE's); no explicit fp32 copy of x is kept for
     backward, which at 12,800 tokens would cost ~0.4 GB per layer."""
     return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of x [b, heads, s, d] with cos/sin [s, d] in mcore's non-interleaved (rotate-half) layout: the same
+    arithmetic as megatron-core's unfused `apply_rotary_pos_emb`, which without Transformer Engine costs five
+    full passes (two multiplies, a negation, two concatenations) per tensor, forward and backward."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+_rotate_compiled: Any = None
+
+
+def rotate_fused(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`rotate` as one Inductor kernel (forward and backward) on CUDA; eager elsewhere."""
+    global _rotate_compiled
+    if not x.is_cuda:
+        return rotate(x, cos, sin)
+    if _rotate_compiled is None:
+        _rotate_compiled = torch.compile(rotate)
+    return _rotate_compiled(x, cos, sin)
 
 
 class RMSNorm(torch.nn.Module):
@@ -131,17 +152,23 @@ class SDPAttention(MegatronModule):
         self.softmax_scale = softmax_scale
         self.kv: LayerKV | None = None
         """Set by `CosmosModel.forward` while decoding with a cache."""
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(cos, sin) [s, head_dim] of this forward's positions, set by `CosmosModel.forward` (self-attention):
+        RoPE is applied here, fused, instead of in mcore's attention, before keys enter the cache."""
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None,
                 attn_mask_type: Any = None, attention_bias: Any = None, packed_seq_params: Any = None,
                 **_: Any) -> torch.Tensor:
         sq, b = query.shape[0], query.shape[1]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        if self.rope is not None and self.attention_type == "self":
+            q, k = rotate_fused(q, *self.rope), rotate_fused(k, *self.rope)
         if self.kv is not None and self.attention_type == "self":
             k, v = self.kv.append(k, v)
-            valid = getattr(self.kv, "attn_mask", None)
-            if valid is not None:
-                return self._attend_static(q, k, v, valid)
+            attend = getattr(self.kv, "attend", None)
+            out = attend(q, k, v, self.softmax_scale) if attend is not None else None
+            if out is not None:
+                return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
         gqa = q.shape[1] != k.shape[1]
         sk = k.shape[2]
         mask = None
@@ -153,19 +180,6 @@ class SDPAttention(MegatronModule):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and sq == sk and sq > 1,
                                              scale=self.softmax_scale, enable_gqa=gqa)
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
-
-    def _attend_static(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Attention over a whole fixed-length cache buffer [b, hkv, L, d] with `valid` [sq, L] (True = attend),
-        so shapes never change between decode steps. The query heads sharing one K/V head are folded into the
-        query length ([b, hkv, g*sq, d]): a masked SDPA then runs the memory-efficient kernel on the cache as is,
-        where `enable_gqa` with a mask would fall back to the math kernel and repeat K/V g times."""
-        b, h, sq, d = q.shape
-        hkv = k.shape[1]
-        g = h // hkv
-        qf = q.reshape(b, hkv, g * sq, d)
-        mask = valid if sq == 1 else valid.expand(g, sq, valid.shape[-1]).reshape(g * sq, -1)
-        out = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=self.softmax_scale)
-        return out.reshape(b, h, sq, d).permute(2, 0, 1, 3).reshape(sq, b, -1)
 
 
 class CosmosLayer(TransformerLayer):
@@ -257,12 +271,13 @@ class CosmosModel(GPTModel):
             start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
         self._bind_cache(kv_cache)
         hidden = self.embedding(input_ids=tokens, position_ids=None)
-        rope = self.rope(start, n).to(hidden.device)
+        angles = self.rope(start, n).to(hidden.device)[:, 0, 0]
+        self._bind_rope((angles.cos().to(hidden.dtype), angles.sin().to(hidden.dtype)))
         extra: dict[str, Any] = {}
         if self.preset.video2world:
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
             extra = prepare_context(self, hidden, start, n, context, context_mask)
-        hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=rope, **extra)
+        hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=None, **extra)
         logits, _ = self.output_layer(hidden)
         if labels is not None:
             return token_loss(logits, labels)
@@ -274,6 +289,10 @@ class CosmosModel(GPTModel):
         if getattr(self, "train_fusions", False):  # megatron reads these flags on every forward
             self.config.bias_activation_fusion = self.config.bias_dropout_fusion = mode
         return self
+
+    def _bind_rope(self, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> None:
+        for layer in self.decoder.layers:
+            layer.self_attention.core_attention.rope = cos_sin
 
     def _bind_cache(self, kv_cache: KVCache | None) -> None:
         attns = [layer.self_attention.core_attention for layer in self.decoder.layers]

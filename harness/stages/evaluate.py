@@ -30,7 +30,7 @@ import numpy as np
 from harness import metrics
 from harness.errors import HarnessError
 from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.video import ClipShape, VideoError, load_clip
+from harness.video import load_frames
 
 if TYPE_CHECKING:
     from harness.spec import RunSpec
@@ -89,35 +89,37 @@ class Pair:
     context_frames: int = 0
 
 
-def probe(path: Path) -> tuple[int, int, int]:
-    """(real frame count, width, height): load_clip pads short clips, and padded frames are not ground truth.
-    The container's frame count when it has one (mp4/mov headers: free), else one demux pass (no decoding)."""
-    with av.open(str(path)) as c:
-        if not c.streams.video:
-            raise VideoError(path, "no video stream")
-        s = c.streams.video[0]
-        n = s.frames or sum(1 for p in c.demux(s) if p.size)
-        return n, s.codec_context.width, s.codec_context.height
-
-
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
     """(reference frames, generated frames, compared generated indices, their reference indices,
-    generated indices without ground truth) for one pair, already aligned frame for frame."""
+    generated indices without ground truth) for one pair, already aligned frame for frame.
+
+    Each file is opened and decoded once: the generated clip at its own size (all its real frames), the
+    reference at that size up to the last frame the mapping asks for. A reference that ends earlier has fewer
+    real frames, and the generated frames mapped past its end have no ground truth (padded frames never are)."""
     gen_path, ref_path = Path(pair.generated), Path(pair.reference)
-    n_gen, w, h = probe(gen_path)
-    gen = load_clip(gen_path, ClipShape(n_gen, h, w))
+    gen = load_frames(gen_path)
+    n_gen, h, w = gen.shape[:3]
     mapping = pair.reference_frames if pair.reference_frames is not None else tuple(range(n_gen))
     if len(mapping) != n_gen:
         raise HarnessError(f"{gen_path}: {n_gen} frames but its sidecar maps {len(mapping)}")
-    n_ref = probe(ref_path)[0] if ref_path.suffix.lower() in VIDEO_SUFFIXES else 1
-    g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < n_ref]
+    wanted = [r for r in mapping if r is not None and r >= 0]
+    if not wanted:
+        raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path}")
+    ref = load_frames(ref_path, (h, w), max(wanted) + 1)
+    g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < len(ref)]
     r_idx = [int(mapping[g]) for g in g_idx]  # type: ignore[arg-type]
     compared = set(g_idx)
     missing = [g for g in range(n_gen) if g not in compared]
     if not g_idx:
-        raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path} ({n_ref} frames)")
-    ref = load_clip(ref_path, ClipShape(max(r_idx) + 1, h, w))
-    return ref[r_idx], gen[g_idx], g_idx, r_idx, missing
+        raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path} ({len(ref)} frames)")
+    return _take(ref, r_idx), _take(gen, g_idx), g_idx, r_idx, missing
+
+
+def _take(frames: np.ndarray, idx: list[int]) -> np.ndarray:
+    """frames[idx], without a copy when idx is 0..n-1 of all frames (the common case)."""
+    if idx == list(range(len(frames))):
+        return frames
+    return frames[idx]
 
 
 # ------------------------------------------------------------------------------------- scoring

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,6 +71,8 @@ class Encoder:
     module: Any
     device: torch.device
     busy_s: float = 0.0
+    spans: list[tuple[Any, Any]] = field(default_factory=list)
+    """Per batch (start, end): CUDA events on the GPU's timeline, perf_counter seconds on a CPU."""
 
     @staticmethod
     def load(path: Path, device: torch.device) -> "Encoder":
@@ -89,7 +91,8 @@ class Encoder:
             t0 = time.perf_counter()
             x = _channels_first(clips, torch.float32)
             idx = _indices(self.module(x)).to(torch.int64)
-            self.busy_s += time.perf_counter() - t0
+            self.spans.append((t0, time.perf_counter()))
+            self.busy_s += self.spans[-1][1] - t0
             return Pending(idx, None, None, None, None)
         host_in = clips if clips.is_pinned() else clips.pin_memory()
         x = host_in.to(self.device, non_blocking=True)
@@ -98,11 +101,27 @@ class Encoder:
         x = _channels_first(x, torch.bfloat16)
         idx = _indices(self.module(x)).to(torch.int64)
         end.record()
+        self.spans.append((start, end))
         host = torch.empty(idx.shape, dtype=torch.int64, pin_memory=True)
         host.copy_(idx, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
         return Pending(host, done, start, end, host_in)
+
+    def steady_busy(self, skip: int = 2) -> float:
+        """Fraction of the encoder's own timeline (the GPU's, on CUDA) spent encoding, from the start of batch
+        `skip` (the first ones run TorchScript's profiling passes and cuDNN's autotuning) to the end of the
+        last: gaps are time the encoder waited for decoded clips. Call after every batch was waited for."""
+        spans = self.spans[min(skip, len(self.spans) - 1):] if self.spans else []
+        if not spans:
+            return 0.0
+        if self.device.type == "cuda":
+            busy = sum(a.elapsed_time(b) for a, b in spans) / 1000.0
+            total = spans[0][0].elapsed_time(spans[-1][1]) / 1000.0
+        else:
+            busy = sum(b - a for a, b in spans)
+            total = spans[-1][1] - spans[0][0]
+        return busy / total if total > 0 else 0.0
 
     def wait(self, p: "Pending") -> np.ndarray:
         if p.done is not None:
@@ -139,13 +158,10 @@ def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer
     batches = ClipBatches(items, ClipShape(v.num_frames, v.height, v.width), tk.batch_size)
     t0, started = time.perf_counter(), time.time()
     inflight: deque[tuple[list[InputItem], Pending]] = deque()
-    warm: tuple[float, float] | None = None  # (time, encoder busy) once the first batch is out: steady state
     with _progress(len(items), f"tokenize[{writer.shard}]") as advance:
 
         def drain() -> None:
-            nonlocal warm
             advance(_drain(encoder, writer, *inflight.popleft()))
-            warm = warm or (time.perf_counter(), encoder.busy_s)
 
         for good, clips, skipped in _loader(batches, tk.decode_workers, encoder.device.type == "cuda"):
             for item, reason in skipped:
@@ -159,9 +175,9 @@ def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer
             drain()
     end = time.perf_counter()
     wall, n = end - t0, len(writer.videos)
-    steady = (encoder.busy_s - warm[1]) / (end - warm[0]) if warm and end > warm[0] else 0.0
     return {"clips": n, "seconds": round(wall, 4), "encode_seconds": round(encoder.busy_s, 4),
-            "encoder_busy": encoder.busy_s / wall if wall > 0 else 0.0, "encoder_busy_steady": steady,
+            "encoder_busy": encoder.busy_s / wall if wall > 0 else 0.0, "encoder_busy_steady": encoder.steady_busy(),
+            "batches": len(encoder.spans),
             "clips_per_s": n / wall if wall > 0 else 0.0, "device": str(encoder.device),
             "batch_size": tk.batch_size, "decode_workers": tk.decode_workers,
             "started_at": started, "finished_at": started + wall}
