@@ -81,6 +81,27 @@ def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_laten
             "sampled_graph_reproducible": bool(torch.equal(a, b))}
 
 
+def exactness(device: str, new_tokens: int = 150) -> list[dict[str, Any]]:
+    """The tiny preset in fp32 on this device: greedy tokens of every decode path (compiled graph, device
+    positions, host positions, no cache) must be identical; fp32 leaves no near-tie for rounding to flip."""
+    from harness.cosmos.generate import Sampling, StaticKVCache, generate
+    from harness.cosmos.model import build_model
+
+    grid = Grid(3, 8, 12)
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny"], grid, tp=1, precision="fp32", device=device).eval()
+    modes = ["graph", "device", "eager"] if device == "cuda" else ["device", "eager"]
+    rows = []
+    for b in (1, 4):
+        prompt = torch.randint(0, 64_000, (b, 96), generator=torch.Generator().manual_seed(b)).to(device)
+        cache = StaticKVCache(len(model.decoder.layers), 96 + new_tokens)
+        out = {m: generate(model, prompt, new_tokens, Sampling(0.0), cache=cache, mode=m) for m in modes}
+        ref = generate(model, prompt, new_tokens, Sampling(0.0), use_cache=False)
+        rows.append({"preset": "tiny", "precision": "fp32", "batch": b, "new_tokens": new_tokens,
+                     "identical_to_no_cache": {m: bool(torch.equal(t, ref)) for m, t in out.items()}})
+    return rows
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench generate")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
@@ -109,6 +130,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
     checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
         if "graph" in modes else []
+    checks += exactness(device)
     out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device,
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
            "torch": torch.__version__, "path": "harness.cosmos.generate.generate (static KV cache; mode "

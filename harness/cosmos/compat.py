@@ -1,6 +1,7 @@
 """Run megatron-core on a machine without CUDA (the CPU quickstart, CI): a handful of patches, applied only when
 `torch.cuda.is_available()` is false, each naming the megatron-core code that assumes CUDA (checked against
-megatron-core 0.16.1). Nothing here runs on a GPU node; `apply()` is idempotent.
+megatron-core 0.15.3, 0.16.1 and 0.19.2; the last also on a CUDA build of torch with no GPU visible, as a
+CPU-only task of submitit's local executor sees a GPU workstation). Nothing here runs on a GPU node; `apply()` is idempotent.
 
 Also required on CPU, outside this module: `psutil` installed (without it a dist-checkpoint save hangs in
 `count_queue.join()`), the `gather_object` exchange algorithm for fully-parallel loads (see checkpoint.py), and
@@ -44,6 +45,22 @@ def _patch_cuda_calls() -> None:
     # as the device of new tensors (grad buffers, found-inf flags). On CPU both must be harmless.
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
+    # distributed/param_and_grad_buffer.py (0.19): start_grad_sync waits on torch.cuda.current_stream() for
+    # CUDA-graph gradient events, which initialises CUDA ("No CUDA GPUs are available").
+    torch.cuda.current_stream = lambda *a, **k: _HostStream()  # type: ignore[assignment,return-value]
+
+
+class _HostStream:
+    """What CPU code sees as the current stream: work is already complete when issued."""
+
+    def wait_event(self, event: Any) -> None:
+        return None
+
+    def wait_stream(self, stream: Any) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
 
 
 def _patch_rng() -> None:
@@ -142,4 +159,24 @@ def _patch_optimizer() -> None:
         self.is_stub_optimizer = optimizer is None
 
     opt.FP32Optimizer.__init__ = fp32_init
+    if hasattr(opt.MegatronOptimizer, "has_grad_norm_group"):
+        opt.MegatronOptimizer.has_grad_norm_group = _has_grad_norm_group
+
+
+def _has_grad_norm_group(self: Any, grad_norm_group: Any) -> bool:
+    """optimizer/optimizer.py (0.19) MegatronOptimizer.has_grad_norm_group: whether any rank holds a parameter
+    of a separate grad-norm group, agreed by an all-reduce of a flag it creates with device='cuda'; on CPU."""
+    from megatron.core.optimizer import optimizer as opt
+
+    opt._validate_grad_norm_group(grad_norm_group)
+    cache = getattr(self, "_has_grad_norm_group_cache", None)
+    if cache is None:
+        cache = self._has_grad_norm_group_cache = {}
+    if grad_norm_group not in cache:
+        groups = (opt._get_param_grad_norm_group(p) for p in self.get_parameters())
+        local = any(opt._is_separate_grad_norm_group(g) and g == grad_norm_group for g in groups)
+        flag = torch.tensor([int(local)], dtype=torch.int)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.get_grad_stats_parallel_group())
+        cache[grad_norm_group] = bool(flag.item() > 0)
+    return bool(cache[grad_norm_group])
 
