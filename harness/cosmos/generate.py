@@ -207,7 +207,15 @@ class _DecodeGraph:
 
 
 def _compiled(model: Any) -> Any:
-    """One compiled wrapper per model (shapes are static per batch size: one compilation each)."""
+    """One compiled wrapper per model (shapes are static per batch size: one compilation each). Each cache's
+    block mask closes over its own position tensor, so every cache and batch size is a recompilation of the
+    same code; past dynamo's default limit (8) it would silently run the step eagerly, whose flex attention
+    cannot be captured in a CUDA graph (seen on the H200 after 4B b1, b8 and tiny b1, b4 in one process)."""
+    import torch._dynamo  # noqa: PLC0415
+
+    conf = torch._dynamo.config
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
+    setattr(conf, name, max(getattr(conf, name), 256))
     fn = getattr(model, "_harness_compiled", None)
     if fn is None:
         fn = torch.compile(model, dynamic=False)
