@@ -5,6 +5,7 @@ Each fault ends in a complete, correct run (or a report naming every bad input);
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -227,6 +228,10 @@ def test_finetune_requeued_mid_run_resumes_from_checkpoint(slurm_cluster: str, t
     assert done["steps"] == list(range(save_every, steps + 1, save_every)), done
     logs = "".join(p.read_text(errors="replace") for p in paths.logs("finetune").rglob("*_log.*"))
     assert "resumed from" in logs, "the requeued attempt did not resume from a checkpoint"
+    # the SIGTERM of the requeue came after checkpoint `first`: the trainer saved one more on the signal and
+    # the requeued attempt resumed from it, not from the last scheduled one
+    resumed = [int(n) for n in re.findall(r"resumed from \S+ \(step (\d+)\)", logs)]
+    assert resumed and resumed[0] > first[0], (resumed, first, "no checkpoint was written on the signal")
     reliability.add("faults_survived")
 
 

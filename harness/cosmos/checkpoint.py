@@ -73,6 +73,48 @@ def latest_complete(paths: RunPaths) -> tuple[int, Path] | None:
     return (steps[-1], paths.checkpoint_dir(steps[-1])) if steps else None
 
 
+_manager: Any = None
+
+
+def _signal_proof_results_queue() -> None:
+    """megatron-core's torch_dist writer reports through a queue served by a multiprocessing Manager process it
+    spawns at the first save and keeps. On preemption Slurm signals every process of the step, and that server
+    died of it, so the checkpoint the trainer then writes on the signal failed with BrokenPipeError (seen on
+    the local cluster under `scontrol requeue`). Here the harness owns that server: started with the stop
+    signals ignored, replaced before a save if it is gone anyway, and handed to megatron-core through the module
+    global it checks (`_results_queue` in 0.15-0.19)."""
+    global _manager
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fa  # noqa: PLC0415
+
+    if not hasattr(fa, "_results_queue"):
+        return
+    if _manager is not None and _manager._process.is_alive():
+        return
+    if _manager is not None:
+        log.warning("checkpoint writer's results queue server (pid %d) is gone; starting another",
+                    _manager._process.pid)
+    _manager = _start_manager()
+    fa._results_queue = _manager.Queue()
+
+
+def _start_manager() -> Any:
+    import multiprocessing as mp  # noqa: PLC0415
+    from multiprocessing.managers import SyncManager  # noqa: PLC0415
+
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(_ignore_stop_signals)
+    return manager
+
+
+def _ignore_stop_signals() -> None:
+    """In the queue server: ignored, not blocked (a spawned interpreter already runs threads, e.g. torch's,
+    that would take a blocked signal's default action); SIGKILL at the end of KillWait still ends it."""
+    import signal  # noqa: PLC0415
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any]) -> None:
     """Collective: every rank calls it. An older incomplete attempt at the same path is removed first."""
     if parallel.is_main():
@@ -84,6 +126,7 @@ def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any],
     state: dict[str, Any] = {"state_dict": msd}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(msd)
+    _signal_proof_results_queue()
     dist_checkpointing.save(state, str(ckpt_dir / "weights"))
     parallel.barrier()
     if parallel.is_main():
