@@ -72,25 +72,58 @@ except ImportError:  # pragma: no cover - numba is a declared dependency; torch 
     numba = None
 
 
+def _ratio_row_py(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, p4: np.ndarray, n: int,
+                  span: int, c1: float, c2: float) -> float:  # pragma: no cover - compiled by numba
+    """Sum of the SSIM ratio over one output row's windows, from row prefix sums (window = p[q+span] - p[q]).
+    The loop index is unsigned: numba then emits no negative-index wraparound, and LLVM vectorises the loop
+    (4 windows per AVX2 instruction; ~2.5x faster than the signed loop on the CI machine)."""
+    r2 = 1.0 / (49.0 * 49.0)
+    r48 = 1.0 / (49.0 * 48.0)
+    acc = 0.0
+    for i in range(np.uint64(n)):
+        e = i + np.uint64(span)
+        sx = np.float64(p0[e] - p0[i])
+        sy = np.float64(p1[e] - p1[i])
+        sxx_syy = np.float64((p2[e] - p2[i]) + (p3[e] - p3[i]))
+        sxy = np.float64(p4[e] - p4[i])
+        sxsy = sx * sy
+        sq = sx * sx + sy * sy
+        a1 = 2.0 * sxsy * r2 + c1
+        b1 = sq * r2 + c1
+        a2 = 2.0 * (49.0 * sxy - sxsy) * r48 + c2
+        b2 = (49.0 * sxx_syy - sq) * r48 + c2
+        acc += a1 * a2 / (b1 * b2)
+    return acc
+
+
 def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float,
                     ssim_out: np.ndarray, sse_out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
     """a, b: uint8 [T, H, W*C] (rows with channels interleaved, so every pass is contiguous).
 
     Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column (one vectorized pass per row),
     prefix sums along the row with stride C (so each channel keeps its own windows), then the SSIM ratio of
-    every window. Fills ssim_out[T] and sse_out[T] (exact per-frame sums of squared differences); the five
-    sums live in separate rows of `col`/`pre` so LLVM vectorizes the passes; no [T,H,W,C] temporaries."""
+    every window. Fills ssim_out[T] and sse_out[T] (exact per-frame sums of squared differences). The five sums
+    live in separate 1-D arrays (views of one 2-D array are typed with an unknown layout, which stops LLVM
+    vectorising); no [T,H,W,C] temporaries."""
     t_n, h, wc = a.shape
     ho, wo = h - 6, wc // c_n - 6
     n, span = wo * c_n, 7 * c_n
-    r2 = 1.0 / (49.0 * 49.0)
-    r48 = 1.0 / (49.0 * 48.0)
-    col = np.zeros((5, wc), np.int32)
-    pre = np.zeros((5, wc + c_n), np.int32)
-    c0, c1_, c2_, c3, c4 = col[0], col[1], col[2], col[3], col[4]
-    p0, p1, p2, p3, p4 = pre[0], pre[1], pre[2], pre[3], pre[4]
+    # ten 1-D int32 arrays carved from one buffer, each starting 64 bytes past a 4 KiB multiple from the
+    # last: arrays 4 KiB apart make the CPU's store-to-load check see false dependencies (timings flipped
+    # between 39 and 49 ms a clip pair with separate allocations)
+    stride = (wc + c_n + 1023) // 1024 * 1024 + 16
+    buf = np.zeros(10 * stride, np.int32)
+    c0, c1_, c2_ = buf[0:wc], buf[stride:stride + wc], buf[2 * stride:2 * stride + wc]
+    c3, c4 = buf[3 * stride:3 * stride + wc], buf[4 * stride:4 * stride + wc]
+    m = wc + c_n
+    p0, p1, p2 = buf[5 * stride:5 * stride + m], buf[6 * stride:6 * stride + m], buf[7 * stride:7 * stride + m]
+    p3, p4 = buf[8 * stride:8 * stride + m], buf[9 * stride:9 * stride + m]
     for t in range(t_n):
-        col[:] = 0
+        c0[:] = 0
+        c1_[:] = 0
+        c2_[:] = 0
+        c3[:] = 0
+        c4[:] = 0
         total = 0.0
         sse = np.int64(0)
         for i in range(h):
@@ -98,7 +131,7 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
             row_sse = np.int32(0)
             if i >= 7:  # slide the window: add row i, drop row i-7
                 ao, bo = a[t, i - 7], b[t, i - 7]
-                for q in range(wc):
+                for q in range(np.uint64(wc)):
                     x, y = np.int32(ar[q]), np.int32(br[q])
                     xo, yo = np.int32(ao[q]), np.int32(bo[q])
                     c0[q] += x - xo
@@ -108,7 +141,7 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
                     c4[q] += x * y - xo * yo
                     row_sse += (x - y) * (x - y)
             else:
-                for q in range(wc):
+                for q in range(np.uint64(wc)):
                     x, y = np.int32(ar[q]), np.int32(br[q])
                     c0[q] += x
                     c1_[q] += y
@@ -125,27 +158,14 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
                 p2[q + c_n] = p2[q] + c2_[q]
                 p3[q + c_n] = p3[q] + c3[q]
                 p4[q + c_n] = p4[q] + c4[q]
-            acc = 0.0
-            for q in range(n):
-                e = q + span
-                sx = np.float64(p0[e] - p0[q])
-                sy = np.float64(p1[e] - p1[q])
-                sxx_syy = np.float64((p2[e] - p2[q]) + (p3[e] - p3[q]))
-                sxy = np.float64(p4[e] - p4[q])
-                sxsy = sx * sy
-                sq = sx * sx + sy * sy
-                a1 = 2.0 * sxsy * r2 + c1
-                b1 = sq * r2 + c1
-                a2 = 2.0 * (49.0 * sxy - sxsy) * r48 + c2
-                b2 = (49.0 * sxx_syy - sq) * r48 + c2
-                acc += a1 * a2 / (b1 * b2)
-            total += acc
+            total += _ratio_row(p0, p1, p2, p3, p4, n, span, c1, c2)
         ssim_out[t] = total / (c_n * ho * wo)
         sse_out[t] = sse
 
 
 if numba is not None:
-    _clip_kernel = numba.njit(cache=True, nogil=True, fastmath=True)(_clip_kernel_py)
+    _ratio_row = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")(_ratio_row_py)
+    _clip_kernel = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")(_clip_kernel_py)
 
 
 def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
