@@ -146,9 +146,10 @@ class StaticKVCache:
             def causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
                 return kv_idx <= pos + q_idx
 
+            extra = {"seq_lengths": (s, self.cap)} if _takes(BlockMask.from_kv_blocks, "seq_lengths") else {}
             mask = BlockMask.from_kv_blocks(torch.ones((1, 1, 1), dtype=torch.int32, device=dev),
                                             torch.arange(n_blocks, dtype=torch.int32, device=dev)[None, None, None],
-                                            BLOCK_SIZE=(BLOCK, BLOCK), mask_mod=causal, seq_lengths=(s, self.cap))
+                                            BLOCK_SIZE=(BLOCK, BLOCK), mask_mod=causal, **extra)
             self._masks[s] = mask
         return mask
 
@@ -223,14 +224,29 @@ def _compiled(model: Any) -> Any:
     return fn
 
 
+def _takes(fn: Any, name: str) -> bool:
+    import inspect  # noqa: PLC0415
+
+    return name in inspect.signature(fn).parameters
+
+
+def flex_available() -> bool:
+    """torch >= 2.5: flex attention with GQA and block masks built from key-block counts."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: PLC0415
+    except ImportError:
+        return False
+    return hasattr(BlockMask, "from_kv_blocks") and _takes(flex_attention, "enable_gqa")
+
+
 def graph_supported(model: Any, device: torch.device, context: torch.Tensor | None) -> bool:
     """CUDA only, one tensor-parallel rank (no collectives inside the graph), base models (Video2World's
-    abs-position slice takes a host position)."""
+    abs-position slice takes a host position), and a torch with flex attention (the cache's decode kernel)."""
     from megatron.core import parallel_state  # noqa: PLC0415
 
     return (device.type == "cuda" and context is None
             and parallel_state.get_tensor_model_parallel_world_size() == 1
-            and hasattr(torch.cuda.CUDAGraph, "register_generator_state"))
+            and hasattr(torch.cuda.CUDAGraph, "register_generator_state") and flex_available())
 
 
 def sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
