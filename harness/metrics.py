@@ -102,15 +102,14 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float
 
     Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column (one vectorized pass per row),
     prefix sums along the row with stride C (so each channel keeps its own windows), then the SSIM ratio of
-    every window. Fills ssim_out[T] and sse_out[T] (exact per-frame sums of squared differences). The five sums
-    live in separate 1-D arrays (views of one 2-D array are typed with an unknown layout, which stops LLVM
-    vectorising); no [T,H,W,C] temporaries."""
+    every window. Fills ssim_out[T] and sse_out[T] (exact per-frame sums of squared differences). The ten work
+    rows are 1-D slices of one buffer: with row views of a 2-D array the ratio loop did not vectorise here;
+    no [T,H,W,C] temporaries."""
     t_n, h, wc = a.shape
     ho, wo = h - 6, wc // c_n - 6
     n, span = wo * c_n, 7 * c_n
-    # ten 1-D int32 arrays carved from one buffer, each starting 64 bytes past a 4 KiB multiple from the
-    # last: arrays 4 KiB apart make the CPU's store-to-load check see false dependencies (timings flipped
-    # between 39 and 49 ms a clip pair with separate allocations)
+    # each row starts 64 bytes past a 4 KiB multiple from the last: with ten separate allocations the kernel's
+    # time flipped between 39 and 49 ms a clip pair from run to run (likely 4 KiB aliasing between rows)
     stride = (wc + c_n + 1023) // 1024 * 1024 + 16
     buf = np.zeros(10 * stride, np.int32)
     c0, c1_, c2_ = buf[0:wc], buf[stride:stride + wc], buf[2 * stride:2 * stride + wc]

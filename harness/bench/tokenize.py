@@ -29,6 +29,7 @@ import numpy as np
 
 from harness import inputs, spec as spec_mod, synth
 from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.stages.tokenize import span_seconds
 from harness.video import write_mp4
 
 SOURCE = (17, 360, 640)
@@ -183,7 +184,7 @@ class _Clock:
     def __init__(self, device: str) -> None:
         import torch
 
-        self.cuda, self.busy = device == "cuda", 0.0
+        self.cuda = device == "cuda"
         self.torch = torch
         self.spans: list[tuple[Any, Any]] = []
 
@@ -203,19 +204,18 @@ class _Clock:
             end = self.torch.cuda.Event(enable_timing=True)
             end.record()
             end.synchronize()
-            self.busy += start.elapsed_time(end) / 1000.0
             self.spans.append((start, end))
         else:
-            self.busy += time.perf_counter() - start
             self.spans.append((start, time.perf_counter()))
+
+    @property
+    def busy(self) -> float:
+        return span_seconds(self.spans, self.cuda)[0]
 
     def steady(self) -> float:
         """Encoding time / the encoder's timeline from the first to the last timed clip (as the stage's)."""
-        if not self.spans:
-            return 0.0
-        a, b = self.spans[0][0], self.spans[-1][1]
-        total = a.elapsed_time(b) / 1000.0 if self.cuda else b - a
-        return self.busy / total if total > 0 else 0.0
+        busy, total = span_seconds(self.spans, self.cuda)
+        return busy / total if total > 0 else 0.0
 
 
 def bench_dv(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:

@@ -269,10 +269,9 @@ class CosmosModel(GPTModel):
         n = tokens.shape[1]
         if kv_cache is not None:
             start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
-        self._bind_cache(kv_cache)
         hidden = self.embedding(input_ids=tokens, position_ids=None)
         angles = self.rope(start, n).to(hidden.device)[:, 0, 0]
-        self._bind_rope((angles.cos().to(hidden.dtype), angles.sin().to(hidden.dtype)))
+        self._bind(kv_cache, (angles.cos().to(hidden.dtype), angles.sin().to(hidden.dtype)))
         extra: dict[str, Any] = {}
         if self.preset.video2world:
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
@@ -290,16 +289,14 @@ class CosmosModel(GPTModel):
             self.config.bias_activation_fusion = self.config.bias_dropout_fusion = mode
         return self
 
-    def _bind_rope(self, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> None:
-        for layer in self.decoder.layers:
-            layer.self_attention.core_attention.rope = cos_sin
-
-    def _bind_cache(self, kv_cache: KVCache | None) -> None:
+    def _bind(self, kv_cache: KVCache | None, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Hand each self-attention this forward's cache layer and RoPE tables."""
         attns = [layer.self_attention.core_attention for layer in self.decoder.layers]
         if kv_cache is not None and not kv_cache.layers:
             kv_cache.layers.extend(LayerKV() for _ in attns)
         for i, attn in enumerate(attns):
             attn.kv = kv_cache.layers[i] if kv_cache is not None else None
+            attn.rope = cos_sin
 
 
 def build_model(preset: ModelPreset, grid: Grid, *, tp: int = 1, precision: cfg.Precision = "fp32",

@@ -70,7 +70,6 @@ class Encoder:
 
     module: Any
     device: torch.device
-    busy_s: float = 0.0
     spans: list[tuple[Any, Any]] = field(default_factory=list)
     """Per batch (start, end): CUDA events on the GPU's timeline, perf_counter seconds on a CPU."""
 
@@ -92,7 +91,6 @@ class Encoder:
             x = _channels_first(clips, torch.float32)
             idx = _indices(self.module(x)).to(torch.int64)
             self.spans.append((t0, time.perf_counter()))
-            self.busy_s += self.spans[-1][1] - t0
             return Pending(idx, None, None, None, None)
         host_in = clips if clips.is_pinned() else clips.pin_memory()
         x = host_in.to(self.device, non_blocking=True)
@@ -108,26 +106,33 @@ class Encoder:
         done.record()
         return Pending(host, done, start, end, host_in)
 
+    @property
+    def busy_s(self) -> float:
+        """Seconds spent encoding (read once every batch was waited for)."""
+        return span_seconds(self.spans, self.device.type == "cuda")[0]
+
     def steady_busy(self, skip: int = 2) -> float:
         """Fraction of the encoder's own timeline (the GPU's, on CUDA) spent encoding, from the start of batch
         `skip` (the first ones run TorchScript's profiling passes and cuDNN's autotuning) to the end of the
         last: gaps are time the encoder waited for decoded clips. Call after every batch was waited for."""
-        spans = self.spans[min(skip, len(self.spans) - 1):] if self.spans else []
-        if not spans:
-            return 0.0
-        if self.device.type == "cuda":
-            busy = sum(a.elapsed_time(b) for a, b in spans) / 1000.0
-            total = spans[0][0].elapsed_time(spans[-1][1]) / 1000.0
-        else:
-            busy = sum(b - a for a, b in spans)
-            total = spans[-1][1] - spans[0][0]
+        busy, total = span_seconds(self.spans[min(skip, len(self.spans) - 1):], self.device.type == "cuda")
         return busy / total if total > 0 else 0.0
 
     def wait(self, p: "Pending") -> np.ndarray:
         if p.done is not None:
             p.done.synchronize()
-            self.busy_s += p.start.elapsed_time(p.end) / 1000.0
         return p.indices.numpy()
+
+
+def span_seconds(spans: list[tuple[Any, Any]], cuda: bool) -> tuple[float, float]:
+    """(time inside the spans, time from the first start to the last end) in seconds, of (start, end) pairs:
+    CUDA events (on the GPU's timeline; all recorded and complete) or perf_counter readings."""
+    if not spans:
+        return 0.0, 0.0
+    if cuda:
+        return (sum(a.elapsed_time(b) for a, b in spans) / 1000.0,
+                spans[0][0].elapsed_time(spans[-1][1]) / 1000.0)
+    return sum(b - a for a, b in spans), spans[-1][1] - spans[0][0]
 
 
 @dataclass
