@@ -9,9 +9,10 @@ Definitions (the reference backend computes them with scikit-image itself):
 
 The fast backend relies on one fact: inside the cropped region every 7x7 window lies in the image, so the
 border mode of skimage's filter never matters, and on uint8 input all window sums are exact integers. Only
-the final SSIM ratio is floating point (float64), so the fast values equal skimage's to ~1e-12.
-Two engines compute it: a numba kernel (one fused pass per channel; CPU) and torch (cumulative sums;
-used on CUDA, also runnable on CPU for testing).
+the final SSIM ratio is floating point. Two engines compute it: a numba kernel (one fused pass per frame;
+CPU; the ratio in float32, each window within 1e-6 of skimage, ~1e-8 measured on decoded clips, against the
+issue's 1e-5) and torch (cumulative sums, ratio in float64, ~1e-12; used on CUDA, also runnable on CPU).
+Squared-error sums are exact integers in both, so PSNR equals skimage's to float64 rounding.
 """
 
 from __future__ import annotations
@@ -72,108 +73,109 @@ except ImportError:  # pragma: no cover - numba is a declared dependency; torch 
     numba = None
 
 
-def _ratio_row_py(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, p4: np.ndarray, n: int,
-                  span: int, c1: float, c2: float) -> float:  # pragma: no cover - compiled by numba
-    """Sum of the SSIM ratio over one output row's windows, from row prefix sums (window = p[q+span] - p[q]).
-    The loop index is unsigned: numba then emits no negative-index wraparound, and LLVM vectorises the loop
-    (4 windows per AVX2 instruction; ~2.5x faster than the signed loop on the CI machine)."""
-    r2 = 1.0 / (49.0 * 49.0)
-    r48 = 1.0 / (49.0 * 48.0)
+_i32, _f32 = np.int32, np.float32
+RGB = 3
+"""Channels the numba kernel is compiled for: its row windows need the channel stride as a constant (with a
+runtime stride the window loop ran 6x slower); other channel counts use the torch engine."""
+
+
+def _add_row_py(ar: np.ndarray, br: np.ndarray, ao: np.ndarray, bo: np.ndarray, c0: np.ndarray, c1: np.ndarray,
+                c2: np.ndarray, c3: np.ndarray, c4: np.ndarray) -> int:  # pragma: no cover - compiled by numba
+    """Slide the 7-row column sums of x, y, x^2, y^2, xy down one row (add row a/b, drop row ao/bo) and return
+    the row's sum of squared differences. Column sums are float32 holding exact integers (at most
+    7 * 255^2 < 2^24), which keeps the loop 8 lanes wide: numba widens int32 arithmetic to int64."""
+    sse = _i32(0)
+    for q in range(np.uint64(len(c0))):
+        x, y = _f32(ar[q]), _f32(br[q])
+        xo, yo = _f32(ao[q]), _f32(bo[q])
+        c0[q] += x - xo
+        c1[q] += y - yo
+        c2[q] += x * x - xo * xo
+        c3[q] += y * y - yo * yo
+        c4[q] += x * y - xo * yo
+        d = x - y
+        sse = _i32(sse + _i32(d * d))
+    return sse
+
+
+def _win_py(c: np.ndarray, q: np.uint64) -> np.int32:  # pragma: no cover - compiled by numba
+    """7-pixel window sum along a row of interleaved RGB: exact (every partial sum < 2^24), as int32."""
+    return _i32(((c[q] + c[q + 3]) + (c[q + 6] + c[q + 9])) + ((c[q + 12] + c[q + 15]) + c[q + 18]))
+
+
+def _ratio_row_py(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, c4: np.ndarray, r: np.ndarray,
+                  k1: np.float32, k2: np.float32) -> None:  # pragma: no cover - compiled by numba
+    """SSIM of every 7x7 window of one output row into r. The four numerators and denominators are exact
+    int32 (at most 2 * (49 * 255)^2 < 2^31); only the ratio is float32, so each window's value has a relative
+    error of a few float32 ulps (< 1e-6; SSIM lies in [-1, 1]) and no cancellation can amplify it."""
+    r2, r48 = _f32(1.0 / (NP * NP)), _f32(1.0 / (NP * (NP - 1)))
+    for q in range(np.uint64(len(r))):
+        sx, sy = _win(c0, q), _win(c1, q)
+        sxx, syy, sxy = _win(c2, q), _win(c3, q), _win(c4, q)
+        sxsy = _i32(sx * sy)
+        sq = _i32(_i32(sx * sx) + _i32(sy * sy))
+        a1 = _f32(_i32(2 * sxsy)) * r2 + k1
+        b1 = _f32(sq) * r2 + k1
+        a2 = _f32(_i32(2 * _i32(_i32(NP * sxy) - sxsy))) * r48 + k2
+        b2 = _f32(_i32(_i32(NP * _i32(sxx + syy)) - sq)) * r48 + k2
+        r[q] = (a1 * a2) / (b1 * b2)
+
+
+def _row_sum_py(r: np.ndarray) -> float:  # pragma: no cover - compiled by numba
     acc = 0.0
-    for i in range(np.uint64(n)):
-        e = i + np.uint64(span)
-        sx = np.float64(p0[e] - p0[i])
-        sy = np.float64(p1[e] - p1[i])
-        sxx_syy = np.float64((p2[e] - p2[i]) + (p3[e] - p3[i]))
-        sxy = np.float64(p4[e] - p4[i])
-        sxsy = sx * sy
-        sq = sx * sx + sy * sy
-        a1 = 2.0 * sxsy * r2 + c1
-        b1 = sq * r2 + c1
-        a2 = 2.0 * (49.0 * sxy - sxsy) * r48 + c2
-        b2 = (49.0 * sxx_syy - sq) * r48 + c2
-        acc += a1 * a2 / (b1 * b2)
+    for q in range(np.uint64(len(r))):
+        acc += np.float64(r[q])
     return acc
 
 
-def _clip_kernel_py(a: np.ndarray, b: np.ndarray, c_n: int, c1: float, c2: float,
-                    ssim_out: np.ndarray, sse_out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
-    """a, b: uint8 [T, H, W*C] (rows with channels interleaved, so every pass is contiguous).
+def _clip_kernel_py(a: np.ndarray, b: np.ndarray, k1: np.float32, k2: np.float32, ssim_out: np.ndarray,
+                    sse_out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+    """a, b: uint8 [T, H, W*3] (rows with channels interleaved, so every pass is contiguous).
 
-    Per frame: vertical running 7-row sums of x, y, x^2, y^2, xy per column (one vectorized pass per row),
-    prefix sums along the row with stride C (so each channel keeps its own windows), then the SSIM ratio of
-    every window. Fills ssim_out[T] and sse_out[T] (exact per-frame sums of squared differences). The ten work
-    rows are 1-D slices of one buffer: with row views of a 2-D array the ratio loop did not vectorise here;
-    no [T,H,W,C] temporaries."""
+    Per frame and row: slide the column sums down (`_add_row`), then the SSIM of every window of the row from
+    7-wide sums of the column sums (`_ratio_row`), summed in float64. Fills ssim_out[T] and sse_out[T] (exact
+    per-frame sums of squared differences). Every loop is a plain contiguous pass that LLVM vectorises; the
+    five column rows are slices of one buffer, offset against 4 KiB aliasing (with separate allocations the
+    time flipped by ~25% from run to run)."""
     t_n, h, wc = a.shape
-    ho, wo = h - 6, wc // c_n - 6
-    n, span = wo * c_n, 7 * c_n
-    # each row starts 64 bytes past a 4 KiB multiple from the last: with ten separate allocations the kernel's
-    # time flipped between 39 and 49 ms a clip pair from run to run (likely 4 KiB aliasing between rows)
-    stride = (wc + c_n + 1023) // 1024 * 1024 + 16
-    buf = np.zeros(10 * stride, np.int32)
-    c0, c1_, c2_ = buf[0:wc], buf[stride:stride + wc], buf[2 * stride:2 * stride + wc]
+    n = wc - 6 * RGB
+    stride = (wc + 1023) // 1024 * 1024 + 16
+    buf = np.zeros(5 * stride, np.float32)
+    c0, c1, c2 = buf[0:wc], buf[stride:stride + wc], buf[2 * stride:2 * stride + wc]
     c3, c4 = buf[3 * stride:3 * stride + wc], buf[4 * stride:4 * stride + wc]
-    m = wc + c_n
-    p0, p1, p2 = buf[5 * stride:5 * stride + m], buf[6 * stride:6 * stride + m], buf[7 * stride:7 * stride + m]
-    p3, p4 = buf[8 * stride:8 * stride + m], buf[9 * stride:9 * stride + m]
+    r = np.zeros(n, np.float32)
+    zero = np.zeros(wc, np.uint8)
     for t in range(t_n):
-        c0[:] = 0
-        c1_[:] = 0
-        c2_[:] = 0
-        c3[:] = 0
-        c4[:] = 0
+        buf[:] = 0
         total = 0.0
         sse = np.int64(0)
         for i in range(h):
-            ar, br = a[t, i], b[t, i]
-            row_sse = np.int32(0)
-            if i >= 7:  # slide the window: add row i, drop row i-7
-                ao, bo = a[t, i - 7], b[t, i - 7]
-                for q in range(np.uint64(wc)):
-                    x, y = np.int32(ar[q]), np.int32(br[q])
-                    xo, yo = np.int32(ao[q]), np.int32(bo[q])
-                    c0[q] += x - xo
-                    c1_[q] += y - yo
-                    c2_[q] += x * x - xo * xo
-                    c3[q] += y * y - yo * yo
-                    c4[q] += x * y - xo * yo
-                    row_sse += (x - y) * (x - y)
-            else:
-                for q in range(np.uint64(wc)):
-                    x, y = np.int32(ar[q]), np.int32(br[q])
-                    c0[q] += x
-                    c1_[q] += y
-                    c2_[q] += x * x
-                    c3[q] += y * y
-                    c4[q] += x * y
-                    row_sse += (x - y) * (x - y)
-            sse += row_sse
-            if i < 6:
-                continue
-            for q in range(wc):
-                p0[q + c_n] = p0[q] + c0[q]
-                p1[q + c_n] = p1[q] + c1_[q]
-                p2[q + c_n] = p2[q] + c2_[q]
-                p3[q + c_n] = p3[q] + c3[q]
-                p4[q + c_n] = p4[q] + c4[q]
-            total += _ratio_row(p0, p1, p2, p3, p4, n, span, c1, c2)
-        ssim_out[t] = total / (c_n * ho * wo)
+            old_a, old_b = (a[t, i - WIN], b[t, i - WIN]) if i >= WIN else (zero, zero)
+            sse += _add_row(a[t, i], b[t, i], old_a, old_b, c0, c1, c2, c3, c4)
+            if i >= WIN - 1:
+                _ratio_row(c0, c1, c2, c3, c4, r, k1, k2)
+                total += _row_sum(r)
+        ssim_out[t] = total / ((h - WIN + 1) * n)
         sse_out[t] = sse
 
 
 if numba is not None:
-    _ratio_row = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")(_ratio_row_py)
-    _clip_kernel = numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")(_clip_kernel_py)
+    # fast-math without 'arcp': the ratio keeps a true division, so identical windows give exactly 1
+    _jit = numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "contract", "reassoc", "afn"},
+                      error_model="numpy")
+    _add_row, _win, _ratio_row, _row_sum = _jit(_add_row_py), _jit(_win_py), _jit(_ratio_row_py), _jit(_row_sum_py)
+    _clip_kernel = _jit(_clip_kernel_py)
 
 
 def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if numba is None:
         raise ImportError("the fast CPU metrics need numba: pip install numba (or use backend='skimage')")
     t, h, w, c = a.shape
+    if c != RGB:
+        return clip_torch(a, b, "cpu")
     ssim, sse = np.empty(t, dtype=np.float64), np.empty(t, dtype=np.int64)
     _clip_kernel(np.ascontiguousarray(a).reshape(t, h, w * c), np.ascontiguousarray(b).reshape(t, h, w * c),
-                 c, C1, C2, ssim, sse)
+                 _f32(C1), _f32(C2), ssim, sse)
     return sse, ssim
 
 

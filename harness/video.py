@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,15 +105,32 @@ def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, th
 def _fit(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
     """rgb24 of one frame: at its own size, or resized to cover `size` and center-cropped (a view)."""
     if size is None:
-        return frame.to_ndarray(format="rgb24")
+        return _to_rgb(frame)
     height, width = size
     cw, ch = cover_size(frame.width, frame.height, width, height)
-    if (cw, ch) == (frame.width, frame.height):
-        rgb = frame.to_ndarray(format="rgb24")
-    else:
-        rgb = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
+    rgb = _to_rgb(frame) if (cw, ch) == (frame.width, frame.height) else _to_rgb(frame, cw, ch)
     y0, x0 = (ch - height) // 2, (cw - width) // 2
     return rgb[y0:y0 + height, x0:x0 + width]
+
+
+_local = threading.local()
+
+
+def _to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """The frame as rgb24 through this thread's own reformatter, on one swscale thread. `to_ndarray(format=)`
+    builds a new swscale context for every frame (on automatic threads in recent PyAV): 0.24 ms a 320x512 frame
+    on the CI machine, against 0.08 with a reused context, same pixels; callers already run a thread per clip."""
+    if getattr(_local, "reformatter", None) is None:
+        _local.reformatter = av.video.reformatter.VideoReformatter()
+        _local.threads = {"threads": 1}
+    kwargs = {"format": "rgb24", "width": width, "height": height,
+              "interpolation": "AREA" if width is not None else None}
+    try:
+        out = _local.reformatter.reformat(frame, **kwargs, **_local.threads)
+    except TypeError:  # older PyAV: no `threads` argument
+        _local.threads = {}
+        out = _local.reformatter.reformat(frame, **kwargs)
+    return out.to_ndarray()
 
 
 def _first_line(e: BaseException) -> str:
@@ -120,8 +138,12 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else "(no message)"
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int, *, crf: int = 12) -> None:
-    """Write uint8 [T, H, W, 3] as H.264 (MPEG-4 part 2 where libx264 is missing), atomically."""
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int, *, crf: int = 12, fast_decode: bool = False) -> None:
+    """Write uint8 [T, H, W, 3] as H.264 (MPEG-4 part 2 where libx264 is missing), atomically.
+
+    `fast_decode`: CAVLC instead of CABAC entropy coding, for videos the harness writes and then decodes
+    again (the infer stage's output, read by every evaluation). Same pixels at the same crf, ~20% larger
+    files, half the decode time on detailed content (measured: 27.5 vs 58 ms a 17x320x512 clip)."""
     path = Path(path)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise HarnessError(f"{path}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} "
@@ -133,14 +155,14 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, *, crf: int = 12) 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4.tmp")
     os.close(fd)
     try:
-        _encode(tmp, frames, fps, crf)
+        _encode(tmp, frames, fps, crf, fast_decode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _encode(tmp: str, frames: np.ndarray, fps: int, crf: int) -> None:
+def _encode(tmp: str, frames: np.ndarray, fps: int, crf: int, fast_decode: bool) -> None:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(tmp, mode="w", format="mp4") as out:
         stream = out.add_stream(codec, rate=fps)
@@ -148,6 +170,8 @@ def _encode(tmp: str, frames: np.ndarray, fps: int, crf: int) -> None:
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": str(crf), "preset": "veryfast"}
+            if fast_decode:
+                stream.options = {**stream.options, "x264-params": "cabac=0"}
         else:
             stream.codec_context.qscale = 2
         for rgb in frames:

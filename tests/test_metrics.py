@@ -14,6 +14,11 @@ from harness.synth import smooth_clip
 from harness.video import ClipShape, load_clip, write_mp4
 
 
+TOL = {"numba": 1e-6, "torch": 1e-9}
+"""SSIM atol per engine: the numba kernel's ratio is float32 (bound 1e-6 a window), torch's float64; the
+issue asks 1e-5."""
+
+
 def _sk_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([structural_similarity(a[i], b[i], data_range=255, channel_axis=-1) for i in range(len(a))])
 
@@ -30,7 +35,7 @@ def _random_pair(seed: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndar
 def test_fast_equals_skimage_random(engine: str, shape: tuple[int, ...]) -> None:
     a, b = _random_pair(sum(shape), shape)
     sse, ssim = metrics.clip_metrics(a, b, "fast", "cpu", engine=engine)  # type: ignore[arg-type]
-    np.testing.assert_allclose(ssim, _sk_ssim(a, b), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ssim, _sk_ssim(a, b), rtol=0, atol=TOL[engine])
     np.testing.assert_array_equal(sse, ((a.astype(np.int64) - b) ** 2).sum(axis=(1, 2, 3)))
     psnr = metrics.psnr_from_mse(int(sse.sum()) / a.size)
     assert abs(psnr - peak_signal_noise_ratio(a, b, data_range=255)) < 1e-6
@@ -43,8 +48,24 @@ def test_extreme_values_do_not_overflow() -> None:
     b[1, ::2] = 0
     for engine in ("numba", "torch"):
         sse, ssim = metrics.clip_metrics(a, b, "fast", "cpu", engine=engine)  # type: ignore[arg-type]
-        np.testing.assert_allclose(ssim, _sk_ssim(a, b), atol=1e-9)
+        np.testing.assert_allclose(ssim, _sk_ssim(a, b), atol=TOL[engine])
         assert sse.sum() == int(((a.astype(np.int64) - b) ** 2).sum())
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_float32_ratio_worst_cases(engine: str) -> None:
+    """Where a float32 ratio could lose most: bright flat windows (large means, tiny variances), anti-correlated
+    texture whose covariance cancels C2, and full-range noise; every frame within the engine's tolerance."""
+    rng = np.random.default_rng(7)
+    shape = (1, 24, 40, 3)
+    flat = np.full(shape, 250, np.uint8)
+    flat_b = (flat - rng.integers(0, 2, shape)).astype(np.uint8)
+    base = rng.integers(100, 156, shape)
+    anti = np.clip(255 - base + rng.integers(-3, 4, shape), 0, 255).astype(np.uint8)
+    noise_a, noise_b = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
+    for a, b in ((flat, flat_b), (base.astype(np.uint8), anti), (noise_a, noise_b)):
+        ssim = metrics.clip_metrics(a, b, "fast", "cpu", engine=engine)[1]  # type: ignore[arg-type]
+        np.testing.assert_allclose(ssim, _sk_ssim(a, b), rtol=0, atol=TOL[engine])
 
 
 def test_fast_equals_skimage_on_decoded_mp4(tmp_path: Path) -> None:
@@ -55,7 +76,7 @@ def test_fast_equals_skimage_on_decoded_mp4(tmp_path: Path) -> None:
     fast_sse, fast_ssim = metrics.clip_metrics(clip, decoded, "fast", "cpu")
     ref_sse, ref_ssim = metrics.clip_metrics(clip, decoded, "skimage")
     np.testing.assert_array_equal(fast_sse, ref_sse)
-    np.testing.assert_allclose(fast_ssim, ref_ssim, atol=1e-9)
+    np.testing.assert_allclose(fast_ssim, ref_ssim, atol=TOL["numba"])
     assert abs(metrics.psnr(clip, decoded) - metrics.psnr(clip, decoded, "skimage")) < 1e-6
     assert 20 < metrics.psnr(clip, decoded) < 60 and 0.5 < fast_ssim.mean() < 1
 

@@ -41,6 +41,20 @@ def test_round_trip_at_the_same_size(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.mp4"]  # no temp files left behind
 
 
+def test_fast_decode_writes_cavlc_with_the_same_quality(tmp_path: Path) -> None:
+    """The infer stage's writer: x264 records its settings in the stream; CAVLC is cabac=0, default is 1."""
+    clip = synth.smooth_clip(9, 48, 64, seed=3)
+    write_mp4(tmp_path / "fast.mp4", clip, fps=25, fast_decode=True)
+    write_mp4(tmp_path / "default.mp4", clip, fps=25)
+    assert b"cabac=0" in (tmp_path / "fast.mp4").read_bytes()
+    assert b"cabac=1" in (tmp_path / "default.mp4").read_bytes()
+    psnr = {}
+    for name in ("fast", "default"):
+        back = load_clip(tmp_path / f"{name}.mp4", ClipShape(9, 48, 64))
+        psnr[name] = 10 * np.log10(255**2 / ((back.astype(float) - clip) ** 2).mean())
+    assert abs(psnr["fast"] - psnr["default"]) < 0.5
+
+
 def test_wide_clip_is_center_cropped(tmp_path: Path) -> None:
     write_mp4(tmp_path / "wide.mp4", _bands(5, 48, 144), fps=25)  # 3:1 -> 1:1 keeps only the middle third
     out = load_clip(tmp_path / "wide.mp4", ClipShape(5, 48, 48))

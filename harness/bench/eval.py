@@ -30,10 +30,14 @@ from harness.video import ClipShape, load_clip, write_mp4
 T, H, W = 17, 320, 512
 
 
-def make_pairs(root: Path, n: int, seed: int = 0, texture: int = 4) -> tuple[Path, Path]:
+def make_pairs(root: Path, n: int, seed: int = 0, texture: int = 4, generated_cavlc: bool = True
+               ) -> tuple[Path, Path]:
     """n reference clips and n 'generated' ones (the reference plus noise and a drift), as real mp4s.
     `texture`: amplitude of per-pixel noise in both; it sets the bitrate, hence the decode cost that every
-    evaluator pays (0 = smooth synthetic content, cheap to decode)."""
+    evaluator pays (0 = smooth synthetic content, cheap to decode). The generated clips are written as the
+    infer stage writes its output (CAVLC, `fast_decode`); the references, standing for the user's videos, with
+    x264's default entropy coder (CABAC), which costs about twice as much to decode (`generated_cavlc=False`
+    writes the generated ones that way too: videos the harness did not write)."""
     ref, gen = root / "reference", root / "generated"
     ref.mkdir(parents=True, exist_ok=True)
     gen.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,8 @@ def make_pairs(root: Path, n: int, seed: int = 0, texture: int = 4) -> tuple[Pat
         noise = rng.integers(-texture, texture + 1, clip.shape, dtype=np.int16) if texture else 2
         noisy = np.clip(clip.astype(np.int16) + noise, 0, 255)
         write_mp4(ref / f"clip-{i:04d}.mp4", clip, 25)
-        write_mp4(gen / f"clip-{i:04d}.mp4", np.roll(noisy.astype(np.uint8), 1, axis=2), 25)
+        write_mp4(gen / f"clip-{i:04d}.mp4", np.roll(noisy.astype(np.uint8), 1, axis=2), 25,
+                  fast_decode=generated_cavlc)
     return ref, gen
 
 
@@ -119,13 +124,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=0, help="threads (0 = CPUs available)")
     ap.add_argument("--texture", type=int, default=4, help="per-pixel noise amplitude of the clips (bitrate)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--generated-cabac", action="store_true",
+                    help="write the generated clips with x264's default CABAC, not the infer stage's CAVLC")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
     device = args.device or metrics.default_device()
     workers = args.workers or evaluate.default_workers()
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp_s:
         tmp = Path(tmp_s)
-        ref, gen = make_pairs(tmp / "data", args.n, texture=args.texture)
+        ref, gen = make_pairs(tmp / "data", args.n, texture=args.texture,
+                              generated_cavlc=not args.generated_cabac)
         (tmp / "re").mkdir()
         # warm-up: numba compile cache, CUDA context, page cache; not timed
         evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers)
@@ -139,6 +147,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     diff_ssim = max(abs(a["ssim"] - b["ssim"]) for a, b in zip(res["videos"], check["videos"]))
     out = {
         "bench": "eval", "pairs": args.n, "shape": [T, H, W], "texture": args.texture, "device": device,
+        "generated_entropy": "cabac" if args.generated_cabac else "cavlc (infer stage writer)",
+        "reference_entropy": "cabac (x264 default)",
         "engine": res["engine"],
         "workers": workers, "cpus": os.cpu_count(), "repeats": args.repeats,
         "baseline_repeats": args.baseline_repeats,

@@ -269,7 +269,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
             side = Sidecar(it.source, reference_frames(spec, it), tm.context_frames(context_latents(spec, it)),
                            step, sampling.seed, i.temperature, i.top_p)
             atomic_write_json(sidecar_path(mp4), side.to_json())
-            write_mp4(mp4, video, spec.video.fps)
+            write_mp4(mp4, video, spec.video.fps, fast_decode=True)
     if parallel.is_main():
         atomic_write_json(out_dir.parent / f"step-{step:08d}.stats.json",
                           {"step": step, "inputs": len(items), "generated": len(todo), "batches": records,
