@@ -11,14 +11,14 @@ The fast backend relies on one fact: inside the cropped region every 7x7 window 
 border mode of skimage's filter never matters, and on uint8 input all window sums are exact integers. Only
 the final SSIM ratio is floating point. Two engines compute it: a numba kernel (one fused pass per frame;
 CPU; the ratio in float32, each window within 1e-6 of skimage, ~1e-8 measured on decoded clips, against the
-issue's 1e-5) and torch (cumulative sums, ratio in float64, ~1e-12; used on CUDA, also runnable on CPU).
+issue's 1e-5) and torch (`harness.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
+~1e-14; used on CUDA, also runnable on CPU).
 Squared-error sums are exact integers in both, so PSNR equals skimage's to float64 rounding.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Literal
 
 import numpy as np
@@ -180,63 +180,12 @@ def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ torch
-def _box_sum_torch(x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-    """Exact 7x7 'valid' window sums of an int32 tensor [..., H, W] via cumulative sums."""
-    import torch
-    import torch.nn.functional as F
-
-    c = F.pad(torch.cumsum(x, -1, dtype=torch.int32), (1, 0))
-    x = c[..., WIN:] - c[..., :-WIN]
-    c = F.pad(torch.cumsum(x, -2, dtype=torch.int32), (0, 0, 1, 0))
-    return c[..., WIN:, :] - c[..., :-WIN, :]
-
-
 def clip_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
-               device: str = "cpu", chunk: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(per-frame SSE, per-frame SSIM) on torch, one transfer per clip; int32 window sums are exact
-    (at most 49 * 49 * 255^2 < 2^31), the SSIM ratio is float64. `chunk` frames at a time (0: a whole
-    17-frame clip at once on a GPU, ~0.2 GB of temporaries, so ~25 kernel launches a clip; 8 on a CPU)."""
-    chunk = chunk or (32 if device.startswith("cuda") else 8)
-    import torch
+               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(per-frame SSE, per-frame SSIM) on torch (`harness.metrics_torch`): the engine used on CUDA."""
+    from harness import metrics_torch
 
-    with _stream(device):
-        return _clip_torch(torch.as_tensor(a).to(device), torch.as_tensor(b).to(device), chunk)
-
-
-_local = threading.local()
-
-
-def _stream(device: str) -> Any:
-    """A CUDA stream per calling thread, so that pairs scored on several threads overlap on the GPU and one
-    thread's synchronisation does not wait for the others' work."""
-    import contextlib
-
-    import torch
-
-    if not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    if getattr(_local, "stream", None) is None:
-        _local.stream = torch.cuda.Stream(device=device)
-    return torch.cuda.stream(_local.stream)
-
-
-def _clip_torch(ta: "torch.Tensor", tb: "torch.Tensor", chunk: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
-    import torch
-
-    sse, ssim = [], []
-    for s in range(0, ta.shape[0], chunk):
-        x = ta[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)
-        y = tb[s:s + chunk].permute(0, 3, 1, 2).to(torch.int32)
-        sse.append(((x - y) ** 2).sum(dim=(1, 2, 3), dtype=torch.int64))
-        sx, sy, sxx, syy, sxy = _box_sum_torch(torch.stack([x, y, x * x, y * y, x * y]))
-        sxsy = sx * sy
-        sq = sx * sx + sy * sy
-        a1 = (2 * sxsy).double() / (NP * NP) + C1
-        b1 = sq.double() / (NP * NP) + C1
-        a2 = (2 * (NP * sxy - sxsy)).double() / (NP * (NP - 1)) + C2
-        b2 = (NP * (sxx + syy) - sq).double() / (NP * (NP - 1)) + C2
-        ssim.append((a1 * a2 / (b1 * b2)).mean(dim=(1, 2, 3)))
-    return torch.cat(sse).cpu().numpy(), torch.cat(ssim).cpu().numpy()
+    return metrics_torch.clip(a, b, device, C1, C2)
 
 
 # ------------------------------------------------------------------------------------------ public
