@@ -138,7 +138,7 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, k1: np.float32, k2: np.float32
     five column rows are slices of one buffer, offset against 4 KiB aliasing (with separate allocations the
     time flipped by ~25% from run to run)."""
     t_n, h, wc = a.shape
-    n = wc - 6 * RGB
+    n = wc - (WIN - 1) * RGB
     stride = (wc + 1023) // 1024 * 1024 + 16
     buf = np.zeros(5 * stride, np.float32)
     c0, c1, c2 = buf[0:wc], buf[stride:stride + wc], buf[2 * stride:2 * stride + wc]
@@ -185,7 +185,7 @@ def clip_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  
     """(per-frame SSE, per-frame SSIM) on torch (`harness.metrics_torch`): the engine used on CUDA."""
     from harness import metrics_torch
 
-    return metrics_torch.clip(a, b, device, C1, C2)
+    return metrics_torch.clip(a, b, device, WIN, C1, C2)
 
 
 # ------------------------------------------------------------------------------------------ public

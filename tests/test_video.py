@@ -55,6 +55,21 @@ def test_fast_decode_writes_cavlc_with_the_same_quality(tmp_path: Path) -> None:
     assert abs(psnr["fast"] - psnr["default"]) < 0.5
 
 
+def test_reused_reformatter_gives_pyav_pixels(tmp_path: Path) -> None:
+    """load_frames converts through one swscale context per thread: the same rgb24 as PyAV's own per-frame
+    `to_ndarray` / `reformat`, at the video's size and resized to cover."""
+    import av
+
+    write_mp4(tmp_path / "a.mp4", synth.smooth_clip(5, 72, 128, seed=4), fps=25)
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        frames = list(c.decode(c.streams.video[0]))
+    own = np.stack([f.to_ndarray(format="rgb24") for f in frames])
+    resized = np.stack([f.reformat(width=64, height=36, format="rgb24", interpolation="AREA").to_ndarray()
+                        for f in frames])
+    np.testing.assert_array_equal(load_frames(tmp_path / "a.mp4"), own)
+    np.testing.assert_array_equal(load_frames(tmp_path / "a.mp4", (36, 64)), resized)
+
+
 def test_wide_clip_is_center_cropped(tmp_path: Path) -> None:
     write_mp4(tmp_path / "wide.mp4", _bands(5, 48, 144), fps=25)  # 3:1 -> 1:1 keeps only the middle third
     out = load_clip(tmp_path / "wide.mp4", ClipShape(5, 48, 48))

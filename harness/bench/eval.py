@@ -146,7 +146,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         timed = _time({"harness": lambda: evaluate.evaluate_dirs(ref, gen, "fast", device=device, workers=workers),
                        "decode": lambda: decode_all(files, workers)}, args.repeats)
         (t_harness, c_harness, res), (t_decode, c_decode, _) = timed["harness"], timed["decode"]
-        t_base, c_base, _ = _time({"baseline": lambda: baseline(ref, gen, tmp / "re")}, args.baseline_repeats)["baseline"]
+        base = _time({"baseline": lambda: baseline(ref, gen, tmp / "re")}, args.baseline_repeats)
+        t_base, c_base, _ = base["baseline"]
         check = evaluate.evaluate_dirs(ref, gen, "skimage", workers=workers)
     diff_psnr = max(abs(a["psnr"] - b["psnr"]) for a, b in zip(res["videos"], check["videos"]))
     diff_ssim = max(abs(a["ssim"] - b["ssim"]) for a, b in zip(res["videos"], check["videos"]))
