@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
-    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare"])
+    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "stages_tp"])
     s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_bench)
     return p

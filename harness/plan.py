@@ -136,7 +136,7 @@ def _stage(spec: RunSpec, name: str, tasks: int, throttle_default: int, facts: F
     edge = _EDGES[name]
     array = name in ("tokenize", "infer", "evaluate")
     finetune = name == "finetune"
-    ntasks = spec_mod.ranks_per_node(spec.finetune) if finetune else 1
+    ntasks = {"finetune": spec_mod.ranks_per_node(spec.finetune), "infer": spec.infer.tensor_parallel}.get(name, 1)
     res = SlurmResources(
         partition=section.partition, account=section.account, qos=section.qos, time_min=section.time_min,
         nodes=section.nodes, ntasks_per_node=ntasks, gpus_per_node=section.gpus_per_node,

@@ -164,8 +164,10 @@ class InferSection(Resources):
     context_latent_frames: int = opt(2, "latent frames of context (1 for images)", min=1, max=1024)
     temperature: float = opt(1.0, "sampling temperature (0 = greedy)", min=0.0, max=100.0)
     top_p: float = opt(0.8, "nucleus sampling mass", min=0.0, max=1.0)
-    batch_size: int = opt(8, "inputs generated together", min=1, max=1024)
-    tensor_parallel: int = opt(1, "tensor-parallel size for generation", min=1, max=64)
+    batch_size: int = opt(8, "inputs generated together (0 = auto: the largest batch whose KV cache and prefill "
+                          "fit in the GPU's free memory)", min=0, max=1024)
+    tensor_parallel: int = opt(1, "tensor-parallel size for generation: ranks per infer task, one per GPU",
+                               min=1, max=64)
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,28 @@ def test_video2world_from_jsonl_prompts(tmp_path: Path) -> None:
         assert frames.shape == (9, 48, 64, 3)
         side = evaluate.Sidecar.read(paths.infer_dir(1) / f"{it.name}.json")
         assert side.reference == it.source and side.context_frames == 1
+
+
+@pytest.mark.timeout(900)
+def test_tensor_parallel_2_generates_the_tp1_videos(tmp_path: Path) -> None:
+    """infer.tensor_parallel = 2 as one process (the stage spawns two gloo ranks): greedy fp32 tokens, hence the
+    decoded frames, equal TP=1's from the same checkpoint; batch_size 0 (auto) puts both inputs in one batch."""
+    inputs = tmp_path / "inputs"
+    make_clips(inputs, 2, seed=5)
+    tok = write_tokenizer(tmp_path / "tok", (4, 8, 8))
+    frames = {}
+    for tp, batch in ((1, 1), (2, 0)):
+        spec = spec_mod.from_dict({
+            "model": {"preset": "tiny"}, "data": {"videos": str(inputs)},
+            "video": {"width": 64, "height": 48, "num_frames": 9}, "finetune": {"max_steps": 2, "save_every": 2},
+            "infer": {"inputs": str(inputs), "max_inputs": 2, "batch_size": batch, "temperature": 0.0,
+                      "tensor_parallel": tp}})
+        paths = RunPaths(tmp_path / f"run-tp{tp}")
+        atomic_write_json(paths.assets_json, {"encoder": str(tok), "decoder": str(tok)})
+        write_tiny_pretrained(paths.checkpoint_dir(2), PRESETS["tiny"], seed=3)
+        infer.run(spec, 0, paths)
+        stats = json.loads((paths.infer_dir(2).parent / "step-00000002.stats.json").read_text())
+        assert [b["batch"] for b in stats["batches"]] == ([1, 1] if tp == 1 else [2])
+        frames[tp] = [load_clip(paths.infer_dir(2) / f"clip_00{i}.mp4", ClipShape(9, 48, 64)) for i in range(2)]
+    for one, two in zip(frames[1], frames[2]):
+        assert np.array_equal(one, two)

@@ -69,6 +69,12 @@ def test_data_parallel_and_grad_accumulation() -> None:
     assert (ft.nodes, ft.ntasks_per_node, ft.gpus_per_node) == (2, 8, 8)
 
 
+def test_infer_tasks_get_one_rank_per_tensor_parallel_shard() -> None:
+    s = spec.loads('[data]\nvideos="x"\n[infer]\ngpus_per_node=2\ntensor_parallel=2\n')
+    inf = plan.build(s, plan.Facts(num_inputs=10)).stage("infer").resources
+    assert (inf.nodes, inf.ntasks_per_node, inf.gpus_per_node) == (1, 2, 2)
+
+
 def _render_all(p: plan.Plan) -> dict[str, str]:
     paths = RunPaths(Path("/shared/runs/cosmos-4b-dv4x8x8-RUNID"))
     ids = {s.name: [f"{1000 + i}"] for i, s in enumerate(p.stages)}

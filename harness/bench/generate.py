@@ -8,17 +8,24 @@ decoding (prefill reported separately). The memory-bandwidth bound at batch 1 is
 weights read per step / step time.
 
     python -m harness.bench.generate --preset cosmos-4b --batch 1 8 --out results/bench
+    python -m harness.bench.generate --batch 32 64 --new-tokens 0 --modes graph   # whole videos: videos/GPU-hour
+    python -m harness.bench.generate --tp 2 --batch 1 8 --out results/bench/h200x2  # 2 GPUs (torchrun)
+
+At --tp N the checks are the fp32 greedy tokens of a tiny checkpoint loaded at TP=N against TP=1's, every mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.bench import ranks
 from harness.models import PRESETS
 from harness.rundir import atomic_write_json
 from harness.tokens import Grid
@@ -26,13 +33,13 @@ from harness.tokens import Grid
 GOAL_BATCH1_TOKENS_PER_S = 300.0
 
 
-def build(preset_name: str, grid: Grid, device: str) -> Any:
+def build(preset_name: str, grid: Grid, device: str, tp: int = 1) -> Any:
     from harness.cosmos import parallel
     from harness.cosmos.model import build_model
 
-    parallel.init(1)
+    parallel.init(tp)
     precision = "bf16-mixed" if device == "cuda" else "fp32"
-    return build_model(PRESETS[preset_name], grid, tp=1, precision=precision, device=device).eval()
+    return build_model(PRESETS[preset_name], grid, tp=tp, precision=precision, device=device).eval()
 
 
 def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, repeats: int,
@@ -40,7 +47,7 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
 
     n_ctx = context_latents * grid.h * grid.w
-    new_tokens = min(new_tokens, grid.tokens - n_ctx)
+    new_tokens = min(new_tokens or grid.tokens, grid.tokens - n_ctx)
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, 64_000, (batch, n_ctx), generator=g).to(device)
     cache = StaticKVCache(len(model.decoder.layers), n_ctx + new_tokens)
@@ -54,9 +61,13 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     tps = statistics.median(s.tokens_per_s for s in runs)
     step_s = statistics.median(s.decode_s / max(1, s.new_tokens) for s in runs)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    video_s = statistics.median(s.prefill_s + s.decode_s for s in runs)
+    gpus = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     return {"mode": mode, "batch": batch, "context_tokens": n_ctx, "new_tokens": new_tokens, "tokens_per_s": tps,
             "ms_per_step": 1e3 * step_s, "prefill_s": statistics.median(s.prefill_s for s in runs),
-            "weights_gb_per_s": weight_bytes / step_s / 1e9, "repeats": repeats}
+            "batch_s": video_s, "videos_per_gpu_hour": batch * 3600.0 / video_s / gpus if new_tokens + n_ctx ==
+            grid.tokens else None, "weights_gb_per_s": weight_bytes / step_s / 1e9, "repeats": repeats,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
 def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, device: str
@@ -102,23 +113,79 @@ def exactness(device: str, new_tokens: int = 150) -> list[dict[str, Any]]:
     return rows
 
 
+def tp_exactness(ckpt: Path, ref: Path, device: str, tp: int, new_tokens: int = 150) -> list[dict[str, Any]]:
+    """One tiny checkpoint, fp32: greedy tokens at TP=`tp` (this process group) against TP=1's, written to `ref`
+    by `tp_reference` before the ranks started. Every decode mode must reproduce them exactly."""
+    from harness.cosmos import parallel
+    from harness.cosmos.checkpoint import load_model
+    from harness.cosmos.generate import Sampling, StaticKVCache, generate
+    from harness.cosmos.model import build_model
+
+    grid, want = Grid(3, 8, 12), torch.load(ref)
+    parallel.init(tp)
+    model = build_model(PRESETS["tiny"], grid, tp=tp, precision="fp32", device=device)
+    load_model(model, ckpt)
+    model.eval()
+    rows = []
+    for b, prompt in want["prompts"].items():
+        cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
+        modes = ["graph", "device", "eager"] if device == "cuda" else ["device", "eager"]
+        out = {m: generate(model, prompt.to(device), new_tokens, Sampling(0.0), cache=cache, mode=m).cpu()
+               for m in modes}
+        rows.append({"preset": "tiny", "precision": "fp32", "batch": b, "tensor_parallel": tp,
+                     "identical_to_tp1": {m: bool(torch.equal(t, want["tokens"][b])) for m, t in out.items()}})
+    return rows
+
+
+def tp_reference(ckpt: Path, ref: Path, device: str, new_tokens: int = 150) -> None:
+    """The TP=1 side of `tp_exactness`: a tiny checkpoint and its greedy tokens (no cache), fp32."""
+    from harness.cosmos import parallel, pretrained
+    from harness.cosmos.checkpoint import load_model
+    from harness.cosmos.generate import Sampling, generate
+    from harness.cosmos.model import build_model
+
+    pretrained.write_tiny_pretrained(ckpt, PRESETS["tiny"], seed=5)
+    parallel.init(1)
+    model = build_model(PRESETS["tiny"], Grid(3, 8, 12), tp=1, precision="fp32", device=device)
+    load_model(model, ckpt)
+    model.eval()
+    prompts = {b: torch.randint(0, 64_000, (b, 96), generator=torch.Generator().manual_seed(b)) for b in (1, 4)}
+    tokens = {b: generate(model, p.to(device), new_tokens, Sampling(0.0), use_cache=False).cpu()
+              for b, p in prompts.items()}
+    torch.save({"prompts": prompts, "tokens": tokens}, ref)
+    parallel.shutdown()
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench generate")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--new-tokens", type=int, default=256, help="generated tokens per sequence (timed)")
+    ap.add_argument("--new-tokens", type=int, default=256,
+                    help="generated tokens per sequence (timed); 0 = the whole video after the context")
     ap.add_argument("--context-latent-frames", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--modes", nargs="+", default=None, help="decode paths (default: eager graph on cuda)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU; torchrun)")
+    ap.add_argument("--no-checks", action="store_true", help="skip the agreement/exactness checks")
     ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--name", default="", help="result file name (default generate[-tpN].json)")
+    ap.add_argument("--tp-reference", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_file = Path(args.out) / (args.name or ("generate.json" if args.tp == 1 else f"generate-tp{args.tp}.json"))
+    if not ranks.launched(args.tp):
+        if args.no_checks:
+            return ranks.relaunch("harness.bench.generate", argv, args.tp, out_file)
+        with tempfile.TemporaryDirectory(prefix="bench-generate-") as d:
+            tp_reference(Path(d) / "tiny", Path(d) / "ref.pt", device)
+            return ranks.relaunch("harness.bench.generate", argv + ["--tp-reference", d], args.tp, out_file)
     preset = PRESETS[args.preset]
     grid = Grid(*preset.pretrain_grid)
     if preset.video2world:
         raise SystemExit(f"--preset {args.preset}: the bench runs base presets (no T5 context)")
-    model = build(args.preset, grid, device)
+    model = build(args.preset, grid, device, args.tp)
     modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
     rows = []
     for b in args.batch:
@@ -128,10 +195,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                     device, m))
             except Exception as e:  # noqa: BLE001 - a diagnostic mode that fails is reported, not fatal
                 rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
-    checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
-        if "graph" in modes else []
-    checks += exactness(device)
-    out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device,
+    checks: list[dict[str, Any]] = []
+    if not args.no_checks:
+        checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
+            if "graph" in modes and args.tp == 1 else []
+        del model
+        checks += exactness(device) if args.tp == 1 else \
+            tp_exactness(Path(args.tp_reference) / "tiny", Path(args.tp_reference) / "ref.pt", device, args.tp)
+    out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device, "tensor_parallel": args.tp,
+           "command": "python -m harness.bench.generate " + " ".join(a for a in argv if "--tp-reference" not in a),
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
            "torch": torch.__version__, "path": "harness.cosmos.generate.generate (static KV cache; mode "
            "eager = host positions, SDPA; graph = device positions, flex-attention flash-decoding over the cache's "
@@ -143,8 +215,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     b1 = [r["tokens_per_s"] for r in rows if r["batch"] == 1 and "tokens_per_s" in r]
     if b1:
         out["goal"]["met"] = max(b1) >= GOAL_BATCH1_TOKENS_PER_S
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.out) / "generate.json", out)
+    if ranks.is_rank0():
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_file, out)
     return out
 
 

@@ -8,12 +8,16 @@ dense bf16 peak (989 TFLOP/s), plus peak GPU memory. Goal: MFU >= 50% for Cosmos
 PyTorch stack reached 534 TFLOP/s). On CPU, `--preset tiny` is a smoke test (fp32).
 
     python -m harness.bench.train --preset cosmos-4b --seq 12800 --steps 10 --out results/bench
+    python -m harness.bench.train --preset cosmos-4b --tp 2 --out results/bench/h200x2   # 2 GPUs (torchrun)
+
+MFU is per GPU: the step's model FLOPs over the step time and the number of ranks.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 
 from harness import spec as spec_mod
+from harness.bench import ranks
 from harness.models import PRESETS
 from harness.rundir import RunPaths, atomic_write_json
 from harness.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
@@ -80,8 +85,8 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
         "video": geometry(a.seq),
         "data": {"jsonl": "/bench.jsonl"} if v2w else {"videos": "/bench"},
         "infer": {"context_latent_frames": 1},
-        "finetune": {"engine": "mcore", "tensor_parallel": 1, "global_batch_size": a.micro_batch,
-                     "micro_batch_size": a.micro_batch, "max_steps": a.warmup + a.steps + 1,
+        "finetune": {"engine": "mcore", "tensor_parallel": a.tp, "gpus_per_node": a.tp * a.dp,
+                     "global_batch_size": a.micro_batch * a.dp, "micro_batch_size": a.micro_batch, "max_steps": a.warmup + a.steps + 1,
                      "save_every": a.warmup + a.steps + 1, "lr": 1e-5, "min_lr": 1e-5, "max_epochs": 1_000_000,
                      "precision": "bf16-mixed" if cuda else "fp32", "recompute": a.recompute},
     }, source="<bench>")
@@ -97,8 +102,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     ap.add_argument("--profile", action="store_true", help="one extra step under torch.profiler: top kernels")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU)")
+    ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas (micro-batch each)")
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
+    out = Path(a.out) / (f"train-{a.preset}-{a.seq}.json" if a.tp * a.dp == 1
+                         else f"train-{a.preset}-{a.seq}-tp{a.tp}-dp{a.dp}.json")
+    if not ranks.launched(a.tp * a.dp):
+        return ranks.relaunch("harness.bench.train", list(argv if argv is not None else sys.argv[1:]),
+                              a.tp * a.dp, out)
     from harness.cosmos import parallel, train
 
     cuda = torch.cuda.is_available()
@@ -114,7 +126,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     step_s = statistics.median(r["step_time_s"] for r in recs)
     tflops = statistics.median(r["tflops"] for r in recs)
     result = {
-        "bench": "train", "preset": a.preset, "seq": a.seq, "grid": str(spec.token_math.grid),
+        "bench": "train", "preset": a.preset, "seq": a.seq, "tensor_parallel": a.tp, "data_parallel": a.dp,
+        "gpus": a.tp * a.dp, "grid": str(spec.token_math.grid),
         "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": spec.finetune.precision if cuda
         else "fp32", "micro_batch": a.micro_batch, "recompute": a.recompute, "steps": a.steps,
         "median_step_s": step_s, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs),
@@ -124,8 +137,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__, "megatron_core": _mcore_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "profile": profile,
     }
+    rank0 = ranks.is_rank0()
     parallel.shutdown()
-    atomic_write_json(Path(a.out) / f"train-{a.preset}-{a.seq}.json", result)
+    if rank0:
+        atomic_write_json(out, result)
     return result
 
 

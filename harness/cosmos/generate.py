@@ -224,6 +224,28 @@ def _compiled(model: Any) -> Any:
     return fn
 
 
+def kv_bytes_per_sequence(model: Any, positions: int) -> int:
+    """This rank's static KV cache for one sequence: keys and values of every layer over whole key blocks."""
+    c = model.config
+    local_groups = c.num_query_groups // c.tensor_model_parallel_size
+    elem = torch.finfo(c.params_dtype).bits // 8
+    return 2 * len(model.decoder.layers) * local_groups * c.kv_channels * (-(-positions // BLOCK) * BLOCK) * elem
+
+
+def max_batch(model: Any, positions: int, prompt_len: int, free_bytes: int, *, margin: float = 0.8,
+              limit: int = 256) -> int:
+    """The largest batch whose KV cache and prefill activations fit in `free_bytes` (after the weights are
+    loaded). Prefill is the peak besides the cache: per prompt token the gated MLP's [2 x ffn] input and a few
+    hidden-size buffers (the logits are the last position's only). `margin` leaves room for the allocator's
+    fragmentation and the decode step's workspace; `limit` bounds what one graph capture is asked to hold."""
+    c = model.config
+    elem = torch.finfo(c.params_dtype).bits // 8
+    tp = c.tensor_model_parallel_size
+    prefill = prompt_len * (2 * c.ffn_hidden_size // tp + 6 * c.hidden_size) * elem
+    per_seq = kv_bytes_per_sequence(model, positions) + prefill
+    return max(1, min(limit, int(free_bytes * margin) // per_seq))
+
+
 def _takes(fn: Any, name: str) -> bool:
     import inspect  # noqa: PLC0415
 
@@ -313,10 +335,10 @@ def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampli
     if use_cache:
         cache = cache or StaticKVCache(len(model.decoder.layers), n0 + new_tokens)
         cache.reset()
-        logits = model(prompt, kv_cache=cache, **extra)[:, -1]
+        logits = model(prompt, kv_cache=cache, last_only=True, **extra)[:, -1]
     else:
         seq = prompt
-        logits = model(seq, **extra)[:, -1]
+        logits = model(seq, last_only=True, **extra)[:, -1]
     out[:, 0] = sample(logits, sampling, gen)
     if use_cache and mode == "graph" and new_tokens > 1:
         dg = _decode_graph(model, cache, out.shape[0], sampling, device)  # type: ignore[arg-type]
@@ -337,7 +359,7 @@ def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampli
                     cache.advance(1)  # type: ignore[union-attr]
             else:
                 seq = torch.cat([prompt, out[:, :i]], dim=1)
-                logits = model(seq, **extra)[:, -1]
+                logits = model(seq, last_only=True, **extra)[:, -1]
             out[:, i] = sample(logits, sampling, gen)
         if use_cache and mode == "device":
             cache.to_host_position(n0 + new_tokens - 1)  # type: ignore[union-attr]

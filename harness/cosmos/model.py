@@ -8,6 +8,7 @@ NeMo 2 Cosmos checkpoint), and `RMSNorm` for the q/k and final norms.
 
 Stable forward API (used by training, inference and the bench):
     logits = model(tokens, start=0)                      # tokens [b, s] int64 -> [b, s, vocab_out] (gathered)
+    logits = model(tokens, last_only=True)               # [b, 1, vocab_out]: the last position's only
     loss = model(tokens, labels=labels)                  # per-token loss [b, s] (float32), TP-exact
     logits = model(tokens, kv_cache=cache)               # incremental decoding: tokens at positions [p, p+s)
         (p = cache.length: an int, or a device tensor when the cache's layers expose `attend`: then they attend
@@ -265,7 +266,7 @@ class CosmosModel(GPTModel):
 
     def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         n = tokens.shape[1]
         if kv_cache is not None:
             start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
@@ -277,6 +278,8 @@ class CosmosModel(GPTModel):
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
             extra = prepare_context(self, hidden, start, n, context, context_mask)
         hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=None, **extra)
+        if last_only:  # a prefill needs the next token's logits only: [b, 5120, 64000] would be ~0.7 GB a sequence
+            hidden = hidden[-1:]
         logits, _ = self.output_layer(hidden)
         if labels is not None:
             return token_loss(logits, labels)

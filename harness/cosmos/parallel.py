@@ -28,11 +28,12 @@ class RankEnv:
     master_addr: str
     master_port: int
     source: str
-    """"torchrun", "slurm" or "single"."""
+    """"torchrun", "slurm", "submitit-local" or "single"."""
 
 
 def rank_env(environ: dict[str, str] | None = None) -> RankEnv:
-    """torchrun/spawn variables win (they are set per process); then Slurm's per-task SLURM_PROCID; else one process."""
+    """torchrun/spawn variables win (they are set per process); then Slurm's per-task SLURM_PROCID; then submitit's
+    local executor's per-task variables (it starts tasks_per_node processes itself); else one process."""
     env = dict(os.environ if environ is None else environ)
     port = int(env.get("MASTER_PORT", "0") or 0)
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -44,6 +45,11 @@ def rank_env(environ: dict[str, str] | None = None) -> RankEnv:
                                                     or env.get("SLURM_NODELIST", ""))
         return RankEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
                        addr, port or 20000 + job % 20000, "slurm")
+    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1") or 1) > 1:  # submitit's local executor, tasks_per_node > 1
+        job = int(env.get("SUBMITIT_LOCAL_JOB_ID", "0") or 0)
+        return RankEnv(int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env["SUBMITIT_LOCAL_NTASKS"]),
+                       int(env.get("SUBMITIT_LOCAL_LOCALID", "0")), "127.0.0.1", port or 20000 + job % 20000,
+                       "submitit-local")
     return RankEnv(0, 1, 0, "127.0.0.1", port or _free_port(), "single")
 
 
@@ -112,6 +118,30 @@ def dp_rank() -> int:
 
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def check_identical(t: torch.Tensor, what: str) -> None:
+    """Tensor-parallel ranks sample from the same gathered logits with the same seeded generator, so they must
+    agree; a disagreement (non-deterministic collectives, a rank on other weights) fails loudly here instead of
+    rank 0 silently writing one rank's video."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    ref = t.clone()
+    dist.broadcast(ref, src=0)
+    differ = torch.tensor([int(not torch.equal(ref, t))], device=t.device)
+    dist.all_reduce(differ)
+    if int(differ.item()):
+        raise HarnessError(f"{what} differ between tensor-parallel ranks ({int(differ.item())} of "
+                           f"{dist.get_world_size()} disagree with rank 0)")
+
+
+def min_across_ranks(value: int, device: torch.device) -> int:
+    """A per-rank figure (free memory) made one decision for the whole group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def barrier() -> None:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
-import signal
-from typing import Any
 
 import torch
 
 from harness import spec as spec_mod
 from harness.errors import HarnessError
 from harness.rundir import RunPaths
+from harness.stages import ranks
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +55,12 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
                                f"version; use 'mcore' or 'auto'") from None
         nemo_engine.run(spec, paths)
         return
-    from harness.cosmos.parallel import rank_env
-
     f = spec.finetune
-    want = spec_mod.ranks_per_node(f) * f.nodes
-    env = rank_env()
-    if env.world == want:
-        run_rank(spec, paths)
-    elif env.world == 1 and f.nodes == 1:
-        spawn_ranks(spec, paths, want)
-    else:
-        raise HarnessError(f"{spec.source}: finetune needs {want} ranks (finetune.nodes x ranks per node), but "
-                           f"{env.world} were started ({env.source})")
+    ranks.run(spec, task, paths, want=spec_mod.ranks_per_node(f) * f.nodes, nodes=f.nodes,
+              target="harness.stages.finetune:run_rank", what="finetune (finetune.nodes x ranks per node)")
 
 
-def run_rank(spec: spec_mod.RunSpec, paths: RunPaths) -> None:
+def run_rank(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
     from harness.cosmos import parallel, train
     from harness.dataset import open_dataset
 
@@ -80,49 +69,3 @@ def run_rank(spec: spec_mod.RunSpec, paths: RunPaths) -> None:
         train.train(spec, paths, dataset, where=str(paths.dataset_prefix))
     finally:
         parallel.shutdown()
-
-
-def _child(local_rank: int, spec_dict: dict[str, Any], source: str, root: str, world: int, port: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
-    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from pathlib import Path
-
-    run_rank(spec_mod.from_dict(spec_dict, source), RunPaths(Path(root)))
-
-
-def spawn_ranks(spec: spec_mod.RunSpec, paths: RunPaths, world: int) -> None:
-    """Start `world` local ranks (spawn: a fresh interpreter each, as torchrun would) and wait for them."""
-    import torch.multiprocessing as mp
-
-    from harness.cosmos.parallel import _free_port
-    from harness.cosmos.signals import SIGNALS, Preempted
-
-    ctx = mp.start_processes(_child, args=(spec_mod.to_dict(spec), spec.source, str(paths.root), world, _free_port()),
-                             nprocs=world, join=False, start_method="spawn")
-    caught: list[int] = []
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-
-    def forward(signum: int, frame: Any) -> None:
-        caught.append(signum)
-        for p in ctx.processes:
-            if p.pid and p.is_alive():
-                os.kill(p.pid, signum)
-
-    for s in SIGNALS:
-        signal.signal(s, forward)
-    try:
-        while not ctx.join():
-            pass
-    except mp.ProcessRaisedException as e:
-        if caught and "Preempted" in str(e):
-            prev = previous.get(caught[0])
-            for s, h in previous.items():
-                signal.signal(s, h)
-            if caught[0] == signal.SIGUSR2 and callable(prev) and "submitit" in getattr(prev, "__module__", ""):
-                prev(caught[0], None)
-            raise Preempted(str(e).strip().splitlines()[-1]) from None
-        raise
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

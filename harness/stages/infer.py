@@ -162,12 +162,34 @@ def reference_frames(spec: RunSpec, item: InferInput) -> tuple[int | None, ...]:
     return (0,) + (None,) * (t - 1) if item.image else tuple(range(t))
 
 
-def batches(spec: RunSpec, items: list[InferInput]) -> Iterator[list[InferInput]]:
-    """Inputs with the same context length together, at most infer.batch_size per batch."""
+def batches(spec: RunSpec, items: list[InferInput], size: int) -> Iterator[list[InferInput]]:
+    """Inputs with the same context length together, at most `size` per batch."""
     for c in sorted({context_latents(spec, it) for it in items}):
         group = [it for it in items if context_latents(spec, it) == c]
-        for s in range(0, len(group), spec.infer.batch_size):
-            yield group[s:s + spec.infer.batch_size]
+        for s in range(0, len(group), size):
+            yield group[s:s + size]
+
+
+def batch_size(spec: RunSpec, model: Any, n_items: int, device: torch.device) -> int:
+    """infer.batch_size, or (0 = auto) the largest batch the free memory holds; the same on every TP rank."""
+    from harness.cosmos import parallel
+    from harness.cosmos.generate import max_batch
+
+    if spec.infer.batch_size:
+        return spec.infer.batch_size
+    tm = spec.token_math
+    n_ctx = spec.infer.context_latent_frames * tm.grid.h * tm.grid.w
+    size = parallel.min_across_ranks(max_batch(model, tm.grid.tokens + 1, n_ctx, free_memory(device)), device)
+    log.info("infer.batch_size = 0 (auto): batches of %d (%d inputs)", min(size, n_items), n_items)
+    return max(1, min(size, n_items))
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _context_tokens(spec: RunSpec, batch: list[InferInput], tok: Tokenizer) -> torch.Tensor:
@@ -220,6 +242,14 @@ def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, devic
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
+    """infer.tensor_parallel ranks generate together (one per GPU; gloo ranks on CPU); rank 0 writes."""
+    from harness.stages import ranks
+
+    ranks.run(spec, task, paths, want=spec.infer.tensor_parallel, nodes=1, target="harness.stages.infer:run_rank",
+              what="infer (infer.tensor_parallel)")
+
+
+def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     from harness.cosmos import parallel
     from harness.cosmos.checkpoint import load_for_inference
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
@@ -249,7 +279,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     bov = 1 if spec.video2world else 0
     cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov)
     records = []
-    for k, batch in enumerate(batches(spec, todo)):
+    for k, batch in enumerate(batches(spec, todo, batch_size(spec, model, len(todo), device))):
         prompt = _context_tokens(spec, batch, tok)
         n_ctx = prompt.shape[1]
         if bov:
@@ -258,6 +288,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
         sampling = Sampling(i.temperature, i.top_p, spec.run.seed + 1_000_003 * step + k)
         new = generate(model, prompt, tm.grid.tokens - n_ctx, sampling, cache=cache, stats=stats,
                        **_prompt_context(spec, batch, text_encoder, device, dtype))
+        parallel.check_identical(new, "generated tokens")
         grid = torch.cat([prompt[:, bov:], new], 1).reshape(len(batch), tm.grid.t, tm.grid.h, tm.grid.w)
         records.append({"batch": len(batch), "new_tokens": stats.new_tokens + 1, "prefill_s": stats.prefill_s,
                         "decode_s": stats.decode_s, "tokens_per_s": stats.tokens_per_s})

@@ -1,0 +1,30 @@
+"""`python -m harness.stages RUN_DIR STAGE [TASK]`: run one task of a submitted run as a launcher would.
+
+The same entry as a Slurm or local task (`run_task`), for starting a stage by hand: under `torchrun
+--nproc-per-node N` (each process one rank), under `srun`, or as one plain process (multi-rank stages then
+spawn their ranks).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from harness.errors import HarnessError
+from harness.stages import ORDER, run_task
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (2, 3) or argv[1] not in ORDER or (len(argv) == 3 and not argv[2].isdigit()):
+        print(f"usage: python -m harness.stages RUN_DIR STAGE [TASK]; STAGE one of {', '.join(ORDER)}",
+              file=sys.stderr)
+        return 2
+    try:
+        print(run_task(argv[0], argv[1], int(argv[2]) if len(argv) == 3 else 0))
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

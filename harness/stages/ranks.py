@@ -1,0 +1,87 @@
+"""Rank layout of the multi-rank stages (finetune, tensor-parallel infer): one home for "which processes run".
+
+A stage that needs `want` ranks runs its per-rank function directly when a launcher already started them
+(`srun` with ntasks_per_node, torchrun), or, started as one plain process on one node (submitit's local
+executor, a test, a user's shell), spawns them itself: a fresh interpreter each, as torchrun would, with
+SIGUSR2/SIGTERM forwarded so a preemption still checkpoints on every rank.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from harness import spec as spec_mod
+from harness.errors import HarnessError
+from harness.rundir import RunPaths
+
+log = logging.getLogger(__name__)
+
+
+def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes: int, target: str,
+        what: str) -> None:
+    """Run `target` ("module:function", called as fn(spec, task, paths)) on `want` ranks over `nodes` nodes."""
+    from harness.cosmos.parallel import rank_env
+
+    env = rank_env()
+    if env.world == want:
+        _call(target, spec, task, paths)
+    elif env.world == 1 and nodes == 1:
+        spawn(spec, task, paths, want, target)
+    else:
+        raise HarnessError(f"{spec.source}: {what} needs {want} ranks, but {env.world} were started ({env.source})")
+
+
+def _call(target: str, spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
+    module, fn = target.split(":")
+    getattr(importlib.import_module(module), fn)(spec, task, paths)
+
+
+def _child(local_rank: int, target: str, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
+           port: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
+    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _call(target, spec_mod.from_dict(spec_dict, source), task, RunPaths(Path(root)))
+
+
+def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target: str) -> None:
+    """Start `world` local ranks and wait for them; a rank's Preempted re-raises here (after submitit's requeue
+    handler ran, when a SIGUSR2 from Slurm started it)."""
+    import torch.multiprocessing as mp
+
+    from harness.cosmos.parallel import _free_port
+    from harness.cosmos.signals import SIGNALS, Preempted
+
+    args = (target, spec_mod.to_dict(spec), spec.source, task, str(paths.root), world, _free_port())
+    ctx = mp.start_processes(_child, args=args, nprocs=world, join=False, start_method="spawn")
+    caught: list[int] = []
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def forward(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        for p in ctx.processes:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signum)
+
+    for s in SIGNALS:
+        signal.signal(s, forward)
+    try:
+        while not ctx.join():
+            pass
+    except mp.ProcessRaisedException as e:
+        if caught and "Preempted" in str(e):
+            prev = previous.get(caught[0])
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if caught[0] == signal.SIGUSR2 and callable(prev) and "submitit" in getattr(prev, "__module__", ""):
+                prev(caught[0], None)
+            raise Preempted(str(e).strip().splitlines()[-1]) from None
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
