@@ -7,6 +7,7 @@
    killed (SIGKILL, no chance to save) after the first planned checkpoint, then resumed under
    `torchrun --nproc-per-node N` from that checkpoint; every step must be in metrics.jsonl exactly once, and the
    losses are compared with run 1's. Then the infer stage at infer.tensor_parallel = N.
+3. The same finetune at TP=1 from the same pretrained weights: its losses against TP=N's (bf16 on GPUs).
 
     python -m harness.bench.stages_tp --tp 2 --out results/bench/h200x2     # two GPUs
     python -m harness.bench.stages_tp --tp 2 --out /tmp/x                   # CPU: gloo ranks, a smoke test
@@ -39,6 +40,7 @@ name = "stages-tp{tp}"
 seed = 3
 [model]
 preset = "{preset}"
+checkpoint = "{assets['pretrained']}"
 [tokenizer]
 encoder = "{assets['tokenizer_dir']}"
 decoder = "{assets['tokenizer_dir']}"
@@ -103,7 +105,7 @@ def fresh_copy(a: RunPaths, b_root: Path) -> RunPaths:
     """Run 1's spec, plan and merged dataset in a new run directory; nothing of finetune or after."""
     b = RunPaths(b_root)
     b_root.mkdir(parents=True)
-    for name in ("spec.json", "plan.json"):
+    for name in ("spec.json", "plan.json", "assets.json"):
         shutil.copy(a.root / name, b_root / name)
     shutil.copytree(a.dataset_prefix.parent, b.dataset_prefix.parent)
     for stage in ("stage-assets", "tokenize", "merge"):
@@ -123,11 +125,12 @@ def kill_after_checkpoint(b: RunPaths, step: int, timeout_s: float = 1800) -> di
     while time.monotonic() < deadline and p.poll() is None:
         if ckpt.is_complete(b.checkpoint_dir(step)) and len(steps_logged(b)) > step:
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
+    finished = p.poll() is not None
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     return {"killed_at_logged_steps": [r["step"] for r in steps_logged(b)],
-            "complete_checkpoints": ckpt.complete_steps(b)}
+            "complete_checkpoints": ckpt.complete_steps(b), "finished_before_kill": finished}
 
 
 def torchrun_stage(b: RunPaths, stage: str, task: int, world: int) -> float:
@@ -137,22 +140,32 @@ def torchrun_stage(b: RunPaths, stage: str, task: int, world: int) -> float:
     return time.perf_counter() - t0
 
 
-def set_infer_tp(b: RunPaths, tp: int) -> None:
+def set_tp(b: RunPaths, section: str, tp: int) -> None:
     raw = read_json(b.spec_json)
-    raw["infer"]["tensor_parallel"] = tp
-    raw["infer"]["gpus_per_node"] = tp if torch.cuda.is_available() else 0
+    raw[section]["tensor_parallel"] = tp
+    raw[section]["gpus_per_node"] = tp if torch.cuda.is_available() else 0
     atomic_write_json(b.spec_json, raw)
+
+
+def tp1_losses(a: RunPaths, root: Path) -> dict[int, float]:
+    """The same finetune (same pretrained start, data, seed) at TP=1, as one process."""
+    c = fresh_copy(a, root)
+    set_tp(c, "finetune", 1)
+    subprocess.run([sys.executable, "-m", "harness.stages", str(c.root), "finetune", "0"], check=True)
+    return {r["step"]: r["loss"] for r in steps_logged(c)}
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench stages_tp")
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=20, help="enough that the kill lands mid-run on a fast GPU")
     ap.add_argument("--save-every", type=int, default=2)
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     from harness import synth
+    from harness.cosmos.pretrained import write_tiny_pretrained
+    from harness.models import PRESETS
 
     cuda = torch.cuda.is_available()
     cwd = Path.cwd()
@@ -163,26 +176,44 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-stages-") as d:
         work = Path(d)
         assets = synth.make_quickstart(work / "assets", clips=8, bad_files=False)
-        a_paths, result["run1_local_executor"] = whole_run(work, spec_text(assets, a.preset, a.tp, a.steps,
-                                                                           a.save_every, cuda))
-        b = fresh_copy(a_paths, work / "run2")
-        result["run2_kill"] = kill_after_checkpoint(b, a.save_every)
-        result["run2_resume_torchrun_s"] = torchrun_stage(b, "finetune", 0, a.tp)
-        logged = steps_logged(b)
-        result["run2_steps_logged"] = [r["step"] for r in logged]
-        result["run2_every_step_once"] = result["run2_steps_logged"] == list(range(1, a.steps + 1))
-        losses1 = {r["step"]: r["loss"] for r in steps_logged(a_paths)}
-        result["loss_max_abs_diff_run2_vs_run1"] = max(abs(r["loss"] - losses1[r["step"]]) for r in logged)
-        result["losses_run1"] = [losses1[s] for s in sorted(losses1)]
-        set_infer_tp(b, a.tp)
-        last = len(read_json(b.checkpoints_json)["steps"]) - 1
-        result["run2_infer_tp_s"] = torchrun_stage(b, "infer", last, a.tp)
-        result["run2_infer_tp_videos"] = sorted(p.name for p in (b.root / "infer").rglob("*.mp4"))
-        os.chdir(cwd)
-    result["ok"] = bool(result["run1_local_executor"]["exit_code"] == 0 and result["run2_every_step_once"]
-                        and result["run2_infer_tp_videos"])
-    atomic_write_json(out_dir / f"stages-tp{a.tp}.json", result)
+        assets["pretrained"] = str(work / "assets" / "pretrained")
+        write_tiny_pretrained(assets["pretrained"], PRESETS[a.preset], seed=1)
+        out_file = out_dir / f"stages-tp{a.tp}.json"
+        try:
+            _phases(a, work, assets, cuda, result, out_file)
+        finally:
+            os.chdir(cwd)
+            atomic_write_json(out_file, result)
     return result
+
+
+def _phases(a: argparse.Namespace, work: Path, assets: dict[str, str], cuda: bool, result: dict[str, Any],
+            out_file: Path) -> None:
+    """Each phase's figures are written as soon as they exist: a run cut short still reports what it did."""
+    a_paths, result["run1_local_executor"] = whole_run(work, spec_text(assets, a.preset, a.tp, a.steps,
+                                                                       a.save_every, cuda))
+    atomic_write_json(out_file, result)
+    b = fresh_copy(a_paths, work / "run2")
+    result["run2_kill"] = kill_after_checkpoint(b, a.save_every)
+    result["run2_resume_torchrun_s"] = torchrun_stage(b, "finetune", 0, a.tp)
+    logged = steps_logged(b)
+    result["run2_steps_logged"] = [r["step"] for r in logged]
+    result["run2_every_step_once"] = result["run2_steps_logged"] == list(range(1, a.steps + 1))
+    result["run2_resumed_mid_run"] = max(result["run2_kill"]["complete_checkpoints"]) < a.steps
+    losses1 = {r["step"]: r["loss"] for r in steps_logged(a_paths)}
+    result["loss_max_abs_diff_run2_vs_run1"] = max(abs(r["loss"] - losses1[r["step"]]) for r in logged)
+    result["losses_run1"] = [losses1[s] for s in sorted(losses1)]
+    atomic_write_json(out_file, result)
+    set_tp(b, "infer", a.tp)
+    last = len(read_json(b.checkpoints_json)["steps"]) - 1
+    result["run2_infer_tp_s"] = torchrun_stage(b, "infer", last, a.tp)
+    result["run2_infer_tp_videos"] = sorted(p.name for p in (b.root / "infer").rglob("*.mp4"))
+    atomic_write_json(out_file, result)
+    tp1 = tp1_losses(a_paths, work / "run3")
+    result["losses_tp1"] = [tp1[k] for k in sorted(tp1)]
+    result["loss_max_abs_diff_tp1_vs_tp"] = max(abs(tp1[k] - losses1[k]) for k in tp1)
+    result["ok"] = bool(result["run1_local_executor"]["exit_code"] == 0 and result["run2_every_step_once"]
+                        and result["run2_resumed_mid_run"] and result["run2_infer_tp_videos"])
 
 
 if __name__ == "__main__":

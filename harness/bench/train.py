@@ -16,6 +16,7 @@ MFU is per GPU: the step's model FLOPs over the step time and the number of rank
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -128,6 +129,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "bench": "train", "preset": a.preset, "seq": a.seq, "tensor_parallel": a.tp, "data_parallel": a.dp,
         "gpus": a.tp * a.dp, "grid": str(spec.token_math.grid),
+        "command": "python -m harness.bench.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")},
         "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": spec.finetune.precision if cuda
         else "fp32", "micro_batch": a.micro_batch, "recompute": a.recompute, "steps": a.steps,
         "median_step_s": step_s, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs),
