@@ -93,3 +93,31 @@ def test_rope_device_start_equals_slice() -> None:
     rope = Rope3D(GRID, 24, 10_000.0, length=GRID.tokens)
     for start, n in ((0, 1), (7, 1), (5, 4)):
         assert torch.equal(rope(torch.tensor(start), n), rope(start, n))
+
+
+def test_auto_batch_covers_the_measured_h200_peak() -> None:
+    """infer.batch_size = 0 sizes batches from free memory; its per-sequence estimate must cover what the H200
+    measured (Cosmos-4B whole videos: peak memory at batch 64 minus the bf16 weights), and the batch it picks
+    for an H200's free memory must not exceed the measured batch that fitted."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
+    from harness.models import PRESETS
+
+    p = PRESETS["cosmos-4b"]
+    conf = SimpleNamespace(num_query_groups=p.num_query_groups, tensor_model_parallel_size=1, kv_channels=128,
+                           params_dtype=torch.bfloat16, ffn_hidden_size=p.ffn_hidden_size, hidden_size=p.hidden_size)
+    model = SimpleNamespace(config=conf, decoder=SimpleNamespace(layers=[None] * p.num_layers))
+    bench = json.loads((Path(__file__).parents[1] / "results/bench/h200/generate-whole-video.json").read_text())
+    row = max((r for r in bench["results"] if "peak_mem_gib" in r), key=lambda r: r["batch"])
+    n_ctx, positions = row["context_tokens"], row["context_tokens"] + row["new_tokens"] + 1
+    weights = 2 * p.params
+    measured = (row["peak_mem_gib"] * 2**30 - weights) / row["batch"]
+    assert kv_bytes_per_sequence(model, positions) < measured
+    free = 141 * 10**9 - weights  # an H200 after loading the weights
+    one = max_batch(model, positions, n_ctx, 2**62, margin=1.0, limit=10**9)
+    assert one >= 10**6  # unbounded memory: only the limit binds
+    assert max_batch(model, positions, n_ctx, free) <= row["batch"]
+    assert max_batch(model, positions, n_ctx, int(measured * row["batch"])) <= row["batch"]  # margin covers it

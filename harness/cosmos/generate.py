@@ -235,13 +235,15 @@ def kv_bytes_per_sequence(model: Any, positions: int) -> int:
 def max_batch(model: Any, positions: int, prompt_len: int, free_bytes: int, *, margin: float = 0.8,
               limit: int = 256) -> int:
     """The largest batch whose KV cache and prefill activations fit in `free_bytes` (after the weights are
-    loaded). Prefill is the peak besides the cache: per prompt token the gated MLP's [2 x ffn] input and a few
-    hidden-size buffers (the logits are the last position's only). `margin` leaves room for the allocator's
-    fragmentation and the decode step's workspace; `limit` bounds what one graph capture is asked to hold."""
+    loaded). Prefill is the peak besides the cache: per prompt token the gated MLP's [2 x ffn] output, its
+    [ffn] product and hidden-size buffers (the logits are the last position's only), counted as 4 x ffn + 8 x
+    hidden elements: on the H200, Cosmos-4B whole videos at batch 64 peaked at 133.8 GiB, i.e. ~1.1 GiB of
+    prefill a sequence beside its 0.84 GiB of cache (results/bench/h200/generate-whole-video.json), which this
+    estimate covers with `margin`; `limit` bounds what one graph capture is asked to hold."""
     c = model.config
     elem = torch.finfo(c.params_dtype).bits // 8
     tp = c.tensor_model_parallel_size
-    prefill = prompt_len * (2 * c.ffn_hidden_size // tp + 6 * c.hidden_size) * elem
+    prefill = prompt_len * (4 * c.ffn_hidden_size // tp + 8 * c.hidden_size) * elem
     per_seq = kv_bytes_per_sequence(model, positions) + prefill
     return max(1, min(limit, int(free_bytes * margin) // per_seq))
 
