@@ -166,19 +166,18 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) ->
 
 def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, device: torch.device,
                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Video2World: T5 embeddings (from the dataset, or encoded from the jsonl prompts) and their mask."""
+    """Video2World: the T5 embeddings (from the dataset, or encoded from the jsonl prompts) as the training data
+    path builds them (`harness.cosmos.data.context_batch`): all 512 rows, padding rows zero, no mask."""
     if not spec.video2world:
         return {}
+    from harness.cosmos.data import context_batch
+
     if any(it.prompt_embedding is None for it in batch):
         from harness import prompts
 
-        emb, lengths = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
-    else:
-        emb = np.stack([it.prompt_embedding for it in batch])
-        lengths = np.array([it.prompt_length for it in batch])
-    ctx = torch.from_numpy(emb).to(device, dtype)
-    mask = torch.arange(ctx.shape[1], device=device)[None, :] < torch.as_tensor(lengths, device=device)[:, None]
-    return {"context": ctx, "context_mask": mask}
+        emb, _ = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
+        return {"context": context_batch(list(emb), device, dtype)}
+    return {"context": context_batch([it.prompt_embedding for it in batch], device, dtype)}
 
 
 def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, device: torch.device) -> Any:
