@@ -197,7 +197,7 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
 
 
 def test_bf16_saved_encoder_runs_in_fp32_on_cpu(tmp_path: Path) -> None:
-    from harness.stages.tokenize import Encoder
+    from harness.dvtok import Encoder
 
     tok = synth.write_tokenizer(tmp_path)
     torch.jit.save(torch.jit.load(str(tok / "encoder.jit")).to(torch.bfloat16), str(tmp_path / "bf16.jit"))

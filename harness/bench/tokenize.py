@@ -29,7 +29,7 @@ import numpy as np
 
 from harness import inputs, spec as spec_mod, synth
 from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.stages.tokenize import span_seconds
+from harness.dvtok import Encoder, model_dtype, normalise, span_seconds
 from harness.video import write_mp4
 
 SOURCE = (17, 360, 640)
@@ -255,20 +255,12 @@ def bench_dv(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _load_encoder(path: Path, device: str) -> Any:
-    import torch
-
-    enc = torch.jit.load(str(path), map_location=device).eval()
-    return enc.to(torch.bfloat16) if device == "cuda" else enc
-
-
 def _encoder_ceiling(path: Path, batch: int, device: str, geometry: tuple[int, int, int]) -> dict[str, float]:
     """Encoder alone on a resident batch: the most any pipeline can reach."""
     import torch
 
-    enc = _load_encoder(path, device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    x = torch.rand(batch, 3, *geometry, device=device, dtype=dtype) * 2 - 1
+    enc = Encoder.load(path, torch.device(device)).module
+    x = torch.rand(batch, 3, *geometry, device=device).mul_(2).sub_(1).to(model_dtype(torch.device(device)))
     clock = _Clock(device)
     with torch.no_grad():
         for _ in range(3):
@@ -290,25 +282,23 @@ def _serial_loop(tmp: Path, path: Path, n: int, device: str, geometry: tuple[int
     from harness.dataset import to_uint16
     from harness.video import ClipShape, load_clip
 
-    enc = _load_encoder(path, device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    enc = Encoder.load(path, torch.device(device))
     videos = sorted((tmp / "videos").iterdir())[:n]
     builder = IndexedDatasetBuilder(str(tmp / "serial.bin"), dtype=np.uint16)
     shape, clock = ClipShape(*geometry), _Clock(device)
 
     def tensor(v: Path) -> Any:
-        clip = torch.from_numpy(load_clip(v, shape)).permute(3, 0, 1, 2)[None].contiguous().to(device)
-        return clip.to(dtype) / 127.5 - 1.0
+        return normalise(torch.from_numpy(load_clip(v, shape))[None].to(device), enc.dtype)
 
     with torch.no_grad():
         for v in videos[:2]:  # warm-up (TorchScript profiling runs), as the harness's first batch
-            enc(tensor(v))
+            enc.module(tensor(v))
         clock.sync()
         t0 = time.perf_counter()
         for v in videos:
             x = tensor(v)
             start = clock.start()
-            idx = enc(x)[0]
+            idx = enc.module(x)[0]
             clock.stop(start)
             ids = idx.cpu().numpy().reshape(-1)
             builder.add_document(to_uint16(ids), [ids.size])

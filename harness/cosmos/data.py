@@ -103,8 +103,20 @@ def collate(samples: list[Sample], device: torch.device | str, dtype: torch.dtyp
         "loss_mask": torch.from_numpy(np.stack([s.loss_mask for s in samples])).to(device),
     }
     if samples[0].context is not None:
-        out["context"] = torch.from_numpy(np.stack([s.context for s in samples])).to(device, dtype)  # type: ignore[misc]
+        out["context"] = context_batch([s.context for s in samples], device, dtype)  # type: ignore[misc]
     return out
+
+
+def context_batch(embeddings: list[np.ndarray], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Video2World cross-attention context [b, L, d] for training and generation alike: every prompt-embedding
+    row (L = 512, `harness.prompts`), the padding rows zero, and no mask, as upstream (NVIDIA/Cosmos
+    archived-ces2025, cosmos1/models/autoregressive/): NeMo training passes only `context`
+    (nemo/cosmos_video2world.py:380-383), so the layer's `context_mask` stays None (:204) and reaches the
+    cross-attention as its mask (:245-248), whose spec is `no_mask` (:309); NeMo inference likewise (nemo/inference/
+    inference_controller.py:60); native inference sets an all-ones mask (inference/world_generation_pipeline.py:801).
+    The padding rows are zeroed by the T5 wrapper (models/common/t5_text_encoder.py:105-106), here by
+    `harness.prompts.encode`."""
+    return torch.from_numpy(np.stack([np.asarray(e, dtype=np.float32) for e in embeddings])).to(device, dtype)
 
 
 def steps_available(n: int, gbs: int, max_epochs: int) -> int:

@@ -314,12 +314,11 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampling, *, use_cache: bool = True,
              cache: StaticKVCache | None = None, context: torch.Tensor | None = None,
-             context_mask: torch.Tensor | None = None, stats: GenStats | None = None,
-             mode: str = "auto") -> torch.Tensor:
+             stats: GenStats | None = None, mode: str = "auto") -> torch.Tensor:
     """Continue `prompt` [b, n0] (int64) by `new_tokens` tokens; returns them [b, new_tokens].
 
     With `use_cache=False` every step re-runs the whole sequence (the reference the cache is tested against).
-    Video2World passes `context` (T5 embeddings) and `context_mask`; the prompt then starts with BOV.
+    Video2World passes `context` (T5 embeddings, all rows, no mask); the prompt then starts with BOV.
     `mode` (cached decoding): "eager" (host positions), "device" (device positions over fixed-length buffers,
     eager), "graph" (device positions, each step a compiled then captured CUDA graph), "auto" = graph where
     `graph_supported`, else eager. The prompt is always prefilled eagerly."""
@@ -328,7 +327,7 @@ def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampli
     gen = make_generator(device, sampling.seed)
     extra: dict[str, Any] = {}
     if context is not None:
-        extra = {"context": context, "context_mask": context_mask}
+        extra = {"context": context}
     if mode == "auto":
         mode = "graph" if use_cache and graph_supported(model, device, context) else "eager"
     out = torch.empty((b, new_tokens), dtype=torch.int64, device=device)

@@ -13,7 +13,8 @@ Stable forward API (used by training, inference and the bench):
     logits = model(tokens, kv_cache=cache)               # incremental decoding: tokens at positions [p, p+s)
         (p = cache.length: an int, or a device tensor when the cache's layers expose `attend`: then they attend
         over whole fixed-length buffers themselves, so a CUDA graph can replay the step)
-Video2World adds `context=[b, L, crossattn_dim]` (T5 embeddings) and optional `context_mask=[b, L]` (True = keep).
+Video2World adds `context=[b, L, crossattn_dim]` (T5 embeddings, padding rows zero): all L rows are attended to,
+unmasked, as upstream does in training and generation.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ class CosmosModel(GPTModel):
 
     def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False) -> torch.Tensor:
         n = tokens.shape[1]
         if kv_cache is not None:
             start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
@@ -276,7 +277,7 @@ class CosmosModel(GPTModel):
         extra: dict[str, Any] = {}
         if self.preset.video2world:
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
-            extra = prepare_context(self, hidden, start, n, context, context_mask)
+            extra = prepare_context(self, hidden, start, n, context)
         hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=None, **extra)
         if last_only:  # a prefill needs the next token's logits only: [b, 5120, 64000] would be ~0.7 GB a sequence
             hidden = hidden[-1:]

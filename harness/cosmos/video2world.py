@@ -77,9 +77,11 @@ def setup_video2world(model: Any, config: TransformerConfig, preset: ModelPreset
                           persistent=False)
 
 
-def prepare_context(model: Any, hidden: torch.Tensor, start: int, n: int, context: torch.Tensor | None,
-                    context_mask: torch.Tensor | None) -> dict[str, Any]:
-    """Bind the abs positions of [start, start+n) to every layer; context [b, L, c] -> mcore's [L, b, c]."""
+def prepare_context(model: Any, hidden: torch.Tensor, start: int, n: int,
+                    context: torch.Tensor | None) -> dict[str, Any]:
+    """Bind the abs positions of [start, start+n) to every layer; context [b, L, c] -> mcore's [L, b, c].
+    The cross-attention attends to all L rows, zero (padding) rows included: no mask, as upstream trains and
+    generates (`harness.cosmos.data.context_batch` cites the lines)."""
     if context is None:
         raise ValueError("a Video2World model needs context=[batch, prompt_len, crossattn_dim]")
     if start + n > model.abs_pos.shape[0]:
@@ -87,8 +89,4 @@ def prepare_context(model: Any, hidden: torch.Tensor, start: int, n: int, contex
     pos = model.abs_pos[start:start + n].to(hidden.device)[:, None, :]
     for layer in model.decoder.layers:
         layer.abs_pos = pos
-    mask = None
-    if context_mask is not None:  # SDPA bool mask: True = attend; [b, 1, 1, L]
-        mask = context_mask.to(torch.bool)[:, None, None, :]
-    return {"context": context.to(hidden.dtype).transpose(0, 1).contiguous(), "context_mask": mask}
-
+    return {"context": context.to(hidden.dtype).transpose(0, 1).contiguous()}

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
+from harness.dvtok import Decoder, Encoder
 from harness.errors import HarnessError
 from harness.rundir import RunPaths, atomic_write_json
 from harness.stages.evaluate import Sidecar, sidecar_path
@@ -112,42 +113,12 @@ def _unique_names(items: list[InferInput]) -> list[InferInput]:
 
 
 # ------------------------------------------------------------------------------------- tokenizer
-@dataclass
-class Tokenizer:
-    """DV encoder/decoder TorchScript modules on the generation device (bf16 on CUDA, as tokenize runs them)."""
+def load_tokenizer(paths: RunPaths, device: torch.device) -> tuple[Encoder, Decoder]:
+    """The staged DV encoder and decoder on the generation device, loaded and run as the tokenize stage does."""
+    from harness.stages.assets import resolve
 
-    encoder: Any
-    decoder: Any
-    device: torch.device
-
-    @staticmethod
-    def load(paths: RunPaths, device: torch.device) -> "Tokenizer":
-        from harness.stages.assets import resolve
-
-        mods = []
-        for role in ("encoder", "decoder"):
-            f = resolve(paths, role) / f"{role}.jit"
-            try:
-                m = torch.jit.load(str(f), map_location=device).eval()
-            except (RuntimeError, OSError, ValueError) as e:
-                raise HarnessError(f"{f}: cannot load TorchScript {role}: {str(e).splitlines()[0]}") from None
-            mods.append(m.to(torch.bfloat16) if device.type == "cuda" else m)
-        return Tokenizer(mods[0], mods[1], device)
-
-    @torch.inference_mode()
-    def encode(self, clips: np.ndarray) -> torch.Tensor:
-        """uint8 [B,T,H,W,3] -> indices [B,T',H',W'] int64."""
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        x = torch.from_numpy(clips).to(self.device).permute(0, 4, 1, 2, 3).to(dtype).div(127.5).sub(1.0)
-        out = self.encoder(x)
-        return (out[0] if isinstance(out, (tuple, list)) else out).to(torch.int64)
-
-    @torch.inference_mode()
-    def decode(self, indices: torch.Tensor) -> np.ndarray:
-        """indices [B,T',H',W'] -> uint8 [B,T,H,W,3]."""
-        video = self.decoder(indices.to(self.device)).float()
-        video = ((video.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-        return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+    return (Encoder.load(resolve(paths, "encoder") / "encoder.jit", device),
+            Decoder.load(resolve(paths, "decoder") / "decoder.jit", device))
 
 
 # ------------------------------------------------------------------------------------- generation
@@ -192,7 +163,7 @@ def free_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def _context_tokens(spec: RunSpec, batch: list[InferInput], tok: Tokenizer) -> torch.Tensor:
+def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) -> torch.Tensor:
     from harness.video import ClipShape, load_clip
 
     tm, v = spec.token_math, spec.video
@@ -202,7 +173,7 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], tok: Tokenizer) -> t
     if to_encode:
         shape = ClipShape(tm.context_frames(c), v.height, v.width)
         clips = np.stack([load_clip(it.source, shape) for it in to_encode])
-        idx = tok.encode(clips)
+        idx = encoder.encode(clips)
         want = (len(to_encode), c, tm.grid.h, tm.grid.w)
         if tuple(idx.shape) != want:
             raise HarnessError(f"tokenizer.encoder: {shape.frames}x{v.height}x{v.width} frames encode to "
@@ -210,26 +181,25 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], tok: Tokenizer) -> t
                                f"{list(spec.tokenizer.compression)}")
         encoded = iter(idx.reshape(len(to_encode), -1))
     for it in batch:
-        rows.append(torch.as_tensor(it.context_tokens, dtype=torch.int64, device=tok.device)
+        rows.append(torch.as_tensor(it.context_tokens, dtype=torch.int64, device=encoder.device)
                     if it.context_tokens is not None else next(encoded))
     return torch.stack(rows)
 
 
 def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, device: torch.device,
                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Video2World: T5 embeddings (from the dataset, or encoded from the jsonl prompts) and their mask."""
+    """Video2World: the T5 embeddings (from the dataset, or encoded from the jsonl prompts) as the training data
+    path builds them (`harness.cosmos.data.context_batch`): all 512 rows, padding rows zero, no mask."""
     if not spec.video2world:
         return {}
+    from harness.cosmos.data import context_batch
+
     if any(it.prompt_embedding is None for it in batch):
         from harness import prompts
 
-        emb, lengths = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
-    else:
-        emb = np.stack([it.prompt_embedding for it in batch])
-        lengths = np.array([it.prompt_length for it in batch])
-    ctx = torch.from_numpy(emb).to(device, dtype)
-    mask = torch.arange(ctx.shape[1], device=device)[None, :] < torch.as_tensor(lengths, device=device)[:, None]
-    return {"context": ctx, "context_mask": mask}
+        emb, _ = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
+        return {"context": context_batch(list(emb), device, dtype)}
+    return {"context": context_batch([it.prompt_embedding for it in batch], device, dtype)}
 
 
 def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, device: torch.device) -> Any:
@@ -273,14 +243,14 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     model = load_for_inference(ckpt, spec, spec.infer.tensor_parallel)
     dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     parallel.barrier()  # every rank has decided `todo` before rank 0 writes anything
-    tok = Tokenizer.load(paths, device)
+    encoder, decoder = load_tokenizer(paths, device)
     text_encoder = _text_encoder(spec, todo, paths, device)
     tm, i = spec.token_math, spec.infer
     bov = 1 if spec.video2world else 0
     cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov)
     records = []
     for k, batch in enumerate(batches(spec, todo, batch_size(spec, model, len(todo), device))):
-        prompt = _context_tokens(spec, batch, tok)
+        prompt = _context_tokens(spec, batch, encoder)
         n_ctx = prompt.shape[1]
         if bov:
             prompt = torch.cat([torch.full((len(batch), 1), BOV_ID, device=device, dtype=torch.int64), prompt], 1)
@@ -294,7 +264,7 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
                         "decode_s": stats.decode_s, "tokens_per_s": stats.tokens_per_s})
         if not parallel.is_main():
             continue
-        videos = tok.decode(grid)
+        videos = decoder.decode(grid)
         for it, video in zip(batch, videos):
             mp4 = out_dir / f"{it.name}.mp4"
             side = Sidecar(it.source, reference_frames(spec, it), tm.context_frames(context_latents(spec, it)),

@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from harness import dataset, prompts, tokens
+from harness.dvtok import Encoder, Pending
 from harness.errors import HarnessError
 from harness.inputs import InputItem, items_of_shard, read_inputs
 from harness.rundir import RunPaths, atomic_write_json
@@ -61,99 +61,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise HarnessError("tokenize.device = 'cuda': no CUDA device visible on this node")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-# ------------------------------------------------------------------------------------ encoder
-@dataclass
-class Encoder:
-    """encoder.jit on a device (bf16 on CUDA, fp32 on CPU), timed so the busy fraction can be reported."""
-
-    module: Any
-    device: torch.device
-    spans: list[tuple[Any, Any]] = field(default_factory=list)
-    """Per batch (start, end): CUDA events on the GPU's timeline, perf_counter seconds on a CPU."""
-
-    @staticmethod
-    def load(path: Path, device: torch.device) -> "Encoder":
-        try:
-            module = torch.jit.load(str(path), map_location=device).eval()
-        except (RuntimeError, OSError, ValueError) as e:
-            raise HarnessError(f"{path}: cannot load TorchScript encoder: {str(e).splitlines()[0]}") from None
-        # the published .jit files may hold bf16 weights: run them in the dtype the input will have
-        module = module.to(torch.bfloat16 if device.type == "cuda" else torch.float32)
-        return Encoder(module, device)
-
-    @torch.no_grad()
-    def submit(self, clips: torch.Tensor) -> "Pending":
-        """Start encoding uint8 [B,T,H,W,3]; on CUDA this returns before the GPU finishes."""
-        if self.device.type != "cuda":
-            t0 = time.perf_counter()
-            x = _channels_first(clips, torch.float32)
-            idx = _indices(self.module(x)).to(torch.int64)
-            self.spans.append((t0, time.perf_counter()))
-            return Pending(idx, None, None, None, None)
-        host_in = clips if clips.is_pinned() else clips.pin_memory()
-        x = host_in.to(self.device, non_blocking=True)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        x = _channels_first(x, torch.bfloat16)
-        idx = _indices(self.module(x)).to(torch.int64)
-        end.record()
-        self.spans.append((start, end))
-        host = torch.empty(idx.shape, dtype=torch.int64, pin_memory=True)
-        host.copy_(idx, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        return Pending(host, done, start, end, host_in)
-
-    @property
-    def busy_s(self) -> float:
-        """Seconds spent encoding (read once every batch was waited for)."""
-        return span_seconds(self.spans, self.device.type == "cuda")[0]
-
-    def steady_busy(self, skip: int = 2) -> float:
-        """Fraction of the encoder's own timeline (the GPU's, on CUDA) spent encoding, from the start of batch
-        `skip` (the first ones run TorchScript's profiling passes and cuDNN's autotuning) to the end of the
-        last: gaps are time the encoder waited for decoded clips. Call after every batch was waited for."""
-        busy, total = span_seconds(self.spans[min(skip, len(self.spans) - 1):], self.device.type == "cuda")
-        return busy / total if total > 0 else 0.0
-
-    def wait(self, p: "Pending") -> np.ndarray:
-        if p.done is not None:
-            p.done.synchronize()
-        return p.indices.numpy()
-
-
-def span_seconds(spans: list[tuple[Any, Any]], cuda: bool) -> tuple[float, float]:
-    """(time inside the spans, time from the first start to the last end) in seconds, of (start, end) pairs:
-    CUDA events (on the GPU's timeline; all recorded and complete) or perf_counter readings."""
-    if not spans:
-        return 0.0, 0.0
-    if cuda:
-        return (sum(a.elapsed_time(b) for a, b in spans) / 1000.0,
-                spans[0][0].elapsed_time(spans[-1][1]) / 1000.0)
-    return sum(b - a for a, b in spans), spans[-1][1] - spans[0][0]
-
-
-@dataclass
-class Pending:
-    indices: torch.Tensor
-    done: Any
-    start: Any
-    end: Any
-    keep: Any
-    """The pinned input buffer, held until the copy that reads it has finished."""
-
-
-def _channels_first(clips: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [B,T,H,W,3] -> contiguous [B,3,T,H,W] in [-1, 1] (one copy; convolutions want this layout)."""
-    x = clips.permute(0, 4, 1, 2, 3).to(dtype, memory_format=torch.contiguous_format)
-    return x.div_(127.5).sub_(1.0)
-
-
-def _indices(out: Any) -> torch.Tensor:
-    """Cosmos DV encoders return (indices, codes, ...); the indices come first."""
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 # ------------------------------------------------------------------------------------ pipeline
