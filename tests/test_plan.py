@@ -96,7 +96,7 @@ def test_rendered_scripts_carry_resources_and_flags() -> None:
     ft = scripts["finetune"]
     assert "#SBATCH --ntasks-per-node=8" in ft and "#SBATCH --gpus-per-node=8" in ft
     assert "#SBATCH --requeue" in ft and "#SBATCH --signal=USR2@120" in ft
-    assert "'--container-image=nvcr.io#nvidia/nemo:25.02.rc3'" in ft
+    assert "'--container-image=nvcr.io#nvidia/nemo:26.02'" in ft
     assert "{HARNESS_SRC}:/opt/harness:ro" in ft and "--container-workdir=/opt/harness" in ft
     assert "export PYTHONPATH=/opt/harness:/opt/harness-deps" in ft
     assert " python -u -m submitit.core._submit" in ft
