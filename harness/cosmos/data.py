@@ -106,7 +106,3 @@ def collate(samples: list[Sample], device: torch.device | str, dtype: torch.dtyp
         out["context"] = torch.from_numpy(np.stack([s.context for s in samples])).to(device, dtype)  # type: ignore[misc]
     return out
 
-
-def steps_available(n: int, gbs: int, max_epochs: int) -> int:
-    """Optimizer steps that fit in max_epochs passes over n training videos (at least one)."""
-    return max(1, (n * max_epochs) // gbs)
