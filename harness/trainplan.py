@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from harness.spec import FinetuneSection, RunSpec, data_parallel
+from harness.spec import FinetuneSection, Precision, RunSpec, data_parallel
 
 
 def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
@@ -23,7 +23,7 @@ def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
     return tuple(steps)
 
 
-def precision(f: FinetuneSection, *, cuda: bool) -> str:
+def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
     """The precision training actually runs in. bf16-mixed needs CUDA: megatron-core's mixed-precision optimizer
     only accepts torch.cuda tensors (and CPU bf16 matmuls are slow), so a CPU run trains in fp32."""
     return "fp32" if f.precision == "bf16-mixed" and not cuda else f.precision
@@ -39,7 +39,7 @@ class TrainingPlan:
     data_parallel: int
     grad_accumulation: int
     """Micro-batches per optimizer step on each DP rank: GBS / (MBS x DP)."""
-    precision: str
+    precision: Precision
     """'bf16-mixed' or 'fp32': the spec's precision, fp32 where CUDA is not used."""
     cuda: bool
     global_batch_size: int

@@ -115,8 +115,8 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
                            f"has {plan.data_parallel} (finetune.gpus_per_node x nodes / tensor_parallel)")
     cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
-    model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision,  # type: ignore[arg-type]
-                        recompute=f.recompute, seq_len=tm.sample_length - 1)
+    model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision, recompute=f.recompute,
+                        seq_len=tm.sample_length - 1)
     latest = ckpt.latest_complete(paths)
     if latest is None and spec.model.checkpoint:
         source = pretrained_dir(spec)
