@@ -83,7 +83,8 @@ TESTED_MCORE = ((0, 15, 3), (0, 20, 0))
 """[lowest, highest) megatron-core the harness runs on: CI installs 0.15.3 (the `nemo` extra: NeMo 2.7.3 needs
 megatron-core 0.15.x); pyproject.toml allows < 0.20 (0.16.1 and 0.19.2 were also run, DESIGN.md section 6)."""
 
-RELEASE_TABLE = "https://github.com/NVIDIA-NeMo/Megatron-Bridge/blob/main/docs/releases/software-versions.md"
+RELEASE_TABLE = ("https://github.com/NVIDIA-NeMo/Megatron-Bridge/blob/2075a5b8aa562e45c441b55f079434b2e7baa027/"
+                 "docs/releases/software-versions.md")
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,16 @@ KNOWN_CONTAINERS: dict[str, ContainerRelease] = {
     "24.09": ContainerRelease((0, 9, 0), "2.0.0", "2.4.0a0",
                               "https://docs.nvidia.com/nemo-framework/user-guide/24.09/softwarecomponentversions.html"),
     "25.02": ContainerRelease((0, 11, 0), "2.2", "",
-                              "https://github.com/NVIDIA/NeMo/blob/main/README.md (Latest News: NeMo Framework 25.02 "
-                              "and Megatron-Core 0.11.0)"),
-    "25.09": ContainerRelease((0, 14, 0), "2.5.0", "2.8.0a0", RELEASE_TABLE),
-    "25.11": ContainerRelease((0, 15, 0), "2.6.0", "2.9.0a0", RELEASE_TABLE + " (megatron-core 'dev:0.15.0')"),
-    "26.02": ContainerRelease((0, 16, 0), "2.7.0", "2.10.0a0", RELEASE_TABLE),
-    "26.04": ContainerRelease((0, 17, 0), "2.8.0", "2.11.0a0", RELEASE_TABLE),
+                              "https://github.com/NVIDIA/NeMo/blob/main/README.md, Latest News: 'NeMo Framework 25.02 "
+                              "and NVIDIA Megatron-Core 0.11.0'"),
+    "25.09": ContainerRelease((0, 14, 0), "2.5.0", "2.8.0a0", RELEASE_TABLE + "#L74-L86"),
+    "25.11": ContainerRelease((0, 15, 0), "2.6.0", "2.9.0a0", RELEASE_TABLE + "#L51-L62 (megatron-core 'dev:0.15.0')"),
+    "26.02": ContainerRelease((0, 16, 0), "2.7.0", "2.10.0a0", RELEASE_TABLE + "#L27-L38 ('main:0.16.0')"),
+    "26.04": ContainerRelease((0, 17, 0), "2.8.0", "2.11.0a0", RELEASE_TABLE + "#L3-L14"),
 }
 """NeMo Framework container release -> its megatron-core (and NeMo, PyTorch), from NVIDIA's release tables.
-Release candidates and patch builds (25.02.rc3, 25.09.01) ship their release's versions."""
+Release candidates and patch builds (25.02.rc3, 25.09.01) are taken to ship their release's versions (the tables
+list releases only)."""
 
 _NEMO_TAG = re.compile(r"(?:^|[#/])nvidia/nemo:(\d\d\.\d\d)(?:[.-][\w.-]*)?$")
 
@@ -116,8 +118,8 @@ def _version(v: tuple[int, int, int]) -> str:
 
 
 def container_warnings(image: str) -> list[str]:
-    """Why a container.image may not run the harness: megatron-core outside TESTED_MCORE, or not known. A .sqsh
-    file or another registry's image is not judged (nothing is known about it)."""
+    """Why a container.image may not run the harness: megatron-core outside TESTED_MCORE, or not known (any image
+    that is not a NeMo Framework release of KNOWN_CONTAINERS). A local .sqsh file names no tag and is not judged."""
     if not image or image.endswith(".sqsh"):
         return []
     lo, hi = TESTED_MCORE
