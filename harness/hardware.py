@@ -73,7 +73,7 @@ def gpu_required_problems(spec: RunSpec) -> list[tuple[str, str]]:
         for stage, least in (("finetune", p.min_gpus), ("infer", 1)):
             if getattr(spec, stage).gpus_per_node == 0:
                 out.append((f"{stage}.gpus_per_node",
-                            f"= 0: model.preset {p.name!r} needs GPUs here (at least {least} per node; only the "
+                            f"= 0: model.preset {p.name!r} needs GPUs for {stage} (at least {least} in all; only the "
                             f"tiny presets run on CPU)"))
     return out
 

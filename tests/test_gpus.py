@@ -77,8 +77,9 @@ def test_shipped_real_configs_pass(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize("text,key,needle", [
-    (spec_text(ft_gpus=0, tp=1), "finetune.gpus_per_node", "= 0: model.preset 'cosmos-4b' needs GPUs here"),
-    (spec_text(infer_gpus=0), "infer.gpus_per_node", "= 0: model.preset 'cosmos-4b' needs GPUs here"),
+    (spec_text(ft_gpus=0, tp=1), "finetune.gpus_per_node",
+     "= 0: model.preset 'cosmos-4b' needs GPUs for finetune (at least 2 in all"),
+    (spec_text(infer_gpus=0), "infer.gpus_per_node", "= 0: model.preset 'cosmos-4b' needs GPUs for infer"),
     (spec_text("cosmos-12b", ft_gpus=4, tp=4), "finetune.gpus_per_node", "= 4 x finetune.nodes = 4 GPU(s)"),
     (spec_text("cosmos-12b", ft_gpus=8, tp=1), "finetune.tensor_parallel", "use tensor_parallel = 8"),
     (spec_text("cosmos-12b", ft_gpus=8, tp=4, engine="mcore"), "finetune.tensor_parallel", "more than the 2.25"),
