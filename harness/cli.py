@@ -19,8 +19,11 @@ err = Console(stderr=True, highlight=False)
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
+    """Exit 2 on any problem (stderr, one line each); warnings go to stdout with the ok line."""
     for path in a.specs:
-        s = spec_mod.load(Path(path))
+        s = spec_mod.load_for_submit(Path(path))
+        for w in spec_mod.warnings(s):
+            console.print(f"warning: {w}", markup=False, soft_wrap=True)
         console.print(f"{path}: ok ({s.token_math.describe()})", markup=False)
     return 0
 
@@ -52,8 +55,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from harness.launch import render, slurm
     from harness.rundir import RunPaths
 
-    spec = spec_mod.absolutize(spec_mod.load(Path(a.spec)), Path.cwd())
+    spec = spec_mod.absolutize(spec_mod.load_for_submit(Path(a.spec)), Path.cwd())
     plan, facts, notes = _plan_for_display(spec, a.num_inputs)
+    notes += [f"warning: {w}" for w in spec_mod.warnings(spec)]
     tm = plan.token_math
     console.print(f"[bold]{spec.run.name}[/] ({spec.run.recipe}, model {spec.model.preset})")
     console.print(f"token math: {tm.describe()}")
@@ -61,7 +65,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     console.print(f"finetune: {f.nodes} node(s) x {spec_mod.ranks_per_node(f)} rank(s)/node"
                   f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel};"
                   f" GBS {f.global_batch_size} = MBS {f.micro_batch_size} x DP {plan.data_parallel}"
-                  f" x grad-accum {plan.grad_accumulation}")
+                  f" x grad-accum {plan.grad_accumulation}; {plan.training.precision}, {plan.training.last_step} steps")
     console.print(f"inputs: {plan.num_inputs} -> {plan.spec.tokenize.shards} shard(s); checkpoints at steps "
                   f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
     for w in list(plan.warnings) + notes:

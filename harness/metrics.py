@@ -49,6 +49,17 @@ def psnr_from_mse(mse: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)
 
 
+METRICS: tuple[str, ...] = ("psnr", "ssim")
+"""The metric names `evaluate.metrics` may select."""
+
+
+def sse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame sum of squared differences (int64, exact) alone: what PSNR needs when SSIM is not asked for."""
+    check_pair(a, b)
+    d = a.astype(np.int32) - b.astype(np.int32)
+    return np.einsum("thwc,thwc->t", d, d, dtype=np.int64)
+
+
 # ------------------------------------------------------------------------------------------ reference
 def psnr_skimage(a: np.ndarray, b: np.ndarray) -> float:
     from skimage.metrics import mean_squared_error

@@ -1,8 +1,9 @@
 """Pure planning: a spec plus a few facts about the inputs and the cluster become the stage DAG.
 
 No file access and no subprocess here: the launcher gathers `Facts` (input count, MaxArraySize, nodes) and
-this module decides array sizes, chunks, dependencies and resources. Every derived count (shards,
-checkpoint steps, ranks) is computed here and nowhere else.
+this module decides array sizes, chunks, dependencies and resources. Every derived count (shards, ranks) is
+computed here and nowhere else; the training numbers (checkpoint steps, DP, accumulation) come from
+`harness.trainplan`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness import spec as spec_mod
-from harness import tokens
-from harness.spec import FinetuneSection, Resources, RunSpec
+from harness import tokens, trainplan
+from harness.spec import Resources, RunSpec
+from harness.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
 
 DependencyKind = Literal["afterok", "aftercorr", "afterany"]
 
@@ -83,26 +85,29 @@ class Plan:
     """The spec with derived values resolved (tokenize.shards): what every task reads back."""
     stages: tuple[StagePlan, ...]
     token_math: tokens.TokenMath
-    checkpoint_steps: tuple[int, ...]
+    training: TrainingPlan
+    """Last step, checkpoint steps, DP, gradient accumulation, precision: `harness.trainplan`, the one source."""
     num_inputs: int
-    data_parallel: int
-    grad_accumulation: int
     warnings: tuple[str, ...]
 
     def stage(self, name: str) -> StagePlan:
         return next(s for s in self.stages if s.name == name)
 
     @property
+    def checkpoint_steps(self) -> tuple[int, ...]:
+        return self.training.checkpoint_steps
+
+    @property
+    def data_parallel(self) -> int:
+        return self.training.data_parallel
+
+    @property
+    def grad_accumulation(self) -> int:
+        return self.training.grad_accumulation
+
+    @property
     def sbatch_calls(self) -> int:
         return sum(len(s.chunks) for s in self.stages)
-
-
-def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
-    """Steps at which a checkpoint is written: every save_every steps, and always at max_steps."""
-    steps = list(range(f.save_every, f.max_steps + 1, f.save_every))
-    if not steps or steps[-1] != f.max_steps:
-        steps.append(f.max_steps)
-    return tuple(steps)
 
 
 def resolve_shards(t: spec_mod.TokenizeSection, num_inputs: int, nodes_available: int) -> int:
@@ -118,16 +123,14 @@ def resolve_shards(t: spec_mod.TokenizeSection, num_inputs: int, nodes_available
 def build(spec: RunSpec, facts: Facts) -> Plan:
     shards = resolve_shards(spec.tokenize, facts.num_inputs, facts.nodes_available)
     resolved = dataclasses.replace(spec, tokenize=dataclasses.replace(spec.tokenize, shards=shards))
-    steps = checkpoint_steps(spec.finetune)
+    training = trainplan.planned(resolved)
+    steps = training.checkpoint_steps
     sizes = {"tokenize": shards, "infer": len(steps), "evaluate": len(steps)}
     throttle_default = {"tokenize": spec.tokenize.nodes_available or facts.nodes_available}
     stages = tuple(_stage(resolved, name, sizes.get(name, 1), throttle_default.get(name, 0), facts)
                    for name in STAGES)
-    f = spec.finetune
-    dp = spec_mod.data_parallel(f)
     tm = spec.token_math
-    return Plan(spec=resolved, stages=stages, token_math=tm, checkpoint_steps=steps, num_inputs=facts.num_inputs,
-                data_parallel=dp, grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
+    return Plan(spec=resolved, stages=stages, token_math=tm, training=training, num_inputs=facts.num_inputs,
                 warnings=tuple(tokens.warnings(tm)))
 
 
@@ -161,6 +164,8 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "shards": plan.spec.tokenize.shards,
         "data_parallel": plan.data_parallel,
         "grad_accumulation": plan.grad_accumulation,
+        "last_step": plan.training.last_step,
+        "precision": plan.training.precision,
         "warnings": list(plan.warnings),
         "stages": [dataclasses.asdict(s) for s in plan.stages],
     }

@@ -23,6 +23,7 @@ from harness.rundir import RunPaths, atomic_write_bytes, atomic_write_json, atom
 
 if TYPE_CHECKING:
     from harness.spec import RunSpec
+    from harness.trainplan import TrainingPlan
 
 PEAK_TFLOPS = 989.0
 """Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project."""
@@ -32,6 +33,8 @@ PEAK_TFLOPS = 989.0
 class Training:
     steps: int
     """Last logged optimizer step."""
+    last_step: int
+    """Where training ends (`harness.trainplan.TrainingPlan.last_step`): `steps` below it means unfinished."""
     logged: int
     """Metric lines in metrics.jsonl."""
     final_loss: float | None
@@ -78,6 +81,8 @@ class Report:
     failures: tuple[dict[str, Any], ...]
     missing: tuple[str, ...]
     """Result files that were expected but absent (a stage failed or has not run)."""
+    metrics: tuple[str, ...] = ("psnr", "ssim")
+    """evaluate.metrics: the only quality columns shown."""
 
     @property
     def best(self) -> Checkpoint | None:
@@ -107,13 +112,13 @@ def _median(rows: Sequence[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def training(rows: list[dict[str, Any]]) -> Training | None:
+def training(rows: list[dict[str, Any]], last_step: int) -> Training | None:
     if not rows:
         return None
     steady = rows[1:] or rows
     tflops = _median(steady, "tflops")
     losses = [r for r in rows if _num(r.get("loss")) is not None]
-    return Training(steps=rows[-1]["step"], logged=len(rows),
+    return Training(steps=rows[-1]["step"], last_step=last_step, logged=len(rows),
                     final_loss=float(losses[-1]["loss"]) if losses else None,
                     tokens_per_s=_median(steady, "tokens_per_s"), tflops=tflops,
                     mfu=tflops / PEAK_TFLOPS if tflops is not None else None)
@@ -136,16 +141,20 @@ def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
     return Tokenize(n, clips, seconds, clips / seconds if seconds > 0 else None)
 
 
-def checkpoints(evals: dict[int, dict[str, Any]]) -> tuple[Checkpoint, ...]:
+def checkpoints(evals: dict[int, dict[str, Any]], metrics: Sequence[str] = ("psnr", "ssim")
+                ) -> tuple[Checkpoint, ...]:
+    """Best: highest mean PSNR (SSIM breaks ties), or highest SSIM where PSNR is not among `metrics`."""
     rows = []
     for step in sorted(evals):
         e = evals[step]
         mean = e.get("mean") or {}
         frames = e.get("frames", "")
-        rows.append((step, _num(mean.get("psnr")), _num(mean.get("ssim")), len(e.get("videos") or []),
+        rows.append((step, _num(mean.get("psnr")) if "psnr" in metrics else None,
+                     _num(mean.get("ssim")) if "ssim" in metrics else None, len(e.get("videos") or []),
                      frames if isinstance(frames, str) else json.dumps(frames)))
-    scored = [r for r in rows if r[1] is not None]
-    best = max(scored, key=lambda r: (r[1], r[2] if r[2] is not None else -1.0))[0] if scored else None
+    k = 1 if "psnr" in metrics else 2
+    scored = [r for r in rows if r[k] is not None]
+    best = max(scored, key=lambda r: (r[k], r[2] if r[2] is not None else -1.0))[0] if scored else None
     return tuple(Checkpoint(s, p, q, n, s == best, f) for s, p, q, n, f in rows)
 
 
@@ -159,8 +168,10 @@ def _read(path: Path, missing: list[str]) -> Any:
     return None
 
 
-def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]],
-          checkpoint_steps: Sequence[int]) -> Report:
+def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], plan: TrainingPlan) -> Report:
+    """`plan`: the run's training plan (`harness.trainplan`): its checkpoint steps are the evaluations expected,
+    its last step where training ends."""
+    checkpoint_steps = plan.checkpoint_steps
     missing: list[str] = []
     data = _read(paths.dataset_summary, missing)
     rows = read_metrics(paths.metrics_jsonl) if paths.metrics_jsonl.is_file() else []
@@ -172,9 +183,11 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]],
         if isinstance(e, dict):
             evals[step] = e
     curve = tuple((r["step"], float(r["loss"])) for r in rows if _num(r.get("loss")) is not None)
+    metrics = tuple(spec.evaluate.metrics)
     return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
-                  tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows), loss_curve=curve, checkpoints=checkpoints(evals),
-                  failures=tuple(failures), missing=tuple(missing))
+                  tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
+                  loss_curve=curve, checkpoints=checkpoints(evals, metrics), failures=tuple(failures),
+                  missing=tuple(missing), metrics=metrics)
 
 
 def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
@@ -220,16 +233,17 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
     t = rep.training
     if t is not None:
-        out.append(("training", ["steps", "final loss", "tokens/s", "TFLOP/s per GPU",
+        out.append(("training", ["steps", "last step", "final loss", "tokens/s", "TFLOP/s per GPU",
                                  f"MFU (peak {PEAK_TFLOPS:g})"],
-                    [[str(t.steps), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
+                    [[str(t.steps), str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
                       fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
     if rep.checkpoints:
         frames = {c.frames for c in rep.checkpoints}
         same = len(frames) == 1
-        header = ["step", "PSNR (dB)", "SSIM", "videos", "best"] + ([] if same else ["frames compared"])
+        shown = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
+        header = ["step"] + [label for _, label in shown] + ["videos", "best"] + ([] if same else ["frames compared"])
         out.append(("checkpoints", header,
-                    [[str(c.step), fmt(c.psnr, "psnr"), fmt(c.ssim, "ssim"), str(c.videos), "*" if c.best else ""]
+                    [[str(c.step)] + [fmt(getattr(c, k), k) for k, _ in shown] + [str(c.videos), "*" if c.best else ""]
                      + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
         if same and frames != {""}:
             out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
@@ -266,7 +280,10 @@ def to_json(rep: Report) -> dict[str, Any]:
     return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
             "tokenize": asdict(rep.tokenize) if rep.tokenize else None, "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
             "loss_curve": [list(p) for p in rep.loss_curve],
-            "checkpoints": [asdict(c) for c in rep.checkpoints], "best_checkpoint": best.step if best else None,
+            "metrics": list(rep.metrics),
+            "checkpoints": [{k: v for k, v in asdict(c).items() if k not in ("psnr", "ssim") or k in rep.metrics}
+                            for c in rep.checkpoints],
+            "best_checkpoint": best.step if best else None,
             "failures": list(rep.failures), "missing": list(rep.missing)}
 
 
@@ -294,8 +311,9 @@ def plots(rep: Report) -> dict[str, bytes]:
         plt.close(fig)
     scored = [c for c in rep.checkpoints if c.psnr is not None or c.ssim is not None]
     if scored:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
-        for ax, key, label in ((a1, "psnr", "PSNR (dB)"), (a2, "ssim", "SSIM")):
+        keys = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), layout="constrained", squeeze=False)
+        for ax, (key, label) in zip(axes[0], keys):
             pts = [(c.step, getattr(c, key)) for c in scored if getattr(c, key) is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
             best = rep.best

@@ -31,6 +31,7 @@ Engine = Literal["auto", "nemo", "mcore"]
 Precision = Literal["bf16-mixed", "fp32"]
 Recompute = Literal["none", "selective", "full"]
 MetricBackend = Literal["auto", "fast", "skimage"]
+Metric = Literal["psnr", "ssim"]
 Device = Literal["auto", "cpu", "cuda"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
@@ -111,7 +112,7 @@ class AssetsSection(Resources):
 
 @dataclass(frozen=True)
 class ContainerSection:
-    image: str = opt("", "enroot image URI (nvcr.io#nvidia/nemo:25.02.rc3) or .sqsh path; '' = no container")
+    image: str = opt("", "enroot image URI (nvcr.io#nvidia/nemo:26.02) or .sqsh path; '' = no container")
     mounts: tuple[str, ...] = opt([], "extra SRC:DST[:FLAGS] mounts")
     workdir: str = opt("", "container working directory (default: the harness mount)")
     env: Mapping[str, str] = opt({}, "environment variables set inside the container")
@@ -174,7 +175,7 @@ class InferSection(Resources):
 class EvaluateSection(Resources):
     reference: str = opt("", "reference videos, matched by file name ('' = the infer inputs)")
     backend: MetricBackend = opt("auto", "fast (vectorized, GPU if present) or skimage (reference)")
-    metrics: tuple[str, ...] = opt(["psnr", "ssim"], "metrics to compute")
+    metrics: tuple[Metric, ...] = opt(["psnr", "ssim"], "metrics computed, written and reported: psnr, ssim")
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,8 @@ def cross_check(spec: RunSpec) -> list[Problem]:
     out += _check_model(spec)
     out += _check_data(spec)
     out += _check_finetune(spec)
+    out += _check_gpus(spec)
+    out += _check_evaluate(spec)
     out += _check_container(spec)
     out += _check_paths(spec)
     return [Problem(spec.source, k, m) for k, m in out]
@@ -474,13 +477,54 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
     if f.min_lr > f.lr:
         out.append(("finetune.min_lr", f"= {f.min_lr}: must be <= finetune.lr ({f.lr})"))
     i = spec.infer
-    if i.tensor_parallel > 1 and i.gpus_per_node and i.gpus_per_node % i.tensor_parallel:
+    if i.gpus_per_node and i.tensor_parallel > i.gpus_per_node:
+        out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: infer runs one rank per GPU, so at most "
+                                             f"infer.gpus_per_node ({i.gpus_per_node})"))
+    elif i.tensor_parallel > 1 and i.gpus_per_node and i.gpus_per_node % i.tensor_parallel:
         out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: must divide infer.gpus_per_node ({i.gpus_per_node})"))
     if spec.model.preset in models.PRESETS and len(spec.tokenizer.compression) == 3 \
             and i.context_latent_frames >= spec.token_math.grid.t:
         out.append(("infer.context_latent_frames",
                     f"= {i.context_latent_frames}: must be below the {spec.token_math.grid.t} latent frames"))
     return out
+
+
+def _check_gpus(spec: RunSpec) -> list[tuple[str, str]]:
+    from harness import hardware
+
+    return hardware.gpu_problems(spec) if spec.model.preset in models.PRESETS else []
+
+
+def _check_evaluate(spec: RunSpec) -> list[tuple[str, str]]:
+    m = list(spec.evaluate.metrics)
+    if not m:
+        return [("evaluate.metrics", "= []: name at least one of 'psnr', 'ssim'")]
+    twice = sorted({x for x in m if m.count(x) > 1})
+    return [("evaluate.metrics", f"= {m}: {twice[0]!r} is listed twice")] if twice else []
+
+
+def submit_problems(spec: RunSpec) -> list[Problem]:
+    """Checks for a spec about to be planned or submitted to a cluster (`harness validate`, `plan`, `submit`),
+    beyond the cross checks every spec passes: a real model needs GPUs on finetune and infer."""
+    from harness import hardware
+
+    return [Problem(spec.source, k, m) for k, m in hardware.gpu_required_problems(spec)]
+
+
+def load_for_submit(path: str | Path) -> RunSpec:
+    """`load` plus `submit_problems`: what a user's spec file must pass before anything is planned from it."""
+    spec = load(path)
+    problems = submit_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def warnings(spec: RunSpec) -> list[Problem]:
+    """Things that do not stop a run but may break it: a container image outside the tested megatron-core."""
+    from harness import hardware
+
+    return [Problem(spec.source, "container.image", w) for w in hardware.container_warnings(spec.container.image)]
 
 
 def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
@@ -494,7 +538,7 @@ def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
             out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS without commas"))
     if c.image and not (c.image.endswith(".sqsh") or "#" in c.image or "/" not in c.image.split(":")[0]):
         out.append(("container.image", f"= {c.image!r}: use an enroot URI with '#' after the registry "
-                                       f"(e.g. nvcr.io#nvidia/nemo:25.02.rc3) or a .sqsh path"))
+                                       f"(e.g. nvcr.io#nvidia/nemo:26.02) or a .sqsh path"))
     for k in c.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
             out.append((f"container.env.{_key(k)}", "must be a valid environment variable name"))

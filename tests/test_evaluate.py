@@ -147,3 +147,42 @@ def test_thread_pool_equals_serial(dirs: tuple[Path, Path, np.ndarray]) -> None:
     b = evaluate.score_pairs(pairs, "fast", "cpu", workers=2)
     assert a == b and [r["name"] for r in a if "error" in r] == ["bad"]
     assert [r["name"] for r in a] == ["bad", "clip0", "clip1", "clip2"]
+
+
+def test_stage_computes_only_the_selected_metrics(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
+    """evaluate.metrics selects what is computed and written: PSNR alone skips the SSIM kernel (same PSNR as the
+    full run, from exact per-frame squared-error sums), SSIM alone writes no PSNR."""
+    ref, _, clip = dirs
+    noisy = np.clip(clip.astype(int) + np.random.default_rng(1).integers(-9, 10, clip.shape), 0, 255).astype(np.uint8)
+    out: dict[str, dict] = {}
+    for chosen in (["psnr", "ssim"], ["psnr"], ["ssim"]):
+        spec = spec_mod.from_dict({"data": {"videos": str(ref)}, "finetune": {"max_steps": 2, "save_every": 2},
+                                   "evaluate": {"reference": str(ref), "metrics": chosen}})
+        paths = RunPaths(tmp_path / "-".join(chosen))
+        gen = paths.infer_dir(2)
+        gen.mkdir(parents=True)
+        write_generated(gen / "clip.mp4", noisy[2:19], list(range(2, 19)))
+        evaluate.run(spec, 0, paths)
+        out["-".join(chosen)] = json.loads(paths.eval_json(2).read_text())
+    both, psnr, ssim = out["psnr-ssim"], out["psnr"], out["ssim"]
+    assert both["metrics"] == ["psnr", "ssim"] and psnr["metrics"] == ["psnr"] and ssim["metrics"] == ["ssim"]
+    (b,), (p,), (s,) = both["videos"], psnr["videos"], ssim["videos"]
+    assert p["psnr"] == b["psnr"] and p["predicted"]["psnr"] == b["predicted"]["psnr"] and 20 < p["psnr"] < 60
+    assert "ssim" not in p and "ssim_per_frame" not in p and "ssim" not in psnr["mean"]
+    assert s["ssim"] == b["ssim"] and "psnr" not in s and "psnr" not in ssim["mean"] and "identical" not in s
+    assert psnr["mean"]["psnr"] == both["mean"]["psnr"] and ssim["mean"]["ssim"] == both["mean"]["ssim"]
+
+
+@pytest.mark.parametrize("value,needle", [("['lpips']", "item 0: must be one of 'psnr', 'ssim'"),
+                                          ("[]", "name at least one of 'psnr', 'ssim'"),
+                                          ("['psnr', 'psnr']", "'psnr' is listed twice")])
+def test_validate_rejects_unknown_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str,
+                                          needle: str) -> None:
+    from harness import cli
+
+    path = tmp_path / "run.toml"
+    path.write_text(f"[data]\nvideos = 'v'\n[model]\npreset = 'tiny'\n[video]\nwidth = 32\nheight = 32\n"
+                    f"num_frames = 9\n[evaluate]\nmetrics = {value}\n")
+    assert cli.main(["validate", str(path)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: evaluate.metrics = ") and needle in lines[0], lines

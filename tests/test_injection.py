@@ -54,6 +54,7 @@ def search_roots(tmp_path: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------ rejected by validate
 BASE = '[data]\nvideos = "clips"\n'
+TINY = "[model]\npreset = 'tiny'\n[video]\nwidth = 32\nheight = 32\nnum_frames = 9\n"
 NAME_KEYS = ["run.name", "tokenize.partition", "merge.account", "finetune.qos", "infer.partition",
              "assets.account", "finetune.constraint", "report.qos"]
 EVIL = ["$(touch CANARY)", "`touch CANARY`", "a;touch CANARY", "a'b", 'a"b', "a#b", "a b", "a&b", "a|b",
@@ -71,7 +72,8 @@ def test_slurm_names_reject_shell_characters(tmp_path: Path, capsys: pytest.Capt
     reliability.add("injection_strings_tried")
     section, name = key.split(".")
     path = tmp_path / "run.toml"
-    path.write_text(f"{BASE}[{section}]\n{name} = {_toml(value)}\n", encoding="utf-8")
+    # the tiny preset: a real model with no GPUs requested is itself rejected (`harness validate`)
+    path.write_text(f"{BASE}{TINY}[{section}]\n{name} = {_toml(value)}\n", encoding="utf-8")
     code = cli.main(["validate", str(path)])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     if name == "constraint" and value in ("a&b", "a|b"):

@@ -263,3 +263,29 @@ def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     for engine in ("nemo", "mcore"):
         explicit = dataclasses.replace(spec, finetune=dataclasses.replace(spec.finetune, engine=engine))
         assert nemo_engine.select(explicit) == engine
+
+
+@pytest.mark.timeout(1500)
+def test_seed_shape_reaches_max_steps_past_max_epochs(tmp_path: Path) -> None:
+    """The seed's 4B recipe shape (10 videos, split 10/1/1 -> 8 training videos, max_epochs = 1, GBS 1), scaled
+    from max_steps 100 / save_every 25 to 12 / 3: one epoch is 8 steps, but the plan sized infer/evaluate for
+    checkpoints 3, 6, 9, 12 (the engine used to stop at step 8). The NeMo engine repeats the split, as the mcore
+    engine does, and writes all four; checkpoints.json, the plan and the report agree on them and on the last step."""
+    from harness import plan as plan_mod, report, trainplan
+
+    spec = make_spec(max_steps=12, save_every=3, gbs=1, lr=1e-3, engine="nemo", max_epochs=1)
+    paths = make_run(tmp_path / "run", spec, n_videos=10, split=(8, 1, 1))
+    p = train(paths, timeout=1400)
+    training = trainplan.planned(spec)
+    assert training.last_step == 12 and training.checkpoint_steps == (3, 6, 9, 12)
+    assert plan_mod.build(spec, plan_mod.Facts(num_inputs=10)).stage("infer").tasks == 4
+    recs = metrics(paths)
+    assert [r["step"] for r in recs] == list(range(1, 13))
+    assert [r["epoch"] for r in recs][7:9] == [1, 1]  # steps 8 and 9 are in the second pass over the 8 videos
+    info = json.loads(paths.checkpoints_json.read_text())
+    assert info["steps"] == info["all"] == info["planned"] == [3, 6, 9, 12] and info["last_step"] == 12
+    for step in (3, 6, 9, 12):
+        assert (paths.checkpoint_dir(step) / "done.json").is_file()
+    assert "repeating the training split until max_steps" in p.stdout + p.stderr
+    rep = report.build(paths, spec, [], training)
+    assert rep.training is not None and rep.training.steps == rep.training.last_step == 12

@@ -102,7 +102,7 @@ def test_rendered_scripts_carry_resources_and_flags() -> None:
     ft = scripts["finetune"]
     assert "#SBATCH --ntasks-per-node=8" in ft and "#SBATCH --gpus-per-node=8" in ft
     assert "#SBATCH --requeue" in ft and "#SBATCH --signal=USR2@120" in ft
-    assert "'--container-image=nvcr.io#nvidia/nemo:25.02.rc3'" in ft
+    assert "'--container-image=nvcr.io#nvidia/nemo:26.02'" in ft
     assert "{HARNESS_SRC}:/opt/harness:ro" in ft and "--container-workdir=/opt/harness" in ft
     assert "export PYTHONPATH=/opt/harness:/opt/harness-deps" in ft
     assert " python -u -m submitit.core._submit" in ft
@@ -138,3 +138,26 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "5x40x64 = 12,800 tokens" in out
     assert "TP 8 x DP 1" in out and "--container-image" in out
     assert len(list(tmp_path.glob("*.sbatch"))) == 7
+
+
+def test_training_plan_is_the_one_source() -> None:
+    """The seed's 4B recipe: max_steps 100, save_every 25, 8 GPUs at TP 8, GBS 1, max_epochs 1 over (with 10
+    videos) 8 training videos. The plan's numbers are the training plan's; the last step is max_steps even
+    though one epoch is only 8 steps, and precision follows the CUDA the finetune stage asks for."""
+    from harness import trainplan
+    from harness.cosmos import config as cfg
+
+    s = seed_spec()
+    p = plan.build(s, plan.Facts(num_inputs=10))
+    t = trainplan.planned(s)
+    assert p.training == t
+    assert (t.last_step, t.checkpoint_steps, t.data_parallel, t.grad_accumulation) == (100, (25, 50, 75, 100), 1, 1)
+    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 4
+    assert t.precision == "bf16-mixed" and trainplan.of(s, cuda=False).precision == "fp32"
+    assert t.flops_per_step == cfg.train_flops_per_token(s.preset, 12_799) * 12_799 * 1  # inputs: tokens[:-1]
+    assert t.tokens_per_step == 12_800
+    note = t.epochs_note(8)
+    assert note is not None and "max_epochs = 1 over 8 training videos gives 8 step(s)" in note
+    assert t.epochs_note(100) is None
+    f32 = dataclasses.replace(s, finetune=dataclasses.replace(s.finetune, gpus_per_node=0, tensor_parallel=8))
+    assert trainplan.planned(f32).precision == "fp32"

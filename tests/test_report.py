@@ -83,7 +83,7 @@ def line_with(text: str, *needles: str) -> str:
 
 def test_tables_show_the_producers_numbers(tmp_path: Path) -> None:
     paths, plan, metrics = make_results(tmp_path)
-    rep = report.build(paths, plan.spec, [], plan.checkpoint_steps)
+    rep = report.build(paths, plan.spec, [], plan.training)
     con = Console(record=True, width=220)
     report.render(rep, con)
     text = con.export_text()
@@ -115,7 +115,7 @@ def test_results_files_json_markdown_and_plots(tmp_path: Path) -> None:
     paths, plan, metrics = make_results(tmp_path)
     failures = [{"stage": "infer", "task": 2, "state": "OUT_OF_MEMORY", "exit_code": "0:125",
                  "reason": "", "log": "/x/logs/infer/7_2/7_2_0_log.out"}]
-    rep = report.build(paths, plan.spec, failures, plan.checkpoint_steps)
+    rep = report.build(paths, plan.spec, failures, plan.training)
     out = report.results_dir(plan.spec, paths)
     files = report.write(rep, out)
     assert out == tmp_path / "results" / paths.run_id
@@ -139,7 +139,7 @@ def test_results_files_json_markdown_and_plots(tmp_path: Path) -> None:
 def test_missing_results_are_listed_not_invented(tmp_path: Path) -> None:
     paths, plan, _ = make_results(tmp_path, skip_eval=40)
     paths.metrics_jsonl.unlink()
-    rep = report.build(paths, plan.spec, [], plan.checkpoint_steps)
+    rep = report.build(paths, plan.spec, [], plan.training)
     assert rep.training is None and rep.loss_curve == ()
     assert [c.step for c in rep.checkpoints] == [10, 20, 30]
     assert set(rep.missing) == {str(paths.metrics_jsonl), str(paths.eval_json(40))}
@@ -167,3 +167,22 @@ def test_report_stage_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert f"{metrics[-1]['loss']:.4f}" in out and f"{PSNR[30]:.2f}" in out
     assert "NOT_SUBMITTED" in line_with(out, "evaluate", "│ 3 ")  # no job ever ran it in this run dir
     assert str(tmp_path / "results" / paths.run_id / "report.md") in out
+
+
+def test_report_shows_only_the_selected_metrics(tmp_path: Path) -> None:
+    """evaluate.metrics = ['ssim']: no PSNR column, value or plot, and the best checkpoint is the best SSIM."""
+    import dataclasses
+
+    paths, plan, _ = make_results(tmp_path)
+    spec = dataclasses.replace(plan.spec, evaluate=dataclasses.replace(plan.spec.evaluate, metrics=("ssim",)))
+    rep = report.build(paths, spec, [], plan.training)
+    con = Console(record=True, width=220)
+    report.render(rep, con)
+    text = con.export_text()
+    assert "SSIM" in text and "PSNR" not in text and f"{PSNR[30]:.2f}" not in text
+    assert rep.best is not None and rep.best.step == max(SSIM, key=SSIM.get) == 30
+    doc = report.to_json(rep)
+    assert doc["metrics"] == ["ssim"] and all("psnr" not in c for c in doc["checkpoints"])
+    md = report.markdown(rep)
+    assert f"| 40 | {SSIM[40]:.4f} | 2 |  |" in md
+    assert rep.training is not None and rep.training.last_step == plan.training.last_step == 40

@@ -112,7 +112,7 @@ def extract(paths: RunPaths) -> dict[str, float | None]:
     from harness.launch import load_plan
 
     plan = load_plan(paths)
-    rep = report.build(paths, plan.spec, [], plan.checkpoint_steps)
+    rep = report.build(paths, plan.spec, [], plan.training)
     t, k = rep.training, rep.tokenize
     final = next((c for c in rep.checkpoints if c.step == plan.checkpoint_steps[-1]), None)
     return {"tokenize_clips_per_s": k.clips_per_s if k else None,

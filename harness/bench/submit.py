@@ -21,8 +21,13 @@ SPEC = """
 name = "bench-submit"
 workdir = "{workdir}"
 [model]
-preset = "cosmos-4b"
-checkpoint = "nvidia/Cosmos-1.0-Autoregressive-4B"
+# the tiny preset: the local cluster has no GPUs, and `submit` rejects a real model without them; planning and
+# submitting cost the same for any model
+preset = "tiny"
+[video]
+width = 64
+height = 48
+num_frames = 9
 [data]
 videos = "{videos}"
 [assets]

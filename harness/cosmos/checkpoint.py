@@ -207,7 +207,7 @@ def load_for_inference(ckpt_dir: str | Path, spec: "RunSpec", tp: int = 1, *, se
 
     ckpt_dir = Path(ckpt_dir)
     check_context(ckpt_dir, spec)
-    parallel.init(tp, seed=spec.run.seed)
+    parallel.init(tp, seed=spec.run.seed, gpus_requested=spec.infer.gpus_per_node)
     precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
     model = build_model(spec.preset, spec.token_math.grid, tp=tp, precision=precision, seq_len=seq_len)
     load_model(model, ckpt_dir)

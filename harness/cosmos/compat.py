@@ -1,5 +1,6 @@
 """Run megatron-core on a machine without CUDA (the CPU quickstart, CI): a handful of patches, applied only when
-`torch.cuda.is_available()` is false, each naming the megatron-core code that assumes CUDA (checked against
+`torch.cuda.is_available()` is false AND the stage's spec asks for no GPU (`gpus_per_node = 0`; a stage that asks
+for GPUs and sees none is a broken node, and fails rather than training on the CPU), each naming the megatron-core code that assumes CUDA (checked against
 megatron-core 0.15.3, 0.16.1 and 0.19.2; the last also on a CUDA build of torch with no GPU visible, as a
 CPU-only task of submitit's local executor sees a GPU workstation). Nothing here runs on a GPU node; `apply()` is idempotent.
 
@@ -11,9 +12,12 @@ an `if __name__ == "__main__"` guard in scripts (a save starts a multiprocessing
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
+
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 _applied = False
@@ -23,11 +27,16 @@ def needed() -> bool:
     return not torch.cuda.is_available()
 
 
-def apply() -> bool:
-    """Patch megatron-core for CPU when CUDA is absent; returns whether patches are active."""
+def apply(*, gpus_requested: int = 0) -> bool:
+    """Patch megatron-core for CPU when CUDA is absent and the stage asked for no GPU (`gpus_requested`: its
+    `gpus_per_node`); returns whether patches are active. Asked for GPUs without CUDA: HarnessError."""
     global _applied
     if not needed():
         return False
+    if gpus_requested:
+        raise HarnessError(f"{os.uname().nodename}: the stage asks for {gpus_requested} GPU(s) per node but "
+                           f"torch.cuda.is_available() is false (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}); not falling back to the CPU")
     if _applied:
         return True
     _patch_cuda_calls()
@@ -118,7 +127,7 @@ def _patch_optimizer() -> None:
     # without Apex/TE, calls multi_tensor_applier on CUDA buffers; clip_grad_by_total_norm_fp32 asserts the
     # grads are CUDA tensors. optimizer/optimizer.py FP32Optimizer keeps its `_scale` on 'cuda'. On CPU: plain
     # torch norms and scaling. (The bf16 MixedPrecisionOptimizer also checks for 'torch.cuda.*Tensor' types,
-    # so on CPU the harness trains in fp32; see cosmos.train.effective_precision.)
+    # so on CPU the harness trains in fp32; see harness.trainplan.precision.)
     from megatron.core.optimizer import clip_grads, optimizer as opt
 
     def grad_norm(grads_for_norm: Any, norm_type: float = 2, grad_stats_parallel_group: Any = None) -> float:

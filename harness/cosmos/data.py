@@ -118,7 +118,3 @@ def context_batch(embeddings: list[np.ndarray], device: torch.device | str, dtyp
     `harness.prompts.encode`."""
     return torch.from_numpy(np.stack([np.asarray(e, dtype=np.float32) for e in embeddings])).to(device, dtype)
 
-
-def steps_available(n: int, gbs: int, max_epochs: int) -> int:
-    """Optimizer steps that fit in max_epochs passes over n training videos (at least one)."""
-    return max(1, (n * max_epochs) // gbs)

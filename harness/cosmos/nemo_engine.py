@@ -4,7 +4,9 @@ trains, over the SAME model definition as the mcore engine (`harness.cosmos.mode
 NeMo's LLM collection has no Cosmos classes, so the harness supplies `CosmosNeMoConfig` (a `GPTConfig` whose
 `configure_model` builds the harness model with the spec's 3D-RoPE latent grid) and `VideoDataModule` (one sample
 = one whole video, in exactly the mcore engine's order: sample j of the run is position j of
-`harness.cosmos.data.global_batch`). Both engines therefore see the same batches and the same LR per step.
+`harness.cosmos.data.global_batch`). Both engines therefore see the same batches and the same LR per step, and
+both take the last step (max_steps: the training split is repeated across epochs until then), the checkpoint
+steps, the precision and the FLOPs per step from `harness.trainplan`.
 
 Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harness layout,
 `finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`) and NeMo's
@@ -26,7 +28,6 @@ from typing import Any, Callable
 
 import torch
 
-from harness import plan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
@@ -37,6 +38,7 @@ from harness.models import PRESETS
 from harness.rundir import RunPaths, atomic_write_json, read_json
 from harness.spec import FinetuneSection, RunSpec, ranks_per_node
 from harness.tokens import Grid
+from harness.trainplan import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +78,6 @@ def select(spec: RunSpec) -> str:
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
-def last_step(spec: RunSpec, train_videos: int) -> int:
-    """The mcore engine's rule: max_steps, or fewer when max_epochs passes over the data end sooner."""
-    f = spec.finetune
-    return min(f.max_steps, data_mod.steps_available(train_videos, f.global_batch_size, f.max_epochs))
-
-
-def save_steps(spec: RunSpec, last: int) -> list[int]:
-    """Planned checkpoint steps up to `last`, plus `last` itself (a max_epochs stop still ends with a save)."""
-    return sorted({s for s in plan.checkpoint_steps(spec.finetune) if s <= last} | {last})
-
-
 def pretrained_dir(paths: RunPaths) -> Path:
     """The staged pretrained checkpoint: the asset directory itself or its `nemo/` folder (the HF repo layout)."""
     from harness.stages.assets import resolve
@@ -155,11 +146,9 @@ class StepMath:
     log_every: int
 
     @classmethod
-    def of(cls, spec: RunSpec, train_videos: int) -> "StepMath":
-        f, tm = spec.finetune, spec.token_math
-        seq = tm.sample_length - 1
-        return cls(f.global_batch_size, tm.video_tokens,
-                   cfg.train_flops_per_token(spec.preset, seq) * seq * f.global_batch_size, train_videos, f.log_every)
+    def of(cls, spec: RunSpec, plan: TrainingPlan, train_videos: int) -> "StepMath":
+        return cls(plan.global_batch_size, plan.video_tokens, plan.flops_per_step, train_videos,
+                   spec.finetune.log_every)
 
     def record(self, step: int, loss: float, lr: float, grad_norm: float | None, dt: float, world: int
                ) -> dict[str, Any]:
@@ -283,12 +272,12 @@ if _IMPORT_ERROR is None:
         before the time limit, preemption) all ranks checkpoint after the current step, then hand over to submitit's
         requeue (or raise `Preempted`), as the mcore engine does."""
 
-        def __init__(self, paths: RunPaths, finetune: FinetuneSection, context: dict[str, Any], steps: list[int]
-                     ) -> None:
+        def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any]) -> None:
             super().__init__(dirpath=str(paths.checkpoint_dir(0).parent), filename=CHECKPOINT_FILENAME,
                              auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
-                             every_n_train_steps=finetune.save_every, save_on_train_epoch_end=False)
-            self.paths, self.finetune, self.context, self.steps = paths, finetune, context, steps
+                             every_n_train_steps=save_every, save_on_train_epoch_end=False)
+            self.paths, self.plan, self.context = paths, plan, context
+            self.steps = set(plan.checkpoint_steps)
             self.stop: StopSignal | None = None
             self.reason = "schedule"
 
@@ -332,7 +321,7 @@ if _IMPORT_ERROR is None:
                 raise HarnessError(f"{directory}: NeMo wrote a checkpoint outside the harness layout "
                                    f"(expected {self.paths.checkpoint_dir(step)})")
             if trainer.is_global_zero:
-                mark_complete(self.paths, self.finetune, self.context, step, self.steps[-1], reason=self.reason)
+                mark_complete(self.paths, self.plan, self.context, step, reason=self.reason)
                 log.info("checkpoint step %d in %.1fs", step, time.perf_counter() - start)
             trainer.strategy.barrier("harness-checkpoint")
 
@@ -392,23 +381,22 @@ def check_engine(ckpt_dir: Path) -> None:
                            f"finetune.engine = {engine!r} (or start a new run)")
 
 
-def mark_complete(paths: RunPaths, f: FinetuneSection, context: dict[str, Any], step: int, last: int, *,
-                  reason: str) -> None:
+def mark_complete(paths: RunPaths, plan: TrainingPlan, context: dict[str, Any], step: int, *, reason: str) -> None:
     """The harness files of one NeMo checkpoint, the completion marker last, then checkpoints.json."""
     d = paths.checkpoint_dir(step)
     atomic_write_json(d / "context" / "harness.json", {**context, "step": step})
-    atomic_write_json(d / "trainer.json", {"step": step, "samples_consumed": step * f.global_batch_size,
+    atomic_write_json(d / "trainer.json", {"step": step, "samples_consumed": step * plan.global_batch_size,
                                            "reason": reason})
     atomic_write_json(d / ckpt.MARKER, {"step": step})
-    mcore_train.write_checkpoints_json(paths, f, last)
+    mcore_train.write_checkpoints_json(paths, plan)
 
 
 # ------------------------------------------------------------------------------------------------ run
-def build(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples, last: int) -> dict[str, Any]:
-    """The keyword arguments of `llm.api.train` for this spec (model, data, trainer, log, optim, resume)."""
+def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.VideoSamples) -> dict[str, Any]:
+    """The keyword arguments of `llm.api.train` for this spec and its training plan (model, data, trainer, log,
+    optim, resume)."""
     f = spec.finetune
-    cuda = torch.cuda.is_available()
-    bf16 = f.precision == "bf16-mixed" and cuda
+    cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
     config = CosmosNeMoConfig(preset_name=spec.model.preset, latent_grid=(tm.grid.t, tm.grid.h, tm.grid.w),
                               rope_length=tm.sample_length - 1, recompute=f.recompute,
@@ -421,11 +409,12 @@ def build(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples, last: 
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
-    steps = save_steps(spec, last)
-    callbacks = [MetricsCallback(paths, StepMath.of(spec, len(samples))),
-                 HarnessCheckpoint(paths, f, checkpoint_context(spec), steps)]
+    callbacks = [MetricsCallback(paths, StepMath.of(spec, plan, len(samples))),
+                 HarnessCheckpoint(paths, plan, f.save_every, checkpoint_context(spec))]
+    # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
+    # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.
     trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
-                         max_steps=last, strategy=strategy,
+                         max_steps=plan.last_step, max_epochs=-1, strategy=strategy,
                          plugins=nl.MegatronMixedPrecision(precision="bf16-mixed" if bf16 else "32"),
                          num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=f.log_every,
                          enable_progress_bar=False, logger=False, callbacks=callbacks,
@@ -448,7 +437,7 @@ def build(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples, last: 
     else:
         resume = None
     logger = nl.NeMoLogger(explicit_log_dir=str(paths.finetune_dir / "nemo"), use_datetime_version=False)
-    return {"model": model, "data": VideoDataModule(spec, samples, last), "trainer": trainer, "log": logger,
+    return {"model": model, "data": VideoDataModule(spec, samples, plan.last_step), "trainer": trainer, "log": logger,
             "optim": optim, "resume": resume, "tokenizer": None}
 
 
@@ -461,14 +450,14 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     from harness.dataset import open_dataset
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
-    last = last_step(spec, len(samples))
-    if last < spec.finetune.max_steps:
-        log.warning("finetune.max_epochs=%d over %d training videos allows %d steps < max_steps=%d: stopping at %d",
-                    spec.finetune.max_epochs, len(samples), last, spec.finetune.max_steps, last)
+    plan = mcore_train.training_plan(spec)
+    note = plan.epochs_note(len(samples))
+    if note:
+        log.warning(note)
     latest = ckpt.latest_complete(paths)
-    if latest is not None and latest[0] >= last:
+    if latest is not None and latest[0] >= plan.last_step:
         log.info("checkpoint step %d already complete: nothing to train", latest[0])
-        mcore_train.write_checkpoints_json(paths, spec.finetune, last)
+        mcore_train.write_checkpoints_json(paths, plan)
         return latest[0]
-    llm.api.train(**build(spec, paths, samples, last))
-    return last
+    llm.api.train(**build(spec, plan, paths, samples))
+    return plan.last_step

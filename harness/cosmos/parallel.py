@@ -83,10 +83,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init(tp: int, *, seed: int = 1234, env: RankEnv | None = None) -> RankEnv:
-    """Initialise torch.distributed and mcore's parallel state once per process (idempotent for the same TP)."""
+def init(tp: int, *, seed: int = 1234, env: RankEnv | None = None, gpus_requested: int = 0) -> RankEnv:
+    """Initialise torch.distributed and mcore's parallel state once per process (idempotent for the same TP).
+    `gpus_requested`: the stage's `gpus_per_node`; the CPU compatibility layer is applied only where it is 0."""
     env = env or rank_env()
-    compat.apply()
+    compat.apply(gpus_requested=gpus_requested)
     fastpaths.apply()
     # Large, varying activation sizes (12,800-token videos) fragment the caching allocator; expandable segments
     # avoid the retry/free storms near full memory. Must be set before the first CUDA allocation.

@@ -2,9 +2,10 @@
 hard-code CUDA; this loop has no pipeline parallelism and so needs none of them).
 
 One rank per GPU (or per TP shard on CPU); TP within a node, DP across. mcore DDP (distributed optimizer when
-DP > 1 on GPU), bf16 compute with fp32 master weights and Adam state (spec.finetune.precision), gradient
-accumulation GBS / (MBS x DP), warm-up + cosine (or constant) LR, grad clipping. Checkpoints at
-`harness.plan.checkpoint_steps` and on SIGUSR2/SIGTERM; resume from the newest COMPLETE checkpoint; metrics.jsonl
+DP > 1 on GPU), bf16 compute with fp32 master weights and Adam state, warm-up + cosine (or constant) LR, grad
+clipping. The last step, checkpoint steps, DP size, gradient accumulation, precision and FLOPs per step come from
+`harness.trainplan` (shared with the NeMo engine, the plan and the report). Checkpoints at the planned steps and
+on SIGUSR2/SIGTERM; resume from the newest COMPLETE checkpoint; metrics.jsonl
 holds each step exactly once across requeues.
 """
 
@@ -23,9 +24,8 @@ import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from harness import plan, tokens
+from harness import tokens, trainplan
 from harness.cosmos import checkpoint as ckpt
-from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
 from harness.cosmos.model import build_model
@@ -33,6 +33,7 @@ from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
 from harness.rundir import RunPaths, atomic_write_json, atomic_write_text
 from harness.spec import FinetuneSection, RunSpec
+from harness.trainplan import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,13 @@ class Trainer:
     samples: data_mod.VideoSamples
     step: int
     """Optimizer steps completed."""
-    last_step: int
+    plan: TrainingPlan
     dtype: torch.dtype
     device: torch.device
+
+    @property
+    def last_step(self) -> int:
+        return self.plan.last_step
 
 
 def lr_at(f: FinetuneSection, step: int) -> float:
@@ -62,13 +67,13 @@ def lr_at(f: FinetuneSection, step: int) -> float:
     return f.min_lr + 0.5 * (f.lr - f.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def effective_precision(f: FinetuneSection) -> str:
-    """bf16-mixed needs CUDA: megatron-core's mixed-precision optimizer only accepts torch.cuda tensors (and CPU
-    bf16 matmuls are slow), so a CPU run trains in fp32."""
-    if f.precision == "bf16-mixed" and not torch.cuda.is_available():
-        log.warning("finetune.precision = 'bf16-mixed' needs CUDA; training in fp32 on CPU")
-        return "fp32"
-    return f.precision
+def training_plan(spec: RunSpec) -> TrainingPlan:
+    """This rank's training plan (CUDA as the rank sees it), with the warnings a user should read in the log."""
+    plan = trainplan.of(spec, cuda=torch.cuda.is_available())
+    if plan.precision != spec.finetune.precision:
+        log.warning("finetune.precision = %r needs CUDA; training in %s on CPU", spec.finetune.precision,
+                    plan.precision)
+    return plan
 
 
 def build_optimizer(model: Any, f: FinetuneSection, *, bf16: bool, distributed: bool) -> Any:
@@ -103,12 +108,14 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     """Build model + optimizer on this rank; resume from the newest complete checkpoint, else start from the
     pretrained checkpoint (if any), else random init."""
     f = spec.finetune
-    parallel.init(f.tensor_parallel, seed=spec.run.seed)
-    cuda = torch.cuda.is_available()
-    precision = effective_precision(f)
-    bf16 = precision == "bf16-mixed"
+    parallel.init(f.tensor_parallel, seed=spec.run.seed, gpus_requested=f.gpus_per_node)
+    plan = training_plan(spec)
+    if parallel.dp_size() != plan.data_parallel:
+        raise HarnessError(f"{spec.source}: {parallel.dp_size()} data-parallel ranks were started, but the plan "
+                           f"has {plan.data_parallel} (finetune.gpus_per_node x nodes / tensor_parallel)")
+    cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
-    model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=precision, recompute=f.recompute,
+    model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision, recompute=f.recompute,
                         seq_len=tm.sample_length - 1)
     latest = ckpt.latest_complete(paths)
     if latest is None and spec.model.checkpoint:
@@ -126,15 +133,12 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         log.info("resumed from %s (step %d)", latest[1], step)
     samples = data_mod.VideoSamples(dataset, tm, "train", where=where,
                                     context_dim=spec.preset.crossattn_dim if spec.video2world else None)
-    # max_steps governs: the checkpoint schedule, and with it the infer/evaluate arrays, is planned from it
-    # before the data exists. Upstream reaches max_steps the same way (megatron samples max_steps x GBS).
-    last = f.max_steps
-    if data_mod.steps_available(len(samples), f.global_batch_size, f.max_epochs) < f.max_steps:
-        log.warning("finetune.max_epochs=%d over %d training videos gives fewer than max_steps=%d steps: "
-                    "repeating the training split until max_steps, which the planned checkpoints need",
-                    f.max_epochs, len(samples), f.max_steps)
+    # Upstream reaches max_steps the same way (megatron samples max_steps x GBS); see TrainingPlan.last_step.
+    note = plan.epochs_note(len(samples))
+    if note:
+        log.warning(note)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    return Trainer(spec, paths, ddp, optimizer, samples, step, last, torch.bfloat16 if bf16 else torch.float32,
+    return Trainer(spec, paths, ddp, optimizer, samples, step, plan, torch.bfloat16 if bf16 else torch.float32,
                    device)
 
 
@@ -157,8 +161,7 @@ def pretrained_dir(spec: RunSpec) -> Path:
 def train_step(t: Trainer) -> dict[str, float]:
     """One optimizer step (all micro-batches); returns the metrics of this step."""
     f = t.spec.finetune
-    dp, dp_rank = parallel.dp_size(), parallel.dp_rank()
-    accum = f.global_batch_size // (f.micro_batch_size * dp)
+    dp, dp_rank, accum = t.plan.data_parallel, parallel.dp_rank(), t.plan.grad_accumulation
     t.model.zero_grad_buffer()
     t.optimizer.zero_grad()
     start = time.perf_counter()
@@ -185,13 +188,10 @@ def train_step(t: Trainer) -> dict[str, float]:
         torch.cuda.synchronize()
     dt = time.perf_counter() - start
     t.step += 1
-    tm = t.spec.token_math
-    seq = tm.sample_length - 1
     world = dist.get_world_size() if dist.is_initialized() else 1
-    flops = cfg.train_flops_per_token(t.spec.preset, seq) * seq * f.global_batch_size
     return {"step": t.step, "loss": float(loss_sum) / (accum * dp), "lr": lr,
             "grad_norm": None if grad_norm is None else float(grad_norm),
-            "tokens_per_s": f.global_batch_size * tm.video_tokens / dt, "tflops": flops / dt / world / 1e12,
+            "tokens_per_s": t.plan.tokens_per_step / dt, "tflops": t.plan.flops_per_step / dt / world / 1e12,
             "step_time_s": dt, "epoch": (t.step * f.global_batch_size) // len(t.samples), "time": time.time()}
 
 
@@ -210,19 +210,18 @@ def save(t: Trainer, reason: str) -> None:
     start = time.perf_counter()
     ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=trainer, context=context)
     if parallel.is_main():
-        write_checkpoints_json(t.paths, t.spec.finetune, t.last_step)
+        write_checkpoints_json(t.paths, t.plan)
         log.info("checkpoint step %d (%s) in %.1fs", t.step, reason, time.perf_counter() - start)
 
 
-def write_checkpoints_json(paths: RunPaths, f: FinetuneSection, last_step: int | None = None) -> None:
+def write_checkpoints_json(paths: RunPaths, plan: TrainingPlan) -> None:
     """`steps`: completed checkpoints among the planned ones (what infer/evaluate arrays index); `all`: every
-    complete checkpoint, including ones written on a preemption signal; `last_step`: where training ends (below
-    max_steps when max_epochs runs out first; that final checkpoint is in `all`)."""
+    complete checkpoint, including ones written on a preemption signal; `planned` and `last_step`: the training
+    plan's (both engines write this file)."""
     done = ckpt.complete_steps(paths)
-    planned = set(plan.checkpoint_steps(f))
+    planned = set(plan.checkpoint_steps)
     atomic_write_json(paths.checkpoints_json, {"steps": [s for s in done if s in planned], "all": done,
-                                               "planned": sorted(planned),
-                                               "last_step": f.max_steps if last_step is None else last_step})
+                                               "planned": sorted(planned), "last_step": plan.last_step})
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -256,7 +255,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     try:
         t = setup(spec, paths, dataset, where=where)
         f = spec.finetune
-        planned = set(plan.checkpoint_steps(f))
+        planned = set(t.plan.checkpoint_steps)
         if parallel.is_main():
             truncate_metrics(paths.metrics_jsonl, t.step)
         parallel.barrier()
@@ -277,7 +276,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         if not ckpt.is_complete(paths.checkpoint_dir(t.step)):
             save(t, "final")
         elif parallel.is_main():
-            write_checkpoints_json(paths, f, t.last_step)
+            write_checkpoints_json(paths, t.plan)
         parallel.barrier()
         return t.step
     finally:

@@ -96,7 +96,7 @@ def submit(spec_path: Path, requested: ExecutorName = "auto") -> Submitted:
     from harness.launch import local
 
     t0 = time.perf_counter()
-    spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
+    spec = spec_mod.absolutize(spec_mod.load_for_submit(spec_path), Path.cwd())
     choice = choose_executor(requested)
     items = discover(spec)
     facts = gather_facts(spec, choice, len(items))

@@ -57,7 +57,7 @@ def print_report(paths: RunPaths) -> int:
     plan = load_plan(paths)
     rs = state.collect(paths, plan)
     failures = [r.__dict__ for r in rs.rows if r.state != state.COMPLETED]
-    rep = report.build(paths, plan.spec, failures, plan.checkpoint_steps)
+    rep = report.build(paths, plan.spec, failures, plan.training)
     console = _console()
     report.render(rep, console)
     files = report.write(rep, report.results_dir(plan.spec, paths))

@@ -5,6 +5,7 @@
   `paths` the run directory layout.
 - A worker is idempotent: it skips work whose outputs verify, writes atomically, and never parses CLI flags.
 - `run_task` is the one function submitit pickles; it writes the task's completion marker after `run` returns.
+  Before the stage runs, it checks that a stage whose Slurm resources ask for GPUs sees one (`require_gpus`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness import spec as spec_mod
+from harness.errors import HarnessError
 from harness.rundir import RunPaths, is_done, mark_done, read_json
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
@@ -38,6 +40,30 @@ def load_run_spec(paths: RunPaths) -> spec_mod.RunSpec:
     return spec_mod.from_dict(read_json(paths.spec_json), source=str(paths.spec_json))
 
 
+def gpu_key(stage: str) -> str:
+    """The spec key of a stage's GPUs per node (stage-assets' resources live in [assets])."""
+    return ("assets" if stage == "stage-assets" else stage) + ".gpus_per_node"
+
+
+def require_gpus(spec: spec_mod.RunSpec, stage: str) -> None:
+    """A stage that asks Slurm for GPUs and sees none (a broken driver, a container without GPU access, an empty
+    CUDA_VISIBLE_DEVICES) stops here with one line, instead of falling back to a CPU run that looks like
+    progress (fp32 over gloo, hours per step for a real model)."""
+    section, key = gpu_key(stage).split(".")
+    wanted = getattr(spec, section).gpus_per_node
+    if not wanted:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise HarnessError(f"{os.uname().nodename}: {stage} asks for GPUs ({section}.{key} = {wanted} in {spec.source}) "
+                       f"but sees none: torch.cuda.is_available() is false with CUDA_VISIBLE_DEVICES="
+                       f"{'<unset>' if cvd is None else repr(cvd)}; check the node's NVIDIA driver and the job's GPU "
+                       f"allocation")
+
+
 def worker(stage: str) -> StageFn:
     return importlib.import_module(MODULES[stage]).run  # type: ignore[no-any-return]
 
@@ -50,6 +76,7 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
         log.info("%s[%d] already complete; nothing to do", stage, task)
         return "skipped"
     spec = load_run_spec(paths)
+    require_gpus(spec, stage)
     log.info("%s[%d] starting on %s (job %s)", stage, task, os.uname().nodename, os.environ.get("SLURM_JOB_ID", "-"))
     worker(stage)(spec, task, paths)
     mark_done(paths, stage, task, {"node": os.uname().nodename, "job": os.environ.get("SLURM_JOB_ID", "")})

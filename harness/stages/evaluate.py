@@ -10,7 +10,8 @@ Without a sidecar (standalone `harness evaluate --reference DIR --generated DIR`
 frame i, and the result says `"alignment": "identity"`.
 
 Metrics are reported over all compared frames and over the predicted frames alone (context frames measure
-the tokenizer's reconstruction, predicted ones the model). Identical clips have infinite PSNR: JSON has no
+the tokenizer's reconstruction, predicted ones the model). Only the metrics of `evaluate.metrics` are computed
+and written (PSNR alone skips the SSIM kernel, the expensive part). Identical clips have infinite PSNR: JSON has no
 infinity, so `psnr` is null with `identical: true`, and means exclude such videos (their names are listed).
 """
 
@@ -123,32 +124,45 @@ def _take(frames: np.ndarray, idx: list[int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- scoring
-def _summary(sse: int, ssim: np.ndarray, pixels: int) -> dict[str, Any]:
-    p = metrics.psnr_from_mse(sse / pixels)
-    return {"psnr": None if math.isinf(p) else p, "identical": math.isinf(p), "ssim": float(ssim.mean()),
-            "frames": int(ssim.size)}
+def _psnr(sse: np.ndarray, frame_pixels: int) -> dict[str, Any]:
+    p = metrics.psnr_from_mse(int(sse.sum()) / (len(sse) * frame_pixels))
+    return {"psnr": None if math.isinf(p) else p, "identical": math.isinf(p)}
 
 
 def score_arrays(pair: Pair, ref: np.ndarray, gen: np.ndarray, g_idx: list[int], r_idx: list[int],
-                 missing: list[int], backend: str, device: str) -> dict[str, Any]:
-    sse, ssim = metrics.clip_metrics(ref, gen, backend, device)
+                 missing: list[int], backend: str, device: str,
+                 selected: Sequence[str] = metrics.METRICS) -> dict[str, Any]:
+    if "ssim" in selected:
+        sse, ssim = metrics.clip_metrics(ref, gen, backend, device)
+    else:
+        sse, ssim = metrics.sse_per_frame(ref, gen), None
     frame_pixels = ref[0].size
     out: dict[str, Any] = {"name": pair.name, "generated": pair.generated, "reference": pair.reference,
                            "alignment": "identity" if pair.reference_frames is None else "sidecar",
                            "compared_frames": {"generated": g_idx, "reference": r_idx},
-                           "frames_without_reference": missing, "ssim_per_frame": [float(s) for s in ssim],
-                           "context_frames": pair.context_frames}
-    out.update(_summary(int(sse.sum()), ssim, ssim.size * frame_pixels))
+                           "frames_without_reference": missing, "context_frames": pair.context_frames}
+    if ssim is not None:
+        out["ssim_per_frame"] = [float(s) for s in ssim]
+
+    def summary(idx: list[int]) -> dict[str, Any]:
+        part = {"frames": len(idx)}
+        if "psnr" in selected:
+            part.update(_psnr(sse[idx], frame_pixels))
+        if ssim is not None:
+            part["ssim"] = float(ssim[idx].mean())
+        return part
+
+    out.update(summary(list(range(len(sse)))))
     pred = [k for k, g in enumerate(g_idx) if g >= pair.context_frames]
     if pair.reference_frames is not None and pred and len(pred) < len(g_idx):
-        out["predicted"] = _summary(int(sse[pred].sum()), ssim[pred], len(pred) * frame_pixels)
+        out["predicted"] = summary(pred)
     return out
 
 
-def score_pair(pair: Pair, backend: str, device: str) -> dict[str, Any]:
+def score_pair(pair: Pair, backend: str, device: str, selected: Sequence[str] = metrics.METRICS) -> dict[str, Any]:
     """Decode and score one pair; failures become a record with `error`, never an exception."""
     try:
-        return score_arrays(pair, *load_pair(pair), backend, device)
+        return score_arrays(pair, *load_pair(pair), backend, device, selected)
     except (HarnessError, ValueError, OSError, av.FFmpegError) as e:
         return {"name": pair.name, "generated": pair.generated, "reference": pair.reference,
                 "error": f"{e.__class__.__name__}: {e}"}
@@ -171,7 +185,7 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Pair], Any], pairs: Seq
 
 
 def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None = None,
-                workers: int = 0) -> list[dict[str, Any]]:
+                workers: int = 0, selected: Sequence[str] = metrics.METRICS) -> list[dict[str, Any]]:
     """Score every pair on a pool of threads, each doing whole pairs: PyAV decoding, the numba kernel and
     CUDA work all run without the GIL, so threads scale like processes without their start-up or the cost
     of shipping frames between them, and on a GPU one pair's metrics overlap the next pairs' decoding."""
@@ -179,13 +193,13 @@ def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
     workers = min(workers or default_workers(), max(1, len(pairs)))
     if workers == 1:
-        return [score_pair(p, kind, device) for p in pairs]
+        return [score_pair(p, kind, device, selected) for p in pairs]
     with ThreadPoolExecutor(workers) as pool:
-        return list(_bounded_map(pool, lambda p: score_pair(p, kind, device), pairs, 2 * workers))
+        return list(_bounded_map(pool, lambda p: score_pair(p, kind, device, selected), pairs, 2 * workers))
 
 
 def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missing_reference: Iterable[str],
-              missing_generated: Iterable[str]) -> dict[str, Any]:
+              missing_generated: Iterable[str], selected: Sequence[str] = metrics.METRICS) -> dict[str, Any]:
     ok = [r for r in results if "error" not in r]
     kind = metrics.resolve_backend(backend)
     engine = "skimage" if kind == "skimage" else metrics.fast_engine(device)
@@ -195,18 +209,25 @@ def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missi
         return float(np.mean(vals)) if vals else None
 
     pred = [r["predicted"] for r in ok if "predicted" in r]
+    means: dict[str, Any] = {"videos": len(ok)}
+    notes = []
+    if "psnr" in selected:
+        means.update(psnr=mean(ok, "psnr"), predicted_psnr=mean(pred, "psnr"),
+                     identical_videos=sorted(r["name"] for r in ok if r["identical"]))
+        notes += ["PSNR in dB; identical clips have infinite PSNR: psnr is null, identical is true, and means "
+                  "exclude them", "PSNR: one MSE over all compared frames of a video"]
+    if "ssim" in selected:
+        means.update(ssim=mean(ok, "ssim"), predicted_ssim=mean(pred, "ssim"))
+        notes.append("SSIM: skimage defaults per frame, averaged")
     return {
         "frames": _frames_note(ok),
-        "backend": kind, "engine": engine, "device": device,
+        "backend": kind, "engine": engine, "device": device, "metrics": list(selected),
         "videos": ok,
-        "mean": {"psnr": mean(ok, "psnr"), "ssim": mean(ok, "ssim"), "videos": len(ok),
-                 "identical_videos": sorted(r["name"] for r in ok if r["identical"]),
-                 "predicted_psnr": mean(pred, "psnr"), "predicted_ssim": mean(pred, "ssim")},
+        "mean": means,
         "failed": [{"name": r["name"], "error": r["error"]} for r in results if "error" in r],
         "missing_reference": sorted(missing_reference),
         "missing_generated": sorted(missing_generated),
-        "notes": ["PSNR in dB; identical clips have infinite PSNR: psnr is null, identical is true, and means exclude them",
-                  "PSNR: one MSE over all compared frames of a video; SSIM: skimage defaults per frame, averaged"],
+        "notes": notes,
     }
 
 
@@ -279,17 +300,15 @@ def stage_pairs(spec: RunSpec, gen_dir: Path) -> tuple[list[Pair], list[str], li
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
-    """Task = checkpoint index; writes paths.eval_json(step) atomically."""
-    from harness.plan import checkpoint_steps
+    """Task = checkpoint index; writes paths.eval_json(step) atomically, with the metrics of evaluate.metrics
+    only (validated with the spec)."""
+    from harness.trainplan import checkpoint_steps
 
     steps = checkpoint_steps(spec.finetune)
     if not 0 <= task < len(steps):
         raise HarnessError(f"evaluate task {task}: only {len(steps)} checkpoints ({list(steps)})")
     step = steps[task]
-    unknown = [m for m in spec.evaluate.metrics if m not in ("psnr", "ssim")]
-    if unknown:
-        raise HarnessError(f"{spec.source}: evaluate.metrics = {list(spec.evaluate.metrics)}: {unknown[0]!r} is not "
-                           f"computed; choose from psnr, ssim")
+    selected = spec.evaluate.metrics
     gen_dir = paths.infer_dir(step)
     if not gen_dir.is_dir():
         raise HarnessError(f"{gen_dir}: no generated videos for checkpoint step {step}; did infer[{task}] run?")
@@ -297,7 +316,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     kind = metrics.resolve_backend(spec.evaluate.backend)
     device = metrics.default_device() if kind == "fast" else "cpu"
     workers = min(default_workers(), spec.evaluate.cpus_per_task)
-    out = summarize(score_pairs(pairs, kind, device, workers), backend=kind, device=device,
-                    missing_reference=missing_ref, missing_generated=missing_gen)
+    out = summarize(score_pairs(pairs, kind, device, workers, selected), backend=kind, device=device,
+                    missing_reference=missing_ref, missing_generated=missing_gen, selected=selected)
     atomic_write_json(paths.eval_json(step), {"step": step, "checkpoint_index": task, "generated_dir": str(gen_dir),
-                                              "metrics": list(spec.evaluate.metrics), **out})
+                                              **out})

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from harness import report
-from harness.plan import checkpoint_steps
+from harness import report, trainplan
 from harness.rundir import RunPaths, is_done, read_json
 from harness.spec import RunSpec
 
@@ -31,6 +30,6 @@ def incomplete_tasks(paths: RunPaths) -> list[dict[str, object]]:
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
-    rep = report.build(paths, spec, incomplete_tasks(paths), checkpoint_steps(spec.finetune))
+    rep = report.build(paths, spec, incomplete_tasks(paths), trainplan.planned(spec))
     for f in report.write(rep, report.results_dir(spec, paths)):
         log.info("wrote %s", f)

@@ -1,0 +1,93 @@
+"""The training plan: every number about a finetune run that more than one module needs, computed once.
+
+The plan (`harness.plan`: infer/evaluate array sizes), both finetune engines (`harness.cosmos.train`, the mcore
+loop, and `harness.cosmos.nemo_engine`, NeMo 2) and the report all read a `TrainingPlan`; none of them derives
+the last step, the checkpoint steps, the data-parallel size, the gradient accumulation, the precision or the
+FLOPs per step on its own. Pure: whether CUDA is used is passed in, never probed here. Plain numbers only (no
+spec inside), so NeMo can deep-copy and serialise the callbacks that hold one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from harness.spec import FinetuneSection, Precision, RunSpec, data_parallel
+
+
+def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
+    """Steps at which a checkpoint is written: every save_every steps, and always at max_steps."""
+    steps = list(range(f.save_every, f.max_steps + 1, f.save_every))
+    if not steps or steps[-1] != f.max_steps:
+        steps.append(f.max_steps)
+    return tuple(steps)
+
+
+def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
+    """The precision training actually runs in. bf16-mixed needs CUDA: megatron-core's mixed-precision optimizer
+    only accepts torch.cuda tensors (and CPU bf16 matmuls are slow), so a CPU run trains in fp32."""
+    return "fp32" if f.precision == "bf16-mixed" and not cuda else f.precision
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    last_step: int
+    """Where training ends: always finetune.max_steps. The infer/evaluate arrays are sized from the checkpoint
+    steps before any data exists, so both engines repeat the training split (crossing epochs) until max_steps
+    rather than stop when max_epochs passes over it run out."""
+    checkpoint_steps: tuple[int, ...]
+    data_parallel: int
+    grad_accumulation: int
+    """Micro-batches per optimizer step on each DP rank: GBS / (MBS x DP)."""
+    precision: Precision
+    """'bf16-mixed' or 'fp32': the spec's precision, fp32 where CUDA is not used."""
+    cuda: bool
+    global_batch_size: int
+    max_epochs: int
+    preset: str
+    sample_positions: int
+    """Tokens a training sample feeds the model (tokens[:-1] of one video's document)."""
+    video_tokens: int
+
+    @cached_property
+    def flops_per_step(self) -> float:
+        """Model FLOPs of one optimizer step (all ranks together): `harness.cosmos.config.train_flops_per_token`
+        x positions x GBS. Computed on first use, so that planning on a login node does not import megatron-core."""
+        from harness.cosmos import config as cfg
+        from harness.models import PRESETS
+
+        seq = self.sample_positions
+        return cfg.train_flops_per_token(PRESETS[self.preset], seq) * seq * self.global_batch_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Video tokens trained per optimizer step (the throughput numerator of metrics.jsonl)."""
+        return self.global_batch_size * self.video_tokens
+
+    def epochs_note(self, train_videos: int) -> str | None:
+        """A warning when max_steps needs more than max_epochs passes over `train_videos` videos (both engines
+        then repeat the split, in the same order); None when it fits."""
+        gbs, epochs = self.global_batch_size, self.max_epochs
+        if train_videos * epochs >= self.last_step * gbs:
+            return None
+        return (f"finetune.max_epochs = {epochs} over {train_videos} training videos gives "
+                f"{max(1, train_videos * epochs // gbs)} step(s) of GBS {gbs}, fewer than max_steps = "
+                f"{self.last_step}: repeating the training split until max_steps, which the planned checkpoints "
+                f"({', '.join(map(str, self.checkpoint_steps))}) need")
+
+
+def of(spec: RunSpec, *, cuda: bool) -> TrainingPlan:
+    """The training plan of `spec`; `cuda`: whether training runs on CUDA (the plan assumes it does where
+    finetune.gpus_per_node > 0; the engines pass what the rank sees, which the stage entry checks agree)."""
+    f, tm = spec.finetune, spec.token_math
+    dp = data_parallel(f)
+    return TrainingPlan(last_step=f.max_steps, checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
+                        grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
+                        precision=precision(f, cuda=cuda), cuda=cuda, global_batch_size=f.global_batch_size,
+                        max_epochs=f.max_epochs, preset=spec.model.preset, sample_positions=tm.sample_length - 1,
+                        video_tokens=tm.video_tokens)
+
+
+def planned(spec: RunSpec) -> TrainingPlan:
+    """The plan as submitted: CUDA where the finetune stage asks Slurm for GPUs."""
+    return of(spec, cuda=spec.finetune.gpus_per_node > 0)
