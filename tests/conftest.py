@@ -63,6 +63,7 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/*.sbatch")
+    parser.addoption("--reliability-out", default="", help="write the reliability tally to this JSON file")
 
 
 # ---------------------------------------------------------------------------- reliability tally (issue 8)

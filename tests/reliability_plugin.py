@@ -1,6 +1,7 @@
 """Reliability tally of one test session: what the fault, fuzz, injection and secret tests tried and what
 they found. Tests record through the session fixture `reliability` (`reliability.add("faults_injected")`);
-the summary is printed at the end of the session and written to results/reliability.json.
+the summary is printed at the end of the session, and written to results/reliability.json only when asked
+(`pytest --reliability-out results/reliability.json`), so a plain test run leaves the tree unchanged.
 
 Loaded from tests/conftest.py (tests/ is not a package, so it is imported by module name, not through
 `pytest_plugins`). Counts only ever come from tests that ran: nothing here is a default or a constant.
@@ -18,7 +19,6 @@ from typing import Any, Iterator
 
 import pytest
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "reliability.json"
 KEYS = ("faults_injected", "faults_survived", "bad_inputs_tried", "bad_inputs_reported", "specs_fuzzed",
         "hand_written_bad_specs", "injection_strings_tried", "canaries_fired", "tracebacks", "secrets_found",
         "files_scanned_for_secrets", "slurm_jobs_submitted")
@@ -83,17 +83,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         tr.write_line(f"{k:<28} {v}")
     for n in data["notes"]:
         tr.write_line(f"  - {n}")
-    tr.write_line(f"written to {RESULTS}")
+    out = tr.config.getoption("--reliability-out", default="")
+    tr.write_line(f"written to {out}" if out else "not written (pytest --reliability-out FILE writes it)")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Written whenever a test recorded something (a partial run writes a partial tally: its `tests` say
-    which tests ran)."""
-    if not _TALLY.counts:
+    """Written when asked and a test recorded something (a partial run writes a partial tally: its `tests`
+    say which tests ran)."""
+    out = session.config.getoption("--reliability-out", default="")
+    if not _TALLY.counts or not out:
         return
     data = _TALLY.as_dict()
     data["exit_status"] = int(exitstatus)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(RESULTS)
+    tmp.replace(path)
