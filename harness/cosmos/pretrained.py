@@ -59,9 +59,10 @@ def write_tiny_pretrained(out_dir: str | Path, preset: ModelPreset, seed: int = 
     wdir = out if flat else out / "weights"
     if torch.distributed.get_rank() == 0:
         wdir.mkdir(parents=True, exist_ok=True)
-        _write_context(out / "context", preset)
     torch.distributed.barrier()
     dist_checkpointing.save({"state_dict": state}, str(wdir))
+    if torch.distributed.get_rank() == 0:
+        _write_context(out / "context", preset)
     torch.distributed.barrier()
     return ref
 

@@ -33,12 +33,14 @@ def inspect_checkpoint(directory: Path, preset: str | None, tp: int, layers: int
         return 0
     rows = [(m.name, m.kind, _shape(m.stored), _shape(m.expected)) for m in found.mismatches]
     rows += [("-", "tensor parallel", problem, "-") for problem in found.tp_problems]
-    table = Table("tensor", "problem", "in checkpoint", "model needs", title=found.summary())
+    headers = ("tensor", "problem", "in checkpoint", "model needs")
+    table = Table(*headers)
     for row in rows:
         table.add_row(*row)
     # whole tensor names and shapes, never an ellipsis: wider than the terminal if need be
-    width = sum(max(len(r[i]) for r in rows) for i in range(4)) + 13
-    console.print(table, width=max(console.width, width), markup=False)
+    width = sum(max(len(r[i]) for r in [headers, *rows]) for i in range(4)) + 3 * len(headers) + 1
+    console.print(found.summary(), markup=False, soft_wrap=True)
+    Console(highlight=False, width=max(console.width, width), file=console.file).print(table, markup=False)
     return 2
 
 
