@@ -238,6 +238,24 @@ def test_vocabulary_rows(ranks: dict[str, Any], name: str) -> None:
         assert params["output_layer.weight"][0] * tp == rows_out
 
 
+@pytest.mark.timeout(900)
+def test_nemo_pads_a_vocabulary_only_when_a_tokenizer_gives_it(tmp_path: Path) -> None:
+    """NeMo 2.7.3's own configure_model: a set config.vocab_size is used as is (base.py:372-373), 64,064 stays
+    64,064; padding to a multiple of 128 x TP (nemo/lightning/base.py:46-47) happens only for a vocabulary read from
+    a tokenizer (base.py:379-380): 64,064 -> 64,128. Cosmos sets vocab_size and passes no tokenizer."""
+    import importlib.util
+
+    if importlib.util.find_spec("nemo") is None:
+        pytest.skip("NeMo 2 is not installed")
+    out = tmp_path / "nemo.json"
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("conformance_nemo.py")), str(out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"config 64064": 64_064, "config 64000": 64_000, "tokenizer 64064": 64_128}
+
+
 @pytest.mark.parametrize("name", REAL)
 def test_parameter_count(ranks: dict[str, Any], name: str) -> None:
     counted = sum(math.prod(s) for s in expected_params(name, 1).values())
