@@ -129,8 +129,10 @@ def write_standins(root: Path, items: dict[str, tuple[str, dict[str, Any]]]) -> 
 
 def session_standins(factory: Any) -> dict[str, Path]:
     """Tiny stand-in checkpoints: `weights` (NeMo's weights/ + context/), `flat` (weights in the folder itself,
-    with metadata.json), `bad` (one wrong shape: a 64,064-row output layer)."""
+    with metadata.json), `bad` (one wrong shape: a 64,064-row output layer), `extra` (the tiny tensors plus
+    cross-attention ones the base model does not have)."""
     items = {"weights": ("tiny", {}), "flat": ("tiny", {"flat": True}),
-             "bad": ("tiny", {"replace": {"output_vocab_size": 64_064}})}
+             "bad": ("tiny", {"replace": {"output_vocab_size": 64_064}}),
+             "extra": ("tiny", {"replace": {"video2world": True}})}
     root = cached_dir(factory, "standins", lambda r: write_standins(r, items))
     return {name: root / name for name in items}

@@ -104,6 +104,25 @@ def test_checkpoint_of_another_shape_fails_the_stage_in_one_line(offline: None, 
     assert not (tmp_path / "run" / "assets.json").exists()
 
 
+@pytest.mark.timeout(900)
+def test_tensors_the_model_lacks_are_logged_not_fatal(offline: None, tmp_path: Path,
+                                                      tmp_path_factory: pytest.TempPathFactory,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The loader reads only the model's tensors, so extra ones do not fail the stage; inspect-checkpoint, which
+    lists every difference, still exits 2 on them."""
+    from harness.cli import main
+
+    extra = session_standins(tmp_path_factory)["extra"]
+    paths = _stage(tmp_path, session_assets(tmp_path_factory), model={"checkpoint": str(extra)})
+    assert resolve(paths, "checkpoint") == extra
+    assert "module.decoder.layers.cross_attention.linear_q.weight [2, 64, 64] is not a tensor of the model" \
+        in caplog.text
+    assert main(["inspect-checkpoint", str(extra), "--preset", "tiny"]) == 2
+    out = capsys.readouterr().out
+    assert "6 mismatched tensors" in out and out.count("unexpected") == 6
+
+
 def test_local_directories_are_used_in_place(offline: None, tmp_path: Path,
                                              tmp_path_factory: pytest.TempPathFactory) -> None:
     assets = session_assets(tmp_path_factory)

@@ -165,6 +165,12 @@ class Inspection:
     def ok(self) -> bool:
         return not self.mismatches and not self.tp_problems
 
+    @property
+    def blocking(self) -> tuple[str, ...]:
+        """What stops the model from loading: TP problems, missing and wrongly shaped tensors (an unexpected one
+        is never read: the loader asks only for the model's tensors)."""
+        return self.tp_problems + tuple(m.line() for m in self.mismatches if m.kind != "unexpected")
+
     def summary(self) -> str:
         head = (f"{self.weights}: {self.checked} model tensors of {self.preset} ({self.layers} layers) at TP "
                 f"{self.tp}")
