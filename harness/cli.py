@@ -211,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--workdir", default="runs", help="where to look up a run id")
         s.set_defaults(fn=_ops(name))
 
+    s = sub.add_parser("inspect-checkpoint", help="compare a NeMo 2 checkpoint's tensor names and shapes with a "
+                       "preset (metadata only); table of mismatches and exit 2 on any")
+    s.add_argument("directory", help="checkpoint folder: weights/ + context/, weights in the folder itself "
+                   "(metadata.json), or an HF snapshot holding nemo/")
+    s.add_argument("--preset", default=None, help="model preset (default: the one the checkpoint names)")
+    s.add_argument("--tp", type=int, default=1, help="tensor-parallel size the checkpoint will be loaded at")
+    s.add_argument("--layers", type=int, default=None, help="expect this many decoder layers (a reduced stand-in)")
+    s.set_defaults(fn=_ops("inspect_checkpoint"))
+
     s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
     s.add_argument("--out", default=".quickstart")
     s.set_defaults(fn=cmd_synth)

@@ -6,6 +6,7 @@ presets keep the real vocabulary and layout so the quickstart and the tests exer
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -19,6 +20,9 @@ class ModelPreset:
     ffn_hidden_size: int
     num_attention_heads: int
     num_query_groups: int
+    kv_channels: int
+    """Head dimension. Not hidden / heads: Cosmos-12B has 5120 / 32 = 160 but kv_channels 128 (upstream
+    CosmosConfig12B), so q is 32 x 128 = 4096 wide and `linear_proj` maps 4096 back to 5120."""
     vocab_size: int
     """Rows of the input embedding; Video2World adds BOV/PAD ids above the 64,000 codes."""
     output_vocab_size: int
@@ -38,23 +42,21 @@ class ModelPreset:
 
     @property
     def params(self) -> int:
-        """Parameter count (embeddings included), used for MFU and memory estimates."""
-        h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
-        kv = h * self.num_query_groups // self.num_attention_heads
-        attn = h * h * 2 + 2 * h * kv
-        mlp = 3 * h * f
-        cross = (2 * h * h + 2 * self.crossattn_dim * h) if self.video2world else 0
-        return L * (attn + mlp + cross) + h * (self.vocab_size + self.output_vocab_size)
+        """Exact parameter count (embeddings, output layer and norms included), for MFU and memory estimates:
+        the sum over the tensors of a checkpoint of this preset (`harness.cosmos.layout`, their one home)."""
+        from harness.cosmos.layout import checkpoint_shapes  # noqa: PLC0415 (layout imports this module)
+
+        return sum(math.prod(shape) for shape in checkpoint_shapes(self).values())
 
 
 _COSMOS_4B = dict(num_layers=16, hidden_size=4096, ffn_hidden_size=14_336, num_attention_heads=32,
-                  num_query_groups=8, seq_length=15_360, pretrain_grid=(5, 40, 64),
+                  num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
                   pretrain_compression=(8, 16, 16))
 _COSMOS_12B = dict(num_layers=40, hidden_size=5120, ffn_hidden_size=14_336, num_attention_heads=32,
-                   num_query_groups=8, seq_length=15_360, pretrain_grid=(5, 40, 64),
+                   num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
                    pretrain_compression=(8, 16, 16), yarn_scale=2.0, yarn_original_grid=(3, 40, 64))
 _TINY = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-             seq_length=4096, pretrain_grid=(3, 6, 8), pretrain_compression=(4, 8, 8))
+             kv_channels=16, seq_length=4096, pretrain_grid=(3, 6, 8), pretrain_compression=(4, 8, 8))
 
 PRESETS: dict[str, ModelPreset] = {
     p.name: p

@@ -102,3 +102,37 @@ def session_base_run(factory: Any) -> RunPaths:
         paths = make_run(root / "run", make_spec(assets, videos=str(videos)))
         run_all(paths, 4)
     return RunPaths(cached_dir(factory, "base-run", build) / "run")
+
+
+def write_standins(root: Path, items: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Path]:
+    """Stand-in pretrained checkpoints (`harness.cosmos.pretrained.write_tiny_pretrained`), name -> (preset,
+    keyword arguments; `replace` changes preset fields), written by one child process: the writer initialises
+    torch.distributed, which the test process keeps out of."""
+    import os
+    import subprocess
+    import sys
+
+    lines = ["import dataclasses", "from harness.models import PRESETS",
+             "from harness.cosmos.pretrained import write_tiny_pretrained", "if __name__ == '__main__':"]
+    for name, (preset, kw) in items.items():
+        kw = dict(kw)
+        replace = kw.pop("replace", {})
+        lines.append(f"    write_tiny_pretrained({str(root / name)!r}, "
+                     f"dataclasses.replace(PRESETS[{preset!r}], **{replace!r}), **{kw!r})")
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", "\n".join(lines)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: root / name for name in items}
+
+
+def session_standins(factory: Any) -> dict[str, Path]:
+    """Tiny stand-in checkpoints: `weights` (NeMo's weights/ + context/), `flat` (weights in the folder itself,
+    with metadata.json), `bad` (one wrong shape: a 64,064-row output layer), `extra` (the tiny tensors plus
+    cross-attention ones the base model does not have)."""
+    items = {"weights": ("tiny", {}), "flat": ("tiny", {"flat": True}),
+             "bad": ("tiny", {"replace": {"output_vocab_size": 64_064}}),
+             "extra": ("tiny", {"replace": {"video2world": True}})}
+    root = cached_dir(factory, "standins", lambda r: write_standins(r, items))
+    return {name: root / name for name in items}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from harness.errors import HarnessError
 from harness.rundir import RunPaths
 from harness.stages import worker
 from harness.stages.assets import resolve
-from fixtures_data import make_spec, session_assets
+from fixtures_data import make_spec, session_assets, session_standins
 
 
 @pytest.fixture()
@@ -47,31 +48,89 @@ def test_repo_ids_resolve_to_cache_snapshots(offline: None, tmp_path: Path,
         resolve(paths, "checkpoint")
 
 
-def test_checkpoint_repo_resolves_to_its_nemo_folder(offline: None, tmp_path: Path,
-                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("layout", ["weights", "flat"])
+def test_checkpoint_repo_resolves_to_its_nemo_folder(offline: None, tmp_path: Path, layout: str,
+                                                     tmp_path_factory: pytest.TempPathFactory,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HF snapshot holding `nemo/`, with the weights under `nemo/weights/` or directly in `nemo/` (NeMo loads
+    both): staged as the `nemo/` folder, checked against the preset, found by both engines."""
+    from harness.cosmos import nemo_engine, train
+
     assets = dict(session_assets(tmp_path_factory), hf_home=str(tmp_path / "hf"))
-    for repo in (synth.TOKENIZER_REPO,):
-        src = Path(session_assets(tmp_path_factory)["tokenizer_dir"])
-        synth.write_hf_snapshot(tmp_path / "hf", repo, {n: src / n for n in ("encoder.jit", "decoder.jit")})
-    synth.write_hf_snapshot(tmp_path / "hf", "org/ckpt", {"nemo/weights/x.distcp": b"w", "nemo/context/io.json": b"{}",
-                                                          "model.pt": b"not downloaded"})
+    src = Path(session_assets(tmp_path_factory)["tokenizer_dir"])
+    synth.write_hf_snapshot(tmp_path / "hf", synth.TOKENIZER_REPO, {n: src / n for n in ("encoder.jit", "decoder.jit")})
+    standin = session_standins(tmp_path_factory)[layout]
+    synth.write_hf_snapshot(tmp_path / "hf", "org/ckpt", {"nemo": standin, "model.pt": b"not downloaded"})
     paths = _stage(tmp_path, assets, model={"checkpoint": "org/ckpt"})
     ckpt = resolve(paths, "checkpoint")
-    assert ckpt.name == "nemo" and (ckpt / "weights" / "x.distcp").read_bytes() == b"w"
+    assert ckpt.name == "nemo" and ckpt.parent.parent.name == "snapshots"
+    weights = ckpt / "weights" if layout == "weights" else ckpt
+    assert (weights / "metadata.json").is_file() and (weights / ".metadata").is_file()
+    assert (layout == "weights") == (ckpt / "weights").is_dir()
+    assert nemo_engine.pretrained_dir(paths) == ckpt
+    spec = make_spec(assets, videos=str(tmp_path), model={"checkpoint": "org/ckpt"})
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # HF_HOME of a task
+    assert train.pretrained_dir(spec) == ckpt
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("layout", ["weights", "flat"])
+def test_local_checkpoint_in_either_layout(offline: None, tmp_path: Path, layout: str,
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    assets = session_assets(tmp_path_factory)
+    standin = session_standins(tmp_path_factory)[layout]
+    paths = _stage(tmp_path, assets, model={"checkpoint": str(standin)})
+    assert resolve(paths, "checkpoint") == standin
+    # a snapshot-like folder holding nemo/ resolves to it
+    shutil.copytree(standin, tmp_path / "repo" / "nemo")
+    paths = _stage(tmp_path, assets, model={"checkpoint": str(tmp_path / "repo")})
+    assert resolve(paths, "checkpoint") == tmp_path / "repo" / "nemo"
+
+
+@pytest.mark.timeout(900)
+def test_checkpoint_of_another_shape_fails_the_stage_in_one_line(offline: None, tmp_path: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    assets = session_assets(tmp_path_factory)
+    bad = session_standins(tmp_path_factory)["bad"]
+    with pytest.raises(HarnessError) as e:
+        _stage(tmp_path, assets, model={"checkpoint": str(bad)})
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(f"checkpoint = {str(bad)!r}: 1 problem(s) against model.preset 'tiny'")
+    assert "module.output_layer.weight is [64064, 64], model needs [64000, 64]" in text
+    assert f"harness inspect-checkpoint {bad} --preset tiny" in text
+    assert not (tmp_path / "run" / "assets.json").exists()
+
+
+@pytest.mark.timeout(900)
+def test_tensors_the_model_lacks_are_logged_not_fatal(offline: None, tmp_path: Path,
+                                                      tmp_path_factory: pytest.TempPathFactory,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The loader reads only the model's tensors, so extra ones do not fail the stage; inspect-checkpoint, which
+    lists every difference, still exits 2 on them."""
+    from harness.cli import main
+
+    extra = session_standins(tmp_path_factory)["extra"]
+    paths = _stage(tmp_path, session_assets(tmp_path_factory), model={"checkpoint": str(extra)})
+    assert resolve(paths, "checkpoint") == extra
+    assert "module.decoder.layers.cross_attention.linear_q.weight [2, 64, 64] is not a tensor of the model" \
+        in caplog.text
+    assert main(["inspect-checkpoint", str(extra), "--preset", "tiny"]) == 2
+    out = capsys.readouterr().out
+    assert "6 mismatched tensors" in out and out.count("unexpected") == 6
 
 
 def test_local_directories_are_used_in_place(offline: None, tmp_path: Path,
                                              tmp_path_factory: pytest.TempPathFactory) -> None:
     assets = session_assets(tmp_path_factory)
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "weights").mkdir(parents=True)
-    (ckpt / "weights" / "x").write_bytes(b"1")
-    paths = _stage(tmp_path, assets, tokenizer={"encoder": assets["tokenizer_dir"], "decoder": assets["tokenizer_dir"]},
-                   model={"checkpoint": str(ckpt)})
+    paths = _stage(tmp_path, assets, tokenizer={"encoder": assets["tokenizer_dir"], "decoder": assets["tokenizer_dir"]})
     assert resolve(paths, "encoder") == Path(assets["tokenizer_dir"])
-    assert resolve(paths, "checkpoint") == ckpt
-    (tmp_path / "empty-ckpt").mkdir()
-    with pytest.raises(HarnessError, match=r"checkpoint = .*empty-ckpt has no weights or nemo/weights"):
+    (tmp_path / "empty-ckpt" / "weights").mkdir(parents=True)
+    with pytest.raises(HarnessError, match=r"checkpoint = .*empty-ckpt': .*empty-ckpt: not a NeMo 2 checkpoint: "
+                                           r"expected weights/metadata.json, metadata.json"):
         _stage(tmp_path, assets, model={"checkpoint": str(tmp_path / "empty-ckpt")})
 
 

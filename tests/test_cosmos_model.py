@@ -88,6 +88,36 @@ def test_pretrained_nemo_layout_loads(single_rank: None, tmp_path: Path) -> None
         checkpoint.load_model(_model(), other)
 
 
+@pytest.mark.timeout(300)
+def test_head_dim_other_than_hidden_over_heads(single_rank: None, tmp_path: Path) -> None:
+    """As in Cosmos-12B/13B (kv_channels 128, hidden 5120 / 32 heads = 160): here 4 heads of 24 over hidden 64, in
+    a Video2World model. The stand-in checkpoint of that shape loads, and the model decodes as it forwards."""
+    import dataclasses
+
+    from harness.cosmos import checkpoint, pretrained
+    from harness.cosmos.model import KVCache, build_model
+
+    preset = dataclasses.replace(PRESETS["tiny-v2w"], kv_channels=24)
+    ref = pretrained.write_tiny_pretrained(tmp_path / "nemo", preset, seed=5)
+    assert ref["decoder.layers.0.self_attention.linear_qkv.weight"].shape == ((4 + 2 * 2) * 24, 64)
+    assert ref["decoder.layers.0.self_attention.linear_proj.weight"].shape == (64, 96)
+    model = build_model(preset, GRID).eval()
+    checkpoint.load_model(model, tmp_path / "nemo")
+    attn = model.decoder.layers[0].self_attention
+    assert attn.hidden_size_per_attention_head == 24 and model.rope.angles.shape[-1] == 24
+    toks = torch.randint(0, 64_064, (1, GRID.tokens + 1))
+    ctx = torch.randn(1, 6, preset.crossattn_dim)
+    with torch.no_grad():
+        full = model(toks, context=ctx)
+        cache = KVCache()
+        parts = [model(toks[:, :20], kv_cache=cache, context=ctx), model(toks[:, 20:], kv_cache=cache, context=ctx)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    direct = build_model(preset, GRID).eval()
+    direct.load_state_dict(ref, strict=False)
+    with torch.no_grad():
+        assert torch.equal(direct(toks, context=ctx), full)
+
+
 def _logits(ckpts: dict[str, str], inputs: dict[str, Any], tp: int) -> dict[str, torch.Tensor]:
     """Base and Video2World logits of the given checkpoints, loaded at TP=tp on this rank."""
     from harness.cosmos import checkpoint

@@ -20,7 +20,7 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-from harness.cosmos import parallel
+from harness.cosmos import layout, parallel
 from harness.errors import HarnessError
 from harness.rundir import RunPaths, atomic_write_json, read_json
 
@@ -35,7 +35,7 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 def weights_dir(ckpt_dir: Path) -> Path:
     """NeMo 2 keeps the distributed checkpoint in `weights/`; a bare mcore checkpoint dir also works."""
-    return ckpt_dir / "weights" if (ckpt_dir / "weights").is_dir() else ckpt_dir
+    return layout.weights_dir(ckpt_dir)
 
 
 def unwrap(model: Any) -> "CosmosModel":

@@ -33,7 +33,8 @@ class Yarn:
 
 
 def head_dim(preset: ModelPreset) -> int:
-    return preset.hidden_size // preset.num_attention_heads
+    """The preset's kv_channels, never hidden / heads (which is 160, not 128, for Cosmos-12B/13B)."""
+    return preset.kv_channels
 
 
 def yarn(preset: ModelPreset) -> Yarn | None:

@@ -31,6 +31,7 @@ import torch
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
+from harness.cosmos.layout import resolve_pretrained
 from harness.cosmos import train as mcore_train
 from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
@@ -79,14 +80,11 @@ def select(spec: RunSpec) -> str:
 
 # ------------------------------------------------------------------------------------------ pure helpers
 def pretrained_dir(paths: RunPaths) -> Path:
-    """The staged pretrained checkpoint: the asset directory itself or its `nemo/` folder (the HF repo layout)."""
+    """The staged pretrained checkpoint's NeMo 2 folder (`layout.resolve_pretrained`: the asset directory or its
+    `nemo/` folder, weights under `weights/` or directly inside; NeMo's restore reads both)."""
     from harness.stages.assets import resolve
 
-    root = resolve(paths, "checkpoint")
-    for d in (root / "nemo", root):
-        if (d / "weights").is_dir():
-            return d
-    raise HarnessError(f"{root}: staged model.checkpoint has no NeMo 2 'weights/' folder (nor 'nemo/weights/')")
+    return resolve_pretrained(resolve(paths, "checkpoint"))
 
 
 def ordered_sample(j: int, gbs: int, n: int, seed: int) -> int:

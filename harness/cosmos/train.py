@@ -28,6 +28,7 @@ from harness import tokens, trainplan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
+from harness.cosmos.layout import resolve_pretrained
 from harness.cosmos.model import build_model
 from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
@@ -143,11 +144,12 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
 
 
 def pretrained_dir(spec: RunSpec) -> Path:
-    """model.checkpoint as a local dir (itself or its `nemo/` subfolder) or a staged HF repo's `nemo/` folder."""
+    """model.checkpoint as a local dir or a staged HF repo, resolved to its NeMo 2 checkpoint folder (itself or
+    its `nemo/` folder; weights under `weights/` or in the folder: `layout.resolve_pretrained`)."""
     src = spec.model.checkpoint
     local = Path(src).expanduser()
     if local.is_dir():
-        return local / "nemo" if (local / "nemo" / "weights").is_dir() else local
+        return resolve_pretrained(local)
     from huggingface_hub import snapshot_download
 
     try:
@@ -155,7 +157,7 @@ def pretrained_dir(spec: RunSpec) -> Path:
     except Exception as e:
         raise HarnessError(f"{spec.source}: model.checkpoint = {src!r}: not a local dir and not in the HF cache "
                            f"(run stage-assets first): {e.__class__.__name__}") from None
-    return snap / "nemo" if (snap / "nemo").is_dir() else snap
+    return resolve_pretrained(snap)
 
 
 def train_step(t: Trainer) -> dict[str, float]:

@@ -20,7 +20,7 @@ def _console() -> Console:
     """Made per command, so the terminal width (or COLUMNS) of this call applies."""
     return Console(highlight=False)
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "wait",
+__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "cmd_inspect_checkpoint", "wait",
            "control", "state", "status"]
 
 
@@ -68,6 +68,12 @@ def print_report(paths: RunPaths) -> int:
 
 def cmd_runs(a: argparse.Namespace) -> int:
     return status.runs(Path(a.workdir), _console())
+
+
+def cmd_inspect_checkpoint(a: argparse.Namespace) -> int:
+    from harness.ops.checkpoint import inspect_checkpoint
+
+    return inspect_checkpoint(Path(a.directory), a.preset, a.tp, a.layers, _console())
 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:

@@ -3,7 +3,9 @@ compute node starts; write `assets.json` (role -> local directory). Later stages
 `resolve`, so compute nodes never touch the network (runtime hub downloads there are a known failure).
 
 A spec value that names an existing local directory (or starts with '/', '.', '~') is used in place, after
-checking the files its role needs; anything else is an HF repo id. The token comes from HF_TOKEN only.
+checking the files its role needs; anything else is an HF repo id. A pretrained checkpoint is recorded as its
+NeMo 2 folder and checked tensor by tensor against model.preset (metadata only; `harness.cosmos.layout`). The
+token comes from HF_TOKEN only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from harness.spec import RunSpec
 
 log = logging.getLogger("harness.assets")
 
+_CHECKPOINT_FILES = ("nemo/*", "*.json", "weights/*", "context/*", ".metadata", "*.distcp", "common.pt")
+"""A Cosmos repo's NeMo 2 folder (`nemo/`), or a repo that is itself one (weights under `weights/` or at its top);
+never the native `model.pt` next to it."""
 _T5_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"]
 
 
@@ -37,7 +42,7 @@ def roles(spec: RunSpec) -> list[Role]:
     out = [Role("encoder", spec.tokenizer.encoder, ("encoder.jit", "*.json"), (("encoder.jit",),)),
            Role("decoder", spec.tokenizer.decoder, ("decoder.jit", "*.json"), (("decoder.jit",),))]
     if spec.model.checkpoint:
-        out.append(Role("checkpoint", spec.model.checkpoint, ("nemo/*", "*.json"), (("weights", "nemo/weights"),)))
+        out.append(Role("checkpoint", spec.model.checkpoint, _CHECKPOINT_FILES, ()))
     if spec.video2world:
         out.append(Role("text_encoder", spec.model.text_encoder,
                         tuple(_T5_FILES) + ("*.safetensors", "*.safetensors.index.json"),
@@ -52,6 +57,8 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     for role in roles(spec):
         directory = _stage(role, spec, hf_home)
         _verify(role, directory)
+        if role.name == "checkpoint":
+            directory = _check_checkpoint(role, spec, directory)
         resolved[role.name] = str(directory)
         log.info("asset %s: %s -> %s", role.name, role.source, directory)
     atomic_write_json(paths.assets_json, resolved)
@@ -88,8 +95,6 @@ def _stage(role: Role, spec: RunSpec, hf_home: Path) -> Path:
     if role.name == "text_encoder" and not list(snapshot.glob("*.safetensors")):
         snapshot = _download(role, role.patterns + ("pytorch_model*.bin", "pytorch_model*.bin.index.json"),
                              revision, hf_home)
-    if role.name == "checkpoint" and (snapshot / "nemo").is_dir():
-        return snapshot / "nemo"
     return snapshot
 
 
@@ -107,6 +112,29 @@ def _download(role: Role, patterns: tuple[str, ...], revision: str | None, hf_ho
         mode = "offline cache lookup (HF_HUB_OFFLINE=1)" if offline else "download"
         raise HarnessError(f"{where}: {mode} into {hf_home} failed: {e.__class__.__name__}: {text}") from None
     return Path(path)
+
+
+def _check_checkpoint(role: Role, spec: RunSpec, directory: Path) -> Path:
+    """The NeMo 2 folder of the staged checkpoint (weights under `weights/` or in the folder itself), after
+    comparing every tensor's name and shape in its metadata with model.preset: a checkpoint the model cannot load
+    (a tensor missing or of another shape) fails here, on the login node, not after the finetune job has waited in
+    the GPU queue; tensors the model does not have are only logged (the loader never reads them)."""
+    from harness.cosmos import layout  # noqa: PLC0415 (torch only when a checkpoint is staged)
+
+    where = f"{role.name} = {role.source!r}"
+    try:
+        root = layout.resolve_pretrained(directory)
+        found = layout.inspect(root, spec.preset, spec.finetune.tensor_parallel)
+    except HarnessError as e:
+        raise HarnessError(f"{where}: {e}") from None
+    if found.blocking:
+        raise HarnessError(f"{where}: {len(found.blocking)} problem(s) against model.preset "
+                           f"{spec.model.preset!r}, first: {found.blocking[0]}; list them with `harness "
+                           f"inspect-checkpoint {root} --preset {spec.model.preset}`")
+    for m in found.mismatches:  # only unexpected ones are left: never loaded, but worth a look
+        log.warning("%s: %s", where, m.line())
+    log.info("%s", found.summary())
+    return root
 
 
 def _verify(role: Role, directory: Path) -> None:
