@@ -110,6 +110,11 @@ class RunPaths:
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    @property
+    def numba_cache(self) -> Path:
+        """NUMBA_CACHE_DIR of the run's tasks (see harness.stages)."""
+        return self.root / "cache" / "numba"
+
 
 def _shard(shard: int | None) -> str:
     return "" if shard is None else f".shard-{shard:05d}"
