@@ -188,4 +188,6 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     assert "5x40x64 = 12,800 tokens" in out
     assert "TP 8 x DP 1" in out and "--container-image" in out
+    assert "infer/evaluate: 4 checkpoint(s) x 7 input shard(s) = 28 task(s)" in out
+    assert sum("28 = 4 x 7" in ln for ln in out.splitlines()) == 2  # the infer and evaluate rows
     assert len(list(tmp_path.glob("*.sbatch"))) == 7
