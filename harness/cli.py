@@ -51,7 +51,19 @@ def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Pl
     return plan_mod.build(spec, facts), facts, notes
 
 
+def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
+    from harness import plan as plan_mod
+
+    i = plan.spec.infer
+    k = plan_mod.infer_shards(i)
+    per = f"{i.inputs_per_task} input(s) per task" if i.inputs_per_task else "all inputs in one task per checkpoint"
+    src = f"infer.inputs {i.inputs}" if i.inputs else "the test split"
+    return (f"{len(plan.checkpoint_steps)} checkpoint(s) x {k} input shard(s) = {plan.stage('infer').tasks} "
+            f"task(s) each; up to {i.max_inputs} input(s) from {src}, {per}")
+
+
 def cmd_plan(a: argparse.Namespace) -> int:
+    from harness import plan as plan_mod
     from harness.launch import render, slurm
     from harness.rundir import RunPaths
 
@@ -68,6 +80,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
                   f" x grad-accum {plan.grad_accumulation}; {plan.training.precision}, {plan.training.last_step} steps")
     console.print(f"inputs: {plan.num_inputs} -> {plan.spec.tokenize.shards} shard(s); checkpoints at steps "
                   f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
+    console.print(f"infer/evaluate: {_fanout(plan)}", markup=False)
     for w in list(plan.warnings) + notes:
         console.print(f"[yellow]note:[/] {escape(w)}")
     table = Table("stage", "tasks", "array", "after", "resources", "container")
@@ -77,7 +90,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
             if s.array else "-"
         deps = ", ".join(f"{d.kind}:{d.stage}" for d in s.depends) or "-"
         res = f"{r.nodes}N x {r.ntasks_per_node}T, {r.gpus_per_node} GPU/N, {r.cpus_per_task} CPU/T, {r.time_min} min"
-        table.add_row(s.name, str(s.tasks), arr, deps, res, "yes" if s.container else "-")
+        tasks = f"{s.tasks} = {len(plan.checkpoint_steps)} x {plan_mod.infer_shards(plan.spec.infer)}" \
+            if s.name in ("infer", "evaluate") else str(s.tasks)
+        table.add_row(s.name, tasks, arr, deps, res, "yes" if s.container else "-")
     console.print(table)
     paths = RunPaths(Path(spec.run.workdir) / f"{spec.run.name}-<run-id>")
     placeholders = {s.name: [f"${{{s.name.upper().replace('-', '_')}_JOB_ID}}"] for s in plan.stages}

@@ -1,9 +1,13 @@
 """Pure planning: a spec plus a few facts about the inputs and the cluster become the stage DAG.
 
 No file access and no subprocess here: the launcher gathers `Facts` (input count, MaxArraySize, nodes) and
-this module decides array sizes, chunks, dependencies and resources. Every derived count (shards, ranks) is
-computed here and nowhere else; the training numbers (checkpoint steps, DP, accumulation) come from
-`harness.trainplan`.
+this module decides array sizes, chunks, dependencies and resources. Every derived count (shards, ranks, the
+split sizes, infer's input shards) is computed here and nowhere else; the training numbers (checkpoint steps,
+DP, accumulation) come from `harness.trainplan`.
+
+Infer and evaluate are arrays over checkpoints x input shards; `infer_task` is the one mapping of an array
+index to its (checkpoint, shard) and its slice of the ordered input list, used by both stages, the report
+and resume.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any, Literal
 
 from harness import spec as spec_mod
 from harness import tokens, trainplan
-from harness.spec import Resources, RunSpec
+from harness.errors import HarnessError
+from harness.spec import InferSection, Resources, RunSpec
 from harness.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
 
 DependencyKind = Literal["afterok", "aftercorr", "afterany"]
@@ -120,12 +125,81 @@ def resolve_shards(t: spec_mod.TokenizeSection, num_inputs: int, nodes_available
     return max(1, min(want, n))
 
 
+def split_counts(n: int, weights: tuple[int, ...]) -> tuple[int, int, int]:
+    """(train, val, test) sizes of n whole videos: val and test get their floor share, and a positive weight
+    at least one video while more than one remains unassigned; train takes the remainder."""
+    total = sum(weights)
+    counts = [0, 0, 0]
+    for k in (1, 2):
+        counts[k] = int(n * weights[k] // total)
+        if weights[k] > 0 and counts[k] == 0 and n - sum(counts) > 1:
+            counts[k] = 1
+    counts[0] = n - counts[1] - counts[2]
+    return counts[0], counts[1], counts[2]
+
+
+def resolve_max_inputs(spec: RunSpec, num_inputs: int) -> int:
+    """infer.max_inputs, capped where the input list's size is known at plan time so that no shard is planned
+    empty. With the test split as the list (infer.inputs = ''), the test share of the discovered inputs is an
+    upper bound: merge splits the videos that tokenized, never more than were discovered, and the test size
+    does not shrink as n grows. infer.inputs (a directory or jsonl) is not listed at plan time (an rglob over
+    a large tree is what made planning slow), so its max_inputs stands: shards past its end run empty."""
+    i = spec.infer
+    if i.inputs:
+        return i.max_inputs
+    return max(1, min(i.max_inputs, split_counts(max(0, num_inputs), spec.data.split)[2]))
+
+
+def infer_shards(i: InferSection) -> int:
+    """Input shards per checkpoint: ceil(max_inputs / inputs_per_task), 1 when inputs_per_task is 0."""
+    return math.ceil(i.max_inputs / i.inputs_per_task) if i.inputs_per_task else 1
+
+
+@dataclass(frozen=True)
+class InferTask:
+    """One infer/evaluate array task: task = checkpoint * shards + shard (checkpoint-major)."""
+
+    checkpoint: int
+    """Index into checkpoint_steps."""
+    step: int
+    shard: int
+    shards: int
+    start: int
+    stop: int
+    """[start, stop) of the ordered input list (test split or infer.inputs, at most max_inputs)."""
+
+    @property
+    def key(self) -> int | None:
+        """Shard key of the task's files; None with one shard, which keeps the one-task-per-checkpoint files."""
+        return None if self.shards == 1 else self.shard
+
+
+def infer_task(spec: RunSpec, task: int) -> InferTask:
+    """The (checkpoint, shard) of an infer/evaluate array index and its input slice; the one such mapping."""
+    steps = checkpoint_steps(spec.finetune)
+    shards = infer_shards(spec.infer)
+    if not 0 <= task < len(steps) * shards:
+        raise HarnessError(f"infer/evaluate task {task}: out of range; {len(steps)} checkpoints {list(steps)} x "
+                           f"{shards} input shards = {len(steps) * shards} tasks")
+    c, s = divmod(task, shards)
+    per = spec.infer.inputs_per_task or spec.infer.max_inputs
+    return InferTask(c, steps[c], s, shards, min(s * per, spec.infer.max_inputs),
+                     min((s + 1) * per, spec.infer.max_inputs))
+
+
+def infer_task_index(spec: RunSpec, checkpoint: int, shard: int) -> int:
+    return checkpoint * infer_shards(spec.infer) + shard
+
+
 def build(spec: RunSpec, facts: Facts) -> Plan:
     shards = resolve_shards(spec.tokenize, facts.num_inputs, facts.nodes_available)
-    resolved = dataclasses.replace(spec, tokenize=dataclasses.replace(spec.tokenize, shards=shards))
+    resolved = dataclasses.replace(
+        spec, tokenize=dataclasses.replace(spec.tokenize, shards=shards),
+        infer=dataclasses.replace(spec.infer, max_inputs=resolve_max_inputs(spec, facts.num_inputs)))
     training = trainplan.planned(resolved)
     steps = training.checkpoint_steps
-    sizes = {"tokenize": shards, "infer": len(steps), "evaluate": len(steps)}
+    fanout = len(steps) * infer_shards(resolved.infer)
+    sizes = {"tokenize": shards, "infer": fanout, "evaluate": fanout}
     throttle_default = {"tokenize": spec.tokenize.nodes_available or facts.nodes_available}
     stages = tuple(_stage(resolved, name, sizes.get(name, 1), throttle_default.get(name, 0), facts)
                    for name in STAGES)
@@ -162,6 +236,8 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "checkpoint_steps": list(plan.checkpoint_steps),
         "num_inputs": plan.num_inputs,
         "shards": plan.spec.tokenize.shards,
+        "infer": {"checkpoints": len(plan.checkpoint_steps), "shards": infer_shards(plan.spec.infer),
+                  "max_inputs": plan.spec.infer.max_inputs, "inputs_per_task": plan.spec.infer.inputs_per_task},
         "data_parallel": plan.data_parallel,
         "grad_accumulation": plan.grad_accumulation,
         "last_step": plan.training.last_step,

@@ -4,6 +4,9 @@ and as results files (`report.md`, `report.json`, PNG plots) under `<run.results
 It reads only the run directory's result files (dataset summary, metrics.jsonl, eval/step-*.json); the
 caller passes the failures it knows about (`harness report` from squeue/sacct, the report stage from the
 completion markers), so this module never talks to Slurm. Missing inputs are reported, never invented.
+Where evaluate is fanned out over input shards, a checkpoint's numbers are computed over the per-video
+metrics of all its shards that were evaluated (`evalstats.video_means`, the same means evaluate writes), and
+each shard without its file is named with its (checkpoint, shard), its task index and, where known, why.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from harness import plan as plan_mod
+from harness.evalstats import frames_note, video_means
 from harness.rundir import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -67,6 +72,22 @@ class Checkpoint:
     """Highest mean PSNR (SSIM breaks ties) among the evaluated checkpoints."""
     frames: str = ""
     """Which frames were compared, as the evaluate stage states it."""
+    shards: int = 1
+    """Input shards whose evaluate results were read (the videos are theirs)."""
+    shards_planned: int = 1
+    failed_videos: int = 0
+    """Pairs the evaluate stage could not score (named in the shard files' `failed`)."""
+
+
+@dataclass(frozen=True)
+class MissingShard:
+    """A (checkpoint, input shard) whose evaluate result is absent: its videos are in no mean."""
+
+    step: int
+    shard: int
+    task: int
+    """Index of the infer and evaluate array tasks of this pair."""
+    why: str
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,7 @@ class Report:
     """Result files that were expected but absent (a stage failed or has not run)."""
     metrics: tuple[str, ...] = ("psnr", "ssim")
     """evaluate.metrics: the only quality columns shown."""
+    missing_shards: tuple[MissingShard, ...] = ()
 
     @property
     def best(self) -> Checkpoint | None:
@@ -141,21 +163,34 @@ def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
     return Tokenize(n, clips, seconds, clips / seconds if seconds > 0 else None)
 
 
-def checkpoints(evals: dict[int, dict[str, Any]], metrics: Sequence[str] = ("psnr", "ssim")
-                ) -> tuple[Checkpoint, ...]:
-    """Best: highest mean PSNR (SSIM breaks ties), or highest SSIM where PSNR is not among `metrics`."""
+def merge_shards(shards: Sequence[dict[str, Any]], metrics: Sequence[str] = ("psnr", "ssim")) -> dict[str, Any]:
+    """One checkpoint's evaluate result from its shards' files: a single file as written, several combined
+    over their per-video records (means recomputed over all videos, not averaged over shards)."""
+    if len(shards) == 1:
+        return shards[0]
+    videos = [v for e in shards for v in (e.get("videos") or []) if isinstance(v, dict)]
+    return {"videos": videos, "mean": video_means(videos, metrics), "frames": frames_note(videos),
+            "failed": [f for e in shards for f in (e.get("failed") or [])]}
+
+
+def checkpoints(evals: dict[int, list[dict[str, Any]]], shards_planned: int = 1,
+                metrics: Sequence[str] = ("psnr", "ssim")) -> tuple[Checkpoint, ...]:
+    """step -> the evaluate results read for it (one per shard). Best: highest mean PSNR (SSIM breaks ties),
+    or highest SSIM where PSNR is not among `metrics`."""
     rows = []
     for step in sorted(evals):
-        e = evals[step]
+        e = merge_shards(evals[step], metrics)
         mean = e.get("mean") or {}
         frames = e.get("frames", "")
         rows.append((step, _num(mean.get("psnr")) if "psnr" in metrics else None,
                      _num(mean.get("ssim")) if "ssim" in metrics else None, len(e.get("videos") or []),
-                     frames if isinstance(frames, str) else json.dumps(frames)))
+                     frames if isinstance(frames, str) else json.dumps(frames), len(evals[step]),
+                     len(e.get("failed") or [])))
     k = 1 if "psnr" in metrics else 2
     scored = [r for r in rows if r[k] is not None]
     best = max(scored, key=lambda r: (r[k], r[2] if r[2] is not None else -1.0))[0] if scored else None
-    return tuple(Checkpoint(s, p, q, n, s == best, f) for s, p, q, n, f in rows)
+    return tuple(Checkpoint(s, p, q, n, s == best, f, got, shards_planned, bad)
+                 for s, p, q, n, f, got, bad in rows)
 
 
 def _read(path: Path, missing: list[str]) -> Any:
@@ -177,17 +212,34 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     rows = read_metrics(paths.metrics_jsonl) if paths.metrics_jsonl.is_file() else []
     if not rows:
         missing.append(str(paths.metrics_jsonl))
-    evals = {}
-    for step in checkpoint_steps:
-        e = _read(paths.eval_json(step), missing)
-        if isinstance(e, dict):
-            evals[step] = e
+    failures = tuple(failures)
+    evals, lost = read_evals(paths, spec, checkpoint_steps, failures, missing)
     curve = tuple((r["step"], float(r["loss"])) for r in rows if _num(r.get("loss")) is not None)
     metrics = tuple(spec.evaluate.metrics)
     return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
-                  loss_curve=curve, checkpoints=checkpoints(evals, metrics), failures=tuple(failures),
-                  missing=tuple(missing), metrics=metrics)
+                  loss_curve=curve, checkpoints=checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics),
+                  failures=failures, missing=tuple(missing), missing_shards=tuple(lost), metrics=metrics)
+
+
+def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], failures: Sequence[dict[str, Any]],
+               missing: list[str]) -> tuple[dict[int, list[dict[str, Any]]], list[MissingShard]]:
+    """Every (checkpoint, shard)'s evaluate file; the absent ones become MissingShard rows that say why,
+    from the failures of that pair's infer or evaluate task when the caller knows them."""
+    evals: dict[int, list[dict[str, Any]]] = {}
+    lost: list[MissingShard] = []
+    known = {(f.get("stage"), f.get("task")): f for f in failures}
+    for c, step in enumerate(checkpoint_steps):
+        for k in range(plan_mod.infer_shards(spec.infer)):
+            task = plan_mod.infer_task_index(spec, c, k)
+            e = _read(paths.eval_json(step, plan_mod.infer_task(spec, task).key), missing)
+            if isinstance(e, dict):
+                evals.setdefault(step, []).append(e)
+                continue
+            why = [f"{st}[{task}] {f.get('state', '')}" + (f" ({f['reason']})" if f.get("reason") else "")
+                   for st in ("infer", "evaluate") if (f := known.get((st, task)))]
+            lost.append(MissingShard(step, k, task, "; ".join(why) or "no result file"))
+    return evals, lost
 
 
 def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
@@ -237,16 +289,7 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                                  f"MFU (peak {PEAK_TFLOPS:g})"],
                     [[str(t.steps), str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
                       fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
-    if rep.checkpoints:
-        frames = {c.frames for c in rep.checkpoints}
-        same = len(frames) == 1
-        shown = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
-        header = ["step"] + [label for _, label in shown] + ["videos", "best"] + ([] if same else ["frames compared"])
-        out.append(("checkpoints", header,
-                    [[str(c.step)] + [fmt(getattr(c, k), k) for k, _ in shown] + [str(c.videos), "*" if c.best else ""]
-                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
-        if same and frames != {""}:
-            out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
+    out += _checkpoint_tables(rep)
     if rep.failures:
         out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
                     [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
@@ -254,6 +297,29 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                       str(f.get("log", "") or "-")] for f in rep.failures]))
     if rep.missing:
         out.append(("missing results", ["file"], [[m] for m in rep.missing]))
+    return out
+
+
+def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per checkpoint its means over every evaluated video; with input shards, how many shards those videos
+    came from and a table naming each shard that has no result."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    if rep.checkpoints:
+        frames = {c.frames for c in rep.checkpoints}
+        same = len(frames) == 1
+        sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
+        shown = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
+        header = ["step"] + [label for _, label in shown] + ["videos"] + (["shards"] if sharded else []) + ["best"] \
+            + ([] if same else ["frames compared"])
+        out.append(("checkpoints", header,
+                    [[str(c.step)] + [fmt(getattr(c, k), k) for k, _ in shown] + [str(c.videos)]
+                     + ([f"{c.shards}/{c.shards_planned}"] if sharded else []) + ["*" if c.best else ""]
+                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
+        if same and frames != {""}:
+            out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
+    if rep.missing_shards:
+        out.append(("missing shards (their videos are in no mean)", ["step", "shard", "infer/evaluate task", "why"],
+                    [[str(m.step), str(m.shard), str(m.task), m.why] for m in rep.missing_shards]))
     return out
 
 
@@ -284,7 +350,8 @@ def to_json(rep: Report) -> dict[str, Any]:
             "checkpoints": [{k: v for k, v in asdict(c).items() if k not in ("psnr", "ssim") or k in rep.metrics}
                             for c in rep.checkpoints],
             "best_checkpoint": best.step if best else None,
-            "failures": list(rep.failures), "missing": list(rep.missing)}
+            "failures": list(rep.failures), "missing": list(rep.missing),
+            "missing_shards": [asdict(m) for m in rep.missing_shards]}
 
 
 # ------------------------------------------------------------------------------------------ files

@@ -98,12 +98,26 @@ class RunPaths:
     def infer_dir(self, step: int) -> Path:
         return self.root / "infer" / f"step-{step:08d}"
 
-    def eval_json(self, step: int) -> Path:
-        return self.root / "eval" / f"step-{step:08d}.json"
+    def infer_manifest(self, step: int, shard: int | None = None) -> Path:
+        """What one infer task generated (names, timings); `shard` None: the checkpoint's only task."""
+        return self.root / "infer" / f"step-{step:08d}{_shard(shard)}.stats.json"
+
+    def eval_json(self, step: int, shard: int | None = None) -> Path:
+        """One evaluate task's per-video metrics; `shard` None: the checkpoint's only task."""
+        return self.root / "eval" / f"step-{step:08d}{_shard(shard)}.json"
 
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    @property
+    def numba_cache(self) -> Path:
+        """NUMBA_CACHE_DIR of the run's tasks (see harness.stages)."""
+        return self.root / "cache" / "numba"
+
+
+def _shard(shard: int | None) -> str:
+    return "" if shard is None else f".shard-{shard:05d}"
 
 
 def new_run_dir(workdir: Path, name: str) -> RunPaths:

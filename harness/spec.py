@@ -162,6 +162,9 @@ class FinetuneSection(Resources):
 class InferSection(Resources):
     inputs: str = opt("", "videos/images (dir) or Video2World jsonl to continue ('' = the test split)")
     max_inputs: int = opt(8, "inputs generated per checkpoint", min=1, max=1_000_000)
+    inputs_per_task: int = opt(0, "inputs per infer/evaluate array task: the arrays become checkpoints x "
+                                  "ceil(max_inputs / inputs_per_task) shards (0 = all inputs in one task)",
+                               min=0, max=1_000_000)
     context_latent_frames: int = opt(2, "latent frames of context (1 for images)", min=1, max=1024)
     temperature: float = opt(1.0, "sampling temperature (0 = greedy)", min=0.0, max=100.0)
     top_p: float = opt(0.8, "nucleus sampling mass", min=0.0, max=1.0)

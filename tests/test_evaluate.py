@@ -186,3 +186,31 @@ def test_validate_rejects_unknown_metrics(tmp_path: Path, capsys: pytest.Capture
     assert cli.main(["validate", str(path)]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"{path}: evaluate.metrics = ") and needle in lines[0], lines
+
+
+@pytest.mark.timeout(300)
+def test_cli_start_up_imports_only_what_evaluate_needs(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
+    """`harness evaluate` on a CPU node: no torch (the GPU probe looks for device nodes first), megatron or
+    matplotlib; the numba kernel comes from the cache in NUMBA_CACHE_DIR after the first process wrote it."""
+    import os
+    import subprocess
+    import sys
+
+    from harness import metrics
+
+    if metrics.gpu_device_nodes():
+        pytest.skip("GPU device nodes present: torch is the metric engine here")
+    ref, gen, clip = dirs
+    write_generated(gen / "clip.mp4", clip[:17], list(range(17)))
+    cache = tmp_path / "numba"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    code = ("import sys, json; from harness import cli; rc = cli.main(sys.argv[1:]); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'megatron', 'matplotlib', 'nemo'))), file=sys.stderr); sys.exit(rc)")
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", code, "evaluate", "--reference", str(ref), "--generated", str(gen)],
+                           capture_output=True, text=True, env=env, timeout=240)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert json.loads(p.stderr.strip().splitlines()[-1]) == []
+        assert '"psnr"' in p.stdout
+    assert list(cache.rglob("*.nbi")), "numba wrote no cache index under NUMBA_CACHE_DIR"

@@ -15,7 +15,7 @@ from harness.cosmos.pretrained import write_tiny_pretrained
 from harness.errors import HarnessError
 from harness.models import PRESETS
 from harness.plan import checkpoint_steps
-from harness.rundir import RunPaths, atomic_write_json
+from harness.rundir import RunPaths, atomic_write_json, read_json
 from harness.stages import evaluate, infer
 from harness.synth import make_clips, smooth_clip, write_tokenizer
 from harness.video import ClipShape, load_clip
@@ -70,6 +70,43 @@ def test_infer_writes_videos_and_sidecars(run_dir: tuple[spec_mod.RunSpec, RunPa
         assert v["compared_frames"]["reference"] == list(range(min(17, n_src)))
         ctx = np.mean(v["ssim_per_frame"][:5])
         assert ctx > 0.5  # the context frames are the tokenizer's reconstruction of the source
+
+
+@pytest.mark.timeout(300)
+def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.RunSpec, RunPaths],
+                                                     tmp_path: Path) -> None:
+    """infer.inputs_per_task = 2 over 3 inputs: task 1 (checkpoint 0, shard 1) generates the third input alone,
+    its evaluate task scores exactly that shard's names; a shard past the end of the list is empty, not an error."""
+    spec, paths = run_dir
+    d = spec_mod.to_dict(spec)
+    sh = spec_mod.from_dict({**d, "infer": {**d["infer"], "inputs_per_task": 2}})
+    full = [it.name for it in infer.list_inputs(sh, paths)]
+    assert [it.name for it in infer.list_inputs(sh, paths, 0, 2)] == full[:2]
+    assert [it.name for it in infer.list_inputs(sh, paths, 2, 4)] == full[2:] == ["clip_002"]
+    p2 = RunPaths(tmp_path / "run")
+    atomic_write_json(p2.assets_json, read_json(paths.assets_json))
+    write_tiny_pretrained(p2.checkpoint_dir(2), PRESETS["tiny"], seed=3)
+    infer.run(sh, 1, p2)
+    out = p2.infer_dir(2)
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["clip_002.mp4"]
+    man = read_json(p2.infer_manifest(2, 1))
+    assert man["names"] == ["clip_002"] and man["input_range"] == [2, 3] and man["generated"] == 1
+    with pytest.raises(HarnessError, match=r"did infer\[0\] complete"):
+        evaluate.run(sh, 0, p2)  # shard 0 has not run: no manifest
+    infer.run(spec, 0, paths)  # (already done by the first test when run in order; idempotent otherwise)
+    for f in ("clip_000.mp4", "clip_000.json"):  # another shard's output in the same checkpoint directory
+        (out / f).write_bytes((paths.infer_dir(2) / f).read_bytes())
+    evaluate.run(sh, 1, p2)
+    res = read_json(p2.eval_json(2, 1))
+    assert [v["name"] for v in res["videos"]] == ["clip_002"] and (res["shard"], res["shards"]) == (1, 2)
+    assert res["missing_generated"] == [] and res["mean"]["videos"] == 1
+
+    sparse = spec_mod.from_dict({**d, "infer": {**d["infer"], "max_inputs": 5, "inputs_per_task": 2}})
+    assert len(infer.list_inputs(sparse, paths)) == 4  # 3 clips and still.png: shard 2 ([4, 5)) is empty
+    infer.run(sparse, 2, p2)
+    assert read_json(p2.infer_manifest(2, 2))["names"] == []
+    evaluate.run(sparse, 2, p2)
+    assert read_json(p2.eval_json(2, 2))["videos"] == []
 
 
 @pytest.mark.timeout(300)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import plan, spec
+from harness.errors import HarnessError
 from harness.launch import render, slurm
 from harness.rundir import RunPaths
 
@@ -28,7 +29,9 @@ def test_dag_shape_and_dependencies() -> None:
     assert deps["report"] == [("evaluate", "afterany")]
     assert deps["finetune"] == [("merge", "afterok")]
     assert p.checkpoint_steps == (25, 50, 75, 100)
-    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 4
+    # 10,000 inputs -> a test split of 833 (weights 10:1:1) <= max_inputs 1,000 -> ceil(833 / 125) = 7 shards
+    assert p.spec.infer.max_inputs == 833 and plan.infer_shards(p.spec.infer) == 7
+    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 4 * 7
     assert p.stage("tokenize").tasks == 100 and p.spec.tokenize.shards == 100
     assert p.sbatch_calls == 7
 
@@ -75,6 +78,57 @@ def test_infer_tasks_get_one_rank_per_tensor_parallel_shard() -> None:
     assert (inf.nodes, inf.ntasks_per_node, inf.gpus_per_node) == (1, 2, 2)
 
 
+def _fanout_spec(max_inputs: int, per_task: int, inputs: str = "", max_steps: int = 9) -> spec.RunSpec:
+    return spec.loads(f'[data]\nvideos="x"\n[finetune]\nmax_steps={max_steps}\nsave_every=3\n'
+                      f'[infer]\nmax_inputs={max_inputs}\ninputs_per_task={per_task}\ninputs="{inputs}"\n'
+                      f'array_throttle=5\n')
+
+
+@pytest.mark.parametrize(("max_inputs", "per_task"), [(10, 3), (12, 4), (7, 1), (5, 0), (4, 100)])
+def test_infer_tasks_cover_each_input_once_per_checkpoint(max_inputs: int, per_task: int) -> None:
+    s = _fanout_spec(max_inputs, per_task, inputs="/data/eval")
+    p = plan.build(s, plan.Facts(num_inputs=3))  # infer.inputs: not listed at plan time, max_inputs stands
+    shards = plan.infer_shards(p.spec.infer)
+    assert shards == (-(-max_inputs // per_task) if per_task else 1)
+    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 3 * shards
+    seen: dict[int, list[int]] = {}
+    for task in range(p.stage("infer").tasks):
+        t = plan.infer_task(p.spec, task)
+        assert plan.infer_task_index(p.spec, t.checkpoint, t.shard) == task
+        assert t.step == p.checkpoint_steps[t.checkpoint] and t.shards == shards
+        assert 0 < t.stop - t.start <= (per_task or max_inputs)
+        assert t.key == (None if shards == 1 else t.shard)
+        seen.setdefault(t.step, []).extend(range(t.start, t.stop))
+    assert seen == {step: list(range(max_inputs)) for step in (3, 6, 9)}
+    with pytest.raises(HarnessError, match="out of range"):
+        plan.infer_task(p.spec, 3 * shards)
+
+
+def test_infer_shards_from_the_test_split_size() -> None:
+    """With the test split as the input list, max_inputs is capped at the test share of the discovered inputs
+    (merge splits at most that many), so no planned shard is empty; the resolved spec carries it."""
+    s = _fanout_spec(1000, 4)
+    for n, test in ((120, 10), (30, 2), (2, 0), (0, 0)):
+        assert plan.split_counts(n, s.data.split)[2] == test
+        p = plan.build(s, plan.Facts(num_inputs=n))
+        assert p.spec.infer.max_inputs == max(1, test)
+        assert p.stage("infer").tasks == 3 * -(-max(1, test) // 4)
+        assert plan.build(p.spec, plan.Facts(num_inputs=n)).spec == p.spec  # resolving again changes nothing
+    assert plan.to_json(plan.build(s, plan.Facts(num_inputs=120)))["infer"] == {
+        "checkpoints": 3, "shards": 3, "max_inputs": 10, "inputs_per_task": 4}
+
+
+def test_fanout_arrays_split_at_max_array_size_with_aftercorr_per_chunk() -> None:
+    p = plan.build(_fanout_spec(10, 1, inputs="/data/eval", max_steps=30), plan.Facts(num_inputs=5, max_array_size=40))
+    inf, ev = p.stage("infer"), p.stage("evaluate")
+    assert inf.tasks == ev.tasks == 10 * 10 and inf.chunks == ev.chunks == ((0, 40), (40, 80), (80, 100))
+    assert inf.resources.array_throttle == 5
+    parents = {"infer": ["11", "12", "13"]}
+    assert render.dependency(ev, parents) == "aftercorr:11:12:13"
+    assert [render.dependency(ev, parents, k) for k in range(3)] == ["aftercorr:11", "aftercorr:12", "aftercorr:13"]
+    assert render.dependency(p.stage("report"), {"evaluate": ["21", "22"]}, 1) == "afterany:21:22"
+
+
 def _render_all(p: plan.Plan) -> dict[str, str]:
     paths = RunPaths(Path("/shared/runs/cosmos-4b-dv4x8x8-RUNID"))
     ids = {s.name: [f"{1000 + i}"] for i, s in enumerate(p.stages)}
@@ -98,6 +152,9 @@ def test_rendered_scripts_carry_resources_and_flags() -> None:
     assert "#SBATCH --array=0-99%3" in tok and "#SBATCH --dependency=afterok:1000" in tok
     assert "#SBATCH --kill-on-invalid-dep=yes" in tok and "#SBATCH --gpus-per-node=1" in tok
     assert "#SBATCH --dependency=aftercorr:1004" in scripts["evaluate"]
+    for name in ("infer", "evaluate"):  # 4 checkpoints x 7 input shards
+        assert "#SBATCH --array=0-27" in scripts[name]
+        assert f"# {name} array: 4 checkpoint(s) x 7 input shard(s) of up to 125 input(s)" in scripts[name]
     assert "#SBATCH --dependency=afterany:1005" in scripts["report"]
     ft = scripts["finetune"]
     assert "#SBATCH --ntasks-per-node=8" in ft and "#SBATCH --gpus-per-node=8" in ft
@@ -137,6 +194,8 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     assert "5x40x64 = 12,800 tokens" in out
     assert "TP 8 x DP 1" in out and "--container-image" in out
+    assert "infer/evaluate: 4 checkpoint(s) x 7 input shard(s) = 28 task(s)" in out
+    assert sum("28 = 4 x 7" in ln for ln in out.splitlines()) == 2  # the infer and evaluate rows
     assert len(list(tmp_path.glob("*.sbatch"))) == 7
 
 

@@ -186,3 +186,48 @@ def test_report_shows_only_the_selected_metrics(tmp_path: Path) -> None:
     md = report.markdown(rep)
     assert f"| 40 | {SSIM[40]:.4f} | 2 |  |" in md
     assert rep.training is not None and rep.training.last_step == plan.training.last_step == 40
+
+
+def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_path: Path) -> None:
+    """Evaluate fanned out over 3 input shards: a checkpoint's means are over every per-video record of the
+    shards that were evaluated (not a mean of shard means), and a shard without its file is named."""
+    (tmp_path / "videos").mkdir()
+    text = SPEC.format(root=tmp_path) + "[infer]\nmax_inputs = 7\ninputs_per_task = 3\ninputs = \"/data/eval\"\n"
+    (tmp_path / "run.toml").write_text(text)
+    spec = spec_mod.absolutize(spec_mod.load(tmp_path / "run.toml"), tmp_path)
+    plan = plan_mod.build(spec, plan_mod.Facts(num_inputs=12))
+    paths = new_run_dir(tmp_path / "runs", "rep")
+    assert plan_mod.infer_shards(plan.spec.infer) == 3 and plan.stage("evaluate").tasks == 12
+    per_video: dict[int, list[dict]] = {}
+    for c, step in enumerate(plan.checkpoint_steps):
+        for k in range(3):
+            t = plan_mod.infer_task(plan.spec, plan_mod.infer_task_index(plan.spec, c, k))
+            if (step, k) == (20, 1):
+                continue
+            videos = [{"name": f"v{i}", "psnr": 20.0 + step / 10 + i * 0.37, "ssim": 0.5 + i / 50 + step / 1000,
+                       "identical": False, "alignment": "sidecar", "context_frames": 5}
+                      for i in range(t.start, t.stop)]
+            per_video.setdefault(step, []).extend(videos)
+            shard_mean = {"psnr": statistics.mean(v["psnr"] for v in videos), "videos": len(videos)}
+            atomic_write_json(paths.eval_json(step, t.key), {"step": step, "shard": k, "videos": videos,
+                                                             "mean": shard_mean, "failed": []})
+    failures = [{"stage": "infer", "task": 4, "state": "CANCELLED", "reason": "harness cancel"},
+                {"stage": "evaluate", "task": 4, "state": "CANCELLED", "reason": "DependencyNeverSatisfied"}]
+    rep = report.build(paths, plan.spec, failures, plan.training)
+    for c in rep.checkpoints:
+        vids = per_video[c.step]
+        assert c.videos == len(vids) == (7 if c.step != 20 else 4)
+        assert c.psnr == pytest.approx(statistics.mean(v["psnr"] for v in vids), abs=1e-12)
+        assert c.ssim == pytest.approx(statistics.mean(v["ssim"] for v in vids), abs=1e-12)
+        assert (c.shards, c.shards_planned) == ((3, 3) if c.step != 20 else (2, 3))
+    (lost,) = rep.missing_shards
+    assert (lost.step, lost.shard, lost.task) == (20, 1, 4)
+    assert "infer[4] CANCELLED (harness cancel)" in lost.why and "evaluate[4] CANCELLED" in lost.why
+    assert [m for m in rep.missing if "/eval/" in m] == [str(paths.eval_json(20, 1))]
+    con = Console(record=True, width=250)
+    report.render(rep, con)
+    text = con.export_text()
+    assert "2/3" in line_with(text, "│ 20 ", "│ 4 ") and "3/3" in line_with(text, "│ 30 ", "│ 7 ")
+    assert "harness cancel" in line_with(text, "│ 20 ", "│ 1 ", "│ 4 ")
+    doc = report.to_json(rep)
+    assert doc["missing_shards"] == [{"step": 20, "shard": 1, "task": 4, "why": lost.why}]

@@ -13,18 +13,22 @@ from typing import Any
 
 from submitit.slurm.slurm import _make_sbatch_string
 
-from harness.plan import Plan, StagePlan
+from harness.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.rundir import RunPaths
 from harness.spec import RunSpec
 
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 
 
-def dependency(stage: StagePlan, parent_ids: dict[str, list[str]]) -> str:
-    """`afterok:1:2` style, one entry per parent array (several when a big array was split)."""
+def dependency(stage: StagePlan, parent_ids: dict[str, list[str]], chunk: int | None = None) -> str:
+    """`afterok:1:2` style, one entry per parent array (several when a big array was split). aftercorr pairs
+    array task i with the parent's task i, so chunk k of a split array waits on the parent's chunk k alone
+    (both are split at the same indices: the same task list, the same MaxArraySize)."""
     parts = []
     for dep in stage.depends:
         ids = parent_ids.get(dep.stage, [])
+        if dep.kind == "aftercorr" and chunk is not None and len(ids) > 1:
+            ids = ids[chunk:chunk + 1]
         if ids:
             parts.append(dep.kind + ":" + ":".join(ids))
     return ",".join(parts)
@@ -42,9 +46,18 @@ def container_args(spec: RunSpec, paths: RunPaths, harness_src: Path, deps_src: 
             f"--container-workdir={workdir}", "--no-container-mount-home"]
 
 
+def fanout_line(spec: RunSpec, stage: StagePlan) -> list[str]:
+    """infer/evaluate: the array's shape as a comment, so a script says which task is which pair."""
+    if stage.name not in ("infer", "evaluate"):
+        return []
+    c, k = len(checkpoint_steps(spec.finetune)), infer_shards(spec.infer)
+    return [f"# {stage.name} array: {c} checkpoint(s) x {k} input shard(s) of up to "
+            f"{spec.infer.inputs_per_task or spec.infer.max_inputs} input(s); task = checkpoint * {k} + shard"]
+
+
 def setup_lines(spec: RunSpec, stage: StagePlan) -> list[str]:
     hf_home = str(Path(spec.assets.hf_home).expanduser())
-    lines = [f"export HF_HOME={shlex.quote(hf_home)}"]
+    lines = fanout_line(spec, stage) + [f"export HF_HOME={shlex.quote(hf_home)}"]
     if stage.name != "stage-assets":
         lines += ["export HF_HUB_OFFLINE=1", "unset " + " ".join(SECRETS)]
     if stage.container:

@@ -46,11 +46,11 @@ def srun_args(plan: Plan, stage: StagePlan, paths: RunPaths) -> list[str]:
 def submit_stage(plan: Plan, stage: StagePlan, paths: RunPaths, tasks: list[int],
                  parent_ids: dict[str, list[str]], chunk_size: int) -> list[Submission]:
     """Submit `tasks` (array indices of this stage) in chunks no larger than MaxArraySize."""
-    params = render.executor_params(plan, stage, paths, render.dependency(stage, parent_ids),
-                                    srun_args(plan, stage, paths))
     out: list[Submission] = []
-    for start in range(0, len(tasks), chunk_size):
+    for k, start in enumerate(range(0, len(tasks), chunk_size)):
         part = tasks[start:start + chunk_size]
+        params = render.executor_params(plan, stage, paths, render.dependency(stage, parent_ids, k),
+                                        srun_args(plan, stage, paths))
         ex = submitit.SlurmExecutor(folder=paths.logs(stage.name) / "%j", python=python_for(plan, stage),
                                     max_num_timeout=MAX_REQUEUES)
         ex.update_parameters(**params)

@@ -6,6 +6,10 @@
 - A worker is idempotent: it skips work whose outputs verify, writes atomically, and never parses CLI flags.
 - `run_task` is the one function submitit pickles; it writes the task's completion marker after `run` returns.
   Before the stage runs, it checks that a stage whose Slurm resources ask for GPUs sees one (`require_gpus`).
+- numba's on-disk cache (the evaluate kernel) goes to `<run>/cache/numba` unless NUMBA_CACHE_DIR is set: the run
+  directory is the one place every task of a run can write, on every node and inside containers (the harness
+  source is mounted read-only there, and with no home mounted numba would find no cache location at all). The
+  first evaluate task of a run compiles (seconds); every later one loads the kernel from the cache.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
     """Entry point of every Slurm/local task: load the frozen spec, run the stage, then mark it done."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = RunPaths(Path(run_dir))
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.numba_cache))  # read when numba is first imported
     if is_done(paths, stage, task):
         log.info("%s[%d] already complete; nothing to do", stage, task)
         return "skipped"

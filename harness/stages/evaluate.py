@@ -30,6 +30,7 @@ import numpy as np
 
 from harness import metrics
 from harness.errors import HarnessError
+from harness.evalstats import ALIGNMENT_CONVENTION, frames_note, video_means
 from harness.rundir import RunPaths, atomic_write_json, read_json
 from harness.video import load_frames
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from harness.spec import RunSpec
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
-ALIGNMENT_CONVENTION = ("generated frame g = reference frame reference_frames[g] of the source video, resized to "
-                        "cover the generated size and center-cropped")
 
 
 # ------------------------------------------------------------------------------------- sidecar
@@ -203,24 +202,15 @@ def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missi
     ok = [r for r in results if "error" not in r]
     kind = metrics.resolve_backend(backend)
     engine = "skimage" if kind == "skimage" else metrics.fast_engine(device)
-
-    def mean(rows: list[dict[str, Any]], key: str) -> float | None:
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        return float(np.mean(vals)) if vals else None
-
-    pred = [r["predicted"] for r in ok if "predicted" in r]
-    means: dict[str, Any] = {"videos": len(ok)}
+    means = video_means(ok, selected)
     notes = []
     if "psnr" in selected:
-        means.update(psnr=mean(ok, "psnr"), predicted_psnr=mean(pred, "psnr"),
-                     identical_videos=sorted(r["name"] for r in ok if r["identical"]))
         notes += ["PSNR in dB; identical clips have infinite PSNR: psnr is null, identical is true, and means "
                   "exclude them", "PSNR: one MSE over all compared frames of a video"]
     if "ssim" in selected:
-        means.update(ssim=mean(ok, "ssim"), predicted_ssim=mean(pred, "ssim"))
         notes.append("SSIM: skimage defaults per frame, averaged")
     return {
-        "frames": _frames_note(ok),
+        "frames": frames_note(ok),
         "backend": kind, "engine": engine, "device": device, "metrics": list(selected),
         "videos": ok,
         "mean": means,
@@ -229,19 +219,6 @@ def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missi
         "missing_generated": sorted(missing_generated),
         "notes": notes,
     }
-
-
-def _frames_note(ok: list[dict[str, Any]]) -> str:
-    """One line for the report: which frames were compared with which."""
-    side = [r for r in ok if r["alignment"] == "sidecar"]
-    parts = []
-    if side:
-        ctx = sorted({r["context_frames"] for r in side})
-        parts.append(f"{len(side)} video(s) aligned by sidecar ({ALIGNMENT_CONVENTION}; generated frames "
-                     f"0..{ctx[0] - 1 if len(ctx) == 1 else '(C-1)'} reproduce the context, the rest are predicted)")
-    if len(side) < len(ok):
-        parts.append(f"{len(ok) - len(side)} video(s) without sidecar: frame i compared with frame i")
-    return "; ".join(parts) or "no videos compared"
 
 
 # ------------------------------------------------------------------------------------- matching
@@ -277,10 +254,14 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     return {"reference_dir": str(reference), "generated_dir": str(generated), **out}
 
 
-def stage_pairs(spec: RunSpec, gen_dir: Path) -> tuple[list[Pair], list[str], list[str]]:
-    """Pairs of one checkpoint: the reference is evaluate.reference/<stem>.* when set, else the sidecar's
-    source, else infer.inputs/<stem>.*; returns (pairs, missing references, missing generated)."""
+def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
+                ) -> tuple[list[Pair], list[str], list[str]]:
+    """Pairs of one checkpoint (or of the shard's `names` alone): the reference is evaluate.reference/<stem>.*
+    when set, else the sidecar's source, else infer.inputs/<stem>.*; returns (pairs, missing references,
+    missing generated)."""
     gens = _videos(gen_dir)
+    if names is not None:
+        gens = {n: gens[n] for n in names if n in gens}
     ref_dir = Path(spec.evaluate.reference).expanduser() if spec.evaluate.reference else None
     if ref_dir is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
         fallback = _videos(Path(spec.infer.inputs).expanduser())
@@ -296,27 +277,41 @@ def stage_pairs(spec: RunSpec, gen_dir: Path) -> tuple[list[Pair], list[str], li
             continue
         pairs.append(Pair(stem, str(g), str(ref), side.reference_frames if side else None,
                           side.context_frames if side else 0))
-    return pairs, missing, [s for s in refs if s not in gens]
+    expected = refs if names is None else {n: None for n in names}
+    return pairs, missing, [s for s in expected if s not in gens]
+
+
+def shard_names(paths: RunPaths, step: int, key: int | None, task: int) -> list[str] | None:
+    """The names infer[task] generated for its shard (None with one shard: the whole directory is the shard)."""
+    if key is None:
+        return None
+    manifest = paths.infer_manifest(step, key)
+    try:
+        return [str(n) for n in read_json(manifest)["names"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HarnessError(f"{manifest}: no readable infer manifest for step {step} shard {key} "
+                           f"({e.__class__.__name__}); did infer[{task}] complete?") from None
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
-    """Task = checkpoint index; writes paths.eval_json(step) atomically, with the metrics of evaluate.metrics
+    """Task = (checkpoint, input shard) as `harness.plan.infer_task` maps it, the index of the infer task it
+    scores (aftercorr); writes paths.eval_json(step, shard key) atomically, with the metrics of evaluate.metrics
     only (validated with the spec)."""
-    from harness.trainplan import checkpoint_steps
+    from harness.plan import infer_task
 
-    steps = checkpoint_steps(spec.finetune)
-    if not 0 <= task < len(steps):
-        raise HarnessError(f"evaluate task {task}: only {len(steps)} checkpoints ({list(steps)})")
-    step = steps[task]
+    t = infer_task(spec, task)
+    step = t.step
     selected = spec.evaluate.metrics
     gen_dir = paths.infer_dir(step)
-    if not gen_dir.is_dir():
+    names = shard_names(paths, step, t.key, task)
+    if names != [] and not gen_dir.is_dir():
         raise HarnessError(f"{gen_dir}: no generated videos for checkpoint step {step}; did infer[{task}] run?")
-    pairs, missing_ref, missing_gen = stage_pairs(spec, gen_dir)
+    pairs, missing_ref, missing_gen = stage_pairs(spec, gen_dir, names) if names != [] else ([], [], [])
     kind = metrics.resolve_backend(spec.evaluate.backend)
     device = metrics.default_device() if kind == "fast" else "cpu"
     workers = min(default_workers(), spec.evaluate.cpus_per_task)
     out = summarize(score_pairs(pairs, kind, device, workers, selected), backend=kind, device=device,
                     missing_reference=missing_ref, missing_generated=missing_gen, selected=selected)
-    atomic_write_json(paths.eval_json(step), {"step": step, "checkpoint_index": task, "generated_dir": str(gen_dir),
-                                              **out})
+    atomic_write_json(paths.eval_json(step, t.key),
+                      {"step": step, "checkpoint_index": t.checkpoint, "shard": t.shard, "shards": t.shards,
+                       "generated_dir": str(gen_dir), **out})

@@ -1,4 +1,6 @@
-"""Infer stage: continue evaluation clips with one fine-tuned checkpoint; task index = checkpoint index.
+"""Infer stage: continue evaluation clips with one fine-tuned checkpoint; the task index names a checkpoint and
+a shard of the input list (`harness.plan.infer_task`: task = checkpoint * shards + shard; one shard, the
+default, is the whole list).
 
 Per input: the clip as the tokenize stage defines it (first T frames, resize-to-cover + center crop), its first
 `context_latent_frames` latent frames (1 for an image) as context, the rest of the latent grid generated with
@@ -6,7 +8,10 @@ a KV cache, decoded with the DV decoder (no diffusion decoder), written as `<nam
 alignment sidecar `<name>.json` (see harness.stages.evaluate.Sidecar): generated frame g stands for source
 frame g, and the first 1 + (c-1)*t frames reproduce the context. Inputs come from infer.inputs (a directory of
 videos/images, or a Video2World jsonl) or, when empty, from the test split of the run's merged dataset (its
-context tokens are read from the dataset, so no re-encoding).
+context tokens are read from the dataset, so no re-encoding). The list is ordered and cut to infer.max_inputs
+before a task takes its [start, stop) slice, and output names are made unique over the whole list, so every
+shard and every resume sees the same assignment and the same names. Each task writes its manifest
+(`RunPaths.infer_manifest`) last: the names it owns, which is what its evaluate task scores.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from harness.stages.evaluate import Sidecar, sidecar_path
 from harness.tokens import BOV_ID
 
 if TYPE_CHECKING:
+    from harness.plan import InferTask
     from harness.spec import RunSpec
 
 log = logging.getLogger("harness.infer")
@@ -49,14 +55,17 @@ class InferInput:
 
 
 # ------------------------------------------------------------------------------------- inputs
-def list_inputs(spec: RunSpec, paths: RunPaths) -> list[InferInput]:
+def list_inputs(spec: RunSpec, paths: RunPaths, start: int = 0, stop: int | None = None) -> list[InferInput]:
+    """Items [start, stop) of the ordered input list (all of it by default); an empty slice past the end of a
+    list shorter than planned is no error, an empty list is."""
     src = spec.infer.inputs
-    items = _from_dataset(spec, paths) if not src else _from_path(spec, Path(src).expanduser())
+    keep = range(start, spec.infer.max_inputs if stop is None else stop)
+    items = _from_dataset(spec, paths, keep) if not src else _from_path(spec, Path(src).expanduser())
     items = items[: spec.infer.max_inputs]
     if not items:
         raise HarnessError(f"infer.inputs = {src!r}: no inputs found" if src else
                            f"{paths.dataset_split}: the test split is empty; set data.split's test weight or infer.inputs")
-    return _unique_names(items)
+    return _unique_names(items)[keep.start:keep.stop]
 
 
 def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
@@ -82,15 +91,19 @@ def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
     raise HarnessError(f"infer.inputs = {str(root)!r}: not a directory of videos/images nor a .jsonl file")
 
 
-def _from_dataset(spec: RunSpec, paths: RunPaths) -> list[InferInput]:
+def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInput]:
+    """Test-split items in split order; only those in `keep` carry their context tokens and prompt."""
     from harness.dataset import open_dataset
 
     ds = open_dataset(paths)
     g = spec.token_math.grid
     n_ctx = spec.infer.context_latent_frames * g.h * g.w
     out = []
-    for i in ds.split("test")[: spec.infer.max_inputs]:
+    for k, i in enumerate(ds.split("test")[: spec.infer.max_inputs]):
         doc = ds.document(i)
+        if k not in keep:
+            out.append(InferInput(Path(doc["path"]).stem, doc["path"]))
+            continue
         tokens = ds.tokens(i)
         video = tokens[1:1 + g.tokens] if ds.video2world else tokens[: g.tokens]
         emb = ds.prompt_embedding(i) if ds.video2world else None
@@ -223,19 +236,21 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     from harness.cosmos import parallel
     from harness.cosmos.checkpoint import load_for_inference
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
-    from harness.plan import checkpoint_steps
+    from harness.plan import infer_task
     from harness.video import write_mp4
 
-    steps = checkpoint_steps(spec.finetune)
-    if not 0 <= task < len(steps):
-        raise HarnessError(f"infer task {task}: only {len(steps)} checkpoints ({list(steps)})")
-    step = steps[task]
+    t = infer_task(spec, task)
+    step = t.step
     out_dir = paths.infer_dir(step)
-    items = list_inputs(spec, paths)
+    items = list_inputs(spec, paths, t.start, t.stop)
     todo = [it for it in items if not ((out_dir / f"{it.name}.mp4").is_file() and
                                        sidecar_path(out_dir / f"{it.name}.mp4").is_file())]
-    log.info("infer[%d] step %d: %d inputs, %d to generate", task, step, len(items), len(todo))
+    log.info("infer[%d] step %d shard %d/%d (inputs %d-%d): %d inputs, %d to generate", task, step, t.shard,
+             t.shards, t.start, t.stop - 1, len(items), len(todo))
+    manifest = paths.infer_manifest(step, t.key)
     if not todo:
+        if not manifest.is_file():
+            _write_manifest(manifest, t, items, [], {"generated": 0})
         return
     ckpt = paths.checkpoint_dir(step)
     if not ckpt.is_dir():
@@ -255,7 +270,7 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
         if bov:
             prompt = torch.cat([torch.full((len(batch), 1), BOV_ID, device=device, dtype=torch.int64), prompt], 1)
         stats = GenStats()
-        sampling = Sampling(i.temperature, i.top_p, spec.run.seed + 1_000_003 * step + k)
+        sampling = Sampling(i.temperature, i.top_p, spec.run.seed + 1_000_003 * step + 10_007 * t.shard + k)
         new = generate(model, prompt, tm.grid.tokens - n_ctx, sampling, cache=cache, stats=stats,
                        **_prompt_context(spec, batch, text_encoder, device, dtype))
         parallel.check_identical(new, "generated tokens")
@@ -272,7 +287,14 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
             atomic_write_json(sidecar_path(mp4), side.to_json())
             write_mp4(mp4, video, spec.video.fps, fast_decode=True)
     if parallel.is_main():
-        atomic_write_json(out_dir.parent / f"step-{step:08d}.stats.json",
-                          {"step": step, "inputs": len(items), "generated": len(todo), "batches": records,
-                           "time": time.time(), "grid": str(tm.grid), "device": str(device)})
+        _write_manifest(manifest, t, items, records, {"generated": len(todo), "grid": str(tm.grid),
+                                                      "device": str(device)})
     parallel.barrier()
+
+
+def _write_manifest(path: Path, t: InferTask, items: list[InferInput], records: list[dict[str, Any]],
+                    extra: dict[str, Any]) -> None:
+    """Written after every output of the task: `names` is the shard's assignment, what evaluate scores."""
+    atomic_write_json(path, {"step": t.step, "shard": t.shard, "shards": t.shards, "input_range": [t.start, t.stop],
+                             "inputs": len(items), "names": [it.name for it in items], "batches": records,
+                             "time": time.time(), **extra})

@@ -34,6 +34,7 @@ import numpy as np
 from harness import dataset
 from harness.errors import HarnessError
 from harness.inputs import read_inputs, reason_kind
+from harness.plan import split_counts
 from harness.rundir import RunPaths, atomic_write_json, read_json
 from harness.spec import RunSpec
 
@@ -122,13 +123,7 @@ def _tmp(final: Path) -> Path:
 def make_split(n: int, weights: tuple[int, ...], seed: int) -> dict[str, list[int]]:
     """Deterministic split of n whole videos by weights (train, val, test); train takes the remainder."""
     order = np.random.default_rng(seed).permutation(n)
-    total = sum(weights)
-    counts = [0, 0, 0]
-    for k in (1, 2):
-        counts[k] = int(n * weights[k] // total)
-        if weights[k] > 0 and counts[k] == 0 and n - sum(counts) > 1:
-            counts[k] = 1
-    counts[0] = n - counts[1] - counts[2]
+    counts = split_counts(n, weights)  # the plan sizes infer's shards from the same counts
     out, start = {}, 0
     for name, c in zip(dataset.SPLITS, counts):
         out[name] = sorted(int(i) for i in order[start:start + c])
