@@ -25,27 +25,34 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes)
+def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes, origins)
     from harness import plan as plan_mod
+    from harness.explain import FactSources, origins
     from harness.launch import slurmcli
 
     notes = []
     if num_inputs is None:
         try:
-            from harness.inputs import discover
+            from harness.inputs import count
 
-            num_inputs = len(discover(spec))
+            num_inputs = count(spec)
         except HarnessError as e:
             notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
             num_inputs = 0
     max_array, nodes = 1001, spec.tokenize.nodes_available or 1
+    nodes_from = "from the spec (tokenize.nodes_available)" if spec.tokenize.nodes_available else ""
     if not slurmcli.controller_error():
         max_array = slurmcli.max_array_size(slurmcli.config())
         nodes = spec.tokenize.nodes_available or slurmcli.nodes_available(spec.tokenize.partition)
+        sources = FactSources(nodes_from or f"sinfo: nodes up in partition {spec.tokenize.partition or '(default)'}",
+                              "scontrol show config")
     else:
         notes.append(f"no Slurm controller here: MaxArraySize 1001 and {nodes} node(s) assumed")
+        sources = FactSources(nodes_from or "assumed (no Slurm controller answers here)",
+                              "Slurm's default, assumed (no controller answers here)")
     facts = plan_mod.Facts(num_inputs=num_inputs, max_array_size=max_array, nodes_available=nodes)
-    return plan_mod.build(spec, facts), facts, notes
+    plan = plan_mod.build(spec, facts)
+    return plan, facts, notes, origins(spec, plan, facts, sources)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -53,7 +60,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from harness.rundir import RunPaths
 
     spec = spec_mod.absolutize(spec_mod.load(Path(a.spec)), Path.cwd())
-    plan, facts, notes = _plan_for_display(spec, a.num_inputs)
+    plan, facts, notes, why = _plan_for_display(spec, a.num_inputs)
     tm = plan.token_math
     console.print(f"[bold]{spec.run.name}[/] ({spec.run.recipe}, model {spec.model.preset})")
     console.print(f"token math: {tm.describe()}")
@@ -66,6 +73,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
                   f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
     for w in list(plan.warnings) + notes:
         console.print(f"[yellow]note:[/] {escape(w)}")
+    for line in why:
+        console.print(f"[dim]resolved:[/] {escape(line)}")
     table = Table("stage", "tasks", "array", "after", "resources", "container")
     for s in plan.stages:
         r = s.resources
@@ -225,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
-    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare"])
+    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan"])
     s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_bench)
     return p
