@@ -109,7 +109,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_submit(a: argparse.Namespace) -> int:
     from harness import launch
 
-    res = launch.submit(Path(a.spec), a.executor)
+    res = launch.submit(Path(a.spec), a.executor, doctor=not a.no_doctor)
     console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
     console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
     for s in res.submissions:
@@ -119,6 +119,19 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
         return ops.wait(res.paths, timeout_s=a.timeout)
     return 0
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from harness import doctor
+
+    _, checks = doctor.diagnose(Path(a.spec))
+    style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+    for c in checks:
+        console.print(f"[{style[c.status]}]{c.status:<4}[/]  {escape(c.key)}: {escape(c.what)}: {escape(c.detail)}",
+                      soft_wrap=True)
+    n = {k: sum(c.status == k for c in checks) for k in style}
+    console.print(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
+    return 2 if n["fail"] else 0
 
 
 def _ops(name: str) -> Callable[[argparse.Namespace], int]:
@@ -191,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
     s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
     s.add_argument("--timeout", type=float, default=3600.0)
+    s.add_argument("--no-doctor", action="store_true", help="skip the preflight checks (see harness doctor)")
     s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("doctor", help="preflight on the login node: every check a line; exit 2 on any failure")
+    s.add_argument("spec")
+    s.set_defaults(fn=cmd_doctor)
 
     for name, helptext in (("status", "stage and array-task states"), ("logs", "a task's stdout/stderr"),
                            ("resume", "resubmit only incomplete tasks and the stages after them"),
