@@ -73,6 +73,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--baseline", default="", help="also time the harness source tree in this folder, "
                                                    "interleaved with this one (same load)")
+    ap.add_argument("--baseline-label", default="", help="what the baseline tree is, for the record")
     ap.add_argument("--keep", default="", help="create the files in this folder once and reuse them on later runs "
                                                "(a million files take minutes to create on a busy machine)")
     a = ap.parse_args(argv)
@@ -108,7 +109,7 @@ def run(argv: list[str]) -> dict[str, Any]:
                       "1-minute load average of this (shared) machine; the goal is judged on the median wall time",
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if baseline:
-        result["baseline"] = {"src": a.baseline, "median_wall_s": statistics.median(r["wall_s"] for r in baseline),
+        result["baseline"] = {"src": a.baseline, "label": a.baseline_label, "median_wall_s": statistics.median(r["wall_s"] for r in baseline),
                               "median_cpu_s": statistics.median(r["cpu_s"] for r in baseline), "runs": baseline}
     atomic_write_json(Path(a.out) / "plan.json", result)
     return result
