@@ -166,12 +166,17 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    import json
-
+    from harness import evaltable
+    from harness.rundir import atomic_write_json
     from harness.stages.evaluate import evaluate_dirs
 
     result = evaluate_dirs(Path(a.reference), Path(a.generated), backend=a.backend)
-    console.print_json(json.dumps(result, default=str))
+    out = Path(a.out) if a.out else evaltable.default_out(a.generated)
+    atomic_write_json(out, result)
+    console.print(evaltable.table(result))
+    for line in evaltable.problems(result):
+        console.print(f"[yellow]note:[/] {escape(line)}")
+    console.print(f"wrote {out} (per-frame SSIM and the compared frame indices)", markup=False)
     return 0
 
 
@@ -249,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", required=True)
     s.add_argument("--generated", required=True)
     s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
+    s.add_argument("--out", default=None, help="where the full JSON goes (default: GENERATED/evaluate.json)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
