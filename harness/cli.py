@@ -14,6 +14,10 @@ from rich.table import Table
 from harness import spec as spec_mod
 from harness.errors import HarnessError
 
+DESCRIPTION = ("Post-train an NVIDIA Cosmos autoregressive world model on a swapped video tokenizer, from one TOML "
+               "run spec, as dependency-chained Slurm job arrays (or on this machine when no Slurm controller "
+               "answers). Start with `harness quickstart`; then validate, plan, doctor and submit your own spec.")
+
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -153,12 +157,12 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
-    from harness import launch, ops, synth
+    from harness import launch, ops, quickstart, synth
 
     if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
         synth.make_quickstart(Path(a.assets))
         console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/", markup=False)
-    res = launch.submit(Path(a.spec), a.executor)
+    res = launch.submit(quickstart.spec_for(Path(a.spec), Path(a.assets)), a.executor)
     console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})", markup=False)
     code = ops.wait(res.paths, timeout_s=a.timeout)
     ops.print_report(res.paths)
@@ -191,7 +195,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("validate", help="check specs; one line per problem, exit 2 on any")

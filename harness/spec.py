@@ -530,9 +530,15 @@ def reference() -> list[tuple[str, str, str, str]]:
 
 
 def _tp_str(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
+    """The type as a TOML user writes it: integer, string, array of integers, table of strings, or the choices."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+    if origin is tuple:
+        return "array of " + _type_name(typing.get_args(tp)[0])
+    if origin in (Mapping, dict, collections.abc.Mapping):
+        return "table of " + _type_name(typing.get_args(tp)[1])
+    return {int: "integer", str: "string", float: "float", bool: "boolean"}.get(tp, str(tp))
 
 
 def absolutize(spec: RunSpec, base: Path) -> RunSpec:
