@@ -79,6 +79,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/] {escape(w)}")
     for line in why:
         console.print(f"[dim]resolved:[/] {escape(line)}")
+    from harness import estimate, footprint
+
+    for line in estimate.lines(plan):
+        console.print(f"[cyan]estimate:[/] {escape(line)}", soft_wrap=True)
+    disk = footprint.items(plan)
+    console.print(f"[cyan]estimate:[/] writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ("
+                  + escape("; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir"))
+                  + ")", soft_wrap=True)
     table = Table("stage", "tasks", "array", "after", "resources", "container")
     for s in plan.stages:
         r = s.resources
