@@ -127,9 +127,9 @@ def cmd_submit(a: argparse.Namespace) -> int:
     for s in res.submissions:
         console.print(f"  {s['stage']:<13} job {s['job_id']}")
     if a.wait:
-        from harness import ops
+        from harness.ops import live
 
-        return ops.wait(res.paths, timeout_s=a.timeout)
+        return live.wait(res.paths, Console(highlight=False), a.timeout)
     return 0
 
 
@@ -166,13 +166,14 @@ def cmd_synth(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
     from harness import launch, ops, quickstart, synth
+    from harness.ops import live
 
     if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
         synth.make_quickstart(Path(a.assets))
         console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/", markup=False)
     res = launch.submit(quickstart.spec_for(Path(a.spec), Path(a.assets)), a.executor)
     console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})", markup=False)
-    code = ops.wait(res.paths, timeout_s=a.timeout)
+    code = live.wait(res.paths, Console(highlight=False), a.timeout)
     ops.print_report(res.paths)
     return code
 
