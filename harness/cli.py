@@ -203,6 +203,32 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
 
+def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The commands that operate on a submitted run (harness.ops)."""
+    for name, helptext in (("status", "stage and array-task states"), ("logs", "a task's stdout/stderr"),
+                           ("resume", "resubmit only incomplete tasks and the stages after them"),
+                           ("cancel", "cancel a run (or one stage)"), ("report", "tables + results files"),
+                           ("runs", "list runs")):
+        s = sub.add_parser(name, help=helptext)
+        if name != "runs":
+            s.add_argument("run", help="run id or run directory")
+        else:
+            s.add_argument("--workdir", default="runs")
+        if name == "logs":
+            s.add_argument("stage")
+            s.add_argument("task", nargs="?", type=int, default=0)
+            s.add_argument("--follow", "-f", action="store_true")
+            s.add_argument("--stderr", action="store_true")
+        if name == "status":
+            s.add_argument("--watch", action="store_true")
+            s.add_argument("--all", action="store_true", help="list every task, completed ones too")
+        if name == "cancel":
+            s.add_argument("stage", nargs="?", default=None)
+        if name in ("status", "resume", "cancel", "report", "logs"):
+            s.add_argument("--workdir", default="runs", help="where to look up a run id")
+        s.set_defaults(fn=_ops(name))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
@@ -229,28 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec")
     s.set_defaults(fn=cmd_doctor)
 
-    for name, helptext in (("status", "stage and array-task states"), ("logs", "a task's stdout/stderr"),
-                           ("resume", "resubmit only incomplete tasks and the stages after them"),
-                           ("cancel", "cancel a run (or one stage)"), ("report", "tables + results files"),
-                           ("runs", "list runs")):
-        s = sub.add_parser(name, help=helptext)
-        if name != "runs":
-            s.add_argument("run", help="run id or run directory")
-        else:
-            s.add_argument("--workdir", default="runs")
-        if name == "logs":
-            s.add_argument("stage")
-            s.add_argument("task", nargs="?", type=int, default=0)
-            s.add_argument("--follow", "-f", action="store_true")
-            s.add_argument("--stderr", action="store_true")
-        if name == "status":
-            s.add_argument("--watch", action="store_true")
-            s.add_argument("--all", action="store_true", help="list every task, completed ones too")
-        if name == "cancel":
-            s.add_argument("stage", nargs="?", default=None)
-        if name in ("status", "resume", "cancel", "report", "logs"):
-            s.add_argument("--workdir", default="runs", help="where to look up a run id")
-        s.set_defaults(fn=_ops(name))
+    _add_ops(sub)
 
     s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
     s.add_argument("--out", default=".quickstart")

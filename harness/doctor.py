@@ -12,15 +12,19 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from harness import footprint
 from harness.errors import HarnessError, Problem
 from harness.launch import slurmcli
 from harness.plan import Plan, StagePlan
 from harness.spec import RunSpec
+
+if TYPE_CHECKING:
+    from harness.inputs import InputItem
+    from harness.stages.assets import Role
 
 Status = Literal["pass", "fail", "skip"]
 Group = Literal["slurm", "container", "paths", "assets", "inputs"]
@@ -55,7 +59,6 @@ class Cluster:
     accounts: set[str] | None = None
     qos: set[str] | None = None
     srun_help: str = ""
-    notes: tuple[str, ...] = field(default=())
 
 
 def gather_cluster() -> Cluster | str:
@@ -257,31 +260,31 @@ def asset_checks(spec: RunSpec) -> list[Check]:
     return out
 
 
-def _cached(role: object, spec: RunSpec) -> Path | None:
+def _cached(role: Role, spec: RunSpec) -> Path | None:
+    """The role's snapshot in the HF cache, looked up without the network; None when it is not there."""
     from huggingface_hub import snapshot_download
 
-    source = getattr(role, "source")
     try:
-        return Path(snapshot_download(source, revision=spec.assets.revisions.get(source),
+        return Path(snapshot_download(role.source, revision=spec.assets.revisions.get(role.source),
                                       cache_dir=Path(spec.assets.hf_home).expanduser() / "hub",
-                                      allow_patterns=list(getattr(role, "patterns")), local_files_only=True))
+                                      allow_patterns=list(role.patterns), local_files_only=True))
     except Exception:  # the hub client raises several "not cached" types; any of them means: not here
         return None
 
 
-def _missing(role: object, directory: Path) -> str:
-    """'' when every file the role needs is in `directory`, else which are missing."""
+def _missing(role: Role, directory: Path) -> str:
+    """'' when every file the role needs is in `directory`, else which are missing (as stage-assets verifies)."""
     if not directory.is_dir():
         return f"{directory}: no such directory"
-    if getattr(role, "name") == "checkpoint" and (directory / "nemo").is_dir():
+    if role.name == "checkpoint" and (directory / "nemo").is_dir():
         directory = directory / "nemo"
-    gaps = [" or ".join(alts) for alts in getattr(role, "required")
+    gaps = [" or ".join(alts) for alts in role.required
             if not any(next(directory.glob(p), None) is not None for p in alts)]
     return f"{directory} has no {', '.join(gaps)}" if gaps else ""
 
 
 # ------------------------------------------------------------------------------------------------- inputs
-def input_checks(spec: RunSpec, items: list | None, why: str) -> list[Check]:
+def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list[Check]:
     d = spec.data
     k = "data.jsonl" if d.jsonl else "data.manifest" if d.manifest else "data.videos"
     if items is None:
@@ -301,7 +304,7 @@ def input_checks(spec: RunSpec, items: list | None, why: str) -> list[Check]:
 
 
 # ---------------------------------------------------------------------------------------------- together
-def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list | None, items_why: str = "",
+def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem] | None, items_why: str = "",
         groups: tuple[Group, ...] = ALL) -> list[Check]:
     """Every check of the chosen groups, in a fixed order. `cluster` is the snapshot, or why there is none."""
     out: list[Check] = []
