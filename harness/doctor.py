@@ -34,7 +34,8 @@ CHEAP: tuple[Group, ...] = ("slurm", "container", "paths")
 itself, and assets are verified by stage-assets, which reports a missing one as its own failure."""
 
 _ENROOT_URI = re.compile(r"^(docker://)?([\w.-]+@)?([A-Za-z0-9.-]+(:\d+)?#)?[a-z0-9]+([._/-][a-z0-9]+)*(:[\w][\w.-]{0,127})?$")
-"""enroot's `[USER@][REGISTRY#]IMAGE[:TAG]` (Pyxis passes --container-image to `enroot import docker://...`)."""
+"""enroot's `docker://[USER@][REGISTRY#]IMAGE[:TAG]` (NVIDIA/enroot doc/cmd/import.md, "Schemes"); Pyxis hands
+--container-image to `enroot import docker://...`."""
 
 
 @dataclass(frozen=True)
