@@ -14,6 +14,10 @@ from rich.table import Table
 from harness import spec as spec_mod
 from harness.errors import HarnessError
 
+DESCRIPTION = ("Post-train an NVIDIA Cosmos autoregressive world model on a swapped video tokenizer, from one TOML "
+               "run spec, as dependency-chained Slurm job arrays (or on this machine when no Slurm controller "
+               "answers). Start with `harness quickstart`; then validate, plan, doctor and submit your own spec.")
+
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -28,27 +32,34 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes)
+def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes, origins)
     from harness import plan as plan_mod
+    from harness.explain import FactSources, origins
     from harness.launch import slurmcli
 
     notes = []
     if num_inputs is None:
         try:
-            from harness.inputs import discover
+            from harness.inputs import count
 
-            num_inputs = len(discover(spec))
+            num_inputs = count(spec)
         except HarnessError as e:
             notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
             num_inputs = 0
     max_array, nodes = 1001, spec.tokenize.nodes_available or 1
+    nodes_from = "from the spec (tokenize.nodes_available)" if spec.tokenize.nodes_available else ""
     if not slurmcli.controller_error():
         max_array = slurmcli.max_array_size(slurmcli.config())
         nodes = spec.tokenize.nodes_available or slurmcli.nodes_available(spec.tokenize.partition)
+        sources = FactSources(nodes_from or f"sinfo: nodes up in partition {spec.tokenize.partition or '(default)'}",
+                              "scontrol show config")
     else:
         notes.append(f"no Slurm controller here: MaxArraySize 1001 and {nodes} node(s) assumed")
+        sources = FactSources(nodes_from or "assumed (no Slurm controller answers here)",
+                              "Slurm's default, assumed (no controller answers here)")
     facts = plan_mod.Facts(num_inputs=num_inputs, max_array_size=max_array, nodes_available=nodes)
-    return plan_mod.build(spec, facts), facts, notes
+    plan = plan_mod.build(spec, facts)
+    return plan, facts, notes, origins(spec, plan, facts, sources)
 
 
 def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
@@ -68,7 +79,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     from harness.rundir import RunPaths
 
     spec = spec_mod.absolutize(spec_mod.load_for_submit(Path(a.spec)), Path.cwd())
-    plan, facts, notes = _plan_for_display(spec, a.num_inputs)
+    plan, facts, notes, why = _plan_for_display(spec, a.num_inputs)
     notes += [f"warning: {w}" for w in spec_mod.warnings(spec)]
     tm = plan.token_math
     console.print(f"[bold]{spec.run.name}[/] ({spec.run.recipe}, model {spec.model.preset})")
@@ -83,6 +94,16 @@ def cmd_plan(a: argparse.Namespace) -> int:
     console.print(f"infer/evaluate: {_fanout(plan)}", markup=False)
     for w in list(plan.warnings) + notes:
         console.print(f"[yellow]note:[/] {escape(w)}")
+    for line in why:
+        console.print(f"[dim]resolved:[/] {escape(line)}")
+    from harness import estimate, footprint
+
+    for line in estimate.lines(plan):
+        console.print(f"[cyan]estimate:[/] {escape(line)}", soft_wrap=True)
+    disk = footprint.items(plan)
+    console.print(f"[cyan]estimate:[/] writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ("
+                  + escape("; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir"))
+                  + ")", soft_wrap=True)
     table = Table("stage", "tasks", "array", "after", "resources", "container")
     for s in plan.stages:
         r = s.resources
@@ -119,16 +140,29 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_submit(a: argparse.Namespace) -> int:
     from harness import launch
 
-    res = launch.submit(Path(a.spec), a.executor)
+    res = launch.submit(Path(a.spec), a.executor, doctor=not a.no_doctor)
     console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
     console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
     for s in res.submissions:
         console.print(f"  {s['stage']:<13} job {s['job_id']}")
     if a.wait:
-        from harness import ops
+        from harness.ops import live
 
-        return ops.wait(res.paths, timeout_s=a.timeout)
+        return live.wait(res.paths, Console(highlight=False), a.timeout)
     return 0
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from harness import doctor
+
+    _, checks = doctor.diagnose(Path(a.spec))
+    style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+    for c in checks:
+        console.print(f"[{style[c.status]}]{c.status:<4}[/]  {escape(c.key)}: {escape(c.what)}: {escape(c.detail)}",
+                      soft_wrap=True)
+    n = {k: sum(c.status == k for c in checks) for k in style}
+    console.print(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
+    return 2 if n["fail"] else 0
 
 
 def _ops(name: str) -> Callable[[argparse.Namespace], int]:
@@ -150,25 +184,31 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
-    from harness import launch, ops, synth
+    from harness import launch, ops, quickstart, synth
+    from harness.ops import live
 
     if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
         synth.make_quickstart(Path(a.assets))
         console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/", markup=False)
-    res = launch.submit(Path(a.spec), a.executor)
+    res = launch.submit(quickstart.spec_for(Path(a.spec), Path(a.assets)), a.executor)
     console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})", markup=False)
-    code = ops.wait(res.paths, timeout_s=a.timeout)
+    code = live.wait(res.paths, Console(highlight=False), a.timeout)
     ops.print_report(res.paths)
     return code
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    import json
-
+    from harness import evaltable
+    from harness.rundir import atomic_write_json
     from harness.stages.evaluate import evaluate_dirs
 
     result = evaluate_dirs(Path(a.reference), Path(a.generated), backend=a.backend)
-    console.print_json(json.dumps(result, default=str))
+    out = Path(a.out) if a.out else evaltable.default_out(a.generated)
+    atomic_write_json(out, result)
+    console.print(evaltable.table(result))
+    for line in evaltable.problems(result):
+        console.print(f"[yellow]note:[/] {escape(line)}")
+    console.print(f"wrote {out} (per-frame SSIM and the compared frame indices)", markup=False)
     return 0
 
 
@@ -182,27 +222,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("validate", help="check specs; one line per problem, exit 2 on any")
-    s.add_argument("specs", nargs="+")
-    s.set_defaults(fn=cmd_validate)
-
-    s = sub.add_parser("plan", help="print the DAG, token math and resources; --out writes every sbatch script")
-    s.add_argument("spec")
-    s.add_argument("--out", default=None)
-    s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
-    s.set_defaults(fn=cmd_plan)
-
-    s = sub.add_parser("submit", help="submit the whole DAG; returns at once with the run id and job ids")
-    s.add_argument("spec")
-    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
-    s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
-    s.add_argument("--timeout", type=float, default=3600.0)
-    s.set_defaults(fn=cmd_submit)
-
+def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The commands that operate on a submitted run (harness.ops)."""
     for name, helptext in (("status", "stage and array-task states"), ("logs", "a task's stdout/stderr"),
                            ("resume", "resubmit only incomplete tasks and the stages after them"),
                            ("cancel", "cancel a run (or one stage)"), ("report", "tables + results files"),
@@ -235,6 +256,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", type=int, default=None, help="expect this many decoder layers (a reduced stand-in)")
     s.set_defaults(fn=_ops("inspect_checkpoint"))
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check specs; one line per problem, exit 2 on any")
+    s.add_argument("specs", nargs="+")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("plan", help="print the DAG, token math and resources; --out writes every sbatch script")
+    s.add_argument("spec")
+    s.add_argument("--out", default=None)
+    s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
+    s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("submit", help="submit the whole DAG; returns at once with the run id and job ids")
+    s.add_argument("spec")
+    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
+    s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
+    s.add_argument("--timeout", type=float, default=3600.0)
+    s.add_argument("--no-doctor", action="store_true", help="skip the preflight checks (see harness doctor)")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("doctor", help="preflight on the login node: every check a line; exit 2 on any failure")
+    s.add_argument("spec")
+    s.set_defaults(fn=cmd_doctor)
+
+    _add_ops(sub)
+
     s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
     s.add_argument("--out", default=".quickstart")
     s.set_defaults(fn=cmd_synth)
@@ -250,10 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", required=True)
     s.add_argument("--generated", required=True)
     s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
+    s.add_argument("--out", default=None, help="where the full JSON goes (default: GENERATED/evaluate.json)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
-    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "stages_tp"])
+    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
+                                    "stages_tp"])
     s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_bench)
     return p

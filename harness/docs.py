@@ -24,10 +24,20 @@ def spec_reference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def replace_section(text: str, section: str) -> str:
+    """`text` with its "## Spec reference" section (up to the next "## " heading) replaced by `section`,
+    or `section` appended when there is none; everything around it is kept."""
+    start = text.find("\n## Spec reference\n")
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + 1)
+    tail = text[end + 1:] if end >= 0 else ""
+    return text[:start + 1] + section + ("\n" + tail if tail else "")
+
+
 def update_readme(path: str = "README.md") -> None:
     text = open(path, encoding="utf-8").read()
-    head = text.split("## Spec reference", 1)[0]
-    open(path, "w", encoding="utf-8").write(head + spec_reference_markdown())
+    open(path, "w", encoding="utf-8").write(replace_section(text, spec_reference_markdown()))
 
 
 if __name__ == "__main__":

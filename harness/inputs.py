@@ -10,6 +10,7 @@ summary names every one of them instead of the whole run dying on one file.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,35 +42,132 @@ class InputItem:
 
 
 def discover(spec: RunSpec) -> list[InputItem]:
-    """The run's inputs in a deterministic order (directory listing sorted by relative path, or jsonl order)."""
+    """The run's inputs in a deterministic order (directory listing sorted by relative path, manifest order,
+    or jsonl order)."""
+    d = spec.data
+    key = "data.jsonl" if d.jsonl else "data.manifest" if d.manifest else "data.videos"
     try:
-        if spec.data.jsonl:
-            return _from_jsonl(Path(spec.data.jsonl).expanduser())
-        return _from_dir(Path(spec.data.videos).expanduser(), spec.data.extensions)
+        if d.jsonl:
+            return _from_jsonl(Path(d.jsonl).expanduser())
+        if d.manifest:
+            return _from_manifest(Path(d.manifest).expanduser())
+        return _from_dir(Path(d.videos).expanduser(), d.extensions)
     except HarnessError as e:
-        key = "data.jsonl" if spec.data.jsonl else "data.videos"
         raise HarnessError(Problem(spec.source, key, e.problems[0].message)) from None
 
 
-def _from_dir(root: Path, extensions: Iterable[str]) -> list[InputItem]:
+def count(spec: RunSpec) -> int:
+    """len(discover(spec)) without building the items: what `harness plan` needs, at a million inputs."""
+    d = spec.data
+    if d.jsonl:
+        return len(discover(spec))
+    try:
+        if d.manifest:
+            path = Path(d.manifest).expanduser()
+            comment = "" if path.suffix.lower() == ".jsonl" else "#"
+            return sum(1 for ln in _read(path).splitlines() if ln.strip() and not (comment and
+                                                                                 ln.lstrip().startswith(comment)))
+        files, other = walk(_listable(Path(d.videos).expanduser()), _exts(d.extensions))
+        return len(files) + len(other)
+    except HarnessError as e:
+        raise HarnessError(Problem(spec.source, "data.manifest" if d.manifest else "data.videos",
+                                   e.problems[0].message)) from None
+
+
+def walk(root: str, exts: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(relative paths of regular files, relative paths of other entries) whose suffix is in `exts`, under
+    `root`, unsorted. One `scandir` per directory and no `stat` per file: `DirEntry.is_dir/is_file` read the
+    d_type the directory listing already returned (a stat happens only for symlinks and on filesystems that
+    report no d_type). Symlinked directories are not followed (no cycles); a symlink to a file is a file."""
+    files: list[str] = []
+    other: list[str] = []
+    suffixes = tuple(exts)
+    stack = [""]
+    try:
+        while stack:
+            rel = stack.pop()
+            with os.scandir(root + "/" + rel if rel else root) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(rel + e.name + "/")
+                        continue
+                    name = e.name
+                    if not name.lower().endswith(suffixes) or name.rfind(".") <= 0:
+                        continue
+                    if e.is_file():
+                        files.append(rel + name)
+                    elif not e.is_dir():  # a symlink to a directory is skipped, as it is not followed
+                        other.append(rel + name)
+    except OSError as err:
+        raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
+    return files, other
+
+
+def _listable(root: Path) -> str:
     if not root.is_dir():
         raise HarnessError(f"= {str(root)!r}: not a directory")
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-    found = sorted((p for p in root.rglob("*") if p.suffix.lower() in exts and not p.is_dir()),
-                   key=lambda p: p.relative_to(root).as_posix())
-    items = []
-    for i, p in enumerate(found):
-        error = None if p.is_file() else "not a regular file: broken symlink or special file"
-        items.append(InputItem(i, str(p.absolute()), None, error))
+    return os.path.abspath(root)
+
+
+def _exts(extensions: Iterable[str]) -> frozenset[str]:
+    return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def _from_dir(root: Path, extensions: Iterable[str]) -> list[InputItem]:
+    base = _listable(root)
+    files, other = walk(base, _exts(extensions))
+    bad = set(other)
+    prefix = base.rstrip("/") + "/"
+    broken = "not a regular file: broken symlink or special file"
+    return [InputItem(i, prefix + rel, None, broken if bad and rel in bad else None)
+            for i, rel in enumerate(sorted(files + other))]
+
+
+def _from_manifest(path: Path) -> list[InputItem]:
+    """A text file of video paths, one a line, or jsonl with a "path" key (`.jsonl`); relative paths are
+    relative to the manifest. Nothing is stat-ed here: on a parallel filesystem a million stats are minutes of
+    metadata load on the login node; a missing file is reported by the tokenize task that reads it."""
+    text = _read(path)
+    base = os.path.abspath(path.parent)
+    as_json = path.suffix.lower() == ".jsonl"
+    items: list[InputItem] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or (not as_json and line.startswith("#")):
+            continue
+        video, error = _manifest_entry(line, as_json)
+        if video is not None:
+            video = os.path.normpath(os.path.join(base, os.path.expanduser(video)))
+            first = seen.setdefault(video, lineno)
+            error = None if first == lineno else f"duplicate path: first on line {first}"
+        items.append(InputItem(len(items), video or f"{path.name}:{lineno}", None,
+                               f"line {lineno}: {error}" if error else None))
     return items
 
 
-def _from_jsonl(path: Path) -> list[InputItem]:
+def _manifest_entry(line: str, as_json: bool) -> tuple[str | None, str | None]:
+    if not as_json:
+        return line, None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON: {e.msg} at column {e.colno}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"]:
+        return None, 'missing key: path (each line must be {"path": "<video file>"})'
+    return obj["path"], None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise HarnessError(f"= {str(path)!r}: cannot read ({e.__class__.__name__}: {getattr(e, 'strerror', e)})") \
             from None
+
+
+def _from_jsonl(path: Path) -> list[InputItem]:
+    lines = _read(path).splitlines()
     items: list[InputItem] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):

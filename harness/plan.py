@@ -200,15 +200,13 @@ def build(spec: RunSpec, facts: Facts) -> Plan:
     steps = training.checkpoint_steps
     fanout = len(steps) * infer_shards(resolved.infer)
     sizes = {"tokenize": shards, "infer": fanout, "evaluate": fanout}
-    throttle_default = {"tokenize": spec.tokenize.nodes_available or facts.nodes_available}
-    stages = tuple(_stage(resolved, name, sizes.get(name, 1), throttle_default.get(name, 0), facts)
-                   for name in STAGES)
+    stages = tuple(_stage(resolved, name, sizes.get(name, 1), facts) for name in STAGES)
     tm = spec.token_math
     return Plan(spec=resolved, stages=stages, token_math=tm, training=training, num_inputs=facts.num_inputs,
                 warnings=tuple(tokens.warnings(tm)))
 
 
-def _stage(spec: RunSpec, name: str, tasks: int, throttle_default: int, facts: Facts) -> StagePlan:
+def _stage(spec: RunSpec, name: str, tasks: int, facts: Facts) -> StagePlan:
     section: Resources = getattr(spec, _SECTION[name])
     edge = _EDGES[name]
     array = name in ("tokenize", "infer", "evaluate")
@@ -218,7 +216,7 @@ def _stage(spec: RunSpec, name: str, tasks: int, throttle_default: int, facts: F
         partition=section.partition, account=section.account, qos=section.qos, time_min=section.time_min,
         nodes=section.nodes, ntasks_per_node=ntasks, gpus_per_node=section.gpus_per_node,
         cpus_per_task=section.cpus_per_task, mem_gb=section.mem_gb, constraint=section.constraint,
-        array_throttle=section.array_throttle or throttle_default,
+        array_throttle=section.array_throttle,
         signal_delay_s=spec.finetune.signal_delay_s if finetune else 90)
     size = max(1, facts.max_array_size)
     chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if array else ((0, 1),)

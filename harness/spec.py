@@ -99,6 +99,8 @@ class VideoSection:
 @dataclass(frozen=True)
 class DataSection:
     videos: str = opt("", "directory of input videos, searched recursively (recipe = base)")
+    manifest: str = opt("", "instead of data.videos: a file listing the videos, one path a line (or .jsonl with a "
+                            "\"path\" key); relative paths are relative to it; nothing is listed or stat-ed")
     jsonl: str = opt("", 'Video2World jsonl: one {"prompt", "visual_input"} per line')
     split: tuple[int, ...] = opt([10, 1, 1], "train, validation, test weights", min=0, max=1_000_000)
     extensions: tuple[str, ...] = opt([".mp4", ".mov", ".avi", ".mkv", ".webm"], "video file suffixes")
@@ -449,12 +451,17 @@ def _check_data(spec: RunSpec) -> list[tuple[str, str]]:
     if spec.video2world:
         if not d.jsonl:
             out.append(("data.jsonl", "is required for recipe 'video2world'"))
-        if d.videos:
-            out.append(("data.videos", "is not used by recipe 'video2world'; list videos in data.jsonl"))
-    elif not d.videos and not d.jsonl:
-        out.append(("data.videos", "is required: a directory of videos (or data.jsonl)"))
-    elif d.videos and d.jsonl:
-        out.append(("data.jsonl", "set either data.videos or data.jsonl, not both"))
+        for key, value in (("data.videos", d.videos), ("data.manifest", d.manifest)):
+            if value:
+                out.append((key, "is not used by recipe 'video2world'; list videos in data.jsonl"))
+    else:
+        given = [k for k, v in (("data.videos", d.videos), ("data.manifest", d.manifest), ("data.jsonl", d.jsonl))
+                 if v]
+        if not given:
+            out.append(("data.videos", "is required: a directory of videos (or data.manifest, a file listing them)"))
+        elif len(given) > 1:
+            out.append((given[-1], f"set exactly one of data.videos, data.manifest, data.jsonl "
+                                   f"(found {' and '.join(given)})"))
     if len(d.split) != 3 or sum(d.split) <= 0:
         out.append(("data.split", f"= {list(d.split)}: must be 3 weights [train, val, test] with a positive sum"))
     elif d.split[0] <= 0:
@@ -572,9 +579,15 @@ def reference() -> list[tuple[str, str, str, str]]:
 
 
 def _tp_str(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
+    """The type as a TOML user writes it: integer, string, array of integers, table of strings, or the choices."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+    if origin is tuple:
+        return "array of " + _type_name(typing.get_args(tp)[0])
+    if origin in (Mapping, dict, collections.abc.Mapping):
+        return "table of " + _type_name(typing.get_args(tp)[1])
+    return {int: "integer", str: "string", float: "float", bool: "boolean"}.get(tp, str(tp))
 
 
 def absolutize(spec: RunSpec, base: Path) -> RunSpec:
@@ -591,7 +604,8 @@ def absolutize(spec: RunSpec, base: Path) -> RunSpec:
     r = dataclasses.replace
     return r(spec,
              run=r(spec.run, workdir=path(spec.run.workdir), results_dir=path(spec.run.results_dir)),
-             data=r(spec.data, videos=path(spec.data.videos), jsonl=path(spec.data.jsonl)),
+             data=r(spec.data, videos=path(spec.data.videos), manifest=path(spec.data.manifest),
+                    jsonl=path(spec.data.jsonl)),
              assets=r(spec.assets, hf_home=path(spec.assets.hf_home)),
              model=r(spec.model, checkpoint=asset(spec.model.checkpoint), text_encoder=asset(spec.model.text_encoder)),
              tokenizer=r(spec.tokenizer, encoder=asset(spec.tokenizer.encoder), decoder=asset(spec.tokenizer.decoder)),

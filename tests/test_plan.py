@@ -149,7 +149,8 @@ def test_rendered_scripts_carry_resources_and_flags() -> None:
     p = plan.build(seed_spec(), plan.Facts(num_inputs=10_000, max_array_size=1001, nodes_available=3))
     scripts = _render_all(p)
     tok = scripts["tokenize"]
-    assert "#SBATCH --array=0-99%3" in tok and "#SBATCH --dependency=afterok:1000" in tok
+    # tokenize.array_throttle = 0 (the seed leaves it unset): no limit, so %100 = the whole array, not the node count
+    assert "#SBATCH --array=0-99%100" in tok and "#SBATCH --dependency=afterok:1000" in tok
     assert "#SBATCH --kill-on-invalid-dep=yes" in tok and "#SBATCH --gpus-per-node=1" in tok
     assert "#SBATCH --dependency=aftercorr:1004" in scripts["evaluate"]
     for name in ("infer", "evaluate"):  # 4 checkpoints x 7 input shards

@@ -91,7 +91,9 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
         os.close(fd)
 
 
-def submit(spec_path: Path, requested: ExecutorName = "auto") -> Submitted:
+def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True) -> Submitted:
+    """Plan and submit; with `doctor`, the cheap preflight checks (harness.doctor.CHEAP) run first and any
+    failure stops the submission before a run directory exists."""
     from harness.inputs import discover, write_inputs
     from harness.launch import local
 
@@ -101,6 +103,11 @@ def submit(spec_path: Path, requested: ExecutorName = "auto") -> Submitted:
     items = discover(spec)
     facts = gather_facts(spec, choice, len(items))
     plan = make_plan(spec, facts)
+    if doctor:
+        from harness import doctor as preflight
+
+        cluster = preflight.gather_cluster() if choice.executor == "slurm" else choice.reason
+        preflight.raise_on_failure(spec, preflight.run(spec, plan, cluster, items, groups=preflight.CHEAP))
     paths = new_run_dir(Path(spec.run.workdir), spec.run.name)
     with run_lock(paths):
         write_run(paths, spec_path.read_text(encoding="utf-8"), plan, facts, choice)

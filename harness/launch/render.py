@@ -99,8 +99,8 @@ def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, sru
                 "gpus_per_node": r.gpus_per_node, "mem": f"{r.mem_gb}GB" if r.mem_gb else "",
                 "dependency": dep}
     params.update({k: v for k, v in optional.items() if v})
-    if stage.array and r.array_throttle:
-        params["array_parallelism"] = r.array_throttle
+    if stage.array:  # submitit throttles to 256 unless told; 0 = no limit = as many as the array has
+        params["array_parallelism"] = r.array_throttle or stage.tasks
     if stage.requeue:
         params["additional_parameters"] = {**params["additional_parameters"], "requeue": True}
     return params

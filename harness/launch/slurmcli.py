@@ -118,3 +118,105 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
 def scancel(job_ids: list[str]) -> None:
     if job_ids:
         _run(["scancel", *job_ids], check=False)
+
+
+# ------------------------------------------------------------------------- cluster inventory (harness doctor)
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    max_time_min: int | None
+    """MaxTime in minutes; None = UNLIMITED."""
+    state: str
+    default: bool
+    allow_accounts: str = "ALL"
+    allow_qos: str = "ALL"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+    """GPUs from the node's Gres (gpu[:type]:N entries summed); 0 when it has none."""
+    partitions: tuple[str, ...]
+    state: str
+
+
+def _records(text: str) -> list[dict[str, str]]:
+    """`scontrol -o show ...`: one record a line of Key=Value words (values hold no spaces, except
+    a few free-text fields we do not read)."""
+    out = []
+    for line in text.splitlines():
+        rec = {}
+        for word in line.split():
+            k, eq, v = word.partition("=")
+            if eq:
+                rec[k] = v
+        if rec:
+            out.append(rec)
+    return out
+
+
+def parse_time_min(text: str) -> int | None:
+    """Slurm's [days-]hours:minutes:seconds (or minutes, minutes:seconds) -> whole minutes; UNLIMITED -> None."""
+    if text.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:
+        h, (m, s) = 0, (parts + [0])[:2]
+    return (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
+
+
+def gres_gpus(gres: str) -> int:
+    """'gpu:8', 'gpu:h100:4(S:0-1),gpu:a100:2', '(null)' -> 8, 6, 0."""
+    total = 0
+    for entry in gres.split(","):
+        fields = entry.split("(")[0].split(":")
+        if fields[0] == "gpu" and len(fields) >= 2 and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
+
+
+def partitions() -> dict[str, Partition]:
+    out = {}
+    for r in _records(_run(["scontrol", "-o", "show", "partition"]).stdout):
+        name = r.get("PartitionName", "")
+        out[name] = Partition(name, parse_time_min(r.get("MaxTime", "UNLIMITED")), r.get("State", "?"),
+                              r.get("Default") == "YES", r.get("AllowAccounts", "ALL"), r.get("AllowQos", "ALL"))
+    return out
+
+
+def nodes() -> list[Node]:
+    out = []
+    for r in _records(_run(["scontrol", "-o", "show", "node"]).stdout):
+        out.append(Node(r.get("NodeName", "?"), int(r.get("CPUTot", "0") or 0), int(r.get("RealMemory", "0") or 0),
+                        gres_gpus(r.get("Gres", "(null)")), tuple(p for p in r.get("Partitions", "").split(",") if p),
+                        r.get("State", "?")))
+    return out
+
+
+def sacctmgr_names(entity: str) -> set[str] | None:
+    """Names of `account`s or `qos`es in accounting; None when sacctmgr cannot answer (no slurmdbd)."""
+    field_name = "account" if entity == "account" else "name"
+    try:
+        proc = _run(["sacctmgr", "-nP", "show", entity, f"format={field_name}"], timeout=20, check=False)
+    except HarnessError:
+        return None
+    if proc.returncode != 0:
+        return None
+    return {line.strip() for line in proc.stdout.splitlines() if line.strip()}
+
+
+def srun_help() -> str:
+    """`srun --help`: Pyxis adds --container-image to it when its SPANK plugin is loaded."""
+    try:
+        proc = _run(["srun", "--help"], timeout=20, check=False)
+    except HarnessError as e:
+        return f"({e})"
+    return proc.stdout + proc.stderr

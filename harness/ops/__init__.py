@@ -29,7 +29,14 @@ def _run(a: argparse.Namespace) -> RunPaths:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    return status.status(_run(a), _console(), show_all=getattr(a, "all", False), watch=getattr(a, "watch", False))
+    if getattr(a, "watch", False):  # the live view until every task is final, then the full status
+        from harness.launch import load_plan
+        from harness.ops import live
+
+        paths, console = _run(a), _console()
+        live.follow(paths, load_plan(paths), console)
+        return status.status(paths, console, show_all=getattr(a, "all", False))
+    return status.status(_run(a), _console(), show_all=getattr(a, "all", False))
 
 
 def cmd_logs(a: argparse.Namespace) -> int:

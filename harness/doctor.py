@@ -1,0 +1,353 @@
+"""`harness doctor`: preflight on the login node, so that a run does not fail after hours in the queue.
+
+Every check is one line: pass, fail, or skip with the reason, and each failure names the spec key to change.
+Gathering (Slurm queries through harness.launch.slurmcli, file system probes) is kept apart from judging:
+`slurm_checks` is a pure function of the plan and a `Cluster` snapshot. `submit` runs the cheap subset
+(`CHEAP`) before it creates the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from harness import footprint
+from harness.errors import HarnessError, Problem
+from harness.launch import slurmcli
+from harness.plan import Plan, StagePlan
+from harness.spec import RunSpec
+
+if TYPE_CHECKING:
+    from harness.inputs import InputItem
+    from harness.stages.assets import Role
+
+Status = Literal["pass", "fail", "skip"]
+Group = Literal["slurm", "container", "paths", "assets", "inputs"]
+ALL: tuple[Group, ...] = ("inputs", "slurm", "container", "assets", "paths")
+CHEAP: tuple[Group, ...] = ("slurm", "container", "paths")
+"""What `submit` checks: Slurm and container facts, and room in the run directory. Inputs are listed by submit
+itself, and assets are verified by stage-assets, which reports a missing one as its own failure."""
+
+_ENROOT_URI = re.compile(r"^(docker://)?([\w.-]+@)?([A-Za-z0-9.-]+(:\d+)?#)?[a-z0-9]+([._/-][a-z0-9]+)*(:[\w][\w.-]{0,127})?$")
+"""enroot's `docker://[USER@][REGISTRY#]IMAGE[:TAG]` (NVIDIA/enroot doc/cmd/import.md, "Schemes"); Pyxis hands
+--container-image to `enroot import docker://...`."""
+
+
+@dataclass(frozen=True)
+class Check:
+    status: Status
+    key: str
+    """The spec key (or keys) the check is about; where to make a fix."""
+    what: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<4}  {self.key}: {self.what}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A snapshot of what the controller and accounting say; None where a query could not answer."""
+
+    partitions: dict[str, slurmcli.Partition]
+    nodes: tuple[slurmcli.Node, ...]
+    max_array_size: int
+    accounts: set[str] | None = None
+    qos: set[str] | None = None
+    srun_help: str = ""
+
+
+def gather_cluster() -> Cluster | str:
+    """The cluster's inventory (six client calls), or why there is none."""
+    why = slurmcli.controller_error()
+    if why:
+        return why
+    return Cluster(slurmcli.partitions(), tuple(slurmcli.nodes()), slurmcli.max_array_size(slurmcli.config()),
+                   slurmcli.sacctmgr_names("account"), slurmcli.sacctmgr_names("qos"), slurmcli.srun_help())
+
+
+def key(stage: StagePlan, name: str) -> str:
+    """The spec key of a stage's resource: stage-assets reads the [assets] table."""
+    return f"{'assets' if stage.name == 'stage-assets' else stage.name}.{name}"
+
+
+# ------------------------------------------------------------------------------------------- slurm (pure)
+def slurm_checks(plan: Plan, cluster: Cluster) -> list[Check]:
+    out = _names(plan, "partition", set(cluster.partitions), "partition")
+    out += _names(plan, "account", cluster.accounts, "account")
+    out += _names(plan, "qos", cluster.qos, "QOS")
+    for s in plan.stages:
+        part = _partition_of(s, cluster)
+        if part is None:
+            continue
+        out.append(_time(s, part))
+        out.append(_nodes(s, part, cluster.nodes))
+        if s.array:
+            out.append(_array(s, cluster.max_array_size))
+    return out
+
+
+def _names(plan: Plan, field_name: str, have: set[str] | None, label: str) -> list[Check]:
+    """One line per distinct value, naming every stage key that uses it."""
+    by_value: dict[str, list[str]] = {}
+    for s in plan.stages:
+        value = getattr(s.resources, field_name)
+        if value:
+            by_value.setdefault(value, []).append(key(s, field_name))
+    out = []
+    for value, keys in by_value.items():
+        k = ", ".join(keys)
+        if have is None:
+            out.append(Check("skip", k, f"{label} {value!r} exists", "accounting (sacctmgr) did not answer"))
+        elif value in have:
+            out.append(Check("pass", k, f"{label} {value!r} exists", "found"))
+        else:
+            out.append(Check("fail", k, f"{label} {value!r} exists",
+                             f"no such {label}; the cluster has: {', '.join(sorted(have)) or 'none'}"))
+    return out
+
+
+def _partition_of(s: StagePlan, cluster: Cluster) -> slurmcli.Partition | None:
+    name = s.resources.partition
+    if name:
+        return cluster.partitions.get(name)
+    return next((p for p in cluster.partitions.values() if p.default), None)
+
+
+def _time(s: StagePlan, p: slurmcli.Partition) -> Check:
+    r, what = s.resources, f"time_min {s.resources.time_min} within partition {p.name}'s MaxTime"
+    if p.max_time_min is None:
+        return Check("pass", key(s, "time_min"), what, "MaxTime is UNLIMITED")
+    if r.time_min <= p.max_time_min:
+        return Check("pass", key(s, "time_min"), what, f"MaxTime {p.max_time_min} min")
+    return Check("fail", key(s, "time_min"), what,
+                 f"{r.time_min} min > MaxTime {p.max_time_min} min: Slurm would leave the job pending forever "
+                 f"(PartitionTimeLimit); lower it or pick another partition")
+
+
+def _nodes(s: StagePlan, p: slurmcli.Partition, nodes: tuple[slurmcli.Node, ...]) -> Check:
+    r = s.resources
+    cpus = r.cpus_per_task * r.ntasks_per_node
+    want = f"{r.nodes} node(s) with {r.gpus_per_node} GPU(s), {cpus} CPU(s), {r.mem_gb or 'any'} GB"
+    what = f"partition {p.name} has {want}"
+    members = [n for n in nodes if p.name in n.partitions]
+    fit = [n for n in members if n.gpus >= r.gpus_per_node and n.cpus >= cpus and n.mem_mb >= r.mem_gb * 1024]
+    if len(fit) >= r.nodes:
+        return Check("pass", key(s, "nodes"), what, f"{len(fit)} node(s) fit")
+    if not members:
+        return Check("fail", key(s, "partition"), what, "the partition has no nodes")
+    best = max(members, key=lambda n: (n.gpus, n.cpus, n.mem_mb))
+    largest = f"largest node {best.name}: {best.gpus} GPU(s), {best.cpus} CPU(s), {best.mem_mb // 1024} GB"
+    if all(n.gpus < r.gpus_per_node for n in members):
+        k = key(s, "gpus_per_node")
+    elif all(n.cpus < cpus for n in members):
+        k = key(s, "cpus_per_task")
+    elif all(n.mem_mb < r.mem_gb * 1024 for n in members):
+        k = key(s, "mem_gb")
+    else:
+        k = key(s, "nodes")
+    return Check("fail", k, what, f"only {len(fit)} of {len(members)} node(s) fit; {largest}")
+
+
+def _array(s: StagePlan, max_array: int) -> Check:
+    biggest = max(b - a for a, b in s.chunks)
+    what = f"array of {s.tasks} task(s) within MaxArraySize {max_array}"
+    if biggest <= max_array:
+        return Check("pass", key(s, "array_throttle"), what,
+                     f"{len(s.chunks)} sbatch call(s) of at most {biggest} task(s)")
+    return Check("fail", key(s, "array_throttle"), what, f"a chunk of {biggest} tasks exceeds it")
+
+
+# ------------------------------------------------------------------------------------ container and pyxis
+def container_checks(spec: RunSpec, srun_help: str | None) -> list[Check]:
+    image = spec.container.image
+    if not image:
+        return [Check("skip", "container.image", "container image", "no container (container.image = '')")]
+    out = []
+    if image.endswith(".sqsh"):
+        p = Path(image).expanduser()
+        ok = p.is_file() and os.access(p, os.R_OK)
+        out.append(Check("pass" if ok else "fail", "container.image", "squashfs image readable",
+                         str(p) if ok else f"{p}: {'not readable' if p.exists() else 'no such file'}"))
+    else:
+        ok = bool(_ENROOT_URI.match(image))
+        out.append(Check("pass" if ok else "fail", "container.image", "enroot URI well formed",
+                         image if ok else f"{image!r}: expected [USER@][REGISTRY#]IMAGE[:TAG], "
+                                          f"e.g. nvcr.io#nvidia/nemo:25.02.rc3"))
+    if srun_help is None:
+        out.append(Check("skip", "container.image", "Pyxis loaded (srun --container-image)",
+                         "no Slurm controller: the local executor runs without containers"))
+    elif "--container-image" in srun_help:
+        out.append(Check("pass", "container.image", "Pyxis loaded (srun --container-image)", "listed by srun --help"))
+    else:
+        out.append(Check("fail", "container.image", "Pyxis loaded (srun --container-image)",
+                         "srun --help lists no --container-image: install Pyxis, or set container.image = ''"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run directory
+def path_checks(plan: Plan) -> list[Check]:
+    spec = plan.spec
+    sizes = footprint.items(plan)
+    need = {"run.workdir": footprint.total(sizes, "workdir"), "assets.hf_home": footprint.total(sizes, "hf_home")}
+    dirs = {"run.workdir": spec.run.workdir, "assets.hf_home": spec.assets.hf_home}
+    out, devices = [], {}
+    for k, d in dirs.items():
+        where, why = _writable(Path(d).expanduser())
+        out.append(Check("pass" if not why else "fail", k, "writable", why or str(where)))
+        if why:
+            continue
+        devices.setdefault(os.stat(where).st_dev, []).append((k, where))
+    for group in devices.values():
+        keys = [k for k, _ in group]
+        want = sum(need[k] for k in keys)
+        free = shutil.disk_usage(group[0][1]).free
+        basis = "; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in sizes
+                          if ("run.workdir" if i.where == "workdir" else "assets.hf_home") in keys and i.bytes)
+        what = f"free space for ~{footprint.human(want)} ({basis or 'nothing'})"
+        out.append(Check("pass" if free >= want else "fail", ", ".join(keys), what,
+                         f"{footprint.human(free)} free on {group[0][1]}"))
+    return out
+
+
+def _writable(d: Path) -> tuple[Path, str]:
+    """(the directory or its nearest existing parent, '' or why it cannot be written); probes with a temp file."""
+    where = d
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        return where, f"{where} is not a directory"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".harness-doctor-", dir=where)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return where, f"cannot create a file in {where} ({e.strerror})"
+    return where, ""
+
+
+# ------------------------------------------------------------------------------------------------- assets
+_ROLE_KEY = {"encoder": "tokenizer.encoder", "decoder": "tokenizer.decoder", "checkpoint": "model.checkpoint",
+             "text_encoder": "model.text_encoder"}
+
+
+def asset_checks(spec: RunSpec) -> list[Check]:
+    from harness.stages import assets
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    out = []
+    for role in assets.roles(spec):
+        k, what = _ROLE_KEY.get(role.name, role.name), f"{role.name} {role.source!r} present"
+        if assets._is_local(role.source):
+            where, missing = Path(role.source).expanduser(), _missing(role, Path(role.source).expanduser())
+            out.append(Check("fail" if missing else "pass", k, what, missing or f"local directory {where}"))
+            continue
+        snap = _cached(role, spec)
+        if snap is not None:
+            missing = _missing(role, snap)
+            out.append(Check("fail" if missing else "pass", k, what, missing or f"in the HF cache: {snap}"))
+        elif offline:
+            out.append(Check("fail", k, what, f"not in the HF cache {spec.assets.hf_home} and HF_HUB_OFFLINE=1: "
+                                              f"download it where there is internet (HF_HOME={spec.assets.hf_home} "
+                                              f"huggingface-cli download {role.source})"))
+        else:
+            out.append(Check("skip", k, what, "not in the HF cache yet: stage-assets downloads it (compute nodes "
+                                              "without internet: download it on the login node first)"))
+    return out
+
+
+def _cached(role: Role, spec: RunSpec) -> Path | None:
+    """The role's snapshot in the HF cache, looked up without the network; None when it is not there."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(role.source, revision=spec.assets.revisions.get(role.source),
+                                      cache_dir=Path(spec.assets.hf_home).expanduser() / "hub",
+                                      allow_patterns=list(role.patterns), local_files_only=True))
+    except Exception:  # the hub client raises several "not cached" types; any of them means: not here
+        return None
+
+
+def _missing(role: Role, directory: Path) -> str:
+    """'' when every file the role needs is in `directory`, else which are missing (as stage-assets verifies)."""
+    if not directory.is_dir():
+        return f"{directory}: no such directory"
+    if role.name == "checkpoint" and (directory / "nemo").is_dir():
+        directory = directory / "nemo"
+    gaps = [" or ".join(alts) for alts in role.required
+            if not any(next(directory.glob(p), None) is not None for p in alts)]
+    return f"{directory} has no {', '.join(gaps)}" if gaps else ""
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list[Check]:
+    d = spec.data
+    k = "data.jsonl" if d.jsonl else "data.manifest" if d.manifest else "data.videos"
+    if items is None:
+        return [Check("fail", k, "inputs listed", why)]
+    bad = [it for it in items if it.error]
+    first = next((it for it in items if not it.error), None)
+    out = [Check("pass" if first else "fail", k, "inputs listed",
+                 f"{len(items):,} input(s), {len(bad):,} unusable" + (f" (first: {bad[0].error})" if bad else ""))]
+    if first is not None:
+        try:
+            with open(first.path, "rb") as f:
+                f.read(1)
+            out.append(Check("pass", k, "first input readable", first.path))
+        except OSError as e:
+            out.append(Check("fail", k, "first input readable", f"{first.path}: {e.strerror}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- together
+def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem] | None, items_why: str = "",
+        groups: tuple[Group, ...] = ALL) -> list[Check]:
+    """Every check of the chosen groups, in a fixed order. `cluster` is the snapshot, or why there is none."""
+    out: list[Check] = []
+    if "inputs" in groups:
+        out += input_checks(spec, items, items_why)
+    if "slurm" in groups:
+        if isinstance(cluster, str):
+            out.append(Check("skip", "*.partition", "Slurm partitions, accounts, QOS, nodes, time limits",
+                             f"{cluster}: the run would use submitit's local executor"))
+        else:
+            out += slurm_checks(plan, cluster)
+    if "container" in groups:
+        out += container_checks(spec, None if isinstance(cluster, str) else cluster.srun_help)
+    if "assets" in groups:
+        out += asset_checks(spec)
+    if "paths" in groups:
+        out += path_checks(plan)
+    return out
+
+
+def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec, list[Check]]:
+    """`harness doctor SPEC`: load, list the inputs, plan against the cluster that answers here, check."""
+    from harness import launch
+    from harness import plan as plan_mod
+    from harness import spec as spec_mod
+    from harness.inputs import discover
+
+    spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
+    items, why = None, ""
+    try:
+        items = discover(spec)
+    except HarnessError as e:
+        why = e.problems[0].message
+    cluster = gather_cluster()
+    choice = launch.Choice("local", cluster) if isinstance(cluster, str) else launch.Choice("slurm", "")
+    facts = launch.gather_facts(spec, choice, len(items or []))
+    return spec, run(spec, plan_mod.build(spec, facts), cluster, items, why, groups)
+
+
+def raise_on_failure(spec: RunSpec, checks: list[Check]) -> None:
+    """For `submit`: every failed check as one line naming the spec file and key (exit 2), before anything is
+    queued; `harness doctor` shows every check, `submit --no-doctor` skips them."""
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        raise HarnessError([Problem(spec.source, c.key, f"preflight: {c.what}: {c.detail}") for c in failed])

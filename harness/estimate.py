@@ -1,0 +1,139 @@
+"""Estimates for `harness plan`: GPU-hours and wall time per stage, from the token math and measured throughput.
+
+Every rate below is a figure this project measured (file and field named in `Rate.source`), scaled to the
+spec by a stated rule (parameter count, pixels, tensor-parallel efficiency). They are estimates for planning
+a request to the scheduler, not promises: other GPUs, containers and filesystems differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from harness import models
+from harness.plan import Plan
+
+
+@dataclass(frozen=True)
+class Rate:
+    value: float
+    unit: str
+    source: str
+
+
+REF_PARAMS = models.PRESETS["cosmos-4b"].params
+REF_PIXELS = 17 * 320 * 512
+"""The clip geometry of the tokenize and evaluate figures."""
+
+TRAIN = Rate(18_577, "tokens/s/GPU", "results/bench/h200/train-cosmos-4b-12800.json tokens_per_s: H200, cosmos-4b, "
+                                     "TP 1, seq 12,800, bf16-mixed, MFU 0.517")
+TP1_STEP = Rate(0.699, "s/step", "DESIGN.md section 7: 2 x H200, cosmos-4b, seq 12,800, TP=1")
+TP2_STEP = Rate(0.388, "s/step", "DESIGN.md section 7: 2 x H200 (NVLink), cosmos-4b, seq 12,800, TP=2")
+TP_EFFICIENCY = TP1_STEP.value / (2 * TP2_STEP.value)
+"""Per-GPU throughput at TP 2 relative to TP 1 (0.90); assumed for every TP > 1, which is optimistic beyond 2."""
+GENERATE_B1 = Rate(368.7, "tokens/s", "results/bench/h200/generate.json results[1]: batch 1, CUDA graph, cosmos-4b")
+GENERATE_B8 = Rate(2_158, "tokens/s", "results/bench/h200/generate.json results[3]: batch 8, CUDA graph, cosmos-4b")
+TOKENIZE = Rate(35.2, "clips/s/GPU", "results/bench/h200/tokenize-dv-cuda.json harness.clips_per_s: 17x320x512, "
+                                     "DV4x8x8-sized encoder, 14 decode workers")
+EVALUATE = Rate(122, "pairs/s", "results/bench/h200/eval.json pairs / median_s.harness (64 / 0.523 s): 17x320x512, "
+                                "H200 + 16 CPUs")
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    stage: str
+    wall_s: float | None
+    """Longest task, assuming every task of the stage runs at once; None = not estimated."""
+    gpu_hours: float | None
+    how: str
+
+
+def _model_scale(plan: Plan) -> float:
+    """Time scales with the parameter count (FLOPs per token in training, weight bytes per step in decoding)."""
+    return plan.spec.preset.params / REF_PARAMS
+
+
+def finetune(plan: Plan) -> StageEstimate:
+    f, tm = plan.spec.finetune, plan.token_math
+    gpus = f.gpus_per_node * f.nodes
+    tokens = f.max_steps * f.global_batch_size * tm.sample_length
+    if not gpus:
+        return StageEstimate("finetune", None, None, "no GPUs requested: the figures are GPU figures")
+    eff = TP_EFFICIENCY if f.tensor_parallel > 1 else 1.0
+    rate = TRAIN.value * eff / _model_scale(plan)
+    wall = tokens / (rate * gpus)
+    return StageEstimate("finetune", wall, wall * gpus / 3600,
+                         f"{f.max_steps:,} steps x {f.global_batch_size * tm.sample_length:,} tokens at ~{rate:,.0f} "
+                         f"tokens/s/GPU on {gpus} GPU(s) ({TRAIN.source}; x {1 / _model_scale(plan):.2f} for "
+                         f"{plan.spec.model.preset}'s parameters" +
+                         (f"; x {eff:.2f} for TP {f.tensor_parallel}, the TP 2 / TP 1 per-GPU ratio of "
+                          f"DESIGN.md section 7 ({TP1_STEP.value} vs {TP2_STEP.value} s/step on 2 GPUs), "
+                          f"optimistic beyond TP 2" if eff != 1.0 else "") + ")")
+
+
+def infer(plan: Plan) -> StageEstimate:
+    spec, tm = plan.spec, plan.token_math
+    i = spec.infer
+    gen = tm.video_tokens - i.context_latent_frames * tm.grid.h * tm.grid.w
+    batch = min(i.batch_size, i.max_inputs)
+    b = min(max(batch, 1), 8)  # linear between the measured batch 1 and batch 8 figures
+    rate = (GENERATE_B1.value + (GENERATE_B8.value - GENERATE_B1.value) * (b - 1) / 7) / _model_scale(plan)
+    per_task = math.ceil(i.max_inputs / batch) * gen * batch / rate
+    gpus = max(1, i.gpus_per_node) * i.nodes
+    tasks = plan.stage("infer").tasks
+    if not i.gpus_per_node:
+        return StageEstimate("infer", None, None, "no GPUs requested: the figures are GPU figures")
+    return StageEstimate("infer", per_task, per_task * gpus * tasks / 3600,
+                         f"{tasks} checkpoint(s) x {i.max_inputs} video(s) x {gen:,} generated tokens at "
+                         f"~{rate:,.0f} tokens/s (batch {batch}, between {GENERATE_B1.value:,.0f} at batch 1 and "
+                         f"{GENERATE_B8.value:,.0f} at batch 8: {GENERATE_B8.source.split(' results')[0]}; x "
+                         f"{1 / _model_scale(plan):.2f} for {spec.model.preset}'s parameters)")
+
+
+def tokenize(plan: Plan) -> StageEstimate:
+    spec = plan.spec
+    shards = plan.stage("tokenize").tasks
+    if not spec.tokenize.gpus_per_node:
+        return StageEstimate("tokenize", None, None, "no GPUs requested: the figures are GPU figures")
+    v = spec.video
+    rate = TOKENIZE.value * REF_PIXELS / (v.num_frames * v.height * v.width)
+    per_task = math.ceil(plan.num_inputs / shards) / rate
+    return StageEstimate("tokenize", per_task, plan.num_inputs / rate / 3600,
+                         f"{plan.num_inputs:,} clips in {shards:,} task(s) at ~{rate:,.1f} clips/s/GPU "
+                         f"({TOKENIZE.source}; scaled by pixels a clip)")
+
+
+def evaluate(plan: Plan) -> StageEstimate:
+    v, i = plan.spec.video, plan.spec.infer
+    rate = EVALUATE.value * REF_PIXELS / (v.num_frames * v.height * v.width)
+    per_task = i.max_inputs / rate
+    gpus = plan.spec.evaluate.gpus_per_node * plan.spec.evaluate.nodes
+    return StageEstimate("evaluate", per_task, per_task * gpus * plan.stage("evaluate").tasks / 3600 if gpus else 0.0,
+                         f"{i.max_inputs} pair(s) a checkpoint at ~{rate:,.0f} pairs/s ({EVALUATE.source})")
+
+
+def all_stages(plan: Plan) -> list[StageEstimate]:
+    return [tokenize(plan), finetune(plan), infer(plan), evaluate(plan)]
+
+
+def human_time(s: float) -> str:
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 120:
+        return f"{s:,.0f} s"
+    if s < 7200:
+        return f"{s / 60:,.0f} min"
+    return f"{s / 3600:,.1f} h"
+
+
+def lines(plan: Plan) -> list[str]:
+    out = []
+    for e in all_stages(plan):
+        if e.wall_s is None:
+            out.append(f"{e.stage}: not estimated ({e.how})")
+            continue
+        gpu_h = f", {e.gpu_hours:,.2f} GPU-hours" if e.gpu_hours else ""
+        limit = getattr(plan.spec, e.stage).time_min * 60
+        warn = f" [over its time_min of {limit // 60} min]" if e.wall_s > limit else ""
+        out.append(f"{e.stage}: ~{human_time(e.wall_s)} a task{gpu_h}{warn}: {e.how}")
+    return out

@@ -1,0 +1,76 @@
+"""What a run will write, in bytes, from the plan and the token math alone: the one place these sizes are
+derived (`harness doctor` checks free space against them; `harness plan` prints them).
+
+Every figure is an estimate with its basis stated in `Item.basis`, so a user can see why a number is what it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.plan import Plan
+
+TOKEN_BYTES = 2
+"""Token datasets are uint16 (vocabulary 64,064 < 65,536): DESIGN.md section 4."""
+INDEX_BYTES_PER_DOC = 20
+"""Megatron .idx: int32 length + int64 pointer per sequence, int64 document offset (+ header)."""
+CHECKPOINT_BYTES_PER_PARAM = {"bf16-mixed": 2 + 4 + 4 + 4, "fp32": 4 + 4 + 4}
+"""Model weights (bf16 or fp32) + fp32 master copy (bf16-mixed only) + Adam exp_avg + exp_avg_sq, all saved by
+harness/cosmos/checkpoint.save (model and optimizer sharded state)."""
+VIDEO_BYTES_PER_PIXEL = 0.25
+"""Generated mp4 (libx264, crf 12): an upper-bound assumption of 2 bits a pixel-frame (measured clips are smaller)."""
+PRETRAINED_BYTES_PER_PARAM = 2
+"""A pretrained Cosmos NeMo checkpoint holds bf16 weights only."""
+T5_BYTES = 45 * 10**9
+"""google-t5/t5-11b: fp32 weights, ~45 GB on the Hub."""
+
+
+@dataclass(frozen=True)
+class Item:
+    what: str
+    where: str
+    """'workdir' or 'hf_home': which filesystem it lands on."""
+    bytes: int
+    basis: str
+
+
+def items(plan: Plan) -> tuple[Item, ...]:
+    spec, tm = plan.spec, plan.token_math
+    n = plan.num_inputs
+    tokens = n * (tm.sample_length * TOKEN_BYTES + INDEX_BYTES_PER_DOC)
+    ckpt = spec.preset.params * CHECKPOINT_BYTES_PER_PARAM[spec.finetune.precision]
+    k = len(plan.checkpoint_steps)
+    frames, h, w = spec.video.num_frames, spec.video.height, spec.video.width
+    videos = min(spec.infer.max_inputs, max(1, n))
+    mp4 = int(frames * h * w * VIDEO_BYTES_PER_PIXEL)
+    out = [
+        Item("token shards", "workdir", tokens,
+             f"{n:,} videos x {tm.sample_length:,} tokens x {TOKEN_BYTES} B (uint16) + index"),
+        Item("merged dataset", "workdir", tokens, "a second copy of the shards, joined by merge"),
+        Item("checkpoints", "workdir", k * ckpt,
+             f"{k} x {ckpt / 1e9:,.1f} GB ({spec.preset.params / 1e9:.2f} B params x "
+             f"{CHECKPOINT_BYTES_PER_PARAM[spec.finetune.precision]} B: weights + master + Adam, "
+             f"{spec.finetune.precision})"),
+        Item("generated videos", "workdir", k * videos * mp4,
+             f"{k} checkpoints x {videos} videos x {frames}x{h}x{w} at <= {VIDEO_BYTES_PER_PIXEL} B/pixel"),
+    ]
+    if spec.model.checkpoint and not spec.model.checkpoint.startswith("/"):
+        out.append(Item("pretrained checkpoint", "hf_home", spec.preset.params * PRETRAINED_BYTES_PER_PARAM,
+                        f"{spec.preset.params / 1e9:.2f} B params x {PRETRAINED_BYTES_PER_PARAM} B (bf16), if not cached"))
+    if spec.video2world and not spec.model.text_encoder.startswith("/"):
+        out.append(Item("text encoder", "hf_home", T5_BYTES, "T5-11B fp32 weights, if not cached"))
+    return tuple(out)
+
+
+def total(all_items: tuple[Item, ...], where: str) -> int:
+    return sum(i.bytes for i in all_items if i.where == where)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"

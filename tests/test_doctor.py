@@ -1,0 +1,189 @@
+"""`harness doctor` and submit's preflight (issue 15 item 2), against the project's local Slurm cluster (three
+virtual nodes of 2 CPUs, no GPUs, partition `debug` with no MaxTime) and without a controller."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness import doctor
+from harness.launch import slurmcli
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPEC = """
+[run]
+name = "doc"
+workdir = "{tmp}/runs"
+[model]
+preset = "{preset}"
+[video]
+num_frames = 17
+height = 48
+width = 64
+[data]
+videos = "{tmp}/videos"
+[assets]
+hf_home = "{tmp}/hf"
+[tokenize]
+shards = 2
+{extra}
+"""
+
+
+def write_spec(tmp: Path, extra: str = "", preset: str = "tiny") -> Path:
+    (tmp / "videos").mkdir(exist_ok=True)
+    for i in range(3):
+        (tmp / "videos" / f"c{i}.mp4").write_bytes(b"not really a video")
+    path = tmp / "run.toml"
+    path.write_text(SPEC.format(tmp=tmp, extra=extra, preset=preset))
+    return path
+
+
+def harness(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**base, "PYTHONPATH": str(REPO), "COLUMNS": "250", **(env or {})}, timeout=180)
+
+
+def lines(out: str, status: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith(status)]
+
+
+@pytest.fixture()
+def short_partition(slurm_cluster: str) -> Iterator[str]:
+    """A real partition with MaxTime 30 min on one node, created in the running controller for this test only."""
+    name = f"hdoc{os.getpid()}"
+    subprocess.run(["scontrol", "create", f"PartitionName={name}", "Nodes=n1", "MaxTime=30", "State=UP"],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["scontrol", "delete", f"PartitionName={name}"], capture_output=True, timeout=30)
+
+
+def test_good_spec_passes_every_check_on_the_local_cluster(tmp_path: Path, slurm_cluster: str) -> None:
+    p = harness("doctor", str(write_spec(tmp_path)), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not lines(p.stdout, "fail")
+    out = p.stdout
+    assert "pass  data.videos: inputs listed: 3 input(s), 0 unusable" in out
+    assert "pass  finetune.time_min: time_min 60 within partition debug's MaxTime: MaxTime is UNLIMITED" in out
+    assert "pass  finetune.nodes: partition debug has 1 node(s) with 0 GPU(s), 2 CPU(s), any GB: 3 node(s) fit" in out
+    assert "pass  tokenize.array_throttle: array of 2 task(s) within MaxArraySize 1001" in out
+    assert "skip  container.image: container image: no container" in out
+    assert "skip  tokenizer.encoder: encoder 'nvidia/Cosmos-0.1-Tokenizer-DV4x8x8' present: not in the HF cache" in out
+    assert "pass  run.workdir: writable" in out and "pass  assets.hf_home: writable" in out
+    assert "pass  run.workdir, assets.hf_home: free space for ~" in out
+    assert out.strip().splitlines()[-1].endswith("22 passed, 0 failed, 3 skipped")
+
+
+def test_missing_partition_is_named_by_its_key(tmp_path: Path, slurm_cluster: str) -> None:
+    spec = write_spec(tmp_path, '[finetune]\npartition = "gpu-h100"\naccount = "nosuchacct"\nqos = "normal"\n')
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2
+    failed = lines(p.stdout, "fail")
+    assert failed == [
+        "fail  finetune.partition: partition 'gpu-h100' exists: no such partition; the cluster has: debug",
+        "fail  finetune.account: account 'nosuchacct' exists: no such account; the cluster has: root",
+    ], p.stdout
+    assert "pass  finetune.qos: QOS 'normal' exists: found" in p.stdout
+    # submit runs the same checks first: exit 2, one line per failure naming file and key, nothing queued
+    sub = harness("submit", str(spec), cwd=tmp_path)
+    assert sub.returncode == 2 and not (tmp_path / "runs").exists()
+    assert sub.stderr.splitlines() == [
+        f"{spec}: finetune.partition: preflight: partition 'gpu-h100' exists: no such partition; the cluster has: debug",
+        f"{spec}: finetune.account: preflight: account 'nosuchacct' exists: no such account; the cluster has: root"]
+
+
+def test_time_limit_over_the_partition_maxtime(tmp_path: Path, short_partition: str) -> None:
+    spec = write_spec(tmp_path, f'[finetune]\npartition = "{short_partition}"\ntime_min = 240\n')
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2
+    assert lines(p.stdout, "fail") == [
+        f"fail  finetune.time_min: time_min 240 within partition {short_partition}'s MaxTime: 240 min > MaxTime 30 "
+        f"min: Slurm would leave the job pending forever (PartitionTimeLimit); lower it or pick another partition"]
+    assert f"pass  finetune.nodes: partition {short_partition} has 1 node(s)" in p.stdout
+
+
+def test_gpu_request_the_nodes_cannot_meet(tmp_path: Path, slurm_cluster: str) -> None:
+    spec = write_spec(tmp_path, "[finetune]\ngpus_per_node = 8\nglobal_batch_size = 8\n[merge]\nnodes = 4\n[infer]\ncpus_per_task = 3\n")
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2
+    failed = lines(p.stdout, "fail")
+    assert failed == [
+        "fail  merge.nodes: partition debug has 4 node(s) with 0 GPU(s), 2 CPU(s), any GB: only 3 of 3 node(s) fit; "
+        "largest node n1: 0 GPU(s), 2 CPU(s), 21 GB",
+        "fail  finetune.gpus_per_node: partition debug has 1 node(s) with 8 GPU(s), 16 CPU(s), any GB: only 0 of 3 "
+        "node(s) fit; largest node n1: 0 GPU(s), 2 CPU(s), 21 GB",
+        "fail  infer.cpus_per_task: partition debug has 1 node(s) with 0 GPU(s), 3 CPU(s), any GB: only 0 of 3 "
+        "node(s) fit; largest node n1: 0 GPU(s), 2 CPU(s), 21 GB",
+    ], p.stdout
+
+
+def test_container_image_and_pyxis(tmp_path: Path, slurm_cluster: str) -> None:
+    spec = write_spec(tmp_path, f'[container]\nimage = "{tmp_path}/nemo.sqsh"\n')
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert lines(p.stdout, "fail") == [
+        f"fail  container.image: squashfs image readable: {tmp_path}/nemo.sqsh: no such file",
+        "fail  container.image: Pyxis loaded (srun --container-image): srun --help lists no --container-image: "
+        "install Pyxis, or set container.image = ''"], p.stdout
+    (tmp_path / "nemo.sqsh").write_bytes(b"hsqs")
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert f"pass  container.image: squashfs image readable: {tmp_path}/nemo.sqsh" in p.stdout
+    spec.write_text(spec.read_text().replace(f"{tmp_path}/nemo.sqsh", "nvcr.io#nvidia/nemo:25.02.rc3"))
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert "pass  container.image: enroot URI well formed: nvcr.io#nvidia/nemo:25.02.rc3" in p.stdout
+
+
+def test_offline_assets_and_free_space(tmp_path: Path, slurm_cluster: str) -> None:
+    # cosmos-12b, a checkpoint every step for 100,000 steps: far more than any test disk holds
+    spec = write_spec(tmp_path, "[finetune]\nmax_steps = 100000\nsave_every = 1\n", preset="cosmos-12b")
+    spec.write_text(spec.read_text().replace("height = 48\nwidth = 64", "height = 320\nwidth = 512"))
+    p = harness("doctor", str(spec), cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2
+    failed = lines(p.stdout, "fail")
+    assert failed[0].startswith("fail  tokenizer.encoder: encoder 'nvidia/Cosmos-0.1-Tokenizer-DV4x8x8' present: "
+                                f"not in the HF cache {tmp_path}/hf and HF_HUB_OFFLINE=1"), p.stdout
+    space = [ln for ln in failed if "free space" in ln]
+    assert len(space) == 1 and space[0].startswith("fail  run.workdir, assets.hf_home: free space for ~")
+    assert "checkpoints" in space[0] and " free on " in space[0]
+
+
+def test_without_a_controller_slurm_checks_are_skipped_with_the_reason(tmp_path: Path, no_slurm: None) -> None:
+    p = harness("doctor", str(write_spec(tmp_path)), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout
+    assert ("skip  *.partition: Slurm partitions, accounts, QOS, nodes, time limits: sbatch not found on PATH: the "
+            "run would use submitit's local executor") in p.stdout
+    assert not lines(p.stdout, "fail")
+
+
+def test_inputs_not_readable(tmp_path: Path, no_slurm: None) -> None:
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace(f'videos = "{tmp_path}/videos"', f'videos = "{tmp_path}/nope"'))
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2
+    assert lines(p.stdout, "fail") == [f"fail  data.videos: inputs listed: = '{tmp_path}/nope': not a directory"]
+
+
+@pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("30", 30), ("02:00:00", 120), ("1-00:00:00", 1440),
+                                          ("2-12", 3600), ("00:30:01", 31), ("45:00", 45)])
+def test_slurm_time_format(text: str, minutes: int | None) -> None:
+    assert slurmcli.parse_time_min(text) == minutes
+
+
+def test_gres_gpu_count() -> None:
+    assert [slurmcli.gres_gpus(g) for g in ("(null)", "gpu:8", "gpu:h100:4(S:0-1),gpu:a100:2", "shard:8")] == \
+        [0, 8, 6, 0]
+
+
+def test_enroot_uri_shapes() -> None:
+    good = ["nvcr.io#nvidia/nemo:25.02.rc3", "nvidia/nemo:25.02", "ubuntu", "user@registry.local:5000#team/img:v1"]
+    bad = ["nvcr.io#nvidia/nemo:25.02 rc3", "nvcr.io##x", "Ubuntu:", "nvcr.io#nvidia/nemo:"]
+    assert all(doctor._ENROOT_URI.match(u) for u in good)
+    assert not any(doctor._ENROOT_URI.match(u) for u in bad)

@@ -1,0 +1,94 @@
+"""Estimates in `harness plan` (issue 15 item 3): the rates are the committed bench figures, and the stage
+times follow from the token math by the stated rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import estimate, footprint, plan, spec as spec_mod
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "results" / "bench" / "h200"
+
+
+def seed(**finetune: int) -> spec_mod.RunSpec:
+    s = spec_mod.load(REPO / "configs" / "cosmos-4b-dv4x8x8.toml")
+    return dataclasses.replace(s, finetune=dataclasses.replace(s.finetune, **finetune)) if finetune else s
+
+
+def build(s: spec_mod.RunSpec, n: int = 10_000) -> plan.Plan:
+    return plan.build(s, plan.Facts(num_inputs=n, max_array_size=1001, nodes_available=4))
+
+
+def test_rates_are_the_committed_bench_figures() -> None:
+    train = json.loads((BENCH / "train-cosmos-4b-12800.json").read_text())
+    assert train["preset"] == "cosmos-4b" and train["seq"] == 12_800 and train["precision"] == "bf16-mixed"
+    assert estimate.TRAIN.value == pytest.approx(train["tokens_per_s"], rel=1e-3)
+    gen = json.loads((BENCH / "generate.json").read_text())["results"]
+    assert (gen[1]["batch"], gen[1]["mode"], gen[3]["batch"], gen[3]["mode"]) == (1, "graph", 8, "graph")
+    assert estimate.GENERATE_B1.value == pytest.approx(gen[1]["tokens_per_s"], rel=1e-3)
+    assert estimate.GENERATE_B8.value == pytest.approx(gen[3]["tokens_per_s"], rel=1e-3)
+    tok = json.loads((BENCH / "tokenize-dv-cuda.json").read_text())
+    assert estimate.TOKENIZE.value == pytest.approx(tok["harness"]["clips_per_s"], rel=1e-2)
+    ev = json.loads((BENCH / "eval.json").read_text())
+    assert estimate.EVALUATE.value == pytest.approx(ev["pairs"] / ev["median_s"]["harness"], rel=1e-2)
+    assert estimate.TP_EFFICIENCY == pytest.approx(0.699 / (2 * 0.388))
+
+
+def test_finetune_time_from_the_token_math() -> None:
+    p = build(seed(tensor_parallel=1, gpus_per_node=1))
+    e = estimate.finetune(p)
+    assert e.wall_s == pytest.approx(100 * 12_800 / estimate.TRAIN.value)
+    assert e.gpu_hours == pytest.approx(e.wall_s / 3600)
+    assert "100 steps x 12,800 tokens at ~18,577 tokens/s/GPU on 1 GPU(s)" in e.how
+    p8 = build(seed())  # the seed: TP 8 on 8 GPUs
+    e8 = estimate.finetune(p8)
+    assert e8.wall_s == pytest.approx(100 * 12_800 / (estimate.TRAIN.value * estimate.TP_EFFICIENCY * 8))
+    big = dataclasses.replace(seed(tensor_parallel=1, gpus_per_node=1),
+                              model=dataclasses.replace(seed().model, preset="cosmos-12b"))
+    ratio = big.preset.params / estimate.REF_PARAMS
+    assert estimate.finetune(build(big)).wall_s == pytest.approx(e.wall_s * ratio)
+
+
+def test_tokenize_infer_evaluate() -> None:
+    p = build(seed())
+    t = estimate.tokenize(p)
+    assert t.wall_s == pytest.approx(100 / estimate.TOKENIZE.value)  # 10,000 clips over 100 shards
+    assert t.gpu_hours == pytest.approx(10_000 / estimate.TOKENIZE.value / 3600)
+    i = estimate.infer(p)  # 8 videos in one batch of 8, 5x40x64 grid with 2 context latent frames
+    assert i.wall_s == pytest.approx(3 * 40 * 64 * 8 / estimate.GENERATE_B8.value)
+    assert i.gpu_hours == pytest.approx(i.wall_s * 4 / 3600)  # 4 checkpoints, 1 GPU each
+    e = estimate.evaluate(p)
+    assert e.wall_s == pytest.approx(8 / estimate.EVALUATE.value)
+
+
+def test_cpu_only_stages_are_not_estimated() -> None:
+    p = build(spec_mod.load(REPO / "configs" / "quickstart.toml"), 12)
+    text = "\n".join(estimate.lines(p))
+    assert "finetune: not estimated (no GPUs requested" in text
+    assert "tokenize: not estimated" in text and "infer: not estimated" in text
+
+
+def test_checkpoint_footprint() -> None:
+    p = build(seed())
+    ck = next(i for i in footprint.items(p) if i.what == "checkpoints")
+    assert ck.bytes == 4 * p.spec.preset.params * 14  # bf16 weights + fp32 master + two Adam moments
+
+
+def test_plan_prints_estimates_with_their_sources(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250", "PATH": os.environ["PATH"]}
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(REPO / "configs" / "cosmos-4b-dv4x8x8.toml"),
+                        "--num-inputs", "10000"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    est = [ln for ln in p.stdout.splitlines() if ln.startswith("estimate:")]
+    assert [ln.split(":")[1].split()[0] for ln in est] == ["tokenize", "finetune", "infer", "evaluate", "writes"]
+    assert est[4] == ("estimate: writes ~225.3 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
+                      "checkpoints 224.8 GB; generated videos 22.3 MB)")
+    assert "train-cosmos-4b-12800.json" in est[1] and "GPU-hours" in est[1]

@@ -1,0 +1,54 @@
+"""`harness evaluate` on real mp4 files: a table per video and the mean in the terminal, the JSON in a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from harness.synth import smooth_clip
+from harness.video import write_mp4
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}, timeout=300)
+
+
+def test_table_and_json_file(tmp_path: Path) -> None:
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["alpha", "beta"]):
+        clip = smooth_clip(9, 48, 64, i)
+        write_mp4(ref / f"{name}.mp4", clip, 25, crf=4)
+        noisy = np.clip(clip.astype(np.int16) + rng.integers(-20, 21, clip.shape), 0, 255).astype(np.uint8)
+        write_mp4(gen / f"{name}.mp4", noisy, 25, crf=4)
+    write_mp4(ref / "gamma.mp4", smooth_clip(9, 48, 64, 5), 25, crf=4)  # never generated
+
+    p = run_cli("evaluate", "--reference", str(ref), "--generated", str(gen), "--backend", "fast", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    data = json.loads((gen / "evaluate.json").read_text())
+    assert [v["name"] for v in data["videos"]] == ["alpha", "beta"] and data["missing_generated"] == ["gamma"]
+    out = p.stdout
+    assert "{" not in out, "the JSON goes to the file, not the terminal"
+    rows = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") >= 6}
+    for v in data["videos"]:
+        assert f"{v['psnr']:.2f}" in rows[v["name"]] and f"{v['ssim']:.4f}" in rows[v["name"]]
+        assert "9 (0-8 vs 0-8)" in rows[v["name"]]
+    mean = rows["mean of 2"]
+    assert f"{data['mean']['psnr']:.2f}" in mean and f"{data['mean']['ssim']:.4f}" in mean
+    assert "not generated: gamma" in out
+    assert f"wrote {gen / 'evaluate.json'}" in out.replace("\n", "")
+
+    custom = tmp_path / "out" / "scores.json"
+    p = run_cli("evaluate", "--reference", str(ref), "--generated", str(gen), "--out", str(custom), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(custom.read_text())["mean"]["videos"] == 2

@@ -1,0 +1,73 @@
+"""Small operator-facing defects of issue 15 item 9: quickstart --assets, the README's command list and spec
+reference, and the CLI's own description."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import docs, quickstart, spec as spec_mod
+from harness.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_assets_folder_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shipped = REPO / "configs" / "quickstart.toml"
+    assert quickstart.spec_for(shipped, Path(".quickstart")) == shipped
+    assets = tmp_path / "my assets \"q\""
+    derived = quickstart.spec_for(shipped, assets)
+    assert derived.parent == assets
+    s = spec_mod.absolutize(spec_mod.load(derived), tmp_path)
+    for value in (s.tokenizer.encoder, s.tokenizer.decoder, s.data.videos, s.assets.hf_home):
+        assert value.startswith(str(assets) + "/"), value
+    assert ".quickstart" not in derived.read_text().split("[run]", 1)[1]
+    assert s.run.workdir == str(tmp_path / "runs")
+
+
+def test_update_readme_replaces_only_its_section(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\nintro\n\n## Spec reference\n\nold table\n\n## After\n\nkept text\n")
+    docs.update_readme(str(readme))
+    text = readme.read_text()
+    assert text.startswith("# t\n\nintro\n\n## Spec reference\n") and "old table" not in text
+    assert text.endswith("\n## After\n\nkept text\n") and docs.spec_reference_markdown() in text
+    docs.update_readme(str(readme))
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("# only a title\n")
+    docs.update_readme(str(readme))
+    assert readme.read_text() == "# only a title\n\n" + docs.spec_reference_markdown()
+
+
+def test_spec_reference_speaks_toml() -> None:
+    types = {key: tp for key, tp, _, _ in spec_mod.reference()}
+    assert types["data.split"] == "array of integers"
+    assert types["data.extensions"] == "array of strings"
+    assert types["container.env"] == "table of strings"
+    assert types["finetune.lr"] == "float" and types["run.seed"] == "integer" and types["run.name"] == "string"
+    assert types["finetune.engine"] == "'auto' | 'nemo' | 'mcore'"
+    assert not [tp for tp in types.values() if re.search(r"\b(tuple|Mapping|str|int|float\])\b", tp)]
+
+
+def test_readme_command_list_names_every_command_and_flag() -> None:
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Commands", 1)[1].split("```", 2)[1]
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in sub.choices:  # type: ignore[union-attr]
+        assert f"harness {name}" in block, name
+    for flag in ("status RUN [--watch] [--all]", "--stderr", "--executor", "--no-doctor", "runs"):
+        assert flag in block, flag
+
+
+def test_cli_description_is_for_users() -> None:
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    head = p.stdout.split("positional arguments", 1)[0]
+    assert "Cosmos" in head and "Slurm" in head and "nothing else is caught" not in head
