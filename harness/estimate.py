@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from harness import models
+from harness import plan as plan_mod
 from harness.plan import Plan
 
 
@@ -27,12 +28,21 @@ REF_PIXELS = 17 * 320 * 512
 
 TRAIN = Rate(18_577, "tokens/s/GPU", "results/bench/h200/train-cosmos-4b-12800.json tokens_per_s: H200, cosmos-4b, "
                                      "TP 1, seq 12,800, bf16-mixed, MFU 0.517")
-TP1_STEP = Rate(0.699, "s/step", "DESIGN.md section 7: 2 x H200, cosmos-4b, seq 12,800, TP=1")
-TP2_STEP = Rate(0.388, "s/step", "DESIGN.md section 7: 2 x H200 (NVLink), cosmos-4b, seq 12,800, TP=2")
+TP1_STEP = Rate(0.689, "s/step", "results/bench/h200/train-cosmos-4b-12800.json median_step_s: H200, cosmos-4b, "
+                                  "seq 12,800, TP=1")
+TP2_STEP = Rate(0.3818, "s/step", "results/bench/h200x2/train-cosmos-4b-12800-tp2-dp1.json median_step_s: "
+                                  "2 x H200 (NVLink), cosmos-4b, seq 12,800, TP=2")
 TP_EFFICIENCY = TP1_STEP.value / (2 * TP2_STEP.value)
 """Per-GPU throughput at TP 2 relative to TP 1 (0.90); assumed for every TP > 1, which is optimistic beyond 2."""
 GENERATE_B1 = Rate(368.7, "tokens/s", "results/bench/h200/generate.json results[1]: batch 1, CUDA graph, cosmos-4b")
 GENERATE_B8 = Rate(2_158, "tokens/s", "results/bench/h200/generate.json results[3]: batch 8, CUDA graph, cosmos-4b")
+GENERATE_B32 = Rate(3_466, "tokens/s", "results/bench/h200/generate-whole-video.json results[0]: batch 32, whole "
+                                       "videos (7,680 new tokens), CUDA graph, cosmos-4b")
+GENERATE_B64 = Rate(5_215, "tokens/s", "results/bench/h200/generate-whole-video.json results[1]: batch 64, whole "
+                                       "videos, CUDA graph, cosmos-4b (133.8 GiB peak: the auto batch on an H200)")
+GENERATE = ((1, GENERATE_B1), (8, GENERATE_B8), (32, GENERATE_B32), (64, GENERATE_B64))
+AUTO_BATCH = 64
+"""What infer.batch_size = 0 picks for Cosmos-4B on an H200 (harness.cosmos.generate.max_batch)."""
 TOKENIZE = Rate(35.2, "clips/s/GPU", "results/bench/h200/tokenize-dv-cuda.json harness.clips_per_s: 17x320x512, "
                                      "DV4x8x8-sized encoder, 14 decode workers")
 EVALUATE = Rate(122, "pairs/s", "results/bench/h200/eval.json pairs / median_s.harness (64 / 0.523 s): 17x320x512, "
@@ -71,23 +81,36 @@ def finetune(plan: Plan) -> StageEstimate:
                           f"optimistic beyond TP 2" if eff != 1.0 else "") + ")")
 
 
+def generate_rate(batch: int) -> tuple[float, str]:
+    """tokens/s at `batch`, linear between the measured batch sizes (clamped to the largest), with its sources."""
+    pts = [(b, r) for b, r in GENERATE if b <= batch] or [GENERATE[0]]
+    lo = pts[-1]
+    hi = next(((b, r) for b, r in GENERATE if b > batch), None)
+    if hi is None or lo[0] == batch:
+        return lo[1].value, lo[1].source
+    frac = (batch - lo[0]) / (hi[0] - lo[0])
+    return lo[1].value + (hi[1].value - lo[1].value) * frac, f"between {lo[1].source} and {hi[1].source}"
+
+
 def infer(plan: Plan) -> StageEstimate:
     spec, tm = plan.spec, plan.token_math
     i = spec.infer
-    gen = tm.video_tokens - i.context_latent_frames * tm.grid.h * tm.grid.w
-    batch = min(i.batch_size, i.max_inputs)
-    b = min(max(batch, 1), 8)  # linear between the measured batch 1 and batch 8 figures
-    rate = (GENERATE_B1.value + (GENERATE_B8.value - GENERATE_B1.value) * (b - 1) / 7) / _model_scale(plan)
-    per_task = math.ceil(i.max_inputs / batch) * gen * batch / rate
-    gpus = max(1, i.gpus_per_node) * i.nodes
-    tasks = plan.stage("infer").tasks
     if not i.gpus_per_node:
         return StageEstimate("infer", None, None, "no GPUs requested: the figures are GPU figures")
+    gen = tm.video_tokens - i.context_latent_frames * tm.grid.h * tm.grid.w
+    first = plan_mod.infer_task(spec, 0)
+    per_task_inputs = first.stop - first.start
+    batch = max(1, min(i.batch_size or AUTO_BATCH, per_task_inputs))
+    measured, source = generate_rate(batch)
+    rate = measured / _model_scale(plan)
+    per_task = math.ceil(per_task_inputs / batch) * gen * batch / rate
+    gpus = i.gpus_per_node * i.nodes
+    tasks = plan.stage("infer").tasks
     return StageEstimate("infer", per_task, per_task * gpus * tasks / 3600,
-                         f"{tasks} checkpoint(s) x {i.max_inputs} video(s) x {gen:,} generated tokens at "
-                         f"~{rate:,.0f} tokens/s (batch {batch}, between {GENERATE_B1.value:,.0f} at batch 1 and "
-                         f"{GENERATE_B8.value:,.0f} at batch 8: {GENERATE_B8.source.split(' results')[0]}; x "
-                         f"{1 / _model_scale(plan):.2f} for {spec.model.preset}'s parameters)")
+                         f"{tasks} task(s) ({len(plan.checkpoint_steps)} checkpoint(s) x "
+                         f"{plan_mod.infer_shards(i)} input shard(s)) x {per_task_inputs} video(s) x {gen:,} generated "
+                         f"tokens at ~{rate:,.0f} tokens/s (batch {batch}{' (auto)' if not i.batch_size else ''}: "
+                         f"{source}; x {1 / _model_scale(plan):.2f} for {spec.model.preset}'s parameters)")
 
 
 def tokenize(plan: Plan) -> StageEstimate:
@@ -104,12 +127,14 @@ def tokenize(plan: Plan) -> StageEstimate:
 
 
 def evaluate(plan: Plan) -> StageEstimate:
-    v, i = plan.spec.video, plan.spec.infer
+    v = plan.spec.video
+    first = plan_mod.infer_task(plan.spec, 0)
+    pairs = first.stop - first.start
     rate = EVALUATE.value * REF_PIXELS / (v.num_frames * v.height * v.width)
-    per_task = i.max_inputs / rate
+    per_task = pairs / rate
     gpus = plan.spec.evaluate.gpus_per_node * plan.spec.evaluate.nodes
     return StageEstimate("evaluate", per_task, per_task * gpus * plan.stage("evaluate").tasks / 3600 if gpus else 0.0,
-                         f"{i.max_inputs} pair(s) a checkpoint at ~{rate:,.0f} pairs/s ({EVALUATE.source})")
+                         f"{pairs} pair(s) a task at ~{rate:,.0f} pairs/s ({EVALUATE.source})")
 
 
 def all_stages(plan: Plan) -> list[StageEstimate]:

@@ -39,7 +39,13 @@ def test_rates_are_the_committed_bench_figures() -> None:
     assert estimate.TOKENIZE.value == pytest.approx(tok["harness"]["clips_per_s"], rel=1e-2)
     ev = json.loads((BENCH / "eval.json").read_text())
     assert estimate.EVALUATE.value == pytest.approx(ev["pairs"] / ev["median_s"]["harness"], rel=1e-2)
-    assert estimate.TP_EFFICIENCY == pytest.approx(0.699 / (2 * 0.388))
+    whole = json.loads((BENCH / "generate-whole-video.json").read_text())["results"]
+    assert [(r["batch"], r["new_tokens"]) for r in whole] == [(32, 7680), (64, 7680)]
+    assert estimate.GENERATE_B32.value == pytest.approx(whole[0]["tokens_per_s"], rel=1e-3)
+    assert estimate.GENERATE_B64.value == pytest.approx(whole[1]["tokens_per_s"], rel=1e-3)
+    tp2 = json.loads((BENCH.parent / "h200x2" / "train-cosmos-4b-12800-tp2-dp1.json").read_text())
+    assert estimate.TP1_STEP.value == pytest.approx(train["median_step_s"], rel=1e-3)
+    assert estimate.TP2_STEP.value == pytest.approx(tp2["median_step_s"], rel=1e-3)
 
 
 def test_finetune_time_from_the_token_math() -> None:
@@ -62,11 +68,17 @@ def test_tokenize_infer_evaluate() -> None:
     t = estimate.tokenize(p)
     assert t.wall_s == pytest.approx(100 / estimate.TOKENIZE.value)  # 10,000 clips over 100 shards
     assert t.gpu_hours == pytest.approx(10_000 / estimate.TOKENIZE.value / 3600)
-    i = estimate.infer(p)  # 8 videos in one batch of 8, 5x40x64 grid with 2 context latent frames
-    assert i.wall_s == pytest.approx(3 * 40 * 64 * 8 / estimate.GENERATE_B8.value)
-    assert i.gpu_hours == pytest.approx(i.wall_s * 4 / 3600)  # 4 checkpoints, 1 GPU each
+    # the seed: 10,000 inputs -> test split 833 -> 7 shards of <= 125 videos per checkpoint, auto batch (64 on an
+    # H200): two batches a task of 3x40x64 generated tokens (2 context latent frames of 5x40x64)
+    assert p.spec.infer.max_inputs == 833 and plan.infer_shards(p.spec.infer) == 7 and p.spec.infer.batch_size == 0
+    i = estimate.infer(p)
+    assert i.wall_s == pytest.approx(2 * 64 * 3 * 40 * 64 / estimate.GENERATE_B64.value)
+    assert i.gpu_hours == pytest.approx(i.wall_s * 4 * 7 / 3600)  # 4 checkpoints x 7 shards, 1 GPU each
+    assert estimate.generate_rate(8)[0] == estimate.GENERATE_B8.value
+    assert estimate.generate_rate(20)[0] == pytest.approx((estimate.GENERATE_B8.value + estimate.GENERATE_B32.value) / 2)
+    assert estimate.generate_rate(500)[0] == estimate.GENERATE_B64.value
     e = estimate.evaluate(p)
-    assert e.wall_s == pytest.approx(8 / estimate.EVALUATE.value)
+    assert e.wall_s == pytest.approx(125 / estimate.EVALUATE.value)
 
 
 def test_cpu_only_stages_are_not_estimated() -> None:
@@ -89,6 +101,6 @@ def test_plan_prints_estimates_with_their_sources(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     est = [ln for ln in p.stdout.splitlines() if ln.startswith("estimate:")]
     assert [ln.split(":")[1].split()[0] for ln in est] == ["tokenize", "finetune", "infer", "evaluate", "writes"]
-    assert est[4] == ("estimate: writes ~225.3 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
-                      "checkpoints 224.8 GB; generated videos 22.3 MB)")
+    assert est[4] == ("estimate: writes ~227.6 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
+                      "checkpoints 224.8 GB; generated videos 2.3 GB)")  # 4 checkpoints x 833 videos
     assert "train-cosmos-4b-12800.json" in est[1] and "GPU-hours" in est[1]
