@@ -62,6 +62,9 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
     f = spec.finetune
     want = spec_mod.ranks_per_node(f) * f.nodes
     env = rank_env()
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    log.info("finetune rank %d of %d (local %d) on node %s, rendezvous %s:%d (%s)", env.rank, env.world,
+             env.local_rank, node, env.master_addr, env.master_port, env.source)
     if env.world == want:
         run_rank(spec, paths)
     elif env.world == 1 and f.nodes == 1:
