@@ -28,6 +28,7 @@ from reliability_helpers import (harness, job_ids_from, run_dir_from, sacct_hist
 pytestmark = pytest.mark.slurm
 
 STEPS, SAVE_EVERY = 8, 2
+"""Six steps after the first checkpoint: time for the test to see it and requeue the job while it runs."""
 LOSS_TOL = 1e-6
 """Relative tolerance on each step's loss and grad norm (fp32 over gloo; seen: exactly equal)."""
 
