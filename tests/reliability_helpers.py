@@ -102,6 +102,13 @@ def run_dir_from(stdout: str, workdir: Path) -> Path:
     return root
 
 
+def sacct_history(job: str) -> list[str]:
+    """Every attempt's state of one job or array task (-D: requeued attempts too), as JobID|State|NodeList."""
+    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job, "-o", "JobID,State,NodeList"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
 def states_by_stage(ids: dict[str, str]) -> dict[str, dict[str, str]]:
     acct = slurmcli.sacct(list(ids.values()))
     return {st: {k: v.state for k, v in acct.items() if k.split("_")[0] == jid} for st, jid in ids.items()}

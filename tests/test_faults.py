@@ -17,19 +17,12 @@ import pytest
 from harness import synth
 from harness.launch import slurmcli
 from harness.rundir import RunPaths, is_done, read_json
-from reliability_helpers import (FINAL, harness, states_by_stage, submit_partial, task_process, tiny_spec,
-                                 wait_for, wait_stages)
+from reliability_helpers import (FINAL, harness, sacct_history, states_by_stage, submit_partial, task_process,
+                                 tiny_spec, wait_for, wait_stages)
 
 pytestmark = pytest.mark.slurm
 DATA = ("stage-assets", "tokenize", "merge")
 SLURM_RUN = Path(os.environ.get("TMPDIR", "/tmp")) / "harness-slurm" / "run"
-
-
-def sacct_history(job: str) -> list[str]:
-    """Every attempt's state of one job or array task (-D: requeued attempts too)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job, "-o", "JobID,State,NodeList"],
-                         capture_output=True, text=True, timeout=30).stdout
-    return [ln for ln in out.splitlines() if ln.strip()]
 
 
 def resume_cli(root: Path, cwd: Path) -> dict[str, str]:

@@ -72,10 +72,19 @@ class _HostStream:
         return None
 
 
+def _seed_cpu(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
 def _patch_rng() -> None:
     # tensor_parallel/random.py: CudaRNGStatesTracker.add() calls torch.cuda.get_rng_state()/manual_seed, and
     # fork()/CheckpointFunction go through _get_cuda_rng_state/_set_cuda_rng_state, which read
     # torch.cuda.default_generators. On CPU the tracked states are CPU generator states.
+    # model_parallel_cuda_manual_seed seeds "the default state" with torch.cuda.manual_seed(seed): the same seed
+    # on every rank of a data-parallel group, which is what keeps DP replicas identical. On CPU that default state
+    # is the CPU generator, and it is also the one use_cpu_initialization (layers.py _initialize_affine_weight_cpu:
+    # `init_method(master_weight)`) draws the initial weights from; a no-op here left every rank's weights to its
+    # process's unseeded generator, so DP replicas started different and run.seed did not fix the init.
     from megatron.core.tensor_parallel import random as mr
 
     def get_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
@@ -98,7 +107,7 @@ def _patch_rng() -> None:
     mr._get_cuda_rng_state = get_state
     mr._set_cuda_rng_state = set_state
     mr.CudaRNGStatesTracker.add = add
-    torch.cuda.manual_seed = lambda seed: None  # type: ignore[assignment]
+    torch.cuda.manual_seed = _seed_cpu  # type: ignore[assignment]
     torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()  # type: ignore[assignment]
     torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)  # type: ignore[assignment]
 

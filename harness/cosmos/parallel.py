@@ -7,6 +7,7 @@ import datetime
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -41,8 +42,8 @@ def rank_env(environ: dict[str, str] | None = None) -> RankEnv:
                        env.get("MASTER_ADDR", "127.0.0.1"), port or 29500, "torchrun")
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         job = int(env.get("SLURM_JOB_ID", "0") or 0)
-        addr = env.get("MASTER_ADDR") or first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
-                                                    or env.get("SLURM_NODELIST", ""))
+        addr = env.get("MASTER_ADDR") or node_address(first_host(
+            env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")))
         return RankEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
                        addr, port or 20000 + job % 20000, "slurm")
     if int(env.get("SUBMITIT_LOCAL_NTASKS", "1") or 1) > 1:  # submitit's local executor, tasks_per_node > 1
@@ -75,9 +76,28 @@ def first_host(nodelist: str) -> str:
     return prefix + first
 
 
-def _free_port() -> int:
-    import socket
+def node_address(host: str) -> str:
+    """Where the other nodes reach `host`: the name itself where it resolves (a real cluster's node names do),
+    else the NodeAddr Slurm reaches that node's slurmd at (node names Slurm alone knows, e.g. virtual nodes)."""
+    try:
+        socket.getaddrinfo(host, None)
+        return host
+    except (socket.gaierror, UnicodeError):
+        pass
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "node", host], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout
+            m = re.search(r"\bNodeAddr=(\S+)", out)
+            if m:
+                return m.group(1)
+        except (subprocess.SubprocessError, OSError):
+            pass
+    raise HarnessError(f"rendezvous host {host!r} does not resolve and Slurm names no NodeAddr for it "
+                       f"(set MASTER_ADDR)")
 
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

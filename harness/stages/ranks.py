@@ -28,6 +28,9 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes:
     from harness.cosmos.parallel import rank_env
 
     env = rank_env()
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    log.info("%s rank %d of %d (local %d) on node %s, rendezvous %s:%d (%s)", what.split()[0], env.rank, env.world,
+             env.local_rank, node, env.master_addr, env.master_port, env.source)
     if env.world == want:
         _call(target, spec, task, paths)
     elif env.world == 1 and nodes == 1:
