@@ -76,8 +76,8 @@ def finetune(plan: Plan) -> StageEstimate:
                          f"{f.max_steps:,} steps x {f.global_batch_size * tm.sample_length:,} tokens at ~{rate:,.0f} "
                          f"tokens/s/GPU on {gpus} GPU(s) ({TRAIN.source}; x {1 / _model_scale(plan):.2f} for "
                          f"{plan.spec.model.preset}'s parameters" +
-                         (f"; x {eff:.2f} for TP {f.tensor_parallel}, the TP 2 / TP 1 per-GPU ratio of "
-                          f"DESIGN.md section 7 ({TP1_STEP.value} vs {TP2_STEP.value} s/step on 2 GPUs), "
+                         (f"; x {eff:.2f} for TP {f.tensor_parallel}, the TP 2 / TP 1 per-GPU ratio measured "
+                          f"({TP1_STEP.value} s/step on 1 H200 vs {TP2_STEP.value} on 2: results/bench/h200*), "
                           f"optimistic beyond TP 2" if eff != 1.0 else "") + ")")
 
 
