@@ -13,6 +13,7 @@ import pytest
 
 from harness import doctor
 from harness.launch import slurmcli
+from fixtures_data import session_standins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,3 +188,23 @@ def test_enroot_uri_shapes() -> None:
     bad = ["nvcr.io#nvidia/nemo:25.02 rc3", "nvcr.io##x", "Ubuntu:", "nvcr.io#nvidia/nemo:"]
     assert all(doctor._ENROOT_URI.match(u) for u in good)
     assert not any(doctor._ENROOT_URI.match(u) for u in bad)
+
+
+def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, no_slurm: None,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A tiny stand-in (harness.cosmos.pretrained.write_tiny_pretrained): the matching one passes, one with a
+    64,064-row output layer fails naming that tensor, a hub id not in the cache is skipped with why."""
+    standins = session_standins(tmp_path_factory)
+    spec = write_spec(tmp_path)
+    base = spec.read_text()
+    key = "model.checkpoint: checkpoint tensors fit model.preset: "
+    for source, status, needle in (
+            (standins["weights"], "pass", "all names and shapes match"),
+            (standins["bad"], "fail", "1 problem(s) against 'tiny', first: "
+                                      "module.output_layer.weight is [64064, 64], model needs [64000, 64]"),
+            ("nvidia/Not-Cached-Here", "skip", "not in the HF cache yet: stage-assets checks it after downloading")):
+        spec.write_text(base.replace('preset = "tiny"', f'preset = "tiny"\ncheckpoint = "{source}"'))
+        p = harness("doctor", str(spec), cwd=tmp_path)
+        line = [ln for ln in p.stdout.splitlines() if key in ln]
+        assert len(line) == 1 and line[0].startswith(f"{status:<4}  {key}") and needle in line[0], p.stdout
+        assert p.returncode == (2 if status == "fail" else 0), p.stdout
