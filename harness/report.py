@@ -1,5 +1,6 @@
 """The run report: what the data, training and evaluation stages produced, as rich tables in the terminal
-and as results files (`report.md`, `report.json`, PNG plots) under `<run.results_dir>/<run id>/`.
+and as results files (`report.md`, `report.json`, PNG plots, and `report.html` with its `media/`, see
+`harness.report_html`) under `<run.results_dir>/<run id>/`.
 
 It reads only the run directory's result files (dataset summary, metrics.jsonl, eval/step-*.json); the
 caller passes the failures it knows about (`harness report` from squeue/sacct, the report stage from the

@@ -85,11 +85,11 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def subsample(n: int, k: int = SHEET_COLUMNS) -> list[int]:
-    """k evenly spaced indices of range(n), first and last included (all of them when n <= k)."""
-    if n <= k:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+def subsample(n: int, k: int = SHEET_COLUMNS, keep: Sequence[int] = ()) -> list[int]:
+    """k evenly spaced indices of range(n), first and last included (all of them when n <= k), plus `keep`
+    (the last context and the first predicted frame: where the model takes over is what one looks for)."""
+    even = range(n) if n <= k else (round(i * (n - 1) / (k - 1)) for i in range(k))
+    return sorted(set(even) | {i for i in keep if 0 <= i < n})
 
 
 def media_names(sample: Sample) -> tuple[str, str, str]:
@@ -102,18 +102,19 @@ def media_names(sample: Sample) -> tuple[str, str, str]:
 def contact_sheet(ref: np.ndarray, gen: np.ndarray, labels: Sequence[str], context: Sequence[bool]) -> bytes:
     """PNG of the reference row over the generated row, one column per label; context columns framed in
     CONTEXT_RGB and labelled `ctx`, predicted ones in PREDICTED_RGB."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     n, h, w = len(labels), ref.shape[1], ref.shape[2]
     tw = THUMB_WIDTH
     th = max(1, round(h * tw / w))
-    pad, border, head, side = 6, 3, 18, 78
+    pad, border, head, side = 6, 3, 22, 92
+    font = ImageFont.load_default(size=14)
     cell_w, cell_h = tw + 2 * border, th + 2 * border
     sheet = Image.new("RGB", (side + n * (cell_w + pad) + pad, head + 2 * (cell_h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     for row, (frames, title) in enumerate(((ref, "reference"), (gen, "generated"))):
         y = head + pad + row * (cell_h + pad)
-        draw.text((pad, y + cell_h // 2 - 6), title, fill="black")
+        draw.text((pad, y + cell_h // 2 - 8), title, fill="black", font=font)
         for col in range(n):
             x = side + pad + col * (cell_w + pad)
             colour = CONTEXT_RGB if context[col] else PREDICTED_RGB
@@ -121,7 +122,7 @@ def contact_sheet(ref: np.ndarray, gen: np.ndarray, labels: Sequence[str], conte
             thumb = Image.fromarray(frames[col]).resize((tw, th), Image.BILINEAR)
             sheet.paste(thumb, (x + border, y + border))
             if row == 0:
-                draw.text((x + 2, 3), labels[col], fill=colour)
+                draw.text((x + 2, 3), labels[col], fill=colour, font=font)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -129,9 +130,11 @@ def contact_sheet(ref: np.ndarray, gen: np.ndarray, labels: Sequence[str], conte
 
 def _sheet_for(sample: Sample, ref: np.ndarray, gen: np.ndarray) -> bytes:
     """ref: the compared reference frames in pair order; gen: every generated frame."""
-    cols = subsample(len(sample.generated_frames))
-    g = [sample.generated_frames[k] for k in cols]
-    labels = [f"{'ctx' if gi < sample.context_frames else 'f'} {gi}" for gi in g]
+    g_all = sample.generated_frames
+    ctx = [gi < sample.context_frames for gi in g_all]
+    cols = subsample(len(g_all), keep=[b for k in range(1, len(ctx)) if ctx[k - 1] != ctx[k] for b in (k - 1, k)])
+    g = [g_all[k] for k in cols]
+    labels = [f"{'ctx ' if gi < sample.context_frames else ''}{gi}" for gi in g]
     return contact_sheet(ref[cols], gen[g], labels, [gi < sample.context_frames for gi in g])
 
 
@@ -174,6 +177,7 @@ table{border-collapse:collapse;margin:6px 0 18px}th,td{border:1px solid #ccc;pad
 font-size:13px}th{background:#f3f4f6}h2{margin-top:28px;border-bottom:1px solid #ddd}
 .pair{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}.pair figure{margin:0}
 figcaption{font-size:12px;color:#444}video{background:#000;width:320px}.sample{margin:12px 0 22px}
+.sample img{max-width:100%;height:auto}
 .bad{color:#b91c1c;font-weight:600}.legend span{padding:0 6px;color:#fff;border-radius:3px}"""
 
 SCRIPT = """window.addEventListener('load', function () {
@@ -235,7 +239,7 @@ def page(title: str, tables: Sequence[tuple[str, Sequence[str], Sequence[Sequenc
     if plots:
         parts.append("<h2>Plots</h2>")
         parts += [f'<img alt="{e(n)}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
-                  for n, b in sorted(plots.items())]
+                  for n, b in plots.items()]
     if media:
         parts.append("<h2>Videos</h2><p class='legend'>Left the reference (the frames evaluate compared), right "
                      f"the generation. Contact sheets: <span style='background:rgb{CONTEXT_RGB}'>context</span> "

@@ -81,7 +81,9 @@ def test_good_spec_passes_every_check_on_the_local_cluster(tmp_path: Path, slurm
     assert "skip  tokenizer.encoder: encoder 'nvidia/Cosmos-0.1-Tokenizer-DV4x8x8' present: not in the HF cache" in out
     assert "pass  run.workdir: writable" in out and "pass  assets.hf_home: writable" in out
     assert "pass  run.workdir, assets.hf_home: free space for ~" in out
-    assert out.strip().splitlines()[-1].endswith("22 passed, 0 failed, 3 skipped")
+    assert "skip  model.checkpoint: checkpoint tensors fit model.preset: no checkpoint (model.checkpoint = '': " \
+           "random init)" in out
+    assert out.strip().splitlines()[-1].endswith("22 passed, 0 failed, 4 skipped")
 
 
 def test_missing_partition_is_named_by_its_key(tmp_path: Path, slurm_cluster: str) -> None:

@@ -60,6 +60,8 @@ def make_run_with_videos(root: Path) -> tuple[Path, report.Report]:
 def test_subsample_and_pick_samples() -> None:
     assert report_html.subsample(5, 8) == [0, 1, 2, 3, 4]
     assert report_html.subsample(33, 8) == [0, 5, 9, 14, 18, 23, 27, 32]
+    assert report_html.subsample(9, 8, keep=(4, 5)) == list(range(9))  # the context boundary always shown
+    assert report_html.subsample(33, 8, keep=(16, 17, 40)) == [0, 5, 9, 14, 16, 17, 18, 23, 27, 32]
     evals = {20: [{"videos": [{"name": "b", "generated": "g", "reference": "r", "context_frames": 1,
                                "compared_frames": {"generated": [0, 1], "reference": [4, 5]}}]}],
              10: [{"videos": [{"name": f"a{i}", "generated": "g", "reference": "r", "context_frames": 1,
