@@ -195,15 +195,20 @@ def test_enroot_uri_shapes() -> None:
 def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, no_slurm: None,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """A tiny stand-in (harness.cosmos.pretrained.write_tiny_pretrained): the matching one passes, one with a
-    64,064-row output layer fails naming that tensor, a hub id not in the cache is skipped with why."""
+    64,064-row output layer fails naming that tensor (as a local dir, and as a hub id whose snapshot is in the HF
+    cache), a hub id not in the cache is skipped with why."""
+    from harness import synth
+
     standins = session_standins(tmp_path_factory)
     spec = write_spec(tmp_path)
     base = spec.read_text()
+    synth.write_hf_snapshot(tmp_path / "hf", "org/bad-ckpt", {"nemo": standins["bad"]})
     key = "model.checkpoint: checkpoint tensors fit model.preset: "
+    bad = "1 problem(s) against 'tiny', first: module.output_layer.weight is [64064, 64], model needs [64000, 64]"
     for source, status, needle in (
             (standins["weights"], "pass", "all names and shapes match"),
-            (standins["bad"], "fail", "1 problem(s) against 'tiny', first: "
-                                      "module.output_layer.weight is [64064, 64], model needs [64000, 64]"),
+            (standins["bad"], "fail", bad),
+            ("org/bad-ckpt", "fail", bad),
             ("nvidia/Not-Cached-Here", "skip", "not in the HF cache yet: stage-assets checks it after downloading")):
         spec.write_text(base.replace('preset = "tiny"', f'preset = "tiny"\ncheckpoint = "{source}"'))
         p = harness("doctor", str(spec), cwd=tmp_path)
