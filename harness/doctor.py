@@ -261,6 +261,32 @@ def asset_checks(spec: RunSpec) -> list[Check]:
     return out
 
 
+def checkpoint_shapes_check(spec: RunSpec) -> Check:
+    """model.checkpoint's tensors against model.preset at finetune.tensor_parallel, from the checkpoint's metadata
+    (what stage-assets checks, and `harness inspect-checkpoint` lists), where the checkpoint is already here."""
+    from harness.stages import assets
+
+    k, what, source = "model.checkpoint", "checkpoint tensors fit model.preset", spec.model.checkpoint
+    if not source:
+        return Check("skip", k, what, "no checkpoint (model.checkpoint = '': random init)")
+    role = next(r for r in assets.roles(spec) if r.name == "checkpoint")
+    where = Path(source).expanduser() if assets._is_local(source) else _cached(role, spec)
+    if where is None or not where.is_dir():
+        return Check("skip", k, what, f"{where}: no such directory" if where else
+                     "not in the HF cache yet: stage-assets checks it after downloading")
+    from harness.cosmos import layout  # noqa: PLC0415 (torch only where there is a checkpoint)
+
+    try:
+        found = layout.inspect(where, spec.preset, spec.finetune.tensor_parallel)
+    except (HarnessError, OSError, ValueError, RuntimeError) as e:
+        return Check("fail", k, what, f"{where}: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}")
+    if found.blocking:
+        return Check("fail", k, what, f"{len(found.blocking)} problem(s) against {spec.model.preset!r}, first: "
+                                      f"{found.blocking[0]}; list them with `harness inspect-checkpoint {where} "
+                                      f"--preset {spec.model.preset}`")
+    return Check("pass", k, what, found.summary())
+
+
 def _cached(role: Role, spec: RunSpec) -> Path | None:
     """The role's snapshot in the HF cache, looked up without the network; None when it is not there."""
     from huggingface_hub import snapshot_download
@@ -320,7 +346,7 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
     if "container" in groups:
         out += container_checks(spec, None if isinstance(cluster, str) else cluster.srun_help)
     if "assets" in groups:
-        out += asset_checks(spec)
+        out += asset_checks(spec) + [checkpoint_shapes_check(spec)]
     if "paths" in groups:
         out += path_checks(plan)
     return out

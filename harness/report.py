@@ -1,5 +1,6 @@
 """The run report: what the data, training and evaluation stages produced, as rich tables in the terminal
-and as results files (`report.md`, `report.json`, PNG plots) under `<run.results_dir>/<run id>/`.
+and as results files (`report.md`, `report.json`, PNG plots, and `report.html` with its `media/`, see
+`harness.report_html`) under `<run.results_dir>/<run id>/`.
 
 It reads only the run directory's result files (dataset summary, metrics.jsonl, eval/step-*.json); the
 caller passes the failures it knows about (`harness report` from squeue/sacct, the report stage from the
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import plan as plan_mod
+from harness import report_html
 from harness.evalstats import frames_note, video_means
 from harness.rundir import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -105,6 +107,8 @@ class Report:
     metrics: tuple[str, ...] = ("psnr", "ssim")
     """evaluate.metrics: the only quality columns shown."""
     missing_shards: tuple[MissingShard, ...] = ()
+    samples: tuple[report_html.Sample, ...] = ()
+    """The evaluated videos report.html shows (the first few of each checkpoint)."""
 
     @property
     def best(self) -> Checkpoint | None:
@@ -219,7 +223,8 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
                   loss_curve=curve, checkpoints=checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics),
-                  failures=failures, missing=tuple(missing), missing_shards=tuple(lost), metrics=metrics)
+                  failures=failures, missing=tuple(missing), missing_shards=tuple(lost), metrics=metrics,
+                  samples=report_html.pick_samples(evals))
 
 
 def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], failures: Sequence[dict[str, Any]],
@@ -397,7 +402,8 @@ def plots(rep: Report) -> dict[str, bytes]:
 
 
 def write(rep: Report, out_dir: Path) -> list[Path]:
-    """report.json, report.md and the plots, each written atomically; returns the files written."""
+    """report.json, report.md, the plots and report.html (with its media), each written atomically; returns
+    the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = plots(rep)
     doc = {**to_json(rep), "plots": sorted(pngs)}
@@ -408,4 +414,5 @@ def write(rep: Report, out_dir: Path) -> list[Path]:
     atomic_write_json(out_dir / "report.json", doc)
     md = markdown(rep) + "".join(f"\n![{n}]({n})\n" for n in sorted(pngs))
     atomic_write_text(out_dir / "report.md", md)
-    return written + [out_dir / "report.json", out_dir / "report.md"]
+    html_files = report_html.write(f"Report {rep.run_id} ({rep.name})", tables(rep), pngs, rep.samples, out_dir)
+    return written + [out_dir / "report.json", out_dir / "report.md"] + html_files

@@ -13,6 +13,7 @@ import pytest
 
 from harness import doctor
 from harness.launch import slurmcli
+from fixtures_data import session_standins
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,9 @@ def test_good_spec_passes_every_check_on_the_local_cluster(tmp_path: Path, slurm
     assert "skip  tokenizer.encoder: encoder 'nvidia/Cosmos-0.1-Tokenizer-DV4x8x8' present: not in the HF cache" in out
     assert "pass  run.workdir: writable" in out and "pass  assets.hf_home: writable" in out
     assert "pass  run.workdir, assets.hf_home: free space for ~" in out
-    assert out.strip().splitlines()[-1].endswith("22 passed, 0 failed, 3 skipped")
+    assert "skip  model.checkpoint: checkpoint tensors fit model.preset: no checkpoint (model.checkpoint = '': " \
+           "random init)" in out
+    assert out.strip().splitlines()[-1].endswith("22 passed, 0 failed, 4 skipped")
 
 
 def test_missing_partition_is_named_by_its_key(tmp_path: Path, slurm_cluster: str) -> None:
@@ -187,3 +190,28 @@ def test_enroot_uri_shapes() -> None:
     bad = ["nvcr.io#nvidia/nemo:25.02 rc3", "nvcr.io##x", "Ubuntu:", "nvcr.io#nvidia/nemo:"]
     assert all(doctor._ENROOT_URI.match(u) for u in good)
     assert not any(doctor._ENROOT_URI.match(u) for u in bad)
+
+
+def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, no_slurm: None,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A tiny stand-in (harness.cosmos.pretrained.write_tiny_pretrained): the matching one passes, one with a
+    64,064-row output layer fails naming that tensor (as a local dir, and as a hub id whose snapshot is in the HF
+    cache), a hub id not in the cache is skipped with why."""
+    from harness import synth
+
+    standins = session_standins(tmp_path_factory)
+    spec = write_spec(tmp_path)
+    base = spec.read_text()
+    synth.write_hf_snapshot(tmp_path / "hf", "org/bad-ckpt", {"nemo": standins["bad"]})
+    key = "model.checkpoint: checkpoint tensors fit model.preset: "
+    bad = "1 problem(s) against 'tiny', first: module.output_layer.weight is [64064, 64], model needs [64000, 64]"
+    for source, status, needle in (
+            (standins["weights"], "pass", "all names and shapes match"),
+            (standins["bad"], "fail", bad),
+            ("org/bad-ckpt", "fail", bad),
+            ("nvidia/Not-Cached-Here", "skip", "not in the HF cache yet: stage-assets checks it after downloading")):
+        spec.write_text(base.replace('preset = "tiny"', f'preset = "tiny"\ncheckpoint = "{source}"'))
+        p = harness("doctor", str(spec), cwd=tmp_path)
+        line = [ln for ln in p.stdout.splitlines() if key in ln]
+        assert len(line) == 1 and line[0].startswith(f"{status:<4}  {key}") and needle in line[0], p.stdout
+        assert p.returncode == (2 if status == "fail" else 0), p.stdout

@@ -119,7 +119,7 @@ def test_results_files_json_markdown_and_plots(tmp_path: Path) -> None:
     out = report.results_dir(plan.spec, paths)
     files = report.write(rep, out)
     assert out == tmp_path / "results" / paths.run_id
-    assert {f.name for f in files} == {"report.json", "report.md", "loss.png", "eval.png"}
+    assert {f.name for f in files} == {"report.json", "report.md", "loss.png", "eval.png", "report.html"}
     doc = json.loads((out / "report.json").read_text())
     assert doc["best_checkpoint"] == 30
     assert [c["psnr"] for c in doc["checkpoints"]] == [PSNR[s] for s in plan.checkpoint_steps]
@@ -144,7 +144,7 @@ def test_missing_results_are_listed_not_invented(tmp_path: Path) -> None:
     assert [c.step for c in rep.checkpoints] == [10, 20, 30]
     assert set(rep.missing) == {str(paths.metrics_jsonl), str(paths.eval_json(40))}
     files = report.write(rep, tmp_path / "out")
-    assert {f.name for f in files} == {"report.json", "report.md", "eval.png"}
+    assert {f.name for f in files} == {"report.json", "report.md", "eval.png", "report.html"}
 
 
 @pytest.mark.timeout(60)

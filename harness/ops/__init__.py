@@ -67,9 +67,15 @@ def print_report(paths: RunPaths) -> int:
     rep = report.build(paths, plan.spec, failures, plan.training)
     console = _console()
     report.render(rep, console)
-    files = report.write(rep, report.results_dir(plan.spec, paths))
+    out = report.results_dir(plan.spec, paths)
+    files = report.write(rep, out)
+    media = [f for f in files if f.parent.parent == out / "media"]
     for f in files:
-        console.print(f"wrote {f}", soft_wrap=True)
+        if f not in media:
+            console.print(f"wrote {f}", soft_wrap=True)
+    if media:
+        console.print(f"wrote {len(media)} video and frame files under {out / 'media'} (linked by report.html)",
+                      soft_wrap=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""report stage: write the run's results files (report.md, report.json, plots) after evaluate (afterany).
+"""report stage: write the run's results files (report.md, report.json, report.html, plots) after evaluate (afterany).
 
 It runs on a compute node, so it judges failures by the completion markers alone (no Slurm queries): a
 task of an earlier stage without a marker is listed as incomplete. `harness report RUN` rewrites the same
