@@ -55,6 +55,20 @@ def test_reason_is_the_message_never_a_frame(tmp_path: Path) -> None:
     assert got.endswith("(RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598)")
 
 
+def test_slurm_reason_from_a_stderr_tail(tmp_path: Path) -> None:
+    """On a cluster the reason comes from the task's stderr: a log cut mid-frame by the full disk gives no
+    frame (status then shows the exit code), megatron's wording gives the full-disk line for the run directory."""
+    log = tmp_path / "logs" / "finetune" / "7_0" / "7_0_0_log.out"
+    log.parent.mkdir(parents=True)
+    err = log.with_suffix(".err")
+    err.write_text("[rank0]: Traceback (most recent call last):\n[rank0]:   File \"<frozen runpy>\", line 88, in _run_cod")
+    assert state.error_line(str(log), tmp_path) == ""
+    err.write_text("srun: error: node1: task 0: Exited with exit code 1\n"
+                   "[rank0]: RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598\n")
+    got = state.error_line(str(log), tmp_path)
+    assert got.startswith(f"no space left on {failures.filesystem(tmp_path)} for {tmp_path}: ") and "704 vs 598" in got
+
+
 def test_each_layer_reports_a_full_disk_as_one_line(tmpfs: Path) -> None:
     import torch
 
@@ -107,6 +121,7 @@ def test_full_disk_at_a_checkpoint_then_resume(tmpfs: Path, tmp_path: Path, monk
     assert ft.state == "FAILED", ft
     assert ft.reason.startswith(f"no space left on tmpfs {tmpfs} for {step2}: need ~{footprint.human(need)}, "), ft
     assert ft.reason.endswith(" free") and "\n" not in ft.reason, ft
+    print("reason:", ft.reason)
     shown = harness("status", str(paths.root), cwd=tmp_path, env={"COLUMNS": "400"})
     assert f"no space left on tmpfs {tmpfs}" in shown.stdout, shown.stdout
     assert read_json(paths.checkpoints_json)["steps"] == [1] and not step2.exists()
