@@ -93,7 +93,9 @@ class _Driver:
                 job.results()
                 entry["state"] = OK if self.task_ok(stage.name, t) else FAILED
             except Exception as e:  # noqa: BLE001 - a task failure is data, recorded for status
-                entry.update(state=FAILED, reason=failures.reason(str(e), self.paths.root) or type(e).__name__)
+                why = failures.reason(str(e), self.paths.root)  # '' when the log was cut short (a full disk)
+                entry.update(state=FAILED, reason=why or f"{type(e).__name__} with no error line in its log; see "
+                                                         f"harness logs {self.paths.root} {stage.name} {t} --stderr")
             entry["end"] = time.time()
             entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
             self.save()
