@@ -153,3 +153,32 @@ def _console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     return Console(record=True, width=250)
+
+
+@pytest.mark.timeout(180)
+def test_checkpoint_writer_meets_a_full_disk(tmpfs: Path, tmp_path: Path) -> None:
+    """megatron-core's own writer on a disk too small for the weights: the partial checkpoint is removed (its space
+    is free again) and the error is the one line; with the size known, nothing is written at all."""
+    from harness import spec as spec_mod
+    from harness.cosmos import checkpoint, parallel
+    from harness.cosmos.model import build_model
+
+    spec = spec_mod.load(tiny_spec(tmp_path, name="w", clips=1))
+    mount(tmpfs, "16m")  # fp32 weights alone are ~33 MB
+    parallel.init(1)
+    try:
+        model = build_model(spec.preset, spec.token_math.grid, tp=1)
+        target, free0 = tmpfs / "step-00000001", failures.free_bytes(tmpfs)
+        with pytest.raises(failures.NoSpaceError) as caught:
+            checkpoint.save(target, model, None, trainer={"step": 1}, context={}, need_bytes=10**9)
+        assert str(caught.value) == (f"no space left on tmpfs {tmpfs} for {target}: need ~1.0 GB, "
+                                     f"{footprint.human(free0)} free")
+        assert not target.exists()
+        with pytest.raises(failures.NoSpaceError) as caught:
+            checkpoint.save(target, model, None, trainer={"step": 1}, context={})
+        assert str(caught.value).startswith(f"no space left on tmpfs {tmpfs} for "), caught.value
+        assert "\n" not in str(caught.value) and "unexpected pos" in str(caught.value), caught.value
+        print("writer:", caught.value)
+        assert not target.exists() and failures.free_bytes(tmpfs) == free0
+    finally:
+        parallel.shutdown()

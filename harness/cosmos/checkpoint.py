@@ -130,7 +130,7 @@ def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any],
         failures.check_free(ckpt_dir, need_bytes, free)
     try:
         _write(ckpt_dir, model, optimizer, trainer=trainer, context=context)
-    except Exception as e:
+    except BaseException as e:  # torch's CheckpointException (megatron's writer failures) is a BaseException
         if not failures.is_no_space(e):
             raise
         if parallel.is_main():

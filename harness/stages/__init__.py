@@ -89,7 +89,7 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
         worker(stage)(spec, task, paths)
     except failures.NoSpaceError:
         raise
-    except Exception as e:
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is not an Exception
         if failures.is_no_space(e):  # any layer's wording of a full disk becomes the one line status shows
             raise failures.as_no_space(e, paths.root) from e
         raise
