@@ -27,6 +27,12 @@ T5_BYTES = 45 * 10**9
 """google-t5/t5-11b: fp32 weights, ~45 GB on the Hub."""
 
 
+def checkpoint_bytes(params: int, precision: str) -> int:
+    """One training checkpoint: what `harness plan` and `doctor` add up, and what the trainer checks is free
+    before each save (with the precision it really trains in: fp32 on CPU)."""
+    return params * CHECKPOINT_BYTES_PER_PARAM[precision]
+
+
 @dataclass(frozen=True)
 class Item:
     what: str
@@ -40,7 +46,7 @@ def items(plan: Plan) -> tuple[Item, ...]:
     spec, tm = plan.spec, plan.token_math
     n = plan.num_inputs
     tokens = n * (tm.sample_length * TOKEN_BYTES + INDEX_BYTES_PER_DOC)
-    ckpt = spec.preset.params * CHECKPOINT_BYTES_PER_PARAM[spec.finetune.precision]
+    ckpt = checkpoint_bytes(spec.preset.params, spec.finetune.precision)
     k = len(plan.checkpoint_steps)
     frames, h, w = spec.video.num_frames, spec.video.height, spec.video.width
     videos = min(spec.infer.max_inputs, max(1, n))

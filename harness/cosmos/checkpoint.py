@@ -20,6 +20,7 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
+from harness import failures
 from harness.cosmos import layout, parallel
 from harness.errors import HarnessError
 from harness.rundir import RunPaths, atomic_write_json, read_json
@@ -115,11 +116,30 @@ def _ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any]) -> None:
-    """Collective: every rank calls it. An older incomplete attempt at the same path is removed first."""
+def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any],
+         need_bytes: int = 0, device: torch.device | None = None) -> None:
+    """Collective: every rank calls it. An older incomplete attempt at the same path is removed first. With
+    `need_bytes` (footprint.checkpoint_bytes) every rank refuses alike, before writing a byte, when the smallest
+    free space any rank sees is less; a full disk met anyway (the estimate is an estimate, a neighbour writes)
+    removes this attempt, so the space it took is free again for logs and state, and raises the same one line."""
+    if parallel.is_main() and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    parallel.barrier()
+    if need_bytes:
+        free = parallel.min_across_ranks(failures.free_bytes(ckpt_dir), device or torch.device("cpu"))
+        failures.check_free(ckpt_dir, need_bytes, free)
+    try:
+        _write(ckpt_dir, model, optimizer, trainer=trainer, context=context)
+    except BaseException as e:  # torch's CheckpointException (megatron's writer failures) is a BaseException
+        if not failures.is_no_space(e):
+            raise
+        if parallel.is_main():
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        raise failures.as_no_space(e, ckpt_dir, need_bytes or None) from e
+
+
+def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any]) -> None:
     if parallel.is_main():
-        if ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
         (ckpt_dir / "weights").mkdir(parents=True)
     parallel.barrier()
     msd = model_sharded_state_dict(model)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from harness import tokens, trainplan
+from harness import footprint, tokens, trainplan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
@@ -210,7 +210,9 @@ def save(t: Trainer, reason: str) -> None:
                "step": t.step, "engine": "mcore", "recipe": t.spec.run.recipe}
     trainer = {"step": t.step, "samples_consumed": t.step * t.spec.finetune.global_batch_size, "reason": reason}
     start = time.perf_counter()
-    ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=trainer, context=context)
+    need = footprint.checkpoint_bytes(t.spec.preset.params, t.plan.precision)
+    ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=trainer, context=context,
+              need_bytes=need, device=t.device)
     if parallel.is_main():
         write_checkpoints_json(t.paths, t.plan)
         log.info("checkpoint step %d (%s) in %.1fs", t.step, reason, time.perf_counter() - start)

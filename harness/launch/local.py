@@ -8,7 +8,6 @@ submitit's LocalExecutor and honours the dependency kinds itself (afterok / afte
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import submitit
 
+from harness import failures
 from harness.launch.task import StageTask
 from harness.plan import Plan, StagePlan
 from harness.rundir import RunPaths, atomic_write_json, is_done, read_json
@@ -93,17 +93,12 @@ class _Driver:
                 job.results()
                 entry["state"] = OK if self.task_ok(stage.name, t) else FAILED
             except Exception as e:  # noqa: BLE001 - a task failure is data, recorded for status
-                entry.update(state=FAILED, reason=_last_line(e))
+                why = failures.reason(str(e), self.paths.root)  # '' when the log was cut short (a full disk)
+                entry.update(state=FAILED, reason=why or f"{type(e).__name__} with no error line in its log; see "
+                                                         f"harness logs {self.paths.root} {stage.name} {t} --stderr")
             entry["end"] = time.time()
             entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
             self.save()
-
-
-def _last_line(e: BaseException) -> str:
-    """The exception line of the task's traceback (submitit wraps it with log paths), as status shows it."""
-    lines = [ln for ln in str(e).splitlines() if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", ln)]
-    text = lines[-1] if lines else (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return text[:300]
 
 
 def drive(paths: RunPaths, only: dict[str, list[int]] | None = None) -> None:

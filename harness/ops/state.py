@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import failures
 from harness.errors import HarnessError, Problem
 from harness.launch import slurmcli
 from harness.plan import Plan
@@ -171,7 +172,7 @@ def latest_ids(paths: RunPaths, jobs: dict[str, Any], stage: str) -> dict[int, t
 
 
 def _slurm_row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float,
-               st: slurmcli.TaskState | None, known: set[str]) -> TaskRow:
+               st: slurmcli.TaskState | None, known: set[str], root: Path | None = None) -> TaskRow:
     if st is None:
         if done:
             return TaskRow(stage, task, COMPLETED, sid, log=log)
@@ -186,7 +187,7 @@ def _slurm_row(stage: str, task: int, done: bool, sid: str, log: str, submitted:
     if state == COMPLETED and not done:
         state = "FAILED"
     return TaskRow(stage, task, state, sid, st.node if st.node not in ("None assigned",) else "",
-                   st.elapsed, st.exit_code, explain(state, st, log, done), log)
+                   st.elapsed, st.exit_code, explain(state, st, log, done, root), log)
 
 
 _FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory: raise mem_gb or lower the batch size",
@@ -195,7 +196,7 @@ _FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory: raise mem_gb or lower the bat
                   "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot", "DEADLINE": "deadline reached"}
 
 
-def explain(state: str, st: slurmcli.TaskState, log: str, done: bool) -> str:
+def explain(state: str, st: slurmcli.TaskState, log: str, done: bool, root: Path | None = None) -> str:
     """Why a task is where it is. sacct's Reason of a finished task is its last PENDING reason (stale), so
     finished tasks are explained by their state, and failures by the last error line of their log."""
     if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
@@ -203,7 +204,7 @@ def explain(state: str, st: slurmcli.TaskState, log: str, done: bool) -> str:
     if state == "FAILED":
         if st.state == COMPLETED and not done:
             return "exited 0 but wrote no completion marker"
-        return error_line(log) or f"exit code {st.exit_code}"
+        return error_line(log, root) or f"exit code {st.exit_code}"
     if state == "CANCELLED":
         if st.cancelled_by:
             return f"cancelled by uid {st.cancelled_by}"
@@ -213,18 +214,15 @@ def explain(state: str, st: slurmcli.TaskState, log: str, done: bool) -> str:
     return _FINAL_REASONS.get(state, "")
 
 
-def error_line(log: str, tail_bytes: int = 8192) -> str:
-    """The last exception line of a task's stderr (submitit prints the traceback there)."""
+def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> str:
+    """The reason in a task's stderr (submitit prints the traceback there): `failures.reason`, which maps a full
+    disk under `root` (the run directory) to one line."""
     err = Path(log[: -len(".out")] + ".err") if log.endswith(".out") else None
     if err is None or not err.is_file():
         return ""
     with open(err, "rb") as f:
         f.seek(max(0, err.stat().st_size - tail_bytes))
-        lines = f.read().decode(errors="replace").splitlines()
-    lines = [re.sub(r"^\[rank\d+\]:\s?", "", ln).strip() for ln in lines]
-    lines = [ln for ln in lines if ln and not ln.startswith(("srun:", "slurmstepd:"))]
-    hits = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*:", ln)]
-    return ((hits or lines or [""])[-1])[:300]
+        return failures.reason(f.read().decode(errors="replace"), root)
 
 
 def slurm_stage(paths: RunPaths, jobs: dict[str, Any], stage: str, tasks: int,
@@ -238,7 +236,7 @@ def slurm_stage(paths: RunPaths, jobs: dict[str, Any], stage: str, tasks: int,
             rows.append(TaskRow(stage, t, COMPLETED if t in done else NOT_SUBMITTED))
             continue
         sid, log, submitted = ids[t]
-        rows.append(_slurm_row(stage, t, t in done, sid, log, submitted, states.get(sid), known))
+        rows.append(_slurm_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root))
     return StageState(stage, tuple(rows))
 
 

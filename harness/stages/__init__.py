@@ -4,7 +4,8 @@
   `tokenize.shards` already resolved at submit time), `task` the array index (0 for single-task stages),
   `paths` the run directory layout.
 - A worker is idempotent: it skips work whose outputs verify, writes atomically, and never parses CLI flags.
-- `run_task` is the one function submitit pickles; it writes the task's completion marker after `run` returns.
+- `run_task` is the one function submitit pickles; it writes the task's completion marker after `run` returns. A
+  full disk met by any layer leaves it as `failures.NoSpaceError`, one line naming the filesystem and path.
   Before the stage runs, it checks that a stage whose Slurm resources ask for GPUs sees one (`require_gpus`).
 - numba's on-disk cache (the evaluate kernel) goes to `<run>/cache/numba` unless NUMBA_CACHE_DIR is set: the run
   directory is the one place every task of a run can write, on every node and inside containers (the harness
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from harness import failures
 from harness import spec as spec_mod
 from harness.errors import HarnessError
 from harness.rundir import RunPaths, is_done, mark_done, read_json
@@ -83,6 +85,13 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
     spec = load_run_spec(paths)
     require_gpus(spec, stage)
     log.info("%s[%d] starting on %s (job %s)", stage, task, os.uname().nodename, os.environ.get("SLURM_JOB_ID", "-"))
-    worker(stage)(spec, task, paths)
+    try:
+        worker(stage)(spec, task, paths)
+    except failures.NoSpaceError:
+        raise
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is not an Exception
+        if failures.is_no_space(e):  # any layer's wording of a full disk becomes the one line status shows
+            raise failures.as_no_space(e, paths.root) from e
+        raise
     mark_done(paths, stage, task, {"node": os.uname().nodename, "job": os.environ.get("SLURM_JOB_ID", "")})
     return "done"
