@@ -275,7 +275,7 @@ HAND: list[tuple[str, str, str]] = [
     ("mem-negative", B + "[merge]\nmem_gb = -1\n", "merge.mem_gb"),
     ("time-31-days", B + "[infer]\ntime_min = 44641\n", "infer.time_min"),
     ("shards-negative", B + "[tokenize]\nshards = -1\n", "tokenize.shards"),
-    ("batch-size-zero", B + "[infer]\nbatch_size = 0\n", "infer.batch_size"),
+    ("batch-size-negative", B + "[infer]\nbatch_size = -1\n", "infer.batch_size"),  # 0 = auto
     ("temperature-neg-inf", B + "[infer]\ntemperature = -inf\n", "infer.temperature"),
     ("top-p-nan", B + "[infer]\ntop_p = nan\n", "infer.top_p"),
     ("grad-clip-huge", B + "[finetune]\ngrad_clip = 1e300\n", "finetune.grad_clip"),
