@@ -85,6 +85,7 @@ def _wandb_run(cfg: TrackingSection, paths: RunPaths, config: Mapping[str, Any] 
 
     wandb_dir(paths).mkdir(parents=True, exist_ok=True)
     os.environ["WANDB_MODE"] = "offline"
+    os.environ.pop("WANDB_API_KEY", None)  # offline needs no key; W&B's debug logs never see one
     return wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity or None, id=paths.run_id,
                       name=paths.run_id, resume="allow", mode="offline", dir=str(wandb_dir(paths)),
                       config=dict(config or {}), settings=wandb.Settings(console="off", silent=True))
