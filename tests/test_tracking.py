@@ -12,40 +12,11 @@ from typing import Any
 
 import pytest
 
-from cosmos_util import make_run, make_spec, metrics
+from cosmos_util import assert_same_scalars, make_run, make_spec, metrics, tb_scalars, tracked_scalars
 from harness import report, spec as spec_mod, tracking
 from harness.errors import SpecError
 from harness.rundir import RunPaths
 from harness.stages import run_task
-
-
-def _events(log_dir: Path) -> dict[str, dict[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(log_dir))
-    acc.Reload()
-    out: dict[str, dict[int, float]] = {}
-    for tag in acc.Tags()["scalars"]:
-        events = acc.Scalars(tag)
-        steps = [e.step for e in events]
-        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
-        out[tag] = {e.step: e.value for e in events}
-    return out
-
-
-def _expected(recs: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for r in recs:
-        for tag, v in tracking.train_scalars(r).items():
-            out.setdefault(tag, {})[r["step"]] = v
-    return out
-
-
-def _assert_same(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> None:
-    assert set(got) == set(want)
-    for tag in want:
-        assert list(got[tag]) == list(want[tag]), tag
-        assert got[tag] == pytest.approx(want[tag], rel=1e-6), tag  # event files store float32
 
 
 @pytest.mark.timeout(120)
@@ -54,9 +25,9 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     run_task(str(paths.root), "finetune", 0)
     recs = metrics(paths)
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
-    got = _events(tracking.tensorboard_dir(paths) / "train")
+    got = tb_scalars(tracking.tensorboard_dir(paths) / "train")
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"} <= set(got)
-    _assert_same(got, _expected(recs))
+    assert_same_scalars(got, tracked_scalars(recs))
     assert got["train/mfu"][6] == pytest.approx(recs[-1]["tflops"] / report.PEAK_TFLOPS, rel=1e-6)
 
     # a requeue that finds only the step-2 checkpoint: steps 3..6 are recomputed (other timings)
@@ -68,7 +39,7 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
     assert again[3]["step_time_s"] != recs[3]["step_time_s"]
     assert len(list((tracking.tensorboard_dir(paths) / "train").glob("events.out.tfevents.*"))) == 2
-    _assert_same(_events(tracking.tensorboard_dir(paths) / "train"), _expected(again))
+    assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(again))
 
 
 def _shard(videos: list[tuple[str, float, float]]) -> dict[str, Any]:
@@ -86,7 +57,7 @@ def test_evaluation_means_per_checkpoint_over_all_shards_rewritten_not_appended(
     cks = report.checkpoints(evals, shards_planned=2)
     for _ in range(2):  # `harness report` after the report stage: same values, still one per checkpoint
         tracking.log_evaluation(spec_mod.TrackingSection(), paths, cks)
-    got = _events(tracking.tensorboard_dir(paths) / "eval")
+    got = tb_scalars(tracking.tensorboard_dir(paths) / "eval")
     assert got["eval/psnr_mean"] == pytest.approx({10: 24.0, 20: 26.0})
     assert got["eval/ssim_mean"] == pytest.approx({10: 0.7, 20: 0.7})
     assert got["eval/videos"] == {10: 3.0, 20: 3.0}
@@ -102,6 +73,22 @@ def test_tracking_spec_section_validated_in_one_line() -> None:
             spec_mod.from_dict({"data": {"videos": "/x"}, "tracking": bad})
         lines = str(e.value).splitlines()
         assert len(lines) == 1 and key in lines[0], lines
+
+
+def test_validate_says_in_one_line_when_wandb_is_asked_for_but_not_installed(tmp_path: Path) -> None:
+    """`sys.modules["wandb"] = None` is Python's own way to make a package unimportable (find_spec -> None)."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "run.toml"
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.toml"
+    spec.write_text(quickstart.read_text() + "\n[tracking]\nwandb = true\n")
+    code = ("import sys; sys.modules['wandb'] = None; from harness.cli import main; "
+            f"sys.exit(main(['validate', {str(spec)!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in p.stderr.splitlines() if "tracking" in ln]
+    assert p.returncode == 2 and len(lines) == 1, p.stdout + p.stderr
+    assert lines[0].startswith(f"{spec}: tracking.wandb") and "pip install -e '.[wandb]'" in lines[0]
 
 
 # ---------------------------------------------------------------------------------------------------- W&B
@@ -144,7 +131,7 @@ def test_wandb_offline_run_holds_the_metrics_jsonl_values(tmp_path: Path) -> Non
         if rec.WhichOneof("record_type") == "history":
             items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
             history[rec.history.step.num] = items
-    want = _expected(metrics(paths))
+    want = tracked_scalars(metrics(paths))
     assert sorted(history) == [1, 2, 3]
     for tag, per_step in want.items():
         assert {s: history[s][tag] for s in per_step} == pytest.approx(per_step, rel=1e-12), tag
