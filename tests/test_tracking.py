@@ -1,6 +1,7 @@
 """Experiment tracking: TensorBoard event files read back with TensorBoard's own reader hold the values of
-metrics.jsonl (each step once, also after a resume) and the report's per-checkpoint evaluation means; a W&B
-offline run directory holds the same values; [tracking] is validated in one line."""
+metrics.jsonl (each step once, also after a resume) and the report stage's per-checkpoint evaluation means; a
+W&B offline run directory holds the same values and no key; [tracking] is validated in one line. The NeMo
+engine's events are checked in tests/test_nemo_engine.py (its fresh and resumed runs)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,22 @@ def test_evaluation_means_per_checkpoint_over_all_shards_rewritten_not_appended(
     assert got["eval/ssim_mean"] == pytest.approx({10: 0.7, 20: 0.7})
     assert got["eval/videos"] == {10: 3.0, 20: 3.0}
     assert [p.name for p in tracking.tensorboard_dir(paths).iterdir()] == ["eval"]
+
+
+def test_report_stage_logs_the_checkpoint_means_it_reports(tmp_path: Path) -> None:
+    """The report stage (the one place that sees every shard) writes eval/ with the means of report.json; a
+    checkpoint whose evaluation is missing has no point."""
+    from harness.stages import report as stage
+    from test_report import make_results
+
+    paths, plan, _ = make_results(tmp_path, skip_eval=30)
+    stage.run(plan.spec, 0, paths)
+    doc = json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())
+    want = {c["step"]: c for c in doc["checkpoints"]}
+    assert sorted(want) == [10, 20, 40]
+    got = tb_scalars(tracking.tensorboard_dir(paths) / "eval")
+    assert got["eval/psnr_mean"] == pytest.approx({s: c["psnr"] for s, c in want.items()}, rel=1e-6)
+    assert got["eval/ssim_mean"] == pytest.approx({s: c["ssim"] for s, c in want.items()}, rel=1e-6)
 
 
 def test_tracking_spec_section_validated_in_one_line() -> None:
