@@ -81,6 +81,16 @@ def test_report_stage_logs_the_checkpoint_means_it_reports(tmp_path: Path) -> No
     assert got["eval/ssim_mean"] == pytest.approx({s: c["ssim"] for s, c in want.items()}, rel=1e-6)
 
 
+def test_sync_without_offline_runs_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+    from test_report import make_results
+
+    paths, _, _ = make_results(tmp_path)
+    assert cli.main(["sync", str(paths.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{paths.root / 'wandb'}: no offline W&B runs"), err
+
+
 def test_tracking_spec_section_validated_in_one_line() -> None:
     spec = spec_mod.from_dict({"data": {"videos": "/x"}, "tracking": {"wandb": True, "wandb_project": "p1"}})
     assert spec.tracking.wandb and spec.tracking.wandb_project == "p1" and spec.tracking.wandb_entity == ""
