@@ -91,7 +91,7 @@ def _wandb_run(cfg: TrackingSection, paths: RunPaths, config: Mapping[str, Any] 
                       config=dict(config or {}), settings=wandb.Settings(console="off", silent=True))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainTracker:
     """Rank 0's writers for one training attempt; `open` after the resume point is known, `close` at the end."""
 
