@@ -169,14 +169,15 @@ def sync_command(runs: list[Path]) -> list[str]:
 
 
 def sync(paths: RunPaths) -> list[Path]:
-    """Upload a run's offline W&B directories from the login node; raises HarnessError in one line."""
+    """Upload a run's offline W&B directories from the login node; raises HarnessError in one line. Run from
+    <run>/wandb: `wandb sync` writes its own debug log under the current directory."""
     runs = offline_runs(paths)
     if not runs:
         raise HarnessError(f"{wandb_dir(paths)}: no offline W&B runs to sync (set [tracking] wandb = true)")
     if not wandb_installed():
         raise HarnessError("wandb is not installed here: pip install -e '.[wandb]'")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True)
+    res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=wandb_dir(paths))
     if res.returncode:
         last = next((ln for ln in reversed((res.stderr + res.stdout).splitlines()) if ln.strip()), "")
         raise HarnessError(f"wandb sync {wandb_dir(paths)} failed (exit {res.returncode}): {last.strip()}")
