@@ -212,6 +212,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(a: argparse.Namespace) -> int:
+    """Upload a run's offline W&B runs from the login node (compute nodes have no internet, and no key)."""
+    from harness import tracking
+    from harness.ops.state import resolve_run
+
+    for d in tracking.sync(resolve_run(a.run, a.workdir)):
+        console.print(f"synced {d}", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     import importlib
     import json
@@ -283,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_doctor)
 
     _add_ops(sub)
+
+    s = sub.add_parser("sync", help="upload a run's offline W&B runs ([tracking] wandb = true) with `wandb sync`; "
+                       "the key comes from WANDB_API_KEY or `wandb login` on this machine")
+    s.add_argument("run", help="run id or run directory")
+    s.add_argument("--workdir", default="runs", help="where to look up a run id")
+    s.set_defaults(fn=cmd_sync)
 
     s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
     s.add_argument("--out", default=".quickstart")

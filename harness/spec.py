@@ -189,6 +189,15 @@ class ReportSection(Resources):
 
 
 @dataclass(frozen=True)
+class TrackingSection:
+    """TensorBoard event files are always written (<run>/tensorboard); W&B only when asked."""
+
+    wandb: bool = opt(False, "also log to Weights & Biases: offline on compute nodes, uploaded by `harness sync RUN`")
+    wandb_project: str = opt("harness", "W&B project", pattern=re.compile(r"^[A-Za-z0-9_.-]{1,128}$"))
+    wandb_entity: str = opt("", "W&B entity (team or user; '' = the key's default)", pattern=re.compile(r"^[A-Za-z0-9_.-]{0,128}$"))
+
+
+@dataclass(frozen=True)
 class RunSpec:
     run: RunSection = field(default_factory=RunSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -203,6 +212,7 @@ class RunSpec:
     infer: InferSection = field(default_factory=InferSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     report: ReportSection = field(default_factory=ReportSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     source: str = field(default="<spec>", compare=False)
     """The file this spec was read from, for error messages."""
 
@@ -518,7 +528,16 @@ def submit_problems(spec: RunSpec) -> list[Problem]:
     beyond the cross checks every spec passes: a real model needs GPUs on finetune and infer."""
     from harness import hardware
 
-    return [Problem(spec.source, k, m) for k, m in hardware.gpu_required_problems(spec)]
+    return [Problem(spec.source, k, m) for k, m in hardware.gpu_required_problems(spec) + _check_tracking(spec)]
+
+
+def _check_tracking(spec: RunSpec) -> list[tuple[str, str]]:
+    """Only where the run is planned: compute nodes import wandb from the same environment (or container)."""
+    from harness import tracking
+
+    if spec.tracking.wandb and not tracking.wandb_installed():
+        return [("tracking.wandb", "= true: the wandb package is not installed here (pip install -e '.[wandb]')")]
+    return []
 
 
 def load_for_submit(path: str | Path) -> RunSpec:

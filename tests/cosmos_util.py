@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 import torch
 
 from harness import spec as spec_mod
@@ -100,3 +101,43 @@ def run_ranks(fn: Callable[..., Any], args: tuple[Any, ...], world: int, tmp: Pa
     out = str(tmp / f"ranks-{free_port()}")
     mp.start_processes(_rank_main, args=(fn, args, world, free_port(), out), nprocs=world, start_method="spawn")
     return [pickle.loads(Path(f"{out}.{r}").read_bytes()) for r in range(world)]
+
+
+def tb_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """Tag -> step -> value, read with TensorBoard's own reader (which applies purge marks after a resume)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    out: dict[str, dict[int, float]] = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        steps = [e.step for e in events]
+        assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
+        out[tag] = {e.step: e.value for e in events}
+    return out
+
+
+def tracked_scalars(recs: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """What the tracker should have logged for these metrics.jsonl records."""
+    from harness import tracking
+
+    out: dict[str, dict[int, float]] = {}
+    for r in recs:
+        for tag, v in tracking.train_scalars(r).items():
+            out.setdefault(tag, {})[r["step"]] = v
+    return out
+
+
+def assert_same_scalars(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> None:
+    assert set(got) == set(want)
+    for tag in want:
+        assert list(got[tag]) == list(want[tag]), tag
+        assert got[tag] == pytest.approx(want[tag], rel=1e-6), tag  # event files store float32
+
+
+def assert_events_match_metrics(paths: RunPaths) -> None:
+    """The training event files (harness.tracking) hold exactly metrics.jsonl's steps and values."""
+    from harness import tracking
+
+    assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(metrics(paths)))

@@ -24,7 +24,7 @@ import torch
 
 pytest.importorskip("nemo.collections.llm")
 
-from cosmos_util import make_run, make_spec, metrics  # noqa: E402
+from cosmos_util import assert_events_match_metrics, make_run, make_spec, metrics  # noqa: E402
 from harness.cosmos.train import lr_at  # noqa: E402
 from harness.models import PRESETS  # noqa: E402
 from harness.rundir import RunPaths, atomic_write_json, is_done  # noqa: E402
@@ -102,6 +102,7 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
     assert [r["lr"] for r in recs] == pytest.approx([lr_at(f, s) for s in range(STEPS)], rel=1e-9)
     assert len({r["lr"] for r in recs}) >= 4  # not constant
     assert is_done(run_a, "finetune", 0)
+    assert_events_match_metrics(run_a)  # the callback feeds harness.tracking the same records
     loss = [r["loss"] for r in recs]
     assert np.mean(loss[-2:]) < np.mean(loss[:2]) - 0.5, loss
     # step 1's loss is the pretrained weights' loss on the run's first global batch: the NeMo restore worked
@@ -175,6 +176,7 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
     train(paths)
     a, b = losses(run_a), losses(paths)
     assert sorted(b) == list(range(1, STEPS + 1))
+    assert_events_match_metrics(paths)  # TensorBoard: the resumed attempt's new file purges steps > k
     for step in range(1, STEPS + 1):
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (step, a, b)
     log = (paths.root / "train.log").read_text()

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness import tracking
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
@@ -37,7 +38,7 @@ from harness.cosmos.signals import StopSignal
 from harness.errors import HarnessError
 from harness.models import PRESETS
 from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.spec import FinetuneSection, RunSpec, ranks_per_node
+from harness.spec import FinetuneSection, RunSpec, TrackingSection, ranks_per_node
 from harness.tokens import Grid
 from harness.trainplan import TrainingPlan
 
@@ -326,13 +327,22 @@ if _IMPORT_ERROR is None:
     class MetricsCallback(pl.Callback):
         """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format."""
 
-        def __init__(self, paths: RunPaths, math: StepMath) -> None:
-            self.paths, self.math = paths, math
+        def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection,
+                     run_config: dict[str, Any]) -> None:
+            self.paths, self.math, self.tracking_cfg, self.run_config = paths, math, tracking_cfg, run_config
             self.start, self.lr = 0.0, 0.0
+            self.tracker: tracking.TrainTracker | None = None
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             if trainer.is_global_zero:  # after a resume, later steps are recomputed: each is logged once
                 mcore_train.truncate_metrics(self.paths.metrics_jsonl, trainer.global_step)
+                self.tracker = tracking.TrainTracker.open(self.tracking_cfg, self.paths, trainer.global_step,
+                                                          self.run_config)
+
+        def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if self.tracker is not None:
+                self.tracker.close()
+                self.tracker = None
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
@@ -351,6 +361,8 @@ if _IMPORT_ERROR is None:
             rec = self.math.record(trainer.global_step, float("nan") if loss is None else loss, self.lr,
                                    _scalar(m.get("grad_norm")), dt, trainer.world_size)
             mcore_train.append_metrics(self.paths.metrics_jsonl, rec)
+            if self.tracker is not None:
+                self.tracker.log(rec)
             if trainer.global_step % self.math.log_every == 0:
                 log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.2f TFLOP/s", rec["step"], rec["loss"],
                          rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])
@@ -407,7 +419,8 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
-    callbacks = [MetricsCallback(paths, StepMath.of(spec, plan, len(samples))),
+    callbacks = [MetricsCallback(paths, StepMath.of(spec, plan, len(samples)), spec.tracking,
+                                 mcore_train.run_config(spec, plan)),
                  HarnessCheckpoint(paths, plan, f.save_every, checkpoint_context(spec))]
     # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
     # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from harness import footprint, tokens, trainplan
+from harness import footprint, tokens, tracking, trainplan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
@@ -256,12 +256,14 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     checkpoint, then `StopSignal.exit` (requeue through submitit, or raise `Preempted`)."""
     stop = StopSignal()
     stop.install()
+    tracker: tracking.TrainTracker | None = None
     try:
         t = setup(spec, paths, dataset, where=where)
         f = spec.finetune
         planned = set(t.plan.checkpoint_steps)
         if parallel.is_main():
             truncate_metrics(paths.metrics_jsonl, t.step)
+            tracker = tracking.TrainTracker.open(spec.tracking, paths, t.step, run_config(spec, t.plan))
         parallel.barrier()
         for w in tokens.warnings(spec.token_math):
             log.warning(w)
@@ -269,6 +271,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
             rec = train_step(t)
             if parallel.is_main():
                 append_metrics(paths.metrics_jsonl, rec)
+                tracker.log(rec)
                 if t.step % f.log_every == 0 or t.step == t.last_step:
                     log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.1f TFLOP/s", t.step, rec["loss"],
                              rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])
@@ -284,4 +287,13 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         parallel.barrier()
         return t.step
     finally:
+        if tracker is not None:
+            tracker.close()
         stop.restore()
+
+
+def run_config(spec: RunSpec, plan: TrainingPlan) -> dict[str, Any]:
+    """What a W&B run records as its config: the run's plan numbers (both engines)."""
+    return {"preset": spec.model.preset, "recipe": spec.run.recipe, "global_batch_size": plan.global_batch_size,
+            "tokens_per_step": plan.tokens_per_step, "last_step": plan.last_step, "lr": spec.finetune.lr,
+            "tensor_parallel": spec.finetune.tensor_parallel, "data_parallel": plan.data_parallel}

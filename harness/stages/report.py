@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from harness import report, trainplan
+from harness import report, tracking, trainplan
 from harness.rundir import RunPaths, is_done, read_json
 from harness.spec import RunSpec
 
@@ -33,3 +33,4 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     rep = report.build(paths, spec, incomplete_tasks(paths), trainplan.planned(spec))
     for f in report.write(rep, report.results_dir(spec, paths)):
         log.info("wrote %s", f)
+    log.info("wrote %s", tracking.log_evaluation(spec.tracking, paths, rep.checkpoints))
