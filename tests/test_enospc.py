@@ -127,9 +127,10 @@ def test_full_disk_at_a_checkpoint_then_resume(tmpfs: Path, tmp_path: Path, monk
     assert read_json(paths.checkpoints_json)["steps"] == [1] and not step2.exists()
     metrics = paths.metrics_jsonl.read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in metrics] == [1, 2]
-    # the report runs after any outcome and is rebuilt by resume; the rest completed before must stay as it is
+    # the report runs after any outcome and is rebuilt by resume (with it the evaluation events it writes); the
+    # rest completed before must stay as it is
     before = _checksums(paths.root, skip=("logs/", "local_", "jobs.json", "finetune/checkpoints.json",
-                                          "finetune/metrics.jsonl", "report/", "done/report/"))
+                                          "finetune/metrics.jsonl", "report/", "done/report/", "tensorboard/eval/"))
     _timings(paths)
     assert "done/merge/000000.json" in before and "finetune/checkpoints/step-00000001/done.json" in before
 
