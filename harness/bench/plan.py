@@ -34,6 +34,11 @@ videos = "{tmp}/videos"
 hf_home = "{tmp}/hf"
 [tokenize]
 videos_per_shard = 100
+[finetune]
+gpus_per_node = 8
+tensor_parallel = 8
+[infer]
+gpus_per_node = 1
 """
 
 
