@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness import spec as spec_mod
-from harness.errors import HarnessError
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
 
 DESCRIPTION = ("Post-train an NVIDIA Cosmos autoregressive world model on a swapped video tokenizer, from one TOML "
                "run spec, as dependency-chained Slurm job arrays (or on this machine when no Slurm controller "
@@ -33,14 +33,14 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes, origins)
-    from harness import plan as plan_mod
-    from harness.explain import FactSources, origins
+    from harness.core import plan as plan_mod
+    from harness.core.explain import FactSources, origins
     from harness.launch import slurmcli
 
     notes = []
     if num_inputs is None:
         try:
-            from harness.inputs import count
+            from harness.core.inputs import count
 
             num_inputs = count(spec)
         except HarnessError as e:
@@ -63,7 +63,7 @@ def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Pl
 
 
 def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
-    from harness import plan as plan_mod
+    from harness.core import plan as plan_mod
 
     i = plan.spec.infer
     k = plan_mod.infer_shards(i)
@@ -74,9 +74,9 @@ def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from harness import plan as plan_mod
+    from harness.core import plan as plan_mod
     from harness.launch import render, slurm
-    from harness.rundir import RunPaths
+    from harness.core.paths import RunPaths
 
     spec = spec_mod.absolutize(spec_mod.load_for_submit(Path(a.spec)), Path.cwd())
     plan, facts, notes, why = _plan_for_display(spec, a.num_inputs)
@@ -96,7 +96,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/] {escape(w)}")
     for line in why:
         console.print(f"[dim]resolved:[/] {escape(line)}")
-    from harness import estimate, footprint
+    from harness.core import estimate
+    from harness.core import footprint
 
     for line in estimate.lines(plan):
         console.print(f"[cyan]estimate:[/] {escape(line)}", soft_wrap=True)
@@ -153,7 +154,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
-    from harness import doctor
+    from harness.ops import doctor
 
     _, checks = doctor.diagnose(Path(a.spec))
     style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
@@ -174,7 +175,7 @@ def _ops(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
-    from harness import synth
+    from harness.lib import synth
 
     out = synth.make_quickstart(Path(a.out))
     for k, v in out.items():
@@ -184,7 +185,9 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
-    from harness import launch, ops, quickstart, synth
+    from harness import launch, ops
+    from harness.ops import quickstart
+    from harness.lib import synth
     from harness.ops import live
 
     if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
@@ -198,8 +201,8 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from harness import evaltable
-    from harness.rundir import atomic_write_json
+    from harness.report import evaltable
+    from harness.core.paths import atomic_write_json
     from harness.stages.evaluate import evaluate_dirs
 
     result = evaluate_dirs(Path(a.reference), Path(a.generated), backend=a.backend)
@@ -214,7 +217,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_sync(a: argparse.Namespace) -> int:
     """Upload a run's offline W&B runs from the login node (compute nodes have no internet, and no key)."""
-    from harness import tracking
+    from harness.report import tracking
     from harness.ops.state import resolve_run
 
     for d in tracking.sync(resolve_run(a.run, a.workdir)):

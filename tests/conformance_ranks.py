@@ -51,8 +51,8 @@ def rank_main(rank: int, port: int, out: str) -> None:
 
     from harness.cosmos import parallel
     from harness.cosmos.model import build_model
-    from harness.models import PRESETS as ALL
-    from harness.tokens import Grid
+    from harness.core.models import PRESETS as ALL
+    from harness.core.tokens import Grid
 
     result: dict[str, Any] = {}
     for tp in TPS:

@@ -1,5 +1,5 @@
 """Helpers for the Cosmos model / finetune tests: a tiny run directory with a real megatron indexed dataset in the
-merged-dataset layout `harness.dataset.open_dataset` reads, and multi-rank (gloo) execution via spawn."""
+merged-dataset layout `harness.lib.dataset.open_dataset` reads, and multi-rank (gloo) execution via spawn."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import spec as spec_mod
-from harness.dataset import to_uint16
-from harness.rundir import RunPaths, atomic_write_json
-from harness.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
+from harness.core import spec as spec_mod
+from harness.lib.dataset import to_uint16
+from harness.core.paths import RunPaths, atomic_write_json
+from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 
 VIDEO = {"width": 32, "height": 32, "num_frames": 9}
 """9 x 32 x 32 @ 4x8x8 -> grid 3x4x4 = 48 tokens: a whole video per sample, cheap on CPU."""
@@ -120,7 +120,7 @@ def tb_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 def tracked_scalars(recs: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """What the tracker should have logged for these metrics.jsonl records."""
-    from harness import tracking
+    from harness.report import tracking
 
     out: dict[str, dict[int, float]] = {}
     for r in recs:
@@ -137,7 +137,7 @@ def assert_same_scalars(got: dict[str, dict[int, float]], want: dict[str, dict[i
 
 
 def assert_events_match_metrics(paths: RunPaths) -> None:
-    """The training event files (harness.tracking) hold exactly metrics.jsonl's steps and values."""
-    from harness import tracking
+    """The training event files (harness.report.tracking) hold exactly metrics.jsonl's steps and values."""
+    from harness.report import tracking
 
     assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(metrics(paths)))

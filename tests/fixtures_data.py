@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness import inputs, spec as spec_mod, synth
-from harness.rundir import RunPaths, atomic_write_json
+from harness.core import inputs
+
+from harness.core import spec as spec_mod
+
+from harness.lib import synth
+from harness.core.paths import RunPaths, atomic_write_json
 from harness.stages import run_task
 
 SHAPE = {"num_frames": 17, "height": 48, "width": 64}
@@ -112,7 +116,7 @@ def write_standins(root: Path, items: dict[str, tuple[str, dict[str, Any]]]) -> 
     import subprocess
     import sys
 
-    lines = ["import dataclasses", "from harness.models import PRESETS",
+    lines = ["import dataclasses", "from harness.core.models import PRESETS",
              "from harness.cosmos.pretrained import write_tiny_pretrained", "if __name__ == '__main__':"]
     for name, (preset, kw) in items.items():
         kw = dict(kw)

@@ -95,7 +95,7 @@ def main(run_dir: str) -> None:
     apply()
     from nemo.collections.llm import api
 
-    from harness.rundir import RunPaths
+    from harness.core.paths import RunPaths
     from harness.stages import load_run_spec, run_task
 
     paths = RunPaths(Path(run_dir))

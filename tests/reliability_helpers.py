@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import synth
+from harness.lib import synth
 from harness.launch import slurmcli
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -142,8 +142,8 @@ def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple
     """Submit only `stages` of a spec's run to Slurm through the launcher's own functions (the later stages
     would only cost time here); returns (RunPaths, stage -> job id)."""
     from harness import launch
-    from harness import spec as spec_mod
-    from harness.inputs import discover, write_inputs
+    from harness.core import spec as spec_mod
+    from harness.core.inputs import discover, write_inputs
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), cwd)
     choice = launch.Choice("slurm", "reliability test")

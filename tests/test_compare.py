@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from harness import cli, launch
-from harness import plan as plan_mod
-from harness import spec as spec_mod
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
 from harness.bench import compare
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, atomic_write_json, new_run_dir
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, atomic_write_json, new_run_dir
 
 SPEC = """
 [run]

@@ -14,7 +14,7 @@ import pytest
 
 from harness import launch
 from harness.launch import slurmcli
-from harness.rundir import RunPaths, read_json
+from harness.core.paths import RunPaths, read_json
 from reliability_helpers import harness, job_ids_from, run_dir_from, tiny_spec
 
 pytestmark = pytest.mark.slurm

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.models import PRESETS
-from harness.tokens import Grid
+from harness.core.errors import HarnessError
+from harness.core.models import PRESETS
+from harness.core.tokens import Grid
 from cosmos_util import make_spec, run_ranks
 
 GRID = Grid(3, 4, 4)

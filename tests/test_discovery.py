@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import inputs, plan, spec as spec_mod
+from harness.core import inputs
+
+from harness.core import plan
+
+from harness.core import spec as spec_mod
 from harness.launch import render, slurm
-from harness.rundir import RunPaths
+from harness.core.paths import RunPaths
 from fixtures_data import make_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +69,7 @@ def test_walk_does_not_stat_each_file(tmp_path: Path) -> None:
             (full / f"d{d}" / f"c{i:04d}.mp4").touch()
 
     def stats(root: Path) -> int:
-        code = (f"from harness.inputs import walk\nimport sys\nsys.stderr.write('WALK-START\\n')\n"
+        code = (f"from harness.core.inputs import walk\nimport sys\nsys.stderr.write('WALK-START\\n')\n"
                 f"f, o = walk({str(root)!r}, frozenset(['.mp4']))\nsys.stderr.write(f'WALK-END {{len(f)}}\\n')")
         log = tmp_path / f"strace-{root.name}.txt"
         subprocess.run(["strace", "-f", "-e", "trace=stat,lstat,fstat,newfstatat,statx,write", "-o", str(log),
@@ -97,7 +101,7 @@ def test_manifest_text_and_jsonl(tmp_path: Path) -> None:
 
 
 def test_manifest_that_cannot_be_read_is_one_error_naming_the_key(tmp_path: Path) -> None:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match=r"data\.manifest = .*nope\.txt.*cannot read"):
         inputs.discover(_spec(manifest=str(tmp_path / "nope.txt")))

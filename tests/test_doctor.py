@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from harness import doctor
+from harness.ops import doctor
 from harness.launch import slurmcli
 from fixtures_data import session_standins
 
@@ -197,7 +197,7 @@ def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, 
     """A tiny stand-in (harness.cosmos.pretrained.write_tiny_pretrained): the matching one passes, one with a
     64,064-row output layer fails naming that tensor (as a local dir, and as a hub id whose snapshot is in the HF
     cache), a hub id not in the cache is skipped with why."""
-    from harness import synth
+    from harness.lib import synth
 
     standins = session_standins(tmp_path_factory)
     spec = write_spec(tmp_path)

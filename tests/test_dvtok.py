@@ -1,4 +1,4 @@
-"""The DV tokenizer wrapper (harness.dvtok) runs the TorchScript modules as upstream does: the tensor-expression
+"""The DV tokenizer wrapper (harness.lib.dvtok) runs the TorchScript modules as upstream does: the tensor-expression
 fuser off before every load (repeated encodes agree bit for bit), pixels scaled in fp32 and then cast once, and no
 other place in harness/ loads a TorchScript module."""
 
@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness import dvtok, synth
-from harness.video import ClipShape, load_clip
+from harness.lib import dvtok
+
+from harness.lib import synth
+from harness.lib.video import ClipShape, load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
 _FRESH = r"""
 import sys, numpy as np, torch
-from harness import dvtok
+from harness.lib import dvtok
 # A fresh interpreter: TorchScript's tensor-expression fuser is on. It fuses on a GPU by default; on a CPU only
 # with this override, which makes the fuser live here as it is on the cluster's GPUs.
 assert torch._C._jit_texpr_fuser_enabled(), "the fuser should be on in a fresh process"
@@ -85,7 +87,7 @@ def test_bf16_weights_run_in_fp32_on_cpu_and_decode_round_trips(tmp_path: Path) 
 
 
 def test_a_broken_file_is_one_line_naming_it(tmp_path: Path) -> None:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     bad = tmp_path / "encoder.jit"
     bad.write_bytes(b"not a torchscript archive")
@@ -97,4 +99,4 @@ def test_no_other_module_loads_torchscript() -> None:
     """Every TorchScript load in harness/ goes through dvtok.load_jit (the fuser switch sits there)."""
     loaders = [p.relative_to(REPO).as_posix() for p in (REPO / "harness").rglob("*.py")
                if "torch.jit.load(" in p.read_text(encoding="utf-8")]
-    assert loaders == ["harness/dvtok.py"]
+    assert loaders == ["harness/lib/dvtok.py"]

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import synth
-from harness.dataset import open_dataset
-from harness.rundir import RunPaths, read_json
+from harness.lib import synth
+from harness.lib.dataset import open_dataset
+from harness.core.paths import RunPaths, read_json
 from harness.stages import load_run_spec
 from harness.stages.assets import resolve
-from harness.video import ClipShape, load_clip
+from harness.lib.video import ClipShape, load_clip
 
 pytestmark = pytest.mark.slurm
 

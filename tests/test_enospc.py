@@ -16,10 +16,14 @@ from typing import Iterator
 import pytest
 from reliability_helpers import harness, tiny_spec
 
-from harness import failures, footprint, launch
-from harness.models import PRESETS
+from harness import launch
+
+from harness.core import failures
+
+from harness.core import footprint
+from harness.core.models import PRESETS
 from harness.ops import state, status
-from harness.rundir import read_json
+from harness.core.paths import read_json
 
 pytestmark = pytest.mark.enospc
 
@@ -160,7 +164,7 @@ def _console():  # type: ignore[no-untyped-def]
 def test_checkpoint_writer_meets_a_full_disk(tmpfs: Path, tmp_path: Path) -> None:
     """megatron-core's own writer on a disk too small for the weights: the partial checkpoint is removed (its space
     is free again) and the error is the one line; with the size known, nothing is written at all."""
-    from harness import spec as spec_mod
+    from harness.core import spec as spec_mod
     from harness.cosmos import checkpoint, parallel
     from harness.cosmos.model import build_model
 

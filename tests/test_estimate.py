@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import estimate, footprint, plan, spec as spec_mod
+from harness.core import estimate
+
+from harness.core import footprint
+
+from harness.core import plan
+
+from harness.core import spec as spec_mod
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "results" / "bench" / "h200"

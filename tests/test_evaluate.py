@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import spec as spec_mod
-from harness.plan import checkpoint_steps
-from harness.rundir import RunPaths, atomic_write_json
+from harness.core import spec as spec_mod
+from harness.core.plan import checkpoint_steps
+from harness.core.paths import RunPaths, atomic_write_json
 from harness.stages import evaluate
-from harness.synth import smooth_clip
-from harness.video import write_mp4
+from harness.lib.synth import smooth_clip
+from harness.lib.video import write_mp4
 
 H, W = 48, 64
 
@@ -196,7 +196,7 @@ def test_cli_start_up_imports_only_what_evaluate_needs(tmp_path: Path, dirs: tup
     import subprocess
     import sys
 
-    from harness import metrics
+    from harness.lib import metrics
 
     if metrics.gpu_device_nodes():
         pytest.skip("GPU device nodes present: torch is the metric engine here")

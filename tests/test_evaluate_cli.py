@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.synth import smooth_clip
-from harness.video import write_mp4
+from harness.lib.synth import smooth_clip
+from harness.lib.video import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 

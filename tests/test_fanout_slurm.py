@@ -14,11 +14,13 @@ import pytest
 from reliability_helpers import tiny_assets
 from rich.console import Console
 
-from harness import launch, ops, synth
-from harness import plan as plan_mod
+from harness import launch, ops
+
+from harness.lib import synth
+from harness.core import plan as plan_mod
 from harness.launch import slurmcli
 from harness.ops import control, state
-from harness.rundir import RunPaths, is_done, read_json
+from harness.core.paths import RunPaths, is_done, read_json
 
 pytestmark = pytest.mark.slurm
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from harness import synth
+from harness.lib import synth
 from harness.launch import slurmcli
-from harness.rundir import RunPaths, is_done, read_json
+from harness.core.paths import RunPaths, is_done, read_json
 from reliability_helpers import (FINAL, harness, sacct_history, states_by_stage, submit_partial, task_process,
                                  tiny_spec, wait_for, wait_stages)
 
@@ -35,8 +35,8 @@ def resume_cli(root: Path, cwd: Path) -> dict[str, str]:
 def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> RunPaths:
     """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
     from harness import launch
-    from harness import spec as spec_mod
-    from harness.inputs import discover, write_inputs
+    from harness.core import spec as spec_mod
+    from harness.core.inputs import discover, write_inputs
     from harness.stages import run_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -95,7 +95,7 @@ def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Pa
         assert by["merge"][ids["merge"]] == "CANCELLED"  # afterok never satisfied; kill-on-invalid-dep
 
         # nothing partial looks complete
-        from harness import dataset
+        from harness.lib import dataset
 
         assert dataset.verify_shard(paths, victim) is not None and not is_done(paths, "tokenize", victim)
         assert not Path(f"{paths.shard_prefix(victim)}.bin").exists() or \
@@ -241,7 +241,7 @@ def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: 
     videos = tmp_path / "mixed"
     good = synth.make_clips(videos, 4)
     bad = synth.make_bad_files(videos)  # corrupt, truncated, zero-byte, text-as-mp4
-    from harness.video import write_mp4
+    from harness.lib.video import write_mp4
 
     write_mp4(videos / "short.mp4", synth.smooth_clip(1, 40, 40, 7), 25)  # one frame: padded, not bad
     (videos / "dangling.mp4").symlink_to(videos / "no-such-target.mp4")

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from cosmos_util import make_run, make_spec, metrics
-from harness.errors import HarnessError
-from harness.models import PRESETS
-from harness.rundir import RunPaths, is_done
+from harness.core.errors import HarnessError
+from harness.core.models import PRESETS
+from harness.core.paths import RunPaths, is_done
 from harness.stages import run_task
 
 STEPS, SAVE = 10, 4  # checkpoints at 4, 8 and 10 (max_steps is not a multiple of save_every)
@@ -185,8 +185,9 @@ def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained
 
 @pytest.mark.timeout(300)
 def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: str) -> None:
-    from harness.cosmos import checkpoint, parallel, train
-    from harness.dataset import open_dataset
+    from harness.cosmos import checkpoint, parallel
+    from harness.stages.finetune import mcore as train
+    from harness.lib.dataset import open_dataset
 
     spec = spec_for(pretrained)
     paths = make_run(tmp_path / "run", spec)
@@ -211,7 +212,7 @@ def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: st
 @pytest.mark.timeout(300)
 def test_video2world_finetune_masks_bov_and_pad(tmp_path: Path) -> None:
     from harness.cosmos.data import VideoSamples
-    from harness.dataset import open_dataset
+    from harness.lib.dataset import open_dataset
 
     spec = make_spec(v2w=True, max_steps=2, save_every=2, precision="bf16-mixed")  # on CPU: trains in fp32
     paths = make_run(tmp_path / "run", spec)
@@ -228,7 +229,7 @@ def test_video2world_finetune_masks_bov_and_pad(tmp_path: Path) -> None:
 
 def test_samples_are_whole_videos(tmp_path: Path) -> None:
     from harness.cosmos import data
-    from harness.dataset import open_dataset
+    from harness.lib.dataset import open_dataset
 
     spec = make_spec()
     paths = make_run(tmp_path / "run", spec, n_videos=8, split=(6, 1, 1))
@@ -248,7 +249,7 @@ def test_samples_are_whole_videos(tmp_path: Path) -> None:
 
 
 def test_lr_schedule() -> None:
-    from harness.cosmos.train import lr_at
+    from harness.stages.finetune.mcore import lr_at
 
     f = make_spec(max_steps=10, lr=1.0, min_lr=0.0, warmup_steps=2).finetune
     assert [round(lr_at(f, s), 6) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import cli
-from harness import spec as spec_mod
+from harness.core import spec as spec_mod
 
 SECTIONS = spec_mod.SECTIONS
 FIELDS: dict[str, tuple[str, ...]] = {

@@ -8,8 +8,8 @@ import torch
 from harness.cosmos import generate as gen
 from harness.cosmos import parallel
 from harness.cosmos.model import build_model
-from harness.models import PRESETS
-from harness.tokens import Grid
+from harness.core.models import PRESETS
+from harness.core.tokens import Grid
 
 GRID = Grid(3, 4, 5)
 
@@ -104,7 +104,7 @@ def test_auto_batch_covers_the_measured_h200_peak() -> None:
     from types import SimpleNamespace
 
     from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
-    from harness.models import PRESETS
+    from harness.core.models import PRESETS
 
     p = PRESETS["cosmos-4b"]
     conf = SimpleNamespace(num_query_groups=p.num_query_groups, tensor_model_parallel_size=1, kv_channels=128,

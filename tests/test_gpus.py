@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from cosmos_util import make_run, make_spec
-from harness import cli, hardware
-from harness.models import PRESETS
-from harness.rundir import is_done
+from harness import cli
+from harness.core import hardware
+from harness.core.models import PRESETS
+from harness.core.paths import is_done
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = '[data]\nvideos = "clips"\n'
@@ -50,7 +51,7 @@ def test_stage_asking_for_gpus_without_cuda_fails_with_one_line(tmp_path: Path) 
                        timeout=300)
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
-    assert last == (f"harness.errors.HarnessError: {socket.gethostname()}: finetune asks for GPUs "
+    assert last == (f"harness.core.errors.HarnessError: {socket.gethostname()}: finetune asks for GPUs "
                     f"(finetune.gpus_per_node = 1 in {paths.spec_json}) but sees none: torch.cuda.is_available() is "
                     f"false with CUDA_VISIBLE_DEVICES=''; check the node's NVIDIA driver and the job's GPU "
                     f"allocation"), p.stderr[-2000:]
@@ -62,7 +63,7 @@ def test_stage_asking_for_gpus_without_cuda_fails_with_one_line(tmp_path: Path) 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is absent")
 def test_cpu_compatibility_only_where_the_stage_asks_for_no_gpu() -> None:
     from harness.cosmos import compat
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match="asks for 2 GPU"):
         compat.apply(gpus_requested=2)

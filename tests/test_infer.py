@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import spec as spec_mod
+from harness.core import spec as spec_mod
 from harness.cosmos.pretrained import write_tiny_pretrained
-from harness.errors import HarnessError
-from harness.models import PRESETS
-from harness.plan import checkpoint_steps
-from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.core.errors import HarnessError
+from harness.core.models import PRESETS
+from harness.core.plan import checkpoint_steps
+from harness.core.paths import RunPaths, atomic_write_json, read_json
 from harness.stages import evaluate, infer
-from harness.synth import make_clips, smooth_clip, write_tokenizer
-from harness.video import ClipShape, load_clip
+from harness.lib.synth import make_clips, smooth_clip, write_tokenizer
+from harness.lib.video import ClipShape, load_clip
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
 
 @pytest.mark.timeout(300)
 def test_video2world_from_jsonl_prompts(tmp_path: Path) -> None:
-    from harness.synth import write_jsonl, write_text_encoder
+    from harness.lib.synth import write_jsonl, write_text_encoder
 
     clips = make_clips(tmp_path / "videos", 2, seed=6)
     jsonl = write_jsonl(tmp_path / "prompts.jsonl", clips)

@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
-from harness import cli, synth
+from harness import cli
+
+from harness.lib import synth
 from harness.launch import slurmcli
-from harness.rundir import read_json
+from harness.core.paths import read_json
 from reliability_helpers import wait_stages
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import inputs
-from harness.errors import HarnessError
-from harness.rundir import RunPaths
+from harness.core import inputs
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
 from fixtures_data import make_spec
 
 

@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch, plan, spec, synth
+from harness import launch
+
+from harness.core import plan
+
+from harness.core import spec
+
+from harness.lib import synth
 from harness.launch import local
-from harness.rundir import is_done, read_json
+from harness.core.paths import is_done, read_json
 
 
 def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launch.RunPaths, plan.Plan]:
-    from harness.inputs import discover, write_inputs
+    from harness.core.inputs import discover, write_inputs
 
     clips = tmp / "videos"
     synth.make_clips(clips, 6)

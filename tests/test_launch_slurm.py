@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch, plan, spec, synth
+from harness import launch
+
+from harness.core import plan
+
+from harness.core import spec
+
+from harness.lib import synth
 from harness.launch import slurmcli
-from harness.rundir import read_json
+from harness.core.paths import read_json
 
 pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
@@ -107,7 +113,7 @@ def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str,
     paths = launch.new_run_dir(Path(s.run.workdir), "split")
     choice = launch.Choice("slurm", "test")
     launch.write_run(paths, "", p, facts, choice)
-    from harness.inputs import discover, write_inputs
+    from harness.core.inputs import discover, write_inputs
 
     write_inputs(paths, discover(s))
     todo = {"stage-assets": [0], "tokenize": list(range(8)), "merge": [0]}
@@ -157,7 +163,7 @@ def test_auto_falls_back_to_local_without_sbatch(no_slurm: None) -> None:
 
 
 def test_executor_slurm_without_controller_is_a_clear_error(no_slurm: None) -> None:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match="sbatch not found"):
         launch.choose_executor("slurm")

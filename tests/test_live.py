@@ -7,10 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import plan as plan_mod, spec as spec_mod
+from harness.core import plan as plan_mod
+
+from harness.core import spec as spec_mod
 from harness.ops import live
 from harness.ops.state import RunState, StageState, TaskRow
-from harness.rundir import RunPaths
+from harness.core.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
 

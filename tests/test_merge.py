@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from harness import dataset
-from harness.errors import HarnessError
-from harness.inputs import InputItem, read_inputs, write_inputs
-from harness.rundir import RunPaths
+from harness.lib import dataset
+from harness.core.errors import HarnessError
+from harness.core.inputs import InputItem, read_inputs, write_inputs
+from harness.core.paths import RunPaths
 from harness.stages import load_run_spec, worker
 from harness.stages.merge import make_split
 from fixtures_data import dataset_bytes, session_base_run, summary

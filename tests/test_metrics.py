@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from harness import metrics
-from harness.synth import smooth_clip
-from harness.video import ClipShape, load_clip, write_mp4
+from harness.lib import metrics
+from harness.lib.synth import smooth_clip
+from harness.lib.video import ClipShape, load_clip, write_mp4
 
 
 TOL = {"numba": 1e-6, "torch": 1e-9}

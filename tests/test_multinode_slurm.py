@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from harness.launch import slurmcli
-from harness.rundir import RunPaths, read_json
+from harness.core.paths import RunPaths, read_json
 from reliability_helpers import (harness, job_ids_from, run_dir_from, sacct_history, states_by_stage, tiny_spec,
                                  wait_for, wait_stages)
 

@@ -25,9 +25,9 @@ import torch
 pytest.importorskip("nemo.collections.llm")
 
 from cosmos_util import assert_events_match_metrics, make_run, make_spec, metrics  # noqa: E402
-from harness.cosmos.train import lr_at  # noqa: E402
-from harness.models import PRESETS  # noqa: E402
-from harness.rundir import RunPaths, atomic_write_json, is_done  # noqa: E402
+from harness.stages.finetune.mcore import lr_at  # noqa: E402
+from harness.core.models import PRESETS  # noqa: E402
+from harness.core.paths import RunPaths, atomic_write_json, is_done  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STEPS, SAVE, GBS = 6, 4, 2  # checkpoints at 4 and 6 (max_steps is not a multiple of save_every)
@@ -102,7 +102,7 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
     assert [r["lr"] for r in recs] == pytest.approx([lr_at(f, s) for s in range(STEPS)], rel=1e-9)
     assert len({r["lr"] for r in recs}) >= 4  # not constant
     assert is_done(run_a, "finetune", 0)
-    assert_events_match_metrics(run_a)  # the callback feeds harness.tracking the same records
+    assert_events_match_metrics(run_a)  # the callback feeds harness.report.tracking the same records
     loss = [r["loss"] for r in recs]
     assert np.mean(loss[-2:]) < np.mean(loss[:2]) - 0.5, loss
     # step 1's loss is the pretrained weights' loss on the run's first global batch: the NeMo restore worked
@@ -112,8 +112,8 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
 def first_batch_loss(paths: RunPaths, weights: Path) -> float:
     from harness.cosmos import checkpoint as ckpt, data as data_mod, parallel
     from harness.cosmos.model import build_model
-    from harness.cosmos.nemo_engine import ordered_sample
-    from harness.dataset import open_dataset
+    from harness.stages.finetune.nemo import ordered_sample
+    from harness.lib.dataset import open_dataset
     from harness.stages import load_run_spec
 
     spec = load_run_spec(paths)
@@ -225,7 +225,7 @@ def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: in
     from nemo.lightning.data import MegatronPretrainingSampler
 
     from harness.cosmos import data as data_mod
-    from harness.cosmos.nemo_engine import ordered_sample
+    from harness.stages.finetune.nemo import ordered_sample
 
     n, seed, steps = 5, 3, 6  # 5 videos: batches cross epoch boundaries
     for rank in range(dp):
@@ -240,8 +240,8 @@ def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: in
 
 
 def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
-    from harness.cosmos.nemo_engine import check_engine
-    from harness.errors import HarnessError
+    from harness.stages.finetune.nemo import check_engine
+    from harness.core.errors import HarnessError
 
     atomic_write_json(tmp_path / "context" / "harness.json", {"preset": "tiny", "engine": "mcore"})
     with pytest.raises(HarnessError, match="'mcore' engine"):
@@ -253,7 +253,7 @@ def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
 def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from harness.cosmos import nemo_engine
+    from harness.stages.finetune import nemo as nemo_engine
     from harness.stages import finetune
 
     spec = make_spec()
@@ -273,7 +273,9 @@ def test_seed_shape_reaches_max_steps_past_max_epochs(tmp_path: Path) -> None:
     from max_steps 100 / save_every 25 to 12 / 3: one epoch is 8 steps, but the plan sized infer/evaluate for
     checkpoints 3, 6, 9, 12 (the engine used to stop at step 8). The NeMo engine repeats the split, as the mcore
     engine does, and writes all four; checkpoints.json, the plan and the report agree on them and on the last step."""
-    from harness import plan as plan_mod, report, trainplan
+    from harness.core import plan as plan_mod
+    from harness.report import build as report
+    from harness.core import trainplan
 
     spec = make_spec(max_steps=12, save_every=3, gbs=1, lr=1e-3, engine="nemo", max_epochs=1)
     paths = make_run(tmp_path / "run", spec, n_videos=10, split=(8, 1, 1))

@@ -20,13 +20,13 @@ import pytest
 from rich.console import Console
 
 from harness import cli, launch
-from harness import plan as plan_mod
-from harness import spec as spec_mod
-from harness.errors import HarnessError
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
 from harness.launch import slurmcli
 from harness.ops import control, state, status
-from harness.plan import Dependency
-from harness.rundir import RunPaths, new_run_dir
+from harness.core.plan import Dependency
+from harness.core.paths import RunPaths, new_run_dir
 
 SPEC = """
 [run]
@@ -125,7 +125,7 @@ def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, 
     assert r.state == "CANCELLED" and r.reason.startswith("DependencyNeverSatisfied")
     err = Path(a.log).with_suffix(".err")
     assert Path(a.log).is_file() and "has no decoder.jit" in err.read_text()
-    assert a.reason.startswith("harness.errors.HarnessError") and "has no decoder.jit" in a.reason
+    assert a.reason.startswith("harness.core.errors.HarnessError") and "has no decoder.jit" in a.reason
     text = render(rs)
     assert "FAILED" in text and "1:0" in text and "0/2 tasks completed" in text
     assert str(paths.root) in text and str(Path(a.log).relative_to(paths.root)) in text

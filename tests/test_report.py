@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, launch, report
-from harness import plan as plan_mod
-from harness import spec as spec_mod
-from harness.rundir import RunPaths, atomic_write_json, mark_done, new_run_dir
+from harness import cli, launch
+
+from harness.report import build as report
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
+from harness.core.paths import RunPaths, atomic_write_json, mark_done, new_run_dir
 
 SPEC = """
 [run]

@@ -10,7 +10,7 @@ import torch
 
 from harness.cosmos import rope3d
 from harness.cosmos.config import Yarn
-from harness.tokens import Grid
+from harness.core.tokens import Grid
 
 
 def reference_angles(grid: Grid, dim: int, base: float, yarn: Yarn | None = None) -> list[list[float]]:
@@ -135,7 +135,7 @@ def test_fused_rotate_equals_megatron_apply_rotary_pos_emb() -> None:
 
     from harness.cosmos.model import rotate
     from harness.cosmos.rope3d import rope_angles
-    from harness.tokens import Grid
+    from harness.core.tokens import Grid
 
     angles = rope_angles(Grid(3, 4, 6), 128, 10_000.0)  # [s, 1, 1, d]
     s = angles.shape[0]

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import docs, quickstart, spec as spec_mod
+from harness.core import docs
+
+from harness.ops import quickstart
+
+from harness.core import spec as spec_mod
 from harness.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]

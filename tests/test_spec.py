@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, spec
-from harness.errors import SpecError
+from harness import cli
+
+from harness.core import spec
+from harness.core.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = '[data]\nvideos = "clips"\n'
@@ -160,6 +162,6 @@ def test_reference_rows_cover_every_field() -> None:
 
 
 def test_readme_spec_reference_is_current() -> None:
-    from harness.docs import spec_reference_markdown
+    from harness.core.docs import spec_reference_markdown
 
-    assert spec_reference_markdown() in (REPO / "README.md").read_text(), "run: python -m harness.docs"
+    assert spec_reference_markdown() in (REPO / "README.md").read_text(), "run: python -m harness.core.docs"

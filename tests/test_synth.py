@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import prompts, synth
-from harness.video import ClipShape, load_clip
+from harness.lib import prompts
+
+from harness.lib import synth
+from harness.lib.video import ClipShape, load_clip
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from harness import dataset, prompts, spec as spec_mod, synth, tokens
-from harness.dataset import open_dataset
-from harness.errors import HarnessError
-from harness.rundir import RunPaths
+from harness.lib import dataset
+
+from harness.lib import prompts
+
+from harness.core import spec as spec_mod
+
+from harness.lib import synth
+
+from harness.core import tokens
+from harness.lib.dataset import open_dataset
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
 from harness.stages import load_run_spec, run_task, worker
-from harness.video import ClipShape, load_clip, write_mp4
+from harness.lib.video import ClipShape, load_clip, write_mp4
 from fixtures_data import (SHAPE, dataset_bytes, make_run, make_spec, session_assets, session_base_run,
                            session_videos, summary)
 
@@ -197,7 +205,7 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
 
 
 def test_bf16_saved_encoder_runs_in_fp32_on_cpu(tmp_path: Path) -> None:
-    from harness.dvtok import Encoder
+    from harness.lib.dvtok import Encoder
 
     tok = synth.write_tokenizer(tmp_path)
     torch.jit.save(torch.jit.load(str(tok / "encoder.jit")).to(torch.bfloat16), str(tmp_path / "bf16.jit"))

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from cosmos_util import assert_same_scalars, make_run, make_spec, metrics, tb_scalars, tracked_scalars
-from harness import report, spec as spec_mod, tracking
-from harness.errors import SpecError
-from harness.rundir import RunPaths
+from harness.report import build as report
+from harness.core import spec as spec_mod
+from harness.report import tracking
+from harness.core.errors import SpecError
+from harness.core.paths import RunPaths
 from harness.stages import run_task
 
 
@@ -45,7 +47,7 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
 
 def _shard(videos: list[tuple[str, float, float]]) -> dict[str, Any]:
     """One evaluate task's file: per-video records and their means (what harness.stages.evaluate writes)."""
-    from harness.evalstats import video_means
+    from harness.core.evalstats import video_means
 
     vids = [{"name": n, "psnr": p, "ssim": s} for n, p, s in videos]
     return {"videos": vids, "mean": video_means(vids, ("psnr", "ssim")), "frames": "all", "failed": []}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from fixtures_data import session_standins, write_standins
 
-from harness.models import PRESETS
+from harness.core.models import PRESETS
 
 REAL = ("cosmos-4b", "cosmos-12b", "cosmos-5b-v2w", "cosmos-13b-v2w")
 TPS = (1, 2, 8)
@@ -212,7 +212,7 @@ def test_rope_split_per_axis(name: str) -> None:
 
     from harness.cosmos import config as cfg
     from harness.cosmos.rope3d import Rope3D, axis_dims
-    from harness.tokens import Grid
+    from harness.core.tokens import Grid
 
     p = PRESETS[name]
     assert p.rotary_base == ROTARY_BASE

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import synth
-from harness.errors import HarnessError
-from harness.video import ClipShape, VideoError, cover_size, load_clip, load_frames, try_load, write_mp4
+from harness.lib import synth
+from harness.core.errors import HarnessError
+from harness.lib.video import ClipShape, VideoError, cover_size, load_clip, load_frames, try_load, write_mp4
 
 
 def _bands(frames: int, height: int, width: int) -> np.ndarray:

@@ -12,23 +12,24 @@ import pytest
 import torch
 
 from cosmos_util import make_run, make_spec
-from harness import prompts, synth
+from harness.lib import prompts
+from harness.lib import synth
 from harness.cosmos import generate as gen
 from harness.cosmos import parallel
 from harness.cosmos.data import VideoSamples, collate
 from harness.cosmos.model import build_model
-from harness.dataset import open_dataset, prompt_lengths_path, prompts_path
-from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.spec import RunSpec
+from harness.lib.dataset import open_dataset, prompt_lengths_path, prompts_path
+from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.spec import RunSpec
 from harness.stages import infer
-from harness.tokens import BOV_ID
+from harness.core.tokens import BOV_ID
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def v2w(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunSpec, RunPaths, Any]:
-    """A merged V2W dataset whose prompt arrays come from harness.prompts (the tiny T5), as tokenize writes them."""
+    """A merged V2W dataset whose prompt arrays come from harness.lib.prompts (the tiny T5), as tokenize writes them."""
     root = tmp_path_factory.mktemp("v2w-context")
     spec = make_spec(v2w=True)
     paths = make_run(root / "run", spec, n_videos=8)

@@ -1,6 +1,6 @@
 """`harness bench compare RUN`: the nightly regression check of a finished run.
 
-Metrics come from the run's result files (through harness.report, so they are the numbers the report
+Metrics come from the run's result files (through harness.report.build, so they are the numbers the report
 shows). Each is checked, ReFrame style, against a reference `(value, lower, upper, unit)` whose bounds are
 fractions of the value (per system, with a "*" fallback), and against the median of the last N passing
 history entries of the same cluster and container image, with the same fractional bounds. Every
@@ -22,9 +22,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness import report
-from harness.errors import HarnessError, Problem
-from harness.rundir import RunPaths, atomic_write_text, read_json
+from harness.report import build as report
+from harness.core.errors import HarnessError, Problem
+from harness.core.paths import RunPaths, atomic_write_text, read_json
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from typing import Any
 import av
 import numpy as np
 
-from harness import metrics
-from harness.rundir import atomic_write_json
+from harness.lib import metrics
+from harness.core.paths import atomic_write_json
 from harness.stages import evaluate
-from harness.synth import smooth_clip
-from harness.video import ClipShape, load_clip, write_mp4
+from harness.lib.synth import smooth_clip
+from harness.lib.video import ClipShape, load_clip, write_mp4
 
 T, H, W = 17, 320, 512
 

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from harness.bench import ranks
-from harness.models import PRESETS
-from harness.rundir import atomic_write_json
-from harness.tokens import Grid
+from harness.core.models import PRESETS
+from harness.core.paths import atomic_write_json
+from harness.core.tokens import Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths, atomic_write_json, read_json
 
 
 def spec_text(assets: dict[str, str], preset: str, tp: int, steps: int, save_every: int, cuda: bool) -> str:
@@ -163,9 +163,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--save-every", type=int, default=2)
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
-    from harness import synth
+    from harness.lib import synth
     from harness.cosmos.pretrained import write_tiny_pretrained
-    from harness.models import PRESETS
+    from harness.core.models import PRESETS
 
     cuda = torch.cuda.is_available()
     cwd = Path.cwd()

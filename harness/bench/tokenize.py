@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from harness import inputs, spec as spec_mod, synth
-from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.dvtok import Encoder, model_dtype, normalise, span_seconds
-from harness.video import write_mp4
+from harness.core import inputs
+
+from harness.core import spec as spec_mod
+
+from harness.lib import synth
+from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.lib.dvtok import Encoder, model_dtype, normalise, span_seconds
+from harness.lib.video import write_mp4
 
 SOURCE = (17, 360, 640)
 """Source clips: 16:9, resized to cover 320 x 512 and center-cropped, as real data would be."""
@@ -279,8 +283,8 @@ def _serial_loop(tmp: Path, path: Path, n: int, device: str, geometry: tuple[int
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from harness.dataset import to_uint16
-    from harness.video import ClipShape, load_clip
+    from harness.lib.dataset import to_uint16
+    from harness.lib.video import ClipShape, load_clip
 
     enc = Encoder.load(path, torch.device(device))
     videos = sorted((tmp / "videos").iterdir())[:n]

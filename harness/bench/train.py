@@ -1,4 +1,4 @@
-"""`harness bench train`: training throughput of the harness' real finetune path (`harness.cosmos.train.setup`
+"""`harness bench train`: training throughput of the harness' real finetune path (`harness.stages.finetune.mcore.setup`
 and `train_step`: the same CosmosModel, mcore DDP, mcore optimizer, micro-batching and loss as the finetune stage)
 at a preset's shape, on synthetic whole-video samples (speed does not depend on token values).
 
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import spec as spec_mod
+from harness.core import spec as spec_mod
 from harness.bench import ranks
-from harness.models import PRESETS
-from harness.rundir import RunPaths, atomic_write_json
-from harness.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
+from harness.core.models import PRESETS
+from harness.core.paths import RunPaths, atomic_write_json
+from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 
 PEAK_TFLOPS = 989.0
 GOAL_MFU = 0.50
@@ -52,7 +52,7 @@ def geometry(seq: int, compression: tuple[int, int, int] = (4, 8, 8)) -> dict[st
 
 
 class SyntheticVideos:
-    """A TokenSource of random whole videos (the `harness.dataset.TokenDataset` interface)."""
+    """A TokenSource of random whole videos (the `harness.lib.dataset.TokenDataset` interface)."""
 
     def __init__(self, spec: spec_mod.RunSpec, n: int = 4, seed: int = 0) -> None:
         tm = spec.token_math
@@ -112,7 +112,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if not ranks.launched(a.tp * a.dp):
         return ranks.relaunch("harness.bench.train", list(argv if argv is not None else sys.argv[1:]),
                               a.tp * a.dp, out)
-    from harness.cosmos import parallel, train
+    from harness.cosmos import parallel
+    from harness.stages.finetune import mcore as train
 
     cuda = torch.cuda.is_available()
     spec = make_spec(a, cuda)

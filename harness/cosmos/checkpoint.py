@@ -20,14 +20,14 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-from harness import failures
+from harness.core import failures
 from harness.cosmos import layout, parallel
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from harness.cosmos.model import CosmosModel
-    from harness.spec import RunSpec
+    from harness.core.spec import RunSpec
 
 log = logging.getLogger(__name__)
 MARKER = "done.json"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 log = logging.getLogger(__name__)
 _applied = False
@@ -136,7 +136,7 @@ def _patch_optimizer() -> None:
     # without Apex/TE, calls multi_tensor_applier on CUDA buffers; clip_grad_by_total_norm_fp32 asserts the
     # grads are CUDA tensors. optimizer/optimizer.py FP32Optimizer keeps its `_scale` on 'cuda'. On CPU: plain
     # torch norms and scaling. (The bf16 MixedPrecisionOptimizer also checks for 'torch.cuda.*Tensor' types,
-    # so on CPU the harness trains in fp32; see harness.trainplan.precision.)
+    # so on CPU the harness trains in fp32; see harness.core.trainplan.precision.)
     from megatron.core.optimizer import clip_grads, optimizer as opt
 
     def grad_norm(grads_for_norm: Any, norm_type: float = 2, grad_stats_parallel_group: Any = None) -> float:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from harness.models import ModelPreset
+from harness.core.models import ModelPreset
 
 Precision = Literal["bf16-mixed", "fp32"]
 

@@ -15,12 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
-from harness.tokens import BOV_ID, TokenMath
+from harness.core.errors import HarnessError
+from harness.core.tokens import BOV_ID, TokenMath
 
 
 class TokenSource(Protocol):
-    """What `harness.dataset.TokenDataset` provides."""
+    """What `harness.lib.dataset.TokenDataset` provides."""
 
     def __len__(self) -> int: ...
     def tokens(self, i: int) -> np.ndarray: ...
@@ -109,12 +109,12 @@ def collate(samples: list[Sample], device: torch.device | str, dtype: torch.dtyp
 
 def context_batch(embeddings: list[np.ndarray], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     """Video2World cross-attention context [b, L, d] for training and generation alike: every prompt-embedding
-    row (L = 512, `harness.prompts`), the padding rows zero, and no mask, as upstream (NVIDIA/Cosmos
+    row (L = 512, `harness.lib.prompts`), the padding rows zero, and no mask, as upstream (NVIDIA/Cosmos
     archived-ces2025, cosmos1/models/autoregressive/): NeMo training passes only `context`
     (nemo/cosmos_video2world.py:380-383), so the layer's `context_mask` stays None (:204) and reaches the
     cross-attention as its mask (:245-248), whose spec is `no_mask` (:309); NeMo inference likewise (nemo/inference/
     inference_controller.py:60); native inference sets an all-ones mask (inference/world_generation_pipeline.py:801).
     The padding rows are zeroed by the T5 wrapper (models/common/t5_text_encoder.py:105-106), here by
-    `harness.prompts.encode`."""
+    `harness.lib.prompts.encode`."""
     return torch.from_numpy(np.stack([np.asarray(e, dtype=np.float32) for e in embeddings])).to(device, dtype)
 

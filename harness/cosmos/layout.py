@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from harness.errors import HarnessError
-from harness.models import ModelPreset
+from harness.core.errors import HarnessError
+from harness.core.models import ModelPreset
 
 MODEL_PREFIX = "module."
 """Model tensors of a NeMo 2 checkpoint; others (`optimizer.*`) are not the model's and are not compared."""

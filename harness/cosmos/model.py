@@ -40,8 +40,8 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 
 from harness.cosmos import config as cfg
 from harness.cosmos.rope3d import Rope3D, abs_sincos
-from harness.models import ModelPreset
-from harness.tokens import VIDEO2WORLD_PAD, Grid
+from harness.core.models import ModelPreset
+from harness.core.tokens import VIDEO2WORLD_PAD, Grid
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from harness.cosmos import compat, fastpaths
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 TIMEOUT = datetime.timedelta(minutes=30)
 

@@ -17,7 +17,7 @@ import math
 import torch
 
 from harness.cosmos.config import Yarn
-from harness.tokens import Grid
+from harness.core.tokens import Grid
 
 
 def axis_dims(dim: int) -> tuple[int, int, int]:

@@ -17,8 +17,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from harness.cosmos.rope3d import abs_sincos
-from harness.models import ModelPreset
-from harness.tokens import Grid
+from harness.core.models import ModelPreset
+from harness.core.tokens import Grid
 
 
 @dataclass

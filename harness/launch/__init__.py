@@ -1,7 +1,7 @@
 """Launching a plan: choose the executor, create the run directory, submit, record jobs.json.
 
 Slurm when a controller answers (or `--executor slurm`), else submitit's local executor; the reason for
-the choice is printed and stored. Planning stays pure (harness.plan); the side effects live here.
+the choice is printed and stored. Planning stays pure (harness.core.plan); the side effects live here.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from harness import plan as plan_mod
-from harness import spec as spec_mod
-from harness.errors import HarnessError
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
 from harness.launch import slurmcli
-from harness.rundir import RunPaths, atomic_write_json, atomic_write_text, new_run_dir, read_json
+from harness.core.paths import RunPaths, atomic_write_json, atomic_write_text, new_run_dir, read_json
 
 ExecutorName = Literal["auto", "slurm", "local"]
 
@@ -92,9 +92,9 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
 
 
 def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True) -> Submitted:
-    """Plan and submit; with `doctor`, the cheap preflight checks (harness.doctor.CHEAP) run first and any
+    """Plan and submit; with `doctor`, the cheap preflight checks (harness.ops.doctor.CHEAP) run first and any
     failure stops the submission before a run directory exists."""
-    from harness.inputs import discover, write_inputs
+    from harness.core.inputs import discover, write_inputs
     from harness.launch import local
 
     t0 = time.perf_counter()
@@ -104,7 +104,7 @@ def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = 
     facts = gather_facts(spec, choice, len(items))
     plan = make_plan(spec, facts)
     if doctor:
-        from harness import doctor as preflight
+        from harness.ops import doctor as preflight
 
         cluster = preflight.gather_cluster() if choice.executor == "slurm" else choice.reason
         preflight.raise_on_failure(spec, preflight.run(spec, plan, cluster, items, groups=preflight.CHEAP))

@@ -17,10 +17,10 @@ from typing import Any
 
 import submitit
 
-from harness import failures
+from harness.core import failures
 from harness.launch.task import StageTask
-from harness.plan import Plan, StagePlan
-from harness.rundir import RunPaths, atomic_write_json, is_done, read_json
+from harness.core.plan import Plan, StagePlan
+from harness.core.paths import RunPaths, atomic_write_json, is_done, read_json
 
 OK, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from submitit.slurm.slurm import _make_sbatch_string
 
-from harness.plan import Plan, StagePlan, checkpoint_steps, infer_shards
-from harness.rundir import RunPaths
-from harness.spec import RunSpec
+from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
+from harness.core.paths import RunPaths
+from harness.core.spec import RunSpec
 
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 

@@ -12,8 +12,8 @@ import submitit
 
 from harness.launch import render
 from harness.launch.task import StageTask
-from harness.plan import Plan, StagePlan
-from harness.rundir import RunPaths
+from harness.core.plan import Plan, StagePlan
+from harness.core.paths import RunPaths
 
 MAX_REQUEUES = 50
 """Time-limit requeues submitit allows a task (its default, 3, would end a long finetune early)."""

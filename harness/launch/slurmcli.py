@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 CALLS: collections.Counter[str] = collections.Counter()
 """Slurm client invocations by command name, for tests and benchmarks."""

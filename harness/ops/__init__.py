@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.ops import control, state, status
-from harness.rundir import RunPaths
+from harness.core.paths import RunPaths
 
 
 
@@ -58,7 +58,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def print_report(paths: RunPaths) -> int:
     """Tables in the terminal and the results files; used by `harness report` and `harness quickstart`."""
-    from harness import report
+    from harness.report import build as report
     from harness.launch import load_plan
 
     plan = load_plan(paths)

@@ -8,8 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from harness.errors import HarnessError
-from harness.models import PRESETS
+from harness.core.errors import HarnessError
+from harness.core.models import PRESETS
 
 
 def inspect_checkpoint(directory: Path, preset: str | None, tp: int, layers: int | None, console: Console) -> int:

@@ -17,11 +17,11 @@ from typing import Any
 from rich.console import Console
 
 from harness import launch
-from harness.errors import HarnessError, Problem
+from harness.core.errors import HarnessError, Problem
 from harness.launch import slurmcli
 from harness.ops.state import ACTIVE, COMPLETED, RunState, collect, done_tasks, job_ids, load_jobs
-from harness.plan import Facts, Plan
-from harness.rundir import RunPaths, atomic_write_json, read_json
+from harness.core.plan import Facts, Plan
+from harness.core.paths import RunPaths, atomic_write_json, read_json
 
 
 def incomplete(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:

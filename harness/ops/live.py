@@ -19,11 +19,11 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.ops.state import COMPLETED, RunState, collect, load_jobs
 from harness.ops.status import WAIT_RETRIES, _counts, verdict
-from harness.plan import Plan
-from harness.rundir import RunPaths
+from harness.core.plan import Plan
+from harness.core.paths import RunPaths
 
 _BAD = ("FAILED", "OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "CANCELLED", "LOST", "MISSING")
 _TOKENIZE_LINE = re.compile(rb"(\d+)/(\d+) inputs")

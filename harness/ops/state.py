@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import failures
-from harness.errors import HarnessError, Problem
+from harness.core import failures
+from harness.core.errors import HarnessError, Problem
 from harness.launch import slurmcli
-from harness.plan import Plan
-from harness.rundir import RunPaths, read_json
+from harness.core.plan import Plan
+from harness.core.paths import RunPaths, read_json
 
 COMPLETED = "COMPLETED"
 ACTIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",

@@ -11,11 +11,11 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Column, Table
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.launch import load_plan
 from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, query_slurm
-from harness.plan import Plan
-from harness.rundir import RunPaths
+from harness.core.plan import Plan
+from harness.core.paths import RunPaths
 
 WAIT_RETRIES = 5
 """Consecutive failed Slurm queries `wait` tolerates."""

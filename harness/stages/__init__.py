@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from harness import failures
-from harness import spec as spec_mod
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, is_done, mark_done, read_json
+from harness.core import failures
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, is_done, mark_done, read_json
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.stages import ORDER, run_task
 
 

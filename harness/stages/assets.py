@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.spec import RunSpec
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.assets")
 

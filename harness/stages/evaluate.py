@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
-from harness import metrics
-from harness.errors import HarnessError
-from harness.evalstats import ALIGNMENT_CONVENTION, frames_note, video_means
-from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.video import load_frames
+from harness.lib import metrics
+from harness.core.errors import HarnessError
+from harness.core.evalstats import ALIGNMENT_CONVENTION, frames_note, video_means
+from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.lib.video import load_frames
 
 if TYPE_CHECKING:
-    from harness.spec import RunSpec
+    from harness.core.spec import RunSpec
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
@@ -294,10 +294,10 @@ def shard_names(paths: RunPaths, step: int, key: int | None, task: int) -> list[
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
-    """Task = (checkpoint, input shard) as `harness.plan.infer_task` maps it, the index of the infer task it
+    """Task = (checkpoint, input shard) as `harness.core.plan.infer_task` maps it, the index of the infer task it
     scores (aftercorr); writes paths.eval_json(step, shard key) atomically, with the metrics of evaluate.metrics
     only (validated with the spec)."""
-    from harness.plan import infer_task
+    from harness.core.plan import infer_task
 
     t = infer_task(spec, task)
     step = t.step

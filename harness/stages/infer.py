@@ -1,5 +1,5 @@
 """Infer stage: continue evaluation clips with one fine-tuned checkpoint; the task index names a checkpoint and
-a shard of the input list (`harness.plan.infer_task`: task = checkpoint * shards + shard; one shard, the
+a shard of the input list (`harness.core.plan.infer_task`: task = checkpoint * shards + shard; one shard, the
 default, is the whole list).
 
 Per input: the clip as the tokenize stage defines it (first T frames, resize-to-cover + center crop), its first
@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
-from harness.dvtok import Decoder, Encoder
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, atomic_write_json
+from harness.lib.dvtok import Decoder, Encoder
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, atomic_write_json
 from harness.stages.evaluate import Sidecar, sidecar_path
-from harness.tokens import BOV_ID
+from harness.core.tokens import BOV_ID
 
 if TYPE_CHECKING:
-    from harness.plan import InferTask
-    from harness.spec import RunSpec
+    from harness.core.plan import InferTask
+    from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.infer")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -93,7 +93,7 @@ def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
 
 def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInput]:
     """Test-split items in split order; only those in `keep` carry their context tokens and prompt."""
-    from harness.dataset import open_dataset
+    from harness.lib.dataset import open_dataset
 
     ds = open_dataset(paths)
     g = spec.token_math.grid
@@ -177,7 +177,7 @@ def free_memory(device: torch.device) -> int:
 
 
 def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) -> torch.Tensor:
-    from harness.video import ClipShape, load_clip
+    from harness.lib.video import ClipShape, load_clip
 
     tm, v = spec.token_math, spec.video
     c = context_latents(spec, batch[0])
@@ -208,7 +208,7 @@ def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, d
     from harness.cosmos.data import context_batch
 
     if any(it.prompt_embedding is None for it in batch):
-        from harness import prompts
+        from harness.lib import prompts
 
         emb, _ = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
         return {"context": context_batch(list(emb), device, dtype)}
@@ -218,7 +218,7 @@ def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, d
 def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, device: torch.device) -> Any:
     if not spec.video2world or all(it.prompt_embedding is not None for it in items):
         return None
-    from harness import prompts
+    from harness.lib import prompts
     from harness.stages.assets import resolve
 
     return prompts.load(resolve(paths, "text_encoder"), device)
@@ -236,8 +236,8 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     from harness.cosmos import parallel
     from harness.cosmos.checkpoint import load_for_inference
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
-    from harness.plan import infer_task
-    from harness.video import write_mp4
+    from harness.core.plan import infer_task
+    from harness.lib.video import write_mp4
 
     t = infer_task(spec, task)
     step = t.step

@@ -15,9 +15,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from harness import spec as spec_mod
-from harness.errors import HarnessError
-from harness.rundir import RunPaths
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
 
 log = logging.getLogger(__name__)
 

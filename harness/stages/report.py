@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 
-from harness import report, tracking, trainplan
-from harness.rundir import RunPaths, is_done, read_json
-from harness.spec import RunSpec
+from harness.report import build as report
 
-log = logging.getLogger("harness.report")
+from harness.report import tracking
+
+from harness.core import trainplan
+from harness.core.paths import RunPaths, is_done, read_json
+from harness.core.spec import RunSpec
+
+log = logging.getLogger("harness.report.build")
 
 
 def incomplete_tasks(paths: RunPaths) -> list[dict[str, object]]:

@@ -1,7 +1,7 @@
 """The training plan: every number about a finetune run that more than one module needs, computed once.
 
-The plan (`harness.plan`: infer/evaluate array sizes), both finetune engines (`harness.cosmos.train`, the mcore
-loop, and `harness.cosmos.nemo_engine`, NeMo 2) and the report all read a `TrainingPlan`; none of them derives
+The plan (`harness.core.plan`: infer/evaluate array sizes), both finetune engines (`harness.stages.finetune.mcore`, the mcore
+loop, and `harness.stages.finetune.nemo`, NeMo 2) and the report all read a `TrainingPlan`; none of them derives
 the last step, the checkpoint steps, the data-parallel size, the gradient accumulation, the precision or the
 FLOPs per step on its own. Pure: whether CUDA is used is passed in, never probed here. Plain numbers only (no
 spec inside), so NeMo can deep-copy and serialise the callbacks that hold one.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from harness.spec import FinetuneSection, Precision, RunSpec, data_parallel
+from harness.core.spec import FinetuneSection, Precision, RunSpec, data_parallel
 
 
 def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
@@ -54,7 +54,7 @@ class TrainingPlan:
         """Model FLOPs of one optimizer step (all ranks together): `harness.cosmos.config.train_flops_per_token`
         x positions x GBS. Computed on first use, so that planning on a login node does not import megatron-core."""
         from harness.cosmos import config as cfg
-        from harness.models import PRESETS
+        from harness.core.models import PRESETS
 
         seq = self.sample_positions
         return cfg.train_flops_per_token(PRESETS[self.preset], seq) * seq * self.global_batch_size

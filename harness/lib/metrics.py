@@ -11,7 +11,7 @@ The fast backend relies on one fact: inside the cropped region every 7x7 window 
 border mode of skimage's filter never matters, and on uint8 input all window sums are exact integers. Only
 the final SSIM ratio is floating point. Two engines compute it: a numba kernel (one fused pass per frame;
 CPU; the ratio in float32, each window within 1e-6 of skimage, ~1e-8 measured on decoded clips, against the
-issue's 1e-5) and torch (`harness.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
+issue's 1e-5) and torch (`harness.lib.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
 ~1e-14; used on CUDA, also runnable on CPU).
 Squared-error sums are exact integers in both, so PSNR equals skimage's to float64 rounding.
 """
@@ -194,8 +194,8 @@ def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------ torch
 def clip_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(per-frame SSE, per-frame SSIM) on torch (`harness.metrics_torch`): the engine used on CUDA."""
-    from harness import metrics_torch
+    """(per-frame SSE, per-frame SSIM) on torch (`harness.lib.metrics_torch`): the engine used on CUDA."""
+    from harness.lib import metrics_torch
 
     return metrics_torch.clip(a, b, device, WIN, C1, C2)
 

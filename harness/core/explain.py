@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.plan import Facts, Plan
-from harness.spec import RunSpec
+from harness.core.plan import Facts, Plan
+from harness.core.spec import RunSpec
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ hard-code CUDA; this loop has no pipeline parallelism and so needs none of them)
 One rank per GPU (or per TP shard on CPU); TP within a node, DP across. mcore DDP (distributed optimizer when
 DP > 1 on GPU), bf16 compute with fp32 master weights and Adam state, warm-up + cosine (or constant) LR, grad
 clipping. The last step, checkpoint steps, DP size, gradient accumulation, precision and FLOPs per step come from
-`harness.trainplan` (shared with the NeMo engine, the plan and the report). Checkpoints at the planned steps and
+`harness.core.trainplan` (shared with the NeMo engine, the plan and the report). Checkpoints at the planned steps and
 on SIGUSR2/SIGTERM; resume from the newest COMPLETE checkpoint; metrics.jsonl
 holds each step exactly once across requeues.
 """
@@ -24,17 +24,23 @@ import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from harness import footprint, tokens, tracking, trainplan
+from harness.core import footprint
+
+from harness.core import tokens
+
+from harness.report import tracking
+
+from harness.core import trainplan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
 from harness.cosmos.layout import resolve_pretrained
 from harness.cosmos.model import build_model
 from harness.cosmos.signals import StopSignal
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, atomic_write_json, atomic_write_text
-from harness.spec import FinetuneSection, RunSpec
-from harness.trainplan import TrainingPlan
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, atomic_write_json, atomic_write_text
+from harness.core.spec import FinetuneSection, RunSpec
+from harness.core.trainplan import TrainingPlan
 
 log = logging.getLogger(__name__)
 

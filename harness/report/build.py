@@ -1,6 +1,6 @@
 """The run report: what the data, training and evaluation stages produced, as rich tables in the terminal
 and as results files (`report.md`, `report.json`, PNG plots, and `report.html` with its `media/`, see
-`harness.report_html`) under `<run.results_dir>/<run id>/`.
+`harness.report.html`) under `<run.results_dir>/<run id>/`.
 
 It reads only the run directory's result files (dataset summary, metrics.jsonl, eval/step-*.json); the
 caller passes the failures it knows about (`harness report` from squeue/sacct, the report stage from the
@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from harness import plan as plan_mod
-from harness import report_html
-from harness.evalstats import frames_note, video_means
-from harness.rundir import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_text
+from harness.core import plan as plan_mod
+from harness.report import html as report_html
+from harness.core.evalstats import frames_note, video_means
+from harness.core.paths import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from harness.spec import RunSpec
-    from harness.trainplan import TrainingPlan
+    from harness.core.spec import RunSpec
+    from harness.core.trainplan import TrainingPlan
 
 PEAK_TFLOPS = 989.0
 """Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project."""
@@ -41,7 +41,7 @@ class Training:
     steps: int
     """Last logged optimizer step."""
     last_step: int
-    """Where training ends (`harness.trainplan.TrainingPlan.last_step`): `steps` below it means unfinished."""
+    """Where training ends (`harness.core.trainplan.TrainingPlan.last_step`): `steps` below it means unfinished."""
     logged: int
     """Metric lines in metrics.jsonl."""
     final_loss: float | None
@@ -208,7 +208,7 @@ def _read(path: Path, missing: list[str]) -> Any:
 
 
 def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], plan: TrainingPlan) -> Report:
-    """`plan`: the run's training plan (`harness.trainplan`): its checkpoint steps are the evaluations expected,
+    """`plan`: the run's training plan (`harness.core.trainplan`): its checkpoint steps are the evaluations expected,
     its last step where training ends."""
     checkpoint_steps = plan.checkpoint_steps
     missing: list[str] = []

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from harness import models, tokens
-from harness.errors import Problem, SpecError
+from harness.core import models
+
+from harness.core import tokens
+from harness.core.errors import Problem, SpecError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -510,7 +512,7 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
 
 
 def _check_gpus(spec: RunSpec) -> list[tuple[str, str]]:
-    from harness import hardware
+    from harness.core import hardware
 
     return hardware.gpu_problems(spec) if spec.model.preset in models.PRESETS else []
 
@@ -526,14 +528,14 @@ def _check_evaluate(spec: RunSpec) -> list[tuple[str, str]]:
 def submit_problems(spec: RunSpec) -> list[Problem]:
     """Checks for a spec about to be planned or submitted to a cluster (`harness validate`, `plan`, `submit`),
     beyond the cross checks every spec passes: a real model needs GPUs on finetune and infer."""
-    from harness import hardware
+    from harness.core import hardware
 
     return [Problem(spec.source, k, m) for k, m in hardware.gpu_required_problems(spec) + _check_tracking(spec)]
 
 
 def _check_tracking(spec: RunSpec) -> list[tuple[str, str]]:
     """Only where the run is planned: compute nodes import wandb from the same environment (or container)."""
-    from harness import tracking
+    from harness.report import tracking
 
     if spec.tracking.wandb and not tracking.wandb_installed():
         return [("tracking.wandb", "= true: the wandb package is not installed here (pip install -e '.[wandb]')")]
@@ -551,7 +553,7 @@ def load_for_submit(path: str | Path) -> RunSpec:
 
 def warnings(spec: RunSpec) -> list[Problem]:
     """Things that do not stop a run but may break it: a container image outside the tested megatron-core."""
-    from harness import hardware
+    from harness.core import hardware
 
     return [Problem(spec.source, "container.image", w) for w in hardware.container_warnings(spec.container.image)]
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.rundir import atomic_write_bytes, atomic_write_json
-from harness.video import write_mp4
+from harness.core.paths import atomic_write_bytes, atomic_write_json
+from harness.lib.video import write_mp4
 
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
 TOKENIZER_REPO = "harness-synth/tiny-dv4x8x8"

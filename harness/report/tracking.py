@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.report import Checkpoint
-    from harness.rundir import RunPaths
-    from harness.spec import TrackingSection
+    from harness.report.build import Checkpoint
+    from harness.core.paths import RunPaths
+    from harness.core.spec import TrackingSection
 
 TRAIN_TAGS: Mapping[str, str] = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                                  "tokens_per_s": "train/tokens_per_s", "tflops": "train/tflops_per_gpu",
@@ -59,7 +59,7 @@ def _finite(v: Any) -> float | None:
 def train_scalars(rec: Mapping[str, Any]) -> dict[str, float]:
     """Tag -> value of one metrics.jsonl record; MFU is tflops over the project's one peak (report.PEAK_TFLOPS).
     Missing or non-finite values are left out rather than logged as NaN."""
-    from harness.report import PEAK_TFLOPS
+    from harness.report.build import PEAK_TFLOPS
 
     vals = {k: _finite(rec.get(k)) for k in TRAIN_TAGS if k != "mfu"}
     if vals["tflops"] is not None:

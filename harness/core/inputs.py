@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from harness.errors import HarnessError, Problem
-from harness.rundir import RunPaths, atomic_write_text
+from harness.core.errors import HarnessError, Problem
+from harness.core.paths import RunPaths, atomic_write_text
 
 if TYPE_CHECKING:
-    from harness.spec import RunSpec
+    from harness.core.spec import RunSpec
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from harness.errors import HarnessError, Problem
+from harness.core.errors import HarnessError, Problem
 
 
 class VideoError(HarnessError):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness import models
-from harness import plan as plan_mod
-from harness.plan import Plan
+from harness.core import models
+from harness.core import plan as plan_mod
+from harness.core.plan import Plan
 
 
 @dataclass(frozen=True)

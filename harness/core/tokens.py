@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.models import ModelPreset
+from harness.core.models import ModelPreset
 
 VOCAB_CODES = 64_000
 """FSQ levels [8,8,8,5,5,5]: the DV4x8x8 and DV8x16x16 tokenizers share this codebook size."""

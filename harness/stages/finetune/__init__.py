@@ -1,7 +1,7 @@
 """finetune stage: pick the engine and the rank layout, then train.
 
-Engines: "nemo" (NeMo 2 llm.api.train, inside the NeMo container; `harness.cosmos.nemo_engine`) and "mcore"
-(`harness.cosmos.train`). `auto` = nemo where `nemo.collections.llm` imports and CUDA is present, else mcore.
+Engines: "nemo" (NeMo 2 llm.api.train, inside the NeMo container; `harness.stages.finetune.nemo`) and "mcore"
+(`harness.stages.finetune.mcore`). `auto` = nemo where `nemo.collections.llm` imports and CUDA is present, else mcore.
 
 Ranks: the job runs `ranks_per_node(finetune) x nodes` ranks, one per GPU, or one gloo rank per TP shard on
 CPU. Under Slurm the launcher starts them (`srun`, ntasks_per_node = ranks_per_node) and each calls this stage;
@@ -17,9 +17,9 @@ import logging
 
 import torch
 
-from harness import spec as spec_mod
-from harness.errors import HarnessError
-from harness.rundir import RunPaths
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
 from harness.stages import ranks
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def choose_engine(spec: spec_mod.RunSpec) -> str:
     engine = spec.finetune.engine
     if engine != "auto":
         return engine
-    if torch.cuda.is_available() and _nemo_llm_imports() and importlib.util.find_spec("harness.cosmos.nemo_engine"):
+    if torch.cuda.is_available() and _nemo_llm_imports() and importlib.util.find_spec("harness.stages.finetune.nemo"):
         return "nemo"
     return "mcore"
 
@@ -49,7 +49,7 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
     log.info("finetune engine: %s (finetune.engine = %r)", engine, spec.finetune.engine)
     if engine == "nemo":
         try:
-            nemo_engine = importlib.import_module("harness.cosmos.nemo_engine")
+            nemo_engine = importlib.import_module("harness.stages.finetune.nemo")
         except ModuleNotFoundError:
             raise HarnessError(f"{spec.source}: finetune.engine = 'nemo' is not available in this harness "
                                f"version; use 'mcore' or 'auto'") from None
@@ -61,8 +61,9 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
 
 
 def run_rank(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
-    from harness.cosmos import parallel, train
-    from harness.dataset import open_dataset
+    from harness.cosmos import parallel
+    from harness.stages.finetune import mcore as train
+    from harness.lib.dataset import open_dataset
 
     dataset = open_dataset(paths)
     try:

@@ -16,8 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.footprint import human
+from harness.core.errors import HarnessError
+from harness.core.footprint import human
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_SPACE_TEXT = re.compile(

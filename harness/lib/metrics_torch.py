@@ -1,7 +1,7 @@
-"""The torch engine of `harness.metrics`: exact SSE and skimage-equal SSIM of a clip pair on a GPU (or CPU).
+"""The torch engine of `harness.lib.metrics`: exact SSE and skimage-equal SSIM of a clip pair on a GPU (or CPU).
 
 A module of its own because TorchScript compiles `_clip` from source and needs `torch` imported at module level,
-while `harness.metrics` stays importable without torch. No `from __future__ import annotations` here: TorchScript
+while `harness.lib.metrics` stays importable without torch. No `from __future__ import annotations` here: TorchScript
 reads the annotations as types.
 """
 

@@ -3,7 +3,7 @@
 No file access and no subprocess here: the launcher gathers `Facts` (input count, MaxArraySize, nodes) and
 this module decides array sizes, chunks, dependencies and resources. Every derived count (shards, ranks, the
 split sizes, infer's input shards) is computed here and nowhere else; the training numbers (checkpoint steps,
-DP, accumulation) come from `harness.trainplan`.
+DP, accumulation) come from `harness.core.trainplan`.
 
 Infer and evaluate are arrays over checkpoints x input shards; `infer_task` is the one mapping of an array
 index to its (checkpoint, shard) and its slice of the ordered input list, used by both stages, the report
@@ -17,11 +17,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness import spec as spec_mod
-from harness import tokens, trainplan
-from harness.errors import HarnessError
-from harness.spec import InferSection, Resources, RunSpec
-from harness.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
+from harness.core import spec as spec_mod
+from harness.core import tokens
+from harness.core import trainplan
+from harness.core.errors import HarnessError
+from harness.core.spec import InferSection, Resources, RunSpec
+from harness.core.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
 
 DependencyKind = Literal["afterok", "aftercorr", "afterany"]
 
@@ -91,7 +92,7 @@ class Plan:
     stages: tuple[StagePlan, ...]
     token_math: tokens.TokenMath
     training: TrainingPlan
-    """Last step, checkpoint steps, DP, gradient accumulation, precision: `harness.trainplan`, the one source."""
+    """Last step, checkpoint steps, DP, gradient accumulation, precision: `harness.core.trainplan`, the one source."""
     num_inputs: int
     warnings: tuple[str, ...]
 

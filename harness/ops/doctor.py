@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from harness import footprint
-from harness.errors import HarnessError, Problem
+from harness.core import footprint
+from harness.core.errors import HarnessError, Problem
 from harness.launch import slurmcli
-from harness.plan import Plan, StagePlan
-from harness.spec import RunSpec
+from harness.core.plan import Plan, StagePlan
+from harness.core.spec import RunSpec
 
 if TYPE_CHECKING:
-    from harness.inputs import InputItem
+    from harness.core.inputs import InputItem
     from harness.stages.assets import Role
 
 Status = Literal["pass", "fail", "skip"]
@@ -355,9 +355,9 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
 def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec, list[Check]]:
     """`harness doctor SPEC`: load, list the inputs, plan against the cluster that answers here, check."""
     from harness import launch
-    from harness import plan as plan_mod
-    from harness import spec as spec_mod
-    from harness.inputs import discover
+    from harness.core import plan as plan_mod
+    from harness.core import spec as spec_mod
+    from harness.core.inputs import discover
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
     items, why = None, ""

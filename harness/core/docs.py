@@ -1,8 +1,8 @@
-"""The README's spec reference, generated from harness/spec.py so the two cannot drift (a test compares)."""
+"""The README's spec reference, generated from harness/core/spec.py so the two cannot drift (a test compares)."""
 
 from __future__ import annotations
 
-from harness import spec
+from harness.core import spec
 
 SLURM_KEYS = ("partition", "account", "qos", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
               "constraint", "array_throttle")
@@ -10,8 +10,8 @@ SLURM_KEYS = ("partition", "account", "qos", "time_min", "nodes", "gpus_per_node
 
 def spec_reference_markdown() -> str:
     lines = ["## Spec reference", "",
-             "Every key, its type, default and meaning (generated from `harness/spec.py` by "
-             "`python -m harness.docs`; unknown keys are errors). Stage tables (`assets`, `tokenize`, `merge`, "
+             "Every key, its type, default and meaning (generated from `harness/core/spec.py` by "
+             "`python -m harness.core.docs`; unknown keys are errors). Stage tables (`assets`, `tokenize`, `merge`, "
              "`finetune`, `infer`, `evaluate`, `report`) also take the Slurm keys `" + ", ".join(SLURM_KEYS) + "`.",
              "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, tp, default, doc in spec.reference():

@@ -6,7 +6,7 @@ NeMo's LLM collection has no Cosmos classes, so the harness supplies `CosmosNeMo
 = one whole video, in exactly the mcore engine's order: sample j of the run is position j of
 `harness.cosmos.data.global_batch`). Both engines therefore see the same batches and the same LR per step, and
 both take the last step (max_steps: the training split is repeated across epochs until then), the checkpoint
-steps, the precision and the FLOPs per step from `harness.trainplan`.
+steps, the precision and the FLOPs per step from `harness.core.trainplan`.
 
 Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harness layout,
 `finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`) and NeMo's
@@ -28,19 +28,19 @@ from typing import Any, Callable
 
 import torch
 
-from harness import tracking
+from harness.report import tracking
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
 from harness.cosmos.layout import resolve_pretrained
-from harness.cosmos import train as mcore_train
+from harness.stages.finetune import mcore as mcore_train
 from harness.cosmos.signals import StopSignal
-from harness.errors import HarnessError
-from harness.models import PRESETS
-from harness.rundir import RunPaths, atomic_write_json, read_json
-from harness.spec import FinetuneSection, RunSpec, TrackingSection, ranks_per_node
-from harness.tokens import Grid
-from harness.trainplan import TrainingPlan
+from harness.core.errors import HarnessError
+from harness.core.models import PRESETS
+from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.spec import FinetuneSection, RunSpec, TrackingSection, ranks_per_node
+from harness.core.tokens import Grid
+from harness.core.trainplan import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ if _IMPORT_ERROR is None:
                                precision=precision, recompute=self.recompute, seq_len=self.rope_length)
 
     class HarnessLR(LRSchedulerModule):
-        """The mcore engine's schedule (`harness.cosmos.train.lr_at`: linear warm-up, cosine to min_lr or constant),
+        """The mcore engine's schedule (`harness.stages.finetune.mcore.lr_at`: linear warm-up, cosine to min_lr or constant),
         so both engines use the same LR at every step."""
 
         def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> None:
@@ -458,7 +458,7 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     if _IMPORT_ERROR is not None:
         raise HarnessError(f"{spec.source}: finetune.engine = 'nemo' needs NeMo 2 (nemo_toolkit[nlp] 2.x with "
                            f"nemo.collections.llm): {_IMPORT_ERROR}; use engine 'mcore' or 'auto'")
-    from harness.dataset import open_dataset
+    from harness.lib.dataset import open_dataset
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
     plan = mcore_train.training_plan(spec)

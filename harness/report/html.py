@@ -1,4 +1,4 @@
-"""report.html: the one page people open to judge a run, written beside report.md by `harness.report.write`.
+"""report.html: the one page people open to judge a run, written beside report.md by `harness.report.build.write`.
 
 A world-model run is judged by watching its videos, so besides the report's tables and plots the page shows,
 for the first evaluated videos of each checkpoint, the reference and the generated clip side by side and a
@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from harness.rundir import atomic_write_bytes, atomic_write_text
+from harness.core.paths import atomic_write_bytes, atomic_write_text
 
 SAMPLES_PER_CHECKPOINT = 2
 """Videos shown per checkpoint: enough to see what the model does, small enough to keep the folder light."""
@@ -142,7 +142,7 @@ def _sheet_for(sample: Sample, ref: np.ndarray, gen: np.ndarray) -> bytes:
 def write_media(sample: Sample, out_dir: Path) -> Media:
     """The sample's generated clip (copied when already H.264), its reference frames as H.264 at the generated
     size, and its contact sheet; a file that cannot be read becomes the sample's `error`, never an exception."""
-    from harness.video import load_frames, write_mp4
+    from harness.lib.video import load_frames, write_mp4
 
     gen_rel, ref_rel, sheet_rel = media_names(sample)
     try:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import HarnessError
-from harness.rundir import RunPaths, read_json
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths, read_json
 
 UINT16_LIMIT = 65_536
 SPLITS = ("train", "val", "test")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.plan import Plan
+    from harness.core.plan import Plan
 
 TOKEN_BYTES = 2
 """Token datasets are uint16 (vocabulary 64,064 < 65,536): DESIGN.md section 4."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 def model_dtype(device: torch.device) -> torch.dtype:
