@@ -40,7 +40,7 @@ def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Pl
     notes = []
     if num_inputs is None:
         try:
-            from harness.core.inputs import count
+            from harness.stages.inputs import count
 
             num_inputs = count(spec)
         except HarnessError as e:
@@ -202,7 +202,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from harness.report import evaltable
-    from harness.core.paths import atomic_write_json
+    from harness.core.atomic import atomic_write_json
     from harness.stages.evaluate import evaluate_dirs
 
     result = evaluate_dirs(Path(a.reference), Path(a.generated), backend=a.backend)

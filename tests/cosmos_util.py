@@ -1,5 +1,5 @@
 """Helpers for the Cosmos model / finetune tests: a tiny run directory with a real megatron indexed dataset in the
-merged-dataset layout `harness.lib.dataset.open_dataset` reads, and multi-rank (gloo) execution via spawn."""
+merged-dataset layout `harness.stages.dataset.open_dataset` reads, and multi-rank (gloo) execution via spawn."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from harness.core import spec as spec_mod
-from harness.lib.dataset import to_uint16
-from harness.core.paths import RunPaths, atomic_write_json
+from harness.stages.dataset import to_uint16
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
 from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 
 VIDEO = {"width": 32, "height": 32, "num_frames": 9}

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.core import inputs
+from harness.stages import inputs
 
 from harness.core import spec as spec_mod
 
 from harness.lib import synth
-from harness.core.paths import RunPaths, atomic_write_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
 from harness.stages import run_task
 
 SHAPE = {"num_frames": 17, "height": 48, "width": 64}

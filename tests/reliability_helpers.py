@@ -143,7 +143,7 @@ def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple
     would only cost time here); returns (RunPaths, stage -> job id)."""
     from harness import launch
     from harness.core import spec as spec_mod
-    from harness.core.inputs import discover, write_inputs
+    from harness.stages.inputs import discover, write_inputs
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), cwd)
     choice = launch.Choice("slurm", "reliability test")

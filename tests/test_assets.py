@@ -12,7 +12,7 @@ from harness.lib import synth
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.stages import worker
-from harness.stages.assets import resolve
+from harness.stages.staged import resolve
 from fixtures_data import make_spec, session_assets, session_standins
 
 

@@ -17,7 +17,8 @@ from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.bench import compare
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, atomic_write_json, new_run_dir
+from harness.core.paths import RunPaths, new_run_dir
+from harness.core.atomic import atomic_write_json
 
 SPEC = """
 [run]

@@ -14,7 +14,8 @@ import pytest
 
 from harness import launch
 from harness.launch import slurmcli
-from harness.core.paths import RunPaths, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import read_json
 from reliability_helpers import harness, job_ids_from, run_dir_from, tiny_spec
 
 pytestmark = pytest.mark.slurm

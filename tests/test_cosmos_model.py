@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from harness.stages import infer
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.tokens import Grid
@@ -74,14 +75,14 @@ def test_pretrained_nemo_layout_loads(single_rank: None, tmp_path: Path) -> None
     assert (tmp_path / "nemo" / "weights" / "metadata.json").is_file()
     assert (tmp_path / "nemo" / "context" / "model.yaml").is_file()
     spec = make_spec()
-    model = checkpoint.load_for_inference(tmp_path / "nemo", spec, tp=1)
+    model = infer.load_model(tmp_path / "nemo", spec, tp=1)
     direct = _model()
     direct.load_state_dict(ref, strict=False)
     toks = torch.randint(0, 64_000, (1, 40))
     with torch.no_grad():
         assert torch.equal(model(toks), direct(toks))
     with pytest.raises(HarnessError, match="not a megatron distributed checkpoint"):
-        checkpoint.load_for_inference(tmp_path, spec, tp=1)
+        infer.load_model(tmp_path, spec, tp=1)
     other = tmp_path / "other"
     pretrained.write_tiny_pretrained(other, PRESETS["tiny-v2w"], seed=4)
     with pytest.raises(HarnessError, match="cannot load|do not match"):
@@ -120,12 +121,10 @@ def test_head_dim_other_than_hidden_over_heads(single_rank: None, tmp_path: Path
 
 def _logits(ckpts: dict[str, str], inputs: dict[str, Any], tp: int) -> dict[str, torch.Tensor]:
     """Base and Video2World logits of the given checkpoints, loaded at TP=tp on this rank."""
-    from harness.cosmos import checkpoint
-
     out = {}
     for name, ckpt in ckpts.items():
         v2w = name == "tiny-v2w"
-        model = checkpoint.load_for_inference(ckpt, make_spec(tp=tp, v2w=v2w), tp=tp)
+        model = infer.load_model(ckpt, make_spec(tp=tp, v2w=v2w), tp=tp)
         with torch.no_grad():
             out[name] = model(inputs[name], context=inputs["ctx"] if v2w else None)
     return out

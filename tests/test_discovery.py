@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import inputs
+from harness.stages import inputs
 
 from harness.core import plan
 
@@ -69,7 +69,7 @@ def test_walk_does_not_stat_each_file(tmp_path: Path) -> None:
             (full / f"d{d}" / f"c{i:04d}.mp4").touch()
 
     def stats(root: Path) -> int:
-        code = (f"from harness.core.inputs import walk\nimport sys\nsys.stderr.write('WALK-START\\n')\n"
+        code = (f"from harness.lib.media import walk\nimport sys\nsys.stderr.write('WALK-START\\n')\n"
                 f"f, o = walk({str(root)!r}, frozenset(['.mp4']))\nsys.stderr.write(f'WALK-END {{len(f)}}\\n')")
         log = tmp_path / f"strace-{root.name}.txt"
         subprocess.run(["strace", "-f", "-e", "trace=stat,lstat,fstat,newfstatat,statx,write", "-o", str(log),

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from harness.lib import synth
-from harness.lib.dataset import open_dataset
-from harness.core.paths import RunPaths, read_json
+from harness.stages.dataset import open_dataset
+from harness.core.paths import RunPaths
+from harness.core.atomic import read_json
 from harness.stages import load_run_spec
-from harness.stages.assets import resolve
+from harness.stages.staged import resolve
 from harness.lib.video import ClipShape, load_clip
 
 pytestmark = pytest.mark.slurm

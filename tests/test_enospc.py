@@ -23,7 +23,7 @@ from harness.core import failures
 from harness.core import footprint
 from harness.core.models import PRESETS
 from harness.ops import state, status
-from harness.core.paths import read_json
+from harness.core.atomic import read_json
 
 pytestmark = pytest.mark.enospc
 

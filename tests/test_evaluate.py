@@ -11,7 +11,9 @@ import pytest
 
 from harness.core import spec as spec_mod
 from harness.core.plan import checkpoint_steps
-from harness.core.paths import RunPaths, atomic_write_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
+from harness.lib import media
 from harness.stages import evaluate
 from harness.lib.synth import smooth_clip
 from harness.lib.video import write_mp4
@@ -31,8 +33,8 @@ def numbered_clip(frames: int, seed: int = 0) -> np.ndarray:
 def write_generated(path: Path, frames: np.ndarray, mapping: list[int | None] | None, context: int = 5) -> None:
     write_mp4(path, frames, 25, crf=4)
     if mapping is not None:
-        side = evaluate.Sidecar(reference="", reference_frames=tuple(mapping), context_frames=context)
-        atomic_write_json(evaluate.sidecar_path(path), side.to_json())
+        side = media.Sidecar(reference="", reference_frames=tuple(mapping), context_frames=context)
+        atomic_write_json(media.sidecar_path(path), side.to_json())
 
 
 @pytest.fixture()
@@ -119,9 +121,9 @@ def test_stage_writes_eval_json(tmp_path: Path, dirs: tuple[Path, Path, np.ndarr
     out_dir = paths.infer_dir(step)
     out_dir.mkdir(parents=True)
     write_generated(out_dir / "clip.mp4", clip[3:20], list(range(3, 20)))
-    side = json.loads(evaluate.sidecar_path(out_dir / "clip.mp4").read_text())
+    side = json.loads(media.sidecar_path(out_dir / "clip.mp4").read_text())
     side["reference"] = str(ref / "clip.mp4")
-    evaluate.sidecar_path(out_dir / "clip.mp4").write_text(json.dumps(side))
+    media.sidecar_path(out_dir / "clip.mp4").write_text(json.dumps(side))
     write_generated(out_dir / "orphan.mp4", clip[:17], None)  # no sidecar, no reference anywhere
     evaluate.run(spec, 1, paths)
     out = json.loads(paths.eval_json(step).read_text())

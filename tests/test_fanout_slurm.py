@@ -20,7 +20,8 @@ from harness.lib import synth
 from harness.core import plan as plan_mod
 from harness.launch import slurmcli
 from harness.ops import control, state
-from harness.core.paths import RunPaths, is_done, read_json
+from harness.core.paths import RunPaths, is_done
+from harness.core.atomic import read_json
 
 pytestmark = pytest.mark.slurm
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from harness.stages.finetune.checkpoints import latest_complete
 from harness.lib import synth
 from harness.launch import slurmcli
-from harness.core.paths import RunPaths, is_done, read_json
+from harness.core.paths import RunPaths, is_done
+from harness.core.atomic import read_json
 from reliability_helpers import (FINAL, harness, sacct_history, states_by_stage, submit_partial, task_process,
                                  tiny_spec, wait_for, wait_stages)
 
@@ -36,7 +38,7 @@ def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch)
     """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
     from harness import launch
     from harness.core import spec as spec_mod
-    from harness.core.inputs import discover, write_inputs
+    from harness.stages.inputs import discover, write_inputs
     from harness.stages import run_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -95,7 +97,7 @@ def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Pa
         assert by["merge"][ids["merge"]] == "CANCELLED"  # afterok never satisfied; kill-on-invalid-dep
 
         # nothing partial looks complete
-        from harness.lib import dataset
+        from harness.stages import dataset
 
         assert dataset.verify_shard(paths, victim) is not None and not is_done(paths, "tokenize", victim)
         assert not Path(f"{paths.shard_prefix(victim)}.bin").exists() or \
@@ -196,9 +198,7 @@ def test_finetune_requeued_mid_run_resumes_from_checkpoint(slurm_cluster: str, t
     reliability.add("slurm_jobs_submitted", len(ids))
     ft = ids["finetune"]
     try:
-        from harness.cosmos import checkpoint as ckpt
-
-        first = wait_for(lambda: ckpt.latest_complete(paths), 200, poll=0.1, what="a first complete checkpoint")
+        first = wait_for(lambda: latest_complete(paths), 200, poll=0.1, what="a first complete checkpoint")
         st = slurmcli.squeue([ft]).get(ft)
         assert st is not None and st.state == "RUNNING", (st, "finetune finished before it could be preempted")
         subprocess.run(["scontrol", "requeue", ft], check=True, timeout=30)

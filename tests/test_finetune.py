@@ -20,6 +20,8 @@ import pytest
 import torch
 
 from cosmos_util import make_run, make_spec, metrics
+from harness.stages import infer
+from harness.stages.finetune.checkpoints import latest_complete
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.paths import RunPaths, is_done
@@ -85,8 +87,6 @@ def _run_subprocess(root: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.timeout(300)
 def test_resume_after_kill_loses_and_repeats_no_step(tmp_path: Path, pretrained: str, run_a: RunPaths) -> None:
-    from harness.cosmos import checkpoint
-
     paths = make_run(tmp_path / "run", spec_for(pretrained))
     proc = _run_subprocess(paths.root)
     deadline = time.time() + 200
@@ -96,13 +96,13 @@ def test_resume_after_kill_loses_and_repeats_no_step(tmp_path: Path, pretrained:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    latest = checkpoint.latest_complete(paths)
+    latest = latest_complete(paths)
     assert latest is not None and latest[0] in (4, 8)
     # a save killed mid-write: a later checkpoint dir without its completion marker must be ignored
     torn = paths.checkpoint_dir(9)
     shutil.copytree(latest[1], torn)
     (torn / "done.json").unlink()
-    assert checkpoint.latest_complete(paths) == latest
+    assert latest_complete(paths) == latest
     run_task(str(paths.root), "finetune", 0)
     got, ref = losses(paths), losses(run_a)
     assert list(got) == list(range(1, STEPS + 1))
@@ -157,7 +157,7 @@ def test_sigusr2_checkpoints_then_resume(tmp_path: Path, pretrained: str, run_a:
 def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained: str, run_a: RunPaths) -> None:
     """TP=1 -> TP=2 resharding of model and Adam state on resume; SIGUSR2 forwarded to spawned ranks; TP=2
     losses equal TP=1 ones; then the TP=2 checkpoint loads back at TP=1 with the TP=1 run's logits."""
-    from harness.cosmos import checkpoint, parallel
+    from harness.cosmos import parallel
 
     paths = make_run(tmp_path / "run", spec_for(pretrained, tp=2))
     shutil.copytree(run_a.checkpoint_dir(4), paths.checkpoint_dir(4))
@@ -177,8 +177,8 @@ def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained
     toks = torch.randint(0, 64_000, (2, 40))
     spec = make_spec()
     with torch.no_grad():
-        tp2_trained = checkpoint.load_for_inference(paths.checkpoint_dir(STEPS), spec, tp=1)(toks)
-        tp1_trained = checkpoint.load_for_inference(run_a.checkpoint_dir(STEPS), spec, tp=1)(toks)
+        tp2_trained = infer.load_model(paths.checkpoint_dir(STEPS), spec, tp=1)(toks)
+        tp1_trained = infer.load_model(run_a.checkpoint_dir(STEPS), spec, tp=1)(toks)
     parallel.shutdown()
     assert torch.allclose(tp2_trained, tp1_trained, atol=2e-3)
 
@@ -187,7 +187,7 @@ def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained
 def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: str) -> None:
     from harness.cosmos import checkpoint, parallel
     from harness.stages.finetune import mcore as train
-    from harness.lib.dataset import open_dataset
+    from harness.stages.dataset import open_dataset
 
     spec = spec_for(pretrained)
     paths = make_run(tmp_path / "run", spec)
@@ -198,7 +198,7 @@ def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: st
     with torch.no_grad():
         before = checkpoint.unwrap(t.model).eval()(toks)
     train.save(t, "test")
-    loaded = checkpoint.load_for_inference(paths.checkpoint_dir(2), spec, tp=1)
+    loaded = infer.load_model(paths.checkpoint_dir(2), spec, tp=1)
     with torch.no_grad():
         assert torch.equal(loaded(toks), before)
     checkpoint.unwrap(t.model).train()
@@ -212,7 +212,7 @@ def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: st
 @pytest.mark.timeout(300)
 def test_video2world_finetune_masks_bov_and_pad(tmp_path: Path) -> None:
     from harness.cosmos.data import VideoSamples
-    from harness.lib.dataset import open_dataset
+    from harness.stages.dataset import open_dataset
 
     spec = make_spec(v2w=True, max_steps=2, save_every=2, precision="bf16-mixed")  # on CPU: trains in fp32
     paths = make_run(tmp_path / "run", spec)
@@ -229,7 +229,7 @@ def test_video2world_finetune_masks_bov_and_pad(tmp_path: Path) -> None:
 
 def test_samples_are_whole_videos(tmp_path: Path) -> None:
     from harness.cosmos import data
-    from harness.lib.dataset import open_dataset
+    from harness.stages.dataset import open_dataset
 
     spec = make_spec()
     paths = make_run(tmp_path / "run", spec, n_videos=8, split=(6, 1, 1))

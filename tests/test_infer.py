@@ -15,7 +15,9 @@ from harness.cosmos.pretrained import write_tiny_pretrained
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.plan import checkpoint_steps
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
+from harness.lib import media
 from harness.stages import evaluate, infer
 from harness.lib.synth import make_clips, smooth_clip, write_tokenizer
 from harness.lib.video import ClipShape, load_clip
@@ -51,7 +53,7 @@ def test_infer_writes_videos_and_sidecars(run_dir: tuple[spec_mod.RunSpec, RunPa
         mp4 = out / f"{it.name}.mp4"
         frames = load_clip(mp4, ClipShape(17, 48, 64))
         assert frames.shape == (17, 48, 64, 3)
-        side = evaluate.Sidecar.read(evaluate.sidecar_path(mp4))
+        side = media.Sidecar.read(media.sidecar_path(mp4))
         assert side.reference == it.source and side.reference_frames == tuple(range(17))
         assert side.context_frames == 5 and side.step == 2  # 2 latent frames at t=4
     stats = json.loads((out.parent / "step-00000002.stats.json").read_text())
@@ -121,7 +123,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     assert it.image and infer.context_latents(spec2, it) == 1
     assert infer.reference_frames(spec2, it)[:2] == (0, None)
     infer.run(spec2, 0, paths)
-    side = evaluate.Sidecar.read(paths.infer_dir(2) / "still.json")
+    side = media.Sidecar.read(paths.infer_dir(2) / "still.json")
     assert side.context_frames == 1 and side.reference_frames[1:] == (None,) * 16
     (v,) = [v for v in evaluate.score_pairs(evaluate.stage_pairs(spec2, paths.infer_dir(2))[0], "fast", "cpu")
             if v["name"] == "still"]
@@ -156,7 +158,7 @@ def test_video2world_from_jsonl_prompts(tmp_path: Path) -> None:
     for it in items:
         frames = load_clip(paths.infer_dir(1) / f"{it.name}.mp4", ClipShape(9, 48, 64))
         assert frames.shape == (9, 48, 64, 3)
-        side = evaluate.Sidecar.read(paths.infer_dir(1) / f"{it.name}.json")
+        side = media.Sidecar.read(paths.infer_dir(1) / f"{it.name}.json")
         assert side.reference == it.source and side.context_frames == 1
 
 

@@ -24,7 +24,7 @@ from harness import cli
 
 from harness.lib import synth
 from harness.launch import slurmcli
-from harness.core.paths import read_json
+from harness.core.atomic import read_json
 from reliability_helpers import wait_stages
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import inputs
+from harness.stages import inputs
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from fixtures_data import make_spec

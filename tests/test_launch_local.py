@@ -15,11 +15,12 @@ from harness.core import spec
 
 from harness.lib import synth
 from harness.launch import local
-from harness.core.paths import is_done, read_json
+from harness.core.paths import is_done
+from harness.core.atomic import read_json
 
 
 def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launch.RunPaths, plan.Plan]:
-    from harness.core.inputs import discover, write_inputs
+    from harness.stages.inputs import discover, write_inputs
 
     clips = tmp / "videos"
     synth.make_clips(clips, 6)

@@ -19,7 +19,7 @@ from harness.core import spec
 
 from harness.lib import synth
 from harness.launch import slurmcli
-from harness.core.paths import read_json
+from harness.core.atomic import read_json
 
 pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
@@ -113,7 +113,7 @@ def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str,
     paths = launch.new_run_dir(Path(s.run.workdir), "split")
     choice = launch.Choice("slurm", "test")
     launch.write_run(paths, "", p, facts, choice)
-    from harness.core.inputs import discover, write_inputs
+    from harness.stages.inputs import discover, write_inputs
 
     write_inputs(paths, discover(s))
     todo = {"stage-assets": [0], "tokenize": list(range(8)), "merge": [0]}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from harness.lib import dataset
+from harness.stages import dataset
 from harness.core.errors import HarnessError
-from harness.core.inputs import InputItem, read_inputs, write_inputs
+from harness.stages.inputs import InputItem, read_inputs, write_inputs
 from harness.core.paths import RunPaths
 from harness.stages import load_run_spec, worker
 from harness.stages.merge import make_split

@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
+from harness.stages.finetune.checkpoints import latest_complete
 from harness.launch import slurmcli
-from harness.core.paths import RunPaths, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import read_json
 from reliability_helpers import (harness, job_ids_from, run_dir_from, sacct_history, states_by_stage, tiny_spec,
                                  wait_for, wait_stages)
 
@@ -74,9 +76,7 @@ def test_dp_x_tp_finetune_over_two_nodes_requeued_equals_one_node(slurm_cluster:
     reliability.add("slurm_jobs_submitted", len(ids))
     ft = ids["finetune"]
     try:
-        from harness.cosmos import checkpoint as ckpt
-
-        first = wait_for(lambda: ckpt.latest_complete(paths), 600, poll=0.1, what="a first complete checkpoint")
+        first = wait_for(lambda: latest_complete(paths), 600, poll=0.1, what="a first complete checkpoint")
         st = slurmcli.squeue([ft]).get(ft)
         assert st is not None and st.state == "RUNNING", (st, "finetune finished before it could be requeued")
         subprocess.run(["scontrol", "requeue", ft], check=True, timeout=30)

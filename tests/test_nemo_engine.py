@@ -25,9 +25,11 @@ import torch
 pytest.importorskip("nemo.collections.llm")
 
 from cosmos_util import assert_events_match_metrics, make_run, make_spec, metrics  # noqa: E402
+from harness.stages import infer
 from harness.stages.finetune.mcore import lr_at  # noqa: E402
 from harness.core.models import PRESETS  # noqa: E402
-from harness.core.paths import RunPaths, atomic_write_json, is_done  # noqa: E402
+from harness.core.paths import RunPaths, is_done
+from harness.core.atomic import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 STEPS, SAVE, GBS = 6, 4, 2  # checkpoints at 4 and 6 (max_steps is not a multiple of save_every)
@@ -81,11 +83,11 @@ def losses(paths: RunPaths) -> dict[int, float]:
 
 
 def load_logits(paths: RunPaths, step: int, probe: dict[str, torch.Tensor]) -> torch.Tensor:
-    from harness.cosmos import checkpoint as ckpt, parallel
+    from harness.cosmos import parallel
     from harness.stages import load_run_spec
 
     try:
-        model = ckpt.load_for_inference(paths.checkpoint_dir(step), load_run_spec(paths), tp=1)
+        model = infer.load_model(paths.checkpoint_dir(step), load_run_spec(paths), tp=1)
         with torch.no_grad():
             return model(probe["tokens"], context=probe.get("context"))
     finally:
@@ -113,7 +115,7 @@ def first_batch_loss(paths: RunPaths, weights: Path) -> float:
     from harness.cosmos import checkpoint as ckpt, data as data_mod, parallel
     from harness.cosmos.model import build_model
     from harness.stages.finetune.nemo import ordered_sample
-    from harness.lib.dataset import open_dataset
+    from harness.stages.dataset import open_dataset
     from harness.stages import load_run_spec
 
     spec = load_run_spec(paths)

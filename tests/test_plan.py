@@ -207,7 +207,7 @@ def test_training_plan_is_the_one_source() -> None:
     videos) 8 training videos. The plan's numbers are the training plan's; the last step is max_steps even
     though one epoch is only 8 steps, and precision follows the CUDA the finetune stage asks for."""
     from harness.core import trainplan
-    from harness.cosmos import config as cfg
+    from harness.core import models
 
     s = seed_spec()
     p = plan.build(s, plan.Facts(num_inputs=10))
@@ -216,7 +216,7 @@ def test_training_plan_is_the_one_source() -> None:
     assert (t.last_step, t.checkpoint_steps, t.data_parallel, t.grad_accumulation) == (100, (25, 50, 75, 100), 1, 1)
     assert p.stage("infer").tasks == p.stage("evaluate").tasks == 4
     assert t.precision == "bf16-mixed" and trainplan.of(s, cuda=False).precision == "fp32"
-    assert t.flops_per_step == cfg.train_flops_per_token(s.preset, 12_799) * 12_799 * 1  # inputs: tokens[:-1]
+    assert t.flops_per_step == models.train_flops_per_token(s.preset, 12_799) * 12_799 * 1  # inputs: tokens[:-1]
     assert t.tokens_per_step == 12_800
     note = t.epochs_note(8)
     assert note is not None and "max_epochs = 1 over 8 training videos gives 8 step(s)" in note

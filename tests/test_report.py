@@ -17,7 +17,8 @@ from harness import cli, launch
 from harness.report import build as report
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.paths import RunPaths, atomic_write_json, mark_done, new_run_dir
+from harness.core.paths import RunPaths, mark_done, new_run_dir
+from harness.core.atomic import atomic_write_json
 
 SPEC = """
 [run]

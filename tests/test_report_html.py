@@ -15,7 +15,7 @@ import pytest
 from harness.report import build as report
 
 from harness.report import html as report_html
-from harness.core.paths import atomic_write_json
+from harness.core.atomic import atomic_write_json
 from harness.lib.video import load_frames, write_mp4
 from test_report import make_results
 

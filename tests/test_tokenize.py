@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.lib import dataset
+from harness.stages import dataset
 
 from harness.lib import prompts
 
@@ -25,7 +25,7 @@ from harness.core import spec as spec_mod
 from harness.lib import synth
 
 from harness.core import tokens
-from harness.lib.dataset import open_dataset
+from harness.stages.dataset import open_dataset
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.stages import load_run_spec, run_task, worker

@@ -185,7 +185,7 @@ def test_every_parameter_name_and_shape_per_rank(ranks: dict[str, Any], name: st
 def test_checkpoint_keys_and_global_shapes(ranks: dict[str, Any], name: str) -> None:
     """What the model saves/loads (its sharded state dict), what the stand-in writer writes and what
     inspect-checkpoint expects: all the upstream layout."""
-    from harness.cosmos.layout import checkpoint_shapes
+    from harness.core.models import checkpoint_shapes
 
     want = expected_checkpoint(name)
     assert diff(ranks["0"][f"{name}@1"]["saved"], want) == []
@@ -268,7 +268,7 @@ def test_parameter_count(ranks: dict[str, Any], name: str) -> None:
 def test_train_flops_per_token(name: str) -> None:
     """3 x (2 x matmul weights incl. the output layer, not the embedding lookup + causal attention 2 x L x seq x
     32 heads x 128); for Video2World the cross-attention K/V over the prompt are per sample, not per token."""
-    from harness.cosmos.config import train_flops_per_token
+    from harness.core.models import train_flops_per_token
 
     seq = 12_800
     glob, layer = TABLES[name]
@@ -345,7 +345,7 @@ def test_inspect_checkpoint_names_the_one_wrong_tensor(tmp_path: Path, tmp_path_
 
 def test_old_12b_head_dim_would_fail() -> None:
     """The suite's data disagree with a 12B of head dim 160 (what `head_dim` computed before kv_channels)."""
-    from harness.cosmos.layout import checkpoint_shapes
+    from harness.core.models import checkpoint_shapes
 
     old = dataclasses.replace(PRESETS["cosmos-12b"], kv_channels=160)
     problems = diff(checkpoint_shapes(old), expected_checkpoint("cosmos-12b"))

@@ -18,8 +18,9 @@ from harness.cosmos import generate as gen
 from harness.cosmos import parallel
 from harness.cosmos.data import VideoSamples, collate
 from harness.cosmos.model import build_model
-from harness.lib.dataset import open_dataset, prompt_lengths_path, prompts_path
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.stages.dataset import open_dataset, prompt_lengths_path, prompts_path
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.spec import RunSpec
 from harness.stages import infer
 from harness.core.tokens import BOV_ID

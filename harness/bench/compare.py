@@ -24,7 +24,8 @@ from rich.table import Table
 
 from harness.report import build as report
 from harness.core.errors import HarnessError, Problem
-from harness.core.paths import RunPaths, atomic_write_text, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_text, read_json
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import av
 import numpy as np
 
 from harness.lib import metrics
-from harness.core.paths import atomic_write_json
+from harness.core.atomic import atomic_write_json
 from harness.stages import evaluate
 from harness.lib.synth import smooth_clip
 from harness.lib.video import ClipShape, load_clip, write_mp4

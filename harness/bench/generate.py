@@ -27,7 +27,7 @@ import torch
 
 from harness.bench import ranks
 from harness.core.models import PRESETS
-from harness.core.paths import atomic_write_json
+from harness.core.atomic import atomic_write_json
 from harness.core.tokens import Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0

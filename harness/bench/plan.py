@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.core.paths import atomic_write_json
+from harness.core.atomic import atomic_write_json
 
 GOAL_S = 5.0
 

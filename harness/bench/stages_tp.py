@@ -29,11 +29,16 @@ from typing import Any
 
 import torch
 
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+
+from harness.core.atomic import atomic_write_json, read_json
 
 
-def spec_text(assets: dict[str, str], preset: str, tp: int, steps: int, save_every: int, cuda: bool) -> str:
+def spec_text(assets: dict[str, str], preset: str, tp: int, steps: int, save_every: int, cuda: bool,
+              video: tuple[int, int, int] = (9, 48, 64)) -> str:
+    """`video`: frames, height, width; (17, 320, 512) with 4x8x8 is the seed's 5 x 40 x 64 = 12,800-token grid."""
     gpus = tp if cuda else 0
+    frames, height, width = video
     return f"""
 [run]
 name = "stages-tp{tp}"
@@ -46,9 +51,9 @@ encoder = "{assets['tokenizer_dir']}"
 decoder = "{assets['tokenizer_dir']}"
 compression = [4, 8, 8]
 [video]
-width = 64
-height = 48
-num_frames = 9
+width = {width}
+height = {height}
+num_frames = {frames}
 fps = 8
 [data]
 videos = "{assets['videos']}"
@@ -62,7 +67,7 @@ engine = "mcore"
 tensor_parallel = {tp}
 gpus_per_node = {gpus}
 global_batch_size = 2
-micro_batch_size = 2
+micro_batch_size = {1 if preset.startswith("cosmos") else 2}
 lr = 3e-3
 min_lr = 3e-3
 max_steps = {steps}
@@ -118,6 +123,7 @@ def kill_after_checkpoint(b: RunPaths, step: int, timeout_s: float = 1800) -> di
     """The stage as one process (it spawns its ranks); SIGKILL to its process group once checkpoint `step` is
     complete and training went on past it."""
     from harness.cosmos import checkpoint as ckpt
+    from harness.stages.finetune.checkpoints import complete_steps
 
     p = subprocess.Popen([sys.executable, "-m", "harness.stages", str(b.root), "finetune", "0"],
                          start_new_session=True)
@@ -130,7 +136,7 @@ def kill_after_checkpoint(b: RunPaths, step: int, timeout_s: float = 1800) -> di
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     return {"killed_at_logged_steps": [r["step"] for r in steps_logged(b)],
-            "complete_checkpoints": ckpt.complete_steps(b), "finished_before_kill": finished}
+            "complete_checkpoints": complete_steps(b), "finished_before_kill": finished}
 
 
 def torchrun_stage(b: RunPaths, stage: str, task: int, world: int) -> float:
@@ -155,6 +161,70 @@ def tp1_losses(a: RunPaths, root: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in steps_logged(c)}
 
 
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The harness CLI as a user types it (a child process, so this bench follows the commands, not internals)."""
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, check=check)
+
+
+def wait_local(paths: RunPaths, timeout_s: float) -> None:
+    """Until the local driver has finished its pass over the DAG (it writes local_done.json last)."""
+    done = paths.root / "local_done.json"
+    deadline = time.monotonic() + timeout_s
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{paths.root}: local driver still running after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def kill_ranks(paths: RunPaths, stage: str) -> list[int]:
+    """SIGKILL every process of the stage's task (submitit's local executor starts the ranks; their command
+    lines name the stage's log folder): no handler runs, as on a node that dies."""
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", str(paths.logs(stage))], capture_output=True,
+                                           text=True).stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def kill_resume_flow(work: Path, text: str, first_ckpt: int, timeout_s: float = 3600) -> dict[str, Any]:
+    """The user's path end to end: `harness submit --executor local`; once the first checkpoint is complete and
+    training went past it, every finetune rank is SIGKILLed; `harness resume RUN` then finishes the run (the
+    finetune stage resumes at TP=N from that checkpoint, infer loads each TP=N checkpoint at TP=1)."""
+    from harness.cosmos import checkpoint as ckpt
+
+    spec = work / "run.toml"
+    spec.write_text(text)
+    os.chdir(work)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"submit": cli("submit", str(spec), "--executor", "local", "--no-doctor").stdout[-400:]}
+    paths = RunPaths(next(p for p in (work / "runs").iterdir() if p.is_dir()))
+    deadline = time.monotonic() + timeout_s
+    while not (ckpt.is_complete(paths.checkpoint_dir(first_ckpt)) and len(steps_logged(paths)) > first_ckpt):
+        if time.monotonic() > deadline or (paths.root / "local_done.json").exists():
+            raise RuntimeError(f"{paths.root}: no step after checkpoint {first_ckpt} (see harness status)")
+        time.sleep(0.05)
+    out["killed_pids"] = kill_ranks(paths, "finetune")
+    out["killed_at_logged_steps"] = [r["step"] for r in steps_logged(paths)]
+    wait_local(paths, timeout_s)
+    out["status_after_kill"] = cli("status", str(paths.root), check=False).stdout[-1500:]
+    (paths.root / "local_done.json").unlink()
+    out["resume"] = cli("resume", str(paths.root)).stdout[-600:]
+    wait_local(paths, timeout_s)
+    out["status_final"] = cli("status", str(paths.root), check=False).stdout[-2000:]
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    out["steps_logged"] = [r["step"] for r in steps_logged(paths)]
+    out["losses"] = [r["loss"] for r in steps_logged(paths)]
+    out["checkpoints"] = read_json(paths.checkpoints_json)
+    out["infer_videos"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "infer").rglob("*.mp4"))
+    out["evaluate_files"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "eval").rglob("*.json"))
+    report = work / "results" / paths.root.name / "report.json"
+    out["report_means"] = read_json(report).get("checkpoints") if report.is_file() else None
+    return out
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench stages_tp")
     ap.add_argument("--tp", type=int, default=2)
@@ -162,6 +232,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=20, help="enough that the kill lands mid-run on a fast GPU")
     ap.add_argument("--save-every", type=int, default=2)
     ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--flow", choices=["full", "kill-resume"], default="full",
+                    help="full: whole run + kill/torchrun resume + TP inference + TP=1 losses; kill-resume: the "
+                         "user's path only (submit, kill the finetune ranks, harness resume), for model shapes "
+                         "whose checkpoints fill the disk (a Cosmos-4B checkpoint with Adam state is ~56 GB)")
+    ap.add_argument("--video", type=int, nargs=3, default=[9, 48, 64], metavar=("FRAMES", "H", "W"))
+    ap.add_argument("--runs-on", default="", help="put the run directories (checkpoints) in this folder, e.g. a "
+                    "tmpfs when the disk cannot hold two Cosmos-4B checkpoints beside the pretrained weights")
     a = ap.parse_args(argv)
     from harness.lib import synth
     from harness.cosmos.pretrained import write_tiny_pretrained
@@ -177,10 +254,23 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(d)
         assets = synth.make_quickstart(work / "assets", clips=8, bad_files=False)
         assets["pretrained"] = str(work / "assets" / "pretrained")
+        t0 = time.perf_counter()
         write_tiny_pretrained(assets["pretrained"], PRESETS[a.preset], seed=1)
-        out_file = out_dir / f"stages-tp{a.tp}.json"
+        result["write_pretrained_s"] = round(time.perf_counter() - t0, 1)
+        suffix = "" if a.flow == "full" else f"-{a.preset}-kill-resume"
+        out_file = out_dir / f"stages-tp{a.tp}{suffix}.json"
         try:
-            _phases(a, work, assets, cuda, result, out_file)
+            if a.flow == "full":
+                _phases(a, work, assets, cuda, result, out_file)
+            else:
+                if a.runs_on:
+                    Path(a.runs_on).mkdir(parents=True, exist_ok=True)
+                    (work / "runs").symlink_to(Path(a.runs_on).resolve())
+                text = spec_text(assets, a.preset, a.tp, a.steps, a.save_every, cuda, tuple(a.video))
+                result["run"] = kill_resume_flow(work, text, a.save_every)
+                r = result["run"]
+                result["ok"] = bool(r["steps_logged"] == list(range(1, a.steps + 1)) and r["infer_videos"]
+                                    and max(r["killed_at_logged_steps"]) < a.steps)
         finally:
             os.chdir(cwd)
             atomic_write_json(out_file, result)
@@ -191,7 +281,7 @@ def _phases(a: argparse.Namespace, work: Path, assets: dict[str, str], cuda: boo
             out_file: Path) -> None:
     """Each phase's figures are written as soon as they exist: a run cut short still reports what it did."""
     a_paths, result["run1_local_executor"] = whole_run(work, spec_text(assets, a.preset, a.tp, a.steps,
-                                                                       a.save_every, cuda))
+                                                                       a.save_every, cuda, tuple(a.video)))
     atomic_write_json(out_file, result)
     b = fresh_copy(a_paths, work / "run2")
     result["run2_kill"] = kill_after_checkpoint(b, a.save_every)

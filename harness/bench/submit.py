@@ -14,7 +14,7 @@ from typing import Any
 
 from harness import launch
 from harness.launch import slurmcli
-from harness.core.paths import atomic_write_json
+from harness.core.atomic import atomic_write_json
 
 SPEC = """
 [run]

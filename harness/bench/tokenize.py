@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from harness.core import inputs
+from harness.stages import inputs
 
 from harness.core import spec as spec_mod
 
 from harness.lib import synth
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
 from harness.lib.dvtok import Encoder, model_dtype, normalise, span_seconds
 from harness.lib.video import write_mp4
 
@@ -283,7 +284,7 @@ def _serial_loop(tmp: Path, path: Path, n: int, device: str, geometry: tuple[int
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from harness.lib.dataset import to_uint16
+    from harness.stages.dataset import to_uint16
     from harness.lib.video import ClipShape, load_clip
 
     enc = Encoder.load(path, torch.device(device))

@@ -3,7 +3,7 @@ and `train_step`: the same CosmosModel, mcore DDP, mcore optimizer, micro-batchi
 at a preset's shape, on synthetic whole-video samples (speed does not depend on token values).
 
 On an H200: bf16 compute, fp32 master weights + Adam, SDPA flash attention. Reports the median step time,
-tokens/s, model TFLOP/s (the accounting of `harness.cosmos.config.train_flops_per_token`) and MFU against the
+tokens/s, model TFLOP/s (the accounting of `harness.core.models.train_flops_per_token`) and MFU against the
 dense bf16 peak (989 TFLOP/s), plus peak GPU memory. Goal: MFU >= 50% for Cosmos-4B at 12,800 tokens (a plain
 PyTorch stack reached 534 TFLOP/s). On CPU, `--preset tiny` is a smoke test (fp32).
 
@@ -30,7 +30,8 @@ import torch
 from harness.core import spec as spec_mod
 from harness.bench import ranks
 from harness.core.models import PRESETS
-from harness.core.paths import RunPaths, atomic_write_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
 from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 
 PEAK_TFLOPS = 989.0
@@ -52,7 +53,7 @@ def geometry(seq: int, compression: tuple[int, int, int] = (4, 8, 8)) -> dict[st
 
 
 class SyntheticVideos:
-    """A TokenSource of random whole videos (the `harness.lib.dataset.TokenDataset` interface)."""
+    """A TokenSource of random whole videos (the `harness.stages.dataset.TokenDataset` interface)."""
 
     def __init__(self, spec: spec_mod.RunSpec, n: int = 4, seed: int = 0) -> None:
         tm = spec.token_math

@@ -1,4 +1,4 @@
-"""Run-directory layout and the atomic-write helpers every stage uses.
+"""Run-directory layout: every path of a run is built here (`RunPaths`), nowhere else.
 
 Everything `status`, `resume` and `report` need is rebuilt from this directory alone: the frozen spec,
 the plan, the job ids, each task's outputs and its completion marker (always written last).
@@ -6,16 +6,17 @@ the plan, the job ids, each task's outputs and its completion marker (always wri
 
 from __future__ import annotations
 
-import json
-import os
+import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,13 @@ class RunPaths:
     def checkpoint_dir(self, step: int) -> Path:
         return self.root / "finetune" / "checkpoints" / f"step-{step:08d}"
 
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the checkpoint directories present (complete or not), ascending."""
+        root = self.checkpoint_dir(0).parent
+        if not root.is_dir():
+            return []
+        return sorted(int(m.group(1)) for d in root.iterdir() if (m := _STEP_DIR.match(d.name)))
+
     @property
     def checkpoints_json(self) -> Path:
         return self.root / "finetune" / "checkpoints.json"
@@ -132,33 +140,6 @@ def new_run_dir(workdir: Path, name: str) -> RunPaths:
             continue
         return RunPaths(root)
     raise HarnessError(f"{workdir}: could not create a unique run directory")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def mark_done(paths: RunPaths, stage: str, task: int, info: dict[str, Any] | None = None) -> None:

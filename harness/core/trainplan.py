@@ -51,13 +51,12 @@ class TrainingPlan:
 
     @cached_property
     def flops_per_step(self) -> float:
-        """Model FLOPs of one optimizer step (all ranks together): `harness.cosmos.config.train_flops_per_token`
-        x positions x GBS. Computed on first use, so that planning on a login node does not import megatron-core."""
-        from harness.cosmos import config as cfg
-        from harness.core.models import PRESETS
+        """Model FLOPs of one optimizer step (all ranks together): `harness.core.models.train_flops_per_token`
+        x positions x GBS."""
+        from harness.core.models import PRESETS, train_flops_per_token
 
         seq = self.sample_positions
-        return cfg.train_flops_per_token(PRESETS[self.preset], seq) * seq * self.global_batch_size
+        return train_flops_per_token(PRESETS[self.preset], seq) * seq * self.global_batch_size
 
     @property
     def tokens_per_step(self) -> int:

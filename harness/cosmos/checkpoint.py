@@ -11,7 +11,6 @@ context/) loads the same way.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,15 +22,15 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from harness.core import failures
 from harness.cosmos import layout, parallel
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.atomic import atomic_write_json, read_json
 
 if TYPE_CHECKING:
+    from harness.core.models import ModelPreset
+    from harness.core.tokens import Grid
     from harness.cosmos.model import CosmosModel
-    from harness.core.spec import RunSpec
 
 log = logging.getLogger(__name__)
 MARKER = "done.json"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 def weights_dir(ckpt_dir: Path) -> Path:
@@ -54,24 +53,6 @@ def model_sharded_state_dict(model: Any) -> dict[str, Any]:
 
 def is_complete(ckpt_dir: Path) -> bool:
     return (ckpt_dir / MARKER).is_file()
-
-
-def complete_steps(paths: RunPaths) -> list[int]:
-    root = paths.checkpoint_dir(0).parent
-    if not root.is_dir():
-        return []
-    steps = []
-    for d in root.iterdir():
-        m = _STEP_DIR.match(d.name)
-        if m and is_complete(d):
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def latest_complete(paths: RunPaths) -> tuple[int, Path] | None:
-    """(step, dir) of the newest checkpoint with its completion marker, or None."""
-    steps = complete_steps(paths)
-    return (steps[-1], paths.checkpoint_dir(steps[-1])) if steps else None
 
 
 _manager: Any = None
@@ -208,27 +189,26 @@ def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
     return read_json(ckpt_dir / "trainer.json")  # type: ignore[no-any-return]
 
 
-def check_context(ckpt_dir: Path, spec: "RunSpec") -> None:
+def check_context(ckpt_dir: Path, preset: str) -> None:
     """A harness checkpoint names its preset; refuse another model shape with a clear message."""
     ctx = ckpt_dir / "context" / "harness.json"
     if ctx.is_file():
-        preset = read_json(ctx).get("preset")
-        if preset and preset != spec.model.preset:
-            raise HarnessError(f"{ckpt_dir}: checkpoint of preset {preset!r}, but model.preset is "
-                               f"{spec.model.preset!r}")
+        saved = read_json(ctx).get("preset")
+        if saved and saved != preset:
+            raise HarnessError(f"{ckpt_dir}: checkpoint of preset {saved!r}, but model.preset is {preset!r}")
 
 
-def load_for_inference(ckpt_dir: str | Path, spec: "RunSpec", tp: int = 1, *, seq_len: int | None = None
-                       ) -> "CosmosModel":
+def load_for_inference(ckpt_dir: str | Path, preset: "ModelPreset", grid: "Grid", tp: int = 1, *, seed: int = 0,
+                       gpus_requested: int = 0, seq_len: int | None = None) -> "CosmosModel":
     """A model in eval mode with the checkpoint's weights, tensor-parallel over `tp` ranks (every rank of the TP
     group calls this). Initialises torch.distributed/mcore if needed (single process when no launcher variables
     are set). bf16 on GPU, fp32 on CPU. `seq_len`: positions the RoPE tables must cover (default: one sample)."""
     from harness.cosmos.model import build_model
 
     ckpt_dir = Path(ckpt_dir)
-    check_context(ckpt_dir, spec)
-    parallel.init(tp, seed=spec.run.seed, gpus_requested=spec.infer.gpus_per_node)
+    check_context(ckpt_dir, preset.name)
+    parallel.init(tp, seed=seed, gpus_requested=gpus_requested)
     precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
-    model = build_model(spec.preset, spec.token_math.grid, tp=tp, precision=precision, seq_len=seq_len)
+    model = build_model(preset, grid, tp=tp, precision=precision, seq_len=seq_len)
     load_model(model, ckpt_dir)
     return model.eval()

@@ -87,18 +87,3 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
     elif recompute == "selective":
         kw.update(recompute_granularity="selective")
     return TransformerConfig(**kw)  # type: ignore[arg-type]
-
-
-def train_flops_per_token(preset: ModelPreset, seq: int) -> float:
-    """Model FLOPs per trained token (forward + backward = 3x forward): 2 x matmul parameters (embedding lookup
-    excluded, output layer included) + causal attention 2 x L x seq x H (QK^T and AV over on average seq/2 keys).
-    For Cosmos-4B at 12,800 tokens this is the accounting behind the 534 TFLOP/s calibration of DESIGN.md."""
-    h, f, L = preset.hidden_size, preset.ffn_hidden_size, preset.num_layers
-    kv = head_dim(preset) * preset.num_query_groups
-    q = head_dim(preset) * preset.num_attention_heads
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * f
-    attn_fwd = 2 * L * seq * q
-    if preset.video2world:
-        per_layer += h * q + q * h  # cross-attention q and output projections (K/V over the prompt are per sample)
-    fwd = 2 * (L * per_layer + h * preset.output_vocab_size) + attn_fwd
-    return 3.0 * fwd

@@ -20,7 +20,7 @@ from harness.core.tokens import BOV_ID, TokenMath
 
 
 class TokenSource(Protocol):
-    """What `harness.lib.dataset.TokenDataset` provides."""
+    """What `harness.stages.dataset.TokenDataset` provides."""
 
     def __len__(self) -> int: ...
     def tokens(self, i: int) -> np.ndarray: ...

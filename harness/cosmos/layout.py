@@ -23,64 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.core.errors import HarnessError
-from harness.core.models import ModelPreset
-
-MODEL_PREFIX = "module."
-"""Model tensors of a NeMo 2 checkpoint; others (`optimizer.*`) are not the model's and are not compared."""
-UPSTREAM_CONFIGS = {"CosmosConfig4B": "cosmos-4b", "CosmosConfig12B": "cosmos-12b",
-                    "CosmosConfigVideo2World5B": "cosmos-5b-v2w", "CosmosConfigVideo2World13B": "cosmos-13b-v2w"}
-"""NeMo config classes of the public Cosmos checkpoints (NVIDIA/Cosmos archived-ces2025, nemo/cosmos.py and
-nemo/cosmos_video2world.py) -> harness preset, to name the preset of a checkpoint from its `context/model.yaml`."""
-
-
-def layer_shapes(p: ModelPreset) -> dict[str, tuple[int, ...]]:
-    """Global shapes of one decoder layer's weights, mcore names (fc1 holds gate rows then up rows)."""
-    h, d, f = p.hidden_size, p.kv_channels, p.ffn_hidden_size
-    q, kv = p.num_attention_heads * d, p.num_query_groups * d
-    out = {
-        "self_attention.linear_qkv.weight": (q + 2 * kv, h),
-        "self_attention.linear_qkv.layer_norm_weight": (h,),
-        "self_attention.q_layernorm.weight": (d,),
-        "self_attention.k_layernorm.weight": (d,),
-        "self_attention.linear_proj.weight": (h, q),
-        "mlp.linear_fc1.weight": (2 * f, h),
-        "mlp.linear_fc1.layer_norm_weight": (h,),
-        "mlp.linear_fc2.weight": (h, f),
-    }
-    if p.video2world:
-        out.update({
-            "pre_cross_attn_layernorm.weight": (h,),
-            "cross_attention.linear_q.weight": (q, h),
-            "cross_attention.linear_kv.weight": (2 * kv, p.crossattn_dim),
-            "cross_attention.q_layernorm.weight": (d,),
-            "cross_attention.k_layernorm.weight": (d,),
-            "cross_attention.linear_proj.weight": (h, q),
-        })
-    return out
-
-
-def global_shapes(p: ModelPreset) -> dict[str, tuple[int, ...]]:
-    """The tensors outside the decoder layers."""
-    return {"embedding.word_embeddings.weight": (p.vocab_size, p.hidden_size),
-            "decoder.final_layernorm.weight": (p.hidden_size,),
-            "output_layer.weight": (p.output_vocab_size, p.hidden_size)}
-
-
-def checkpoint_shapes(p: ModelPreset, layers: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Every model tensor of a checkpoint of `p` (`layers` decoder layers, default the preset's), as stored."""
-    n = p.num_layers if layers is None else layers
-    out = {MODEL_PREFIX + k: v for k, v in global_shapes(p).items()}
-    out.update({f"{MODEL_PREFIX}decoder.layers.{k}": (n, *v) for k, v in layer_shapes(p).items()})
-    return out
-
-
-def tp_problems(p: ModelPreset, tp: int) -> list[str]:
-    """Dimensions that tensor parallelism of size `tp` would have to split unevenly."""
-    dims = {"attention heads": p.num_attention_heads, "query groups": p.num_query_groups,
-            "FFN width": p.ffn_hidden_size, "input vocabulary rows": p.vocab_size,
-            "output vocabulary rows": p.output_vocab_size}
-    return [f"{name} ({n}) not divisible by TP {tp}" for name, n in dims.items() if n % tp]
-
+from harness.core.models import MODEL_PREFIX, UPSTREAM_CONFIGS, ModelPreset, checkpoint_shapes, tp_problems
 
 # ------------------------------------------------------------------------------------------ folders
 def resolve_pretrained(directory: Path) -> Path:

@@ -19,7 +19,6 @@ unmasked, as upstream does in training and generation.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,15 +38,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from harness.cosmos import config as cfg
-from harness.cosmos.rope3d import Rope3D, abs_sincos
+from harness.cosmos.layers import NormedColumnParallelLinear, RMSNorm, TPRowLinear
+from harness.cosmos.rope3d import Rope3D
+from harness.cosmos.video2world import cross_attention_spec
 from harness.core.models import ModelPreset
 from harness.core.tokens import VIDEO2WORLD_PAD, Grid
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """torch's RMSNorm (statistics in fp32 for bf16 inputs, like TE's); no explicit fp32 copy of x is kept for
-    backward, which at 12,800 tokens would cost ~0.4 GB per layer."""
-    return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -69,53 +64,6 @@ def rotate_fused(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     if _rotate_compiled is None:
         _rotate_compiled = torch.compile(rotate)
     return _rotate_compiled(x, cos, sin)
-
-
-class RMSNorm(torch.nn.Module):
-    """RMSNorm for q/k and the final norm (`eps` from the config); mcore's local norms need Apex or wrap torch's."""
-
-    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = cfg.LAYERNORM_EPS,
-                 **_: Any) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
-        setattr(self.weight, "sequence_parallel", False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-def _known(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments `cls.__init__` accepts: megatron-core versions differ in what layer builders pass to
-    linears (0.16: tp_comm_buffer_name, tp_group; 0.20 adds pg_collection, name), so drop the ones it lacks."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kw
-    return {k: v for k, v in kw.items() if k in params}
-
-
-class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
-    """RMSNorm then a column-parallel linear; the norm weight is `layer_norm_weight`, as in TE's
-    `TELayerNormColumnParallelLinear`, so the state-dict keys equal those of NeMo's Cosmos checkpoints."""
-
-    def __init__(self, input_size: int, output_size: int, *, config: TransformerConfig, **kw: Any) -> None:
-        super().__init__(input_size, output_size, config=config, **_known(tensor_parallel.ColumnParallelLinear, kw))
-        self.eps = config.layernorm_epsilon
-        self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, dtype=config.params_dtype))
-        setattr(self.layer_norm_weight, "sequence_parallel", False)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kw: Any) -> Any:
-        return super().forward(rms_norm(x, self.layer_norm_weight, self.eps), *args, **kw)
-
-
-class _TPLinear(tensor_parallel.ColumnParallelLinear):
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **_known(tensor_parallel.ColumnParallelLinear, kw))
-
-
-class _TPRowLinear(tensor_parallel.RowParallelLinear):
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **_known(tensor_parallel.RowParallelLinear, kw))
 
 
 @dataclass
@@ -200,7 +148,6 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
     """The Cosmos decoder spec (mcore modules + the harness' SDPA core attention and fused-norm linears)."""
     cross: dict[str, Any] = {}
     if video2world:
-        from harness.cosmos.video2world import cross_attention_spec  # noqa: PLC0415 (only V2W needs it)
         cross = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
                      cross_attn_bda=get_bias_dropout_add)
     layer = ModuleSpec(
@@ -213,7 +160,7 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=NormedColumnParallelLinear,
                     core_attention=SDPAttention,
-                    linear_proj=_TPRowLinear,
+                    linear_proj=TPRowLinear,
                     q_layernorm=RMSNorm,
                     k_layernorm=RMSNorm,
                 ),
@@ -221,7 +168,7 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=IdentityOp,
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=NormedColumnParallelLinear,
-                                                                linear_fc2=_TPRowLinear)),
+                                                                linear_fc2=TPRowLinear)),
             mlp_bda=get_bias_dropout_add,
             **cross,
         ),

@@ -19,7 +19,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
 from harness.cosmos import config as cfg, parallel
-from harness.cosmos.layout import MODEL_PREFIX, UPSTREAM_CONFIGS, checkpoint_shapes, global_shapes, layer_shapes
+from harness.core.models import MODEL_PREFIX, UPSTREAM_CONFIGS, checkpoint_shapes, global_shapes, layer_shapes
 from harness.core.models import ModelPreset
 
 _LINEARS_WITH_EXTRA = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")

@@ -16,6 +16,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from harness.cosmos.layers import TPLinear, TPRowLinear
 from harness.cosmos.rope3d import abs_sincos
 from harness.core.models import ModelPreset
 from harness.core.tokens import Grid
@@ -59,12 +60,10 @@ class CosmosCrossAttention(Attention):
 
 
 def cross_attention_spec(core_attention: type, norm: type, crossattn_dim: int = 1024) -> ModuleSpec:
-    from harness.cosmos.model import _TPLinear, _TPRowLinear
-
     return ModuleSpec(module=CosmosCrossAttention,
                       params={"attn_mask_type": AttnMaskType.no_mask, "crossattn_dim": crossattn_dim},
-                      submodules=CrossAttentionNormSubmodules(linear_q=_TPLinear, linear_kv=_TPLinear,
-                                                              core_attention=core_attention, linear_proj=_TPRowLinear,
+                      submodules=CrossAttentionNormSubmodules(linear_q=TPLinear, linear_kv=TPLinear,
+                                                              core_attention=core_attention, linear_proj=TPRowLinear,
                                                               q_layernorm=norm, k_layernorm=norm))
 
 

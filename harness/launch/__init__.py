@@ -18,7 +18,8 @@ from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 from harness.launch import slurmcli
-from harness.core.paths import RunPaths, atomic_write_json, atomic_write_text, new_run_dir, read_json
+from harness.core.paths import RunPaths, new_run_dir
+from harness.core.atomic import atomic_write_json, atomic_write_text, read_json
 
 ExecutorName = Literal["auto", "slurm", "local"]
 
@@ -94,7 +95,7 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
 def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True) -> Submitted:
     """Plan and submit; with `doctor`, the cheap preflight checks (harness.ops.doctor.CHEAP) run first and any
     failure stops the submission before a run directory exists."""
-    from harness.core.inputs import discover, write_inputs
+    from harness.stages.inputs import discover, write_inputs
     from harness.launch import local
 
     t0 = time.perf_counter()

@@ -20,7 +20,8 @@ import submitit
 from harness.core import failures
 from harness.launch.task import StageTask
 from harness.core.plan import Plan, StagePlan
-from harness.core.paths import RunPaths, atomic_write_json, is_done, read_json
+from harness.core.paths import RunPaths, is_done
+from harness.core.atomic import atomic_write_json, read_json
 
 OK, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
 

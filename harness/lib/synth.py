@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.core.paths import atomic_write_bytes, atomic_write_json
+from harness.core.atomic import atomic_write_bytes, atomic_write_json
 from harness.lib.video import write_mp4
 
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)

@@ -21,7 +21,8 @@ from harness.core.errors import HarnessError, Problem
 from harness.launch import slurmcli
 from harness.ops.state import ACTIVE, COMPLETED, RunState, collect, done_tasks, job_ids, load_jobs
 from harness.core.plan import Facts, Plan
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
 
 
 def incomplete(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:

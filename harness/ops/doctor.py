@@ -23,7 +23,7 @@ from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
 
 if TYPE_CHECKING:
-    from harness.core.inputs import InputItem
+    from harness.stages.inputs import InputItem
     from harness.stages.assets import Role
 
 Status = Literal["pass", "fail", "skip"]
@@ -357,7 +357,7 @@ def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec,
     from harness import launch
     from harness.core import plan as plan_mod
     from harness.core import spec as spec_mod
-    from harness.core.inputs import discover
+    from harness.stages.inputs import discover
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
     items, why = None, ""

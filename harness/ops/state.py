@@ -19,7 +19,8 @@ from harness.core import failures
 from harness.core.errors import HarnessError, Problem
 from harness.launch import slurmcli
 from harness.core.plan import Plan
-from harness.core.paths import RunPaths, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import read_json
 
 COMPLETED = "COMPLETED"
 ACTIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",

@@ -26,7 +26,8 @@ from rich.table import Table
 from harness.core import plan as plan_mod
 from harness.report import html as report_html
 from harness.core.evalstats import frames_note, video_means
-from harness.core.paths import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_text
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec

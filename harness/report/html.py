@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from harness.core.paths import atomic_write_bytes, atomic_write_text
+from harness.core.atomic import atomic_write_bytes, atomic_write_text
 
 SAMPLES_PER_CHECKPOINT = 2
 """Videos shown per checkpoint: enough to see what the model does, small enough to keep the folder light."""

@@ -24,7 +24,8 @@ from typing import Callable
 from harness.core import failures
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, is_done, mark_done, read_json
+from harness.core.paths import RunPaths, is_done, mark_done
+from harness.core.atomic import read_json
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
 from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.assets")
@@ -62,22 +63,6 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
         resolved[role.name] = str(directory)
         log.info("asset %s: %s -> %s", role.name, role.source, directory)
     atomic_write_json(paths.assets_json, resolved)
-
-
-def resolve(paths: RunPaths, role: str) -> Path:
-    """The local directory of an asset staged by stage-assets; never downloads."""
-    try:
-        table = read_json(paths.assets_json)
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"{paths.assets_json}: cannot read ({e.__class__.__name__}); run stage-assets first") \
-            from None
-    if role not in table:
-        raise HarnessError(f"{paths.assets_json}: no asset '{role}' (staged: {', '.join(sorted(table)) or 'none'})")
-    directory = Path(table[role])
-    if not directory.is_dir():
-        raise HarnessError(f"{paths.assets_json}: asset '{role}' directory {directory} is missing on this node "
-                           f"(is assets.hf_home on a filesystem every node sees?)")
-    return directory
 
 
 def _is_local(source: str) -> bool:

@@ -21,62 +21,22 @@ import math
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
 
-from harness.lib import metrics
+from harness.lib import media, metrics
 from harness.core.errors import HarnessError
-from harness.core.evalstats import ALIGNMENT_CONVENTION, frames_note, video_means
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.evalstats import frames_note, video_means
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
 from harness.lib.video import load_frames
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
-
-
-# ------------------------------------------------------------------------------------- sidecar
-@dataclass(frozen=True)
-class Sidecar:
-    """`<name>.json` next to `<name>.mp4`, written by the infer stage: which source each generated frame shows."""
-
-    reference: str
-    """Absolute path of the source video (or image) the generation was conditioned on."""
-    reference_frames: tuple[int | None, ...]
-    """Per generated frame: the source frame it stands for (None: no ground truth exists)."""
-    context_frames: int
-    """Generated frames 0..context_frames-1 reproduce the context; the rest are predicted."""
-    step: int = 0
-    seed: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "reference_frames": list(self.reference_frames),
-                "convention": ALIGNMENT_CONVENTION}
-
-    @staticmethod
-    def read(path: Path) -> "Sidecar":
-        try:
-            raw = read_json(path)
-            return Sidecar(reference=str(raw["reference"]),
-                           reference_frames=tuple(None if r is None else int(r) for r in raw["reference_frames"]),
-                           context_frames=int(raw["context_frames"]), step=int(raw.get("step", 0)),
-                           seed=int(raw.get("seed", 0)), temperature=float(raw.get("temperature", 1.0)),
-                           top_p=float(raw.get("top_p", 1.0)))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise HarnessError(f"{path}: not a valid alignment sidecar ({e.__class__.__name__}: {e}); it needs "
-                               f"reference, reference_frames, context_frames") from None
-
-
-def sidecar_path(video: Path) -> Path:
-    return video.with_suffix(".json")
-
 
 # ------------------------------------------------------------------------------------- pairs
 @dataclass(frozen=True)
@@ -228,7 +188,7 @@ def _videos(root: Path) -> dict[str, Path]:
         raise HarnessError(f"{root}: not a directory")
     out: dict[str, Path] = {}
     for p in sorted(root.iterdir()):
-        if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file() and not p.name.startswith("."):
+        if p.suffix.lower() in media.VIDEO_SUFFIXES and p.is_file() and not p.name.startswith("."):
             out.setdefault(p.stem, p)
     return out
 
@@ -243,7 +203,7 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     for stem, g in gens.items():
         if stem not in refs:
             continue
-        side = Sidecar.read(sidecar_path(g)) if use_sidecars and sidecar_path(g).is_file() else None
+        side = media.Sidecar.read(media.sidecar_path(g)) if use_sidecars and media.sidecar_path(g).is_file() else None
         pairs.append(Pair(stem, str(g), str(refs[stem]), side.reference_frames if side else None,
                           side.context_frames if side else 0))
     kind = metrics.resolve_backend(backend)
@@ -270,7 +230,7 @@ def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
     refs = _videos(ref_dir) if ref_dir else {}
     pairs, missing = [], []
     for stem, g in gens.items():
-        side = Sidecar.read(sidecar_path(g)) if sidecar_path(g).is_file() else None
+        side = media.Sidecar.read(media.sidecar_path(g)) if media.sidecar_path(g).is_file() else None
         ref = refs.get(stem) if ref_dir else (Path(side.reference) if side else fallback.get(stem))
         if ref is None or not ref.is_file():
             missing.append(stem)

@@ -5,7 +5,7 @@ default, is the whole list).
 Per input: the clip as the tokenize stage defines it (first T frames, resize-to-cover + center crop), its first
 `context_latent_frames` latent frames (1 for an image) as context, the rest of the latent grid generated with
 a KV cache, decoded with the DV decoder (no diffusion decoder), written as `<name>.mp4` at video.fps with the
-alignment sidecar `<name>.json` (see harness.stages.evaluate.Sidecar): generated frame g stands for source
+alignment sidecar `<name>.json` (see harness.lib.media.Sidecar): generated frame g stands for source
 frame g, and the first 1 + (c-1)*t frames reproduce the context. Inputs come from infer.inputs (a directory of
 videos/images, or a Video2World jsonl) or, when empty, from the test split of the run's merged dataset (its
 context tokens are read from the dataset, so no re-encoding). The list is ordered and cut to infer.max_inputs
@@ -28,16 +28,18 @@ import torch
 
 from harness.lib.dvtok import Decoder, Encoder
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, atomic_write_json
-from harness.stages.evaluate import Sidecar, sidecar_path
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
+from harness.lib import media
+from harness.lib.media import IMAGE_SUFFIXES, Sidecar, sidecar_path
 from harness.core.tokens import BOV_ID
 
 if TYPE_CHECKING:
     from harness.core.plan import InferTask
     from harness.core.spec import RunSpec
+    from harness.cosmos.model import CosmosModel
 
 log = logging.getLogger("harness.infer")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,7 @@ def list_inputs(spec: RunSpec, paths: RunPaths, start: int = 0, stop: int | None
 
 def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
     if root.is_dir():
-        exts = {e.lower() for e in spec.data.extensions} | set(IMAGE_SUFFIXES)
-        files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts),
-                       key=lambda p: p.relative_to(root).as_posix())
+        files = media.files_under(root, (*spec.data.extensions, *IMAGE_SUFFIXES))
         return [InferInput(p.stem, str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
     if root.is_file() and root.suffix == ".jsonl":
         out = []
@@ -93,7 +93,7 @@ def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
 
 def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInput]:
     """Test-split items in split order; only those in `keep` carry their context tokens and prompt."""
-    from harness.lib.dataset import open_dataset
+    from harness.stages.dataset import open_dataset
 
     ds = open_dataset(paths)
     g = spec.token_math.grid
@@ -128,7 +128,7 @@ def _unique_names(items: list[InferInput]) -> list[InferInput]:
 # ------------------------------------------------------------------------------------- tokenizer
 def load_tokenizer(paths: RunPaths, device: torch.device) -> tuple[Encoder, Decoder]:
     """The staged DV encoder and decoder on the generation device, loaded and run as the tokenize stage does."""
-    from harness.stages.assets import resolve
+    from harness.stages.staged import resolve
 
     return (Encoder.load(resolve(paths, "encoder") / "encoder.jit", device),
             Decoder.load(resolve(paths, "decoder") / "decoder.jit", device))
@@ -219,7 +219,7 @@ def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, devic
     if not spec.video2world or all(it.prompt_embedding is not None for it in items):
         return None
     from harness.lib import prompts
-    from harness.stages.assets import resolve
+    from harness.stages.staged import resolve
 
     return prompts.load(resolve(paths, "text_encoder"), device)
 
@@ -232,9 +232,16 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
               what="infer (infer.tensor_parallel)")
 
 
+def load_model(ckpt: Path, spec: RunSpec, tp: int, *, seq_len: int | None = None) -> "CosmosModel":
+    """The run's model with a checkpoint's weights, on this rank of a `tp`-way group (eval mode)."""
+    from harness.cosmos.checkpoint import load_for_inference
+
+    return load_for_inference(ckpt, spec.preset, spec.token_math.grid, tp, seed=spec.run.seed,
+                              gpus_requested=spec.infer.gpus_per_node, seq_len=seq_len)
+
+
 def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     from harness.cosmos import parallel
-    from harness.cosmos.checkpoint import load_for_inference
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
     from harness.core.plan import infer_task
     from harness.lib.video import write_mp4
@@ -255,7 +262,7 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     ckpt = paths.checkpoint_dir(step)
     if not ckpt.is_dir():
         raise HarnessError(f"{ckpt}: no checkpoint for step {step}; did the finetune stage save it?")
-    model = load_for_inference(ckpt, spec, spec.infer.tensor_parallel)
+    model = load_model(ckpt, spec, spec.infer.tensor_parallel)
     dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     parallel.barrier()  # every rank has decided `todo` before rank 0 writes anything
     encoder, decoder = load_tokenizer(paths, device)

@@ -1,6 +1,6 @@
 """merge: verify every tokenize shard, join them into one dataset, write the split and the summary.
 
-On-disk dataset of a run (what finetune reads, through `harness.lib.dataset.open_dataset`):
+On-disk dataset of a run (what finetune reads, through `harness.stages.dataset.open_dataset`):
 
     <run>/dataset/tokens.bin, tokens.idx
         megatron-core indexed dataset (IndexedDataset(prefix)), dtype uint16, one document = one sequence =
@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from harness.lib import dataset
+from harness.stages import dataset
 from harness.core.errors import HarnessError
-from harness.core.inputs import read_inputs, reason_kind
+from harness.stages.inputs import read_inputs, reason_kind
 from harness.core.plan import split_counts
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.merge")

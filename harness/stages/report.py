@@ -14,7 +14,8 @@ from harness.report import build as report
 from harness.report import tracking
 
 from harness.core import trainplan
-from harness.core.paths import RunPaths, is_done, read_json
+from harness.core.paths import RunPaths, is_done
+from harness.core.atomic import read_json
 from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.report.build")

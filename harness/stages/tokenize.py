@@ -4,7 +4,7 @@ dataset shard, plus (Video2World) the prompt embeddings, and a manifest written 
 Decoding runs in worker processes ahead of the encoder through a bounded, ordered prefetch window, so the
 encoder (a GPU) is rarely idle and document order never depends on timing: a re-run of a shard writes the
 same bytes. Unreadable inputs are recorded in the manifest with their reason and never stop the shard.
-Token ids stay int64 until the one checked narrowing to uint16 (`harness.lib.dataset.to_uint16`).
+Token ids stay int64 until the one checked narrowing to uint16 (`harness.stages.dataset.to_uint16`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from harness.lib import dataset
+from harness.stages import dataset
 
 from harness.lib import prompts
 
 from harness.core import tokens
 from harness.lib.dvtok import Encoder, Pending
 from harness.core.errors import HarnessError
-from harness.core.inputs import InputItem, items_of_shard, read_inputs
-from harness.core.paths import RunPaths, atomic_write_json
+from harness.stages.inputs import InputItem, items_of_shard, read_inputs
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json
 from harness.core.spec import RunSpec
-from harness.stages.assets import resolve
+from harness.stages.staged import resolve
 from harness.lib.video import ClipShape, try_load
 
 log = logging.getLogger("harness.tokenize")

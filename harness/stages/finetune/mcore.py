@@ -32,13 +32,15 @@ from harness.report import tracking
 
 from harness.core import trainplan
 from harness.cosmos import checkpoint as ckpt
+from harness.stages.finetune import checkpoints
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
 from harness.cosmos.layout import resolve_pretrained
 from harness.cosmos.model import build_model
 from harness.cosmos.signals import StopSignal
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, atomic_write_json, atomic_write_text
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, atomic_write_text
 from harness.core.spec import FinetuneSection, RunSpec
 from harness.core.trainplan import TrainingPlan
 
@@ -124,7 +126,7 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     tm = spec.token_math
     model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision, recompute=f.recompute,
                         seq_len=tm.sample_length - 1)
-    latest = ckpt.latest_complete(paths)
+    latest = checkpoints.latest_complete(paths)
     if latest is None and spec.model.checkpoint:
         source = pretrained_dir(spec)
         log.info("starting from pretrained checkpoint %s", source)
@@ -134,7 +136,7 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     optimizer = build_optimizer(ddp, f, bf16=bf16, distributed=distributed)
     step = 0
     if latest is not None:
-        ckpt.check_context(latest[1], spec)
+        ckpt.check_context(latest[1], spec.model.preset)
         state = ckpt.load_training(ddp, optimizer, latest[1])
         step = int(state["step"])
         log.info("resumed from %s (step %d)", latest[1], step)
@@ -228,7 +230,7 @@ def write_checkpoints_json(paths: RunPaths, plan: TrainingPlan) -> None:
     """`steps`: completed checkpoints among the planned ones (what infer/evaluate arrays index); `all`: every
     complete checkpoint, including ones written on a preemption signal; `planned` and `last_step`: the training
     plan's (both engines write this file)."""
-    done = ckpt.complete_steps(paths)
+    done = checkpoints.complete_steps(paths)
     planned = set(plan.checkpoint_steps)
     atomic_write_json(paths.checkpoints_json, {"steps": [s for s in done if s in planned], "all": done,
                                                "planned": sorted(planned), "last_step": plan.last_step})

@@ -11,7 +11,7 @@ steps, the precision and the FLOPs per step from `harness.core.trainplan`.
 Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harness layout,
 `finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`) and NeMo's
 `context/`; after NeMo finalises a save, the harness adds `context/harness.json`, `trainer.json` and `done.json`
-(the completion marker, last) and rewrites `checkpoints.json`. So `harness.cosmos.checkpoint.load_for_inference`
+(the completion marker, last) and rewrites `checkpoints.json`. So `harness.stages.infer.load_model`
 reads NeMo-engine checkpoints unchanged, and a requeued job resumes from the newest one with `done.json`.
 
 NeMo is optional: without it this module still imports (`available()` is False) and `run` raises a clear error.
@@ -30,6 +30,7 @@ import torch
 
 from harness.report import tracking
 from harness.cosmos import checkpoint as ckpt
+from harness.stages.finetune import checkpoints
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
 from harness.cosmos.layout import resolve_pretrained
@@ -37,7 +38,8 @@ from harness.stages.finetune import mcore as mcore_train
 from harness.cosmos.signals import StopSignal
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
-from harness.core.paths import RunPaths, atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.spec import FinetuneSection, RunSpec, TrackingSection, ranks_per_node
 from harness.core.tokens import Grid
 from harness.core.trainplan import TrainingPlan
@@ -83,7 +85,7 @@ def select(spec: RunSpec) -> str:
 def pretrained_dir(paths: RunPaths) -> Path:
     """The staged pretrained checkpoint's NeMo 2 folder (`layout.resolve_pretrained`: the asset directory or its
     `nemo/` folder, weights under `weights/` or directly inside; NeMo's restore reads both)."""
-    from harness.stages.assets import resolve
+    from harness.stages.staged import resolve
 
     return resolve_pretrained(resolve(paths, "checkpoint"))
 
@@ -435,9 +437,9 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
                                clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
                                use_distributed_optimizer=False),
         lr_scheduler=HarnessLR(f.lr, f.min_lr, f.warmup_steps, f.max_steps))
-    latest = ckpt.latest_complete(paths)
+    latest = checkpoints.latest_complete(paths)
     if latest is not None:
-        ckpt.check_context(latest[1], spec)
+        ckpt.check_context(latest[1], spec.model.preset)
         check_engine(latest[1])
         resume = nl.AutoResume(resume_from_path=str(latest[1]), resume_if_exists=False)
     elif spec.model.checkpoint:
@@ -458,14 +460,14 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     if _IMPORT_ERROR is not None:
         raise HarnessError(f"{spec.source}: finetune.engine = 'nemo' needs NeMo 2 (nemo_toolkit[nlp] 2.x with "
                            f"nemo.collections.llm): {_IMPORT_ERROR}; use engine 'mcore' or 'auto'")
-    from harness.lib.dataset import open_dataset
+    from harness.stages.dataset import open_dataset
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
     plan = mcore_train.training_plan(spec)
     note = plan.epochs_note(len(samples))
     if note:
         log.warning(note)
-    latest = ckpt.latest_complete(paths)
+    latest = checkpoints.latest_complete(paths)
     if latest is not None and latest[0] >= plan.last_step:
         log.info("checkpoint step %d already complete: nothing to train", latest[0])
         mcore_train.write_checkpoints_json(paths, plan)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from harness.core.errors import HarnessError, Problem
-from harness.core.paths import RunPaths, atomic_write_text
+from harness.lib import media
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec
@@ -67,40 +69,11 @@ def count(spec: RunSpec) -> int:
             comment = "" if path.suffix.lower() == ".jsonl" else "#"
             return sum(1 for ln in _read(path).splitlines() if ln.strip() and not (comment and
                                                                                  ln.lstrip().startswith(comment)))
-        files, other = walk(_listable(Path(d.videos).expanduser()), _exts(d.extensions))
+        files, other = media.walk(_listable(Path(d.videos).expanduser()), media.suffixes(d.extensions))
         return len(files) + len(other)
     except HarnessError as e:
         raise HarnessError(Problem(spec.source, "data.manifest" if d.manifest else "data.videos",
                                    e.problems[0].message)) from None
-
-
-def walk(root: str, exts: frozenset[str]) -> tuple[list[str], list[str]]:
-    """(relative paths of regular files, relative paths of other entries) whose suffix is in `exts`, under
-    `root`, unsorted. One `scandir` per directory and no `stat` per file: `DirEntry.is_dir/is_file` read the
-    d_type the directory listing already returned (a stat happens only for symlinks and on filesystems that
-    report no d_type). Symlinked directories are not followed (no cycles); a symlink to a file is a file."""
-    files: list[str] = []
-    other: list[str] = []
-    suffixes = tuple(exts)
-    stack = [""]
-    try:
-        while stack:
-            rel = stack.pop()
-            with os.scandir(root + "/" + rel if rel else root) as it:
-                for e in it:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(rel + e.name + "/")
-                        continue
-                    name = e.name
-                    if not name.lower().endswith(suffixes) or name.rfind(".") <= 0:
-                        continue
-                    if e.is_file():
-                        files.append(rel + name)
-                    elif not e.is_dir():  # a symlink to a directory is skipped, as it is not followed
-                        other.append(rel + name)
-    except OSError as err:
-        raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
-    return files, other
 
 
 def _listable(root: Path) -> str:
@@ -109,13 +82,9 @@ def _listable(root: Path) -> str:
     return os.path.abspath(root)
 
 
-def _exts(extensions: Iterable[str]) -> frozenset[str]:
-    return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-
-
 def _from_dir(root: Path, extensions: Iterable[str]) -> list[InputItem]:
     base = _listable(root)
-    files, other = walk(base, _exts(extensions))
+    files, other = media.walk(base, media.suffixes(extensions))
     bad = set(other)
     prefix = base.rstrip("/") + "/"
     broken = "not a regular file: broken symlink or special file"

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, read_json
+from harness.core.paths import RunPaths
+from harness.core.atomic import read_json
 
 UINT16_LIMIT = 65_536
 SPLITS = ("train", "val", "test")

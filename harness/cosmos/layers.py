@@ -1,0 +1,70 @@
+"""The model's norms and tensor-parallel linears, shared by the decoder layers and the Video2World cross-attention.
+
+Megatron-core's own local norms need Apex (or wrap torch's with other keys) and its linears' constructors differ
+between versions in the keyword arguments layer builders pass, so these thin classes fix both in one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from harness.cosmos import config as cfg
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """torch's RMSNorm (statistics in fp32 for bf16 inputs, like TE's); no explicit fp32 copy of x is kept for
+    backward, which at 12,800 tokens would cost ~0.4 GB per layer."""
+    return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)
+
+
+class RMSNorm(torch.nn.Module):
+    """RMSNorm for q/k and the final norm (`eps` from the config); mcore's local norms need Apex or wrap torch's."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = cfg.LAYERNORM_EPS,
+                 **_: Any) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        setattr(self.weight, "sequence_parallel", False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def _known(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments `cls.__init__` accepts: megatron-core versions differ in what layer builders pass to
+    linears (0.16: tp_comm_buffer_name, tp_group; 0.20 adds pg_collection, name), so drop the ones it lacks."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kw
+    return {k: v for k, v in kw.items() if k in params}
+
+
+class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
+    """RMSNorm then a column-parallel linear; the norm weight is `layer_norm_weight`, as in TE's
+    `TELayerNormColumnParallelLinear`, so the state-dict keys equal those of NeMo's Cosmos checkpoints."""
+
+    def __init__(self, input_size: int, output_size: int, *, config: TransformerConfig, **kw: Any) -> None:
+        super().__init__(input_size, output_size, config=config, **_known(tensor_parallel.ColumnParallelLinear, kw))
+        self.eps = config.layernorm_epsilon
+        self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, dtype=config.params_dtype))
+        setattr(self.layer_norm_weight, "sequence_parallel", False)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        return super().forward(rms_norm(x, self.layer_norm_weight, self.eps), *args, **kw)
+
+
+class TPLinear(tensor_parallel.ColumnParallelLinear):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **_known(tensor_parallel.ColumnParallelLinear, kw))
+
+
+class TPRowLinear(tensor_parallel.RowParallelLinear):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **_known(tensor_parallel.RowParallelLinear, kw))

@@ -1,0 +1,93 @@
+"""Media files: which suffixes are videos and images, how a folder of them is listed at scale, and the alignment
+sidecar the infer stage writes beside each generated video for the evaluate stage to read. One home for these,
+so the input discovery, the infer stage and the evaluate stage agree on what a video is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.core.atomic import read_json
+from harness.core.errors import HarnessError
+from harness.core.evalstats import ALIGNMENT_CONVENTION
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def suffixes(extensions: Iterable[str]) -> frozenset[str]:
+    return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def walk(root: str, exts: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(relative paths of regular files, relative paths of other entries) whose suffix is in `exts`, under
+    `root`, unsorted. One `scandir` per directory and no `stat` per file: `DirEntry.is_dir/is_file` read the
+    d_type the directory listing already returned (a stat happens only for symlinks and on filesystems that
+    report no d_type). Symlinked directories are not followed (no cycles); a symlink to a file is a file."""
+    files: list[str] = []
+    other: list[str] = []
+    suffixes = tuple(exts)
+    stack = [""]
+    try:
+        while stack:
+            rel = stack.pop()
+            with os.scandir(root + "/" + rel if rel else root) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(rel + e.name + "/")
+                        continue
+                    name = e.name
+                    if not name.lower().endswith(suffixes) or name.rfind(".") <= 0:
+                        continue
+                    if e.is_file():
+                        files.append(rel + name)
+                    elif not e.is_dir():  # a symlink to a directory is skipped, as it is not followed
+                        other.append(rel + name)
+    except OSError as err:
+        raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
+    return files, other
+
+
+def files_under(root: Path, exts: Iterable[str]) -> list[Path]:
+    """Regular files under `root` with one of `exts`, in the order of their relative paths."""
+    found, _ = walk(os.path.abspath(root), suffixes(exts))
+    return [root / rel for rel in sorted(found)]
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """`<name>.json` next to `<name>.mp4`, written by the infer stage: which source each generated frame shows."""
+
+    reference: str
+    """Absolute path of the source video (or image) the generation was conditioned on."""
+    reference_frames: tuple[int | None, ...]
+    """Per generated frame: the source frame it stands for (None: no ground truth exists)."""
+    context_frames: int
+    """Generated frames 0..context_frames-1 reproduce the context; the rest are predicted."""
+    step: int = 0
+    seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "reference_frames": list(self.reference_frames),
+                "convention": ALIGNMENT_CONVENTION}
+
+    @staticmethod
+    def read(path: Path) -> "Sidecar":
+        try:
+            raw = read_json(path)
+            return Sidecar(reference=str(raw["reference"]),
+                           reference_frames=tuple(None if r is None else int(r) for r in raw["reference_frames"]),
+                           context_frames=int(raw["context_frames"]), step=int(raw.get("step", 0)),
+                           seed=int(raw.get("seed", 0)), temperature=float(raw.get("temperature", 1.0)),
+                           top_p=float(raw.get("top_p", 1.0)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HarnessError(f"{path}: not a valid alignment sidecar ({e.__class__.__name__}: {e}); it needs "
+                               f"reference, reference_frames, context_frames") from None
+
+
+def sidecar_path(video: Path) -> Path:
+    return video.with_suffix(".json")
