@@ -190,8 +190,8 @@ def kill_ranks(paths: RunPaths, stage: str) -> list[int]:
 
 
 def kill_resume_flow(work: Path, text: str, first_ckpt: int, timeout_s: float = 3600) -> dict[str, Any]:
-    """The user's path end to end: `harness submit --executor local`; once the first checkpoint is complete and
-    training went past it, every finetune rank is SIGKILLed; `harness resume RUN` then finishes the run (the
+    """The user's path end to end: `harness submit --executor local`; as soon as the first checkpoint is complete
+    (training is then in the next step), every finetune rank is SIGKILLed; `harness resume RUN` then finishes the run (the
     finetune stage resumes at TP=N from that checkpoint, infer loads each TP=N checkpoint at TP=1)."""
     from harness.cosmos import checkpoint as ckpt
 
@@ -202,10 +202,10 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, timeout_s: float = 
     out: dict[str, Any] = {"submit": cli("submit", str(spec), "--executor", "local", "--no-doctor").stdout[-400:]}
     paths = RunPaths(next(p for p in (work / "runs").iterdir() if p.is_dir()))
     deadline = time.monotonic() + timeout_s
-    while not (ckpt.is_complete(paths.checkpoint_dir(first_ckpt)) and len(steps_logged(paths)) > first_ckpt):
+    while not ckpt.is_complete(paths.checkpoint_dir(first_ckpt)):
         if time.monotonic() > deadline or (paths.root / "local_done.json").exists():
-            raise RuntimeError(f"{paths.root}: no step after checkpoint {first_ckpt} (see harness status)")
-        time.sleep(0.05)
+            raise RuntimeError(f"{paths.root}: no checkpoint {first_ckpt} (see harness status)")
+        time.sleep(0.02)
     out["killed_pids"] = kill_ranks(paths, "finetune")
     out["killed_at_logged_steps"] = [r["step"] for r in steps_logged(paths)]
     wait_local(paths, timeout_s)
