@@ -74,15 +74,25 @@ def rotate_fused(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class RMSNorm(torch.nn.Module):
     """RMSNorm for q/k and the final norm (`eps` from the config); mcore's local norms need Apex or wrap torch's."""
 
+    on_residual = False
+    """Whether it normalises the residual stream, which sequence parallelism splits over the TP ranks: then each
+    rank sees different tokens and megatron's `finalize_model_grads` must sum the weight's grad over TP."""
+
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = cfg.LAYERNORM_EPS,
                  **_: Any) -> None:
         super().__init__()
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
-        setattr(self.weight, "sequence_parallel", False)
+        setattr(self.weight, "sequence_parallel", self.on_residual and config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
+
+
+class ResidualRMSNorm(RMSNorm):
+    """The final norm and Video2World's pre-cross-attention norm (q/k norms act on whole heads instead)."""
+
+    on_residual = True
 
 
 def _known(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +112,7 @@ class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
         super().__init__(input_size, output_size, config=config, **_known(tensor_parallel.ColumnParallelLinear, kw))
         self.eps = config.layernorm_epsilon
         self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, dtype=config.params_dtype))
-        setattr(self.layer_norm_weight, "sequence_parallel", False)
+        setattr(self.layer_norm_weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor, *args: Any, **kw: Any) -> Any:
         return super().forward(rms_norm(x, self.layer_norm_weight, self.eps), *args, **kw)
@@ -201,7 +211,7 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
     cross: dict[str, Any] = {}
     if video2world:
         from harness.cosmos.video2world import cross_attention_spec  # noqa: PLC0415 (only V2W needs it)
-        cross = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
+        cross = dict(pre_cross_attn_layernorm=ResidualRMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
                      cross_attn_bda=get_bias_dropout_add)
     layer = ModuleSpec(
         module=CosmosLayer,
@@ -226,7 +236,7 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
             **cross,
         ),
     )
-    return TransformerBlockSubmodules(layer_specs=[layer], layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer], layer_norm=ResidualRMSNorm)
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -269,6 +279,12 @@ class CosmosModel(GPTModel):
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
         n = tokens.shape[1]
+        pad = self._sequence_pad(n, kv_cache, last_only)
+        if pad:  # causal: a padded tail leaves the first n positions' outputs unchanged
+            tokens = F.pad(tokens, (0, pad))
+            labels = None if labels is None else F.pad(labels, (0, pad))
+            out = self.forward(tokens, start=start, labels=labels, context=context)
+            return out[:, :n]
         if kv_cache is not None:
             start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
         hidden = self.embedding(input_ids=tokens, position_ids=None)
@@ -287,6 +303,16 @@ class CosmosModel(GPTModel):
         logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
         return logits.transpose(0, 1).contiguous()
 
+    def _sequence_pad(self, n: int, kv_cache: KVCache | None, last_only: bool) -> int:
+        """Positions to append so that sequence parallelism can split the sequence evenly over the TP ranks (a
+        base-recipe sample feeds 12,799 positions). Decoding splits nothing: the inference model is built without
+        sequence parallelism (`checkpoint.load_for_inference`)."""
+        if not self.config.sequence_parallel:
+            return 0
+        if kv_cache is not None or last_only:
+            raise ValueError("a sequence-parallel model is for training: build the inference model without it")
+        return -n % parallel_state.get_tensor_model_parallel_world_size()
+
     def train(self, mode: bool = True) -> "CosmosModel":
         super().train(mode)
         if getattr(self, "train_fusions", False):  # megatron reads these flags on every forward
@@ -304,16 +330,21 @@ class CosmosModel(GPTModel):
 
 
 def build_model(preset: ModelPreset, grid: Grid, *, tp: int = 1, precision: cfg.Precision = "fp32",
-                recompute: str = "none", seq_len: int | None = None, device: str | torch.device | None = None
-                ) -> CosmosModel:
+                recompute: str = "none", seq_len: int | None = None, device: str | torch.device | None = None,
+                sequence_parallel: bool = False) -> CosmosModel:
     """Build on this rank (torch.distributed and mcore parallel state must be initialised; see `train.init_parallel`).
-    `seq_len` is the longest input the RoPE tables cover (default: a whole sample of this grid)."""
+    `seq_len` is the longest input the RoPE tables cover (default: a whole sample of this grid).
+    `sequence_parallel` (training only): megatron sequence parallelism over the TP ranks; same parameters and
+    checkpoint layout as without it."""
     if parallel_state.get_tensor_model_parallel_world_size() != tp:
         raise ValueError(f"model TP {tp} != initialised tensor-parallel size "
                          f"{parallel_state.get_tensor_model_parallel_world_size()}")
-    conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute)
+    conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute,
+                                  sequence_parallel=sequence_parallel)
     if seq_len is None:
         seq_len = grid.tokens + (VIDEO2WORLD_PAD if preset.video2world else 0)
+    if conf.sequence_parallel:
+        seq_len += -seq_len % tp  # room for `CosmosModel._sequence_pad`
     model = CosmosModel(preset, grid, conf, seq_len)
     dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(dev)
