@@ -491,9 +491,11 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
     heads = spec.preset.num_attention_heads if spec.model.preset in models.PRESETS else 0
     if heads and heads % f.tensor_parallel:
         out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide the model's {heads} attention heads"))
-    if f.sequence_parallel == "on" and (f.tensor_parallel == 1 or f.engine == "nemo"):
-        out.append(("finetune.sequence_parallel", f"= 'on': needs finetune.tensor_parallel > 1 (is "
-                                                  f"{f.tensor_parallel}) and engine 'mcore' or 'auto' (is {f.engine!r})"))
+    if f.sequence_parallel == "on" and f.tensor_parallel == 1:
+        out.append(("finetune.sequence_parallel", "= 'on': needs finetune.tensor_parallel > 1 (is 1)"))
+    elif f.sequence_parallel == "on" and f.engine == "nemo":
+        out.append(("finetune.sequence_parallel", "= 'on': needs finetune.engine 'mcore' or 'auto' (is 'nemo', "
+                                                  "which trains without it)"))
     dp = data_parallel(f)
     if f.global_batch_size % (f.micro_batch_size * dp):
         out.append(("finetune.global_batch_size",
