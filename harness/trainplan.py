@@ -32,8 +32,9 @@ def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
 def sequence_parallel(f: FinetuneSection, *, cuda: bool) -> bool:
     """Whether the mcore engine trains with megatron sequence parallelism. 'auto' turns it on with TP > 1 on GPUs
     only: it trades each TP all-reduce for a reduce-scatter + all-gather and runs norms and residual adds on
-    1/TP of the tokens, a GPU-time saving; on CPU (gloo) it is kept for tests that ask for it."""
-    if f.tensor_parallel == 1 or f.sequence_parallel == "off":
+    1/TP of the tokens, a GPU-time saving; on CPU (gloo) it is kept for tests that ask for it. The NeMo engine
+    trains without it."""
+    if f.tensor_parallel == 1 or f.sequence_parallel == "off" or f.engine == "nemo":
         return False
     return f.sequence_parallel == "on" or cuda
 
