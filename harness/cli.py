@@ -86,7 +86,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
     console.print(f"token math: {tm.describe()}")
     f = spec.finetune
     console.print(f"finetune: {f.nodes} node(s) x {spec_mod.ranks_per_node(f)} rank(s)/node"
-                  f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel};"
+                  f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel}"
+                  f"{', sequence parallel' if plan.training.sequence_parallel else ''};"
                   f" GBS {f.global_batch_size} = MBS {f.micro_batch_size} x DP {plan.data_parallel}"
                   f" x grad-accum {plan.grad_accumulation}; {plan.training.precision}, {plan.training.last_step} steps")
     console.print(f"inputs: {plan.num_inputs} -> {plan.spec.tokenize.shards} shard(s); checkpoints at steps "

@@ -183,6 +183,38 @@ def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained
     assert torch.allclose(tp2_trained, tp1_trained, atol=2e-3)
 
 
+@pytest.mark.timeout(900)
+def test_sequence_parallel_equals_tp2_and_tp1_and_its_checkpoint_loads_without_it(tmp_path: Path, pretrained: str,
+                                                                                   run_a: RunPaths) -> None:
+    """finetune.sequence_parallel = 'on' at TP=2 (gloo, fp32; a sample's 47 positions padded to 48 for the split):
+    3 steps' losses equal TP=2 without it (rtol 1e-5) and TP=1 (rtol 2e-4, as TP=2 vs TP=1 above); its step-3
+    checkpoint (the same layout) resumes at TP=2 without it with TP=1's step-4 loss, and loads at TP=1 for
+    inference with the logits of the TP=2 run without it (atol 2e-3, as TP=2 vs TP=1 above: fp32 sums in another
+    order, amplified by Adam over 3 steps)."""
+    from harness.cosmos import checkpoint, parallel
+
+    runs = {}
+    for name, sp in (("sp", "on"), ("plain", "off")):
+        runs[name] = make_run(tmp_path / name, spec_for(pretrained, tp=2, max_steps=3, save_every=3,
+                                                        sequence_parallel=sp))
+        run_task(str(runs[name].root), "finetune", 0)  # one process: the stage spawns the 2 gloo ranks
+    got, plain, ref = losses(runs["sp"]), losses(runs["plain"]), losses(run_a)
+    assert list(got) == [1, 2, 3] and list(plain) == [1, 2, 3]
+    assert np.allclose(list(got.values()), list(plain.values()), rtol=1e-5, atol=0), (got, plain)
+    assert np.allclose(list(got.values()), [ref[s] for s in got], rtol=2e-4, atol=0), (got, ref)
+    resumed = make_run(tmp_path / "resumed", spec_for(pretrained, tp=2, max_steps=4, save_every=4,
+                                                      sequence_parallel="off"))
+    shutil.copytree(runs["sp"].checkpoint_dir(3), resumed.checkpoint_dir(3))
+    run_task(str(resumed.root), "finetune", 0)
+    assert losses(resumed)[4] == pytest.approx(ref[4], rel=2e-4)
+    toks = torch.randint(0, 64_000, (2, 40))
+    with torch.no_grad():
+        with_sp = checkpoint.load_for_inference(runs["sp"].checkpoint_dir(3), make_spec(), tp=1)(toks)
+        without = checkpoint.load_for_inference(runs["plain"].checkpoint_dir(3), make_spec(), tp=1)(toks)
+    parallel.shutdown()
+    assert torch.allclose(with_sp, without, atol=2e-3), (with_sp - without).abs().max()
+
+
 @pytest.mark.timeout(300)
 def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: str) -> None:
     from harness.cosmos import checkpoint, parallel
@@ -225,6 +257,19 @@ def test_video2world_finetune_masks_bov_and_pad(tmp_path: Path) -> None:
     run_task(str(paths.root), "finetune", 0)
     recs = metrics(paths)
     assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) for r in recs)
+
+
+@pytest.mark.timeout(900)
+def test_video2world_sequence_parallel_equals_plain_tp2(tmp_path: Path) -> None:
+    """Video2World with sequence parallelism at TP=2 (the abs positions sliced like the scattered tokens, the
+    prompt's K/V not gathered, the pre-cross-attention norm's grads summed over TP): 2 steps' losses equal TP=2
+    without it (fp32, rtol 1e-5)."""
+    got = {}
+    for sp in ("on", "off"):
+        paths = make_run(tmp_path / sp, make_spec(v2w=True, tp=2, max_steps=2, save_every=2, sequence_parallel=sp))
+        run_task(str(paths.root), "finetune", 0)
+        got[sp] = [r["loss"] for r in metrics(paths)]
+    assert len(got["on"]) == 2 and np.allclose(got["on"], got["off"], rtol=1e-5, atol=0), got
 
 
 def test_samples_are_whole_videos(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ PyTorch stack reached 534 TFLOP/s). On CPU, `--preset tiny` is a smoke test (fp3
 
     python -m harness.bench.train --preset cosmos-4b --seq 12800 --steps 10 --out results/bench
     python -m harness.bench.train --preset cosmos-4b --tp 2 --out results/bench/h200x2   # 2 GPUs (torchrun)
+    python -m harness.bench.train --preset cosmos-4b --tp 2 --sp --out results/bench/h200x2   # + sequence parallel
 
 MFU is per GPU: the step's model FLOPs over the step time and the number of ranks.
 """
@@ -90,7 +91,8 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
         "finetune": {"engine": "mcore", "tensor_parallel": a.tp, "gpus_per_node": a.tp * a.dp if cuda else 0,
                      "global_batch_size": a.micro_batch * a.dp, "micro_batch_size": a.micro_batch, "max_steps": a.warmup + a.steps + 1,
                      "save_every": a.warmup + a.steps + 1, "lr": 1e-5, "min_lr": 1e-5, "max_epochs": 1_000_000,
-                     "precision": "bf16-mixed" if cuda else "fp32", "recompute": a.recompute},
+                     "precision": "bf16-mixed" if cuda else "fp32", "recompute": a.recompute,
+                     "sequence_parallel": "on" if a.sp else "off"},
     }, source="<bench>")
 
 
@@ -106,10 +108,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--profile", action="store_true", help="one extra step under torch.profiler: top kernels")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU)")
     ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas (micro-batch each)")
+    ap.add_argument("--sp", action="store_true", help="megatron sequence parallelism (needs --tp > 1)")
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     out = Path(a.out) / (f"train-{a.preset}-{a.seq}.json" if a.tp * a.dp == 1
-                         else f"train-{a.preset}-{a.seq}-tp{a.tp}-dp{a.dp}.json")
+                         else f"train-{a.preset}-{a.seq}-tp{a.tp}-dp{a.dp}{'-sp' if a.sp else ''}.json")
+    if a.sp and a.tp == 1:
+        raise SystemExit("--sp: sequence parallelism needs --tp > 1")
     if not ranks.launched(a.tp * a.dp):
         return ranks.relaunch("harness.bench.train", list(argv if argv is not None else sys.argv[1:]),
                               a.tp * a.dp, out)
@@ -130,9 +135,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     tflops = statistics.median(r["tflops"] for r in recs)
     result = {
         "bench": "train", "preset": a.preset, "seq": a.seq, "tensor_parallel": a.tp, "data_parallel": a.dp,
+        "sequence_parallel": t.plan.sequence_parallel,
         "gpus": a.tp * a.dp, "grid": str(spec.token_math.grid),
         "command": "python -m harness.bench.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")},
+        "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "CUDA_DEVICE_MAX"))},
         "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": spec.finetune.precision if cuda
         else "fp32", "micro_batch": a.micro_batch, "recompute": a.recompute, "steps": a.steps,
         "median_step_s": step_s, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs),

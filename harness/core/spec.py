@@ -32,6 +32,7 @@ Recipe = Literal["base", "video2world"]
 Engine = Literal["auto", "nemo", "mcore"]
 Precision = Literal["bf16-mixed", "fp32"]
 Recompute = Literal["none", "selective", "full"]
+SequenceParallel = Literal["auto", "on", "off"]
 MetricBackend = Literal["auto", "fast", "skimage"]
 Metric = Literal["psnr", "ssim"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -157,6 +158,9 @@ class FinetuneSection(Resources):
                           min=1, max=1_000_000)
     precision: Precision = opt("bf16-mixed", "bf16 compute with fp32 master weights, or fp32")
     recompute: Recompute = opt("none", "activation recompute")
+    sequence_parallel: SequenceParallel = opt("auto", "megatron sequence parallelism at TP > 1 (norms and residuals "
+                                              "on 1/TP of the tokens; reduce-scatter/all-gather instead of "
+                                              "all-reduce; mcore engine); auto = on with TP > 1 on GPUs")
     log_every: int = opt(1, "metrics log interval in steps", min=1, max=1_000_000)
     signal_delay_s: int = opt(120, "seconds of warning (SIGUSR2) before a time limit, to checkpoint", min=0,
                               max=3600)
@@ -489,6 +493,11 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
     heads = spec.preset.num_attention_heads if spec.model.preset in models.PRESETS else 0
     if heads and heads % f.tensor_parallel:
         out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide the model's {heads} attention heads"))
+    if f.sequence_parallel == "on" and f.tensor_parallel == 1:
+        out.append(("finetune.sequence_parallel", "= 'on': needs finetune.tensor_parallel > 1 (is 1)"))
+    elif f.sequence_parallel == "on" and f.engine == "nemo":
+        out.append(("finetune.sequence_parallel", "= 'on': needs finetune.engine 'mcore' or 'auto' (is 'nemo', "
+                                                  "which trains without it)"))
     dp = data_parallel(f)
     if f.global_batch_size % (f.micro_batch_size * dp):
         out.append(("finetune.global_batch_size",

@@ -29,6 +29,16 @@ def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
     return "fp32" if f.precision == "bf16-mixed" and not cuda else f.precision
 
 
+def sequence_parallel(f: FinetuneSection, *, cuda: bool) -> bool:
+    """Whether the mcore engine trains with megatron sequence parallelism. 'auto' turns it on with TP > 1 on GPUs
+    only: it trades each TP all-reduce for a reduce-scatter + all-gather and runs norms and residual adds on
+    1/TP of the tokens, a GPU-time saving; on CPU (gloo) it is kept for tests that ask for it. The NeMo engine
+    trains without it."""
+    if f.tensor_parallel == 1 or f.sequence_parallel == "off" or f.engine == "nemo":
+        return False
+    return f.sequence_parallel == "on" or cuda
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
     last_step: int
@@ -41,6 +51,8 @@ class TrainingPlan:
     """Micro-batches per optimizer step on each DP rank: GBS / (MBS x DP)."""
     precision: Precision
     """'bf16-mixed' or 'fp32': the spec's precision, fp32 where CUDA is not used."""
+    sequence_parallel: bool
+    """finetune.sequence_parallel resolved (`sequence_parallel`)."""
     cuda: bool
     global_batch_size: int
     max_epochs: int
@@ -82,7 +94,8 @@ def of(spec: RunSpec, *, cuda: bool) -> TrainingPlan:
     dp = data_parallel(f)
     return TrainingPlan(last_step=f.max_steps, checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
                         grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
-                        precision=precision(f, cuda=cuda), cuda=cuda, global_batch_size=f.global_batch_size,
+                        precision=precision(f, cuda=cuda),
+                        sequence_parallel=sequence_parallel(f, cuda=cuda), cuda=cuda, global_batch_size=f.global_batch_size,
                         max_epochs=f.max_epochs, preset=spec.model.preset, sample_positions=tm.sample_length - 1,
                         video_tokens=tm.video_tokens)
 

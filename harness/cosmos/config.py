@@ -44,11 +44,12 @@ def yarn(preset: ModelPreset) -> Yarn | None:
 
 
 def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision = "fp32",
-                       recompute: str = "none") -> TransformerConfig:
+                       recompute: str = "none", sequence_parallel: bool = False) -> TransformerConfig:
     """Fusions that need Apex/TE kernels are switched off: the harness runs on CPU and on GPUs without
     Transformer Engine, and SDPA already fuses the attention. In bf16 (GPU) the two that megatron-core builds
     with `torch.compile` alone are on: SwiGLU (one pass forward, one backward, instead of chunk/silu/mul and
-    their backwards) and the residual add; on CPU they stay off (inductor would need a C++ toolchain)."""
+    their backwards) and the residual add; on CPU they stay off (inductor would need a C++ toolchain).
+    `sequence_parallel` only takes effect with tp > 1 (megatron's linears switch it off at TP 1 anyway)."""
     bf16 = precision == "bf16-mixed"
     kw: dict[str, object] = dict(
         num_layers=preset.num_layers,
@@ -74,7 +75,7 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
         gradient_accumulation_fusion=False,
         rotary_interleaved=False,
         tensor_model_parallel_size=tp,
-        sequence_parallel=False,
+        sequence_parallel=sequence_parallel and tp > 1,
         init_method_std=INIT_STD,
         use_cpu_initialization=not torch.cuda.is_available(),
         bf16=bf16,

@@ -26,15 +26,25 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 class RMSNorm(torch.nn.Module):
     """RMSNorm for q/k and the final norm (`eps` from the config); mcore's local norms need Apex or wrap torch's."""
 
+    on_residual = False
+    """Whether it normalises the residual stream, which sequence parallelism splits over the TP ranks: then each
+    rank sees different tokens and megatron's `finalize_model_grads` must sum the weight's grad over TP."""
+
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = cfg.LAYERNORM_EPS,
                  **_: Any) -> None:
         super().__init__()
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
-        setattr(self.weight, "sequence_parallel", False)
+        setattr(self.weight, "sequence_parallel", self.on_residual and config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
+
+
+class ResidualRMSNorm(RMSNorm):
+    """The final norm and Video2World's pre-cross-attention norm (q/k norms act on whole heads instead)."""
+
+    on_residual = True
 
 
 def _known(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +64,7 @@ class NormedColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
         super().__init__(input_size, output_size, config=config, **_known(tensor_parallel.ColumnParallelLinear, kw))
         self.eps = config.layernorm_epsilon
         self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, dtype=config.params_dtype))
-        setattr(self.layer_norm_weight, "sequence_parallel", False)
+        setattr(self.layer_norm_weight, "sequence_parallel", config.sequence_parallel)
 
     def forward(self, x: torch.Tensor, *args: Any, **kw: Any) -> Any:
         return super().forward(rms_norm(x, self.layer_norm_weight, self.eps), *args, **kw)

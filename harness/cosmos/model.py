@@ -38,7 +38,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from harness.cosmos import config as cfg
-from harness.cosmos.layers import NormedColumnParallelLinear, RMSNorm, TPRowLinear
+from harness.cosmos.layers import NormedColumnParallelLinear, ResidualRMSNorm, RMSNorm, TPRowLinear
 from harness.cosmos.rope3d import Rope3D
 from harness.cosmos.video2world import cross_attention_spec
 from harness.core.models import ModelPreset
@@ -148,7 +148,7 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
     """The Cosmos decoder spec (mcore modules + the harness' SDPA core attention and fused-norm linears)."""
     cross: dict[str, Any] = {}
     if video2world:
-        cross = dict(pre_cross_attn_layernorm=RMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
+        cross = dict(pre_cross_attn_layernorm=ResidualRMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
                      cross_attn_bda=get_bias_dropout_add)
     layer = ModuleSpec(
         module=CosmosLayer,
@@ -173,7 +173,7 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
             **cross,
         ),
     )
-    return TransformerBlockSubmodules(layer_specs=[layer], layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer], layer_norm=ResidualRMSNorm)
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -216,6 +216,12 @@ class CosmosModel(GPTModel):
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
         n = tokens.shape[1]
+        pad = self._sequence_pad(n, kv_cache, last_only)
+        if pad:  # causal: a padded tail leaves the first n positions' outputs unchanged
+            tokens = F.pad(tokens, (0, pad))
+            labels = None if labels is None else F.pad(labels, (0, pad))
+            out = self.forward(tokens, start=start, labels=labels, context=context)
+            return out[:, :n]
         if kv_cache is not None:
             start = kv_cache.length  # an int, or a 0-dim device tensor for a graph-captured static cache
         hidden = self.embedding(input_ids=tokens, position_ids=None)
@@ -234,6 +240,16 @@ class CosmosModel(GPTModel):
         logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
         return logits.transpose(0, 1).contiguous()
 
+    def _sequence_pad(self, n: int, kv_cache: KVCache | None, last_only: bool) -> int:
+        """Positions to append so that sequence parallelism can split the sequence evenly over the TP ranks (a
+        base-recipe sample feeds 12,799 positions). Decoding splits nothing: the inference model is built without
+        sequence parallelism (`checkpoint.load_for_inference`)."""
+        if not self.config.sequence_parallel:
+            return 0
+        if kv_cache is not None or last_only:
+            raise ValueError("a sequence-parallel model is for training: build the inference model without it")
+        return -n % parallel_state.get_tensor_model_parallel_world_size()
+
     def train(self, mode: bool = True) -> "CosmosModel":
         super().train(mode)
         if getattr(self, "train_fusions", False):  # megatron reads these flags on every forward
@@ -251,16 +267,21 @@ class CosmosModel(GPTModel):
 
 
 def build_model(preset: ModelPreset, grid: Grid, *, tp: int = 1, precision: cfg.Precision = "fp32",
-                recompute: str = "none", seq_len: int | None = None, device: str | torch.device | None = None
-                ) -> CosmosModel:
+                recompute: str = "none", seq_len: int | None = None, device: str | torch.device | None = None,
+                sequence_parallel: bool = False) -> CosmosModel:
     """Build on this rank (torch.distributed and mcore parallel state must be initialised; see `train.init_parallel`).
-    `seq_len` is the longest input the RoPE tables cover (default: a whole sample of this grid)."""
+    `seq_len` is the longest input the RoPE tables cover (default: a whole sample of this grid).
+    `sequence_parallel` (training only): megatron sequence parallelism over the TP ranks; same parameters and
+    checkpoint layout as without it."""
     if parallel_state.get_tensor_model_parallel_world_size() != tp:
         raise ValueError(f"model TP {tp} != initialised tensor-parallel size "
                          f"{parallel_state.get_tensor_model_parallel_world_size()}")
-    conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute)
+    conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute,
+                                  sequence_parallel=sequence_parallel)
     if seq_len is None:
         seq_len = grid.tokens + (VIDEO2WORLD_PAD if preset.video2world else 0)
+    if conf.sequence_parallel:
+        seq_len += -seq_len % tp  # room for `CosmosModel._sequence_pad`
     model = CosmosModel(preset, grid, conf, seq_len)
     dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(dev)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.attention import Attention, CrossAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
@@ -40,6 +40,7 @@ class CosmosCrossAttention(Attention):
         self.linear_q = build_module(submodules.linear_q, self.config.hidden_size, self.query_projection_size,
                                      **common)
         self.linear_kv = build_module(submodules.linear_kv, crossattn_dim, 2 * self.kv_projection_size, **common)
+        self.linear_kv.sequence_parallel = False  # the prompt is whole on every rank: nothing to all-gather
         d = self.hidden_size_per_attention_head
         self.q_layernorm = build_module(submodules.q_layernorm, config=self.config, hidden_size=d,
                                         eps=self.config.layernorm_epsilon)
@@ -86,6 +87,9 @@ def prepare_context(model: Any, hidden: torch.Tensor, start: int, n: int,
     if start + n > model.abs_pos.shape[0]:
         raise ValueError(f"positions {start}..{start + n} exceed the {model.abs_pos.shape[0]} of grid {model.grid}")
     pos = model.abs_pos[start:start + n].to(hidden.device)[:, None, :]
+    if model.config.sequence_parallel:  # this rank's slice of the tokens, as the embedding scattered them
+        pos = pos.chunk(parallel_state.get_tensor_model_parallel_world_size())[
+            parallel_state.get_tensor_model_parallel_rank()]
     for layer in model.decoder.layers:
         layer.abs_pos = pos
     return {"context": context.to(hidden.dtype).transpose(0, 1).contiguous()}

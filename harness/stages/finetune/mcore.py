@@ -125,7 +125,7 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
     model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision, recompute=f.recompute,
-                        seq_len=tm.sample_length - 1)
+                        seq_len=tm.sample_length - 1, sequence_parallel=plan.sequence_parallel)
     latest = checkpoints.latest_complete(paths)
     if latest is None and spec.model.checkpoint:
         source = pretrained_dir(spec)
@@ -185,7 +185,9 @@ def train_step(t: Trainer) -> dict[str, float]:
         loss = (per_token * mask).sum() / mask.sum()
         (loss / accum).backward()
         loss_sum += loss.detach().double()
-    finalize_model_grads([t.model])  # DP all-reduce + sum of qk-layernorm grads over TP (per-head norms)
+    # DP all-reduce + sum over TP of the qk-layernorm grads (per-head norms) and, with sequence parallelism, of
+    # the grads of the norms on the residual stream (params marked `sequence_parallel`)
+    finalize_model_grads([t.model])
     lr = lr_at(f, t.step)
     for group in t.optimizer.param_groups:
         group["lr"] = lr
