@@ -196,7 +196,7 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert code == 0
     assert "5x40x64 = 12,800 tokens" in out
-    assert "TP 8 x DP 1, sequence" in out and "--container-image" in out  # sequence parallel: auto, TP > 1, GPUs
+    assert "TP 8 x DP 1;" in out and "--container-image" in out  # sequence parallel off by default
     assert "infer/evaluate: 4 checkpoint(s) x 7 input shard(s) = 28 task(s)" in out
     assert sum("28 = 4 x 7" in ln for ln in out.splitlines()) == 2  # the infer and evaluate rows
     assert len(list(tmp_path.glob("*.sbatch"))) == 7

@@ -163,7 +163,10 @@ def tp1_losses(a: RunPaths, root: Path) -> dict[int, float]:
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The harness CLI as a user types it (a child process, so this bench follows the commands, not internals)."""
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, check=check)
+    p = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True)
+    if check and p.returncode:
+        raise RuntimeError(f"harness {' '.join(args)}: exit {p.returncode}: {(p.stderr or p.stdout).strip()[-800:]}")
+    return p
 
 
 def wait_local(paths: RunPaths, timeout_s: float) -> None:
