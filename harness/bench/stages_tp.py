@@ -75,7 +75,7 @@ save_every = {save_every}
 max_epochs = 1000
 precision = "{'bf16-mixed' if cuda else 'fp32'}"
 [infer]
-max_inputs = 2
+max_inputs = {1 if preset.startswith("cosmos") else 2}
 batch_size = 2
 gpus_per_node = {1 if cuda else 0}
 """
@@ -169,11 +169,20 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return p
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited driver whose parent has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_local(paths: RunPaths, timeout_s: float) -> None:
-    """Until the local driver has finished its pass over the DAG (it writes local_done.json last)."""
+    """Until the local driver has finished its pass over the DAG (it writes local_done.json last) and its process
+    has exited (`harness resume` refuses while a driver is alive)."""
     done = paths.root / "local_done.json"
     deadline = time.monotonic() + timeout_s
-    while not done.exists():
+    while not done.exists() or _running(read_json(paths.root / "local_state.json")["driver_pid"]):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{paths.root}: local driver still running after {timeout_s:.0f} s")
         time.sleep(0.5)

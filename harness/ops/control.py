@@ -150,11 +150,17 @@ def _cancel_local(paths: RunPaths, plan: Plan, jobs: dict[str, Any], console: Co
 
 
 def _alive(pid: int) -> bool:
+    """Alive and not a zombie: an exited driver whose parent never reaps it (PID 1 of many containers) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def log_path(paths: RunPaths, stage: str, task: int, plan: Plan | None = None, stderr: bool = False) -> Path:

@@ -243,13 +243,17 @@ def slurm_stage(paths: RunPaths, jobs: dict[str, Any], stage: str, tasks: int,
 
 # ------------------------------------------------------------------------------------------ local
 def _pid_alive(pid: int) -> bool:
+    """Alive and not a zombie: an exited driver whose parent never reaps it (PID 1 of many containers) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def local_driver(paths: RunPaths, jobs: dict[str, Any]) -> tuple[int, bool]:
