@@ -25,7 +25,8 @@ RANK = {"core": 0, "lib": 1, "cosmos": 1, "report": 2, "stages": 3, "launch": 4,
 # The stage modules proper (the rest of harness/stages/ are helpers they share: rank launching, the worker entry).
 STAGES = {"harness.stages.assets", "harness.stages.tokenize", "harness.stages.merge", "harness.stages.finetune",
           "harness.stages.infer", "harness.stages.evaluate", "harness.stages.report"}
-RUN_MODULES = {"harness.core.spec", "harness.core.paths", "harness.core.plan", "harness.core.trainplan"}
+RUN_MODULES = {"harness.core.spec", "harness.core.sections", "harness.core.spec_check", "harness.core.paths",
+               "harness.core.plan", "harness.core.trainplan"}
 # Functions that are tables (data written as code), allowed past the function limit.
 TABLES: set[str] = set()
 

@@ -156,7 +156,7 @@ def tp_reference(ckpt: Path, ref: Path, device: str, new_tokens: int = 150) -> N
     parallel.shutdown()
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench generate")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -171,22 +171,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--name", default="", help="result file name (default generate[-tpN].json)")
     ap.add_argument("--tp-reference", default="", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    argv = list(argv if argv is not None else sys.argv[1:])
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out_file = Path(args.out) / (args.name or ("generate.json" if args.tp == 1 else f"generate-tp{args.tp}.json"))
-    if not ranks.launched(args.tp):
-        if args.no_checks:
-            return ranks.relaunch("harness.bench.generate", argv, args.tp, out_file)
-        with tempfile.TemporaryDirectory(prefix="bench-generate-") as d:
-            tp_reference(Path(d) / "tiny", Path(d) / "ref.pt", device)
-            return ranks.relaunch("harness.bench.generate", argv + ["--tp-reference", d], args.tp, out_file)
-    preset = PRESETS[args.preset]
-    grid = Grid(*preset.pretrain_grid)
-    if preset.video2world:
-        raise SystemExit(f"--preset {args.preset}: the bench runs base presets (no T5 context)")
-    model = build(args.preset, grid, device, args.tp)
-    modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
+    return ap
+
+
+def _relaunch(args: argparse.Namespace, argv: list[str], device: str, out_file: Path) -> dict[str, Any]:
+    """From the single starting process: start the TP ranks (after writing the TP=1 reference the checks need)."""
+    if args.no_checks:
+        return ranks.relaunch("harness.bench.generate", argv, args.tp, out_file)
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as d:
+        tp_reference(Path(d) / "tiny", Path(d) / "ref.pt", device)
+        return ranks.relaunch("harness.bench.generate", argv + ["--tp-reference", d], args.tp, out_file)
+
+
+def _timings(model: Any, grid: Grid, args: argparse.Namespace, device: str, modes: list[str]) -> list[dict[str, Any]]:
     rows = []
     for b in args.batch:
         for m in modes:
@@ -195,13 +192,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                     device, m))
             except Exception as e:  # noqa: BLE001 - a diagnostic mode that fails is reported, not fatal
                 rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
-    checks: list[dict[str, Any]] = []
-    if not args.no_checks:
-        checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
-            if "graph" in modes and args.tp == 1 else []
-        del model
-        checks += exactness(device) if args.tp == 1 else \
-            tp_exactness(Path(args.tp_reference) / "tiny", Path(args.tp_reference) / "ref.pt", device, args.tp)
+    return rows
+
+
+def _summary(args: argparse.Namespace, argv: list[str], grid: Grid, device: str, rows: list[dict[str, Any]],
+             checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result file: timings, checks, and the batch-1 goal (met when any mode reaches it)."""
     out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device, "tensor_parallel": args.tp,
            "command": "python -m harness.bench.generate " + " ".join(a for a in argv if "--tp-reference" not in a),
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
@@ -215,6 +211,31 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     b1 = [r["tokens_per_s"] for r in rows if r["batch"] == 1 and "tokens_per_s" in r]
     if b1:
         out["goal"]["met"] = max(b1) >= GOAL_BATCH1_TOKENS_PER_S
+    return out
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_file = Path(args.out) / (args.name or ("generate.json" if args.tp == 1 else f"generate-tp{args.tp}.json"))
+    if not ranks.launched(args.tp):
+        return _relaunch(args, argv, device, out_file)
+    preset = PRESETS[args.preset]
+    grid = Grid(*preset.pretrain_grid)
+    if preset.video2world:
+        raise SystemExit(f"--preset {args.preset}: the bench runs base presets (no T5 context)")
+    model = build(args.preset, grid, device, args.tp)
+    modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
+    rows = _timings(model, grid, args, device, modes)
+    checks: list[dict[str, Any]] = []
+    if not args.no_checks:
+        checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
+            if "graph" in modes and args.tp == 1 else []
+        del model  # before exactness builds its own model
+        checks += exactness(device) if args.tp == 1 else \
+            tp_exactness(Path(args.tp_reference) / "tiny", Path(args.tp_reference) / "ref.pt", device, args.tp)
+    out = _summary(args, argv, grid, device, rows, checks)
     if ranks.is_rank0():
         out_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_file, out)

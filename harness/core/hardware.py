@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from harness.core.sections import data_parallel
+
 if TYPE_CHECKING:
     from harness.core.models import ModelPreset
-    from harness.core.spec import FinetuneSection, RunSpec
+    from harness.core.sections import FinetuneSection, RunSpec
 
 REPLICATED_BYTES = 6
 """Training state per parameter that only tensor parallelism divides: bf16 weights (2) + fp32 gradients (4)."""
@@ -45,8 +47,6 @@ def fits(preset: ModelPreset, f: FinetuneSection, dp: int) -> bool:
 
 def gpu_problems(spec: RunSpec) -> list[tuple[str, str]]:
     """Rules on GPU counts the spec states (gpus_per_node > 0); part of every spec's cross checks."""
-    from harness.core.spec import data_parallel
-
     out: list[tuple[str, str]] = []
     f, p = spec.finetune, spec.preset
     if f.gpus_per_node:

@@ -8,115 +8,37 @@ completion markers), so this module never talks to Slurm. Missing inputs are rep
 Where evaluate is fanned out over input shards, a checkpoint's numbers are computed over the per-video
 metrics of all its shards that were evaluated (`evalstats.video_means`, the same means evaluate writes), and
 each shard without its file is named with its (checkpoint, shard), its task index and, where known, why.
+
+This module reads and builds the `Report`; its values are declared in `harness.report.records`, its text forms
+(tables, markdown, json) are made in `harness.report.tables` and its files written by `harness.report.files`.
+Callers use the whole report through this module, which re-exports those names.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from rich.console import Console
-from rich.table import Table
-
 from harness.core import plan as plan_mod
-from harness.report import html as report_html
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from harness.report import html as report_html
+from harness.report.files import plots, write
+from harness.report.records import PEAK_TFLOPS, Checkpoint, MissingShard, Report, Tokenize, Training
+from harness.report.tables import fmt, markdown, render, tables, to_json
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec
     from harness.core.trainplan import TrainingPlan
 
-PEAK_TFLOPS = 989.0
-"""Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project."""
+__all__ = ["PEAK_TFLOPS", "Checkpoint", "MissingShard", "Report", "Tokenize", "Training", "build", "checkpoints",
+           "fmt", "markdown", "merge_shards", "plots", "read_evals", "read_metrics", "render", "results_dir",
+           "tables", "to_json", "tokenize_stats", "training", "write"]
 
 
-@dataclass(frozen=True)
-class Training:
-    steps: int
-    """Last logged optimizer step."""
-    last_step: int
-    """Where training ends (`harness.core.trainplan.TrainingPlan.last_step`): `steps` below it means unfinished."""
-    logged: int
-    """Metric lines in metrics.jsonl."""
-    final_loss: float | None
-    tokens_per_s: float | None
-    """Median over the logged steps after the first (the first pays for compilation and warm-up)."""
-    tflops: float | None
-    """Median achieved TFLOP/s per GPU, same steps as tokens_per_s."""
-    mfu: float | None
-    """tflops / PEAK_TFLOPS."""
-
-
-@dataclass(frozen=True)
-class Tokenize:
-    shards: int
-    """Shards whose manifest was readable."""
-    clips: int
-    seconds: float
-    """Summed wall time of the shard tasks' encode loops."""
-    clips_per_s: float | None
-    """clips / seconds: throughput of one tokenize task, independent of how many ran at once."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    psnr: float | None
-    ssim: float | None
-    videos: int
-    best: bool
-    """Highest mean PSNR (SSIM breaks ties) among the evaluated checkpoints."""
-    frames: str = ""
-    """Which frames were compared, as the evaluate stage states it."""
-    shards: int = 1
-    """Input shards whose evaluate results were read (the videos are theirs)."""
-    shards_planned: int = 1
-    failed_videos: int = 0
-    """Pairs the evaluate stage could not score (named in the shard files' `failed`)."""
-
-
-@dataclass(frozen=True)
-class MissingShard:
-    """A (checkpoint, input shard) whose evaluate result is absent: its videos are in no mean."""
-
-    step: int
-    shard: int
-    task: int
-    """Index of the infer and evaluate array tasks of this pair."""
-    why: str
-
-
-@dataclass(frozen=True)
-class Report:
-    run_id: str
-    name: str
-    data: dict[str, Any]
-    tokenize: Tokenize | None
-    training: Training | None
-    loss_curve: tuple[tuple[int, float], ...]
-    checkpoints: tuple[Checkpoint, ...]
-    failures: tuple[dict[str, Any], ...]
-    missing: tuple[str, ...]
-    """Result files that were expected but absent (a stage failed or has not run)."""
-    metrics: tuple[str, ...] = ("psnr", "ssim")
-    """evaluate.metrics: the only quality columns shown."""
-    missing_shards: tuple[MissingShard, ...] = ()
-    samples: tuple[report_html.Sample, ...] = ()
-    """The evaluated videos report.html shows (the first few of each checkpoint)."""
-
-    @property
-    def best(self) -> Checkpoint | None:
-        return next((c for c in self.checkpoints if c.best), None)
-
-
-# ------------------------------------------------------------------------------------------ build
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -250,170 +172,3 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
 
 def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
     return Path(spec.run.results_dir).expanduser() / paths.run_id
-
-
-# ------------------------------------------------------------------------------------------ format
-def fmt(v: float | None, kind: str) -> str:
-    """The one formatting of each number, shared by the terminal, markdown and tests."""
-    if v is None:
-        return "-"
-    return {"loss": f"{v:.4f}", "psnr": f"{v:.2f}", "ssim": f"{v:.4f}", "rate": f"{v:,.1f}",
-            "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
-
-
-HIDDEN = frozenset({"documents"})
-"""Summary fields too long for a table (one row per video); they stay in report.json."""
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += _flat(v, key + ".")
-        elif isinstance(v, list):
-            preview = ", ".join(str(x if not isinstance(x, dict) else x.get("path", x.get("name", x)))
-                                for x in v[:3])
-            out.append((key, f"{len(v)} item(s)" + (f": {preview}{', ...' if len(v) > 3 else ''}" if v else "")))
-        else:
-            out.append((key, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)))
-    return out
-
-
-def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table: rendered by rich in the terminal and as markdown in report.md."""
-    out: list[tuple[str, list[str], list[list[str]]]] = []
-    if rep.data:
-        out.append(("data", ["field", "value"], [[k, v] for k, v in _flat(rep.data) if k not in HIDDEN]))
-    if rep.tokenize is not None:
-        k = rep.tokenize
-        out.append(("tokenize", ["shards", "clips", "task seconds", "clips/s per task"],
-                    [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
-    t = rep.training
-    if t is not None:
-        out.append(("training", ["steps", "last step", "final loss", "tokens/s", "TFLOP/s per GPU",
-                                 f"MFU (peak {PEAK_TFLOPS:g})"],
-                    [[str(t.steps), str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
-                      fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
-    out += _checkpoint_tables(rep)
-    if rep.failures:
-        out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
-                    [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
-                      str(f.get("exit_code", "") or "-"), str(f.get("reason", "") or "-"),
-                      str(f.get("log", "") or "-")] for f in rep.failures]))
-    if rep.missing:
-        out.append(("missing results", ["file"], [[m] for m in rep.missing]))
-    return out
-
-
-def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per checkpoint its means over every evaluated video; with input shards, how many shards those videos
-    came from and a table naming each shard that has no result."""
-    out: list[tuple[str, list[str], list[list[str]]]] = []
-    if rep.checkpoints:
-        frames = {c.frames for c in rep.checkpoints}
-        same = len(frames) == 1
-        sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
-        shown = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
-        header = ["step"] + [label for _, label in shown] + ["videos"] + (["shards"] if sharded else []) + ["best"] \
-            + ([] if same else ["frames compared"])
-        out.append(("checkpoints", header,
-                    [[str(c.step)] + [fmt(getattr(c, k), k) for k, _ in shown] + [str(c.videos)]
-                     + ([f"{c.shards}/{c.shards_planned}"] if sharded else []) + ["*" if c.best else ""]
-                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
-        if same and frames != {""}:
-            out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
-    if rep.missing_shards:
-        out.append(("missing shards (their videos are in no mean)", ["step", "shard", "infer/evaluate task", "why"],
-                    [[str(m.step), str(m.shard), str(m.task), m.why] for m in rep.missing_shards]))
-    return out
-
-
-def render(rep: Report, console: Console) -> None:
-    console.print(f"[bold]report[/] {rep.run_id} ({rep.name})")
-    for title, header, rows in tables(rep):
-        table = Table(*header, title=title, title_justify="left")
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
-
-
-def markdown(rep: Report) -> str:
-    lines = [f"# Report {rep.run_id}", "", f"Run name: `{rep.name}`", ""]
-    for title, header, rows in tables(rep):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def to_json(rep: Report) -> dict[str, Any]:
-    best = rep.best
-    return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
-            "tokenize": asdict(rep.tokenize) if rep.tokenize else None, "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
-            "loss_curve": [list(p) for p in rep.loss_curve],
-            "metrics": list(rep.metrics),
-            "checkpoints": [{k: v for k, v in asdict(c).items() if k not in ("psnr", "ssim") or k in rep.metrics}
-                            for c in rep.checkpoints],
-            "best_checkpoint": best.step if best else None,
-            "failures": list(rep.failures), "missing": list(rep.missing),
-            "missing_shards": [asdict(m) for m in rep.missing_shards]}
-
-
-# ------------------------------------------------------------------------------------------ files
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def plots(rep: Report) -> dict[str, bytes]:
-    """loss.png (loss vs step) and eval.png (PSNR and SSIM vs checkpoint step), where there is data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, bytes] = {}
-    if rep.loss_curve:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([s for s, _ in rep.loss_curve], [v for _, v in rep.loss_curve], lw=1.2)
-        ax.set(xlabel="step", ylabel="loss", title=f"{rep.name}: training loss")
-        ax.grid(alpha=0.3)
-        out["loss.png"] = _png(fig)
-        plt.close(fig)
-    scored = [c for c in rep.checkpoints if c.psnr is not None or c.ssim is not None]
-    if scored:
-        keys = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), layout="constrained", squeeze=False)
-        for ax, (key, label) in zip(axes[0], keys):
-            pts = [(c.step, getattr(c, key)) for c in scored if getattr(c, key) is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
-            best = rep.best
-            if best is not None and getattr(best, key) is not None:
-                ax.scatter([best.step], [getattr(best, key)], s=120, facecolors="none", edgecolors="red",
-                           label=f"best (step {best.step})")
-                ax.legend(loc="best", fontsize=8)
-            ax.set(xlabel="checkpoint step", ylabel=label)
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"{rep.name}: evaluation")
-        out["eval.png"] = _png(fig)
-        plt.close(fig)
-    return out
-
-
-def write(rep: Report, out_dir: Path) -> list[Path]:
-    """report.json, report.md, the plots and report.html (with its media), each written atomically; returns
-    the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pngs = plots(rep)
-    doc = {**to_json(rep), "plots": sorted(pngs)}
-    written = []
-    for name, data in pngs.items():
-        atomic_write_bytes(out_dir / name, data)
-        written.append(out_dir / name)
-    atomic_write_json(out_dir / "report.json", doc)
-    md = markdown(rep) + "".join(f"\n![{n}]({n})\n" for n in sorted(pngs))
-    atomic_write_text(out_dir / "report.md", md)
-    html_files = report_html.write(f"Report {rep.run_id} ({rep.name})", tables(rep), pngs, rep.samples, out_dir)
-    return written + [out_dir / "report.json", out_dir / "report.md"] + html_files

@@ -15,7 +15,6 @@ a second value per checkpoint. W&B keeps the first value it saw for a step; see 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from harness.core.errors import HarnessError
+from harness.core.spec_check import wandb_installed
 
 if TYPE_CHECKING:
     from harness.report.build import Checkpoint
@@ -152,10 +152,6 @@ def _log_eval_wandb(cfg: TrackingSection, paths: RunPaths, rows: list[tuple[int,
 
 
 # ------------------------------------------------------------------------------------------ W&B on the login node
-def wandb_installed() -> bool:
-    return importlib.util.find_spec("wandb") is not None
-
-
 def offline_runs(paths: RunPaths) -> list[Path]:
     """The offline run directories `wandb sync` uploads (one per training attempt and report)."""
     root = wandb_dir(paths) / "wandb"

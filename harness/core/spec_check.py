@@ -1,0 +1,175 @@
+"""Relations between a spec's fields that no single field's bounds express (TP divides the GPUs, the batch divides
+over data parallelism, one data source, paths Slurm and Pyxis can carry), and the further checks a spec about to
+be planned or submitted must pass. Each problem names the key the user should change.
+
+Pure apart from one question to this Python environment (is wandb importable), asked only before submitting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import re
+
+from harness.core import hardware, models, tokens
+from harness.core.errors import Problem
+from harness.core.fields import key_token, show
+from harness.core.sections import RunSpec, data_parallel
+
+
+def cross_check(spec: RunSpec) -> list[Problem]:
+    """Relations between fields; each check names the key the user should change."""
+    out: list[tuple[str, str]] = []
+    out += _check_model(spec)
+    out += _check_data(spec)
+    out += _check_finetune(spec)
+    out += _check_gpus(spec)
+    out += _check_evaluate(spec)
+    out += _check_container(spec)
+    out += _check_paths(spec)
+    return [Problem(spec.source, k, m) for k, m in out]
+
+
+def _check_paths(spec: RunSpec) -> list[tuple[str, str]]:
+    """Paths may hold spaces, quotes, '$(...)', ';' or '#' (every script quotes them), but the run directory
+    also appears in #SBATCH --output/--error, where sbatch reads '\\' as an escape even inside quotes and
+    Slurm expands '%' patterns; and Pyxis splits --container-mounts at ',' and ':'."""
+    out = []
+    w = spec.run.workdir
+    if "\\" in w or "%" in w:
+        out.append(("run.workdir", f"= {show(w)}: must not contain '\\' or '%' (sbatch and Slurm's log file "
+                                   f"names give them a meaning)"))
+    if spec.container.image:
+        for key, value in (("run.workdir", w), ("assets.hf_home", spec.assets.hf_home)):
+            if "," in value or ":" in value:
+                out.append((key, f"= {show(value)}: must not contain ',' or ':' when container.image is set "
+                                 f"(Pyxis splits --container-mounts there)"))
+    return out
+
+
+def _check_model(spec: RunSpec) -> list[tuple[str, str]]:
+    m, out = spec.model, []
+    if m.preset not in models.PRESETS:
+        close = difflib.get_close_matches(m.preset, list(models.PRESETS), n=1, cutoff=0.4)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return [("model.preset", f"= {m.preset!r}: must be one of {', '.join(models.PRESETS)}{hint}")]
+    if len(spec.tokenizer.compression) != 3:
+        return [("tokenizer.compression", f"= {list(spec.tokenizer.compression)}: must be 3 integers [t, h, w]")]
+    if spec.preset.video2world != spec.video2world:
+        want = "a Video2World preset (cosmos-5b-v2w, cosmos-13b-v2w, tiny-v2w)" if spec.video2world else \
+            "a base preset (cosmos-4b, cosmos-12b, tiny)"
+        out.append(("model.preset", f"= {m.preset!r}: recipe {spec.run.recipe!r} needs {want}"))
+    out += tokens.problems(spec.token_math)
+    return out
+
+
+def _check_data(spec: RunSpec) -> list[tuple[str, str]]:
+    d, out = spec.data, []
+    if spec.video2world:
+        if not d.jsonl:
+            out.append(("data.jsonl", "is required for recipe 'video2world'"))
+        for key, value in (("data.videos", d.videos), ("data.manifest", d.manifest)):
+            if value:
+                out.append((key, "is not used by recipe 'video2world'; list videos in data.jsonl"))
+    else:
+        given = [k for k, v in (("data.videos", d.videos), ("data.manifest", d.manifest), ("data.jsonl", d.jsonl))
+                 if v]
+        if not given:
+            out.append(("data.videos", "is required: a directory of videos (or data.manifest, a file listing them)"))
+        elif len(given) > 1:
+            out.append((given[-1], f"set exactly one of data.videos, data.manifest, data.jsonl "
+                                   f"(found {' and '.join(given)})"))
+    if len(d.split) != 3 or sum(d.split) <= 0:
+        out.append(("data.split", f"= {list(d.split)}: must be 3 weights [train, val, test] with a positive sum"))
+    elif d.split[0] <= 0:
+        out.append(("data.split", f"= {list(d.split)}: the train weight must be positive"))
+    return out
+
+
+def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
+    f, out = spec.finetune, []
+    gpus = f.gpus_per_node
+    if gpus and gpus % f.tensor_parallel:
+        out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide finetune.gpus_per_node ({gpus})"))
+    heads = spec.preset.num_attention_heads if spec.model.preset in models.PRESETS else 0
+    if heads and heads % f.tensor_parallel:
+        out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide the model's {heads} attention heads"))
+    if f.sequence_parallel == "on" and f.tensor_parallel == 1:
+        out.append(("finetune.sequence_parallel", "= 'on': needs finetune.tensor_parallel > 1 (is 1)"))
+    elif f.sequence_parallel == "on" and f.engine == "nemo":
+        out.append(("finetune.sequence_parallel", "= 'on': needs finetune.engine 'mcore' or 'auto' (is 'nemo', "
+                                                  "which trains without it)"))
+    dp = data_parallel(f)
+    if f.global_batch_size % (f.micro_batch_size * dp):
+        out.append(("finetune.global_batch_size",
+                    f"= {f.global_batch_size}: must be a multiple of micro_batch_size x data-parallel size "
+                    f"({f.micro_batch_size} x {dp})"))
+    if f.save_every > f.max_steps:
+        out.append(("finetune.save_every", f"= {f.save_every}: must be <= finetune.max_steps ({f.max_steps})"))
+    if f.min_lr > f.lr:
+        out.append(("finetune.min_lr", f"= {f.min_lr}: must be <= finetune.lr ({f.lr})"))
+    i = spec.infer
+    if i.gpus_per_node and i.tensor_parallel > i.gpus_per_node:
+        out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: infer runs one rank per GPU, so at most "
+                                             f"infer.gpus_per_node ({i.gpus_per_node})"))
+    elif i.tensor_parallel > 1 and i.gpus_per_node and i.gpus_per_node % i.tensor_parallel:
+        out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: must divide infer.gpus_per_node ({i.gpus_per_node})"))
+    if spec.model.preset in models.PRESETS and len(spec.tokenizer.compression) == 3 \
+            and i.context_latent_frames >= spec.token_math.grid.t:
+        out.append(("infer.context_latent_frames",
+                    f"= {i.context_latent_frames}: must be below the {spec.token_math.grid.t} latent frames"))
+    return out
+
+
+def _check_gpus(spec: RunSpec) -> list[tuple[str, str]]:
+    return hardware.gpu_problems(spec) if spec.model.preset in models.PRESETS else []
+
+
+def _check_evaluate(spec: RunSpec) -> list[tuple[str, str]]:
+    m = list(spec.evaluate.metrics)
+    if not m:
+        return [("evaluate.metrics", "= []: name at least one of 'psnr', 'ssim'")]
+    twice = sorted({x for x in m if m.count(x) > 1})
+    return [("evaluate.metrics", f"= {m}: {twice[0]!r} is listed twice")] if twice else []
+
+
+def submit_problems(spec: RunSpec) -> list[Problem]:
+    """Checks for a spec about to be planned or submitted to a cluster (`harness validate`, `plan`, `submit`),
+    beyond the cross checks every spec passes: a real model needs GPUs on finetune and infer."""
+    return [Problem(spec.source, k, m) for k, m in hardware.gpu_required_problems(spec) + _check_tracking(spec)]
+
+
+def _check_tracking(spec: RunSpec) -> list[tuple[str, str]]:
+    """Only where the run is planned: compute nodes import wandb from the same environment (or container)."""
+    if spec.tracking.wandb and not wandb_installed():
+        return [("tracking.wandb", "= true: the wandb package is not installed here (pip install -e '.[wandb]')")]
+    return []
+
+
+def warnings(spec: RunSpec) -> list[Problem]:
+    """Things that do not stop a run but may break it: a container image outside the tested megatron-core."""
+    return [Problem(spec.source, "container.image", w) for w in hardware.container_warnings(spec.container.image)]
+
+
+def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
+    c, out = spec.container, []
+    stages = ("stage-assets", "tokenize", "merge", "finetune", "infer", "evaluate", "report")
+    for s in c.stages:
+        if s not in stages:
+            out.append(("container.stages", f"= {list(c.stages)}: {s!r} is not a stage; choose from {', '.join(stages)}"))
+    for m in c.mounts:
+        if m.count(":") not in (1, 2) or "," in m:
+            out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS without commas"))
+    if c.image and not (c.image.endswith(".sqsh") or "#" in c.image or "/" not in c.image.split(":")[0]):
+        out.append(("container.image", f"= {c.image!r}: use an enroot URI with '#' after the registry "
+                                       f"(e.g. nvcr.io#nvidia/nemo:26.02) or a .sqsh path"))
+    for k in c.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            out.append((f"container.env.{key_token(k)}", "must be a valid environment variable name"))
+    return out
+
+
+def wandb_installed() -> bool:
+    """Whether this environment can import wandb: the submitting machine's answer stands for the compute nodes,
+    which run the same environment (or container)."""
+    return importlib.util.find_spec("wandb") is not None

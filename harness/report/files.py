@@ -1,0 +1,72 @@
+"""The report's files under `<run.results_dir>/<run id>/`: report.json, report.md, the PNG plots and report.html
+with its media, each written atomically (temp + rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from harness.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from harness.report import html as report_html
+from harness.report.records import Report
+from harness.report.tables import markdown, tables, to_json
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plots(rep: Report) -> dict[str, bytes]:
+    """loss.png (loss vs step) and eval.png (PSNR and SSIM vs checkpoint step), where there is data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    if rep.loss_curve:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([s for s, _ in rep.loss_curve], [v for _, v in rep.loss_curve], lw=1.2)
+        ax.set(xlabel="step", ylabel="loss", title=f"{rep.name}: training loss")
+        ax.grid(alpha=0.3)
+        out["loss.png"] = _png(fig)
+        plt.close(fig)
+    scored = [c for c in rep.checkpoints if c.psnr is not None or c.ssim is not None]
+    if scored:
+        keys = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), layout="constrained", squeeze=False)
+        for ax, (key, label) in zip(axes[0], keys):
+            pts = [(c.step, getattr(c, key)) for c in scored if getattr(c, key) is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+            best = rep.best
+            if best is not None and getattr(best, key) is not None:
+                ax.scatter([best.step], [getattr(best, key)], s=120, facecolors="none", edgecolors="red",
+                           label=f"best (step {best.step})")
+                ax.legend(loc="best", fontsize=8)
+            ax.set(xlabel="checkpoint step", ylabel=label)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{rep.name}: evaluation")
+        out["eval.png"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def write(rep: Report, out_dir: Path) -> list[Path]:
+    """report.json, report.md, the plots and report.html (with its media), each written atomically; returns
+    the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = plots(rep)
+    doc = {**to_json(rep), "plots": sorted(pngs)}
+    written = []
+    for name, data in pngs.items():
+        atomic_write_bytes(out_dir / name, data)
+        written.append(out_dir / name)
+    atomic_write_json(out_dir / "report.json", doc)
+    md = markdown(rep) + "".join(f"\n![{n}]({n})\n" for n in sorted(pngs))
+    atomic_write_text(out_dir / "report.md", md)
+    html_files = report_html.write(f"Report {rep.run_id} ({rep.name})", tables(rep), pngs, rep.samples, out_dir)
+    return written + [out_dir / "report.json", out_dir / "report.md"] + html_files

@@ -1,0 +1,92 @@
+"""The report's values: what the run produced, read from its result files by `harness.report.build` and shown by
+`harness.report.tables` and `harness.report.files`. Frozen, so every output form shows the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.report import html as report_html
+
+PEAK_TFLOPS = 989.0
+"""Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project."""
+
+
+@dataclass(frozen=True)
+class Training:
+    steps: int
+    """Last logged optimizer step."""
+    last_step: int
+    """Where training ends (`harness.core.trainplan.TrainingPlan.last_step`): `steps` below it means unfinished."""
+    logged: int
+    """Metric lines in metrics.jsonl."""
+    final_loss: float | None
+    tokens_per_s: float | None
+    """Median over the logged steps after the first (the first pays for compilation and warm-up)."""
+    tflops: float | None
+    """Median achieved TFLOP/s per GPU, same steps as tokens_per_s."""
+    mfu: float | None
+    """tflops / PEAK_TFLOPS."""
+
+
+@dataclass(frozen=True)
+class Tokenize:
+    shards: int
+    """Shards whose manifest was readable."""
+    clips: int
+    seconds: float
+    """Summed wall time of the shard tasks' encode loops."""
+    clips_per_s: float | None
+    """clips / seconds: throughput of one tokenize task, independent of how many ran at once."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    psnr: float | None
+    ssim: float | None
+    videos: int
+    best: bool
+    """Highest mean PSNR (SSIM breaks ties) among the evaluated checkpoints."""
+    frames: str = ""
+    """Which frames were compared, as the evaluate stage states it."""
+    shards: int = 1
+    """Input shards whose evaluate results were read (the videos are theirs)."""
+    shards_planned: int = 1
+    failed_videos: int = 0
+    """Pairs the evaluate stage could not score (named in the shard files' `failed`)."""
+
+
+@dataclass(frozen=True)
+class MissingShard:
+    """A (checkpoint, input shard) whose evaluate result is absent: its videos are in no mean."""
+
+    step: int
+    shard: int
+    task: int
+    """Index of the infer and evaluate array tasks of this pair."""
+    why: str
+
+
+@dataclass(frozen=True)
+class Report:
+    run_id: str
+    name: str
+    data: dict[str, Any]
+    tokenize: Tokenize | None
+    training: Training | None
+    loss_curve: tuple[tuple[int, float], ...]
+    checkpoints: tuple[Checkpoint, ...]
+    failures: tuple[dict[str, Any], ...]
+    missing: tuple[str, ...]
+    """Result files that were expected but absent (a stage failed or has not run)."""
+    metrics: tuple[str, ...] = ("psnr", "ssim")
+    """evaluate.metrics: the only quality columns shown."""
+    missing_shards: tuple[MissingShard, ...] = ()
+    samples: tuple[report_html.Sample, ...] = ()
+    """The evaluated videos report.html shows (the first few of each checkpoint)."""
+
+    @property
+    def best(self) -> Checkpoint | None:
+        return next((c for c in self.checkpoints if c.best), None)

@@ -1,0 +1,121 @@
+"""The report as text: the tables (title, header, rows) rendered by rich in the terminal and as markdown in
+report.md, the one formatting of each number, and the report.json document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.report.records import PEAK_TFLOPS, Report
+
+
+def fmt(v: float | None, kind: str) -> str:
+    """The one formatting of each number, shared by the terminal, markdown and tests."""
+    if v is None:
+        return "-"
+    return {"loss": f"{v:.4f}", "psnr": f"{v:.2f}", "ssim": f"{v:.4f}", "rate": f"{v:,.1f}",
+            "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
+
+
+HIDDEN = frozenset({"documents"})
+"""Summary fields too long for a table (one row per video); they stay in report.json."""
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flat(v, key + ".")
+        elif isinstance(v, list):
+            preview = ", ".join(str(x if not isinstance(x, dict) else x.get("path", x.get("name", x)))
+                                for x in v[:3])
+            out.append((key, f"{len(v)} item(s)" + (f": {preview}{', ...' if len(v) > 3 else ''}" if v else "")))
+        else:
+            out.append((key, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)))
+    return out
+
+
+def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table: rendered by rich in the terminal and as markdown in report.md."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    if rep.data:
+        out.append(("data", ["field", "value"], [[k, v] for k, v in _flat(rep.data) if k not in HIDDEN]))
+    if rep.tokenize is not None:
+        k = rep.tokenize
+        out.append(("tokenize", ["shards", "clips", "task seconds", "clips/s per task"],
+                    [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
+    t = rep.training
+    if t is not None:
+        out.append(("training", ["steps", "last step", "final loss", "tokens/s", "TFLOP/s per GPU",
+                                 f"MFU (peak {PEAK_TFLOPS:g})"],
+                    [[str(t.steps), str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
+                      fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
+    out += _checkpoint_tables(rep)
+    if rep.failures:
+        out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
+                    [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
+                      str(f.get("exit_code", "") or "-"), str(f.get("reason", "") or "-"),
+                      str(f.get("log", "") or "-")] for f in rep.failures]))
+    if rep.missing:
+        out.append(("missing results", ["file"], [[m] for m in rep.missing]))
+    return out
+
+
+def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per checkpoint its means over every evaluated video; with input shards, how many shards those videos
+    came from and a table naming each shard that has no result."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    if rep.checkpoints:
+        frames = {c.frames for c in rep.checkpoints}
+        same = len(frames) == 1
+        sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
+        shown = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
+        header = ["step"] + [label for _, label in shown] + ["videos"] + (["shards"] if sharded else []) + ["best"] \
+            + ([] if same else ["frames compared"])
+        out.append(("checkpoints", header,
+                    [[str(c.step)] + [fmt(getattr(c, k), k) for k, _ in shown] + [str(c.videos)]
+                     + ([f"{c.shards}/{c.shards_planned}"] if sharded else []) + ["*" if c.best else ""]
+                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
+        if same and frames != {""}:
+            out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
+    if rep.missing_shards:
+        out.append(("missing shards (their videos are in no mean)", ["step", "shard", "infer/evaluate task", "why"],
+                    [[str(m.step), str(m.shard), str(m.task), m.why] for m in rep.missing_shards]))
+    return out
+
+
+def render(rep: Report, console: Console) -> None:
+    console.print(f"[bold]report[/] {rep.run_id} ({rep.name})")
+    for title, header, rows in tables(rep):
+        table = Table(*header, title=title, title_justify="left")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+
+
+def markdown(rep: Report) -> str:
+    lines = [f"# Report {rep.run_id}", "", f"Run name: `{rep.name}`", ""]
+    for title, header, rows in tables(rep):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_json(rep: Report) -> dict[str, Any]:
+    best = rep.best
+    return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
+            "tokenize": asdict(rep.tokenize) if rep.tokenize else None,
+            "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
+            "loss_curve": [list(p) for p in rep.loss_curve],
+            "metrics": list(rep.metrics),
+            "checkpoints": [{k: v for k, v in asdict(c).items() if k not in ("psnr", "ssim") or k in rep.metrics}
+                            for c in rep.checkpoints],
+            "best_checkpoint": best.step if best else None,
+            "failures": list(rep.failures), "missing": list(rep.missing),
+            "missing_shards": [asdict(m) for m in rep.missing_shards]}

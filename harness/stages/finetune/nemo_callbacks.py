@@ -1,0 +1,132 @@
+"""The NeMo engine's Lightning callbacks: checkpoints written in the harness layout with its completion marker,
+and one metrics.jsonl line per optimizer step in the mcore engine's format. Imported only where NeMo 2 imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from nemo.lightning.io.pl import ckpt_to_dir
+from nemo.lightning.pytorch.callbacks import ModelCheckpoint
+
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.spec import TrackingSection
+from harness.core.trainplan import TrainingPlan
+from harness.cosmos.signals import StopSignal
+from harness.report import tracking
+from harness.stages.finetune import mcore as mcore_train
+from harness.stages.finetune.nemo_common import (CHECKPOINT_FILENAME, StepMath, device, mark_complete,
+                                                 remove_incomplete, scalar)
+
+log = logging.getLogger("harness.stages.finetune.nemo")
+
+
+class HarnessCheckpoint(ModelCheckpoint):
+    """NeMo's checkpoint callback writing `RunPaths.checkpoint_dir(step)` (step = optimizer steps completed),
+    every `save_every` steps and at the last step, keeping all of them (infer/evaluate index them); after each
+    save completes, the harness completion marker and checkpoints.json. On SIGUSR2/SIGTERM (Slurm's warning
+    before the time limit, preemption) all ranks checkpoint after the current step, then hand over to submitit's
+    requeue (or raise `Preempted`), as the mcore engine does."""
+
+    def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any]) -> None:
+        super().__init__(dirpath=str(paths.checkpoint_dir(0).parent), filename=CHECKPOINT_FILENAME,
+                         auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
+                         every_n_train_steps=save_every, save_on_train_epoch_end=False)
+        self.paths, self.plan, self.context = paths, plan, context
+        self.steps = set(plan.checkpoint_steps)
+        self.stop: StopSignal | None = None
+        self.reason = "schedule"
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.stop = StopSignal()
+        self.stop.install()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.stop is not None:
+            self.stop.restore()
+        super().teardown(trainer, pl_module, stage)
+
+    def setup(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        if trainer.is_global_zero:
+            remove_incomplete(self.paths)
+        super().setup(trainer, *args, **kwargs)
+
+    def _monitor_candidates(self, trainer: Any) -> dict[str, Any]:
+        out = super()._monitor_candidates(trainer)
+        out["completed_steps"] = torch.tensor(trainer.global_step)
+        return out
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        step = trainer.global_step
+        signum = self.stop.agreed(device()) if self.stop is not None else 0
+        if (step in self.steps or signum) and self._last_global_step_saved != step:
+            self.reason = "schedule" if step in self.steps else "signal"
+            self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
+            self.reason = "schedule"
+        if signum and self.stop is not None:
+            self.stop.exit(signum, step)
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        start = time.perf_counter()
+        super()._save_checkpoint(trainer, filepath)
+        step = trainer.global_step
+        directory = Path(ckpt_to_dir(filepath))
+        if directory != self.paths.checkpoint_dir(step):
+            raise HarnessError(f"{directory}: NeMo wrote a checkpoint outside the harness layout "
+                               f"(expected {self.paths.checkpoint_dir(step)})")
+        if trainer.is_global_zero:
+            mark_complete(self.paths, self.plan, self.context, step, reason=self.reason)
+            log.info("checkpoint step %d in %.1fs", step, time.perf_counter() - start)
+        trainer.strategy.barrier("harness-checkpoint")
+
+
+class MetricsCallback(pl.Callback):
+    """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format."""
+
+    def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection,
+                 run_config: dict[str, Any]) -> None:
+        self.paths, self.math, self.tracking_cfg, self.run_config = paths, math, tracking_cfg, run_config
+        self.start, self.lr = 0.0, 0.0
+        self.tracker: tracking.TrainTracker | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero:  # after a resume, later steps are recomputed: each is logged once
+            mcore_train.truncate_metrics(self.paths.metrics_jsonl, trainer.global_step)
+            self.tracker = tracking.TrainTracker.open(self.tracking_cfg, self.paths, trainer.global_step,
+                                                      self.run_config)
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - self.start
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        loss = scalar(m.get("reduced_train_loss"))
+        if loss is None and isinstance(outputs, dict):
+            loss = scalar(outputs.get("loss"))
+        rec = self.math.record(trainer.global_step, float("nan") if loss is None else loss, self.lr,
+                               scalar(m.get("grad_norm")), dt, trainer.world_size)
+        mcore_train.append_metrics(self.paths.metrics_jsonl, rec)
+        if self.tracker is not None:
+            self.tracker.log(rec)
+        if trainer.global_step % self.math.log_every == 0:
+            log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.2f TFLOP/s", rec["step"], rec["loss"],
+                     rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])

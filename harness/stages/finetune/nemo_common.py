@@ -1,0 +1,140 @@
+"""The NeMo engine's parts that need no NeMo: the sample order shared with the mcore engine, the step functions
+NeMo calls with the harness batch and model, the numbers a metrics line needs, and the checkpoint files the harness
+adds beside NeMo's own (context/harness.json, trainer.json, done.json last).
+
+Kept apart from the NeMo subclasses (`nemo_model`, `nemo_callbacks`) so this imports, and its tests run, where
+NeMo is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.atomic import atomic_write_json, read_json
+from harness.core.spec import RunSpec
+from harness.core.trainplan import TrainingPlan
+from harness.cosmos import checkpoint as ckpt
+from harness.cosmos import data as data_mod
+from harness.stages.finetune import mcore as mcore_train
+
+log = logging.getLogger("harness.stages.finetune.nemo")
+
+CHECKPOINT_FILENAME = "step-{completed_steps:08d}"
+"""Lightning formats this from `HarnessCheckpoint._monitor_candidates`; equals `RunPaths.checkpoint_dir(step).name`."""
+
+
+def ordered_sample(j: int, gbs: int, n: int, seed: int) -> int:
+    """Split position of the run's j-th sample: NeMo's sampler reads sample indices 0, 1, 2, ... in order (micro
+    batch m of DP rank r in step s takes s*gbs + (m*dp + r)*mbs ...), which is how the mcore engine slices
+    `global_batch(step)`; so both engines train on identical batches."""
+    return data_mod.global_batch(j // gbs, gbs, n, seed)[j % gbs]
+
+
+def device() -> torch.device:
+    """This rank's device: the batch, and the stop-signal agreement between ranks, live there."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def data_step(dataloader_iter: Any) -> dict[str, torch.Tensor]:
+    """NeMo's `gpt_data_step` moves a fixed key set with `.cuda()`; the harness batch goes to this rank's device."""
+    batch = next(dataloader_iter)
+    if isinstance(batch, tuple) and len(batch) == 3:  # (batch, batch_idx, dataloader_idx) from Lightning's fetcher
+        batch = batch[0]
+    dev = device()
+    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+
+
+def forward_step(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token loss [b, s] from the harness model's own forward (NeMo's GPTModel.forward passes mcore GPTModel
+    arguments, position ids and masks, which the 3D-RoPE model does not take); MaskedTokenLossReduction then
+    averages it over `loss_mask`."""
+    labels = torch.where(batch["loss_mask"] > 0, batch["labels"], 0)  # masked labels (V2W PAD 64002) are no outputs
+    return model.module(batch["tokens"], labels=labels, context=batch.get("context"))
+
+
+@dataclass(frozen=True)
+class StepMath:
+    """What a metrics line needs from the spec, as plain numbers (NeMo deep-copies callbacks' arguments)."""
+
+    global_batch_size: int
+    video_tokens: int
+    flops_per_step: float
+    train_videos: int
+    log_every: int
+
+    @classmethod
+    def of(cls, spec: RunSpec, plan: TrainingPlan, train_videos: int) -> "StepMath":
+        return cls(plan.global_batch_size, plan.video_tokens, plan.flops_per_step, train_videos,
+                   spec.finetune.log_every)
+
+    def record(self, step: int, loss: float, lr: float, grad_norm: float | None, dt: float, world: int
+               ) -> dict[str, Any]:
+        """One metrics.jsonl line, with the mcore engine's keys and FLOP accounting."""
+        return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": self.global_batch_size * self.video_tokens / dt,
+                "tflops": self.flops_per_step / dt / world / 1e12, "step_time_s": dt,
+                "epoch": (step * self.global_batch_size) // self.train_videos, "time": time.time(), "engine": "nemo"}
+
+
+def checkpoint_context(spec: RunSpec) -> dict[str, Any]:
+    """context/harness.json of a checkpoint (the mcore engine's keys; `step` is added per save)."""
+    tm = spec.token_math
+    return {"preset": spec.model.preset, "grid": [tm.grid.t, tm.grid.h, tm.grid.w],
+            "compression": list(tm.compression), "tensor_parallel": spec.finetune.tensor_parallel, "engine": "nemo",
+            "recipe": spec.run.recipe}
+
+
+MIRRORED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+            "normalization", "layernorm_epsilon", "qk_layernorm", "gated_linear_unit", "activation_func",
+            "add_bias_linear", "add_qkv_bias", "hidden_dropout", "attention_dropout", "bias_activation_fusion",
+            "bias_dropout_fusion", "masked_softmax_fusion", "apply_rope_fusion", "persist_layer_norm",
+            "gradient_accumulation_fusion", "init_method_std", "use_cpu_initialization", "recompute_granularity",
+            "recompute_method", "recompute_num_layers")
+"""TransformerConfig fields NeMo's config copies from the harness one (NeMo's strategy and plugins read them)."""
+
+
+def scalar(v: Any) -> float | None:
+    """A logged value (tensor, number or absent) as a float for metrics.jsonl."""
+    return None if v is None else float(v.detach().float().cpu()) if torch.is_tensor(v) else float(v)
+
+
+def remove_incomplete(paths: RunPaths) -> None:
+    """Step directories without done.json (a save or marker write killed midway) are deleted, so NeMo rewrites
+    them under the same name instead of adding a '-v1' suffix."""
+    root = paths.checkpoint_dir(0).parent
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("step-") and not ckpt.is_complete(d):
+            log.warning("removing incomplete checkpoint %s", d)
+            shutil.rmtree(d)
+        elif d.name.startswith("step-") and d.name.endswith("-unfinished"):
+            d.unlink()
+
+
+def check_engine(ckpt_dir: Path) -> None:
+    """Training state (optimizer layout, Lightning loop state in common.pt) is engine-specific: resume a run only
+    with the engine that wrote its checkpoints (weights load into either, for inference or a pretrained start)."""
+    engine = read_json(ckpt_dir / "context" / "harness.json").get("engine", "nemo")
+    if engine != "nemo":
+        raise HarnessError(f"{ckpt_dir}: written by the {engine!r} engine; resume this run with "
+                           f"finetune.engine = {engine!r} (or start a new run)")
+
+
+def mark_complete(paths: RunPaths, plan: TrainingPlan, context: dict[str, Any], step: int, *, reason: str) -> None:
+    """The harness files of one NeMo checkpoint, the completion marker last, then checkpoints.json."""
+    d = paths.checkpoint_dir(step)
+    atomic_write_json(d / "context" / "harness.json", {**context, "step": step})
+    atomic_write_json(d / "trainer.json", {"step": step, "samples_consumed": step * plan.global_batch_size,
+                                           "reason": reason})
+    atomic_write_json(d / ckpt.MARKER, {"step": step})
+    mcore_train.write_checkpoints_json(paths, plan)
