@@ -83,13 +83,14 @@ def steps_logged(paths: RunPaths) -> list[dict[str, Any]]:
 
 
 def whole_run(work: Path, text: str) -> tuple[RunPaths, dict[str, Any]]:
-    from harness import launch, ops
+    from harness import ops
+from harness.ops import submit as launching
 
     spec = work / "run.toml"
     spec.write_text(text)
     os.chdir(work)
     t0 = time.perf_counter()
-    res = launch.submit(spec, "local")
+    res = launching.submit(spec, "local")
     code = ops.wait(res.paths, timeout_s=3600)
     paths = res.paths
     ck = read_json(paths.checkpoints_json)
