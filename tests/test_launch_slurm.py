@@ -18,7 +18,7 @@ from harness.core import plan
 from harness.core import spec
 
 from harness.lib import synth
-from harness.launch import slurmcli
+from harness.launch import slurm, slurmcli
 from harness.launch.backend import TaskState
 from harness.core.paths import read_json
 
@@ -87,6 +87,22 @@ def test_failed_stage_cancels_every_dependent(slurm_cluster: str, tmp_path: Path
     assert set(by_stage["report"].values()) == {"COMPLETED"}
     err = next((tmp_path / "runs").glob("t-*/logs/stage-assets/*/*_0_log.err"))
     assert "no-such-tokenizer" in err.read_text()
+
+
+def test_sbatch_receives_the_rendered_script(slurm_cluster: str, tmp_path: Path) -> None:
+    """What sbatch received for each stage (submitit keeps the submitted file as <job>_submission.sh) is byte for
+    byte `slurm.script`, the function `harness plan --out` and the golden files (test_plan) render through."""
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    res = launching.submit(write_spec(tmp_path, str(tok)), "slurm")
+    try:
+        parents = {s.stage: [s.job_id] for s in res.submissions}
+        assert len(parents) == len(res.submissions) == len(plan.STAGES)  # one chunk per stage here
+        for sub in res.submissions:
+            sent = (res.paths.logs(sub.stage) / sub.job_id / f"{sub.job_id}_submission.sh").read_text()
+            assert sent == slurm.script(res.plan, res.plan.stage(sub.stage), res.paths, parents, 0), sub.stage
+            assert f"#SBATCH --job-name=t.{sub.stage}\n" in sent
+    finally:
+        slurmcli.scancel([s.job_id for s in res.submissions])
 
 
 def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
