@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, launch
+from harness import cli
+from harness.ops import submit as launching
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.bench import compare

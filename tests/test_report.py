@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, launch
+from harness import cli
+from harness.ops import submit as launching
 
 from harness.report import build as report
 from harness.core import plan as plan_mod
