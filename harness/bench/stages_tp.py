@@ -84,7 +84,7 @@ def steps_logged(paths: RunPaths) -> list[dict[str, Any]]:
 
 def whole_run(work: Path, text: str) -> tuple[RunPaths, dict[str, Any]]:
     from harness import ops
-from harness.ops import submit as launching
+    from harness.ops import submit as launching
 
     spec = work / "run.toml"
     spec.write_text(text)
