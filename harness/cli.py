@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Literal, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,13 +18,14 @@ DESCRIPTION = ("Post-train an NVIDIA Cosmos autoregressive world model on a swap
                "run spec, as dependency-chained Slurm job arrays (or on this machine when no Slurm controller "
                "answers). Start with `harness quickstart`; then validate, plan, doctor and submit your own spec.")
 
+ExecutorName = Literal["auto", "slurm", "local"]
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def cmd_validate(a: argparse.Namespace) -> int:
+def cmd_validate(specs: list[str]) -> int:
     """Exit 2 on any problem (stderr, one line each); warnings go to stdout with the ok line."""
-    for path in a.specs:
+    for path in specs:
         s = spec_mod.load_for_submit(Path(path))
         for w in spec_mod.warnings(s):
             console.print(f"warning: {w}", markup=False, soft_wrap=True)
@@ -46,20 +47,14 @@ def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Pl
         except HarnessError as e:
             notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
             num_inputs = 0
-    max_array, nodes = 1001, spec.tokenize.nodes_available or 1
-    nodes_from = "from the spec (tokenize.nodes_available)" if spec.tokenize.nodes_available else ""
-    if not slurmcli.controller_error():
-        max_array = slurmcli.max_array_size(slurmcli.config())
-        nodes = spec.tokenize.nodes_available or slurmcli.nodes_available(spec.tokenize.partition)
-        sources = FactSources(nodes_from or f"sinfo: nodes up in partition {spec.tokenize.partition or '(default)'}",
-                              "scontrol show config")
-    else:
-        notes.append(f"no Slurm controller here: MaxArraySize 1001 and {nodes} node(s) assumed")
-        sources = FactSources(nodes_from or "assumed (no Slurm controller answers here)",
-                              "Slurm's default, assumed (no controller answers here)")
-    facts = plan_mod.Facts(num_inputs=num_inputs, max_array_size=max_array, nodes_available=nodes)
+    cluster = slurmcli.cluster_facts(spec.tokenize.partition, spec.tokenize.nodes_available)
+    if not cluster.answered:
+        notes.append(f"no Slurm controller here: MaxArraySize {cluster.max_array_size} and "
+                     f"{cluster.nodes_available} node(s) assumed")
+    facts = plan_mod.Facts(num_inputs=num_inputs, max_array_size=cluster.max_array_size,
+                           nodes_available=cluster.nodes_available)
     plan = plan_mod.build(spec, facts)
-    return plan, facts, notes, origins(spec, plan, facts, sources)
+    return plan, facts, notes, origins(spec, plan, facts, FactSources(cluster.nodes_from, cluster.max_array_from))
 
 
 def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
@@ -73,18 +68,22 @@ def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
             f"task(s) each; up to {i.max_inputs} input(s) from {src}, {per}")
 
 
-def cmd_plan(a: argparse.Namespace) -> int:
-    from harness.core import plan as plan_mod
-    from harness.launch import render, slurm
-    from harness.core.paths import RunPaths
-
-    spec = spec_mod.absolutize(spec_mod.load_for_submit(Path(a.spec)), Path.cwd())
-    plan, facts, notes, why = _plan_for_display(spec, a.num_inputs)
+def cmd_plan(spec_path: str, out: str | None, num_inputs: int | None) -> int:
+    spec = spec_mod.absolutize(spec_mod.load_for_submit(Path(spec_path)), Path.cwd())
+    plan, facts, notes, why = _plan_for_display(spec, num_inputs)
     notes += [f"warning: {w}" for w in spec_mod.warnings(spec)]
-    tm = plan.token_math
+    _print_summary(plan, notes, why)
+    console.print(_stage_table(plan))
+    _scripts(plan, Path(out) if out is not None else None)
+    return 0
+
+
+def _print_summary(plan, notes: list[str], why: list[str]) -> None:  # type: ignore[no-untyped-def]
+    from harness.core import estimate, footprint
+
+    spec, tm, f = plan.spec, plan.token_math, plan.spec.finetune
     console.print(f"[bold]{spec.run.name}[/] ({spec.run.recipe}, model {spec.model.preset})")
     console.print(f"token math: {tm.describe()}")
-    f = spec.finetune
     console.print(f"finetune: {f.nodes} node(s) x {spec_mod.ranks_per_node(f)} rank(s)/node"
                   f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel}"
                   f"{', sequence parallel' if plan.training.sequence_parallel else ''};"
@@ -97,15 +96,17 @@ def cmd_plan(a: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/] {escape(w)}")
     for line in why:
         console.print(f"[dim]resolved:[/] {escape(line)}")
-    from harness.core import estimate
-    from harness.core import footprint
-
     for line in estimate.lines(plan):
         console.print(f"[cyan]estimate:[/] {escape(line)}", soft_wrap=True)
     disk = footprint.items(plan)
     console.print(f"[cyan]estimate:[/] writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ("
                   + escape("; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir"))
                   + ")", soft_wrap=True)
+
+
+def _stage_table(plan) -> Table:  # type: ignore[no-untyped-def]
+    from harness.core import plan as plan_mod
+
     table = Table("stage", "tasks", "array", "after", "resources", "container")
     for s in plan.stages:
         r = s.resources
@@ -116,48 +117,50 @@ def cmd_plan(a: argparse.Namespace) -> int:
         tasks = f"{s.tasks} = {len(plan.checkpoint_steps)} x {plan_mod.infer_shards(plan.spec.infer)}" \
             if s.name in ("infer", "evaluate") else str(s.tasks)
         table.add_row(s.name, tasks, arr, deps, res, "yes" if s.container else "-")
-    console.print(table)
-    paths = RunPaths(Path(spec.run.workdir) / f"{spec.run.name}-<run-id>")
+    return table
+
+
+def _scripts(plan, out: Path | None) -> None:  # type: ignore[no-untyped-def]
+    """Every sbatch script, rendered by the function `submit` uses (`slurm.script`), parents as placeholders."""
+    from harness.core.paths import RunPaths
+    from harness.launch import slurm
+
+    paths = RunPaths(Path(plan.spec.run.workdir) / f"{plan.spec.run.name}-<run-id>")
     placeholders = {s.name: [f"${{{s.name.upper().replace('-', '_')}_JOB_ID}}"] for s in plan.stages}
     for i, s in enumerate(plan.stages):
-        params = render.executor_params(plan, s, paths, render.dependency(s, placeholders),
-                                        slurm.srun_args(plan, s, paths))
-        for k, (lo, hi) in enumerate(s.chunks):
-            text = render.sbatch_text(params, paths.logs(s.name) / "%j", slurm.python_for(plan, s),
-                                      hi - lo if s.array else None)
-            if s.name == "finetune" or a.out is None:
+        for k in range(len(s.chunks)):
+            text = slurm.script(plan, s, paths, placeholders, k)
+            if s.name == "finetune":
                 srun = next((ln for ln in text.splitlines() if ln.startswith("srun ")), "")
-                if s.name == "finetune":
-                    console.print(f"finetune srun: {srun}", soft_wrap=True, markup=False)
-            if a.out is not None:
-                out = Path(a.out) / f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(text, encoding="utf-8")
-    if a.out is not None:
-        console.print(f"wrote {plan.sbatch_calls} sbatch script(s) to {a.out} (job ids shown as ${{STAGE_JOB_ID}})",
+                console.print(f"finetune srun: {srun}", soft_wrap=True, markup=False)
+            if out is not None:
+                f = out / f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_text(text, encoding="utf-8")
+    if out is not None:
+        console.print(f"wrote {plan.sbatch_calls} sbatch script(s) to {out} (job ids shown as ${{STAGE_JOB_ID}})",
                       markup=False)
-    return 0
 
 
-def cmd_submit(a: argparse.Namespace) -> int:
-    from harness import launch
+def cmd_submit(spec: str, executor: ExecutorName, *, wait: bool, timeout_s: float, doctor: bool) -> int:
+    from harness.ops import submit
 
-    res = launch.submit(Path(a.spec), a.executor, doctor=not a.no_doctor)
+    res = submit.submit(Path(spec), executor, doctor=doctor)
     console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
     console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
     for s in res.submissions:
-        console.print(f"  {s['stage']:<13} job {s['job_id']}")
-    if a.wait:
+        console.print(f"  {s.stage:<13} job {s.job_id}")
+    if wait:
         from harness.ops import live
 
-        return live.wait(res.paths, Console(highlight=False), a.timeout)
+        return live.wait(res.paths, Console(highlight=False), timeout_s)
     return 0
 
 
-def cmd_doctor(a: argparse.Namespace) -> int:
+def cmd_doctor(spec: str) -> int:
     from harness.ops import doctor
 
-    _, checks = doctor.diagnose(Path(a.spec))
+    _, checks = doctor.diagnose(Path(spec))
     style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
     for c in checks:
         console.print(f"[{style[c.status]}]{c.status:<4}[/]  {escape(c.key)}: {escape(c.what)}: {escape(c.detail)}",
@@ -167,47 +170,38 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 2 if n["fail"] else 0
 
 
-def _ops(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(a: argparse.Namespace) -> int:
-        from harness import ops
-
-        return getattr(ops, "cmd_" + name)(a)  # type: ignore[no-any-return]
-    return run
-
-
-def cmd_synth(a: argparse.Namespace) -> int:
+def cmd_synth(out_dir: str) -> int:
     from harness.lib import synth
 
-    out = synth.make_quickstart(Path(a.out))
+    out = synth.make_quickstart(Path(out_dir))
     for k, v in out.items():
         console.print(f"{k}: {v}", markup=False)
     return 0
 
 
-def cmd_quickstart(a: argparse.Namespace) -> int:
+def cmd_quickstart(spec: str, assets: str, executor: ExecutorName, timeout_s: float) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
-    from harness import launch, ops
-    from harness.ops import quickstart
+    from harness import ops
     from harness.lib import synth
-    from harness.ops import live
+    from harness.ops import live, quickstart, submit
 
-    if not (Path(a.assets) / "tokenizer" / "encoder.jit").exists():
-        synth.make_quickstart(Path(a.assets))
-        console.print(f"wrote synthetic clips and a tiny DV tokenizer to {a.assets}/", markup=False)
-    res = launch.submit(quickstart.spec_for(Path(a.spec), Path(a.assets)), a.executor)
+    if not (Path(assets) / "tokenizer" / "encoder.jit").exists():
+        synth.make_quickstart(Path(assets))
+        console.print(f"wrote synthetic clips and a tiny DV tokenizer to {assets}/", markup=False)
+    res = submit.submit(quickstart.spec_for(Path(spec), Path(assets)), executor)
     console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})", markup=False)
-    code = live.wait(res.paths, Console(highlight=False), a.timeout)
+    code = live.wait(res.paths, Console(highlight=False), timeout_s)
     ops.print_report(res.paths)
     return code
 
 
-def cmd_evaluate(a: argparse.Namespace) -> int:
+def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | None) -> int:
     from harness.report import evaltable
     from harness.core.atomic import atomic_write_json
     from harness.stages.evaluate import evaluate_dirs
 
-    result = evaluate_dirs(Path(a.reference), Path(a.generated), backend=a.backend)
-    out = Path(a.out) if a.out else evaltable.default_out(a.generated)
+    result = evaluate_dirs(Path(reference), Path(generated), backend=backend)
+    out = Path(out_file) if out_file else evaltable.default_out(generated)
     atomic_write_json(out, result)
     console.print(evaltable.table(result))
     for line in evaltable.problems(result):
@@ -216,22 +210,22 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(a: argparse.Namespace) -> int:
+def cmd_sync(run: str, workdir: str) -> int:
     """Upload a run's offline W&B runs from the login node (compute nodes have no internet, and no key)."""
     from harness.report import tracking
     from harness.ops.state import resolve_run
 
-    for d in tracking.sync(resolve_run(a.run, a.workdir)):
+    for d in tracking.sync(resolve_run(run, workdir)):
         console.print(f"synced {d}", markup=False, soft_wrap=True)
     return 0
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
+def cmd_bench(name: str, args: list[str]) -> int:
     import importlib
     import json
 
-    mod = importlib.import_module(f"harness.bench.{a.name}")
-    result = mod.run(a.args)
+    mod = importlib.import_module(f"harness.bench.{name}")
+    result = mod.run(args)
     console.print_json(json.dumps(result, default=str))
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
@@ -259,7 +253,6 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             s.add_argument("stage", nargs="?", default=None)
         if name in ("status", "resume", "cancel", "report", "logs"):
             s.add_argument("--workdir", default="runs", help="where to look up a run id")
-        s.set_defaults(fn=_ops(name))
 
     s = sub.add_parser("inspect-checkpoint", help="compare a NeMo 2 checkpoint's tensor names and shapes with a "
                        "preset (metadata only); table of mismatches and exit 2 on any")
@@ -268,7 +261,7 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--preset", default=None, help="model preset (default: the one the checkpoint names)")
     s.add_argument("--tp", type=int, default=1, help="tensor-parallel size the checkpoint will be loaded at")
     s.add_argument("--layers", type=int, default=None, help="expect this many decoder layers (a reduced stand-in)")
-    s.set_defaults(fn=_ops("inspect_checkpoint"))
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
@@ -276,13 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="check specs; one line per problem, exit 2 on any")
     s.add_argument("specs", nargs="+")
-    s.set_defaults(fn=cmd_validate)
 
     s = sub.add_parser("plan", help="print the DAG, token math and resources; --out writes every sbatch script")
     s.add_argument("spec")
     s.add_argument("--out", default=None)
     s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
-    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("submit", help="submit the whole DAG; returns at once with the run id and job ids")
     s.add_argument("spec")
@@ -290,11 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
     s.add_argument("--timeout", type=float, default=3600.0)
     s.add_argument("--no-doctor", action="store_true", help="skip the preflight checks (see harness doctor)")
-    s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("doctor", help="preflight on the login node: every check a line; exit 2 on any failure")
     s.add_argument("spec")
-    s.set_defaults(fn=cmd_doctor)
 
     _add_ops(sub)
 
@@ -302,38 +291,58 @@ def build_parser() -> argparse.ArgumentParser:
                        "the key comes from WANDB_API_KEY or `wandb login` on this machine")
     s.add_argument("run", help="run id or run directory")
     s.add_argument("--workdir", default="runs", help="where to look up a run id")
-    s.set_defaults(fn=cmd_sync)
 
     s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
     s.add_argument("--out", default=".quickstart")
-    s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("quickstart", help="synthetic assets + the whole DAG on configs/quickstart.toml + report")
     s.add_argument("--spec", default="configs/quickstart.toml")
     s.add_argument("--assets", default=".quickstart")
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
     s.add_argument("--timeout", type=float, default=1800.0)
-    s.set_defaults(fn=cmd_quickstart)
 
     s = sub.add_parser("evaluate", help="TokenBench PSNR/SSIM of generated vs reference videos")
     s.add_argument("--reference", required=True)
     s.add_argument("--generated", required=True)
     s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
     s.add_argument("--out", default=None, help="where the full JSON goes (default: GENERATED/evaluate.json)")
-    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
     s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
                                     "stages_tp"])
     s.add_argument("args", nargs=argparse.REMAINDER)
-    s.set_defaults(fn=cmd_bench)
     return p
+
+
+def dispatch(a: argparse.Namespace) -> int:
+    """Parsed arguments -> the command's typed call; the one place argparse names meet the commands."""
+    from harness import ops
+
+    calls = {
+        "validate": lambda: cmd_validate(a.specs),
+        "plan": lambda: cmd_plan(a.spec, a.out, a.num_inputs),
+        "submit": lambda: cmd_submit(a.spec, a.executor, wait=a.wait, timeout_s=a.timeout, doctor=not a.no_doctor),
+        "doctor": lambda: cmd_doctor(a.spec),
+        "status": lambda: ops.cmd_status(a.run, a.workdir, watch=a.watch, show_all=a.all),
+        "logs": lambda: ops.cmd_logs(a.run, a.stage, a.task, a.workdir, follow=a.follow, stderr=a.stderr),
+        "resume": lambda: ops.cmd_resume(a.run, a.workdir),
+        "cancel": lambda: ops.cmd_cancel(a.run, a.stage, a.workdir),
+        "report": lambda: ops.cmd_report(a.run, a.workdir),
+        "runs": lambda: ops.cmd_runs(a.workdir),
+        "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
+        "sync": lambda: cmd_sync(a.run, a.workdir),
+        "synth": lambda: cmd_synth(a.out),
+        "quickstart": lambda: cmd_quickstart(a.spec, a.assets, a.executor, a.timeout),
+        "evaluate": lambda: cmd_evaluate(a.reference, a.generated, a.backend, a.out),
+        "bench": lambda: cmd_bench(a.name, a.args),
+    }
+    return int(calls[a.command]())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        return dispatch(args)
     except HarnessError as e:
         for problem in e.problems:
             err.print(str(problem), markup=False, soft_wrap=True)

@@ -141,22 +141,22 @@ def wait_for(pred, timeout: float, poll: float = 0.2, what: str = "condition"): 
 def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple["object", dict[str, str]]:
     """Submit only `stages` of a spec's run to Slurm through the launcher's own functions (the later stages
     would only cost time here); returns (RunPaths, stage -> job id)."""
-    from harness import launch
+    from harness.ops import submit as launching
     from harness.core import spec as spec_mod
     from harness.stages.inputs import discover, write_inputs
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), cwd)
-    choice = launch.Choice("slurm", "reliability test")
+    choice = launching.Choice("slurm", "reliability test")
     items = discover(spec)
-    facts = launch.gather_facts(spec, choice, len(items))
-    plan = launch.make_plan(spec, facts)
-    paths = launch.new_run_dir(Path(spec.run.workdir), spec.run.name)
-    with launch.run_lock(paths):
-        launch.write_run(paths, spec_path.read_text(), plan, facts, choice)
+    facts = launching.gather_facts(spec, choice, len(items))
+    plan = launching.make_plan(spec, facts)
+    paths = launching.new_run_dir(Path(spec.run.workdir), spec.run.name)
+    with launching.run_lock(paths):
+        launching.write_run(paths, spec_path.read_text(), plan, facts, choice)
         write_inputs(paths, items)
         todo = {s.name: list(range(s.tasks)) for s in plan.stages if s.name in stages}
-        subs = launch.submit_stages(plan, paths, todo, facts, choice)
-    return paths, {s["stage"]: s["job_id"] for s in subs}
+        subs = launching.submit_stages(plan, paths, todo, facts, choice)
+    return paths, {s.stage: s.job_id for s in subs}
 
 
 def task_process(job_id: str, index: int | None = None):  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, launch
+from harness import cli
+from harness.ops import submit as launching
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.bench import compare
@@ -60,9 +61,9 @@ def make_run(root: Path, throughput: float = 1.0, psnr: float = 28.0) -> RunPath
     facts = plan_mod.Facts(num_inputs=12, max_array_size=1001, nodes_available=1)
     plan = plan_mod.build(spec, facts)
     paths = new_run_dir(root / "runs", "nightly")
-    choice = launch.Choice("local", "test")
-    launch.write_run(paths, text, plan, facts, choice)
-    launch.record_jobs(paths, choice, [])
+    choice = launching.Choice("local", "test")
+    launching.write_run(paths, text, plan, facts, choice)
+    launching.record_jobs(paths, choice, [])
     for s in range(2):
         atomic_write_json(paths.shard_manifest(s), {"shard": s, "stats": {"clips": 5, "seconds": 2.0}})
     rows = [{"step": i, "loss": 3.0 - 0.01 * i, "tokens_per_s": 1000.0 * throughput,

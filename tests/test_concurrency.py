@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness import launch
+from harness.ops import submit as launching
 from harness.launch import slurmcli
 from harness.core.paths import RunPaths
 from harness.core.atomic import read_json
@@ -73,7 +73,7 @@ def test_resume_of_an_active_run_refuses(slurm_cluster: str, tmp_path: Path, rel
         assert read_json(RunPaths(root).jobs_json)["submissions"] == before  # nothing resubmitted
 
         # another process holds the run's lock (a submit or resume in flight): refused at once, one line
-        with launch.run_lock(RunPaths(root)):
+        with launching.run_lock(RunPaths(root)):
             res = harness("resume", str(root), cwd=tmp_path, timeout=60)
         assert res.returncode == 2
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

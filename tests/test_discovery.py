@@ -17,7 +17,7 @@ from harness.stages import inputs
 from harness.core import plan
 
 from harness.core import spec as spec_mod
-from harness.launch import render, slurm
+from harness.launch import slurm
 from harness.core.paths import RunPaths
 from fixtures_data import make_spec
 
@@ -135,8 +135,7 @@ def test_tokenize_throttle_zero_means_no_limit(throttle: int | None, want: str) 
     p = plan.build(_seed(throttle), plan.Facts(num_inputs=10_000, max_array_size=1001, nodes_available=3))
     s = p.stage("tokenize")
     assert s.resources.array_throttle == (throttle or 0)
-    params = render.executor_params(p, s, RunPaths(Path("/r")), "", slurm.srun_args(p, s, RunPaths(Path("/r"))))
-    text = render.sbatch_text(params, Path("/r/logs"), "python", s.tasks)
+    text = slurm.script(p, s, RunPaths(Path("/r")), {}, 0)
     assert f"#SBATCH --array=0-99{want}\n" in text
 
 

@@ -16,12 +16,13 @@ from typing import Iterator
 import pytest
 from reliability_helpers import harness, tiny_spec
 
-from harness import launch
+from harness.ops import submit as launching
 
 from harness.core import failures
 
 from harness.core import footprint
 from harness.core.models import PRESETS
+from harness.launch import slurmstate
 from harness.ops import state, status
 from harness.core.atomic import read_json
 
@@ -66,10 +67,10 @@ def test_slurm_reason_from_a_stderr_tail(tmp_path: Path) -> None:
     log.parent.mkdir(parents=True)
     err = log.with_suffix(".err")
     err.write_text("[rank0]: Traceback (most recent call last):\n[rank0]:   File \"<frozen runpy>\", line 88, in _run_cod")
-    assert state.error_line(str(log), tmp_path) == ""
+    assert slurmstate.error_line(str(log), tmp_path) == ""
     err.write_text("srun: error: node1: task 0: Exited with exit code 1\n"
                    "[rank0]: RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598\n")
-    got = state.error_line(str(log), tmp_path)
+    got = slurmstate.error_line(str(log), tmp_path)
     assert got.startswith(f"no space left on {failures.filesystem(tmp_path)} for {tmp_path}: ") and "704 vs 598" in got
 
 
@@ -114,11 +115,11 @@ def test_full_disk_at_a_checkpoint_then_resume(tmpfs: Path, tmp_path: Path, monk
     spec = tiny_spec(tmp_path, name="full", shards=1, clips=4, max_steps=2, save_every=1)
     spec.write_text(spec.read_text().replace(f'workdir = "{tmp_path / "runs"}"', f'workdir = "{tmpfs / "runs"}"'))
     monkeypatch.chdir(tmp_path)
-    paths = launch.submit(spec, "local", doctor=False).paths
+    paths = launching.submit(spec, "local", doctor=False).paths
     assert paths.root.is_relative_to(tmpfs)
     assert status.wait(paths, 240, _console(), interval_s=0.5) == 1
 
-    plan = launch.load_plan(paths)
+    plan = launching.load_plan(paths)
     rows = {(r.stage, r.task): r for r in state.collect(paths, plan).rows}
     ft = rows[("finetune", 0)]
     step2 = paths.checkpoint_dir(2)

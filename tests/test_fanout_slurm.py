@@ -14,7 +14,8 @@ import pytest
 from reliability_helpers import tiny_assets
 from rich.console import Console
 
-from harness import launch, ops
+from harness import ops
+from harness.ops import submit as launching
 
 from harness.lib import synth
 from harness.core import plan as plan_mod
@@ -86,7 +87,7 @@ def _state(paths: RunPaths, plan: plan_mod.Plan, stage: str, task: int) -> str:
 
 def kill_when_running(paths: RunPaths, plan: plan_mod.Plan, task: int, timeout_s: float = 600) -> None:
     """scancel infer[task] once Slurm runs it (the shard's model load alone takes seconds here)."""
-    job = next(s["job_id"] for s in state.load_jobs(paths)["submissions"] if s["stage"] == "infer")
+    job = next(s.job_id for s in state.load_jobs(paths).submissions if s.stage == "infer")
     deadline = time.monotonic() + timeout_s
     while _state(paths, plan, "infer", task) != "RUNNING":
         assert time.monotonic() < deadline, "infer task never started"
@@ -97,7 +98,7 @@ def kill_when_running(paths: RunPaths, plan: plan_mod.Plan, task: int, timeout_s
 
 @pytest.mark.timeout(1800)
 def test_checkpoints_x_shards_kill_one_pair_resume_and_report(slurm_cluster: str, tmp_path: Path) -> None:
-    res = launch.submit(fanout_spec(tmp_path), "slurm")
+    res = launching.submit(fanout_spec(tmp_path), "slurm")
     paths, plan = res.paths, res.plan
     # 8 clips split 1:1:2 -> a test split of 4 -> 4 shards of 1 input, known at plan time
     assert plan.spec.infer.max_inputs == SHARDS and plan_mod.infer_shards(plan.spec.infer) == SHARDS
@@ -120,9 +121,9 @@ def test_checkpoints_x_shards_kill_one_pair_resume_and_report(slurm_cluster: str
 
     todo = control.resume(paths, Console(record=True))
     assert todo == {"infer": [killed], "evaluate": [killed], "report": [0]}
-    new = [s for s in state.load_jobs(paths)["submissions"] if s["round"] == 1]
-    assert [(s["stage"], s["tasks"]) for s in new] == [("infer", [[killed, killed + 1]]),
-                                                      ("evaluate", [[killed, killed + 1]]), ("report", [[0, 1]])]
+    new = [s for s in state.load_jobs(paths).submissions if s.round == 1]
+    assert [(s.stage, s.tasks) for s in new] == [("infer", ((killed, killed + 1),)),
+                                              ("evaluate", ((killed, killed + 1),)), ("report", ((0, 1),))]
     assert ops.wait(paths, timeout_s=900) == 0
     check_report(paths, plan)
 

@@ -36,7 +36,7 @@ def resume_cli(root: Path, cwd: Path) -> dict[str, str]:
 
 def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> RunPaths:
     """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
-    from harness import launch
+    from harness.ops import submit as launching
     from harness.core import spec as spec_mod
     from harness.stages.inputs import discover, write_inputs
     from harness.stages import run_task
@@ -44,10 +44,10 @@ def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = spec_mod.absolutize(spec_mod.load(spec_path), tmp)
     items = discover(spec)
-    facts = launch.plan_mod.Facts(num_inputs=len(items), max_array_size=1001, nodes_available=3)
-    plan = launch.make_plan(spec, facts)
-    paths = launch.new_run_dir(tmp / "clean", "clean")
-    launch.write_run(paths, "", plan, facts, launch.Choice("local", "reference"))
+    facts = launching.plan_mod.Facts(num_inputs=len(items), max_array_size=1001, nodes_available=3)
+    plan = launching.make_plan(spec, facts)
+    paths = launching.new_run_dir(tmp / "clean", "clean")
+    launching.write_run(paths, "", plan, facts, launching.Choice("local", "reference"))
     write_inputs(paths, items)
     run_task(str(paths.root), "stage-assets", 0)
     for i in range(plan.stage("tokenize").tasks):

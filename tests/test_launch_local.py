@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch
+from harness.ops import submit as launching
 
 from harness.core import plan
 
@@ -19,7 +19,7 @@ from harness.core.paths import is_done
 from harness.core.atomic import read_json
 
 
-def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launch.RunPaths, plan.Plan]:
+def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launching.RunPaths, plan.Plan]:
     from harness.stages.inputs import discover, write_inputs
 
     clips = tmp / "videos"
@@ -47,8 +47,8 @@ shards = {shards}
 """)
     facts = plan.Facts(num_inputs=len(discover(s)), max_array_size=1_000_000, nodes_available=1)
     p = plan.build(s, facts)
-    paths = launch.new_run_dir(Path(s.run.workdir), "loc")
-    launch.write_run(paths, "", p, facts, launch.Choice("local", "test"))
+    paths = launching.new_run_dir(Path(s.run.workdir), "loc")
+    launching.write_run(paths, "", p, facts, launching.Choice("local", "test"))
     write_inputs(paths, discover(s))
     return paths, p
 

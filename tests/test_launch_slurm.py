@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import launch
+from harness.ops import submit as launching
 
 from harness.core import plan
 
 from harness.core import spec
 
 from harness.lib import synth
-from harness.launch import slurmcli
+from harness.launch import slurm, slurmcli
+from harness.launch.backend import TaskState
 from harness.core.atomic import read_json
 
 pytestmark = pytest.mark.slurm
@@ -58,7 +59,7 @@ save_every = 2
     return path
 
 
-def wait_final(job_ids: list[str], timeout: float = 120.0) -> dict[str, slurmcli.TaskState]:
+def wait_final(job_ids: list[str], timeout: float = 120.0) -> dict[str, TaskState]:
     """Poll sacct until every task of these jobs is final (sacct lags squeue by ~1 s)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -72,9 +73,9 @@ def wait_final(job_ids: list[str], timeout: float = 120.0) -> dict[str, slurmcli
 
 def test_failed_stage_cancels_every_dependent(slurm_cluster: str, tmp_path: Path) -> None:
     """stage-assets fails on a tokenizer directory that does not exist; nothing stays PENDING."""
-    res = launch.submit(write_spec(tmp_path, str(tmp_path / "no-such-tokenizer")), "slurm")
+    res = launching.submit(write_spec(tmp_path, str(tmp_path / "no-such-tokenizer")), "slurm")
     assert res.choice.executor == "slurm"
-    ids = {s["stage"]: s["job_id"] for s in res.submissions}
+    ids = {s.stage: s.job_id for s in res.submissions}
     assert list(ids) == list(plan.STAGES)
     states = wait_final(list(ids.values()))
     by_stage = {stage: {k: v.state for k, v in states.items() if k.split("_")[0] == jid}
@@ -88,9 +89,25 @@ def test_failed_stage_cancels_every_dependent(slurm_cluster: str, tmp_path: Path
     assert "no-such-tokenizer" in err.read_text()
 
 
+def test_sbatch_receives_the_rendered_script(slurm_cluster: str, tmp_path: Path) -> None:
+    """What sbatch received for each stage (submitit keeps the submitted file as <job>_submission.sh) is byte for
+    byte `slurm.script`, the function `harness plan --out` and the golden files (test_plan) render through."""
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    res = launching.submit(write_spec(tmp_path, str(tok)), "slurm")
+    try:
+        parents = {s.stage: [s.job_id] for s in res.submissions}
+        assert len(parents) == len(res.submissions) == len(plan.STAGES)  # one chunk per stage here
+        for sub in res.submissions:
+            sent = (res.paths.logs(sub.stage) / sub.job_id / f"{sub.job_id}_submission.sh").read_text()
+            assert sent == slurm.script(res.plan, res.plan.stage(sub.stage), res.paths, parents, 0), sub.stage
+            assert f"#SBATCH --job-name=t.{sub.stage}\n" in sent
+    finally:
+        slurmcli.scancel([s.job_id for s in res.submissions])
+
+
 def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
     tok = synth.write_tokenizer(tmp_path / "tok")
-    res = launch.submit(write_spec(tmp_path, str(tok)), "slurm")
+    res = launching.submit(write_spec(tmp_path, str(tok)), "slurm")
     try:
         jobs = read_json(res.paths.jobs_json)
         assert jobs["executor"] == "slurm"
@@ -101,7 +118,7 @@ def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
         assert frozen.tokenize.shards == res.plan.stage("tokenize").tasks
         assert Path(frozen.data.videos).is_absolute()
     finally:
-        slurmcli.scancel([s["job_id"] for s in res.submissions])
+        slurmcli.scancel([s.job_id for s in res.submissions])
 
 
 def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str, tmp_path: Path) -> None:
@@ -110,21 +127,21 @@ def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str,
     s = spec.absolutize(spec.load(write_spec(tmp_path, str(tok), tokenize="shards = 8")), tmp_path)
     facts = plan.Facts(num_inputs=8, max_array_size=3, nodes_available=3)
     p = plan.build(s, facts)
-    paths = launch.new_run_dir(Path(s.run.workdir), "split")
-    choice = launch.Choice("slurm", "test")
-    launch.write_run(paths, "", p, facts, choice)
+    paths = launching.new_run_dir(Path(s.run.workdir), "split")
+    choice = launching.Choice("slurm", "test")
+    launching.write_run(paths, "", p, facts, choice)
     from harness.stages.inputs import discover, write_inputs
 
     write_inputs(paths, discover(s))
     todo = {"stage-assets": [0], "tokenize": list(range(8)), "merge": [0]}
-    subs = launch.submit_stages(p, paths, todo, facts, choice)
-    tok_ids = [x["job_id"] for x in subs if x["stage"] == "tokenize"]
+    subs = launching.submit_stages(p, paths, todo, facts, choice)
+    tok_ids = [x.job_id for x in subs if x.stage == "tokenize"]
     assert len(tok_ids) == 3
-    merge_id = next(x["job_id"] for x in subs if x["stage"] == "merge")
+    merge_id = next(x.job_id for x in subs if x.stage == "merge")
     dep = subprocess.run(["scontrol", "show", "job", merge_id], capture_output=True, text=True).stdout
     for j in tok_ids:
         assert j in dep
-    states = wait_final([x["job_id"] for x in subs], timeout=300)
+    states = wait_final([x.job_id for x in subs], timeout=300)
     assert {v.state for v in states.values()} == {"COMPLETED"}, states
     assert read_json(paths.dataset_summary)["tokenized"] == 8
 
@@ -133,14 +150,14 @@ def test_two_submits_of_one_spec_never_share_a_run_dir(slurm_cluster: str, tmp_p
     tok = synth.write_tokenizer(tmp_path / "tok")
     path = write_spec(tmp_path, str(tok))
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: launch.submit(path, "slurm"), range(2)))
+        results = list(pool.map(lambda _: launching.submit(path, "slurm"), range(2)))
     try:
         roots = {r.paths.root for r in results}
         assert len(roots) == 2
-        ids = [s["job_id"] for r in results for s in r.submissions]
+        ids = [s.job_id for r in results for s in r.submissions]
         assert len(set(ids)) == len(ids) == 14
     finally:
-        slurmcli.scancel([s["job_id"] for r in results for s in r.submissions])
+        slurmcli.scancel([s.job_id for r in results for s in r.submissions])
 
 
 def test_submit_cli_returns_at_once(slurm_cluster: str, tmp_path: Path) -> None:
@@ -158,7 +175,7 @@ def test_submit_cli_returns_at_once(slurm_cluster: str, tmp_path: Path) -> None:
 
 
 def test_auto_falls_back_to_local_without_sbatch(no_slurm: None) -> None:
-    choice = launch.choose_executor("auto")
+    choice = launching.choose_executor("auto")
     assert choice.executor == "local" and "sbatch not found" in choice.reason
 
 
@@ -166,4 +183,4 @@ def test_executor_slurm_without_controller_is_a_clear_error(no_slurm: None) -> N
     from harness.core.errors import HarnessError
 
     with pytest.raises(HarnessError, match="sbatch not found"):
-        launch.choose_executor("slurm")
+        launching.choose_executor("slurm")

@@ -11,7 +11,8 @@ from harness.core import plan as plan_mod
 
 from harness.core import spec as spec_mod
 from harness.ops import live
-from harness.ops.state import RunState, StageState, TaskRow
+from harness.launch.backend import TaskState
+from harness.ops.state import RunState, StageState
 from harness.core.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def quick_plan() -> plan_mod.Plan:
 
 def run_state(root: Path, states: dict[str, list[str]], reasons: dict[tuple[str, int], str] | None = None,
               logs: dict[tuple[str, int], str] | None = None) -> RunState:
-    stages = tuple(StageState(name, tuple(TaskRow(name, i, st, job_id=f"10{i}", reason=(reasons or {}).get((name, i), ""),
+    stages = tuple(StageState(name, tuple(TaskState(name, i, st, job_id=f"10{i}", reason=(reasons or {}).get((name, i), ""),
                                                   log=(logs or {}).get((name, i), ""))
                                           for i, st in enumerate(sts)))
                    for name, sts in states.items())

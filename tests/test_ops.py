@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, launch
+from harness import cli
+from harness.launch.backend import Submission
+from harness.ops import submit as launching
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
@@ -71,9 +73,9 @@ def make_run(root: Path, executor: str = "slurm", with_decoder: bool = False) ->
     facts = plan_mod.Facts(num_inputs=3, max_array_size=1001, nodes_available=3)
     plan = plan_mod.build(spec, facts)
     paths = new_run_dir(root / "runs", "ops")
-    choice = launch.Choice(executor, "test")
-    launch.write_run(paths, text, plan, facts, choice)
-    launch.record_jobs(paths, choice, [])
+    choice = launching.Choice(executor, "test")
+    launching.write_run(paths, text, plan, facts, choice)
+    launching.record_jobs(paths, choice, [])
     return paths, plan, facts
 
 
@@ -101,7 +103,7 @@ def render(rs: state.RunState) -> str:
     return con.export_text()
 
 
-def rows(rs: state.RunState, stage: str) -> list[state.TaskRow]:
+def rows(rs: state.RunState, stage: str) -> list[state.TaskState]:
     return [r for r in rs.rows if r.stage == stage]
 
 
@@ -110,8 +112,8 @@ def rows(rs: state.RunState, stage: str) -> list[state.TaskRow]:
 def test_failed_task_dependents_cancelled_then_resume_completes(tmp_path: Path, slurm_cluster: str) -> None:
     paths, plan, facts = make_run(tmp_path)
     small = two_stage(plan, 1)
-    choice = launch.Choice("slurm", "test")
-    launch.submit_stages(small, paths, {"stage-assets": [0], "report": [0]}, facts, choice)
+    choice = launching.Choice("slurm", "test")
+    launching.submit_stages(small, paths, {"stage-assets": [0], "report": [0]}, facts, choice)
     con = Console(record=True, width=250)
     assert status.wait(paths, WAIT_S, con, interval_s=0.5, plan=small) == 1
     assert "failed" in con.export_text()
@@ -148,11 +150,11 @@ def test_resume_resubmits_exactly_the_cancelled_index(tmp_path: Path, slurm_clus
     paths, plan, facts = make_run(tmp_path, with_decoder=True)
     gate = held_gate()
     small = two_stage(plan, 3, (Dependency("gate", "afterok"),))
-    choice = launch.Choice("slurm", "test")
+    choice = launching.Choice("slurm", "test")
     try:
-        subs = launch.submit_stages(small, paths, {"stage-assets": [0, 1, 2], "report": [0, 1, 2]}, facts,
+        subs = launching.submit_stages(small, paths, {"stage-assets": [0, 1, 2], "report": [0, 1, 2]}, facts,
                                     choice, {"gate": [gate]})
-        a_id = subs[0]["job_id"]
+        a_id = subs[0].job_id
         with pytest.raises(HarnessError, match="still pending or running"):
             control.resume(paths, Console(record=True), plan=small)
         assert cli.main(["resume", str(paths.root)]) == 2  # the same refusal through the CLI
@@ -169,12 +171,12 @@ def test_resume_resubmits_exactly_the_cancelled_index(tmp_path: Path, slurm_clus
 
     todo = control.resume(paths, Console(record=True), plan=small)
     assert todo == {"stage-assets": [1], "report": [1]}
-    new = [s for s in state.load_jobs(paths)["submissions"] if s["round"] == 1]
-    assert [(s["stage"], s["tasks"], s["array"]) for s in new] == [("stage-assets", [[1, 2]], False),
-                                                                  ("report", [[1, 2]], False)]
+    new = [s for s in state.load_jobs(paths).submissions if s.round == 1]
+    assert [(s.stage, s.tasks, s.array) for s in new] == [("stage-assets", ((1, 2),), False),
+                                                         ("report", ((1, 2),), False)]
     assert status.wait(paths, WAIT_S, Console(record=True), interval_s=0.5, plan=small) == 0
     rs = state.collect(paths, small)
-    assert rs.complete and rows(rs, "stage-assets")[1].job_id == new[0]["job_id"]
+    assert rs.complete and rows(rs, "stage-assets")[1].job_id == new[0].job_id
 
 
 @pytest.mark.slurm
@@ -185,8 +187,8 @@ def test_status_of_1000_task_array_is_fast_and_two_queries(tmp_path: Path, slurm
     big = two_stage(plan, 1000, (Dependency("gate", "afterok"),))
     big = dataclasses.replace(big, stages=big.stages[:1])
     try:
-        launch.submit_stages(big, paths, {"stage-assets": list(range(1000))}, facts,
-                             launch.Choice("slurm", "test"), {"gate": [gate]})
+        launching.submit_stages(big, paths, {"stage-assets": list(range(1000))}, facts,
+                             launching.Choice("slurm", "test"), {"gate": [gate]})
         state.collect(paths, big)  # warm caches (imports, Slurm's own)
         slurmcli.CALLS.clear()
         t0 = time.perf_counter()
@@ -211,8 +213,8 @@ def test_cancel_one_stage_and_watch(tmp_path: Path, slurm_cluster: str) -> None:
     gate = held_gate()
     small = two_stage(plan, 2, (Dependency("gate", "afterok"),))
     try:
-        launch.submit_stages(small, paths, {"stage-assets": [0, 1], "report": [0, 1]}, facts,
-                             launch.Choice("slurm", "test"), {"gate": [gate]})
+        launching.submit_stages(small, paths, {"stage-assets": [0, 1], "report": [0, 1]}, facts,
+                             launching.Choice("slurm", "test"), {"gate": [gate]})
         control.cancel(paths, Console(record=True), "report", plan=small)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -242,8 +244,8 @@ def test_local_run_failure_status_logs_resume_cancel(tmp_path: Path, capsys: pyt
 
     paths, plan, _ = make_run(tmp_path, executor="local")
     pid = local.start_driver(paths)
-    launch.record_jobs(paths, launch.Choice("local", "test"), [
-        {"stage": "*", "job_id": f"local:{pid}", "tasks": [], "array": False, "time": time.time(), "round": 0}])
+    launching.record_jobs(paths, launching.Choice("local", "test"), [
+        Submission("*", f"local:{pid}", (), False, time.time(), 0)])
     assert status.wait(paths, WAIT_S, Console(record=True), interval_s=0.3) == 1
     rs = state.collect(paths, plan)
     a = rows(rs, "stage-assets")[0]
@@ -270,7 +272,29 @@ def test_local_run_failure_status_logs_resume_cancel(tmp_path: Path, capsys: pyt
 
     todo = control.resume(paths, Console(record=True))
     assert todo == {s.name: list(range(s.tasks)) for s in plan.stages}
-    assert state.load_jobs(paths)["submissions"][-1]["round"] == 1
+    assert state.load_jobs(paths).submissions[-1].round == 1
     assert cli.main(["cancel", str(paths.root)]) == 0
     rs = state.collect(paths, plan)
     assert rs.final and not rs.driver_alive
+
+
+def test_a_zombie_driver_is_not_alive() -> None:
+    """A driver that exited but was never reaped (PID 1 of many containers reaps nothing) must not block
+    `resume` forever: the one alive check reads the process state."""
+    import subprocess
+    import sys
+    import time
+
+    from harness.launch.backend import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 60
+    while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "child never exited"
+        time.sleep(0.05)
+    try:
+        assert pid_alive(child.pid) is False
+        assert pid_alive(os.getpid()) is True
+    finally:
+        child.wait()
+    assert pid_alive(child.pid) is False

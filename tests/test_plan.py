@@ -136,9 +136,7 @@ def _render_all(p: plan.Plan) -> dict[str, str]:
     ids = {s.name: [f"{1000 + i}"] for i, s in enumerate(p.stages)}
     out = {}
     for s in p.stages:
-        params = render.executor_params(p, s, paths, render.dependency(s, ids), slurm.srun_args(p, s, paths))
-        text = render.sbatch_text(params, paths.logs(s.name) / "%j", slurm.python_for(p, s),
-                                  s.tasks if s.array else None)
+        text = slurm.script(p, s, paths, ids, 0)
         text = text.replace(sys.executable, "{PYTHON}")
         for d in slurm.pure_python_deps():
             text = text.replace(str(d), "{DEP:" + d.name + "}")

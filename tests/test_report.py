@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, launch
+from harness import cli
+from harness.ops import submit as launching
 
 from harness.report import build as report
 from harness.core import plan as plan_mod
@@ -49,9 +50,9 @@ def make_results(root: Path, skip_eval: int | None = None) -> tuple[RunPaths, pl
     facts = plan_mod.Facts(num_inputs=12, max_array_size=1001, nodes_available=1)
     plan = plan_mod.build(spec, facts)
     paths = new_run_dir(root / "runs", "rep")
-    choice = launch.Choice("local", "test")
-    launch.write_run(paths, text, plan, facts, choice)
-    launch.record_jobs(paths, choice, [])
+    choice = launching.Choice("local", "test")
+    launching.write_run(paths, text, plan, facts, choice)
+    launching.record_jobs(paths, choice, [])
     atomic_write_json(paths.dataset_summary, {
         "recipe": "base", "shards": 2, "videos_in": 12, "tokenized": 10, "tokens": 10 * 1281,
         "skipped": [{"index": 3, "path": "/data/broken.mp4", "name": "broken.mp4", "reason": "no video stream",

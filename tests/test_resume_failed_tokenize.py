@@ -10,7 +10,8 @@ import pytest
 from reliability_helpers import tiny_spec
 from rich.console import Console
 
-from harness import launch, ops
+from harness import ops
+from harness.ops import submit as launching
 from harness.ops import control, state
 
 pytestmark = pytest.mark.slurm
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slurm
 
 @pytest.mark.timeout(900)
 def test_one_failing_tokenize_task_then_resume(slurm_cluster: str, tmp_path: Path) -> None:
-    res = launch.submit(tiny_spec(tmp_path, name="rf", shards=2, max_steps=2, save_every=2), "slurm")
+    res = launching.submit(tiny_spec(tmp_path, name="rf", shards=2, max_steps=2, save_every=2), "slurm")
     paths = res.paths
     blocker = paths.shard_manifest(1)
     blocker.mkdir(parents=True)  # before tokenize runs: stage-assets needs seconds to start

@@ -110,7 +110,7 @@ def check(value: float, center: float, ref: Reference) -> str | None:
 # ------------------------------------------------------------------------------------------ metrics
 def extract(paths: RunPaths) -> dict[str, float | None]:
     """The nightly metrics of a run, from the numbers its report is made of."""
-    from harness.launch import load_plan
+    from harness.launch.backend import load_plan
 
     plan = load_plan(paths)
     rep = report.build(paths, plan.spec, [], plan.training)

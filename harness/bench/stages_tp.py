@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from harness.core.paths import RunPaths
+from harness.launch.backend import pid_alive
 
 from harness.core.atomic import atomic_write_json, read_json
 
@@ -88,13 +89,14 @@ def steps_logged(paths: RunPaths) -> list[dict[str, Any]]:
 
 
 def whole_run(work: Path, text: str) -> tuple[RunPaths, dict[str, Any]]:
-    from harness import launch, ops
+    from harness import ops
+    from harness.ops import submit as launching
 
     spec = work / "run.toml"
     spec.write_text(text)
     os.chdir(work)
     t0 = time.perf_counter()
-    res = launch.submit(spec, "local")
+    res = launching.submit(spec, "local")
     code = ops.wait(res.paths, timeout_s=3600)
     paths = res.paths
     ck = read_json(paths.checkpoints_json)
@@ -169,20 +171,12 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an exited driver whose parent has not reaped it yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def wait_local(paths: RunPaths, timeout_s: float) -> None:
     """Until the local driver has finished its pass over the DAG (it writes local_done.json last) and its process
     has exited (`harness resume` refuses while a driver is alive)."""
     done = paths.root / "local_done.json"
     deadline = time.monotonic() + timeout_s
-    while not done.exists() or _running(read_json(paths.root / "local_state.json")["driver_pid"]):
+    while not done.exists() or pid_alive(read_json(paths.root / "local_state.json")["driver_pid"]):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{paths.root}: local driver still running after {timeout_s:.0f} s")
         time.sleep(0.5)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import launch
+from harness.ops import submit as launching
 from harness.launch import slurmcli
 from harness.core.atomic import atomic_write_json
 
@@ -51,10 +51,10 @@ def _one(tmp: Path, n: int, checkpoints: int, k: int) -> dict[str, Any]:
     spec_path.write_text(SPEC.format(workdir=tmp / "runs", videos=tmp / "videos", steps=10 * checkpoints))
     slurmcli.CALLS.clear()
     t0 = time.perf_counter()
-    res = launch.submit(spec_path, "slurm", doctor=False)  # the submit path itself; 12 cosmos-4b checkpoints
+    res = launching.submit(spec_path, "slurm", doctor=False)  # the submit path itself; 12 cosmos-4b checkpoints
     # would fail doctor's free-space check in a temp dir
     wall = time.perf_counter() - t0
-    ids = [s["job_id"] for s in res.submissions]
+    ids = [s.job_id for s in res.submissions]
     queued = subprocess.run(["squeue", "-h", "-o", "%F", "-j", ",".join(ids)], capture_output=True, text=True).stdout
     slurmcli.scancel(ids)
     return {"wall_s": wall, "sbatch_calls": len(res.submissions), "distinct_jobs_in_queue": len(set(queued.split())),

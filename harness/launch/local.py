@@ -2,26 +2,30 @@
 submitit's LocalExecutor and honours the dependency kinds itself (afterok / aftercorr / afterany).
 
 `harness submit` returns at once; the driver records every task's state in `local_state.json`, which
-`status`, `resume` and `report` read the way they read sacct on a cluster.
+`LocalBackend.query` reads the way the Slurm backend reads sacct.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import submitit
 
 from harness.core import failures
-from harness.launch.task import StageTask
+from harness.core.errors import HarnessError, Problem
 from harness.core.plan import Plan, StagePlan
 from harness.core.paths import RunPaths, is_done
 from harness.core.atomic import atomic_write_json, read_json
+from harness.launch.backend import (COMPLETED, LOST, NOT_SUBMITTED, Jobs, Query, Record, Submission, TaskState,
+                                    done_tasks, load_plan, pid_alive)
+from harness.launch.task import StageTask
 
 OK, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
 
@@ -104,8 +108,6 @@ class _Driver:
 
 def drive(paths: RunPaths, only: dict[str, list[int]] | None = None) -> None:
     """Run every stage (or, for resume, only the listed tasks of each stage) in plan order."""
-    from harness.launch import load_plan
-
     plan = load_plan(paths)
     d = _Driver(plan, paths)
     d.save()
@@ -114,6 +116,103 @@ def drive(paths: RunPaths, only: dict[str, list[int]] | None = None) -> None:
         if tasks:
             d.run_stage(stage, tasks)
     atomic_write_json(paths.root / "local_done.json", {"time": time.time()})
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def driver(paths: RunPaths, jobs: Jobs) -> tuple[int, bool]:
+    """pid of the latest local driver and whether it is still running this run."""
+    pids = [int(s.job_id.split(":")[1]) for s in jobs.submissions if s.job_id.startswith("local:")]
+    if not pids:
+        return 0, False
+    finished = (paths.root / "local_done.json").exists()
+    return pids[-1], (not finished) and pid_alive(pids[-1])
+
+
+def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bool, alive: bool) -> TaskState:
+    if done:
+        state = COMPLETED
+    elif e is None:
+        state = "PENDING" if alive else NOT_SUBMITTED
+    else:
+        state = e.get("state", "UNKNOWN")
+        if state == "RUNNING" and not alive:
+            state = LOST
+    if e is None:
+        return TaskState(stage, t, state, reason="driver has not reached it" if alive else "")
+    start, end = e.get("start"), e.get("end") or (time.time() if state == "RUNNING" else None)
+    job = str(e.get("job_id", ""))
+    log = e.get("stdout") or (str(paths.logs(stage) / job / f"{job}_0_log.out") if job else "")
+    reason = e.get("reason", "") or ("the local driver died" if state == LOST else "")
+    return TaskState(stage, t, state, job, os.uname().nodename if job else "",
+                     _fmt_elapsed(end - start) if start and end else "", "", reason, log)
+
+
+def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,
+               alive: bool) -> tuple[TaskState, ...]:
+    done = done_tasks(paths, stage)
+    return tuple(_row(paths, stage, t, entries.get(str(t)), t in done, alive) for t in range(tasks))
+
+
+def _entries(paths: RunPaths) -> dict[str, Any]:
+    sp = state_path(paths)
+    return read_json(sp).get("stages", {}) if sp.exists() else {}
+
+
+class LocalBackend:
+    name = "local"
+
+    def submit(self, plan: Plan, paths: RunPaths, todo: dict[str, list[int]], chunk_size: int, round_: int,
+               parent_ids: dict[str, list[str]], record: Record) -> list[Submission]:
+        """One detached driver for every stage; a later round (resume) runs only the listed tasks."""
+        if round_ > 0:
+            atomic_write_json(paths.root / "local_only.json", todo)
+        (paths.root / "local_done.json").unlink(missing_ok=True)
+        subs = [Submission("*", f"local:{start_driver(paths)}", (), False, time.time(), round_)]
+        record(subs)
+        return subs
+
+    def query(self, paths: RunPaths, plan: Plan, jobs: Jobs, known: Mapping[str, TaskState] | None = None) -> Query:
+        _, alive = driver(paths, jobs)
+        entries = _entries(paths)
+        return Query(tuple((s.name, stage_rows(paths, entries.get(s.name, {}), s.name, s.tasks, alive))
+                           for s in plan.stages), alive)
+
+    def cancel(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str | None) -> str:
+        if stage is not None:
+            raise HarnessError(Problem("cancel", "stage", "a local run is cancelled as a whole (one driver runs "
+                                                          "every stage)"))
+        pid, alive = driver(paths, jobs)
+        if alive:
+            os.killpg(pid, signal.SIGTERM)  # the driver runs in its own session with its tasks
+            for _ in range(50):
+                if not pid_alive(pid):
+                    break
+                time.sleep(0.1)
+        _mark_cancelled(paths, plan)
+        return f"run {paths.run_id}: local driver {pid} {'stopped' if alive else 'was not running'}"
+
+    def log(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str, task: int) -> str:
+        rows = stage_rows(paths, _entries(paths).get(stage, {}), stage, plan.stage(stage).tasks, False)
+        return rows[task].log
+
+
+def _mark_cancelled(paths: RunPaths, plan: Plan) -> None:
+    """Tasks that were running or waiting read CANCELLED afterwards, and the run is marked finished."""
+    sp = state_path(paths)
+    state = read_json(sp) if sp.exists() else {"stages": {}}
+    for s in plan.stages:
+        entries, done = state["stages"].setdefault(s.name, {}), done_tasks(paths, s.name)
+        for t in range(s.tasks):
+            e = entries.get(str(t))
+            if t not in done and (e is None or e.get("state") in ("RUNNING", "PENDING")):
+                entries[str(t)] = {**(e or {}), "state": "CANCELLED", "reason": "harness cancel",
+                                   "end": time.time()}
+    atomic_write_json(sp, state)
+    atomic_write_json(paths.root / "local_done.json", {"time": time.time(), "cancelled": True})
 
 
 def main() -> None:

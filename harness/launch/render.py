@@ -1,8 +1,13 @@
-"""Stage plan -> submitit executor parameters and sbatch text. Pure: no Slurm calls, no file writes.
+"""Stage plan -> submitit executor parameters and the sbatch script. Pure: no Slurm calls, no file writes.
 
-The sbatch text comes from submitit's own renderer, so `harness plan --out` shows exactly what
-`harness submit` sends. Secrets are never rendered: HF_TOKEN reaches stage-assets through the job's
-inherited environment and is unset for every other stage.
+The harness writes the sbatch script itself (`sbatch_text`) and hands it to submitit through the executor's
+submission-file hook (`harness.launch.slurm.Executor`), so `harness plan --out` and `harness submit` render
+through this one function and the golden files check the very text sbatch receives. submitit keeps what it
+does well: it pickles the task, names each array task's pickle after its real job id, runs `sbatch`, and on
+the job side turns USR2 into checkpoint + requeue. The script keeps submitit's layout and file names (its
+job side reads `%j_submitted.pkl` and writes `%j_%t_log.out`), so requeue and log paths are unchanged; no
+private submitit name is imported. Secrets are never rendered: HF_TOKEN reaches stage-assets through the
+job's inherited environment and is unset for every other stage.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from submitit.slurm.slurm import _make_sbatch_string
+from submitit.core.utils import JobPaths
+from submitit.slurm.slurm import SlurmJobEnvironment
 
 from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.paths import RunPaths
@@ -106,10 +112,31 @@ def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, sru
     return params
 
 
-def sbatch_text(params: dict[str, Any], folder: Path, python: str, array_size: int | None) -> str:
-    """The exact script submitit writes for these parameters (array_size None: not an array)."""
-    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    p = dict(params)
-    if array_size is not None and array_size > 1:
-        p["map_count"] = array_size
-    return _make_sbatch_string(command=command, folder=folder, **p)
+SBATCH_DEFAULTS = {"wckey": "submitit", "array_parallelism": 256, "signal_delay_s": 90}
+"""submitit's defaults for what `executor_params` leaves unset (its wckey marks the job as submitit's)."""
+
+
+def _flag(key: str, value: Any) -> str:
+    key = key.replace("_", "-")
+    return f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}"
+
+
+def sbatch_text(params: dict[str, Any], folder: Path, command: str) -> str:
+    """The whole script for executor parameters `params` (`map_count`: the array size, absent for one task):
+    sorted #SBATCH lines, the setup lines, then `command` under srun with per-rank log files."""
+    p = {**SBATCH_DEFAULTS, **params}
+    setup, srun_extra, extra = p.pop("setup", []), p.pop("srun_args", []), p.pop("additional_parameters", {})
+    count, throttle = p.pop("map_count", None), p.pop("array_parallelism")
+    flags = {k: v for k, v in p.items() if v is not None and k != "signal_delay_s"}
+    flags["signal"] = f"{SlurmJobEnvironment.USR_SIG}@{p['signal_delay_s']}"
+    files = JobPaths(folder=folder)
+    out, err = str(files.stdout), str(files.stderr)
+    if count:  # array task i of job A logs as A_i
+        flags["array"] = f"0-{count - 1}%{min(count, throttle)}"
+        out, err = out.replace("%j", "%A_%a"), err.replace("%j", "%A_%a")
+    flags.update({"output": out.replace("%t", "0"), "error": err.replace("%t", "0"), "open-mode": "append"})
+    flags.update(extra)
+    srun = " ".join(shlex.quote(a) for a in ["srun", "--unbuffered", "--output", out, "--error", err, *srun_extra])
+    lines = ["#!/bin/bash", "", "# Parameters", *(_flag(k, flags[k]) for k in sorted(flags))]
+    lines += ["", "# setup", *setup] if setup else []
+    return "\n".join(lines + ["", "# command", "export SUBMITIT_EXECUTOR=slurm", f"{srun} {command}", ""])

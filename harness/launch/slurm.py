@@ -1,5 +1,10 @@
-"""Submit a plan to Slurm through submitit: one sbatch per stage (per chunk of a split array), in
-topological order, each with the real job ids of its parents in --dependency. Returns at once."""
+"""The Slurm backend: one sbatch per stage (per chunk of a split array), in topological order, each with the
+real job ids of its parents in --dependency; returns at once. Task states come from one squeue and one sacct
+(`harness.launch.slurmstate`); cancel is one scancel.
+
+Every script is rendered by `script` -> `render.sbatch_text`, for `harness plan --out` and for the submission
+alike: `Executor` is submitit's SlurmExecutor with its submission-file hook answered by that same function.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,19 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any, Mapping
 
 import submitit
 
-from harness.launch import render
-from harness.launch.task import StageTask
+from harness.core.errors import HarnessError
 from harness.core.plan import Plan, StagePlan
 from harness.core.paths import RunPaths
+from harness.launch import render, slurmcli, slurmstate
+from harness.launch.backend import Jobs, Query, Record, Submission, TaskState, ranges
+from harness.launch.task import StageTask
 
 MAX_REQUEUES = 50
 """Time-limit requeues submitit allows a task (its default, 3, would end a long finetune early)."""
-
-Submission = dict  # {"stage", "job_id", "tasks": [[start, stop], ...], "array": bool, "time": float}
 
 
 def harness_source() -> Path:
@@ -43,35 +49,86 @@ def srun_args(plan: Plan, stage: StagePlan, paths: RunPaths) -> list[str]:
     return render.container_args(plan.spec, paths, harness_source(), pure_python_deps())
 
 
+def command(python: str, folder: Path) -> str:
+    """What every script runs: submitit's job-side entry on the pickled task, as submitit builds it."""
+    return " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+
+
+class Executor(submitit.SlurmExecutor):
+    """submitit's SlurmExecutor whose script is the harness's own (`render.sbatch_text`): the hook every
+    submitit executor implements to write its submission file. submitit adds `map_count` for an array."""
+
+    def _make_submission_file_text(self, command: str, uid: str) -> str:
+        return render.sbatch_text(self.parameters, self.folder, command)
+
+
+def _params(plan: Plan, stage: StagePlan, paths: RunPaths, parent_ids: Mapping[str, list[str]],
+            chunk: int) -> dict[str, Any]:
+    return render.executor_params(plan, stage, paths, render.dependency(stage, dict(parent_ids), chunk),
+                                  srun_args(plan, stage, paths))
+
+
+def script(plan: Plan, stage: StagePlan, paths: RunPaths, parent_ids: Mapping[str, list[str]], chunk: int) -> str:
+    """The sbatch text of one chunk, exactly as `submit_stage` hands it to sbatch (no Slurm needed)."""
+    params = _params(plan, stage, paths, parent_ids, chunk)
+    lo, hi = stage.chunks[chunk]
+    if stage.array and hi - lo > 1:
+        params["map_count"] = hi - lo
+    folder = paths.logs(stage.name).absolute() / "%j"
+    return render.sbatch_text(params, folder, command(python_for(plan, stage), folder))
+
+
 def submit_stage(plan: Plan, stage: StagePlan, paths: RunPaths, tasks: list[int],
-                 parent_ids: dict[str, list[str]], chunk_size: int) -> list[Submission]:
+                 parent_ids: dict[str, list[str]], chunk_size: int, round_: int = 0) -> list[Submission]:
     """Submit `tasks` (array indices of this stage) in chunks no larger than MaxArraySize."""
     out: list[Submission] = []
     for k, start in enumerate(range(0, len(tasks), chunk_size)):
         part = tasks[start:start + chunk_size]
-        params = render.executor_params(plan, stage, paths, render.dependency(stage, parent_ids, k),
-                                        srun_args(plan, stage, paths))
-        ex = submitit.SlurmExecutor(folder=paths.logs(stage.name) / "%j", python=python_for(plan, stage),
-                                    max_num_timeout=MAX_REQUEUES)
-        ex.update_parameters(**params)
+        ex = Executor(folder=paths.logs(stage.name) / "%j", python=python_for(plan, stage),
+                      max_num_timeout=MAX_REQUEUES)
+        ex.update_parameters(**_params(plan, stage, paths, parent_ids, k))
         with ex.batch():
             jobs = [ex.submit(StageTask(str(paths.root), stage.name, t)) for t in part]
         job_id = str(jobs[0].job_id).split("_")[0]
-        out.append({"stage": stage.name, "job_id": job_id, "tasks": ranges(part), "array": len(part) > 1,
-                    "time": time.time()})
+        out.append(Submission(stage.name, job_id, ranges(part), len(part) > 1, time.time(), round_))
     return out
 
 
-def ranges(tasks: list[int]) -> list[list[int]]:
-    """Compress task indices into [start, stop) runs: jobs.json stays small for 1,000,000 tasks."""
-    out: list[list[int]] = []
-    for t in tasks:
-        if out and out[-1][1] == t:
-            out[-1][1] = t + 1
-        else:
-            out.append([t, t + 1])
-    return out
+class SlurmBackend:
+    name = "slurm"
+
+    def submit(self, plan: Plan, paths: RunPaths, todo: dict[str, list[int]], chunk_size: int, round_: int,
+               parent_ids: dict[str, list[str]], record: Record) -> list[Submission]:
+        """In plan order, recording after each sbatch; if one fails, cancel what this call submitted so
+        nothing is left half-chained."""
+        parents, subs = dict(parent_ids), []
+        try:
+            for stage in plan.stages:
+                if todo.get(stage.name):
+                    new = submit_stage(plan, stage, paths, todo[stage.name], parents, chunk_size, round_)
+                    parents[stage.name] = [s.job_id for s in new]
+                    subs += new
+                    record(subs)
+        except Exception as e:
+            slurmcli.scancel([s.job_id for s in subs])
+            raise HarnessError(f"{paths.root}: submission failed, {len(subs)} job(s) cancelled: {e}") from None
+        return subs
+
+    def query(self, paths: RunPaths, plan: Plan, jobs: Jobs, known: Mapping[str, TaskState] | None = None) -> Query:
+        states = known if known is not None else slurmstate.query(job_ids(jobs))
+        return Query(tuple((s.name, slurmstate.stage_rows(paths, jobs, s.name, s.tasks, states))
+                           for s in plan.stages))
+
+    def cancel(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str | None) -> str:
+        ids = job_ids(jobs, stage)
+        slurmcli.scancel(ids)
+        return f"run {paths.run_id}: scancel {' '.join(ids) or '(no jobs)'}"
+
+    def log(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str, task: int) -> str:
+        return slurmstate.latest_ids(paths, jobs, stage).get(task, ("", "", 0.0))[1]
 
 
-def expand(runs: list[list[int]]) -> list[int]:
-    return [t for a, b in runs for t in range(a, b)]
+def job_ids(jobs: Jobs, stage: str | None = None) -> list[str]:
+    return [s.job_id for s in jobs.submissions
+            if not s.job_id.startswith("local:") and (stage is None or s.stage == stage)]
+

@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 
 from harness.core.errors import HarnessError
+from harness.launch.backend import TaskState
 
 CALLS: collections.Counter[str] = collections.Counter()
 """Slurm client invocations by command name, for tests and benchmarks."""
@@ -55,12 +56,16 @@ def config() -> dict[str, str]:
     return cfg
 
 
+DEFAULT_MAX_ARRAY_SIZE = 1001
+"""Slurm's default MaxArraySize (slurm.conf(5)), assumed when no controller answers."""
+
+
 def max_array_size(cfg: dict[str, str]) -> int:
     """Largest array size Slurm accepts: indices run 0..MaxArraySize-1."""
     try:
-        return int(cfg.get("MaxArraySize", "1001"))
+        return int(cfg.get("MaxArraySize", str(DEFAULT_MAX_ARRAY_SIZE)))
     except ValueError:
-        return 1001
+        return DEFAULT_MAX_ARRAY_SIZE
 
 
 def nodes_available(partition: str = "") -> int:
@@ -71,16 +76,29 @@ def nodes_available(partition: str = "") -> int:
 
 
 @dataclass(frozen=True)
-class TaskState:
-    job_id: str
-    """Array job id plus index, e.g. 1234_7, or a plain job id."""
-    state: str
-    node: str = ""
-    elapsed: str = ""
-    exit_code: str = ""
-    reason: str = ""
-    cancelled_by: str = ""
-    """uid from sacct's `CANCELLED by <uid>` (a user's scancel); '' when Slurm itself cancelled the task."""
+class ClusterFacts:
+    """What planning needs from the cluster, and where each number came from (`harness plan` prints it)."""
+
+    max_array_size: int
+    nodes_available: int
+    nodes_from: str
+    max_array_from: str
+    answered: bool
+    """A controller answered; otherwise both numbers are assumed."""
+
+
+def cluster_facts(partition: str, nodes_in_spec: int) -> ClusterFacts:
+    """MaxArraySize and the nodes up in `partition` (the spec's count wins when set); Slurm's default
+    MaxArraySize and the spec's count (or 1) when no controller answers."""
+    spec_from = "from the spec (tokenize.nodes_available)" if nodes_in_spec else ""
+    if controller_error():
+        return ClusterFacts(DEFAULT_MAX_ARRAY_SIZE, nodes_in_spec or 1,
+                            spec_from or "assumed (no Slurm controller answers here)",
+                            "Slurm's default, assumed (no controller answers here)", False)
+    nodes = nodes_in_spec or nodes_available(partition)
+    return ClusterFacts(max_array_size(config()), nodes,
+                        spec_from or f"sinfo: nodes up in partition {partition or '(default)'}",
+                        "scontrol show config", True)
 
 
 def squeue(job_ids: list[str]) -> dict[str, TaskState]:
@@ -95,7 +113,7 @@ def squeue(job_ids: list[str]) -> dict[str, TaskState]:
     for line in out.splitlines():
         parts = line.split("|")
         if len(parts) == 5:
-            states[parts[0]] = TaskState(parts[0], parts[1], parts[2], parts[3], "", parts[4])
+            states[parts[0]] = TaskState("", -1, parts[1], parts[0], parts[2], parts[3], "", parts[4])
     return states
 
 
@@ -111,7 +129,8 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
         if len(parts) >= 6:
             words = parts[1].split() or ["UNKNOWN"]
             by = words[2] if len(words) > 2 and words[1] == "by" else ""
-            states[parts[0]] = TaskState(parts[0], words[0], parts[2], parts[3], parts[4], parts[5], by)
+            states[parts[0]] = TaskState("", -1, words[0], parts[0], parts[2], parts[3], parts[4], parts[5],
+                                         cancelled_by=by)
     return states
 
 

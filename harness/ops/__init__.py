@@ -1,69 +1,65 @@
 """Operating runs: status, logs, resume, cancel, report, runs, and `submit --wait`.
 
 Every command rebuilds what it needs from the run directory (spec.json, plan.json, jobs.json, completion
-markers) plus at most one squeue and one sacct, all through `harness.launch.slurmcli`.
+markers) plus at most one squeue and one sacct, through the run's backend (harness.launch). Commands take
+plain typed parameters; `harness.cli` parses the command line and calls them.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from rich.console import Console
 
-from harness.ops import control, state, status
 from harness.core.paths import RunPaths
+from harness.launch.backend import load_plan
+from harness.ops import control, state, status
 
+__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "cmd_inspect_checkpoint",
+           "print_report", "wait", "control", "state", "status"]
 
 
 def _console() -> Console:
     """Made per command, so the terminal width (or COLUMNS) of this call applies."""
     return Console(highlight=False)
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "cmd_inspect_checkpoint", "wait",
-           "control", "state", "status"]
 
-
-def _run(a: argparse.Namespace) -> RunPaths:
-    return state.resolve_run(a.run, getattr(a, "workdir", "runs"))
-
-
-def cmd_status(a: argparse.Namespace) -> int:
-    if getattr(a, "watch", False):  # the live view until every task is final, then the full status
-        from harness.launch import load_plan
+def cmd_status(run: str, workdir: str = "runs", *, watch: bool = False, show_all: bool = False) -> int:
+    paths = state.resolve_run(run, workdir)
+    if watch:  # the live view until every task is final, then the full status
         from harness.ops import live
 
-        paths, console = _run(a), _console()
+        console = _console()
         live.follow(paths, load_plan(paths), console)
-        return status.status(paths, console, show_all=getattr(a, "all", False))
-    return status.status(_run(a), _console(), show_all=getattr(a, "all", False))
+        return status.status(paths, console, show_all=show_all)
+    return status.status(paths, _console(), show_all=show_all)
 
 
-def cmd_logs(a: argparse.Namespace) -> int:
-    return control.show_logs(_run(a), a.stage, a.task, _console(), follow=a.follow, stderr=a.stderr)
+def cmd_logs(run: str, stage: str, task: int, workdir: str = "runs", *, follow: bool = False,
+             stderr: bool = False) -> int:
+    return control.show_logs(state.resolve_run(run, workdir), stage, task, _console(), follow=follow, stderr=stderr)
 
 
-def cmd_resume(a: argparse.Namespace) -> int:
-    control.resume(_run(a), _console())
+def cmd_resume(run: str, workdir: str = "runs") -> int:
+    control.resume(state.resolve_run(run, workdir), _console())
     return 0
 
 
-def cmd_cancel(a: argparse.Namespace) -> int:
-    return control.cancel(_run(a), _console(), getattr(a, "stage", None))
+def cmd_cancel(run: str, stage: str | None = None, workdir: str = "runs") -> int:
+    return control.cancel(state.resolve_run(run, workdir), _console(), stage)
 
 
-def cmd_report(a: argparse.Namespace) -> int:
-    return print_report(_run(a))
+def cmd_report(run: str, workdir: str = "runs") -> int:
+    return print_report(state.resolve_run(run, workdir))
 
 
 def print_report(paths: RunPaths) -> int:
     """Tables in the terminal and the results files; used by `harness report` and `harness quickstart`."""
     from harness.report import build as report
-    from harness.launch import load_plan
 
     plan = load_plan(paths)
     rs = state.collect(paths, plan)
-    failures = [r.__dict__ for r in rs.rows if r.state != state.COMPLETED]
+    failures = [_failure(r) for r in rs.rows if r.state != state.COMPLETED]
     rep = report.build(paths, plan.spec, failures, plan.training)
     console = _console()
     report.render(rep, console)
@@ -79,14 +75,19 @@ def print_report(paths: RunPaths) -> int:
     return 0
 
 
-def cmd_runs(a: argparse.Namespace) -> int:
-    return status.runs(Path(a.workdir), _console())
+def _failure(r: state.TaskState) -> dict[str, object]:
+    """The report's failure rows keep the fields they always had (the task state minus Slurm's uid)."""
+    return {k: v for k, v in r.__dict__.items() if k != "cancelled_by"}
 
 
-def cmd_inspect_checkpoint(a: argparse.Namespace) -> int:
+def cmd_runs(workdir: str = "runs") -> int:
+    return status.runs(Path(workdir), _console())
+
+
+def cmd_inspect_checkpoint(directory: str, preset: str | None, tp: int, layers: int | None) -> int:
     from harness.ops.checkpoint import inspect_checkpoint
 
-    return inspect_checkpoint(Path(a.directory), a.preset, a.tp, a.layers, _console())
+    return inspect_checkpoint(Path(directory), preset, tp, layers, _console())
 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:

@@ -8,21 +8,18 @@ complete") when it is part of that subset.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from harness import launch
 from harness.core.errors import HarnessError, Problem
-from harness.launch import slurmcli
-from harness.ops.state import ACTIVE, COMPLETED, RunState, collect, done_tasks, job_ids, load_jobs
-from harness.core.plan import Facts, Plan
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
+from harness.core.atomic import read_json
+from harness.core.plan import Facts, Plan
+from harness.launch.backend import load_plan, ranges
+from harness.ops import submit as launching
+from harness.ops.state import ACTIVE, COMPLETED, RunState, backend_for, collect, done_tasks, load_jobs
 
 
 def incomplete(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
@@ -62,8 +59,8 @@ def _refuse_if_active(rs: RunState) -> None:
 def resume(paths: RunPaths, console: Console, plan: Plan | None = None) -> dict[str, list[int]]:
     """Resubmit the incomplete tasks; returns what was resubmitted ({} when the run is complete).
     `plan` defaults to the run's saved plan."""
-    plan = plan or launch.load_plan(paths)
-    with launch.run_lock(paths):
+    plan = plan or load_plan(paths)
+    with launching.run_lock(paths):
         _refuse_if_active(collect(paths, plan))
         todo = incomplete(plan, paths)
         if not todo:
@@ -73,99 +70,34 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None) -> dict[
             if any(d.kind == "afterany" and d.stage in todo for d in s.depends):
                 _forget(paths, s.name, todo[s.name])
         jobs = load_jobs(paths)
-        choice = launch.Choice(jobs["executor"], jobs.get("reason", ""))
-        prior = jobs["submissions"]
-        if choice.executor == "local":
-            _resume_local(paths, todo, choice, prior)
-        else:
-            facts = Facts(**read_json(paths.plan_json)["facts"])
-            new = launch.submit_stages(plan, paths, todo, facts, choice, {}, prior)
-            for s in new:
-                console.print(f"  {s['stage']:<13} job {s['job_id']} (round {s['round']})")
+        choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]
+        known = Facts(**read_json(paths.plan_json)["facts"])
+        new = launching.submit_stages(plan, paths, todo, known, choice, {}, jobs.submissions)
+        for sub in new:
+            console.print(f"  {sub.stage:<13} job {sub.job_id} (round {sub.round})")
     for stage, tasks in todo.items():
         console.print(f"resubmitted {stage}: {len(tasks)} task(s) {_fmt_tasks(tasks)}")
     return todo
 
 
-def _resume_local(paths: RunPaths, todo: dict[str, list[int]], choice: launch.Choice, prior: list[dict]) -> None:
-    from harness.launch import local
-
-    atomic_write_json(paths.root / "local_only.json", todo)
-    (paths.root / "local_done.json").unlink(missing_ok=True)
-    pid = local.start_driver(paths)
-    rnd = 1 + max((s.get("round", 0) for s in prior), default=-1)
-    launch.record_jobs(paths, choice, prior + [{"stage": "*", "job_id": f"local:{pid}", "tasks": [],
-                                                "array": False, "time": time.time(), "round": rnd}])
-
-
 def _fmt_tasks(tasks: list[int]) -> str:
-    from harness.launch.slurm import ranges
-
     runs = ranges(tasks)
     return "[" + ",".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in runs[:20]) + \
         (",..." if len(runs) > 20 else "") + "]"
 
 
 def cancel(paths: RunPaths, console: Console, stage: str | None = None, plan: Plan | None = None) -> int:
-    plan = plan or launch.load_plan(paths)
+    plan = plan or load_plan(paths)
     if stage is not None and stage not in [s.name for s in plan.stages]:
         raise HarnessError(Problem("cancel", "stage", f"unknown {stage!r} (stages: {', '.join(s.name for s in plan.stages)})"))
     jobs = load_jobs(paths)
-    if jobs["executor"] == "local":
-        if stage is not None:
-            raise HarnessError(Problem("cancel", "stage", "a local run is cancelled as a whole (one driver runs "
-                                                          "every stage)"))
-        return _cancel_local(paths, plan, jobs, console)
-    ids = job_ids(jobs, stage)
-    slurmcli.scancel(ids)
-    console.print(f"run {paths.run_id}: scancel {' '.join(ids) or '(no jobs)'}")
+    console.print(backend_for(jobs.executor).cancel(paths, plan, jobs, stage))
     return 0
-
-
-def _cancel_local(paths: RunPaths, plan: Plan, jobs: dict[str, Any], console: Console) -> int:
-    from harness.launch import local
-    from harness.ops.state import local_driver
-
-    pid, alive = local_driver(paths, jobs)
-    if alive:
-        os.killpg(pid, signal.SIGTERM)  # the driver runs in its own session with its tasks
-        for _ in range(50):
-            if not _alive(pid):
-                break
-            time.sleep(0.1)
-    sp = local.state_path(paths)
-    state = read_json(sp) if sp.exists() else {"stages": {}}
-    done = {s.name: done_tasks(paths, s.name) for s in plan.stages}
-    for s in plan.stages:
-        entries = state["stages"].setdefault(s.name, {})
-        for t in range(s.tasks):
-            e = entries.get(str(t))
-            if t not in done[s.name] and (e is None or e.get("state") in ("RUNNING", "PENDING")):
-                entries[str(t)] = {**(e or {}), "state": "CANCELLED", "reason": "harness cancel",
-                                   "end": time.time()}
-    atomic_write_json(sp, state)
-    atomic_write_json(paths.root / "local_done.json", {"time": time.time(), "cancelled": True})
-    console.print(f"run {paths.run_id}: local driver {pid} {'stopped' if alive else 'was not running'}")
-    return 0
-
-
-def _alive(pid: int) -> bool:
-    """Alive and not a zombie: an exited driver whose parent never reaps it (PID 1 of many containers) is dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def log_path(paths: RunPaths, stage: str, task: int, plan: Plan | None = None, stderr: bool = False) -> Path:
     """The task's stdout (or stderr) file of its latest attempt; no Slurm query needed."""
-    plan = plan or launch.load_plan(paths)
+    plan = plan or load_plan(paths)
     names = [s.name for s in plan.stages]
     if stage not in names:
         raise HarnessError(Problem("logs", "stage", f"unknown {stage!r} (stages: {', '.join(names)})"))
@@ -173,16 +105,7 @@ def log_path(paths: RunPaths, stage: str, task: int, plan: Plan | None = None, s
     if not 0 <= task < size:
         raise HarnessError(Problem("logs", "task", f"{stage} has tasks 0..{size - 1}, not {task}"))
     jobs = load_jobs(paths)
-    if jobs["executor"] == "local":
-        from harness.ops.state import local_stage
-
-        sp = paths.root / "local_state.json"
-        entries = read_json(sp)["stages"].get(stage, {}) if sp.exists() else {}
-        out = local_stage(paths, entries, stage, size, False).rows[task].log
-    else:
-        from harness.ops.state import latest_ids
-
-        out = latest_ids(paths, jobs, stage).get(task, ("", "", 0.0))[1]
+    out = backend_for(jobs.executor).log(paths, plan, jobs, stage, task)
     if not out:
         raise HarnessError(Problem(str(paths.root), "", f"{stage}[{task}] has not been started (no log yet)"))
     p = Path(out)
@@ -191,7 +114,7 @@ def log_path(paths: RunPaths, stage: str, task: int, plan: Plan | None = None, s
 
 def show_logs(paths: RunPaths, stage: str, task: int, console: Console, follow: bool = False,
               stderr: bool = False, interval_s: float = 1.0) -> int:
-    plan = launch.load_plan(paths)
+    plan = load_plan(paths)
     p = log_path(paths, stage, task, plan, stderr)
     if not follow:
         if not p.exists():

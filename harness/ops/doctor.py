@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from harness.core import footprint
 from harness.core.errors import HarnessError, Problem
+from harness.launch import facts as launch_facts
 from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
@@ -354,7 +355,6 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
 
 def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec, list[Check]]:
     """`harness doctor SPEC`: load, list the inputs, plan against the cluster that answers here, check."""
-    from harness import launch
     from harness.core import plan as plan_mod
     from harness.core import spec as spec_mod
     from harness.stages.inputs import discover
@@ -366,8 +366,7 @@ def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec,
     except HarnessError as e:
         why = e.problems[0].message
     cluster = gather_cluster()
-    choice = launch.Choice("local", cluster) if isinstance(cluster, str) else launch.Choice("slurm", "")
-    facts = launch.gather_facts(spec, choice, len(items or []))
+    facts = launch_facts.gather(spec, "local" if isinstance(cluster, str) else "slurm", len(items or []))
     return spec, run(spec, plan_mod.build(spec, facts), cluster, items, why, groups)
 
 

@@ -20,6 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from harness.core.errors import HarnessError
+from harness.launch.backend import load_plan
 from harness.ops.state import COMPLETED, RunState, collect, load_jobs
 from harness.ops.status import WAIT_RETRIES, _counts, verdict
 from harness.core.plan import Plan
@@ -129,7 +130,7 @@ def follow(paths: RunPaths, plan: Plan, console: Console, timeout_s: float = flo
 
     deadline = time.monotonic() + timeout_s
     try:
-        start = min(float(s.get("time", time.time())) for s in load_jobs(paths).get("submissions", []))
+        start = min(s.time for s in load_jobs(paths).submissions)
     except (HarnessError, ValueError, TypeError):
         start = time.time()
     rs, prev, errors = None, None, 0
@@ -165,8 +166,6 @@ def follow(paths: RunPaths, plan: Plan, console: Console, timeout_s: float = flo
 
 def wait(paths: RunPaths, console: Console, timeout_s: float, interval_s: float = 2.0) -> int:
     """`submit --wait` and `quickstart`: follow the run, then one summary line; 0 iff every task completed."""
-    from harness.launch import load_plan
-
     plan = load_plan(paths)
     rs = follow(paths, plan, console, timeout_s, interval_s)
     if rs is None:

@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from harness.core.errors import HarnessError
-from harness.launch import load_plan
-from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, query_slurm
+from harness.launch import slurmstate
+from harness.launch.backend import load_plan
+from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs
 from harness.core.plan import Plan
 from harness.core.paths import RunPaths
 
@@ -44,7 +45,7 @@ def stage_table(rs: RunState) -> Table:
     jobs = load_jobs(rs.paths)
     t = Table("stage", "done", "states", "job ids")
     for s in rs.stages:
-        ids = ", ".join(job_ids(jobs, s.name)) if rs.executor == "slurm" else ""
+        ids = ", ".join(job_ids(jobs, s.name))  # a local run has none
         t.add_row(s.name, f"{s.done}/{len(s.rows)}", _counts(s.counts), ids or "-")
     return t
 
@@ -147,8 +148,7 @@ def runs(workdir: Path, console: Console) -> int:
         console.print(f"no runs under {workdir}", markup=False)
         return 0
     jobs = {p: load_jobs(p) for p in found}
-    ids = [i for p in found if jobs[p]["executor"] == "slurm" for i in job_ids(jobs[p])]
-    snap = Snapshot(query_slurm(ids))
+    snap = Snapshot(slurmstate.query([i for p in found for i in job_ids(jobs[p])]))  # local runs have no ids
     t = Table(Column("run", overflow="fold"), "executor", "submitted", "state", Column("tasks", overflow="fold"),
               title=escape(str(workdir)), title_justify="left")
     for p in found:
@@ -162,8 +162,8 @@ def runs(workdir: Path, console: Console) -> int:
             tasks = ", ".join([f"{done}/{len(rs.rows)} completed"] + [f"{n} {k.lower()}" for k, n in counts.items()])
         except Exception as e:  # noqa: BLE001 - one unreadable run must not hide the others
             state, tasks = "unreadable", f"{e.__class__.__name__}: {e}"[:120]
-        subs = jobs[p]["submissions"]
-        when = datetime.fromtimestamp(subs[0]["time"]).strftime("%Y-%m-%d %H:%M") if subs else "-"
-        t.add_row(p.run_id, jobs[p]["executor"], when, state, tasks)
+        subs = jobs[p].submissions
+        when = datetime.fromtimestamp(subs[0].time).strftime("%Y-%m-%d %H:%M") if subs else "-"
+        t.add_row(p.run_id, jobs[p].executor, when, state, tasks)
     console.print(t)
     return 0

@@ -1,0 +1,123 @@
+"""Where each task of a Slurm run stands: its completion marker (written last, so the truth), else the live
+squeue entry of the LATEST round's submission that contains it, else its accounting record. One squeue and
+one sacct for any number of jobs."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Mapping
+
+from harness.core import failures
+from harness.core.paths import RunPaths
+from harness.launch import slurmcli
+from harness.launch.backend import COMPLETED, MISSING, NOT_SUBMITTED, Jobs, TaskState, done_tasks
+
+MISSING_AFTER_S = 300.0
+_ARRAY = re.compile(r"^(\d+)_\[([^\]]+)\]$")
+
+
+def expand_ids(states: dict[str, TaskState]) -> dict[str, TaskState]:
+    """sacct shows array tasks that never started as one line, `123_[0-4,7%2]`: expand to `123_0`..."""
+    out = dict(states)
+    for key, st in states.items():
+        m = _ARRAY.match(key)
+        if not m:
+            continue
+        for part in m.group(2).split("%")[0].split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                out.setdefault(f"{m.group(1)}_{i}", st)
+    return out
+
+
+def query(ids: list[str]) -> dict[str, TaskState]:
+    """One squeue and one sacct for any number of jobs; live squeue entries win over accounting."""
+    if not ids:
+        return {}
+    live = expand_ids(slurmcli.squeue(ids))  # first: a task leaving the queue meanwhile is then in sacct
+    acct = expand_ids(slurmcli.sacct(ids))
+    return {**acct, **live}
+
+
+def latest_ids(paths: RunPaths, jobs: Jobs, stage: str) -> dict[int, tuple[str, str, float]]:
+    """task -> (Slurm task id, stdout path, submit time) from the latest round's submission containing it."""
+    out: dict[int, tuple[str, str, float]] = {}
+    for sub in sorted((s for s in jobs.submissions if s.stage == stage), key=lambda s: s.round):
+        j = 0  # later rounds overwrite earlier ones
+        for a, b in sub.tasks:
+            for t in range(a, b):
+                sid = f"{sub.job_id}_{j}" if sub.array else sub.job_id
+                out[t] = (sid, str(paths.logs(stage) / sid / f"{sid}_0_log.out"), sub.time)
+                j += 1
+    return out
+
+
+def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float,
+         st: TaskState | None, known: set[str], root: Path | None = None) -> TaskState:
+    if st is None:
+        if done:
+            return TaskState(stage, task, COMPLETED, sid, log=log)
+        if "_" in sid and sid.split("_")[0] in known:
+            # squeue -r lists every queued task and sacct every started one: a task of a known array in
+            # neither was cancelled while pending, of which Slurm (22.05) keeps no accounting record.
+            return TaskState(stage, task, "CANCELLED", sid, log=log, reason="cancelled while pending")
+        fresh = time.time() - submitted < MISSING_AFTER_S
+        return TaskState(stage, task, "UNKNOWN" if fresh else MISSING, sid, log=log,
+                         reason="not in squeue or sacct yet" if fresh else "in neither squeue nor sacct")
+    state = COMPLETED if done else st.state
+    if state == COMPLETED and not done:
+        state = "FAILED"
+    return TaskState(stage, task, state, sid, st.node if st.node not in ("None assigned",) else "",
+                     st.elapsed, st.exit_code, explain(state, st, log, done, root), log)
+
+
+_FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory: raise mem_gb or lower the batch size",
+                  "TIMEOUT": "time limit reached: raise time_min (requeue-safe stages resume)",
+                  "NODE_FAIL": "node failure: resume resubmits the task",
+                  "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot", "DEADLINE": "deadline reached"}
+
+
+def explain(state: str, st: TaskState, log: str, done: bool, root: Path | None = None) -> str:
+    """Why a task is where it is. sacct's Reason of a finished task is its last PENDING reason (stale), so
+    finished tasks are explained by their state, and failures by the last error line of their log."""
+    if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+        return "" if st.reason in ("None", "") else st.reason
+    if state == "FAILED":
+        if st.state == COMPLETED and not done:
+            return "exited 0 but wrote no completion marker"
+        return error_line(log, root) or f"exit code {st.exit_code}"
+    if state == "CANCELLED":
+        if st.cancelled_by:
+            return f"cancelled by uid {st.cancelled_by}"
+        # no "by <uid>": Slurm cancelled it itself, which for harness jobs (--kill-on-invalid-dep=yes) means a
+        # dependency failed; sacct's Reason then reads "Dependency" or "None" depending on scheduler timing
+        return "DependencyNeverSatisfied: a task it depends on failed"
+    return _FINAL_REASONS.get(state, "")
+
+
+def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> str:
+    """The reason in a task's stderr (submitit prints the traceback there): `failures.reason`, which maps a full
+    disk under `root` (the run directory) to one line."""
+    err = Path(log[: -len(".out")] + ".err") if log.endswith(".out") else None
+    if err is None or not err.is_file():
+        return ""
+    with open(err, "rb") as f:
+        f.seek(max(0, err.stat().st_size - tail_bytes))
+        return failures.reason(f.read().decode(errors="replace"), root)
+
+
+def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
+               states: Mapping[str, TaskState]) -> tuple[TaskState, ...]:
+    done = done_tasks(paths, stage)  # after the Slurm queries: a task finishing meanwhile reads COMPLETED
+    ids = latest_ids(paths, jobs, stage)
+    known = {k.split("_")[0] for k in states if "_" in k}
+    rows = []
+    for t in range(tasks):
+        if t not in ids:
+            rows.append(TaskState(stage, t, COMPLETED if t in done else NOT_SUBMITTED))
+            continue
+        sid, log, submitted = ids[t]
+        rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root))
+    return tuple(rows)
