@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import specs
 from harness.core import inputs
-
 from harness.core import spec as spec_mod
-
 from harness.lib import synth
 from harness.core.paths import RunPaths, atomic_write_json
 from harness.stages import run_task
@@ -30,19 +29,14 @@ def make_assets(root: Path) -> dict[str, str]:
 
 def make_spec(art: dict[str, str], /, *, videos: str = "", jsonl: str = "", shards: int = 4,
               **sections: dict[str, Any]) -> spec_mod.RunSpec:
-    v2w = bool(jsonl)
-    raw: dict[str, Any] = {
-        "run": {"name": "t", "recipe": "video2world" if v2w else "base", "seed": 7},
-        "model": {"preset": "tiny-v2w" if v2w else "tiny", "text_encoder": synth.TEXT_ENCODER_REPO},
-        "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO, "compression": [4, 8, 8]},
-        "video": dict(SHAPE),
-        "data": {"videos": videos, "jsonl": jsonl, "split": [8, 1, 1]},
-        "assets": {"hf_home": art["hf_home"]},
-        "tokenize": {"shards": shards, "batch_size": 3, "decode_workers": 1, "device": "cpu"},
-    }
-    for name, table in sections.items():
-        raw.setdefault(name, {}).update(table)
-    return spec_mod.from_dict(raw)
+    return specs.build(
+        specs.TINY, specs.V2W if jsonl else None,
+        {"run": {"name": "t", "seed": 7}, "model": {"text_encoder": synth.TEXT_ENCODER_REPO},
+         "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO, "compression": [4, 8, 8]},
+         "video": SHAPE, "data": {"videos": videos, "jsonl": jsonl, "split": [8, 1, 1]},
+         "assets": {"hf_home": art["hf_home"]},
+         "tokenize": {"shards": shards, "batch_size": 3, "decode_workers": 1, "device": "cpu"}},
+        sections)
 
 
 def make_run(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
