@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import specs
+from shared_util import file_lock, shared_root
 from harness.core import inputs
 from harness.core import spec as spec_mod
 from harness.lib import synth
@@ -69,12 +71,16 @@ def summary(paths: RunPaths) -> dict[str, Any]:
 
 
 def cached_dir(factory: Any, name: str, build: Any) -> Path:
-    """A directory built once per pytest session (shared by test modules without a conftest fixture)."""
-    root = Path(factory.getbasetemp()) / f"data-{name}"
-    if not (root / ".built").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        build(root)
-        (root / ".built").write_text("ok")
+    """A directory built once per pytest run, shared by test modules and by xdist workers (the first worker
+    builds it under a lock, the others wait and reuse it); `.built` is written last."""
+    root = shared_root(factory) / f"data-{name}"
+    with file_lock(root.with_name(root.name + ".lock")):
+        if not (root / ".built").is_file():
+            if root.exists():
+                shutil.rmtree(root)  # a build interrupted before its marker
+            root.mkdir(parents=True)
+            build(root)
+            (root / ".built").write_text("ok")
     return root
 
 
