@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pytest
 
+from shared_util import file_lock, shared_root, xdist_worker
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONF = Path(os.environ.get("TMPDIR", "/tmp")) / "harness-slurm" / "etc" / "slurm.conf"
 
@@ -32,25 +34,66 @@ def _start_cluster() -> str:
     return "" if p.returncode == 0 else p.stderr.strip()[-500:]
 
 
+CLUSTER_LOCK = DEFAULT_CONF.parents[2] / "harness-slurm.lock"
+"""Held while a session checks for, and maybe starts, the local cluster: xdist workers start at once."""
+STARTED_FLAG = "slurm-started-here"
+"""In the run's shared temp root: a worker started the cluster, so the controller stops it at the end."""
+
+
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[str]:
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """SLURM_CONF of the project's local cluster: reused if one answers, else started here and stopped
     after the session. Fails when HARNESS_REQUIRE_SLURM=1 (CI), skips elsewhere when none can run."""
     started = False
     if not os.environ.get("SLURM_CONF"):
         os.environ["SLURM_CONF"] = str(DEFAULT_CONF)
-    why = _controller_up() if Path(os.environ["SLURM_CONF"]).exists() else "no slurm.conf"
-    if why and os.environ["SLURM_CONF"] == str(DEFAULT_CONF):
-        why = _start_cluster() or _controller_up()
-        started = not why
+    with file_lock(CLUSTER_LOCK):
+        why = _controller_up() if Path(os.environ["SLURM_CONF"]).exists() else "no slurm.conf"
+        if why and os.environ["SLURM_CONF"] == str(DEFAULT_CONF):
+            why = _start_cluster() or _controller_up()
+            started = not why
     if why:
         msg = f"no local Slurm cluster ({why}); start it with: bash sbatch/local-slurm.sh up"
         if os.environ.get("HARNESS_REQUIRE_SLURM") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
+    if started and xdist_worker():
+        (shared_root(tmp_path_factory) / STARTED_FLAG).write_text(xdist_worker())
     yield os.environ["SLURM_CONF"]
-    if started:
-        subprocess.run(["bash", str(REPO / "sbatch" / "local-slurm.sh"), "down"], capture_output=True, timeout=120)
+    if started and not xdist_worker():
+        _stop_cluster()
+
+
+def _stop_cluster() -> None:
+    subprocess.run(["bash", str(REPO / "sbatch" / "local-slurm.sh"), "down"], capture_output=True, timeout=120)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The xdist controller stops a cluster one of its workers started, once every worker is done."""
+    reliability_sessionfinish(session, exitstatus)
+    if xdist_worker() or not hasattr(session.config, "_tmp_path_factory"):
+        return
+    flag = Path(session.config._tmp_path_factory.getbasetemp()) / STARTED_FLAG
+    if flag.is_file():
+        _stop_cluster()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for `--dist loadgroup` (before xdist reads them): every test on the local cluster runs on one
+    worker, one after another (they size their waits for a cluster of their own); a module with a module-scoped
+    fixture (a built run, a trained checkpoint) stays on one worker, so that fixture is built once."""
+    for item in items:
+        if item.get_closest_marker("slurm") or "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif _module_scoped(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def _module_scoped(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(d.scope in ("module", "class", "package") for ds in defs for d in ds)
 
 
 @pytest.fixture()
@@ -70,5 +113,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # The `reliability` fixture and the end-of-session summary (results/reliability.json) live in
 # tests/reliability_plugin.py; importing its hooks here registers them (tests/ is not a package).
 from reliability_plugin import (  # noqa: E402,F401
-    pytest_collection_finish, pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary,
-    reliability)
+    pytest_collection_finish, pytest_runtest_logreport, pytest_terminal_summary, pytest_testnodedown, reliability)
+from reliability_plugin import pytest_sessionfinish as reliability_sessionfinish  # noqa: E402

@@ -14,29 +14,23 @@ import numpy as np
 import pytest
 import torch
 
+import specs
 from harness.core import spec as spec_mod
 from harness.stages.dataset import to_uint16
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
 from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 
-VIDEO = {"width": 32, "height": 32, "num_frames": 9}
-"""9 x 32 x 32 @ 4x8x8 -> grid 3x4x4 = 48 tokens: a whole video per sample, cheap on CPU."""
-
-
 def make_spec(*, tp: int = 1, max_steps: int = 6, save_every: int = 2, gbs: int = 2, mbs: int = 1,
               lr: float = 3e-3, checkpoint: str = "", v2w: bool = False, video: dict[str, int] | None = None,
               **finetune: Any) -> spec_mod.RunSpec:
-    raw: dict[str, Any] = {
-        "run": {"name": "ft", "seed": 11, "recipe": "video2world" if v2w else "base"},
-        "model": {"preset": "tiny-v2w" if v2w else "tiny", "checkpoint": checkpoint},
-        "video": dict(video or VIDEO),
-        "data": {"jsonl": "/x.jsonl"} if v2w else {"videos": "/x"},
-        "finetune": {"engine": "mcore", "tensor_parallel": tp, "global_batch_size": gbs, "micro_batch_size": mbs,
-                     "lr": lr, "min_lr": lr, "max_steps": max_steps, "save_every": save_every, "precision": "fp32",
-                     "max_epochs": 1000, **finetune},
-    }
-    return spec_mod.from_dict(raw)
+    return specs.build(
+        specs.TINY, specs.V2W if v2w else None,
+        {"run": {"name": "ft", "seed": 11}, "model": {"checkpoint": checkpoint, "text_encoder": None},
+         "video": video or {}, "data": {"jsonl": "/x.jsonl"} if v2w else {"videos": "/x"},
+         "finetune": {"engine": "mcore", "tensor_parallel": tp, "global_batch_size": gbs, "micro_batch_size": mbs,
+                      "lr": lr, "min_lr": lr, "max_steps": max_steps, "save_every": save_every,
+                      "precision": "fp32", "max_epochs": 1000, **finetune}})
 
 
 def video_tokens(spec: spec_mod.RunSpec, n: int, seed: int = 0) -> list[np.ndarray]:

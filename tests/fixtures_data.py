@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import specs
+from shared_util import file_lock, shared_root
 from harness.stages import inputs
 
 from harness.core import spec as spec_mod
-
 from harness.lib import synth
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
@@ -31,19 +33,14 @@ def make_assets(root: Path) -> dict[str, str]:
 
 def make_spec(art: dict[str, str], /, *, videos: str = "", jsonl: str = "", shards: int = 4,
               **sections: dict[str, Any]) -> spec_mod.RunSpec:
-    v2w = bool(jsonl)
-    raw: dict[str, Any] = {
-        "run": {"name": "t", "recipe": "video2world" if v2w else "base", "seed": 7},
-        "model": {"preset": "tiny-v2w" if v2w else "tiny", "text_encoder": synth.TEXT_ENCODER_REPO},
-        "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO, "compression": [4, 8, 8]},
-        "video": dict(SHAPE),
-        "data": {"videos": videos, "jsonl": jsonl, "split": [8, 1, 1]},
-        "assets": {"hf_home": art["hf_home"]},
-        "tokenize": {"shards": shards, "batch_size": 3, "decode_workers": 1, "device": "cpu"},
-    }
-    for name, table in sections.items():
-        raw.setdefault(name, {}).update(table)
-    return spec_mod.from_dict(raw)
+    return specs.build(
+        specs.TINY, specs.V2W if jsonl else None,
+        {"run": {"name": "t", "seed": 7}, "model": {"text_encoder": synth.TEXT_ENCODER_REPO},
+         "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO, "compression": [4, 8, 8]},
+         "video": SHAPE, "data": {"videos": videos, "jsonl": jsonl, "split": [8, 1, 1]},
+         "assets": {"hf_home": art["hf_home"]},
+         "tokenize": {"shards": shards, "batch_size": 3, "decode_workers": 1, "device": "cpu"}},
+        sections)
 
 
 def make_run(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
@@ -76,12 +73,16 @@ def summary(paths: RunPaths) -> dict[str, Any]:
 
 
 def cached_dir(factory: Any, name: str, build: Any) -> Path:
-    """A directory built once per pytest session (shared by test modules without a conftest fixture)."""
-    root = Path(factory.getbasetemp()) / f"data-{name}"
-    if not (root / ".built").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        build(root)
-        (root / ".built").write_text("ok")
+    """A directory built once per pytest run, shared by test modules and by xdist workers (the first worker
+    builds it under a lock, the others wait and reuse it); `.built` is written last."""
+    root = shared_root(factory) / f"data-{name}"
+    with file_lock(root.with_name(root.name + ".lock")):
+        if not (root / ".built").is_file():
+            if root.exists():
+                shutil.rmtree(root)  # a build interrupted before its marker
+            root.mkdir(parents=True)
+            build(root)
+            (root / ".built").write_text("ok")
     return root
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import specs
 from harness.lib import synth
 from harness.launch import slurmcli
 
@@ -30,55 +31,16 @@ def tiny_assets(tmp: Path, clips: int = 6) -> dict[str, Path]:
     return {"videos": videos, "hf": hf}
 
 
-def tiny_spec(tmp: Path, *, name: str = "rel", shards: int = 2, extra: str = "", videos: Path | None = None,
-              clips: int = 6, max_steps: int = 2, save_every: int = 1) -> Path:
+def tiny_spec(tmp: Path, *, name: str = "rel", shards: int = 2, extra: specs.Layer = None,
+              videos: Path | None = None, clips: int = 6, max_steps: int = 2, save_every: int = 1) -> Path:
+    """tmp/NAME.toml: a whole tiny run as Slurm jobs of minutes; `extra` (sections or TOML text) overrides."""
     a = tiny_assets(tmp, clips)
-    text = f"""
-[run]
-name = "{name}"
-workdir = "{tmp / 'runs'}"
-results_dir = "{tmp / 'results'}"
-[model]
-preset = "tiny"
-[tokenizer]
-encoder = "{synth.TOKENIZER_REPO}"
-decoder = "{synth.TOKENIZER_REPO}"
-[video]
-width = 32
-height = 32
-num_frames = 9
-[data]
-videos = "{videos or a['videos']}"
-split = [4, 1, 1]
-[assets]
-hf_home = "{a['hf']}"
-time_min = 5
-[tokenize]
-shards = {shards}
-decode_workers = 0
-batch_size = 2
-time_min = 5
-[merge]
-time_min = 5
-[finetune]
-engine = "mcore"
-max_steps = {max_steps}
-max_epochs = 1000
-save_every = {save_every}
-global_batch_size = 1
-time_min = 10
-[infer]
-max_inputs = 1
-time_min = 10
-[evaluate]
-time_min = 10
-[report]
-time_min = 5
-{extra}
-"""
-    path = tmp / f"{name}.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return specs.write(tmp / f"{name}.toml", specs.tiny_run(tmp, name=name, videos=videos or a["videos"], hf=a["hf"]),
+                       specs.QUICK_JOBS,
+                       {"data": {"split": [4, 1, 1]}, "tokenize": {"shards": shards, "batch_size": 2},
+                        "finetune": {"max_steps": max_steps, "save_every": save_every, "global_batch_size": 1},
+                        "infer": {"max_inputs": 1}},
+                       extra)
 
 
 def harness(*args: str, cwd: Path, env: dict[str, str] | None = None,

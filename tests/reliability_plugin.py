@@ -87,9 +87,27 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.write_line(f"written to {out}" if out else "not written (pytest --reliability-out FILE writes it)")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: add a finished worker's tally (sent in its workeroutput) to the session's."""
+    part = getattr(node, "workeroutput", {}).get("reliability")
+    if not part:
+        return
+    with _TALLY._lock:
+        _TALLY.counts.update({k: v for k, v in part["counts"].items() if v})
+        _TALLY.notes.extend(part["notes"])
+        for nodeid, outcome in part["tests"].items():
+            if outcome != "not run" or nodeid not in _TALLY.tests:
+                _TALLY.tests[nodeid] = outcome
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Written when asked and a test recorded something (a partial run writes a partial tally: its `tests`
-    say which tests ran)."""
+    say which tests ran). An xdist worker only hands its tally to the controller, which writes the file."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability"] = _TALLY.as_dict()
+        return
     out = session.config.getoption("--reliability-out", default="")
     if not _TALLY.counts or not out:
         return

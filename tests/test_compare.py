@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import specs
 from harness import cli
 from harness.ops import submit as launching
 from harness.core import plan as plan_mod
@@ -21,22 +22,13 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths, new_run_dir
 from harness.core.atomic import atomic_write_json
 
-SPEC = """
-[run]
-name = "nightly"
-workdir = "{root}/runs"
-results_dir = "{root}/results"
 
-[data]
-videos = "{root}/videos"
+def spec_text(root: Path) -> str:
+    """The default (cosmos) model, so the report's throughput and MFU figures are the real model's."""
+    return specs.text({"run": {"name": "nightly", "workdir": f"{root}/runs", "results_dir": f"{root}/results"},
+                       "data": {"videos": f"{root}/videos"}, "tokenize": {"shards": 2},
+                       "finetune": {"max_steps": 20, "save_every": 10}})
 
-[tokenize]
-shards = 2
-
-[finetune]
-max_steps = 20
-save_every = 10
-"""
 
 REFS = """
 [systems."*"]
@@ -55,7 +47,7 @@ train_tokens_per_s = [5000.0, -0.10, inf, "tokens/s"]
 def make_run(root: Path, throughput: float = 1.0, psnr: float = 28.0) -> RunPaths:
     """A finished run's result files; `throughput` scales training tokens/s (and TFLOP/s with it)."""
     (root / "videos").mkdir(parents=True, exist_ok=True)
-    text = SPEC.format(root=root)
+    text = spec_text(root)
     (root / "run.toml").write_text(text)
     spec = spec_mod.absolutize(spec_mod.load(root / "run.toml"), root)
     facts = plan_mod.Facts(num_inputs=12, max_array_size=1001, nodes_available=1)

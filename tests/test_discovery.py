@@ -19,7 +19,8 @@ from harness.core import plan
 from harness.core import spec as spec_mod
 from harness.launch import slurm
 from harness.core.paths import RunPaths
-from fixtures_data import make_spec
+import specs
+from fixtures_data import SHAPE, make_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,7 @@ def test_manifest_that_cannot_be_read_is_one_error_naming_the_key(tmp_path: Path
 ])
 def test_exactly_one_input_source(tmp_path: Path, data: str, key: str) -> None:
     spec_path = tmp_path / "run.toml"
-    spec_path.write_text(f'[model]\npreset = "tiny"\n[video]\nnum_frames = 17\nheight = 48\nwidth = 64\n[data]\n{data}\n')
+    specs.write(spec_path, specs.TINY, {"video": SHAPE}, f"[data]\n{data}\n")
     p = subprocess.run([sys.executable, "-m", "harness.cli", "validate", str(spec_path)], capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert p.returncode == 2
@@ -152,8 +153,8 @@ def test_plan_says_where_planned_values_came_from(tmp_path: Path, no_slurm: None
     for i in range(5):
         _touch(tmp_path / "v", f"c{i}.mp4")
     spec_path = tmp_path / "run.toml"
-    spec_path.write_text('[model]\npreset = "tiny"\n[video]\nnum_frames = 17\nheight = 48\nwidth = 64\n'
-                         '[data]\nvideos = "v"\n[tokenize]\nvideos_per_shard = 2\n[infer]\narray_throttle = 2\n')
+    specs.write(spec_path, specs.TINY, {"video": SHAPE, "data": {"videos": "v"}, "tokenize": {"videos_per_shard": 2},
+                                        "infer": {"array_throttle": 2}})
     p = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(spec_path)], capture_output=True, text=True,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -11,39 +11,22 @@ from typing import Iterator
 
 import pytest
 
+import specs
 from harness.ops import doctor
 from harness.launch import slurmcli
 from fixtures_data import session_standins
 
 REPO = Path(__file__).resolve().parents[1]
 
-SPEC = """
-[run]
-name = "doc"
-workdir = "{tmp}/runs"
-[model]
-preset = "{preset}"
-[video]
-num_frames = 17
-height = 48
-width = 64
-[data]
-videos = "{tmp}/videos"
-[assets]
-hf_home = "{tmp}/hf"
-[tokenize]
-shards = 2
-{extra}
-"""
 
-
-def write_spec(tmp: Path, extra: str = "", preset: str = "tiny") -> Path:
+def write_spec(tmp: Path, extra: specs.Layer = None, preset: str = "tiny") -> Path:
     (tmp / "videos").mkdir(exist_ok=True)
     for i in range(3):
         (tmp / "videos" / f"c{i}.mp4").write_bytes(b"not really a video")
-    path = tmp / "run.toml"
-    path.write_text(SPEC.format(tmp=tmp, extra=extra, preset=preset))
-    return path
+    return specs.write(tmp / "run.toml", {
+        "run": {"name": "doc", "workdir": f"{tmp}/runs"}, "model": {"preset": preset},
+        "video": {"num_frames": 17, "height": 48, "width": 64}, "data": {"videos": f"{tmp}/videos"},
+        "assets": {"hf_home": f"{tmp}/hf"}, "tokenize": {"shards": 2}}, extra)
 
 
 def harness(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -200,8 +183,6 @@ def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, 
     from harness.lib import synth
 
     standins = session_standins(tmp_path_factory)
-    spec = write_spec(tmp_path)
-    base = spec.read_text()
     synth.write_hf_snapshot(tmp_path / "hf", "org/bad-ckpt", {"nemo": standins["bad"]})
     key = "model.checkpoint: checkpoint tensors fit model.preset: "
     bad = "1 problem(s) against 'tiny', first: module.output_layer.weight is [64064, 64], model needs [64000, 64]"
@@ -210,7 +191,7 @@ def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, 
             (standins["bad"], "fail", bad),
             ("org/bad-ckpt", "fail", bad),
             ("nvidia/Not-Cached-Here", "skip", "not in the HF cache yet: stage-assets checks it after downloading")):
-        spec.write_text(base.replace('preset = "tiny"', f'preset = "tiny"\ncheckpoint = "{source}"'))
+        spec = write_spec(tmp_path, {"model": {"checkpoint": str(source)}})
         p = harness("doctor", str(spec), cwd=tmp_path)
         line = [ln for ln in p.stdout.splitlines() if key in ln]
         assert len(line) == 1 and line[0].startswith(f"{status:<4}  {key}") and needle in line[0], p.stdout

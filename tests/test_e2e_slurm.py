@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import specs
 from harness.lib import synth
 from harness.stages.dataset import open_dataset
 from harness.core.paths import RunPaths
@@ -32,39 +33,11 @@ def finished_run(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -
     tok = synth.write_tokenizer(tmp / "tok")
     hf = tmp / "hf"
     synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO, {n: tok / n for n in ("encoder.jit", "decoder.jit", "config.json")})
-    spec = tmp / "run.toml"
-    spec.write_text(f"""
-[run]
-name = "e2e"
-workdir = "{tmp / 'runs'}"
-results_dir = "{tmp / 'results'}"
-[model]
-preset = "tiny"
-[tokenizer]
-encoder = "{synth.TOKENIZER_REPO}"
-decoder = "{synth.TOKENIZER_REPO}"
-[video]
-width = 64
-height = 48
-num_frames = 9
-fps = 8
-[data]
-videos = "{tmp / 'videos'}"
-split = [8, 1, 1]
-[assets]
-hf_home = "{hf}"
-[tokenize]
-shards = 4
-[finetune]
-engine = "mcore"
-max_steps = 6
-save_every = 3
-lr = 3e-3
-precision = "fp32"
-[infer]
-max_inputs = 2
-batch_size = 2
-""")
+    spec = specs.write(tmp / "run.toml", specs.tiny_run(tmp, name="e2e", videos=tmp / "videos", hf=hf), {
+        "video": {"width": 64, "height": 48, "num_frames": 9, "fps": 8}, "data": {"split": [8, 1, 1]},
+        "tokenize": {"shards": 4},
+        "finetune": {"engine": "mcore", "max_steps": 6, "save_every": 3, "lr": 3e-3, "precision": "fp32"},
+        "infer": {"max_inputs": 2, "batch_size": 2}})
     p = subprocess.run([sys.executable, "-m", "harness.cli", "submit", str(spec), "--wait", "--timeout", "900"],
                        capture_output=True, text=True, timeout=960, cwd=tmp)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

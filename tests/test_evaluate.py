@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.core import spec as spec_mod
+import specs
 from harness.core.plan import checkpoint_steps
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
@@ -114,7 +114,7 @@ def test_fast_and_skimage_agree_on_a_thread_pool(dirs: tuple[Path, Path, np.ndar
 
 def test_stage_writes_eval_json(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
     ref, _, clip = dirs
-    spec = spec_mod.from_dict({"data": {"videos": str(ref)}, "finetune": {"max_steps": 4, "save_every": 2},
+    spec = specs.build({"data": {"videos": str(ref)}, "finetune": {"max_steps": 4, "save_every": 2},
                                "evaluate": {"backend": "skimage"}})
     paths = RunPaths(tmp_path / "run")
     step = checkpoint_steps(spec.finetune)[1]
@@ -143,7 +143,7 @@ def test_thread_pool_equals_serial(dirs: tuple[Path, Path, np.ndarray]) -> None:
         shutil.copy(ref / "clip.mp4", ref / f"clip{i}.mp4")
     (gen / "bad.mp4").write_bytes(b"x")
     shutil.copy(gen / "bad.mp4", ref / "bad.mp4")
-    pairs = evaluate.stage_pairs(spec_mod.from_dict({"data": {"videos": str(ref)},
+    pairs = evaluate.stage_pairs(specs.build({"data": {"videos": str(ref)},
                                                      "evaluate": {"reference": str(ref)}}), gen)[0]
     a = evaluate.score_pairs(pairs, "fast", "cpu", workers=1)
     b = evaluate.score_pairs(pairs, "fast", "cpu", workers=2)
@@ -158,7 +158,7 @@ def test_stage_computes_only_the_selected_metrics(tmp_path: Path, dirs: tuple[Pa
     noisy = np.clip(clip.astype(int) + np.random.default_rng(1).integers(-9, 10, clip.shape), 0, 255).astype(np.uint8)
     out: dict[str, dict] = {}
     for chosen in (["psnr", "ssim"], ["psnr"], ["ssim"]):
-        spec = spec_mod.from_dict({"data": {"videos": str(ref)}, "finetune": {"max_steps": 2, "save_every": 2},
+        spec = specs.build({"data": {"videos": str(ref)}, "finetune": {"max_steps": 2, "save_every": 2},
                                    "evaluate": {"reference": str(ref), "metrics": chosen}})
         paths = RunPaths(tmp_path / "-".join(chosen))
         gen = paths.infer_dir(2)
@@ -183,8 +183,7 @@ def test_validate_rejects_unknown_metrics(tmp_path: Path, capsys: pytest.Capture
     from harness import cli
 
     path = tmp_path / "run.toml"
-    path.write_text(f"[data]\nvideos = 'v'\n[model]\npreset = 'tiny'\n[video]\nwidth = 32\nheight = 32\n"
-                    f"num_frames = 9\n[evaluate]\nmetrics = {value}\n")
+    specs.write(path, {"data": {"videos": "v"}}, specs.TINY, f"[evaluate]\nmetrics = {value}\n")
     assert cli.main(["validate", str(path)]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"{path}: evaluate.metrics = ") and needle in lines[0], lines

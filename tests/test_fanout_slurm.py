@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import specs
 from reliability_helpers import tiny_assets
 from rich.console import Console
 
 from harness import ops
 from harness.ops import submit as launching
 
-from harness.lib import synth
 from harness.core import plan as plan_mod
 from harness.launch import slurmcli
 from harness.ops import control, state
@@ -33,52 +33,12 @@ KILLED = (1, 2)
 
 def fanout_spec(tmp: Path) -> Path:
     a = tiny_assets(tmp, clips=8)
-    path = tmp / "fan.toml"
-    path.write_text(f"""
-[run]
-name = "fan"
-workdir = "{tmp / 'runs'}"
-results_dir = "{tmp / 'results'}"
-[model]
-preset = "tiny"
-[tokenizer]
-encoder = "{synth.TOKENIZER_REPO}"
-decoder = "{synth.TOKENIZER_REPO}"
-[video]
-width = 32
-height = 32
-num_frames = 9
-[data]
-videos = "{a['videos']}"
-split = [1, 1, 2]
-[assets]
-hf_home = "{a['hf']}"
-time_min = 5
-[tokenize]
-shards = 2
-decode_workers = 0
-time_min = 5
-[merge]
-time_min = 5
-[finetune]
-engine = "mcore"
-max_steps = {CHECKPOINTS}
-max_epochs = 1000
-save_every = 1
-global_batch_size = 1
-time_min = 10
-[infer]
-max_inputs = 8
-inputs_per_task = 1
-cpus_per_task = 1
-time_min = 10
-[evaluate]
-cpus_per_task = 1
-time_min = 10
-[report]
-time_min = 5
-""", encoding="utf-8")
-    return path
+    return specs.write(tmp / "fan.toml", specs.tiny_run(tmp, name="fan", videos=a["videos"], hf=a["hf"]),
+                       specs.QUICK_JOBS, {
+                           "data": {"split": [1, 1, 2]}, "tokenize": {"shards": 2},
+                           "finetune": {"max_steps": CHECKPOINTS, "save_every": 1, "global_batch_size": 1},
+                           "infer": {"max_inputs": 8, "inputs_per_task": 1, "cpus_per_task": 1},
+                           "evaluate": {"cpus_per_task": 1}})
 
 
 def _state(paths: RunPaths, plan: plan_mod.Plan, stage: str, task: int) -> str:

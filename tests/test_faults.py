@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import specs
 from harness.stages.finetune.checkpoints import latest_complete
 from harness.lib import synth
 from harness.launch import slurmcli
@@ -257,7 +258,7 @@ def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: 
         expect_good -= 1
 
     # Video2World jsonl: good lines plus every kind of broken line
-    base = tiny_spec(tmp_path, name="badv", shards=2)
+    base = tiny_spec(tmp_path, name="badv", shards=2, videos=videos)
     v2w_dir = tmp_path / "v2w"
     clips = synth.make_clips(v2w_dir, 3, seed=5)
     import json
@@ -271,12 +272,8 @@ def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: 
     jsonl.write_text("\n".join(lines) + "\n")
     t5 = synth.write_text_encoder(tmp_path / "t5")
     synth.write_hf_snapshot(tmp_path / "hf", synth.TEXT_ENCODER_REPO, {f.name: f for f in t5.iterdir() if f.is_file()})
-    v2w_text = base.read_text().replace('preset = "tiny"', f'preset = "tiny-v2w"\ntext_encoder = "{synth.TEXT_ENCODER_REPO}"')
-    v2w_text = v2w_text.replace('name = "badv"', 'name = "badj"\nrecipe = "video2world"')
-    v2w_text = v2w_text.replace(f'videos = "{tmp_path / "videos"}"', f'jsonl = "{jsonl}"')
-    v2w_spec = tmp_path / "badj.toml"
-    v2w_spec.write_text(v2w_text)
-    base.write_text(base.read_text().replace(f'videos = "{tmp_path / "videos"}"', f'videos = "{videos}"'))
+    v2w_spec = tiny_spec(tmp_path, name="badj", shards=2,
+                         extra=specs.merge(specs.V2W, {"data": {"videos": None, "jsonl": str(jsonl)}}))
 
     p1, ids1 = submit_partial(base, DATA, tmp_path)
     p2, ids2 = submit_partial(v2w_spec, DATA, tmp_path)

@@ -191,7 +191,7 @@ def test_sequence_parallel_equals_tp2_and_tp1_and_its_checkpoint_loads_without_i
     checkpoint (the same layout) resumes at TP=2 without it with TP=1's step-4 loss, and loads at TP=1 for
     inference with the logits of the TP=2 run without it (atol 2e-3, as TP=2 vs TP=1 above: fp32 sums in another
     order, amplified by Adam over 3 steps)."""
-    from harness.cosmos import checkpoint, parallel
+    from harness.cosmos import parallel
 
     runs = {}
     for name, sp in (("sp", "on"), ("plain", "off")):
@@ -209,8 +209,8 @@ def test_sequence_parallel_equals_tp2_and_tp1_and_its_checkpoint_loads_without_i
     assert losses(resumed)[4] == pytest.approx(ref[4], rel=2e-4)
     toks = torch.randint(0, 64_000, (2, 40))
     with torch.no_grad():
-        with_sp = checkpoint.load_for_inference(runs["sp"].checkpoint_dir(3), make_spec(), tp=1)(toks)
-        without = checkpoint.load_for_inference(runs["plain"].checkpoint_dir(3), make_spec(), tp=1)(toks)
+        with_sp = infer.load_model(runs["sp"].checkpoint_dir(3), make_spec(), tp=1)(toks)
+        without = infer.load_model(runs["plain"].checkpoint_dir(3), make_spec(), tp=1)(toks)
     parallel.shutdown()
     assert torch.allclose(with_sp, without, atol=2e-3), (with_sp - without).abs().max()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import specs
 from cosmos_util import make_run, make_spec
 from harness import cli
 from harness.core import hardware
@@ -21,7 +22,7 @@ from harness.core.models import PRESETS
 from harness.core.paths import is_done
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = '[data]\nvideos = "clips"\n'
+BASE = {"data": {"videos": "clips"}}
 
 
 def validate(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
@@ -34,10 +35,10 @@ def validate(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> t
 
 def spec_text(preset: str = "cosmos-4b", *, ft_gpus: int = 8, tp: int = 8, nodes: int = 1, engine: str = "auto",
               infer_gpus: int = 1, infer_tp: int = 1) -> str:
-    return (BASE + f"[model]\npreset = '{preset}'\n"
-            f"[finetune]\ngpus_per_node = {ft_gpus}\ntensor_parallel = {tp}\nnodes = {nodes}\nengine = '{engine}'\n"
-            "global_batch_size = 16\n"
-            f"[infer]\ngpus_per_node = {infer_gpus}\ntensor_parallel = {infer_tp}\n")
+    return specs.text(BASE, {"model": {"preset": preset},
+                             "finetune": {"gpus_per_node": ft_gpus, "tensor_parallel": tp, "nodes": nodes,
+                                          "engine": engine, "global_batch_size": 16},
+                             "infer": {"gpus_per_node": infer_gpus, "tensor_parallel": infer_tp}})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is absent")
@@ -100,7 +101,7 @@ def test_validate_rejects_gpu_counts_with_one_line(tmp_path: Path, capsys: pytes
     spec_text("cosmos-12b", nodes=2),  # TP 8 x DP 2
     spec_text("cosmos-4b", ft_gpus=8, tp=1, engine="mcore"),  # DP 8 shards the optimizer: 6 + 12/8 <= 18/2
     spec_text("cosmos-4b", ft_gpus=4, tp=2, nodes=2, infer_gpus=2, infer_tp=2),
-    BASE + "[model]\npreset = 'tiny'\n[video]\nwidth = 32\nheight = 32\nnum_frames = 9\n",  # CPU: gpus 0
+    specs.text(BASE, specs.TINY),  # CPU: gpus 0
 ])
 def test_validate_accepts_layouts_that_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
     code, lines, _ = validate(tmp_path, text, capsys)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import specs
 from harness.core import spec as spec_mod
 from harness.cosmos.pretrained import write_tiny_pretrained
 from harness.core.errors import HarnessError
@@ -29,7 +30,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[spec_mod.RunSpec,
     inputs = root / "inputs"
     make_clips(inputs, 3, seed=4)
     Image.fromarray(smooth_clip(1, 60, 80, seed=9)[0]).save(inputs / "still.png")
-    spec = spec_mod.from_dict({
+    spec = specs.build({
         "model": {"preset": "tiny"}, "data": {"videos": str(inputs)},
         "video": {"width": 64, "height": 48, "num_frames": 17},
         "finetune": {"max_steps": 2, "save_every": 2},
@@ -81,7 +82,7 @@ def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.Run
     its evaluate task scores exactly that shard's names; a shard past the end of the list is empty, not an error."""
     spec, paths = run_dir
     d = spec_mod.to_dict(spec)
-    sh = spec_mod.from_dict({**d, "infer": {**d["infer"], "inputs_per_task": 2}})
+    sh = specs.build(d, {"infer": {"inputs_per_task": 2}})
     full = [it.name for it in infer.list_inputs(sh, paths)]
     assert [it.name for it in infer.list_inputs(sh, paths, 0, 2)] == full[:2]
     assert [it.name for it in infer.list_inputs(sh, paths, 2, 4)] == full[2:] == ["clip_002"]
@@ -103,7 +104,7 @@ def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.Run
     assert [v["name"] for v in res["videos"]] == ["clip_002"] and (res["shard"], res["shards"]) == (1, 2)
     assert res["missing_generated"] == [] and res["mean"]["videos"] == 1
 
-    sparse = spec_mod.from_dict({**d, "infer": {**d["infer"], "max_inputs": 5, "inputs_per_task": 2}})
+    sparse = specs.build(d, {"infer": {"max_inputs": 5, "inputs_per_task": 2}})
     assert len(infer.list_inputs(sparse, paths)) == 4  # 3 clips and still.png: shard 2 ([4, 5)) is empty
     infer.run(sparse, 2, p2)
     assert read_json(p2.infer_manifest(2, 2))["names"] == []
@@ -117,8 +118,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     img_dir = paths.root.parent / "images"
     img_dir.mkdir(exist_ok=True)
     (img_dir / "still.png").write_bytes((paths.root.parent / "inputs" / "still.png").read_bytes())
-    spec2 = spec_mod.from_dict({**spec_mod.to_dict(spec), "infer": {**spec_mod.to_dict(spec)["infer"],
-                                                                     "inputs": str(img_dir)}})
+    spec2 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(img_dir)}})
     (it,) = infer.list_inputs(spec2, paths)
     assert it.image and infer.context_latents(spec2, it) == 1
     assert infer.reference_frames(spec2, it)[:2] == (0, None)
@@ -130,8 +130,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     assert v["compared_frames"] == {"generated": [0], "reference": [0]} and v["ssim"] > 0.5
     empty = paths.root.parent / "empty"
     empty.mkdir(exist_ok=True)
-    spec3 = spec_mod.from_dict({**spec_mod.to_dict(spec), "infer": {**spec_mod.to_dict(spec)["infer"],
-                                                                    "inputs": str(empty)}})
+    spec3 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(empty)}})
     with pytest.raises(HarnessError, match="no inputs found"):
         infer.list_inputs(spec3, paths)
 
@@ -142,7 +141,7 @@ def test_video2world_from_jsonl_prompts(tmp_path: Path) -> None:
 
     clips = make_clips(tmp_path / "videos", 2, seed=6)
     jsonl = write_jsonl(tmp_path / "prompts.jsonl", clips)
-    spec = spec_mod.from_dict({
+    spec = specs.build({
         "run": {"recipe": "video2world"}, "model": {"preset": "tiny-v2w"}, "data": {"jsonl": str(jsonl)},
         "video": {"width": 64, "height": 48, "num_frames": 9},
         "finetune": {"max_steps": 1, "save_every": 1},
@@ -171,7 +170,7 @@ def test_tensor_parallel_2_generates_the_tp1_videos(tmp_path: Path) -> None:
     tok = write_tokenizer(tmp_path / "tok", (4, 8, 8))
     frames = {}
     for tp, batch in ((1, 1), (2, 0)):
-        spec = spec_mod.from_dict({
+        spec = specs.build({
             "model": {"preset": "tiny"}, "data": {"videos": str(inputs)},
             "video": {"width": 64, "height": 48, "num_frames": 9}, "finetune": {"max_steps": 2, "save_every": 2},
             "infer": {"inputs": str(inputs), "max_inputs": 2, "batch_size": batch, "temperature": 0.0,

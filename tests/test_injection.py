@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import specs
 from harness import cli
 
 from harness.lib import synth
@@ -144,52 +145,18 @@ def nasty_inputs(tmp_path: Path) -> dict[str, Path | str]:
     return {"base": base, "jsonl": jsonl, "hf": hf, "workdir": base / payload("runs"), "prompts": lines}
 
 
-def toml_literal(s: str) -> str:
-    """A TOML multi-line literal string: no escapes at all, so the payload reaches the spec byte for byte."""
-    assert "'''" not in s and "\n" not in s
-    return "'''" + s + "'''"
-
-
 def nasty_spec(tmp_path: Path, inp: dict[str, Any]) -> Path:
-    env_value = payload("env")
-    text = f"""
-[run]
-name = "inj"
-recipe = "video2world"
-workdir = {toml_literal(str(inp['workdir']))}
-results_dir = {toml_literal(str(inp['base'] / payload('results')))}
-[model]
-preset = "tiny-v2w"
-text_encoder = "{synth.TEXT_ENCODER_REPO}"
-[tokenizer]
-encoder = "{synth.TOKENIZER_REPO}"
-decoder = "{synth.TOKENIZER_REPO}"
-[video]
-width = 32
-height = 32
-num_frames = 9
-[data]
-jsonl = {toml_literal(str(inp['jsonl']))}
-[assets]
-hf_home = {toml_literal(str(inp['hf']))}
-[container]
-image = {toml_literal(f"/x/$(touch CANARY_{TAG}_image) `touch CANARY_{TAG}_img2`;#.sqsh")}
-env = {{ HARNESS_INJ = {toml_literal(env_value)} }}
-mounts = [{toml_literal(f"/m $(touch CANARY_{TAG}_mount);#'q:/n")}]
-stages = ["finetune"]
-[tokenize]
-shards = 1
-decode_workers = 0
-time_min = 5
-[finetune]
-engine = "mcore"
-max_steps = 2
-save_every = 1
-time_min = 5
-"""
-    path = tmp_path / "run.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    """Every payload as a TOML string value (the builder escapes quotes and backslashes; the spec reads back
+    the payload byte for byte)."""
+    return specs.write(tmp_path / "run.toml", specs.TINY, specs.V2W, {
+        "run": {"name": "inj", "workdir": str(inp["workdir"]), "results_dir": str(inp["base"] / payload("results"))},
+        "tokenizer": {"encoder": synth.TOKENIZER_REPO, "decoder": synth.TOKENIZER_REPO},
+        "data": {"jsonl": str(inp["jsonl"])}, "assets": {"hf_home": str(inp["hf"])},
+        "container": {"image": f"/x/$(touch CANARY_{TAG}_image) `touch CANARY_{TAG}_img2`;#.sqsh",
+                      "env": {"HARNESS_INJ": payload("env")},
+                      "mounts": [f"/m $(touch CANARY_{TAG}_mount);#'q:/n"], "stages": ["finetune"]},
+        "tokenize": {"shards": 1, "decode_workers": 0, "time_min": 5},
+        "finetune": {"engine": "mcore", "max_steps": 2, "save_every": 1, "time_min": 5}})
 
 
 def bash_args(script: str, line_prefix: str) -> list[str]:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import specs
 from harness.ops import submit as launching
 
 from harness.core import plan
-
-from harness.core import spec
 
 from harness.lib import synth
 from harness.launch import local
@@ -24,27 +23,8 @@ def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launching.RunPa
 
     clips = tmp / "videos"
     synth.make_clips(clips, 6)
-    s = spec.loads(f"""
-[run]
-name = "loc"
-workdir = "{tmp / 'runs'}"
-results_dir = "{tmp / 'results'}"
-[model]
-preset = "tiny"
-[tokenizer]
-encoder = "{encoder}"
-decoder = "{encoder}"
-[video]
-width = 32
-height = 32
-num_frames = 9
-[data]
-videos = "{clips}"
-[assets]
-hf_home = "{tmp / 'hf'}"
-[tokenize]
-shards = {shards}
-""")
+    s = specs.build(specs.tiny_run(tmp, name="loc", videos=clips, hf=tmp / "hf", tokenizer=str(encoder)),
+                    {"tokenize": {"shards": shards}})
     facts = plan.Facts(num_inputs=len(discover(s)), max_array_size=1_000_000, nodes_available=1)
     p = plan.build(s, facts)
     paths = launching.new_run_dir(Path(s.run.workdir), "loc")

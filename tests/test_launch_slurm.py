@@ -17,6 +17,7 @@ from harness.core import plan
 
 from harness.core import spec
 
+import specs
 from harness.lib import synth
 from harness.launch import slurm, slurmcli
 from harness.launch.backend import TaskState
@@ -26,37 +27,13 @@ pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 
 
-def write_spec(tmp: Path, encoder: str, **sections: str) -> Path:
+def write_spec(tmp: Path, encoder: str, extra: specs.Layer = None) -> Path:
     clips = tmp / "videos"
     if not clips.exists():
         synth.make_clips(clips, 8)
-    text = f"""
-[run]
-name = "t"
-workdir = "{tmp / 'runs'}"
-results_dir = "{tmp / 'results'}"
-[model]
-preset = "tiny"
-[tokenizer]
-encoder = "{encoder}"
-decoder = "{encoder}"
-[video]
-width = 32
-height = 32
-num_frames = 9
-[data]
-videos = "{clips}"
-[assets]
-hf_home = "{tmp / 'hf'}"
-[finetune]
-max_steps = 4
-save_every = 2
-"""
-    for name, body in sections.items():
-        text += f"[{name}]\n{body}\n"
-    path = tmp / "run.toml"
-    path.write_text(text)
-    return path
+    return specs.write(tmp / "run.toml",
+                       specs.tiny_run(tmp, name="t", videos=clips, hf=tmp / "hf", tokenizer=encoder),
+                       {"finetune": {"max_steps": 4, "save_every": 2}}, extra)
 
 
 def wait_final(job_ids: list[str], timeout: float = 120.0) -> dict[str, TaskState]:
@@ -124,7 +101,7 @@ def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
 def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str, tmp_path: Path) -> None:
     """With MaxArraySize 3, 8 tokenize shards become 3 arrays and merge waits for all of them."""
     tok = synth.write_tokenizer(tmp_path / "tok")
-    s = spec.absolutize(spec.load(write_spec(tmp_path, str(tok), tokenize="shards = 8")), tmp_path)
+    s = spec.absolutize(spec.load(write_spec(tmp_path, str(tok), {"tokenize": {"shards": 8}})), tmp_path)
     facts = plan.Facts(num_inputs=8, max_array_size=3, nodes_available=3)
     p = plan.build(s, facts)
     paths = launching.new_run_dir(Path(s.run.workdir), "split")

@@ -64,10 +64,8 @@ def single_node_reference(paths: RunPaths, root: Path) -> RunPaths:
 @pytest.mark.timeout(1800)
 def test_dp_x_tp_finetune_over_two_nodes_requeued_equals_one_node(slurm_cluster: str, tmp_path: Path,
                                                                   reliability: Any) -> None:
-    spec_file = tiny_spec(tmp_path, name="mnode", shards=1, clips=4, max_steps=STEPS, save_every=SAVE_EVERY)
-    text = spec_file.read_text()
-    spec_file.write_text(text.replace("[finetune]\n", "[finetune]" + MULTINODE, 1).replace(
-        "global_batch_size = 1\n", "", 1))
+    spec_file = tiny_spec(tmp_path, name="mnode", shards=1, clips=4, max_steps=STEPS, save_every=SAVE_EVERY,
+                          extra="[finetune]" + MULTINODE)
     t0 = time.perf_counter()
     res = harness("submit", str(spec_file), cwd=tmp_path)
     assert res.returncode == 0, (res.stdout, res.stderr)

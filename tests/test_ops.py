@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+import specs
 from harness import cli
 from harness.launch.backend import Submission
 from harness.ops import submit as launching
@@ -30,28 +31,14 @@ from harness.ops import control, state, status
 from harness.core.plan import Dependency
 from harness.core.paths import RunPaths, new_run_dir
 
-SPEC = """
-[run]
-name = "ops"
-workdir = "{root}/runs"
-results_dir = "{root}/results"
 
-[tokenizer]
-encoder = "{root}/tok"
-decoder = "{root}/tok"
-
-[data]
-videos = "{root}/videos"
-
-[assets]
-hf_home = "{root}/hf"
-cpus_per_task = 1
-time_min = 5
-
-[report]
-cpus_per_task = 1
-time_min = 5
-"""
+def spec_text(root: Path) -> str:
+    """The default model; the assets and report jobs as small as the local cluster's nodes."""
+    return specs.text({
+        "run": {"name": "ops", "workdir": f"{root}/runs", "results_dir": f"{root}/results"},
+        "tokenizer": {"encoder": f"{root}/tok", "decoder": f"{root}/tok"}, "data": {"videos": f"{root}/videos"},
+        "assets": {"hf_home": f"{root}/hf", "cpus_per_task": 1, "time_min": 5},
+        "report": {"cpus_per_task": 1, "time_min": 5}})
 
 
 WAIT_S = 400
@@ -67,7 +54,7 @@ def make_run(root: Path, executor: str = "slurm", with_decoder: bool = False) ->
     if with_decoder:
         (root / "tok" / "decoder.jit").write_bytes(b"decoder")
     (root / "videos").mkdir(exist_ok=True)
-    text = SPEC.format(root=root)
+    text = spec_text(root)
     (root / "run.toml").write_text(text)
     spec = spec_mod.absolutize(spec_mod.load(root / "run.toml"), root)
     facts = plan_mod.Facts(num_inputs=3, max_array_size=1001, nodes_available=3)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import specs
 from harness.core import plan
 
 from harness.core import spec
@@ -66,8 +67,8 @@ def test_shards_never_exceed_inputs_and_cover_nodes() -> None:
 
 
 def test_data_parallel_and_grad_accumulation() -> None:
-    s = spec.loads('[data]\nvideos="x"\n[finetune]\nnodes=2\ngpus_per_node=8\ntensor_parallel=4\n'
-                   'global_batch_size=32\nmicro_batch_size=2\n')
+    s = specs.build({"data": {"videos": "x"}, "finetune": {"nodes": 2, "gpus_per_node": 8, "tensor_parallel": 4,
+                                                        "global_batch_size": 32, "micro_batch_size": 2}})
     p = plan.build(s, plan.Facts(num_inputs=10))
     assert p.data_parallel == 4 and p.grad_accumulation == 4
     ft = p.stage("finetune").resources
@@ -75,15 +76,15 @@ def test_data_parallel_and_grad_accumulation() -> None:
 
 
 def test_infer_tasks_get_one_rank_per_tensor_parallel_shard() -> None:
-    s = spec.loads('[data]\nvideos="x"\n[infer]\ngpus_per_node=2\ntensor_parallel=2\n')
+    s = specs.build({"data": {"videos": "x"}, "infer": {"gpus_per_node": 2, "tensor_parallel": 2}})
     inf = plan.build(s, plan.Facts(num_inputs=10)).stage("infer").resources
     assert (inf.nodes, inf.ntasks_per_node, inf.gpus_per_node) == (1, 2, 2)
 
 
 def _fanout_spec(max_inputs: int, per_task: int, inputs: str = "", max_steps: int = 9) -> spec.RunSpec:
-    return spec.loads(f'[data]\nvideos="x"\n[finetune]\nmax_steps={max_steps}\nsave_every=3\n'
-                      f'[infer]\nmax_inputs={max_inputs}\ninputs_per_task={per_task}\ninputs="{inputs}"\n'
-                      f'array_throttle=5\n')
+    return specs.build({"data": {"videos": "x"}, "finetune": {"max_steps": max_steps, "save_every": 3},
+                        "infer": {"max_inputs": max_inputs, "inputs_per_task": per_task, "inputs": inputs,
+                                  "array_throttle": 5}})
 
 
 @pytest.mark.parametrize(("max_inputs", "per_task"), [(10, 3), (12, 4), (7, 1), (5, 0), (4, 100)])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+import specs
 from harness import cli
 from harness.ops import submit as launching
 
@@ -21,22 +22,13 @@ from harness.core import spec as spec_mod
 from harness.core.paths import RunPaths, mark_done, new_run_dir
 from harness.core.atomic import atomic_write_json
 
-SPEC = """
-[run]
-name = "rep"
-workdir = "{root}/runs"
-results_dir = "{root}/results"
 
-[data]
-videos = "{root}/videos"
+def spec_text(root: Path, extra: specs.Layer = None) -> str:
+    """The default (cosmos) model, so the report's throughput and MFU figures are the real model's."""
+    return specs.text({"run": {"name": "rep", "workdir": f"{root}/runs", "results_dir": f"{root}/results"},
+                       "data": {"videos": f"{root}/videos"}, "tokenize": {"shards": 2},
+                       "finetune": {"max_steps": 40, "save_every": 10}}, extra)
 
-[tokenize]
-shards = 2
-
-[finetune]
-max_steps = 40
-save_every = 10
-"""
 
 PSNR = {10: 24.8123, 20: 27.4511, 30: 28.9034, 40: 28.1207}
 SSIM = {10: 0.6012, 20: 0.7107, 30: 0.7561, 40: 0.7498}
@@ -44,7 +36,7 @@ SSIM = {10: 0.6012, 20: 0.7107, 30: 0.7561, 40: 0.7498}
 
 def make_results(root: Path, skip_eval: int | None = None) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
     (root / "videos").mkdir(parents=True, exist_ok=True)
-    text = SPEC.format(root=root)
+    text = spec_text(root)
     (root / "run.toml").write_text(text)
     spec = spec_mod.absolutize(spec_mod.load(root / "run.toml"), root)
     facts = plan_mod.Facts(num_inputs=12, max_array_size=1001, nodes_available=1)
@@ -196,7 +188,7 @@ def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_pa
     """Evaluate fanned out over 3 input shards: a checkpoint's means are over every per-video record of the
     shards that were evaluated (not a mean of shard means), and a shard without its file is named."""
     (tmp_path / "videos").mkdir()
-    text = SPEC.format(root=tmp_path) + "[infer]\nmax_inputs = 7\ninputs_per_task = 3\ninputs = \"/data/eval\"\n"
+    text = spec_text(tmp_path, {"infer": {"max_inputs": 7, "inputs_per_task": 3, "inputs": "/data/eval"}})
     (tmp_path / "run.toml").write_text(text)
     spec = spec_mod.absolutize(spec_mod.load(tmp_path / "run.toml"), tmp_path)
     plan = plan_mod.build(spec, plan_mod.Facts(num_inputs=12))
