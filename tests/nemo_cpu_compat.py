@@ -3,7 +3,7 @@
 NeMo's MegatronStrategy and Lightning callbacks assume CUDA in many small places (`.to("cuda")`, pinned host
 tensors, side streams). The product never runs NeMo on CPU (`engine = auto` picks NeMo only with CUDA); these
 patches exist so that the NeMo engine's real code path can be tested here. Run as a script, it trains one run
-directory with the NeMo engine: `python tests/nemo_cpu_compat.py RUN_DIR`.
+directory with the NeMo engine: `python tests/nemo_cpu_compat.py RUN_DIR`; `--bench ARGS` runs the NeMo bench.
 """
 
 from __future__ import annotations
@@ -165,5 +165,17 @@ def _patch_checkpoint_io() -> None:
     nemo_pl._fix_tensors_device = lambda ckpt: ckpt
 
 
+def bench(argv: list[str]) -> None:
+    """`harness.bench.train --engine nemo ARGV` on CPU (each rank of `torchrun ... nemo_cpu_compat.py --bench`):
+    the CPU path of the NeMo bench script, to check it end to end with gloo before the GPU run."""
+    apply()
+    from harness.bench import train
+
+    train.main(argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--bench":
+        bench(sys.argv[2:])
+    else:
+        main(sys.argv[1])

@@ -10,6 +10,11 @@ PyTorch stack reached 534 TFLOP/s). On CPU, `--preset tiny` is a smoke test (fp3
     python -m harness.bench.train --preset cosmos-4b --seq 12800 --steps 10 --out results/bench
     python -m harness.bench.train --preset cosmos-4b --tp 2 --out results/bench/h200x2   # 2 GPUs (torchrun)
     python -m harness.bench.train --preset cosmos-4b --tp 2 --sp --out results/bench/h200x2   # + sequence parallel
+    python -m harness.bench.train --engine nemo --preset cosmos-4b --tp 2 --out results/bench/h200x2
+
+`--engine nemo` times the finetune stage's NeMo engine (`harness.stages.finetune.nemo`: NeMo 2 `llm.api.train`,
+MegatronStrategy, the same model, data order and FLOP accounting) instead: `--warmup + --steps + 1` steps, the
+median over the `--steps` after the warm-up (its peak memory includes the warm-up steps).
 
 MFU is per GPU: the step's model FLOPs over the step time and the number of ranks.
 """
@@ -88,7 +93,7 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
         "video": geometry(a.seq),
         "data": {"jsonl": "/bench.jsonl"} if v2w else {"videos": "/bench"},
         "infer": {"context_latent_frames": 1},
-        "finetune": {"engine": "mcore", "tensor_parallel": a.tp, "gpus_per_node": a.tp * a.dp if cuda else 0,
+        "finetune": {"engine": a.engine, "tensor_parallel": a.tp, "gpus_per_node": a.tp * a.dp if cuda else 0,
                      "global_batch_size": a.micro_batch * a.dp, "micro_batch_size": a.micro_batch, "max_steps": a.warmup + a.steps + 1,
                      "save_every": a.warmup + a.steps + 1, "lr": 1e-5, "min_lr": 1e-5, "max_epochs": 1_000_000,
                      "precision": "bf16-mixed" if cuda else "fp32", "recompute": a.recompute,
@@ -96,7 +101,7 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
     }, source="<bench>")
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench train")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
     ap.add_argument("--seq", type=int, default=12_800, help="video tokens per sample (12800 = 5x40x64)")
@@ -109,33 +114,54 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU)")
     ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas (micro-batch each)")
     ap.add_argument("--sp", action="store_true", help="megatron sequence parallelism (needs --tp > 1)")
+    ap.add_argument("--engine", default="mcore", choices=["mcore", "nemo"], help="the finetune engine timed")
     ap.add_argument("--out", default="results/bench")
-    a = ap.parse_args(argv)
-    out = Path(a.out) / (f"train-{a.preset}-{a.seq}.json" if a.tp * a.dp == 1
-                         else f"train-{a.preset}-{a.seq}-tp{a.tp}-dp{a.dp}{'-sp' if a.sp else ''}.json")
+    return ap
+
+
+def _mcore_records(spec: spec_mod.RunSpec, root: Path, a: argparse.Namespace, cuda: bool
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The mcore engine's timed steps after the warm-up (peak memory counted from the first timed step), and
+    one profiled step when asked."""
+    from harness.stages.finetune import mcore as train
+
+    t = train.setup(spec, RunPaths(root), SyntheticVideos(spec))
+    for _ in range(a.warmup):
+        train.train_step(t)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    recs = [train.train_step(t) for _ in range(a.steps)]
+    return recs, (_profile(lambda: train.train_step(t), cuda) if a.profile else None)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    a = _parser().parse_args(argv)
+    name = f"train-{a.preset}-{a.seq}" + ("" if a.tp * a.dp == 1 else f"-tp{a.tp}-dp{a.dp}{'-sp' if a.sp else ''}")
+    out = Path(a.out) / (name + ("-nemo" if a.engine == "nemo" else "") + ".json")
     if a.sp and a.tp == 1:
         raise SystemExit("--sp: sequence parallelism needs --tp > 1")
     if not ranks.launched(a.tp * a.dp):
         return ranks.relaunch("harness.bench.train", list(argv if argv is not None else sys.argv[1:]),
                               a.tp * a.dp, out)
+    from harness.core import trainplan
     from harness.cosmos import parallel
-    from harness.stages.finetune import mcore as train
 
     cuda = torch.cuda.is_available()
     spec = make_spec(a, cuda)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as d:
-        t = train.setup(spec, RunPaths(Path(d)), SyntheticVideos(spec))
-        for _ in range(a.warmup):
-            train.train_step(t)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        recs = [train.train_step(t) for _ in range(a.steps)]
-        profile = _profile(lambda: train.train_step(t), cuda) if a.profile else None
+        if a.engine == "nemo":
+            recs, profile = _nemo_records(spec, Path(d), a.warmup, a.steps), None
+        else:
+            recs, profile = _mcore_records(spec, Path(d), a, cuda)
+    rank0 = parallel.rank_env().rank == 0
+    if not recs:  # the NeMo engine's metrics are rank 0's
+        parallel.shutdown()
+        return {}
     step_s = statistics.median(r["step_time_s"] for r in recs)
     tflops = statistics.median(r["tflops"] for r in recs)
     result = {
-        "bench": "train", "preset": a.preset, "seq": a.seq, "tensor_parallel": a.tp, "data_parallel": a.dp,
-        "sequence_parallel": t.plan.sequence_parallel,
+        "bench": "train", "engine": a.engine, "preset": a.preset, "seq": a.seq, "tensor_parallel": a.tp,
+        "data_parallel": a.dp, "sequence_parallel": trainplan.of(spec, cuda=cuda).sequence_parallel,
         "gpus": a.tp * a.dp, "grid": str(spec.token_math.grid),
         "command": "python -m harness.bench.train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "CUDA_DEVICE_MAX"))},
@@ -148,11 +174,23 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__, "megatron_core": _mcore_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "profile": profile,
     }
-    rank0 = ranks.is_rank0()
+    rank0 = rank0 and ranks.is_rank0()
     parallel.shutdown()
     if rank0:
         atomic_write_json(out, result)
     return result
+
+
+def _nemo_records(spec: spec_mod.RunSpec, root: Path, warmup: int, steps: int) -> list[dict[str, Any]]:
+    """The NeMo engine's per-step metrics after the warm-up steps (rank 0; [] on the other ranks)."""
+    from harness.cosmos import data as data_mod
+    from harness.stages.finetune import nemo as nemo_engine
+
+    source = SyntheticVideos(spec)
+    samples = data_mod.VideoSamples(source, spec.token_math, "train", where="<bench>",
+                                    context_dim=spec.preset.crossattn_dim if spec.video2world else None)
+    recs = nemo_engine.time_steps(spec, RunPaths(root), samples)
+    return [r for r in recs if r["step"] > warmup][:steps]
 
 
 def _profile(step: Any, cuda: bool, top: int = 25) -> list[dict[str, Any]]:
@@ -176,7 +214,14 @@ def _mcore_version() -> str:
         return "unknown"
 
 
-if __name__ == "__main__":
-    r = run()
+def main(argv: list[str] | None = None) -> None:
+    r = run(argv)
+    if not r:
+        return
+    print(f"[{r['engine']} TP={r['tensor_parallel']}] ", end="")
     print(f"{r['preset']} seq {r['seq']}: {r['median_step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:,.0f} tok/s, "
           f"{r['tflops']:.0f} TFLOP/s, MFU {r['mfu']:.1%} (goal {r['goal_mfu']:.0%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -78,9 +78,34 @@ def pretrained_dir(paths: RunPaths) -> Path:
     return resolve_pretrained(resolve(paths, "checkpoint"))
 
 
-def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.VideoSamples) -> dict[str, Any]:
+def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos: int, timing_only: bool
+               ) -> list[Any]:
+    metrics = MetricsCallback(paths, StepMath.of(spec, plan, train_videos), None if timing_only else spec.tracking,
+                              mcore_train.run_config(spec, plan))
+    if timing_only:
+        return [metrics]
+    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, checkpoint_context(spec))]
+
+
+def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
+    """Where training starts: the newest complete checkpoint, else the pretrained weights, else from scratch."""
+    latest = None if timing_only else checkpoints.latest_complete(paths)
+    if latest is not None:
+        ckpt.check_context(latest[1], spec.model.preset)
+        check_engine(latest[1])
+        return nl.AutoResume(resume_from_path=str(latest[1]), resume_if_exists=False)
+    if spec.model.checkpoint and not timing_only:
+        source = pretrained_dir(paths)
+        log.info("starting from pretrained checkpoint %s", source)
+        return nl.AutoResume(restore_config=RestoreConfig(path=str(source), load_model_state=True,
+                                                          load_optim_state=False, load_artifacts=False))
+    return None
+
+
+def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.VideoSamples, *,
+          timing_only: bool = False) -> dict[str, Any]:
     """The keyword arguments of `llm.api.train` for this spec and its training plan (model, data, trainer, log,
-    optim, resume)."""
+    optim, resume). `timing_only` (the bench): no checkpoints, resume or event files, only metrics.jsonl."""
     f = spec.finetune
     cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
@@ -95,9 +120,7 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
-    callbacks = [MetricsCallback(paths, StepMath.of(spec, plan, len(samples)), spec.tracking,
-                                 mcore_train.run_config(spec, plan)),
-                 HarnessCheckpoint(paths, plan, f.save_every, checkpoint_context(spec))]
+    callbacks = _callbacks(spec, plan, paths, len(samples), timing_only)
     # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
     # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.
     trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
@@ -105,35 +128,39 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
                          plugins=nl.MegatronMixedPrecision(precision="bf16-mixed" if bf16 else "32"),
                          num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=f.log_every,
                          enable_progress_bar=False, logger=False, callbacks=callbacks,
-                         gradient_clip_val=None, use_distributed_sampler=False)
+                         enable_checkpointing=not timing_only, gradient_clip_val=None, use_distributed_sampler=False)
     optim = nl.MegatronOptimizerModule(
         config=OptimizerConfig(optimizer="adam", lr=f.lr, min_lr=f.min_lr, weight_decay=f.weight_decay,
                                clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
                                use_distributed_optimizer=False),
         lr_scheduler=HarnessLR(f.lr, f.min_lr, f.warmup_steps, f.max_steps))
-    latest = checkpoints.latest_complete(paths)
-    if latest is not None:
-        ckpt.check_context(latest[1], spec.model.preset)
-        check_engine(latest[1])
-        resume = nl.AutoResume(resume_from_path=str(latest[1]), resume_if_exists=False)
-    elif spec.model.checkpoint:
-        source = pretrained_dir(paths)
-        log.info("starting from pretrained checkpoint %s", source)
-        resume = nl.AutoResume(restore_config=RestoreConfig(path=str(source), load_model_state=True,
-                                                            load_optim_state=False, load_artifacts=False))
-    else:
-        resume = None
+    resume = _resume(spec, paths, timing_only)
     logger = nl.NeMoLogger(explicit_log_dir=str(paths.finetune_dir / "nemo"), use_datetime_version=False)
     return {"model": model, "data": VideoDataModule(spec, samples, plan.last_step), "trainer": trainer, "log": logger,
             "optim": optim, "resume": resume, "tokenizer": None}
 
 
-def run(spec: RunSpec, paths: RunPaths) -> int:
-    """Train (or resume) to the last step with NeMo; returns it. Every rank calls this (Slurm/torchrun start
-    `ranks_per_node` tasks per node; Lightning spawns them itself when started as one process)."""
+def _require(spec: RunSpec) -> None:
     if _IMPORT_ERROR is not None:
         raise HarnessError(f"{spec.source}: finetune.engine = 'nemo' needs NeMo 2 (nemo_toolkit[nlp] 2.x with "
                            f"nemo.collections.llm): {_IMPORT_ERROR}; use engine 'mcore' or 'auto'")
+
+
+def time_steps(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples) -> list[dict[str, Any]]:
+    """`harness bench train --engine nemo`: the finetune stage's NeMo training (same model, strategy, optimizer,
+    precision plugin and step timing) for `max_steps` steps on `samples`, without checkpoints; returns rank 0's
+    metrics.jsonl records (other ranks: [])."""
+    _require(spec)
+    llm.api.train(**build(spec, mcore_train.training_plan(spec), paths, samples, timing_only=True))
+    from harness.report.build import read_metrics
+
+    return read_metrics(paths.metrics_jsonl) if paths.metrics_jsonl.is_file() else []
+
+
+def run(spec: RunSpec, paths: RunPaths) -> int:
+    """Train (or resume) to the last step with NeMo; returns it. Every rank calls this (Slurm/torchrun start
+    `ranks_per_node` tasks per node; Lightning spawns them itself when started as one process)."""
+    _require(spec)
     from harness.stages.dataset import open_dataset
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))

@@ -91,8 +91,9 @@ class HarnessCheckpoint(ModelCheckpoint):
 class MetricsCallback(pl.Callback):
     """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format."""
 
-    def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection,
+    def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection | None,
                  run_config: dict[str, Any]) -> None:
+        """`tracking_cfg` None: metrics.jsonl only (the bench: no TensorBoard/W&B event files)."""
         self.paths, self.math, self.tracking_cfg, self.run_config = paths, math, tracking_cfg, run_config
         self.start, self.lr = 0.0, 0.0
         self.tracker: tracking.TrainTracker | None = None
@@ -100,6 +101,7 @@ class MetricsCallback(pl.Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero:  # after a resume, later steps are recomputed: each is logged once
             mcore_train.truncate_metrics(self.paths.metrics_jsonl, trainer.global_step)
+        if trainer.is_global_zero and self.tracking_cfg is not None:
             self.tracker = tracking.TrainTracker.open(self.tracking_cfg, self.paths, trainer.global_step,
                                                       self.run_config)
 
