@@ -36,11 +36,11 @@ import torch
 from harness.core import spec as spec_mod
 from harness.bench import ranks
 from harness.core.models import PRESETS
+from harness.report.records import PEAK_TFLOPS
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
 from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 
-PEAK_TFLOPS = 989.0
 GOAL_MFU = 0.50
 
 

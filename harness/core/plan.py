@@ -21,12 +21,12 @@ from harness.core import spec as spec_mod
 from harness.core import tokens
 from harness.core import trainplan
 from harness.core.errors import HarnessError
+from harness.core.sections import STAGES
 from harness.core.spec import InferSection, Resources, RunSpec
 from harness.core.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
 
 DependencyKind = Literal["afterok", "aftercorr", "afterany"]
 
-STAGES: tuple[str, ...] = ("stage-assets", "tokenize", "merge", "finetune", "infer", "evaluate", "report")
 _SECTION = {"stage-assets": "assets", "tokenize": "tokenize", "merge": "merge", "finetune": "finetune",
             "infer": "infer", "evaluate": "evaluate", "report": "report"}
 _EDGES: dict[str, tuple[str, DependencyKind] | None] = {

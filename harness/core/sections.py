@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from harness.core import models, tokens
+from harness.core.models import Precision
 from harness.core.fields import opt
+
+STAGES: tuple[str, ...] = ("stage-assets", "tokenize", "merge", "finetune", "infer", "evaluate", "report")
+"""The run's stages in plan order: the one list (the plan's DAG, the stage workers, container.stages' choices)."""
 
 Recipe = Literal["base", "video2world"]
 Engine = Literal["auto", "nemo", "mcore"]
-Precision = Literal["bf16-mixed", "fp32"]
 Recompute = Literal["none", "selective", "full"]
 SequenceParallel = Literal["auto", "on", "off"]
 MetricBackend = Literal["auto", "fast", "skimage"]

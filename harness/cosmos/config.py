@@ -5,15 +5,13 @@ that the harness injects itself (so mcore's own position embedding is off)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from harness.core.models import ModelPreset
+from harness.core.models import ModelPreset, Precision
 
-Precision = Literal["bf16-mixed", "fp32"]
 
 LAYERNORM_EPS = 1e-5
 INIT_STD = 0.02

@@ -29,7 +29,6 @@ from harness.core.atomic import read_json
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 
-ORDER: tuple[str, ...] = ("stage-assets", "tokenize", "merge", "finetune", "infer", "evaluate", "report")
 MODULES: dict[str, str] = {
     "stage-assets": "harness.stages.assets",
     "tokenize": "harness.stages.tokenize",

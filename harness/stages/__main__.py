@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 
 from harness.core.errors import HarnessError
-from harness.stages import ORDER, run_task
+from harness.core.sections import STAGES
+from harness.stages import run_task
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 3) or argv[1] not in ORDER or (len(argv) == 3 and not argv[2].isdigit()):
-        print(f"usage: python -m harness.stages RUN_DIR STAGE [TASK]; STAGE one of {', '.join(ORDER)}",
+    if len(argv) not in (2, 3) or argv[1] not in STAGES or (len(argv) == 3 and not argv[2].isdigit()):
+        print(f"usage: python -m harness.stages RUN_DIR STAGE [TASK]; STAGE one of {', '.join(STAGES)}",
               file=sys.stderr)
         return 2
     try:

@@ -54,20 +54,12 @@ else:
     from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback
     from harness.stages.finetune.nemo_model import CosmosNeMoConfig, HarnessLR, VideoDataModule
 
-__all__ = ["available", "build", "check_engine", "ordered_sample", "pretrained_dir", "run", "select"]
+__all__ = ["available", "build", "check_engine", "ordered_sample", "pretrained_dir", "run", "time_steps"]
 
 
 def available() -> bool:
     """NeMo 2's LLM collection imports here."""
     return _IMPORT_ERROR is None
-
-
-def select(spec: RunSpec) -> str:
-    """The engine the finetune stage runs: `auto` = nemo where NeMo 2 imports and CUDA is present, else mcore."""
-    engine = spec.finetune.engine
-    if engine == "auto":
-        return "nemo" if available() and torch.cuda.is_available() else "mcore"
-    return engine
 
 
 def pretrained_dir(paths: RunPaths) -> Path:
