@@ -273,7 +273,7 @@ def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: 
     t5 = synth.write_text_encoder(tmp_path / "t5")
     synth.write_hf_snapshot(tmp_path / "hf", synth.TEXT_ENCODER_REPO, {f.name: f for f in t5.iterdir() if f.is_file()})
     v2w_spec = tiny_spec(tmp_path, name="badj", shards=2,
-                         extra=specs.merge(specs.V2W, {"data": {"videos": None, "jsonl": str(jsonl)}}))
+                         extra={**specs.V2W, "data": {"videos": None, "jsonl": str(jsonl)}})  # None: drop videos
 
     p1, ids1 = submit_partial(base, DATA, tmp_path)
     p2, ids2 = submit_partial(v2w_spec, DATA, tmp_path)
