@@ -5,6 +5,7 @@ run-time check is real here (CUDA_VISIBLE_DEVICES is also emptied, as a broken a
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -122,6 +123,21 @@ def test_min_gpus_rule() -> None:
     assert hardware.fits(p12, layout(8, "nemo"), dp=1)
     assert not hardware.fits(p12, layout(4, "mcore"), dp=2)  # 1.5 + 12/8 = 3 > 2.25
     assert hardware.fits(PRESETS["cosmos-4b"], layout(2, "nemo"), dp=4)  # 3 + 6 = 9 <= 9
+
+
+def test_one_gpu_where_the_measured_peak_fits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cosmos-4b's one-GPU training peak was measured at 108.4 GiB on an H200 (results/bench/h200/
+    train-cosmos-4b-12800.json): 80 GiB GPUs need two, a 139 GiB H200 holds it; 12B was never measured."""
+    src = json.loads((REPO / "results/bench/h200/train-cosmos-4b-12800.json").read_text())
+    assert PRESETS["cosmos-4b"].one_gpu_train_gib == round(src["peak_mem_gib"], 1)
+    assert hardware.min_gpus(PRESETS["cosmos-4b"], 80) == 2 and hardware.min_gpus(PRESETS["cosmos-4b"], 114) == 1
+    assert hardware.min_gpus(PRESETS["cosmos-4b"], 113) == 2  # 108.4 x 1.05 = 113.8
+    assert hardware.min_gpus(PRESETS["cosmos-12b"], 10_000) == 8
+    one = spec_text("cosmos-4b", ft_gpus=1, tp=1, engine="mcore")
+    code, lines, _ = validate(tmp_path, one, capsys)
+    assert code == 2 and "needs at least 2 of 80 GiB" in lines[0], lines
+    code, lines, _ = validate(tmp_path, one.replace("[finetune]\n", "[finetune]\ngpu_memory_gib = 139\n"), capsys)
+    assert code == 0 and not lines, lines
 
 
 @pytest.mark.parametrize("image,needle", [

@@ -94,6 +94,7 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
         "data": {"jsonl": "/bench.jsonl"} if v2w else {"videos": "/bench"},
         "infer": {"context_latent_frames": 1},
         "finetune": {"engine": a.engine, "tensor_parallel": a.tp, "gpus_per_node": a.tp * a.dp if cuda else 0,
+                     "gpu_memory_gib": int(torch.cuda.get_device_properties(0).total_memory / 2**30) if cuda else 80,
                      "global_batch_size": a.micro_batch * a.dp, "micro_batch_size": a.micro_batch, "max_steps": a.warmup + a.steps + 1,
                      "save_every": a.warmup + a.steps + 1, "lr": 1e-5, "min_lr": 1e-5, "max_epochs": 1_000_000,
                      "precision": "bf16-mixed" if cuda else "fp32", "recompute": a.recompute,

@@ -33,16 +33,28 @@ def state_bytes_per_param(tp: int, optimizer_shards: int) -> float:
     return REPLICATED_BYTES / tp + OPTIMIZER_BYTES / (tp * optimizer_shards)
 
 
+ONE_GPU_MARGIN = 1.05
+"""Headroom over a preset's measured one-GPU peak (allocator fragmentation, other kernels' workspaces)."""
+
+
+def min_gpus(preset: ModelPreset, gpu_memory_gib: int) -> int:
+    """The GPUs the model's training state must be spread over: one where a GPU holds the measured one-GPU peak
+    with margin (cosmos-4b, 108 GiB, on a 139 GiB H200), else the count the 80 GB recipes use."""
+    one = preset.one_gpu_train_gib
+    return 1 if one is not None and one * ONE_GPU_MARGIN <= gpu_memory_gib else preset.min_gpus
+
+
 def fits(preset: ModelPreset, f: FinetuneSection, dp: int) -> bool:
-    """Whether a finetune layout holds the model: `preset.min_gpus` is the GPU count the model's training state
-    must be spread over because it does not fit in fewer GPUs' memory at TP = 1 (the released recipes run it with
+    """Whether a finetune layout holds the model: `min_gpus` is the GPU count the model's training state must be
+    spread over because it does not fit in fewer GPUs' memory at TP = 1 (the released recipes run it with
     TP = min_gpus and one replica). A layout qualifies when no GPU holds more training state per parameter than
     that reference layout: TP divides all of it (and the activations), DP only the optimizer state, and only with
     the distributed optimizer, which the mcore engine uses for DP > 1 on GPUs (NeMo's engine, and so 'auto' inside
     the NeMo container, does not). So fewer than min_gpus GPUs never fit; min_gpus GPUs or more fit with
     TP = min_gpus, or with a smaller TP where engine 'mcore' shards the optimizer over enough DP ranks."""
+    least = min_gpus(preset, f.gpu_memory_gib)
     shards = dp if f.engine == "mcore" else 1
-    return state_bytes_per_param(f.tensor_parallel, shards) <= state_bytes_per_param(preset.min_gpus, 1)
+    return state_bytes_per_param(f.tensor_parallel, shards) <= state_bytes_per_param(least, 1)
 
 
 def gpu_problems(spec: RunSpec) -> list[tuple[str, str]]:
@@ -50,18 +62,20 @@ def gpu_problems(spec: RunSpec) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     f, p = spec.finetune, spec.preset
     if f.gpus_per_node:
-        total, dp = f.gpus_per_node * f.nodes, data_parallel(f)
-        if total < p.min_gpus:
+        total, dp, least = f.gpus_per_node * f.nodes, data_parallel(f), min_gpus(p, f.gpu_memory_gib)
+        if total < least:
             out.append(("finetune.gpus_per_node",
                         f"= {f.gpus_per_node} x finetune.nodes = {total} GPU(s): model.preset {p.name!r} needs at "
-                        f"least {p.min_gpus} (its training state does not fit in fewer GPUs' memory)"))
+                        f"least {least} of {f.gpu_memory_gib} GiB (its training state does not fit in fewer GPUs' "
+                        f"memory; finetune.gpu_memory_gib states the GPUs' size)"))
         elif not fits(p, f, dp):
-            need = state_bytes_per_param(p.min_gpus, 1)
+            need = state_bytes_per_param(least, 1)
             have = state_bytes_per_param(f.tensor_parallel, dp if f.engine == "mcore" else 1)
             out.append(("finetune.tensor_parallel",
                         f"= {f.tensor_parallel} (DP {dp}, engine {f.engine!r}): each GPU would hold {have:.3g} bytes "
-                        f"of training state per parameter, more than the {need:.3g} of the {p.min_gpus}-GPU layout "
-                        f"model.preset {p.name!r} is sized for; use tensor_parallel = {p.min_gpus}"))
+                        f"of training state per parameter, more than the {need:.3g} of the {least}-GPU layout "
+                        f"model.preset {p.name!r} is sized for on {f.gpu_memory_gib} GiB GPUs; use "
+                        f"tensor_parallel = {least}"))
     return out
 
 

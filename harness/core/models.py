@@ -43,6 +43,10 @@ class ModelPreset:
     """Adds cross-attention to T5 prompt embeddings and absolute sin-cos positions."""
     crossattn_dim: int = 1024
     min_gpus: int = 1
+    """GPUs of 80 GB (A100/H100, what the released recipes run on) the training state must be spread over."""
+    one_gpu_train_gib: float | None = None
+    """Measured peak memory of one training replica on one GPU (TP = 1, micro-batch 1, seq 12,800, bf16-mixed, no
+    distributed optimizer); where a GPU holds it, the preset trains on one GPU. None = never measured."""
 
     @property
     def params(self) -> int:
@@ -50,6 +54,10 @@ class ModelPreset:
         the sum over the tensors of a checkpoint of this preset (`checkpoint_shapes`, their one home)."""
         return sum(math.prod(shape) for shape in checkpoint_shapes(self).values())
 
+
+COSMOS_4B_ONE_GPU_GIB = 108.4
+"""`python -m harness.bench.train --preset cosmos-4b` on one H200: peak_mem_gib 108.37
+(results/bench/h200/train-cosmos-4b-12800.json)."""
 
 _COSMOS_4B = dict(num_layers=16, hidden_size=4096, ffn_hidden_size=14_336, num_attention_heads=32,
                   num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
@@ -64,7 +72,7 @@ PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in (
         ModelPreset("cosmos-4b", "nvidia/Cosmos-1.0-Autoregressive-4B", vocab_size=64_000,
-                    output_vocab_size=64_000, min_gpus=2, **_COSMOS_4B),
+                    output_vocab_size=64_000, min_gpus=2, one_gpu_train_gib=COSMOS_4B_ONE_GPU_GIB, **_COSMOS_4B),
         ModelPreset("cosmos-12b", "nvidia/Cosmos-1.0-Autoregressive-12B", vocab_size=64_000,
                     output_vocab_size=64_000, min_gpus=8, **_COSMOS_12B),
         ModelPreset("cosmos-5b-v2w", "nvidia/Cosmos-1.0-Autoregressive-5B-Video2World", vocab_size=64_064,

@@ -125,6 +125,9 @@ class MergeSection(Resources):
 class FinetuneSection(Resources):
     engine: Engine = opt("auto", "nemo (NeMo 2 llm.api.train), mcore (lean megatron-core loop), or auto")
     tensor_parallel: int = opt(1, "tensor-parallel size, within one node", min=1, max=64)
+    gpu_memory_gib: int = opt(80, "memory of each finetune GPU in GiB (80: A100/H100 80GB; 139: H200): the GPU-count "
+                                  "rule of the real presets is sized for 80 GB, a preset whose measured one-GPU "
+                                  "peak fits this trains at TP = 1", min=1, max=100_000)
     global_batch_size: int = opt(1, "videos per optimizer step", min=1, max=1_000_000)
     micro_batch_size: int = opt(1, "videos per forward pass per data-parallel rank", min=1, max=4096)
     lr: float = opt(1e-4, "learning rate", min=0.0, max=10.0)
