@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -36,8 +36,9 @@ from harness.core.atomic import atomic_write_json, read_json
 
 
 def spec_text(assets: dict[str, str], preset: str, tp: int, steps: int, save_every: int, cuda: bool,
-              video: tuple[int, int, int] = (9, 48, 64)) -> str:
-    """`video`: frames, height, width; (17, 320, 512) with 4x8x8 is the seed's 5 x 40 x 64 = 12,800-token grid."""
+              video: tuple[int, int, int] = (9, 48, 64), context: int = 2) -> str:
+    """`video`: frames, height, width; (17, 320, 512) with 4x8x8 is the seed's 5 x 40 x 64 = 12,800-token grid.
+    `context`: latent frames infer conditions on (the rest of the grid is generated)."""
     gpus = tp if cuda else 0
     frames, height, width = video
     return f"""
@@ -77,6 +78,7 @@ max_epochs = 1000
 precision = "{'bf16-mixed' if cuda else 'fp32'}"
 [infer]
 max_inputs = {1 if preset.startswith("cosmos") else 2}
+context_latent_frames = {context}
 batch_size = 2
 gpus_per_node = {1 if cuda else 0}
 """
@@ -171,7 +173,35 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return p
 
 
-def wait_local(paths: RunPaths, timeout_s: float) -> None:
+class Timeline:
+    """Seconds since the flow began at which each event was first seen: the bench's own steps (`mark`) and what
+    the run wrote (`poll`: stage completion markers, complete checkpoints, logged steps), so a run cut short by a
+    time limit still says where its time went."""
+
+    def __init__(self, out: dict[str, Any], save: Callable[[], None]) -> None:
+        self.t0 = time.perf_counter()
+        self.events: dict[str, float] = out.setdefault("timeline_s", {})
+        self.save = save
+
+    def mark(self, name: str) -> None:
+        self.events[name] = round(time.perf_counter() - self.t0, 1)
+        self.save()
+
+    def poll(self, paths: RunPaths) -> None:
+        from harness.cosmos import checkpoint as ckpt
+
+        seen = [f"done {m.parent.name}/{int(m.stem)}" for m in sorted((paths.root / "done").glob("*/*.json"))]
+        seen += [f"checkpoint {s} complete" for s in paths.checkpoint_steps()
+                 if ckpt.is_complete(paths.checkpoint_dir(s))]
+        seen += [f"step {r['step']} logged" for r in steps_logged(paths)]
+        new = [e for e in seen if e not in self.events]
+        for e in new:
+            self.events[e] = round(time.perf_counter() - self.t0, 1)
+        if new:
+            self.save()
+
+
+def wait_local(paths: RunPaths, timeout_s: float, timeline: Timeline | None = None) -> None:
     """Until the local driver has finished its pass over the DAG (it writes local_done.json last) and its process
     has exited (`harness resume` refuses while a driver is alive)."""
     done = paths.root / "local_done.json"
@@ -179,7 +209,11 @@ def wait_local(paths: RunPaths, timeout_s: float) -> None:
     while not done.exists() or pid_alive(read_json(paths.root / "local_state.json")["driver_pid"]):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{paths.root}: local driver still running after {timeout_s:.0f} s")
+        if timeline:
+            timeline.poll(paths)
         time.sleep(0.5)
+    if timeline:
+        timeline.poll(paths)
 
 
 def kill_ranks(paths: RunPaths, stage: str) -> list[int]:
@@ -195,32 +229,45 @@ def kill_ranks(paths: RunPaths, stage: str) -> list[int]:
     return pids
 
 
-def kill_resume_flow(work: Path, text: str, first_ckpt: int, timeout_s: float = 3600) -> dict[str, Any]:
+def kill_resume_flow(work: Path, text: str, first_ckpt: int, out: dict[str, Any], save: Callable[[], None],
+                     timeout_s: float = 3600) -> None:
     """The user's path end to end: `harness submit --executor local`; as soon as the first checkpoint is complete
-    (training is then in the next step), every finetune rank is SIGKILLed; `harness resume RUN` then finishes the run (the
-    finetune stage resumes at TP=N from that checkpoint, infer loads each TP=N checkpoint at TP=1)."""
+    (training is then in the next step), every finetune rank is SIGKILLed; `harness resume RUN` then finishes the
+    run (the finetune stage resumes at TP=N from that checkpoint, infer loads each TP=N checkpoint at TP=1).
+    Figures go into `out` as they exist; `save` writes them."""
     from harness.cosmos import checkpoint as ckpt
 
     spec = work / "run.toml"
     spec.write_text(text)
     os.chdir(work)
-    t0 = time.perf_counter()
-    out: dict[str, Any] = {"submit": cli("submit", str(spec), "--executor", "local", "--no-doctor").stdout[-400:]}
-    paths = RunPaths(next(p for p in (work / "runs").iterdir() if p.is_dir()))
+    tl = Timeline(out, save)
+    out["submit"] = cli("submit", str(spec), "--executor", "local", "--no-doctor").stdout[-400:]
+    tl.mark("submitted")
+    # Resolved: the stage processes' command lines name the real path (--runs-on may be reached by a symlink).
+    paths = RunPaths(next(p for p in (work / "runs").iterdir() if p.is_dir()).resolve())
+    out["run_dir"] = str(paths.root)
     deadline = time.monotonic() + timeout_s
     while not ckpt.is_complete(paths.checkpoint_dir(first_ckpt)):
         if time.monotonic() > deadline or (paths.root / "local_done.json").exists():
             raise RuntimeError(f"{paths.root}: no checkpoint {first_ckpt} (see harness status)")
+        tl.poll(paths)
         time.sleep(0.02)
     out["killed_pids"] = kill_ranks(paths, "finetune")
+    tl.mark("finetune ranks killed")
+    if not out["killed_pids"]:
+        raise RuntimeError(f"{paths.root}: no finetune process found to kill (pgrep -f {paths.logs('finetune')})")
     out["killed_at_logged_steps"] = [r["step"] for r in steps_logged(paths)]
-    wait_local(paths, timeout_s)
+    wait_local(paths, timeout_s, tl)
     out["status_after_kill"] = cli("status", str(paths.root), check=False).stdout[-1500:]
     (paths.root / "local_done.json").unlink()
     out["resume"] = cli("resume", str(paths.root)).stdout[-600:]
-    wait_local(paths, timeout_s)
+    tl.mark("resumed")
+    if "nothing to resubmit" in out["resume"]:
+        raise RuntimeError(f"{paths.root}: the run had finished before the kill: {out['resume'].strip()}")
+    wait_local(paths, timeout_s, tl)
+    tl.mark("driver finished")
     out["status_final"] = cli("status", str(paths.root), check=False).stdout[-2000:]
-    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    out["wall_s"] = round(time.perf_counter() - tl.t0, 1)
     out["steps_logged"] = [r["step"] for r in steps_logged(paths)]
     out["losses"] = [r["loss"] for r in steps_logged(paths)]
     out["checkpoints"] = read_json(paths.checkpoints_json)
@@ -228,7 +275,6 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, timeout_s: float = 
     out["evaluate_files"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "eval").rglob("*.json"))
     report = work / "results" / paths.root.name / "report.json"
     out["report_means"] = read_json(report).get("checkpoints") if report.is_file() else None
-    return out
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -243,8 +289,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                          "user's path only (submit, kill the finetune ranks, harness resume), for model shapes "
                          "whose checkpoints fill the disk (a Cosmos-4B checkpoint with Adam state is ~56 GB)")
     ap.add_argument("--video", type=int, nargs=3, default=[9, 48, 64], metavar=("FRAMES", "H", "W"))
-    ap.add_argument("--runs-on", default="", help="put the run directories (checkpoints) in this folder, e.g. a "
-                    "tmpfs when the disk cannot hold two Cosmos-4B checkpoints beside the pretrained weights")
+    ap.add_argument("--infer-context", type=int, default=2, metavar="LATENT_FRAMES",
+                    help="latent frames infer conditions on; the rest of the grid is generated")
+    ap.add_argument("--runs-on", default="", help="put the bench's work folder (pretrained weights, runs, "
+                    "checkpoints) in this folder, e.g. a tmpfs when the disk cannot hold two Cosmos-4B checkpoints "
+                    "beside the pretrained weights")
     a = ap.parse_args(argv)
     from harness.lib import synth
     from harness.cosmos.pretrained import write_tiny_pretrained
@@ -252,11 +301,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     cwd = Path.cwd()
+    # `timeout` sends SIGTERM: leave through `finally`, which writes what was measured so far.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out_dir = (cwd / a.out).resolve()
     result: dict[str, Any] = {"bench": "stages_tp", "tp": a.tp, "preset": a.preset, "device": (
         torch.cuda.get_device_name() if cuda else "cpu"), "gpus": torch.cuda.device_count() if cuda else 0,
         "command": "python -m harness.bench.stages_tp " + " ".join(argv if argv is not None else sys.argv[1:])}
-    with tempfile.TemporaryDirectory(prefix="bench-stages-") as d:
+    if a.runs_on:
+        Path(a.runs_on).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-stages-", dir=a.runs_on or None) as d:
         work = Path(d)
         assets = synth.make_quickstart(work / "assets", clips=8, bad_files=False)
         assets["pretrained"] = str(work / "assets" / "pretrained")
@@ -269,18 +322,29 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             if a.flow == "full":
                 _phases(a, work, assets, cuda, result, out_file)
             else:
-                if a.runs_on:
-                    Path(a.runs_on).mkdir(parents=True, exist_ok=True)
-                    (work / "runs").symlink_to(Path(a.runs_on).resolve())
-                text = spec_text(assets, a.preset, a.tp, a.steps, a.save_every, cuda, tuple(a.video))
-                result["run"] = kill_resume_flow(work, text, a.save_every)
-                r = result["run"]
+                text = spec_text(assets, a.preset, a.tp, a.steps, a.save_every, cuda, tuple(a.video),
+                                 a.infer_context)
+                r = result["run"] = {}
+                kill_resume_flow(work, text, a.save_every, r, lambda: atomic_write_json(out_file, result))
                 result["ok"] = bool(r["steps_logged"] == list(range(1, a.steps + 1)) and r["infer_videos"]
                                     and max(r["killed_at_logged_steps"]) < a.steps)
+        except SystemExit as e:
+            result["stopped"] = f"SystemExit({e.code}): a time limit's SIGTERM; the figures so far are kept"
+            raise
         finally:
             os.chdir(cwd)
             atomic_write_json(out_file, result)
+            keep_logs(work, out_file.with_suffix(".logs"))
     return result
+
+
+def keep_logs(work: Path, dest: Path) -> None:
+    """The runs' stage logs (text, small) beside the figures: the work folder is deleted on exit."""
+    for log in work.glob("runs/*/logs/**/*"):
+        if log.is_file() and log.suffix in (".out", ".err", ".log", ".txt") and log.stat().st_size < 5_000_000:
+            target = dest / log.relative_to(work / "runs")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, target)
 
 
 def _phases(a: argparse.Namespace, work: Path, assets: dict[str, str], cuda: bool, result: dict[str, Any],

@@ -124,22 +124,26 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
                            f"has {plan.data_parallel} (finetune.gpus_per_node x nodes / tensor_parallel)")
     cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
+    t0 = time.perf_counter()
     model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision, recompute=f.recompute,
                         seq_len=tm.sample_length - 1, sequence_parallel=plan.sequence_parallel)
+    log.info("model built in %.1fs", time.perf_counter() - t0)
     latest = checkpoints.latest_complete(paths)
     if latest is None and spec.model.checkpoint:
         source = pretrained_dir(spec)
-        log.info("starting from pretrained checkpoint %s", source)
+        t0 = time.perf_counter()
         ckpt.load_model(model, source)
+        log.info("started from pretrained checkpoint %s (loaded in %.1fs)", source, time.perf_counter() - t0)
     distributed = cuda and parallel.dp_size() > 1
     ddp = wrap_ddp(model, distributed=distributed)
     optimizer = build_optimizer(ddp, f, bf16=bf16, distributed=distributed)
     step = 0
     if latest is not None:
         ckpt.check_context(latest[1], spec.model.preset)
+        t0 = time.perf_counter()
         state = ckpt.load_training(ddp, optimizer, latest[1])
         step = int(state["step"])
-        log.info("resumed from %s (step %d)", latest[1], step)
+        log.info("resumed from %s (step %d) in %.1fs", latest[1], step, time.perf_counter() - t0)
     samples = data_mod.VideoSamples(dataset, tm, "train", where=where,
                                     context_dim=spec.preset.crossattn_dim if spec.video2world else None)
     # Upstream reaches max_steps the same way (megatron samples max_steps x GBS); see TrainingPlan.last_step.
