@@ -1,0 +1,20 @@
+"""A rank target for tests of the rank spawner (tests/test_ranks.py): records its pid, then waits to be killed.
+
+It ignores SIGINT, the parent-death signal torch.multiprocessing arms: a rank inside a long C++ call (an NCCL
+wait, a checkpoint write) never returns to the interpreter to raise KeyboardInterrupt, so SIGINT alone does not
+end it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+
+def sleep(spec: Any, task: int, paths: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pid_file = Path(paths.root) / f"rank-{os.environ['RANK']}.pid"
+    pid_file.write_text(str(os.getpid()))
+    time.sleep(600)
