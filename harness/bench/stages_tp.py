@@ -180,6 +180,7 @@ class Timeline:
 
     def __init__(self, out: dict[str, Any], save: Callable[[], None]) -> None:
         self.t0 = time.perf_counter()
+        self.out = out
         self.events: dict[str, float] = out.setdefault("timeline_s", {})
         self.save = save
 
@@ -193,7 +194,9 @@ class Timeline:
         seen = [f"done {m.parent.name}/{int(m.stem)}" for m in sorted((paths.root / "done").glob("*/*.json"))]
         seen += [f"checkpoint {s} complete" for s in paths.checkpoint_steps()
                  if ckpt.is_complete(paths.checkpoint_dir(s))]
-        seen += [f"step {r['step']} logged" for r in steps_logged(paths)]
+        rows = steps_logged(paths)
+        seen += [f"step {r['step']} logged" for r in rows]
+        self.out["steps_logged"], self.out["losses"] = [r["step"] for r in rows], [r["loss"] for r in rows]
         new = [e for e in seen if e not in self.events]
         for e in new:
             self.events[e] = round(time.perf_counter() - self.t0, 1)
