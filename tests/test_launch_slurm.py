@@ -99,9 +99,9 @@ def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
 
 
 def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str, tmp_path: Path) -> None:
-    """With MaxArraySize 3, 8 tokenize shards become 3 arrays and merge waits for all of them."""
+    """With MaxArraySize 3, 4 tokenize shards become 2 arrays ([0-2], [3]) and merge waits for both."""
     tok = synth.write_tokenizer(tmp_path / "tok")
-    s = spec.absolutize(spec.load(write_spec(tmp_path, str(tok), {"tokenize": {"shards": 8}})), tmp_path)
+    s = spec.absolutize(spec.load(write_spec(tmp_path, str(tok), {"tokenize": {"shards": 4}})), tmp_path)
     facts = plan.Facts(num_inputs=8, max_array_size=3, nodes_available=3)
     p = plan.build(s, facts)
     paths = launching.new_run_dir(Path(s.run.workdir), "split")
@@ -110,10 +110,10 @@ def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str,
     from harness.stages.inputs import discover, write_inputs
 
     write_inputs(paths, discover(s))
-    todo = {"stage-assets": [0], "tokenize": list(range(8)), "merge": [0]}
+    todo = {"stage-assets": [0], "tokenize": list(range(4)), "merge": [0]}
     subs = launching.submit_stages(p, paths, todo, facts, choice)
     tok_ids = [x.job_id for x in subs if x.stage == "tokenize"]
-    assert len(tok_ids) == 3
+    assert [x.tasks for x in subs if x.stage == "tokenize"] == [((0, 3),), ((3, 4),)]
     merge_id = next(x.job_id for x in subs if x.stage == "merge")
     dep = subprocess.run(["scontrol", "show", "job", merge_id], capture_output=True, text=True).stdout
     for j in tok_ids:
