@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness.core import metricslog
 from harness.core.paths import RunPaths
 from harness.launch.backend import pid_alive
 
@@ -85,9 +86,7 @@ gpus_per_node = {1 if cuda else 0}
 
 
 def steps_logged(paths: RunPaths) -> list[dict[str, Any]]:
-    if not paths.metrics_jsonl.is_file():
-        return []
-    return [json.loads(ln) for ln in paths.metrics_jsonl.read_text().splitlines() if ln.strip()]
+    return metricslog.rows(paths.metrics_jsonl)
 
 
 def whole_run(work: Path, text: str) -> tuple[RunPaths, dict[str, Any]]:

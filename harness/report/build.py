@@ -22,6 +22,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from harness.core import metricslog
 from harness.core import plan as plan_mod
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
@@ -44,16 +45,8 @@ def _num(v: Any) -> float | None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl lines; a torn last line (the writer was killed mid-line) is skipped, not fatal."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            out.append(row)
-    return sorted(out, key=lambda r: r["step"])
+    """The step records by step (a torn last line skipped: `metricslog.rows`)."""
+    return sorted(metricslog.rows(path), key=lambda r: r["step"])
 
 
 def _median(rows: Sequence[dict[str, Any]], key: str) -> float | None:
@@ -136,7 +129,7 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     checkpoint_steps = plan.checkpoint_steps
     missing: list[str] = []
     data = _read(paths.dataset_summary, missing)
-    rows = read_metrics(paths.metrics_jsonl) if paths.metrics_jsonl.is_file() else []
+    rows = read_metrics(paths.metrics_jsonl)
     if not rows:
         missing.append(str(paths.metrics_jsonl))
     failures = tuple(failures)

@@ -11,7 +11,6 @@ holds each step exactly once across requeues.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from harness.core import footprint
+from harness.core import footprint, metricslog
 
 from harness.core import tokens
 
@@ -40,7 +39,7 @@ from harness.cosmos.model import build_model
 from harness.cosmos.signals import StopSignal
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, atomic_write_text
+from harness.core.atomic import atomic_write_json
 from harness.core.spec import FinetuneSection, RunSpec
 from harness.core.trainplan import TrainingPlan
 
@@ -242,29 +241,6 @@ def write_checkpoints_json(paths: RunPaths, plan: TrainingPlan) -> None:
                                                "planned": sorted(planned), "last_step": plan.last_step})
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the lines of steps <= `step` (the resumed checkpoint): later ones are recomputed, so each step is
-    logged exactly once; a torn last line from a kill is dropped too."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-
-def append_metrics(path: Path, rec: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec, sort_keys=True) + "\n")
-        fh.flush()
-
-
 def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, where: str = "dataset") -> int:
     """Run (or resume) finetuning to the last step; returns it. Every rank calls this. On SIGUSR2/SIGTERM:
     checkpoint, then `StopSignal.exit` (requeue through submitit, or raise `Preempted`)."""
@@ -276,7 +252,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         f = spec.finetune
         planned = set(t.plan.checkpoint_steps)
         if parallel.is_main():
-            truncate_metrics(paths.metrics_jsonl, t.step)
+            metricslog.truncate(paths.metrics_jsonl, t.step)
             tracker = tracking.TrainTracker.open(spec.tracking, paths, t.step, run_config(spec, t.plan))
         parallel.barrier()
         for w in tokens.warnings(spec.token_math):
@@ -284,7 +260,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         while t.step < t.last_step:
             rec = train_step(t)
             if parallel.is_main():
-                append_metrics(paths.metrics_jsonl, rec)
+                metricslog.append(paths.metrics_jsonl, rec)
                 tracker.log(rec)
                 if t.step % f.log_every == 0 or t.step == t.last_step:
                     log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.1f TFLOP/s", t.step, rec["loss"],

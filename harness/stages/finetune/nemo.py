@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from harness.core import metricslog
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec, ranks_per_node
@@ -144,9 +145,8 @@ def time_steps(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples) -
     metrics.jsonl records (other ranks: [])."""
     _require(spec)
     llm.api.train(**build(spec, mcore_train.training_plan(spec), paths, samples, timing_only=True))
-    from harness.report.build import read_metrics
 
-    return read_metrics(paths.metrics_jsonl) if paths.metrics_jsonl.is_file() else []
+    return sorted(metricslog.rows(paths.metrics_jsonl), key=lambda r: r["step"])
 
 
 def run(spec: RunSpec, paths: RunPaths) -> int:

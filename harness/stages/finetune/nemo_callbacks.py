@@ -20,7 +20,7 @@ from harness.core.spec import TrackingSection
 from harness.core.trainplan import TrainingPlan
 from harness.cosmos.signals import StopSignal
 from harness.report import tracking
-from harness.stages.finetune import mcore as mcore_train
+from harness.core import metricslog
 from harness.stages.finetune.nemo_common import (CHECKPOINT_FILENAME, StepMath, device, mark_complete,
                                                  remove_incomplete, scalar)
 
@@ -100,7 +100,7 @@ class MetricsCallback(pl.Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero:  # after a resume, later steps are recomputed: each is logged once
-            mcore_train.truncate_metrics(self.paths.metrics_jsonl, trainer.global_step)
+            metricslog.truncate(self.paths.metrics_jsonl, trainer.global_step)
         if trainer.is_global_zero and self.tracking_cfg is not None:
             self.tracker = tracking.TrainTracker.open(self.tracking_cfg, self.paths, trainer.global_step,
                                                       self.run_config)
@@ -126,7 +126,7 @@ class MetricsCallback(pl.Callback):
             loss = scalar(outputs.get("loss"))
         rec = self.math.record(trainer.global_step, float("nan") if loss is None else loss, self.lr,
                                scalar(m.get("grad_norm")), dt, trainer.world_size)
-        mcore_train.append_metrics(self.paths.metrics_jsonl, rec)
+        metricslog.append(self.paths.metrics_jsonl, rec)
         if self.tracker is not None:
             self.tracker.log(rec)
         if trainer.global_step % self.math.log_every == 0:

@@ -1,0 +1,44 @@
+"""metrics.jsonl, the finetune log: one JSON object per logged optimizer step, appended by both engines, cut back
+to the resumed checkpoint on resume, read by the report, the NeMo engine and the benches. One reader, so a torn
+last line (a writer killed mid-line) means the same everywhere: skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.core.atomic import atomic_write_text
+
+
+def _line(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, sort_keys=True) + "\n"
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    """The step records in file order ([] when there is no log yet); lines that are not one are skipped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            out.append(rec)
+    return out
+
+
+def append(path: Path, rec: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(_line(rec))
+        fh.flush()
+
+
+def truncate(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (the resumed checkpoint): later ones are recomputed, so each step is
+    logged exactly once; a torn last line from a kill goes too."""
+    if path.is_file():
+        atomic_write_text(path, "".join(_line(r) for r in rows(path) if r["step"] <= step))
