@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import specs
 from harness.launch.backend import pid_alive
 
@@ -50,5 +51,38 @@ def test_spawned_ranks_die_with_a_killed_stage(tmp_path: Path) -> None:
     finally:
         try:
             os.killpg(stage.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+QUEUE_SERVER = """
+import sys, time
+from harness.cosmos import checkpoint
+checkpoint._signal_proof_results_queue()
+print(checkpoint._manager._process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_checkpoint_queue_server_dies_with_its_trainer() -> None:
+    """The results-queue server the checkpoint writer uses ignores the stop signals (so a preemption cannot break a
+    save); a SIGKILLed trainer must still take it along (one was found alive, 420 MB, after a killed test run)."""
+    from harness.cosmos import checkpoint
+
+    if not hasattr(__import__("megatron.core.dist_checkpointing.strategies.filesystem_async",
+                              fromlist=["_results_queue"]), "_results_queue"):
+        pytest.skip("this megatron-core has no results queue to serve")
+    assert checkpoint._start_manager  # the harness starts that server itself
+    trainer = subprocess.Popen([sys.executable, "-c", QUEUE_SERVER], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    try:
+        server = int(trainer.stdout.readline())  # type: ignore[union-attr]
+        assert pid_alive(server)
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait()
+        assert _wait(lambda: not pid_alive(server), 20), f"queue server {server} outlived its trainer"
+    finally:
+        try:
+            os.killpg(trainer.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass

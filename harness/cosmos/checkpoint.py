@@ -11,6 +11,7 @@ context/) loads the same way.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,14 +85,19 @@ def _start_manager() -> Any:
     from multiprocessing.managers import SyncManager  # noqa: PLC0415
 
     manager = SyncManager(ctx=mp.get_context("spawn"))
-    manager.start(_ignore_stop_signals)
+    manager.start(_ignore_stop_signals, (os.getpid(),))
     return manager
 
 
-def _ignore_stop_signals() -> None:
+def _ignore_stop_signals(parent: int) -> None:
     """In the queue server: ignored, not blocked (a spawned interpreter already runs threads, e.g. torch's,
-    that would take a blocked signal's default action); SIGKILL at the end of KillWait still ends it."""
+    that would take a blocked signal's default action); SIGKILL at the end of KillWait still ends it, and so
+    does its trainer's death (a server that outlived a SIGKILLed trainer was found holding 420 MB)."""
     import signal  # noqa: PLC0415
+
+    from harness.cosmos.signals import die_with_parent  # noqa: PLC0415
+
+    die_with_parent(parent)
 
     for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)

@@ -44,23 +44,10 @@ def _call(target: str, spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> No
     getattr(importlib.import_module(module), fn)(spec, task, paths)
 
 
-def die_with_parent(parent: int) -> None:
-    """A rank whose stage process is killed (SIGKILL, OOM killer, a node agent) must not live on: alone it would
-    hold its GPU memory, pinned host buffers and half a collective forever, and could write into the run after a
-    resume started new ranks. Linux's parent-death signal ends it with its parent."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: no parent-death signal, the old behaviour
-        return
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-
 def _child(local_rank: int, target: str, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
            port: int, parent: int) -> None:
+    from harness.cosmos.signals import die_with_parent
+
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
