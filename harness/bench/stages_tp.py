@@ -270,8 +270,6 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, out: dict[str, Any]
     tl.mark("driver finished")
     out["status_final"] = cli("status", str(paths.root), check=False).stdout[-2000:]
     out["wall_s"] = round(time.perf_counter() - tl.t0, 1)
-    out["steps_logged"] = [r["step"] for r in steps_logged(paths)]
-    out["losses"] = [r["loss"] for r in steps_logged(paths)]
     out["checkpoints"] = read_json(paths.checkpoints_json)
     out["infer_videos"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "infer").rglob("*.mp4"))
     out["evaluate_files"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "eval").rglob("*.json"))

@@ -30,6 +30,11 @@ def rows(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def by_step(path: Path) -> list[dict[str, Any]]:
+    """`rows` ordered by step (what a reader of the whole log wants; the file is in write order)."""
+    return sorted(rows(path), key=lambda r: r["step"])
+
+
 def append(path: Path, rec: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:

@@ -46,7 +46,7 @@ def _num(v: Any) -> float | None:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The step records by step (a torn last line skipped: `metricslog.rows`)."""
-    return sorted(metricslog.rows(path), key=lambda r: r["step"])
+    return metricslog.by_step(path)
 
 
 def _median(rows: Sequence[dict[str, Any]], key: str) -> float | None:

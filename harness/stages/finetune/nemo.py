@@ -146,7 +146,7 @@ def time_steps(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples) -
     _require(spec)
     llm.api.train(**build(spec, mcore_train.training_plan(spec), paths, samples, timing_only=True))
 
-    return sorted(metricslog.rows(paths.metrics_jsonl), key=lambda r: r["step"])
+    return metricslog.by_step(paths.metrics_jsonl)
 
 
 def run(spec: RunSpec, paths: RunPaths) -> int:
