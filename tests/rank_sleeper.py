@@ -18,3 +18,14 @@ def sleep(spec: Any, task: int, paths: Any) -> None:
     pid_file = Path(paths.root) / f"rank-{os.environ['RANK']}.pid"
     pid_file.write_text(str(os.getpid()))
     time.sleep(600)
+
+
+def threads(spec: Any, task: int, paths: Any) -> None:
+    """Joins the process group as a finetune rank does, then records its intra-op thread count."""
+    import torch
+
+    from harness.cosmos import parallel
+
+    parallel.init(tp=1)
+    (Path(paths.root) / f"rank-{os.environ['RANK']}.threads").write_text(str(torch.get_num_threads()))
+    parallel.shutdown()

@@ -86,3 +86,33 @@ def test_checkpoint_queue_server_dies_with_its_trainer() -> None:
             os.killpg(trainer.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+THREADS = SPAWN.replace("rank_sleeper:sleep", "rank_sleeper:threads")
+
+
+def test_spawned_cpu_ranks_share_the_cores(tmp_path: Path) -> None:
+    """Two CPU ranks on C cores take C/2 intra-op threads each; torch's default (C each) oversubscribed a
+    2-core machine's TP=2 finetune twice over (measured: the TP tests of test_finetune.py 174 s -> 144 s)."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: every rank gets one thread either way")
+    spec = specs.write(tmp_path / "run.toml", specs.tiny_run(tmp_path, name="threads", videos=tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", THREADS, str(spec), str(tmp_path)], timeout=180,
+                         env={**env, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "CUDA_VISIBLE_DEVICES": ""},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [int((tmp_path / f"rank-{r}.threads").read_text()) for r in (0, 1)] == [cores // 2] * 2
+
+
+def test_thread_share_follows_the_launcher_and_the_user() -> None:
+    from harness.cosmos.parallel import cpu_threads, ranks_on_node
+
+    assert ranks_on_node({"LOCAL_WORLD_SIZE": "4", "SLURM_NTASKS_PER_NODE": "2"}) == 4  # torchrun's own count
+    assert ranks_on_node({"SLURM_NTASKS_PER_NODE": "2"}) == 2
+    assert ranks_on_node({"SUBMITIT_LOCAL_NTASKS": "3"}) == 3
+    assert ranks_on_node({}) == 1
+    assert cpu_threads(16, 4, {}) == 4 and cpu_threads(2, 4, {}) == 1
+    assert cpu_threads(16, 1, {}) is None  # one rank keeps torch's default
+    assert cpu_threads(16, 4, {"OMP_NUM_THREADS": "8"}) is None  # the user's setting wins

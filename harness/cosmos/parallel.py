@@ -97,6 +97,28 @@ def node_address(host: str) -> str:
                        f"(set MASTER_ADDR)")
 
 
+def cpu_threads(cores: int, ranks_on_node: int, environ: dict[str, str]) -> int | None:
+    """Intra-op threads for one CPU rank: its node's cores shared by the ranks on that node. Every rank
+    otherwise starts one thread per core, and N ranks on C cores oversubscribe them N times over (the OpenMP
+    threads then spin against each other in every GEMM). None where the user set OMP_NUM_THREADS."""
+    if environ.get("OMP_NUM_THREADS") or ranks_on_node <= 1:
+        return None
+    return max(1, cores // ranks_on_node)
+
+
+def ranks_on_node(environ: dict[str, str]) -> int:
+    """As torchrun/spawn (LOCAL_WORLD_SIZE), srun (SLURM_NTASKS_PER_NODE) or submitit's local executor say."""
+    n = (environ.get("LOCAL_WORLD_SIZE") or environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+         or environ.get("SUBMITIT_LOCAL_NTASKS") or "1")
+    return max(1, int(n))
+
+
+def share_cpu_cores(ranks: int) -> None:
+    """Apply `cpu_threads` to this process (CPU ranks only: a GPU rank's host threads are not the bottleneck)."""
+    if not torch.cuda.is_available() and (n := cpu_threads(len(os.sched_getaffinity(0)), ranks, dict(os.environ))):
+        torch.set_num_threads(n)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,6 +139,8 @@ def init(tp: int, *, seed: int = 1234, env: RankEnv | None = None, gpus_requeste
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+    elif env.world > 1:
+        share_cpu_cores(ranks_on_node(dict(os.environ)))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
                                 rank=env.rank, world_size=env.world, timeout=TIMEOUT)

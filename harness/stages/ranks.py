@@ -51,7 +51,7 @@ def _child(local_rank: int, target: str, spec_dict: dict[str, Any], source: str,
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     _call(target, spec_mod.from_dict(spec_dict, source), task, RunPaths(Path(root)))
 
 

@@ -153,7 +153,10 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     """Train (or resume) to the last step with NeMo; returns it. Every rank calls this (Slurm/torchrun start
     `ranks_per_node` tasks per node; Lightning spawns them itself when started as one process)."""
     _require(spec)
+    from harness.cosmos.parallel import share_cpu_cores
     from harness.stages.dataset import open_dataset
+
+    share_cpu_cores(ranks_per_node(spec.finetune))
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
     plan = mcore_train.training_plan(spec)
