@@ -84,23 +84,11 @@ def _start_manager() -> Any:
     import multiprocessing as mp  # noqa: PLC0415
     from multiprocessing.managers import SyncManager  # noqa: PLC0415
 
+    from harness.cosmos.lifetime import outlive_stop_signals  # noqa: PLC0415
+
     manager = SyncManager(ctx=mp.get_context("spawn"))
-    manager.start(_ignore_stop_signals, (os.getpid(),))
+    manager.start(outlive_stop_signals, (os.getpid(),))
     return manager
-
-
-def _ignore_stop_signals(parent: int) -> None:
-    """In the queue server: ignored, not blocked (a spawned interpreter already runs threads, e.g. torch's,
-    that would take a blocked signal's default action); SIGKILL at the end of KillWait still ends it, and so
-    does its trainer's death (a server that outlived a SIGKILLed trainer was found holding 420 MB)."""
-    import signal  # noqa: PLC0415
-
-    from harness.cosmos.signals import die_with_parent  # noqa: PLC0415
-
-    die_with_parent(parent)
-
-    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any],

@@ -12,7 +12,6 @@ SIGTERM, every rank raises `Preempted` so the stage is not marked done and a rer
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -23,22 +22,6 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
-
-
-def die_with_parent(parent: int) -> None:
-    """A helper process (a spawned rank, the checkpoint writer's queue server) whose stage process is killed
-    (SIGKILL, the OOM killer, a node agent) must not live on: alone a rank would hold its GPU memory, pinned host
-    buffers and half a collective forever, and could write into the run after a resume started new ranks. Linux's
-    parent-death signal ends it with its parent. Call it first thing in the child, with the parent's pid."""
-    import ctypes  # noqa: PLC0415
-
-    pr_set_pdeathsig = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: no parent-death signal, the old behaviour
-        return
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
 
 
 class Preempted(RuntimeError):

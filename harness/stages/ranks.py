@@ -46,7 +46,7 @@ def _call(target: str, spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> No
 
 def _child(local_rank: int, target: str, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
            port: int, parent: int) -> None:
-    from harness.cosmos.signals import die_with_parent
+    from harness.cosmos.lifetime import die_with_parent
 
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
