@@ -4,7 +4,6 @@ cluster that answers here; reports wall time and sbatch calls, then cancels the 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import tempfile

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
