@@ -183,7 +183,10 @@ def test_checkpoint_writer_meets_a_full_disk(tmpfs: Path, tmp_path: Path) -> Non
         with pytest.raises(failures.NoSpaceError) as caught:
             checkpoint.save(target, model, None, trainer={"step": 1}, context={})
         assert str(caught.value).startswith(f"no space left on tmpfs {tmpfs} for "), caught.value
-        assert "\n" not in str(caught.value) and "unexpected pos" in str(caught.value), caught.value
+        # the writer's own words: torch's zip writer ("unexpected pos") or a plain write (errno 28), whichever of
+        # megatron's parallel write workers meets the full disk first
+        said = str(caught.value)
+        assert "\n" not in said and ("unexpected pos" in said or "No space left" in said), said
         print("writer:", caught.value)
         assert not target.exists() and failures.free_bytes(tmpfs) == free0
     finally:
