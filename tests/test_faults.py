@@ -96,6 +96,12 @@ def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Pa
         by = wait_stages(ids, list(DATA), timeout=120)
         assert by["tokenize"][f"{tok}_{victim}"] != "COMPLETED"
         assert by["merge"][ids["merge"]] == "CANCELLED"  # afterok never satisfied; kill-on-invalid-dep
+        from harness.launch.backend import load_plan
+        from harness.ops import state as ops_state
+
+        row = next(r for r in ops_state.collect(paths, load_plan(paths)).rows
+                   if (r.stage, r.task) == ("tokenize", victim))
+        assert re.fullmatch(r"killed by signal 9 \(SIGKILL\) on n\d+", row.reason), row  # not its last log line
 
         # nothing partial looks complete
         from harness.stages import dataset

@@ -51,6 +51,11 @@ class TaskState:
     """stdout file of the task (stderr: the same name ending in `.err`)."""
     cancelled_by: str = ""
     """uid from sacct's `CANCELLED by <uid>` (a user's scancel); '' when Slurm itself cancelled the task."""
+    signal: int = 0
+    """The signal that ended the task's steps (sacct's DerivedExitCode `0:9`): the allocation's own ExitCode of a
+    SIGKILLed step reads `9:0`, srun's exit status, which looks like an exit code of the program."""
+    time_limit: str = ""
+    """sacct's Timelimit (`00:10:00`, `1-00:00:00`), to say which limit a TIMEOUT reached."""
 
 
 @dataclass(frozen=True)

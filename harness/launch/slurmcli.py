@@ -7,6 +7,7 @@ Every call goes through `_run`, which counts calls per command so tests can chec
 from __future__ import annotations
 
 import collections
+import dataclasses
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -118,20 +119,37 @@ def squeue(job_ids: list[str]) -> dict[str, TaskState]:
 
 
 def sacct(job_ids: list[str]) -> dict[str, TaskState]:
-    """Finished (and running) tasks from accounting, in one call; array tasks expanded."""
+    """Finished (and running) tasks from accounting, in one call; array tasks expanded. Steps are read too, for
+    the signal that ended a task: a SIGKILLed program shows as `0:9` only on its step (`71_1.0`); the allocation
+    reads `9:0` (srun's exit status) and, for array tasks on Slurm 22.05, a DerivedExitCode of `0:0`."""
     if not job_ids:
         return {}
-    out = _run(["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,Elapsed,ExitCode,Reason"]
+    out = _run(["sacct", "-n", "-P", "-j", ",".join(job_ids), "-o",
+                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Reason"]
                ).stdout  # a failing sacct (slurmdbd down) must not read as "no tasks"
-    states = {}
+    states: dict[str, TaskState] = {}
+    signals: dict[str, int] = {}
     for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 6:
-            words = parts[1].split() or ["UNKNOWN"]
-            by = words[2] if len(words) > 2 and words[1] == "by" else ""
-            states[parts[0]] = TaskState("", -1, words[0], parts[0], parts[2], parts[3], parts[4], parts[5],
-                                         cancelled_by=by)
-    return states
+        parts = line.split("|", 7)
+        if len(parts) != 8:
+            continue
+        job, _, step = parts[0].partition(".")
+        sig = exit_signal(parts[5]) or exit_signal(parts[4])
+        if step:
+            signals[job] = signals.get(job) or sig
+            continue
+        words = parts[1].split() or ["UNKNOWN"]
+        by = words[2] if len(words) > 2 and words[1] == "by" else ""
+        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[7], cancelled_by=by,
+                                signal=sig, time_limit=parts[6])
+    return {job: dataclasses.replace(st, signal=st.signal or signals.get(job, 0)) for job, st in states.items()}
+
+
+def exit_signal(code: str) -> int:
+    """The signal of Slurm's `exit:signal` pair when the signal alone ended it (`0:9`); 0 otherwise, also for
+    `1:9`, a step whose program failed first and whose other ranks srun then killed: its error line says why."""
+    status, _, sig = code.partition(":")
+    return int(sig) if status == "0" and sig.isdigit() else 0
 
 
 def scancel(job_ids: list[str]) -> None:

@@ -5,6 +5,7 @@ one sacct for any number of jobs."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Mapping
@@ -59,9 +60,11 @@ def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float
     if st is None:
         if done:
             return TaskState(stage, task, COMPLETED, sid, log=log)
-        if "_" in sid and sid.split("_")[0] in known:
+        if "_" in sid and sid.split("_")[0] in known and not Path(log).exists():
             # squeue -r lists every queued task and sacct every started one: a task of a known array in
-            # neither was cancelled while pending, of which Slurm (22.05) keeps no accounting record.
+            # neither, that never started (no log), was cancelled while pending, of which Slurm (22.05) keeps no
+            # accounting record. One that started may just have ended, before accounting has its record: its
+            # state is not known yet, and guessing CANCELLED there showed a killed task as cancelled.
             return TaskState(stage, task, "CANCELLED", sid, log=log, reason="cancelled while pending")
         fresh = time.time() - submitted < MISSING_AFTER_S
         return TaskState(stage, task, "UNKNOWN" if fresh else MISSING, sid, log=log,
@@ -70,13 +73,37 @@ def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float
     if state == COMPLETED and not done:
         state = "FAILED"
     return TaskState(stage, task, state, sid, st.node if st.node not in ("None assigned",) else "",
-                     st.elapsed, st.exit_code, explain(state, st, log, done, root), log)
+                     st.elapsed, st.exit_code, explain(state, st, log, done, root), log, signal=st.signal,
+                     time_limit=st.time_limit)
 
 
-_FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory: raise mem_gb or lower the batch size",
-                  "TIMEOUT": "time limit reached: raise time_min (requeue-safe stages resume)",
-                  "NODE_FAIL": "node failure: resume resubmits the task",
-                  "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot", "DEADLINE": "deadline reached"}
+_FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory{on}: raise mem_gb or lower the batch size",
+                  "TIMEOUT": "time limit{limit} reached: raise time_min (requeue-safe stages resume)",
+                  "NODE_FAIL": "node failure{on}: resume resubmits the task",
+                  "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot{on}", "DEADLINE": "deadline reached"}
+
+
+def _limit(time_limit: str) -> str:
+    """sacct's `[D-]HH:MM:SS` as ` of N min` (or hours / days when whole)."""
+    days, _, hms = time_limit.rpartition("-")
+    parts = hms.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+        return ""
+    minutes = int(days or 0) * 1440 + int(parts[0]) * 60 + int(parts[1]) + (int(parts[2]) + 59) // 60
+    if minutes % 1440 == 0:
+        return f" of {minutes // 1440} d"
+    return f" of {minutes // 60} h" if minutes % 60 == 0 and minutes >= 120 else f" of {minutes} min"
+
+
+def killed_by(st: TaskState) -> str:
+    """`killed by signal 9 (SIGKILL) on n1`: what ended a task's program, when a signal did."""
+    if not st.signal:
+        return ""
+    try:
+        name = f" ({signal.Signals(st.signal).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {st.signal}{name}" + (f" on {st.node}" if st.node else "")
 
 
 def explain(state: str, st: TaskState, log: str, done: bool, root: Path | None = None) -> str:
@@ -87,14 +114,15 @@ def explain(state: str, st: TaskState, log: str, done: bool, root: Path | None =
     if state == "FAILED":
         if st.state == COMPLETED and not done:
             return "exited 0 but wrote no completion marker"
-        return error_line(log, root) or f"exit code {st.exit_code}"
+        return killed_by(st) or error_line(log, root) or f"exit code {st.exit_code}"
     if state == "CANCELLED":
         if st.cancelled_by:
             return f"cancelled by uid {st.cancelled_by}"
         # no "by <uid>": Slurm cancelled it itself, which for harness jobs (--kill-on-invalid-dep=yes) means a
         # dependency failed; sacct's Reason then reads "Dependency" or "None" depending on scheduler timing
         return "DependencyNeverSatisfied: a task it depends on failed"
-    return _FINAL_REASONS.get(state, "")
+    on = f" on {st.node}" if st.node and st.node != "None assigned" else ""
+    return _FINAL_REASONS.get(state, "").format(on=on, limit=_limit(st.time_limit))
 
 
 def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> str:
@@ -104,8 +132,12 @@ def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> st
     if err is None or not err.is_file():
         return ""
     with open(err, "rb") as f:
-        f.seek(max(0, err.stat().st_size - tail_bytes))
-        return failures.reason(f.read().decode(errors="replace"), root)
+        start = max(0, err.stat().st_size - tail_bytes)
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    if start:  # the window began mid-line: that fragment ("ARNING submitit: ...") is no line of the log
+        text = text.partition("\n")[2]
+    return failures.reason(text, root)
 
 
 def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
