@@ -56,6 +56,11 @@ class TaskState:
     SIGKILLed step reads `9:0`, srun's exit status, which looks like an exit code of the program."""
     time_limit: str = ""
     """sacct's Timelimit (`00:10:00`, `1-00:00:00`), to say which limit a TIMEOUT reached."""
+    comment: str = ""
+    """squeue's job comment: the harness sets it to the run id, so a reused job id can be told apart."""
+    submitted: float = 0.0
+    """sacct's Submit time (epoch seconds; 0 when unknown): accounting keeps no comment unless the cluster
+    stores it, so a record is matched to the submission that made it by its time."""
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,15 @@ class SlurmBackend:
                            for s in plan.stages))
 
     def cancel(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str | None) -> str:
+        """scancel only the stored jobs that are live and still this run's (squeue's comment is the run id):
+        a stored id may name another run's job once Slurm reuses ids."""
         ids = job_ids(jobs, stage)
-        slurmcli.scancel(ids)
-        return f"run {paths.run_id}: scancel {' '.join(ids) or '(no jobs)'}"
+        live = slurmcli.squeue(ids)
+        mine = sorted({st.job_id.split("_")[0] for st in live.values() if st.comment == paths.run_id}, key=int)
+        if not mine:
+            return f"run {paths.run_id}: nothing to cancel (no job of this run is pending or running)"
+        slurmcli.scancel(mine)
+        return f"run {paths.run_id}: scancel {' '.join(mine)}"
 
     def log(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str, task: int) -> str:
         return slurmstate.latest_ids(paths, jobs, stage).get(task, ("", "", 0.0))[1]

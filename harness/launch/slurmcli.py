@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from harness.core.errors import HarnessError
@@ -106,15 +107,16 @@ def squeue(job_ids: list[str]) -> dict[str, TaskState]:
     """Live tasks (pending ones with their reason) in one call."""
     if not job_ids:
         return {}
-    proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r"], check=False)
+    proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r|%k"], check=False)
     if proc.returncode != 0 and "Invalid job id" not in proc.stderr:  # that one: every job already left
         raise HarnessError(f"squeue failed ({proc.returncode}): {' '.join(proc.stderr.split())[:300]}")
     out = proc.stdout
     states = {}
     for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) == 5:
-            states[parts[0]] = TaskState("", -1, parts[1], parts[0], parts[2], parts[3], "", parts[4])
+        parts = line.split("|", 5)
+        if len(parts) == 6:
+            states[parts[0]] = TaskState("", -1, parts[1], parts[0], parts[2], parts[3], "", parts[4],
+                                         comment=parts[5])
     return states
 
 
@@ -125,13 +127,13 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
     if not job_ids:
         return {}
     out = _run(["sacct", "-n", "-P", "-j", ",".join(job_ids), "-o",
-                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Reason"]
+                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Submit,Reason"]
                ).stdout  # a failing sacct (slurmdbd down) must not read as "no tasks"
     states: dict[str, TaskState] = {}
     signals: dict[str, int] = {}
     for line in out.splitlines():
-        parts = line.split("|", 7)
-        if len(parts) != 8:
+        parts = line.split("|", 8)
+        if len(parts) != 9:
             continue
         job, _, step = parts[0].partition(".")
         sig = exit_signal(parts[5]) or exit_signal(parts[4])
@@ -140,9 +142,17 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
             continue
         words = parts[1].split() or ["UNKNOWN"]
         by = words[2] if len(words) > 2 and words[1] == "by" else ""
-        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[7], cancelled_by=by,
-                                signal=sig, time_limit=parts[6])
+        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[8], cancelled_by=by,
+                                signal=sig, time_limit=parts[6], submitted=epoch(parts[7]))
     return {job: dataclasses.replace(st, signal=st.signal or signals.get(job, 0)) for job, st in states.items()}
+
+
+def epoch(stamp: str) -> float:
+    """sacct's `2026-12-06T06:44:33` (the controller's local time, as this host's) in epoch seconds; 0 if none."""
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0.0
 
 
 def exit_signal(code: str) -> int:

@@ -16,6 +16,21 @@ from harness.launch import slurmcli
 from harness.launch.backend import COMPLETED, MISSING, NOT_SUBMITTED, Jobs, TaskState, done_tasks
 
 MISSING_AFTER_S = 300.0
+SUBMIT_WINDOW_S = (120.0, 5.0)
+"""A record is the submission's when Slurm's Submit time lies this many seconds before / after the time the
+harness stored once sbatch returned (a busy controller can take a while to answer sbatch)."""
+
+
+def ours(st: TaskState, run_id: str, submitted: float) -> bool:
+    """Whether a Slurm record is still this run's job: its comment (set to the run id at submit) when Slurm shows
+    it, else its submit time. Job ids are reused (after MaxJobId wraps, or a controller loses its state), and a
+    record of another run's job under a stored id must never be read, let alone cancelled, as this run's."""
+    if st.comment:
+        return st.comment == run_id
+    if st.submitted:
+        before, after = SUBMIT_WINDOW_S
+        return submitted - before <= st.submitted <= submitted + after
+    return True
 _ARRAY = re.compile(r"^(\d+)_\[([^\]]+)\]$")
 
 
@@ -56,7 +71,9 @@ def latest_ids(paths: RunPaths, jobs: Jobs, stage: str) -> dict[int, tuple[str, 
 
 
 def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float,
-         st: TaskState | None, known: set[str], root: Path | None = None) -> TaskState:
+         st: TaskState | None, known: set[str], root: Path | None = None, run_id: str = "") -> TaskState:
+    if st is not None and run_id and not ours(st, run_id, submitted):
+        st = None  # that id is another job's now: this run's task is in neither query
     if st is None:
         if done:
             return TaskState(stage, task, COMPLETED, sid, log=log)
@@ -151,5 +168,6 @@ def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
             rows.append(TaskState(stage, t, COMPLETED if t in done else NOT_SUBMITTED))
             continue
         sid, log, submitted = ids[t]
-        rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root))
+        rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root,
+                         paths.run_id))
     return tuple(rows)
