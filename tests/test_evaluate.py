@@ -13,6 +13,7 @@ import specs
 from harness.core.plan import checkpoint_steps
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
+from harness.core.evalrecords import Failure
 from harness.lib import media
 from harness.stages import evaluate
 from harness.lib.synth import smooth_clip
@@ -147,8 +148,8 @@ def test_thread_pool_equals_serial(dirs: tuple[Path, Path, np.ndarray]) -> None:
                                                      "evaluate": {"reference": str(ref)}}), gen)[0]
     a = evaluate.score_pairs(pairs, "fast", "cpu", workers=1)
     b = evaluate.score_pairs(pairs, "fast", "cpu", workers=2)
-    assert a == b and [r["name"] for r in a if "error" in r] == ["bad"]
-    assert [r["name"] for r in a] == ["bad", "clip0", "clip1", "clip2"]
+    assert a == b and [r.name for r in a if isinstance(r, Failure)] == ["bad"]
+    assert [r.name for r in a] == ["bad", "clip0", "clip1", "clip2"]
 
 
 def test_stage_computes_only_the_selected_metrics(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
