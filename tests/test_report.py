@@ -213,8 +213,8 @@ def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_pa
     for c in rep.checkpoints:
         vids = per_video[c.step]
         assert c.videos == len(vids) == (7 if c.step != 20 else 4)
-        assert c.psnr == pytest.approx(statistics.mean(v["psnr"] for v in vids), abs=1e-12)
-        assert c.ssim == pytest.approx(statistics.mean(v["ssim"] for v in vids), abs=1e-12)
+        assert c.value("psnr") == pytest.approx(statistics.mean(v["psnr"] for v in vids), abs=1e-12)
+        assert c.value("ssim") == pytest.approx(statistics.mean(v["ssim"] for v in vids), abs=1e-12)
         assert (c.shards, c.shards_planned) == ((3, 3) if c.step != 20 else (2, 3))
     (lost,) = rep.missing_shards
     assert (lost.step, lost.shard, lost.task) == (20, 1, 4)

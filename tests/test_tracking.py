@@ -19,6 +19,7 @@ from harness.report import build as report
 from harness.core import spec as spec_mod
 from harness.report import tracking
 from harness.core.errors import SpecError
+from harness.core.evalrecords import ShardRecord, VideoRecord
 from harness.core.paths import RunPaths
 from harness.stages import run_task
 
@@ -45,12 +46,13 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(again))
 
 
-def _shard(videos: list[tuple[str, float, float]]) -> dict[str, Any]:
+def _shard(videos: list[tuple[str, float, float]]) -> ShardRecord:
     """One evaluate task's file: per-video records and their means (what harness.stages.evaluate writes)."""
     from harness.core.evalstats import video_means
 
     vids = [{"name": n, "psnr": p, "ssim": s} for n, p, s in videos]
-    return {"videos": vids, "mean": video_means(vids, ("psnr", "ssim")), "frames": "all", "failed": []}
+    mean = video_means([VideoRecord.from_json(v) for v in vids], ("psnr", "ssim")).to_json()
+    return ShardRecord.from_json({"videos": vids, "mean": mean, "frames": "all", "failed": []})
 
 
 def test_evaluation_means_per_checkpoint_over_all_shards_rewritten_not_appended(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from harness.core import models, tokens
+from harness.core import metrics_table, models, tokens
 from harness.core.models import Precision
 from harness.core.fields import opt
 
@@ -24,7 +24,7 @@ Engine = Literal["auto", "nemo", "mcore"]
 Recompute = Literal["none", "selective", "full"]
 SequenceParallel = Literal["auto", "on", "off"]
 MetricBackend = Literal["auto", "fast", "skimage"]
-Metric = Literal["psnr", "ssim"]
+Metric = Literal[metrics_table.NAMES]  # type: ignore[valid-type]  # the allowed values are the metric table's names
 Device = Literal["auto", "cpu", "cuda"]
 TextEncoderDtype = Literal["fp32", "bf16"]
 
@@ -179,7 +179,8 @@ class InferSection(Resources):
 class EvaluateSection(Resources):
     reference: str = opt("", "reference videos, matched by file name ('' = the infer inputs)")
     backend: MetricBackend = opt("auto", "fast (vectorized, GPU if present) or skimage (reference)")
-    metrics: tuple[Metric, ...] = opt(["psnr", "ssim"], "metrics computed, written and reported: psnr, ssim")
+    metrics: tuple[Metric, ...] = opt(list(metrics_table.NAMES), "metrics computed, written and reported: "
+                                      + ", ".join(metrics_table.NAMES))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError
 from harness.core.spec_check import wandb_installed
 
@@ -39,7 +40,12 @@ TRAIN_TAGS: Mapping[str, str] = {"loss": "train/loss", "lr": "train/lr", "grad_n
                                  "mfu": "train/mfu", "step_time_s": "train/step_time_s"}
 """metrics.jsonl key -> scalar tag; `mfu` is derived (`train_scalars`)."""
 
-EVAL_TAGS: Mapping[str, str] = {"psnr": "eval/psnr_mean", "ssim": "eval/ssim_mean", "videos": "eval/videos"}
+VIDEOS_TAG = "eval/videos"
+
+
+def eval_tags() -> dict[str, str]:
+    """Metric name -> scalar tag (`metrics_table`'s tracking_tag), then the videos count's."""
+    return {**{m.name: m.tracking_tag for m in mt.METRICS}, "videos": VIDEOS_TAG}
 
 
 def tensorboard_dir(paths: RunPaths) -> Path:
@@ -69,8 +75,9 @@ def train_scalars(rec: Mapping[str, Any]) -> dict[str, float]:
 
 
 def eval_scalars(c: Checkpoint) -> dict[str, float]:
-    vals = {"psnr": c.psnr, "ssim": c.ssim, "videos": float(c.videos)}
-    return {EVAL_TAGS[k]: v for k, v in vals.items() if v is not None and math.isfinite(v)}
+    tags = eval_tags()
+    vals = {**{m.name: c.value(m.name) for m in mt.METRICS}, "videos": float(c.videos)}
+    return {tags[k]: v for k, v in vals.items() if v is not None and math.isfinite(v)}
 
 
 class _EventWriter:
