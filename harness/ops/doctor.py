@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from harness.core import footprint
+from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
 from harness.launch import facts as launch_facts
 from harness.launch import slurmcli
@@ -25,7 +26,6 @@ from harness.core.spec import RunSpec
 
 if TYPE_CHECKING:
     from harness.stages.inputs import InputItem
-    from harness.stages.assets import Role
 
 Status = Literal["pass", "fail", "skip"]
 Group = Literal["slurm", "container", "paths", "assets", "inputs"]
@@ -238,13 +238,11 @@ _ROLE_KEY = {"encoder": "tokenizer.encoder", "decoder": "tokenizer.decoder", "ch
 
 
 def asset_checks(spec: RunSpec) -> list[Check]:
-    from harness.stages import assets
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     out = []
-    for role in assets.roles(spec):
+    for role in roles(spec):
         k, what = _ROLE_KEY.get(role.name, role.name), f"{role.name} {role.source!r} present"
-        if assets._is_local(role.source):
+        if is_local(role.source):
             where, missing = Path(role.source).expanduser(), _missing(role, Path(role.source).expanduser())
             out.append(Check("fail" if missing else "pass", k, what, missing or f"local directory {where}"))
             continue
@@ -265,13 +263,11 @@ def asset_checks(spec: RunSpec) -> list[Check]:
 def checkpoint_shapes_check(spec: RunSpec) -> Check:
     """model.checkpoint's tensors against model.preset at finetune.tensor_parallel, from the checkpoint's metadata
     (what stage-assets checks, and `harness inspect-checkpoint` lists), where the checkpoint is already here."""
-    from harness.stages import assets
-
     k, what, source = "model.checkpoint", "checkpoint tensors fit model.preset", spec.model.checkpoint
     if not source:
         return Check("skip", k, what, "no checkpoint (model.checkpoint = '': random init)")
-    role = next(r for r in assets.roles(spec) if r.name == "checkpoint")
-    where = Path(source).expanduser() if assets._is_local(source) else _cached(role, spec)
+    role = next(r for r in roles(spec) if r.name == "checkpoint")
+    where = Path(source).expanduser() if is_local(source) else _cached(role, spec)
     if where is None or not where.is_dir():
         return Check("skip", k, what, f"{where}: no such directory" if where else
                      "not in the HF cache yet: stage-assets checks it after downloading")
