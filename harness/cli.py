@@ -41,7 +41,7 @@ def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Pl
     notes = []
     if num_inputs is None:
         try:
-            from harness.stages.inputs import count
+            from harness.ops.inputs import count
 
             num_inputs = count(spec)
         except HarnessError as e:

@@ -105,7 +105,8 @@ def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple
     would only cost time here); returns (RunPaths, stage -> job id)."""
     from harness.ops import submit as launching
     from harness.core import spec as spec_mod
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), cwd)
     choice = launching.Choice("slurm", "reliability test")

@@ -39,7 +39,8 @@ def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch)
     """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
     from harness.ops import submit as launching
     from harness.core import spec as spec_mod
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
     from harness.stages import run_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -23,9 +23,10 @@ from harness.launch import facts as launch_facts
 from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
+from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:
-    from harness.stages.inputs import InputItem
+    from harness.lib.inputs import InputItem
 
 Status = Literal["pass", "fail", "skip"]
 Group = Literal["slurm", "container", "paths", "assets", "inputs"]
@@ -309,8 +310,7 @@ def _missing(role: Role, directory: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------- inputs
 def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list[Check]:
-    d = spec.data
-    k = "data.jsonl" if d.jsonl else "data.manifest" if d.manifest else "data.videos"
+    k = data_key(spec)
     if items is None:
         return [Check("fail", k, "inputs listed", why)]
     bad = [it for it in items if it.error]
@@ -353,7 +353,7 @@ def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec,
     """`harness doctor SPEC`: load, list the inputs, plan against the cluster that answers here, check."""
     from harness.core import plan as plan_mod
     from harness.core import spec as spec_mod
-    from harness.stages.inputs import discover
+    from harness.ops.inputs import discover
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
     items, why = None, ""

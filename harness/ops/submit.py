@@ -97,7 +97,8 @@ def _preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, item
 
 def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True) -> Submitted:
     """Plan and submit; with `doctor`, the cheap preflight checks run first."""
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
 
     t0 = time.perf_counter()
     spec = spec_mod.absolutize(spec_mod.load_for_submit(spec_path), Path.cwd())
