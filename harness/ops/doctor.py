@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Literal
 from harness.core import footprint
 from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
-from harness.launch import facts as launch_facts
 from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
@@ -27,6 +26,7 @@ from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:
     from harness.lib.inputs import InputItem
+    from harness.ops.plan import Gathered
 
 Status = Literal["pass", "fail", "skip"]
 Group = Literal["slurm", "container", "paths", "assets", "inputs"]
@@ -350,20 +350,22 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
 
 
 def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec, list[Check]]:
-    """`harness doctor SPEC`: load, list the inputs, plan against the cluster that answers here, check."""
-    from harness.core import plan as plan_mod
+    """`harness doctor SPEC`: load, plan as `submit` would here, check that plan."""
     from harness.core import spec as spec_mod
-    from harness.ops.inputs import discover
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
-    items, why = None, ""
-    try:
-        items = discover(spec)
-    except HarnessError as e:
-        why = e.problems[0].message
     cluster = gather_cluster()
-    facts = launch_facts.gather(spec, "local" if isinstance(cluster, str) else "slurm", len(items or []))
-    return spec, run(spec, plan_mod.build(spec, facts), cluster, items, why, groups)
+    plan, got = plan_here(spec, cluster)
+    return spec, run(spec, plan, cluster, got.items, got.items_why, groups)
+
+
+def plan_here(spec: RunSpec, cluster: Cluster | str) -> tuple[Plan, Gathered]:
+    """The plan `submit` would send from this machine (`harness.ops.plan.gather`: the executor that answers, its
+    cluster facts, the listed inputs), with the cluster snapshot's answer standing in for another ping."""
+    from harness.ops import plan as plan_ops
+
+    got = plan_ops.gather(spec, "auto", "doctor", why_not=cluster if isinstance(cluster, str) else "")
+    return plan_ops.build(spec, got), got
 
 
 def raise_on_failure(spec: RunSpec, checks: list[Check]) -> None:
