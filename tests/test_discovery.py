@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stages import inputs
+from harness.ops import inputs
 
 from harness.core import plan
 

@@ -19,7 +19,8 @@ from harness.core.atomic import read_json
 
 
 def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launching.RunPaths, plan.Plan]:
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
 
     clips = tmp / "videos"
     synth.make_clips(clips, 6)

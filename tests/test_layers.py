@@ -5,7 +5,8 @@ knows no run) < `report` (run directory -> results) < `stages` (adapt the librar
 that start stage tasks) < `ops` (what the commands do) < `cli` and `bench`. A module imports only its own layer or
 lower ones, at module level or inside a function alike; imports between modules form no cycle; a stage never
 imports another stage (shared code lives in the library or in `stages/_common`-style helpers); library code never
-imports the run spec or the run directory; no module grows past 400 lines and no function past 60 (declarative
+imports the run spec or the run directory; the command line (`cli`) only parses and prints, so it imports only
+`ops`, `core` and the bench entry points; no module grows past 400 lines and no function past 60 (declarative
 tables excepted by name).
 """
 
@@ -27,6 +28,8 @@ STAGES = {"harness.stages.assets", "harness.stages.tokenize", "harness.stages.me
           "harness.stages.infer", "harness.stages.evaluate", "harness.stages.report"}
 RUN_MODULES = {"harness.core.spec", "harness.core.sections", "harness.core.spec_check", "harness.core.paths",
                "harness.core.plan", "harness.core.trainplan"}
+# What the command line may import: the commands (ops), the spec and errors (core), the benchmarks (bench).
+CLI_LAYERS = {"ops", "core", "bench"}
 # Functions that are tables (data written as code), allowed past the function limit.
 TABLES: set[str] = set()
 
@@ -101,6 +104,8 @@ def layer_violations(g: dict[str, set[str]]) -> list[str]:
                 bad.append(f"stage {src} imports stage {dst}")
             if ls in ("lib", "cosmos") and dst in RUN_MODULES:
                 bad.append(f"library module {src} imports {dst} (the run spec or run directory)")
+            if ls == "cli" and ld not in CLI_LAYERS:
+                bad.append(f"the command line imports {dst} ({ld}); it reaches other layers through ops")
     return sorted(bad)
 
 
@@ -169,6 +174,17 @@ def test_the_graph_sees_function_level_imports() -> None:
     assert layer_violations({fake.name: imports(fake, {**MODS, fake.name: fake})}) == [
         "harness.lib.fake (lib) imports harness.launch.slurm (launch), a higher layer",
         "library module harness.lib.fake imports harness.core.spec (the run spec or run directory)"]
+
+
+def test_the_command_line_reaches_only_ops_core_and_bench() -> None:
+    """cli parses and prints: anything it needs from a stage, the report or the library comes through ops."""
+    tree = ast.parse("from harness.ops import plan\nfrom harness.core import spec\n"
+                     "def f():\n    from harness.report import evaltable\n    from harness.lib import synth\n")
+    fake = Module("harness.cli", PKG / "cli.py", tree)
+    assert layer_violations({fake.name: imports(fake, MODS)}) == [
+        "the command line imports harness.lib.synth (lib); it reaches other layers through ops",
+        "the command line imports harness.report.evaltable (report); it reaches other layers through ops"]
+    assert not [d for d in GRAPH["harness.cli"] if _layer(d) not in CLI_LAYERS]
 
 
 def test_no_import_cycles() -> None:

@@ -77,32 +77,6 @@ def nodes_available(partition: str = "") -> int:
     return max(1, len(names))
 
 
-@dataclass(frozen=True)
-class ClusterFacts:
-    """What planning needs from the cluster, and where each number came from (`harness plan` prints it)."""
-
-    max_array_size: int
-    nodes_available: int
-    nodes_from: str
-    max_array_from: str
-    answered: bool
-    """A controller answered; otherwise both numbers are assumed."""
-
-
-def cluster_facts(partition: str, nodes_in_spec: int) -> ClusterFacts:
-    """MaxArraySize and the nodes up in `partition` (the spec's count wins when set); Slurm's default
-    MaxArraySize and the spec's count (or 1) when no controller answers."""
-    spec_from = "from the spec (tokenize.nodes_available)" if nodes_in_spec else ""
-    if controller_error():
-        return ClusterFacts(DEFAULT_MAX_ARRAY_SIZE, nodes_in_spec or 1,
-                            spec_from or "assumed (no Slurm controller answers here)",
-                            "Slurm's default, assumed (no controller answers here)", False)
-    nodes = nodes_in_spec or nodes_available(partition)
-    return ClusterFacts(max_array_size(config()), nodes,
-                        spec_from or f"sinfo: nodes up in partition {partition or '(default)'}",
-                        "scontrol show config", True)
-
-
 def squeue(job_ids: list[str]) -> dict[str, TaskState]:
     """Live tasks (pending ones with their reason) in one call."""
     if not job_ids:

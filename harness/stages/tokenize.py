@@ -29,7 +29,8 @@ from harness.lib import prompts
 from harness.core import tokens
 from harness.lib.dvtok import Encoder, Pending
 from harness.core.errors import HarnessError
-from harness.stages.inputs import InputItem, items_of_shard, read_inputs
+from harness.lib.inputs import InputItem, items_of_shard
+from harness.stages.inputs import read_inputs
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
 from harness.core.spec import RunSpec
