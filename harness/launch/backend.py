@@ -143,7 +143,7 @@ def load_plan(paths: RunPaths) -> plan_mod.Plan:
 def done_tasks(paths: RunPaths, stage: str) -> set[int]:
     """Completed task indices of a stage: one directory listing, not one stat per task."""
     try:
-        names = os.listdir(paths.marker(stage, 0).parent)
+        names = os.listdir(paths.markers_dir(stage))
     except FileNotFoundError:
         return set()
     return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}

@@ -71,7 +71,7 @@ class RunState:
 def resolve_run(run: str, workdir: str = "runs") -> RunPaths:
     """A run id (under workdir) or a run directory; one clear line when it is neither."""
     for cand in (Path(run), Path(workdir) / run):
-        if (cand / "jobs.json").is_file() and (cand / "plan.json").is_file():
+        if RunPaths(cand).is_run:
             return RunPaths(cand.absolute())
     raise HarnessError(Problem(run, "", f"no run directory with jobs.json and plan.json here or at "
                                         f"{Path(workdir) / run} (harness runs --workdir {workdir} lists runs)"))

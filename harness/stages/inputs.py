@@ -191,17 +191,13 @@ def items_of_shard(items: Iterable[InputItem], shard: int, num_shards: int) -> l
     return [it for it in items if shard_of(it.index, num_shards) == shard]
 
 
-def inputs_path(paths: RunPaths) -> Path:
-    return paths.root / "inputs.jsonl"
-
-
 def write_inputs(paths: RunPaths, items: list[InputItem]) -> None:
     text = "".join(json.dumps(asdict(it), sort_keys=True) + "\n" for it in items)
-    atomic_write_text(inputs_path(paths), text)
+    atomic_write_text(paths.inputs_jsonl, text)
 
 
 def read_inputs(paths: RunPaths) -> list[InputItem]:
-    path = inputs_path(paths)
+    path = paths.inputs_jsonl
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
