@@ -6,7 +6,8 @@ that start stage tasks) < `ops` (what the commands do) < `cli` and `bench`. A mo
 lower ones, at module level or inside a function alike; imports between modules form no cycle; a stage never
 imports another stage (shared code lives in the library or in `stages/_common`-style helpers); library code never
 imports the run spec or the run directory; no module grows past 400 lines and no function past 60 (declarative
-tables excepted by name); a run-directory path is built only in `harness.core.paths`.
+tables excepted by name); a run-directory path is built only in `harness.core.paths` and spec.json, plan.json and
+jobs.json are read only through `harness.core.rundir`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ RANK = {"core": 0, "lib": 1, "cosmos": 1, "report": 2, "stages": 3, "launch": 4,
 STAGES = {"harness.stages.assets", "harness.stages.tokenize", "harness.stages.merge", "harness.stages.finetune",
           "harness.stages.infer", "harness.stages.evaluate", "harness.stages.report"}
 RUN_MODULES = {"harness.core.spec", "harness.core.sections", "harness.core.spec_check", "harness.core.paths",
-               "harness.core.plan", "harness.core.trainplan"}
+               "harness.core.rundir", "harness.core.plan", "harness.core.trainplan"}
 # Functions that are tables (data written as code), allowed past the function limit.
 TABLES: set[str] = set()
 
@@ -253,6 +254,53 @@ def run_dir_paths_elsewhere(mods: dict[str, Module]) -> list[str]:
 
 def test_run_directory_paths_are_built_in_one_module() -> None:
     assert run_dir_paths_elsewhere(MODS) == []
+
+
+# The stored records with one reader each, in `harness.core.rundir` (typed: RunSpec, Facts, Jobs).
+RECORDS = {"spec_json", "plan_json", "jobs_json"}
+_READS = {"read_json", "read_text", "read_bytes", "open", "load", "loads"}
+
+
+def record_reads(mod: Module) -> list[str]:
+    """Where `mod` reads spec.json, plan.json or jobs.json itself (`read_json(paths.plan_json)` and the like)."""
+    out = []
+    for node in ast.walk(mod.tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            args = [*node.args, f.value] if isinstance(f, ast.Attribute) else list(node.args)
+            out += [f"{mod.path.relative_to(PKG.parent)}:{node.lineno}: {fname}(.{a.attr})" for a in args
+                    if fname in _READS and isinstance(a, ast.Attribute) and a.attr in RECORDS]
+    return out
+
+
+def test_run_records_have_one_reader_each() -> None:
+    assert [hit for name, m in sorted(MODS.items()) if name != "harness.core.rundir" for hit in record_reads(m)] == []
+
+
+def test_a_record_read_is_found() -> None:
+    src = "def f(p):\n    a = read_json(p.spec_json)\n    b = p.plan_json.read_text()\n    write(p.jobs_json)\n"
+    fake = Module("harness.ops.fake", PKG / "ops" / "fake.py", ast.parse(src))
+    assert record_reads(fake) == ["harness/ops/fake.py:2: read_json(.spec_json)",
+                                  "harness/ops/fake.py:3: read_text(.plan_json)"]
+
+
+def test_a_hand_built_run_path_is_found() -> None:
+    """The rule's parser: each way a path can be spelled outside the run-directory module is a hit."""
+    src = ("def f(paths, a):\n"
+           "    x = paths.root / 'eval'\n"
+           "    y = a.logs('x').parent.joinpath('done/0.json')\n"
+           "    for n in ('spec.json',):\n"
+           "        pass\n"
+           "    z = a / f'infer/step-{1}'\n"
+           "    return {'eval': x, 'tokens': 1}, paths.root / 'unknown'\n")
+    fake = Module("harness.ops.fake", PKG / "ops" / "fake.py", ast.parse(src))
+    assert hand_built_run_paths(fake) == [
+        "harness/ops/fake.py:2: '<root> / ...'", "harness/ops/fake.py:2: 'eval'", "harness/ops/fake.py:3: 'done'",
+        "harness/ops/fake.py:4: 'spec.json'", "harness/ops/fake.py:6: 'infer'",
+        "harness/ops/fake.py:7: '<root> / ...'"]
+    assert run_dir_paths_elsewhere({"harness.core.paths": Module("harness.core.paths", fake.path, fake.tree),
+                                    "harness.lib.fake": Module("harness.lib.fake", fake.path, fake.tree)}) == []
 
 
 def test_the_name_list_covers_the_layout() -> None:

@@ -1,4 +1,4 @@
-"""The run directory's layout (harness.core.paths).
+"""The run directory's layout and its records' readers (harness.core.paths, harness.core.rundir).
 
 The layout is pinned name by name: runs already on disk (resume, status, report of an older run) are read with
 these paths, so a renamed folder is a behaviour change that must show up here, not in a user's `harness status`.
@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from harness.core import plan as plan_mod
+from harness.core import rundir
+from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json
+from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
+from harness.ops.submit import Choice, write_run
+from specs import TINY, build
 
 
 def test_every_run_path_is_where_earlier_runs_put_it(tmp_path: Path) -> None:
@@ -58,3 +66,28 @@ def test_a_run_is_a_directory_with_its_plan_and_jobs(tmp_path: Path) -> None:
     assert not p.is_run
     atomic_write_json(p.jobs_json, {})
     assert p.is_run
+
+
+def test_the_records_read_back_as_written(tmp_path: Path) -> None:
+    spec = build(TINY, {"data": {"videos": str(tmp_path)}})
+    facts = plan_mod.Facts(num_inputs=10, max_array_size=7, nodes_available=3)
+    plan = plan_mod.build(spec, facts)
+    paths = RunPaths(tmp_path / "run")
+    write_run(paths, "", plan, facts, Choice("local", "no controller"))
+    assert rundir.read_spec(paths) == plan.spec  # the spec as planned: derived values (shards) resolved
+    assert rundir.read_facts(paths) == facts
+    assert rundir.read_plan_record(paths)["executor"] == "local"
+    assert [s["name"] for s in rundir.read_plan_record(paths)["stages"]] == [s.name for s in plan.stages]
+    assert rundir.read_spec_record(paths) == spec_mod.to_dict(plan.spec)
+    jobs = rundir.Jobs("local", "why", (rundir.Submission("*", "local:42", ((0, 3),), True, 1.5, 1),))
+    atomic_write_json(paths.jobs_json, jobs.to_json())
+    assert rundir.read_jobs(paths) == jobs and rundir.read_jobs(paths).next_round == 2
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"executor": "pbs", "submissions": []}', '{"executor": "local"}'])
+def test_a_damaged_jobs_json_is_one_line_naming_the_file(tmp_path: Path, content: str) -> None:
+    paths = RunPaths(tmp_path)
+    paths.jobs_json.write_text(content)
+    with pytest.raises(HarnessError) as e:
+        rundir.read_jobs(paths)
+    assert str(e.value).startswith(str(paths.jobs_json)) and "\n" not in str(e.value)

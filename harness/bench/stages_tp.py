@@ -31,6 +31,7 @@ import torch
 
 from harness.core import metricslog
 from harness.core.paths import RunPaths
+from harness.core.rundir import read_spec_record
 from harness.launch.backend import pid_alive
 
 from harness.core.atomic import atomic_write_json, read_json
@@ -149,7 +150,7 @@ def torchrun_stage(b: RunPaths, stage: str, task: int, world: int) -> float:
 
 
 def set_tp(b: RunPaths, section: str, tp: int) -> None:
-    raw = read_json(b.spec_json)
+    raw = read_spec_record(b)
     raw[section]["tensor_parallel"] = tp
     raw[section]["gpus_per_node"] = tp if torch.cuda.is_available() else 0
     atomic_write_json(b.spec_json, raw)

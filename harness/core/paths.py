@@ -3,7 +3,7 @@
 Everything `status`, `resume` and `report` need is rebuilt from this directory alone: the frozen spec,
 the plan, the job ids, each task's outputs and its completion marker (always written last). A folder renamed
 here is renamed for every writer and reader at once (`tests/test_layers.py` fails on a run-directory name
-joined into a path anywhere else).
+joined into a path anywhere else); the stored records are read back through `harness.core.rundir`.
 """
 
 from __future__ import annotations

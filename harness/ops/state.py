@@ -14,8 +14,9 @@ from pathlib import Path
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
+from harness.core.rundir import read_jobs
 from harness.launch.backend import (ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState,
-                                    done_tasks, read_jobs)
+                                    done_tasks)
 from harness.launch.local import LocalBackend
 from harness.launch.slurm import SlurmBackend, job_ids
 
