@@ -135,4 +135,4 @@ def assert_events_match_metrics(paths: RunPaths) -> None:
     """The training event files (harness.report.tracking) hold exactly metrics.jsonl's steps and values."""
     from harness.report import tracking
 
-    assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(metrics(paths)))
+    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths)))

@@ -76,7 +76,7 @@ def test_inputs_round_trip_through_the_run_directory(tmp_path: Path) -> None:
              listing.InputItem(2, "x.jsonl:3", None, "line 3: not valid JSON: oops")]
     paths = RunPaths(tmp_path)
     run_inputs.write_inputs(paths, items)
-    assert run_inputs.inputs_path(paths) == tmp_path / "inputs.jsonl"
+    assert paths.inputs_jsonl == tmp_path / "inputs.jsonl"
     assert run_inputs.read_inputs(paths) == items
 
 

@@ -26,7 +26,8 @@ from harness.report import build as report
 from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_text, read_json
+from harness.core.rundir import read_jobs, read_spec
+from harness.core.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,10 @@ def identity(paths: RunPaths) -> dict[str, str]:
     """What history entries are keyed by: cluster, container image, harness commit, date."""
     from harness.launch import slurmcli
 
-    jobs = read_json(paths.jobs_json)
     cluster = "local"
-    if jobs.get("executor") == "slurm" and not slurmcli.controller_error():
+    if read_jobs(paths).executor == "slurm" and not slurmcli.controller_error():
         cluster = slurmcli.config().get("ClusterName", "") or "unknown-slurm"
-    image = read_json(paths.spec_json).get("container", {}).get("image", "") or "none"
+    image = read_spec(paths).container.image or "none"
     return {"cluster": cluster, "image": image, "commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                              time.gmtime())}
 

@@ -74,7 +74,7 @@ def script(plan: Plan, stage: StagePlan, paths: RunPaths, parent_ids: Mapping[st
     lo, hi = stage.chunks[chunk]
     if stage.array and hi - lo > 1:
         params["map_count"] = hi - lo
-    folder = paths.logs(stage.name).absolute() / "%j"
+    folder = paths.job_folder(stage.name).absolute()
     return render.sbatch_text(params, folder, command(python_for(plan, stage), folder))
 
 
@@ -84,7 +84,7 @@ def submit_stage(plan: Plan, stage: StagePlan, paths: RunPaths, tasks: list[int]
     out: list[Submission] = []
     for k, start in enumerate(range(0, len(tasks), chunk_size)):
         part = tasks[start:start + chunk_size]
-        ex = Executor(folder=paths.logs(stage.name) / "%j", python=python_for(plan, stage),
+        ex = Executor(folder=paths.job_folder(stage.name), python=python_for(plan, stage),
                       max_num_timeout=MAX_REQUEUES)
         ex.update_parameters(**_params(plan, stage, paths, parent_ids, k))
         with ex.batch():

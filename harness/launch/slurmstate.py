@@ -65,7 +65,7 @@ def latest_ids(paths: RunPaths, jobs: Jobs, stage: str) -> dict[int, tuple[str, 
         for a, b in sub.tasks:
             for t in range(a, b):
                 sid = f"{sub.job_id}_{j}" if sub.array else sub.job_id
-                out[t] = (sid, str(paths.logs(stage) / sid / f"{sid}_0_log.out"), sub.time)
+                out[t] = (sid, str(paths.task_log(stage, sid)), sub.time)
                 j += 1
     return out
 

@@ -48,15 +48,6 @@ def eval_tags() -> dict[str, str]:
     return {**{m.name: m.tracking_tag for m in mt.METRICS}, "videos": VIDEOS_TAG}
 
 
-def tensorboard_dir(paths: RunPaths) -> Path:
-    """`tensorboard --logdir <run>/tensorboard` shows training (train/) and evaluation (eval/) together."""
-    return paths.root / "tensorboard"
-
-
-def wandb_dir(paths: RunPaths) -> Path:
-    return paths.root / "wandb"
-
-
 def _finite(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -111,11 +102,11 @@ def _wandb_run(cfg: TrackingSection, paths: RunPaths, config: Mapping[str, Any] 
     append to one W&B run once synced. Offline always: the key never reaches a compute node."""
     import wandb
 
-    wandb_dir(paths).mkdir(parents=True, exist_ok=True)
+    paths.wandb_dir.mkdir(parents=True, exist_ok=True)
     os.environ["WANDB_MODE"] = "offline"
     os.environ.pop("WANDB_API_KEY", None)  # offline needs no key; W&B's debug logs never see one
     return wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity or None, id=paths.run_id,
-                      name=paths.run_id, resume="allow", mode="offline", dir=str(wandb_dir(paths)),
+                      name=paths.run_id, resume="allow", mode="offline", dir=str(paths.wandb_dir),
                       config=dict(config or {}), settings=wandb.Settings(console="off", silent=True))
 
 
@@ -129,7 +120,7 @@ class TrainTracker:
     @classmethod
     def open(cls, cfg: TrackingSection, paths: RunPaths, resumed_step: int,
              config: Mapping[str, Any] | None = None) -> "TrainTracker":
-        writer = _EventWriter(tensorboard_dir(paths) / "train", purge_step=resumed_step + 1)
+        writer = _EventWriter(paths.tensorboard_train, purge_step=resumed_step + 1)
         return cls(writer, _wandb_run(cfg, paths, config) if cfg.wandb else None)
 
     def log(self, rec: Mapping[str, Any]) -> None:
@@ -149,7 +140,7 @@ def log_evaluation(cfg: TrackingSection, paths: RunPaths, checkpoints: Iterable[
     """Per-checkpoint means (all shards, as the report computes them) at step = checkpoint step. The eval
     directory is rebuilt in a temp directory and swapped in, so readers never see half of it."""
     rows = [(c.step, eval_scalars(c)) for c in checkpoints]
-    final = tensorboard_dir(paths) / "eval"
+    final = paths.tensorboard_eval
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".eval."))
     writer = _EventWriter(tmp)
@@ -182,7 +173,7 @@ def _log_eval_wandb(cfg: TrackingSection, paths: RunPaths, rows: list[tuple[int,
 # ------------------------------------------------------------------------------------------ W&B on the login node
 def offline_runs(paths: RunPaths) -> list[Path]:
     """The offline run directories `wandb sync` uploads (one per training attempt and report)."""
-    root = wandb_dir(paths) / "wandb"
+    root = paths.wandb_runs
     return sorted(p for p in root.glob("offline-run-*") if p.is_dir()) if root.is_dir() else []
 
 
@@ -197,12 +188,12 @@ def sync(paths: RunPaths) -> list[Path]:
     <run>/wandb: `wandb sync` writes its own debug log under the current directory."""
     runs = offline_runs(paths)
     if not runs:
-        raise HarnessError(f"{wandb_dir(paths)}: no offline W&B runs to sync (set [tracking] wandb = true)")
+        raise HarnessError(f"{paths.wandb_dir}: no offline W&B runs to sync (set [tracking] wandb = true)")
     if not wandb_installed():
         raise HarnessError("wandb is not installed here: pip install -e '.[wandb]'")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=wandb_dir(paths))
+    res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=paths.wandb_dir)
     if res.returncode:
         last = next((ln for ln in reversed((res.stderr + res.stdout).splitlines()) if ln.strip()), "")
-        raise HarnessError(f"wandb sync {wandb_dir(paths)} failed (exit {res.returncode}): {last.strip()}")
+        raise HarnessError(f"wandb sync {paths.wandb_dir} failed (exit {res.returncode}): {last.strip()}")
     return runs

@@ -25,7 +25,7 @@ from harness.core import failures
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths, is_done, mark_done
-from harness.core.atomic import read_json
+from harness.core.rundir import read_spec as load_run_spec  # the stages' name for the frozen spec's one reader
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 
@@ -40,10 +40,6 @@ MODULES: dict[str, str] = {
 }
 
 log = logging.getLogger("harness")
-
-
-def load_run_spec(paths: RunPaths) -> spec_mod.RunSpec:
-    return spec_mod.from_dict(read_json(paths.spec_json), source=str(paths.spec_json))
 
 
 def gpu_key(stage: str) -> str:

@@ -15,17 +15,13 @@ from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_text
 
 
-def inputs_path(paths: RunPaths) -> Path:
-    return paths.root / "inputs.jsonl"
-
-
 def write_inputs(paths: RunPaths, items: list[InputItem]) -> None:
     text = "".join(json.dumps(asdict(it), sort_keys=True) + "\n" for it in items)
-    atomic_write_text(inputs_path(paths), text)
+    atomic_write_text(paths.inputs_jsonl, text)
 
 
 def read_inputs(paths: RunPaths) -> list[InputItem]:
-    path = inputs_path(paths)
+    path = paths.inputs_jsonl
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:

@@ -15,7 +15,7 @@ from harness.report import tracking
 
 from harness.core import trainplan
 from harness.core.paths import RunPaths, is_done
-from harness.core.atomic import read_json
+from harness.core.rundir import read_plan_record
 from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.report.build")
@@ -24,7 +24,7 @@ log = logging.getLogger("harness.report.build")
 def incomplete_tasks(paths: RunPaths) -> list[dict[str, object]]:
     """Tasks of the other stages without a completion marker, from the saved plan's stage sizes."""
     out: list[dict[str, object]] = []
-    for stage in read_json(paths.plan_json)["stages"]:
+    for stage in read_plan_record(paths)["stages"]:
         if stage["name"] == "report":
             continue
         for t in range(stage["tasks"]):
