@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import shutil
 import subprocess
 import time
@@ -44,8 +45,21 @@ def controller_error() -> str:
     except HarnessError as e:
         return str(e)
     if proc.returncode != 0 or "UP" not in proc.stdout:
-        return f"no Slurm controller answers (scontrol ping: {(proc.stdout + proc.stderr).strip()[:200]})"
+        return f"no Slurm controller answers (scontrol ping: {gist(proc.stdout + proc.stderr)})"
     return ""
+
+
+def gist(text: str, limit: int = 120) -> str:
+    """One line from a Slurm client's complaint: its fatal message if it has one (scontrol without a cluster
+    prints four `error:` lines of DNS lookups before `fatal: Could not establish a configuration source`), else
+    its last line; without the `scontrol: error:` prefixes; cut at a word, never mid-word."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if "fatal:" in ln]
+    line = (fatal or lines or ["no output"])[-1]
+    line = re.sub(r"^(\S+: )?(fatal|error): ", "", line.split("fatal: ", 1)[-1] if fatal else line)
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def config() -> dict[str, str]:
