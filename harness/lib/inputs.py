@@ -62,11 +62,8 @@ def from_dir(root: Path, extensions: Iterable[str]) -> list[InputItem]:
     """Every file under `root` with one of `extensions`, sorted by relative path."""
     base = _listable(root)
     files, other = media.walk(base, media.suffixes(extensions))
-    bad = set(other)
     prefix = base.rstrip("/") + "/"
-    broken = "not a regular file: broken symlink or special file"
-    return [InputItem(i, prefix + rel, None, broken if bad and rel in bad else None)
-            for i, rel in enumerate(sorted(files + other))]
+    return [InputItem(i, prefix + rel, None, other.get(rel)) for i, rel in enumerate(sorted([*files, *other]))]
 
 
 def from_manifest(path: Path) -> list[InputItem]:

@@ -309,10 +309,18 @@ def _missing(role: Role, directory: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
+def _sentence(why: str) -> str:
+    """A spec problem's `= '/x': not a directory` (made to follow a key) as words: `'/x' is not a directory`."""
+    if not why.startswith("= "):
+        return why
+    value, _, what = why[2:].partition(": ")
+    return f"{value} is {what}" if what.startswith("not ") else f"{value}: {what}"
+
+
 def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list[Check]:
     k = data_key(spec)
     if items is None:
-        return [Check("fail", k, "inputs listed", why)]
+        return [Check("fail", k, "inputs cannot be listed", _sentence(why))]
     bad = [it for it in items if it.error]
     first = next((it for it in items if not it.error), None)
     out = [Check("pass" if first else "fail", k, "inputs listed",
