@@ -53,9 +53,10 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
     t = rep.training
     if t is not None:
-        out.append(("training", ["steps", "last step", "final loss", "tokens/s", "TFLOP/s per GPU",
+        reached = str(t.steps) if t.steps >= t.last_step else f"{t.steps} (stopped before the planned end)"
+        out.append(("training", ["step reached", "planned steps", "final loss", "tokens/s", "TFLOP/s per GPU",
                                  f"MFU (peak {PEAK_TFLOPS:g})"],
-                    [[str(t.steps), str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
+                    [[reached, str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
                       fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
     out += _checkpoint_tables(rep)
     if rep.failures:
