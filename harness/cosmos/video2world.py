@@ -68,13 +68,21 @@ def cross_attention_spec(core_attention: type, norm: type, crossattn_dim: int = 
                                                               q_layernorm=norm, k_layernorm=norm))
 
 
+def abs_position_table(grid: Grid, hidden: int, length: int) -> torch.Tensor:
+    """The abs-position table [length, hidden] (float32) holding the bf16 values upstream adds: upstream builds
+    its sin-cos tables in float64 and stores them in bf16 (NVIDIA/Cosmos archived-ces2025,
+    cosmos1/models/autoregressive/modules/embedding.py, `SinCosPosEmbAxisTE`, dtype default bfloat16), so an
+    fp32 run must see the bf16-rounded values too (the unrounded ones differ by ~5e-4 relative in the hidden
+    states and can flip greedy near-ties). torch rounds float64 to bf16 through float32, as done here."""
+    return abs_sincos(grid, hidden, bov=True, length=length).to(torch.bfloat16).to(torch.float32)
+
+
 def setup_video2world(model: Any, config: TransformerConfig, preset: ModelPreset, grid: Grid, seq_len: int) -> None:
     """Output layer of `output_vocab_size` rows (the input embedding keeps `vocab_size`) and the abs-position table."""
     model.output_layer = tensor_parallel.ColumnParallelLinear(
         config.hidden_size, preset.output_vocab_size, config=config, init_method=config.init_method, bias=False,
         skip_bias_add=False, gather_output=False)
-    model.register_buffer("abs_pos", abs_sincos(grid, config.hidden_size, bov=True, length=seq_len),
-                          persistent=False)
+    model.register_buffer("abs_pos", abs_position_table(grid, config.hidden_size, seq_len), persistent=False)
 
 
 def prepare_context(model: Any, hidden: torch.Tensor, start: int, n: int,
