@@ -121,6 +121,8 @@ class SDPAttention(MegatronModule):
                 return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
         gqa = q.shape[1] != k.shape[1]
         sk = k.shape[2]
+        if sq == 1 and self.attention_type == "cross" and attention_mask is None:
+            return _one_query(q, k, v, self.softmax_scale).permute(2, 0, 1, 3).reshape(sq, b, -1)
         mask = None
         causal = self.attention_type == "self" and self.attn_mask_type == AttnMaskType.causal
         if causal and sq != sk and sq > 1:
@@ -130,6 +132,18 @@ class SDPAttention(MegatronModule):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and sq == sk and sq > 1,
                                              scale=self.softmax_scale, enable_gqa=gqa)
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+
+
+def _one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """A decode step's cross-attention ([b, heads, 1, d] over [b, groups, L, d]) as two batched GEMMs and a
+    softmax: deterministic. SDPA's kernels for one query row over the 512 T5 rows are not (measured on an H100,
+    bf16: two greedy decodes of Cosmos-5B-Video2World at batch 8 differed), and seeded sampling must repeat."""
+    b, h, _, d = q.shape
+    g = k.shape[1]
+    qg = q.reshape(b, g, h // g, d)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * (scale if scale is not None else d ** -0.5)
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+    return out.reshape(b, h, 1, d)
 
 
 class CosmosLayer(TransformerLayer):
