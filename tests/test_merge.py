@@ -14,7 +14,7 @@ from harness.stages import dataset
 from harness.core.errors import HarnessError
 from harness.stages.inputs import InputItem, read_inputs, write_inputs
 from harness.core.paths import RunPaths
-from harness.stages import load_run_spec, worker
+from harness.launch.worker import load_run_spec, worker
 from harness.stages.merge import make_split
 from fixtures_data import dataset_bytes, session_base_run, summary
 

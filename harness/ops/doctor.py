@@ -22,6 +22,7 @@ from harness.launch import facts as launch_facts
 from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
+from harness.core.stages import stage as stage_def
 
 if TYPE_CHECKING:
     from harness.stages.inputs import InputItem
@@ -73,8 +74,8 @@ def gather_cluster() -> Cluster | str:
 
 
 def key(stage: StagePlan, name: str) -> str:
-    """The spec key of a stage's resource: stage-assets reads the [assets] table."""
-    return f"{'assets' if stage.name == 'stage-assets' else stage.name}.{name}"
+    """The spec key of a stage's resource (the registry knows its table: stage-assets reads [assets])."""
+    return stage_def(stage.name).key(name)
 
 
 # ------------------------------------------------------------------------------------------- slurm (pure)
