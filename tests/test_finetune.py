@@ -25,7 +25,7 @@ from harness.stages.finetune.checkpoints import latest_complete
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.paths import RunPaths, is_done
-from harness.stages import run_task
+from harness.launch.worker import run_task
 
 STEPS, SAVE = 10, 4  # checkpoints at 4, 8 and 10 (max_steps is not a multiple of save_every)
 LR = 1e-2
@@ -79,7 +79,7 @@ def test_trains_with_falling_loss_and_checkpoints(run_a: RunPaths) -> None:
 
 def _run_subprocess(root: Path) -> subprocess.Popen[bytes]:
     script = root / "worker.py"
-    script.write_text("import sys\nfrom harness.stages import run_task\n"
+    script.write_text("import sys\nfrom harness.launch.worker import run_task\n"
                       "if __name__ == '__main__':\n    run_task(sys.argv[1], 'finetune', 0)\n")
     return subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -294,7 +294,7 @@ def test_samples_are_whole_videos(tmp_path: Path) -> None:
 
 
 def test_lr_schedule() -> None:
-    from harness.stages.finetune.mcore import lr_at
+    from harness.stages.finetune.core import lr_at
 
     f = make_spec(max_steps=10, lr=1.0, min_lr=0.0, warmup_steps=2).finetune
     assert [round(lr_at(f, s), 6) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
