@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,11 +14,13 @@ from rich.table import Table
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 
+if TYPE_CHECKING:
+    from harness.ops.plan import ExecutorName
+
 DESCRIPTION = ("Post-train an NVIDIA Cosmos autoregressive world model on a swapped video tokenizer, from one TOML "
                "run spec, as dependency-chained Slurm job arrays (or on this machine when no Slurm controller "
                "answers). Start with `harness quickstart`; then validate, plan, doctor and submit your own spec.")
 
-ExecutorName = Literal["auto", "slurm", "local"]
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -33,113 +35,32 @@ def cmd_validate(specs: list[str]) -> int:
     return 0
 
 
-def _plan_for_display(spec: spec_mod.RunSpec, num_inputs: int | None):  # -> (Plan, Facts, notes, origins)
-    from harness.core import plan as plan_mod
-    from harness.core.explain import FactSources, origins
-    from harness.launch import slurmcli
+def cmd_plan(spec_path: str, out: str | None, num_inputs: int | None, executor: ExecutorName) -> int:
+    from harness.ops import plan as plan_ops
 
-    notes = []
-    if num_inputs is None:
-        try:
-            from harness.stages.inputs import count
-
-            num_inputs = count(spec)
-        except HarnessError as e:
-            notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
-            num_inputs = 0
-    cluster = slurmcli.cluster_facts(spec.tokenize.partition, spec.tokenize.nodes_available)
-    if not cluster.answered:
-        notes.append(f"no Slurm controller here: MaxArraySize {cluster.max_array_size} and "
-                     f"{cluster.nodes_available} node(s) assumed")
-    facts = plan_mod.Facts(num_inputs=num_inputs, max_array_size=cluster.max_array_size,
-                           nodes_available=cluster.nodes_available)
-    plan = plan_mod.build(spec, facts)
-    return plan, facts, notes, origins(spec, plan, facts, FactSources(cluster.nodes_from, cluster.max_array_from))
-
-
-def _fanout(plan) -> str:  # type: ignore[no-untyped-def]
-    from harness.core import plan as plan_mod
-
-    i = plan.spec.infer
-    k = plan_mod.infer_shards(i)
-    per = f"{i.inputs_per_task} input(s) per task" if i.inputs_per_task else "all inputs in one task per checkpoint"
-    src = f"infer.inputs {i.inputs}" if i.inputs else "the test split"
-    return (f"{len(plan.checkpoint_steps)} checkpoint(s) x {k} input shard(s) = {plan.stage('infer').tasks} "
-            f"task(s) each; up to {i.max_inputs} input(s) from {src}, {per}")
-
-
-def cmd_plan(spec_path: str, out: str | None, num_inputs: int | None) -> int:
-    spec = spec_mod.absolutize(spec_mod.load_for_submit(Path(spec_path)), Path.cwd())
-    plan, facts, notes, why = _plan_for_display(spec, num_inputs)
-    notes += [f"warning: {w}" for w in spec_mod.warnings(spec)]
-    _print_summary(plan, notes, why)
-    console.print(_stage_table(plan))
-    _scripts(plan, Path(out) if out is not None else None)
-    return 0
-
-
-def _print_summary(plan, notes: list[str], why: list[str]) -> None:  # type: ignore[no-untyped-def]
-    from harness.core import estimate, footprint
-
-    spec, tm, f = plan.spec, plan.token_math, plan.spec.finetune
-    console.print(f"[bold]{spec.run.name}[/] ({spec.run.recipe}, model {spec.model.preset})")
-    console.print(f"token math: {tm.describe()}")
-    console.print(f"finetune: {f.nodes} node(s) x {spec_mod.ranks_per_node(f)} rank(s)/node"
-                  f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel}"
-                  f"{', sequence parallel' if plan.training.sequence_parallel else ''};"
-                  f" GBS {f.global_batch_size} = MBS {f.micro_batch_size} x DP {plan.data_parallel}"
-                  f" x grad-accum {plan.grad_accumulation}; {plan.training.precision}, {plan.training.last_step} steps")
-    console.print(f"inputs: {plan.num_inputs} -> {plan.spec.tokenize.shards} shard(s); checkpoints at steps "
-                  f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
-    console.print(f"infer/evaluate: {_fanout(plan)}", markup=False)
-    for w in list(plan.warnings) + notes:
+    spec = plan_ops.load(Path(spec_path))
+    v = plan_ops.view(spec, plan_ops.gather(spec, executor, "plan", num_inputs=num_inputs))
+    console.print(f"[bold]{v.title}[/] ({v.subtitle})")
+    for line in v.summary:
+        console.print(line)
+    console.print(f"infer/evaluate: {v.fanout}", markup=False)
+    for w in v.notes:
         console.print(f"[yellow]note:[/] {escape(w)}")
-    for line in why:
+    for line in v.resolved:
         console.print(f"[dim]resolved:[/] {escape(line)}")
-    for line in estimate.lines(plan):
+    for line in v.estimates:
         console.print(f"[cyan]estimate:[/] {escape(line)}", soft_wrap=True)
-    disk = footprint.items(plan)
-    console.print(f"[cyan]estimate:[/] writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ("
-                  + escape("; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir"))
-                  + ")", soft_wrap=True)
-
-
-def _stage_table(plan) -> Table:  # type: ignore[no-untyped-def]
-    from harness.core import plan as plan_mod
-
-    table = Table("stage", "tasks", "array", "after", "resources", "container")
-    for s in plan.stages:
-        r = s.resources
-        arr = ", ".join(f"{a}-{b - 1}" for a, b in s.chunks) + (f" %{r.array_throttle}" if r.array_throttle else "") \
-            if s.array else "-"
-        deps = ", ".join(f"{d.kind}:{d.stage}" for d in s.depends) or "-"
-        res = f"{r.nodes}N x {r.ntasks_per_node}T, {r.gpus_per_node} GPU/N, {r.cpus_per_task} CPU/T, {r.time_min} min"
-        tasks = f"{s.tasks} = {len(plan.checkpoint_steps)} x {plan_mod.infer_shards(plan.spec.infer)}" \
-            if s.name in ("infer", "evaluate") else str(s.tasks)
-        table.add_row(s.name, tasks, arr, deps, res, "yes" if s.container else "-")
-    return table
-
-
-def _scripts(plan, out: Path | None) -> None:  # type: ignore[no-untyped-def]
-    """Every sbatch script, rendered by the function `submit` uses (`slurm.script`), parents as placeholders."""
-    from harness.core.paths import RunPaths
-    from harness.launch import slurm
-
-    paths = RunPaths(Path(plan.spec.run.workdir) / f"{plan.spec.run.name}-<run-id>")
-    placeholders = {s.name: [f"${{{s.name.upper().replace('-', '_')}_JOB_ID}}"] for s in plan.stages}
-    for i, s in enumerate(plan.stages):
-        for k in range(len(s.chunks)):
-            text = slurm.script(plan, s, paths, placeholders, k)
-            if s.name == "finetune":
-                srun = next((ln for ln in text.splitlines() if ln.startswith("srun ")), "")
-                console.print(f"finetune srun: {srun}", soft_wrap=True, markup=False)
-            if out is not None:
-                f = out / f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch"
-                f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_text(text, encoding="utf-8")
+    table = Table(*v.stage_header)
+    for row in v.stage_rows:
+        table.add_row(*row)
+    console.print(table)
+    for srun in v.srun_lines:
+        console.print(f"finetune srun: {srun}", soft_wrap=True, markup=False)
     if out is not None:
-        console.print(f"wrote {plan.sbatch_calls} sbatch script(s) to {out} (job ids shown as ${{STAGE_JOB_ID}})",
-                      markup=False)
+        plan_ops.write_scripts(v, Path(out))
+        console.print(f"wrote {v.plan.sbatch_calls} sbatch script(s) to {Path(out)} "
+                      f"(job ids shown as ${{STAGE_JOB_ID}})", markup=False)
+    return 0
 
 
 def cmd_submit(spec: str, executor: ExecutorName, *, wait: bool, timeout_s: float, doctor: bool) -> int:
@@ -170,54 +91,18 @@ def cmd_doctor(spec: str) -> int:
     return 2 if n["fail"] else 0
 
 
-def cmd_synth(out_dir: str) -> int:
-    from harness.lib import synth
-
-    out = synth.make_quickstart(Path(out_dir))
-    for k, v in out.items():
-        console.print(f"{k}: {v}", markup=False)
-    return 0
-
-
 def cmd_quickstart(spec: str, assets: str, executor: ExecutorName, timeout_s: float) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
     from harness import ops
-    from harness.lib import synth
     from harness.ops import live, quickstart, submit
 
-    if not (Path(assets) / "tokenizer" / "encoder.jit").exists():
-        synth.make_quickstart(Path(assets))
+    if quickstart.ensure_assets(Path(assets)):
         console.print(f"wrote synthetic clips and a tiny DV tokenizer to {assets}/", markup=False)
     res = submit.submit(quickstart.spec_for(Path(spec), Path(assets)), executor)
     console.print(f"run {res.paths.run_id}: executor {res.choice.executor} ({res.choice.reason})", markup=False)
     code = live.wait(res.paths, Console(highlight=False), timeout_s)
     ops.print_report(res.paths)
     return code
-
-
-def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | None) -> int:
-    from harness.report import evaltable
-    from harness.core.atomic import atomic_write_json
-    from harness.stages.evaluate import evaluate_dirs
-
-    result = evaluate_dirs(Path(reference), Path(generated), backend=backend)
-    out = Path(out_file) if out_file else evaltable.default_out(generated)
-    atomic_write_json(out, result)
-    console.print(evaltable.table(result))
-    for line in evaltable.problems(result):
-        console.print(f"[yellow]note:[/] {escape(line)}")
-    console.print(f"wrote {out} (per-frame SSIM and the compared frame indices)", markup=False)
-    return 0
-
-
-def cmd_sync(run: str, workdir: str) -> int:
-    """Upload a run's offline W&B runs from the login node (compute nodes have no internet, and no key)."""
-    from harness.report import tracking
-    from harness.ops.state import resolve_run
-
-    for d in tracking.sync(resolve_run(run, workdir)):
-        console.print(f"synced {d}", markup=False, soft_wrap=True)
-    return 0
 
 
 def cmd_bench(name: str, args: list[str]) -> int:
@@ -274,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec")
     s.add_argument("--out", default=None)
     s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
+    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="slurm",
+                   help="plan for this executor, as `submit --executor` would run it (default slurm: the "
+                        "controller's figures, or Slurm's defaults assumed where none answers here)")
 
     s = sub.add_parser("submit", help="submit the whole DAG; returns at once with the run id and job ids")
     s.add_argument("spec")
@@ -320,7 +208,7 @@ def dispatch(a: argparse.Namespace) -> int:
 
     calls = {
         "validate": lambda: cmd_validate(a.specs),
-        "plan": lambda: cmd_plan(a.spec, a.out, a.num_inputs),
+        "plan": lambda: cmd_plan(a.spec, a.out, a.num_inputs, a.executor),
         "submit": lambda: cmd_submit(a.spec, a.executor, wait=a.wait, timeout_s=a.timeout, doctor=not a.no_doctor),
         "doctor": lambda: cmd_doctor(a.spec),
         "status": lambda: ops.cmd_status(a.run, a.workdir, watch=a.watch, show_all=a.all),
@@ -330,10 +218,10 @@ def dispatch(a: argparse.Namespace) -> int:
         "report": lambda: ops.cmd_report(a.run, a.workdir),
         "runs": lambda: ops.cmd_runs(a.workdir),
         "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
-        "sync": lambda: cmd_sync(a.run, a.workdir),
-        "synth": lambda: cmd_synth(a.out),
+        "sync": lambda: ops.cmd_sync(a.run, a.workdir),
+        "synth": lambda: ops.cmd_synth(a.out),
         "quickstart": lambda: cmd_quickstart(a.spec, a.assets, a.executor, a.timeout),
-        "evaluate": lambda: cmd_evaluate(a.reference, a.generated, a.backend, a.out),
+        "evaluate": lambda: ops.cmd_evaluate(a.reference, a.generated, a.backend, a.out),
         "bench": lambda: cmd_bench(a.name, a.args),
     }
     return int(calls[a.command]())

@@ -136,6 +136,4 @@ def assert_same_scalars(got: dict[str, dict[int, float]], want: dict[str, dict[i
 
 def assert_events_match_metrics(paths: RunPaths) -> None:
     """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values."""
-    from harness.stages import tracked as tracking
-
-    assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(metrics(paths)))
+    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths)))

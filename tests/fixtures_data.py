@@ -10,6 +10,7 @@ from typing import Any
 
 import specs
 from shared_util import file_lock, shared_root
+from harness.ops.inputs import discover
 from harness.stages import inputs
 
 from harness.core import spec as spec_mod
@@ -47,7 +48,7 @@ def make_run(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
     """A submitted-looking run directory: spec.json and inputs.jsonl, as the launcher writes them."""
     paths = RunPaths(root)
     root.mkdir(parents=True, exist_ok=True)
-    items = inputs.discover(spec)
+    items = discover(spec)
     if spec.tokenize.shards == 0:
         spec = dataclasses.replace(spec, tokenize=dataclasses.replace(spec.tokenize, shards=len(items)))
     atomic_write_json(paths.spec_json, spec_mod.to_dict(spec))

@@ -105,13 +105,15 @@ def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple
     would only cost time here); returns (RunPaths, stage -> job id)."""
     from harness.ops import submit as launching
     from harness.core import spec as spec_mod
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops import plan as plan_ops
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), cwd)
     choice = launching.Choice("slurm", "reliability test")
     items = discover(spec)
-    facts = launching.gather_facts(spec, choice, len(items))
-    plan = launching.make_plan(spec, facts)
+    facts = plan_ops.cluster_facts(spec, choice, len(items))[0]
+    plan = launching.plan_mod.build(spec, facts)
     paths = launching.new_run_dir(Path(spec.run.workdir), spec.run.name)
     with launching.run_lock(paths):
         launching.write_run(paths, spec_path.read_text(), plan, facts, choice)

@@ -160,4 +160,4 @@ def test_check_bounds_is_two_sided() -> None:
 
 def test_shipped_references_parse() -> None:
     refs = compare.load_references(Path(__file__).resolve().parents[1] / "configs/nightly/references.toml", "lab")
-    assert set(refs) == {m.key for m in compare.METRICS}
+    assert set(refs) == {m.key for m in compare.metrics()}

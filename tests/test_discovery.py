@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.stages import inputs
+from harness.ops import inputs
 
 from harness.core import plan
 
@@ -46,15 +46,22 @@ def test_walk_follows_file_links_not_directory_links_and_flags_broken_ones(tmp_p
     (root / "dirlink").symlink_to(tmp_path / "elsewhere" / "d")   # a linked directory is not walked
     (root / "loop").symlink_to(root)                              # ... so a cycle cannot hang the walk
     (root / "gone.mp4").symlink_to(tmp_path / "missing.mp4")      # broken: listed with an error
-    (root / "folder.mp4").mkdir()                                 # a directory named like a video: walked
-    os.mkfifo(root / "pipe.webm")                                 # special file: listed with an error
+    _touch(root, "folder.mp4/hidden.mp4")                         # a directory named like a video: reported,
+    os.mkfifo(root / "pipe.webm")                                 # not searched; special file: an error
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")             # a symlink loop: an error, the rest listed
+    (root / "dirlink.mp4").symlink_to(tmp_path / "elsewhere" / "d")
     items = inputs.discover(_spec(videos=str(root)))
     rels = [os.path.relpath(it.path, root) for it in items]
-    assert rels == ["a.mp4", "gone.mp4", "link.mp4", "pipe.webm", "sub/b.MOV", "sub/deep/c.mkv"]
+    assert rels == ["a.mp4", "dirlink.mp4", "folder.mp4", "gone.mp4", "link.mp4", "loop.mp4", "pipe.webm",
+                    "sub/b.MOV", "sub/deep/c.mkv"]
     errors = {os.path.relpath(it.path, root): it.error for it in items if it.error}
-    assert set(errors) == {"gone.mp4", "pipe.webm"}
-    assert all(e.startswith("not a regular file") for e in errors.values())
-    assert [it.index for it in items] == list(range(6)) and all(os.path.isabs(it.path) for it in items)
+    assert errors == {"dirlink.mp4": "a symlink to a directory (not followed)",
+                      "folder.mp4": "a directory named like a video: not an input, and not searched",
+                      "gone.mp4": "broken symlink",
+                      "loop.mp4": "cannot read: Too many levels of symbolic links",
+                      "pipe.webm": "not a regular file (a pipe, socket or device)"}
+    assert [it.index for it in items] == list(range(9)) and all(os.path.isabs(it.path) for it in items)
+    assert inputs.count(_spec(videos=str(root))) == 9
 
 
 def test_walk_does_not_stat_each_file(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_inputs_not_readable(tmp_path: Path, no_slurm: None) -> None:
     spec.write_text(spec.read_text().replace(f'videos = "{tmp_path}/videos"', f'videos = "{tmp_path}/nope"'))
     p = harness("doctor", str(spec), cwd=tmp_path)
     assert p.returncode == 2
-    assert lines(p.stdout, "fail") == [f"fail  data.videos: inputs listed: = '{tmp_path}/nope': not a directory"]
+    assert lines(p.stdout, "fail") == [f"fail  data.videos: inputs cannot be listed: '{tmp_path}/nope' is not a directory"]
 
 
 @pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("30", 30), ("02:00:00", 120), ("1-00:00:00", 1440),
@@ -196,3 +196,13 @@ def test_checkpoint_shapes_checked_where_the_checkpoint_is_here(tmp_path: Path, 
         line = [ln for ln in p.stdout.splitlines() if key in ln]
         assert len(line) == 1 and line[0].startswith(f"{status:<4}  {key}") and needle in line[0], p.stdout
         assert p.returncode == (2 if status == "fail" else 0), p.stdout
+
+
+def test_one_symlink_loop_is_a_bad_input_not_a_blocked_run(tmp_path: Path, no_slurm: None) -> None:
+    spec = write_spec(tmp_path)
+    (tmp_path / "videos" / "loop.mp4").symlink_to(tmp_path / "videos" / "loop.mp4")
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert ("pass  data.videos: inputs listed: 4 input(s), 1 unusable (first: cannot read: Too many levels of "
+            "symbolic links)") in p.stdout, p.stdout + p.stderr
+    plan = harness("plan", str(spec), cwd=tmp_path)
+    assert plan.returncode == 0 and "planned for 0 inputs" not in plan.stdout, plan.stdout + plan.stderr

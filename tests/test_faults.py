@@ -39,14 +39,15 @@ def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch)
     """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
     from harness.ops import submit as launching
     from harness.core import spec as spec_mod
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
     from harness.launch.worker import run_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = spec_mod.absolutize(spec_mod.load(spec_path), tmp)
     items = discover(spec)
     facts = launching.plan_mod.Facts(num_inputs=len(items), max_array_size=1001, nodes_available=3)
-    plan = launching.make_plan(spec, facts)
+    plan = launching.plan_mod.build(spec, facts)
     paths = launching.new_run_dir(tmp / "clean", "clean")
     launching.write_run(paths, "", plan, facts, launching.Choice("local", "reference"))
     write_inputs(paths, items)
@@ -96,6 +97,12 @@ def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Pa
         by = wait_stages(ids, list(DATA), timeout=120)
         assert by["tokenize"][f"{tok}_{victim}"] != "COMPLETED"
         assert by["merge"][ids["merge"]] == "CANCELLED"  # afterok never satisfied; kill-on-invalid-dep
+        from harness.launch.backend import load_plan
+        from harness.ops import state as ops_state
+
+        row = next(r for r in ops_state.collect(paths, load_plan(paths)).rows
+                   if (r.stage, r.task) == ("tokenize", victim))
+        assert re.fullmatch(r"killed by signal 9 \(SIGKILL\) on n\d+", row.reason), row  # not its last log line
 
         # nothing partial looks complete
         from harness.stages import dataset

@@ -1,4 +1,5 @@
-"""Input discovery: deterministic order, every bad jsonl entry reported by name, never an exception."""
+"""Input discovery: deterministic order, every bad jsonl entry reported by name, never an exception; the run
+directory's copy of the list; the shard assignment."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.stages import inputs
+from harness.lib import inputs as listing
+from harness.ops import inputs
+from harness.stages import inputs as run_inputs
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from fixtures_data import make_spec
@@ -63,30 +66,30 @@ def test_jsonl_problems_are_items_named_by_line(tmp_path: Path) -> None:
     assert errors["a.mp4"] == "line 6: duplicate visual_input: first on line 1"
     assert errors["data.jsonl:7"].startswith("line 7: not a JSON object")
     assert errors["data.jsonl:9"].startswith("line 9: bad value")
-    kinds = sorted(inputs.reason_kind(e) for e in errors.values())
+    kinds = sorted(listing.reason_kind(e) for e in errors.values())
     assert kinds == ["bad value", "duplicate visual_input", "missing key", "not a JSON object", "not valid JSON",
                      "visual_input not found"]
 
 
 def test_inputs_round_trip_through_the_run_directory(tmp_path: Path) -> None:
-    items = [inputs.InputItem(0, "/v/a.mp4"), inputs.InputItem(1, "/v/b.mp4", "a prompt", None),
-             inputs.InputItem(2, "x.jsonl:3", None, "line 3: not valid JSON: oops")]
+    items = [listing.InputItem(0, "/v/a.mp4"), listing.InputItem(1, "/v/b.mp4", "a prompt", None),
+             listing.InputItem(2, "x.jsonl:3", None, "line 3: not valid JSON: oops")]
     paths = RunPaths(tmp_path)
-    inputs.write_inputs(paths, items)
-    assert inputs.inputs_path(paths) == tmp_path / "inputs.jsonl"
-    assert inputs.read_inputs(paths) == items
+    run_inputs.write_inputs(paths, items)
+    assert paths.inputs_jsonl == tmp_path / "inputs.jsonl"
+    assert run_inputs.read_inputs(paths) == items
 
 
 def test_reading_a_run_without_inputs_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="inputs.jsonl"):
-        inputs.read_inputs(RunPaths(tmp_path))
+        run_inputs.read_inputs(RunPaths(tmp_path))
 
 
 @pytest.mark.parametrize("n,shards", [(0, 1), (1, 4), (40, 4), (41, 3), (7, 7), (5, 9)])
 def test_shards_partition_the_inputs(n: int, shards: int) -> None:
-    items = [inputs.InputItem(i, f"/v/{i}.mp4") for i in range(n)]
-    parts = [inputs.items_of_shard(items, s, shards) for s in range(shards)]
+    items = [listing.InputItem(i, f"/v/{i}.mp4") for i in range(n)]
+    parts = [listing.items_of_shard(items, s, shards) for s in range(shards)]
     assert sorted(it.index for p in parts for it in p) == list(range(n))
     assert max((len(p) for p in parts), default=0) - min(len(p) for p in parts) <= 1
-    assert all(inputs.shard_of(it.index, shards) == s for s, p in enumerate(parts) for it in p)
+    assert all(listing.shard_of(it.index, shards) == s for s, p in enumerate(parts) for it in p)
     assert all([it.index for it in p] == sorted(it.index for it in p) for p in parts)

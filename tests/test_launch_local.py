@@ -19,7 +19,8 @@ from harness.core.atomic import read_json
 
 
 def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launching.RunPaths, plan.Plan]:
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
 
     clips = tmp / "videos"
     synth.make_clips(clips, 6)
@@ -38,7 +39,7 @@ def test_local_driver_runs_stages_in_order(tmp_path: Path) -> None:
     tok = synth.write_tokenizer(tmp_path / "tok")
     paths, p = make_run(tmp_path, tok)
     local.drive(paths, only={"stage-assets": [0], "tokenize": [0, 1], "merge": [0]})
-    state = read_json(local.state_path(paths))["stages"]
+    state = read_json(paths.local_state_json)["stages"]
     assert state["stage-assets"]["0"]["state"] == "COMPLETED"
     assert {v["state"] for v in state["tokenize"].values()} == {"COMPLETED"}
     assert state["merge"]["0"]["state"] == "COMPLETED"
@@ -51,7 +52,7 @@ def test_local_driver_runs_stages_in_order(tmp_path: Path) -> None:
 def test_local_driver_cancels_dependents_of_a_failure(tmp_path: Path) -> None:
     paths, p = make_run(tmp_path, tmp_path / "missing-tokenizer")
     local.drive(paths, only={"stage-assets": [0], "tokenize": [0, 1], "merge": [0]})
-    state = read_json(local.state_path(paths))["stages"]
+    state = read_json(paths.local_state_json)["stages"]
     assert state["stage-assets"]["0"]["state"] == "FAILED"
     assert "missing-tokenizer" in state["stage-assets"]["0"]["reason"]
     assert {v["state"] for v in state["tokenize"].values()} == {"CANCELLED"}
@@ -68,6 +69,6 @@ def test_submit_local_returns_at_once(tmp_path: Path) -> None:
     pid = local.start_driver(paths)
     assert time.perf_counter() - t0 < 5 and pid > 0
     deadline = time.time() + 100
-    while time.time() < deadline and not local.state_path(paths).exists():
+    while time.time() < deadline and not paths.local_state_json.exists():
         time.sleep(0.2)
-    assert local.state_path(paths).exists()
+    assert paths.local_state_json.exists()

@@ -108,7 +108,8 @@ def test_array_split_at_max_array_size_depends_on_all_chunks(slurm_cluster: str,
     paths = launching.new_run_dir(Path(s.run.workdir), "split")
     choice = launching.Choice("slurm", "test")
     launching.write_run(paths, "", p, facts, choice)
-    from harness.stages.inputs import discover, write_inputs
+    from harness.ops.inputs import discover
+    from harness.stages.inputs import write_inputs
 
     write_inputs(paths, discover(s))
     todo = {"stage-assets": [0], "tokenize": list(range(4)), "merge": [0]}

@@ -7,8 +7,10 @@ results; its own stage's worker too) < `launch` (backends that start stage tasks
 module imports only its own layer or lower ones, at module level or inside a function alike; imports between
 modules form no cycle; a stage never imports another stage (shared code lives in the library or in helper modules
 beside the stages); library code never imports the run spec or the run directory; the worker modules the stage
-registry names are stage modules the worker's layer may import; no module grows past 400 lines and no function
-past 60 (declarative tables excepted by name).
+registry names are stage modules the worker's layer may import; the command line (`cli`) only parses and prints,
+so it imports only `ops`, `core` and the bench entry points; no module grows past 400 lines and no function past
+60 (declarative tables excepted by name); a run-directory path is built only in `harness.core.paths` and
+spec.json, plan.json and jobs.json are read only through `harness.core.rundir`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ WORKER = "harness.launch.worker"
 # The stage modules proper, from the registry (the rest of harness/stages/ are helpers they share).
 STAGES = {row.module for row in REGISTRY}
 RUN_MODULES = {"harness.core.spec", "harness.core.sections", "harness.core.spec_check", "harness.core.paths",
-               "harness.core.plan", "harness.core.trainplan"}
+               "harness.core.rundir", "harness.core.plan", "harness.core.trainplan"}
+# What the command line may import: the commands (ops), the spec and errors (core), the benchmarks (bench).
+CLI_LAYERS = {"ops", "core", "bench"}
 # Functions that are tables (data written as code), allowed past the function limit.
 TABLES: set[str] = set()
 
@@ -111,6 +115,8 @@ def layer_violations(g: dict[str, set[str]]) -> list[str]:
                 bad.append(f"stage {src} imports stage {dst}")
             if ls in ("lib", "cosmos") and dst in RUN_MODULES:
                 bad.append(f"library module {src} imports {dst} (the run spec or run directory)")
+            if ls == "cli" and ld not in CLI_LAYERS:
+                bad.append(f"the command line imports {dst} ({ld}); it reaches other layers through ops")
     return sorted(bad)
 
 
@@ -181,6 +187,17 @@ def test_the_graph_sees_function_level_imports() -> None:
         "library module harness.lib.fake imports harness.core.spec (the run spec or run directory)"]
 
 
+def test_the_command_line_reaches_only_ops_core_and_bench() -> None:
+    """cli parses and prints: anything it needs from a stage, the report or the library comes through ops."""
+    tree = ast.parse("from harness.ops import plan\nfrom harness.core import spec\n"
+                     "def f():\n    from harness.report import evaltable\n    from harness.lib import synth\n")
+    fake = Module("harness.cli", PKG / "cli.py", tree)
+    assert layer_violations({fake.name: imports(fake, MODS)}) == [
+        "the command line imports harness.lib.synth (lib); it reaches other layers through ops",
+        "the command line imports harness.report.evaltable (report); it reaches other layers through ops"]
+    assert not [d for d in GRAPH["harness.cli"] if _layer(d) not in CLI_LAYERS]
+
+
 def test_no_import_cycles() -> None:
     assert cycles(_parent_package_edges(GRAPH)) == []
 
@@ -219,3 +236,116 @@ def test_module_size(name: str) -> None:
 
 def test_function_size() -> None:
     assert long_functions(MODS) == []
+
+
+# Every name the run directory's layout uses (files and folders, at any depth): a path built from one of these is
+# built in the run-directory module (`RunPaths`), nowhere else, so a renamed folder cannot leave a reader behind.
+RUN_DIR_NAMES = frozenset({
+    "spec.toml", "spec.json", "plan.json", "jobs.json", ".lock", "assets.json", "inputs.jsonl", "logs", "driver.log",
+    "done", "local_state.json", "local_done.json", "local_only.json", "tokens", "dataset", "summary.json",
+    "split.json", "finetune", "checkpoints", "checkpoints.json", "metrics.jsonl", "nemo", "infer", "eval", "cache",
+    "numba", "tensorboard", "train", "wandb"})
+RUN_DIR_MODULES = {"harness.core.paths"}
+# The same names used for paths that are not in a run directory, each with why.
+NOT_RUN_DIR = {("harness.ops.doctor", "nemo"): "a pretrained checkpoint's nemo/ folder (an HF snapshot)",
+               ("harness.bench.plan", "plan.json"): "the bench's own result file in --out"}
+_PATH_CALLS = {"joinpath", "glob", "rglob", "Path", "PurePath", "join"}
+
+
+def _names_in(node: ast.AST) -> set[str]:
+    """Run-directory names a string literal (or an f-string's literal parts) spells as path components."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return set(node.value.split("/")) & RUN_DIR_NAMES
+    if isinstance(node, ast.JoinedStr):
+        return set().union(*(_names_in(v) for v in node.values))
+    return set()
+
+
+def _is_root_attr(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "root"
+
+
+def hand_built_run_paths(mod: Module) -> list[str]:
+    """Where `mod` joins a run-directory name into a path (`/`, joinpath, glob, Path(), os.path.join), spells a
+    run-directory file name at all, or joins onto a run's `.root`."""
+    found: set[tuple[int, str]] = set()
+    for node in ast.walk(mod.tree):
+        names: set[str] = set()
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            names = _names_in(node.left) | _names_in(node.right)
+            if _is_root_attr(node.left):
+                found.add((node.lineno, "<root> / ..."))
+        elif isinstance(node, ast.Call):
+            f = node.func
+            fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if fname in _PATH_CALLS:
+                names = set().union(*(_names_in(a) for a in node.args))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+            names = {node.value} & RUN_DIR_NAMES
+        found |= {(getattr(node, "lineno", 0), n) for n in names if (mod.name, n) not in NOT_RUN_DIR}
+    return [f"{mod.path.relative_to(PKG.parent)}:{line}: {n!r}" for line, n in sorted(found)]
+
+
+def run_dir_paths_elsewhere(mods: dict[str, Module]) -> list[str]:
+    """Library code (lib, cosmos) never sees a run directory (see `layer_violations`), so it is not searched."""
+    return [hit for name, m in sorted(mods.items()) if name not in RUN_DIR_MODULES
+            and m.layer not in ("lib", "cosmos") for hit in hand_built_run_paths(m)]
+
+
+def test_run_directory_paths_are_built_in_one_module() -> None:
+    assert run_dir_paths_elsewhere(MODS) == []
+
+
+# The stored records with one reader each, in `harness.core.rundir` (typed: RunSpec, Facts, Jobs).
+RECORDS = {"spec_json", "plan_json", "jobs_json"}
+_READS = {"read_json", "read_text", "read_bytes", "open", "load", "loads"}
+
+
+def record_reads(mod: Module) -> list[str]:
+    """Where `mod` reads spec.json, plan.json or jobs.json itself (`read_json(paths.plan_json)` and the like)."""
+    out = []
+    for node in ast.walk(mod.tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            args = [*node.args, f.value] if isinstance(f, ast.Attribute) else list(node.args)
+            out += [f"{mod.path.relative_to(PKG.parent)}:{node.lineno}: {fname}(.{a.attr})" for a in args
+                    if fname in _READS and isinstance(a, ast.Attribute) and a.attr in RECORDS]
+    return out
+
+
+def test_run_records_have_one_reader_each() -> None:
+    assert [hit for name, m in sorted(MODS.items()) if name != "harness.core.rundir" for hit in record_reads(m)] == []
+
+
+def test_a_record_read_is_found() -> None:
+    src = "def f(p):\n    a = read_json(p.spec_json)\n    b = p.plan_json.read_text()\n    write(p.jobs_json)\n"
+    fake = Module("harness.ops.fake", PKG / "ops" / "fake.py", ast.parse(src))
+    assert record_reads(fake) == ["harness/ops/fake.py:2: read_json(.spec_json)",
+                                  "harness/ops/fake.py:3: read_text(.plan_json)"]
+
+
+def test_a_hand_built_run_path_is_found() -> None:
+    """The rule's parser: each way a path can be spelled outside the run-directory module is a hit."""
+    src = ("def f(paths, a):\n"
+           "    x = paths.root / 'eval'\n"
+           "    y = a.logs('x').parent.joinpath('done/0.json')\n"
+           "    for n in ('spec.json',):\n"
+           "        pass\n"
+           "    z = a / f'infer/step-{1}'\n"
+           "    return {'eval': x, 'tokens': 1}, paths.root / 'unknown'\n")
+    fake = Module("harness.ops.fake", PKG / "ops" / "fake.py", ast.parse(src))
+    assert hand_built_run_paths(fake) == [
+        "harness/ops/fake.py:2: '<root> / ...'", "harness/ops/fake.py:2: 'eval'", "harness/ops/fake.py:3: 'done'",
+        "harness/ops/fake.py:4: 'spec.json'", "harness/ops/fake.py:6: 'infer'",
+        "harness/ops/fake.py:7: '<root> / ...'"]
+    assert run_dir_paths_elsewhere({"harness.core.paths": Module("harness.core.paths", fake.path, fake.tree),
+                                    "harness.lib.fake": Module("harness.lib.fake", fake.path, fake.tree)}) == []
+
+
+def test_the_name_list_covers_the_layout() -> None:
+    """A folder or file added to `RunPaths` joins the list above, or the rule would not see it built elsewhere."""
+    tree = MODS["harness.core.paths"].tree
+    joined = {side.value for node in ast.walk(tree) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
+              for side in (node.left, node.right) if isinstance(side, ast.Constant) and isinstance(side.value, str)}
+    assert joined - {"%j"} == RUN_DIR_NAMES  # %j: submitit fills in the job id

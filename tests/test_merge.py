@@ -12,7 +12,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from harness.stages import dataset
 from harness.core.errors import HarnessError
-from harness.stages.inputs import InputItem, read_inputs, write_inputs
+from harness.lib.inputs import InputItem
+from harness.stages.inputs import read_inputs, write_inputs
 from harness.core.paths import RunPaths
 from harness.launch.worker import load_run_spec, worker
 from harness.stages.merge import make_split

@@ -285,3 +285,36 @@ def test_a_zombie_driver_is_not_alive() -> None:
     finally:
         child.wait()
     assert pid_alive(child.pid) is False
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(900)
+def test_a_reused_job_id_is_never_read_or_cancelled_as_this_runs(tmp_path: Path, slurm_cluster: str) -> None:
+    """Run `old` finished long ago; Slurm has since reused its job ids (MaxJobId wrapped, or the controller lost
+    its state) for run `live`'s pending jobs. Cancelling or reading `old` must leave `live` alone."""
+    live_paths, plan, facts = make_run(tmp_path / "live", with_decoder=True)
+    gate = held_gate()
+    small = two_stage(plan, 2, (Dependency("gate", "afterok"),))
+    subs: list[Submission] = []
+    try:
+        subs = launching.submit_stages(small, live_paths, {"stage-assets": [0, 1], "report": [0, 1]}, facts,
+                                       launching.Choice("slurm", "test"), {"gate": [gate]})
+        old_paths, _, _ = make_run(tmp_path / "old", with_decoder=True)
+        launching.record_jobs(old_paths, launching.Choice("slurm", "test"),
+                              [dataclasses.replace(s, time=s.time - 86_400) for s in subs])  # the same ids, a day ago
+
+        said = Console(record=True)
+        assert control.cancel(old_paths, said, plan=small) == 0
+        assert "nothing to cancel" in said.export_text() and "scancel" not in said.export_text()
+        pending = slurmcli.squeue([s.job_id for s in subs])
+        assert len(pending) == 4 and {st.state for st in pending.values()} == {"PENDING"}, pending
+
+        old = state.collect(old_paths, small)
+        assert not {r.state for r in old.rows} & {"PENDING", "RUNNING"}, [(r.state, r.job_id) for r in old.rows]
+        assert {r.state for r in state.collect(live_paths, small).rows} == {"PENDING"}
+
+        said = Console(record=True)
+        assert control.cancel(live_paths, said, plan=small) == 0  # the run's own cancel still cancels
+        assert "scancel " + " ".join(sorted((s.job_id for s in subs), key=int)) in said.export_text()
+    finally:
+        slurmcli.scancel([gate] + [s.job_id for s in subs])

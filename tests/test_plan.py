@@ -223,3 +223,74 @@ def test_training_plan_is_the_one_source() -> None:
     assert t.epochs_note(100) is None
     f32 = dataclasses.replace(s, finetune=dataclasses.replace(s.finetune, gpus_per_node=0, tensor_parallel=8))
     assert trainplan.planned(f32).precision == "fp32"
+
+
+def _inputs_spec(tmp: Path, n: int) -> Path:
+    """A tiny spec over `n` video files (planning never opens them) under `tmp`; shards and infer fan-out derived."""
+    videos = tmp / "videos"
+    videos.mkdir()
+    for i in range(n):
+        (videos / f"clip-{i:02d}.mp4").write_bytes(b"x")
+    return specs.write(tmp / "run.toml", specs.tiny_run(tmp, name="one", videos=videos, hf=tmp / "hf",
+                                                        tokenizer=str(tmp / "no-tokenizer")),
+                       {"infer": {"inputs_per_task": 1}})
+
+
+def _as_stored(plan_: plan.Plan) -> dict[str, object]:
+    """The plan as plan.json holds it (JSON: tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(plan.to_json(plan_)))
+
+
+@pytest.mark.slurm
+def test_plan_doctor_and_submit_build_the_same_plan(slurm_cluster: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `harness plan` shows is what `submit` stores in the run directory and sends, and what `doctor`
+    checks: the same facts (MaxArraySize, nodes up, input count) and every derived number, on a real cluster."""
+    from harness.core.atomic import read_json
+    from harness.launch import slurmcli
+    from harness.ops import doctor, submit
+    from harness.ops import plan as plan_ops
+
+    monkeypatch.chdir(tmp_path)
+    path = _inputs_spec(tmp_path, 12)
+    s = plan_ops.load(path)
+    shown = plan_ops.view(s, plan_ops.gather(s, "slurm", "plan"))
+    checked, doctor_got = doctor.plan_here(s, doctor.gather_cluster())
+    res = submit.submit(path, "slurm")
+    slurmcli.scancel([x.job_id for x in res.submissions])
+    stored = read_json(res.paths.plan_json)
+    assert shown.gathered.choice.executor == doctor_got.choice.executor == stored["executor"] == "slurm"
+    assert stored["facts"] == shown.gathered.facts.__dict__ == doctor_got.facts.__dict__
+    assert shown.gathered.facts.num_inputs == 12 and shown.gathered.sources.max_array_size == "scontrol show config"
+    assert {k: v for k, v in stored.items() if k not in ("facts", "executor", "executor_reason")} \
+        == _as_stored(shown.plan) == _as_stored(checked) == _as_stored(res.plan)
+    assert read_json(res.paths.spec_json) == spec.to_dict(shown.plan.spec) == spec.to_dict(checked.spec)
+    assert [x.stage for x in res.submissions] == [x.stage for x in shown.scripts]
+
+
+def test_plan_for_the_local_executor_is_what_doctor_checks_without_slurm(
+        no_slurm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Where no controller answers, doctor (and submit) plan for the local executor: no array limit, one
+    machine. `harness plan --executor local` shows that plan; plain `harness plan` keeps Slurm's defaults."""
+    from harness import cli
+    from harness.ops import doctor
+    from harness.ops import plan as plan_ops
+
+    monkeypatch.chdir(tmp_path)
+    path = _inputs_spec(tmp_path, 12)
+    s = plan_ops.load(path)
+    local = plan_ops.gather(s, "local", "plan")
+    checked, doctor_got = doctor.plan_here(s, doctor.gather_cluster())
+    assert doctor_got.choice.executor == "local" and "sbatch not found" in doctor_got.choice.reason
+    assert local.facts == doctor_got.facts == plan.Facts(12, plan_ops.LOCAL_MAX_ARRAY_SIZE, 1)
+    assert _as_stored(plan_ops.view(s, local).plan) == _as_stored(checked)
+    assumed = plan_ops.gather(s, "slurm", "plan")
+    assert assumed.choice.assumed and assumed.facts.max_array_size == 1001
+    assert assumed.notes == ("no Slurm controller here: MaxArraySize 1001 and 1 node(s) assumed",)
+    with pytest.raises(HarnessError, match="--executor slurm: sbatch not found"):
+        plan_ops.gather(s, "slurm", "submit")
+    assert cli.main(["plan", str(path), "--executor", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "MaxArraySize = 1000000: the local executor has no array limit" in out and "note: no Slurm" not in out

@@ -213,8 +213,8 @@ def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_pa
     for c in rep.checkpoints:
         vids = per_video[c.step]
         assert c.videos == len(vids) == (7 if c.step != 20 else 4)
-        assert c.psnr == pytest.approx(statistics.mean(v["psnr"] for v in vids), abs=1e-12)
-        assert c.ssim == pytest.approx(statistics.mean(v["ssim"] for v in vids), abs=1e-12)
+        assert c.value("psnr") == pytest.approx(statistics.mean(v["psnr"] for v in vids), abs=1e-12)
+        assert c.value("ssim") == pytest.approx(statistics.mean(v["ssim"] for v in vids), abs=1e-12)
         assert (c.shards, c.shards_planned) == ((3, 3) if c.step != 20 else (2, 3))
     (lost,) = rep.missing_shards
     assert (lost.step, lost.shard, lost.task) == (20, 1, 4)
@@ -227,3 +227,15 @@ def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_pa
     assert "harness cancel" in line_with(text, "│ 20 ", "│ 1 ", "│ 4 ")
     doc = report.to_json(rep)
     assert doc["missing_shards"] == [{"step": 20, "shard": 1, "task": 4, "why": lost.why}]
+
+
+def test_a_run_stopped_early_shows_the_step_reached_and_the_planned_one(tmp_path: Path) -> None:
+    paths, plan, metrics = make_results(tmp_path)
+    paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics[:10]))  # failed after step 10
+    rep = report.build(paths, plan.spec, [], plan.training)
+    con = Console(record=True, width=220)
+    report.render(rep, con)
+    text = con.export_text()
+    assert "step reached" in text and "planned steps" in text
+    row = line_with(text, "stopped before the planned end")
+    assert row.split("│")[1].strip().startswith("10 ") and row.split("│")[2].strip() == "40", row

@@ -16,6 +16,7 @@ from harness.report import build as report
 
 from harness.report import html as report_html
 from harness.core.atomic import atomic_write_json
+from harness.core.evalrecords import ShardRecord
 from harness.lib.video import load_frames, write_mp4
 from test_report import make_results
 
@@ -68,7 +69,7 @@ def test_subsample_and_pick_samples() -> None:
                                "compared_frames": {"generated": [0, 1], "reference": [4, 5]}}]}],
              10: [{"videos": [{"name": f"a{i}", "generated": "g", "reference": "r", "context_frames": 1,
                                "compared_frames": {"generated": [0], "reference": [0]}} for i in range(3)]}]}
-    got = report_html.pick_samples(evals)
+    got = report_html.pick_samples({k: [ShardRecord.from_json(e) for e in v] for k, v in evals.items()})
     assert [(s.step, s.name) for s in got] == [(10, "a0"), (10, "a1"), (20, "b")]
     assert got[2].reference_frames == (4, 5)
 

@@ -19,6 +19,7 @@ from harness.report import build as report
 from harness.core import spec as spec_mod
 from harness.report import tracking
 from harness.core.errors import SpecError
+from harness.core.evalrecords import ShardRecord, VideoRecord
 from harness.core.paths import RunPaths
 from harness.launch.worker import run_task
 
@@ -29,7 +30,7 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     run_task(str(paths.root), "finetune", 0)
     recs = metrics(paths)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
-    got = tb_scalars(tracking.tensorboard_dir(paths) / "train")
+    got = tb_scalars(paths.tensorboard_train)
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"} <= set(got)
     assert_same_scalars(got, tracked_scalars(recs))
     assert got["train/mfu"][4] == pytest.approx(recs[-1]["tflops"] / report.PEAK_TFLOPS, rel=1e-6)
@@ -41,16 +42,17 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     again = metrics(paths)
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     assert again[2]["step_time_s"] != recs[2]["step_time_s"]
-    assert len(list((tracking.tensorboard_dir(paths) / "train").glob("events.out.tfevents.*"))) == 2
-    assert_same_scalars(tb_scalars(tracking.tensorboard_dir(paths) / "train"), tracked_scalars(again))
+    assert len(list((paths.tensorboard_train).glob("events.out.tfevents.*"))) == 2
+    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(again))
 
 
-def _shard(videos: list[tuple[str, float, float]]) -> dict[str, Any]:
+def _shard(videos: list[tuple[str, float, float]]) -> ShardRecord:
     """One evaluate task's file: per-video records and their means (what harness.stages.evaluate writes)."""
     from harness.core.evalstats import video_means
 
     vids = [{"name": n, "psnr": p, "ssim": s} for n, p, s in videos]
-    return {"videos": vids, "mean": video_means(vids, ("psnr", "ssim")), "frames": "all", "failed": []}
+    mean = video_means([VideoRecord.from_json(v) for v in vids], ("psnr", "ssim")).to_json()
+    return ShardRecord.from_json({"videos": vids, "mean": mean, "frames": "all", "failed": []})
 
 
 def test_evaluation_means_per_checkpoint_over_all_shards_rewritten_not_appended(tmp_path: Path) -> None:
@@ -60,11 +62,11 @@ def test_evaluation_means_per_checkpoint_over_all_shards_rewritten_not_appended(
     cks = report.checkpoints(evals, shards_planned=2)
     for _ in range(2):  # `harness report` after the report stage: same values, still one per checkpoint
         tracking.log_evaluation(spec_mod.TrackingSection(), paths, cks)
-    got = tb_scalars(tracking.tensorboard_dir(paths) / "eval")
+    got = tb_scalars(paths.tensorboard_eval)
     assert got["eval/psnr_mean"] == pytest.approx({10: 24.0, 20: 26.0})
     assert got["eval/ssim_mean"] == pytest.approx({10: 0.7, 20: 0.7})
     assert got["eval/videos"] == {10: 3.0, 20: 3.0}
-    assert [p.name for p in tracking.tensorboard_dir(paths).iterdir()] == ["eval"]
+    assert [p.name for p in paths.tensorboard_dir.iterdir()] == ["eval"]
 
 
 def test_report_stage_logs_the_checkpoint_means_it_reports(tmp_path: Path) -> None:
@@ -78,7 +80,7 @@ def test_report_stage_logs_the_checkpoint_means_it_reports(tmp_path: Path) -> No
     doc = json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())
     want = {c["step"]: c for c in doc["checkpoints"]}
     assert sorted(want) == [10, 20, 40]
-    got = tb_scalars(tracking.tensorboard_dir(paths) / "eval")
+    got = tb_scalars(paths.tensorboard_eval)
     assert got["eval/psnr_mean"] == pytest.approx({s: c["psnr"] for s, c in want.items()}, rel=1e-6)
     assert got["eval/ssim_mean"] == pytest.approx({s: c["ssim"] for s, c in want.items()}, rel=1e-6)
 

@@ -23,9 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.report import build as report
+from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_text, read_json
+from harness.core.rundir import read_jobs, read_spec
+from harness.core.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,18 @@ class Metric:
     """report.fmt kind: the number is shown exactly as the report shows it."""
 
 
-METRICS: tuple[Metric, ...] = (
+RUN_METRICS: tuple[Metric, ...] = (
     Metric("tokenize_clips_per_s", "tokenize clips/s per task", "rate"),
     Metric("train_tokens_per_s", "train tokens/s", "rate"),
     Metric("mfu", "MFU", "mfu"),
     Metric("final_loss", "final loss", "loss"),
-    Metric("psnr", "PSNR (final checkpoint)", "psnr"),
-    Metric("ssim", "SSIM (final checkpoint)", "ssim"),
 )
+"""The throughput and training metrics; the quality ones follow from `metrics_table` (`metrics()`)."""
+
+
+def metrics() -> tuple[Metric, ...]:
+    """Every nightly metric: the run's, then each evaluation metric's reference at the final checkpoint."""
+    return RUN_METRICS + tuple(Metric(m.reference, f"{m.label} (final checkpoint)", m.name) for m in mt.METRICS)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def load_references(path: Path, system: str) -> dict[str, Reference]:
     systems = doc.get("systems")
     if not isinstance(systems, dict):
         raise HarnessError(Problem(str(path), "systems", "missing: expected [systems.\"*\"] and per-cluster tables"))
-    known = {m.key for m in METRICS}
+    known = {m.key for m in metrics()}
     for name, table in systems.items():
         if not isinstance(table, dict):
             raise HarnessError(Problem(str(path), f"systems.{name}", "expected a table of metrics"))
@@ -119,18 +125,17 @@ def extract(paths: RunPaths) -> dict[str, float | None]:
     return {"tokenize_clips_per_s": k.clips_per_s if k else None,
             "train_tokens_per_s": t.tokens_per_s if t else None, "mfu": t.mfu if t else None,
             "final_loss": t.final_loss if t else None,
-            "psnr": final.psnr if final else None, "ssim": final.ssim if final else None}
+            **{m.reference: final.value(m.name) if final else None for m in mt.METRICS}}
 
 
 def identity(paths: RunPaths) -> dict[str, str]:
     """What history entries are keyed by: cluster, container image, harness commit, date."""
     from harness.launch import slurmcli
 
-    jobs = read_json(paths.jobs_json)
     cluster = "local"
-    if jobs.get("executor") == "slurm" and not slurmcli.controller_error():
+    if read_jobs(paths).executor == "slurm" and not slurmcli.controller_error():
         cluster = slurmcli.config().get("ClusterName", "") or "unknown-slurm"
-    image = read_json(paths.spec_json).get("container", {}).get("image", "") or "none"
+    image = read_spec(paths).container.image or "none"
     return {"cluster": cluster, "image": image, "commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                              time.gmtime())}
 
@@ -171,7 +176,7 @@ def medians(history: list[dict[str, Any]], cluster: str, image: str, window: int
     a regression that was caught never becomes part of the baseline."""
     same = [h for h in history if h.get("cluster") == cluster and h.get("image") == image and h.get("passed")]
     out = {}
-    for m in METRICS:
+    for m in metrics():
         vals = [h["metrics"][m.key] for h in same if isinstance(h.get("metrics", {}).get(m.key), (int, float))]
         vals = vals[-window:]
         if vals:
@@ -193,7 +198,7 @@ def evaluate(values: dict[str, float | None], refs: dict[str, Reference],
              base: dict[str, tuple[float, int]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Per-metric rows and EVERY violation (missing value, missing reference, reference, history)."""
     rows, violations = [], []
-    for m in METRICS:
+    for m in metrics():
         v, ref, hist = values.get(m.key), refs.get(m.key), base.get(m.key)
         row: dict[str, Any] = {"metric": m.key, "value": v, "reference": ref.__dict__ if ref else None,
                                "history_median": hist[0] if hist else None, "history_n": hist[1] if hist else 0,
@@ -215,7 +220,7 @@ def evaluate(values: dict[str, float | None], refs: dict[str, Reference],
 def table(rows: list[dict[str, Any]]) -> Table:
     t = Table("metric", "value", "reference (bounds)", "history median (n)", "verdict", title="nightly compare",
               title_justify="left")
-    for m, r in zip(METRICS, rows):
+    for m, r in zip(metrics(), rows):
         ref = r["reference"]
         ref_text = "-"
         if ref:

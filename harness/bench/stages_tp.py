@@ -31,6 +31,7 @@ import torch
 
 from harness.core import metricslog
 from harness.core.paths import RunPaths
+from harness.core.rundir import read_spec_record
 from harness.launch.backend import pid_alive
 
 from harness.core.atomic import atomic_write_json, read_json
@@ -101,9 +102,8 @@ def whole_run(work: Path, text: str) -> tuple[RunPaths, dict[str, Any]]:
     code = ops.wait(res.paths, timeout_s=3600)
     paths = res.paths
     ck = read_json(paths.checkpoints_json)
-    evals = sorted(p.name for p in (paths.root / "evaluate").rglob("*.json")) if (paths.root / "evaluate").exists() \
-        else []
-    videos = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "infer").rglob("*.mp4"))
+    evals = sorted(p.name for p in paths.eval_dir.rglob("*.json")) if paths.eval_dir.exists() else []
+    videos = sorted(str(p.relative_to(paths.root)) for p in paths.infer_root.rglob("*.mp4"))
     return paths, {"exit_code": code, "wall_s": time.perf_counter() - t0, "checkpoints": ck,
                    "steps_logged": [r["step"] for r in steps_logged(paths)], "infer_videos": videos,
                    "evaluate_files": evals}
@@ -113,12 +113,12 @@ def fresh_copy(a: RunPaths, b_root: Path) -> RunPaths:
     """Run 1's spec, plan and merged dataset in a new run directory; nothing of finetune or after."""
     b = RunPaths(b_root)
     b_root.mkdir(parents=True)
-    for name in ("spec.json", "plan.json", "assets.json"):
-        shutil.copy(a.root / name, b_root / name)
-    shutil.copytree(a.dataset_prefix.parent, b.dataset_prefix.parent)
+    for src, dst in ((a.spec_json, b.spec_json), (a.plan_json, b.plan_json), (a.assets_json, b.assets_json)):
+        shutil.copy(src, dst)
+    shutil.copytree(a.dataset_dir, b.dataset_dir)
     for stage in ("stage-assets", "tokenize", "merge"):
-        if (a.root / "done" / stage).exists():
-            shutil.copytree(a.root / "done" / stage, b_root / "done" / stage)
+        if a.markers_dir(stage).exists():
+            shutil.copytree(a.markers_dir(stage), b.markers_dir(stage))
     return b
 
 
@@ -150,7 +150,7 @@ def torchrun_stage(b: RunPaths, stage: str, task: int, world: int) -> float:
 
 
 def set_tp(b: RunPaths, section: str, tp: int) -> None:
-    raw = read_json(b.spec_json)
+    raw = read_spec_record(b)
     raw[section]["tensor_parallel"] = tp
     raw[section]["gpus_per_node"] = tp if torch.cuda.is_available() else 0
     atomic_write_json(b.spec_json, raw)
@@ -190,7 +190,7 @@ class Timeline:
     def poll(self, paths: RunPaths) -> None:
         from harness.cosmos import checkpoint as ckpt
 
-        seen = [f"done {m.parent.name}/{int(m.stem)}" for m in sorted((paths.root / "done").glob("*/*.json"))]
+        seen = [f"done {m.parent.name}/{int(m.stem)}" for m in sorted(paths.done_dir.glob("*/*.json"))]
         seen += [f"checkpoint {s} complete" for s in paths.checkpoint_steps()
                  if ckpt.is_complete(paths.checkpoint_dir(s))]
         rows = steps_logged(paths)
@@ -206,9 +206,9 @@ class Timeline:
 def wait_local(paths: RunPaths, timeout_s: float, timeline: Timeline | None = None) -> None:
     """Until the local driver has finished its pass over the DAG (it writes local_done.json last) and its process
     has exited (`harness resume` refuses while a driver is alive)."""
-    done = paths.root / "local_done.json"
+    done = paths.local_done_json
     deadline = time.monotonic() + timeout_s
-    while not done.exists() or pid_alive(read_json(paths.root / "local_state.json")["driver_pid"]):
+    while not done.exists() or pid_alive(read_json(paths.local_state_json)["driver_pid"]):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{paths.root}: local driver still running after {timeout_s:.0f} s")
         if timeline:
@@ -250,7 +250,7 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, out: dict[str, Any]
     out["run_dir"] = str(paths.root)
     deadline = time.monotonic() + timeout_s
     while not ckpt.is_complete(paths.checkpoint_dir(first_ckpt)):
-        if time.monotonic() > deadline or (paths.root / "local_done.json").exists():
+        if time.monotonic() > deadline or paths.local_done_json.exists():
             raise RuntimeError(f"{paths.root}: no checkpoint {first_ckpt} (see harness status)")
         tl.poll(paths)
         time.sleep(0.02)
@@ -261,7 +261,7 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, out: dict[str, Any]
     out["killed_at_logged_steps"] = [r["step"] for r in steps_logged(paths)]
     wait_local(paths, timeout_s, tl)
     out["status_after_kill"] = cli("status", str(paths.root), check=False).stdout[-1500:]
-    (paths.root / "local_done.json").unlink()
+    paths.local_done_json.unlink()
     out["resume"] = cli("resume", str(paths.root)).stdout[-600:]
     tl.mark("resumed")
     if "nothing to resubmit" in out["resume"]:
@@ -271,8 +271,8 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, out: dict[str, Any]
     out["status_final"] = cli("status", str(paths.root), check=False).stdout[-2000:]
     out["wall_s"] = round(time.perf_counter() - tl.t0, 1)
     out["checkpoints"] = read_json(paths.checkpoints_json)
-    out["infer_videos"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "infer").rglob("*.mp4"))
-    out["evaluate_files"] = sorted(str(p.relative_to(paths.root)) for p in (paths.root / "eval").rglob("*.json"))
+    out["infer_videos"] = sorted(str(p.relative_to(paths.root)) for p in paths.infer_root.rglob("*.mp4"))
+    out["evaluate_files"] = sorted(str(p.relative_to(paths.root)) for p in paths.eval_dir.rglob("*.json"))
     report = work / "results" / paths.root.name / "report.json"
     out["report_means"] = read_json(report).get("checkpoints") if report.is_file() else None
 
@@ -340,7 +340,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 def keep_logs(work: Path, dest: Path) -> None:
     """The runs' stage logs (text, small) beside the figures: the work folder is deleted on exit."""
-    for log in work.glob("runs/*/logs/**/*"):
+    for log in (f for run in sorted((work / "runs").glob("*")) for f in RunPaths(run).logs_dir.rglob("*")):
         if log.is_file() and log.suffix in (".out", ".err", ".log", ".txt") and log.stat().st_size < 5_000_000:
             target = dest / log.relative_to(work / "runs")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +367,7 @@ def _phases(a: argparse.Namespace, work: Path, assets: dict[str, str], cuda: boo
     set_tp(b, "infer", a.tp)
     last = len(read_json(b.checkpoints_json)["steps"]) - 1
     result["run2_infer_tp_s"] = torchrun_stage(b, "infer", last, a.tp)
-    result["run2_infer_tp_videos"] = sorted(p.name for p in (b.root / "infer").rglob("*.mp4"))
+    result["run2_infer_tp_videos"] = sorted(p.name for p in b.infer_root.rglob("*.mp4"))
     atomic_write_json(out_file, result)
     tp1 = tp1_losses(a_paths, work / "run3")
     result["losses_tp1"] = [tp1[k] for k in sorted(tp1)]

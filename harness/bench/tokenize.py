@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.ops.inputs import discover
 from harness.stages import inputs
 
 from harness.core import spec as spec_mod
@@ -103,7 +104,7 @@ def _run_dir(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
     paths = RunPaths(root)
     root.mkdir(parents=True)
     atomic_write_json(paths.spec_json, spec_mod.to_dict(spec))
-    inputs.write_inputs(paths, inputs.discover(spec))
+    inputs.write_inputs(paths, discover(spec))
     run_task(str(root), "stage-assets", 0)
     return paths
 

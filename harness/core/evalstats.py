@@ -1,47 +1,58 @@
-"""Summary numbers over evaluated videos: the one definition of a mean PSNR / SSIM and of the "frames compared"
+"""Summary numbers over evaluated videos: the one definition of a metric's mean and of the "frames compared"
 note, used by the evaluate stage for its shard and by the report for a checkpoint's shards together.
 
 Pure and light (no numpy, no video libraries): the report imports it, and evaluate's start-up should not
-grow for it. The input is the per-video records the evaluate stage writes (`name`, `psnr` (None for an
-identical clip), `ssim`, `identical`, `alignment`, `context_frames`, optional `predicted`).
+grow for it. The input is the per-video records the evaluate stage writes (`harness.core.evalrecords`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Iterable, Sequence
+
+from harness.core import metrics_table as mt
+from harness.core.evalrecords import CheckpointEval, Means, ShardRecord, VideoRecord, videos_of
 
 ALIGNMENT_CONVENTION = ("generated frame g = reference frame reference_frames[g] of the source video, resized to "
                         "cover the generated size and center-cropped")
 
 
-def _mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    vals = [float(r[key]) for r in rows if r.get(key) is not None]
-    return math.fsum(vals) / len(vals) if vals else None
+def _mean(vals: Iterable[float | None]) -> float | None:
+    got = [float(v) for v in vals if v is not None]
+    return math.fsum(got) / len(got) if got else None
 
 
-def video_means(videos: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("psnr", "ssim")) -> dict[str, Any]:
+def video_means(videos: Sequence[VideoRecord], metrics: Sequence[str] | None = None) -> Means:
     """Unweighted means over videos (each video counts once, whatever its frame count) of the selected
-    `metrics` (evaluate.metrics); identical clips have no finite PSNR and are left out of the PSNR mean and
-    listed instead."""
-    pred = [r["predicted"] for r in videos if "predicted" in r]
-    out: dict[str, Any] = {"videos": len(videos)}
-    if "psnr" in metrics:
-        out.update(psnr=_mean(videos, "psnr"), predicted_psnr=_mean(pred, "psnr"),
-                   identical_videos=sorted(str(r["name"]) for r in videos if r.get("identical")))
-    if "ssim" in metrics:
-        out.update(ssim=_mean(videos, "ssim"), predicted_ssim=_mean(pred, "ssim"))
-    return out
+    `metrics` (evaluate.metrics; all when None); a metric infinite for identical clips leaves them out of its
+    mean, and they are listed instead."""
+    chosen = mt.selected(metrics)
+    pred = [v.predicted for v in videos if v.predicted is not None]
+    identical = any(m.infinite_when_identical for m in chosen)
+    return Means(len(videos), {m.name: _mean(v.value(m.name) for v in videos) for m in chosen},
+                 {m.name: _mean(p.values.get(m.name) for p in pred) for m in chosen},
+                 tuple(sorted(v.name for v in videos if v.scores.identical)) if identical else ())
 
 
-def frames_note(videos: Sequence[Mapping[str, Any]]) -> str:
+def frames_note(videos: Sequence[VideoRecord]) -> str:
     """One line for the report: which frames were compared with which."""
-    side = [r for r in videos if r.get("alignment") == "sidecar"]
+    side = [v for v in videos if v.alignment == "sidecar"]
     parts = []
     if side:
-        ctx = sorted({int(r["context_frames"]) for r in side})
+        ctx = sorted({v.context_frames for v in side})
         parts.append(f"{len(side)} video(s) aligned by sidecar ({ALIGNMENT_CONVENTION}; generated frames "
                      f"0..{ctx[0] - 1 if len(ctx) == 1 else '(C-1)'} reproduce the context, the rest are predicted)")
     if len(side) < len(videos):
         parts.append(f"{len(videos) - len(side)} video(s) without sidecar: frame i compared with frame i")
     return "; ".join(parts) or "no videos compared"
+
+
+def merge_shards(shards: Sequence[ShardRecord], metrics: Sequence[str] | None = None) -> CheckpointEval:
+    """One checkpoint's evaluation from its shards' files: a single file as written, several combined over
+    their per-video records (means recomputed over all videos, not averaged over shards)."""
+    if len(shards) == 1:
+        r = shards[0].result
+        return CheckpointEval(r.videos, r.mean, r.frames, r.failed, 1)
+    videos = videos_of(shards)
+    return CheckpointEval(videos, video_means(videos, metrics), frames_note(videos),
+                          tuple(f for s in shards for f in s.result.failed), len(shards))

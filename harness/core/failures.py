@@ -29,6 +29,9 @@ PREFIX = "no space left on "
 _OURS = re.compile(r"no space left on \S+ \S+ for \S.*")
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Preempted)\b(:.*)?$")
 _RANK = re.compile(r"^\[rank\d+\]:\s?")
+_LOG_RECORD = re.compile(r"\b(DEBUG|INFO|WARNING|WARN)\b")
+"""A log line (`2026-... INFO harness.tokenize: ...`) is what a task said while it ran, never why it ended: a task
+killed mid-way leaves one as the last line of its log."""
 
 
 class NoSpaceError(HarnessError):
@@ -125,7 +128,8 @@ def reason(text: str, where: Path | None = None, limit: int = 300) -> str:
         return ours[-1][:limit]
     hits = [ln for ln in lines if _EXC_LINE.match(ln)]
     said = [ln for ln in hits if not ln.endswith(":")] or hits
-    plain = [ln for ln in raw if not ln[0].isspace() and not _is_frame(ln)]  # source lines are indented
+    plain = [ln for ln in raw if not ln[0].isspace() and not _is_frame(ln)  # source lines are indented
+             and not _LOG_RECORD.search(ln)]
     line = said[-1] if said else (plain[-1] if plain else "")
     if where is not None and is_no_space(text):
         space = next((ln for ln in reversed(lines) if is_no_space(ln)), line)

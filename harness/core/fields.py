@@ -21,9 +21,11 @@ from harness.core.errors import Problem
 
 
 def opt(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
-        pattern: re.Pattern[str] | None = None) -> Any:
-    """A spec field: its default, its doc line for the README, and its bounds."""
-    meta = {"doc": doc, "min": min, "max": max, "pattern": pattern}
+        pattern: re.Pattern[str] | None = None, follows: str = "") -> Any:
+    """A spec field: its default, its doc line for the README, and its bounds. `follows` names a sibling field
+    whose value this one takes when the table omits it (a recipe default that is "the same as X", such as a
+    constant learning rate: min_lr = lr); `default` is then only the dataclass's own default."""
+    meta = {"doc": doc, "min": min, "max": max, "pattern": pattern, "follows": follows}
     if isinstance(default, (dict, list)):
         frozen = types.MappingProxyType(dict(default)) if isinstance(default, dict) else tuple(default)
         return field(default_factory=lambda: frozen, metadata=meta)
@@ -80,6 +82,10 @@ def build(cls: type, table: Mapping[str, Any], section: str, source: str, proble
             problems.append(Problem(source, key, f"= {show(table[name])}: {message}"))
         else:
             values[name] = value
+    for name, f in fields.items():
+        src = f.metadata.get("follows")
+        if src and name not in table:
+            values[name] = values.get(src, fields[src].default)
     return cls(**values)
 
 

@@ -80,3 +80,23 @@ def human(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return f"{n:,.1f} TB"
+
+
+T5_11B_ENCODER = {"vocab": 32_128, "d_model": 1024, "d_ff": 65_536, "heads": 128, "d_kv": 128, "layers": 24}
+"""google-t5/t5-11b's encoder (its config.json: d_model, d_ff, num_heads, d_kv, num_layers, vocab_size): only the
+encoder runs, in tokenize and infer (T5EncoderModel)."""
+TEXT_ENCODER_BYTES_PER_PARAM = {"fp32": 4, "bf16": 2}
+
+
+def t5_encoder_params(shape: dict[str, int] = T5_11B_ENCODER) -> int:
+    """Shared token embedding + per layer: q/k/v/o (d_model x heads*d_kv each), the ReLU FFN (wi, wo) and two
+    RMS norms; the final norm (relative-position bias tables are a rounding error and left out)."""
+    attn = 4 * shape["d_model"] * shape["heads"] * shape["d_kv"]
+    ffn = 2 * shape["d_model"] * shape["d_ff"]
+    per_layer = attn + ffn + 2 * shape["d_model"]
+    return shape["vocab"] * shape["d_model"] + shape["layers"] * per_layer + shape["d_model"]
+
+
+def text_encoder_gpu_bytes(dtype: str) -> int:
+    """Weights of the prompt encoder on the tokenize / infer GPU (activations for 512 tokens are small beside)."""
+    return t5_encoder_params() * TEXT_ENCODER_BYTES_PER_PARAM[dtype]

@@ -1,7 +1,9 @@
 """Run-directory layout: every path of a run is built here (`RunPaths`), nowhere else.
 
 Everything `status`, `resume` and `report` need is rebuilt from this directory alone: the frozen spec,
-the plan, the job ids, each task's outputs and its completion marker (always written last).
+the plan, the job ids, each task's outputs and its completion marker (always written last). A folder renamed
+here is renamed for every writer and reader at once (`tests/test_layers.py` fails on a run-directory name
+joined into a path anywhere else); the stored records are read back through `harness.core.rundir`.
 """
 
 from __future__ import annotations
@@ -48,17 +50,65 @@ class RunPaths:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def is_run(self) -> bool:
+        """A submitted run (`harness runs`, a run named by its id): its plan and job ids are written."""
+        return self.jobs_json.is_file() and self.plan_json.is_file()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
     def logs(self, stage: str) -> Path:
-        return self.root / "logs" / stage
+        return self.logs_dir / stage
+
+    def job_folder(self, stage: str) -> Path:
+        """submitit's log folder of a stage's jobs (`%j`: the job id, filled in by submitit)."""
+        return self.logs(stage) / "%j"
+
+    def task_log(self, stage: str, job_id: str) -> Path:
+        """stdout of one submitit job (array task `job_id`, e.g. `123_7`); stderr: the same name, `.err`."""
+        return self.logs(stage) / job_id / f"{job_id}_0_log.out"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.root / "done"
+
+    def markers_dir(self, stage: str) -> Path:
+        return self.done_dir / stage
 
     def marker(self, stage: str, task: int) -> Path:
         """Completion marker of one array task; written last, after all of the task's outputs."""
-        return self.root / "done" / stage / f"{task:06d}.json"
+        return self.markers_dir(stage) / f"{task:06d}.json"
+
+    # -- the local executor's driver
+    @property
+    def driver_log(self) -> Path:
+        return self.logs("driver") / "driver.log"
+
+    @property
+    def local_state_json(self) -> Path:
+        return self.root / "local_state.json"
+
+    @property
+    def local_done_json(self) -> Path:
+        """Written last by the local driver's pass over the DAG (removed when `resume` starts another)."""
+        return self.root / "local_done.json"
+
+    @property
+    def local_only_json(self) -> Path:
+        """The tasks a resumed local driver runs (absent: every task of the plan)."""
+        return self.root / "local_only.json"
 
     # -- stage-assets
     @property
     def assets_json(self) -> Path:
         return self.root / "assets.json"
+
+    @property
+    def inputs_jsonl(self) -> Path:
+        """The ordered input list (written once, at submit) every stage indexes into."""
+        return self.root / "inputs.jsonl"
 
     # -- tokenize / merge
     def shard_prefix(self, shard: int) -> Path:
@@ -68,55 +118,95 @@ class RunPaths:
         return self.root / "tokens" / f"shard-{shard:05d}.manifest.json"
 
     @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
     def dataset_prefix(self) -> Path:
-        return self.root / "dataset" / "tokens"
+        return self.dataset_dir / "tokens"
 
     @property
     def dataset_summary(self) -> Path:
-        return self.root / "dataset" / "summary.json"
+        return self.dataset_dir / "summary.json"
 
     @property
     def dataset_split(self) -> Path:
-        return self.root / "dataset" / "split.json"
+        return self.dataset_dir / "split.json"
 
     # -- finetune
     @property
     def finetune_dir(self) -> Path:
         return self.root / "finetune"
 
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.finetune_dir / "checkpoints"
+
     def checkpoint_dir(self, step: int) -> Path:
-        return self.root / "finetune" / "checkpoints" / f"step-{step:08d}"
+        return self.checkpoints_dir / f"step-{step:08d}"
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the checkpoint directories present (complete or not), ascending."""
-        root = self.checkpoint_dir(0).parent
+        root = self.checkpoints_dir
         if not root.is_dir():
             return []
         return sorted(int(m.group(1)) for d in root.iterdir() if (m := _STEP_DIR.match(d.name)))
 
     @property
     def checkpoints_json(self) -> Path:
-        return self.root / "finetune" / "checkpoints.json"
+        return self.finetune_dir / "checkpoints.json"
 
     @property
     def metrics_jsonl(self) -> Path:
-        return self.root / "finetune" / "metrics.jsonl"
+        return self.finetune_dir / "metrics.jsonl"
 
-    # -- infer / evaluate / report
+    @property
+    def nemo_log_dir(self) -> Path:
+        """NeMo's own logger folder (the NeMo engine); checkpoints go to `checkpoints_dir` all the same."""
+        return self.finetune_dir / "nemo"
+
+    # -- infer / evaluate
+    @property
+    def infer_root(self) -> Path:
+        return self.root / "infer"
+
     def infer_dir(self, step: int) -> Path:
-        return self.root / "infer" / f"step-{step:08d}"
+        return self.infer_root / f"step-{step:08d}"
 
     def infer_manifest(self, step: int, shard: int | None = None) -> Path:
         """What one infer task generated (names, timings); `shard` None: the checkpoint's only task."""
-        return self.root / "infer" / f"step-{step:08d}{_shard(shard)}.stats.json"
+        return self.infer_root / f"step-{step:08d}{_shard(shard)}.stats.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
 
     def eval_json(self, step: int, shard: int | None = None) -> Path:
         """One evaluate task's per-video metrics; `shard` None: the checkpoint's only task."""
-        return self.root / "eval" / f"step-{step:08d}{_shard(shard)}.json"
+        return self.eval_dir / f"step-{step:08d}{_shard(shard)}.json"
+
+    # -- tracking
+    @property
+    def tensorboard_dir(self) -> Path:
+        """`tensorboard --logdir <run>/tensorboard` shows training (train/) and evaluation (eval/) together."""
+        return self.root / "tensorboard"
 
     @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
+    def tensorboard_train(self) -> Path:
+        return self.tensorboard_dir / "train"
+
+    @property
+    def tensorboard_eval(self) -> Path:
+        return self.tensorboard_dir / "eval"
+
+    @property
+    def wandb_dir(self) -> Path:
+        """W&B's `dir`: it writes its offline runs into a `wandb/` folder of its own below it."""
+        return self.root / "wandb"
+
+    @property
+    def wandb_runs(self) -> Path:
+        return self.wandb_dir / "wandb"
 
     @property
     def numba_cache(self) -> Path:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from harness.core import models, tokens
+from harness.core import metrics_table, models, tokens
 from harness.core.models import Precision
 from harness.core.fields import opt
 from harness.core.stages import STAGES
@@ -22,8 +22,9 @@ Engine = Literal["auto", "nemo", "mcore"]
 Recompute = Literal["none", "selective", "full"]
 SequenceParallel = Literal["auto", "on", "off"]
 MetricBackend = Literal["auto", "fast", "skimage"]
-Metric = Literal["psnr", "ssim"]
+Metric = Literal[metrics_table.NAMES]  # type: ignore[valid-type]  # the allowed values are the metric table's names
 Device = Literal["auto", "cpu", "cuda"]
+TextEncoderDtype = Literal["fp32", "bf16"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -59,6 +60,10 @@ class ModelSection:
     preset: str = opt("cosmos-4b", "model shape: " + ", ".join(models.PRESETS))
     checkpoint: str = opt("", "pretrained start: HF repo id or local dir of a NeMo 2 checkpoint ('' = random init)")
     text_encoder: str = opt("google-t5/t5-11b", "Video2World prompt encoder: HF repo id or local dir")
+    text_encoder_dtype: TextEncoderDtype = opt("fp32", "weights and compute of the prompt encoder in tokenize and "
+                                                       "infer: fp32 as upstream (dataset preparation and inference "
+                                                       "both run T5-11B in fp32), or bf16 (half the memory; other "
+                                                       "embeddings than upstream's)")
 
 
 @dataclass(frozen=True)
@@ -128,10 +133,14 @@ class FinetuneSection(Resources):
                                   "peak fits this trains at TP = 1", min=1, max=100_000)
     global_batch_size: int = opt(1, "videos per optimizer step", min=1, max=1_000_000)
     micro_batch_size: int = opt(1, "videos per forward pass per data-parallel rank", min=1, max=4096)
-    lr: float = opt(1e-4, "learning rate", min=0.0, max=10.0)
-    min_lr: float = opt(0.0, "final learning rate of the cosine schedule (= lr: constant)", min=0.0, max=10.0)
+    lr: float = opt(1e-4, "learning rate (the seed recipe's 1e-4, as upstream's post-training scripts)",
+                    min=0.0, max=10.0)
+    min_lr: float = opt(1e-4, "final learning rate of the cosine schedule; omitted = lr: a constant rate, as "
+                              "upstream (NVIDIA/Cosmos nemo/post_training/general.py sets no scheduler)",
+                        min=0.0, max=10.0, follows="lr")
     warmup_steps: int = opt(0, "linear warm-up steps", min=0, max=10_000_000)
-    weight_decay: float = opt(0.1, "AdamW weight decay", min=0.0, max=10.0)
+    weight_decay: float = opt(0.01, "AdamW weight decay (upstream's post-training scripts set none, so megatron-core's "
+                                    "OptimizerConfig default 0.01 applies)", min=0.0, max=10.0)
     grad_clip: float = opt(1.0, "gradient-norm clip (0 = off)", min=0.0, max=1e6)
     max_steps: int = opt(100, "optimizer steps", min=1, max=100_000_000)
     save_every: int = opt(25, "checkpoint every N steps (and at max_steps)", min=1, max=100_000_000)
@@ -168,7 +177,8 @@ class InferSection(Resources):
 class EvaluateSection(Resources):
     reference: str = opt("", "reference videos, matched by file name ('' = the infer inputs)")
     backend: MetricBackend = opt("auto", "fast (vectorized, GPU if present) or skimage (reference)")
-    metrics: tuple[Metric, ...] = opt(["psnr", "ssim"], "metrics computed, written and reported: psnr, ssim")
+    metrics: tuple[Metric, ...] = opt(list(metrics_table.NAMES), "metrics computed, written and reported: "
+                                      + ", ".join(metrics_table.NAMES))
 
 
 @dataclass(frozen=True)

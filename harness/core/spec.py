@@ -106,7 +106,8 @@ def reference() -> list[tuple[str, str, str, str]]:
         sub = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((f"{name}.{f.name}", type_str(sub[f.name]), repr(plain(default)), f.metadata.get("doc", "")))
+            shown = f"= {name}.{f.metadata['follows']}" if f.metadata.get("follows") else repr(plain(default))
+            rows.append((f"{name}.{f.name}", type_str(sub[f.name]), shown, f.metadata.get("doc", "")))
     return rows
 
 

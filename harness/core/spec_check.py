@@ -11,7 +11,7 @@ import difflib
 import importlib.util
 import re
 
-from harness.core import hardware, models, tokens
+from harness.core import hardware, metrics_table, models, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.sections import RunSpec, data_parallel
@@ -129,7 +129,7 @@ def _check_gpus(spec: RunSpec) -> list[tuple[str, str]]:
 def _check_evaluate(spec: RunSpec) -> list[tuple[str, str]]:
     m = list(spec.evaluate.metrics)
     if not m:
-        return [("evaluate.metrics", "= []: name at least one of 'psnr', 'ssim'")]
+        return [("evaluate.metrics", f"= []: name at least one of {', '.join(map(repr, metrics_table.NAMES))}")]
     twice = sorted({x for x in m if m.count(x) > 1})
     return [("evaluate.metrics", f"= {m}: {twice[0]!r} is listed twice")] if twice else []
 

@@ -4,7 +4,8 @@ Two backends implement it, as submitit has one module per executor: `harness.lau
 (sbatch arrays chained by --dependency) and `harness.launch.local.LocalBackend` (a detached driver that runs the
 same DAG through submitit's local executor). `ops` picks one from jobs.json (`backend_for`) and never branches on
 the executor's name itself. The values that travel between launch and ops (a submission, a task's state, a run's
-jobs.json) are frozen types defined here, so both backends and every command read the same fields.
+jobs.json) are frozen types, defined here (jobs.json's in `harness.core.rundir`, its one reader), so both
+backends and every command read the same fields.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 from harness.core import plan as plan_mod
-from harness.core import spec as spec_mod
-from harness.core.errors import HarnessError, Problem
+from harness.core import rundir
 from harness.core.paths import RunPaths
-from harness.core.atomic import read_json
+from harness.core.rundir import Jobs, Submission
 
 COMPLETED = "COMPLETED"
 ACTIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
@@ -51,56 +51,16 @@ class TaskState:
     """stdout file of the task (stderr: the same name ending in `.err`)."""
     cancelled_by: str = ""
     """uid from sacct's `CANCELLED by <uid>` (a user's scancel); '' when Slurm itself cancelled the task."""
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One jobs.json entry: one sbatch (one chunk of a stage's array) or one local driver (stage '*')."""
-
-    stage: str
-    job_id: str
-    tasks: tuple[tuple[int, int], ...]
-    """The stage's task indices as [start, stop) runs, in array-index order."""
-    array: bool
-    time: float
-    round: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"stage": self.stage, "job_id": self.job_id, "tasks": [list(r) for r in self.tasks],
-                "array": self.array, "time": self.time, "round": self.round}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Submission:
-        return cls(str(d["stage"]), str(d["job_id"]), tuple((int(a), int(b)) for a, b in d.get("tasks", [])),
-                   bool(d.get("array", False)), float(d.get("time", 0)), int(d.get("round", 0)))
-
-
-@dataclass(frozen=True)
-class Jobs:
-    """jobs.json: which backend ran the run, why, and every submission of every round."""
-
-    executor: str
-    reason: str
-    submissions: tuple[Submission, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"executor": self.executor, "reason": self.reason,
-                "submissions": [s.to_json() for s in self.submissions]}
-
-    @property
-    def next_round(self) -> int:
-        return 1 + max((s.round for s in self.submissions), default=-1)
-
-
-def read_jobs(paths: RunPaths) -> Jobs:
-    try:
-        raw = read_json(paths.jobs_json)
-    except (OSError, ValueError) as e:
-        raise HarnessError(Problem(str(paths.jobs_json), "", f"cannot read ({e.__class__.__name__}: {e})")) from None
-    if raw.get("executor") not in ("slurm", "local") or not isinstance(raw.get("submissions"), list):
-        raise HarnessError(Problem(str(paths.jobs_json), "executor",
-                                   "expected 'slurm' or 'local', with a 'submissions' list"))
-    return Jobs(raw["executor"], raw.get("reason", ""), tuple(Submission.from_json(s) for s in raw["submissions"]))
+    signal: int = 0
+    """The signal that ended the task's steps (sacct's DerivedExitCode `0:9`): the allocation's own ExitCode of a
+    SIGKILLed step reads `9:0`, srun's exit status, which looks like an exit code of the program."""
+    time_limit: str = ""
+    """sacct's Timelimit (`00:10:00`, `1-00:00:00`), to say which limit a TIMEOUT reached."""
+    comment: str = ""
+    """squeue's job comment: the harness sets it to the run id, so a reused job id can be told apart."""
+    submitted: float = 0.0
+    """sacct's Submit time (epoch seconds; 0 when unknown): accounting keeps no comment unless the cluster
+    stores it, so a record is matched to the submission that made it by its time."""
 
 
 @dataclass(frozen=True)
@@ -135,15 +95,13 @@ class Backend(Protocol):
 
 def load_plan(paths: RunPaths) -> plan_mod.Plan:
     """Rebuild the identical plan from the run directory alone (the local driver, status, resume)."""
-    spec = spec_mod.from_dict(read_json(paths.spec_json), source=str(paths.spec_json))
-    facts = plan_mod.Facts(**read_json(paths.plan_json)["facts"])
-    return plan_mod.build(spec, facts)
+    return plan_mod.build(rundir.read_spec(paths), rundir.read_facts(paths))
 
 
 def done_tasks(paths: RunPaths, stage: str) -> set[int]:
     """Completed task indices of a stage: one directory listing, not one stat per task."""
     try:
-        names = os.listdir(paths.marker(stage, 0).parent)
+        names = os.listdir(paths.markers_dir(stage))
     except FileNotFoundError:
         return set()
     return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}

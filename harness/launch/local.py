@@ -30,15 +30,10 @@ from harness.launch.task import StageTask
 OK, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
 
 
-def state_path(paths: RunPaths) -> Path:
-    return paths.root / "local_state.json"
-
-
 def start_driver(paths: RunPaths) -> int:
     """Spawn the driver in its own session so it outlives `harness submit` and the terminal."""
-    log = paths.logs("driver")
-    log.mkdir(parents=True, exist_ok=True)
-    with open(log / "driver.log", "ab") as out:
+    paths.driver_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths.driver_log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "harness.launch.local", str(paths.root)],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=os.getcwd())
@@ -48,11 +43,11 @@ def start_driver(paths: RunPaths) -> int:
 class _Driver:
     def __init__(self, plan: Plan, paths: RunPaths) -> None:
         self.plan, self.paths = plan, paths
-        p = state_path(paths)
+        p = paths.local_state_json
         self.state: dict[str, dict[str, Any]] = read_json(p)["stages"] if p.exists() else {}
 
     def save(self) -> None:
-        atomic_write_json(state_path(self.paths), {"driver_pid": os.getpid(), "stages": self.state,
+        atomic_write_json(self.paths.local_state_json, {"driver_pid": os.getpid(), "stages": self.state,
                                                    "time": time.time()})
 
     def task_ok(self, stage: str, task: int) -> bool:
@@ -115,7 +110,7 @@ def drive(paths: RunPaths, only: dict[str, list[int]] | None = None) -> None:
         tasks = only.get(stage.name, []) if only is not None else list(range(stage.tasks))
         if tasks:
             d.run_stage(stage, tasks)
-    atomic_write_json(paths.root / "local_done.json", {"time": time.time()})
+    atomic_write_json(paths.local_done_json, {"time": time.time()})
 
 
 def _fmt_elapsed(seconds: float) -> str:
@@ -128,7 +123,7 @@ def driver(paths: RunPaths, jobs: Jobs) -> tuple[int, bool]:
     pids = [int(s.job_id.split(":")[1]) for s in jobs.submissions if s.job_id.startswith("local:")]
     if not pids:
         return 0, False
-    finished = (paths.root / "local_done.json").exists()
+    finished = paths.local_done_json.exists()
     return pids[-1], (not finished) and pid_alive(pids[-1])
 
 
@@ -145,7 +140,7 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
         return TaskState(stage, t, state, reason="driver has not reached it" if alive else "")
     start, end = e.get("start"), e.get("end") or (time.time() if state == "RUNNING" else None)
     job = str(e.get("job_id", ""))
-    log = e.get("stdout") or (str(paths.logs(stage) / job / f"{job}_0_log.out") if job else "")
+    log = e.get("stdout") or (str(paths.task_log(stage, job)) if job else "")
     reason = e.get("reason", "") or ("the local driver died" if state == LOST else "")
     return TaskState(stage, t, state, job, os.uname().nodename if job else "",
                      _fmt_elapsed(end - start) if start and end else "", "", reason, log)
@@ -158,7 +153,7 @@ def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,
 
 
 def _entries(paths: RunPaths) -> dict[str, Any]:
-    sp = state_path(paths)
+    sp = paths.local_state_json
     return read_json(sp).get("stages", {}) if sp.exists() else {}
 
 
@@ -169,8 +164,8 @@ class LocalBackend:
                parent_ids: dict[str, list[str]], record: Record) -> list[Submission]:
         """One detached driver for every stage; a later round (resume) runs only the listed tasks."""
         if round_ > 0:
-            atomic_write_json(paths.root / "local_only.json", todo)
-        (paths.root / "local_done.json").unlink(missing_ok=True)
+            atomic_write_json(paths.local_only_json, todo)
+        paths.local_done_json.unlink(missing_ok=True)
         subs = [Submission("*", f"local:{start_driver(paths)}", (), False, time.time(), round_)]
         record(subs)
         return subs
@@ -202,7 +197,7 @@ class LocalBackend:
 
 def _mark_cancelled(paths: RunPaths, plan: Plan) -> None:
     """Tasks that were running or waiting read CANCELLED afterwards, and the run is marked finished."""
-    sp = state_path(paths)
+    sp = paths.local_state_json
     state = read_json(sp) if sp.exists() else {"stages": {}}
     for s in plan.stages:
         entries, done = state["stages"].setdefault(s.name, {}), done_tasks(paths, s.name)
@@ -212,12 +207,12 @@ def _mark_cancelled(paths: RunPaths, plan: Plan) -> None:
                 entries[str(t)] = {**(e or {}), "state": "CANCELLED", "reason": "harness cancel",
                                    "end": time.time()}
     atomic_write_json(sp, state)
-    atomic_write_json(paths.root / "local_done.json", {"time": time.time(), "cancelled": True})
+    atomic_write_json(paths.local_done_json, {"time": time.time(), "cancelled": True})
 
 
 def main() -> None:
     paths = RunPaths(Path(sys.argv[1]))
-    only_file = paths.root / "local_only.json"
+    only_file = paths.local_only_json
     only = read_json(only_file) if only_file.exists() else None
     try:
         drive(paths, only)

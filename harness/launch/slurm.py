@@ -74,7 +74,7 @@ def script(plan: Plan, stage: StagePlan, paths: RunPaths, parent_ids: Mapping[st
     lo, hi = stage.chunks[chunk]
     if stage.array and hi - lo > 1:
         params["map_count"] = hi - lo
-    folder = paths.logs(stage.name).absolute() / "%j"
+    folder = paths.job_folder(stage.name).absolute()
     return render.sbatch_text(params, folder, command(python_for(plan, stage), folder))
 
 
@@ -84,7 +84,7 @@ def submit_stage(plan: Plan, stage: StagePlan, paths: RunPaths, tasks: list[int]
     out: list[Submission] = []
     for k, start in enumerate(range(0, len(tasks), chunk_size)):
         part = tasks[start:start + chunk_size]
-        ex = Executor(folder=paths.logs(stage.name) / "%j", python=python_for(plan, stage),
+        ex = Executor(folder=paths.job_folder(stage.name), python=python_for(plan, stage),
                       max_num_timeout=MAX_REQUEUES)
         ex.update_parameters(**_params(plan, stage, paths, parent_ids, k))
         with ex.batch():
@@ -120,9 +120,15 @@ class SlurmBackend:
                            for s in plan.stages))
 
     def cancel(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str | None) -> str:
+        """scancel only the stored jobs that are live and still this run's (squeue's comment is the run id):
+        a stored id may name another run's job once Slurm reuses ids."""
         ids = job_ids(jobs, stage)
-        slurmcli.scancel(ids)
-        return f"run {paths.run_id}: scancel {' '.join(ids) or '(no jobs)'}"
+        live = slurmcli.squeue(ids)
+        mine = sorted({st.job_id.split("_")[0] for st in live.values() if st.comment == paths.run_id}, key=int)
+        if not mine:
+            return f"run {paths.run_id}: nothing to cancel (no job of this run is pending or running)"
+        slurmcli.scancel(mine)
+        return f"run {paths.run_id}: scancel {' '.join(mine)}"
 
     def log(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str, task: int) -> str:
         return slurmstate.latest_ids(paths, jobs, stage).get(task, ("", "", 0.0))[1]

@@ -7,8 +7,11 @@ Every call goes through `_run`, which counts calls per command so tests can chec
 from __future__ import annotations
 
 import collections
+import dataclasses
+import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from harness.core.errors import HarnessError
@@ -42,8 +45,21 @@ def controller_error() -> str:
     except HarnessError as e:
         return str(e)
     if proc.returncode != 0 or "UP" not in proc.stdout:
-        return f"no Slurm controller answers (scontrol ping: {(proc.stdout + proc.stderr).strip()[:200]})"
+        return f"no Slurm controller answers (scontrol ping: {gist(proc.stdout + proc.stderr)})"
     return ""
+
+
+def gist(text: str, limit: int = 120) -> str:
+    """One line from a Slurm client's complaint: its fatal message if it has one (scontrol without a cluster
+    prints four `error:` lines of DNS lookups before `fatal: Could not establish a configuration source`), else
+    its last line; without the `scontrol: error:` prefixes; cut at a word, never mid-word."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if "fatal:" in ln]
+    line = (fatal or lines or ["no output"])[-1]
+    line = re.sub(r"^(\S+: )?(fatal|error): ", "", line.split("fatal: ", 1)[-1] if fatal else line)
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def config() -> dict[str, str]:
@@ -75,63 +91,63 @@ def nodes_available(partition: str = "") -> int:
     return max(1, len(names))
 
 
-@dataclass(frozen=True)
-class ClusterFacts:
-    """What planning needs from the cluster, and where each number came from (`harness plan` prints it)."""
-
-    max_array_size: int
-    nodes_available: int
-    nodes_from: str
-    max_array_from: str
-    answered: bool
-    """A controller answered; otherwise both numbers are assumed."""
-
-
-def cluster_facts(partition: str, nodes_in_spec: int) -> ClusterFacts:
-    """MaxArraySize and the nodes up in `partition` (the spec's count wins when set); Slurm's default
-    MaxArraySize and the spec's count (or 1) when no controller answers."""
-    spec_from = "from the spec (tokenize.nodes_available)" if nodes_in_spec else ""
-    if controller_error():
-        return ClusterFacts(DEFAULT_MAX_ARRAY_SIZE, nodes_in_spec or 1,
-                            spec_from or "assumed (no Slurm controller answers here)",
-                            "Slurm's default, assumed (no controller answers here)", False)
-    nodes = nodes_in_spec or nodes_available(partition)
-    return ClusterFacts(max_array_size(config()), nodes,
-                        spec_from or f"sinfo: nodes up in partition {partition or '(default)'}",
-                        "scontrol show config", True)
-
-
 def squeue(job_ids: list[str]) -> dict[str, TaskState]:
     """Live tasks (pending ones with their reason) in one call."""
     if not job_ids:
         return {}
-    proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r"], check=False)
+    proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r|%k"], check=False)
     if proc.returncode != 0 and "Invalid job id" not in proc.stderr:  # that one: every job already left
         raise HarnessError(f"squeue failed ({proc.returncode}): {' '.join(proc.stderr.split())[:300]}")
     out = proc.stdout
     states = {}
     for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) == 5:
-            states[parts[0]] = TaskState("", -1, parts[1], parts[0], parts[2], parts[3], "", parts[4])
+        parts = line.split("|", 5)
+        if len(parts) == 6:
+            states[parts[0]] = TaskState("", -1, parts[1], parts[0], parts[2], parts[3], "", parts[4],
+                                         comment=parts[5])
     return states
 
 
 def sacct(job_ids: list[str]) -> dict[str, TaskState]:
-    """Finished (and running) tasks from accounting, in one call; array tasks expanded."""
+    """Finished (and running) tasks from accounting, in one call; array tasks expanded. Steps are read too, for
+    the signal that ended a task: a SIGKILLed program shows as `0:9` only on its step (`71_1.0`); the allocation
+    reads `9:0` (srun's exit status) and, for array tasks on Slurm 22.05, a DerivedExitCode of `0:0`."""
     if not job_ids:
         return {}
-    out = _run(["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,NodeList,Elapsed,ExitCode,Reason"]
+    out = _run(["sacct", "-n", "-P", "-j", ",".join(job_ids), "-o",
+                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Submit,Reason"]
                ).stdout  # a failing sacct (slurmdbd down) must not read as "no tasks"
-    states = {}
+    states: dict[str, TaskState] = {}
+    signals: dict[str, int] = {}
     for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 6:
-            words = parts[1].split() or ["UNKNOWN"]
-            by = words[2] if len(words) > 2 and words[1] == "by" else ""
-            states[parts[0]] = TaskState("", -1, words[0], parts[0], parts[2], parts[3], parts[4], parts[5],
-                                         cancelled_by=by)
-    return states
+        parts = line.split("|", 8)
+        if len(parts) != 9:
+            continue
+        job, _, step = parts[0].partition(".")
+        sig = exit_signal(parts[5]) or exit_signal(parts[4])
+        if step:
+            signals[job] = signals.get(job) or sig
+            continue
+        words = parts[1].split() or ["UNKNOWN"]
+        by = words[2] if len(words) > 2 and words[1] == "by" else ""
+        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[8], cancelled_by=by,
+                                signal=sig, time_limit=parts[6], submitted=epoch(parts[7]))
+    return {job: dataclasses.replace(st, signal=st.signal or signals.get(job, 0)) for job, st in states.items()}
+
+
+def epoch(stamp: str) -> float:
+    """sacct's `2026-12-06T06:44:33` (the controller's local time, as this host's) in epoch seconds; 0 if none."""
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0.0
+
+
+def exit_signal(code: str) -> int:
+    """The signal of Slurm's `exit:signal` pair when the signal alone ended it (`0:9`); 0 otherwise, also for
+    `1:9`, a step whose program failed first and whose other ranks srun then killed: its error line says why."""
+    status, _, sig = code.partition(":")
+    return int(sig) if status == "0" and sig.isdigit() else 0
 
 
 def scancel(job_ids: list[str]) -> None:

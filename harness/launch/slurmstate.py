@@ -5,6 +5,7 @@ one sacct for any number of jobs."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Mapping
@@ -15,6 +16,21 @@ from harness.launch import slurmcli
 from harness.launch.backend import COMPLETED, MISSING, NOT_SUBMITTED, Jobs, TaskState, done_tasks
 
 MISSING_AFTER_S = 300.0
+SUBMIT_WINDOW_S = (120.0, 5.0)
+"""A record is the submission's when Slurm's Submit time lies this many seconds before / after the time the
+harness stored once sbatch returned (a busy controller can take a while to answer sbatch)."""
+
+
+def ours(st: TaskState, run_id: str, submitted: float) -> bool:
+    """Whether a Slurm record is still this run's job: its comment (set to the run id at submit) when Slurm shows
+    it, else its submit time. Job ids are reused (after MaxJobId wraps, or a controller loses its state), and a
+    record of another run's job under a stored id must never be read, let alone cancelled, as this run's."""
+    if st.comment:
+        return st.comment == run_id
+    if st.submitted:
+        before, after = SUBMIT_WINDOW_S
+        return submitted - before <= st.submitted <= submitted + after
+    return True
 _ARRAY = re.compile(r"^(\d+)_\[([^\]]+)\]$")
 
 
@@ -49,19 +65,23 @@ def latest_ids(paths: RunPaths, jobs: Jobs, stage: str) -> dict[int, tuple[str, 
         for a, b in sub.tasks:
             for t in range(a, b):
                 sid = f"{sub.job_id}_{j}" if sub.array else sub.job_id
-                out[t] = (sid, str(paths.logs(stage) / sid / f"{sid}_0_log.out"), sub.time)
+                out[t] = (sid, str(paths.task_log(stage, sid)), sub.time)
                 j += 1
     return out
 
 
 def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float,
-         st: TaskState | None, known: set[str], root: Path | None = None) -> TaskState:
+         st: TaskState | None, known: set[str], root: Path | None = None, run_id: str = "") -> TaskState:
+    if st is not None and run_id and not ours(st, run_id, submitted):
+        st = None  # that id is another job's now: this run's task is in neither query
     if st is None:
         if done:
             return TaskState(stage, task, COMPLETED, sid, log=log)
-        if "_" in sid and sid.split("_")[0] in known:
+        if "_" in sid and sid.split("_")[0] in known and not Path(log).exists():
             # squeue -r lists every queued task and sacct every started one: a task of a known array in
-            # neither was cancelled while pending, of which Slurm (22.05) keeps no accounting record.
+            # neither, that never started (no log), was cancelled while pending, of which Slurm (22.05) keeps no
+            # accounting record. One that started may just have ended, before accounting has its record: its
+            # state is not known yet, and guessing CANCELLED there showed a killed task as cancelled.
             return TaskState(stage, task, "CANCELLED", sid, log=log, reason="cancelled while pending")
         fresh = time.time() - submitted < MISSING_AFTER_S
         return TaskState(stage, task, "UNKNOWN" if fresh else MISSING, sid, log=log,
@@ -70,13 +90,37 @@ def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float
     if state == COMPLETED and not done:
         state = "FAILED"
     return TaskState(stage, task, state, sid, st.node if st.node not in ("None assigned",) else "",
-                     st.elapsed, st.exit_code, explain(state, st, log, done, root), log)
+                     st.elapsed, st.exit_code, explain(state, st, log, done, root), log, signal=st.signal,
+                     time_limit=st.time_limit)
 
 
-_FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory: raise mem_gb or lower the batch size",
-                  "TIMEOUT": "time limit reached: raise time_min (requeue-safe stages resume)",
-                  "NODE_FAIL": "node failure: resume resubmits the task",
-                  "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot", "DEADLINE": "deadline reached"}
+_FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory{on}: raise mem_gb or lower the batch size",
+                  "TIMEOUT": "time limit{limit} reached: raise time_min (requeue-safe stages resume)",
+                  "NODE_FAIL": "node failure{on}: resume resubmits the task",
+                  "PREEMPTED": "preempted", "BOOT_FAIL": "node failed to boot{on}", "DEADLINE": "deadline reached"}
+
+
+def _limit(time_limit: str) -> str:
+    """sacct's `[D-]HH:MM:SS` as ` of N min` (or hours / days when whole)."""
+    days, _, hms = time_limit.rpartition("-")
+    parts = hms.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or (days and not days.isdigit()):
+        return ""
+    minutes = int(days or 0) * 1440 + int(parts[0]) * 60 + int(parts[1]) + (int(parts[2]) + 59) // 60
+    if minutes % 1440 == 0:
+        return f" of {minutes // 1440} d"
+    return f" of {minutes // 60} h" if minutes % 60 == 0 and minutes >= 120 else f" of {minutes} min"
+
+
+def killed_by(st: TaskState) -> str:
+    """`killed by signal 9 (SIGKILL) on n1`: what ended a task's program, when a signal did."""
+    if not st.signal:
+        return ""
+    try:
+        name = f" ({signal.Signals(st.signal).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {st.signal}{name}" + (f" on {st.node}" if st.node else "")
 
 
 def explain(state: str, st: TaskState, log: str, done: bool, root: Path | None = None) -> str:
@@ -87,14 +131,15 @@ def explain(state: str, st: TaskState, log: str, done: bool, root: Path | None =
     if state == "FAILED":
         if st.state == COMPLETED and not done:
             return "exited 0 but wrote no completion marker"
-        return error_line(log, root) or f"exit code {st.exit_code}"
+        return killed_by(st) or error_line(log, root) or f"exit code {st.exit_code}"
     if state == "CANCELLED":
         if st.cancelled_by:
             return f"cancelled by uid {st.cancelled_by}"
         # no "by <uid>": Slurm cancelled it itself, which for harness jobs (--kill-on-invalid-dep=yes) means a
         # dependency failed; sacct's Reason then reads "Dependency" or "None" depending on scheduler timing
         return "DependencyNeverSatisfied: a task it depends on failed"
-    return _FINAL_REASONS.get(state, "")
+    on = f" on {st.node}" if st.node and st.node != "None assigned" else ""
+    return _FINAL_REASONS.get(state, "").format(on=on, limit=_limit(st.time_limit))
 
 
 def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> str:
@@ -104,8 +149,12 @@ def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> st
     if err is None or not err.is_file():
         return ""
     with open(err, "rb") as f:
-        f.seek(max(0, err.stat().st_size - tail_bytes))
-        return failures.reason(f.read().decode(errors="replace"), root)
+        start = max(0, err.stat().st_size - tail_bytes)
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    if start:  # the window began mid-line: that fragment ("ARNING submitit: ...") is no line of the log
+        text = text.partition("\n")[2]
+    return failures.reason(text, root)
 
 
 def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
@@ -119,5 +168,6 @@ def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
             rows.append(TaskState(stage, t, COMPLETED if t in done else NOT_SUBMITTED))
             continue
         sid, log, submitted = ids[t]
-        rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root))
+        rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root,
+                         paths.run_id))
     return tuple(rows)

@@ -21,33 +21,51 @@ def suffixes(extensions: Iterable[str]) -> frozenset[str]:
     return frozenset(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
 
 
-def walk(root: str, exts: frozenset[str]) -> tuple[list[str], list[str]]:
-    """(relative paths of regular files, relative paths of other entries) whose suffix is in `exts`, under
-    `root`, unsorted. One `scandir` per directory and no `stat` per file: `DirEntry.is_dir/is_file` read the
-    d_type the directory listing already returned (a stat happens only for symlinks and on filesystems that
-    report no d_type). Symlinked directories are not followed (no cycles); a symlink to a file is a file."""
+def walk(root: str, exts: frozenset[str]) -> tuple[list[str], dict[str, str]]:
+    """(relative paths of regular files, {relative path: why it is no input} of other entries) whose suffix is in
+    `exts`, under `root`, unsorted. One `scandir` per directory and no `stat` per file: `DirEntry.is_dir/is_file`
+    read the d_type the directory listing already returned (a stat happens only for symlinks and on filesystems
+    that report no d_type). Symlinked directories are not followed (no cycles); a symlink to a file is a file.
+    One entry that cannot be read (a symlink loop, a dangling link, a directory that refuses listing, a directory
+    named like a video) is reported with its reason and the walk goes on: one bad entry never blocks a run."""
     files: list[str] = []
-    other: list[str] = []
+    other: dict[str, str] = {}
     suffixes = tuple(exts)
     stack = [""]
-    try:
-        while stack:
-            rel = stack.pop()
+    while stack:
+        rel = stack.pop()
+        try:
             with os.scandir(root + "/" + rel if rel else root) as it:
                 for e in it:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(rel + e.name + "/")
-                        continue
-                    name = e.name
-                    if not name.lower().endswith(suffixes) or name.rfind(".") <= 0:
-                        continue
-                    if e.is_file():
-                        files.append(rel + name)
-                    elif not e.is_dir():  # a symlink to a directory is skipped, as it is not followed
-                        other.append(rel + name)
-    except OSError as err:
-        raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
+                    _entry(e, rel, suffixes, files, other, stack)
+        except OSError as err:
+            if not rel:
+                raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
+            other[rel.rstrip("/")] = f"directory not listed: {err.strerror}"
     return files, other
+
+
+def _entry(e: os.DirEntry[str], rel: str, suffixes: tuple[str, ...], files: list[str], other: dict[str, str],
+           stack: list[str]) -> None:
+    name = e.name
+    video_name = name.lower().endswith(suffixes) and name.rfind(".") > 0
+    if e.is_dir(follow_symlinks=False):
+        if video_name:
+            other[rel + name] = "a directory named like a video: not an input, and not searched"
+        else:
+            stack.append(rel + name + "/")
+        return
+    if not video_name:
+        return
+    try:
+        if e.is_file():
+            files.append(rel + name)
+        elif e.is_dir():
+            other[rel + name] = "a symlink to a directory (not followed)"
+        else:
+            other[rel + name] = "broken symlink" if e.is_symlink() else "not a regular file (a pipe, socket or device)"
+    except OSError as err:  # a symlink loop (ELOOP), a path component refusing access
+        other[rel + name] = f"cannot read: {err.strerror}"
 
 
 def files_under(root: Path, exts: Iterable[str]) -> list[Path]:

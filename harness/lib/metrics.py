@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -48,10 +48,6 @@ def check_pair(a: np.ndarray, b: np.ndarray) -> None:
 
 def psnr_from_mse(mse: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)
-
-
-METRICS: tuple[str, ...] = ("psnr", "ssim")
-"""The metric names `evaluate.metrics` may select."""
 
 
 def sse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -263,3 +259,28 @@ def psnr(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu
 def ssim(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:
     """Mean over frames of skimage's per-frame SSIM."""
     return float(clip_metrics(a, b, backend, device)[1].mean())
+
+
+# ------------------------------------------------------------------------------------- the evaluate stage's kernels
+def frame_values(a: np.ndarray, b: np.ndarray, names: Sequence[str], backend: str = "auto",
+                 device: str = "cpu") -> dict[str, np.ndarray]:
+    """Metric name (`harness.core.metrics_table`) -> per-frame values of two aligned clips, what `REDUCE[name]`
+    turns into one number over any subset of frames: PSNR's exact squared-error sums, SSIM per frame. SSIM's
+    kernel yields the sums in the same pass; PSNR alone runs only the cheap one."""
+    if "ssim" in names:
+        sse, ssim_frames = clip_metrics(a, b, backend, device)
+        return {"psnr": sse, "ssim": ssim_frames}
+    return {"psnr": sse_per_frame(a, b)}
+
+
+def _psnr_of_sums(sse: np.ndarray, frame_pixels: int) -> float:
+    return psnr_from_mse(int(sse.sum()) / (len(sse) * frame_pixels))
+
+
+def _mean_of_frames(values: np.ndarray, frame_pixels: int) -> float:
+    return float(values.mean())
+
+
+REDUCE: Mapping[str, Callable[[np.ndarray, int], float]] = {"psnr": _psnr_of_sums, "ssim": _mean_of_frames}
+"""Metric name -> (its per-frame values over some frames, pixels a frame) -> the metric over those frames;
+math.inf where a metric is infinite for identical frames (PSNR)."""

@@ -27,12 +27,17 @@ class TextEncoder:
         return int(self.model.config.d_model)
 
 
-def load(directory: str | Path, device: torch.device) -> TextEncoder:
-    """T5 encoder + tokenizer from a local directory (never the network)."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def load(directory: str | Path, device: torch.device, dtype_name: str = "fp32") -> TextEncoder:
+    """T5 encoder + tokenizer from a local directory (never the network), in the dtype the spec names: fp32 by
+    default because upstream encodes its training prompts and its inference prompts with T5-11B in fp32, and the
+    model learnt cross-attention over those embeddings."""
     import transformers
     from transformers import AutoTokenizer, T5EncoderModel
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = DTYPES[dtype_name]
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in 4.56; containers ship older
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)

@@ -1,6 +1,7 @@
-"""Operating runs: status, logs, resume, cancel, report, runs, and `submit --wait`.
+"""Operating runs: status, logs, resume, cancel, report, runs, sync, and `submit --wait`; plus the commands that
+work on folders, not runs (evaluate, synth).
 
-Every command rebuilds what it needs from the run directory (spec.json, plan.json, jobs.json, completion
+Every run command rebuilds what it needs from the run directory (spec.json, plan.json, jobs.json, completion
 markers) plus at most one squeue and one sacct, through the run's backend (harness.launch). Commands take
 plain typed parameters; `harness.cli` parses the command line and calls them.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from harness.core.paths import RunPaths
 from harness.launch.backend import load_plan
 from harness.ops import control, state, status
 
 __all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "cmd_inspect_checkpoint",
-           "print_report", "wait", "control", "state", "status"]
+           "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait", "control", "state", "status"]
 
 
 def _console() -> Console:
@@ -92,3 +94,40 @@ def cmd_inspect_checkpoint(directory: str, preset: str | None, tp: int, layers: 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:
     return status.wait(paths, timeout_s, _console())
+
+
+def cmd_sync(run: str, workdir: str = "runs") -> int:
+    """Upload a run's offline W&B runs from the login node (compute nodes have no internet, and no key)."""
+    from harness.report import tracking
+
+    console = _console()
+    for d in tracking.sync(state.resolve_run(run, workdir)):
+        console.print(f"synced {d}", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | None) -> int:
+    """`harness evaluate`: two folders compared as the evaluate stage compares a run's, with no run around them."""
+    from harness.core.atomic import atomic_write_json
+    from harness.report import evaltable
+    from harness.stages.evaluate import evaluate_dirs
+
+    result = evaluate_dirs(Path(reference), Path(generated), backend=backend)
+    out = Path(out_file) if out_file else evaltable.default_out(generated)
+    atomic_write_json(out, result)
+    console = _console()
+    console.print(evaltable.table(result))
+    for line in evaltable.problems(result):
+        console.print(f"[yellow]note:[/] {escape(line)}")
+    console.print(f"wrote {out} (per-frame SSIM and the compared frame indices)", markup=False)
+    return 0
+
+
+def cmd_synth(out_dir: str) -> int:
+    from harness.lib import synth
+
+    out = synth.make_quickstart(Path(out_dir))
+    console = _console()
+    for k, v in out.items():
+        console.print(f"{k}: {v}", markup=False)
+    return 0

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
-from harness.core.atomic import read_json
-from harness.core.plan import Facts, Plan
+from harness.core.plan import Plan
+from harness.core.rundir import read_facts
 from harness.launch.backend import load_plan, ranges
 from harness.ops import submit as launching
 from harness.ops.state import ACTIVE, COMPLETED, RunState, backend_for, collect, done_tasks, load_jobs
@@ -71,7 +71,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None) -> dict[
                 _forget(paths, s.name, todo[s.name])
         jobs = load_jobs(paths)
         choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]
-        known = Facts(**read_json(paths.plan_json)["facts"])
+        known = read_facts(paths)
         new = launching.submit_stages(plan, paths, todo, known, choice, {}, jobs.submissions)
         for sub in new:
             console.print(f"  {sub.stage:<13} job {sub.job_id} (round {sub.round})")

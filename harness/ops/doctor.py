@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from harness.core import footprint
+from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
-from harness.launch import facts as launch_facts
 from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
+from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:
-    from harness.stages.inputs import InputItem
-    from harness.stages.assets import Role
+    from harness.lib.inputs import InputItem
+    from harness.ops.plan import Gathered
 
 Status = Literal["pass", "fail", "skip"]
 Group = Literal["slurm", "container", "paths", "assets", "inputs"]
@@ -239,13 +240,11 @@ _ROLE_KEY = {"encoder": "tokenizer.encoder", "decoder": "tokenizer.decoder", "ch
 
 
 def asset_checks(spec: RunSpec) -> list[Check]:
-    from harness.stages import assets
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     out = []
-    for role in assets.roles(spec):
+    for role in roles(spec):
         k, what = _ROLE_KEY.get(role.name, role.name), f"{role.name} {role.source!r} present"
-        if assets._is_local(role.source):
+        if is_local(role.source):
             where, missing = Path(role.source).expanduser(), _missing(role, Path(role.source).expanduser())
             out.append(Check("fail" if missing else "pass", k, what, missing or f"local directory {where}"))
             continue
@@ -266,13 +265,11 @@ def asset_checks(spec: RunSpec) -> list[Check]:
 def checkpoint_shapes_check(spec: RunSpec) -> Check:
     """model.checkpoint's tensors against model.preset at finetune.tensor_parallel, from the checkpoint's metadata
     (what stage-assets checks, and `harness inspect-checkpoint` lists), where the checkpoint is already here."""
-    from harness.stages import assets
-
     k, what, source = "model.checkpoint", "checkpoint tensors fit model.preset", spec.model.checkpoint
     if not source:
         return Check("skip", k, what, "no checkpoint (model.checkpoint = '': random init)")
-    role = next(r for r in assets.roles(spec) if r.name == "checkpoint")
-    where = Path(source).expanduser() if assets._is_local(source) else _cached(role, spec)
+    role = next(r for r in roles(spec) if r.name == "checkpoint")
+    where = Path(source).expanduser() if is_local(source) else _cached(role, spec)
     if where is None or not where.is_dir():
         return Check("skip", k, what, f"{where}: no such directory" if where else
                      "not in the HF cache yet: stage-assets checks it after downloading")
@@ -313,11 +310,18 @@ def _missing(role: Role, directory: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- inputs
+def _sentence(why: str) -> str:
+    """A spec problem's `= '/x': not a directory` (made to follow a key) as words: `'/x' is not a directory`."""
+    if not why.startswith("= "):
+        return why
+    value, _, what = why[2:].partition(": ")
+    return f"{value} is {what}" if what.startswith("not ") else f"{value}: {what}"
+
+
 def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list[Check]:
-    d = spec.data
-    k = "data.jsonl" if d.jsonl else "data.manifest" if d.manifest else "data.videos"
+    k = data_key(spec)
     if items is None:
-        return [Check("fail", k, "inputs listed", why)]
+        return [Check("fail", k, "inputs cannot be listed", _sentence(why))]
     bad = [it for it in items if it.error]
     first = next((it for it in items if not it.error), None)
     out = [Check("pass" if first else "fail", k, "inputs listed",
@@ -355,20 +359,22 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
 
 
 def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec, list[Check]]:
-    """`harness doctor SPEC`: load, list the inputs, plan against the cluster that answers here, check."""
-    from harness.core import plan as plan_mod
+    """`harness doctor SPEC`: load, plan as `submit` would here, check that plan."""
     from harness.core import spec as spec_mod
-    from harness.stages.inputs import discover
 
     spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
-    items, why = None, ""
-    try:
-        items = discover(spec)
-    except HarnessError as e:
-        why = e.problems[0].message
     cluster = gather_cluster()
-    facts = launch_facts.gather(spec, "local" if isinstance(cluster, str) else "slurm", len(items or []))
-    return spec, run(spec, plan_mod.build(spec, facts), cluster, items, why, groups)
+    plan, got = plan_here(spec, cluster)
+    return spec, run(spec, plan, cluster, got.items, got.items_why, groups)
+
+
+def plan_here(spec: RunSpec, cluster: Cluster | str) -> tuple[Plan, Gathered]:
+    """The plan `submit` would send from this machine (`harness.ops.plan.gather`: the executor that answers, its
+    cluster facts, the listed inputs), with the cluster snapshot's answer standing in for another ping."""
+    from harness.ops import plan as plan_ops
+
+    got = plan_ops.gather(spec, "auto", "doctor", why_not=cluster if isinstance(cluster, str) else "")
+    return plan_ops.build(spec, got), got
 
 
 def raise_on_failure(spec: RunSpec, checks: list[Check]) -> None:

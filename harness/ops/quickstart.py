@@ -25,3 +25,13 @@ def spec_for(spec_path: Path, assets: Path) -> Path:
     tmp.write_text(derived, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def ensure_assets(assets: Path) -> bool:
+    """Write the synthetic clips and tiny tokenizer into `assets` unless they are there; True when written."""
+    from harness.lib import synth
+
+    if (assets / "tokenizer" / "encoder.jit").exists():
+        return False
+    synth.make_quickstart(assets)
+    return True

@@ -14,8 +14,9 @@ from pathlib import Path
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
+from harness.core.rundir import read_jobs
 from harness.launch.backend import (ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState,
-                                    done_tasks, read_jobs)
+                                    done_tasks)
 from harness.launch.local import LocalBackend
 from harness.launch.slurm import SlurmBackend, job_ids
 
@@ -71,7 +72,7 @@ class RunState:
 def resolve_run(run: str, workdir: str = "runs") -> RunPaths:
     """A run id (under workdir) or a run directory; one clear line when it is neither."""
     for cand in (Path(run), Path(workdir) / run):
-        if (cand / "jobs.json").is_file() and (cand / "plan.json").is_file():
+        if RunPaths(cand).is_run:
             return RunPaths(cand.absolute())
     raise HarnessError(Problem(run, "", f"no run directory with jobs.json and plan.json here or at "
                                         f"{Path(workdir) / run} (harness runs --workdir {workdir} lists runs)"))

@@ -136,8 +136,7 @@ def wait(paths: RunPaths, timeout_s: float, console: Console, interval_s: float 
 def find_runs(workdir: Path) -> list[RunPaths]:
     if not workdir.is_dir():
         return []
-    found = [RunPaths(p.absolute()) for p in workdir.iterdir()
-             if (p / "jobs.json").is_file() and (p / "plan.json").is_file()]
+    found = [RunPaths(p.absolute()) for p in workdir.iterdir() if RunPaths(p).is_run]
     return sorted(found, key=lambda p: p.jobs_json.stat().st_mtime)
 
 

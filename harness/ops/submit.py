@@ -1,8 +1,9 @@
-"""Launching a plan: choose the backend, create the run directory, submit, record jobs.json.
+"""Launching a plan: create the run directory, submit, record jobs.json.
 
-Slurm when a controller answers (or `--executor slurm`), else submitit's local executor; the reason for
-the choice is printed and stored. Planning stays pure (harness.core.plan) and backends only start tasks
-(harness.launch); this module orders the side effects: preflight, run directory, lock, submission, record.
+The executor, the facts and the plan come from `harness.ops.plan` (what `harness plan` shows): Slurm when a
+controller answers (or `--executor slurm`), else submitit's local executor; the reason for the choice is printed
+and stored. Planning stays pure (harness.core.plan) and backends only start tasks (harness.launch); this module
+orders the side effects: preflight, run directory, lock, submission, record.
 """
 
 from __future__ import annotations
@@ -13,27 +14,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths, new_run_dir
 from harness.core.atomic import atomic_write_json, atomic_write_text
-from harness.launch import facts, slurmcli
 from harness.launch.backend import Jobs, Submission, load_plan
+from harness.lib.inputs import InputItem
+from harness.ops import plan as plan_ops
+from harness.ops.plan import Choice, ExecutorName, choose_executor
 from harness.ops.state import backend_for
 
-__all__ = ["Choice", "Submitted", "backend_for", "choose_executor", "gather_facts", "load_plan", "make_plan",
-           "record_jobs", "run_lock", "submit", "submit_stages", "write_run"]
-
-ExecutorName = Literal["auto", "slurm", "local"]
-
-
-@dataclass(frozen=True)
-class Choice:
-    executor: Literal["slurm", "local"]
-    reason: str
+__all__ = ["Choice", "Submitted", "backend_for", "choose_executor", "load_plan", "record_jobs", "run_lock", "submit",
+           "submit_stages", "write_run"]
 
 
 @dataclass(frozen=True)
@@ -43,27 +38,6 @@ class Submitted:
     choice: Choice
     submissions: tuple[Submission, ...]
     seconds: float
-
-
-def choose_executor(requested: ExecutorName) -> Choice:
-    if requested == "local":
-        return Choice("local", "requested with --executor local")
-    why_not = slurmcli.controller_error()
-    if requested == "slurm":
-        if why_not:
-            raise HarnessError(f"--executor slurm: {why_not}")
-        return Choice("slurm", "requested with --executor slurm")
-    if why_not:
-        return Choice("local", f"{why_not}; running on this machine with submitit's local executor")
-    return Choice("slurm", "a Slurm controller answers (scontrol ping)")
-
-
-def gather_facts(spec: spec_mod.RunSpec, choice: Choice, num_inputs: int) -> plan_mod.Facts:
-    return facts.gather(spec, choice.executor, num_inputs)
-
-
-def make_plan(spec: spec_mod.RunSpec, facts: plan_mod.Facts) -> plan_mod.Plan:
-    return plan_mod.build(spec, facts)
 
 
 def write_run(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, known: plan_mod.Facts, choice: Choice) -> None:
@@ -87,7 +61,7 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
         os.close(fd)
 
 
-def _preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, items: list) -> None:  # type: ignore[type-arg]
+def _preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, items: list[InputItem] | None) -> None:
     """The cheap doctor checks (harness.ops.doctor.CHEAP): a failure stops before a run directory exists."""
     from harness.ops import doctor
 
@@ -96,21 +70,19 @@ def _preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, item
 
 
 def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True) -> Submitted:
-    """Plan and submit; with `doctor`, the cheap preflight checks run first."""
-    from harness.stages.inputs import discover, write_inputs
+    """Plan (as `harness plan` does) and submit; with `doctor`, the cheap preflight checks run first."""
+    from harness.stages.inputs import write_inputs
 
     t0 = time.perf_counter()
-    spec = spec_mod.absolutize(spec_mod.load_for_submit(spec_path), Path.cwd())
-    choice = choose_executor(requested)
-    items = discover(spec)
-    known = gather_facts(spec, choice, len(items))
-    plan = make_plan(spec, known)
+    spec = plan_ops.load(spec_path)
+    got = plan_ops.gather(spec, requested, "submit")
+    plan, known, choice = plan_ops.build(spec, got), got.facts, got.choice
     if doctor:
-        _preflight(spec, plan, choice, items)
+        _preflight(spec, plan, choice, got.items)
     paths = new_run_dir(Path(spec.run.workdir), spec.run.name)
     with run_lock(paths):
         write_run(paths, spec_path.read_text(encoding="utf-8"), plan, known, choice)
-        write_inputs(paths, items)
+        write_inputs(paths, got.items or [])
         subs = submit_stages(plan, paths, {s.name: list(range(s.tasks)) for s in plan.stages}, known, choice)
     return Submitted(paths, plan, choice, tuple(subs), time.perf_counter() - t0)
 

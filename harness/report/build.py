@@ -6,7 +6,7 @@ It reads only the run directory's result files (dataset summary, metrics.jsonl, 
 caller passes the failures it knows about (`harness report` from squeue/sacct, the report stage from the
 completion markers), so this module never talks to Slurm. Missing inputs are reported, never invented.
 Where evaluate is fanned out over input shards, a checkpoint's numbers are computed over the per-video
-metrics of all its shards that were evaluated (`evalstats.video_means`, the same means evaluate writes), and
+metrics of all its shards that were evaluated (`evalstats.merge_shards`, the same means evaluate writes), and
 each shard without its file is named with its (checkpoint, shard), its task index and, where known, why.
 
 This module reads and builds the `Report`; its values are declared in `harness.report.records`, its text forms
@@ -16,6 +16,7 @@ Callers use the whole report through this module, which re-exports those names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -24,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from harness.core import metricslog
 from harness.core import plan as plan_mod
-from harness.core.evalstats import frames_note, video_means
+from harness.core import metrics_table as mt
+from harness.core.evalrecords import ShardRecord
+from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths
 from harness.report import html as report_html
 from harness.report.files import plots, write
@@ -83,34 +86,29 @@ def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
     return Tokenize(n, clips, seconds, clips / seconds if seconds > 0 else None)
 
 
-def merge_shards(shards: Sequence[dict[str, Any]], metrics: Sequence[str] = ("psnr", "ssim")) -> dict[str, Any]:
-    """One checkpoint's evaluate result from its shards' files: a single file as written, several combined
-    over their per-video records (means recomputed over all videos, not averaged over shards)."""
-    if len(shards) == 1:
-        return shards[0]
-    videos = [v for e in shards for v in (e.get("videos") or []) if isinstance(v, dict)]
-    return {"videos": videos, "mean": video_means(videos, metrics), "frames": frames_note(videos),
-            "failed": [f for e in shards for f in (e.get("failed") or [])]}
+def _best(rows: Sequence[Checkpoint], metrics: Sequence[str]) -> int | None:
+    """Step of the best mean of the first selected metric, the later ones breaking ties, each in its direction."""
+    chosen = mt.selected(metrics)
+
+    def key(c: Checkpoint) -> tuple[float, ...]:
+        vals = [c.value(m.name) for m in chosen]
+        return tuple(-math.inf if v is None else (v if m.higher_is_better else -v) for m, v in zip(chosen, vals))
+
+    scored = [c for c in rows if chosen and c.value(chosen[0].name) is not None]
+    return max(scored, key=key).step if scored else None
 
 
-def checkpoints(evals: dict[int, list[dict[str, Any]]], shards_planned: int = 1,
-                metrics: Sequence[str] = ("psnr", "ssim")) -> tuple[Checkpoint, ...]:
-    """step -> the evaluate results read for it (one per shard). Best: highest mean PSNR (SSIM breaks ties),
-    or highest SSIM where PSNR is not among `metrics`."""
+def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
+                metrics: Sequence[str] | None = None) -> tuple[Checkpoint, ...]:
+    """step -> the evaluate results read for it (one per shard); `best` marks the best of `_best`."""
+    chosen = mt.selected(metrics)
     rows = []
     for step in sorted(evals):
         e = merge_shards(evals[step], metrics)
-        mean = e.get("mean") or {}
-        frames = e.get("frames", "")
-        rows.append((step, _num(mean.get("psnr")) if "psnr" in metrics else None,
-                     _num(mean.get("ssim")) if "ssim" in metrics else None, len(e.get("videos") or []),
-                     frames if isinstance(frames, str) else json.dumps(frames), len(evals[step]),
-                     len(e.get("failed") or [])))
-    k = 1 if "psnr" in metrics else 2
-    scored = [r for r in rows if r[k] is not None]
-    best = max(scored, key=lambda r: (r[k], r[2] if r[2] is not None else -1.0))[0] if scored else None
-    return tuple(Checkpoint(s, p, q, n, s == best, f, got, shards_planned, bad)
-                 for s, p, q, n, f, got, bad in rows)
+        rows.append(Checkpoint(step, {m.name: _num(e.mean.value(m.name)) for m in chosen}, len(e.videos), False,
+                               e.frames, len(evals[step]), shards_planned, len(e.failed)))
+    best = _best(rows, [m.name for m in chosen])
+    return tuple(dataclasses.replace(c, best=c.step == best) for c in rows)
 
 
 def _read(path: Path, missing: list[str]) -> Any:
@@ -144,10 +142,10 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
 
 
 def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], failures: Sequence[dict[str, Any]],
-               missing: list[str]) -> tuple[dict[int, list[dict[str, Any]]], list[MissingShard]]:
+               missing: list[str]) -> tuple[dict[int, list[ShardRecord]], list[MissingShard]]:
     """Every (checkpoint, shard)'s evaluate file; the absent ones become MissingShard rows that say why,
     from the failures of that pair's infer or evaluate task when the caller knows them."""
-    evals: dict[int, list[dict[str, Any]]] = {}
+    evals: dict[int, list[ShardRecord]] = {}
     lost: list[MissingShard] = []
     known = {(f.get("stage"), f.get("task")): f for f in failures}
     for c, step in enumerate(checkpoint_steps):
@@ -155,7 +153,7 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
             task = plan_mod.infer_task_index(spec, c, k)
             e = _read(paths.eval_json(step, plan_mod.infer_task(spec, task).key), missing)
             if isinstance(e, dict):
-                evals.setdefault(step, []).append(e)
+                evals.setdefault(step, []).append(ShardRecord.from_json(e))
                 continue
             why = [f"{st}[{task}] {f.get('state', '')}" + (f" ({f['reason']})" if f.get("reason") else "")
                    for st in ("infer", "evaluate") if (f := known.get((st, task)))]

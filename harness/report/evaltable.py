@@ -8,6 +8,9 @@ from typing import Any
 
 from rich.table import Table
 
+from harness.core import metrics_table as mt
+from harness.core.evalrecords import EvalResult, VideoRecord
+
 DEFAULT_NAME = "evaluate.json"
 """Written beside the generated videos unless `--out` says otherwise."""
 
@@ -22,36 +25,43 @@ def _num(v: float | None, digits: int, identical: bool = False) -> str:
     return f"{v:.{digits}f}"
 
 
-def _frames(r: dict[str, Any]) -> str:
-    g = r.get("compared_frames", {}).get("generated", [])
-    ref = r.get("compared_frames", {}).get("reference", [])
+def _frames(v: VideoRecord) -> str:
+    g, ref = v.generated_frames, v.reference_frames
     if not g:
         return "-"
     span = f"{g[0]}-{g[-1]} vs {ref[0]}-{ref[-1]}" if ref else f"{g[0]}-{g[-1]}"
     return f"{len(g)} ({span})"
 
 
+def _cell(m: mt.Metric, v: float | None, identical: bool | None = False) -> str:
+    return _num(v, m.digits, bool(identical) and m.infinite_when_identical)
+
+
 def table(result: dict[str, Any]) -> Table:
-    """Per video: PSNR (dB) and SSIM over every compared frame, and over the predicted frames only (where a
+    """Per video: each computed metric over every compared frame, and over the predicted frames only (where a
     sidecar says which frames reproduce the context); the last row is the mean over videos."""
-    t = Table(title=f"TokenBench PSNR / SSIM ({result.get('backend')}, {result.get('engine')}, "
-                    f"{result.get('device')})", caption=result.get("frames", ""))
-    for col, justify in (("video", "left"), ("PSNR dB", "right"), ("SSIM", "right"), ("predicted PSNR", "right"),
-                         ("predicted SSIM", "right"), ("frames (generated vs reference)", "left")):
-        t.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in result.get("videos", []):
-        pred = r.get("predicted") or {}
-        t.add_row(r["name"], _num(r.get("psnr"), 2, r.get("identical", False)), _num(r.get("ssim"), 4),
-                  _num(pred.get("psnr"), 2, pred.get("identical", False)), _num(pred.get("ssim"), 4), _frames(r))
-    m = result.get("mean", {})
+    r = EvalResult.from_json(result)
+    shown = mt.selected(r.metrics or None)
+    t = Table(title=f"TokenBench {' / '.join(m.label for m in shown)} ({r.backend}, {r.engine}, {r.device})",
+              caption=r.frames)
+    t.add_column("video", justify="left")
+    for col in [f"{m.label} {m.unit}".strip() for m in shown] + [f"predicted {m.label}" for m in shown]:
+        t.add_column(col, justify="right")
+    t.add_column("frames (generated vs reference)", justify="left")
+    for v in r.videos:
+        pred = v.predicted
+        t.add_row(v.name, *[_cell(m, v.value(m.name), v.scores.identical) for m in shown],
+                  *[_cell(m, pred.values.get(m.name) if pred else None, pred and pred.identical) for m in shown],
+                  _frames(v))
     t.add_section()
-    t.add_row(f"mean of {m.get('videos', 0)}", _num(m.get("psnr"), 2), _num(m.get("ssim"), 4),
-              _num(m.get("predicted_psnr"), 2), _num(m.get("predicted_ssim"), 4), "", style="bold")
+    t.add_row(f"mean of {r.mean.videos}", *[_cell(m, r.mean.value(m.name)) for m in shown],
+              *[_cell(m, r.mean.predicted.get(m.name)) for m in shown], "", style="bold")
     return t
 
 
 def problems(result: dict[str, Any]) -> list[str]:
-    """Lines for what was not compared: failures, unmatched names, identical clips left out of the PSNR mean."""
+    """Lines for what was not compared: failures, unmatched names, identical clips left out of the means of
+    the metrics that are infinite for them."""
     out = [f"failed: {f['name']}: {f['error']}" for f in result.get("failed", [])]
     if result.get("missing_reference"):
         out.append(f"no reference for: {', '.join(result['missing_reference'])}")
@@ -59,5 +69,6 @@ def problems(result: dict[str, Any]) -> list[str]:
         out.append(f"not generated: {', '.join(result['missing_generated'])}")
     same = result.get("mean", {}).get("identical_videos", [])
     if same:
-        out.append(f"identical to the reference (infinite PSNR, left out of the PSNR mean): {', '.join(same)}")
+        label = " / ".join(m.label for m in mt.METRICS if m.infinite_when_identical)
+        out.append(f"identical to the reference (infinite {label}, left out of the {label} mean): {', '.join(same)}")
     return out

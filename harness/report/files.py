@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from harness.report import html as report_html
 from harness.report.records import Report
@@ -21,7 +22,8 @@ def _png(fig: Any) -> bytes:
 
 
 def plots(rep: Report) -> dict[str, bytes]:
-    """loss.png (loss vs step) and eval.png (PSNR and SSIM vs checkpoint step), where there is data."""
+    """loss.png (loss vs step) and eval.png (a panel per selected metric whose row says `plot`, vs checkpoint
+    step), where there is data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,19 +37,19 @@ def plots(rep: Report) -> dict[str, bytes]:
         ax.grid(alpha=0.3)
         out["loss.png"] = _png(fig)
         plt.close(fig)
-    scored = [c for c in rep.checkpoints if c.psnr is not None or c.ssim is not None]
-    if scored:
-        keys = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
+    scored = [c for c in rep.checkpoints if any(v is not None for v in c.values.values())]
+    keys = [m for m in mt.selected(rep.metrics) if m.plot]
+    if scored and keys:
         fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), layout="constrained", squeeze=False)
-        for ax, (key, label) in zip(axes[0], keys):
-            pts = [(c.step, getattr(c, key)) for c in scored if getattr(c, key) is not None]
+        for ax, m in zip(axes[0], keys):
+            pts = [(c.step, v) for c in scored if (v := c.value(m.name)) is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
             best = rep.best
-            if best is not None and getattr(best, key) is not None:
-                ax.scatter([best.step], [getattr(best, key)], s=120, facecolors="none", edgecolors="red",
+            if best is not None and best.value(m.name) is not None:
+                ax.scatter([best.step], [best.value(m.name)], s=120, facecolors="none", edgecolors="red",
                            label=f"best (step {best.step})")
                 ax.legend(loc="best", fontsize=8)
-            ax.set(xlabel="checkpoint step", ylabel=label)
+            ax.set(xlabel="checkpoint step", ylabel=m.column)
             ax.grid(alpha=0.3)
         fig.suptitle(f"{rep.name}: evaluation")
         out["eval.png"] = _png(fig)

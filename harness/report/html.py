@@ -17,12 +17,14 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
 
+from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_bytes, atomic_write_text
+from harness.core.evalrecords import ShardRecord, videos_of
 
 SAMPLES_PER_CHECKPOINT = 2
 """Videos shown per checkpoint: enough to see what the model does, small enough to keep the folder light."""
@@ -48,8 +50,8 @@ class Sample:
     """Source frame of each compared pair (same length as generated_frames)."""
     context_frames: int
     """Generated frames below this index reproduce the context."""
-    psnr: float | None = None
-    ssim: float | None = None
+    scores: tuple[tuple[str, float | None], ...] = ()
+    """(metric name, the video's value) for the metrics evaluate computed, in `metrics_table` order."""
 
 
 @dataclass(frozen=True)
@@ -64,25 +66,18 @@ class Media:
 
 
 # ------------------------------------------------------------------------------------------ pure
-def pick_samples(evals: Mapping[int, Sequence[Mapping[str, Any]]],
+def pick_samples(evals: Mapping[int, Sequence[ShardRecord]],
                  per_checkpoint: int = SAMPLES_PER_CHECKPOINT) -> tuple[Sample, ...]:
     """The first `per_checkpoint` scored videos of each checkpoint (in shard order), from evaluate's files."""
     out: list[Sample] = []
     for step in sorted(evals):
-        videos = [v for e in evals[step] for v in (e.get("videos") or []) if isinstance(v, dict)]
-        for v in videos[:per_checkpoint]:
-            cf = v.get("compared_frames") or {}
-            g, r = tuple(cf.get("generated") or ()), tuple(cf.get("reference") or ())
-            if not g or len(g) != len(r) or not v.get("generated") or not v.get("reference"):
+        for v in videos_of(evals[step])[:per_checkpoint]:
+            g, r = v.generated_frames, v.reference_frames
+            if not g or len(g) != len(r) or not v.generated or not v.reference:
                 continue
-            out.append(Sample(step, str(v.get("name", "")), str(v["generated"]), str(v["reference"]),
-                              tuple(int(x) for x in g), tuple(int(x) for x in r), int(v.get("context_frames") or 0),
-                              _num(v.get("psnr")), _num(v.get("ssim"))))
+            out.append(Sample(step, v.name, v.generated, v.reference, g, r, v.context_frames,
+                              tuple(v.scores.values.items())))
     return tuple(out)
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def subsample(n: int, k: int = SHEET_COLUMNS, keep: Sequence[int] = ()) -> list[int]:
@@ -213,7 +208,7 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 def _sample_html(m: Media) -> str:
     e, s = html.escape, m.sample
-    scores = ", ".join(f"{k} {v:.4g}" for k, v in (("PSNR", s.psnr), ("SSIM", s.ssim)) if v is not None)
+    scores = ", ".join(f"{mt.get(k).label} {v:.4g}" for k, v in s.scores if v is not None)
     title = f"<h4>{e(s.name)}{' (' + e(scores) + ')' if scores else ''}</h4>"
     if m.error:
         return f'<div class="sample">{title}<p class="bad">not shown: {e(m.error)}</p></div>'

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
+from harness.core import metrics_table as mt
 from harness.core.models import PEAK_TFLOPS  # noqa: F401 (re-exported: the report's modules and the bench read it here)
 from harness.report import html as report_html
 
@@ -42,11 +43,11 @@ class Tokenize:
 @dataclass(frozen=True)
 class Checkpoint:
     step: int
-    psnr: float | None
-    ssim: float | None
+    values: Mapping[str, float | None]
+    """Metric name -> mean over the checkpoint's videos (finite, else None), for the selected metrics only."""
     videos: int
     best: bool
-    """Highest mean PSNR (SSIM breaks ties) among the evaluated checkpoints."""
+    """Best mean of the first selected metric (in `metrics_table` order; the later ones break ties)."""
     frames: str = ""
     """Which frames were compared, as the evaluate stage states it."""
     shards: int = 1
@@ -54,6 +55,15 @@ class Checkpoint:
     shards_planned: int = 1
     failed_videos: int = 0
     """Pairs the evaluate stage could not score (named in the shard files' `failed`)."""
+
+    def value(self, name: str) -> float | None:
+        return self.values.get(name)
+
+    def to_json(self, metrics: Sequence[str]) -> dict[str, Any]:
+        """report.json's row: the selected metrics (`metrics_table` order) after the step."""
+        return {"step": self.step, **{m.name: self.values.get(m.name) for m in mt.selected(metrics)},
+                "videos": self.videos, "best": self.best, "frames": self.frames, "shards": self.shards,
+                "shards_planned": self.shards_planned, "failed_videos": self.failed_videos}
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ class Report:
     failures: tuple[dict[str, Any], ...]
     missing: tuple[str, ...]
     """Result files that were expected but absent (a stage failed or has not run)."""
-    metrics: tuple[str, ...] = ("psnr", "ssim")
+    metrics: tuple[str, ...] = field(default_factory=mt.names)
     """evaluate.metrics: the only quality columns shown."""
     missing_shards: tuple[MissingShard, ...] = ()
     samples: tuple[report_html.Sample, ...] = ()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 
 from harness.core import trainplan
-from harness.core.atomic import read_json
 from harness.core.paths import RunPaths, is_done
+from harness.core.rundir import read_plan_record
 from harness.core.spec import RunSpec
 from harness.report import build as report
 from harness.report import tracking
@@ -25,7 +25,7 @@ log = logging.getLogger("harness.report.build")
 def incomplete_tasks(paths: RunPaths) -> list[dict[str, object]]:
     """Tasks of the other stages without a completion marker, from the saved plan's stage sizes."""
     out: list[dict[str, object]] = []
-    for stage in read_json(paths.plan_json)["stages"]:
+    for stage in read_plan_record(paths)["stages"]:
         if stage["name"] == "report":
             continue
         for t in range(stage["tasks"]):

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harness.core import metrics_table as mt
 from harness.report.records import PEAK_TFLOPS, Report
 
 
@@ -17,8 +18,9 @@ def fmt(v: float | None, kind: str) -> str:
     """The one formatting of each number, shared by the terminal, markdown and tests."""
     if v is None:
         return "-"
-    return {"loss": f"{v:.4f}", "psnr": f"{v:.2f}", "ssim": f"{v:.4f}", "rate": f"{v:,.1f}",
-            "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
+    if kind in mt.names():
+        return mt.get(kind).format(v)
+    return {"loss": f"{v:.4f}", "rate": f"{v:,.1f}", "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
 
 
 HIDDEN = frozenset({"documents"})
@@ -51,9 +53,10 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
     t = rep.training
     if t is not None:
-        out.append(("training", ["steps", "last step", "final loss", "tokens/s", "TFLOP/s per GPU",
+        reached = str(t.steps) if t.steps >= t.last_step else f"{t.steps} (stopped before the planned end)"
+        out.append(("training", ["step reached", "planned steps", "final loss", "tokens/s", "TFLOP/s per GPU",
                                  f"MFU (peak {PEAK_TFLOPS:g})"],
-                    [[str(t.steps), str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
+                    [[reached, str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
                       fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
     out += _checkpoint_tables(rep)
     if rep.failures:
@@ -74,11 +77,11 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
         frames = {c.frames for c in rep.checkpoints}
         same = len(frames) == 1
         sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
-        shown = [(k, label) for k, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")) if k in rep.metrics]
-        header = ["step"] + [label for _, label in shown] + ["videos"] + (["shards"] if sharded else []) + ["best"] \
+        shown = mt.selected(rep.metrics)
+        header = ["step"] + [m.column for m in shown] + ["videos"] + (["shards"] if sharded else []) + ["best"] \
             + ([] if same else ["frames compared"])
         out.append(("checkpoints", header,
-                    [[str(c.step)] + [fmt(getattr(c, k), k) for k, _ in shown] + [str(c.videos)]
+                    [[str(c.step)] + [fmt(c.value(m.name), m.name) for m in shown] + [str(c.videos)]
                      + ([f"{c.shards}/{c.shards_planned}"] if sharded else []) + ["*" if c.best else ""]
                      + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
         if same and frames != {""}:
@@ -114,8 +117,7 @@ def to_json(rep: Report) -> dict[str, Any]:
             "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
             "loss_curve": [list(p) for p in rep.loss_curve],
             "metrics": list(rep.metrics),
-            "checkpoints": [{k: v for k, v in asdict(c).items() if k not in ("psnr", "ssim") or k in rep.metrics}
-                            for c in rep.checkpoints],
+            "checkpoints": [c.to_json(rep.metrics) for c in rep.checkpoints],
             "best_checkpoint": best.step if best else None,
             "failures": list(rep.failures), "missing": list(rep.missing),
             "missing_shards": [asdict(m) for m in rep.missing_shards]}

@@ -17,31 +17,38 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable
 
+from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError
 from harness.core.spec_check import wandb_installed
 from harness.lib.tracking import EventWriter, open_wandb
-from harness.stages.tracked import tensorboard_dir, wandb_dir, wandb_target
+from harness.stages.tracked import wandb_target
 
 if TYPE_CHECKING:
     from harness.report.build import Checkpoint
     from harness.core.paths import RunPaths
     from harness.core.spec import TrackingSection
 
-EVAL_TAGS: Mapping[str, str] = {"psnr": "eval/psnr_mean", "ssim": "eval/ssim_mean", "videos": "eval/videos"}
+VIDEOS_TAG = "eval/videos"
+
+
+def eval_tags() -> dict[str, str]:
+    """Metric name -> scalar tag (`metrics_table`'s tracking_tag), then the videos count's."""
+    return {**{m.name: m.tracking_tag for m in mt.METRICS}, "videos": VIDEOS_TAG}
 
 
 def eval_scalars(c: Checkpoint) -> dict[str, float]:
-    vals = {"psnr": c.psnr, "ssim": c.ssim, "videos": float(c.videos)}
-    return {EVAL_TAGS[k]: v for k, v in vals.items() if v is not None and math.isfinite(v)}
+    tags = eval_tags()
+    vals = {**{m.name: c.value(m.name) for m in mt.METRICS}, "videos": float(c.videos)}
+    return {tags[k]: v for k, v in vals.items() if v is not None and math.isfinite(v)}
 
 
 def log_evaluation(cfg: TrackingSection, paths: RunPaths, checkpoints: Iterable[Checkpoint]) -> Path:
     """Per-checkpoint means (all shards, as the report computes them) at step = checkpoint step. The eval
     directory is rebuilt in a temp directory and swapped in, so readers never see half of it."""
     rows = [(c.step, eval_scalars(c)) for c in checkpoints]
-    final = tensorboard_dir(paths) / "eval"
+    final = paths.tensorboard_eval
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".eval."))
     writer = EventWriter(tmp)
@@ -74,7 +81,7 @@ def _log_eval_wandb(cfg: TrackingSection, paths: RunPaths, rows: list[tuple[int,
 # ------------------------------------------------------------------------------------------ W&B on the login node
 def offline_runs(paths: RunPaths) -> list[Path]:
     """The offline run directories `wandb sync` uploads (one per training attempt and report)."""
-    root = wandb_dir(paths) / "wandb"
+    root = paths.wandb_runs
     return sorted(p for p in root.glob("offline-run-*") if p.is_dir()) if root.is_dir() else []
 
 
@@ -89,12 +96,12 @@ def sync(paths: RunPaths) -> list[Path]:
     <run>/wandb: `wandb sync` writes its own debug log under the current directory."""
     runs = offline_runs(paths)
     if not runs:
-        raise HarnessError(f"{wandb_dir(paths)}: no offline W&B runs to sync (set [tracking] wandb = true)")
+        raise HarnessError(f"{paths.wandb_dir}: no offline W&B runs to sync (set [tracking] wandb = true)")
     if not wandb_installed():
         raise HarnessError("wandb is not installed here: pip install -e '.[wandb]'")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=wandb_dir(paths))
+    res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=paths.wandb_dir)
     if res.returncode:
         last = next((ln for ln in reversed((res.stderr + res.stdout).splitlines()) if ln.strip()), "")
-        raise HarnessError(f"wandb sync {wandb_dir(paths)} failed (exit {res.returncode}): {last.strip()}")
+        raise HarnessError(f"wandb sync {paths.wandb_dir} failed (exit {res.returncode}): {last.strip()}")
     return runs

@@ -12,44 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
 from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.assets")
-
-_CHECKPOINT_FILES = ("nemo/*", "*.json", "weights/*", "context/*", ".metadata", "*.distcp", "common.pt")
-"""A Cosmos repo's NeMo 2 folder (`nemo/`), or a repo that is itself one (weights under `weights/` or at its top);
-never the native `model.pt` next to it."""
-_T5_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"]
-
-
-@dataclass(frozen=True)
-class Role:
-    name: str
-    source: str
-    """HF repo id or local directory, as written in the spec."""
-    patterns: tuple[str, ...]
-    """What to download from the repo (the DV repos also hold a large autoencoder.jit we never use)."""
-    required: tuple[tuple[str, ...], ...]
-    """Each entry: at least one of these glob patterns must match a file in the resolved directory."""
-
-
-def roles(spec: RunSpec) -> list[Role]:
-    out = [Role("encoder", spec.tokenizer.encoder, ("encoder.jit", "*.json"), (("encoder.jit",),)),
-           Role("decoder", spec.tokenizer.decoder, ("decoder.jit", "*.json"), (("decoder.jit",),))]
-    if spec.model.checkpoint:
-        out.append(Role("checkpoint", spec.model.checkpoint, _CHECKPOINT_FILES, ()))
-    if spec.video2world:
-        out.append(Role("text_encoder", spec.model.text_encoder,
-                        tuple(_T5_FILES) + ("*.safetensors", "*.safetensors.index.json"),
-                        (("config.json",), ("tokenizer.json", "spiece.model"),
-                         ("*.safetensors", "pytorch_model*.bin"))))
-    return out
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
@@ -65,12 +36,8 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     atomic_write_json(paths.assets_json, resolved)
 
 
-def _is_local(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
-
-
 def _stage(role: Role, spec: RunSpec, hf_home: Path) -> Path:
-    if _is_local(role.source):
+    if is_local(role.source):
         directory = Path(role.source).expanduser().absolute()
         if not directory.is_dir():
             raise HarnessError(f"{role.name} = {role.source!r}: local directory not found")
@@ -86,7 +53,7 @@ def _stage(role: Role, spec: RunSpec, hf_home: Path) -> Path:
 def _download(role: Role, patterns: tuple[str, ...], revision: str | None, hf_home: Path) -> Path:
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     where = f"{role.name} = {role.source!r}" + (f" (revision {revision})" if revision else "")
     try:
         path = snapshot_download(role.source, revision=revision, cache_dir=hf_home / "hub",

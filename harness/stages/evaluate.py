@@ -9,10 +9,12 @@ frames with the FIRST N reference frames while generation continued the LAST one
 Without a sidecar (standalone `harness evaluate --reference DIR --generated DIR`) frame i is compared with
 frame i, and the result says `"alignment": "identity"`.
 
-Metrics are reported over all compared frames and over the predicted frames alone (context frames measure
-the tokenizer's reconstruction, predicted ones the model). Only the metrics of `evaluate.metrics` are computed
-and written (PSNR alone skips the SSIM kernel, the expensive part). Identical clips have infinite PSNR: JSON has no
-infinity, so `psnr` is null with `identical: true`, and means exclude such videos (their names are listed).
+Metrics (the rows of `harness.core.metrics_table`, their kernels in `harness.lib.metrics`) are reported over all
+compared frames and over the predicted frames alone (context frames measure the tokenizer's reconstruction,
+predicted ones the model). Only the metrics of `evaluate.metrics` are computed and written (PSNR alone skips the
+SSIM kernel, the expensive part). Identical clips have infinite PSNR: JSON has no infinity, so `psnr` is null with
+`identical: true`, and means exclude such videos (their names are listed). The records are
+`harness.core.evalrecords`'s.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import av
 import numpy as np
 
 from harness.lib import media, metrics
+from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError
+from harness.core.evalrecords import EvalResult, Failure, Scores, ShardRecord, VideoRecord
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json, read_json
@@ -83,48 +87,37 @@ def _take(frames: np.ndarray, idx: list[int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- scoring
-def _psnr(sse: np.ndarray, frame_pixels: int) -> dict[str, Any]:
-    p = metrics.psnr_from_mse(int(sse.sum()) / (len(sse) * frame_pixels))
-    return {"psnr": None if math.isinf(p) else p, "identical": math.isinf(p)}
+def _scores(chosen: Sequence[mt.Metric], values: dict[str, np.ndarray], idx: list[int], frame_pixels: int) -> Scores:
+    """The chosen metrics over frames `idx`; a metric infinite for identical frames becomes None + identical."""
+    got = {m.name: metrics.REDUCE[m.name](values[m.name][idx], frame_pixels) for m in chosen}
+    bounded = [m for m in chosen if m.infinite_when_identical]
+    identical = any(math.isinf(got[m.name]) for m in bounded) if bounded else None
+    return Scores(len(idx), {k: None if math.isinf(v) else v for k, v in got.items()}, identical)
 
 
 def score_arrays(pair: Pair, ref: np.ndarray, gen: np.ndarray, g_idx: list[int], r_idx: list[int],
                  missing: list[int], backend: str, device: str,
-                 selected: Sequence[str] = metrics.METRICS) -> dict[str, Any]:
-    if "ssim" in selected:
-        sse, ssim = metrics.clip_metrics(ref, gen, backend, device)
-    else:
-        sse, ssim = metrics.sse_per_frame(ref, gen), None
+                 selected: Sequence[str] | None = None) -> VideoRecord:
+    chosen = mt.selected(selected)
+    values = metrics.frame_values(ref, gen, [m.name for m in chosen], backend, device)
     frame_pixels = ref[0].size
-    out: dict[str, Any] = {"name": pair.name, "generated": pair.generated, "reference": pair.reference,
-                           "alignment": "identity" if pair.reference_frames is None else "sidecar",
-                           "compared_frames": {"generated": g_idx, "reference": r_idx},
-                           "frames_without_reference": missing, "context_frames": pair.context_frames}
-    if ssim is not None:
-        out["ssim_per_frame"] = [float(s) for s in ssim]
-
-    def summary(idx: list[int]) -> dict[str, Any]:
-        part = {"frames": len(idx)}
-        if "psnr" in selected:
-            part.update(_psnr(sse[idx], frame_pixels))
-        if ssim is not None:
-            part["ssim"] = float(ssim[idx].mean())
-        return part
-
-    out.update(summary(list(range(len(sse)))))
     pred = [k for k, g in enumerate(g_idx) if g >= pair.context_frames]
-    if pair.reference_frames is not None and pred and len(pred) < len(g_idx):
-        out["predicted"] = summary(pred)
-    return out
+    predicted = pair.reference_frames is not None and 0 < len(pred) < len(g_idx)
+    return VideoRecord(pair.name, pair.generated, pair.reference,
+                       "identity" if pair.reference_frames is None else "sidecar", tuple(g_idx), tuple(r_idx),
+                       tuple(missing), pair.context_frames,
+                       {m.name: tuple(float(x) for x in values[m.name]) for m in chosen if m.per_frame},
+                       _scores(chosen, values, list(range(len(g_idx))), frame_pixels),
+                       _scores(chosen, values, pred, frame_pixels) if predicted else None)
 
 
-def score_pair(pair: Pair, backend: str, device: str, selected: Sequence[str] = metrics.METRICS) -> dict[str, Any]:
-    """Decode and score one pair; failures become a record with `error`, never an exception."""
+def score_pair(pair: Pair, backend: str, device: str, selected: Sequence[str] | None = None
+               ) -> VideoRecord | Failure:
+    """Decode and score one pair; failures become a `Failure`, never an exception."""
     try:
         return score_arrays(pair, *load_pair(pair), backend, device, selected)
     except (HarnessError, ValueError, OSError, av.FFmpegError) as e:
-        return {"name": pair.name, "generated": pair.generated, "reference": pair.reference,
-                "error": f"{e.__class__.__name__}: {e}"}
+        return Failure(pair.name, f"{e.__class__.__name__}: {e}", pair.generated, pair.reference)
 
 
 def default_workers() -> int:
@@ -144,7 +137,7 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Pair], Any], pairs: Seq
 
 
 def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None = None,
-                workers: int = 0, selected: Sequence[str] = metrics.METRICS) -> list[dict[str, Any]]:
+                workers: int = 0, selected: Sequence[str] | None = None) -> list[VideoRecord | Failure]:
     """Score every pair on a pool of threads, each doing whole pairs: PyAV decoding, the numba kernel and
     CUDA work all run without the GIL, so threads scale like processes without their start-up or the cost
     of shipping frames between them, and on a GPU one pair's metrics overlap the next pairs' decoding."""
@@ -157,28 +150,16 @@ def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None
         return list(_bounded_map(pool, lambda p: score_pair(p, kind, device, selected), pairs, 2 * workers))
 
 
-def summarize(results: list[dict[str, Any]], *, backend: str, device: str, missing_reference: Iterable[str],
-              missing_generated: Iterable[str], selected: Sequence[str] = metrics.METRICS) -> dict[str, Any]:
-    ok = [r for r in results if "error" not in r]
+def summarize(results: Sequence[VideoRecord | Failure], *, backend: str, device: str,
+              missing_reference: Iterable[str], missing_generated: Iterable[str],
+              selected: Sequence[str] | None = None) -> EvalResult:
+    ok = [r for r in results if isinstance(r, VideoRecord)]
     kind = metrics.resolve_backend(backend)
     engine = "skimage" if kind == "skimage" else metrics.fast_engine(device)
-    means = video_means(ok, selected)
-    notes = []
-    if "psnr" in selected:
-        notes += ["PSNR in dB; identical clips have infinite PSNR: psnr is null, identical is true, and means "
-                  "exclude them", "PSNR: one MSE over all compared frames of a video"]
-    if "ssim" in selected:
-        notes.append("SSIM: skimage defaults per frame, averaged")
-    return {
-        "frames": frames_note(ok),
-        "backend": kind, "engine": engine, "device": device, "metrics": list(selected),
-        "videos": ok,
-        "mean": means,
-        "failed": [{"name": r["name"], "error": r["error"]} for r in results if "error" in r],
-        "missing_reference": sorted(missing_reference),
-        "missing_generated": sorted(missing_generated),
-        "notes": notes,
-    }
+    chosen = tuple(selected) if selected is not None else mt.names()
+    return EvalResult(frames_note(ok), kind, engine, device, chosen, tuple(ok), video_means(ok, chosen),
+                      tuple(r for r in results if isinstance(r, Failure)), tuple(sorted(missing_reference)),
+                      tuple(sorted(missing_generated)), tuple(n for m in mt.selected(chosen) for n in m.notes))
 
 
 # ------------------------------------------------------------------------------------- matching
@@ -211,7 +192,7 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     out = summarize(score_pairs(pairs, kind, device, workers), backend=kind, device=device,
                     missing_reference=[s for s in gens if s not in refs],
                     missing_generated=[s for s in refs if s not in gens])
-    return {"reference_dir": str(reference), "generated_dir": str(generated), **out}
+    return {"reference_dir": str(reference), "generated_dir": str(generated), **out.to_json()}
 
 
 def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
@@ -273,5 +254,4 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     out = summarize(score_pairs(pairs, kind, device, workers, selected), backend=kind, device=device,
                     missing_reference=missing_ref, missing_generated=missing_gen, selected=selected)
     atomic_write_json(paths.eval_json(step, t.key),
-                      {"step": step, "checkpoint_index": t.checkpoint, "shard": t.shard, "shards": t.shards,
-                       "generated_dir": str(gen_dir), **out})
+                      ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), out).to_json())

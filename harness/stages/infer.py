@@ -221,7 +221,7 @@ def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, devic
     from harness.lib import prompts
     from harness.stages.staged import resolve
 
-    return prompts.load(resolve(paths, "text_encoder"), device)
+    return prompts.load(resolve(paths, "text_encoder"), device, spec.model.text_encoder_dtype)
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from harness.stages import dataset
 from harness.core.errors import HarnessError
-from harness.stages.inputs import read_inputs, reason_kind
+from harness.lib.inputs import reason_kind
+from harness.stages.inputs import read_inputs
 from harness.core.plan import split_counts
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json, read_json

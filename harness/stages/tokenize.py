@@ -29,7 +29,8 @@ from harness.lib import prompts
 from harness.core import tokens
 from harness.lib.dvtok import Encoder, Pending
 from harness.core.errors import HarnessError
-from harness.stages.inputs import InputItem, items_of_shard, read_inputs
+from harness.lib.inputs import InputItem, items_of_shard
+from harness.stages.inputs import read_inputs
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
 from harness.core.spec import RunSpec
@@ -56,7 +57,8 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     stats = encode_items(spec, items, encoder, writer)
     del encoder
     if spec.video2world:
-        writer.prompt_rows = embed_prompts(resolve(paths, "text_encoder"), device, writer.prompts)
+        writer.prompt_rows = embed_prompts(resolve(paths, "text_encoder"), device, writer.prompts,
+                                           spec.model.text_encoder_dtype)
     writer.finish(stats)
     log.info("tokenize[%d]: %d videos, %d skipped, %.2f clips/s, encoder busy %.0f%%", task,
              len(writer.videos), len(writer.skipped), stats["clips_per_s"], 100 * stats["encoder_busy"])
@@ -189,8 +191,9 @@ def _progress(total: int, label: str) -> Any:
     return bar()
 
 
-def embed_prompts(directory: Path, device: torch.device, texts: list[str], batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    enc = prompts.load(directory, device)
+def embed_prompts(directory: Path, device: torch.device, texts: list[str], dtype: str = "fp32",
+                  batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    enc = prompts.load(directory, device, dtype)
     rows, lengths = [], []
     for i in range(0, len(texts), batch):
         e, n = prompts.encode(enc, texts[i:i + batch])

@@ -115,7 +115,7 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
         config=core.optimizer_config(f, bf16=bf16, distributed=False),
         lr_scheduler=HarnessLR(f.lr, f.min_lr, f.warmup_steps, f.max_steps))
     resume = _resume(spec, paths, timing_only)
-    logger = nl.NeMoLogger(explicit_log_dir=str(paths.finetune_dir / "nemo"), use_datetime_version=False)
+    logger = nl.NeMoLogger(explicit_log_dir=str(paths.nemo_log_dir), use_datetime_version=False)
     return {"model": model, "data": VideoDataModule(spec, samples, plan.last_step), "trainer": trainer, "log": logger,
             "optim": optim, "resume": resume, "tokenizer": None}
 

@@ -36,7 +36,7 @@ class HarnessCheckpoint(ModelCheckpoint):
     requeue (or raise `Preempted`), as the mcore engine does."""
 
     def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any]) -> None:
-        super().__init__(dirpath=str(paths.checkpoint_dir(0).parent), filename=CHECKPOINT_FILENAME,
+        super().__init__(dirpath=str(paths.checkpoints_dir), filename=CHECKPOINT_FILENAME,
                          auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
                          every_n_train_steps=save_every, save_on_train_epoch_end=False)
         self.paths, self.plan, self.context = paths, plan, context

@@ -74,7 +74,7 @@ def scalar(v: Any) -> float | None:
 def remove_incomplete(paths: RunPaths) -> None:
     """Step directories without done.json (a save or marker write killed midway) are deleted, so NeMo rewrites
     them under the same name instead of adding a '-v1' suffix."""
-    root = paths.checkpoint_dir(0).parent
+    root = paths.checkpoints_dir
     if not root.is_dir():
         return
     for d in root.iterdir():

@@ -1,0 +1,90 @@
+"""The run directory's stored records read back: the one reader of each (spec.json, plan.json with its facts,
+jobs.json), so every command, stage and bench gets the same types and the same error for a damaged file.
+
+Where the records are is `harness.core.paths.RunPaths`; what a plan is, `harness.core.plan`. jobs.json's types
+live here (not in `launch`) so that a reader below the launch layer (a bench, the report) needs no backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
+from harness.core.atomic import read_json
+from harness.core.errors import HarnessError, Problem
+from harness.core.paths import RunPaths
+
+
+# ------------------------------------------------------------------------------------------ spec.json
+def read_spec_record(paths: RunPaths) -> dict[str, Any]:
+    """spec.json as stored (a bench edits it in place); `read_spec` for the typed spec."""
+    return read_json(paths.spec_json)  # type: ignore[no-any-return]  # read_json returns the parsed JSON (Any)
+
+
+def read_spec(paths: RunPaths) -> spec_mod.RunSpec:
+    """The frozen spec the run was submitted with (not the TOML file, which may have changed since)."""
+    return spec_mod.from_dict(read_spec_record(paths), source=str(paths.spec_json))
+
+
+# ------------------------------------------------------------------------------------------ plan.json
+def read_plan_record(paths: RunPaths) -> dict[str, Any]:
+    """plan.json as stored: the plan as `harness plan` showed it at submit, its facts and the executor chosen."""
+    return read_json(paths.plan_json)  # type: ignore[no-any-return]  # read_json returns the parsed JSON (Any)
+
+
+def read_facts(paths: RunPaths) -> plan_mod.Facts:
+    """The facts gathered at submit: with the frozen spec they rebuild the identical plan."""
+    return plan_mod.Facts(**read_plan_record(paths)["facts"])
+
+
+# ------------------------------------------------------------------------------------------ jobs.json
+@dataclass(frozen=True)
+class Submission:
+    """One jobs.json entry: one sbatch (one chunk of a stage's array) or one local driver (stage '*')."""
+
+    stage: str
+    job_id: str
+    tasks: tuple[tuple[int, int], ...]
+    """The stage's task indices as [start, stop) runs, in array-index order."""
+    array: bool
+    time: float
+    round: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "job_id": self.job_id, "tasks": [list(r) for r in self.tasks],
+                "array": self.array, "time": self.time, "round": self.round}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Submission:
+        return cls(str(d["stage"]), str(d["job_id"]), tuple((int(a), int(b)) for a, b in d.get("tasks", [])),
+                   bool(d.get("array", False)), float(d.get("time", 0)), int(d.get("round", 0)))
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """jobs.json: which backend ran the run, why, and every submission of every round."""
+
+    executor: str
+    reason: str
+    submissions: tuple[Submission, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"executor": self.executor, "reason": self.reason,
+                "submissions": [s.to_json() for s in self.submissions]}
+
+    @property
+    def next_round(self) -> int:
+        return 1 + max((s.round for s in self.submissions), default=-1)
+
+
+def read_jobs(paths: RunPaths) -> Jobs:
+    try:
+        raw = read_json(paths.jobs_json)
+    except (OSError, ValueError) as e:
+        raise HarnessError(Problem(str(paths.jobs_json), "", f"cannot read ({e.__class__.__name__}: {e})")) from None
+    if raw.get("executor") not in ("slurm", "local") or not isinstance(raw.get("submissions"), list):
+        raise HarnessError(Problem(str(paths.jobs_json), "executor",
+                                   "expected 'slurm' or 'local', with a 'submissions' list"))
+    return Jobs(raw["executor"], raw.get("reason", ""), tuple(Submission.from_json(s) for s in raw["submissions"]))

@@ -1,0 +1,243 @@
+"""One plan path for `harness plan`, `harness doctor` and `harness submit`.
+
+`gather` is the only place the facts a plan is built for are learned: the executor (Slurm when a controller
+answers, else submitit's local executor), the cluster's numbers (MaxArraySize, nodes up) and the inputs. `build`
+turns them into the plan that `submit` sends and `view` into everything `harness plan` prints and writes, so the
+plan shown is the plan submitted, derived number by derived number. Printing is the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.core import estimate, footprint
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
+from harness.core.errors import HarnessError
+from harness.core.explain import FactSources, origins
+from harness.core.paths import RunPaths
+from harness.launch import slurm, slurmcli
+from harness.lib.inputs import InputItem
+from harness.ops import inputs
+
+ExecutorName = Literal["auto", "slurm", "local"]
+Purpose = Literal["plan", "doctor", "submit"]
+"""Who gathers: `plan` counts the inputs (a note where they cannot be read) and plans for Slurm with assumed
+figures where no controller answers; `doctor` lists them and keeps why it could not; `submit` lists them or fails."""
+
+LOCAL_MAX_ARRAY_SIZE = 1_000_000
+"""The local driver has no array limit: one chunk per stage."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    executor: Literal["slurm", "local"]
+    reason: str
+    assumed: bool = False
+    """Slurm without a controller to ask (`harness plan` only): the cluster's figures are Slurm's defaults."""
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What a plan is built from, and what each number rests on."""
+
+    choice: Choice
+    facts: plan_mod.Facts
+    sources: FactSources
+    items: list[InputItem] | None
+    """The listed inputs; None where they were only counted or could not be listed."""
+    items_why: str
+    """Why the inputs could not be listed ('' when they were, or were not asked for)."""
+    notes: tuple[str, ...]
+    """What was assumed, for `harness plan` to say."""
+
+
+def load(spec_path: Path) -> spec_mod.RunSpec:
+    """The spec as `plan` and `submit` take it: checked for submission, relative paths against this directory."""
+    return spec_mod.absolutize(spec_mod.load_for_submit(spec_path), Path.cwd())
+
+
+def choose_executor(requested: ExecutorName, *, planning: bool = False, why_not: str | None = None) -> Choice:
+    """`why_not` is what the controller said ('' when it answers) where the caller already asked."""
+    if requested == "local":
+        return Choice("local", "requested with --executor local")
+    why_not = slurmcli.controller_error() if why_not is None else why_not
+    if requested == "slurm":
+        if why_not and planning:
+            return Choice("slurm", f"{why_not}; planned for Slurm with its defaults assumed", assumed=True)
+        if why_not:
+            raise HarnessError(f"--executor slurm: {why_not}")
+        return Choice("slurm", "requested with --executor slurm")
+    if why_not:
+        return Choice("local", f"{why_not}; running on this machine with submitit's local executor")
+    return Choice("slurm", "a Slurm controller answers (scontrol ping)")
+
+
+def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *, num_inputs: int | None = None,
+           why_not: str | None = None) -> Gathered:
+    """The executor, the inputs and the cluster's numbers, in that order (a submit with unreadable inputs stops
+    before any cluster query). `num_inputs` replaces listing (`harness plan --num-inputs`)."""
+    choice = choose_executor(requested, planning=purpose == "plan", why_not=why_not)
+    items: list[InputItem] | None = None
+    why, notes = "", []
+    if purpose == "plan":
+        count = num_inputs if num_inputs is not None else _count(spec, notes)
+    else:
+        items, why = _listed(spec, strict=purpose == "submit")
+        count = len(items or [])
+    facts, sources, assumed = cluster_facts(spec, choice, count)
+    return Gathered(choice, facts, sources, items, why, tuple(notes + assumed))
+
+
+def _listed(spec: spec_mod.RunSpec, *, strict: bool) -> tuple[list[InputItem] | None, str]:
+    """(the inputs, '') or, unless `strict`, (None, why they cannot be listed)."""
+    if strict:
+        return inputs.discover(spec), ""
+    try:
+        return inputs.discover(spec), ""
+    except HarnessError as e:
+        return None, e.problems[0].message
+
+
+def _count(spec: spec_mod.RunSpec, notes: list[str]) -> int:
+    """The number of inputs for `harness plan` (0, with a note, where they cannot be read here)."""
+    try:
+        return inputs.count(spec)
+    except HarnessError as e:
+        notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
+        return 0
+
+
+def cluster_facts(spec: spec_mod.RunSpec, choice: Choice, num_inputs: int
+                  ) -> tuple[plan_mod.Facts, FactSources, list[str]]:
+    """(facts, where each came from, what was assumed) for the chosen executor: the local driver has no array
+    limit and one machine; Slurm's numbers come from the controller, or are its defaults where none answers.
+    The spec's `tokenize.nodes_available` wins over sinfo."""
+    if choice.executor == "local":
+        return (plan_mod.Facts(num_inputs=num_inputs, max_array_size=LOCAL_MAX_ARRAY_SIZE, nodes_available=1),
+                FactSources("the local executor runs on this machine", "the local executor has no array limit"), [])
+    t = spec.tokenize
+    spec_from = "from the spec (tokenize.nodes_available)" if t.nodes_available else ""
+    if choice.assumed:
+        nodes, max_array = t.nodes_available or 1, slurmcli.DEFAULT_MAX_ARRAY_SIZE
+        sources = FactSources(spec_from or "assumed (no Slurm controller answers here)",
+                              "Slurm's default, assumed (no controller answers here)")
+        assumed = [f"no Slurm controller here: MaxArraySize {max_array} and {nodes} node(s) assumed"]
+    else:
+        nodes = t.nodes_available or slurmcli.nodes_available(t.partition)
+        max_array = slurmcli.max_array_size(slurmcli.config())
+        sources = FactSources(spec_from or f"sinfo: nodes up in partition {t.partition or '(default)'}",
+                              "scontrol show config")
+        assumed = []
+    return plan_mod.Facts(num_inputs=num_inputs, max_array_size=max_array, nodes_available=nodes), sources, assumed
+
+
+def build(spec: spec_mod.RunSpec, gathered: Gathered) -> plan_mod.Plan:
+    return plan_mod.build(spec, gathered.facts)
+
+
+@dataclass(frozen=True)
+class Script:
+    file_name: str
+    """`NN-stage[-chunk].sbatch`, in submission order."""
+    stage: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """Everything `harness plan` shows, as plain text for the caller to style."""
+
+    plan: plan_mod.Plan
+    gathered: Gathered
+    title: str
+    subtitle: str
+    summary: tuple[str, ...]
+    """Token math, the finetune layout, inputs and checkpoints."""
+    fanout: str
+    notes: tuple[str, ...]
+    resolved: tuple[str, ...]
+    """Where each resolved value came from (`harness.core.explain`)."""
+    estimates: tuple[str, ...]
+    stage_header: tuple[str, ...]
+    stage_rows: tuple[tuple[str, ...], ...]
+    scripts: tuple[Script, ...]
+
+    @property
+    def srun_lines(self) -> tuple[str, ...]:
+        """The finetune `srun` line of each finetune script."""
+        return tuple(next((ln for ln in s.text.splitlines() if ln.startswith("srun ")), "")
+                     for s in self.scripts if s.stage == "finetune")
+
+
+def view(spec: spec_mod.RunSpec, gathered: Gathered) -> PlanView:
+    """`spec` as loaded (its warnings and explicit values are part of the view)."""
+    plan = build(spec, gathered)
+    notes = list(plan.warnings) + list(gathered.notes) + [f"warning: {w}" for w in spec_mod.warnings(spec)]
+    return PlanView(plan, gathered, spec.run.name, f"{spec.run.recipe}, model {spec.model.preset}",
+                    _summary(plan), _fanout(plan), tuple(notes),
+                    tuple(origins(spec, plan, gathered.facts, gathered.sources)), _estimates(plan),
+                    ("stage", "tasks", "array", "after", "resources", "container"), _stage_rows(plan), _scripts(plan))
+
+
+def _summary(plan: plan_mod.Plan) -> tuple[str, ...]:
+    spec, tm, f = plan.spec, plan.token_math, plan.spec.finetune
+    return (f"token math: {tm.describe()}",
+            f"finetune: {f.nodes} node(s) x {spec_mod.ranks_per_node(f)} rank(s)/node"
+            f" ({f.gpus_per_node} GPU/node), TP {f.tensor_parallel} x DP {plan.data_parallel}"
+            f"{', sequence parallel' if plan.training.sequence_parallel else ''};"
+            f" GBS {f.global_batch_size} = MBS {f.micro_batch_size} x DP {plan.data_parallel}"
+            f" x grad-accum {plan.grad_accumulation}; {plan.training.precision}, {plan.training.last_step} steps",
+            f"inputs: {plan.num_inputs} -> {spec.tokenize.shards} shard(s); checkpoints at steps "
+            f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
+
+
+def _fanout(plan: plan_mod.Plan) -> str:
+    i = plan.spec.infer
+    k = plan_mod.infer_shards(i)
+    per = f"{i.inputs_per_task} input(s) per task" if i.inputs_per_task else "all inputs in one task per checkpoint"
+    src = f"infer.inputs {i.inputs}" if i.inputs else "the test split"
+    return (f"{len(plan.checkpoint_steps)} checkpoint(s) x {k} input shard(s) = {plan.stage('infer').tasks} "
+            f"task(s) each; up to {i.max_inputs} input(s) from {src}, {per}")
+
+
+def _estimates(plan: plan_mod.Plan) -> tuple[str, ...]:
+    """Wall time and GPU-hours from the bench figures, then what the run writes to run.workdir."""
+    disk = footprint.items(plan)
+    written = "; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir")
+    return (*estimate.lines(plan),
+            f"writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ({written})")
+
+
+def _stage_rows(plan: plan_mod.Plan) -> tuple[tuple[str, ...], ...]:
+    rows = []
+    for s in plan.stages:
+        r = s.resources
+        arr = ", ".join(f"{a}-{b - 1}" for a, b in s.chunks) + (f" %{r.array_throttle}" if r.array_throttle else "") \
+            if s.array else "-"
+        deps = ", ".join(f"{d.kind}:{d.stage}" for d in s.depends) or "-"
+        res = f"{r.nodes}N x {r.ntasks_per_node}T, {r.gpus_per_node} GPU/N, {r.cpus_per_task} CPU/T, {r.time_min} min"
+        tasks = f"{s.tasks} = {len(plan.checkpoint_steps)} x {plan_mod.infer_shards(plan.spec.infer)}" \
+            if s.name in ("infer", "evaluate") else str(s.tasks)
+        rows.append((s.name, tasks, arr, deps, res, "yes" if s.container else "-"))
+    return tuple(rows)
+
+
+def _scripts(plan: plan_mod.Plan) -> tuple[Script, ...]:
+    """Every sbatch script, rendered by the function `submit` uses (`slurm.script`), parents as placeholders."""
+    paths = RunPaths(Path(plan.spec.run.workdir) / f"{plan.spec.run.name}-<run-id>")
+    placeholders = {s.name: [f"${{{s.name.upper().replace('-', '_')}_JOB_ID}}"] for s in plan.stages}
+    return tuple(Script(f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch", s.name,
+                        slurm.script(plan, s, paths, placeholders, k))
+                 for i, s in enumerate(plan.stages) for k in range(len(s.chunks)))
+
+
+def write_scripts(v: PlanView, out: Path) -> int:
+    """`harness plan --out DIR`: each script under its file name; the number written."""
+    for s in v.scripts:
+        f = out / s.file_name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(s.text, encoding="utf-8")
+    return len(v.scripts)
