@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -121,3 +123,118 @@ def test_auto_batch_covers_the_measured_h200_peak() -> None:
     assert one >= 10**6  # unbounded memory: only the limit binds
     assert max_batch(model, positions, n_ctx, free) <= row["batch"]
     assert max_batch(model, positions, n_ctx, int(measured * row["batch"])) <= row["batch"]  # margin covers it
+
+
+# ------------------------------------------------------------------ Video2World: the cached cross-attention path
+
+def _sharpen_v2w(m: torch.nn.Module) -> torch.nn.Module:
+    """Well separated argmaxes (as for the base model above), and a context strong enough to change the tokens."""
+    with torch.no_grad():
+        m.output_layer.weight.mul_(20.0)
+        for layer in m.decoder.layers:
+            layer.cross_attention.linear_proj.weight.mul_(10.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def v2w_model() -> torch.nn.Module:
+    parallel.init(1, seed=7)
+    torch.manual_seed(7)
+    return _sharpen_v2w(build_model(PRESETS["tiny-v2w"], GRID, tp=1, precision="fp32", device="cpu").eval())
+
+
+def _v2w_inputs(b: int, seed: int, rows: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """BOV + one latent frame of codes, and a T5-shaped context whose rows past `rows` are zero (padding)."""
+    from harness.core.tokens import BOV_ID
+
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.cat([torch.full((b, 1), BOV_ID), torch.randint(0, 64_000, (b, GRID.h * GRID.w), generator=g)], 1)
+    context = torch.randn(b, 512, PRESETS["tiny-v2w"].crossattn_dim, generator=g)
+    context[:, rows:] = 0
+    return prompt, context
+
+
+@pytest.mark.timeout(300)
+def test_video2world_cached_cross_attention_matches_recompute(v2w_model: torch.nn.Module) -> None:
+    """The decode path the CUDA graph captures, run eagerly: cross-attention keys/values computed once by the
+    prefill and read from the cache's buffers, abs positions gathered with a device position. Greedy and sampled
+    tokens equal the uncached path's (every step re-runs the whole sequence over the context), and a second
+    context through the same buffers is not served the first one's keys/values."""
+    m, new = v2w_model, 24
+    kv_calls: list[int] = []
+    hooks = [layer.cross_attention.linear_kv.register_forward_hook(lambda *a: kv_calls.append(1))
+             for layer in m.decoder.layers]
+    cache = gen.StaticKVCache(len(m.decoder.layers), GRID.tokens + 1 + 3)
+    runs = ((0, gen.Sampling(temperature=0.0), ("eager", "device")), (0, gen.Sampling(1.0, 0.8, seed=4), ("device",)),
+            (1, gen.Sampling(temperature=0.0), ("device", "eager")))  # the second context reuses the buffers
+    seen = []
+    try:
+        for seed, s, modes in runs:
+            prompt, context = _v2w_inputs(2, seed)
+            ref = gen.generate(m, prompt, new, s, use_cache=False, context=context)
+            for mode in modes:
+                kv_calls.clear()
+                got = gen.generate(m, prompt, new, s, cache=cache, context=context, mode=mode)
+                assert torch.equal(got, ref), (seed, s, mode)
+                assert len(kv_calls) == len(m.decoder.layers)  # the prefill's projection only
+                assert m.cross_kv is None and all(lay.cross_attention.cross_kv is None for lay in m.decoder.layers)
+            seen.append(ref)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not torch.equal(seen[0], seen[2])  # the context changes the greedy tokens
+    assert len(set(seen[0][0].tolist())) > 3
+    with pytest.raises(ValueError, match="context"):  # without a bound cache, a step still needs the context
+        gen.generate(m, _v2w_inputs(1, 0)[0], 2, gen.Sampling(0.0), mode="eager")
+
+
+def test_video2world_abs_positions_device_gather_equals_slice(v2w_model: torch.nn.Module) -> None:
+    """The decode step's device-position gather of the abs-position table equals the host slice; the table is the
+    bf16-valued one (upstream's), registered on the fp32 model."""
+    from harness.cosmos.video2world import _abs_positions, abs_position_table
+
+    table = v2w_model.abs_pos
+    assert torch.equal(table, abs_position_table(GRID, 64, table.shape[0]))
+    assert torch.equal(table.to(torch.bfloat16).float(), table) and table.dtype == torch.float32
+
+    for start, n in ((0, 1), (7, 1), (5, 4), (GRID.tokens, 1)):
+        assert torch.equal(_abs_positions(v2w_model, torch.tensor(start), n), _abs_positions(v2w_model, start, n))
+    assert torch.count_nonzero(_abs_positions(v2w_model, 0, 1)) == 0  # BOV
+    with pytest.raises(ValueError, match="exceed"):
+        _abs_positions(v2w_model, v2w_model.abs_pos.shape[0], 1)
+
+
+def _v2w_tp_tokens(ckpt: str, prompt: torch.Tensor, context: torch.Tensor, new: int, tp: int
+                   ) -> dict[str, torch.Tensor]:
+    """Greedy tokens of a tiny-v2w checkpoint loaded at TP=`tp` on this rank: uncached, and cached per mode."""
+    from harness.cosmos.checkpoint import load_model
+
+    parallel.init(tp)
+    m = build_model(PRESETS["tiny-v2w"], GRID, tp=tp, precision="fp32", device="cpu")
+    load_model(m, Path(ckpt))
+    m = _sharpen_v2w(m.eval())
+    s = gen.Sampling(0.0)
+    out = {"none": gen.generate(m, prompt, new, s, use_cache=False, context=context)}
+    cache = gen.StaticKVCache(len(m.decoder.layers), prompt.shape[1] + new)
+    out.update({mode: gen.generate(m, prompt, new, s, cache=cache, context=context, mode=mode)
+                for mode in ("eager", "device")})
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_video2world_tensor_parallel_2_generates_the_tp1_tokens(tmp_path: Path) -> None:
+    """TP=2 (two gloo ranks): each rank caches its own heads' cross-attention keys/values; fp32 greedy tokens of
+    every cached mode equal TP=1's uncached ones, on both ranks."""
+    from cosmos_util import run_ranks
+
+    from harness.cosmos import pretrained
+
+    pretrained.write_tiny_pretrained(tmp_path / "ckpt", PRESETS["tiny-v2w"], seed=9)
+    prompt, context = _v2w_inputs(2, 5)
+    new = 24
+    one = _v2w_tp_tokens(str(tmp_path / "ckpt"), prompt, context, new, 1)
+    assert torch.equal(one["eager"], one["none"]) and torch.equal(one["device"], one["none"])
+    two = run_ranks(_v2w_tp_tokens, (str(tmp_path / "ckpt"), prompt, context, new, 2), 2, tmp_path)
+    for rank in two:
+        for mode, tokens in rank.items():
+            assert torch.equal(tokens, one["none"]), mode

@@ -318,3 +318,35 @@ def test_a_reused_job_id_is_never_read_or_cancelled_as_this_runs(tmp_path: Path,
         assert "scancel " + " ".join(sorted((s.job_id for s in subs), key=int)) in said.export_text()
     finally:
         slurmcli.scancel([gate] + [s.job_id for s in subs])
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(600)
+def test_status_without_a_controller_shows_the_stored_states(tmp_path: Path, slurm_cluster: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller stops answering (here: the client pointed at a port nothing listens on, as a controller
+    that is down looks to squeue): status shows the last states it stored, and says they are not live."""
+    paths, plan, facts = make_run(tmp_path, with_decoder=True)
+    gate = held_gate()
+    small = two_stage(plan, 2, (Dependency("gate", "afterok"),))
+    subs: list[Submission] = []
+    try:
+        subs = launching.submit_stages(small, paths, {"stage-assets": [0, 1], "report": [0, 1]}, facts,
+                                       launching.Choice("slurm", "test"), {"gate": [gate]})
+        assert status.status(paths, Console(record=True), plan=small) == 0  # answered: stored
+        assert paths.status_json.is_file()
+        conf = Path(os.environ["SLURM_CONF"]).read_text()
+        dead = tmp_path / "dead" / "slurm.conf"
+        dead.parent.mkdir()
+        dead.write_text("\n".join("SlurmctldPort=6999" if ln.startswith("SlurmctldPort=") else ln
+                                  for ln in conf.splitlines()) + "\n")
+        monkeypatch.setenv("SLURM_CONF", str(dead))
+        said = Console(record=True, width=300)
+        assert status.status(paths, said, plan=small) == 1
+        text = said.export_text()
+        assert "the Slurm controller does not answer (" in text and "not live ones" in text, text
+        assert text.count("PENDING") >= 1 and "Unable to contact slurm controller" in text, text
+        monkeypatch.setenv("SLURM_CONF", slurm_cluster)
+    finally:
+        monkeypatch.setenv("SLURM_CONF", slurm_cluster)
+        slurmcli.scancel([gate] + [s.job_id for s in subs])

@@ -239,3 +239,17 @@ def test_a_run_stopped_early_shows_the_step_reached_and_the_planned_one(tmp_path
     assert "step reached" in text and "planned steps" in text
     row = line_with(text, "stopped before the planned end")
     assert row.split("│")[1].strip().startswith("10 ") and row.split("│")[2].strip() == "40", row
+
+
+def test_cut_and_empty_prompts_are_named(tmp_path: Path) -> None:
+    paths, plan, _ = make_results(tmp_path)
+    summary = json.loads(paths.dataset_summary.read_text())
+    summary["prompt_notes"] = [
+        {"index": 2, "path": "/data/clip2.mp4", "name": "clip2.mp4", "note": "prompt of 731 T5 tokens cut to the first 512"},
+        {"index": 5, "path": "/data/clip5.mp4", "name": "clip5.mp4", "note": "empty prompt: the video is conditioned on no text"}]
+    atomic_write_json(paths.dataset_summary, summary)
+    con = Console(record=True, width=220)
+    report.render(report.build(paths, plan.spec, [], plan.training), con)
+    text = con.export_text()
+    assert "prompt of 731 T5 tokens cut to the first 512" in line_with(text, "clip2.mp4")
+    assert "empty prompt" in line_with(text, "clip5.mp4")

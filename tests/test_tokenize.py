@@ -169,7 +169,8 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
                                                         tmp_path: Path) -> None:
     assets, videos = session_assets(tmp_path_factory), session_videos(tmp_path_factory)
     _id_clip(tmp_path / "ids.mp4")
-    good = [(f"clip {i}", str(videos / f"clip_{i:03d}.mp4")) for i in range(5)] + [("ids clip", str(tmp_path / "ids.mp4"))]
+    good = [(f"clip {i}", str(videos / f"clip_{i:03d}.mp4")) for i in range(3)] + [("ids clip", str(tmp_path / "ids.mp4"))]
+    good += [("", str(videos / "clip_003.mp4")), ("a robot arm moves " * 200, str(videos / "clip_004.mp4"))]
     lines = [json.dumps({"prompt": p, "visual_input": v}) for p, v in good]
     lines += ['{"prompt": "half a line"', json.dumps({"prompt": "no video"}),
               json.dumps({"prompt": "gone", "visual_input": "nowhere.mp4"}),
@@ -202,6 +203,11 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
     }
     assert reasons["corrupt.mp4"].startswith("cannot decode")
     assert reasons["v2w.jsonl:7"].startswith("line 7: not valid JSON: ")
+    long_tokens = prompts.token_counts(enc, [good[5][0]])[0]
+    assert long_tokens > prompts.MAX_LENGTH
+    assert [(n["name"], n["note"]) for n in summary(paths)["prompt_notes"]] == [
+        ("clip_003.mp4", "empty prompt: the video is conditioned on no text"),
+        ("clip_004.mp4", f"prompt of {long_tokens:,} T5 tokens cut to the first 512")]
 
 
 def test_bf16_saved_encoder_runs_in_fp32_on_cpu(tmp_path: Path) -> None:

@@ -353,3 +353,46 @@ def test_old_12b_head_dim_would_fail() -> None:
            "[40, 6144, 5120]" in problems
     assert "module.decoder.layers.self_attention.linear_proj.weight: harness [40, 5120, 5120], upstream " \
            "[40, 5120, 4096]" in problems
+
+
+# Video2World's absolute position table, upstream: cosmos1/models/autoregressive/modules/embedding.py (commit
+# f0679c80). :24-41 get_1d_sincos_pos_embed_from_grid: omega_i = 1 / 10000 ** (i / (D / 2)), i < D / 2, float64;
+# a row is [sin(pos * omega), cos(pos * omega)]. :435-441 SinCosPosEmbAxisTE, dtype default torch.bfloat16;
+# :453-455 the hidden size split D_h = D_w = dim // 6 * 2, D_t = dim - 2 * D_h (5B: 4096 -> 1368, 1364, 1364);
+# :459-465 the float64 tables stored `.to(dtype=dtype)`, i.e. bf16; :472-485 columns [t, h, w], rows in t, h, w
+# order, a zero BOV row first (text_to_video). Values: float64 sin/cos, rounded to float32, then to bf16 (round
+# to nearest even), which is how torch converts float64 to bf16.
+ABS_DIMS_5B = (1368, 1364, 1364)
+# (axis, position on that axis, frequency index i, sin or cos) -> the bf16 value; the float64 value in the comment
+ABS_POS_BF16 = {
+    ("t", 1, 1, "sin"): 0.8359375,  # 0.834169305923825
+    ("t", 4, 0, "cos"): -0.65234375,  # -0.6536436208636119
+    ("t", 3, 100, "sin"): 0.703125,  # 0.7035748026405769
+    ("h", 12, 0, "sin"): -0.53515625,  # -0.5365729180004349
+    ("h", 7, 681, "cos"): 1.0,  # 0.9999997482924332
+    ("w", 16, 5, "sin"): 0.68359375,  # 0.6836016080082259
+    ("w", 9, 200, "cos"): 0.82421875,  # 0.8229242304358205
+    ("w", 13, 2, "cos"): 0.99609375,  # 0.996200351510253
+}
+
+
+def test_video2world_abs_position_table_holds_upstream_bf16_values() -> None:
+    """The table the 5B Video2World model adds (hidden 4096; a 5 x 13 x 17 grid keeps it small: every axis'
+    table depends only on its own position) holds upstream's bf16 values, also in an fp32 model."""
+    import torch
+
+    from harness.core.tokens import Grid
+    from harness.cosmos.video2world import abs_position_table
+
+    p, grid = PRESETS["cosmos-5b-v2w"], Grid(5, 13, 17)
+    table = abs_position_table(grid, p.hidden_size, grid.tokens + 3)
+    assert table.dtype == torch.float32 and table.shape == (grid.tokens + 3, 4096)
+    assert not table[0].any() and not table[grid.tokens + 1:].any()  # BOV, then padding
+    d_t, d_s, _ = ABS_DIMS_5B
+    offset = {"t": 0, "h": d_t, "w": d_t + d_s}
+    half = {"t": d_t // 2, "h": d_s // 2, "w": d_s // 2}
+    for (axis, pos, i, fn), want in ABS_POS_BF16.items():
+        t, h, w = (pos if axis == a else 0 for a in "thw")
+        row = 1 + (t * grid.h + h) * grid.w + w
+        col = offset[axis] + i + (half[axis] if fn == "cos" else 0)
+        assert float(table[row, col]) == want, (axis, pos, i, fn, float(table[row, col]))

@@ -5,7 +5,8 @@ frames of context prefilled, then top-p sampling one token per step.
 Weights are random (speed does not depend on their values), so no checkpoint is needed; bf16 on CUDA, fp32 on
 CPU (where `--preset tiny` is a smoke test). tokens/s counts generated tokens of all sequences per second of
 decoding (prefill reported separately). The memory-bandwidth bound at batch 1 is also reported: bytes of
-weights read per step / step time.
+weights read per step / step time. Video2World presets get what generation gives them: a BOV token before the
+context latents and a T5-shaped context (random [b, 512, crossattn_dim]; its checks use tiny-v2w).
 
     python -m harness.bench.generate --preset cosmos-4b --batch 1 8 --out results/bench
     python -m harness.bench.generate --batch 32 64 --new-tokens 0 --modes graph   # whole videos: videos/GPU-hour
@@ -28,9 +29,11 @@ import torch
 from harness.bench import ranks
 from harness.core.models import PRESETS
 from harness.core.atomic import atomic_write_json
-from harness.core.tokens import Grid
+from harness.core.tokens import BOV_ID, Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0
+T5_ROWS = 512
+"""Rows of a Video2World context (`harness.lib.prompts.MAX_LENGTH`: every T5 row is attended to)."""
 
 
 def build(preset_name: str, grid: Grid, device: str, tp: int = 1) -> Any:
@@ -42,21 +45,32 @@ def build(preset_name: str, grid: Grid, device: str, tp: int = 1) -> Any:
     return build_model(PRESETS[preset_name], grid, tp=tp, precision=precision, device=device).eval()
 
 
+def inputs(model: Any, batch: int, n_ctx: int, device: str, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A prompt of `n_ctx` random codes [batch, n_ctx] and generate's extra arguments; for Video2World a BOV
+    first and a T5-shaped context (random rows, the model's dtype), as the infer stage passes them."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, 64_000, (batch, n_ctx), generator=g)
+    if not model.preset.video2world:
+        return prompt.to(device), {}
+    context = torch.randn((batch, T5_ROWS, model.preset.crossattn_dim), generator=g)
+    prompt = torch.cat([torch.full((batch, 1), BOV_ID, dtype=torch.int64), prompt], 1)
+    return prompt.to(device), {"context": context.to(device, next(model.parameters()).dtype)}
+
+
 def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, repeats: int,
             device: str, mode: str, seed: int = 0) -> dict[str, Any]:
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
 
     n_ctx = context_latents * grid.h * grid.w
     new_tokens = min(new_tokens or grid.tokens, grid.tokens - n_ctx)
-    g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, 64_000, (batch, n_ctx), generator=g).to(device)
-    cache = StaticKVCache(len(model.decoder.layers), n_ctx + new_tokens)
+    prompt, extra = inputs(model, batch, n_ctx, device, seed)
+    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
     sampling = Sampling(temperature=1.0, top_p=0.8, seed=seed)
-    generate(model, prompt, min(8, new_tokens), sampling, cache=cache, mode=mode)  # warm-up (and graph capture)
+    generate(model, prompt, min(8, new_tokens), sampling, cache=cache, mode=mode, **extra)  # warm-up, capture
     runs = []
     for _ in range(repeats):
         stats = GenStats()
-        generate(model, prompt, new_tokens, sampling, cache=cache, stats=stats, mode=mode)
+        generate(model, prompt, new_tokens, sampling, cache=cache, stats=stats, mode=mode, **extra)
         runs.append(stats)
     tps = statistics.median(s.tokens_per_s for s in runs)
     step_s = statistics.median(s.decode_s / max(1, s.new_tokens) for s in runs)
@@ -64,6 +78,7 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     video_s = statistics.median(s.prefill_s + s.decode_s for s in runs)
     gpus = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     return {"mode": mode, "batch": batch, "context_tokens": n_ctx, "new_tokens": new_tokens, "tokens_per_s": tps,
+            "t5_context": list(extra["context"].shape) if extra else None,
             "ms_per_step": 1e3 * step_s, "prefill_s": statistics.median(s.prefill_s for s in runs),
             "batch_s": video_s, "videos_per_gpu_hour": batch * 3600.0 / video_s / gpus if new_tokens + n_ctx ==
             grid.tokens else None, "weights_gb_per_s": weight_bytes / step_s / 1e9, "repeats": repeats,
@@ -78,13 +93,13 @@ def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_laten
     Required: seeded sampled graph runs reproduce."""
     from harness.cosmos.generate import Sampling, StaticKVCache, generate
 
-    n_ctx = context_latents * grid.h * grid.w
-    prompt = torch.randint(0, 64_000, (batch, n_ctx), generator=torch.Generator().manual_seed(11)).to(device)
+    prompt, extra = inputs(model, batch, context_latents * grid.h * grid.w, device, 11)
     greedy = Sampling(temperature=0.0)
-    cache = StaticKVCache(len(model.decoder.layers), n_ctx + new_tokens)
-    out = {m: generate(model, prompt, new_tokens, greedy, cache=cache, mode=m) for m in ("graph", "device", "eager")}
+    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
+    out = {m: generate(model, prompt, new_tokens, greedy, cache=cache, mode=m, **extra)
+           for m in ("graph", "device", "eager")}
     s = Sampling(1.0, 0.8, seed=3)
-    a, b = (generate(model, prompt, new_tokens, s, cache=cache, mode="graph") for _ in range(2))
+    a, b = (generate(model, prompt, new_tokens, s, cache=cache, mode="graph", **extra) for _ in range(2))
     return {"batch": batch, "new_tokens": new_tokens,
             "greedy_graph_vs_device_eager_match_fraction": float((out["graph"] == out["device"]).float().mean()),
             "greedy_graph_vs_host_eager_match_fraction": float((out["graph"] == out["eager"]).float().mean()),
@@ -92,67 +107,77 @@ def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_laten
             "sampled_graph_reproducible": bool(torch.equal(a, b))}
 
 
-def exactness(device: str, new_tokens: int = 150) -> list[dict[str, Any]]:
-    """The tiny preset in fp32 on this device: greedy tokens of every decode path (compiled graph, device
+def check_preset(preset: str) -> str:
+    """The tiny preset of the checks: Video2World's when the timed preset is one (its context path is checked)."""
+    return "tiny-v2w" if PRESETS[preset].video2world else "tiny"
+
+
+def _modes(device: str) -> list[str]:
+    return ["graph", "device", "eager"] if device == "cuda" else ["device", "eager"]
+
+
+def exactness(device: str, preset: str = "tiny", new_tokens: int = 150) -> list[dict[str, Any]]:
+    """A tiny preset in fp32 on this device: greedy tokens of every decode path (compiled graph, device
     positions, host positions, no cache) must be identical; fp32 leaves no near-tie for rounding to flip."""
     from harness.cosmos.generate import Sampling, StaticKVCache, generate
     from harness.cosmos.model import build_model
 
     grid = Grid(3, 8, 12)
     torch.manual_seed(0)
-    model = build_model(PRESETS["tiny"], grid, tp=1, precision="fp32", device=device).eval()
-    modes = ["graph", "device", "eager"] if device == "cuda" else ["device", "eager"]
+    model = build_model(PRESETS[preset], grid, tp=1, precision="fp32", device=device).eval()
     rows = []
     for b in (1, 4):
-        prompt = torch.randint(0, 64_000, (b, 96), generator=torch.Generator().manual_seed(b)).to(device)
-        cache = StaticKVCache(len(model.decoder.layers), 96 + new_tokens)
-        out = {m: generate(model, prompt, new_tokens, Sampling(0.0), cache=cache, mode=m) for m in modes}
-        ref = generate(model, prompt, new_tokens, Sampling(0.0), use_cache=False)
-        rows.append({"preset": "tiny", "precision": "fp32", "batch": b, "new_tokens": new_tokens,
+        prompt, extra = inputs(model, b, 96, device, b)
+        cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
+        out = {m: generate(model, prompt, new_tokens, Sampling(0.0), cache=cache, mode=m, **extra)
+               for m in _modes(device)}
+        ref = generate(model, prompt, new_tokens, Sampling(0.0), use_cache=False, **extra)
+        rows.append({"preset": preset, "precision": "fp32", "batch": b, "new_tokens": new_tokens,
                      "identical_to_no_cache": {m: bool(torch.equal(t, ref)) for m, t in out.items()}})
     return rows
+
+
+def _tiny_model(ckpt: Path, preset: str, tp: int, device: str) -> Any:
+    from harness.cosmos import parallel
+    from harness.cosmos.checkpoint import load_model
+    from harness.cosmos.model import build_model
+
+    parallel.init(tp)
+    model = build_model(PRESETS[preset], Grid(3, 8, 12), tp=tp, precision="fp32", device=device)
+    load_model(model, ckpt)
+    return model.eval()
 
 
 def tp_exactness(ckpt: Path, ref: Path, device: str, tp: int, new_tokens: int = 150) -> list[dict[str, Any]]:
     """One tiny checkpoint, fp32: greedy tokens at TP=`tp` (this process group) against TP=1's, written to `ref`
     by `tp_reference` before the ranks started. Every decode mode must reproduce them exactly."""
-    from harness.cosmos import parallel
-    from harness.cosmos.checkpoint import load_model
     from harness.cosmos.generate import Sampling, StaticKVCache, generate
-    from harness.cosmos.model import build_model
 
-    grid, want = Grid(3, 8, 12), torch.load(ref)
-    parallel.init(tp)
-    model = build_model(PRESETS["tiny"], grid, tp=tp, precision="fp32", device=device)
-    load_model(model, ckpt)
-    model.eval()
+    want = torch.load(ref)
+    model = _tiny_model(ckpt, want["preset"], tp, device)
     rows = []
     for b, prompt in want["prompts"].items():
+        extra = {k: v.to(device) for k, v in want["extra"][b].items()}
         cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
-        modes = ["graph", "device", "eager"] if device == "cuda" else ["device", "eager"]
-        out = {m: generate(model, prompt.to(device), new_tokens, Sampling(0.0), cache=cache, mode=m).cpu()
-               for m in modes}
-        rows.append({"preset": "tiny", "precision": "fp32", "batch": b, "tensor_parallel": tp,
+        out = {m: generate(model, prompt.to(device), new_tokens, Sampling(0.0), cache=cache, mode=m, **extra).cpu()
+               for m in _modes(device)}
+        rows.append({"preset": want["preset"], "precision": "fp32", "batch": b, "tensor_parallel": tp,
                      "identical_to_tp1": {m: bool(torch.equal(t, want["tokens"][b])) for m, t in out.items()}})
     return rows
 
 
-def tp_reference(ckpt: Path, ref: Path, device: str, new_tokens: int = 150) -> None:
+def tp_reference(ckpt: Path, ref: Path, device: str, preset: str = "tiny", new_tokens: int = 150) -> None:
     """The TP=1 side of `tp_exactness`: a tiny checkpoint and its greedy tokens (no cache), fp32."""
     from harness.cosmos import parallel, pretrained
-    from harness.cosmos.checkpoint import load_model
     from harness.cosmos.generate import Sampling, generate
-    from harness.cosmos.model import build_model
 
-    pretrained.write_tiny_pretrained(ckpt, PRESETS["tiny"], seed=5)
-    parallel.init(1)
-    model = build_model(PRESETS["tiny"], Grid(3, 8, 12), tp=1, precision="fp32", device=device)
-    load_model(model, ckpt)
-    model.eval()
-    prompts = {b: torch.randint(0, 64_000, (b, 96), generator=torch.Generator().manual_seed(b)) for b in (1, 4)}
-    tokens = {b: generate(model, p.to(device), new_tokens, Sampling(0.0), use_cache=False).cpu()
-              for b, p in prompts.items()}
-    torch.save({"prompts": prompts, "tokens": tokens}, ref)
+    pretrained.write_tiny_pretrained(ckpt, PRESETS[preset], seed=5)
+    model = _tiny_model(ckpt, preset, 1, device)
+    given = {b: inputs(model, b, 96, "cpu", b) for b in (1, 4)}
+    tokens = {b: generate(model, p.to(device), new_tokens, Sampling(0.0), use_cache=False,
+                          **{k: v.to(device) for k, v in extra.items()}).cpu() for b, (p, extra) in given.items()}
+    torch.save({"preset": preset, "prompts": {b: p for b, (p, _) in given.items()},
+                "extra": {b: e for b, (_, e) in given.items()}, "tokens": tokens}, ref)
     parallel.shutdown()
 
 
@@ -179,7 +204,7 @@ def _relaunch(args: argparse.Namespace, argv: list[str], device: str, out_file: 
     if args.no_checks:
         return ranks.relaunch("harness.bench.generate", argv, args.tp, out_file)
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as d:
-        tp_reference(Path(d) / "tiny", Path(d) / "ref.pt", device)
+        tp_reference(Path(d) / "tiny", Path(d) / "ref.pt", device, check_preset(args.preset))
         return ranks.relaunch("harness.bench.generate", argv + ["--tp-reference", d], args.tp, out_file)
 
 
@@ -203,7 +228,8 @@ def _summary(args: argparse.Namespace, argv: list[str], grid: Grid, device: str,
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
            "torch": torch.__version__, "path": "harness.cosmos.generate.generate (static KV cache; mode "
            "eager = host positions, SDPA; graph = device positions, flex-attention flash-decoding over the cache's "
-           "valid key blocks, torch.compile'd step captured as one CUDA graph)",
+           "valid key blocks, torch.compile'd step captured as one CUDA graph; Video2World: cross-attention "
+           "keys/values of the T5 context computed once at prefill)",
            "results": rows, "checks": checks, "goal": {"batch": 1, "tokens_per_s_min": GOAL_BATCH1_TOKENS_PER_S}}
     by = {(r["mode"], r["batch"]): r["tokens_per_s"] for r in rows if "tokens_per_s" in r}
     out["speedup_graph_vs_eager"] = {b: by[("graph", b)] / by[("eager", b)] for b in args.batch
@@ -223,8 +249,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         return _relaunch(args, argv, device, out_file)
     preset = PRESETS[args.preset]
     grid = Grid(*preset.pretrain_grid)
-    if preset.video2world:
-        raise SystemExit(f"--preset {args.preset}: the bench runs base presets (no T5 context)")
     model = build(args.preset, grid, device, args.tp)
     modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
     rows = _timings(model, grid, args, device, modes)
@@ -233,7 +257,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
             if "graph" in modes and args.tp == 1 else []
         del model  # before exactness builds its own model
-        checks += exactness(device) if args.tp == 1 else \
+        checks += exactness(device, check_preset(args.preset)) if args.tp == 1 else \
             tp_exactness(Path(args.tp_reference) / "tiny", Path(args.tp_reference) / "ref.pt", device, args.tp)
     out = _summary(args, argv, grid, device, rows, checks)
     if ranks.is_rank0():

@@ -47,6 +47,12 @@ class RunPaths:
         return self.root / "jobs.json"
 
     @property
+    def status_json(self) -> Path:
+        """The task states of the last status query that Slurm answered: shown, marked as stored, while the
+        controller does not answer."""
+        return self.root / "status.json"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".lock"
 

@@ -5,27 +5,19 @@ memory traffic: the 21 tokens/s of the eager calibration). `StaticKVCache` duck-
 (`layers[i].append(k, v)`, `length`) over buffers allocated once per batch shape and reused across batches,
 so a decode step writes one position and reads views: no per-step allocation of cache memory.
 
-Sampling: temperature (0 = greedy) and nucleus top-p in fp32, from a seeded torch.Generator, so a run's
-outputs are reproducible; under tensor parallelism every rank sees the same gathered logits and the same
-generator state, hence samples the same token without a broadcast.
+Sampling (`harness.cosmos.sampling`, re-exported here): seeded, identical on every tensor-parallel rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 1.0
-    """0 = greedy (argmax)."""
-    top_p: float = 1.0
-    seed: int = 0
-
+from harness.cosmos.sampling import Sampling, make_generator, sample  # re-exported: callers import them here
 
 BLOCK = 128
 """Key block of the decode attention (flex attention's kernel block): buffers hold a whole number of blocks."""
@@ -98,6 +90,8 @@ class StaticKVCache:
     pos: torch.Tensor | None = None
     idx: torch.Tensor | None = None
     graphs: dict[Any, "_DecodeGraph"] = field(default_factory=dict)
+    cross: Any = None
+    """Video2World: the `harness.cosmos.video2world.CrossKVCache` of the current context (set by `generate`)."""
     _masks: dict[int, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -263,34 +257,14 @@ def flex_available() -> bool:
     return hasattr(BlockMask, "from_kv_blocks") and _takes(flex_attention, "enable_gqa")
 
 
-def graph_supported(model: Any, device: torch.device, context: torch.Tensor | None) -> bool:
-    """CUDA only, base models (Video2World's abs-position slice takes a host position), and a torch with flex
-    attention (the cache's decode kernel). Tensor parallelism is fine: the step's NCCL all-reduces and the
+def graph_supported(device: torch.device) -> bool:
+    """CUDA and a torch with flex attention (the cache's decode kernel). Video2World too: the graph reads its
+    context's cross-attention keys/values from the prefill's buffers and gathers its abs positions with the
+    device position. Tensor parallelism is fine: the step's NCCL all-reduces and the
     logits all-gather are captured with it (2 x H200, Cosmos-4B at TP=2: 441 tokens/s at batch 1, fp32 greedy
     tokens equal TP=1's in every mode; results/bench/h200x2/generate-tp2.json)."""
-    return (device.type == "cuda" and context is None
+    return (device.type == "cuda"
             and hasattr(torch.cuda.CUDAGraph, "register_generator_state") and flex_available())
-
-
-def sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """[b, V] logits -> [b] token ids. Draws with the exponential-race trick (argmax of p / Exp(1) is a
-    sample of p): no normalisation, no multinomial, and the same kernels every step."""
-    if s.temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / s.temperature, dim=-1)
-    if s.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(dim=-1) - sorted_p >= s.top_p  # keep the smallest prefix whose mass reaches top_p
-        drop[:, 0] = False
-        race = sorted_p.masked_fill_(drop, 0.0) / torch.empty_like(sorted_p).exponential_(generator=generator)
-        return order.gather(-1, race.argmax(dim=-1, keepdim=True)).squeeze(-1)
-    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
-
-
-def make_generator(device: torch.device | str, seed: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 @dataclass
@@ -318,56 +292,81 @@ def generate(model: Any, prompt: torch.Tensor, new_tokens: int, sampling: Sampli
     """Continue `prompt` [b, n0] (int64) by `new_tokens` tokens; returns them [b, new_tokens].
 
     With `use_cache=False` every step re-runs the whole sequence (the reference the cache is tested against).
-    Video2World passes `context` (T5 embeddings, all rows, no mask); the prompt then starts with BOV.
+    Video2World passes `context` (T5 embeddings, all rows, no mask); the prompt then starts with BOV. With the
+    cache, its cross-attention keys/values are computed once, by the prefill (`cache.cross`).
     `mode` (cached decoding): "eager" (host positions), "device" (device positions over fixed-length buffers,
     eager), "graph" (device positions, each step a compiled then captured CUDA graph), "auto" = graph where
     `graph_supported`, else eager. The prompt is always prefilled eagerly."""
     device = prompt.device
     b, n0 = prompt.shape
-    gen = make_generator(device, sampling.seed)
-    extra: dict[str, Any] = {}
-    if context is not None:
-        extra = {"context": context}
     if mode == "auto":
-        mode = "graph" if use_cache and graph_supported(model, device, context) else "eager"
-    out = torch.empty((b, new_tokens), dtype=torch.int64, device=device)
-    t0 = time.perf_counter()
+        mode = "graph" if use_cache and graph_supported(device) else "eager"
     if use_cache:
         cache = cache or StaticKVCache(len(model.decoder.layers), n0 + new_tokens)
         cache.reset()
-        logits = model(prompt, kv_cache=cache, last_only=True, **extra)[:, -1]
     else:
-        seq = prompt
-        logits = model(seq, last_only=True, **extra)[:, -1]
-    out[:, 0] = sample(logits, sampling, gen)
-    if use_cache and mode == "graph" and new_tokens > 1:
-        dg = _decode_graph(model, cache, out.shape[0], sampling, device)  # type: ignore[arg-type]
-        _sync(device)
-        t1 = time.perf_counter()  # capture (first call per shape) is counted as prefill
-        dg.replay(out)
-    else:
-        _sync(device)
-        t1 = time.perf_counter()
-        if use_cache and mode == "device":
-            cache.to_device_position(device)  # type: ignore[union-attr]
-        for i in range(1, new_tokens):
-            if use_cache:
-                if mode == "device":
-                    cache.begin(1)  # type: ignore[union-attr]
-                logits = model(out[:, i - 1:i], kv_cache=cache, **extra)[:, -1]
-                if mode == "device":
-                    cache.advance(1)  # type: ignore[union-attr]
-            else:
-                seq = torch.cat([prompt, out[:, :i]], dim=1)
-                logits = model(seq, last_only=True, **extra)[:, -1]
-            out[:, i] = sample(logits, sampling, gen)
-        if use_cache and mode == "device":
-            cache.to_host_position(n0 + new_tokens - 1)  # type: ignore[union-attr]
+        cache = None
+    gen = make_generator(device, sampling.seed)
+    out = torch.empty((b, new_tokens), dtype=torch.int64, device=device)
+    with _context_bound(model, cache, context):
+        t0 = time.perf_counter()
+        out[:, 0] = sample(_prefill(model, prompt, cache, context), sampling, gen)
+        if cache is not None and mode == "graph" and new_tokens > 1:
+            dg = _decode_graph(model, cache, out.shape[0], sampling, device)
+            _sync(device)
+            t1 = time.perf_counter()  # capture (first call per shape) is counted as prefill
+            dg.replay(out)
+        else:
+            _sync(device)
+            t1 = time.perf_counter()
+            _decode_eager(model, prompt, out, sampling, gen, cache, mode == "device", context)
     _sync(device)
     if stats is not None:
         stats.prefill_s, stats.decode_s = t1 - t0, time.perf_counter() - t1
         stats.new_tokens, stats.batch = max(0, new_tokens - 1), b
     return out
+
+
+def _context_bound(model: Any, cache: StaticKVCache | None, context: torch.Tensor | None) -> Any:
+    """Video2World with a cache: the cache's cross-attention store, bound to the model for this generation."""
+    if cache is None or context is None:
+        return contextlib.nullcontext()
+    from harness.cosmos.video2world import CrossKVCache, cross_kv_bound  # noqa: PLC0415
+
+    if cache.cross is None or len(cache.cross.layers) != len(model.decoder.layers):
+        cache.cross = CrossKVCache(len(model.decoder.layers), cache.graphs.clear)
+    return cross_kv_bound(model, cache.cross)
+
+
+def _prefill(model: Any, prompt: torch.Tensor, cache: StaticKVCache | None, context: torch.Tensor | None
+             ) -> torch.Tensor:
+    """The last prompt position's logits [b, V]; fills the cache (and the cross-attention store)."""
+    extra = {} if context is None else {"context": context}
+    logits = model(prompt, kv_cache=cache, last_only=True, **extra)[:, -1]
+    if cache is not None and cache.cross is not None and context is not None:
+        cache.cross.ready = True
+    return logits
+
+
+def _decode_eager(model: Any, prompt: torch.Tensor, out: torch.Tensor, sampling: Sampling, gen: torch.Generator,
+                  cache: StaticKVCache | None, on_device: bool, context: torch.Tensor | None) -> None:
+    """Fill out[:, 1:] step by step: cached (host or device positions), or re-running the whole sequence."""
+    extra = {} if context is None else {"context": context}
+    n0, new_tokens = prompt.shape[1], out.shape[1]
+    if cache is not None and on_device:
+        cache.to_device_position(out.device)
+    for i in range(1, new_tokens):
+        if cache is None:
+            logits = model(torch.cat([prompt, out[:, :i]], dim=1), last_only=True, **extra)[:, -1]
+        elif on_device:
+            cache.begin(1)
+            logits = model(out[:, i - 1:i], kv_cache=cache, **extra)[:, -1]
+            cache.advance(1)
+        else:
+            logits = model(out[:, i - 1:i], kv_cache=cache, **extra)[:, -1]
+        out[:, i] = sample(logits, sampling, gen)
+    if cache is not None and on_device:
+        cache.to_host_position(n0 + new_tokens - 1)
 
 
 def _decode_graph(model: Any, cache: StaticKVCache, b: int, sampling: Sampling, device: torch.device

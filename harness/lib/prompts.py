@@ -57,3 +57,20 @@ def encode(encoder: TextEncoder, prompts: list[str]) -> tuple[np.ndarray, np.nda
     hidden = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
     hidden = hidden.float() * mask.unsqueeze(-1).float()
     return hidden.cpu().numpy(), mask.sum(dim=1).to(torch.int32).cpu().numpy()
+
+
+def token_counts(encoder: TextEncoder, prompts: list[str]) -> list[int]:
+    """Each prompt's length in T5 tokens before the cut to MAX_LENGTH (end-of-sequence token included)."""
+    if not prompts:
+        return []
+    return [len(ids) for ids in encoder.tokenizer(prompts, truncation=False)["input_ids"]]
+
+
+def note(text: str, tokens: int) -> str:
+    """What a user should know about a prompt the model will see: '' when nothing. Both cases are accepted, as
+    upstream accepts them, but never silently: a cut prompt loses its end, an empty one conditions on nothing."""
+    if not text.strip():
+        return "empty prompt: the video is conditioned on no text"
+    if tokens > MAX_LENGTH:
+        return f"prompt of {tokens:,} T5 tokens cut to the first {MAX_LENGTH}"
+    return ""

@@ -8,9 +8,12 @@ contains it, or the local driver's `local_state.json`) says where it is. `status
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
@@ -98,4 +101,32 @@ class Snapshot:
 def collect(paths: RunPaths, plan: Plan, snapshot: Snapshot | None = None) -> RunState:
     jobs = load_jobs(paths)
     q = backend_for(jobs.executor).query(paths, plan, jobs, snapshot.states if snapshot is not None else None)
-    return RunState(paths, jobs.executor, tuple(StageState(name, rows) for name, rows in q.stages), q.driver_alive)
+    rs = RunState(paths, jobs.executor, tuple(StageState(name, rows) for name, rows in q.stages), q.driver_alive)
+    if jobs.executor == "slurm":
+        _store(rs)
+    return rs
+
+
+def _store(rs: RunState) -> None:
+    """Keep the states Slurm just gave, for when its controller stops answering; best effort (a read-only run
+    directory only loses the fallback)."""
+    data = {"time": time.time(), "stages": {s.name: [dataclasses.asdict(r) for r in s.rows] for s in rs.stages}}
+    try:
+        atomic_write_json(rs.paths.status_json, data)
+    except OSError:
+        pass
+
+
+def stored(paths: RunPaths) -> tuple[float, RunState] | None:
+    """(when, the run's last stored states) with every task whose completion marker exists since shown
+    COMPLETED (markers are the truth); None when no status was ever stored."""
+    if not paths.status_json.is_file():
+        return None
+    raw = read_json(paths.status_json)
+    stages = []
+    for name, rows in raw["stages"].items():
+        done = done_tasks(paths, name)
+        stages.append(StageState(name, tuple(
+            dataclasses.replace(TaskState(**r), state=COMPLETED, reason="") if r["task"] in done else TaskState(**r)
+            for r in rows)))
+    return float(raw["time"]), RunState(paths, "slurm", tuple(stages))

@@ -12,9 +12,9 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from harness.core.errors import HarnessError
-from harness.launch import slurmstate
+from harness.launch import slurmcli, slurmstate
 from harness.launch.backend import load_plan
-from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs
+from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, stored
 from harness.core.plan import Plan
 from harness.core.paths import RunPaths
 
@@ -90,7 +90,18 @@ def status(paths: RunPaths, console: Console, show_all: bool = False, watch: boo
            interval_s: float = 2.0, plan: Plan | None = None) -> int:
     """One view, or with watch a live one until every task is final."""
     plan = plan or load_plan(paths)
-    rs = collect(paths, plan)
+    try:
+        rs = collect(paths, plan)
+    except HarnessError as e:
+        last = stored(paths)
+        if last is None:
+            raise
+        when, rs = last
+        console.print(view(rs, show_all))
+        console.print(f"the Slurm controller does not answer ({escape(slurmcli.gist(str(e)))}): these are the "
+                      f"states stored at {datetime.fromtimestamp(when):%Y-%m-%d %H:%M:%S}, not live ones",
+                      soft_wrap=True)
+        return 1
     if not watch:
         console.print(view(rs, show_all))
         return 0

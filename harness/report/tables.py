@@ -23,8 +23,9 @@ def fmt(v: float | None, kind: str) -> str:
     return {"loss": f"{v:.4f}", "rate": f"{v:,.1f}", "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
 
 
-HIDDEN = frozenset({"documents"})
-"""Summary fields too long for a table (one row per video); they stay in report.json."""
+HIDDEN = frozenset({"documents", "prompt_notes"})
+"""Summary fields too long for a table (one row per video), or shown as their own table; all stay in
+report.json."""
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -47,6 +48,9 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     out: list[tuple[str, list[str], list[list[str]]]] = []
     if rep.data:
         out.append(("data", ["field", "value"], [[k, v] for k, v in _flat(rep.data) if k not in HIDDEN]))
+    if rep.data.get("prompt_notes"):
+        out.append(("prompts the model sees differently", ["video", "note"],
+                    [[str(n.get("name", "")), str(n.get("note", ""))] for n in rep.data["prompt_notes"]]))
     if rep.tokenize is not None:
         k = rep.tokenize
         out.append(("tokenize", ["shards", "clips", "task seconds", "clips/s per task"],

@@ -133,6 +133,12 @@ def make_split(n: int, weights: tuple[int, ...], seed: int) -> dict[str, list[in
     return out
 
 
+def _prompt_notes(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Video2World: prompts cut to T5's 512 tokens or empty, by name (only when there are any)."""
+    notes = sorted((n for m in manifests for n in m.get("prompt_notes", [])), key=lambda n: n["index"])
+    return {"prompt_notes": [{**n, "name": Path(n["path"]).name} for n in notes]} if notes else {}
+
+
 def _summary(spec: RunSpec, paths: RunPaths, manifests: list[dict[str, Any]], documents: list[dict[str, Any]],
              split: dict[str, list[int]]) -> dict[str, Any]:
     items = read_inputs(paths)
@@ -151,6 +157,7 @@ def _summary(spec: RunSpec, paths: RunPaths, manifests: list[dict[str, Any]], do
     return {
         "recipe": spec.run.recipe, "shards": len(manifests), "videos_in": len(items), "tokenized": len(documents),
         "skipped": skipped, "skipped_by_kind": by_kind, "tokens": sum(d["tokens"] for d in documents),
+        **_prompt_notes(manifests),
         "tokens_per_video": spec.token_math.video_tokens, "sample_length": spec.token_math.sample_length,
         "grid": str(spec.token_math.grid), "dtype": "uint16",
         "splits": {k: len(v) for k, v in split.items()},

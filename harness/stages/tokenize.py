@@ -192,16 +192,18 @@ def _progress(total: int, label: str) -> Any:
 
 
 def embed_prompts(directory: Path, device: torch.device, texts: list[str], dtype: str = "fp32",
-                  batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                  batch: int = 8) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(embeddings, kept token counts, a note per prompt: '' or why the model sees less than was written)."""
     enc = prompts.load(directory, device, dtype)
+    notes = [prompts.note(t, n) for t, n in zip(texts, prompts.token_counts(enc, texts))]
     rows, lengths = [], []
     for i in range(0, len(texts), batch):
         e, n = prompts.encode(enc, texts[i:i + batch])
         rows.append(e)
         lengths.append(n)
     if not rows:
-        return prompts.encode(enc, [])
-    return np.concatenate(rows), np.concatenate(lengths)
+        return (*prompts.encode(enc, []), notes)
+    return np.concatenate(rows), np.concatenate(lengths), notes
 
 
 # ------------------------------------------------------------------------------------ writer
@@ -225,7 +227,8 @@ class ShardWriter:
         self.videos: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self.prompts: list[str] = []
-        self.prompt_rows: tuple[np.ndarray, np.ndarray] | None = None
+        self.prompt_notes: list[dict[str, Any]] = []
+        self.prompt_rows: tuple[np.ndarray, np.ndarray, list[str]] | None = None
 
     def add(self, item: InputItem, grid: np.ndarray) -> None:
         g = self.math.grid
@@ -254,9 +257,13 @@ class ShardWriter:
     def finish(self, stats: dict[str, Any]) -> None:
         self.builder.finalize(str(self.tmp["idx"]))
         if self.spec.video2world:
-            emb, lengths = self.prompt_rows if self.prompt_rows is not None else (None, None)
-            if emb is None or len(emb) != len(self.videos):
+            emb, lengths, notes = self.prompt_rows if self.prompt_rows is not None else (None, None, [])
+            if emb is None or lengths is None or len(emb) != len(self.videos):
                 raise HarnessError(f"tokenize[{self.shard}]: {len(self.videos)} videos but no matching prompt rows")
+            self.prompt_notes = [{"index": v["index"], "path": v["path"], "note": n}
+                                 for v, n in zip(self.videos, notes) if n]
+            for n in self.prompt_notes:
+                log.warning("tokenize[%d]: %s: %s", self.shard, n["path"], n["note"])
             _save_npy(self.tmp["prompts"], emb.astype(np.float32))
             _save_npy(self.tmp["prompt_lengths"], lengths.astype(np.int32))
         for key, final in self.files.items():
@@ -264,6 +271,7 @@ class ShardWriter:
         manifest = {"shard": self.shard, "num_shards": self.spec.tokenize.shards, "recipe": self.spec.run.recipe,
                     "dtype": "uint16", "grid": str(self.math.grid), "video_tokens": self.math.video_tokens,
                     "sample_length": self.math.sample_length, "videos": self.videos, "skipped": self.skipped,
+                    "prompt_notes": self.prompt_notes,
                     "files": {k: dataset.file_record(p) for k, p in self.files.items()}, "stats": stats}
         atomic_write_json(self.paths.shard_manifest(self.shard), manifest)
 
