@@ -45,12 +45,15 @@ def video_tokens(spec: spec_mod.RunSpec, n: int, seed: int = 0) -> list[np.ndarr
 
 
 def make_run(root: Path, spec: spec_mod.RunSpec, n_videos: int = 8, split: tuple[int, int, int] = (6, 1, 1)) -> RunPaths:
-    """spec.json + the merged dataset (uint16 .bin/.idx, summary.json, split.json; V2W prompt arrays)."""
+    """spec.json + the merged dataset (uint16 .bin/.idx, summary.json, split.json; V2W prompt arrays), and a
+    local model.checkpoint staged in assets.json as stage-assets stages one (in place), where both engines find it."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     paths = RunPaths(root)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.spec_json, spec_mod.to_dict(spec))
+    if spec.model.checkpoint:
+        atomic_write_json(paths.assets_json, {"checkpoint": spec.model.checkpoint})
     prefix = paths.dataset_prefix
     prefix.parent.mkdir(parents=True, exist_ok=True)
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
@@ -115,7 +118,7 @@ def tb_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 def tracked_scalars(recs: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """What the tracker should have logged for these metrics.jsonl records."""
-    from harness.report import tracking
+    from harness.lib import tracking
 
     out: dict[str, dict[int, float]] = {}
     for r in recs:
@@ -132,7 +135,5 @@ def assert_same_scalars(got: dict[str, dict[int, float]], want: dict[str, dict[i
 
 
 def assert_events_match_metrics(paths: RunPaths) -> None:
-    """The training event files (harness.report.tracking) hold exactly metrics.jsonl's steps and values."""
-    from harness.report import tracking
-
+    """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values."""
     assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths)))

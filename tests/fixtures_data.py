@@ -17,7 +17,7 @@ from harness.core import spec as spec_mod
 from harness.lib import synth
 from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
-from harness.stages import run_task
+from harness.launch.worker import run_task
 
 SHAPE = {"num_frames": 17, "height": 48, "width": 64}
 

@@ -96,7 +96,7 @@ def main(run_dir: str) -> None:
     from nemo.collections.llm import api
 
     from harness.core.paths import RunPaths
-    from harness.stages import load_run_spec, run_task
+    from harness.launch.worker import load_run_spec, run_task
 
     paths = RunPaths(Path(run_dir))
     spec = load_run_spec(paths)

@@ -11,7 +11,7 @@ import pytest
 from harness.lib import synth
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.stages import worker
+from harness.launch.worker import worker
 from harness.stages.staged import resolve
 from fixtures_data import make_spec, session_assets, session_standins
 
@@ -51,12 +51,11 @@ def test_repo_ids_resolve_to_cache_snapshots(offline: None, tmp_path: Path,
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("layout", ["weights", "flat"])
 def test_checkpoint_repo_resolves_to_its_nemo_folder(offline: None, tmp_path: Path, layout: str,
-                                                     tmp_path_factory: pytest.TempPathFactory,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     """An HF snapshot holding `nemo/`, with the weights under `nemo/weights/` or directly in `nemo/` (NeMo loads
-    both): staged as the `nemo/` folder, checked against the preset, found by both engines."""
-    from harness.stages.finetune import nemo as nemo_engine
-    from harness.stages.finetune import mcore as train
+    both): staged as the `nemo/` folder, checked against the preset, found by both engines (the finetune core's one
+    pretrained source)."""
+    from harness.stages.finetune import core
 
     assets = dict(session_assets(tmp_path_factory), hf_home=str(tmp_path / "hf"))
     src = Path(session_assets(tmp_path_factory)["tokenizer_dir"])
@@ -69,12 +68,7 @@ def test_checkpoint_repo_resolves_to_its_nemo_folder(offline: None, tmp_path: Pa
     weights = ckpt / "weights" if layout == "weights" else ckpt
     assert (weights / "metadata.json").is_file() and (weights / ".metadata").is_file()
     assert (layout == "weights") == (ckpt / "weights").is_dir()
-    assert nemo_engine.pretrained_dir(paths) == ckpt
-    spec = make_spec(assets, videos=str(tmp_path), model={"checkpoint": "org/ckpt"})
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # HF_HOME of a task
-    assert train.pretrained_dir(spec) == ckpt
+    assert core.pretrained_dir(paths) == ckpt
 
 
 @pytest.mark.timeout(900)

@@ -18,7 +18,7 @@ from harness.lib import synth
 from harness.stages.dataset import open_dataset
 from harness.core.paths import RunPaths
 from harness.core.atomic import read_json
-from harness.stages import load_run_spec
+from harness.launch.worker import load_run_spec
 from harness.stages.staged import resolve
 from harness.lib.video import ClipShape, load_clip
 

@@ -41,7 +41,7 @@ def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch)
     from harness.core import spec as spec_mod
     from harness.ops.inputs import discover
     from harness.stages.inputs import write_inputs
-    from harness.stages import run_task
+    from harness.launch.worker import run_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = spec_mod.absolutize(spec_mod.load(spec_path), tmp)

@@ -25,7 +25,7 @@ from harness.stages.finetune.checkpoints import latest_complete
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.paths import RunPaths, is_done
-from harness.stages import run_task
+from harness.launch.worker import run_task
 
 STEPS, SAVE = 10, 4  # checkpoints at 4, 8 and 10 (max_steps is not a multiple of save_every)
 LR = 1e-2
@@ -68,6 +68,7 @@ def test_trains_with_falling_loss_and_checkpoints(run_a: RunPaths) -> None:
     first, last = np.mean([r["loss"] for r in recs[:3]]), np.mean([r["loss"] for r in recs[-3:]])
     assert last < first - 0.5, (first, last)
     assert all(r["lr"] == LR and r["tokens_per_s"] > 0 and r["tflops"] > 0 and r["grad_norm"] > 0 for r in recs)
+    assert {r["engine"] for r in recs} == {"mcore"}
     info = json.loads(run_a.checkpoints_json.read_text())
     assert info["steps"] == [4, 8, 10] and info["all"] == [4, 8, 10]
     for step in (4, 8, 10):
@@ -79,7 +80,7 @@ def test_trains_with_falling_loss_and_checkpoints(run_a: RunPaths) -> None:
 
 def _run_subprocess(root: Path) -> subprocess.Popen[bytes]:
     script = root / "worker.py"
-    script.write_text("import sys\nfrom harness.stages import run_task\n"
+    script.write_text("import sys\nfrom harness.launch.worker import run_task\n"
                       "if __name__ == '__main__':\n    run_task(sys.argv[1], 'finetune', 0)\n")
     return subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -294,12 +295,39 @@ def test_samples_are_whole_videos(tmp_path: Path) -> None:
 
 
 def test_lr_schedule() -> None:
-    from harness.stages.finetune.mcore import lr_at
+    from harness.stages.finetune.core import lr_at
 
     f = make_spec(max_steps=10, lr=1.0, min_lr=0.0, warmup_steps=2).finetune
     assert [round(lr_at(f, s), 6) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
     assert lr_at(f, 9) < lr_at(f, 6) < lr_at(f, 3) < 1.0 and lr_at(f, 10) == pytest.approx(0.0)
     assert {lr_at(make_spec(lr=0.3, min_lr=0.3).finetune, s) for s in range(6)} == {0.3}
+
+
+def test_one_core_for_both_engines(tmp_path: Path) -> None:
+    """The metrics line, the checkpoint side files and the parallel layout come from one place: the engines differ
+    only in the engine they name."""
+    from harness.core import trainplan
+    from harness.stages.finetune import core
+
+    spec = make_spec(tp=2, sequence_parallel="auto", gbs=4, engine="auto")
+    plan = trainplan.of(spec, cuda=True)
+    recs = {e: core.StepMath.of(spec, plan, 6, e).record(3, 1.5, 1e-3, 0.2, 2.0, 2) for e in ("mcore", "nemo")}
+    assert recs["mcore"].keys() == recs["nemo"].keys()
+    assert [{k: v for k, v in r.items() if k not in ("engine", "time")} for r in recs.values()] == [
+        {"step": 3, "loss": 1.5, "lr": 1e-3, "grad_norm": 0.2, "tokens_per_s": plan.tokens_per_step / 2.0,
+         "tflops": plan.flops_per_step / 2.0 / 2 / 1e12, "step_time_s": 2.0, "epoch": 2}] * 2
+    contexts = {e: core.checkpoint_context(spec, e) for e in ("mcore", "nemo")}
+    assert {**contexts["mcore"], "engine": "nemo"} == contexts["nemo"]
+    # TP from the plan in both; sequence parallelism ('auto': on with TP > 1 on GPUs) only where mcore trains
+    assert (trainplan.of(spec, cuda=True, engine="mcore").sequence_parallel,
+            trainplan.of(spec, cuda=True, engine="nemo").sequence_parallel, plan.tensor_parallel) == (True, False, 2)
+    paths = RunPaths(tmp_path)
+    core.mark_complete(paths, plan, contexts["nemo"], 2, reason="signal")
+    d = paths.checkpoint_dir(2)
+    assert json.loads((d / "trainer.json").read_text()) == {"step": 2, "samples_consumed": 8, "reason": "signal"}
+    assert json.loads((d / "context" / "harness.json").read_text()) == {**contexts["nemo"], "step": 2}
+    assert json.loads(paths.checkpoints_json.read_text()) == {"steps": [2], "all": [2], "planned": [2, 4, 6],
+                                                             "last_step": 6}
 
 
 def test_rank_discovery_and_engine_choice() -> None:

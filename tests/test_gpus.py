@@ -48,7 +48,7 @@ def test_stage_asking_for_gpus_without_cuda_fails_with_one_line(tmp_path: Path) 
     spec = make_spec(gpus_per_node=1)
     paths = make_run(tmp_path / "run", spec)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
-    code = "import sys\nfrom harness.stages import run_task\nrun_task(sys.argv[1], 'finetune', 0)\n"
+    code = "import sys\nfrom harness.launch.worker import run_task\nrun_task(sys.argv[1], 'finetune', 0)\n"
     p = subprocess.run([sys.executable, "-c", code, str(paths.root)], capture_output=True, text=True, env=env,
                        timeout=300)
     assert p.returncode != 0

@@ -14,6 +14,7 @@ import pytest
 from harness.ops import submit as launching
 
 from harness.core import plan
+from harness.core.stages import NAMES
 
 from harness.core import spec
 
@@ -53,12 +54,12 @@ def test_failed_stage_cancels_every_dependent(slurm_cluster: str, tmp_path: Path
     res = launching.submit(write_spec(tmp_path, str(tmp_path / "no-such-tokenizer")), "slurm")
     assert res.choice.executor == "slurm"
     ids = {s.stage: s.job_id for s in res.submissions}
-    assert list(ids) == list(plan.STAGES)
+    assert list(ids) == list(NAMES)
     states = wait_final(list(ids.values()))
     by_stage = {stage: {k: v.state for k, v in states.items() if k.split("_")[0] == jid}
                 for stage, jid in ids.items()}
     assert set(by_stage["stage-assets"].values()) == {"FAILED"}
-    for stage in plan.STAGES[1:-1]:
+    for stage in NAMES[1:-1]:
         assert by_stage[stage] and set(by_stage[stage].values()) == {"CANCELLED"}, (stage, by_stage[stage])
     # report is afterany: it still runs, and reports the failure rather than failing itself.
     assert set(by_stage["report"].values()) == {"COMPLETED"}
@@ -73,7 +74,7 @@ def test_sbatch_receives_the_rendered_script(slurm_cluster: str, tmp_path: Path)
     res = launching.submit(write_spec(tmp_path, str(tok)), "slurm")
     try:
         parents = {s.stage: [s.job_id] for s in res.submissions}
-        assert len(parents) == len(res.submissions) == len(plan.STAGES)  # one chunk per stage here
+        assert len(parents) == len(res.submissions) == len(NAMES)  # one chunk per stage here
         for sub in res.submissions:
             sent = (res.paths.logs(sub.stage) / sub.job_id / f"{sub.job_id}_submission.sh").read_text()
             assert sent == slurm.script(res.plan, res.plan.stage(sub.stage), res.paths, parents, 0), sub.stage
@@ -88,7 +89,7 @@ def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:
     try:
         jobs = read_json(res.paths.jobs_json)
         assert jobs["executor"] == "slurm"
-        assert [s["stage"] for s in jobs["submissions"]] == list(plan.STAGES)
+        assert [s["stage"] for s in jobs["submissions"]] == list(NAMES)
         assert jobs["submissions"][1]["tasks"] == [[0, res.plan.stage("tokenize").tasks]]
         assert (res.paths.root.stat().st_mode & 0o777) == 0o700
         frozen = spec.from_dict(read_json(res.paths.spec_json))

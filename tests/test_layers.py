@@ -1,14 +1,16 @@
 """The layering the README's code map promises, checked from the source (AST), so a shortcut import fails here.
 
-Layers, lowest first: `core` (spec, plan, token math, run paths; no torch) < `lib` and `cosmos` (library code that
-knows no run) < `report` (run directory -> results) < `stages` (adapt the library to a run) < `launch` (backends
-that start stage tasks) < `ops` (what the commands do) < `cli` and `bench`. A module imports only its own layer or
-lower ones, at module level or inside a function alike; imports between modules form no cycle; a stage never
-imports another stage (shared code lives in the library or in `stages/_common`-style helpers); library code never
-imports the run spec or the run directory; the command line (`cli`) only parses and prints, so it imports only
-`ops`, `core` and the bench entry points; no module grows past 400 lines and no function past 60 (declarative
-tables excepted by name); a run-directory path is built only in `harness.core.paths` and spec.json, plan.json and
-jobs.json are read only through `harness.core.rundir`.
+Layers, lowest first: `core` (spec, plan, token math, run paths, the stage registry; no torch) < `lib` and
+`cosmos` (library code that knows no run) < `stages` (adapt the library to a run) < `report` (run directory ->
+results; its own stage's worker too) < `launch` (backends that start stage tasks, and the worker every task runs)
+< `ops` (what the commands do) < `cli`, `bench` and every package's `__main__` (entry points nothing imports). A
+module imports only its own layer or lower ones, at module level or inside a function alike; imports between
+modules form no cycle; a stage never imports another stage (shared code lives in the library or in helper modules
+beside the stages); library code never imports the run spec or the run directory; the worker modules the stage
+registry names are stage modules the worker's layer may import; the command line (`cli`) only parses and prints,
+so it imports only `ops`, `core` and the bench entry points; no module grows past 400 lines and no function past
+60 (declarative tables excepted by name); a run-directory path is built only in `harness.core.paths` and
+spec.json, plan.json and jobs.json are read only through `harness.core.rundir`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness.core.stages import STAGES as REGISTRY
 
 PKG = Path(__file__).resolve().parents[1] / "harness"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-RANK = {"core": 0, "lib": 1, "cosmos": 1, "report": 2, "stages": 3, "launch": 4, "ops": 5, "cli": 6, "bench": 6,
+RANK = {"core": 0, "lib": 1, "cosmos": 1, "stages": 2, "report": 3, "launch": 4, "ops": 5, "cli": 6, "bench": 6,
         "__main__": 6}
-# The stage modules proper (the rest of harness/stages/ are helpers they share: rank launching, the worker entry).
-STAGES = {"harness.stages.assets", "harness.stages.tokenize", "harness.stages.merge", "harness.stages.finetune",
-          "harness.stages.infer", "harness.stages.evaluate", "harness.stages.report"}
+WORKER = "harness.launch.worker"
+"""Imports each registry row's module by name (`importlib`): the edges below stand for those imports."""
+# The stage modules proper, from the registry (the rest of harness/stages/ are helpers they share).
+STAGES = {row.module for row in REGISTRY}
 RUN_MODULES = {"harness.core.spec", "harness.core.sections", "harness.core.spec_check", "harness.core.paths",
                "harness.core.rundir", "harness.core.plan", "harness.core.trainplan"}
 # What the command line may import: the commands (ops), the spec and errors (core), the benchmarks (bench).
@@ -43,7 +47,7 @@ class Module:
 
     @property
     def layer(self) -> str:
-        return self.name.split(".")[1] if self.name.count(".") else "__init__"
+        return _layer(self.name)
 
 
 def modules(root: Path = PKG) -> dict[str, Module]:
@@ -82,10 +86,16 @@ def imports(mod: Module, known: dict[str, Module]) -> set[str]:
 
 
 def graph(known: dict[str, Module]) -> dict[str, set[str]]:
-    return {name: imports(m, known) for name, m in known.items()}
+    """The import graph, plus the worker's edges to the stage modules the registry names (imported by name)."""
+    g = {name: imports(m, known) for name, m in known.items()}
+    g[WORKER] = g.get(WORKER, set()) | STAGES
+    return g
 
 
 def _layer(name: str) -> str:
+    """A package's `__main__` is an entry point, ranked with the CLI: `python -m` runs it, nothing imports it."""
+    if name.endswith(".__main__"):
+        return "__main__"
     return name.split(".")[1] if name.count(".") else "__init__"
 
 
@@ -198,6 +208,20 @@ def test_a_cycle_is_found() -> None:
 
 def test_imports_point_down_the_layers() -> None:
     assert layer_violations(GRAPH) == []
+
+
+def test_registry_names_stage_modules_the_worker_may_import() -> None:
+    """Every row's module exists with a `run`, and sits below the worker's layer (an upward start would go
+    unseen: the worker imports it by name)."""
+    for row in REGISTRY:
+        assert row.module in MODS, f"{row.name}: no module {row.module}"
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in MODS[row.module].tree.body), row.module
+        assert RANK[_layer(row.module)] < RANK[_layer(WORKER)], f"{row.name}: {row.module} is not below the worker"
+
+
+def test_the_report_sits_above_the_stages() -> None:
+    """The report reads what stages wrote; a stage never calls the report (its tracker lives in the library)."""
+    assert not [(s, d) for s, deps in GRAPH.items() if _layer(s) == "stages" for d in deps if _layer(d) == "report"]
 
 
 def test_every_module_has_a_layer() -> None:

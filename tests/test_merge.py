@@ -15,7 +15,7 @@ from harness.core.errors import HarnessError
 from harness.lib.inputs import InputItem
 from harness.stages.inputs import read_inputs, write_inputs
 from harness.core.paths import RunPaths
-from harness.stages import load_run_spec, worker
+from harness.launch.worker import load_run_spec, worker
 from harness.stages.merge import make_split
 from fixtures_data import dataset_bytes, session_base_run, summary
 

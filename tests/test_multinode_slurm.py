@@ -50,7 +50,8 @@ def metrics(paths: RunPaths) -> list[dict[str, Any]]:
 
 def single_node_reference(paths: RunPaths, root: Path) -> RunPaths:
     """The same spec on the same merged dataset, its 4 ranks spawned on this one machine, never interrupted."""
-    from harness.stages import load_run_spec, ranks
+    from harness.launch.worker import load_run_spec
+    from harness.stages import ranks
 
     ref = RunPaths(root)
     ref.root.mkdir(parents=True)

@@ -26,7 +26,7 @@ pytest.importorskip("nemo.collections.llm")
 
 from cosmos_util import assert_events_match_metrics, make_run, make_spec, metrics  # noqa: E402
 from harness.stages import infer
-from harness.stages.finetune.mcore import lr_at  # noqa: E402
+from harness.stages.finetune.core import lr_at  # noqa: E402
 from harness.core.models import PRESETS  # noqa: E402
 from harness.core.paths import RunPaths, is_done
 from harness.core.atomic import atomic_write_json
@@ -84,7 +84,7 @@ def losses(paths: RunPaths) -> dict[int, float]:
 
 def load_logits(paths: RunPaths, step: int, probe: dict[str, torch.Tensor]) -> torch.Tensor:
     from harness.cosmos import parallel
-    from harness.stages import load_run_spec
+    from harness.launch.worker import load_run_spec
 
     try:
         model = infer.load_model(paths.checkpoint_dir(step), load_run_spec(paths), tp=1)
@@ -104,7 +104,7 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
     assert [r["lr"] for r in recs] == pytest.approx([lr_at(f, s) for s in range(STEPS)], rel=1e-9)
     assert len({r["lr"] for r in recs}) >= 4  # not constant
     assert is_done(run_a, "finetune", 0)
-    assert_events_match_metrics(run_a)  # the callback feeds harness.report.tracking the same records
+    assert_events_match_metrics(run_a)  # the callback feeds harness.lib.tracking the same records
     loss = [r["loss"] for r in recs]
     assert np.mean(loss[-2:]) < np.mean(loss[:2]) - 0.5, loss
     # step 1's loss is the pretrained weights' loss on the run's first global batch: the NeMo restore worked
@@ -116,7 +116,7 @@ def first_batch_loss(paths: RunPaths, weights: Path) -> float:
     from harness.cosmos.model import build_model
     from harness.stages.finetune.nemo import ordered_sample
     from harness.stages.dataset import open_dataset
-    from harness.stages import load_run_spec
+    from harness.launch.worker import load_run_spec
 
     spec = load_run_spec(paths)
     tm = spec.token_math

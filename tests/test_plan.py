@@ -10,6 +10,7 @@ import pytest
 
 import specs
 from harness.core import plan
+from harness.core.stages import NAMES
 
 from harness.core import spec
 from harness.core.errors import HarnessError
@@ -26,7 +27,7 @@ def seed_spec() -> spec.RunSpec:
 
 def test_dag_shape_and_dependencies() -> None:
     p = plan.build(seed_spec(), plan.Facts(num_inputs=10_000, max_array_size=1001, nodes_available=4))
-    assert [s.name for s in p.stages] == list(plan.STAGES)
+    assert [s.name for s in p.stages] == list(NAMES)
     deps = {s.name: [(d.stage, d.kind) for d in s.depends] for s in p.stages}
     assert deps["evaluate"] == [("infer", "aftercorr")]
     assert deps["report"] == [("evaluate", "afterany")]

@@ -21,8 +21,9 @@ import sys
 from harness.core import spec as spec_mod
 from harness.core.paths import RunPaths
 from harness.stages import ranks
+import rank_sleeper
 spec = spec_mod.loads(open(sys.argv[1]).read(), sys.argv[1])
-ranks.spawn(spec, 0, RunPaths(__import__("pathlib").Path(sys.argv[2])), 2, "rank_sleeper:sleep")
+ranks.spawn(spec, 0, RunPaths(__import__("pathlib").Path(sys.argv[2])), 2, rank_sleeper.sleep)
 """
 
 
@@ -88,7 +89,7 @@ def test_checkpoint_queue_server_dies_with_its_trainer() -> None:
             pass
 
 
-THREADS = SPAWN.replace("rank_sleeper:sleep", "rank_sleeper:threads")
+THREADS = SPAWN.replace("rank_sleeper.sleep", "rank_sleeper.threads")
 
 
 def test_spawned_cpu_ranks_share_the_cores(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def test_an_explicit_min_lr_wins() -> None:
 
 
 def test_a_constant_rate_is_constant() -> None:
-    from harness.stages.finetune.mcore import lr_at
+    from harness.stages.finetune.core import lr_at
 
     f = dataclasses.replace(spec_mod.loads(BASE + "[finetune]\nlr = 2e-4\nmax_steps = 10\nsave_every = 5\n").finetune)
     assert {lr_at(f, s) for s in range(10)} == {2e-4}

@@ -146,7 +146,7 @@ def test_missing_results_are_listed_not_invented(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_report_stage_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.stages import report as stage
+    from harness.report import stage
 
     paths, plan, metrics = make_results(tmp_path)
     for s in plan.stages:

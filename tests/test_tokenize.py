@@ -28,7 +28,7 @@ from harness.core import tokens
 from harness.stages.dataset import open_dataset
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.stages import load_run_spec, run_task, worker
+from harness.launch.worker import load_run_spec, run_task, worker
 from harness.lib.video import ClipShape, load_clip, write_mp4
 from fixtures_data import (SHAPE, dataset_bytes, make_run, make_spec, session_assets, session_base_run,
                            session_videos, summary)
@@ -98,7 +98,7 @@ def test_sigkill_mid_shard_then_resume_is_byte_identical(base_run: RunPaths, tmp
     run_task(str(paths.root), "stage-assets", 0)
     for s in (0, 2, 3):
         run_task(str(paths.root), "tokenize", s)
-    code = f"from harness.stages import run_task; run_task({str(paths.root)!r}, 'tokenize', 1)"
+    code = f"from harness.launch.worker import run_task; run_task({str(paths.root)!r}, 'tokenize', 1)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     # Step the process in 5 ms slices and look while it is stopped, so the kill lands while its temp

@@ -21,7 +21,7 @@ from harness.report import tracking
 from harness.core.errors import SpecError
 from harness.core.evalrecords import ShardRecord, VideoRecord
 from harness.core.paths import RunPaths
-from harness.stages import run_task
+from harness.launch.worker import run_task
 
 
 @pytest.mark.timeout(120)
@@ -72,7 +72,7 @@ def test_evaluation_means_per_checkpoint_over_all_shards_rewritten_not_appended(
 def test_report_stage_logs_the_checkpoint_means_it_reports(tmp_path: Path) -> None:
     """The report stage (the one place that sees every shard) writes eval/ with the means of report.json; a
     checkpoint whose evaluation is missing has no point."""
-    from harness.stages import report as stage
+    from harness.report import stage
     from test_report import make_results
 
     paths, plan, _ = make_results(tmp_path, skip_eval=30)
@@ -92,7 +92,7 @@ def test_event_files_are_written_without_torch(tmp_path: Path) -> None:
     import sys
 
     code = ("import sys; from pathlib import Path; from harness.report import tracking; "
-            "w = tracking._EventWriter(Path(sys.argv[1]), purge_step=3); w.add_scalar('eval/psnr_mean', 31.5, 3); "
+            "w = tracking.EventWriter(Path(sys.argv[1]), purge_step=3); w.add_scalar('eval/psnr_mean', 31.5, 3); "
             "w.close(); sys.exit(sorted(m for m in sys.modules if m.split('.')[0] == 'torch') != [])")
     assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == 0
     assert tb_scalars(tmp_path) == {"eval/psnr_mean": {3: pytest.approx(31.5)}}

@@ -99,7 +99,7 @@ def _spec(tmp: Path, tok: Path, shards: int, device: str, batch: int, workers: i
 
 
 def _run_dir(root: Path, spec: spec_mod.RunSpec) -> RunPaths:
-    from harness.stages import run_task
+    from harness.launch.worker import run_task
 
     paths = RunPaths(root)
     root.mkdir(parents=True)
@@ -114,7 +114,7 @@ _SHARD = """
 import os, sys, time, torch
 os.sched_setaffinity(0, {{{core}}}); torch.set_num_threads(1)
 import harness.stages.tokenize, megatron.core.datasets.indexed_dataset  # imports before the start line
-from harness.stages import run_task
+from harness.launch.worker import run_task
 open({ready!r}, "w").close()
 while not os.path.exists({go!r}):
     time.sleep(0.001)
@@ -229,7 +229,7 @@ def bench_dv(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from harness.bench import dv_encoder
-    from harness.stages import run_task
+    from harness.launch.worker import run_task
 
     tok = tmp / "dv"
     tok.mkdir()

@@ -144,6 +144,11 @@ def tp_problems(p: ModelPreset, tp: int) -> list[str]:
     return [f"{name} ({n}) not divisible by TP {tp}" for name, n in dims.items() if n % tp]
 
 
+PEAK_TFLOPS = 989.0
+"""Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project (the report, the
+training event files, the bench)."""
+
+
 def train_flops_per_token(preset: ModelPreset, seq: int) -> float:
     """Model FLOPs per trained token (forward + backward = 3x forward): 2 x matmul parameters (embedding lookup
     excluded, output layer included) + causal attention 2 x L x seq x H (QK^T and AV over on average seq/2 keys).

@@ -15,30 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from harness.core import spec as spec_mod
 from harness.core import tokens
 from harness.core import trainplan
 from harness.core.errors import HarnessError
-from harness.core.sections import STAGES
 from harness.core.spec import InferSection, Resources, RunSpec
+from harness.core.stages import STAGES, DependencyKind, StageDef
 from harness.core.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
-
-DependencyKind = Literal["afterok", "aftercorr", "afterany"]
-
-_SECTION = {"stage-assets": "assets", "tokenize": "tokenize", "merge": "merge", "finetune": "finetune",
-            "infer": "infer", "evaluate": "evaluate", "report": "report"}
-_EDGES: dict[str, tuple[str, DependencyKind] | None] = {
-    "stage-assets": None,
-    "tokenize": ("stage-assets", "afterok"),
-    "merge": ("tokenize", "afterok"),
-    "finetune": ("merge", "afterok"),
-    "infer": ("finetune", "afterok"),
-    "evaluate": ("infer", "aftercorr"),
-    "report": ("evaluate", "afterany"),
-}
-
 
 @dataclass(frozen=True)
 class Facts:
@@ -200,31 +185,29 @@ def build(spec: RunSpec, facts: Facts) -> Plan:
     training = trainplan.planned(resolved)
     steps = training.checkpoint_steps
     fanout = len(steps) * infer_shards(resolved.infer)
-    sizes = {"tokenize": shards, "infer": fanout, "evaluate": fanout}
-    stages = tuple(_stage(resolved, name, sizes.get(name, 1), facts) for name in STAGES)
+    sizes = {"one": 1, "ranks": 1, "shards": shards, "checkpoints": fanout}
+    stages = tuple(_stage(resolved, row, sizes[row.shape], facts) for row in STAGES)
     tm = spec.token_math
     return Plan(spec=resolved, stages=stages, token_math=tm, training=training, num_inputs=facts.num_inputs,
                 warnings=tuple(tokens.warnings(tm)))
 
 
-def _stage(spec: RunSpec, name: str, tasks: int, facts: Facts) -> StagePlan:
-    section: Resources = getattr(spec, _SECTION[name])
-    edge = _EDGES[name]
-    array = name in ("tokenize", "infer", "evaluate")
-    finetune = name == "finetune"
-    ntasks = {"finetune": spec_mod.ranks_per_node(spec.finetune), "infer": spec.infer.tensor_parallel}.get(name, 1)
+def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts) -> StagePlan:
+    section: Resources = getattr(spec, row.section)
+    ranks = row.shape == "ranks"
+    ntasks = {"finetune": spec_mod.ranks_per_node(spec.finetune), "infer": spec.infer.tensor_parallel}.get(row.name, 1)
     res = SlurmResources(
         partition=section.partition, account=section.account, qos=section.qos, time_min=section.time_min,
         nodes=section.nodes, ntasks_per_node=ntasks, gpus_per_node=section.gpus_per_node,
         cpus_per_task=section.cpus_per_task, mem_gb=section.mem_gb, constraint=section.constraint,
         array_throttle=section.array_throttle,
-        signal_delay_s=spec.finetune.signal_delay_s if finetune else 90)
+        signal_delay_s=spec.finetune.signal_delay_s if ranks else 90)
     size = max(1, facts.max_array_size)
-    chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if array else ((0, 1),)
-    return StagePlan(name=name, tasks=tasks, array=array,
-                     depends=(Dependency(*edge),) if edge else (),
-                     resources=res, container=bool(spec.container.image) and name in spec.container.stages,
-                     chunks=chunks, requeue=finetune)
+    chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if row.array else ((0, 1),)
+    depends = (Dependency(row.after, row.dependency),) if row.after and row.dependency else ()
+    return StagePlan(name=row.name, tasks=tasks, array=row.array, depends=depends, resources=res,
+                     container=bool(spec.container.image) and row.name in spec.container.stages,
+                     chunks=chunks, requeue=ranks)
 
 
 def to_json(plan: Plan) -> dict[str, Any]:

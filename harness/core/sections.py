@@ -15,9 +15,7 @@ from typing import Literal, Mapping
 from harness.core import metrics_table, models, tokens
 from harness.core.models import Precision
 from harness.core.fields import opt
-
-STAGES: tuple[str, ...] = ("stage-assets", "tokenize", "merge", "finetune", "infer", "evaluate", "report")
-"""The run's stages in plan order: the one list (the plan's DAG, the stage workers, container.stages' choices)."""
+from harness.core.stages import STAGES
 
 Recipe = Literal["base", "video2world"]
 Engine = Literal["auto", "nemo", "mcore"]
@@ -108,7 +106,7 @@ class ContainerSection:
     env: Mapping[str, str] = opt({}, "environment variables set inside the container")
     python: str = opt("python", "python executable inside the container")
     harness_mount: str = opt("/opt/harness", "where the harness source is mounted inside the container")
-    stages: tuple[str, ...] = opt(["finetune", "infer"], "stages that run inside the container")
+    stages: tuple[str, ...] = opt([s.name for s in STAGES if s.container], "stages that run inside the container")
 
 
 @dataclass(frozen=True)

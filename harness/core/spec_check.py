@@ -14,7 +14,8 @@ import re
 from harness.core import hardware, metrics_table, models, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
-from harness.core.sections import STAGES, RunSpec, data_parallel
+from harness.core.sections import RunSpec, data_parallel
+from harness.core.stages import NAMES
 
 
 def cross_check(spec: RunSpec) -> list[Problem]:
@@ -154,8 +155,8 @@ def warnings(spec: RunSpec) -> list[Problem]:
 def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
     c, out = spec.container, []
     for s in c.stages:
-        if s not in STAGES:
-            out.append(("container.stages", f"= {list(c.stages)}: {s!r} is not a stage; choose from {', '.join(STAGES)}"))
+        if s not in NAMES:
+            out.append(("container.stages", f"= {list(c.stages)}: {s!r} is not a stage; choose from {', '.join(NAMES)}"))
     for m in c.mounts:
         if m.count(":") not in (1, 2) or "," in m:
             out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS without commas"))

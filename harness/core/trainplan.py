@@ -1,10 +1,11 @@
 """The training plan: every number about a finetune run that more than one module needs, computed once.
 
-The plan (`harness.core.plan`: infer/evaluate array sizes), both finetune engines (`harness.stages.finetune.mcore`, the mcore
-loop, and `harness.stages.finetune.nemo`, NeMo 2) and the report all read a `TrainingPlan`; none of them derives
-the last step, the checkpoint steps, the data-parallel size, the gradient accumulation, the precision or the
-FLOPs per step on its own. Pure: whether CUDA is used is passed in, never probed here. Plain numbers only (no
-spec inside), so NeMo can deep-copy and serialise the callbacks that hold one.
+The plan (`harness.core.plan`: infer/evaluate array sizes), both finetune engines (through
+`harness.stages.finetune.core.training_plan`: the mcore loop and NeMo 2) and the report all read a `TrainingPlan`;
+none of them derives the last step, the checkpoint steps, the tensor-, data- or sequence-parallel layout, the
+gradient accumulation, the precision or the FLOPs per step on its own. Pure: whether CUDA is used is passed in,
+never probed here. Plain numbers only (no spec inside), so NeMo can deep-copy and serialise the callbacks that
+hold one.
 """
 
 from __future__ import annotations
@@ -29,18 +30,20 @@ def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
     return "fp32" if f.precision == "bf16-mixed" and not cuda else f.precision
 
 
-def sequence_parallel(f: FinetuneSection, *, cuda: bool) -> bool:
-    """Whether the mcore engine trains with megatron sequence parallelism. 'auto' turns it on with TP > 1 on GPUs
+def sequence_parallel(f: FinetuneSection, *, cuda: bool, engine: str | None = None) -> bool:
+    """Whether the engine trains with megatron sequence parallelism. 'auto' turns it on with TP > 1 on GPUs
     only: it trades each TP all-reduce for a reduce-scatter + all-gather and runs norms and residual adds on
     1/TP of the tokens, a GPU-time saving; on CPU (gloo) it is kept for tests that ask for it. The NeMo engine
-    trains without it."""
-    if f.tensor_parallel == 1 or f.sequence_parallel == "off" or f.engine == "nemo":
+    trains without it. `engine`: the engine that trains (resolved from 'auto' at run time), else finetune.engine."""
+    if f.tensor_parallel == 1 or f.sequence_parallel == "off" or (engine or f.engine) == "nemo":
         return False
     return f.sequence_parallel == "on" or cuda
 
 
 @dataclass(frozen=True)
 class TrainingPlan:
+    tensor_parallel: int
+    """Ranks each layer's weights are split over, within a node (finetune.tensor_parallel)."""
     last_step: int
     """Where training ends: always finetune.max_steps. The infer/evaluate arrays are sized from the checkpoint
     steps before any data exists, so both engines repeat the training split (crossing epochs) until max_steps
@@ -87,15 +90,18 @@ class TrainingPlan:
                 f"({', '.join(map(str, self.checkpoint_steps))}) need")
 
 
-def of(spec: RunSpec, *, cuda: bool) -> TrainingPlan:
+def of(spec: RunSpec, *, cuda: bool, engine: str | None = None) -> TrainingPlan:
     """The training plan of `spec`; `cuda`: whether training runs on CUDA (the plan assumes it does where
-    finetune.gpus_per_node > 0; the engines pass what the rank sees, which the stage entry checks agree)."""
+    finetune.gpus_per_node > 0; the engines pass what the rank sees, which the stage entry checks agree);
+    `engine`: the engine that trains, where known (each engine passes its own name), else finetune.engine."""
     f, tm = spec.finetune, spec.token_math
     dp = data_parallel(f)
-    return TrainingPlan(last_step=f.max_steps, checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
+    return TrainingPlan(tensor_parallel=f.tensor_parallel, last_step=f.max_steps,
+                        checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
                         grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
                         precision=precision(f, cuda=cuda),
-                        sequence_parallel=sequence_parallel(f, cuda=cuda), cuda=cuda, global_batch_size=f.global_batch_size,
+                        sequence_parallel=sequence_parallel(f, cuda=cuda, engine=engine), cuda=cuda,
+                        global_batch_size=f.global_batch_size,
                         max_epochs=f.max_epochs, preset=spec.model.preset, sample_positions=tm.sample_length - 1,
                         video_tokens=tm.video_tokens)
 

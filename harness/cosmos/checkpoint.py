@@ -125,10 +125,16 @@ def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any
     dist_checkpointing.save(state, str(ckpt_dir / "weights"))
     parallel.barrier()
     if parallel.is_main():
-        atomic_write_json(ckpt_dir / "context" / "harness.json", context)
-        atomic_write_json(ckpt_dir / "trainer.json", trainer)
-        atomic_write_json(ckpt_dir / MARKER, {"step": trainer.get("step")})
+        write_side_files(ckpt_dir, context=context, trainer=trainer)
     parallel.barrier()
+
+
+def write_side_files(ckpt_dir: Path, *, context: dict[str, Any], trainer: dict[str, Any]) -> None:
+    """The files beside a checkpoint's weights, once the weights are written: context/harness.json, trainer.json,
+    then the completion marker, last, so a save killed midway has none. Both engines' checkpoints end this way."""
+    atomic_write_json(ckpt_dir / "context" / "harness.json", context)
+    atomic_write_json(ckpt_dir / "trainer.json", trainer)
+    atomic_write_json(ckpt_dir / MARKER, {"step": trainer.get("step")})
 
 
 def _load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:

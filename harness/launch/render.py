@@ -22,6 +22,7 @@ from submitit.slurm.slurm import SlurmJobEnvironment
 from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec
+from harness.core.stages import stage as stage_def
 
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 
@@ -54,7 +55,7 @@ def container_args(spec: RunSpec, paths: RunPaths, harness_src: Path, deps_src: 
 
 def fanout_line(spec: RunSpec, stage: StagePlan) -> list[str]:
     """infer/evaluate: the array's shape as a comment, so a script says which task is which pair."""
-    if stage.name not in ("infer", "evaluate"):
+    if stage_def(stage.name).shape != "checkpoints":
         return []
     c, k = len(checkpoint_steps(spec.finetune)), infer_shards(spec.infer)
     return [f"# {stage.name} array: {c} checkpoint(s) x {k} input shard(s) of up to "
@@ -64,7 +65,7 @@ def fanout_line(spec: RunSpec, stage: StagePlan) -> list[str]:
 def setup_lines(spec: RunSpec, stage: StagePlan) -> list[str]:
     hf_home = str(Path(spec.assets.hf_home).expanduser())
     lines = fanout_line(spec, stage) + [f"export HF_HOME={shlex.quote(hf_home)}"]
-    if stage.name != "stage-assets":
+    if not stage_def(stage.name).downloads:
         lines += ["export HF_HUB_OFFLINE=1", "unset " + " ".join(SECRETS)]
     if stage.container:
         mount = spec.container.harness_mount
@@ -83,7 +84,7 @@ def export_env(stage: StagePlan) -> str:
     job's environment in the controller's state (and slurmdbd with AccountingStoreFlags=job_env) for the
     job's lifetime; `unset` in the script alone would leave the token there for every stage. Only
     stage-assets receives HF_TOKEN; no stage receives WANDB_API_KEY through Slurm."""
-    keep = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if stage.name == "stage-assets" else ()
+    keep = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if stage_def(stage.name).downloads else ()
     return ",".join(["ALL"] + [f"{k}=" for k in SECRETS if k not in keep])
 
 

@@ -15,7 +15,7 @@ class StageTask:
     task: int
 
     def __call__(self) -> str:
-        from harness.stages import run_task
+        from harness.launch.worker import run_task
 
         return run_task(self.run_dir, self.stage, self.task)
 

@@ -22,6 +22,7 @@ from harness.core.errors import HarnessError, Problem
 from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
+from harness.core.stages import stage as stage_def
 from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:
@@ -74,8 +75,8 @@ def gather_cluster() -> Cluster | str:
 
 
 def key(stage: StagePlan, name: str) -> str:
-    """The spec key of a stage's resource: stage-assets reads the [assets] table."""
-    return f"{'assets' if stage.name == 'stage-assets' else stage.name}.{name}"
+    """The spec key of a stage's resource (the registry knows its table: stage-assets reads [assets])."""
+    return stage_def(stage.name).key(name)
 
 
 # ------------------------------------------------------------------------------------------- slurm (pure)

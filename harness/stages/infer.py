@@ -228,7 +228,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     """infer.tensor_parallel ranks generate together (one per GPU; gloo ranks on CPU); rank 0 writes."""
     from harness.stages import ranks
 
-    ranks.run(spec, task, paths, want=spec.infer.tensor_parallel, nodes=1, target="harness.stages.infer:run_rank",
+    ranks.run(spec, task, paths, want=spec.infer.tensor_parallel, nodes=1, target=run_rank,
               what="infer (infer.tensor_parallel)")
 
 

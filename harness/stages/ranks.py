@@ -8,12 +8,11 @@ SIGUSR2/SIGTERM forwarded so a preemption still checkpoints on every rank.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
@@ -21,10 +20,14 @@ from harness.core.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
+RankFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
+"""A per-rank function, called as fn(spec, task, paths) on every rank. A module-level function: a spawned rank
+receives it pickled (by its module and name) and imports it, as any reader can follow it."""
 
-def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes: int, target: str,
+
+def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes: int, target: RankFn,
         what: str) -> None:
-    """Run `target` ("module:function", called as fn(spec, task, paths)) on `want` ranks over `nodes` nodes."""
+    """Run `target` on `want` ranks over `nodes` nodes."""
     from harness.cosmos.parallel import rank_env
 
     env = rank_env()
@@ -32,19 +35,14 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes:
     log.info("%s rank %d of %d (local %d) on node %s, rendezvous %s:%d (%s)", what.split()[0], env.rank, env.world,
              env.local_rank, node, env.master_addr, env.master_port, env.source)
     if env.world == want:
-        _call(target, spec, task, paths)
+        target(spec, task, paths)
     elif env.world == 1 and nodes == 1:
         spawn(spec, task, paths, want, target)
     else:
         raise HarnessError(f"{spec.source}: {what} needs {want} ranks, but {env.world} were started ({env.source})")
 
 
-def _call(target: str, spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
-    module, fn = target.split(":")
-    getattr(importlib.import_module(module), fn)(spec, task, paths)
-
-
-def _child(local_rank: int, target: str, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
+def _child(local_rank: int, target: RankFn, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
            port: int, parent: int) -> None:
     from harness.cosmos.lifetime import die_with_parent
 
@@ -52,10 +50,10 @@ def _child(local_rank: int, target: str, spec_dict: dict[str, Any], source: str,
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    _call(target, spec_mod.from_dict(spec_dict, source), task, RunPaths(Path(root)))
+    target(spec_mod.from_dict(spec_dict, source), task, RunPaths(Path(root)))
 
 
-def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target: str) -> None:
+def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target: RankFn) -> None:
     """Start `world` local ranks and wait for them; a rank's Preempted re-raises here (after submitit's requeue
     handler ran, when a SIGUSR2 from Slurm started it)."""
     import torch.multiprocessing as mp

@@ -18,7 +18,6 @@ import logging
 import torch
 
 from harness.core import spec as spec_mod
-from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.stages import ranks
 
@@ -29,9 +28,7 @@ def choose_engine(spec: spec_mod.RunSpec) -> str:
     engine = spec.finetune.engine
     if engine != "auto":
         return engine
-    if torch.cuda.is_available() and _nemo_llm_imports() and importlib.util.find_spec("harness.stages.finetune.nemo"):
-        return "nemo"
-    return "mcore"
+    return "nemo" if torch.cuda.is_available() and _nemo_llm_imports() else "mcore"
 
 
 def _nemo_llm_imports() -> bool:
@@ -48,16 +45,13 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
     engine = choose_engine(spec)
     log.info("finetune engine: %s (finetune.engine = %r)", engine, spec.finetune.engine)
     if engine == "nemo":
-        try:
-            nemo_engine = importlib.import_module("harness.stages.finetune.nemo")
-        except ModuleNotFoundError:
-            raise HarnessError(f"{spec.source}: finetune.engine = 'nemo' is not available in this harness "
-                               f"version; use 'mcore' or 'auto'") from None
-        nemo_engine.run(spec, paths)
+        from harness.stages.finetune import nemo
+
+        nemo.run(spec, paths)  # without NeMo 2 it stops with one line naming finetune.engine
         return
     f = spec.finetune
-    ranks.run(spec, task, paths, want=spec_mod.ranks_per_node(f) * f.nodes, nodes=f.nodes,
-              target="harness.stages.finetune:run_rank", what="finetune (finetune.nodes x ranks per node)")
+    ranks.run(spec, task, paths, want=spec_mod.ranks_per_node(f) * f.nodes, nodes=f.nodes, target=run_rank,
+              what="finetune (finetune.nodes x ranks per node)")
 
 
 def run_rank(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:

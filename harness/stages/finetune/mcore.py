@@ -3,45 +3,38 @@ hard-code CUDA; this loop has no pipeline parallelism and so needs none of them)
 
 One rank per GPU (or per TP shard on CPU); TP within a node, DP across. mcore DDP (distributed optimizer when
 DP > 1 on GPU), bf16 compute with fp32 master weights and Adam state, warm-up + cosine (or constant) LR, grad
-clipping. The last step, checkpoint steps, DP size, gradient accumulation, precision and FLOPs per step come from
-`harness.core.trainplan` (shared with the NeMo engine, the plan and the report). Checkpoints at the planned steps and
-on SIGUSR2/SIGTERM; resume from the newest COMPLETE checkpoint; metrics.jsonl
-holds each step exactly once across requeues.
+clipping. The last step, checkpoint steps, TP / DP / SP, gradient accumulation, precision and FLOPs per step come
+from `harness.core.trainplan` (shared with the NeMo engine, the plan and the report); the LR schedule, the
+metrics record, the checkpoint side files, the pretrained source and the tracker from
+`harness.stages.finetune.core`, which the NeMo engine uses too. Checkpoints at the planned steps and on
+SIGUSR2/SIGTERM; resume from the newest COMPLETE checkpoint; metrics.jsonl holds each step exactly once across
+requeues.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import get_megatron_optimizer
 
-from harness.core import footprint, metricslog
-
-from harness.core import tokens
-
-from harness.report import tracking
-
-from harness.core import trainplan
-from harness.cosmos import checkpoint as ckpt
-from harness.stages.finetune import checkpoints
-from harness.cosmos import data as data_mod
-from harness.cosmos import parallel
-from harness.cosmos.layout import resolve_pretrained
-from harness.cosmos.model import build_model
-from harness.cosmos.signals import StopSignal
+from harness.core import footprint, metricslog, tokens
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json
 from harness.core.spec import FinetuneSection, RunSpec
 from harness.core.trainplan import TrainingPlan
+from harness.cosmos import checkpoint as ckpt
+from harness.cosmos import data as data_mod
+from harness.cosmos import parallel
+from harness.cosmos.model import build_model
+from harness.cosmos.signals import StopSignal
+from harness.lib.tracking import TrainTracker
+from harness.stages.finetune import checkpoints, core
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +50,7 @@ class Trainer:
     step: int
     """Optimizer steps completed."""
     plan: TrainingPlan
+    math: core.StepMath
     dtype: torch.dtype
     device: torch.device
 
@@ -65,30 +59,8 @@ class Trainer:
         return self.plan.last_step
 
 
-def lr_at(f: FinetuneSection, step: int) -> float:
-    """LR of 0-based optimizer step `step`: linear warm-up, then cosine from lr to min_lr (constant if equal)."""
-    if f.warmup_steps and step < f.warmup_steps:
-        return f.lr * (step + 1) / f.warmup_steps
-    if f.min_lr == f.lr:
-        return f.lr
-    progress = min(1.0, (step - f.warmup_steps) / max(1, f.max_steps - f.warmup_steps))
-    return f.min_lr + 0.5 * (f.lr - f.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def training_plan(spec: RunSpec) -> TrainingPlan:
-    """This rank's training plan (CUDA as the rank sees it), with the warnings a user should read in the log."""
-    plan = trainplan.of(spec, cuda=torch.cuda.is_available())
-    if plan.precision != spec.finetune.precision:
-        log.warning("finetune.precision = %r needs CUDA; training in %s on CPU", spec.finetune.precision,
-                    plan.precision)
-    return plan
-
-
 def build_optimizer(model: Any, f: FinetuneSection, *, bf16: bool, distributed: bool) -> Any:
-    conf = OptimizerConfig(optimizer="adam", lr=f.lr, min_lr=f.min_lr, weight_decay=f.weight_decay,
-                           clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
-                           use_distributed_optimizer=distributed)
-    optimizer = get_megatron_optimizer(conf, [model])
+    optimizer = get_megatron_optimizer(core.optimizer_config(f, bf16=bf16, distributed=distributed), [model])
     _fuse_adam(optimizer)
     return optimizer
 
@@ -116,20 +88,20 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     """Build model + optimizer on this rank; resume from the newest complete checkpoint, else start from the
     pretrained checkpoint (if any), else random init."""
     f = spec.finetune
-    parallel.init(f.tensor_parallel, seed=spec.run.seed, gpus_requested=f.gpus_per_node)
-    plan = training_plan(spec)
+    plan = core.training_plan(spec, "mcore")
+    parallel.init(plan.tensor_parallel, seed=spec.run.seed, gpus_requested=f.gpus_per_node)
     if parallel.dp_size() != plan.data_parallel:
         raise HarnessError(f"{spec.source}: {parallel.dp_size()} data-parallel ranks were started, but the plan "
                            f"has {plan.data_parallel} (finetune.gpus_per_node x nodes / tensor_parallel)")
     cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
     t0 = time.perf_counter()
-    model = build_model(spec.preset, tm.grid, tp=f.tensor_parallel, precision=plan.precision, recompute=f.recompute,
+    model = build_model(spec.preset, tm.grid, tp=plan.tensor_parallel, precision=plan.precision, recompute=f.recompute,
                         seq_len=tm.sample_length - 1, sequence_parallel=plan.sequence_parallel)
     log.info("model built in %.1fs", time.perf_counter() - t0)
     latest = checkpoints.latest_complete(paths)
     if latest is None and spec.model.checkpoint:
-        source = pretrained_dir(spec)
+        source = core.pretrained_dir(paths)
         t0 = time.perf_counter()
         ckpt.load_model(model, source)
         log.info("started from pretrained checkpoint %s (loaded in %.1fs)", source, time.perf_counter() - t0)
@@ -150,28 +122,12 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     if note:
         log.warning(note)
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    return Trainer(spec, paths, ddp, optimizer, samples, step, plan, torch.bfloat16 if bf16 else torch.float32,
+    math = core.StepMath.of(spec, plan, len(samples), "mcore")
+    return Trainer(spec, paths, ddp, optimizer, samples, step, plan, math, torch.bfloat16 if bf16 else torch.float32,
                    device)
 
 
-def pretrained_dir(spec: RunSpec) -> Path:
-    """model.checkpoint as a local dir or a staged HF repo, resolved to its NeMo 2 checkpoint folder (itself or
-    its `nemo/` folder; weights under `weights/` or in the folder: `layout.resolve_pretrained`)."""
-    src = spec.model.checkpoint
-    local = Path(src).expanduser()
-    if local.is_dir():
-        return resolve_pretrained(local)
-    from huggingface_hub import snapshot_download
-
-    try:
-        snap = Path(snapshot_download(src, revision=spec.assets.revisions.get(src), local_files_only=True))
-    except Exception as e:
-        raise HarnessError(f"{spec.source}: model.checkpoint = {src!r}: not a local dir and not in the HF cache "
-                           f"(run stage-assets first): {e.__class__.__name__}") from None
-    return resolve_pretrained(snap)
-
-
-def train_step(t: Trainer) -> dict[str, float]:
+def train_step(t: Trainer) -> dict[str, Any]:
     """One optimizer step (all micro-batches); returns the metrics of this step."""
     f = t.spec.finetune
     dp, dp_rank, accum = t.plan.data_parallel, parallel.dp_rank(), t.plan.grad_accumulation
@@ -191,7 +147,7 @@ def train_step(t: Trainer) -> dict[str, float]:
     # DP all-reduce + sum over TP of the qk-layernorm grads (per-head norms) and, with sequence parallelism, of
     # the grads of the norms on the residual stream (params marked `sequence_parallel`)
     finalize_model_grads([t.model])
-    lr = lr_at(f, t.step)
+    lr = core.lr_at(f, t.step)
     for group in t.optimizer.param_groups:
         group["lr"] = lr
     ok, grad_norm, _ = t.optimizer.step()
@@ -204,10 +160,8 @@ def train_step(t: Trainer) -> dict[str, float]:
     dt = time.perf_counter() - start
     t.step += 1
     world = dist.get_world_size() if dist.is_initialized() else 1
-    return {"step": t.step, "loss": float(loss_sum) / (accum * dp), "lr": lr,
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "tokens_per_s": t.plan.tokens_per_step / dt, "tflops": t.plan.flops_per_step / dt / world / 1e12,
-            "step_time_s": dt, "epoch": (t.step * f.global_batch_size) // len(t.samples), "time": time.time()}
+    return t.math.record(t.step, float(loss_sum) / (accum * dp), lr, None if grad_norm is None else float(grad_norm),
+                         dt, world)
 
 
 def _dp_group() -> Any:
@@ -217,28 +171,14 @@ def _dp_group() -> Any:
 
 
 def save(t: Trainer, reason: str) -> None:
-    tm = t.spec.token_math
-    context = {"preset": t.spec.model.preset, "grid": [tm.grid.t, tm.grid.h, tm.grid.w],
-               "compression": list(tm.compression), "tensor_parallel": t.spec.finetune.tensor_parallel,
-               "step": t.step, "engine": "mcore", "recipe": t.spec.run.recipe}
-    trainer = {"step": t.step, "samples_consumed": t.step * t.spec.finetune.global_batch_size, "reason": reason}
+    context = {**core.checkpoint_context(t.spec, "mcore"), "step": t.step}
     start = time.perf_counter()
     need = footprint.checkpoint_bytes(t.spec.preset.params, t.plan.precision)
-    ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=trainer, context=context,
-              need_bytes=need, device=t.device)
+    ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=core.trainer_state(t.plan, t.step, reason),
+              context=context, need_bytes=need, device=t.device)
     if parallel.is_main():
-        write_checkpoints_json(t.paths, t.plan)
+        core.write_checkpoints_json(t.paths, t.plan)
         log.info("checkpoint step %d (%s) in %.1fs", t.step, reason, time.perf_counter() - start)
-
-
-def write_checkpoints_json(paths: RunPaths, plan: TrainingPlan) -> None:
-    """`steps`: completed checkpoints among the planned ones (what infer/evaluate arrays index); `all`: every
-    complete checkpoint, including ones written on a preemption signal; `planned` and `last_step`: the training
-    plan's (both engines write this file)."""
-    done = checkpoints.complete_steps(paths)
-    planned = set(plan.checkpoint_steps)
-    atomic_write_json(paths.checkpoints_json, {"steps": [s for s in done if s in planned], "all": done,
-                                               "planned": sorted(planned), "last_step": plan.last_step})
 
 
 def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, where: str = "dataset") -> int:
@@ -246,14 +186,14 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     checkpoint, then `StopSignal.exit` (requeue through submitit, or raise `Preempted`)."""
     stop = StopSignal()
     stop.install()
-    tracker: tracking.TrainTracker | None = None
+    tracker: TrainTracker | None = None
     try:
         t = setup(spec, paths, dataset, where=where)
         f = spec.finetune
         planned = set(t.plan.checkpoint_steps)
         if parallel.is_main():
             metricslog.truncate(paths.metrics_jsonl, t.step)
-            tracker = tracking.TrainTracker.open(spec.tracking, paths, t.step, run_config(spec, t.plan))
+            tracker = core.open_tracker(spec, paths, t.plan, t.step)
         parallel.barrier()
         for w in tokens.warnings(spec.token_math):
             log.warning(w)
@@ -263,8 +203,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
                 metricslog.append(paths.metrics_jsonl, rec)
                 tracker.log(rec)
                 if t.step % f.log_every == 0 or t.step == t.last_step:
-                    log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.1f TFLOP/s", t.step, rec["loss"],
-                             rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])
+                    t.math.log_line(rec)
             signum = stop.agreed(t.device)
             if t.step in planned or t.step == t.last_step or signum:
                 save(t, "signal" if signum and t.step not in planned else "schedule")
@@ -273,17 +212,10 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         if not ckpt.is_complete(paths.checkpoint_dir(t.step)):
             save(t, "final")
         elif parallel.is_main():
-            write_checkpoints_json(paths, t.plan)
+            core.write_checkpoints_json(paths, t.plan)
         parallel.barrier()
         return t.step
     finally:
         if tracker is not None:
             tracker.close()
         stop.restore()
-
-
-def run_config(spec: RunSpec, plan: TrainingPlan) -> dict[str, Any]:
-    """What a W&B run records as its config: the run's plan numbers (both engines)."""
-    return {"preset": spec.model.preset, "recipe": spec.run.recipe, "global_batch_size": plan.global_batch_size,
-            "tokens_per_step": plan.tokens_per_step, "last_step": plan.last_step, "lr": spec.finetune.lr,
-            "tensor_parallel": spec.finetune.tensor_parallel, "data_parallel": plan.data_parallel}

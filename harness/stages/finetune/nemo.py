@@ -6,16 +6,17 @@ NeMo's LLM collection has no Cosmos classes, so the harness supplies `CosmosNeMo
 = one whole video, in exactly the mcore engine's order: sample j of the run is position j of
 `harness.cosmos.data.global_batch`). Both engines therefore see the same batches and the same LR per step, and
 both take the last step (max_steps: the training split is repeated across epochs until then), the checkpoint
-steps, the precision and the FLOPs per step from `harness.core.trainplan`.
+steps, TP / DP / SP, the precision and the FLOPs per step from `harness.core.trainplan`, and the LR schedule, the
+metrics record, the checkpoint side files and the pretrained source from `harness.stages.finetune.core`.
 
 Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harness layout,
 `finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`) and NeMo's
 `context/`; after NeMo finalises a save, the harness adds `context/harness.json`, `trainer.json` and `done.json`
-(the completion marker, last) and rewrites `checkpoints.json`. So `harness.stages.infer.load_model`
-reads NeMo-engine checkpoints unchanged, and a requeued job resumes from the newest one with `done.json`.
+(the completion marker, last; `core.mark_complete`) and rewrites `checkpoints.json`. So
+`harness.stages.infer.load_model` reads NeMo-engine checkpoints unchanged, and a requeued job resumes from the
+newest one with `done.json`.
 
-
-The parts: `nemo_common` (what needs no NeMo: sample order, step functions, checkpoint files), `nemo_model` (the
+The parts: `nemo_common` (what needs no NeMo: sample order, step functions, checkpoint housekeeping), `nemo_model` (the
 NeMo config, LR schedule and data module), `nemo_callbacks` (checkpoint and metrics callbacks); this module builds
 `llm.api.train`'s arguments from them and runs it.
 """
@@ -23,7 +24,6 @@ NeMo config, LR schedule and data module), `nemo_callbacks` (checkpoint and metr
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,17 +34,14 @@ from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec, ranks_per_node
 from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
-from harness.stages.finetune import checkpoints
 from harness.cosmos import data as data_mod
-from harness.cosmos.layout import resolve_pretrained
-from harness.stages.finetune import mcore as mcore_train
-from harness.stages.finetune.nemo_common import StepMath, check_engine, checkpoint_context, ordered_sample
+from harness.stages.finetune import checkpoints, core
+from harness.stages.finetune.nemo_common import check_engine, ordered_sample
 
 log = logging.getLogger(__name__)
 
 try:
     from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.optimizer import OptimizerConfig
     from nemo import lightning as nl
     from nemo.collections import llm
     from nemo.lightning.pytorch.strategies.utils import RestoreConfig
@@ -55,7 +52,7 @@ else:
     from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback
     from harness.stages.finetune.nemo_model import CosmosNeMoConfig, HarnessLR, VideoDataModule
 
-__all__ = ["available", "build", "check_engine", "ordered_sample", "pretrained_dir", "run", "time_steps"]
+__all__ = ["available", "build", "check_engine", "ordered_sample", "run", "time_steps"]
 
 
 def available() -> bool:
@@ -63,21 +60,13 @@ def available() -> bool:
     return _IMPORT_ERROR is None
 
 
-def pretrained_dir(paths: RunPaths) -> Path:
-    """The staged pretrained checkpoint's NeMo 2 folder (`layout.resolve_pretrained`: the asset directory or its
-    `nemo/` folder, weights under `weights/` or directly inside; NeMo's restore reads both)."""
-    from harness.stages.staged import resolve
-
-    return resolve_pretrained(resolve(paths, "checkpoint"))
-
-
 def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos: int, timing_only: bool
                ) -> list[Any]:
-    metrics = MetricsCallback(paths, StepMath.of(spec, plan, train_videos), None if timing_only else spec.tracking,
-                              mcore_train.run_config(spec, plan))
+    metrics = MetricsCallback(paths, core.StepMath.of(spec, plan, train_videos, "nemo"),
+                              None if timing_only else spec.tracking, core.run_config(spec, plan))
     if timing_only:
         return [metrics]
-    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, checkpoint_context(spec))]
+    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"))]
 
 
 def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
@@ -88,7 +77,7 @@ def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
         check_engine(latest[1])
         return nl.AutoResume(resume_from_path=str(latest[1]), resume_if_exists=False)
     if spec.model.checkpoint and not timing_only:
-        source = pretrained_dir(paths)
+        source = core.pretrained_dir(paths)
         log.info("starting from pretrained checkpoint %s", source)
         return nl.AutoResume(restore_config=RestoreConfig(path=str(source), load_model_state=True,
                                                           load_optim_state=False, load_artifacts=False))
@@ -104,12 +93,12 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
     tm = spec.token_math
     config = CosmosNeMoConfig(preset_name=spec.model.preset, latent_grid=(tm.grid.t, tm.grid.h, tm.grid.w),
                               rope_length=tm.sample_length - 1, recompute=f.recompute,
-                              tensor_model_parallel_size=f.tensor_parallel, bf16=bf16,
+                              tensor_model_parallel_size=plan.tensor_parallel, bf16=bf16,
                               params_dtype=torch.bfloat16 if bf16 else torch.float32)
     model = llm.GPTModel(config, tokenizer=None)
     strategy = nl.MegatronStrategy(
-        tensor_model_parallel_size=f.tensor_parallel, pipeline_model_parallel_size=1, context_parallel_size=1,
-        sequence_parallel=False, pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        tensor_model_parallel_size=plan.tensor_parallel, pipeline_model_parallel_size=1, context_parallel_size=1,
+        sequence_parallel=plan.sequence_parallel, pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
@@ -123,9 +112,7 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
                          enable_progress_bar=False, logger=False, callbacks=callbacks,
                          enable_checkpointing=not timing_only, gradient_clip_val=None, use_distributed_sampler=False)
     optim = nl.MegatronOptimizerModule(
-        config=OptimizerConfig(optimizer="adam", lr=f.lr, min_lr=f.min_lr, weight_decay=f.weight_decay,
-                               clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
-                               use_distributed_optimizer=False),
+        config=core.optimizer_config(f, bf16=bf16, distributed=False),
         lr_scheduler=HarnessLR(f.lr, f.min_lr, f.warmup_steps, f.max_steps))
     resume = _resume(spec, paths, timing_only)
     logger = nl.NeMoLogger(explicit_log_dir=str(paths.nemo_log_dir), use_datetime_version=False)
@@ -144,7 +131,7 @@ def time_steps(spec: RunSpec, paths: RunPaths, samples: data_mod.VideoSamples) -
     precision plugin and step timing) for `max_steps` steps on `samples`, without checkpoints; returns rank 0's
     metrics.jsonl records (other ranks: [])."""
     _require(spec)
-    llm.api.train(**build(spec, mcore_train.training_plan(spec), paths, samples, timing_only=True))
+    llm.api.train(**build(spec, core.training_plan(spec, "nemo"), paths, samples, timing_only=True))
 
     return metricslog.by_step(paths.metrics_jsonl)
 
@@ -159,14 +146,14 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     share_cpu_cores(ranks_per_node(spec.finetune))
 
     samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
-    plan = mcore_train.training_plan(spec)
+    plan = core.training_plan(spec, "nemo")
     note = plan.epochs_note(len(samples))
     if note:
         log.warning(note)
     latest = checkpoints.latest_complete(paths)
     if latest is not None and latest[0] >= plan.last_step:
         log.info("checkpoint step %d already complete: nothing to train", latest[0])
-        mcore_train.write_checkpoints_json(paths, plan)
+        core.write_checkpoints_json(paths, plan)
         return latest[0]
     llm.api.train(**build(spec, plan, paths, samples))
     return plan.last_step

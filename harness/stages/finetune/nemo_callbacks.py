@@ -14,15 +14,16 @@ import torch
 from nemo.lightning.io.pl import ckpt_to_dir
 from nemo.lightning.pytorch.callbacks import ModelCheckpoint
 
+from harness.core import metricslog
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import TrackingSection
 from harness.core.trainplan import TrainingPlan
 from harness.cosmos.signals import StopSignal
-from harness.report import tracking
-from harness.core import metricslog
-from harness.stages.finetune.nemo_common import (CHECKPOINT_FILENAME, StepMath, device, mark_complete,
-                                                 remove_incomplete, scalar)
+from harness.lib.tracking import TrainTracker
+from harness.stages import tracked
+from harness.stages.finetune.core import StepMath, mark_complete
+from harness.stages.finetune.nemo_common import CHECKPOINT_FILENAME, device, remove_incomplete, scalar
 
 log = logging.getLogger("harness.stages.finetune.nemo")
 
@@ -96,13 +97,13 @@ class MetricsCallback(pl.Callback):
         """`tracking_cfg` None: metrics.jsonl only (the bench: no TensorBoard/W&B event files)."""
         self.paths, self.math, self.tracking_cfg, self.run_config = paths, math, tracking_cfg, run_config
         self.start, self.lr = 0.0, 0.0
-        self.tracker: tracking.TrainTracker | None = None
+        self.tracker: TrainTracker | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.is_global_zero:  # after a resume, later steps are recomputed: each is logged once
             metricslog.truncate(self.paths.metrics_jsonl, trainer.global_step)
         if trainer.is_global_zero and self.tracking_cfg is not None:
-            self.tracker = tracking.TrainTracker.open(self.tracking_cfg, self.paths, trainer.global_step,
+            self.tracker = tracked.open_train_tracker(self.tracking_cfg, self.paths, trainer.global_step,
                                                       self.run_config)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -130,5 +131,4 @@ class MetricsCallback(pl.Callback):
         if self.tracker is not None:
             self.tracker.log(rec)
         if trainer.global_step % self.math.log_every == 0:
-            log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.2f TFLOP/s", rec["step"], rec["loss"],
-                     rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])
+            self.math.log_line(rec)

@@ -1,6 +1,7 @@
 """The NeMo engine's parts that need no NeMo: the sample order shared with the mcore engine, the step functions
-NeMo calls with the harness batch and model, the numbers a metrics line needs, and the checkpoint files the harness
-adds beside NeMo's own (context/harness.json, trainer.json, done.json last).
+NeMo calls with the harness batch and model, and the checkpoint housekeeping around NeMo's own saves (incomplete
+attempts removed, the engine a resume needs). What both engines share (metrics record, checkpoint side files, LR
+schedule, pretrained source) is `harness.stages.finetune.core`'s.
 
 Kept apart from the NeMo subclasses (`nemo_model`, `nemo_callbacks`) so this imports, and its tests run, where
 NeMo is absent.
@@ -10,21 +11,16 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.core.atomic import read_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
-from harness.core.spec import RunSpec
-from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
-from harness.stages.finetune import mcore as mcore_train
 
 log = logging.getLogger("harness.stages.finetune.nemo")
 
@@ -59,38 +55,6 @@ def forward_step(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     averages it over `loss_mask`."""
     labels = torch.where(batch["loss_mask"] > 0, batch["labels"], 0)  # masked labels (V2W PAD 64002) are no outputs
     return model.module(batch["tokens"], labels=labels, context=batch.get("context"))
-
-
-@dataclass(frozen=True)
-class StepMath:
-    """What a metrics line needs from the spec, as plain numbers (NeMo deep-copies callbacks' arguments)."""
-
-    global_batch_size: int
-    video_tokens: int
-    flops_per_step: float
-    train_videos: int
-    log_every: int
-
-    @classmethod
-    def of(cls, spec: RunSpec, plan: TrainingPlan, train_videos: int) -> "StepMath":
-        return cls(plan.global_batch_size, plan.video_tokens, plan.flops_per_step, train_videos,
-                   spec.finetune.log_every)
-
-    def record(self, step: int, loss: float, lr: float, grad_norm: float | None, dt: float, world: int
-               ) -> dict[str, Any]:
-        """One metrics.jsonl line, with the mcore engine's keys and FLOP accounting."""
-        return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": self.global_batch_size * self.video_tokens / dt,
-                "tflops": self.flops_per_step / dt / world / 1e12, "step_time_s": dt,
-                "epoch": (step * self.global_batch_size) // self.train_videos, "time": time.time(), "engine": "nemo"}
-
-
-def checkpoint_context(spec: RunSpec) -> dict[str, Any]:
-    """context/harness.json of a checkpoint (the mcore engine's keys; `step` is added per save)."""
-    tm = spec.token_math
-    return {"preset": spec.model.preset, "grid": [tm.grid.t, tm.grid.h, tm.grid.w],
-            "compression": list(tm.compression), "tensor_parallel": spec.finetune.tensor_parallel, "engine": "nemo",
-            "recipe": spec.run.recipe}
 
 
 MIRRORED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
@@ -128,13 +92,3 @@ def check_engine(ckpt_dir: Path) -> None:
     if engine != "nemo":
         raise HarnessError(f"{ckpt_dir}: written by the {engine!r} engine; resume this run with "
                            f"finetune.engine = {engine!r} (or start a new run)")
-
-
-def mark_complete(paths: RunPaths, plan: TrainingPlan, context: dict[str, Any], step: int, *, reason: str) -> None:
-    """The harness files of one NeMo checkpoint, the completion marker last, then checkpoints.json."""
-    d = paths.checkpoint_dir(step)
-    atomic_write_json(d / "context" / "harness.json", {**context, "step": step})
-    atomic_write_json(d / "trainer.json", {"step": step, "samples_consumed": step * plan.global_batch_size,
-                                           "reason": reason})
-    atomic_write_json(d / ckpt.MARKER, {"step": step})
-    mcore_train.write_checkpoints_json(paths, plan)

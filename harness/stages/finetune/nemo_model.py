@@ -1,5 +1,5 @@
 """NeMo's view of the harness: `CosmosNeMoConfig` (a `GPTConfig` whose `configure_model` builds the harness model),
-the mcore engine's LR schedule as a NeMo scheduler, and `VideoDataModule`, the training split in the mcore engine's
+the finetune core's LR schedule as a NeMo scheduler, and `VideoDataModule`, the training split in the mcore engine's
 sample order. Imported only where NeMo 2 imports (`harness.stages.finetune.nemo.available`).
 """
 
@@ -20,7 +20,7 @@ from harness.core.spec import FinetuneSection, RunSpec
 from harness.core.tokens import Grid
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
-from harness.stages.finetune import mcore as mcore_train
+from harness.stages.finetune import core
 from harness.stages.finetune.nemo_common import MIRRORED, data_step, forward_step, ordered_sample
 
 
@@ -58,8 +58,8 @@ class CosmosNeMoConfig(GPTConfig):
 
 
 class HarnessLR(LRSchedulerModule):
-    """The mcore engine's schedule (`harness.stages.finetune.mcore.lr_at`: linear warm-up, cosine to min_lr or constant),
-    so both engines use the same LR at every step."""
+    """The finetune core's schedule (`harness.stages.finetune.core.lr_at`: linear warm-up, cosine to min_lr or
+    constant) as a NeMo scheduler, so both engines use the same LR at every step."""
 
     def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> None:
         super().__init__()
@@ -69,7 +69,7 @@ class HarnessLR(LRSchedulerModule):
     def scheduler(self, model: Any, optimizer: Any) -> Any:
         f = self.f
         sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: mcore_train.lr_at(f, s) / f.lr if f.lr else 0.0)
+            optimizer, lambda s: core.lr_at(f, s) / f.lr if f.lr else 0.0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 

@@ -1,5 +1,8 @@
 """report stage: write the run's results files (report.md, report.json, report.html, plots) after evaluate (afterany).
 
+The stage's worker lives here, in the report package (which sits above the stages), not in `harness/stages/`:
+the stage registry names this module and the launch-level worker (`harness.launch.worker`) imports it.
+
 It runs on a compute node, so it judges failures by the completion markers alone (no Slurm queries): a
 task of an earlier stage without a marker is listed as incomplete. `harness report RUN` rewrites the same
 files later with Slurm's view of each failure (state, exit code, log).
@@ -9,14 +12,12 @@ from __future__ import annotations
 
 import logging
 
-from harness.report import build as report
-
-from harness.report import tracking
-
 from harness.core import trainplan
 from harness.core.paths import RunPaths, is_done
 from harness.core.rundir import read_plan_record
 from harness.core.spec import RunSpec
+from harness.report import build as report
+from harness.report import tracking
 
 log = logging.getLogger("harness.report.build")
 
