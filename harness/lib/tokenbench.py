@@ -4,8 +4,8 @@ so that its numbers compare with the ones upstream's token_bench.py prints.
 Per file, as that tool prepares both directories before it scores them: the first `frames` decoded frames;
 the short side resized to `short_side` (the other side scaled and rounded half up) with Lanczos (PIL's, the
 filter its media library uses), no crop; the result re-encoded as H.264 at a constant quantiser (qp 28 above
-640x480 pixels, else 20; yuv420p, or yuv444p when a side is odd; the encoder's default preset) at the file's
-frame rate and decoded back. Frame i of one file is then scored against frame i of the other (the metric
+640x480 pixels, else 20; yuv420p, or yuv444p when a side is odd; the encoder's default preset; RGB to YUV
+with swscale's bicubic, as the ffmpeg program converts) at the file's frame rate and decoded back. Frame i of one file is then scored against frame i of the other (the metric
 kernels of `harness.lib.metrics`, which compute TokenBench's definitions).
 
 Upstream drives the ffmpeg program for the H.264 round trip and its reads; this module uses PyAV (the same
@@ -61,8 +61,13 @@ def round_trip(frames: np.ndarray, fps: Fraction | int) -> np.ndarray:
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
         stream.options = {"qp": str(qp_for(h, w))}
+        # x264's frame threads at its automatic count, as the ffmpeg program runs it (PyAV's default, slice
+        # threads, cuts each frame into slices: another bitstream, up to 0.09 dB apart on the parity pairs)
+        stream.codec_context.thread_type, stream.codec_context.thread_count = "FRAME", 0
         for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            # the ffmpeg program converts with swscale's bicubic (PyAV's default, bilinear, moves chroma by 1 level)
+            for packet in stream.encode(frame.reformat(format=stream.pix_fmt, interpolation="BICUBIC")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
