@@ -145,3 +145,19 @@ def test_stage_writes_the_protocols_of_the_spec(tmp_path: Path) -> None:
     psnr, ssim = _tokenbench_by_hand(ref / "clip.mp4", paths.infer_dir(step) / "clip.mp4", tmp_path, 5, 32)
     assert abs(tb.value("psnr") - psnr) < 1e-3 and abs(tb.value("ssim") - ssim) < 1e-4  # type: ignore[operator]  # scored
     assert ShardRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+
+
+def test_merged_shards_keep_the_tokenbench_note() -> None:
+    """A checkpoint's note over several shards is rebuilt from the videos: TokenBench's are named as such."""
+    from harness.core.evalrecords import Scores, VideoRecord
+    from harness.core.evalstats import merge_shards
+
+    def shard(k: int) -> ShardRecord:
+        v = VideoRecord(f"v{k}", "g", "r", "tokenbench", (0, 1), (0, 1), (), 0, {}, Scores(2, {"psnr": 30.0 + k}))
+        return ShardRecord(10, 0, k, 2, "gen", EvalResult("", "fast", "numba", "cpu", ("psnr",), (v,),
+                                                          evaluate.video_means([v], ("psnr",)), protocol="tokenbench"))
+
+    merged = merge_shards([shard(0), shard(1)], ("psnr",))
+    assert merged.frames == ("2 video(s) under the tokenbench protocol: TokenBench's preprocessing of both files, "
+                             "frame i compared with frame i")
+    assert merged.mean.value("psnr") == 30.5

@@ -75,7 +75,8 @@ class VideoRecord:
     generated: str
     reference: str
     alignment: str
-    """'sidecar' (frames mapped by the infer stage's sidecar) or 'identity' (frame i vs frame i)."""
+    """'sidecar' (frames mapped by the infer stage's sidecar), 'identity' (frame i vs frame i) or 'tokenbench'
+    (frame i vs frame i of both files after TokenBench's preprocessing)."""
     generated_frames: tuple[int, ...]
     reference_frames: tuple[int, ...]
     """Source frame of each compared generated frame (same length)."""
