@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--generated", required=True)
     s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
     s.add_argument("--out", default=None, help="where the full JSON goes (default: GENERATED/evaluate.json)")
+    s.add_argument("--protocol", choices=["aligned", "tokenbench", "both"], default="aligned",
+                   help="aligned: frame i (or the sidecar's) at the generated size; tokenbench: TokenBench's "
+                        "preprocessing (17 frames, short side 320, H.264 round trip); both: each")
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
     s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
@@ -221,7 +224,7 @@ def dispatch(a: argparse.Namespace) -> int:
         "sync": lambda: ops.cmd_sync(a.run, a.workdir),
         "synth": lambda: ops.cmd_synth(a.out),
         "quickstart": lambda: cmd_quickstart(a.spec, a.assets, a.executor, a.timeout),
-        "evaluate": lambda: ops.cmd_evaluate(a.reference, a.generated, a.backend, a.out),
+        "evaluate": lambda: ops.cmd_evaluate(a.reference, a.generated, a.backend, a.out, a.protocol),
         "bench": lambda: cmd_bench(a.name, a.args),
     }
     return int(calls[a.command]())

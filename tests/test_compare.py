@@ -89,6 +89,26 @@ def test_unchanged_runs_pass_and_build_history(tmp_path: Path, files: tuple[Path
     assert entries[0]["metrics"] == {"tokenize_clips_per_s": 2.5, "train_tokens_per_s": 1000.0,
                                      "mfu": 0.99 / 989.0, "final_loss": 2.8, "psnr": 28.0, "ssim": 0.75}
     assert all(e["commit"] and e["date"].endswith("Z") for e in entries)
+    # result files without a protocol key predate it: aligned with the area resize, the only choice then
+    assert all(e["eval_protocol"] == "aligned, resize area" for e in entries)
+
+
+def test_history_of_another_protocol_is_no_quality_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    """PSNR under the TokenBench protocol and the aligned one are different numbers: the history median of a
+    quality metric counts only entries of the run's protocol; the other metrics count every entry."""
+    h = [{"cluster": "c", "image": "i", "passed": True, "eval_protocol": "tokenbench",
+          "metrics": {"psnr": 30.0, "final_loss": 2.0}},
+         {"cluster": "c", "image": "i", "passed": True, "metrics": {"psnr": 20.0, "final_loss": 3.0}}]
+    assert compare.medians(h, "c", "i", 5, "tokenbench") == {"psnr": (30.0, 1), "final_loss": (2.5, 2)}
+    assert compare.medians(h, "c", "i", 5, "aligned, resize area")["psnr"] == (20.0, 1)
+    assert compare.medians(h, "c", "i", 5)["psnr"] == (25.0, 2)
+    rows, _ = compare.evaluate({"psnr": 29.0}, {}, {})
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
+    con.print(compare.table(rows, "tokenbench"))
+    text = con.export_text()
+    assert "PSNR (final checkpoint), protocol tokenbench" in text and "final loss, protocol" not in text
 
 
 def test_planted_20_percent_throughput_regression_is_flagged(tmp_path: Path, files: tuple[Path, Path],

@@ -52,3 +52,13 @@ def test_table_and_json_file(tmp_path: Path) -> None:
     p = run_cli("evaluate", "--reference", str(ref), "--generated", str(gen), "--out", str(custom), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert json.loads(custom.read_text())["mean"]["videos"] == 2
+
+    p = run_cli("evaluate", "--reference", str(ref), "--generated", str(gen), "--protocol", "both", "--out",
+                str(custom), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    both = json.loads(custom.read_text())
+    (tb,) = both["other_protocols"]
+    assert (both["protocol"], tb["protocol"]) == ("aligned", "tokenbench")
+    assert both["mean"] == data["mean"] and tb["mean"]["psnr"] != data["mean"]["psnr"]
+    assert "protocol aligned, resize upstream" in p.stdout and "protocol tokenbench" in p.stdout
+    assert f"{tb['mean']['psnr']:.2f}" in p.stdout

@@ -126,8 +126,8 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     side = media.Sidecar.read(paths.infer_dir(2) / "still.json")
     assert side.context_frames == 1 and side.reference_frames[1:] == (None,) * 16
     (v,) = [v for v in evaluate.score_pairs(evaluate.stage_pairs(spec2, paths.infer_dir(2))[0], "fast", "cpu")
-            if v["name"] == "still"]
-    assert v["compared_frames"] == {"generated": [0], "reference": [0]} and v["ssim"] > 0.5
+            if v.name == "still"]
+    assert (v.generated_frames, v.reference_frames) == ((0,), (0,)) and v.value("ssim") > 0.5
     empty = paths.root.parent / "empty"
     empty.mkdir(exist_ok=True)
     spec3 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(empty)}})

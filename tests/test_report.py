@@ -34,7 +34,10 @@ PSNR = {10: 24.8123, 20: 27.4511, 30: 28.9034, 40: 28.1207}
 SSIM = {10: 0.6012, 20: 0.7107, 30: 0.7561, 40: 0.7498}
 
 
-def make_results(root: Path, skip_eval: int | None = None) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
+def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = False
+                 ) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
+    """`tokenbench`: each shard file also holds a TokenBench-protocol result, PSNR 1.5 dB below (as with
+    evaluate.protocol = "both")."""
     (root / "videos").mkdir(parents=True, exist_ok=True)
     text = spec_text(root)
     (root / "run.toml").write_text(text)
@@ -67,9 +70,14 @@ def make_results(root: Path, skip_eval: int | None = None) -> tuple[RunPaths, pl
         if step == skip_eval:
             continue
         videos = [{"name": f"clip{i}.mp4", "psnr": PSNR[step] + i * 0.1, "ssim": SSIM[step]} for i in range(2)]
+        tb = {"protocol": "tokenbench", "resize": "", "frames": "tokenbench protocol: the first 17 frames",
+              "videos": [{**v, "psnr": v["psnr"] - 1.5} for v in videos],
+              "mean": {"psnr": PSNR[step] - 1.5, "ssim": SSIM[step], "videos": 2}}
         atomic_write_json(paths.eval_json(step), {"step": step, "frames": "generated frames 9-16 vs reference 9-16",
                                                   "videos": videos, "mean": {"psnr": PSNR[step], "ssim": SSIM[step],
-                                                                             "videos": 2}})
+                                                                             "videos": 2},
+                                                  "protocol": "aligned", "resize": "upstream",
+                                                  **({"other_protocols": [tb]} if tokenbench else {})})
     return paths, plan, metrics
 
 
@@ -123,7 +131,9 @@ def test_results_files_json_markdown_and_plots(tmp_path: Path) -> None:
     assert doc["loss_curve"][0] == [1, metrics[0]["loss"]] and len(doc["loss_curve"]) == 40
     assert doc["tokenize"]["clips_per_s"] == 2.5 and doc["failures"] == failures
     md = (out / "report.md").read_text()
-    assert f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | 2 | * |" in md
+    assert f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | aligned, resize upstream | 2 | * |" in md
+    assert all(c["protocol"] == "aligned, resize upstream" and c["other_protocols"] == {}
+               for c in doc["checkpoints"])
     assert "| generated frames 9-16 vs reference 9-16 |" in md
     assert "| infer | 2 | OUT_OF_MEMORY | 0:125 |" in md and "![eval.png](eval.png)" in md
     for name in ("loss.png", "eval.png"):
@@ -180,8 +190,22 @@ def test_report_shows_only_the_selected_metrics(tmp_path: Path) -> None:
     doc = report.to_json(rep)
     assert doc["metrics"] == ["ssim"] and all("psnr" not in c for c in doc["checkpoints"])
     md = report.markdown(rep)
-    assert f"| 40 | {SSIM[40]:.4f} | 2 |  |" in md
+    assert f"| 40 | {SSIM[40]:.4f} | aligned, resize upstream | 2 |  |" in md
     assert rep.training is not None and rep.training.last_step == plan.training.last_step == 40
+
+
+def test_both_protocols_side_by_side_each_number_named(tmp_path: Path) -> None:
+    """evaluate.protocol = "both": every checkpoint row shows the aligned means with their protocol and the
+    TokenBench means under columns that name it; the best checkpoint is the main protocol's; report.json keeps both."""
+    paths, plan, _ = make_results(tmp_path, tokenbench=True)
+    rep = report.build(paths, plan.spec, [], plan.training)
+    md = report.markdown(rep)
+    assert "| step | PSNR (dB) | SSIM | protocol | PSNR (dB) tokenbench | SSIM tokenbench | videos | best |" in md
+    assert (f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | aligned, resize upstream | {PSNR[30] - 1.5:.2f} | "
+            f"{SSIM[30]:.4f} | 2 | * |") in md
+    row = next(c for c in report.to_json(rep)["checkpoints"] if c["step"] == 30)
+    assert row["psnr"] == PSNR[30] and row["protocol"] == "aligned, resize upstream"
+    assert row["other_protocols"] == {"tokenbench": {"psnr": PSNR[30] - 1.5, "ssim": SSIM[30]}}
 
 
 def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_path: Path) -> None:

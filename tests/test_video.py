@@ -67,7 +67,7 @@ def test_reused_reformatter_gives_pyav_pixels(tmp_path: Path) -> None:
     resized = np.stack([f.reformat(width=64, height=36, format="rgb24", interpolation="AREA").to_ndarray()
                         for f in frames])
     np.testing.assert_array_equal(load_frames(tmp_path / "a.mp4"), own)
-    np.testing.assert_array_equal(load_frames(tmp_path / "a.mp4", (36, 64)), resized)
+    np.testing.assert_array_equal(load_frames(tmp_path / "a.mp4", (36, 64), resize="area"), resized)
 
 
 def test_wide_clip_is_center_cropped(tmp_path: Path) -> None:
@@ -80,12 +80,61 @@ def test_wide_clip_is_center_cropped(tmp_path: Path) -> None:
 def test_tall_clip_is_resized_to_cover_then_cropped(tmp_path: Path) -> None:
     clip = synth.smooth_clip(5, 96, 48, seed=1)
     write_mp4(tmp_path / "tall.mp4", clip, fps=25)
-    out = load_clip(tmp_path / "tall.mp4", ClipShape(5, 32, 64))  # scale x4/3 -> 128x64, crop rows 48..80
+    out = load_clip(tmp_path / "tall.mp4", ClipShape(5, 32, 64, "area"))  # scale x4/3 -> 128x64, crop rows 48..80
     import av
 
     with av.open(str(tmp_path / "tall.mp4")) as c:
         f = next(c.decode(video=0)).reformat(width=64, height=128, format="rgb24", interpolation="AREA").to_ndarray()
     assert np.array_equal(out[0], f[48:80])
+
+
+def _upstream_pixels(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Upstream's dataset preparation, computed here on the whole clip at once: uint8 -> fp32 [-1, 1], the
+    bilinear antialiased resize torchvision's functional resize runs on a float tensor, to ceil(scale x size),
+    torchvision's center crop offsets, then back to uint8 as the DV encoder's input (rounded to nearest)."""
+    import math
+
+    import torch
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    x = x * 2 - 1
+    src_h, src_w = x.shape[2], x.shape[3]
+    scale = max(width / src_w, height / src_h)
+    size = (int(math.ceil(scale * src_h)), int(math.ceil(scale * src_w)))
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left = int(round((size[0] - height) / 2.0)), int(round((size[1] - width) / 2.0))
+    x = x[:, :, top:top + height, left:left + width]
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize(("src", "dst"), [
+    ((54, 96), (32, 48)),    # down, scale 0.593 -> 32x57: 9 columns cut, torchvision's round(4.5) = 4
+    ((96, 48), (32, 64)),    # up x4/3 -> 128x64, rows 48..80
+    ((50, 90), (32, 48)),    # scale 0.64 -> 32x57.6: ceil to 58 where round gives 58 too; 10 columns cut
+    ((70, 46), (48, 48)),    # 73.04 rows rounded UP to 74: a 26-row excess, 13 each side
+    ((48, 64), (48, 64)),    # same size: no resize, the decoded pixels themselves
+])
+def test_upstream_resize_gives_upstreams_pixels(tmp_path: Path, src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """video.resize = "upstream" (the default): for the same decoded frames, the pixels of upstream's preparation."""
+    import av
+
+    write_mp4(tmp_path / "v.mp4", synth.smooth_clip(4, *src, seed=7), fps=25)
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    want = _upstream_pixels(decoded, *dst)
+    got = load_clip(tmp_path / "v.mp4", ClipShape(4, *dst))
+    np.testing.assert_array_equal(got, want)
+    if src != dst:  # the other choice is a different resize: "area" does not give these pixels
+        assert not np.array_equal(load_clip(tmp_path / "v.mp4", ClipShape(4, *dst, "area")), want)
+
+
+def test_upstream_cover_size_rounds_up() -> None:
+    from harness.lib.video import upstream_cover_size, upstream_crop
+
+    assert upstream_cover_size(1920, 1080, 512, 320) == (569, 320)  # 568.9 -> 569 (round agrees)
+    assert upstream_cover_size(46, 70, 48, 48) == (48, 74)          # 73.04 -> 74 (round: 73)
+    assert upstream_crop(320, 569, 320, 512) == (0, 28)             # round(28.5) = 28, half to even
+    assert upstream_crop(320, 571, 320, 512) == (0, 30)             # round(29.5) = 30
 
 
 def test_first_frames_and_padding_with_the_last_frame(tmp_path: Path) -> None:

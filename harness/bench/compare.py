@@ -116,16 +116,23 @@ def check(value: float, center: float, ref: Reference) -> str | None:
 # ------------------------------------------------------------------------------------------ metrics
 def extract(paths: RunPaths) -> dict[str, float | None]:
     """The nightly metrics of a run, from the numbers its report is made of."""
+    return extract_with_protocol(paths)[0]
+
+
+def extract_with_protocol(paths: RunPaths) -> tuple[dict[str, float | None], str]:
+    """`extract`'s metrics and the evaluation protocol of the quality ones (`EvalResult.protocol_label`;
+    '' where no checkpoint was evaluated): numbers of different protocols never compare."""
     from harness.launch.backend import load_plan
 
     plan = load_plan(paths)
     rep = report.build(paths, plan.spec, [], plan.training)
     t, k = rep.training, rep.tokenize
     final = next((c for c in rep.checkpoints if c.step == plan.checkpoint_steps[-1]), None)
-    return {"tokenize_clips_per_s": k.clips_per_s if k else None,
-            "train_tokens_per_s": t.tokens_per_s if t else None, "mfu": t.mfu if t else None,
-            "final_loss": t.final_loss if t else None,
-            **{m.reference: final.value(m.name) if final else None for m in mt.METRICS}}
+    return ({"tokenize_clips_per_s": k.clips_per_s if k else None,
+             "train_tokens_per_s": t.tokens_per_s if t else None, "mfu": t.mfu if t else None,
+             "final_loss": t.final_loss if t else None,
+             **{m.reference: final.value(m.name) if final else None for m in mt.METRICS}},
+            final.protocol if final else "")
 
 
 def identity(paths: RunPaths) -> dict[str, str]:
@@ -171,13 +178,19 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def medians(history: list[dict[str, Any]], cluster: str, image: str, window: int) -> dict[str, tuple[float, int]]:
+def medians(history: list[dict[str, Any]], cluster: str, image: str, window: int,
+            protocol: str | None = None) -> dict[str, tuple[float, int]]:
     """metric -> (median, entries) over the last `window` PASSING entries of this cluster and image:
-    a regression that was caught never becomes part of the baseline."""
+    a regression that was caught never becomes part of the baseline. With `protocol`, the quality metrics
+    count only entries evaluated under it (an entry without `eval_protocol` predates the key: aligned with
+    the area resize, the only protocol then)."""
     same = [h for h in history if h.get("cluster") == cluster and h.get("image") == image and h.get("passed")]
+    quality = {m.reference for m in mt.METRICS}
     out = {}
     for m in metrics():
-        vals = [h["metrics"][m.key] for h in same if isinstance(h.get("metrics", {}).get(m.key), (int, float))]
+        pool = same if protocol is None or m.key not in quality else \
+            [h for h in same if h.get("eval_protocol", "aligned, resize area") == protocol]
+        vals = [h["metrics"][m.key] for h in pool if isinstance(h.get("metrics", {}).get(m.key), (int, float))]
         vals = vals[-window:]
         if vals:
             out[m.key] = (statistics.median(vals), len(vals))
@@ -217,7 +230,9 @@ def evaluate(values: dict[str, float | None], refs: dict[str, Reference],
     return rows, violations
 
 
-def table(rows: list[dict[str, Any]]) -> Table:
+def table(rows: list[dict[str, Any]], protocol: str = "") -> Table:
+    """`protocol`: the evaluation protocol of the quality metrics, named in their rows."""
+    quality = {m.reference for m in mt.METRICS}
     t = Table("metric", "value", "reference (bounds)", "history median (n)", "verdict", title="nightly compare",
               title_justify="left")
     for m, r in zip(metrics(), rows):
@@ -228,7 +243,8 @@ def table(rows: list[dict[str, Any]]) -> Table:
             ref_text = f"{ref['value']:.6g} {ref['unit']} [{lo:.6g}, {hi:.6g}]"
         hist = f"{r['history_median']:.6g} ({r['history_n']})" if r["history_median"] is not None else "-"
         verdict = "[green]ok[/]" if not r["problems"] else "[red]" + "; ".join(r["problems"]) + "[/]"
-        t.add_row(m.label, report.fmt(r["value"], m.fmt), ref_text, hist, verdict)
+        label = f"{m.label}, protocol {protocol}" if protocol and m.key in quality else m.label
+        t.add_row(label, report.fmt(r["value"], m.fmt), ref_text, hist, verdict)
     return t
 
 
@@ -252,17 +268,17 @@ def run(args: list[str]) -> dict[str, Any]:
     paths = resolve_run(a.run, a.workdir)
     who = identity(paths)
     refs = load_references(Path(a.references), a.system or who["cluster"])
-    values = extract(paths)
+    values, protocol = extract_with_protocol(paths)
     history = Path(a.history)
-    base = medians(read_history(history), who["cluster"], who["image"], a.window)
+    base = medians(read_history(history), who["cluster"], who["image"], a.window, protocol or None)
     rows, violations = evaluate(values, refs, base)
     console = Console(highlight=False)
-    console.print(table(rows))
+    console.print(table(rows, protocol))
     for v in violations:
         console.print(f"[red]REGRESSION[/] {v}", soft_wrap=True)
     console.print(f"{paths.run_id} on {who['cluster']} ({who['image']}, commit {who['commit']}): "
                   f"{'PASS' if not violations else f'{len(violations)} violation(s)'}", soft_wrap=True)
-    entry = {"run_id": paths.run_id, **who, "metrics": values, "passed": not violations,
-             "violations": violations}
+    entry = {"run_id": paths.run_id, **who, "metrics": values, "eval_protocol": protocol,
+             "passed": not violations, "violations": violations}
     append_history(history, entry)
     return {**entry, "history": str(history), "exit_code": 1 if violations else 0}

@@ -5,7 +5,10 @@ tracking and `bench compare` read files with `from_json`.
 The JSON is the files' format as it has always been written: keys in the same order, a metric's keys present
 only when `evaluate.metrics` selected it (named by `harness.core.metrics_table`). Reading is lenient, as the
 report has always been: a missing or malformed field reads as its empty value, so older or partial files still
-read and the report says what is missing rather than failing.
+read and the report says what is missing rather than failing. Every result names its `protocol`
+(evaluate.protocol: "aligned" or "tokenbench"; a file from before the key read as "aligned", the only protocol
+then) and, for "aligned", the `resize` that fitted the reference (a file without it: "area", the only one then).
+With evaluate.protocol = "both" the shard file is the aligned result plus `other_protocols`, a list of results.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ class VideoRecord:
     generated: str
     reference: str
     alignment: str
-    """'sidecar' (frames mapped by the infer stage's sidecar) or 'identity' (frame i vs frame i)."""
+    """'sidecar' (frames mapped by the infer stage's sidecar), 'identity' (frame i vs frame i) or 'tokenbench'
+    (frame i vs frame i of both files after TokenBench's preprocessing)."""
     generated_frames: tuple[int, ...]
     reference_frames: tuple[int, ...]
     """Source frame of each compared generated frame (same length)."""
@@ -178,13 +182,24 @@ class EvalResult:
     missing_reference: tuple[str, ...] = ()
     missing_generated: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    protocol: str = "aligned"
+    """evaluate.protocol of these numbers: aligned or tokenbench."""
+    resize: str = "upstream"
+    """aligned: video.resize, how the reference was fitted to the generated size; '' for tokenbench."""
+
+    @property
+    def protocol_label(self) -> str:
+        """The protocol of these numbers as every output names it: 'tokenbench', or 'aligned' with the
+        reference's resize."""
+        return f"aligned, resize {self.resize}" if self.protocol == "aligned" and self.resize else self.protocol
 
     def to_json(self) -> dict[str, Any]:
         return {"frames": self.frames, "backend": self.backend, "engine": self.engine, "device": self.device,
                 "metrics": list(self.metrics), "videos": [v.to_json() for v in self.videos],
                 "mean": self.mean.to_json(), "failed": [f.to_json() for f in self.failed],
                 "missing_reference": list(self.missing_reference),
-                "missing_generated": list(self.missing_generated), "notes": list(self.notes)}
+                "missing_generated": list(self.missing_generated), "notes": list(self.notes),
+                "protocol": self.protocol, "resize": self.resize}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EvalResult:
@@ -196,7 +211,16 @@ class EvalResult:
                          if isinstance(v, Mapping)),
                    Means.from_json(_dict(d.get("mean"))),
                    tuple(Failure.from_json(f) for f in _list(d.get("failed")) if isinstance(f, Mapping)),
-                   _strs(d.get("missing_reference")), _strs(d.get("missing_generated")), _strs(d.get("notes")))
+                   _strs(d.get("missing_reference")), _strs(d.get("missing_generated")), _strs(d.get("notes")),
+                   str(d.get("protocol") or "aligned"), str(d.get("resize", "area") or ""))
+
+    def with_others(self, others: Sequence[EvalResult]) -> dict[str, Any]:
+        """This result's JSON followed by `other_protocols` (only when there are any)."""
+        return {**self.to_json(), **({"other_protocols": [o.to_json() for o in others]} if others else {})}
+
+    @classmethod
+    def others_from_json(cls, d: Mapping[str, Any]) -> tuple[EvalResult, ...]:
+        return tuple(cls.from_json(o) for o in _list(d.get("other_protocols")) if isinstance(o, Mapping))
 
 
 def _list(v: Any) -> list[Any]:
@@ -214,16 +238,25 @@ class ShardRecord:
     shards: int
     generated_dir: str
     result: EvalResult
+    others: tuple[EvalResult, ...] = ()
+    """The same pairs under the other protocols of evaluate.protocol = "both"."""
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "checkpoint_index": self.checkpoint_index, "shard": self.shard,
-                "shards": self.shards, "generated_dir": self.generated_dir, **self.result.to_json()}
+                "shards": self.shards, "generated_dir": self.generated_dir, **self.result.with_others(self.others)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ShardRecord:
         return cls(_int(d.get("step")), _int(d.get("checkpoint_index")), _int(d.get("shard")),
                    _int(d.get("shards"), 1),
-                   str(d.get("generated_dir", "")), EvalResult.from_json(d))
+                   str(d.get("generated_dir", "")), EvalResult.from_json(d), EvalResult.others_from_json(d))
+
+    def under(self, protocol: str) -> EvalResult | None:
+        """This shard's result under `protocol`, if it was evaluated so."""
+        return next((r for r in (self.result, *self.others) if r.protocol == protocol), None)
+
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(r.protocol for r in (self.result, *self.others))
 
 
 @dataclass(frozen=True)

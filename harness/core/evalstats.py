@@ -42,8 +42,12 @@ def frames_note(videos: Sequence[VideoRecord]) -> str:
         ctx = sorted({v.context_frames for v in side})
         parts.append(f"{len(side)} video(s) aligned by sidecar ({ALIGNMENT_CONVENTION}; generated frames "
                      f"0..{ctx[0] - 1 if len(ctx) == 1 else '(C-1)'} reproduce the context, the rest are predicted)")
-    if len(side) < len(videos):
-        parts.append(f"{len(videos) - len(side)} video(s) without sidecar: frame i compared with frame i")
+    tb = sum(v.alignment == "tokenbench" for v in videos)
+    if tb:
+        parts.append(f"{tb} video(s) under the tokenbench protocol: TokenBench's preprocessing of both files, "
+                     "frame i compared with frame i")
+    if len(side) + tb < len(videos):
+        parts.append(f"{len(videos) - len(side) - tb} video(s) without sidecar: frame i compared with frame i")
     return "; ".join(parts) or "no videos compared"
 
 

@@ -25,6 +25,8 @@ MetricBackend = Literal["auto", "fast", "skimage"]
 Metric = Literal[metrics_table.NAMES]  # type: ignore[valid-type]  # the allowed values are the metric table's names
 Device = Literal["auto", "cpu", "cuda"]
 TextEncoderDtype = Literal["fp32", "bf16"]
+VideoResize = Literal["upstream", "area"]
+EvalProtocol = Literal["aligned", "tokenbench", "both"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -80,6 +82,10 @@ class VideoSection:
     num_frames: int = opt(17, "frames per clip (1 + k * t); short clips are padded with their last frame",
                           min=1, max=100_000)
     fps: int = opt(25, "frame rate of generated videos", min=1, max=240)
+    resize: VideoResize = opt("upstream", "upstream: upstream's dataset preparation (pixels to [-1, 1] in fp32, "
+                                          "torchvision bilinear with antialias to ceil(scale x size), crop at "
+                                          "round((H - h) / 2), back to uint8 rounded); area: swscale AREA on uint8 "
+                                          "to round(scale x size), crop at floor((H - h) / 2)")
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,14 @@ class EvaluateSection(Resources):
     backend: MetricBackend = opt("auto", "fast (vectorized, GPU if present) or skimage (reference)")
     metrics: tuple[Metric, ...] = opt(list(metrics_table.NAMES), "metrics computed, written and reported: "
                                       + ", ".join(metrics_table.NAMES))
+    protocol: EvalProtocol = opt("aligned", "aligned: frames paired as infer generated them, at the generated "
+                                            "size; tokenbench: TokenBench's preprocessing (first tokenbench_frames "
+                                            "frames, short side to tokenbench_width with Lanczos, H.264 re-encode) "
+                                            "and frame i vs frame i; both: each, reported side by side")
+    tokenbench_width: int = opt(320, "tokenbench protocol: short side after the Lanczos resize (its --width)",
+                                min=8, max=16_384)
+    tokenbench_frames: int = opt(17, "tokenbench protocol: first frames of each file compared (its --num_frames)",
+                                 min=1, max=100_000)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,24 @@
 """Video I/O with PyAV: the one definition of how a file becomes a [T, H, W, 3] uint8 clip, and back.
 
 Tokenize, infer and evaluate all go through `load_clip`, so a clip is cropped and padded the same way
-everywhere. Resizing happens in swscale (C) straight to the cover size, then a center crop in numpy;
-decoding stops after the first T frames. This module imports no torch: decode worker processes stay small.
+everywhere (`video.resize`). "upstream" gives the pixels of upstream's dataset preparation for the same decoded
+frames: uint8 to fp32 in [-1, 1], torchvision's bilinear resize with antialias (its default since 0.17, the
+release of upstream's container) to ceil(scale x size), a center crop at round((H - h) / 2), then back to
+uint8 rounded to nearest, the encoder's input format (upstream hands the float pixels on; the uint8 step moves
+each by at most half a level). "area" resizes in swscale (C) with AREA straight to round(scale x size) and crops
+at floor((H - h) / 2): faster, other pixels. Decoding stops after the first T frames. torch is imported only
+when an "upstream" frame needs resizing: decode worker processes that never resize stay small.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -27,22 +34,52 @@ class VideoError(HarnessError):
         self.reason = reason
 
 
+Resize = Literal["upstream", "area"]
+
+
 @dataclass(frozen=True)
 class ClipShape:
     frames: int
     height: int
     width: int
+    resize: Resize = "upstream"
 
 
 def cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
-    """Smallest size with the source aspect ratio that covers width x height."""
+    """Smallest size with the source aspect ratio that covers width x height ("area": rounded)."""
     scale = max(width / src_w, height / src_h)
     return max(width, round(src_w * scale)), max(height, round(src_h * scale))
 
 
+def upstream_cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
+    """Upstream's cover size: the same float scale, each side rounded up (a float product a hair above an
+    integer rounds up past it, as upstream's does)."""
+    scale = max(width / src_w, height / src_h)
+    return math.ceil(scale * src_w), math.ceil(scale * src_h)
+
+
+def resize_upstream(rgb: np.ndarray, height: int, width: int, crop: tuple[int, int]) -> np.ndarray:
+    """One uint8 [H, W, 3] frame resized to height x width as upstream does, then cropped to `crop` = (h, w)
+    at upstream's offsets; uint8 out."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+    x = x * 2 - 1
+    y = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
+                                        antialias=True)
+    (y0, x0), (h, w) = upstream_crop(height, width, *crop), crop
+    y = y[0, :, y0:y0 + h, x0:x0 + w]
+    return ((y.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def upstream_crop(src_h: int, src_w: int, h: int, w: int) -> tuple[int, int]:
+    """torchvision's center crop offsets: Python's round (half to even) of half the excess."""
+    return round((src_h - h) / 2.0), round((src_w - w) / 2.0)
+
+
 def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.ndarray:
     """First `shape.frames` frames, resized to cover and center-cropped; short clips repeat their last frame."""
-    frames = load_frames(path, (shape.height, shape.width), shape.frames, threads=threads)
+    frames = load_frames(path, (shape.height, shape.width), shape.frames, threads=threads, resize=shape.resize)
     if len(frames) == shape.frames:
         return frames
     out = np.empty((shape.frames, shape.height, shape.width, 3), np.uint8)
@@ -52,15 +89,16 @@ def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.nda
 
 
 def load_frames(path: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None, *,
-                threads: int = 1) -> np.ndarray:
+                threads: int = 1, resize: Resize = "upstream") -> np.ndarray:
     """Up to `max_frames` real frames (no padding) [n, H, W, 3]: at `size` = (H, W) resized to cover and
-    center-cropped, or at the video's own size when `size` is None. One open, one decode pass, each frame
-    written straight into the result: callers that need the true frame count need no separate probe."""
+    center-cropped (`resize` says how), or at the video's own size when `size` is None. One open, one decode
+    pass, each frame written straight into the result: callers that need the true frame count need no
+    separate probe."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise VideoError(path, "empty file: 0 bytes")
-        frames = _decode(path, size, max_frames, threads)
+        frames = _decode(path, size, max_frames, threads, resize)
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
@@ -78,7 +116,8 @@ def try_load(path: str, shape: ClipShape) -> tuple[np.ndarray | None, str | None
         return None, e.reason
 
 
-def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, threads: int) -> np.ndarray:
+def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, threads: int,
+            resize: Resize = "upstream") -> np.ndarray:
     with av.open(str(path), mode="r") as container:
         if not container.streams.video:
             raise VideoError(path, "no video stream: the container holds no video track")
@@ -88,7 +127,7 @@ def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, th
         out: np.ndarray | None = None
         n = 0
         for frame in container.decode(stream):
-            rgb = _fit(frame, size)
+            rgb = _fit(frame, size, resize)
             if out is None:
                 out = np.empty((max(cap, 1), *rgb.shape), np.uint8)
             elif n == len(out):  # the container under-declared its frames (or declared none): grow
@@ -102,11 +141,19 @@ def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, th
     return out[:n]
 
 
-def _fit(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-    """rgb24 of one frame: at its own size, or resized to cover `size` and center-cropped (a view)."""
+def _fit(frame: av.VideoFrame, size: tuple[int, int] | None, resize: Resize = "upstream") -> np.ndarray:
+    """rgb24 of one frame: at its own size, or resized to cover `size` and center-cropped."""
     if size is None:
         return _to_rgb(frame)
     height, width = size
+    if resize == "upstream":
+        cw, ch = upstream_cover_size(frame.width, frame.height, width, height)
+        if (cw, ch) == (frame.width, frame.height):  # bilinear at scale 1 is the identity, and so is the round trip
+            y0, x0 = upstream_crop(ch, cw, height, width)
+            return _to_rgb(frame)[y0:y0 + height, x0:x0 + width]
+        return resize_upstream(_to_rgb(frame), ch, cw, (height, width))
+    if resize != "area":
+        raise ValueError(f"video.resize {resize!r}: must be one of upstream, area")
     cw, ch = cover_size(frame.width, frame.height, width, height)
     rgb = _to_rgb(frame) if (cw, ch) == (frame.width, frame.height) else _to_rgb(frame, cw, ch)
     y0, x0 = (ch - height) // 2, (cw - width) // 2

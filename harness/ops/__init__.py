@@ -106,19 +106,21 @@ def cmd_sync(run: str, workdir: str = "runs") -> int:
     return 0
 
 
-def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | None) -> int:
-    """`harness evaluate`: two folders compared as the evaluate stage compares a run's, with no run around them."""
+def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | None, protocol: str = "aligned") -> int:
+    """`harness evaluate`: two folders compared as the evaluate stage compares a run's, with no run around them;
+    with protocol "both" a table per protocol."""
     from harness.core.atomic import atomic_write_json
     from harness.report import evaltable
     from harness.stages.evaluate import evaluate_dirs
 
-    result = evaluate_dirs(Path(reference), Path(generated), backend=backend)
+    result = evaluate_dirs(Path(reference), Path(generated), backend=backend, protocol=protocol)
     out = Path(out_file) if out_file else evaltable.default_out(generated)
     atomic_write_json(out, result)
     console = _console()
-    console.print(evaltable.table(result))
-    for line in evaltable.problems(result):
-        console.print(f"[yellow]note:[/] {escape(line)}")
+    for one in (result, *result.get("other_protocols", [])):
+        console.print(evaltable.table(one))
+        for line in evaltable.problems(one):
+            console.print(f"[yellow]note:[/] {escape(line)}")
     console.print(f"wrote {out} (per-frame SSIM and the compared frame indices)", markup=False)
     return 0
 

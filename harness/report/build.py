@@ -106,9 +106,21 @@ def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
     for step in sorted(evals):
         e = merge_shards(evals[step], metrics)
         rows.append(Checkpoint(step, {m.name: _num(e.mean.value(m.name)) for m in chosen}, len(e.videos), False,
-                               e.frames, len(evals[step]), shards_planned, len(e.failed)))
+                               e.frames, len(evals[step]), shards_planned, len(e.failed),
+                               evals[step][0].result.protocol_label, _other_means(evals[step], metrics)))
     best = _best(rows, [m.name for m in chosen])
     return tuple(dataclasses.replace(c, best=c.step == best) for c in rows)
+
+
+def _other_means(shards: Sequence[ShardRecord], metrics: Sequence[str] | None
+                 ) -> dict[str, dict[str, float | None]]:
+    """Protocol label -> metric -> mean over every shard's videos, for each protocol besides the main one."""
+    out: dict[str, dict[str, float | None]] = {}
+    for proto in dict.fromkeys(p for s in shards for p in s.protocols()[1:]):
+        under = [dataclasses.replace(s, result=r, others=()) for s in shards if (r := s.under(proto)) is not None]
+        e = merge_shards(under, metrics)
+        out[under[0].result.protocol_label] = {m.name: _num(e.mean.value(m.name)) for m in mt.selected(metrics)}
+    return out
 
 
 def _read(path: Path, missing: list[str]) -> Any:

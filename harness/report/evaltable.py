@@ -42,8 +42,8 @@ def table(result: dict[str, Any]) -> Table:
     sidecar says which frames reproduce the context); the last row is the mean over videos."""
     r = EvalResult.from_json(result)
     shown = mt.selected(r.metrics or None)
-    t = Table(title=f"TokenBench {' / '.join(m.label for m in shown)} ({r.backend}, {r.engine}, {r.device})",
-              caption=r.frames)
+    t = Table(title=f"{' / '.join(m.label for m in shown)}, protocol {r.protocol_label} "
+                    f"({r.backend}, {r.engine}, {r.device})", caption=r.frames)
     t.add_column("video", justify="left")
     for col in [f"{m.label} {m.unit}".strip() for m in shown] + [f"predicted {m.label}" for m in shown]:
         t.add_column(col, justify="right")

@@ -52,6 +52,8 @@ class Sample:
     """Generated frames below this index reproduce the context."""
     scores: tuple[tuple[str, float | None], ...] = ()
     """(metric name, the video's value) for the metrics evaluate computed, in `metrics_table` order."""
+    resize: str = "upstream"
+    """How evaluate fitted the reference to the generated size (its result's `resize`)."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,13 @@ def pick_samples(evals: Mapping[int, Sequence[ShardRecord]],
     """The first `per_checkpoint` scored videos of each checkpoint (in shard order), from evaluate's files."""
     out: list[Sample] = []
     for step in sorted(evals):
+        resize = {v.name: s.result.resize or "upstream" for s in evals[step] for v in s.result.videos}
         for v in videos_of(evals[step])[:per_checkpoint]:
             g, r = v.generated_frames, v.reference_frames
             if not g or len(g) != len(r) or not v.generated or not v.reference:
                 continue
             out.append(Sample(step, v.name, v.generated, v.reference, g, r, v.context_frames,
-                              tuple(v.scores.values.items())))
+                              tuple(v.scores.values.items()), resize[v.name]))
     return tuple(out)
 
 
@@ -143,7 +146,8 @@ def write_media(sample: Sample, out_dir: Path) -> Media:
     try:
         gen = load_frames(sample.generated)
         size = (gen.shape[1], gen.shape[2])
-        ref_all = load_frames(sample.reference, size, max(sample.reference_frames) + 1)
+        ref_all = load_frames(sample.reference, size, max(sample.reference_frames) + 1,
+                              resize=sample.resize)  # type: ignore[arg-type]  # a value evaluate wrote
         ref = ref_all[[min(r, len(ref_all) - 1) for r in sample.reference_frames]]
         codec, fps = _probe(sample.generated)
         if codec == "h264":

@@ -55,15 +55,23 @@ class Checkpoint:
     shards_planned: int = 1
     failed_videos: int = 0
     """Pairs the evaluate stage could not score (named in the shard files' `failed`)."""
+    protocol: str = "aligned"
+    """The protocol of `values` (`evaltable.protocol_label`: 'aligned, resize upstream' or 'tokenbench')."""
+    others: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    """Protocol label -> metric name -> mean, for the other protocols of evaluate.protocol = "both"."""
 
     def value(self, name: str) -> float | None:
         return self.values.get(name)
 
     def to_json(self, metrics: Sequence[str]) -> dict[str, Any]:
-        """report.json's row: the selected metrics (`metrics_table` order) after the step."""
-        return {"step": self.step, **{m.name: self.values.get(m.name) for m in mt.selected(metrics)},
+        """report.json's row: the selected metrics (`metrics_table` order) after the step, then their protocol
+        and the other protocols' means."""
+        chosen = mt.selected(metrics)
+        return {"step": self.step, **{m.name: self.values.get(m.name) for m in chosen},
                 "videos": self.videos, "best": self.best, "frames": self.frames, "shards": self.shards,
-                "shards_planned": self.shards_planned, "failed_videos": self.failed_videos}
+                "shards_planned": self.shards_planned, "failed_videos": self.failed_videos,
+                "protocol": self.protocol,
+                "other_protocols": {p: {m.name: v.get(m.name) for m in chosen} for p, v in self.others.items()}}
 
 
 @dataclass(frozen=True)

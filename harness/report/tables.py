@@ -82,12 +82,15 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
         same = len(frames) == 1
         sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
         shown = mt.selected(rep.metrics)
-        header = ["step"] + [m.column for m in shown] + ["videos"] + (["shards"] if sharded else []) + ["best"] \
-            + ([] if same else ["frames compared"])
+        others = list(dict.fromkeys(p for c in rep.checkpoints for p in c.others))
+        header = ["step"] + [m.column for m in shown] + ["protocol"] \
+            + [f"{m.column} {p}" for p in others for m in shown] + ["videos"] + (["shards"] if sharded else []) \
+            + ["best"] + ([] if same else ["frames compared"])
         out.append(("checkpoints", header,
-                    [[str(c.step)] + [fmt(c.value(m.name), m.name) for m in shown] + [str(c.videos)]
-                     + ([f"{c.shards}/{c.shards_planned}"] if sharded else []) + ["*" if c.best else ""]
-                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
+                    [[str(c.step)] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
+                     + [fmt(c.others.get(p, {}).get(m.name), m.name) for p in others for m in shown]
+                     + [str(c.videos)] + ([f"{c.shards}/{c.shards_planned}"] if sharded else [])
+                     + ["*" if c.best else ""] + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
         if same and frames != {""}:
             out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
     if rep.missing_shards:

@@ -7,7 +7,13 @@ the rest, so generated frame g is reference frame g; frames whose reference inde
 source have no ground truth and are left out (and listed). Upstream TokenBench instead compared generated
 frames with the FIRST N reference frames while generation continued the LAST ones.
 Without a sidecar (standalone `harness evaluate --reference DIR --generated DIR`) frame i is compared with
-frame i, and the result says `"alignment": "identity"`.
+frame i, and the result says `"alignment": "identity"`. The reference is fitted to the generated size as
+`video.resize` says (the tokenize and infer stages' resize, so the frames infer conditioned on).
+
+`evaluate.protocol`: "aligned" is the above; "tokenbench" prepares both files as upstream's TokenBench does
+(`harness.lib.tokenbench`: first N frames, Lanczos to a short side, H.264 round trip) and compares frame i with
+frame i, so its numbers compare with upstream's; "both" writes each, the aligned result first and the
+TokenBench one under `other_protocols`. Every result names its `protocol`.
 
 Metrics (the rows of `harness.core.metrics_table`, their kernels in `harness.lib.metrics`) are reported over all
 compared frames and over the predicted frames alone (context frames measure the tokenizer's reconstruction,
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
-from harness.lib import media, metrics
+from harness.lib import media, metrics, tokenbench
 from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError
 from harness.core.evalrecords import EvalResult, Failure, Scores, ShardRecord, VideoRecord
@@ -41,6 +47,39 @@ from harness.lib.video import load_frames
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec
+
+# ------------------------------------------------------------------------------------- protocols
+@dataclass(frozen=True)
+class Protocol:
+    """How one evaluation turns a (generated, reference) pair into compared frames."""
+
+    name: str = "aligned"
+    """aligned (sidecar frame mapping at the generated size) or tokenbench (TokenBench's preprocessing)."""
+    resize: str = "upstream"
+    """aligned: how the reference is fitted to the generated size (`video.resize`)."""
+    tokenbench_width: int = tokenbench.SHORT_SIDE
+    tokenbench_frames: int = tokenbench.FRAMES
+
+    def note(self) -> str:
+        """The frames note of a TokenBench result: what was compared with what."""
+        return (f"tokenbench protocol: the first {self.tokenbench_frames} frames of each file, short side resized "
+                f"to {self.tokenbench_width} (Lanczos, no crop), both re-encoded as H.264 (qp 28 above 640x480, "
+                "else 20) and decoded, frame i compared with frame i")
+
+
+def protocols(name: str, resize: str = "upstream", width: int = tokenbench.SHORT_SIDE,
+              frames: int = tokenbench.FRAMES) -> tuple[Protocol, ...]:
+    """evaluate.protocol -> the evaluations to run, the one written first (the shard's main result) first."""
+    names = {"aligned": ("aligned",), "tokenbench": ("tokenbench",), "both": ("aligned", "tokenbench")}
+    if name not in names:
+        raise ValueError(f"evaluate protocol {name!r}: must be one of aligned, tokenbench, both")
+    return tuple(Protocol(n, resize, width, frames) for n in names[name])
+
+
+def spec_protocols(spec: RunSpec) -> tuple[Protocol, ...]:
+    e = spec.evaluate
+    return protocols(e.protocol, spec.video.resize, e.tokenbench_width, e.tokenbench_frames)
+
 
 # ------------------------------------------------------------------------------------- pairs
 @dataclass(frozen=True)
@@ -53,7 +92,7 @@ class Pair:
     context_frames: int = 0
 
 
-def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
+def load_pair(pair: Pair, resize: str = "upstream") -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
     """(reference frames, generated frames, compared generated indices, their reference indices,
     generated indices without ground truth) for one pair, already aligned frame for frame.
 
@@ -69,7 +108,7 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int],
     wanted = [r for r in mapping if r is not None and r >= 0]
     if not wanted:
         raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path}")
-    ref = load_frames(ref_path, (h, w), max(wanted) + 1)
+    ref = load_frames(ref_path, (h, w), max(wanted) + 1, resize=resize)  # type: ignore[arg-type]  # a spec value
     g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < len(ref)]
     r_idx = [int(mapping[g]) for g in g_idx]  # type: ignore[arg-type]
     compared = set(g_idx)
@@ -77,6 +116,15 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int],
     if not g_idx:
         raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path} ({len(ref)} frames)")
     return _take(ref, r_idx), _take(gen, g_idx), g_idx, r_idx, missing
+
+
+def load_tokenbench_pair(pair: Pair, protocol: Protocol
+                         ) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
+    """`load_pair`'s result under the tokenbench protocol: frame i against frame i, nothing left out."""
+    ref, gen = tokenbench.prepare_pair(pair.reference, pair.generated, protocol.tokenbench_frames,
+                                       protocol.tokenbench_width)
+    idx = list(range(len(gen)))
+    return ref, gen, idx, idx, []
 
 
 def _take(frames: np.ndarray, idx: list[int]) -> np.ndarray:
@@ -97,25 +145,28 @@ def _scores(chosen: Sequence[mt.Metric], values: dict[str, np.ndarray], idx: lis
 
 def score_arrays(pair: Pair, ref: np.ndarray, gen: np.ndarray, g_idx: list[int], r_idx: list[int],
                  missing: list[int], backend: str, device: str,
-                 selected: Sequence[str] | None = None) -> VideoRecord:
+                 selected: Sequence[str] | None = None, tokenbench_frames: bool = False) -> VideoRecord:
+    """`tokenbench_frames`: the frames are TokenBench's (alignment 'tokenbench', no context/predicted split)."""
     chosen = mt.selected(selected)
     values = metrics.frame_values(ref, gen, [m.name for m in chosen], backend, device)
     frame_pixels = ref[0].size
     pred = [k for k, g in enumerate(g_idx) if g >= pair.context_frames]
-    predicted = pair.reference_frames is not None and 0 < len(pred) < len(g_idx)
-    return VideoRecord(pair.name, pair.generated, pair.reference,
-                       "identity" if pair.reference_frames is None else "sidecar", tuple(g_idx), tuple(r_idx),
-                       tuple(missing), pair.context_frames,
+    predicted = not tokenbench_frames and pair.reference_frames is not None and 0 < len(pred) < len(g_idx)
+    alignment = "tokenbench" if tokenbench_frames else "identity" if pair.reference_frames is None else "sidecar"
+    return VideoRecord(pair.name, pair.generated, pair.reference, alignment, tuple(g_idx), tuple(r_idx),
+                       tuple(missing), 0 if tokenbench_frames else pair.context_frames,
                        {m.name: tuple(float(x) for x in values[m.name]) for m in chosen if m.per_frame},
                        _scores(chosen, values, list(range(len(g_idx))), frame_pixels),
                        _scores(chosen, values, pred, frame_pixels) if predicted else None)
 
 
-def score_pair(pair: Pair, backend: str, device: str, selected: Sequence[str] | None = None
-               ) -> VideoRecord | Failure:
+def score_pair(pair: Pair, backend: str, device: str, selected: Sequence[str] | None = None,
+               protocol: Protocol = Protocol()) -> VideoRecord | Failure:
     """Decode and score one pair; failures become a `Failure`, never an exception."""
     try:
-        return score_arrays(pair, *load_pair(pair), backend, device, selected)
+        if protocol.name == "tokenbench":
+            return score_arrays(pair, *load_tokenbench_pair(pair, protocol), backend, device, selected, True)
+        return score_arrays(pair, *load_pair(pair, protocol.resize), backend, device, selected)
     except (HarnessError, ValueError, OSError, av.FFmpegError) as e:
         return Failure(pair.name, f"{e.__class__.__name__}: {e}", pair.generated, pair.reference)
 
@@ -137,7 +188,8 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Pair], Any], pairs: Seq
 
 
 def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None = None,
-                workers: int = 0, selected: Sequence[str] | None = None) -> list[VideoRecord | Failure]:
+                workers: int = 0, selected: Sequence[str] | None = None,
+                protocol: Protocol = Protocol()) -> list[VideoRecord | Failure]:
     """Score every pair on a pool of threads, each doing whole pairs: PyAV decoding, the numba kernel and
     CUDA work all run without the GIL, so threads scale like processes without their start-up or the cost
     of shipping frames between them, and on a GPU one pair's metrics overlap the next pairs' decoding."""
@@ -145,21 +197,34 @@ def score_pairs(pairs: Sequence[Pair], backend: str = "auto", device: str | None
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
     workers = min(workers or default_workers(), max(1, len(pairs)))
     if workers == 1:
-        return [score_pair(p, kind, device, selected) for p in pairs]
+        return [score_pair(p, kind, device, selected, protocol) for p in pairs]
     with ThreadPoolExecutor(workers) as pool:
-        return list(_bounded_map(pool, lambda p: score_pair(p, kind, device, selected), pairs, 2 * workers))
+        return list(_bounded_map(pool, lambda p: score_pair(p, kind, device, selected, protocol), pairs,
+                                 2 * workers))
 
 
 def summarize(results: Sequence[VideoRecord | Failure], *, backend: str, device: str,
               missing_reference: Iterable[str], missing_generated: Iterable[str],
-              selected: Sequence[str] | None = None) -> EvalResult:
+              selected: Sequence[str] | None = None, protocol: Protocol = Protocol()) -> EvalResult:
     ok = [r for r in results if isinstance(r, VideoRecord)]
     kind = metrics.resolve_backend(backend)
     engine = "skimage" if kind == "skimage" else metrics.fast_engine(device)
     chosen = tuple(selected) if selected is not None else mt.names()
-    return EvalResult(frames_note(ok), kind, engine, device, chosen, tuple(ok), video_means(ok, chosen),
-                      tuple(r for r in results if isinstance(r, Failure)), tuple(sorted(missing_reference)),
-                      tuple(sorted(missing_generated)), tuple(n for m in mt.selected(chosen) for n in m.notes))
+    tb = protocol.name == "tokenbench"
+    return EvalResult(protocol.note() if tb else frames_note(ok), kind, engine, device, chosen, tuple(ok),
+                      video_means(ok, chosen), tuple(r for r in results if isinstance(r, Failure)),
+                      tuple(sorted(missing_reference)), tuple(sorted(missing_generated)),
+                      tuple(n for m in mt.selected(chosen) for n in m.notes), protocol.name,
+                      "" if tb else protocol.resize)
+
+
+def evaluate_all(pairs: Sequence[Pair], protos: Sequence[Protocol], backend: str, device: str, workers: int,
+                 missing_reference: Sequence[str], missing_generated: Sequence[str],
+                 selected: Sequence[str] | None = None) -> tuple[EvalResult, ...]:
+    """One result per protocol, in `protos` order (the pairs are decoded afresh for each)."""
+    return tuple(summarize(score_pairs(pairs, backend, device, workers, selected, p), backend=backend, device=device,
+                           missing_reference=missing_reference, missing_generated=missing_generated,
+                           selected=selected, protocol=p) for p in protos)
 
 
 # ------------------------------------------------------------------------------------- matching
@@ -175,10 +240,12 @@ def _videos(root: Path) -> dict[str, Path]:
 
 
 def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "auto", *,
-                  device: str | None = None, workers: int = 0, use_sidecars: bool = True) -> dict[str, Any]:
+                  device: str | None = None, workers: int = 0, use_sidecars: bool = True,
+                  protocol: str = "aligned") -> dict[str, Any]:
     """Standalone evaluation (`harness evaluate --reference DIR --generated DIR`): files matched by name as
     TokenBench does (by stem, so x.mov matches x.mp4); unmatched files are reported by name, not fatal.
-    A generated file's sidecar, if present, gives its frame alignment; otherwise frame i vs frame i."""
+    A generated file's sidecar, if present, gives its frame alignment; otherwise frame i vs frame i.
+    `protocol`: as evaluate.protocol, at TokenBench's defaults (17 frames, short side 320)."""
     refs, gens = _videos(Path(reference)), _videos(Path(generated))
     pairs = []
     for stem, g in gens.items():
@@ -189,10 +256,9 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
                           side.context_frames if side else 0))
     kind = metrics.resolve_backend(backend)
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
-    out = summarize(score_pairs(pairs, kind, device, workers), backend=kind, device=device,
-                    missing_reference=[s for s in gens if s not in refs],
-                    missing_generated=[s for s in refs if s not in gens])
-    return {"reference_dir": str(reference), "generated_dir": str(generated), **out.to_json()}
+    main, *others = evaluate_all(pairs, protocols(protocol), kind, device, workers,
+                                 [s for s in gens if s not in refs], [s for s in refs if s not in gens])
+    return {"reference_dir": str(reference), "generated_dir": str(generated), **main.with_others(others)}
 
 
 def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
@@ -251,7 +317,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     kind = metrics.resolve_backend(spec.evaluate.backend)
     device = metrics.default_device() if kind == "fast" else "cpu"
     workers = min(default_workers(), spec.evaluate.cpus_per_task)
-    out = summarize(score_pairs(pairs, kind, device, workers, selected), backend=kind, device=device,
-                    missing_reference=missing_ref, missing_generated=missing_gen, selected=selected)
+    main, *others = evaluate_all(pairs, spec_protocols(spec), kind, device, workers, missing_ref, missing_gen,
+                                 selected)
     atomic_write_json(paths.eval_json(step, t.key),
-                      ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), out).to_json())
+                      ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), main, tuple(others)).to_json())

@@ -184,7 +184,7 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) ->
     rows = []
     to_encode = [it for it in batch if it.context_tokens is None]
     if to_encode:
-        shape = ClipShape(tm.context_frames(c), v.height, v.width)
+        shape = ClipShape(tm.context_frames(c), v.height, v.width, v.resize)
         clips = np.stack([load_clip(it.source, shape) for it in to_encode])
         idx = encoder.encode(clips)
         want = (len(to_encode), c, tm.grid.h, tm.grid.w)

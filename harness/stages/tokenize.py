@@ -74,7 +74,7 @@ def pick_device(name: str) -> torch.device:
 def encode_items(spec: RunSpec, items: list[InputItem], encoder: Encoder, writer: "ShardWriter") -> dict[str, Any]:
     """Decode ahead, encode in batches, write in input order; returns throughput figures."""
     v, tk = spec.video, spec.tokenize
-    batches = ClipBatches(items, ClipShape(v.num_frames, v.height, v.width), tk.batch_size)
+    batches = ClipBatches(items, ClipShape(v.num_frames, v.height, v.width, v.resize), tk.batch_size)
     t0, started = time.perf_counter(), time.time()
     inflight: deque[tuple[list[InputItem], Pending]] = deque()
     with _progress(len(items), f"tokenize[{writer.shard}]") as advance:
