@@ -11,7 +11,7 @@ import difflib
 import importlib.util
 import re
 
-from harness.core import hardware, metrics_table, models, tokens
+from harness.core import hardware, metrics_table, models, sbatch_options, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.sections import STAGES, RunSpec, data_parallel
@@ -27,6 +27,7 @@ def cross_check(spec: RunSpec) -> list[Problem]:
     out += _check_evaluate(spec)
     out += _check_container(spec)
     out += _check_paths(spec)
+    out += _check_sbatch_extra(spec)
     return [Problem(spec.source, k, m) for k, m in out]
 
 
@@ -44,6 +45,17 @@ def _check_paths(spec: RunSpec) -> list[tuple[str, str]]:
             if "," in value or ":" in value:
                 out.append((key, f"= {show(value)}: must not contain ',' or ':' when container.image is set "
                                  f"(Pyxis splits --container-mounts there)"))
+    return out
+
+
+def _check_sbatch_extra(spec: RunSpec) -> list[tuple[str, str]]:
+    """Each stage's extra sbatch options: sbatch's own names, none that the harness renders itself."""
+    out = []
+    for section in ("assets", *(s for s in STAGES if s != "stage-assets")):
+        for option in getattr(spec, section).sbatch_extra:
+            message = sbatch_options.check(option)
+            if message:
+                out.append((f"{section}.sbatch_extra", message))
     return out
 
 
