@@ -96,7 +96,8 @@ def _print_view(v: PlanView, overrides: list[str]) -> None:
     """One member's plan as `harness plan` prints it."""
     console.print(f"[bold]{v.title}[/] ({v.subtitle})")
     if overrides:
-        console.print(f"effective spec: {v.plan.spec.source} with {' '.join(overrides)}", markup=False)
+        console.print(f"effective spec: {v.plan.spec.source} with {' '.join(overrides)}", markup=False,
+                      soft_wrap=True)
     for line in v.summary:
         console.print(line)
     console.print(f"infer/evaluate: {v.fanout}", markup=False)
