@@ -13,8 +13,8 @@ import pytest
 import specs
 from harness import cli
 from harness.core import campaign, overrides, rundir, sbatch_options, sweep
-from harness.core import spec as spec_mod
 from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
 from harness.core.errors import SpecError
 from harness.core.paths import RunPaths
 from harness.ops import plan as plan_ops

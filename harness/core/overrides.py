@@ -58,7 +58,7 @@ def parse(text: str) -> Override:
 
 def check(o: Override) -> list[Problem]:
     """The override alone against its field: unknown section or key (with the closest one), or a bad value."""
-    where, problems = f"<override> {o.text}", []
+    where, problems = f"<override> {o.text}", list[Problem]()
     if o.section not in SECTIONS:
         unknown_keys({o.section: None}, SECTIONS, "", where, problems)
         return problems
@@ -70,7 +70,7 @@ def check(o: Override) -> list[Problem]:
 
 def apply(raw: Mapping[str, Any], texts: tuple[str, ...] | list[str]) -> Raw:
     """`raw` (the file's tables) with every override set; all bad overrides reported at once."""
-    parsed, problems = [], []
+    parsed, problems = list[Override](), list[Problem]()
     for text in texts:
         try:
             o = parse(text)

@@ -70,7 +70,7 @@ def sweep_table(raw: Mapping[str, Any], source: str) -> tuple[Mode, dict[str, li
         return None
     if not isinstance(table, Mapping):
         raise SpecError(Problem(source, "sweep", f"= {show(table)}: must be a table [sweep]"))
-    mode, problems, lists = table.get("mode", "grid"), [], {}
+    mode, problems, lists = table.get("mode", "grid"), list[Problem](), dict[str, list[Any]]()
     if mode not in MODES:
         problems.append(Problem(source, "sweep.mode", f"= {show(mode)}: must be one of 'grid', 'zip'"))
     for key, values in _flat(table):
@@ -130,7 +130,7 @@ def expand(raw: Mapping[str, Any], source: str, texts: tuple[str, ...] = (), *, 
     if swept:
         raise SpecError([Problem(f"<override> {t}", "", "this key is swept in [sweep]; change its list there")
                          for t in swept])
-    members, problems = [], []
+    members, problems = list[Member](), list[Problem]()
     base = effective.get("run", {}).get("name", "run") if isinstance(effective.get("run"), Mapping) else "run"
     for i, varied in enumerate(combinations(mode, lists), start=1):
         member_raw = overrides.set_dotted(effective, {**dict(varied), "run.name": f"{base}-{i}"})

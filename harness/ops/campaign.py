@@ -24,13 +24,13 @@ from harness.core import campaign as campaign_mod
 from harness.core import overrides, rundir
 from harness.core.atomic import atomic_write_json
 from harness.core.paths import SHARED_STAGES, CampaignPaths, RunPaths, new_campaign_dir, new_run_dir
+from harness.core.rundir import Submission
 from harness.core.sweep import Expanded
 from harness.launch.backend import load_plan
 from harness.ops import control, state, status
 from harness.ops import plan as plan_ops
 from harness.ops import submit as launching
 from harness.ops.plan import ExecutorName
-from harness.core.rundir import Submission
 
 __all__ = ["SHARED_STAGES", "CampaignSubmitted", "Member", "cancel", "members", "report", "resolve", "resume",
            "show_status", "submit"]
@@ -128,7 +128,7 @@ def resume(cpaths: CampaignPaths, console: Console) -> int:
     ms = [p for _, p in members(cpaths)]
     resubmitted: dict[Path, dict[str, list[str]]] = {}
     for paths in sorted(ms, key=lambda p: p.shared is not None):
-        parents = resubmitted.get(paths.data_root, {}) if paths.shared is not None else None
+        parents = resubmitted.get(paths.data_root, {}) if paths.shared is not None else None  # owner resumed
         before = len(state.load_jobs(paths).submissions)
         control.resume(paths, console, shared_parents=parents)
         new = state.load_jobs(paths).submissions[before:]

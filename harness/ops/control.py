@@ -60,7 +60,8 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
            shared_parents: dict[str, list[str]] | None = None) -> dict[str, list[int]]:
     """Resubmit the incomplete tasks; returns what was resubmitted ({} when the run is complete).
     `plan` defaults to the run's saved plan. A campaign member whose data another run prepares never resubmits
-    the shared stages: `shared_parents` are the job ids that run's resume just gave them (its campaign's resume)."""
+    the shared stages: `shared_parents` are the job ids that run's resume just gave them (its campaign's resume;
+    {} where it resubmitted none, or its local driver, which this run's driver waits for, runs them)."""
     plan = plan or load_plan(paths)
     ignore = SHARED_STAGES if paths.shared is not None else ()
     with launching.run_lock(paths):
@@ -89,7 +90,7 @@ def _check_shared(paths: RunPaths, todo: dict[str, list[int]], ignore: tuple[str
                   shared_parents: dict[str, list[str]] | None) -> None:
     """A member reading another run's data resumes only once that data is complete or resubmitted."""
     missing = [s for s in ignore if s in todo]
-    if missing and not shared_parents:
+    if missing and shared_parents is None:
         raise HarnessError(Problem(str(paths.root), "", f"its data ({', '.join(missing)}) comes from run "
                                    f"{paths.data_root.name}, which is incomplete: resume that run's campaign "
                                    f"(harness resume CAMPAIGN), which resumes the data first"))

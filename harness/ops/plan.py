@@ -280,7 +280,7 @@ class CampaignView:
 def campaign_view(expanded: sweep.Expanded, gathered: list[Gathered]) -> CampaignView:
     cp = campaign.build(expanded, [g.facts for g in gathered])
     first = view(expanded.members[0].spec, gathered[0])
-    rows, scripts = [], []
+    rows, scripts = list[tuple[str, ...]](), list[Script]()
     for m in cp.members:
         owner = cp.members[m.owner]
         data = "prepares its own" if owner is m else f"member {owner.member.index}'s ({owner.member.name})"
