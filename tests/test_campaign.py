@@ -4,6 +4,7 @@ the campaign plan's shared stages, and `harness plan --out` of a sweep over trai
 
 from __future__ import annotations
 
+import io
 import sys
 import tomllib
 from pathlib import Path
@@ -202,3 +203,31 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_a_member_reading_another_runs_incomplete_data_resumes_only_through_its_campaign(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from harness.core.errors import HarnessError
+    from harness.core.paths import mark_done, new_run_dir
+    from harness.ops import control
+    from harness.ops import submit as launching
+
+    spec = specs.build(_raw())
+    facts = plan_mod.Facts(num_inputs=10)
+    plan = plan_mod.build(spec, facts)
+    choice = launching.Choice("local", "test")
+    owner = new_run_dir(tmp_path, "a")
+    member = rundir.write_shared(new_run_dir(tmp_path, "b"), owner)
+    for p in (owner, member):
+        launching.write_run(p, "", plan, facts, choice)
+        launching.record_jobs(p, choice, [])
+    for stage in ("stage-assets", "tokenize"):
+        mark_done(owner, stage, 0)
+    with pytest.raises(HarnessError) as e:
+        control.resume(rundir.open_run(member.root), Console(file=io.StringIO()))
+    assert str(e.value) == (f"{member.root}: its data (merge) comes from run {owner.run_id}, which is incomplete: "
+                            f"resume that run's campaign (harness resume CAMPAIGN), which resumes the data first")
+    assert control.incomplete(plan, member)["merge"] == [0]  # the owner's markers: the member's own are elsewhere
+    mark_done(owner, "merge", 0)
+    assert "merge" not in control.incomplete(plan, member) and "finetune" in control.incomplete(plan, member)
