@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.paths import SHARED_STAGES
+from harness.core.sections import STAGES
 from harness.core.sweep import Expanded, Member
 
 PER_RUN_SECTIONS = ("finetune", "infer", "evaluate", "report", "tracking")
@@ -62,7 +63,7 @@ class CampaignPlan:
     def jobs(self) -> list[tuple[str, int, str]]:
         """(stage, sbatch calls, for which members) of the whole campaign, in plan order: what it submits."""
         out = []
-        for name in plan_mod.STAGES:
+        for name in STAGES:
             for m in self.members:
                 if m.runs(name):
                     calls = len(m.plan.stage(name).chunks)

@@ -39,8 +39,12 @@ class Member:
 
     @property
     def label(self) -> str:
-        values = ", ".join(f"{k}={overrides.toml_text(v)}" for k, v in self.varied)
-        return f"sweep member {self.index} ({values})"
+        return label(self.index, self.varied)
+
+
+def label(index: int, varied: tuple[tuple[str, Any], ...]) -> str:
+    """How a problem or a doctor check names a member: `sweep member 2 (finetune.lr=0.001)`."""
+    return f"sweep member {index} ({', '.join(f'{k}={overrides.toml_text(v)}' for k, v in varied)})"
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,8 @@ def expand(raw: Mapping[str, Any], source: str, texts: tuple[str, ...] = (), *, 
     base = effective.get("run", {}).get("name", "run") if isinstance(effective.get("run"), Mapping) else "run"
     for i, varied in enumerate(combinations(mode, lists), start=1):
         member_raw = overrides.set_dotted(effective, {**dict(varied), "run.name": f"{base}-{i}"})
-        label = Member(i, varied, member_raw, spec_mod.RunSpec()).label
         try:
-            members.append(Member(i, varied, member_raw, _build(member_raw, source, for_submit, label)))
+            members.append(Member(i, varied, member_raw, _build(member_raw, source, for_submit, label(i, varied))))
         except SpecError as e:
             problems += e.problems
     if problems:
@@ -144,7 +147,7 @@ def expand(raw: Mapping[str, Any], source: str, texts: tuple[str, ...] = (), *, 
     return Expanded(source, mode, tuple(lists), tuple(texts), tuple(members))
 
 
-def _build(raw: Mapping[str, Any], source: str, for_submit: bool, label: str) -> spec_mod.RunSpec:
+def _build(raw: Mapping[str, Any], source: str, for_submit: bool, member: str) -> spec_mod.RunSpec:
     """One member's spec, every problem prefixed with the member's label."""
     try:
         spec = spec_mod.from_dict(raw, source)
@@ -152,5 +155,5 @@ def _build(raw: Mapping[str, Any], source: str, for_submit: bool, label: str) ->
     except SpecError as e:
         problems = list(e.problems)
     if problems:
-        raise SpecError([Problem(f"{p.file}: {label}" if label else p.file, p.key, p.message) for p in problems])
+        raise SpecError([Problem(f"{p.file}: {member}" if member else p.file, p.key, p.message) for p in problems])
     return spec

@@ -75,12 +75,12 @@ def submit(spec_path: Path, expanded: Expanded, requested: ExecutorName = "auto"
             prior = tuple(s for s in owner.submissions if s.stage in SHARED_STAGES)
             parents = {st: [s.job_id for s in prior if s.stage == st] for st in SHARED_STAGES}
         subs = launching.start(paths, expanded.effective_toml(m.member), m.plan, g, todo, parents, prior)
-        out.append(Member(m.member.index, paths, cp_values(m), tuple(subs)))
+        out.append(Member(m.member.index, paths, _values(m), tuple(subs)))
         _record(cpaths, expanded, out, cp)
     return CampaignSubmitted(cpaths, gathered[0].choice, tuple(out), time.perf_counter() - t0)
 
 
-def cp_values(m: campaign_mod.MemberPlan) -> str:
+def _values(m: campaign_mod.MemberPlan) -> str:
     return ", ".join(f"{k}={overrides.toml_text(v)}" for k, v in m.member.varied)
 
 
