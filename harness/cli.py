@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -12,10 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.core import spec as spec_mod
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, Problem
 
 if TYPE_CHECKING:
-    from harness.ops.plan import ExecutorName
+    from harness.core.sweep import Expanded
+    from harness.ops.plan import ExecutorName, PlanView
 
 DESCRIPTION = ("Post-train an NVIDIA Cosmos autoregressive world model on a swapped video tokenizer, from one TOML "
                "run spec, as dependency-chained Slurm job arrays (or on this machine when no Slurm controller "
@@ -25,22 +27,77 @@ console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def cmd_validate(specs: list[str]) -> int:
-    """Exit 2 on any problem (stderr, one line each); warnings go to stdout with the ok line."""
+OVERRIDE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+=")
+"""`section.key=value` after the spec file(s): an override, not a file."""
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """(spec files, overrides) of positional arguments."""
+    return [a for a in args if not OVERRIDE.match(a)], [a for a in args if OVERRIDE.match(a)]
+
+
+def cmd_validate(args: list[str]) -> int:
+    """Exit 2 on any problem (stderr, one line each); warnings go to stdout with the ok line. Every member of a
+    sweep is checked, each problem naming its member."""
+    from harness.ops import plan as plan_ops
+
+    specs, overrides = split_overrides(args)
+    if not specs:
+        raise HarnessError("validate: give a spec file (then any section.key=value overrides)")
     for path in specs:
-        s = spec_mod.load_for_submit(Path(path))
-        for w in spec_mod.warnings(s):
-            console.print(f"warning: {w}", markup=False, soft_wrap=True)
-        console.print(f"{path}: ok ({s.token_math.describe()})", markup=False)
+        e = plan_ops.load_members(Path(path), overrides)
+        for m in e.members:
+            for w in spec_mod.warnings(m.spec):
+                console.print(f"warning: {m.label + ': ' if e.is_sweep else ''}{w}", markup=False, soft_wrap=True)
+        s = e.members[0].spec
+        what = f"{len(e.members)} sweep members, {e.mode}; " if e.is_sweep else ""
+        console.print(f"{path}: ok ({what}{s.token_math.describe()})", markup=False)
     return 0
 
 
-def cmd_plan(spec_path: str, out: str | None, num_inputs: int | None, executor: ExecutorName) -> int:
+def cmd_plan(spec_path: str, overrides: list[str], out: str | None, num_inputs: int | None,
+             executor: ExecutorName) -> int:
     from harness.ops import plan as plan_ops
 
-    spec = plan_ops.load(Path(spec_path))
+    e = plan_ops.load_members(Path(spec_path), overrides)
+    if e.is_sweep:
+        return _plan_campaign(e, out, num_inputs, executor)
+    spec = e.members[0].spec
     v = plan_ops.view(spec, plan_ops.gather(spec, executor, "plan", num_inputs=num_inputs))
+    _print_view(v, overrides)
+    if out is not None:
+        plan_ops.write_scripts(v, Path(out))
+        console.print(f"wrote {v.plan.sbatch_calls} sbatch script(s) to {Path(out)} "
+                      f"(job ids shown as ${{STAGE_JOB_ID}})", markup=False)
+    return 0
+
+
+def _plan_campaign(e: Expanded, out: str | None, num_inputs: int | None, executor: ExecutorName) -> int:
+    """A sweep: the first member's plan in full, then the members, the jobs they share and (--out) the scripts."""
+    from harness.ops import plan as plan_ops
+
+    cv = plan_ops.campaign_view(e, plan_ops.gather_members(e, executor, "plan", num_inputs=num_inputs))
+    _print_view(cv.first, list(cv.campaign.expanded.overrides))
+    console.print(f"[bold]campaign[/]: {len(cv.member_rows)} members ({cv.campaign.expanded.mode} over "
+                  f"{', '.join(cv.campaign.expanded.keys)})")
+    for header, rows in ((cv.member_header, cv.member_rows), (cv.job_header, cv.job_rows)):
+        table = Table(*header)
+        for row in rows:
+            table.add_row(*map(escape, row))
+        console.print(table)
+    if out is not None:
+        n = plan_ops.write_scripts(cv, Path(out))
+        console.print(f"wrote {n} sbatch script(s) to {Path(out)}, one folder per member "
+                      f"(job ids shown as ${{STAGE_JOB_ID}})", markup=False)
+    return 0
+
+
+def _print_view(v: PlanView, overrides: list[str]) -> None:
+    """One member's plan as `harness plan` prints it."""
     console.print(f"[bold]{v.title}[/] ({v.subtitle})")
+    if overrides:
+        console.print(f"effective spec: {v.plan.spec.source} with {' '.join(overrides)}", markup=False,
+                      soft_wrap=True)
     for line in v.summary:
         console.print(line)
     console.print(f"infer/evaluate: {v.fanout}", markup=False)
@@ -56,17 +113,17 @@ def cmd_plan(spec_path: str, out: str | None, num_inputs: int | None, executor: 
     console.print(table)
     for srun in v.srun_lines:
         console.print(f"finetune srun: {srun}", soft_wrap=True, markup=False)
-    if out is not None:
-        plan_ops.write_scripts(v, Path(out))
-        console.print(f"wrote {v.plan.sbatch_calls} sbatch script(s) to {Path(out)} "
-                      f"(job ids shown as ${{STAGE_JOB_ID}})", markup=False)
-    return 0
 
 
-def cmd_submit(spec: str, executor: ExecutorName, *, wait: bool, timeout_s: float, doctor: bool) -> int:
+def cmd_submit(spec: str, overrides: list[str], executor: ExecutorName, *, wait: bool, timeout_s: float,
+               doctor: bool) -> int:
+    from harness.ops import plan as plan_ops
     from harness.ops import submit
 
-    res = submit.submit(Path(spec), executor, doctor=doctor)
+    e = plan_ops.load_members(Path(spec), overrides)
+    if e.is_sweep:
+        return _submit_campaign(e, executor, wait=wait, timeout_s=timeout_s, doctor=doctor)
+    res = submit.submit(Path(spec), executor, doctor=doctor, overrides=tuple(overrides))
     console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
     console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
     for s in res.submissions:
@@ -78,10 +135,29 @@ def cmd_submit(spec: str, executor: ExecutorName, *, wait: bool, timeout_s: floa
     return 0
 
 
-def cmd_doctor(spec: str) -> int:
+def _submit_campaign(e: Expanded, executor: ExecutorName, *, wait: bool, timeout_s: float, doctor: bool) -> int:
+    """A sweep: the campaign id, then each member's run id and job ids; --wait waits for every member."""
+    from harness.ops import campaign, live
+
+    res = campaign.submit(Path(e.source), e, executor, doctor=doctor)
+    console.print(f"campaign {res.paths.campaign_id} -> {res.paths.root} ({len(res.members)} runs)", markup=False)
+    console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
+    for m in res.members:
+        data = f", data from {m.paths.data_root.name}" if m.paths.shared else ""
+        console.print(f"run {m.paths.run_id} ({m.values}{data})", markup=False)
+        for s in m.submissions:
+            if not m.paths.shared or s.stage not in campaign.SHARED_STAGES:
+                console.print(f"  {s.stage:<13} job {s.job_id}")
+    if not wait:
+        return 0
+    codes = [live.wait(m.paths, Console(highlight=False), timeout_s) for m in res.members]
+    return max(codes)
+
+
+def cmd_doctor(spec: str, overrides: list[str]) -> int:
     from harness.ops import doctor
 
-    _, checks = doctor.diagnose(Path(spec))
+    _, checks = doctor.diagnose(Path(spec), overrides=tuple(overrides))
     style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
     for c in checks:
         console.print(f"[{style[c.status]}]{c.status:<4}[/]  {escape(c.key)}: {escape(c.what)}: {escape(c.detail)}",
@@ -152,19 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("validate", help="check specs; one line per problem, exit 2 on any")
-    s.add_argument("specs", nargs="+")
+    over = "section.key=value overrides, values in TOML syntax (finetune.lr=3e-4)"
+    s = sub.add_parser("validate", help="check specs (every member of a sweep); one line per problem, exit 2 on any")
+    s.add_argument("specs", nargs="+", help="spec files, then any " + over)
 
     s = sub.add_parser("plan", help="print the DAG, token math and resources; --out writes every sbatch script")
     s.add_argument("spec")
+    s.add_argument("overrides", nargs="*", help=over)
     s.add_argument("--out", default=None)
     s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="slurm",
                    help="plan for this executor, as `submit --executor` would run it (default slurm: the "
                         "controller's figures, or Slurm's defaults assumed where none answers here)")
 
-    s = sub.add_parser("submit", help="submit the whole DAG; returns at once with the run id and job ids")
+    s = sub.add_parser("submit", help="submit the whole DAG (a [sweep]: a campaign of runs); returns at once with "
+                       "the run id and job ids")
     s.add_argument("spec")
+    s.add_argument("overrides", nargs="*", help=over)
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
     s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
     s.add_argument("--timeout", type=float, default=3600.0)
@@ -172,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("doctor", help="preflight on the login node: every check a line; exit 2 on any failure")
     s.add_argument("spec")
+    s.add_argument("overrides", nargs="*", help=over)
 
     _add_ops(sub)
 
@@ -205,15 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _overrides(args: list[str]) -> list[str]:
+    """Every argument after the spec is an override; one that is not `section.key=value` is named at once."""
+    files, overrides = split_overrides(args)
+    if files:
+        raise HarnessError([Problem(f"<override> {f}", "", "must be section.key=value, e.g. finetune.lr=3e-4")
+                            for f in files])
+    return overrides
+
+
 def dispatch(a: argparse.Namespace) -> int:
     """Parsed arguments -> the command's typed call; the one place argparse names meet the commands."""
     from harness import ops
 
     calls = {
         "validate": lambda: cmd_validate(a.specs),
-        "plan": lambda: cmd_plan(a.spec, a.out, a.num_inputs, a.executor),
-        "submit": lambda: cmd_submit(a.spec, a.executor, wait=a.wait, timeout_s=a.timeout, doctor=not a.no_doctor),
-        "doctor": lambda: cmd_doctor(a.spec),
+        "plan": lambda: cmd_plan(a.spec, _overrides(a.overrides), a.out, a.num_inputs, a.executor),
+        "submit": lambda: cmd_submit(a.spec, _overrides(a.overrides), a.executor, wait=a.wait, timeout_s=a.timeout,
+                                     doctor=not a.no_doctor),
+        "doctor": lambda: cmd_doctor(a.spec, _overrides(a.overrides)),
         "status": lambda: ops.cmd_status(a.run, a.workdir, watch=a.watch, show_all=a.all),
         "logs": lambda: ops.cmd_logs(a.run, a.stage, a.task, a.workdir, follow=a.follow, stderr=a.stderr),
         "resume": lambda: ops.cmd_resume(a.run, a.workdir),

@@ -20,14 +20,38 @@ from harness.core.errors import HarnessError
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
+SHARED_STAGES: tuple[str, ...] = ("stage-assets", "tokenize", "merge")
+"""The stages whose outputs (staged assets, token shards, the merged dataset) a campaign member may take from
+another member's run: they depend only on the keys that decide the tokens (`harness.core.campaign.share_key`)."""
+
 
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+    shared: Path | None = None
+    """The run directory that prepares this run's data (a campaign member sharing another's tokenize and merge;
+    recorded in `shared_json`, read back by `harness.core.rundir.open_run`); None: this run prepares its own."""
 
     @property
     def run_id(self) -> str:
         return self.root.name
+
+    @property
+    def data_root(self) -> Path:
+        """Where the shared stages' outputs, markers and logs are: this run's directory or the sharing one's."""
+        return self.shared or self.root
+
+    def stage_root(self, stage: str) -> Path:
+        return self.data_root if stage in SHARED_STAGES else self.root
+
+    def stage_run_id(self, stage: str) -> str:
+        """The run whose job runs `stage` (Slurm's job comment): the sharing run's for a shared stage."""
+        return self.stage_root(stage).name
+
+    @property
+    def shared_json(self) -> Path:
+        """Which run prepares this one's data (absent: this run itself)."""
+        return self.root / "shared.json"
 
     # -- launch
     @property
@@ -66,7 +90,7 @@ class RunPaths:
         return self.root / "logs"
 
     def logs(self, stage: str) -> Path:
-        return self.logs_dir / stage
+        return self.stage_root(stage) / "logs" / stage
 
     def job_folder(self, stage: str) -> Path:
         """submitit's log folder of a stage's jobs (`%j`: the job id, filled in by submitit)."""
@@ -81,7 +105,7 @@ class RunPaths:
         return self.root / "done"
 
     def markers_dir(self, stage: str) -> Path:
-        return self.done_dir / stage
+        return self.stage_root(stage) / "done" / stage
 
     def marker(self, stage: str, task: int) -> Path:
         """Completion marker of one array task; written last, after all of the task's outputs."""
@@ -109,7 +133,7 @@ class RunPaths:
     # -- stage-assets
     @property
     def assets_json(self) -> Path:
-        return self.root / "assets.json"
+        return self.data_root / "assets.json"
 
     @property
     def inputs_jsonl(self) -> Path:
@@ -118,14 +142,14 @@ class RunPaths:
 
     # -- tokenize / merge
     def shard_prefix(self, shard: int) -> Path:
-        return self.root / "tokens" / f"shard-{shard:05d}"
+        return self.data_root / "tokens" / f"shard-{shard:05d}"
 
     def shard_manifest(self, shard: int) -> Path:
-        return self.root / "tokens" / f"shard-{shard:05d}.manifest.json"
+        return self.data_root / "tokens" / f"shard-{shard:05d}.manifest.json"
 
     @property
     def dataset_dir(self) -> Path:
-        return self.root / "dataset"
+        return self.data_root / "dataset"
 
     @property
     def dataset_prefix(self) -> Path:
@@ -236,6 +260,33 @@ def new_run_dir(workdir: Path, name: str) -> RunPaths:
             continue
         return RunPaths(root)
     raise HarnessError(f"{workdir}: could not create a unique run directory")
+
+
+@dataclass(frozen=True)
+class CampaignPaths:
+    """A campaign's directory: `campaign.json` lists its member runs (ordinary run directories beside it)."""
+
+    root: Path
+
+    @property
+    def campaign_id(self) -> str:
+        return self.root.name
+
+    @property
+    def campaign_json(self) -> Path:
+        return self.root / "campaign.json"
+
+    @property
+    def is_campaign(self) -> bool:
+        return self.campaign_json.is_file()
+
+    def member(self, run_id: str) -> Path:
+        """A member's run directory: a sibling of the campaign's, so `harness runs` and a run id find it."""
+        return self.root.parent / run_id
+
+
+def new_campaign_dir(workdir: Path, name: str) -> CampaignPaths:
+    return CampaignPaths(new_run_dir(workdir, name).root)
 
 
 def mark_done(paths: RunPaths, stage: str, task: int, info: dict[str, Any] | None = None) -> None:

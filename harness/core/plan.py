@@ -54,6 +54,7 @@ class SlurmResources:
     constraint: str
     array_throttle: int
     signal_delay_s: int = 90
+    sbatch_extra: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts) -> StagePlan:
         partition=section.partition, account=section.account, qos=section.qos, time_min=section.time_min,
         nodes=section.nodes, ntasks_per_node=ntasks, gpus_per_node=section.gpus_per_node,
         cpus_per_task=section.cpus_per_task, mem_gb=section.mem_gb, constraint=section.constraint,
-        array_throttle=section.array_throttle,
+        array_throttle=section.array_throttle, sbatch_extra=section.sbatch_extra,
         signal_delay_s=spec.finetune.signal_delay_s if ranks else 90)
     size = max(1, facts.max_array_size)
     chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if row.array else ((0, 1),)

@@ -8,13 +8,46 @@ live here (not in `launch`) so that a reader below the launch layer (a bench, th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.atomic import read_json
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
-from harness.core.paths import RunPaths
+from harness.core.paths import CampaignPaths, RunPaths
+
+
+# ------------------------------------------------------------------------------------------ shared.json
+def open_run(root: Path) -> RunPaths:
+    """The run directory's layout, with where its shared data lies (a campaign member whose tokenize and merge
+    another member runs): every task, driver and command opens a run through here."""
+    paths = RunPaths(root)
+    if not paths.shared_json.is_file():
+        return paths
+    try:
+        shared = Path(read_json(paths.shared_json)["run"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HarnessError(Problem(str(paths.shared_json), "run", f"cannot read ({e.__class__.__name__}: {e})")) \
+            from None
+    return RunPaths(root, shared)
+
+
+def write_shared(paths: RunPaths, owner: RunPaths) -> RunPaths:
+    """Record that `owner` prepares this run's data; the paths with it."""
+    atomic_write_json(paths.shared_json, {"run": str(owner.root)})
+    return RunPaths(paths.root, owner.root)
+
+
+# ------------------------------------------------------------------------------------------ campaign.json
+def read_campaign(cpaths: CampaignPaths) -> list[tuple[str, Path]]:
+    """(values, run directory) of every member a campaign submitted, in order."""
+    try:
+        raw = read_json(cpaths.campaign_json)
+        return [(str(m.get("values", "")), Path(m["root"])) for m in raw["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HarnessError(Problem(str(cpaths.campaign_json), "members",
+                                   f"cannot read ({e.__class__.__name__}: {e})")) from None
 
 
 # ------------------------------------------------------------------------------------------ spec.json

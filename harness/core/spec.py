@@ -32,29 +32,39 @@ __all__ = ["SECTIONS", "AssetsSection", "ContainerSection", "DataSection", "Devi
            "FinetuneSection", "InferSection", "MergeSection", "Metric", "MetricBackend", "ModelSection",
            "Precision", "Recipe", "Recompute", "ReportSection", "Resources", "RunSection", "RunSpec",
            "TokenizeSection", "TokenizerSection", "TrackingSection", "VideoSection", "absolutize", "cross_check",
-           "data_parallel", "from_dict", "load", "load_for_submit", "loads", "ranks_per_node", "reference",
+           "data_parallel", "from_dict", "load", "load_for_submit", "loads", "parse_toml", "read_table", "read_text", "ranks_per_node", "reference",
            "submit_problems", "to_dict", "warnings"]
 
 
 def load(path: str | Path) -> RunSpec:
     """Read and validate a spec file; raises SpecError with every problem found."""
-    path = Path(path)
+    return from_dict(read_table(path), str(path))
+
+
+def read_text(path: str | Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(Problem(str(path), "", f"cannot read: {e.__class__.__name__}: {e}")) from None
-    return loads(text, source=str(path))
 
 
-def loads(text: str, source: str = "<spec>") -> RunSpec:
-    """Parse and validate TOML text; `source` names it in every problem."""
+def read_table(path: str | Path) -> dict[str, Any]:
+    """A spec file's TOML tables, unchecked (a sweep or overrides change them before `from_dict`)."""
+    return parse_toml(read_text(path), str(path))
+
+
+def parse_toml(text: str, source: str = "<spec>") -> dict[str, Any]:
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except ValueError as e:  # TOMLDecodeError, and int() refusing a number of more than 4,300 digits
         raise SpecError(Problem(source, "", f"not valid TOML: {first_line(e)}")) from None
     except RecursionError:  # tomllib recurses once per nesting level of arrays / inline tables
         raise SpecError(Problem(source, "", "not valid TOML: arrays or inline tables nested too deeply")) from None
-    return from_dict(raw, source)
+
+
+def loads(text: str, source: str = "<spec>") -> RunSpec:
+    """Parse and validate TOML text; `source` names it in every problem."""
+    return from_dict(parse_toml(text, source), source)
 
 
 def from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> RunSpec:

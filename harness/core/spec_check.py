@@ -11,11 +11,12 @@ import difflib
 import importlib.util
 import re
 
-from harness.core import hardware, metrics_table, models, tokens
+from harness.core import hardware, metrics_table, models, sbatch_options, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.sections import RunSpec, data_parallel
 from harness.core.stages import NAMES
+from harness.core.stages import STAGES as STAGE_ROWS
 
 
 def cross_check(spec: RunSpec) -> list[Problem]:
@@ -28,6 +29,7 @@ def cross_check(spec: RunSpec) -> list[Problem]:
     out += _check_evaluate(spec)
     out += _check_container(spec)
     out += _check_paths(spec)
+    out += _check_sbatch_extra(spec)
     return [Problem(spec.source, k, m) for k, m in out]
 
 
@@ -45,6 +47,17 @@ def _check_paths(spec: RunSpec) -> list[tuple[str, str]]:
             if "," in value or ":" in value:
                 out.append((key, f"= {show(value)}: must not contain ',' or ':' when container.image is set "
                                  f"(Pyxis splits --container-mounts there)"))
+    return out
+
+
+def _check_sbatch_extra(spec: RunSpec) -> list[tuple[str, str]]:
+    """Each stage's extra sbatch options: sbatch's own names, none that the harness renders itself."""
+    out = []
+    for section in (row.section for row in STAGE_ROWS):
+        for option in getattr(spec, section).sbatch_extra:
+            message = sbatch_options.check(option)
+            if message:
+                out.append((f"{section}.sbatch_extra", message))
     return out
 
 

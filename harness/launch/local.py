@@ -22,6 +22,7 @@ from harness.core import failures
 from harness.core.errors import HarnessError, Problem
 from harness.core.plan import Plan, StagePlan
 from harness.core.paths import RunPaths, is_done
+from harness.core.rundir import open_run, read_jobs
 from harness.core.atomic import atomic_write_json, read_json
 from harness.launch.backend import (COMPLETED, LOST, NOT_SUBMITTED, Jobs, Query, Record, Submission, TaskState,
                                     done_tasks, load_plan, pid_alive)
@@ -63,7 +64,19 @@ class _Driver:
                 return False, "DependencyNeverSatisfied"
         return True, ""
 
+    def wait_shared(self, stage: StagePlan, poll_s: float = 1.0) -> None:
+        """A campaign member's stage whose parent another member's run prepares (its shared data) waits for that
+        run's driver: until the parent's tasks are complete or that driver has ended."""
+        for dep in stage.depends:
+            root = self.paths.stage_root(dep.stage)
+            if root == self.paths.root:
+                continue
+            owner, tasks = RunPaths(root), range(self.plan.stage(dep.stage).tasks)
+            while not all(self.task_ok(dep.stage, t) for t in tasks) and driver(owner, read_jobs(owner))[1]:
+                time.sleep(poll_s)
+
     def run_stage(self, stage: StagePlan, tasks: list[int]) -> None:
+        self.wait_shared(stage)
         st = self.state.setdefault(stage.name, {})
         todo = []
         for t in tasks:
@@ -163,8 +176,8 @@ class LocalBackend:
     def submit(self, plan: Plan, paths: RunPaths, todo: dict[str, list[int]], chunk_size: int, round_: int,
                parent_ids: dict[str, list[str]], record: Record) -> list[Submission]:
         """One detached driver for every stage; a later round (resume) runs only the listed tasks."""
-        if round_ > 0:
-            atomic_write_json(paths.local_only_json, todo)
+        if round_ > 0 or any(len(todo.get(s.name, [])) != s.tasks for s in plan.stages):
+            atomic_write_json(paths.local_only_json, todo)  # a resume, or a campaign member without shared stages
         paths.local_done_json.unlink(missing_ok=True)
         subs = [Submission("*", f"local:{start_driver(paths)}", (), False, time.time(), round_)]
         record(subs)
@@ -211,7 +224,7 @@ def _mark_cancelled(paths: RunPaths, plan: Plan) -> None:
 
 
 def main() -> None:
-    paths = RunPaths(Path(sys.argv[1]))
+    paths = open_run(Path(sys.argv[1]))
     only_file = paths.local_only_json
     only = read_json(only_file) if only_file.exists() else None
     try:

@@ -19,6 +19,7 @@ from typing import Any
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
 
+from harness.core import sbatch_options
 from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec
@@ -46,6 +47,8 @@ def container_args(spec: RunSpec, paths: RunPaths, harness_src: Path, deps_src: 
     c = spec.container
     hf_home = str(Path(spec.assets.hf_home).expanduser())
     mounts = [f"{harness_src}:{c.harness_mount}:ro", f"{paths.root}:{paths.root}", f"{hf_home}:{hf_home}"]
+    if paths.data_root != paths.root:  # a campaign member reads the dataset another member's run prepared
+        mounts.append(f"{paths.data_root}:{paths.data_root}")
     mounts += [f"{d}:{c.harness_mount}-deps/{d.name}:ro" for d in deps_src]
     mounts += list(c.mounts)
     workdir = c.workdir or c.harness_mount
@@ -110,6 +113,9 @@ def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, sru
         params["array_parallelism"] = r.array_throttle or stage.tasks
     if stage.requeue:
         params["additional_parameters"] = {**params["additional_parameters"], "requeue": True}
+    if r.sbatch_extra:  # validated against sbatch's options and the ones set above (harness.core.sbatch_options)
+        params["additional_parameters"] = {**params["additional_parameters"],
+                                           **dict(sbatch_options.parsed(o) for o in r.sbatch_extra)}
     return params
 
 

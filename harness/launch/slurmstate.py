@@ -169,5 +169,5 @@ def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
             continue
         sid, log, submitted = ids[t]
         rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root,
-                         paths.run_id))
+                         paths.stage_run_id(stage)))
     return tuple(rows)

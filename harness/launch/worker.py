@@ -26,6 +26,7 @@ from typing import Callable
 from harness.core import failures
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
+from harness.core.rundir import open_run
 from harness.core.paths import RunPaths, is_done, mark_done
 from harness.core.rundir import read_spec as load_run_spec  # the workers' name for the frozen spec's one reader
 from harness.core.stages import stage as stage_def
@@ -62,7 +63,7 @@ def worker(stage: str) -> StageFn:
 def run_task(run_dir: str, stage: str, task: int) -> str:
     """Entry point of every Slurm/local task: load the frozen spec, run the stage, then mark it done."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    paths = RunPaths(Path(run_dir))
+    paths = open_run(Path(run_dir))
     os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.numba_cache))  # read when numba is first imported
     if is_done(paths, stage, task):
         log.info("%s[%d] already complete; nothing to do", stage, task)

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from harness.core.paths import RunPaths
+from harness.core.paths import CampaignPaths, RunPaths
 from harness.launch.backend import load_plan
 from harness.ops import control, state, status
 
@@ -26,7 +26,19 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
+def _campaign(run: str, workdir: str) -> CampaignPaths | None:
+    """`run` names a campaign (its commands then act on every member)."""
+    from harness.ops import campaign
+
+    return campaign.resolve(run, workdir)
+
+
 def cmd_status(run: str, workdir: str = "runs", *, watch: bool = False, show_all: bool = False) -> int:
+    from harness.ops import campaign
+
+    cpaths = _campaign(run, workdir)
+    if cpaths is not None:
+        return campaign.show_status(cpaths, _console())
     paths = state.resolve_run(run, workdir)
     if watch:  # the live view until every task is final, then the full status
         from harness.ops import live
@@ -43,15 +55,30 @@ def cmd_logs(run: str, stage: str, task: int, workdir: str = "runs", *, follow: 
 
 
 def cmd_resume(run: str, workdir: str = "runs") -> int:
+    from harness.ops import campaign
+
+    cpaths = _campaign(run, workdir)
+    if cpaths is not None:
+        return campaign.resume(cpaths, _console())
     control.resume(state.resolve_run(run, workdir), _console())
     return 0
 
 
 def cmd_cancel(run: str, stage: str | None = None, workdir: str = "runs") -> int:
+    from harness.ops import campaign
+
+    cpaths = _campaign(run, workdir)
+    if cpaths is not None:
+        return campaign.cancel(cpaths, _console(), stage)
     return control.cancel(state.resolve_run(run, workdir), _console(), stage)
 
 
 def cmd_report(run: str, workdir: str = "runs") -> int:
+    from harness.ops import campaign
+
+    cpaths = _campaign(run, workdir)
+    if cpaths is not None:
+        return campaign.report(cpaths, print_report)
     return print_report(state.resolve_run(run, workdir))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.core.errors import HarnessError, Problem
-from harness.core.paths import RunPaths
+from harness.core.paths import SHARED_STAGES, RunPaths
 from harness.core.plan import Plan
 from harness.core.rundir import read_facts
 from harness.launch.backend import load_plan, ranges
@@ -47,8 +47,8 @@ def _forget(paths: RunPaths, stage: str, tasks: list[int]) -> None:
         paths.marker(stage, t).unlink(missing_ok=True)
 
 
-def _refuse_if_active(rs: RunState) -> None:
-    active = [r for r in rs.rows if r.state in ACTIVE]
+def _refuse_if_active(rs: RunState, ignore: tuple[str, ...] = ()) -> None:
+    active = [r for r in rs.rows if r.state in ACTIVE and r.stage not in ignore]
     if active or rs.driver_alive:
         first = ", ".join(f"{r.stage}[{r.task}] {r.state}" for r in active[:3])
         raise HarnessError(Problem(str(rs.paths.root), "", f"{len(active)} task(s) still pending or running "
@@ -56,13 +56,19 @@ def _refuse_if_active(rs: RunState) -> None:
                                    f"them or `harness cancel` the run first"))
 
 
-def resume(paths: RunPaths, console: Console, plan: Plan | None = None) -> dict[str, list[int]]:
+def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
+           shared_parents: dict[str, list[str]] | None = None) -> dict[str, list[int]]:
     """Resubmit the incomplete tasks; returns what was resubmitted ({} when the run is complete).
-    `plan` defaults to the run's saved plan."""
+    `plan` defaults to the run's saved plan. A campaign member whose data another run prepares never resubmits
+    the shared stages: `shared_parents` are the job ids that run's resume just gave them (its campaign's resume;
+    {} where it resubmitted none, or its local driver, which this run's driver waits for, runs them)."""
     plan = plan or load_plan(paths)
+    ignore = SHARED_STAGES if paths.shared is not None else ()
     with launching.run_lock(paths):
-        _refuse_if_active(collect(paths, plan))
+        _refuse_if_active(collect(paths, plan), ignore)
         todo = incomplete(plan, paths)
+        _check_shared(paths, todo, ignore, shared_parents)
+        todo = {k: v for k, v in todo.items() if k not in ignore}
         if not todo:
             console.print(f"run {paths.run_id}: every task is complete; nothing to resubmit")
             return {}
@@ -72,12 +78,22 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None) -> dict[
         jobs = load_jobs(paths)
         choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]
         known = read_facts(paths)
-        new = launching.submit_stages(plan, paths, todo, known, choice, {}, jobs.submissions)
+        new = launching.submit_stages(plan, paths, todo, known, choice, dict(shared_parents or {}), jobs.submissions)
         for sub in new:
             console.print(f"  {sub.stage:<13} job {sub.job_id} (round {sub.round})")
     for stage, tasks in todo.items():
         console.print(f"resubmitted {stage}: {len(tasks)} task(s) {_fmt_tasks(tasks)}")
     return todo
+
+
+def _check_shared(paths: RunPaths, todo: dict[str, list[int]], ignore: tuple[str, ...],
+                  shared_parents: dict[str, list[str]] | None) -> None:
+    """A member reading another run's data resumes only once that data is complete or resubmitted."""
+    missing = [s for s in ignore if s in todo]
+    if missing and shared_parents is None:
+        raise HarnessError(Problem(str(paths.root), "", f"its data ({', '.join(missing)}) comes from run "
+                                   f"{paths.data_root.name}, which is incomplete: resume that run's campaign "
+                                   f"(harness resume CAMPAIGN), which resumes the data first"))
 
 
 def _fmt_tasks(tasks: list[int]) -> str:

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -358,14 +358,19 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
     return out
 
 
-def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL) -> tuple[RunSpec, list[Check]]:
-    """`harness doctor SPEC`: load, plan as `submit` would here, check that plan."""
-    from harness.core import spec as spec_mod
+def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL, overrides: tuple[str, ...] = ()
+             ) -> tuple[RunSpec, list[Check]]:
+    """`harness doctor SPEC [key=value ...]`: load, plan as `submit` would here, check that plan; every member of
+    a sweep, each check's key then naming its member."""
+    from harness.ops import plan as plan_ops
 
-    spec = spec_mod.absolutize(spec_mod.load(spec_path), Path.cwd())
-    cluster = gather_cluster()
-    plan, got = plan_here(spec, cluster)
-    return spec, run(spec, plan, cluster, got.items, got.items_why, groups)
+    expanded = plan_ops.load_members(spec_path, overrides, for_submit=False)
+    cluster, checks = gather_cluster(), []
+    for m in expanded.members:
+        plan, got = plan_here(m.spec, cluster)
+        found = run(m.spec, plan, cluster, got.items, got.items_why, groups)
+        checks += [replace(c, key=f"{m.label}: {c.key}") for c in found] if expanded.is_sweep else found
+    return expanded.members[0].spec, checks
 
 
 def plan_here(spec: RunSpec, cluster: Cluster | str) -> tuple[Plan, Gathered]:

@@ -8,11 +8,11 @@ plan shown is the plan submitted, derived number by derived number. Printing is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from harness.core import estimate, footprint
+from harness.core import campaign, estimate, footprint, overrides, sweep
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
@@ -57,6 +57,28 @@ class Gathered:
 def load(spec_path: Path) -> spec_mod.RunSpec:
     """The spec as `plan` and `submit` take it: checked for submission, relative paths against this directory."""
     return spec_mod.absolutize(spec_mod.load_for_submit(spec_path), Path.cwd())
+
+
+def load_members(spec_path: Path, texts: tuple[str, ...] | list[str] = (), *, for_submit: bool = True
+                 ) -> sweep.Expanded:
+    """`load` for a spec file plus `key=value` overrides: its members (one, or one per [sweep] combination),
+    each checked as `load` checks a spec and with relative paths against this directory."""
+    e = sweep.expand(spec_mod.read_table(spec_path), str(spec_path), tuple(texts), for_submit=for_submit)
+    members = tuple(replace(m, spec=spec_mod.absolutize(m.spec, Path.cwd())) for m in e.members)
+    return replace(e, members=members)
+
+
+def gather_members(expanded: sweep.Expanded, requested: ExecutorName, purpose: Purpose, *,
+                   num_inputs: int | None = None) -> list[Gathered]:
+    """`gather` once per group of members that share their data (the same inputs, the same cluster), so a sweep
+    lists its inputs and asks the controller once; one Gathered per member."""
+    why_not = "" if requested == "local" else slurmcli.controller_error()
+    done: dict[str, Gathered] = {}
+    for m in expanded.members:
+        key = campaign.share_key(m.spec)
+        if key not in done:
+            done[key] = gather(m.spec, requested, purpose, num_inputs=num_inputs, why_not=why_not)
+    return [done[campaign.share_key(m.spec)] for m in expanded.members]
 
 
 def choose_executor(requested: ExecutorName, *, planning: bool = False, why_not: str | None = None) -> Choice:
@@ -225,16 +247,55 @@ def _stage_rows(plan: plan_mod.Plan) -> tuple[tuple[str, ...], ...]:
     return tuple(rows)
 
 
-def _scripts(plan: plan_mod.Plan) -> tuple[Script, ...]:
-    """Every sbatch script, rendered by the function `submit` uses (`slurm.script`), parents as placeholders."""
-    paths = RunPaths(Path(plan.spec.run.workdir) / f"{plan.spec.run.name}-<run-id>")
+def _placeholder_paths(spec: spec_mod.RunSpec) -> RunPaths:
+    return RunPaths(Path(spec.run.workdir) / f"{spec.run.name}-<run-id>")
+
+
+def _scripts(plan: plan_mod.Plan, paths: RunPaths | None = None, stages: tuple[str, ...] | None = None,
+             folder: str = "") -> tuple[Script, ...]:
+    """Every sbatch script (of `stages`, default all), rendered by the function `submit` uses (`slurm.script`),
+    parents as placeholders; under `folder/` when given (a campaign member's)."""
+    paths = paths or _placeholder_paths(plan.spec)
     placeholders = {s.name: [f"${{{s.name.upper().replace('-', '_')}_JOB_ID}}"] for s in plan.stages}
-    return tuple(Script(f"{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch", s.name,
+    return tuple(Script(f"{folder}{i:02d}-{s.name}{f'-{k}' if len(s.chunks) > 1 else ''}.sbatch", s.name,
                         slurm.script(plan, s, paths, placeholders, k))
-                 for i, s in enumerate(plan.stages) for k in range(len(s.chunks)))
+                 for i, s in enumerate(plan.stages) if stages is None or s.name in stages
+                 for k in range(len(s.chunks)))
 
 
-def write_scripts(v: PlanView, out: Path) -> int:
+@dataclass(frozen=True)
+class CampaignView:
+    """What `harness plan` shows for a sweep: the first member's view, the members and the jobs they share."""
+
+    campaign: campaign.CampaignPlan
+    first: PlanView
+    member_header: tuple[str, ...]
+    member_rows: tuple[tuple[str, ...], ...]
+    job_header: tuple[str, ...]
+    job_rows: tuple[tuple[str, ...], ...]
+    scripts: tuple[Script, ...]
+    """Per member under `<member run name>/`; the shared stages only in their owner's folder."""
+
+
+def campaign_view(expanded: sweep.Expanded, gathered: list[Gathered]) -> CampaignView:
+    cp = campaign.build(expanded, [g.facts for g in gathered])
+    first = view(expanded.members[0].spec, gathered[0])
+    rows, scripts = list[tuple[str, ...]](), list[Script]()
+    for m in cp.members:
+        owner = cp.members[m.owner]
+        data = "prepares its own" if owner is m else f"member {owner.member.index}'s ({owner.member.name})"
+        values = ", ".join(f"{k}={overrides.toml_text(v)}" for k, v in m.member.varied)
+        rows.append((str(m.member.index), m.member.name, values, data))
+        paths = _placeholder_paths(m.plan.spec)
+        if owner is not m:
+            paths = replace(paths, shared=_placeholder_paths(owner.plan.spec).root)
+        scripts += _scripts(m.plan, paths, tuple(s.name for s in m.stages), f"{m.member.name}/")
+    jobs = tuple((stage, str(calls), whom) for stage, calls, whom in cp.jobs())
+    return CampaignView(cp, first, ("member", "run name", "values", "data (stage-assets, tokenize, merge)"),
+                        tuple(rows), ("stage", "sbatch calls", "for"), jobs, tuple(scripts))
+
+
+def write_scripts(v: PlanView | CampaignView, out: Path) -> int:
     """`harness plan --out DIR`: each script under its file name; the number written."""
     for s in v.scripts:
         f = out / s.file_name

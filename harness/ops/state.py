@@ -17,7 +17,7 @@ from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
-from harness.core.rundir import read_jobs
+from harness.core.rundir import open_run, read_jobs
 from harness.launch.backend import (ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState,
                                     done_tasks)
 from harness.launch.local import LocalBackend
@@ -76,7 +76,7 @@ def resolve_run(run: str, workdir: str = "runs") -> RunPaths:
     """A run id (under workdir) or a run directory; one clear line when it is neither."""
     for cand in (Path(run), Path(workdir) / run):
         if RunPaths(cand).is_run:
-            return RunPaths(cand.absolute())
+            return open_run(cand.absolute())
     raise HarnessError(Problem(run, "", f"no run directory with jobs.json and plan.json here or at "
                                         f"{Path(workdir) / run} (harness runs --workdir {workdir} lists runs)"))
 

@@ -17,6 +17,7 @@ from harness.launch.backend import load_plan
 from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, stored
 from harness.core.plan import Plan
 from harness.core.paths import RunPaths
+from harness.core.rundir import open_run
 
 WAIT_RETRIES = 5
 """Consecutive failed Slurm queries `wait` tolerates."""
@@ -147,7 +148,7 @@ def wait(paths: RunPaths, timeout_s: float, console: Console, interval_s: float 
 def find_runs(workdir: Path) -> list[RunPaths]:
     if not workdir.is_dir():
         return []
-    found = [RunPaths(p.absolute()) for p in workdir.iterdir() if RunPaths(p).is_run]
+    found = [open_run(p.absolute()) for p in workdir.iterdir() if RunPaths(p).is_run]
     return sorted(found, key=lambda p: p.jobs_json.stat().st_mtime)
 
 

@@ -27,8 +27,8 @@ from harness.ops import plan as plan_ops
 from harness.ops.plan import Choice, ExecutorName, choose_executor
 from harness.ops.state import backend_for
 
-__all__ = ["Choice", "Submitted", "backend_for", "choose_executor", "load_plan", "record_jobs", "run_lock", "submit",
-           "submit_stages", "write_run"]
+__all__ = ["Choice", "Submitted", "backend_for", "choose_executor", "load_plan", "preflight", "record_jobs", "run_lock",
+           "start", "submit", "submit_stages", "write_run"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
         os.close(fd)
 
 
-def _preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, items: list[InputItem] | None) -> None:
+def preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, items: list[InputItem] | None) -> None:
     """The cheap doctor checks (harness.ops.doctor.CHEAP): a failure stops before a run directory exists."""
     from harness.ops import doctor
 
@@ -69,22 +69,36 @@ def _preflight(spec: spec_mod.RunSpec, plan: plan_mod.Plan, choice: Choice, item
     doctor.raise_on_failure(spec, doctor.run(spec, plan, cluster, items, groups=doctor.CHEAP))
 
 
-def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True) -> Submitted:
-    """Plan (as `harness plan` does) and submit; with `doctor`, the cheap preflight checks run first."""
+def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = True,
+           overrides: tuple[str, ...] = ()) -> Submitted:
+    """Plan (as `harness plan` does) and submit one run; with `doctor`, the cheap preflight checks run first. With
+    overrides, spec.toml is the effective spec (the file with them set); a sweep goes to `harness.ops.campaign`."""
+    t0 = time.perf_counter()
+    e = plan_ops.load_members(spec_path, overrides)
+    if e.is_sweep:
+        raise HarnessError(f"{spec_path}: has a [sweep] table: submit it as a campaign (harness submit)")
+    spec = e.members[0].spec
+    got = plan_ops.gather(spec, requested, "submit")
+    plan = plan_ops.build(spec, got)
+    if doctor:
+        preflight(spec, plan, got.choice, got.items)
+    text = e.effective_toml(e.members[0]) if overrides else spec_mod.read_text(spec_path)
+    paths = new_run_dir(Path(spec.run.workdir), spec.run.name)
+    subs = start(paths, text, plan, got)
+    return Submitted(paths, plan, got.choice, tuple(subs), time.perf_counter() - t0)
+
+
+def start(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan_ops.Gathered,
+          todo: dict[str, list[int]] | None = None, parent_ids: dict[str, list[str]] | None = None,
+          prior: tuple[Submission, ...] = ()) -> list[Submission]:
+    """Write a fresh run directory's records and submit `todo` (default: every task of every stage)."""
     from harness.stages.inputs import write_inputs
 
-    t0 = time.perf_counter()
-    spec = plan_ops.load(spec_path)
-    got = plan_ops.gather(spec, requested, "submit")
-    plan, known, choice = plan_ops.build(spec, got), got.facts, got.choice
-    if doctor:
-        _preflight(spec, plan, choice, got.items)
-    paths = new_run_dir(Path(spec.run.workdir), spec.run.name)
     with run_lock(paths):
-        write_run(paths, spec_path.read_text(encoding="utf-8"), plan, known, choice)
+        write_run(paths, spec_text, plan, got.facts, got.choice)
         write_inputs(paths, got.items or [])
-        subs = submit_stages(plan, paths, {s.name: list(range(s.tasks)) for s in plan.stages}, known, choice)
-    return Submitted(paths, plan, choice, tuple(subs), time.perf_counter() - t0)
+        todo = todo if todo is not None else {s.name: list(range(s.tasks)) for s in plan.stages}
+        return submit_stages(plan, paths, todo, got.facts, got.choice, parent_ids, prior)
 
 
 def submit_stages(plan: plan_mod.Plan, paths: RunPaths, todo: dict[str, list[int]], known: plan_mod.Facts,

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
+from harness.core.rundir import open_run
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _child(local_rank: int, target: RankFn, spec_dict: dict[str, Any], source: s
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    target(spec_mod.from_dict(spec_dict, source), task, RunPaths(Path(root)))
+    target(spec_mod.from_dict(spec_dict, source), task, open_run(Path(root)))
 
 
 def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target: RankFn) -> None:

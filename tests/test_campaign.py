@@ -1,0 +1,233 @@
+"""Sweeps, `key=value` overrides and `<stage>.sbatch_extra`, planned without a cluster: expansion (grid, zip, bad
+lengths, unknown keys, member names), one-line problems naming the member or the override, the effective spec,
+the campaign plan's shared stages, and `harness plan --out` of a sweep over training keys."""
+
+from __future__ import annotations
+
+import io
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import specs
+from harness import cli
+from harness.core import campaign, overrides, rundir, sbatch_options, sweep
+from harness.core import plan as plan_mod
+from harness.core import spec as spec_mod
+from harness.core.errors import SpecError
+from harness.core.paths import RunPaths
+from harness.ops import plan as plan_ops
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _raw(*layers: specs.Layer) -> dict:
+    return specs.merge(specs.TINY, {"run": {"name": "lr"}, "data": {"videos": "/data/v"},
+                                    "finetune": {"save_every": 5}}, *layers)
+
+
+def _problems(e: pytest.ExceptionInfo[SpecError]) -> list[str]:
+    return [str(p) for p in e.value.problems]
+
+
+def test_grid_is_every_combination_named_by_index() -> None:
+    e = sweep.expand(_raw({"sweep": {"finetune.lr": [1e-4, 3e-4], "finetune.max_steps": [10, 30, 50]}}), "s.toml")
+    assert e.mode == "grid" and len(e.members) == 6
+    assert [m.name for m in e.members] == [f"lr-{i}" for i in range(1, 7)]
+    assert [(m.spec.finetune.lr, m.spec.finetune.max_steps) for m in e.members] == \
+        [(1e-4, 10), (1e-4, 30), (1e-4, 50), (3e-4, 10), (3e-4, 30), (3e-4, 50)]
+    assert e.members[1].label == "sweep member 2 (finetune.lr=0.0001, finetune.max_steps=30)"
+
+
+def test_zip_pairs_values_and_a_nested_table_reads_the_same() -> None:
+    e = sweep.expand(_raw({"sweep": {"mode": "zip", "finetune": {"lr": [1e-4, 3e-4], "max_steps": [10, 30]}}}), "s")
+    assert [(m.spec.finetune.lr, m.spec.finetune.max_steps) for m in e.members] == [(1e-4, 10), (3e-4, 30)]
+    # min_lr follows lr where the file omits it: each member's own lr
+    assert [m.spec.finetune.min_lr for m in e.members] == [1e-4, 3e-4]
+
+
+def test_zip_with_lists_of_different_lengths_names_them() -> None:
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"sweep": {"mode": "zip", "finetune.lr": [1e-4, 3e-4], "finetune.max_steps": [1, 2, 3]}}),
+                     "s.toml")
+    assert _problems(e) == ["s.toml: sweep.mode = 'zip': every list must have one length (finetune.lr has 2, "
+                            "finetune.max_steps has 3)"]
+
+
+def test_sweep_problems_unknown_key_bad_mode_not_a_list_and_run_name() -> None:
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"sweep": {"mode": "all", "finetune.lrr": [1], "infer.max_inputs": 4,
+                                     "run.name": ["a", "b"]}}), "s.toml")
+    got = _problems(e)
+    assert "s.toml: sweep.mode = 'all': must be one of 'grid', 'zip'" in got
+    assert "s.toml: sweep.finetune.lrr: unknown key; did you mean 'lr'?" in got
+    assert any(p.startswith('s.toml: sweep."infer.max_inputs" = 4: must be a non-empty list') for p in got)
+    assert "s.toml: sweep.run.name: cannot be swept: members are named <run.name>-<i>" in got
+
+
+def test_a_bad_member_value_names_the_member_and_key() -> None:
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"sweep": {"finetune.lr": [1e-3, 20.0]}}), "s.toml")
+    assert _problems(e) == ["s.toml: sweep member 2 (finetune.lr=20.0): finetune.lr = 20.0: out of range in "
+                            "[0.0, 10.0]"]
+
+
+def test_overrides_set_values_checked_like_the_file() -> None:
+    e = sweep.expand(_raw(), "s.toml", ("finetune.lr=3e-4", "infer.max_inputs=1000", "infer.inputs=/data/a b"))
+    s = e.members[0].spec
+    assert (s.finetune.lr, s.infer.max_inputs, s.infer.inputs, s.run.name) == (3e-4, 1000, "/data/a b", "lr")
+    assert not e.is_sweep
+    with pytest.raises(SpecError) as bad:
+        sweep.expand(_raw(), "s.toml", ("finetune.lr=abc", "finetune.lrr=1", "finetun.lr=1", "lr=1"))
+    assert _problems(bad) == [
+        "<override> finetune.lr=abc: must be a finite number in [0.0, 10.0]",
+        "<override> finetune.lrr=1: finetune.lrr: unknown key; did you mean 'lr'?",
+        "<override> finetun.lr=1: finetun: unknown key; did you mean 'finetune'?",
+        "<override> lr=1: must be section.key=value, e.g. finetune.lr=3e-4"]
+
+
+def test_an_override_of_a_swept_key_is_refused() -> None:
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"sweep": {"finetune.lr": [1e-4, 3e-4]}}), "s.toml", ("finetune.lr=1e-3",))
+    assert _problems(e) == ["<override> finetune.lr=1e-3: this key is swept in [sweep]; change its list there"]
+
+
+def test_the_effective_spec_reads_back_to_the_member() -> None:
+    e = sweep.expand(_raw({"container": {"env": {"A_B": 'x "y" \\ z'}}, "sweep": {"finetune.lr": [1e-4, 3e-4]}}),
+                     "s.toml", ("infer.max_inputs=3",))
+    for m in e.members:
+        text = e.effective_toml(m)
+        assert text.startswith("# effective spec of s.toml\n# " + m.label + "\n# overrides: infer.max_inputs=3\n")
+        assert spec_mod.from_dict(tomllib.loads(text)) == m.spec
+    assert overrides.dumps({"a": {"x": float("inf"), "y": [True, 1.5]}}) == "[a]\nx = inf\ny = [true, 1.5]\n"
+
+
+def test_cli_exits_2_with_one_line_per_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = specs.write(tmp_path / "run.toml", _raw())
+    assert cli.main(["validate", str(path), "finetune.lr=abc"]) == 2
+    assert capsys.readouterr().err.strip() == "<override> finetune.lr=abc: must be a finite number in [0.0, 10.0]"
+    assert cli.main(["plan", str(path), "finetune.lr=3e-4", "oops", "--num-inputs", "10"]) == 2
+    assert capsys.readouterr().err.strip() == "<override> oops: must be section.key=value, e.g. finetune.lr=3e-4"
+    assert cli.main(["validate", str(path), "finetune.lr=3e-4"]) == 0
+    assert cli.main(["plan", str(path), "finetune.lr=3e-4", "--num-inputs", "10", "--executor", "local"]) == 0
+    assert f"effective spec: {path} with finetune.lr=3e-4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--mail-type=END", ""), ("--exclusive", ""), ("--exclusive=user", ""), ("--reservation=r1", ""),
+    ("--mail-typ=END", "'--mail-typ=END': not an sbatch option; did you mean '--mail-type'?"),
+    ("mail-type=END", "'mail-type=END': must be a long option, '--name' or '--name=value'"),
+    ("--time=10", "'--time=10': clashes with what the harness sets (set it with <stage>.time_min)"),
+    ("--dependency=afterok:1", "'--dependency=afterok:1': clashes with what the harness sets (the harness sets the "
+                               "array and chains the stages)"),
+    ("--mem-per-cpu=4G", "'--mem-per-cpu=4G': clashes with what the harness sets (set it with <stage>.mem_gb)"),
+    ("--mail-user", "'--mail-user': needs a value, '--mail-user=...'"),
+    ("--contiguous=yes", "'--contiguous=yes': takes no value, '--contiguous'")])
+def test_sbatch_extra_options(option: str, message: str) -> None:
+    assert sbatch_options.check(option) == message
+
+
+def test_sbatch_extra_is_checked_per_stage_and_rendered() -> None:
+    with pytest.raises(SpecError) as e:
+        specs.build(_raw({"infer": {"sbatch_extra": ["--gres=gpu:1", "--job-name=x"]}}))
+    assert _problems(e) == ["<spec>: infer.sbatch_extra: '--job-name=x': clashes with what the harness sets (the "
+                            "harness names each job and marks it with the run id)"]
+    spec = specs.build(_raw({"finetune": {"sbatch_extra": ["--mail-type=END,FAIL", "--exclusive",
+                                                           "--mail-user=a b@x"]}}))
+    plan = plan_mod.build(spec, plan_mod.Facts(num_inputs=10))
+    view = plan_ops.view(spec, plan_ops.Gathered(plan_ops.Choice("slurm", "test"), plan_mod.Facts(num_inputs=10),
+                                                 _sources(), None, "", ()))
+    text = next(s.text for s in view.scripts if s.stage == "finetune")
+    assert "#SBATCH --exclusive\n" in text and "#SBATCH --mail-type=END,FAIL\n" in text
+    assert "#SBATCH --mail-user='a b@x'\n" in text
+    assert "--exclusive" not in next(s.text for s in view.scripts if s.stage == "infer")
+    assert plan.stage("finetune").resources.sbatch_extra == ("--mail-type=END,FAIL", "--exclusive", "--mail-user=a b@x")
+
+
+def _sources():  # type: ignore[no-untyped-def]  # FactSources of a test plan
+    from harness.core.explain import FactSources
+
+    return FactSources("test", "test")
+
+
+def test_members_with_equal_data_keys_share_the_data_stages() -> None:
+    facts = plan_mod.Facts(num_inputs=12)
+    e = sweep.expand(_raw({"sweep": {"finetune.lr": [1e-4, 3e-4], "data.split": [[8, 1, 1], [6, 2, 2]]}}), "s")
+    cp = campaign.build(e, [facts] * len(e.members))
+    assert [m.owner for m in cp.members] == [0, 1, 0, 1]  # lr varies fastest: members 1, 3 share; 2, 4 share
+    assert [s.name for s in cp.members[2].stages] == ["finetune", "infer", "evaluate", "report"]
+    assert [s.name for s in cp.members[0].stages] == [s.name for s in plan_mod.STAGES]
+    jobs = cp.jobs()
+    assert [(s, w) for s, _, w in jobs if s == "tokenize"] == [("tokenize", "members 1, 3"), ("tokenize", "members 2, 4")]
+    assert len([j for j in jobs if j[0] == "finetune"]) == 4
+
+
+def test_shared_paths_route_data_stages_to_the_owner(tmp_path: Path) -> None:
+    owner, member = RunPaths(tmp_path / "a"), RunPaths(tmp_path / "b")
+    member.root.mkdir()
+    shared = rundir.write_shared(member, owner)
+    assert rundir.open_run(member.root) == shared and rundir.open_run(owner.root) == owner
+    assert shared.dataset_prefix.parent == owner.dataset_dir and shared.shard_prefix(1) == owner.shard_prefix(1)
+    assert shared.assets_json == owner.assets_json
+    assert shared.markers_dir("merge") == owner.markers_dir("merge")
+    assert shared.logs("tokenize") == owner.logs("tokenize") and shared.stage_run_id("tokenize") == "a"
+    assert shared.markers_dir("finetune") == member.markers_dir("finetune")
+    assert shared.checkpoints_dir == member.checkpoints_dir and shared.stage_run_id("infer") == "b"
+
+
+def test_plan_out_of_the_quickstart_sweep_writes_one_data_script_set(tmp_path: Path) -> None:
+    """The acceptance check: quickstart + `"finetune.lr" = [3e-3, 1e-3]` lists 2 members, and --out writes one
+    tokenize, one merge and two finetune scripts."""
+    import subprocess
+
+    spec = tmp_path / "sweep.toml"
+    spec.write_text((REPO / "configs" / "quickstart.toml").read_text() + '\n[sweep]\n"finetune.lr" = [3e-3, 1e-3]\n')
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(spec), "--out", str(out), "--num-inputs",
+                        "12"], capture_output=True, text=True, cwd=REPO, env={**_env(), "COLUMNS": "200"},
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "campaign: 2 members (grid over finetune.lr)" in p.stdout
+    assert "quickstart-1" in p.stdout and "quickstart-2" in p.stdout
+    scripts = sorted(f.relative_to(out).as_posix() for f in out.rglob("*.sbatch"))
+    assert [s for s in scripts if s.split("-", 2)[-1].startswith(("tokenize", "merge", "finetune"))] == [
+        "quickstart-1/01-tokenize.sbatch", "quickstart-1/02-merge.sbatch", "quickstart-1/03-finetune.sbatch",
+        "quickstart-2/03-finetune.sbatch"]
+    second = (out / "quickstart-2" / "03-finetune.sbatch").read_text()
+    assert "#SBATCH --dependency='afterok:${MERGE_JOB_ID}'" in second and "quickstart-2-<run-id>" in second
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_a_member_reading_another_runs_incomplete_data_resumes_only_through_its_campaign(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from harness.core.errors import HarnessError
+    from harness.core.paths import mark_done, new_run_dir
+    from harness.ops import control
+    from harness.ops import submit as launching
+
+    spec = specs.build(_raw())
+    facts = plan_mod.Facts(num_inputs=10)
+    plan = plan_mod.build(spec, facts)
+    choice = launching.Choice("local", "test")
+    owner = new_run_dir(tmp_path, "a")
+    member = rundir.write_shared(new_run_dir(tmp_path, "b"), owner)
+    for p in (owner, member):
+        launching.write_run(p, "", plan, facts, choice)
+        launching.record_jobs(p, choice, [])
+    for stage in ("stage-assets", "tokenize"):
+        mark_done(owner, stage, 0)
+    with pytest.raises(HarnessError) as e:
+        control.resume(rundir.open_run(member.root), Console(file=io.StringIO()))
+    assert str(e.value) == (f"{member.root}: its data (merge) comes from run {owner.run_id}, which is incomplete: "
+                            f"resume that run's campaign (harness resume CAMPAIGN), which resumes the data first")
+    assert control.incomplete(plan, member)["merge"] == [0]  # the owner's markers: the member's own are elsewhere
+    mark_done(owner, "merge", 0)
+    assert "merge" not in control.incomplete(plan, member) and "finetune" in control.incomplete(plan, member)
