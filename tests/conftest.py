@@ -109,7 +109,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--reliability-out", default="", help="write the reliability tally to this JSON file")
 
 
-# ---------------------------------------------------------------------------- reliability tally (issue 8)
+# ---------------------------------------------------------------------------------------- reliability tally
 # The `reliability` fixture and the end-of-session summary (results/reliability.json) live in
 # tests/reliability_plugin.py; importing its hooks here registers them (tests/ is not a package).
 from reliability_plugin import (  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""Input discovery at scale (issue 15 item 6): a scandir walk with no stat per file, data.manifest, and the
+"""Input discovery at scale: a scandir walk with no stat per file, data.manifest, and the
 tokenize throttle that means what the spec reference says."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`harness doctor` and submit's preflight (issue 15 item 2), against the project's local Slurm cluster (three
+"""`harness doctor` and submit's preflight, against the project's local Slurm cluster (three
 virtual nodes of 2 CPUs, no GPUs, partition `debug` with no MaxTime) and without a controller."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15 item 7: a full disk is a reason a user can act on. The run directory lives on a small tmpfs (tests run
+"""A full disk is a reason a user can act on. The run directory lives on a small tmpfs (tests run
 as root), sized so the tiny model's first checkpoint fits and its second does not: the task's reason names the
 full filesystem and the checkpoint path, nothing completed before changes, and `harness resume` after the space
 is freed completes the run. Real layers throughout: submitit's local executor, megatron-core's checkpoint

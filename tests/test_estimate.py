@@ -1,4 +1,4 @@
-"""Estimates in `harness plan` (issue 15 item 3): the rates are the committed bench figures, and the stage
+"""Estimates in `harness plan`: the rates are the committed bench figures, and the stage
 times follow from the token math by the stated rules."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 18's fan-out on the local cluster: infer and evaluate as arrays of 2 checkpoints x 4 input shards (tiny
+"""Evaluation fan-out on the local cluster: infer and evaluate as arrays of 2 checkpoints x 4 input shards (tiny
 preset, the test split of 8 tiny clips, one input per shard). One (checkpoint, shard) infer task is killed while
 it runs; its evaluate task is cancelled by the dependency, the report names that shard, `resume` resubmits
 exactly that pair (and the report), and the finished report's per-checkpoint means are the means over every

@@ -1,4 +1,4 @@
-"""Live progress (issue 15 item 1): the live table's rendering and the non-terminal output, one line per change."""
+"""Live progress: the live table's rendering and the non-terminal output, one line per change."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data x tensor parallel finetune across Slurm nodes, for real, on the project's local cluster (issue 16, item 4).
+"""Data x tensor parallel finetune across Slurm nodes, for real, on the project's local cluster.
 
 `harness submit` of a spec with `finetune.nodes = 2` and TP=2 on CPU: the launcher asks for 2 nodes x 2 tasks,
 `srun` starts the 4 gloo ranks on two virtual nodes, and each finds the rendezvous from the Slurm environment

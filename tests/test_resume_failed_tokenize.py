@@ -1,4 +1,4 @@
-"""Issue 7's acceptance on the local cluster: one tokenize task really fails (its manifest path is blocked by
+"""Resume after a failed tokenize task, on the local cluster: one tokenize task really fails (its manifest path is blocked by
 a directory, so the atomic rename fails), status shows it FAILED with its exit code and the dependents
 cancelled, `resume` resubmits exactly that index and the stages after it, and the run completes."""
 

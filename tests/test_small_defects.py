@@ -1,4 +1,4 @@
-"""Small operator-facing defects of issue 15 item 9: quickstart --assets, the README's command list and spec
+"""Small operator-facing defects: quickstart --assets, the README's command list and spec
 reference, and the CLI's own description."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`harness bench plan`: `harness plan` end to end (a fresh process: imports, spec, input listing, planning,
 rendering) of a spec whose data.videos holds N empty files (1,000,000 by default), median of a few repeats.
 
-The goal (issue 15): under 5 s for 1,000,000 files on the 2-core development machine. That machine is shared,
+The goal: under 5 s for 1,000,000 files (docs/design.md, "Planning at scale") on the 2-core development machine. That machine is shared,
 so the load average before and after each repeat is recorded with the figure."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from harness.core.plan import Plan
 
 TOKEN_BYTES = 2
-"""Token datasets are uint16 (vocabulary 64,064 < 65,536): DESIGN.md section 4."""
+"""Token datasets are uint16 (vocabulary 64,064 < 65,536): docs/design.md, "The Cosmos recipe"."""
 INDEX_BYTES_PER_DOC = 20
 """Megatron .idx: int32 length + int64 pointer per sequence, int64 document offset (+ header)."""
 CHECKPOINT_BYTES_PER_PARAM = {"bf16-mixed": 2 + 4 + 4 + 4, "fp32": 4 + 4 + 4}

@@ -1,6 +1,6 @@
 """Cosmos AR model presets: the numbers every other module derives shapes and limits from.
 
-Values follow the public Cosmos-1.0 model cards and NeMo configs (see DESIGN.md section 4). The `tiny`
+Values follow the public Cosmos-1.0 model cards and NeMo configs (docs/design.md, "The Cosmos recipe"). The `tiny`
 presets keep the real vocabulary and layout so the quickstart and the tests exercise the same code paths.
 """
 
@@ -147,7 +147,8 @@ def tp_problems(p: ModelPreset, tp: int) -> list[str]:
 def train_flops_per_token(preset: ModelPreset, seq: int) -> float:
     """Model FLOPs per trained token (forward + backward = 3x forward): 2 x matmul parameters (embedding lookup
     excluded, output layer included) + causal attention 2 x L x seq x H (QK^T and AV over on average seq/2 keys).
-    For Cosmos-4B at 12,800 tokens this is the accounting behind the 534 TFLOP/s calibration of DESIGN.md."""
+    For Cosmos-4B at 12,800 tokens this is the accounting behind the 534 TFLOP/s calibration (docs/design.md,
+    "Measured calibration")."""
     h, f, L = preset.hidden_size, preset.ffn_hidden_size, preset.num_layers
     kv = preset.kv_channels * preset.num_query_groups
     q = preset.kv_channels * preset.num_attention_heads

@@ -11,7 +11,7 @@ The fast backend relies on one fact: inside the cropped region every 7x7 window 
 border mode of skimage's filter never matters, and on uint8 input all window sums are exact integers. Only
 the final SSIM ratio is floating point. Two engines compute it: a numba kernel (one fused pass per frame;
 CPU; the ratio in float32, each window within 1e-6 of skimage, ~1e-8 measured on decoded clips, against the
-issue's 1e-5) and torch (`harness.lib.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
+required 1e-5) and torch (`harness.lib.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
 ~1e-14; used on CUDA, also runnable on CPU).
 Squared-error sums are exact integers in both, so PSNR equals skimage's to float64 rounding.
 """
