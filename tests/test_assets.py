@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.lib import synth
+from fixtures_data import make_spec, session_assets, session_standins
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
+from harness.lib import synth
 from harness.stages import worker
 from harness.stages.staged import resolve
-from fixtures_data import make_spec, session_assets, session_standins
 
 
 @pytest.fixture()
@@ -55,8 +55,8 @@ def test_checkpoint_repo_resolves_to_its_nemo_folder(offline: None, tmp_path: Pa
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """An HF snapshot holding `nemo/`, with the weights under `nemo/weights/` or directly in `nemo/` (NeMo loads
     both): staged as the `nemo/` folder, checked against the preset, found by both engines."""
-    from harness.stages.finetune import nemo as nemo_engine
     from harness.stages.finetune import mcore as train
+    from harness.stages.finetune import nemo as nemo_engine
 
     assets = dict(session_assets(tmp_path_factory), hf_home=str(tmp_path / "hf"))
     src = Path(session_assets(tmp_path_factory)["tokenizer_dir"])

@@ -11,18 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-import specs
-from reliability_helpers import tiny_assets
 from rich.console import Console
 
+import specs
 from harness import ops
-from harness.ops import submit as launching
-
 from harness.core import plan as plan_mod
+from harness.core.atomic import read_json
+from harness.core.paths import RunPaths, is_done
 from harness.launch import slurmcli
 from harness.ops import control, state
-from harness.core.paths import RunPaths, is_done
-from harness.core.atomic import read_json
+from harness.ops import submit as launching
+from reliability_helpers import tiny_assets
 
 pytestmark = pytest.mark.slurm
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.core.models import PRESETS
+from harness.core.tokens import Grid
 from harness.cosmos import generate as gen
 from harness.cosmos import parallel
 from harness.cosmos.model import build_model
-from harness.core.models import PRESETS
-from harness.core.tokens import Grid
 
 GRID = Grid(3, 4, 5)
 
@@ -103,8 +103,8 @@ def test_auto_batch_covers_the_measured_h200_peak() -> None:
     from pathlib import Path
     from types import SimpleNamespace
 
-    from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
     from harness.core.models import PRESETS
+    from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
 
     p = PRESETS["cosmos-4b"]
     conf = SimpleNamespace(num_query_groups=p.num_query_groups, tensor_model_parallel_size=1, kv_channels=128,

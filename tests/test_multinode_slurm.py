@@ -20,12 +20,20 @@ from typing import Any
 
 import pytest
 
-from harness.stages.finetune.checkpoints import latest_complete
-from harness.launch import slurmcli
-from harness.core.paths import RunPaths
 from harness.core.atomic import read_json
-from reliability_helpers import (harness, job_ids_from, run_dir_from, sacct_history, states_by_stage, tiny_spec,
-                                 wait_for, wait_stages)
+from harness.core.paths import RunPaths
+from harness.launch import slurmcli
+from harness.stages.finetune.checkpoints import latest_complete
+from reliability_helpers import (
+    harness,
+    job_ids_from,
+    run_dir_from,
+    sacct_history,
+    states_by_stage,
+    tiny_spec,
+    wait_for,
+    wait_stages,
+)
 
 pytestmark = pytest.mark.slurm
 

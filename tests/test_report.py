@@ -14,13 +14,12 @@ from rich.console import Console
 
 import specs
 from harness import cli
-from harness.ops import submit as launching
-
-from harness.report import build as report
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.paths import RunPaths, mark_done, new_run_dir
 from harness.core.atomic import atomic_write_json
+from harness.core.paths import RunPaths, mark_done, new_run_dir
+from harness.ops import submit as launching
+from harness.report import build as report
 
 
 def spec_text(root: Path, extra: specs.Layer = None) -> str:

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import docs
-
-from harness.ops import quickstart
-
-from harness.core import spec as spec_mod
 from harness.cli import build_parser
+from harness.core import docs
+from harness.core import spec as spec_mod
+from harness.ops import quickstart
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from harness.bench import ranks
-from harness.core.models import PRESETS
 from harness.core.atomic import atomic_write_json
+from harness.core.models import PRESETS
 from harness.core.tokens import Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0

@@ -64,7 +64,8 @@ def items(plan: Plan) -> tuple[Item, ...]:
     ]
     if spec.model.checkpoint and not spec.model.checkpoint.startswith("/"):
         out.append(Item("pretrained checkpoint", "hf_home", spec.preset.params * PRETRAINED_BYTES_PER_PARAM,
-                        f"{spec.preset.params / 1e9:.2f} B params x {PRETRAINED_BYTES_PER_PARAM} B (bf16), if not cached"))
+                        f"{spec.preset.params / 1e9:.2f} B params x {PRETRAINED_BYTES_PER_PARAM} B (bf16), "
+                        "if not cached"))
     if spec.video2world and not spec.model.text_encoder.startswith("/"):
         out.append(Item("text encoder", "hf_home", T5_BYTES, "T5-11B fp32 weights, if not cached"))
     return tuple(out)

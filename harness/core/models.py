@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-
 Precision = Literal["bf16-mixed", "fp32"]
 """What training and inference compute in: bf16 with fp32 master weights, or fp32 (CPU)."""
 

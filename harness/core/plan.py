@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.core import spec as spec_mod
-from harness.core import tokens
-from harness.core import trainplan
+from harness.core import tokens, trainplan
 from harness.core.errors import HarnessError
 from harness.core.sections import STAGES
 from harness.core.spec import InferSection, Resources, RunSpec

@@ -16,11 +16,34 @@ from typing import Any, Mapping
 
 from harness.core.errors import Problem, SpecError
 from harness.core.fields import build, first_line, plain, show, type_str, unknown_keys
-from harness.core.sections import (SECTIONS, AssetsSection, ContainerSection, DataSection, Device, Engine,
-                                   EvaluateSection, FinetuneSection, InferSection, MergeSection, Metric,
-                                   MetricBackend, ModelSection, Precision, Recipe, Recompute, ReportSection,
-                                   Resources, RunSection, RunSpec, TokenizeSection, TokenizerSection,
-                                   TrackingSection, VideoSection, data_parallel, ranks_per_node)
+from harness.core.sections import (
+    SECTIONS,
+    AssetsSection,
+    ContainerSection,
+    DataSection,
+    Device,
+    Engine,
+    EvaluateSection,
+    FinetuneSection,
+    InferSection,
+    MergeSection,
+    Metric,
+    MetricBackend,
+    ModelSection,
+    Precision,
+    Recipe,
+    Recompute,
+    ReportSection,
+    Resources,
+    RunSection,
+    RunSpec,
+    TokenizerSection,
+    TokenizeSection,
+    TrackingSection,
+    VideoSection,
+    data_parallel,
+    ranks_per_node,
+)
 from harness.core.spec_check import cross_check, submit_problems, warnings
 
 if sys.version_info >= (3, 11):

@@ -1,7 +1,7 @@
 """The training plan: every number about a finetune run that more than one module needs, computed once.
 
-The plan (`harness.core.plan`: infer/evaluate array sizes), both finetune engines (`harness.stages.finetune.mcore`, the mcore
-loop, and `harness.stages.finetune.nemo`, NeMo 2) and the report all read a `TrainingPlan`; none of them derives
+The plan (`harness.core.plan`: infer/evaluate array sizes), both finetune engines (`harness.stages.finetune.mcore`, the
+mcore loop, and `harness.stages.finetune.nemo`, NeMo 2) and the report all read a `TrainingPlan`; none of them derives
 the last step, the checkpoint steps, the data-parallel size, the gradient accumulation, the precision or the
 FLOPs per step on its own. Pure: whether CUDA is used is passed in, never probed here. Plain numbers only (no
 spec inside), so NeMo can deep-copy and serialise the callbacks that hold one.
@@ -95,7 +95,8 @@ def of(spec: RunSpec, *, cuda: bool) -> TrainingPlan:
     return TrainingPlan(last_step=f.max_steps, checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
                         grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
                         precision=precision(f, cuda=cuda),
-                        sequence_parallel=sequence_parallel(f, cuda=cuda), cuda=cuda, global_batch_size=f.global_batch_size,
+                        sequence_parallel=sequence_parallel(f, cuda=cuda), cuda=cuda,
+                            global_batch_size=f.global_batch_size,
                         max_epochs=f.max_epochs, preset=spec.model.preset, sample_positions=tm.sample_length - 1,
                         video_tokens=tm.video_tokens)
 

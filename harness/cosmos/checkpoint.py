@@ -21,9 +21,9 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from harness.core import failures
-from harness.cosmos import layout, parallel
-from harness.core.errors import HarnessError
 from harness.core.atomic import atomic_write_json, read_json
+from harness.core.errors import HarnessError
+from harness.cosmos import layout, parallel
 
 if TYPE_CHECKING:
     from harness.core.models import ModelPreset

@@ -12,7 +12,6 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from harness.core.models import ModelPreset, Precision
 
-
 LAYERNORM_EPS = 1e-5
 INIT_STD = 0.02
 YARN_BETA_FAST = 4.0

@@ -37,12 +37,12 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from harness.core.models import ModelPreset
+from harness.core.tokens import VIDEO2WORLD_PAD, Grid
 from harness.cosmos import config as cfg
 from harness.cosmos.layers import NormedColumnParallelLinear, ResidualRMSNorm, RMSNorm, TPRowLinear
 from harness.cosmos.rope3d import Rope3D
 from harness.cosmos.video2world import cross_attention_spec
-from harness.core.models import ModelPreset
-from harness.core.tokens import VIDEO2WORLD_PAD, Grid
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -148,7 +148,8 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
     """The Cosmos decoder spec (mcore modules + the harness' SDPA core attention and fused-norm linears)."""
     cross: dict[str, Any] = {}
     if video2world:
-        cross = dict(pre_cross_attn_layernorm=ResidualRMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
+        cross = dict(pre_cross_attn_layernorm=ResidualRMSNorm,
+                     cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
                      cross_attn_bda=get_bias_dropout_add)
     layer = ModuleSpec(
         module=CosmosLayer,

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from harness.cosmos.config import Yarn
 from harness.core.tokens import Grid
+from harness.cosmos.config import Yarn
 
 
 def axis_dims(dim: int) -> tuple[int, int, int]:

@@ -16,10 +16,10 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from harness.cosmos.layers import TPLinear, TPRowLinear
-from harness.cosmos.rope3d import abs_sincos
 from harness.core.models import ModelPreset
 from harness.core.tokens import Grid
+from harness.cosmos.layers import TPLinear, TPRowLinear
+from harness.cosmos.rope3d import abs_sincos
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
 
-from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.paths import RunPaths
+from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.spec import RunSpec
 
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")

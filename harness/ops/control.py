@@ -89,7 +89,8 @@ def _fmt_tasks(tasks: list[int]) -> str:
 def cancel(paths: RunPaths, console: Console, stage: str | None = None, plan: Plan | None = None) -> int:
     plan = plan or load_plan(paths)
     if stage is not None and stage not in [s.name for s in plan.stages]:
-        raise HarnessError(Problem("cancel", "stage", f"unknown {stage!r} (stages: {', '.join(s.name for s in plan.stages)})"))
+        raise HarnessError(Problem("cancel", "stage",
+            f"unknown {stage!r} (stages: {', '.join(s.name for s in plan.stages)})"))
     jobs = load_jobs(paths)
     console.print(backend_for(jobs.executor).cancel(paths, plan, jobs, stage))
     return 0

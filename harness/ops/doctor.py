@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Literal
 from harness.core import footprint
 from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
-from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
+from harness.launch import slurmcli
 from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:

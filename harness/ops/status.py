@@ -12,11 +12,11 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.plan import Plan
 from harness.launch import slurmstate
 from harness.launch.backend import load_plan
 from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs
-from harness.core.plan import Plan
-from harness.core.paths import RunPaths
 
 WAIT_RETRIES = 5
 """Consecutive failed Slurm queries `wait` tolerates."""

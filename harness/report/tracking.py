@@ -31,9 +31,9 @@ from harness.core.errors import HarnessError
 from harness.core.spec_check import wandb_installed
 
 if TYPE_CHECKING:
-    from harness.report.build import Checkpoint
     from harness.core.paths import RunPaths
     from harness.core.spec import TrackingSection
+    from harness.report.build import Checkpoint
 
 TRAIN_TAGS: Mapping[str, str] = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                                  "tokens_per_s": "train/tokens_per_s", "tflops": "train/tflops_per_gpu",

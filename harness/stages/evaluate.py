@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
-from harness.lib import media, metrics
 from harness.core import metrics_table as mt
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError
 from harness.core.evalrecords import EvalResult, Failure, Scores, ShardRecord, VideoRecord
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
+from harness.lib import media, metrics
 from harness.lib.video import load_frames
 
 if TYPE_CHECKING:

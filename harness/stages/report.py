@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from harness.report import build as report
-
-from harness.report import tracking
-
 from harness.core import trainplan
 from harness.core.paths import RunPaths, is_done
 from harness.core.rundir import read_plan_record
 from harness.core.spec import RunSpec
+from harness.report import build as report
+from harness.report import tracking
 
 log = logging.getLogger("harness.report.build")
 

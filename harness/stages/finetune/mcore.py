@@ -23,25 +23,20 @@ import torch.distributed as dist
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from harness.core import footprint, metricslog
-
-from harness.core import tokens
-
-from harness.report import tracking
-
-from harness.core import trainplan
+from harness.core import footprint, metricslog, tokens, trainplan
+from harness.core.atomic import atomic_write_json
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.spec import FinetuneSection, RunSpec
+from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
-from harness.stages.finetune import checkpoints
 from harness.cosmos import data as data_mod
 from harness.cosmos import parallel
 from harness.cosmos.layout import resolve_pretrained
 from harness.cosmos.model import build_model
 from harness.cosmos.signals import StopSignal
-from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json
-from harness.core.spec import FinetuneSection, RunSpec
-from harness.core.trainplan import TrainingPlan
+from harness.report import tracking
+from harness.stages.finetune import checkpoints
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec, ranks_per_node
 from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
-from harness.stages.finetune import checkpoints
 from harness.cosmos import data as data_mod
 from harness.cosmos.layout import resolve_pretrained
+from harness.stages.finetune import checkpoints
 from harness.stages.finetune import mcore as mcore_train
 from harness.stages.finetune.nemo_common import StepMath, check_engine, checkpoint_context, ordered_sample
 

@@ -14,15 +14,21 @@ import torch
 from nemo.lightning.io.pl import ckpt_to_dir
 from nemo.lightning.pytorch.callbacks import ModelCheckpoint
 
+from harness.core import metricslog
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import TrackingSection
 from harness.core.trainplan import TrainingPlan
 from harness.cosmos.signals import StopSignal
 from harness.report import tracking
-from harness.core import metricslog
-from harness.stages.finetune.nemo_common import (CHECKPOINT_FILENAME, StepMath, device, mark_complete,
-                                                 remove_incomplete, scalar)
+from harness.stages.finetune.nemo_common import (
+    CHECKPOINT_FILENAME,
+    StepMath,
+    device,
+    mark_complete,
+    remove_incomplete,
+    scalar,
+)
 
 log = logging.getLogger("harness.stages.finetune.nemo")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
 from harness.core.spec import RunSpec
 from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt

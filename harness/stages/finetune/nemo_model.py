@@ -58,8 +58,8 @@ class CosmosNeMoConfig(GPTConfig):
 
 
 class HarnessLR(LRSchedulerModule):
-    """The mcore engine's schedule (`harness.stages.finetune.mcore.lr_at`: linear warm-up, cosine to min_lr or constant),
-    so both engines use the same LR at every step."""
+    """The mcore engine's schedule (`harness.stages.finetune.mcore.lr_at`: linear warm-up, cosine to min_lr or
+    constant), so both engines use the same LR at every step."""
 
     def __init__(self, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> None:
         super().__init__()
