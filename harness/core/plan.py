@@ -22,7 +22,8 @@ from harness.core import tokens, trainplan
 from harness.core.errors import HarnessError
 from harness.core.sections import STAGES
 from harness.core.spec import InferSection, Resources, RunSpec
-from harness.core.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
+from harness.core.trainplan import TrainingPlan
+from harness.core.trainplan import checkpoint_steps as checkpoint_steps  # re-exported
 
 DependencyKind = Literal["afterok", "aftercorr", "afterany"]
 

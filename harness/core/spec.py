@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from harness.core.errors import Problem, SpecError
 from harness.core.fields import build, first_line, plain, show, type_str, unknown_keys
+from harness.core.models import Precision
 from harness.core.sections import (
     SECTIONS,
     AssetsSection,
@@ -30,7 +31,6 @@ from harness.core.sections import (
     Metric,
     MetricBackend,
     ModelSection,
-    Precision,
     Recipe,
     Recompute,
     ReportSection,
@@ -128,7 +128,7 @@ def reference() -> list[tuple[str, str, str, str]]:
         cls = hints[name]
         sub = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = f"= {name}.{f.metadata['follows']}" if f.metadata.get("follows") else repr(plain(default))
             rows.append((f"{name}.{f.name}", type_str(sub[f.name]), shown, f.metadata.get("doc", "")))
     return rows

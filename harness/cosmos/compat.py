@@ -53,11 +53,11 @@ def _patch_cuda_calls() -> None:
     # dist_checkpointing/strategies/torch.py and filesystem_async.py call torch.cuda.synchronize() around
     # saves and loads; optimizer/optimizer.py and distributed_data_parallel.py use torch.cuda.current_device()
     # as the device of new tensors (grad buffers, found-inf flags). On CPU both must be harmless.
-    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]  # a device name, not an index
     # distributed/param_and_grad_buffer.py (0.19): start_grad_sync waits on torch.cuda.current_stream() for
     # CUDA-graph gradient events, which initialises CUDA ("No CUDA GPUs are available").
-    torch.cuda.current_stream = lambda *a, **k: _HostStream()  # type: ignore[assignment,return-value]
+    torch.cuda.current_stream = lambda *a, **k: _HostStream()  # type: ignore[assignment]  # a host stand-in
 
 
 class _HostStream:
@@ -108,9 +108,9 @@ def _patch_rng() -> None:
     mr._get_cuda_rng_state = get_state
     mr._set_cuda_rng_state = set_state
     mr.CudaRNGStatesTracker.add = add
-    torch.cuda.manual_seed = _seed_cpu  # type: ignore[assignment]
-    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()  # type: ignore[assignment]
-    torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)  # type: ignore[assignment]
+    torch.cuda.manual_seed = _seed_cpu
+    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)  # type: ignore[assignment]  # CPU state
 
 
 def _patch_memory_buffer() -> None:

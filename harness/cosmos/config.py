@@ -84,4 +84,4 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
         kw.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif recompute == "selective":
         kw.update(recompute_granularity="selective")
-    return TransformerConfig(**kw)  # type: ignore[arg-type]
+    return TransformerConfig(**kw)

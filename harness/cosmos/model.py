@@ -213,7 +213,7 @@ class CosmosModel(GPTModel):
             from harness.cosmos.video2world import setup_video2world  # noqa: PLC0415
             setup_video2world(self, config, preset, grid, seq_len)
 
-    def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
+    def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
         n = tokens.shape[1]
@@ -231,7 +231,7 @@ class CosmosModel(GPTModel):
         extra: dict[str, Any] = {}
         if self.preset.video2world:
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
-            extra = prepare_context(self, hidden, start, n, context)
+            extra = prepare_context(self, hidden, int(start), n, context)  # a host position (see graph_supported)
         hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=None, **extra)
         if last_only:  # a prefill needs the next token's logits only: [b, 5120, 64000] would be ~0.7 GB a sequence
             hidden = hidden[-1:]

@@ -70,7 +70,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None) -> dict[
             if any(d.kind == "afterany" and d.stage in todo for d in s.depends):
                 _forget(paths, s.name, todo[s.name])
         jobs = load_jobs(paths)
-        choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]
+        choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]  # submit wrote slurm or local
         known = read_facts(paths)
         new = launching.submit_stages(plan, paths, todo, known, choice, {}, jobs.submissions)
         for sub in new:

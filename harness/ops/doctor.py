@@ -198,7 +198,8 @@ def path_checks(plan: Plan) -> list[Check]:
     sizes = footprint.items(plan)
     need = {"run.workdir": footprint.total(sizes, "workdir"), "assets.hf_home": footprint.total(sizes, "hf_home")}
     dirs = {"run.workdir": spec.run.workdir, "assets.hf_home": spec.assets.hf_home}
-    out, devices = [], {}
+    out: list[Check] = []
+    devices: dict[int, list[tuple[str, Path]]] = {}
     for k, d in dirs.items():
         where, why = _writable(Path(d).expanduser())
         out.append(Check("pass" if not why else "fail", k, "writable", why or str(where)))

@@ -67,7 +67,7 @@ def require_gpus(spec: spec_mod.RunSpec, stage: str) -> None:
 
 
 def worker(stage: str) -> StageFn:
-    return importlib.import_module(MODULES[stage]).run  # type: ignore[no-any-return]
+    return importlib.import_module(MODULES[stage]).run
 
 
 def run_task(run_dir: str, stage: str, task: int) -> str:

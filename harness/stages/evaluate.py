@@ -71,7 +71,7 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray, list[int], list[int],
         raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path}")
     ref = load_frames(ref_path, (h, w), max(wanted) + 1)
     g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < len(ref)]
-    r_idx = [int(mapping[g]) for g in g_idx]  # type: ignore[arg-type]
+    r_idx = [int(r) for r in mapping if r is not None and 0 <= r < len(ref)]
     compared = set(g_idx)
     missing = [g for g in range(n_gen) if g not in compared]
     if not g_idx:

@@ -201,7 +201,7 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) ->
 
 
 def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, device: torch.device,
-                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                    dtype: torch.dtype) -> dict[str, Any]:
     """Video2World: the T5 embeddings (from the dataset, or encoded from the jsonl prompts) as the training data
     path builds them (`harness.cosmos.data.context_batch`): all 512 rows, padding rows zero, no mask."""
     if not spec.video2world:
@@ -213,7 +213,8 @@ def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, d
 
         emb, _ = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
         return {"context": context_batch(list(emb), device, dtype)}
-    return {"context": context_batch([it.prompt_embedding for it in batch], device, dtype)}
+    return {"context": context_batch([it.prompt_embedding for it in batch if it.prompt_embedding is not None],
+                                      device, dtype)}
 
 
 def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, device: torch.device) -> Any:

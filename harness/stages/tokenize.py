@@ -107,7 +107,7 @@ def _drain(encoder: Encoder, writer: "ShardWriter", items: list[InputItem], pend
     return len(items)
 
 
-class ClipBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class ClipBatches(torch.utils.data.Dataset):
     """Batch k = the decodable clips among items[k*B:(k+1)*B], stacked in the worker that decoded them.
 
     Fixed groups of consecutive items keep the batch composition (and so the bytes) independent of timing;
@@ -253,7 +253,7 @@ class ShardWriter:
         self.builder.finalize(str(self.tmp["idx"]))
         if self.spec.video2world:
             emb, lengths = self.prompt_rows if self.prompt_rows is not None else (None, None)
-            if emb is None or len(emb) != len(self.videos):
+            if emb is None or lengths is None or len(emb) != len(self.videos):
                 raise HarnessError(f"tokenize[{self.shard}]: {len(self.videos)} videos but no matching prompt rows")
             _save_npy(self.tmp["prompts"], emb.astype(np.float32))
             _save_npy(self.tmp["prompt_lengths"], lengths.astype(np.int32))

@@ -166,7 +166,7 @@ def pretrained_dir(spec: RunSpec) -> Path:
     return resolve_pretrained(snap)
 
 
-def train_step(t: Trainer) -> dict[str, float]:
+def train_step(t: Trainer) -> dict[str, float | None]:
     """One optimizer step (all micro-batches); returns the metrics of this step."""
     f = t.spec.finetune
     dp, dp_rank, accum = t.plan.data_parallel, parallel.dp_rank(), t.plan.grad_accumulation
@@ -256,7 +256,8 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
             rec = train_step(t)
             if parallel.is_main():
                 metricslog.append(paths.metrics_jsonl, rec)
-                tracker.log(rec)
+                if tracker is not None:
+                    tracker.log(rec)
                 if t.step % f.log_every == 0 or t.step == t.last_step:
                     log.info("step %d loss %.4f lr %.3g grad_norm %s %.0f tok/s %.1f TFLOP/s", t.step, rec["loss"],
                              rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["tflops"])
