@@ -5,7 +5,7 @@ after a checkpoint torn mid-save, TP=2 over gloo, and the `auto` engine choice.
 
 Each training runs in its own interpreter (`python tests/nemo_cpu_compat.py RUN_DIR PROBE`): NeMo/Lightning keep
 process-global state, checkpoint saves start a Manager process, and TP=2 is launched by Lightning itself.
-Skipped where NeMo 2 is not installed (`/work/venv-nemo` has it; see the README)."""
+Skipped where NeMo 2 is not installed (the `nemo` extra installs it; see the README)."""
 
 from __future__ import annotations
 
