@@ -191,7 +191,7 @@ def cmd_bench(name: str, args: list[str]) -> int:
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
 
-def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The commands that operate on a submitted run (harness.ops)."""
     for name, helptext in (("status", "stage and array-task states"), ("logs", "a task's stdout/stderr"),
                            ("resume", "resubmit only incomplete tasks and the stages after them"),

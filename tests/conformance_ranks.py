@@ -49,10 +49,10 @@ def rank_main(rank: int, port: int, out: str) -> None:
                       MASTER_PORT=str(port))
     import torch
 
-    from harness.cosmos import parallel
-    from harness.cosmos.model import build_model
     from harness.core.models import PRESETS as ALL
     from harness.core.tokens import Grid
+    from harness.cosmos import parallel
+    from harness.cosmos.model import build_model
 
     result: dict[str, Any] = {}
     for tp in TPS:

@@ -109,9 +109,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--reliability-out", default="", help="write the reliability tally to this JSON file")
 
 
-# ---------------------------------------------------------------------------- reliability tally (issue 8)
+# ---------------------------------------------------------------------------------------- reliability tally
 # The `reliability` fixture and the end-of-session summary (results/reliability.json) live in
 # tests/reliability_plugin.py; importing its hooks here registers them (tests/ is not a package).
 from reliability_plugin import (  # noqa: E402,F401
-    pytest_collection_finish, pytest_runtest_logreport, pytest_terminal_summary, pytest_testnodedown, reliability)
+    pytest_collection_finish,
+    pytest_runtest_logreport,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+    reliability,
+)
 from reliability_plugin import pytest_sessionfinish as reliability_sessionfinish  # noqa: E402

@@ -16,10 +16,11 @@ import torch
 
 import specs
 from harness.core import spec as spec_mod
-from harness.stages.dataset import to_uint16
-from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
+from harness.core.paths import RunPaths
 from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
+from harness.stages.dataset import to_uint16
+
 
 def make_spec(*, tp: int = 1, max_steps: int = 6, save_every: int = 2, gbs: int = 2, mbs: int = 1,
               lr: float = 3e-3, checkpoint: str = "", v2w: bool = False, video: dict[str, int] | None = None,
@@ -44,7 +45,8 @@ def video_tokens(spec: spec_mod.RunSpec, n: int, seed: int = 0) -> list[np.ndarr
     return out
 
 
-def make_run(root: Path, spec: spec_mod.RunSpec, n_videos: int = 8, split: tuple[int, int, int] = (6, 1, 1)) -> RunPaths:
+def make_run(root: Path, spec: spec_mod.RunSpec, n_videos: int = 8,
+             split: tuple[int, int, int] = (6, 1, 1)) -> RunPaths:
     """spec.json + the merged dataset (uint16 .bin/.idx, summary.json, split.json; V2W prompt arrays), and a
     local model.checkpoint staged in assets.json as stage-assets stages one (in place), where both engines find it."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -70,7 +72,8 @@ def make_run(root: Path, spec: spec_mod.RunSpec, n_videos: int = 8, split: tuple
     paths.dataset_split.write_text(json.dumps({"train": ids[:a], "val": ids[a:a + b], "test": ids[a + b:]}))
     if spec.video2world:
         rng = np.random.default_rng(5)
-        np.save(f"{prefix}.prompts.npy", rng.standard_normal((n_videos, 6, spec.preset.crossattn_dim)).astype(np.float32))
+        np.save(f"{prefix}.prompts.npy",
+                rng.standard_normal((n_videos, 6, spec.preset.crossattn_dim)).astype(np.float32))
         np.save(f"{prefix}.prompt_lengths.npy", np.full(n_videos, 6, dtype=np.int32))
     return paths
 

@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import specs
-from shared_util import file_lock, shared_root
+from harness.core import spec as spec_mod
+from harness.core.atomic import atomic_write_json
+from harness.core.paths import RunPaths
+from harness.launch.worker import run_task
+from harness.lib import synth
 from harness.ops.inputs import discover
 from harness.stages import inputs
-
-from harness.core import spec as spec_mod
-from harness.lib import synth
-from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json
-from harness.launch.worker import run_task
+from shared_util import file_lock, shared_root
 
 SHAPE = {"num_frames": 17, "height": 48, "width": 64}
 
@@ -27,7 +26,8 @@ def make_assets(root: Path) -> dict[str, str]:
     tok = synth.write_tokenizer(root / "tokenizer")
     t5 = synth.write_text_encoder(root / "text-encoder")
     hf = root / "hf"
-    synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO, {n: tok / n for n in ("encoder.jit", "decoder.jit", "config.json")})
+    synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO, {n: tok / n for n in ("encoder.jit", "decoder.jit",
+        "config.json")})
     synth.write_hf_snapshot(hf, synth.TEXT_ENCODER_REPO, {f.name: f for f in t5.iterdir() if f.is_file()})
     return {"hf_home": str(hf), "tokenizer_dir": str(tok), "text_encoder_dir": str(t5)}
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import specs
-from harness.lib import synth
 from harness.launch import slurmcli
+from harness.lib import synth
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
          "BOOT_FAIL", "DEADLINE"}
@@ -103,9 +103,9 @@ def wait_for(pred, timeout: float, poll: float = 0.2, what: str = "condition"): 
 def submit_partial(spec_path: Path, stages: tuple[str, ...], cwd: Path) -> tuple["object", dict[str, str]]:
     """Submit only `stages` of a spec's run to Slurm through the launcher's own functions (the later stages
     would only cost time here); returns (RunPaths, stage -> job id)."""
-    from harness.ops import submit as launching
     from harness.core import spec as spec_mod
     from harness.ops import plan as plan_ops
+    from harness.ops import submit as launching
     from harness.ops.inputs import discover
     from harness.stages.inputs import write_inputs
 

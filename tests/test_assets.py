@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.lib import synth
+from fixtures_data import make_spec, session_assets, session_standins
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.launch.worker import worker
+from harness.lib import synth
 from harness.stages.staged import resolve
-from fixtures_data import make_spec, session_assets, session_standins
 
 
 @pytest.fixture()

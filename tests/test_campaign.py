@@ -160,7 +160,8 @@ def test_members_with_equal_data_keys_share_the_data_stages() -> None:
     assert [s.name for s in cp.members[2].stages] == ["finetune", "infer", "evaluate", "report"]
     assert [s.name for s in cp.members[0].stages] == [s.name for s in plan_mod.STAGES]
     jobs = cp.jobs()
-    assert [(s, w) for s, _, w in jobs if s == "tokenize"] == [("tokenize", "members 1, 3"), ("tokenize", "members 2, 4")]
+    assert [(s, w) for s, _, w in jobs if s == "tokenize"] == [("tokenize", "members 1, 3"),
+                                                               ("tokenize", "members 2, 4")]
     assert len([j for j in jobs if j[0] == "finetune"]) == 4
 
 

@@ -14,13 +14,13 @@ import pytest
 
 import specs
 from harness import cli
-from harness.ops import submit as launching
+from harness.bench import compare
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.bench import compare
+from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths, new_run_dir
-from harness.core.atomic import atomic_write_json
+from harness.ops import submit as launching
 
 
 def spec_text(root: Path) -> str:

@@ -4,18 +4,18 @@ line instead of submitting duplicates."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.ops import submit as launching
-from harness.launch import slurmcli
-from harness.core.paths import RunPaths
 from harness.core.atomic import read_json
+from harness.core.paths import RunPaths
+from harness.launch import slurmcli
+from harness.ops import submit as launching
 from reliability_helpers import harness, job_ids_from, run_dir_from, tiny_spec
 
 pytestmark = pytest.mark.slurm

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from harness.stages import infer
+from cosmos_util import make_spec, run_ranks
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.tokens import Grid
-from cosmos_util import make_spec, run_ranks
+from harness.stages import infer
 
 GRID = Grid(3, 4, 4)
 

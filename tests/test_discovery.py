@@ -1,4 +1,4 @@
-"""Input discovery at scale (issue 15 item 6): a scandir walk with no stat per file, data.manifest, and the
+"""Input discovery at scale: a scandir walk with no stat per file, data.manifest, and the
 tokenize throttle that means what the spec reference says."""
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.ops import inputs
-
-from harness.core import plan
-
-from harness.core import spec as spec_mod
-from harness.launch import slurm
-from harness.core.paths import RunPaths
 import specs
 from fixtures_data import SHAPE, make_spec
+from harness.core import plan
+from harness.core import spec as spec_mod
+from harness.core.paths import RunPaths
+from harness.launch import slurm
+from harness.ops import inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""`harness doctor` and submit's preflight (issue 15 item 2), against the project's local Slurm cluster (three
+"""`harness doctor` and submit's preflight, against the project's local Slurm cluster (three
 virtual nodes of 2 CPUs, no GPUs, partition `debug` with no MaxTime) and without a controller."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Iterator
 import pytest
 
 import specs
-from harness.ops import doctor
-from harness.launch import slurmcli
 from fixtures_data import session_standins
+from harness.launch import slurmcli
+from harness.ops import doctor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,8 @@ def test_missing_partition_is_named_by_its_key(tmp_path: Path, slurm_cluster: st
     sub = harness("submit", str(spec), cwd=tmp_path)
     assert sub.returncode == 2 and not (tmp_path / "runs").exists()
     assert sub.stderr.splitlines() == [
-        f"{spec}: finetune.partition: preflight: partition 'gpu-h100' exists: no such partition; the cluster has: debug",
+        f"{spec}: finetune.partition: preflight: partition 'gpu-h100' exists: no such partition; "
+        "the cluster has: debug",
         f"{spec}: finetune.account: preflight: account 'nosuchacct' exists: no such account; the cluster has: root"]
 
 
@@ -98,7 +99,8 @@ def test_time_limit_over_the_partition_maxtime(tmp_path: Path, short_partition: 
 
 
 def test_gpu_request_the_nodes_cannot_meet(tmp_path: Path, slurm_cluster: str) -> None:
-    spec = write_spec(tmp_path, "[finetune]\ngpus_per_node = 8\nglobal_batch_size = 8\n[merge]\nnodes = 4\n[infer]\ncpus_per_task = 3\n")
+    spec = write_spec(tmp_path,
+        "[finetune]\ngpus_per_node = 8\nglobal_batch_size = 8\n[merge]\nnodes = 4\n[infer]\ncpus_per_task = 3\n")
     p = harness("doctor", str(spec), cwd=tmp_path)
     assert p.returncode == 2
     failed = lines(p.stdout, "fail")
@@ -154,7 +156,8 @@ def test_inputs_not_readable(tmp_path: Path, no_slurm: None) -> None:
     spec.write_text(spec.read_text().replace(f'videos = "{tmp_path}/videos"', f'videos = "{tmp_path}/nope"'))
     p = harness("doctor", str(spec), cwd=tmp_path)
     assert p.returncode == 2
-    assert lines(p.stdout, "fail") == [f"fail  data.videos: inputs cannot be listed: '{tmp_path}/nope' is not a directory"]
+    want = f"fail  data.videos: inputs cannot be listed: '{tmp_path}/nope' is not a directory"
+    assert lines(p.stdout, "fail") == [want]
 
 
 @pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("30", 30), ("02:00:00", 120), ("1-00:00:00", 1440),

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.lib import dvtok
-
-from harness.lib import synth
+from harness.lib import dvtok, synth
 from harness.lib.video import ClipShape, load_clip
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import specs
-from harness.lib import synth
-from harness.stages.dataset import open_dataset
-from harness.core.paths import RunPaths
 from harness.core.atomic import read_json
+from harness.core.paths import RunPaths
 from harness.launch.worker import load_run_spec
-from harness.stages.staged import resolve
+from harness.lib import synth
 from harness.lib.video import ClipShape, load_clip
+from harness.stages.dataset import open_dataset
+from harness.stages.staged import resolve
 
 pytestmark = pytest.mark.slurm
 
@@ -32,7 +32,8 @@ def finished_run(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -
     bad = synth.make_bad_files(tmp / "videos")
     tok = synth.write_tokenizer(tmp / "tok")
     hf = tmp / "hf"
-    synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO, {n: tok / n for n in ("encoder.jit", "decoder.jit", "config.json")})
+    synth.write_hf_snapshot(hf, synth.TOKENIZER_REPO, {n: tok / n for n in ("encoder.jit", "decoder.jit",
+        "config.json")})
     spec = specs.write(tmp / "run.toml", specs.tiny_run(tmp, name="e2e", videos=tmp / "videos", hf=hf), {
         "video": {"width": 64, "height": 48, "num_frames": 9, "fps": 8}, "data": {"split": [8, 1, 1]},
         "tokenize": {"shards": 4},

@@ -1,4 +1,4 @@
-"""Issue 15 item 7: a full disk is a reason a user can act on. The run directory lives on a small tmpfs (tests run
+"""A full disk is a reason a user can act on. The run directory lives on a small tmpfs (tests run
 as root), sized so the tiny model's first checkpoint fits and its second does not: the task's reason names the
 full filesystem and the checkpoint path, nothing completed before changes, and `harness resume` after the space
 is freed completes the run. Real layers throughout: submitit's local executor, megatron-core's checkpoint
@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from reliability_helpers import harness, tiny_spec
 
-from harness.ops import submit as launching
-
-from harness.core import failures
-
-from harness.core import footprint
+from harness.core import failures, footprint
+from harness.core.atomic import read_json
 from harness.core.models import PRESETS
 from harness.launch import slurmstate
 from harness.ops import state, status
-from harness.core.atomic import read_json
+from harness.ops import submit as launching
+from reliability_helpers import harness, tiny_spec
 
 pytestmark = pytest.mark.enospc
 
@@ -66,7 +63,8 @@ def test_slurm_reason_from_a_stderr_tail(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "finetune" / "7_0" / "7_0_0_log.out"
     log.parent.mkdir(parents=True)
     err = log.with_suffix(".err")
-    err.write_text("[rank0]: Traceback (most recent call last):\n[rank0]:   File \"<frozen runpy>\", line 88, in _run_cod")
+    err.write_text("[rank0]: Traceback (most recent call last):\n"
+                   "[rank0]:   File \"<frozen runpy>\", line 88, in _run_cod")
     assert slurmstate.error_line(str(log), tmp_path) == ""
     err.write_text("srun: error: node1: task 0: Exited with exit code 1\n"
                    "[rank0]: RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598\n")
@@ -152,7 +150,8 @@ def test_full_disk_at_a_checkpoint_then_resume(tmpfs: Path, tmp_path: Path, monk
 
 def _timings(paths) -> None:  # type: ignore[no-untyped-def]
     st = read_json(paths.root / "local_state.json")["stages"]
-    print({f"{s}[{t}]": round(e["end"] - e["start"], 1) for s, v in st.items() for t, e in v.items() if e.get("end") and e.get("start")})
+    print({f"{s}[{t}]": round(e["end"] - e["start"], 1) for s, v in st.items()
+           for t, e in v.items() if e.get("end") and e.get("start")})
 
 
 def _console():  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Estimates in `harness plan` (issue 15 item 3): the rates are the committed bench figures, and the stage
+"""Estimates in `harness plan`: the rates are the committed bench figures, and the stage
 times follow from the token math by the stated rules."""
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import estimate
-
-from harness.core import footprint
-
-from harness.core import plan
-
+from harness.core import estimate, footprint, plan
 from harness.core import spec as spec_mod
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +76,8 @@ def test_tokenize_infer_evaluate() -> None:
     assert i.wall_s == pytest.approx(2 * 64 * 3 * 40 * 64 / estimate.GENERATE_B64.value)
     assert i.gpu_hours == pytest.approx(i.wall_s * 4 * 7 / 3600)  # 4 checkpoints x 7 shards, 1 GPU each
     assert estimate.generate_rate(8)[0] == estimate.GENERATE_B8.value
-    assert estimate.generate_rate(20)[0] == pytest.approx((estimate.GENERATE_B8.value + estimate.GENERATE_B32.value) / 2)
+    b8, b32 = estimate.GENERATE_B8.value, estimate.GENERATE_B32.value
+    assert estimate.generate_rate(20)[0] == pytest.approx((b8 + b32) / 2)
     assert estimate.generate_rate(500)[0] == estimate.GENERATE_B64.value
     e = estimate.evaluate(p)
     assert e.wall_s == pytest.approx(125 / estimate.EVALUATE.value)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import specs
-from harness.core.plan import checkpoint_steps
-from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
 from harness.core.evalrecords import Failure
+from harness.core.paths import RunPaths
+from harness.core.plan import checkpoint_steps
 from harness.lib import media
-from harness.stages import evaluate
 from harness.lib.synth import smooth_clip
 from harness.lib.video import write_mp4
+from harness.stages import evaluate
 
 H, W = 48, 64
 

@@ -1,4 +1,4 @@
-"""Issue 18's fan-out on the local cluster: infer and evaluate as arrays of 2 checkpoints x 4 input shards (tiny
+"""Evaluation fan-out on the local cluster: infer and evaluate as arrays of 2 checkpoints x 4 input shards (tiny
 preset, the test split of 8 tiny clips, one input per shard). One (checkpoint, shard) infer task is killed while
 it runs; its evaluate task is cancelled by the dependency, the report names that shard, `resume` resubmits
 exactly that pair (and the report), and the finished report's per-checkpoint means are the means over every
@@ -11,18 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-import specs
-from reliability_helpers import tiny_assets
 from rich.console import Console
 
+import specs
 from harness import ops
-from harness.ops import submit as launching
-
 from harness.core import plan as plan_mod
+from harness.core.atomic import read_json
+from harness.core.paths import RunPaths, is_done
 from harness.launch import slurmcli
 from harness.ops import control, state
-from harness.core.paths import RunPaths, is_done
-from harness.core.atomic import read_json
+from harness.ops import submit as launching
+from reliability_helpers import tiny_assets
 
 pytestmark = pytest.mark.slurm
 

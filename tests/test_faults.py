@@ -15,13 +15,21 @@ from typing import Any
 import pytest
 
 import specs
-from harness.stages.finetune.checkpoints import latest_complete
-from harness.lib import synth
-from harness.launch import slurmcli
-from harness.core.paths import RunPaths, is_done
 from harness.core.atomic import read_json
-from reliability_helpers import (FINAL, harness, sacct_history, states_by_stage, submit_partial, task_process,
-                                 tiny_spec, wait_for, wait_stages)
+from harness.core.paths import RunPaths, is_done
+from harness.launch import slurmcli
+from harness.lib import synth
+from harness.stages.finetune.checkpoints import latest_complete
+from reliability_helpers import (
+    harness,
+    sacct_history,
+    states_by_stage,
+    submit_partial,
+    task_process,
+    tiny_spec,
+    wait_for,
+    wait_stages,
+)
 
 pytestmark = pytest.mark.slurm
 DATA = ("stage-assets", "tokenize", "merge")
@@ -37,11 +45,11 @@ def resume_cli(root: Path, cwd: Path) -> dict[str, str]:
 
 def clean_reference(spec_path: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> RunPaths:
     """The same spec run in-process without faults (the stage functions, no Slurm): the expected bytes."""
-    from harness.ops import submit as launching
     from harness.core import spec as spec_mod
+    from harness.launch.worker import run_task
+    from harness.ops import submit as launching
     from harness.ops.inputs import discover
     from harness.stages.inputs import write_inputs
-    from harness.launch.worker import run_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = spec_mod.absolutize(spec_mod.load(spec_path), tmp)

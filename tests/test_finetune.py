@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from cosmos_util import make_run, make_spec, metrics
-from harness.stages import infer
-from harness.stages.finetune.checkpoints import latest_complete
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.paths import RunPaths, is_done
 from harness.launch.worker import run_task
+from harness.stages import infer
+from harness.stages.finetune.checkpoints import latest_complete
 
 STEPS, SAVE = 10, 4  # checkpoints at 4, 8 and 10 (max_steps is not a multiple of save_every)
 LR = 1e-2
@@ -33,7 +33,8 @@ LR = 1e-2
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from harness.cosmos import parallel, pretrained as pt
+    from harness.cosmos import parallel
+    from harness.cosmos import pretrained as pt
 
     out = tmp_path_factory.mktemp("pretrained") / "nemo"
     pt.write_tiny_pretrained(out, PRESETS["tiny"], seed=1)
@@ -219,8 +220,8 @@ def test_sequence_parallel_equals_tp2_and_tp1_and_its_checkpoint_loads_without_i
 @pytest.mark.timeout(300)
 def test_save_load_identical_logits_and_optimizer(tmp_path: Path, pretrained: str) -> None:
     from harness.cosmos import checkpoint, parallel
-    from harness.stages.finetune import mcore as train
     from harness.stages.dataset import open_dataset
+    from harness.stages.finetune import mcore as train
 
     spec = spec_for(pretrained)
     paths = make_run(tmp_path / "run", spec)
@@ -359,7 +360,8 @@ def test_fastpaths_equal_megatron_fallbacks() -> None:
     utils.local_multi_tensor_scale(0, None, [ref, ref], 0.3)
     fastpaths.scale(0, None, [mine, mine], 0.3)
     assert all(torch.equal(a, b) for a, b in zip(ref, mine))
-    ref_bf, mine_bf = [torch.empty_like(t, dtype=torch.bfloat16) for t in ts], [torch.empty_like(t, dtype=torch.bfloat16) for t in ts]
+    ref_bf, mine_bf = [torch.empty_like(t, dtype=torch.bfloat16) for t in ts], [
+        torch.empty_like(t, dtype=torch.bfloat16) for t in ts]
     utils.local_multi_tensor_scale(0, None, [ts, ref_bf], 1.0)  # the fp32 master -> bf16 model copy
     fastpaths.scale(0, None, [ts, mine_bf], 1.0)
     assert all(torch.equal(a, b) for a, b in zip(ref_bf, mine_bf))

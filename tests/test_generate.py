@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.core.models import PRESETS
+from harness.core.tokens import Grid
 from harness.cosmos import generate as gen
 from harness.cosmos import parallel
 from harness.cosmos.model import build_model
-from harness.core.models import PRESETS
-from harness.core.tokens import Grid
 
 GRID = Grid(3, 4, 5)
 
@@ -105,8 +105,8 @@ def test_auto_batch_covers_the_measured_h200_peak() -> None:
     from pathlib import Path
     from types import SimpleNamespace
 
-    from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
     from harness.core.models import PRESETS
+    from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
 
     p = PRESETS["cosmos-4b"]
     conf = SimpleNamespace(num_query_groups=p.num_query_groups, tensor_model_parallel_size=1, kv_channels=128,
@@ -226,7 +226,6 @@ def test_video2world_tensor_parallel_2_generates_the_tp1_tokens(tmp_path: Path) 
     """TP=2 (two gloo ranks): each rank caches its own heads' cross-attention keys/values; fp32 greedy tokens of
     every cached mode equal TP=1's uncached ones, on both ranks."""
     from cosmos_util import run_ranks
-
     from harness.cosmos import pretrained
 
     pretrained.write_tiny_pretrained(tmp_path / "ckpt", PRESETS["tiny-v2w"], seed=9)

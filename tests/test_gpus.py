@@ -64,8 +64,8 @@ def test_stage_asking_for_gpus_without_cuda_fails_with_one_line(tmp_path: Path) 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is absent")
 def test_cpu_compatibility_only_where_the_stage_asks_for_no_gpu() -> None:
-    from harness.cosmos import compat
     from harness.core.errors import HarnessError
+    from harness.cosmos import compat
 
     with pytest.raises(HarnessError, match="asks for 2 GPU"):
         compat.apply(gpus_requested=2)

@@ -12,16 +12,16 @@ from PIL import Image
 
 import specs
 from harness.core import spec as spec_mod
-from harness.cosmos.pretrained import write_tiny_pretrained
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
-from harness.core.plan import checkpoint_steps
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
+from harness.core.plan import checkpoint_steps
+from harness.cosmos.pretrained import write_tiny_pretrained
 from harness.lib import media
-from harness.stages import evaluate, infer
 from harness.lib.synth import make_clips, smooth_clip, write_tokenizer
 from harness.lib.video import ClipShape, load_clip
+from harness.stages import evaluate, infer
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ import pytest
 
 import specs
 from harness import cli
-
-from harness.lib import synth
-from harness.launch import slurmcli
 from harness.core.atomic import read_json
+from harness.launch import slurmcli
+from harness.lib import synth
 from reliability_helpers import wait_stages
 
 REPO = Path(__file__).resolve().parents[1]

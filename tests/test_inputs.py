@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from fixtures_data import make_spec
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
 from harness.lib import inputs as listing
 from harness.ops import inputs
 from harness.stages import inputs as run_inputs
-from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths
-from fixtures_data import make_spec
 
 
 def _spec(**data: str):  # type: ignore[no-untyped-def]

@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 
 import specs
-from harness.ops import submit as launching
-
 from harness.core import plan
-
-from harness.lib import synth
-from harness.launch import local
-from harness.core.paths import is_done
 from harness.core.atomic import read_json
+from harness.core.paths import is_done
+from harness.launch import local
+from harness.lib import synth
+from harness.ops import submit as launching
 
 
 def make_run(tmp: Path, encoder: Path, shards: int = 2) -> tuple[launching.RunPaths, plan.Plan]:

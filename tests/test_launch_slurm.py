@@ -11,18 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.ops import submit as launching
-
-from harness.core import plan
-from harness.core.stages import NAMES
-
-from harness.core import spec
-
 import specs
-from harness.lib import synth
+from harness.core import plan, spec
+from harness.core.atomic import read_json
+from harness.core.stages import NAMES
 from harness.launch import slurm, slurmcli
 from harness.launch.backend import TaskState
-from harness.core.atomic import read_json
+from harness.lib import synth
+from harness.ops import submit as launching
 
 pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from harness.core.stages import STAGES as REGISTRY
 
 PKG = Path(__file__).resolve().parents[1] / "harness"
@@ -241,7 +242,8 @@ def test_function_size() -> None:
 # Every name the run directory's layout uses (files and folders, at any depth): a path built from one of these is
 # built in the run-directory module (`RunPaths`), nowhere else, so a renamed folder cannot leave a reader behind.
 RUN_DIR_NAMES = frozenset({
-    "spec.toml", "spec.json", "plan.json", "jobs.json", "status.json", ".lock", "assets.json", "inputs.jsonl", "logs", "driver.log",
+    "spec.toml", "spec.json", "plan.json", "jobs.json", "status.json", ".lock", "assets.json", "inputs.jsonl", "logs",
+    "driver.log",
     "done", "local_state.json", "local_done.json", "local_only.json", "tokens", "dataset", "summary.json",
     "split.json", "finetune", "checkpoints", "checkpoints.json", "metrics.jsonl", "nemo", "infer", "eval", "cache",
     "numba", "tensorboard", "train", "wandb", "shared.json", "campaign.json"})

@@ -1,4 +1,4 @@
-"""Live progress (issue 15 item 1): the live table's rendering and the non-terminal output, one line per change."""
+"""Live progress: the live table's rendering and the non-terminal output, one line per change."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.core import plan as plan_mod
-
 from harness.core import spec as spec_mod
-from harness.ops import live
-from harness.launch.backend import TaskState
-from harness.ops.state import RunState, StageState
 from harness.core.paths import RunPaths
+from harness.launch.backend import TaskState
+from harness.ops import live
+from harness.ops.state import RunState, StageState
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +24,9 @@ def quick_plan() -> plan_mod.Plan:
 
 def run_state(root: Path, states: dict[str, list[str]], reasons: dict[tuple[str, int], str] | None = None,
               logs: dict[tuple[str, int], str] | None = None) -> RunState:
-    stages = tuple(StageState(name, tuple(TaskState(name, i, st, job_id=f"10{i}", reason=(reasons or {}).get((name, i), ""),
-                                                  log=(logs or {}).get((name, i), ""))
+    stages = tuple(StageState(name, tuple(TaskState(name, i, st, job_id=f"10{i}",
+                                                    reason=(reasons or {}).get((name, i), ""),
+                                                    log=(logs or {}).get((name, i), ""))
                                           for i, st in enumerate(sts)))
                    for name, sts in states.items())
     return RunState(RunPaths(root), "slurm", stages)
@@ -70,7 +70,7 @@ def test_live_table_renders_bars_states_and_task_progress(tmp_path: Path) -> Non
     text = con.export_text()
     assert f"run {tmp_path.name} (slurm), 1:15 elapsed: running" in text
     rows = {ln.split("│")[1].strip(): ln for ln in text.splitlines() if ln.count("│") >= 5}
-    assert "1/2" in rows["tokenize"] and "1 COMPLETED, 1 RUNNING" in rows["tokenize"] and "10/12 clips" in rows["tokenize"]
+    assert all(s in rows["tokenize"] for s in ("1/2", "1 COMPLETED, 1 RUNNING", "10/12 clips"))
     assert "0/3" in rows["infer"] and "3 PENDING" in rows["infer"]
     assert "step 12/30, loss 3.800" in rows["finetune"]
     assert "━" in rows["tokenize"]  # the bar

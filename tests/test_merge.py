@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from harness.stages import dataset
+from fixtures_data import dataset_bytes, session_base_run, summary
 from harness.core.errors import HarnessError
-from harness.lib.inputs import InputItem
-from harness.stages.inputs import read_inputs, write_inputs
 from harness.core.paths import RunPaths
 from harness.launch.worker import load_run_spec, worker
+from harness.lib.inputs import InputItem
+from harness.stages import dataset
+from harness.stages.inputs import read_inputs, write_inputs
 from harness.stages.merge import make_split
-from fixtures_data import dataset_bytes, session_base_run, summary
 
 
 @pytest.fixture(scope="module")

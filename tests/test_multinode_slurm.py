@@ -1,4 +1,4 @@
-"""Data x tensor parallel finetune across Slurm nodes, for real, on the project's local cluster (issue 16, item 4).
+"""Data x tensor parallel finetune across Slurm nodes, for real, on the project's local cluster.
 
 `harness submit` of a spec with `finetune.nodes = 2` and TP=2 on CPU: the launcher asks for 2 nodes x 2 tasks,
 `srun` starts the 4 gloo ranks on two virtual nodes, and each finds the rendezvous from the Slurm environment
@@ -20,12 +20,20 @@ from typing import Any
 
 import pytest
 
-from harness.stages.finetune.checkpoints import latest_complete
-from harness.launch import slurmcli
-from harness.core.paths import RunPaths
 from harness.core.atomic import read_json
-from reliability_helpers import (harness, job_ids_from, run_dir_from, sacct_history, states_by_stage, tiny_spec,
-                                 wait_for, wait_stages)
+from harness.core.paths import RunPaths
+from harness.launch import slurmcli
+from harness.stages.finetune.checkpoints import latest_complete
+from reliability_helpers import (
+    harness,
+    job_ids_from,
+    run_dir_from,
+    sacct_history,
+    states_by_stage,
+    tiny_spec,
+    wait_for,
+    wait_stages,
+)
 
 pytestmark = pytest.mark.slurm
 

@@ -5,7 +5,7 @@ after a checkpoint torn mid-save, TP=2 over gloo, and the `auto` engine choice.
 
 Each training runs in its own interpreter (`python tests/nemo_cpu_compat.py RUN_DIR PROBE`): NeMo/Lightning keep
 process-global state, checkpoint saves start a Manager process, and TP=2 is launched by Lightning itself.
-Skipped where NeMo 2 is not installed (`/work/venv-nemo` has it; see the README)."""
+Skipped where NeMo 2 is not installed (the `nemo` extra installs it; see the README)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("nemo.collections.llm")
-
 from cosmos_util import assert_events_match_metrics, make_run, make_spec, metrics  # noqa: E402
-from harness.stages import infer
-from harness.stages.finetune.core import lr_at  # noqa: E402
+from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS  # noqa: E402
 from harness.core.paths import RunPaths, is_done
-from harness.core.atomic import atomic_write_json
+from harness.stages import infer
+from harness.stages.finetune.core import lr_at  # noqa: E402
+
+pytest.importorskip("nemo.collections.llm")
+
 
 HERE = Path(__file__).resolve().parent
 STEPS, SAVE, GBS = 6, 4, 2  # checkpoints at 4 and 6 (max_steps is not a multiple of save_every)
@@ -53,7 +54,8 @@ def train(paths: RunPaths, timeout: int = 400) -> subprocess.CompletedProcess[st
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Cosmos checkpoint in NeMo 2's layout (nemo/weights + nemo/context), as the HF repo ships it."""
-    from harness.cosmos import parallel, pretrained as pt
+    from harness.cosmos import parallel
+    from harness.cosmos import pretrained as pt
 
     root = tmp_path_factory.mktemp("pretrained")
     pt.write_tiny_pretrained(root / "nemo", PRESETS["tiny"], seed=1)
@@ -112,11 +114,13 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
 
 
 def first_batch_loss(paths: RunPaths, weights: Path) -> float:
-    from harness.cosmos import checkpoint as ckpt, data as data_mod, parallel
+    from harness.cosmos import checkpoint as ckpt
+    from harness.cosmos import data as data_mod
+    from harness.cosmos import parallel
     from harness.cosmos.model import build_model
-    from harness.stages.finetune.nemo import ordered_sample
-    from harness.stages.dataset import open_dataset
     from harness.launch.worker import load_run_spec
+    from harness.stages.dataset import open_dataset
+    from harness.stages.finetune.nemo import ordered_sample
 
     spec = load_run_spec(paths)
     tm = spec.token_math
@@ -242,8 +246,8 @@ def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: in
 
 
 def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
-    from harness.stages.finetune.nemo import check_engine
     from harness.core.errors import HarnessError
+    from harness.stages.finetune.nemo import check_engine
 
     atomic_write_json(tmp_path / "context" / "harness.json", {"preset": "tiny", "engine": "mcore"})
     with pytest.raises(HarnessError, match="'mcore' engine"):
@@ -255,8 +259,8 @@ def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
 def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from harness.stages.finetune import nemo as nemo_engine
     from harness.stages import finetune
+    from harness.stages.finetune import nemo as nemo_engine
 
     spec = make_spec()
     auto = dataclasses.replace(spec, finetune=dataclasses.replace(spec.finetune, engine="auto"))
@@ -276,8 +280,8 @@ def test_seed_shape_reaches_max_steps_past_max_epochs(tmp_path: Path) -> None:
     checkpoints 3, 6, 9, 12 (the engine used to stop at step 8). The NeMo engine repeats the split, as the mcore
     engine does, and writes all four; checkpoints.json, the plan and the report agree on them and on the last step."""
     from harness.core import plan as plan_mod
-    from harness.report import build as report
     from harness.core import trainplan
+    from harness.report import build as report
 
     spec = make_spec(max_steps=12, save_every=3, gbs=1, lr=1e-3, engine="nemo", max_epochs=1)
     paths = make_run(tmp_path / "run", spec, n_videos=10, split=(8, 1, 1))

@@ -21,15 +21,15 @@ from rich.console import Console
 
 import specs
 from harness import cli
-from harness.launch.backend import Submission
-from harness.ops import submit as launching
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
-from harness.launch import slurmcli
-from harness.ops import control, state, status
-from harness.core.plan import Dependency
 from harness.core.paths import RunPaths, new_run_dir
+from harness.core.plan import Dependency
+from harness.launch import slurmcli
+from harness.launch.backend import Submission
+from harness.ops import control, state, status
+from harness.ops import submit as launching
 
 
 def spec_text(root: Path) -> str:

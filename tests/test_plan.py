@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 
 import specs
-from harness.core import plan
-from harness.core.stages import NAMES
-
-from harness.core import spec
+from harness.core import plan, spec
 from harness.core.errors import HarnessError
-from harness.launch import render, slurm
 from harness.core.paths import RunPaths
+from harness.core.stages import NAMES
+from harness.launch import render, slurm
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -206,8 +204,7 @@ def test_training_plan_is_the_one_source() -> None:
     """The seed's 4B recipe: max_steps 100, save_every 25, 8 GPUs at TP 8, GBS 1, max_epochs 1 over (with 10
     videos) 8 training videos. The plan's numbers are the training plan's; the last step is max_steps even
     though one epoch is only 8 steps, and precision follows the CUDA the finetune stage asks for."""
-    from harness.core import trainplan
-    from harness.core import models
+    from harness.core import models, trainplan
 
     s = seed_spec()
     p = plan.build(s, plan.Facts(num_inputs=10))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 import specs
 from harness.launch.backend import pid_alive
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import footprint, spec as spec_mod
+from harness.core import footprint
+from harness.core import spec as spec_mod
 
 BASE = "[run]\nname = 'x'\n[data]\nvideos = '/data/v'\n"
 

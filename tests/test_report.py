@@ -14,13 +14,12 @@ from rich.console import Console
 
 import specs
 from harness import cli
-from harness.ops import submit as launching
-
-from harness.report import build as report
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.paths import RunPaths, mark_done, new_run_dir
 from harness.core.atomic import atomic_write_json
+from harness.core.paths import RunPaths, mark_done, new_run_dir
+from harness.ops import submit as launching
+from harness.report import build as report
 
 
 def spec_text(root: Path, extra: specs.Layer = None) -> str:
@@ -269,8 +268,10 @@ def test_cut_and_empty_prompts_are_named(tmp_path: Path) -> None:
     paths, plan, _ = make_results(tmp_path)
     summary = json.loads(paths.dataset_summary.read_text())
     summary["prompt_notes"] = [
-        {"index": 2, "path": "/data/clip2.mp4", "name": "clip2.mp4", "note": "prompt of 731 T5 tokens cut to the first 512"},
-        {"index": 5, "path": "/data/clip5.mp4", "name": "clip5.mp4", "note": "empty prompt: the video is conditioned on no text"}]
+        {"index": 2, "path": "/data/clip2.mp4", "name": "clip2.mp4",
+         "note": "prompt of 731 T5 tokens cut to the first 512"},
+        {"index": 5, "path": "/data/clip5.mp4", "name": "clip5.mp4",
+         "note": "empty prompt: the video is conditioned on no text"}]
     atomic_write_json(paths.dataset_summary, summary)
     con = Console(record=True, width=220)
     report.render(report.build(paths, plan.spec, [], plan.training), con)

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.report import build as report
-
-from harness.report import html as report_html
 from harness.core.atomic import atomic_write_json
 from harness.core.evalrecords import ShardRecord
 from harness.lib.video import load_frames, write_mp4
+from harness.report import build as report
+from harness.report import html as report_html
 from test_report import make_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,5 +1,5 @@
-"""Issue 7's acceptance on the local cluster: one tokenize task really fails (its manifest path is blocked by
-a directory, so the atomic rename fails), status shows it FAILED with its exit code and the dependents
+"""Resume after a failed tokenize task, on the local cluster: one tokenize task really fails (its manifest path is
+blocked by a directory, so the atomic rename fails), status shows it FAILED with its exit code and the dependents
 cancelled, `resume` resubmits exactly that index and the stages after it, and the run completes."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reliability_helpers import tiny_spec
 from rich.console import Console
 
 from harness import ops
-from harness.ops import submit as launching
 from harness.ops import control, state
+from harness.ops import submit as launching
+from reliability_helpers import tiny_spec
 
 pytestmark = pytest.mark.slurm
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from harness.core.tokens import Grid
 from harness.cosmos import rope3d
 from harness.cosmos.config import Yarn
-from harness.core.tokens import Grid
 
 
 def reference_angles(grid: Grid, dim: int, base: float, yarn: Yarn | None = None) -> list[list[float]]:
@@ -133,9 +133,9 @@ def test_fused_rotate_equals_megatron_apply_rotary_pos_emb() -> None:
     arithmetic as megatron-core's own unfused `apply_rotary_pos_emb` on the same angles."""
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
+    from harness.core.tokens import Grid
     from harness.cosmos.model import rotate
     from harness.cosmos.rope3d import rope_angles
-    from harness.core.tokens import Grid
 
     angles = rope_angles(Grid(3, 4, 6), 128, 10_000.0)  # [s, 1, 1, d]
     s = angles.shape[0]

@@ -1,6 +1,7 @@
-"""Secrets reach the run only through the environment and are written nowhere: a real run on the local
-cluster (the whole DAG submitted; stage-assets, tokenize and merge run to the end) with HF_TOKEN and WANDB_API_KEY set to fresh random values, then every file of the run directory, the
-generated sbatch scripts, the CLI's output and the Slurm controller's stored job environments are searched."""
+"""Secrets reach the run only through the environment and are written nowhere: a real run on the local cluster (the
+whole DAG submitted; stage-assets, tokenize and merge run to the end) with HF_TOKEN and WANDB_API_KEY set to fresh
+random values, then every file of the run directory, the generated sbatch scripts, the CLI's output and the Slurm
+controller's stored job environments are searched."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from harness.launch import slurmcli
-from reliability_helpers import harness, job_ids_from, run_dir_from, states_by_stage, tiny_spec, wait_stages
+from reliability_helpers import harness, job_ids_from, run_dir_from, tiny_spec, wait_stages
 
 pytestmark = pytest.mark.slurm
 

@@ -1,4 +1,4 @@
-"""Small operator-facing defects of issue 15 item 9: quickstart --assets, the README's command list and spec
+"""Small operator-facing defects: quickstart --assets, the README's command list and spec
 reference, and the CLI's own description."""
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import docs
-
-from harness.ops import quickstart
-
-from harness.core import spec as spec_mod
 from harness.cli import build_parser
+from harness.core import docs
+from harness.core import spec as spec_mod
+from harness.ops import quickstart
 
 REPO = Path(__file__).resolve().parents[1]
 

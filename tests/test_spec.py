@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-
 from harness.core import spec
 from harness.core.errors import SpecError
 
@@ -95,7 +94,8 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("split-negative", BASE.replace("\n", "\nsplit = [10, -1, 1]\n", 1), "data.split"),
     ("tp-not-divide-gpus", BASE + "[finetune]\ntensor_parallel = 3\ngpus_per_node = 8\n", "finetune.tensor_parallel"),
     ("tp-not-divide-heads", BASE + "[finetune]\ntensor_parallel = 3\n", "finetune.tensor_parallel"),
-    ("gbs-not-multiple", BASE + "[finetune]\nglobal_batch_size = 3\nmicro_batch_size = 2\n", "finetune.global_batch_size"),
+    ("gbs-not-multiple", BASE + "[finetune]\nglobal_batch_size = 3\nmicro_batch_size = 2\n",
+        "finetune.global_batch_size"),
     ("save-every-gt-max", BASE + "[finetune]\nmax_steps = 10\nsave_every = 20\n", "finetune.save_every"),
     ("lr-string", BASE + "[finetune]\nlr = 'fast'\n", "finetune.lr"),
     ("lr-nan", BASE + "[finetune]\nlr = nan\n", "finetune.lr"),

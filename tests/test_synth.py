@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.lib import prompts
-
-from harness.lib import synth
+from harness.lib import prompts, synth
 from harness.lib.video import ClipShape, load_clip
 
 

@@ -1,6 +1,7 @@
 """evaluate.protocol = "tokenbench": on pairs written here, the evaluate records equal an independent computation of
 TokenBench's protocol (PyAV decode, PIL Lanczos to the short side, an H.264 round trip through PyAV at the same
-qp rule with the ffmpeg program's bicubic RGB-to-YUV conversion and x264 frame threads, scikit-image metrics on float32 as the upstream
+qp rule with the ffmpeg program's bicubic RGB-to-YUV conversion and x264 frame threads, scikit-image metrics on float32
+as the upstream
 tool scores them) within 1e-3 dB and 1e-4 SSIM."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import specs
 
+import specs
 from harness.core.evalrecords import EvalResult, ShardRecord
 from harness.core.paths import RunPaths
 from harness.core.plan import checkpoint_steps

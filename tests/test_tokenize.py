@@ -16,22 +16,25 @@ import numpy as np
 import pytest
 import torch
 
-from harness.stages import dataset
-
-from harness.lib import prompts
-
+from fixtures_data import (
+    SHAPE,
+    dataset_bytes,
+    make_run,
+    make_spec,
+    session_assets,
+    session_base_run,
+    session_videos,
+    summary,
+)
 from harness.core import spec as spec_mod
-
-from harness.lib import synth
-
 from harness.core import tokens
-from harness.stages.dataset import open_dataset
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.launch.worker import load_run_spec, run_task, worker
+from harness.lib import prompts, synth
 from harness.lib.video import ClipShape, load_clip, write_mp4
-from fixtures_data import (SHAPE, dataset_bytes, make_run, make_spec, session_assets, session_base_run,
-                           session_videos, summary)
+from harness.stages import dataset
+from harness.stages.dataset import open_dataset
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 CLIP = ClipShape(SHAPE["num_frames"], SHAPE["height"], SHAPE["width"])
@@ -169,7 +172,8 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
                                                         tmp_path: Path) -> None:
     assets, videos = session_assets(tmp_path_factory), session_videos(tmp_path_factory)
     _id_clip(tmp_path / "ids.mp4")
-    good = [(f"clip {i}", str(videos / f"clip_{i:03d}.mp4")) for i in range(3)] + [("ids clip", str(tmp_path / "ids.mp4"))]
+    good = [(f"clip {i}", str(videos / f"clip_{i:03d}.mp4")) for i in range(3)]
+    good += [("ids clip", str(tmp_path / "ids.mp4"))]
     good += [("", str(videos / "clip_003.mp4")), ("a robot arm moves " * 200, str(videos / "clip_004.mp4"))]
     lines = [json.dumps({"prompt": p, "visual_input": v}) for p, v in good]
     lines += ['{"prompt": "half a line"', json.dumps({"prompt": "no video"}),
@@ -216,6 +220,7 @@ def test_bf16_saved_encoder_runs_in_fp32_on_cpu(tmp_path: Path) -> None:
     tok = synth.write_tokenizer(tmp_path)
     torch.jit.save(torch.jit.load(str(tok / "encoder.jit")).to(torch.bfloat16), str(tmp_path / "bf16.jit"))
     clips = torch.from_numpy(np.stack([load_clip(p, CLIP) for p in synth.make_clips(tmp_path / "v", 2)]))
-    a, b = Encoder.load(tok / "encoder.jit", torch.device("cpu")), Encoder.load(tmp_path / "bf16.jit", torch.device("cpu"))
+    a, b = Encoder.load(tok / "encoder.jit", torch.device("cpu")), Encoder.load(
+        tmp_path / "bf16.jit", torch.device("cpu"))
     assert np.array_equal(a.wait(a.submit(clips)), b.wait(b.submit(clips)))
     assert a.busy_s > 0

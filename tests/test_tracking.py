@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from cosmos_util import assert_same_scalars, make_run, make_spec, metrics, tb_scalars, tracked_scalars
-from harness.report import build as report
 from harness.core import spec as spec_mod
-from harness.report import tracking
 from harness.core.errors import SpecError
 from harness.core.evalrecords import ShardRecord, VideoRecord
 from harness.core.paths import RunPaths
 from harness.launch.worker import run_task
+from harness.report import build as report
+from harness.report import tracking
 
 
 @pytest.mark.timeout(120)

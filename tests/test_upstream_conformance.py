@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_data import session_standins, write_standins
 
+from fixtures_data import session_standins, write_standins
 from harness.core.models import PRESETS
 
 REAL = ("cosmos-4b", "cosmos-12b", "cosmos-5b-v2w", "cosmos-13b-v2w")
@@ -110,7 +110,8 @@ GLOBAL_13B = {"embedding.word_embeddings.weight": {1: (64064, 5120), 2: (32032, 
               "decoder.final_layernorm.weight": {1: (5120,), 2: (5120,), 8: (5120,)},
               "output_layer.weight": {1: (64000, 5120), 2: (32000, 5120), 8: (8000, 5120)}}
 TABLES = {"cosmos-4b": (GLOBAL_4B, LAYER_4B), "cosmos-12b": (GLOBAL_12B, LAYER_12B),
-          "cosmos-5b-v2w": (GLOBAL_5B, {**LAYER_4B, **CROSS_5B}), "cosmos-13b-v2w": (GLOBAL_13B, {**LAYER_12B, **CROSS_13B})}
+          "cosmos-5b-v2w": (GLOBAL_5B, {**LAYER_4B, **CROSS_5B}),
+          "cosmos-13b-v2w": (GLOBAL_13B, {**LAYER_12B, **CROSS_13B})}
 
 # Parameter counts, written out from the shapes above (per layer: qkv + proj + fc1 + fc2 + 2 hidden norms + 2 head
 # norms [+ cross: q + kv + proj + hidden norm + 2 head norms]; plus embedding, output layer and final norm):
@@ -210,9 +211,9 @@ def test_rope_split_per_axis(name: str) -> None:
     RoPE produces, not from the split helper."""
     import torch
 
+    from harness.core.tokens import Grid
     from harness.cosmos import config as cfg
     from harness.cosmos.rope3d import Rope3D, axis_dims
-    from harness.core.tokens import Grid
 
     p = PRESETS[name]
     assert p.rotary_base == ROTARY_BASE

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.lib import synth
 from harness.core.errors import HarnessError
+from harness.lib import synth
 from harness.lib.video import ClipShape, VideoError, cover_size, load_clip, load_frames, try_load, write_mp4
 
 

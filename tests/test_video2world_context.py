@@ -4,7 +4,6 @@ upstream trains and generates. Tiny-v2w preset, fp32, CPU."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,18 +11,17 @@ import pytest
 import torch
 
 from cosmos_util import make_run, make_spec
-from harness.lib import prompts
-from harness.lib import synth
+from harness.core.atomic import atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.core.spec import RunSpec
+from harness.core.tokens import BOV_ID
 from harness.cosmos import generate as gen
 from harness.cosmos import parallel
 from harness.cosmos.data import VideoSamples, collate
 from harness.cosmos.model import build_model
-from harness.stages.dataset import open_dataset, prompt_lengths_path, prompts_path
-from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
-from harness.core.spec import RunSpec
+from harness.lib import prompts, synth
 from harness.stages import infer
-from harness.core.tokens import BOV_ID
+from harness.stages.dataset import open_dataset, prompt_lengths_path, prompts_path
 
 CPU = torch.device("cpu")
 

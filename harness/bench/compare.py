@@ -22,12 +22,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.report import build as report
 from harness.core import metrics_table as mt
+from harness.core.atomic import atomic_write_text
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.rundir import read_jobs, read_spec
-from harness.core.atomic import atomic_write_text
+from harness.report import build as report
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def _reference(path: Path, system: str, key: str, v: Any) -> Reference:
     ok = isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                      for x in v[:3]) and isinstance(v[3], str)
     if not ok:
-        raise HarnessError(Problem(str(path), where, "expected [value, lower, upper, \"unit\"] "
-                                                     "(bounds as fractions of value, e.g. [1200.0, -0.1, inf, \"tokens/s\"])"))
+        raise HarnessError(Problem(str(path), where, "expected [value, lower, upper, \"unit\"] (bounds as "
+                                                     "fractions of value, e.g. [1200.0, -0.1, inf, \"tokens/s\"])"))
     ref = Reference(float(v[0]), float(v[1]), float(v[2]), v[3])
     if not (ref.lower <= 0 <= ref.upper) or not math.isfinite(ref.value):
         raise HarnessError(Problem(str(path), where, "needs a finite value, lower <= 0 and upper >= 0"))

@@ -9,6 +9,8 @@ Written here from that description; about 1.4 TFLOP per 17 x 320 x 512 clip (`fl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +66,9 @@ class SpatialAttention(nn.Module):
 
 class DVSizedEncoder(nn.Module):
     """[B,3,T,H,W] in [-1,1] -> (indices [B,(T-1)//4+1,H/8,W/8] int64, codes [B,6,...])."""
+    if TYPE_CHECKING:  # buffers (register_buffer); TorchScript cannot read string class annotations
+        levels: torch.Tensor
+        basis: torch.Tensor
 
     def __init__(self, channels: int = 128) -> None:
         super().__init__()

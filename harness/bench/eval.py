@@ -29,13 +29,13 @@ from typing import Any
 import av
 import numpy as np
 
-from harness.lib import metrics
 from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_json
 from harness.core.evalrecords import EvalResult
-from harness.stages import evaluate
+from harness.lib import metrics
 from harness.lib.synth import smooth_clip
 from harness.lib.video import ClipShape, load_clip, write_mp4
+from harness.stages import evaluate
 
 T, H, W = 17, 320, 512
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from harness.bench import ranks
-from harness.core.models import PRESETS
 from harness.core.atomic import atomic_write_json
+from harness.core.models import PRESETS, Precision
 from harness.core.tokens import BOV_ID, Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0
@@ -41,7 +41,7 @@ def build(preset_name: str, grid: Grid, device: str, tp: int = 1) -> Any:
     from harness.cosmos.model import build_model
 
     parallel.init(tp)
-    precision = "bf16-mixed" if device == "cuda" else "fp32"
+    precision: Precision = "bf16-mixed" if device == "cuda" else "fp32"
     return build_model(PRESETS[preset_name], grid, tp=tp, precision=precision, device=device).eval()
 
 

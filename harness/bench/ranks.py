@@ -29,7 +29,7 @@ def relaunch(module: str, argv: list[str], world: int, result: Path) -> dict[str
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
            "-m", module, *argv]
     subprocess.run(cmd, check=True)
-    return json.loads(result.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads(result.read_text(encoding="utf-8"))
 
 
 def is_rank0() -> bool:

@@ -30,11 +30,10 @@ from typing import Any, Callable
 import torch
 
 from harness.core import metricslog
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.paths import RunPaths
 from harness.core.rundir import read_spec_record
 from harness.launch.backend import pid_alive
-
-from harness.core.atomic import atomic_write_json, read_json
 
 
 def spec_text(assets: dict[str, str], preset: str, tp: int, steps: int, save_every: int, cuda: bool,
@@ -295,9 +294,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     "checkpoints) in this folder, e.g. a tmpfs when the disk cannot hold two Cosmos-4B checkpoints "
                     "beside the pretrained weights")
     a = ap.parse_args(argv)
-    from harness.lib import synth
-    from harness.cosmos.pretrained import write_tiny_pretrained
     from harness.core.models import PRESETS
+    from harness.cosmos.pretrained import write_tiny_pretrained
+    from harness.lib import synth
 
     cuda = torch.cuda.is_available()
     cwd = Path.cwd()

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.ops import submit as launching
-from harness.launch import slurmcli
 from harness.core.atomic import atomic_write_json
+from harness.launch import slurmcli
+from harness.ops import submit as launching
 
 SPEC = """
 [run]

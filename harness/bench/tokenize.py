@@ -2,9 +2,9 @@
 
 - `--device cpu`: the real stage (one process per shard, each pinned to its own core, as on separate
   nodes) at the upstream geometry 17 x 320 x 512 with the tiny tokenizer; 2 shards vs 1 shard side by side.
-- `--device cuda` (or `--mode dv`): the real stage with decode workers overlapping an encoder of the published DV4x8x8 size
-  (`harness.bench.dv_encoder`, ~1.4 TFLOP per clip, random weights), vs an upstream-style serial loop (decode,
-  encode, write one video at a time). GPU busy = CUDA-event time inside the encoder / wall time.
+- `--device cuda` (or `--mode dv`): the real stage with decode workers overlapping an encoder of the published DV4x8x8
+  size (`harness.bench.dv_encoder`, ~1.4 TFLOP per clip, random weights), vs an upstream-style serial loop
+  (decode, encode, write one video at a time). GPU busy = CUDA-event time inside the encoder / wall time.
 
 Run standalone: `python -m harness.bench.tokenize --device cuda --out results/bench` (writes
 tokenize-dv-cuda.json); a CPU smoke of the same comparison: `--device cpu --mode dv --clips 6 --height 64
@@ -27,16 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.ops.inputs import discover
-from harness.stages import inputs
-
 from harness.core import spec as spec_mod
-
-from harness.lib import synth
-from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json, read_json
+from harness.core.paths import RunPaths
+from harness.lib import synth
 from harness.lib.dvtok import Encoder, model_dtype, normalise, span_seconds
 from harness.lib.video import write_mp4
+from harness.ops.inputs import discover
+from harness.stages import inputs
 
 SOURCE = (17, 360, 640)
 """Source clips: 16:9, resized to cover 320 x 512 and center-cropped, as real data would be."""
@@ -162,7 +160,8 @@ def bench_cpu(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for r in range(a.repeat):
         for shards in (1, 2):  # interleaved, so both see the same machine load
-            runs[shards].append(_cpu_once(tmp, tok, shards, a.batch_size, f"{shards}-{r}", (a.frames, a.height, a.width)))
+            runs[shards].append(_cpu_once(tmp, tok, shards, a.batch_size, f"{shards}-{r}",
+                                          (a.frames, a.height, a.width)))
     med = {k: statistics.median(x["clips_per_s"] for x in v) for k, v in runs.items()}
     med_exit = {k: statistics.median(x["clips_per_s_to_process_exit"] for x in v) for k, v in runs.items()}
     return {"cores": len(os.sched_getaffinity(0)), "runs": runs,
@@ -285,8 +284,8 @@ def _serial_loop(tmp: Path, path: Path, n: int, device: str, geometry: tuple[int
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from harness.stages.dataset import to_uint16
     from harness.lib.video import ClipShape, load_clip
+    from harness.stages.dataset import to_uint16
 
     enc = Encoder.load(path, torch.device(device))
     videos = sorted((tmp / "videos").iterdir())[:n]

@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.core import spec as spec_mod
 from harness.bench import ranks
-from harness.core.models import PRESETS
-from harness.report.records import PEAK_TFLOPS
-from harness.core.paths import RunPaths
+from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json
+from harness.core.models import PRESETS
+from harness.core.paths import RunPaths
 from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
+from harness.report.records import PEAK_TFLOPS
 
 GOAL_MFU = 0.50
 
@@ -95,7 +95,8 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
         "infer": {"context_latent_frames": 1},
         "finetune": {"engine": a.engine, "tensor_parallel": a.tp, "gpus_per_node": a.tp * a.dp if cuda else 0,
                      "gpu_memory_gib": int(torch.cuda.get_device_properties(0).total_memory / 2**30) if cuda else 80,
-                     "global_batch_size": a.micro_batch * a.dp, "micro_batch_size": a.micro_batch, "max_steps": a.warmup + a.steps + 1,
+                     "global_batch_size": a.micro_batch * a.dp, "micro_batch_size": a.micro_batch,
+                         "max_steps": a.warmup + a.steps + 1,
                      "save_every": a.warmup + a.steps + 1, "lr": 1e-5, "min_lr": 1e-5, "max_epochs": 1_000_000,
                      "precision": "bf16-mixed" if cuda else "fp32", "recompute": a.recompute,
                      "sequence_parallel": "on" if a.sp else "off"},

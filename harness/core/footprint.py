@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from harness.core.plan import Plan
 
 TOKEN_BYTES = 2
-"""Token datasets are uint16 (vocabulary 64,064 < 65,536): DESIGN.md section 4."""
+"""Token datasets are uint16 (vocabulary 64,064 < 65,536): docs/design.md, "The Cosmos recipe"."""
 INDEX_BYTES_PER_DOC = 20
 """Megatron .idx: int32 length + int64 pointer per sequence, int64 document offset (+ header)."""
 CHECKPOINT_BYTES_PER_PARAM = {"bf16-mixed": 2 + 4 + 4 + 4, "fp32": 4 + 4 + 4}
@@ -64,7 +64,8 @@ def items(plan: Plan) -> tuple[Item, ...]:
     ]
     if spec.model.checkpoint and not spec.model.checkpoint.startswith("/"):
         out.append(Item("pretrained checkpoint", "hf_home", spec.preset.params * PRETRAINED_BYTES_PER_PARAM,
-                        f"{spec.preset.params / 1e9:.2f} B params x {PRETRAINED_BYTES_PER_PARAM} B (bf16), if not cached"))
+                        f"{spec.preset.params / 1e9:.2f} B params x {PRETRAINED_BYTES_PER_PARAM} B (bf16), "
+                        "if not cached"))
     if spec.video2world and not spec.model.text_encoder.startswith("/"):
         out.append(Item("text encoder", "hf_home", T5_BYTES, "T5-11B fp32 weights, if not cached"))
     return tuple(out)

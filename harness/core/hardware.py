@@ -95,7 +95,7 @@ def gpu_required_problems(spec: RunSpec) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------- containers
 TESTED_MCORE = ((0, 15, 3), (0, 20, 0))
 """[lowest, highest) megatron-core the harness runs on: CI installs 0.15.3 (the `nemo` extra: NeMo 2.7.3 needs
-megatron-core 0.15.x); pyproject.toml allows < 0.20 (0.16.1 and 0.19.2 were also run, DESIGN.md section 6)."""
+megatron-core 0.15.x); pyproject.toml allows < 0.20 (0.16.1 and 0.19.2 were also run: docs/design.md, "Environment")."""
 
 RELEASE_TABLE = ("https://github.com/NVIDIA-NeMo/Megatron-Bridge/blob/2075a5b8aa562e45c441b55f079434b2e7baa027/"
                  "docs/releases/software-versions.md")

@@ -1,6 +1,6 @@
 """Cosmos AR model presets: the numbers every other module derives shapes and limits from.
 
-Values follow the public Cosmos-1.0 model cards and NeMo configs (see DESIGN.md section 4). The `tiny`
+Values follow the public Cosmos-1.0 model cards and NeMo configs (docs/design.md, "The Cosmos recipe"). The `tiny`
 presets keep the real vocabulary and layout so the quickstart and the tests exercise the same code paths.
 """
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
-
+from typing import Literal, TypedDict
 
 Precision = Literal["bf16-mixed", "fp32"]
 """What training and inference compute in: bf16 with fp32 master weights, or fp32 (CPU)."""
@@ -59,14 +58,34 @@ COSMOS_4B_ONE_GPU_GIB = 108.4
 """`python -m harness.bench.train --preset cosmos-4b` on one H200: peak_mem_gib 108.37
 (results/bench/h200/train-cosmos-4b-12800.json)."""
 
-_COSMOS_4B = dict(num_layers=16, hidden_size=4096, ffn_hidden_size=14_336, num_attention_heads=32,
-                  num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
-                  pretrain_compression=(8, 16, 16))
-_COSMOS_12B = dict(num_layers=40, hidden_size=5120, ffn_hidden_size=14_336, num_attention_heads=32,
-                   num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
-                   pretrain_compression=(8, 16, 16), yarn_scale=2.0, yarn_original_grid=(3, 40, 64))
-_TINY = dict(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-             kv_channels=16, seq_length=4096, pretrain_grid=(3, 6, 8), pretrain_compression=(4, 8, 8))
+
+class _Shape(TypedDict):
+    """The layer shape a base model and its Video2World variant share (keyword arguments of `ModelPreset`)."""
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    kv_channels: int
+    seq_length: int
+    pretrain_grid: tuple[int, int, int]
+    pretrain_compression: tuple[int, int, int]
+
+
+class _YarnShape(_Shape, total=False):
+    """A shape whose positions extend a smaller pretraining grid with YaRN."""
+    yarn_scale: float
+    yarn_original_grid: tuple[int, int, int]
+
+
+_COSMOS_4B = _Shape(num_layers=16, hidden_size=4096, ffn_hidden_size=14_336, num_attention_heads=32,
+                    num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
+                    pretrain_compression=(8, 16, 16))
+_COSMOS_12B = _YarnShape(num_layers=40, hidden_size=5120, ffn_hidden_size=14_336, num_attention_heads=32,
+                         num_query_groups=8, kv_channels=128, seq_length=15_360, pretrain_grid=(5, 40, 64),
+                         pretrain_compression=(8, 16, 16), yarn_scale=2.0, yarn_original_grid=(3, 40, 64))
+_TINY = _Shape(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+               kv_channels=16, seq_length=4096, pretrain_grid=(3, 6, 8), pretrain_compression=(4, 8, 8))
 
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
@@ -152,7 +171,8 @@ training event files, the bench)."""
 def train_flops_per_token(preset: ModelPreset, seq: int) -> float:
     """Model FLOPs per trained token (forward + backward = 3x forward): 2 x matmul parameters (embedding lookup
     excluded, output layer included) + causal attention 2 x L x seq x H (QK^T and AV over on average seq/2 keys).
-    For Cosmos-4B at 12,800 tokens this is the accounting behind the 534 TFLOP/s calibration of DESIGN.md."""
+    For Cosmos-4B at 12,800 tokens this is the accounting behind the 534 TFLOP/s calibration (docs/design.md,
+    "Measured calibration")."""
     h, f, L = preset.hidden_size, preset.ffn_hidden_size, preset.num_layers
     kv = preset.kv_channels * preset.num_query_groups
     q = preset.kv_channels * preset.num_attention_heads

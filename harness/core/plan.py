@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.core import spec as spec_mod
-from harness.core import tokens
-from harness.core import trainplan
+from harness.core import tokens, trainplan
 from harness.core.errors import HarnessError
 from harness.core.spec import InferSection, Resources, RunSpec
 from harness.core.stages import STAGES, DependencyKind, StageDef
-from harness.core.trainplan import TrainingPlan, checkpoint_steps  # noqa: F401 (checkpoint_steps: re-exported)
+from harness.core.trainplan import TrainingPlan
+from harness.core.trainplan import (
+    checkpoint_steps as checkpoint_steps,  # re-exported: render and the bench read it here
+)
+
 
 @dataclass(frozen=True)
 class Facts:

@@ -53,7 +53,8 @@ def read_campaign(cpaths: CampaignPaths) -> list[tuple[str, Path]]:
 # ------------------------------------------------------------------------------------------ spec.json
 def read_spec_record(paths: RunPaths) -> dict[str, Any]:
     """spec.json as stored (a bench edits it in place); `read_spec` for the typed spec."""
-    return read_json(paths.spec_json)  # type: ignore[no-any-return]  # read_json returns the parsed JSON (Any)
+    record: dict[str, Any] = read_json(paths.spec_json)
+    return record
 
 
 def read_spec(paths: RunPaths) -> spec_mod.RunSpec:
@@ -64,7 +65,8 @@ def read_spec(paths: RunPaths) -> spec_mod.RunSpec:
 # ------------------------------------------------------------------------------------------ plan.json
 def read_plan_record(paths: RunPaths) -> dict[str, Any]:
     """plan.json as stored: the plan as `harness plan` showed it at submit, its facts and the executor chosen."""
-    return read_json(paths.plan_json)  # type: ignore[no-any-return]  # read_json returns the parsed JSON (Any)
+    record: dict[str, Any] = read_json(paths.plan_json)
+    return record
 
 
 def read_facts(paths: RunPaths) -> plan_mod.Facts:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 from harness.core import metrics_table, models, tokens
-from harness.core.models import Precision
 from harness.core.fields import opt
+from harness.core.models import Precision
 from harness.core.stages import STAGES
 
 Recipe = Literal["base", "video2world"]
@@ -209,7 +209,8 @@ class TrackingSection:
 
     wandb: bool = opt(False, "also log to Weights & Biases: offline on compute nodes, uploaded by `harness sync RUN`")
     wandb_project: str = opt("harness", "W&B project", pattern=re.compile(r"^[A-Za-z0-9_.-]{1,128}$"))
-    wandb_entity: str = opt("", "W&B entity (team or user; '' = the key's default)", pattern=re.compile(r"^[A-Za-z0-9_.-]{0,128}$"))
+    wandb_entity: str = opt("", "W&B entity (team or user; '' = the key's default)",
+        pattern=re.compile(r"^[A-Za-z0-9_.-]{0,128}$"))
 
 
 @dataclass(frozen=True)

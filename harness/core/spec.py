@@ -16,11 +16,34 @@ from typing import Any, Mapping
 
 from harness.core.errors import Problem, SpecError
 from harness.core.fields import build, first_line, plain, show, type_str, unknown_keys
-from harness.core.sections import (SECTIONS, AssetsSection, ContainerSection, DataSection, Device, Engine,
-                                   EvaluateSection, FinetuneSection, InferSection, MergeSection, Metric,
-                                   MetricBackend, ModelSection, Precision, Recipe, Recompute, ReportSection,
-                                   Resources, RunSection, RunSpec, TokenizeSection, TokenizerSection,
-                                   TrackingSection, VideoSection, data_parallel, ranks_per_node)
+from harness.core.models import Precision
+from harness.core.sections import (
+    SECTIONS,
+    AssetsSection,
+    ContainerSection,
+    DataSection,
+    Device,
+    Engine,
+    EvaluateSection,
+    FinetuneSection,
+    InferSection,
+    MergeSection,
+    Metric,
+    MetricBackend,
+    ModelSection,
+    Recipe,
+    Recompute,
+    ReportSection,
+    Resources,
+    RunSection,
+    RunSpec,
+    TokenizerSection,
+    TokenizeSection,
+    TrackingSection,
+    VideoSection,
+    data_parallel,
+    ranks_per_node,
+)
 from harness.core.spec_check import cross_check, submit_problems, warnings
 
 if sys.version_info >= (3, 11):
@@ -32,7 +55,8 @@ __all__ = ["SECTIONS", "AssetsSection", "ContainerSection", "DataSection", "Devi
            "FinetuneSection", "InferSection", "MergeSection", "Metric", "MetricBackend", "ModelSection",
            "Precision", "Recipe", "Recompute", "ReportSection", "Resources", "RunSection", "RunSpec",
            "TokenizeSection", "TokenizerSection", "TrackingSection", "VideoSection", "absolutize", "cross_check",
-           "data_parallel", "from_dict", "load", "load_for_submit", "loads", "parse_toml", "read_table", "read_text", "ranks_per_node", "reference",
+           "data_parallel", "from_dict", "load", "load_for_submit", "loads", "parse_toml", "read_table", "read_text",
+           "ranks_per_node", "reference",
            "submit_problems", "to_dict", "warnings"]
 
 
@@ -115,7 +139,7 @@ def reference() -> list[tuple[str, str, str, str]]:
         cls = hints[name]
         sub = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = f"= {name}.{f.metadata['follows']}" if f.metadata.get("follows") else repr(plain(default))
             rows.append((f"{name}.{f.name}", type_str(sub[f.name]), shown, f.metadata.get("doc", "")))
     return rows

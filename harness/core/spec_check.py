@@ -107,7 +107,8 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
         out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide finetune.gpus_per_node ({gpus})"))
     heads = spec.preset.num_attention_heads if spec.model.preset in models.PRESETS else 0
     if heads and heads % f.tensor_parallel:
-        out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide the model's {heads} attention heads"))
+        out.append(("finetune.tensor_parallel",
+            f"= {f.tensor_parallel}: must divide the model's {heads} attention heads"))
     if f.sequence_parallel == "on" and f.tensor_parallel == 1:
         out.append(("finetune.sequence_parallel", "= 'on': needs finetune.tensor_parallel > 1 (is 1)"))
     elif f.sequence_parallel == "on" and f.engine == "nemo":
@@ -127,7 +128,8 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
         out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: infer runs one rank per GPU, so at most "
                                              f"infer.gpus_per_node ({i.gpus_per_node})"))
     elif i.tensor_parallel > 1 and i.gpus_per_node and i.gpus_per_node % i.tensor_parallel:
-        out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: must divide infer.gpus_per_node ({i.gpus_per_node})"))
+        out.append(("infer.tensor_parallel",
+            f"= {i.tensor_parallel}: must divide infer.gpus_per_node ({i.gpus_per_node})"))
     if spec.model.preset in models.PRESETS and len(spec.tokenizer.compression) == 3 \
             and i.context_latent_frames >= spec.token_math.grid.t:
         out.append(("infer.context_latent_frames",
@@ -169,7 +171,8 @@ def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
     c, out = spec.container, []
     for s in c.stages:
         if s not in NAMES:
-            out.append(("container.stages", f"= {list(c.stages)}: {s!r} is not a stage; choose from {', '.join(NAMES)}"))
+            out.append(("container.stages",
+                        f"= {list(c.stages)}: {s!r} is not a stage; choose from {', '.join(NAMES)}"))
     for m in c.mounts:
         if m.count(":") not in (1, 2) or "," in m:
             out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS without commas"))

@@ -21,9 +21,10 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from harness.core import failures
-from harness.cosmos import layout, parallel
-from harness.core.errors import HarnessError
 from harness.core.atomic import atomic_write_json, read_json
+from harness.core.errors import HarnessError
+from harness.core.models import Precision
+from harness.cosmos import layout, parallel
 
 if TYPE_CHECKING:
     from harness.core.models import ModelPreset
@@ -42,7 +43,7 @@ def weights_dir(ckpt_dir: Path) -> Path:
 def unwrap(model: Any) -> "CosmosModel":
     while hasattr(model, "module") and not hasattr(model, "rope"):
         model = model.module
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def model_sharded_state_dict(model: Any) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def _load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
         raise HarnessError(f"{ckpt_dir}: not a megatron distributed checkpoint (no weights/metadata.json)")
     _check_shapes(ckpt_dir, wdir, state["state_dict"])
     try:
-        return dist_checkpointing.load(state, str(wdir))  # type: ignore[no-any-return]
+        return dist_checkpointing.load(state, str(wdir))
     except Exception as e:  # mcore raises CheckpointingException/KeyError/RuntimeError for a mismatched model
         raise HarnessError(f"{ckpt_dir}: cannot load into this model ({e.__class__.__name__}: "
                            f"{str(e).splitlines()[0][:300]})") from e
@@ -186,7 +187,7 @@ def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
     sd = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
     unwrap(model).load_state_dict(sd, strict=False)
     optimizer.load_state_dict(loaded["optimizer"])
-    return read_json(ckpt_dir / "trainer.json")  # type: ignore[no-any-return]
+    return read_json(ckpt_dir / "trainer.json")
 
 
 def check_context(ckpt_dir: Path, preset: str) -> None:
@@ -208,7 +209,7 @@ def load_for_inference(ckpt_dir: str | Path, preset: "ModelPreset", grid: "Grid"
     ckpt_dir = Path(ckpt_dir)
     check_context(ckpt_dir, preset.name)
     parallel.init(tp, seed=seed, gpus_requested=gpus_requested)
-    precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
+    precision: Precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
     model = build_model(preset, grid, tp=tp, precision=precision, seq_len=seq_len)
     load_model(model, ckpt_dir)
     return model.eval()

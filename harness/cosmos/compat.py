@@ -1,8 +1,9 @@
 """Run megatron-core on a machine without CUDA (the CPU quickstart, CI): a handful of patches, applied only when
-`torch.cuda.is_available()` is false AND the stage's spec asks for no GPU (`gpus_per_node = 0`; a stage that asks
-for GPUs and sees none is a broken node, and fails rather than training on the CPU), each naming the megatron-core code that assumes CUDA (checked against
-megatron-core 0.15.3, 0.16.1 and 0.19.2; the last also on a CUDA build of torch with no GPU visible, as a
-CPU-only task of submitit's local executor sees a GPU workstation). Nothing here runs on a GPU node; `apply()` is idempotent.
+`torch.cuda.is_available()` is false AND the stage's spec asks for no GPU (`gpus_per_node = 0`; a stage that asks for
+GPUs and sees none is a broken node, and fails rather than training on the CPU), each naming the megatron-core code that
+assumes CUDA (checked against megatron-core 0.15.3, 0.16.1 and 0.19.2; the last also on a CUDA build of torch with no
+GPU visible, as a CPU-only task of submitit's local executor sees a GPU workstation). Nothing here runs on a GPU node;
+`apply()` is idempotent.
 
 Also required on CPU, outside this module: `psutil` installed (without it a dist-checkpoint save hangs in
 `count_queue.join()`), the `gather_object` exchange algorithm for fully-parallel loads (see checkpoint.py), and
@@ -52,11 +53,11 @@ def _patch_cuda_calls() -> None:
     # dist_checkpointing/strategies/torch.py and filesystem_async.py call torch.cuda.synchronize() around
     # saves and loads; optimizer/optimizer.py and distributed_data_parallel.py use torch.cuda.current_device()
     # as the device of new tensors (grad buffers, found-inf flags). On CPU both must be harmless.
-    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment,return-value]  # a device name, not an index
     # distributed/param_and_grad_buffer.py (0.19): start_grad_sync waits on torch.cuda.current_stream() for
     # CUDA-graph gradient events, which initialises CUDA ("No CUDA GPUs are available").
-    torch.cuda.current_stream = lambda *a, **k: _HostStream()  # type: ignore[assignment,return-value]
+    torch.cuda.current_stream = lambda *a, **k: _HostStream()  # type: ignore[assignment]  # a host stand-in
 
 
 class _HostStream:
@@ -107,9 +108,9 @@ def _patch_rng() -> None:
     mr._get_cuda_rng_state = get_state
     mr._set_cuda_rng_state = set_state
     mr.CudaRNGStatesTracker.add = add
-    torch.cuda.manual_seed = _seed_cpu  # type: ignore[assignment]
-    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()  # type: ignore[assignment]
-    torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)  # type: ignore[assignment]
+    torch.cuda.manual_seed = _seed_cpu
+    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda state, device="cuda": torch.set_rng_state(state)  # type: ignore[assignment]  # CPU state
 
 
 def _patch_memory_buffer() -> None:
@@ -137,7 +138,8 @@ def _patch_optimizer() -> None:
     # grads are CUDA tensors. optimizer/optimizer.py FP32Optimizer keeps its `_scale` on 'cuda'. On CPU: plain
     # torch norms and scaling. (The bf16 MixedPrecisionOptimizer also checks for 'torch.cuda.*Tensor' types,
     # so on CPU the harness trains in fp32; see harness.core.trainplan.precision.)
-    from megatron.core.optimizer import clip_grads, optimizer as opt
+    from megatron.core.optimizer import clip_grads
+    from megatron.core.optimizer import optimizer as opt
 
     def grad_norm(grads_for_norm: Any, norm_type: float = 2, grad_stats_parallel_group: Any = None) -> float:
         if isinstance(grads_for_norm, torch.Tensor):
@@ -194,7 +196,8 @@ def _has_grad_norm_group(self: Any, grad_norm_group: Any) -> bool:
         groups = (opt._get_param_grad_norm_group(p) for p in self.get_parameters())
         local = any(opt._is_separate_grad_norm_group(g) and g == grad_norm_group for g in groups)
         flag = torch.tensor([int(local)], dtype=torch.int)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.get_grad_stats_parallel_group())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX,
+            group=self.get_grad_stats_parallel_group())
         cache[grad_norm_group] = bool(flag.item() > 0)
     return bool(cache[grad_norm_group])
 

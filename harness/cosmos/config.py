@@ -12,7 +12,6 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from harness.core.models import ModelPreset, Precision
 
-
 LAYERNORM_EPS = 1e-5
 INIT_STD = 0.02
 YARN_BETA_FAST = 4.0
@@ -85,4 +84,4 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
         kw.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif recompute == "selective":
         kw.update(recompute_granularity="selective")
-    return TransformerConfig(**kw)  # type: ignore[arg-type]
+    return TransformerConfig(**kw)

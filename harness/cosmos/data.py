@@ -103,7 +103,7 @@ def collate(samples: list[Sample], device: torch.device | str, dtype: torch.dtyp
         "loss_mask": torch.from_numpy(np.stack([s.loss_mask for s in samples])).to(device),
     }
     if samples[0].context is not None:
-        out["context"] = context_batch([s.context for s in samples], device, dtype)  # type: ignore[misc]
+        out["context"] = context_batch([s.context for s in samples], device, dtype)  # type: ignore[misc]  # all or none have one
     return out
 
 

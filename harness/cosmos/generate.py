@@ -49,6 +49,7 @@ class StaticLayerKV:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kb, vb = self._buffers(k)
         if self.cache.on_device:
+            assert self.cache.idx is not None  # set by begin() in device-position mode
             kb.index_copy_(2, self.cache.idx, k)
             vb.index_copy_(2, self.cache.idx, v)
             return kb, vb
@@ -101,7 +102,8 @@ class StaticKVCache:
     @property
     def length(self) -> int | torch.Tensor:
         if self.on_device:
-            return self.pos  # type: ignore[return-value]
+            assert self.pos is not None  # set by to_device_position()
+            return self.pos
         return self.layers[0].n if self.layers else 0
 
     def reset(self) -> None:
@@ -140,7 +142,8 @@ class StaticKVCache:
             def causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
                 return kv_idx <= pos + q_idx
 
-            extra = {"seq_lengths": (s, self.cap)} if _takes(BlockMask.from_kv_blocks, "seq_lengths") else {}
+            takes_lengths = _takes(BlockMask.from_kv_blocks, "seq_lengths")
+            extra: dict[str, Any] = {"seq_lengths": (s, self.cap)} if takes_lengths else {}
             mask = BlockMask.from_kv_blocks(torch.ones((1, 1, 1), dtype=torch.int32, device=dev),
                                             torch.arange(n_blocks, dtype=torch.int32, device=dev)[None, None, None],
                                             BLOCK_SIZE=(BLOCK, BLOCK), mask_mod=causal, **extra)
@@ -172,22 +175,25 @@ class _DecodeGraph:
         self.graph = torch.cuda.CUDAGraph()
         if sampling.temperature != 0:
             self.graph.register_generator_state(self.gen)
-        start = int(cache.pos)  # type: ignore[arg-type]
+        pos = cache.pos
+        assert pos is not None  # the cache is in device-position mode here
+        start = int(pos)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # warm-up off the capture (TorchScript profiling runs, allocator, cuBLAS)
             for _ in range(3):
-                cache.pos.fill_(start)  # type: ignore[union-attr]
+                pos.fill_(start)
                 self._step()
         torch.cuda.current_stream(device).wait_stream(side)
-        cache.pos.fill_(start)  # type: ignore[union-attr]
+        pos.fill_(start)
         with torch.cuda.graph(self.graph):
             self._step()
-        cache.pos.fill_(start)  # type: ignore[union-attr]
+        pos.fill_(start)
 
     def replay(self, out: torch.Tensor) -> None:
         """Fill out[:, 1:] given out[:, 0] (two launches per token: the graph and a 2-byte copy)."""
-        n0 = int(self.cache.pos)  # type: ignore[arg-type]
+        assert self.cache.pos is not None  # captured in device-position mode
+        n0 = int(self.cache.pos)
         self.tok.copy_(out[:, :1])
         for i in range(1, out.shape[1]):
             self.graph.replay()

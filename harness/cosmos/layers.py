@@ -50,7 +50,7 @@ class ResidualRMSNorm(RMSNorm):
 def _known(cls: type, kw: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments `cls.__init__` accepts: megatron-core versions differ in what layer builders pass to
     linears (0.16: tp_comm_buffer_name, tp_group; 0.20 adds pg_collection, name), so drop the ones it lacks."""
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(getattr(cls, "__init__")).parameters  # the constructor, own or inherited
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return kw
     return {k: v for k, v in kw.items() if k in params}

@@ -25,6 +25,7 @@ from typing import Literal
 from harness.core.errors import HarnessError
 from harness.core.models import MODEL_PREFIX, UPSTREAM_CONFIGS, ModelPreset, checkpoint_shapes, tp_problems
 
+
 # ------------------------------------------------------------------------------------------ folders
 def resolve_pretrained(directory: Path) -> Path:
     """The NeMo 2 checkpoint folder inside `directory`: `directory` itself or its `nemo/` folder (an HF snapshot of

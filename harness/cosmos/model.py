@@ -37,12 +37,12 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from harness.core.models import ModelPreset
+from harness.core.tokens import VIDEO2WORLD_PAD, Grid
 from harness.cosmos import config as cfg
 from harness.cosmos.layers import NormedColumnParallelLinear, ResidualRMSNorm, RMSNorm, TPRowLinear
 from harness.cosmos.rope3d import Rope3D
 from harness.cosmos.video2world import cross_attention_spec
-from harness.core.models import ModelPreset
-from harness.core.tokens import VIDEO2WORLD_PAD, Grid
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,8 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
     """The Cosmos decoder spec (mcore modules + the harness' SDPA core attention and fused-norm linears)."""
     cross: dict[str, Any] = {}
     if video2world:
-        cross = dict(pre_cross_attn_layernorm=ResidualRMSNorm, cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
+        cross = dict(pre_cross_attn_layernorm=ResidualRMSNorm,
+                     cross_attention=cross_attention_spec(SDPAttention, RMSNorm, crossattn_dim),
                      cross_attn_bda=get_bias_dropout_add)
     layer = ModuleSpec(
         module=CosmosLayer,
@@ -226,7 +227,7 @@ class CosmosModel(GPTModel):
             from harness.cosmos.video2world import setup_video2world  # noqa: PLC0415
             setup_video2world(self, config, preset, grid, seq_len)
 
-    def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,  # type: ignore[override]
+    def forward(self, tokens: torch.Tensor, *, start: int | torch.Tensor = 0, labels: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, context: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
         n = tokens.shape[1]
@@ -244,7 +245,7 @@ class CosmosModel(GPTModel):
         extra: dict[str, Any] = {}
         if self.preset.video2world:
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
-            extra = prepare_context(self, hidden, start, n, context)
+            extra = prepare_context(self, hidden, int(start), n, context)  # a host position (see graph_supported)
         hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=None, **extra)
         if last_only:  # a prefill needs the next token's logits only: [b, 5120, 64000] would be ~0.7 GB a sequence
             hidden = hidden[-1:]

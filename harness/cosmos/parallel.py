@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from harness.cosmos import compat, fastpaths
 from harness.core.errors import HarnessError
+from harness.cosmos import compat, fastpaths
 
 TIMEOUT = datetime.timedelta(minutes=30)
 

@@ -1,10 +1,10 @@
 """A tiny stand-in for a pretrained Cosmos NeMo 2 checkpoint (the HF repo's `nemo/` folder), built key by key in
 NeMo's layout rather than through the harness' own save path, so loading it tests compatibility:
 
-- `weights/` (or, `flat`, the folder itself: NeMo loads both): an mcore `torch_dist` checkpoint; keys `module.<mcore GPTModel key>` with Transformer-Engine names
-  (`linear_qkv.layer_norm_weight`, `linear_fc1.layer_norm_weight`), layers stacked on a leading axis
-  (`module.decoder.layers.mlp.linear_fc1.weight` is [L, 2F, H], gate rows then up rows), bf16 values, plus TE's
-  per-layer `_extra_state` objects; names and shapes from `harness.cosmos.layout`;
+- `weights/` (or, `flat`, the folder itself: NeMo loads both): an mcore `torch_dist` checkpoint; keys `module.<mcore
+  GPTModel key>` with Transformer-Engine names (`linear_qkv.layer_norm_weight`, `linear_fc1.layer_norm_weight`), layers
+  stacked on a leading axis (`module.decoder.layers.mlp.linear_fc1.weight` is [L, 2F, H], gate rows then up rows), bf16
+  values, plus TE's per-layer `_extra_state` objects; names and shapes from `harness.cosmos.layout`;
 - `context/model.yaml`: the model config, as NeMo's io context records it.
 """
 
@@ -18,9 +18,16 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 
-from harness.cosmos import config as cfg, parallel
-from harness.core.models import MODEL_PREFIX, UPSTREAM_CONFIGS, checkpoint_shapes, global_shapes, layer_shapes
-from harness.core.models import ModelPreset
+from harness.core.models import (
+    MODEL_PREFIX,
+    UPSTREAM_CONFIGS,
+    ModelPreset,
+    checkpoint_shapes,
+    global_shapes,
+    layer_shapes,
+)
+from harness.cosmos import config as cfg
+from harness.cosmos import parallel
 
 _LINEARS_WITH_EXTRA = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
 

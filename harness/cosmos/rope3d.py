@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from harness.cosmos.config import Yarn
 from harness.core.tokens import Grid
+from harness.cosmos.config import Yarn
 
 
 def axis_dims(dim: int) -> tuple[int, int, int]:
@@ -98,6 +98,7 @@ def _frame(emb: torch.Tensor, bov: bool, length: int | None) -> torch.Tensor:
 class Rope3D(torch.nn.Module):
     """Holds the angles of one sample layout; `forward(start, n)` returns positions [start, start+n) so that
     incremental decoding rotates new tokens at their true latent positions."""
+    angles: torch.Tensor
 
     def __init__(self, grid: Grid, head_dim: int, base: float, y: Yarn | None = None, *, bov: bool = False,
                  length: int | None = None) -> None:

@@ -60,8 +60,7 @@ class StopSignal:
     def exit(self, signum: int, step: int) -> None:
         prev = self.previous.get(signum)
         self.restore()
-        submitit_handler = callable(prev) and "submitit" in getattr(prev, "__module__", "")
-        if signum == signal.SIGUSR2 and submitit_handler:
+        if signum == signal.SIGUSR2 and callable(prev) and "submitit" in getattr(prev, "__module__", ""):
             rank = dist.get_rank() if dist.is_initialized() else 0
             log.warning("checkpoint at step %d written; handing over to submitit to requeue", step)
             if rank == 0:

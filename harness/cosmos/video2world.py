@@ -18,10 +18,10 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from harness.cosmos.layers import TPLinear, TPRowLinear
-from harness.cosmos.rope3d import abs_sincos
 from harness.core.models import ModelPreset
 from harness.core.tokens import Grid
+from harness.cosmos.layers import TPLinear, TPRowLinear
+from harness.cosmos.rope3d import abs_sincos
 
 
 @dataclass
@@ -55,8 +55,8 @@ class CosmosCrossAttention(Attention):
     def get_query_key_value_tensors(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None,
                                     *a: Any, **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         slot = self.cross_kv
-        if slot is not None and slot.ready:  # a decode step: the context's keys/values are the prefill's
-            key, value = slot.k, slot.v
+        if slot is not None and slot.ready and slot.k is not None and slot.v is not None:
+            key, value = slot.k, slot.v  # a decode step: the context's keys/values are the prefill's
         else:
             key, value = self._key_value(key_value_states)
             if slot is not None:

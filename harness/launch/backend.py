@@ -11,8 +11,8 @@ backends and every command read the same fields.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 from harness.core import plan as plan_mod

@@ -19,13 +19,24 @@ from typing import Any, Mapping
 import submitit
 
 from harness.core import failures
-from harness.core.errors import HarnessError, Problem
-from harness.core.plan import Plan, StagePlan
-from harness.core.paths import RunPaths, is_done
-from harness.core.rundir import open_run, read_jobs
 from harness.core.atomic import atomic_write_json, read_json
-from harness.launch.backend import (COMPLETED, LOST, NOT_SUBMITTED, Jobs, Query, Record, Submission, TaskState,
-                                    done_tasks, load_plan, pid_alive)
+from harness.core.errors import HarnessError, Problem
+from harness.core.paths import RunPaths, is_done
+from harness.core.plan import Plan, StagePlan
+from harness.core.rundir import open_run, read_jobs
+from harness.launch.backend import (
+    COMPLETED,
+    LOST,
+    NOT_SUBMITTED,
+    Jobs,
+    Query,
+    Record,
+    Submission,
+    TaskState,
+    done_tasks,
+    load_plan,
+    pid_alive,
+)
 from harness.launch.task import StageTask
 
 OK, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"

@@ -20,8 +20,8 @@ from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
 
 from harness.core import sbatch_options
-from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.paths import RunPaths
+from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import submitit
 
 from harness.core.errors import HarnessError
-from harness.core.plan import Plan, StagePlan
 from harness.core.paths import RunPaths
+from harness.core.plan import Plan, StagePlan
 from harness.launch import render, slurmcli, slurmstate
 from harness.launch.backend import Jobs, Query, Record, Submission, TaskState, ranges
 from harness.launch.task import StageTask

@@ -26,8 +26,8 @@ from typing import Callable
 from harness.core import failures
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
-from harness.core.rundir import open_run
 from harness.core.paths import RunPaths, is_done, mark_done
+from harness.core.rundir import open_run
 from harness.core.rundir import read_spec as load_run_spec  # the workers' name for the frozen spec's one reader
 from harness.core.stages import stage as stage_def
 
@@ -57,7 +57,8 @@ def require_gpus(spec: spec_mod.RunSpec, stage: str) -> None:
 
 def worker(stage: str) -> StageFn:
     """The stage's `run`, imported from the module its registry row names."""
-    return importlib.import_module(stage_def(stage).module).run  # type: ignore[no-any-return]
+    fn: StageFn = importlib.import_module(stage_def(stage).module).run
+    return fn
 
 
 def run_task(run_dir: str, stage: str, task: int) -> str:

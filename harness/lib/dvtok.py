@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from harness.core.errors import HarnessError
 
@@ -65,7 +65,7 @@ def normalise(clips: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype)
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
+def to_uint8(video: torch.Tensor) -> NDArray[Any]:
     """Decoder output [B,3,T,H,W] in [-1, 1] -> uint8 [B,T,H,W,3] on the host (fp32, rounded to nearest)."""
     v = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return v.permute(0, 2, 3, 4, 1).cpu().numpy()
@@ -73,7 +73,8 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 def indices_of(out: Any) -> torch.Tensor:
     """Cosmos DV encoders return (indices, codes, ...); the indices come first."""
-    return out[0] if isinstance(out, (tuple, list)) else out
+    indices: torch.Tensor = out[0] if isinstance(out, (tuple, list)) else out
+    return indices
 
 
 def span_seconds(spans: list[tuple[Any, Any]], cuda: bool) -> tuple[float, float]:
@@ -113,7 +114,7 @@ class Encoder:
         return Encoder(load_jit(path, device, dtype, "encoder"), device, dtype)
 
     @torch.no_grad()
-    def encode(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def encode(self, clips: NDArray[Any] | torch.Tensor) -> torch.Tensor:
         """uint8 [B,T,H,W,3] -> int64 indices [B,T',H',W'] on the device (synchronous, untimed)."""
         x = torch.as_tensor(clips).to(self.device)
         return indices_of(self.module(normalise(x, self.dtype))).to(torch.int64)
@@ -139,7 +140,7 @@ class Encoder:
         done.record()
         return Pending(host, done, start, end, host_in)
 
-    def wait(self, p: Pending) -> np.ndarray:
+    def wait(self, p: Pending) -> NDArray[Any]:
         if p.done is not None:
             p.done.synchronize()
         return p.indices.numpy()
@@ -169,6 +170,6 @@ class Decoder:
         return Decoder(load_jit(path, device, dtype, "decoder"), device)
 
     @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> np.ndarray:
+    def decode(self, indices: torch.Tensor) -> NDArray[Any]:
         """int64 indices [B,T',H',W'] -> uint8 [B,T,H,W,3] on the host."""
         return to_uint8(self.module(indices.to(self.device)))

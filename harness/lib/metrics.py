@@ -11,7 +11,7 @@ The fast backend relies on one fact: inside the cropped region every 7x7 window 
 border mode of skimage's filter never matters, and on uint8 input all window sums are exact integers. Only
 the final SSIM ratio is floating point. Two engines compute it: a numba kernel (one fused pass per frame;
 CPU; the ratio in float32, each window within 1e-6 of skimage, ~1e-8 measured on decoded clips, against the
-issue's 1e-5) and torch (`harness.lib.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
+required 1e-5) and torch (`harness.lib.metrics_torch`: one TorchScript call a clip pair, ratio in float64,
 ~1e-14; used on CUDA, also runnable on CPU).
 Squared-error sums are exact integers in both, so PSNR equals skimage's to float64 rounding.
 """
@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import torch
 
 Backend = Literal["auto", "fast", "skimage"]
 Engine = Literal["numba", "torch"]
@@ -36,7 +40,7 @@ NP = WIN * WIN
 CROP = (WIN - 1) // 2
 
 
-def check_pair(a: np.ndarray, b: np.ndarray) -> None:
+def check_pair(a: NDArray[Any], b: NDArray[Any]) -> None:
     """Both clips must be uint8 [T,H,W,C] of one shape: the exact-integer fast path depends on uint8."""
     if a.shape != b.shape:
         raise ValueError(f"clips differ in shape: {a.shape} vs {b.shape}")
@@ -50,22 +54,23 @@ def psnr_from_mse(mse: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)
 
 
-def sse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def sse_per_frame(a: NDArray[Any], b: NDArray[Any]) -> NDArray[Any]:
     """Per-frame sum of squared differences (int64, exact) alone: what PSNR needs when SSIM is not asked for."""
     check_pair(a, b)
     d = a.astype(np.int32) - b.astype(np.int32)
-    return np.einsum("thwc,thwc->t", d, d, dtype=np.int64)
+    sse: NDArray[np.int64] = np.einsum("thwc,thwc->t", d, d, dtype=np.int64)
+    return sse
 
 
 # ------------------------------------------------------------------------------------------ reference
-def psnr_skimage(a: np.ndarray, b: np.ndarray) -> float:
+def psnr_skimage(a: NDArray[Any], b: NDArray[Any]) -> float:
     from skimage.metrics import mean_squared_error
 
     check_pair(a, b)
     return psnr_from_mse(float(mean_squared_error(a, b)))
 
 
-def ssim_skimage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def ssim_skimage(a: NDArray[Any], b: NDArray[Any]) -> NDArray[Any]:
     """Per-frame SSIM, computed by scikit-image itself: the reference the fast path is tested against."""
     from skimage.metrics import structural_similarity
 
@@ -77,8 +82,9 @@ def ssim_skimage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ numba
 try:
     import numba
+    HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba is a declared dependency; torch still works without it
-    numba = None
+    HAVE_NUMBA = False
 
 
 _i32, _f32 = np.int32, np.float32
@@ -87,8 +93,9 @@ RGB = 3
 runtime stride the window loop ran 6x slower); other channel counts use the torch engine."""
 
 
-def _add_row_py(ar: np.ndarray, br: np.ndarray, ao: np.ndarray, bo: np.ndarray, c0: np.ndarray, c1: np.ndarray,
-                c2: np.ndarray, c3: np.ndarray, c4: np.ndarray) -> int:  # pragma: no cover - compiled by numba
+def _add_row_py(ar: NDArray[Any], br: NDArray[Any], ao: NDArray[Any], bo: NDArray[Any], c0: NDArray[Any],
+                c1: NDArray[Any], c2: NDArray[Any], c3: NDArray[Any],
+                c4: NDArray[Any]) -> np.int32:  # pragma: no cover - compiled by numba
     """Slide the 7-row column sums of x, y, x^2, y^2, xy down one row (add row a/b, drop row ao/bo) and return
     the row's sum of squared differences. Column sums are float32 holding exact integers (at most
     7 * 255^2 < 2^24), which keeps the loop 8 lanes wide: numba widens int32 arithmetic to int64."""
@@ -106,13 +113,13 @@ def _add_row_py(ar: np.ndarray, br: np.ndarray, ao: np.ndarray, bo: np.ndarray, 
     return sse
 
 
-def _win_py(c: np.ndarray, q: np.uint64) -> np.int32:  # pragma: no cover - compiled by numba
+def _win_py(c: NDArray[Any], q: int) -> np.int32:  # pragma: no cover - compiled by numba
     """7-pixel window sum along a row of interleaved RGB: exact (every partial sum < 2^24), as int32."""
     return _i32(((c[q] + c[q + 3]) + (c[q + 6] + c[q + 9])) + ((c[q + 12] + c[q + 15]) + c[q + 18]))
 
 
-def _ratio_row_py(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, c4: np.ndarray, r: np.ndarray,
-                  k1: np.float32, k2: np.float32) -> None:  # pragma: no cover - compiled by numba
+def _ratio_row_py(c0: NDArray[Any], c1: NDArray[Any], c2: NDArray[Any], c3: NDArray[Any], c4: NDArray[Any],
+                  r: NDArray[Any], k1: np.float32, k2: np.float32) -> None:  # pragma: no cover - compiled by numba
     """SSIM of every 7x7 window of one output row into r. The four numerators and denominators are exact
     int32 (at most 2 * (49 * 255)^2 < 2^31); only the ratio is float32, so each window's value has a relative
     error of a few float32 ulps (< 1e-6; SSIM lies in [-1, 1]) and no cancellation can amplify it."""
@@ -129,15 +136,15 @@ def _ratio_row_py(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray
         r[q] = (a1 * a2) / (b1 * b2)
 
 
-def _row_sum_py(r: np.ndarray) -> float:  # pragma: no cover - compiled by numba
+def _row_sum_py(r: NDArray[Any]) -> float:  # pragma: no cover - compiled by numba
     acc = 0.0
     for q in range(np.uint64(len(r))):
-        acc += np.float64(r[q])
+        acc += float(r[q])
     return acc
 
 
-def _clip_kernel_py(a: np.ndarray, b: np.ndarray, k1: np.float32, k2: np.float32, ssim_out: np.ndarray,
-                    sse_out: np.ndarray) -> None:  # pragma: no cover - compiled by numba
+def _clip_kernel_py(a: NDArray[Any], b: NDArray[Any], k1: np.float32, k2: np.float32, ssim_out: NDArray[Any],
+                    sse_out: NDArray[Any]) -> None:  # pragma: no cover - compiled by numba
     """a, b: uint8 [T, H, W*3] (rows with channels interleaved, so every pass is contiguous).
 
     Per frame and row: slide the column sums down (`_add_row`), then the SSIM of every window of the row from
@@ -167,7 +174,7 @@ def _clip_kernel_py(a: np.ndarray, b: np.ndarray, k1: np.float32, k2: np.float32
         sse_out[t] = sse
 
 
-if numba is not None:
+if HAVE_NUMBA:
     # fast-math without 'arcp': the ratio keeps a true division, so identical windows give exactly 1
     _jit = numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "contract", "reassoc", "afn"},
                       error_model="numpy")
@@ -175,8 +182,8 @@ if numba is not None:
     _clip_kernel = _jit(_clip_kernel_py)
 
 
-def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if numba is None:
+def _numba_clip(a: NDArray[Any], b: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+    if not HAVE_NUMBA:
         raise ImportError("the fast CPU metrics need numba: pip install numba (or use backend='skimage')")
     t, h, w, c = a.shape
     if c != RGB:
@@ -188,8 +195,8 @@ def _numba_clip(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ torch
-def clip_torch(a: "np.ndarray | torch.Tensor", b: "np.ndarray | torch.Tensor",  # noqa: F821
-               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def clip_torch(a: NDArray[Any] | torch.Tensor, b: NDArray[Any] | torch.Tensor,
+               device: str = "cpu") -> tuple[NDArray[Any], NDArray[Any]]:
     """(per-frame SSE, per-frame SSIM) on torch (`harness.lib.metrics_torch`): the engine used on CUDA."""
     from harness.lib import metrics_torch
 
@@ -230,8 +237,8 @@ def resolve_backend(backend: str) -> Literal["fast", "skimage"]:
     raise ValueError(f"metric backend {backend!r}: must be one of auto, fast, skimage")
 
 
-def clip_metrics(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu",
-                 engine: Engine | None = None) -> tuple[np.ndarray, np.ndarray]:
+def clip_metrics(a: NDArray[Any], b: NDArray[Any], backend: str = "auto", device: str = "cpu",
+                 engine: Engine | None = None) -> tuple[NDArray[Any], NDArray[Any]]:
     """(per-frame sum of squared differences (int64), per-frame SSIM) of two aligned uint8 clips.
 
     Squared-error SUMS (exact integers) rather than PSNR, so that callers pool any subset of frames (all
@@ -249,21 +256,21 @@ def clip_metrics(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: st
     return _numba_clip(a, b)
 
 
-def psnr(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:
+def psnr(a: NDArray[Any], b: NDArray[Any], backend: str = "auto", device: str = "cpu") -> float:
     """PSNR of one MSE over the whole clip; math.inf when the clips are identical."""
     if resolve_backend(backend) == "skimage":
         return psnr_skimage(a, b)
     return psnr_from_mse(int(clip_metrics(a, b, backend, device)[0].sum()) / a.size)
 
 
-def ssim(a: np.ndarray, b: np.ndarray, backend: str = "auto", device: str = "cpu") -> float:
+def ssim(a: NDArray[Any], b: NDArray[Any], backend: str = "auto", device: str = "cpu") -> float:
     """Mean over frames of skimage's per-frame SSIM."""
     return float(clip_metrics(a, b, backend, device)[1].mean())
 
 
 # ------------------------------------------------------------------------------------- the evaluate stage's kernels
-def frame_values(a: np.ndarray, b: np.ndarray, names: Sequence[str], backend: str = "auto",
-                 device: str = "cpu") -> dict[str, np.ndarray]:
+def frame_values(a: NDArray[Any], b: NDArray[Any], names: Sequence[str], backend: str = "auto",
+                 device: str = "cpu") -> dict[str, NDArray[Any]]:
     """Metric name (`harness.core.metrics_table`) -> per-frame values of two aligned clips, what `REDUCE[name]`
     turns into one number over any subset of frames: PSNR's exact squared-error sums, SSIM per frame. SSIM's
     kernel yields the sums in the same pass; PSNR alone runs only the cheap one."""
@@ -273,14 +280,14 @@ def frame_values(a: np.ndarray, b: np.ndarray, names: Sequence[str], backend: st
     return {"psnr": sse_per_frame(a, b)}
 
 
-def _psnr_of_sums(sse: np.ndarray, frame_pixels: int) -> float:
+def _psnr_of_sums(sse: NDArray[Any], frame_pixels: int) -> float:
     return psnr_from_mse(int(sse.sum()) / (len(sse) * frame_pixels))
 
 
-def _mean_of_frames(values: np.ndarray, frame_pixels: int) -> float:
+def _mean_of_frames(values: NDArray[Any], frame_pixels: int) -> float:
     return float(values.mean())
 
 
-REDUCE: Mapping[str, Callable[[np.ndarray, int], float]] = {"psnr": _psnr_of_sums, "ssim": _mean_of_frames}
+REDUCE: Mapping[str, Callable[[NDArray[Any], int], float]] = {"psnr": _psnr_of_sums, "ssim": _mean_of_frames}
 """Metric name -> (its per-frame values over some frames, pixels a frame) -> the metric over those frames;
 math.inf where a metric is infinite for identical frames (PSNR)."""

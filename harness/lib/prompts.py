@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 MAX_LENGTH = 512
 """Prompt tokens per embedding (T5 positions after padding/truncation)."""
@@ -46,7 +47,7 @@ def load(directory: str | Path, device: torch.device, dtype_name: str = "fp32") 
 
 
 @torch.no_grad()
-def encode(encoder: TextEncoder, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode(encoder: TextEncoder, prompts: list[str]) -> tuple[NDArray[Any], NDArray[Any]]:
     """(float32 [N, 512, d] with pad positions zeroed, int32 [N] prompt lengths in tokens)."""
     if not prompts:
         return np.zeros((0, MAX_LENGTH, encoder.dim), np.float32), np.zeros((0,), np.int32)

@@ -16,11 +16,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from torch import nn
 
 from harness.core.atomic import atomic_write_bytes, atomic_write_json
@@ -35,6 +36,9 @@ TEXT_ENCODER_REPO = "harness-synth/tiny-t5"
 # ------------------------------------------------------------------------------------ tokenizer
 class TinyDVEncoder(nn.Module):
     """[B,3,T,H,W] in [-1,1] -> (indices [B,T',H',W'] int64, codes [B,6,T',H',W']); causal in time."""
+    if TYPE_CHECKING:  # buffers (register_buffer); TorchScript cannot read string class annotations
+        basis: torch.Tensor
+        levels: torch.Tensor
 
     def __init__(self, t: int, h: int, w: int) -> None:
         super().__init__()
@@ -61,6 +65,9 @@ class TinyDVEncoder(nn.Module):
 
 class TinyDVDecoder(nn.Module):
     """indices [B,T',H',W'] -> video [B,3,1+(T'-1)t,H'h,W'w] in [-1,1]."""
+    if TYPE_CHECKING:  # buffers (register_buffer); TorchScript cannot read string class annotations
+        basis: torch.Tensor
+        levels_i: torch.Tensor
 
     def __init__(self, t: int, h: int, w: int) -> None:
         super().__init__()
@@ -125,7 +132,7 @@ def write_text_encoder(out_dir: str | Path, d_model: int = 32) -> Path:
 
 
 # ------------------------------------------------------------------------------------ clips
-def smooth_clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:
+def smooth_clip(frames: int, height: int, width: int, seed: int) -> NDArray[Any]:
     """uint8 [T,H,W,3]: drifting low-frequency colour waves and a moving soft blob; tokenizer-friendly."""
     rng = np.random.default_rng(seed)
     t = np.arange(frames, dtype=np.float32)[:, None, None, None]
@@ -138,7 +145,8 @@ def smooth_clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:
     vx, vy = rng.uniform(-0.02, 0.02, 2)
     blob = np.exp(-(((x - cx - vx * t) ** 2) + ((y - cy - vy * t) ** 2)) / 0.03)
     img = img + 0.2 * blob * rng.uniform(-1, 1, 3)
-    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    frame: NDArray[np.uint8] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    return frame
 
 
 CLIP_SHAPES = ((17, 48, 64), (13, 64, 96), (21, 96, 48), (9, 40, 72), (17, 80, 80), (25, 56, 96))

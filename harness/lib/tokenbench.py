@@ -5,7 +5,8 @@ Per file, as that tool prepares both directories before it scores them: the firs
 the short side resized to `short_side` (the other side scaled and rounded half up) with Lanczos (PIL's, the
 filter its media library uses), no crop; the result re-encoded as H.264 at a constant quantiser (qp 28 above
 640x480 pixels, else 20; yuv420p, or yuv444p when a side is odd; the encoder's default preset; RGB to YUV
-with swscale's bicubic, as the ffmpeg program converts) at the file's frame rate and decoded back. Frame i of one file is then scored against frame i of the other (the metric
+with swscale's bicubic, as the ffmpeg program converts) at the file's frame rate and decoded back. Frame i of one file
+is then scored against frame i of the other (the metric
 kernels of `harness.lib.metrics`, which compute TokenBench's definitions).
 
 Upstream drives the ffmpeg program for the H.264 round trip and its reads; this module uses PyAV (the same
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from numpy.typing import NDArray
 
 from harness.core.errors import HarnessError
 from harness.lib.video import load_frames
@@ -38,7 +40,7 @@ def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]
     return int(height * short_side / width + 0.5), short_side
 
 
-def lanczos(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def lanczos(frames: NDArray[np.uint8], size: tuple[int, int]) -> NDArray[np.uint8]:
     """uint8 [T, H, W, 3] resized to size = (h, w) frame by frame with PIL's Lanczos (a copy when unchanged)."""
     from PIL import Image
 
@@ -52,7 +54,7 @@ def qp_for(height: int, width: int) -> int:
     return 20 if height * width <= SMALL_PIXELS else 28
 
 
-def round_trip(frames: np.ndarray, fps: Fraction | int) -> np.ndarray:
+def round_trip(frames: NDArray[np.uint8], fps: Fraction | int) -> NDArray[np.uint8]:
     """uint8 [T, H, W, 3] through H.264 at TokenBench's constant quantiser and back, in memory."""
     t, h, w, _ = frames.shape
     buf = io.BytesIO()
@@ -86,7 +88,7 @@ def frame_rate(path: str | Path) -> Fraction:
     return Fraction(rate) if rate else Fraction(25)
 
 
-def prepare(path: str | Path, frames: int = FRAMES, short_side: int = SHORT_SIDE) -> np.ndarray:
+def prepare(path: str | Path, frames: int = FRAMES, short_side: int = SHORT_SIDE) -> NDArray[np.uint8]:
     """One file as TokenBench scores it: uint8 [n <= frames, h, w, 3]."""
     clip = load_frames(path, None, frames)
     resized = lanczos(clip, short_side_size(clip.shape[1], clip.shape[2], short_side))
@@ -94,7 +96,7 @@ def prepare(path: str | Path, frames: int = FRAMES, short_side: int = SHORT_SIDE
 
 
 def prepare_pair(reference: str | Path, generated: str | Path, frames: int = FRAMES,
-                 short_side: int = SHORT_SIDE) -> tuple[np.ndarray, np.ndarray]:
+                 short_side: int = SHORT_SIDE) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
     """Both files prepared; they must agree in frame count and size, since frame i is scored against frame i
     (upstream's tool stops on a mismatch; here the pair fails with this reason)."""
     ref, gen = prepare(reference, frames, short_side), prepare(generated, frames, short_side)
@@ -105,5 +107,5 @@ def prepare_pair(reference: str | Path, generated: str | Path, frames: int = FRA
     return ref, gen
 
 
-def _shape(a: np.ndarray) -> str:
+def _shape(a: NDArray[np.uint8]) -> str:
     return f"{a.shape[0]} frames of {a.shape[2]}x{a.shape[1]}"

@@ -18,10 +18,11 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import av
 import numpy as np
+from numpy.typing import NDArray
 
 from harness.core.errors import HarnessError, Problem
 
@@ -58,7 +59,7 @@ def upstream_cover_size(src_w: int, src_h: int, width: int, height: int) -> tupl
     return math.ceil(scale * src_w), math.ceil(scale * src_h)
 
 
-def resize_upstream(rgb: np.ndarray, height: int, width: int, crop: tuple[int, int]) -> np.ndarray:
+def resize_upstream(rgb: NDArray[np.uint8], height: int, width: int, crop: tuple[int, int]) -> NDArray[np.uint8]:
     """One uint8 [H, W, 3] frame resized to height x width as upstream does, then cropped to `crop` = (h, w)
     at upstream's offsets; uint8 out."""
     import torch
@@ -77,7 +78,7 @@ def upstream_crop(src_h: int, src_w: int, h: int, w: int) -> tuple[int, int]:
     return round((src_h - h) / 2.0), round((src_w - w) / 2.0)
 
 
-def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.ndarray:
+def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> NDArray[np.uint8]:
     """First `shape.frames` frames, resized to cover and center-cropped; short clips repeat their last frame."""
     frames = load_frames(path, (shape.height, shape.width), shape.frames, threads=threads, resize=shape.resize)
     if len(frames) == shape.frames:
@@ -89,7 +90,7 @@ def load_clip(path: str | Path, shape: ClipShape, *, threads: int = 1) -> np.nda
 
 
 def load_frames(path: str | Path, size: tuple[int, int] | None = None, max_frames: int | None = None, *,
-                threads: int = 1, resize: Resize = "upstream") -> np.ndarray:
+                threads: int = 1, resize: Resize = "upstream") -> NDArray[np.uint8]:
     """Up to `max_frames` real frames (no padding) [n, H, W, 3]: at `size` = (H, W) resized to cover and
     center-cropped (`resize` says how), or at the video's own size when `size` is None. One open, one decode
     pass, each frame written straight into the result: callers that need the true frame count need no
@@ -108,7 +109,7 @@ def load_frames(path: str | Path, size: tuple[int, int] | None = None, max_frame
     return frames
 
 
-def try_load(path: str, shape: ClipShape) -> tuple[np.ndarray | None, str | None]:
+def try_load(path: str, shape: ClipShape) -> tuple[NDArray[np.uint8] | None, str | None]:
     """(clip, None) or (None, reason): the picklable unit of work of a decode worker process."""
     try:
         return load_clip(path, shape), None
@@ -117,14 +118,14 @@ def try_load(path: str, shape: ClipShape) -> tuple[np.ndarray | None, str | None
 
 
 def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, threads: int,
-            resize: Resize = "upstream") -> np.ndarray:
+            resize: Resize = "upstream") -> NDArray[np.uint8]:
     with av.open(str(path), mode="r") as container:
         if not container.streams.video:
             raise VideoError(path, "no video stream: the container holds no video track")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = threads
         cap = max_frames if max_frames is not None else (stream.frames or 0)
-        out: np.ndarray | None = None
+        out: NDArray[np.uint8] | None = None
         n = 0
         for frame in container.decode(stream):
             rgb = _fit(frame, size, resize)
@@ -141,7 +142,7 @@ def _decode(path: Path, size: tuple[int, int] | None, max_frames: int | None, th
     return out[:n]
 
 
-def _fit(frame: av.VideoFrame, size: tuple[int, int] | None, resize: Resize = "upstream") -> np.ndarray:
+def _fit(frame: av.VideoFrame, size: tuple[int, int] | None, resize: Resize = "upstream") -> NDArray[np.uint8]:
     """rgb24 of one frame: at its own size, or resized to cover `size` and center-cropped."""
     if size is None:
         return _to_rgb(frame)
@@ -163,7 +164,7 @@ def _fit(frame: av.VideoFrame, size: tuple[int, int] | None, resize: Resize = "u
 _local = threading.local()
 
 
-def _to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> NDArray[np.uint8]:
     """The frame as rgb24 through this thread's own reformatter, on one swscale thread. `to_ndarray(format=)`
     builds a new swscale context for every frame (on automatic threads in recent PyAV): 0.24 ms a 320x512 frame
     on the CI machine, against 0.08 with a reused context, same pixels; callers already run a thread per clip."""
@@ -172,12 +173,13 @@ def _to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None =
         _local.threads = {"threads": 1}
     kwargs = {"format": "rgb24", "width": width, "height": height,
               "interpolation": "AREA" if width is not None else None}
+    out: av.VideoFrame
     try:
         out = _local.reformatter.reformat(frame, **kwargs, **_local.threads)
     except TypeError:  # older PyAV: no `threads` argument
         _local.threads = {}
         out = _local.reformatter.reformat(frame, **kwargs)
-    return out.to_ndarray()
+    return cast("NDArray[np.uint8]", out.to_ndarray())  # rgb24: to_ndarray's type covers every format
 
 
 def _first_line(e: BaseException) -> str:
@@ -185,7 +187,8 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else "(no message)"
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int, *, crf: int = 12, fast_decode: bool = False) -> None:
+def write_mp4(path: str | Path, frames: NDArray[np.uint8], fps: int, *, crf: int = 12,
+              fast_decode: bool = False) -> None:
     """Write uint8 [T, H, W, 3] as H.264 (MPEG-4 part 2 where libx264 is missing), atomically.
 
     `fast_decode`: CAVLC instead of CABAC entropy coding, for videos the harness writes and then decodes
@@ -210,10 +213,12 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int, *, crf: int = 12, 
         raise
 
 
-def _encode(tmp: str, frames: np.ndarray, fps: int, crf: int, fast_decode: bool) -> None:
+def _encode(tmp: str, frames: NDArray[np.uint8], fps: int, crf: int, fast_decode: bool) -> None:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(tmp, mode="w", format="mp4") as out:
         stream = out.add_stream(codec, rate=fps)
+        if not isinstance(stream, av.VideoStream):  # add_stream's type depends on the codec: both are video codecs
+            raise HarnessError(f"{tmp}: codec {codec} did not open a video stream")
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
@@ -221,7 +226,7 @@ def _encode(tmp: str, frames: np.ndarray, fps: int, crf: int, fast_decode: bool)
             if fast_decode:
                 stream.options = {**stream.options, "x264-params": "cabac=0"}
         else:
-            stream.codec_context.qscale = 2
+            stream.codec_context.qscale = True  # PyAV's flag for a fixed quantiser (AV_CODEC_FLAG_QSCALE)
         for rgb in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in stream.encode(frame):

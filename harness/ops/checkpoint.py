@@ -31,7 +31,8 @@ def inspect_checkpoint(directory: Path, preset: str | None, tp: int, layers: int
     if found.ok:
         console.print(found.summary(), markup=False, soft_wrap=True)
         return 0
-    rows = [(m.name, m.kind, _shape(m.stored), _shape(m.expected)) for m in found.mismatches]
+    rows: list[tuple[str, str, str, str]] = [(m.name, m.kind, _shape(m.stored), _shape(m.expected))
+                                             for m in found.mismatches]
     rows += [("-", "tensor parallel", problem, "-") for problem in found.tp_problems]
     headers = ("tensor", "problem", "in checkpoint", "model needs")
     table = Table(*headers)

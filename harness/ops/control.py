@@ -76,7 +76,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
             if any(d.kind == "afterany" and d.stage in todo for d in s.depends):
                 _forget(paths, s.name, todo[s.name])
         jobs = load_jobs(paths)
-        choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]
+        choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]  # submit wrote slurm or local
         known = read_facts(paths)
         new = launching.submit_stages(plan, paths, todo, known, choice, dict(shared_parents or {}), jobs.submissions)
         for sub in new:
@@ -105,7 +105,8 @@ def _fmt_tasks(tasks: list[int]) -> str:
 def cancel(paths: RunPaths, console: Console, stage: str | None = None, plan: Plan | None = None) -> int:
     plan = plan or load_plan(paths)
     if stage is not None and stage not in [s.name for s in plan.stages]:
-        raise HarnessError(Problem("cancel", "stage", f"unknown {stage!r} (stages: {', '.join(s.name for s in plan.stages)})"))
+        raise HarnessError(Problem("cancel", "stage",
+            f"unknown {stage!r} (stages: {', '.join(s.name for s in plan.stages)})"))
     jobs = load_jobs(paths)
     console.print(backend_for(jobs.executor).cancel(paths, plan, jobs, stage))
     return 0

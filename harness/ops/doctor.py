@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Literal
 from harness.core import footprint
 from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
-from harness.launch import slurmcli
 from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
+from harness.launch import slurmcli
 from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:
@@ -199,7 +199,8 @@ def path_checks(plan: Plan) -> list[Check]:
     sizes = footprint.items(plan)
     need = {"run.workdir": footprint.total(sizes, "workdir"), "assets.hf_home": footprint.total(sizes, "hf_home")}
     dirs = {"run.workdir": spec.run.workdir, "assets.hf_home": spec.assets.hf_home}
-    out, devices = [], {}
+    out: list[Check] = []
+    devices: dict[int, list[tuple[str, Path]]] = {}
     for k, d in dirs.items():
         where, why = _writable(Path(d).expanduser())
         out.append(Check("pass" if not why else "fail", k, "writable", why or str(where)))

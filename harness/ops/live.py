@@ -20,11 +20,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.plan import Plan
 from harness.launch.backend import load_plan
 from harness.ops.state import COMPLETED, RunState, collect, load_jobs
 from harness.ops.status import WAIT_RETRIES, _counts, verdict
-from harness.core.plan import Plan
-from harness.core.paths import RunPaths
 
 _BAD = ("FAILED", "OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL", "CANCELLED", "LOST", "MISSING")
 _TOKENIZE_LINE = re.compile(rb"(\d+)/(\d+) inputs")

@@ -103,7 +103,8 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
     before any cluster query). `num_inputs` replaces listing (`harness plan --num-inputs`)."""
     choice = choose_executor(requested, planning=purpose == "plan", why_not=why_not)
     items: list[InputItem] | None = None
-    why, notes = "", []
+    why = ""
+    notes: list[str] = []
     if purpose == "plan":
         count = num_inputs if num_inputs is not None else _count(spec, notes)
     else:

@@ -18,13 +18,12 @@ from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
 from harness.core.rundir import open_run, read_jobs
-from harness.launch.backend import (ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState,
-                                    done_tasks)
+from harness.launch.backend import ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState, done_tasks
 from harness.launch.local import LocalBackend
 from harness.launch.slurm import SlurmBackend, job_ids
 
-__all__ = ["ACTIVE", "COMPLETED", "LOST", "MISSING", "NOT_SUBMITTED", "RunState", "Snapshot", "backend_for", "StageState",
-           "TaskState", "collect", "done_tasks", "job_ids", "load_jobs", "resolve_run"]
+__all__ = ["ACTIVE", "COMPLETED", "LOST", "MISSING", "NOT_SUBMITTED", "RunState", "Snapshot", "backend_for",
+           "StageState", "TaskState", "collect", "done_tasks", "job_ids", "load_jobs", "resolve_run"]
 
 @dataclass(frozen=True)
 class StageState:

@@ -12,12 +12,12 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.plan import Plan
+from harness.core.rundir import open_run
 from harness.launch import slurmcli, slurmstate
 from harness.launch.backend import load_plan
 from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, stored
-from harness.core.plan import Plan
-from harness.core.paths import RunPaths
-from harness.core.rundir import open_run
 
 WAIT_RETRIES = 5
 """Consecutive failed Slurm queries `wait` tolerates."""

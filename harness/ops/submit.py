@@ -18,9 +18,9 @@ from typing import Iterator
 
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
+from harness.core.atomic import atomic_write_json, atomic_write_text
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths, new_run_dir
-from harness.core.atomic import atomic_write_json, atomic_write_text
 from harness.launch.backend import Jobs, Submission, load_plan
 from harness.lib.inputs import InputItem
 from harness.ops import plan as plan_ops

@@ -23,9 +23,9 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from harness.core import metrics_table as mt
 from harness.core import metricslog
 from harness.core import plan as plan_mod
-from harness.core import metrics_table as mt
 from harness.core.evalrecords import ShardRecord
 from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths

@@ -50,8 +50,9 @@ def table(result: dict[str, Any]) -> Table:
     t.add_column("frames (generated vs reference)", justify="left")
     for v in r.videos:
         pred = v.predicted
+        pred_identical = pred.identical if pred else None
         t.add_row(v.name, *[_cell(m, v.value(m.name), v.scores.identical) for m in shown],
-                  *[_cell(m, pred.values.get(m.name) if pred else None, pred and pred.identical) for m in shown],
+                  *[_cell(m, pred.values.get(m.name) if pred else None, pred_identical) for m in shown],
                   _frames(v))
     t.add_section()
     t.add_row(f"mean of {r.mean.videos}", *[_cell(m, r.mean.value(m.name)) for m in shown],

@@ -117,7 +117,7 @@ def contact_sheet(ref: np.ndarray, gen: np.ndarray, labels: Sequence[str], conte
             x = side + pad + col * (cell_w + pad)
             colour = CONTEXT_RGB if context[col] else PREDICTED_RGB
             draw.rectangle((x, y, x + cell_w - 1, y + cell_h - 1), fill=colour)
-            thumb = Image.fromarray(frames[col]).resize((tw, th), Image.BILINEAR)
+            thumb = Image.fromarray(frames[col]).resize((tw, th), Image.Resampling.BILINEAR)
             sheet.paste(thumb, (x + border, y + border))
             if row == 0:
                 draw.text((x + 2, 3), labels[col], fill=colour, font=font)

@@ -26,9 +26,9 @@ from harness.lib.tracking import EventWriter, open_wandb
 from harness.stages.tracked import wandb_target
 
 if TYPE_CHECKING:
-    from harness.report.build import Checkpoint
     from harness.core.paths import RunPaths
     from harness.core.spec import TrackingSection
+    from harness.report.build import Checkpoint
 
 VIDEOS_TAG = "eval/videos"
 

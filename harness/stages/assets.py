@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 from harness.core.assets import Role, hub_offline, is_local, roles
+from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json
 from harness.core.spec import RunSpec
 
 log = logging.getLogger("harness.assets")

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from harness.core.atomic import read_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import read_json
 
 UINT16_LIMIT = 65_536
 SPLITS = ("train", "val", "test")

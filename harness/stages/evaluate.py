@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
-from harness.lib import media, metrics, tokenbench
 from harness.core import metrics_table as mt
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError
 from harness.core.evalrecords import EvalResult, Failure, Scores, ShardRecord, VideoRecord
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json, read_json
+from harness.lib import media, metrics, tokenbench
 from harness.lib.video import load_frames
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def load_pair(pair: Pair, resize: str = "upstream") -> tuple[np.ndarray, np.ndar
         raise HarnessError(f"{gen_path}: no generated frame has a reference frame in {ref_path}")
     ref = load_frames(ref_path, (h, w), max(wanted) + 1, resize=resize)  # type: ignore[arg-type]  # a spec value
     g_idx = [g for g, r in enumerate(mapping) if r is not None and 0 <= r < len(ref)]
-    r_idx = [int(mapping[g]) for g in g_idx]  # type: ignore[arg-type]
+    r_idx = [int(r) for r in mapping if r is not None and 0 <= r < len(ref)]
     compared = set(g_idx)
     missing = [g for g in range(n_gen) if g not in compared]
     if not g_idx:

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
-from harness.lib.dvtok import Decoder, Encoder
+from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.atomic import atomic_write_json
-from harness.lib import media
-from harness.lib.media import IMAGE_SUFFIXES, Sidecar, sidecar_path
 from harness.core.tokens import BOV_ID
+from harness.lib import media
+from harness.lib.dvtok import Decoder, Encoder
+from harness.lib.media import IMAGE_SUFFIXES, Sidecar, sidecar_path
 
 if TYPE_CHECKING:
     from harness.core.plan import InferTask
@@ -66,7 +66,8 @@ def list_inputs(spec: RunSpec, paths: RunPaths, start: int = 0, stop: int | None
     items = items[: spec.infer.max_inputs]
     if not items:
         raise HarnessError(f"infer.inputs = {src!r}: no inputs found" if src else
-                           f"{paths.dataset_split}: the test split is empty; set data.split's test weight or infer.inputs")
+                           f"{paths.dataset_split}: the test split is empty; set data.split's test weight or "
+                           "infer.inputs")
     return _unique_names(items)[keep.start:keep.stop]
 
 
@@ -200,7 +201,7 @@ def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) ->
 
 
 def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, device: torch.device,
-                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                    dtype: torch.dtype) -> dict[str, Any]:
     """Video2World: the T5 embeddings (from the dataset, or encoded from the jsonl prompts) as the training data
     path builds them (`harness.cosmos.data.context_batch`): all 512 rows, padding rows zero, no mask."""
     if not spec.video2world:
@@ -212,7 +213,8 @@ def _prompt_context(spec: RunSpec, batch: list[InferInput], text_encoder: Any, d
 
         emb, _ = prompts.encode(text_encoder, [it.prompt or "" for it in batch])
         return {"context": context_batch(list(emb), device, dtype)}
-    return {"context": context_batch([it.prompt_embedding for it in batch], device, dtype)}
+    return {"context": context_batch([it.prompt_embedding for it in batch if it.prompt_embedding is not None],
+                                      device, dtype)}
 
 
 def _text_encoder(spec: RunSpec, items: list[InferInput], paths: RunPaths, device: torch.device) -> Any:
@@ -241,9 +243,9 @@ def load_model(ckpt: Path, spec: RunSpec, tp: int, *, seq_len: int | None = None
 
 
 def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
+    from harness.core.plan import infer_task
     from harness.cosmos import parallel
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
-    from harness.core.plan import infer_task
     from harness.lib.video import write_mp4
 
     t = infer_task(spec, task)

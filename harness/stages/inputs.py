@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 
-from harness.core.errors import HarnessError
-from harness.lib.inputs import InputItem
-from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_text
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.lib.inputs import InputItem
 
 
 def write_inputs(paths: RunPaths, items: list[InputItem]) -> None:

@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.stages import dataset
-from harness.core.errors import HarnessError
-from harness.lib.inputs import reason_kind
-from harness.stages.inputs import read_inputs
-from harness.core.plan import split_counts
-from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json, read_json
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
+from harness.core.plan import split_counts
 from harness.core.spec import RunSpec
+from harness.lib.inputs import reason_kind
+from harness.stages import dataset
+from harness.stages.inputs import read_inputs
 
 log = logging.getLogger("harness.merge")
 

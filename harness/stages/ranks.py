@@ -80,7 +80,7 @@ def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target
             pass
     except mp.ProcessRaisedException as e:
         if caught and "Preempted" in str(e):
-            prev = previous.get(caught[0])
+            prev = previous.get(signal.Signals(caught[0]))
             for s, h in previous.items():
                 signal.signal(s, h)
             if caught[0] == signal.SIGUSR2 and callable(prev) and "submitit" in getattr(prev, "__module__", ""):

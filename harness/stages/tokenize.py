@@ -22,20 +22,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from harness.stages import dataset
-
-from harness.lib import prompts
-
 from harness.core import tokens
-from harness.lib.dvtok import Encoder, Pending
-from harness.core.errors import HarnessError
-from harness.lib.inputs import InputItem, items_of_shard
-from harness.stages.inputs import read_inputs
-from harness.core.paths import RunPaths
 from harness.core.atomic import atomic_write_json
+from harness.core.errors import HarnessError
+from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec
-from harness.stages.staged import resolve
+from harness.lib import prompts
+from harness.lib.dvtok import Encoder, Pending
+from harness.lib.inputs import InputItem, items_of_shard
 from harness.lib.video import ClipShape, try_load
+from harness.stages import dataset
+from harness.stages.inputs import read_inputs
+from harness.stages.staged import resolve
 
 log = logging.getLogger("harness.tokenize")
 
@@ -109,7 +107,7 @@ def _drain(encoder: Encoder, writer: "ShardWriter", items: list[InputItem], pend
     return len(items)
 
 
-class ClipBatches(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class ClipBatches(torch.utils.data.Dataset):
     """Batch k = the decodable clips among items[k*B:(k+1)*B], stacked in the worker that decoded them.
 
     Fixed groups of consecutive items keep the batch composition (and so the bytes) independent of timing;

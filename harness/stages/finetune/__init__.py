@@ -56,8 +56,8 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
 
 def run_rank(spec: spec_mod.RunSpec, task: int, paths: RunPaths) -> None:
     from harness.cosmos import parallel
-    from harness.stages.finetune import mcore as train
     from harness.stages.dataset import open_dataset
+    from harness.stages.finetune import mcore as train
 
     dataset = open_dataset(paths)
     try:

@@ -201,7 +201,8 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
             rec = train_step(t)
             if parallel.is_main():
                 metricslog.append(paths.metrics_jsonl, rec)
-                tracker.log(rec)
+                if tracker is not None:
+                    tracker.log(rec)
                 if t.step % f.log_every == 0 or t.step == t.last_step:
                     t.math.log_line(rec)
             signum = stop.agreed(t.device)

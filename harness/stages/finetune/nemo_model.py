@@ -73,7 +73,7 @@ class HarnessLR(LRSchedulerModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
-class _EpochSamples(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _EpochSamples(torch.utils.data.Dataset):
     """`total` samples in run order (crossing epochs), each one whole video."""
 
     def __init__(self, samples: data_mod.VideoSamples, gbs: int, seed: int, total: int) -> None:
@@ -107,6 +107,7 @@ class VideoDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         f = self.spec.finetune
+        assert self.trainer is not None  # Lightning attaches the trainer before it asks for data
         self.init_global_step = self.trainer.global_step
         self.data_sampler.init_global_step = self.init_global_step
         ds = _EpochSamples(self.samples, f.global_batch_size, self.spec.run.seed,
@@ -114,6 +115,7 @@ class VideoDataModule(pl.LightningDataModule):
         return WrappedDataLoader(mode="train", dataset=ds, num_workers=0, pin_memory=False)
 
     def state_dict(self) -> dict[str, Any]:
+        assert self.trainer is not None  # as in train_dataloader
         steps = self.trainer.global_step - self.init_global_step
         return {"consumed_samples": self.data_sampler.compute_consumed_samples(steps)}
 
