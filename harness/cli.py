@@ -147,6 +147,18 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--tp", type=int, default=1, help="tensor-parallel size the checkpoint will be loaded at")
     s.add_argument("--layers", type=int, default=None, help="expect this many decoder layers (a reduced stand-in)")
 
+    s = sub.add_parser("export", help="a checkpoint's weights, TP shards merged, as files that leave the harness: "
+                       "model.pt or model.safetensors under upstream's PyTorch names (+ config.json), or a NeMo 2 "
+                       "checkpoint folder")
+    s.add_argument("source", help="run id or run directory, a checkpoints folder, or one checkpoint folder")
+    s.add_argument("--step", type=int, default=None, help="the checkpoint's step (required for a run or "
+                   "checkpoints folder)")
+    s.add_argument("--to", required=True, help="new folder to write (renamed into place when complete)")
+    s.add_argument("--format", required=True, choices=["pytorch", "safetensors", "nemo"])
+    s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="(default bf16, as upstream ships)")
+    s.add_argument("--preset", default=None, help="model preset (default: the one the checkpoint names)")
+    s.add_argument("--workdir", default="runs", help="where to look up a run id")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
@@ -218,6 +230,7 @@ def dispatch(a: argparse.Namespace) -> int:
         "report": lambda: ops.cmd_report(a.run, a.workdir),
         "runs": lambda: ops.cmd_runs(a.workdir),
         "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
+        "export": lambda: ops.cmd_export(a.source, a.step, a.to, a.format, a.dtype, a.preset, a.workdir),
         "sync": lambda: ops.cmd_sync(a.run, a.workdir),
         "synth": lambda: ops.cmd_synth(a.out),
         "quickstart": lambda: cmd_quickstart(a.spec, a.assets, a.executor, a.timeout),

@@ -21,6 +21,22 @@ from harness.core.errors import HarnessError
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
+def step_dir(checkpoints: Path, step: int) -> Path:
+    """One checkpoint's folder in a checkpoints folder (a run's, or one copied out of it: `harness export`)."""
+    return checkpoints / f"step-{step:08d}"
+
+
+def steps_in(checkpoints: Path) -> list[int]:
+    """Steps of the checkpoint folders in `checkpoints` (complete or not), ascending; [] where it is no folder."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(m.group(1)) for d in checkpoints.iterdir() if (m := _STEP_DIR.match(d.name)))
+
+
+def is_step_dir(directory: Path) -> bool:
+    return _STEP_DIR.match(directory.name) is not None
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
@@ -143,14 +159,11 @@ class RunPaths:
         return self.finetune_dir / "checkpoints"
 
     def checkpoint_dir(self, step: int) -> Path:
-        return self.checkpoints_dir / f"step-{step:08d}"
+        return step_dir(self.checkpoints_dir, step)
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the checkpoint directories present (complete or not), ascending."""
-        root = self.checkpoints_dir
-        if not root.is_dir():
-            return []
-        return sorted(int(m.group(1)) for d in root.iterdir() if (m := _STEP_DIR.match(d.name)))
+        return steps_in(self.checkpoints_dir)
 
     @property
     def checkpoints_json(self) -> Path:

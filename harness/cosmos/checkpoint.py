@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MARKER = "done.json"
+TRAINER_JSON = "trainer.json"
 
 
 def weights_dir(ckpt_dir: Path) -> Path:
@@ -50,6 +51,11 @@ def model_sharded_state_dict(model: Any) -> dict[str, Any]:
     checkpoints; empty for the harness' linears), which carry no weights."""
     sd = unwrap(model).sharded_state_dict(prefix="module.")
     return {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+
+
+def context_file(ckpt_dir: Path) -> Path:
+    """The harness' own record of a checkpoint (preset, grid, TP, step), beside NeMo's `context/model.yaml`."""
+    return ckpt_dir / "context" / "harness.json"
 
 
 def is_complete(ckpt_dir: Path) -> bool:
@@ -125,8 +131,8 @@ def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any
     dist_checkpointing.save(state, str(ckpt_dir / "weights"))
     parallel.barrier()
     if parallel.is_main():
-        atomic_write_json(ckpt_dir / "context" / "harness.json", context)
-        atomic_write_json(ckpt_dir / "trainer.json", trainer)
+        atomic_write_json(context_file(ckpt_dir), context)
+        atomic_write_json(ckpt_dir / TRAINER_JSON, trainer)
         atomic_write_json(ckpt_dir / MARKER, {"step": trainer.get("step")})
     parallel.barrier()
 
@@ -180,12 +186,12 @@ def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
     sd = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
     unwrap(model).load_state_dict(sd, strict=False)
     optimizer.load_state_dict(loaded["optimizer"])
-    return read_json(ckpt_dir / "trainer.json")  # type: ignore[no-any-return]
+    return read_json(ckpt_dir / TRAINER_JSON)  # type: ignore[no-any-return]
 
 
 def check_context(ckpt_dir: Path, preset: str) -> None:
     """A harness checkpoint names its preset; refuse another model shape with a clear message."""
-    ctx = ckpt_dir / "context" / "harness.json"
+    ctx = context_file(ckpt_dir)
     if ctx.is_file():
         saved = read_json(ctx).get("preset")
         if saved and saved != preset:
