@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +267,55 @@ def test_refusals_are_one_line_exit_2(tmp_path: Path, tp2: tuple[Path, Any], cap
     err = capsys.readouterr().err
     assert "--to exists" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob(".out.partial-*"))
+
+
+NEMO_CONTEXT = """
+import sys
+from pathlib import Path
+
+from nemo.collections import llm
+from nemo.lightning import io
+
+from harness.cli import main
+
+ckpt, ctx, out = map(Path, sys.argv[1:4])
+config = llm.GPTConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                       kv_channels=16, vocab_size=64000, seq_length=4096)
+llm.GPTModel(config, tokenizer=None).io_dump(ctx, yaml_attrs=["config"])
+assert main(["export", str(ckpt), "--to", str(out), "--format", "nemo", "--dtype", "fp32", "--context", str(ctx)]) == 0
+print("layers", io.load_context(out / "context", subpath="model").config.num_layers)
+"""
+
+
+@pytest.mark.timeout(900)
+def test_nemo_export_carries_a_nemo_io_context(tmp_path: Path, tp2: tuple[Path, Any]) -> None:
+    """NeMo's own serializer writes a context (io.json + config.yaml of 2 layers); the export carries it, and
+    NeMo's `io.load_context(..., subpath="model")` (what upstream's NeMo inference calls) reads it back."""
+    if importlib.util.find_spec("nemo") is None:
+        pytest.skip("NeMo 2 is not installed (the `nemo` extra): no serializer to write an io context with")
+    ckpts, _ = tp2
+    ctx, out = tmp_path / "nemo-context", tmp_path / "out"
+    ctx.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", NEMO_CONTEXT, str(ckpts / "step-00000001"), str(ctx), str(out)],
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "layers 2" in proc.stdout
+    assert (out / "context" / "io.json").read_bytes() == (ctx / "io.json").read_bytes()
+    assert json.loads((out / "context" / "harness.json").read_text())["preset"] == "tiny"
+
+
+def test_a_context_of_another_depth_is_refused(tmp_path: Path, tp2: tuple[Path, Any],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    ckpts, _ = tp2
+    ctx = tmp_path / "context"
+    ctx.mkdir()
+    (ctx / "io.json").write_text("{}")
+    (ctx / "model.yaml").write_text("config:\n  num_layers: 3\n")
+    args = ["export", str(ckpts), "--step", "1", "--to", str(tmp_path / "out"), "--context", str(ctx)]
+    assert main([*args, "--format", "nemo"]) == 2
+    assert "num_layers 3, but the checkpoint exported has 2 layers" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+    assert main([*args, "--format", "pytorch"]) == 2
+    assert "only for --format nemo" in capsys.readouterr().err

@@ -12,7 +12,9 @@ reads it at all. An export holds the weights only, whole (TP shards merged), in 
   `linear_fc1`; plus `config.json`;
 - `safetensors`: the same tensors in `model.safetensors`, plus `config.json` (model shape and tokenizer);
 - `nemo`: a NeMo 2 checkpoint folder (`weights/` torch_dist + `context/`), written by the same writer as the
-  pretrained stand-ins the harness' loader is tested on (`harness.cosmos.pretrained.write_nemo`).
+  pretrained stand-ins the harness' loader is tested on (`harness.cosmos.pretrained.write_nemo`); `context/`
+  carries NeMo's `io.json` from the NeMo checkpoint the weights were trained from (`carry_context`), which is
+  what upstream's NeMo inference builds its model from.
 
 The weights are read without building a model: each model tensor is loaded whole (its global shape, from the
 checkpoint's metadata), which is how megatron-core's dist_checkpointing merges a checkpoint saved at any TP size;
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -185,6 +188,18 @@ class Exported:
     """Size of the folder written."""
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What the checkpoint folder alone does not know."""
+
+    tokenizer: Mapping[str, Any] | None = None
+    """The run's video tokenizer, for config.json."""
+    context: Path | None = None
+    """A NeMo io context folder (`nemo_context`) to carry into a nemo export."""
+    preset: str | None = None
+    """The model preset, where the checkpoint names none."""
+
+
 def model_config(src: Source, dtype: str, tokenizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`config.json`: the model's shape under the names of upstream's model config (`n_layers`, `dim`,
     `n_heads`, `n_kv_heads`, `head_dim`, `ffn_hidden_size`, `rope_theta`, ...), the video tokenizer the
@@ -214,8 +229,32 @@ def _upstream_tensors(sd: Mapping[str, torch.Tensor], p: ModelPreset, dtype: tor
     return {k: v.to(dtype, copy=True).contiguous() for k, v in to_upstream(sd, p).items()}
 
 
+def nemo_context(directory: Path) -> Path:
+    """The NeMo io context folder (holding `io.json`) of a NeMo 2 checkpoint folder, an HF snapshot holding
+    `nemo/`, or the context folder itself."""
+    for cand in (directory, directory / "context", directory / "nemo" / "context"):
+        if (cand / "io.json").is_file():
+            return cand
+    raise HarnessError(f"{directory}: --context: no io.json here, in context/ or in nemo/context/ (the context "
+                       f"folder NeMo writes beside a checkpoint's weights)")
+
+
+def carry_context(context: Path, dest: Path, p: ModelPreset) -> None:
+    """Upstream's NeMo inference builds its model from `context/io.json` (NeMo's serialized model and config,
+    which only NeMo writes: `io.load_context(..., subpath="model")`), so a nemo export carries the context of the
+    NeMo checkpoint the weights were trained from: the same architecture, checked to have as many layers."""
+    for y in sorted(context.glob("*.yaml")):
+        m = re.search(r"^\s*num_layers:\s*(\d+)\s*$", y.read_text(encoding="utf-8"), re.MULTILINE)
+        if m and int(m.group(1)) != p.num_layers:
+            raise HarnessError(f"{y}: --context: num_layers {m.group(1)}, but the checkpoint exported has "
+                               f"{p.num_layers} layers; name the context of the model these weights came from")
+    for f in sorted(context.iterdir()):
+        if f.is_file() and f.name != "harness.json":
+            shutil.copy2(f, dest / f.name)
+
+
 def _write(tmp: Path, fmt: Format, src: Source, sd: dict[str, torch.Tensor], dtype: str,
-           tokenizer: Mapping[str, Any] | None) -> int:
+           extra: Extras) -> int:
     """The export's files into `tmp`; returns the number of tensors written."""
     if fmt == "nemo":
         from harness.cosmos.pretrained import write_nemo
@@ -223,6 +262,8 @@ def _write(tmp: Path, fmt: Format, src: Source, sd: dict[str, torch.Tensor], dty
         context = {**src.context, "exported_from": str(src.root), "dtype": dtype}
         context["preset"] = src.preset.name
         write_nemo(tmp, src.preset, sd, dtype=DTYPES[dtype], harness_context=context)
+        if extra.context is not None:
+            carry_context(extra.context, tmp / "context", src.preset)
         return len(checkpoint_shapes(src.preset))
     tensors = _upstream_tensors(sd, src.preset, DTYPES[dtype])
     if fmt == "pytorch":
@@ -231,26 +272,25 @@ def _write(tmp: Path, fmt: Format, src: Source, sd: dict[str, torch.Tensor], dty
         from safetensors.torch import save_file
 
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(model_config(src, dtype, tokenizer), indent=2) + "\n",
+    (tmp / "config.json").write_text(json.dumps(model_config(src, dtype, extra.tokenizer), indent=2) + "\n",
                                      encoding="utf-8")
     return len(tensors)
 
 
-def export(directory: Path, out: Path, fmt: Format, dtype: str = "bf16",
-           tokenizer: Mapping[str, Any] | None = None, preset: str | None = None) -> Exported:
+def export(directory: Path, out: Path, fmt: Format, dtype: str = "bf16", extra: Extras = Extras()) -> Exported:
     """Export the checkpoint in `directory` to the new folder `out`, atomically: everything is written into a
     hidden sibling folder, renamed to `out` only when complete (an interrupted export leaves no `out`)."""
     if fmt not in FORMATS or dtype not in DTYPES:
         raise HarnessError(f"format {fmt!r} / dtype {dtype!r}: allowed {', '.join(FORMATS)} / {', '.join(DTYPES)}")
     if out.exists():
         raise HarnessError(f"{out}: exists; --to names a new folder")
-    src = open_source(directory, preset)
+    src = open_source(directory, extra.preset)
     sd = read_weights(src)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        n = _write(tmp, fmt, src, sd, dtype, tokenizer)
+        n = _write(tmp, fmt, src, sd, dtype, extra)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -93,10 +93,10 @@ def cmd_inspect_checkpoint(directory: str, preset: str | None, tp: int, layers: 
 
 
 def cmd_export(source: str, step: int | None, to: str, fmt: str, dtype: str, preset: str | None,
-               workdir: str = "runs") -> int:
+               workdir: str = "runs", context: str | None = None) -> int:
     from harness.ops import export
 
-    return export.export(export.Request(source, step, Path(to), fmt, dtype, preset, workdir), _console())
+    return export.export(export.Request(source, step, Path(to), fmt, dtype, preset, workdir, context), _console())
 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:

@@ -29,6 +29,8 @@ class Request:
     dtype: str
     preset: str | None
     workdir: str
+    context: str | None = None
+    """A NeMo checkpoint (or its context folder) whose io context a nemo export carries."""
 
 
 @dataclass(frozen=True)
@@ -91,15 +93,64 @@ def _tokenizer(run: RunPaths | None) -> dict[str, Any] | None:
     return {"encoder": tok.encoder, "decoder": tok.decoder}
 
 
+def _pretrained_context(run: RunPaths | None) -> Path | None:
+    """The io context of the run's `model.checkpoint` (a local folder or its HF snapshot, looked up without the
+    network), where it has one: upstream's NeMo checkpoints do."""
+    from harness.core.rundir import read_spec
+    from harness.cosmos.layout import resolve_pretrained
+
+    spec = read_spec(run) if run is not None else None
+    if spec is None or not (source := spec.model.checkpoint):
+        return None
+    local = Path(source).expanduser()
+    if not local.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = Path(snapshot_download(source, revision=spec.assets.revisions.get(source), local_files_only=True,
+                                           cache_dir=Path(spec.assets.hf_home).expanduser() / "hub"))
+        except (OSError, ValueError):  # the hub client's "not cached" errors: no context to carry from here
+            return None
+    try:
+        ctx = resolve_pretrained(local) / "context"
+    except HarnessError:
+        return None
+    return ctx if (ctx / "io.json").is_file() else None
+
+
+def _context(req: Request, chosen: Chosen) -> Path | None:
+    """--context, else the run's pretrained checkpoint's, else the source's own io context (a NeMo checkpoint's)."""
+    from harness.cosmos.export import nemo_context
+
+    if req.context is not None:
+        if req.format != "nemo":
+            raise HarnessError(f"--context {req.context}: only for --format nemo (the other formats hold no NeMo "
+                               f"context)")
+        return nemo_context(Path(req.context))
+    if req.format != "nemo":
+        return None
+    own = chosen.checkpoint / "context"
+    return _pretrained_context(chosen.run) or (own if (own / "io.json").is_file() else None)
+
+
 def export(req: Request, console: Console) -> int:
     from harness.cosmos import export as ex
 
     if req.to.exists():
         raise HarnessError(f"{req.to}: --to exists; name a new folder (the export is renamed into place whole)")
     chosen = choose(req)
-    done = ex.export(chosen.checkpoint, req.to, req.format, req.dtype,  # type: ignore[arg-type]  # argparse choices
-                     tokenizer=_tokenizer(chosen.run), preset=req.preset)
+    context = _context(req, chosen)
+    extra = ex.Extras(tokenizer=_tokenizer(chosen.run), context=context, preset=req.preset)
+    fmt = next((f for f in ex.FORMATS if f == req.format), None)
+    if fmt is None:
+        raise HarnessError(f"--format {req.format!r}: unknown; allowed: {', '.join(ex.FORMATS)}")
+    done = ex.export(chosen.checkpoint, req.to, fmt, req.dtype, extra)
     console.print(f"exported {chosen.checkpoint} ({done.preset}, {done.layers} layers) -> {done.out}: "
                   f"{done.format}, {done.dtype}, {done.tensors} tensors, {done.bytes / 1e9:.2f} GB",
                   markup=False, soft_wrap=True)
+    if req.format == "nemo":
+        console.print(f"context/io.json from {context}" if context else
+                      "note: no NeMo io context carried (context/io.json, which upstream's NeMo inference loads the "
+                      "model from): pass --context with the NeMo checkpoint these weights were trained from",
+                      markup=False, soft_wrap=True)
     return 0
