@@ -2,11 +2,11 @@
 through the harness' own save path: tiny stand-ins of a pretrained checkpoint, so loading them tests compatibility,
 and `harness export --format nemo`, so an export is exactly what that loading is tested on:
 
-- `weights/` (or, `flat`, the folder itself: NeMo loads both): an mcore `torch_dist` checkpoint; keys `module.<mcore GPTModel key>` with Transformer-Engine names
-  (`linear_qkv.layer_norm_weight`, `linear_fc1.layer_norm_weight`), layers stacked on a leading axis
-  (`module.decoder.layers.mlp.linear_fc1.weight` is [L, 2F, H], gate rows then up rows), bf16 values (an export: its `--dtype`), plus TE's
-  per-layer `_extra_state` objects (as TE saves them without fp8 state); names and shapes from
-  `harness.cosmos.layout`;
+- `weights/` (or, `flat`, the folder itself: NeMo loads both): an mcore `torch_dist` checkpoint; keys
+  `module.<mcore GPTModel key>` with Transformer-Engine names (`linear_qkv.layer_norm_weight`,
+  `linear_fc1.layer_norm_weight`), layers stacked on a leading axis (`module.decoder.layers.mlp.linear_fc1.weight`
+  is [L, 2F, H], gate rows then up rows), bf16 values (an export: its `--dtype`), plus TE's per-layer
+  `_extra_state` objects (as TE saves them without fp8 state); names and shapes from `harness.cosmos.layout`;
 - `context/model.yaml`: the model config, as NeMo's io context records it (and, for an export,
   `context/harness.json`: the preset, grid and step it came from).
 """
