@@ -37,8 +37,11 @@ import torch
 from cosmos_util import make_run, make_spec
 
 from harness.cli import main
+from harness.core import plan as plan_mod
 from harness.core.models import PRESETS, ModelPreset
 from harness.core.tokens import Grid
+from harness.ops.plan import Choice
+from harness.ops.submit import record_jobs, write_run
 from harness.stages import run_task
 
 # ---------------------------------------------------------------------------------------------- upstream data
@@ -144,6 +147,10 @@ def tp2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     parallel.shutdown()
     spec = make_spec(checkpoint=str(root / "nemo"), tp=2, max_steps=1, save_every=1)
     paths = make_run(root / "run", spec)
+    # plan.json and jobs.json as `harness submit` writes them (nothing submitted): a run a run id names
+    choice = Choice("local", "tests run the stage by hand")
+    write_run(paths, "", plan_mod.build(spec, plan_mod.Facts(num_inputs=8)), plan_mod.Facts(num_inputs=8), choice)
+    record_jobs(paths, choice, [])
     run_task(str(paths.root), "finetune", 0)
     return paths.checkpoints_dir, spec
 
@@ -277,6 +284,7 @@ from nemo.collections import llm
 from nemo.lightning import io
 
 from harness.cli import main
+from harness.core import plan as plan_mod
 
 ckpt, ctx, out = map(Path, sys.argv[1:4])
 config = llm.GPTConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
@@ -319,3 +327,22 @@ def test_a_context_of_another_depth_is_refused(tmp_path: Path, tp2: tuple[Path, 
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
     assert main([*args, "--format", "pytorch"]) == 2
     assert "only for --format nemo" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(600)
+def test_a_run_id_names_the_run_and_its_tokenizer(tmp_path: Path, tp2: tuple[Path, Any],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`harness export RUN --step S`: the run looked up under --workdir; config.json names the run's video
+    tokenizer; a nemo export from a run whose model.checkpoint has no io context says so."""
+    ckpts, spec = tp2
+    run = ckpts.parent.parent
+    common = ["--step", "1", "--workdir", str(run.parent), "--dtype", "fp32"]
+    assert main(["export", run.name, "--to", str(tmp_path / "st"), "--format", "safetensors", *common]) == 0
+    config = json.loads((tmp_path / "st" / "config.json").read_text())
+    assert config["tokenizer"]["encoder"] == spec.tokenizer.encoder
+    assert config["tokenizer"]["compression"] == list(spec.tokenizer.compression)
+    assert config["source"]["step"] == 1 and config["source"]["engine"] == "mcore"
+    assert "(tiny, 2 layers)" in capsys.readouterr().out
+    assert main(["export", run.name, "--to", str(tmp_path / "nemo"), "--format", "nemo", *common]) == 0
+    assert "note: no NeMo io context carried" in capsys.readouterr().out
+    assert not (tmp_path / "nemo" / "context" / "io.json").exists()
