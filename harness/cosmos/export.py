@@ -154,8 +154,9 @@ def open_source(directory: Path, preset: str | None = None) -> Source:
 
 def read_weights(src: Source) -> dict[str, torch.Tensor]:
     """Every model tensor whole (TP shards merged), in its stored dtype, under unwrapped mcore keys one per
-    layer; optimizer state is not read."""
-    parallel.init(1)
+    layer; optimizer state is not read. One process, whatever launcher variables are set: an export inside a
+    Slurm allocation of several tasks must not wait for ranks that never come."""
+    parallel.init(1, env=parallel.rank_env({}))
     wdir = str(layout.weights_dir(src.root))
     wanted = checkpoint_shapes(src.preset)
     meta = dist_checkpointing.load_tensors_metadata(wdir)
@@ -239,15 +240,20 @@ def nemo_context(directory: Path) -> Path:
                        f"folder NeMo writes beside a checkpoint's weights)")
 
 
-def carry_context(context: Path, dest: Path, p: ModelPreset) -> None:
-    """Upstream's NeMo inference builds its model from `context/io.json` (NeMo's serialized model and config,
-    which only NeMo writes: `io.load_context(..., subpath="model")`), so a nemo export carries the context of the
-    NeMo checkpoint the weights were trained from: the same architecture, checked to have as many layers."""
+def check_context(context: Path, p: ModelPreset) -> None:
+    """A carried context must describe as many layers as the weights (its yaml's `num_layers`, where it has one):
+    checked before a byte of weights is read."""
     for y in sorted(context.glob("*.yaml")):
         m = re.search(r"^\s*num_layers:\s*(\d+)\s*$", y.read_text(encoding="utf-8"), re.MULTILINE)
         if m and int(m.group(1)) != p.num_layers:
             raise HarnessError(f"{y}: --context: num_layers {m.group(1)}, but the checkpoint exported has "
                                f"{p.num_layers} layers; name the context of the model these weights came from")
+
+
+def carry_context(context: Path, dest: Path) -> None:
+    """Upstream's NeMo inference builds its model from `context/io.json` (NeMo's serialized model and config,
+    which only NeMo writes: `io.load_context(..., subpath="model")`), so a nemo export carries the context of the
+    NeMo checkpoint the weights were trained from (the same architecture; `check_context`)."""
     for f in sorted(context.iterdir()):
         if f.is_file() and f.name != "harness.json":
             shutil.copy2(f, dest / f.name)
@@ -263,7 +269,7 @@ def _write(tmp: Path, fmt: Format, src: Source, sd: dict[str, torch.Tensor], dty
         context["preset"] = src.preset.name
         write_nemo(tmp, src.preset, sd, dtype=DTYPES[dtype], harness_context=context)
         if extra.context is not None:
-            carry_context(extra.context, tmp / "context", src.preset)
+            carry_context(extra.context, tmp / "context")
         return len(checkpoint_shapes(src.preset))
     tensors = _upstream_tensors(sd, src.preset, DTYPES[dtype])
     if fmt == "pytorch":
@@ -285,6 +291,8 @@ def export(directory: Path, out: Path, fmt: Format, dtype: str = "bf16", extra: 
     if out.exists():
         raise HarnessError(f"{out}: exists; --to names a new folder")
     src = open_source(directory, extra.preset)
+    if fmt == "nemo" and extra.context is not None:
+        check_context(extra.context, src.preset)
     sd = read_weights(src)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
