@@ -224,6 +224,22 @@ def _add_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--layers", type=int, default=None, help="expect this many decoder layers (a reduced stand-in)")
 
 
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("export", help="a checkpoint's weights, TP shards merged, as files that leave the harness: "
+                       "model.pt or model.safetensors under upstream's PyTorch names (+ config.json), or a NeMo 2 "
+                       "checkpoint folder")
+    s.add_argument("source", help="run id or run directory, a checkpoints folder, or one checkpoint folder")
+    s.add_argument("--step", type=int, default=None, help="the checkpoint's step (required for a run or "
+                   "checkpoints folder)")
+    s.add_argument("--to", required=True, help="new folder to write (renamed into place when complete)")
+    s.add_argument("--format", required=True, choices=["pytorch", "safetensors", "nemo"])
+    s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="(default bf16, as upstream ships)")
+    s.add_argument("--preset", default=None, help="model preset (default: the one the checkpoint names)")
+    s.add_argument("--context", default=None, help="nemo format: the NeMo checkpoint (or its context/ folder) "
+                   "whose io.json to carry (default: the run's model.checkpoint, else the source's own)")
+    s.add_argument("--workdir", default="runs", help="where to look up a run id")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
@@ -255,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help=over)
 
     _add_ops(sub)
+    _add_export(sub)
 
     s = sub.add_parser("sync", help="upload a run's offline W&B runs ([tracking] wandb = true) with `wandb sync`; "
                        "the key comes from WANDB_API_KEY or `wandb login` on this machine")
@@ -312,6 +329,8 @@ def dispatch(a: argparse.Namespace) -> int:
         "report": lambda: ops.cmd_report(a.run, a.workdir),
         "runs": lambda: ops.cmd_runs(a.workdir),
         "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
+        "export": lambda: ops.cmd_export(a.source, a.step, a.to, a.format, a.dtype, a.preset, a.workdir,
+                                         a.context),
         "sync": lambda: ops.cmd_sync(a.run, a.workdir),
         "synth": lambda: ops.cmd_synth(a.out),
         "quickstart": lambda: cmd_quickstart(a.spec, a.assets, a.executor, a.timeout),

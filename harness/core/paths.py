@@ -25,6 +25,22 @@ SHARED_STAGES: tuple[str, ...] = ("stage-assets", "tokenize", "merge")
 another member's run: they depend only on the keys that decide the tokens (`harness.core.campaign.share_key`)."""
 
 
+def step_dir(checkpoints: Path, step: int) -> Path:
+    """One checkpoint's folder in a checkpoints folder (a run's, or one copied out of it: `harness export`)."""
+    return checkpoints / f"step-{step:08d}"
+
+
+def steps_in(checkpoints: Path) -> list[int]:
+    """Steps of the checkpoint folders in `checkpoints` (complete or not), ascending; [] where it is no folder."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(m.group(1)) for d in checkpoints.iterdir() if (m := _STEP_DIR.match(d.name)))
+
+
+def is_step_dir(directory: Path) -> bool:
+    return _STEP_DIR.match(directory.name) is not None
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
@@ -173,14 +189,11 @@ class RunPaths:
         return self.finetune_dir / "checkpoints"
 
     def checkpoint_dir(self, step: int) -> Path:
-        return self.checkpoints_dir / f"step-{step:08d}"
+        return step_dir(self.checkpoints_dir, step)
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the checkpoint directories present (complete or not), ascending."""
-        root = self.checkpoints_dir
-        if not root.is_dir():
-            return []
-        return sorted(int(m.group(1)) for d in root.iterdir() if (m := _STEP_DIR.match(d.name)))
+        return steps_in(self.checkpoints_dir)
 
     @property
     def checkpoints_json(self) -> Path:

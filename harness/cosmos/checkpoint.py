@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MARKER = "done.json"
+TRAINER_JSON = "trainer.json"
 
 
 def weights_dir(ckpt_dir: Path) -> Path:
@@ -51,6 +52,11 @@ def model_sharded_state_dict(model: Any) -> dict[str, Any]:
     checkpoints; empty for the harness' linears), which carry no weights."""
     sd = unwrap(model).sharded_state_dict(prefix="module.")
     return {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+
+
+def context_file(ckpt_dir: Path) -> Path:
+    """The harness' own record of a checkpoint (preset, grid, TP, step), beside NeMo's `context/model.yaml`."""
+    return ckpt_dir / "context" / "harness.json"
 
 
 def is_complete(ckpt_dir: Path) -> bool:
@@ -133,8 +139,8 @@ def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any
 def write_side_files(ckpt_dir: Path, *, context: dict[str, Any], trainer: dict[str, Any]) -> None:
     """The files beside a checkpoint's weights, once the weights are written: context/harness.json, trainer.json,
     then the completion marker, last, so a save killed midway has none. Both engines' checkpoints end this way."""
-    atomic_write_json(ckpt_dir / "context" / "harness.json", context)
-    atomic_write_json(ckpt_dir / "trainer.json", trainer)
+    atomic_write_json(context_file(ckpt_dir), context)
+    atomic_write_json(ckpt_dir / TRAINER_JSON, trainer)
     atomic_write_json(ckpt_dir / MARKER, {"step": trainer.get("step")})
 
 
@@ -187,12 +193,12 @@ def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
     sd = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
     unwrap(model).load_state_dict(sd, strict=False)
     optimizer.load_state_dict(loaded["optimizer"])
-    return read_json(ckpt_dir / "trainer.json")
+    return read_json(ckpt_dir / TRAINER_JSON)
 
 
 def check_context(ckpt_dir: Path, preset: str) -> None:
     """A harness checkpoint names its preset; refuse another model shape with a clear message."""
-    ctx = ckpt_dir / "context" / "harness.json"
+    ctx = context_file(ckpt_dir)
     if ctx.is_file():
         saved = read_json(ctx).get("preset")
         if saved and saved != preset:

@@ -18,7 +18,7 @@ from harness.launch.backend import load_plan
 from harness.ops import control, state, status
 
 __all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "cmd_inspect_checkpoint",
-           "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait", "control", "state", "status"]
+           "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait", "control", "state", "status"]
 
 
 def _console() -> Console:
@@ -117,6 +117,13 @@ def cmd_inspect_checkpoint(directory: str, preset: str | None, tp: int, layers: 
     from harness.ops.checkpoint import inspect_checkpoint
 
     return inspect_checkpoint(Path(directory), preset, tp, layers, _console())
+
+
+def cmd_export(source: str, step: int | None, to: str, fmt: str, dtype: str, preset: str | None,
+               workdir: str = "runs", context: str | None = None) -> int:
+    from harness.ops import export
+
+    return export.export(export.Request(source, step, Path(to), fmt, dtype, preset, workdir, context), _console())
 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:
