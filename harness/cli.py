@@ -240,6 +240,37 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--workdir", default="runs", help="where to look up a run id")
 
 
+def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands beside a run's life cycle: tracking sync, the quickstart, standalone evaluation, benchmarks."""
+    s = sub.add_parser("sync", help="upload a run's offline W&B runs ([tracking] wandb = true) with `wandb sync`; "
+                       "the key comes from WANDB_API_KEY or `wandb login` on this machine")
+    s.add_argument("run", help="run id or run directory")
+    s.add_argument("--workdir", default="runs", help="where to look up a run id")
+
+    s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
+    s.add_argument("--out", default=".quickstart")
+
+    s = sub.add_parser("quickstart", help="synthetic assets + the whole DAG on configs/quickstart.toml + report")
+    s.add_argument("--spec", default="configs/quickstart.toml")
+    s.add_argument("--assets", default=".quickstart")
+    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
+    s.add_argument("--timeout", type=float, default=1800.0)
+
+    s = sub.add_parser("evaluate", help="TokenBench PSNR/SSIM of generated vs reference videos")
+    s.add_argument("--reference", required=True)
+    s.add_argument("--generated", required=True)
+    s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
+    s.add_argument("--out", default=None, help="where the full JSON goes (default: GENERATED/evaluate.json)")
+    s.add_argument("--protocol", choices=["aligned", "tokenbench", "both"], default="aligned",
+                   help="aligned: frame i (or the sidecar's) at the generated size; tokenbench: TokenBench's "
+                        "preprocessing (17 frames, short side 320, H.264 round trip); both: each")
+
+    s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
+    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
+                                    "stages_tp"])
+    s.add_argument("args", nargs=argparse.REMAINDER)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,33 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ops(sub)
     _add_export(sub)
 
-    s = sub.add_parser("sync", help="upload a run's offline W&B runs ([tracking] wandb = true) with `wandb sync`; "
-                       "the key comes from WANDB_API_KEY or `wandb login` on this machine")
-    s.add_argument("run", help="run id or run directory")
-    s.add_argument("--workdir", default="runs", help="where to look up a run id")
-
-    s = sub.add_parser("synth", help="write the quickstart's synthetic clips and tiny tokenizer")
-    s.add_argument("--out", default=".quickstart")
-
-    s = sub.add_parser("quickstart", help="synthetic assets + the whole DAG on configs/quickstart.toml + report")
-    s.add_argument("--spec", default="configs/quickstart.toml")
-    s.add_argument("--assets", default=".quickstart")
-    s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
-    s.add_argument("--timeout", type=float, default=1800.0)
-
-    s = sub.add_parser("evaluate", help="TokenBench PSNR/SSIM of generated vs reference videos")
-    s.add_argument("--reference", required=True)
-    s.add_argument("--generated", required=True)
-    s.add_argument("--backend", choices=["auto", "fast", "skimage"], default="auto")
-    s.add_argument("--out", default=None, help="where the full JSON goes (default: GENERATED/evaluate.json)")
-    s.add_argument("--protocol", choices=["aligned", "tokenbench", "both"], default="aligned",
-                   help="aligned: frame i (or the sidecar's) at the generated size; tokenbench: TokenBench's "
-                        "preprocessing (17 frames, short side 320, H.264 round trip); both: each")
-
-    s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
-    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
-                                    "stages_tp"])
-    s.add_argument("args", nargs=argparse.REMAINDER)
+    _add_tools(sub)
     return p
 
 
