@@ -74,3 +74,17 @@ def test_prompt_encoder_loads_in_the_named_dtype(tmp_path: Path, name: str) -> N
     enc = prompts.load(d, torch.device("cpu"), name)
     assert next(enc.model.parameters()).dtype == prompts.DTYPES[name]
     assert isinstance(enc.model, T5EncoderModel) and isinstance(enc.model.config, T5Config)
+
+
+def test_plan_and_doctor_state_the_prompt_encoders_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    import specs
+    from harness import cli
+
+    (tmp_path / "v2w.jsonl").write_text("")
+    path = specs.write(tmp_path / "run.toml", specs.TINY, specs.V2W, {"data": {"jsonl": str(tmp_path / "v2w.jsonl")}})
+    assert cli.main(["plan", str(path), "--num-inputs", "4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "T5-11B encoder, 4.86 B params in fp32: 18.1 GiB of weights on each tokenize / infer GPU" in out, out
+    assert footprint.text_encoder_fits("fp32", 16) == (False, footprint.text_encoder_line("fp32") + "; GPUs of 16 GiB")
+    assert footprint.text_encoder_fits("bf16", 16)[0]

@@ -101,3 +101,16 @@ def t5_encoder_params(shape: dict[str, int] = T5_11B_ENCODER) -> int:
 def text_encoder_gpu_bytes(dtype: str) -> int:
     """Weights of the prompt encoder on the tokenize / infer GPU (activations for 512 tokens are small beside)."""
     return t5_encoder_params() * TEXT_ENCODER_BYTES_PER_PARAM[dtype]
+
+
+def text_encoder_line(dtype: str) -> str:
+    """What the prompt encoder holds on each tokenize and infer GPU (Video2World), for plan and doctor."""
+    return (f"T5-11B encoder, {t5_encoder_params() / 1e9:.2f} B params in {dtype}: "
+            f"{text_encoder_gpu_bytes(dtype) / 2**30:.1f} GiB of weights on each tokenize / infer GPU")
+
+
+def text_encoder_fits(dtype: str, gpu_gib: int) -> tuple[bool, str]:
+    """Whether the prompt encoder's weights fit a GPU of `gpu_gib` (finetune.gpu_memory_gib, the cluster's GPU),
+    and the line saying so: T5-11B in fp32, upstream's dtype, alone takes ~18 GiB."""
+    need = text_encoder_gpu_bytes(dtype) / 2**30
+    return need < gpu_gib, f"{text_encoder_line(dtype)}; GPUs of {gpu_gib} GiB"

@@ -354,6 +354,9 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
         out += container_checks(spec, None if isinstance(cluster, str) else cluster.srun_help)
     if "assets" in groups:
         out += asset_checks(spec) + [checkpoint_shapes_check(spec)]
+        if spec.video2world:  # the prompt encoder's weights against the GPU memory the spec states
+            ok, detail = footprint.text_encoder_fits(spec.model.text_encoder_dtype, spec.finetune.gpu_memory_gib)
+            out.append(Check("pass" if ok else "fail", "model.text_encoder_dtype", "prompt encoder fits a GPU", detail))
     if "paths" in groups:
         out += path_checks(plan)
     return out

@@ -230,8 +230,11 @@ def _estimates(plan: plan_mod.Plan) -> tuple[str, ...]:
     """Wall time and GPU-hours from the bench figures, then what the run writes to run.workdir."""
     disk = footprint.items(plan)
     written = "; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir")
+    dtype = plan.spec.model.text_encoder_dtype
+    t5 = (f"prompt encoder (model.text_encoder_dtype): {footprint.text_encoder_line(dtype)}",
+          ) if plan.spec.video2world else ()
     return (*estimate.lines(plan),
-            f"writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ({written})")
+            f"writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ({written})", *t5)
 
 
 def _stage_rows(plan: plan_mod.Plan) -> tuple[tuple[str, ...], ...]:
