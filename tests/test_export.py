@@ -40,9 +40,9 @@ from harness.cli import main
 from harness.core import plan as plan_mod
 from harness.core.models import PRESETS, ModelPreset
 from harness.core.tokens import Grid
+from harness.launch.worker import run_task
 from harness.ops.plan import Choice
 from harness.ops.submit import record_jobs, write_run
-from harness.stages import run_task
 
 # ---------------------------------------------------------------------------------------------- upstream data
 # The importer's mapping, upstream name -> megatron name (cosmos.py:346-356; v2w.py:627-643 adds the cross-attention
