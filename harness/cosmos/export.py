@@ -135,12 +135,7 @@ def open_source(directory: Path, preset: str | None = None) -> Source:
     """The checkpoint in `directory`, its preset (`preset`, else the one it names) and layer count, every model
     tensor checked against the preset's names and global shapes (metadata only) before a byte is read."""
     root = layout.resolve_pretrained(directory)
-    name = preset or layout.named_preset(root)
-    if name is None:
-        raise HarnessError(f"{root}: the checkpoint names no preset (no context/harness.json, no known upstream "
-                           f"config in context/model.yaml); pass --preset, one of {', '.join(PRESETS)}")
-    if name not in PRESETS:
-        raise HarnessError(f"--preset {name!r}: unknown; allowed: {', '.join(PRESETS)}")
+    name = layout.preset_name(root, preset)
     stored = layout.stored_shapes(layout.weights_dir(root))
     fc2 = stored.get(f"{MODEL_PREFIX}decoder.layers.mlp.linear_fc2.weight")
     shape = dataclasses.replace(PRESETS[name], num_layers=fc2[0] if fc2 else PRESETS[name].num_layers)

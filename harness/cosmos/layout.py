@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.core.errors import HarnessError
-from harness.core.models import MODEL_PREFIX, UPSTREAM_CONFIGS, ModelPreset, checkpoint_shapes, tp_problems
+from harness.core.models import MODEL_PREFIX, PRESETS, UPSTREAM_CONFIGS, ModelPreset, checkpoint_shapes, tp_problems
 
 
 # ------------------------------------------------------------------------------------------ folders
@@ -56,6 +56,18 @@ def stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     except Exception as e:  # a truncated or foreign pickle raises many types; the user needs the file named
         raise HarnessError(f"{weights / '.metadata'}: unreadable ({e.__class__.__name__}: {e})") from None
     return {k: tuple(v.size) for k, v in meta.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def preset_name(root: Path, preset: str | None) -> str:
+    """The preset a command reads `root` as: `--preset` when given, else the one the checkpoint names; one line
+    naming the choices when neither gives a known preset."""
+    name = preset or named_preset(root)
+    if name is None:
+        raise HarnessError(f"{root}: the checkpoint names no preset (no context/harness.json, no known upstream "
+                           f"config in context/model.yaml); pass --preset, one of {', '.join(PRESETS)}")
+    if name not in PRESETS:
+        raise HarnessError(f"--preset {name!r}: unknown; allowed: {', '.join(PRESETS)}")
+    return name
 
 
 def named_preset(root: Path) -> str | None:

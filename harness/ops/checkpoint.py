@@ -21,12 +21,7 @@ def inspect_checkpoint(directory: Path, preset: str | None, tp: int, layers: int
     if tp < 1 or (layers is not None and layers < 1):
         raise HarnessError(f"--tp {tp} / --layers {layers}: must be positive")
     root = layout.resolve_pretrained(directory)
-    name = preset or layout.named_preset(root)
-    if name is None:
-        raise HarnessError(f"{root}: the checkpoint names no preset (no context/harness.json, no known upstream "
-                           f"config in context/model.yaml); pass --preset, one of {', '.join(PRESETS)}")
-    if name not in PRESETS:
-        raise HarnessError(f"--preset {name!r}: unknown; allowed: {', '.join(PRESETS)}")
+    name = layout.preset_name(root, preset)
     found = layout.inspect(root, PRESETS[name], tp, layers)
     if found.ok:
         console.print(found.summary(), markup=False, soft_wrap=True)
