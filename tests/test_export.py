@@ -172,15 +172,18 @@ def check_formats(src: Path, tmp: Path, p: ModelPreset, grid: Grid, *extra: str)
     """nemo and pytorch exports of `src` give `src`'s logits exactly; safetensors holds model.pt's tensors."""
     from safetensors.torch import load_file
 
+    from harness.core.atomic import atomic_write_json
+    from harness.core.paths import RunPaths
     from harness.cosmos import pretrained as pt
-    from harness.stages.finetune.mcore import pretrained_dir
+    from harness.stages.finetune.core import pretrained_dir
 
     toks = torch.randint(0, 64_000, (1, grid.tokens - 1), generator=torch.Generator().manual_seed(0))
     ctx = torch.randn(1, 6, p.crossattn_dim) if p.video2world else None
     want = logits(src, p, grid, toks, ctx)
     nemo = export(src, tmp / "nemo", "nemo", *extra)
-    spec = make_spec(checkpoint=str(nemo))  # resolved as a run's model.checkpoint is
-    assert torch.equal(logits(pretrained_dir(spec), p, grid, toks, ctx), want)
+    run = RunPaths(tmp / "run")  # resolved as a run's model.checkpoint is, once stage-assets staged it in place
+    atomic_write_json(run.assets_json, {"checkpoint": str(nemo)})
+    assert torch.equal(logits(pretrained_dir(run), p, grid, toks, ctx), want)
     up = torch.load(export(src, tmp / "pt", "pytorch", *extra) / "model.pt", mmap=True)
     pt.write_nemo(tmp / "imported", p, import_upstream(up, p), dtype=torch.float32)
     assert torch.equal(logits(tmp / "imported", p, grid, toks, ctx), want)
