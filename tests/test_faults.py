@@ -264,8 +264,8 @@ def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: 
     locked = videos / "locked.mp4"
     good[0].rename(locked)
     locked.chmod(0)  # root reads it anyway: counted as good when running as root
-    (videos / "subdir.mp4").mkdir()  # a directory with a video suffix is not an input at all
-    bad_names = {p.name for p in bad} | {"dangling.mp4"}
+    (videos / "subdir.mp4").mkdir()  # a directory with a video suffix: not an input, reported as such
+    bad_names = {p.name for p in bad} | {"dangling.mp4", "subdir.mp4"}
     expect_good = 3 + 1 + 1  # clips 1..3, short.mp4, locked.mp4 (when root)
     as_root = os.geteuid() == 0
     if not as_root:
@@ -302,9 +302,10 @@ def test_bad_inputs_are_reported_by_name_and_good_ones_processed(slurm_cluster: 
 
     s1 = read_json(p1.dataset_summary)
     skipped1 = {s["name"]: s["reason"] for s in s1["skipped"]}
-    reliability.add("bad_inputs_tried", len(bad_names) + 1)  # + the directory named subdir.mp4
-    reliability.add("bad_inputs_reported", len(bad_names & set(skipped1)) + ("subdir.mp4" not in skipped1))
+    reliability.add("bad_inputs_tried", len(bad_names))
+    reliability.add("bad_inputs_reported", len(bad_names & set(skipped1)))
     assert set(skipped1) == bad_names, skipped1
+    assert skipped1["subdir.mp4"] == "a directory named like a video: not an input, and not searched"
     assert s1["tokenized"] == expect_good and s1["videos_in"] == expect_good + len(bad_names)
     names = {Path(d["path"]).name for d in s1["documents"]}
     assert {"short.mp4", "clip_001.mp4", "clip_002.mp4", "clip_003.mp4"} <= names
