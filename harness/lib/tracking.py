@@ -24,7 +24,8 @@ from harness.core.models import PEAK_TFLOPS
 
 TRAIN_TAGS: Mapping[str, str] = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                                  "tokens_per_s": "train/tokens_per_s", "tflops": "train/tflops_per_gpu",
-                                 "mfu": "train/mfu", "step_time_s": "train/step_time_s"}
+                                 "mfu": "train/mfu", "step_time_s": "train/step_time_s",
+                                 "val_loss": "val/loss"}
 """metrics.jsonl key -> scalar tag; `mfu` is derived (`train_scalars`)."""
 
 
