@@ -166,5 +166,6 @@ def assert_same_scalars(got: dict[str, dict[int, float]], want: dict[str, dict[i
 
 
 def assert_events_match_metrics(paths: RunPaths) -> None:
-    """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values."""
-    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths)))
+    """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values, the
+    validation points' (val/loss) among them."""
+    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths) + val_metrics(paths)))
