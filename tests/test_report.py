@@ -33,10 +33,11 @@ PSNR = {10: 24.8123, 20: 27.4511, 30: 28.9034, 40: 28.1207}
 SSIM = {10: 0.6012, 20: 0.7107, 30: 0.7561, 40: 0.7498}
 
 
-def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = False
-                 ) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
+def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = False,
+                 val: dict[int, float] | None = None) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
     """`tokenbench`: each shard file also holds a TokenBench-protocol result, PSNR 1.5 dB below (as with
-    evaluate.protocol = "both")."""
+    evaluate.protocol = "both"); `val`: step -> validation loss, logged after the torn line as a resumed
+    attempt appends."""
     (root / "videos").mkdir(parents=True, exist_ok=True)
     text = spec_text(root)
     (root / "run.toml").write_text(text)
@@ -64,7 +65,9 @@ def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = Fa
                 "tokens_per_s": 900.0 + 7 * i + (300 if i == 1 else 0), "tflops": 0.9 + 0.01 * i}
                for i in range(1, 41)]
     paths.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 41, "lo')
+    paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 41, "lo'
+                                   + "".join("\n" + json.dumps({"step": s, "val_loss": v, "val_videos": 1})
+                                             for s, v in (val or {}).items()))
     for step in plan.checkpoint_steps:
         if step == skip_eval:
             continue
@@ -285,9 +288,7 @@ VAL = {0: 11.0, 10: 8.0, 20: 7.1, 30: 7.3, 40: 7.6}
 
 
 def test_validation_loss_beside_psnr_with_its_own_best(tmp_path: Path) -> None:
-    paths, plan, metrics = make_results(tmp_path)
-    with open(paths.metrics_jsonl, "a") as fh:  # after the torn line, as a resumed attempt appends
-        fh.write("\n" + "".join(json.dumps({"step": s, "val_loss": v, "val_videos": 1}) + "\n" for s, v in VAL.items()))
+    paths, plan, metrics = make_results(tmp_path, val=VAL)
     rep = report.build(paths, plan.spec, [], plan.training)
     assert rep.training is not None and rep.training.logged == 40  # validation points are not optimizer steps
     assert rep.val_curve == tuple(VAL.items()) and len(rep.loss_curve) == 40
@@ -314,9 +315,7 @@ def test_loss_plot_has_both_curves_and_the_seed_band(tmp_path: Path) -> None:
 
     from harness.report import files
 
-    paths, plan, metrics = make_results(tmp_path)
-    with open(paths.metrics_jsonl, "a") as fh:
-        fh.write("\n" + "".join(json.dumps({"step": s, "val_loss": v, "val_videos": 1}) + "\n" for s, v in VAL.items()))
+    paths, plan, metrics = make_results(tmp_path, val=VAL)
     fig = files.loss_figure(report.build(paths, plan.spec, [], plan.training), plt)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
