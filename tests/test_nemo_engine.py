@@ -244,6 +244,9 @@ def test_tensor_parallel_2_matches_tp1(tmp_path: Path, run_a: RunPaths, pretrain
     assert sorted(b) == list(range(1, STEPS + 1))
     for step in b:
         assert b[step] == pytest.approx(a[step], rel=2e-4), (step, a, b)
+    va, vb = vals(run_a), vals(paths)  # the 2 TP ranks' validation loss: at step 0, the same weights as TP=1's
+    assert list(vb) == [0, SAVE, STEPS] and abs(vb[0] - va[0]) < 1e-5, (va, vb)
+    assert list(vb.values()) == pytest.approx(list(va.values()), rel=2e-4)
     probe = torch.load(paths.root / "probe.pt")
     logits = load_logits(paths, STEPS, probe)
     assert torch.allclose(logits, probe["logits"], atol=1e-5), float((logits - probe["logits"]).abs().max())
