@@ -79,7 +79,35 @@ def make_run(root: Path, spec: spec_mod.RunSpec, n_videos: int = 8,
 
 
 def metrics(paths: RunPaths) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in paths.metrics_jsonl.read_text().splitlines()]
+    """The optimizer steps' records, in file order (validation records: `val_metrics`)."""
+    recs = [json.loads(line) for line in paths.metrics_jsonl.read_text().splitlines()]
+    return [r for r in recs if "val_loss" not in r]
+
+
+def val_metrics(paths: RunPaths) -> list[dict[str, Any]]:
+    """The validation records, in file order."""
+    recs = [json.loads(line) for line in paths.metrics_jsonl.read_text().splitlines()]
+    return [r for r in recs if "val_loss" in r]
+
+
+def independent_val_loss(paths: RunPaths, weights: Path, spec: spec_mod.RunSpec) -> float:
+    """The validation loss recomputed apart from the engines: `weights` loaded at TP=1, plain torch
+    cross-entropy of every validation video's next tokens, averaged over all of them."""
+    import torch.nn.functional as F
+
+    from harness.cosmos import parallel
+    from harness.stages import infer
+    from harness.stages.dataset import open_dataset
+
+    ds = open_dataset(paths)
+    docs = [np.asarray(ds.tokens(i), dtype=np.int64) for i in json.loads(paths.dataset_split.read_text())["val"]]
+    model = infer.load_model(weights, spec, tp=1)
+    with torch.no_grad():
+        toks = torch.from_numpy(np.stack(docs))
+        logits = model(toks[:, :-1]).float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1))
+    parallel.shutdown()
+    return float(loss)
 
 
 def free_port() -> int:
@@ -138,5 +166,6 @@ def assert_same_scalars(got: dict[str, dict[int, float]], want: dict[str, dict[i
 
 
 def assert_events_match_metrics(paths: RunPaths) -> None:
-    """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values."""
-    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths)))
+    """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values, the
+    validation points' (val/loss) among them."""
+    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths) + val_metrics(paths)))

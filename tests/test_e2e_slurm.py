@@ -85,7 +85,9 @@ def test_every_checkpoint_has_videos_and_metrics(finished_run: RunPaths) -> None
         assert ev["mean"]["psnr"] > 0 and 0 < ev["mean"]["ssim"] <= 1
         assert len(ev["videos"]) == 2
     rows = [json.loads(ln) for ln in finished_run.metrics_jsonl.read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, spec.finetune.max_steps + 1))
+    assert [r["step"] for r in rows if "val_loss" not in r] == list(range(1, spec.finetune.max_steps + 1))
+    # val_every omitted = save_every: step 0 and each checkpoint, before its save, over the 4 validation videos
+    assert [(r["step"], r["val_videos"]) for r in rows if "val_loss" in r] == [(0, 4), (3, 4), (6, 4)]
 
 
 @pytest.mark.timeout(1000)
@@ -95,3 +97,8 @@ def test_report_written(finished_run: RunPaths) -> None:
     assert (out / "report.md").stat().st_size > 0
     report = read_json(out / "report.json")
     assert report is not None
+    assert [s for s, _ in report["val_curve"]] == [0, 3, 6]  # the starting weights and each checkpoint
+    assert [c["step"] for c in report["checkpoints"]] == [3, 6]
+    assert all(c["val_loss"] == dict(report["val_curve"])[c["step"]] for c in report["checkpoints"])
+    assert sum(c["best_val_loss"] for c in report["checkpoints"]) == 1
+    assert "loss.png" in report["plots"]

@@ -50,15 +50,19 @@ def test_rates_are_the_committed_bench_figures() -> None:
 
 
 def test_finetune_time_from_the_token_math() -> None:
-    p = build(seed(tensor_parallel=1, gpus_per_node=1))
+    p = build(seed(tensor_parallel=1, gpus_per_node=1, val_every=0))
     e = estimate.finetune(p)
     assert e.wall_s == pytest.approx(100 * 12_800 / estimate.TRAIN.value)
     assert e.gpu_hours == pytest.approx(e.wall_s / 3600)
     assert "100 steps x 12,800 tokens at ~18,577 tokens/s/GPU on 1 GPU(s)" in e.how
-    p8 = build(seed())  # the seed: TP 8 on 8 GPUs
+    # validation at steps 0, 50, 100 over at most 8 videos: a forward pass each, 1/3 of training a video
+    v = estimate.finetune(build(seed(tensor_parallel=1, gpus_per_node=1, val_every=50, val_videos=8)))
+    assert v.wall_s == pytest.approx((100 + 3 * 8 / 3) * 12_800 / estimate.TRAIN.value)
+    assert "+ validation: 3 point(s) x at most 8 video(s) forward" in v.how
+    p8 = build(seed(val_every=0))  # the seed: TP 8 on 8 GPUs
     e8 = estimate.finetune(p8)
     assert e8.wall_s == pytest.approx(100 * 12_800 / (estimate.TRAIN.value * estimate.TP_EFFICIENCY * 8))
-    big = dataclasses.replace(seed(tensor_parallel=1, gpus_per_node=1),
+    big = dataclasses.replace(seed(tensor_parallel=1, gpus_per_node=1, val_every=0),
                               model=dataclasses.replace(seed().model, preset="cosmos-12b"))
     ratio = big.preset.params / estimate.REF_PARAMS
     assert estimate.finetune(build(big)).wall_s == pytest.approx(e.wall_s * ratio)

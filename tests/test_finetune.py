@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_util import make_run, make_spec, metrics
+from cosmos_util import independent_val_loss, make_run, make_spec, metrics, val_metrics
 from harness.core.errors import HarnessError
 from harness.core.models import PRESETS
 from harness.core.paths import RunPaths, is_done
@@ -79,6 +79,27 @@ def test_trains_with_falling_loss_and_checkpoints(run_a: RunPaths) -> None:
     assert is_done(run_a, "finetune", 0)
 
 
+def vals(paths: RunPaths) -> dict[int, float]:
+    recs = val_metrics(paths)
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)), f"a validation point logged twice or out of order: {steps}"
+    return {r["step"]: r["val_loss"] for r in recs}
+
+
+@pytest.mark.timeout(300)
+def test_validation_loss_equals_an_independent_computation(run_a: RunPaths, pretrained: str) -> None:
+    """Step 0 (the pretrained weights) and every checkpoint (val_every omitted = save_every): the logged value is
+    plain torch cross-entropy over the validation videos with the checkpoint's weights."""
+    got = vals(run_a)
+    assert list(got) == [0, 4, 8, 10]
+    assert {r["val_videos"] for r in val_metrics(run_a)} == {1}
+    spec = spec_for(pretrained)
+    want = {0: independent_val_loss(run_a, Path(pretrained), spec)}
+    want |= {s: independent_val_loss(run_a, run_a.checkpoint_dir(s), spec) for s in (4, 8, 10)}
+    assert all(abs(got[s] - want[s]) < 1e-5 for s in got), (got, want)
+    assert got[10] < got[0] - 0.5  # the training videos' pattern generalises to the held-out one
+
+
 def _run_subprocess(root: Path) -> subprocess.Popen[bytes]:
     script = root / "worker.py"
     script.write_text("import sys\nfrom harness.launch.worker import run_task\n"
@@ -93,7 +114,8 @@ def test_resume_after_kill_loses_and_repeats_no_step(tmp_path: Path, pretrained:
     proc = _run_subprocess(paths.root)
     deadline = time.time() + 200
     while time.time() < deadline and proc.poll() is None:
-        if paths.metrics_jsonl.is_file() and len(paths.metrics_jsonl.read_text().splitlines()) >= 6:
+        if paths.metrics_jsonl.is_file() and sum("val_loss" not in ln for ln in
+                                                 paths.metrics_jsonl.read_text().splitlines()) >= 6:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -109,6 +131,9 @@ def test_resume_after_kill_loses_and_repeats_no_step(tmp_path: Path, pretrained:
     got, ref = losses(paths), losses(run_a)
     assert list(got) == list(range(1, STEPS + 1))
     assert np.allclose([got[s] for s in ref], list(ref.values()), rtol=1e-5)
+    got_val, ref_val = vals(paths), vals(run_a)  # each validation point once across the kill
+    assert list(got_val) == list(ref_val) == [0, 4, 8, 10]
+    assert np.allclose(list(got_val.values()), list(ref_val.values()), rtol=1e-5)
     assert json.loads(paths.checkpoints_json.read_text())["steps"] == [4, 8, 10]
 
 
@@ -164,7 +189,8 @@ def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained
     paths = make_run(tmp_path / "run", spec_for(pretrained, tp=2))
     shutil.copytree(run_a.checkpoint_dir(4), paths.checkpoint_dir(4))
     lines = run_a.metrics_jsonl.read_text().splitlines()
-    paths.metrics_jsonl.write_text("\n".join(lines[:5]) + "\n{\"step\": 6, \"lo")  # step 5 + a torn line: dropped
+    # validation at 0, steps 1-4, validation at 4 (before checkpoint 4), step 5, then a torn line: dropped
+    paths.metrics_jsonl.write_text("\n".join(lines[:7]) + "\n{\"step\": 6, \"lo")
     from harness.cosmos.signals import Preempted
 
     _SignalWhen(paths.metrics_jsonl, 6)  # the stage forwards SIGUSR2 to its ranks, which save at TP=2 and stop
@@ -176,6 +202,10 @@ def test_tp2_resumes_tp1_checkpoint_with_equal_losses(tmp_path: Path, pretrained
     got, ref = losses(paths), losses(run_a)
     assert list(got) == list(range(1, STEPS + 1))
     assert np.allclose([got[s] for s in range(5, STEPS + 1)], [ref[s] for s in range(5, STEPS + 1)], rtol=2e-4)
+    got_val = vals(paths)  # 8 and 10 computed by the 2 TP ranks: the independent TP=1 computation's value
+    assert list(got_val) == [0, 4, 8, 10]
+    want = independent_val_loss(paths, paths.checkpoint_dir(STEPS), make_spec())
+    assert abs(got_val[STEPS] - want) < 1e-5, (got_val, want)
     toks = torch.randint(0, 64_000, (2, 40))
     spec = make_spec()
     with torch.no_grad():

@@ -65,6 +65,13 @@ def test_live_table_renders_bars_states_and_task_progress(tmp_path: Path) -> Non
     # ETA: 18 steps left x global batch 2 x the sample length, at the last logged 1,000 tokens/s
     left = (30 - 12) * 2 * plan.token_math.sample_length / 1000.0
     assert extras["finetune"] == f"step 12/30, loss 3.800, ETA {live._fmt(left)}"  # the torn last line is skipped
+    val = [{"step": s, "val_loss": v, "val_videos": 1} for s, v in ((10, 4.5), (12, 4.4))]
+    paths.metrics_jsonl.write_text("".join(json.dumps(r) + "\n" for r in [val[0], *recs, val[1]]))
+    eta = f"ETA {live._fmt(left)}"
+    assert live.extras_of(rs, plan)["finetune"] == f"step 12/30, loss 3.800, val loss 4.400 at 12, {eta}"
+    paths.metrics_jsonl.write_text("".join(json.dumps(r) + "\n" for r in [val[0], *recs]))
+    assert live.extras_of(rs, plan)["finetune"] == f"step 12/30, loss 3.800, val loss 4.500 at 10, {eta}"
+    paths.metrics_jsonl.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
     con = Console(record=True, width=160, color_system=None)
     con.print(live.view(rs, extras, 75.0))
     text = con.export_text()

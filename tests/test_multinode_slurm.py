@@ -53,7 +53,9 @@ lr = 3e-3
 
 
 def metrics(paths: RunPaths) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in paths.metrics_jsonl.read_text().splitlines() if ln.strip()]
+    """The optimizer steps' records (validation points left out)."""
+    rows = [json.loads(ln) for ln in paths.metrics_jsonl.read_text().splitlines() if ln.strip()]
+    return [r for r in rows if "val_loss" not in r]
 
 
 def single_node_reference(paths: RunPaths, root: Path) -> RunPaths:

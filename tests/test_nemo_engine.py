@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_util import assert_events_match_metrics, make_run, make_spec, metrics  # noqa: E402
+from cosmos_util import (  # noqa: E402
+    assert_events_match_metrics,
+    independent_val_loss,
+    make_run,
+    make_spec,
+    metrics,
+    val_metrics,
+)
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS  # noqa: E402
 from harness.core.paths import RunPaths, is_done
@@ -113,6 +120,34 @@ def test_trains_from_pretrained_with_falling_loss(run_a: RunPaths, pretrained: P
     assert loss[0] == pytest.approx(first_batch_loss(run_a, pretrained / "nemo"), rel=1e-4)
 
 
+def vals(paths: RunPaths) -> dict[int, float]:
+    recs = val_metrics(paths)
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)), f"a validation point logged twice or out of order: {steps}"
+    assert {r["engine"] for r in recs} <= {"nemo"}
+    return {r["step"]: r["val_loss"] for r in recs}
+
+
+@pytest.mark.timeout(600)
+def test_validation_loss_equals_an_independent_computation_and_the_mcore_engines(
+        run_a: RunPaths, pretrained: Path, tmp_path: Path) -> None:
+    """Step 0 (the pretrained weights) and each checkpoint: plain torch cross-entropy over the validation videos
+    with those weights; and the mcore engine, started from the NeMo engine's last checkpoint, logs the same value
+    at its step 0."""
+    from harness.launch.worker import run_task
+
+    got, spec = vals(run_a), spec_for()
+    assert list(got) == [0, SAVE, STEPS]
+    want = {0: independent_val_loss(run_a, pretrained / "nemo", spec)}
+    want |= {s: independent_val_loss(run_a, run_a.checkpoint_dir(s), spec) for s in (SAVE, STEPS)}
+    assert all(abs(got[s] - want[s]) < 1e-5 for s in got), (got, want)
+    mcore = make_run(tmp_path / "mcore", make_spec(max_steps=1, save_every=1, checkpoint=str(run_a.checkpoint_dir(
+        STEPS)), engine="mcore"))
+    run_task(str(staged(mcore, run_a.checkpoint_dir(STEPS)).root), "finetune", 0)
+    from_mcore = {r["step"]: r["val_loss"] for r in val_metrics(mcore)}
+    assert from_mcore[0] == pytest.approx(got[STEPS], abs=1e-6), (from_mcore, got)
+
+
 def first_batch_loss(paths: RunPaths, weights: Path) -> float:
     from harness.cosmos import checkpoint as ckpt
     from harness.cosmos import data as data_mod
@@ -165,7 +200,8 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(paths.root))
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
-        if paths.metrics_jsonl.is_file() and len(paths.metrics_jsonl.read_text().splitlines()) >= 2:
+        if paths.metrics_jsonl.is_file() and sum("val_loss" not in ln for ln in
+                                                 paths.metrics_jsonl.read_text().splitlines()) >= 2:
             proc.send_signal(signal.SIGUSR2)
             break
         time.sleep(0.05)
@@ -185,6 +221,9 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
     assert_events_match_metrics(paths)  # TensorBoard: the resumed attempt's new file purges steps > k
     for step in range(1, STEPS + 1):
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (step, a, b)
+    va, vb = vals(run_a), vals(paths)  # each validation point once across the requeue, the same values
+    assert list(vb) == list(va) == [0, SAVE, STEPS]
+    assert list(vb.values()) == pytest.approx(list(va.values()), rel=1e-5)
     log = (paths.root / "train.log").read_text()
     assert f"step {k + 1} loss" in log and f"step {k} loss" not in log  # resumed, not restarted
     info = json.loads(paths.checkpoints_json.read_text())
@@ -205,6 +244,9 @@ def test_tensor_parallel_2_matches_tp1(tmp_path: Path, run_a: RunPaths, pretrain
     assert sorted(b) == list(range(1, STEPS + 1))
     for step in b:
         assert b[step] == pytest.approx(a[step], rel=2e-4), (step, a, b)
+    va, vb = vals(run_a), vals(paths)  # the 2 TP ranks' validation loss: at step 0, the same weights as TP=1's
+    assert list(vb) == [0, SAVE, STEPS] and abs(vb[0] - va[0]) < 1e-5, (va, vb)
+    assert list(vb.values()) == pytest.approx(list(va.values()), rel=2e-4)
     probe = torch.load(paths.root / "probe.pt")
     logits = load_logits(paths, STEPS, probe)
     assert torch.allclose(logits, probe["logits"], atol=1e-5), float((logits - probe["logits"]).abs().max())

@@ -220,6 +220,11 @@ def test_training_plan_is_the_one_source() -> None:
     assert t.epochs_note(100) is None
     f32 = dataclasses.replace(s, finetune=dataclasses.replace(s.finetune, gpus_per_node=0, tensor_parallel=8))
     assert trainplan.planned(f32).precision == "fp32"
+    # validation: val_every omitted = save_every, so step 0 and every checkpoint; else its own steps and max_steps
+    assert (t.validation_steps, t.val_videos, s.finetune.val_every) == ((0, 25, 50, 75, 100), 256, 25)
+    every = {n: trainplan.planned(dataclasses.replace(s, finetune=dataclasses.replace(s.finetune, val_every=n)))
+             for n in (30, 0)}
+    assert every[30].validation_steps == (0, 30, 60, 90, 100) and every[0].validation_steps == ()
 
 
 def _inputs_spec(tmp: Path, n: int) -> Path:

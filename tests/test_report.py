@@ -33,10 +33,11 @@ PSNR = {10: 24.8123, 20: 27.4511, 30: 28.9034, 40: 28.1207}
 SSIM = {10: 0.6012, 20: 0.7107, 30: 0.7561, 40: 0.7498}
 
 
-def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = False
-                 ) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
+def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = False,
+                 val: dict[int, float] | None = None) -> tuple[RunPaths, plan_mod.Plan, list[dict]]:
     """`tokenbench`: each shard file also holds a TokenBench-protocol result, PSNR 1.5 dB below (as with
-    evaluate.protocol = "both")."""
+    evaluate.protocol = "both"); `val`: step -> validation loss, logged after the torn line as a resumed
+    attempt appends."""
     (root / "videos").mkdir(parents=True, exist_ok=True)
     text = spec_text(root)
     (root / "run.toml").write_text(text)
@@ -64,7 +65,9 @@ def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = Fa
                 "tokens_per_s": 900.0 + 7 * i + (300 if i == 1 else 0), "tflops": 0.9 + 0.01 * i}
                for i in range(1, 41)]
     paths.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 41, "lo')
+    paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 41, "lo'
+                                   + "".join("\n" + json.dumps({"step": s, "val_loss": v, "val_videos": 1})
+                                             for s, v in (val or {}).items()))
     for step in plan.checkpoint_steps:
         if step == skip_eval:
             continue
@@ -278,3 +281,48 @@ def test_cut_and_empty_prompts_are_named(tmp_path: Path) -> None:
     text = con.export_text()
     assert "prompt of 731 T5 tokens cut to the first 512" in line_with(text, "clip2.mp4")
     assert "empty prompt" in line_with(text, "clip5.mp4")
+
+
+VAL = {0: 11.0, 10: 8.0, 20: 7.1, 30: 7.3, 40: 7.6}
+"""Validation loss per validation point: lowest at 20, while PSNR is best at 30."""
+
+
+def test_validation_loss_beside_psnr_with_its_own_best(tmp_path: Path) -> None:
+    paths, plan, metrics = make_results(tmp_path, val=VAL)
+    rep = report.build(paths, plan.spec, [], plan.training)
+    assert rep.training is not None and rep.training.logged == 40  # validation points are not optimizer steps
+    assert rep.val_curve == tuple(VAL.items()) and len(rep.loss_curve) == 40
+    out = report.results_dir(plan.spec, paths)
+    report.write(rep, out)
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["val_curve"] == [list(p) for p in VAL.items()]
+    assert [c["val_loss"] for c in doc["checkpoints"]] == [VAL[s] for s in plan.checkpoint_steps]
+    assert (doc["best_checkpoint"], doc["best_checkpoint_val_loss"]) == (30, 20)
+    assert [c["step"] for c in doc["checkpoints"] if c["best_val_loss"]] == [20]
+    md = (out / "report.md").read_text()
+    assert "| val loss | videos | best | best val loss (lowest) |" in md
+    assert f"| 20 | {PSNR[20]:.2f} | {SSIM[20]:.4f} | aligned, resize upstream | 7.1000 | 2 |  | * |" in md
+    assert f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | aligned, resize upstream | 7.3000 | 2 | * |  |" in md
+    w, h = png_size((out / "loss.png").read_bytes())
+    assert w > 300 and h > 200
+
+
+def test_loss_plot_has_both_curves_and_the_seed_band(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.report import files
+
+    paths, plan, metrics = make_results(tmp_path, val=VAL)
+    fig = files.loss_figure(report.build(paths, plan.spec, [], plan.training), plt)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "seed's target for the real models (6-7)", "training loss", "validation loss"]
+    train, val = ax.get_lines()
+    assert list(train.get_xdata()) == list(range(1, 41)) and list(train.get_ydata()) == [m["loss"] for m in metrics]
+    assert list(val.get_xdata()) == list(VAL) and list(val.get_ydata()) == list(VAL.values())
+    (band,) = ax.patches
+    assert (band.get_y(), band.get_y() + band.get_height()) == (6.0, 7.0)  # a Rectangle spanning the x axis
+    plt.close(fig)

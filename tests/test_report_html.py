@@ -17,7 +17,7 @@ from harness.core.evalrecords import ShardRecord
 from harness.lib.video import load_frames, write_mp4
 from harness.report import build as report
 from harness.report import html as report_html
-from test_report import make_results
+from test_report import VAL, make_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 T, H, W, CTX = 17, 64, 96, 9
@@ -37,8 +37,9 @@ def clip(seed: int, t: int = T, h: int = H, w: int = W) -> np.ndarray:
 
 def make_run_with_videos(root: Path) -> tuple[Path, report.Report]:
     """make_results' run, with evaluate files whose videos are real mp4s: references at another size and
-    longer than the generation (source frames 2..18 compared), generated clips of the generated size."""
-    paths, plan, _ = make_results(root)
+    longer than the generation (source frames 2..18 compared), generated clips of the generated size; and
+    validation points, so the loss plot has both curves."""
+    paths, plan, _ = make_results(root, val=VAL)
     for step in plan.checkpoint_steps:
         videos = []
         for i in range(3):
@@ -109,6 +110,13 @@ def chromium(*args: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+def colour_pixels(png: Path, rgb: tuple[int, int, int], tol: int = 12) -> int:
+    from PIL import Image
+
+    px = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    return int((np.abs(px - np.array(rgb)).max(axis=-1) <= tol).sum())
+
+
 def media_state(page: Path) -> str:
     dom = chromium("--dump-dom", page.as_uri())
     m = re.search(r'data-media="([^"]*)"', dom)
@@ -125,6 +133,9 @@ def test_report_html_in_headless_chromium(tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
     chromium(f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri())
     assert shot.stat().st_size > 50_000
+    # the loss plot as Chromium draws it: the validation curve (tab:orange, on no other plot) and the seed's
+    # shaded target band (tab:green at 15% over white)
+    assert colour_pixels(shot, (255, 127, 14)) > 100 and colour_pixels(shot, (222, 240, 222)) > 2_000
     (Path(moved) / "media/step-00000020/clip1.generated.mp4").write_bytes(b"not a video")
     (Path(moved) / "media/step-00000030/clip0.reference.mp4").unlink()
     assert media_state(page) == f"ok={8 * 3} bad=2 wait=0"

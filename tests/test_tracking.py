@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cosmos_util import assert_same_scalars, make_run, make_spec, metrics, tb_scalars, tracked_scalars
+from cosmos_util import assert_same_scalars, make_run, make_spec, metrics, tb_scalars, tracked_scalars, val_metrics
 from harness.core import spec as spec_mod
 from harness.core.errors import SpecError
 from harness.core.evalrecords import ShardRecord, VideoRecord
@@ -31,8 +31,9 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     recs = metrics(paths)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     got = tb_scalars(paths.tensorboard_train)
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"} <= set(got)
-    assert_same_scalars(got, tracked_scalars(recs))
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu", "val/loss"} <= set(got)
+    assert list(got["val/loss"]) == [0, 2, 4]
+    assert_same_scalars(got, tracked_scalars(recs + val_metrics(paths)))
     assert got["train/mfu"][4] == pytest.approx(recs[-1]["tflops"] / report.PEAK_TFLOPS, rel=1e-6)
 
     # a requeue that finds only the step-2 checkpoint: steps 3 and 4 are recomputed (other timings)
@@ -43,7 +44,8 @@ def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(t
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     assert again[2]["step_time_s"] != recs[2]["step_time_s"]
     assert len(list((paths.tensorboard_train).glob("events.out.tfevents.*"))) == 2
-    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(again))
+    assert [r["step"] for r in val_metrics(paths)] == [0, 2, 4]  # step 2's point kept with its checkpoint
+    assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(again + val_metrics(paths)))
 
 
 def _shard(videos: list[tuple[str, float, float]]) -> ShardRecord:
@@ -177,8 +179,8 @@ def test_wandb_offline_run_holds_the_metrics_jsonl_values(tmp_path: Path, monkey
         if rec.WhichOneof("record_type") == "history":
             items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
             history[rec.history.step.num] = items
-    want = tracked_scalars(metrics(paths))
-    assert sorted(history) == [1, 2, 3]
+    want = tracked_scalars(metrics(paths) + val_metrics(paths))
+    assert sorted(history) == [0, 1, 2, 3] and "val/loss" in history[0] and "val/loss" in history[3]
     for tag, per_step in want.items():
         assert {s: history[s][tag] for s in per_step} == pytest.approx(per_step, rel=1e-12), tag
     leaked = [p for p in paths.root.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]

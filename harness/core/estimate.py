@@ -63,17 +63,34 @@ def _model_scale(plan: Plan) -> float:
     return plan.spec.preset.params / REF_PARAMS
 
 
+VAL_FORWARD = 1 / 3
+"""A validation video's cost relative to training on it: a forward pass without the backward (~2 of a training
+step's ~6 FLOPs per parameter and token) and no optimizer update."""
+
+
+def validation_tokens(plan: Plan) -> float:
+    """Training-token equivalents of the validation points: val_videos forward passes at each planned step (at
+    most: the validation split may hold fewer videos, which planning cannot count)."""
+    t = plan.training
+    return len(t.validation_steps) * t.val_videos * plan.token_math.sample_length * VAL_FORWARD
+
+
 def finetune(plan: Plan) -> StageEstimate:
     f, tm = plan.spec.finetune, plan.token_math
     gpus = f.gpus_per_node * f.nodes
-    tokens = f.max_steps * f.global_batch_size * tm.sample_length
+    val = validation_tokens(plan)
+    tokens = f.max_steps * f.global_batch_size * tm.sample_length + val
     if not gpus:
         return StageEstimate("finetune", None, None, "no GPUs requested: the figures are GPU figures")
     eff = TP_EFFICIENCY if f.tensor_parallel > 1 else 1.0
     rate = TRAIN.value * eff / _model_scale(plan)
     wall = tokens / (rate * gpus)
+    points = len(plan.training.validation_steps)
+    val_how = (f" + validation: {points} point(s) x at most {plan.training.val_videos} video(s) forward, "
+               f"~1/3 of training each" if points else "")
     return StageEstimate("finetune", wall, wall * gpus / 3600,
-                         f"{f.max_steps:,} steps x {f.global_batch_size * tm.sample_length:,} tokens at ~{rate:,.0f} "
+                         f"{f.max_steps:,} steps x {f.global_batch_size * tm.sample_length:,} tokens{val_how} "
+                         f"at ~{rate:,.0f} "
                          f"tokens/s/GPU on {gpus} GPU(s) ({TRAIN.source}; x {1 / _model_scale(plan):.2f} for "
                          f"{plan.spec.model.preset}'s parameters" +
                          (f"; x {eff:.2f} for TP {f.tensor_parallel}, the TP 2 / TP 1 per-GPU ratio measured "

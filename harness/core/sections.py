@@ -161,6 +161,10 @@ class FinetuneSection(Resources):
                                               "on 1/TP of the tokens; reduce-scatter/all-gather instead of "
                                               "all-reduce; mcore engine): saves activation memory, not time "
                                               "(2 x H200, 4B: 390 vs 382 ms/step); auto = on with TP > 1 on GPUs")
+    val_every: int = opt(25, "validation loss every N steps, and at step 0 and max_steps (0 = off); omitted = "
+                             "save_every, so each checkpoint has one", min=0, max=100_000_000, follows="save_every")
+    val_videos: int = opt(256, "validation videos each validation point reads: the first N of the validation split "
+                               "(data.split), the same ones every time", min=1, max=256)
     log_every: int = opt(1, "metrics log interval in steps", min=1, max=1_000_000)
     signal_delay_s: int = opt(120, "seconds of warning (SIGUSR2) before a time limit, to checkpoint", min=0,
                               max=3600)

@@ -123,6 +123,10 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
         out.append(("finetune.save_every", f"= {f.save_every}: must be <= finetune.max_steps ({f.max_steps})"))
     if f.min_lr > f.lr:
         out.append(("finetune.min_lr", f"= {f.min_lr}: must be <= finetune.lr ({f.lr})"))
+    if f.val_every and len(spec.data.split) == 3 and spec.data.split[1] == 0:
+        out.append(("data.split", f"= {list(spec.data.split)}: the validation weight is 0, but finetune.val_every = "
+                                  f"{f.val_every} (omitted = save_every) computes a validation loss; give the "
+                                  f"validation split a positive weight or set finetune.val_every = 0"))
     i = spec.infer
     if i.gpus_per_node and i.tensor_parallel > i.gpus_per_node:
         out.append(("infer.tensor_parallel", f"= {i.tensor_parallel}: infer runs one rank per GPU, so at most "

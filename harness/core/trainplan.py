@@ -24,6 +24,17 @@ def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
     return tuple(steps)
 
 
+def validation_steps(f: FinetuneSection) -> tuple[int, ...]:
+    """Steps after which the validation loss is computed: step 0 (the starting weights), every val_every steps
+    and max_steps; none when val_every is 0. Both engines, the estimate and the report read this one list."""
+    if not f.val_every:
+        return ()
+    steps = list(range(0, f.max_steps + 1, f.val_every))
+    if steps[-1] != f.max_steps:
+        steps.append(f.max_steps)
+    return tuple(steps)
+
+
 def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
     """The precision training actually runs in. bf16-mixed needs CUDA: megatron-core's mixed-precision optimizer
     only accepts torch.cuda tensors (and CPU bf16 matmuls are slow), so a CPU run trains in fp32."""
@@ -49,6 +60,11 @@ class TrainingPlan:
     steps before any data exists, so both engines repeat the training split (crossing epochs) until max_steps
     rather than stop when max_epochs passes over it run out."""
     checkpoint_steps: tuple[int, ...]
+    validation_steps: tuple[int, ...]
+    """Steps whose weights get a validation loss (`validation_steps`); () when finetune.val_every is 0."""
+    val_videos: int
+    """At most this many validation videos per validation point (finetune.val_videos; fewer if the split is
+    smaller)."""
     data_parallel: int
     grad_accumulation: int
     """Micro-batches per optimizer step on each DP rank: GBS / (MBS x DP)."""
@@ -97,7 +113,8 @@ def of(spec: RunSpec, *, cuda: bool, engine: str | None = None) -> TrainingPlan:
     f, tm = spec.finetune, spec.token_math
     dp = data_parallel(f)
     return TrainingPlan(tensor_parallel=f.tensor_parallel, last_step=f.max_steps,
-                        checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
+                        checkpoint_steps=checkpoint_steps(f), validation_steps=validation_steps(f),
+                        val_videos=f.val_videos, data_parallel=dp,
                         grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
                         precision=precision(f, cuda=cuda),
                         sequence_parallel=sequence_parallel(f, cuda=cuda, engine=engine), cuda=cuda,

@@ -5,7 +5,8 @@ W&B target as plain values (`harness.stages.finetune.core.open_tracker`), the re
 evaluation means (`harness.report.tracking`).
 
 Requeue / resume: training restarts at the resumed checkpoint's step and recomputes the steps after it.
-`TrainTracker.open` starts a new event file with TensorBoard's purge mark at `resumed step + 1` (what
+`TrainTracker.open` starts a new event file with TensorBoard's purge mark at `resumed step + 1` (0 on a fresh
+start, whose step-0 validation point is recomputed; what
 `SummaryWriter(purge_step=...)` writes): readers (TensorBoard, its EventAccumulator) drop every older event at
 or after that step, so each step appears once, with the value metrics.jsonl holds. Both finetune engines pass the
 same metrics.jsonl records to `TrainTracker.log`, so the event files and metrics.jsonl hold the same numbers.
@@ -24,7 +25,8 @@ from harness.core.models import PEAK_TFLOPS
 
 TRAIN_TAGS: Mapping[str, str] = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                                  "tokens_per_s": "train/tokens_per_s", "tflops": "train/tflops_per_gpu",
-                                 "mfu": "train/mfu", "step_time_s": "train/step_time_s"}
+                                 "mfu": "train/mfu", "step_time_s": "train/step_time_s",
+                                 "val_loss": "val/loss"}
 """metrics.jsonl key -> scalar tag; `mfu` is derived (`train_scalars`)."""
 
 
@@ -103,7 +105,9 @@ class TrainTracker:
     def open(cls, log_dir: Path, resumed_step: int, wandb: WandbTarget | None = None,
              config: Mapping[str, Any] | None = None) -> "TrainTracker":
         """Event files under `log_dir`; a W&B run too where `wandb` names one."""
-        writer = EventWriter(log_dir, purge_step=resumed_step + 1)
+        # a resumed checkpoint's own step keeps its validation point (computed before the save); a fresh start
+        # recomputes step 0's, so it purges from 0
+        writer = EventWriter(log_dir, purge_step=resumed_step + 1 if resumed_step else 0)
         return cls(writer, open_wandb(wandb, config) if wandb is not None else None)
 
     def log(self, rec: Mapping[str, Any]) -> None:

@@ -41,22 +41,30 @@ def _tail(path: str | Path, n: int = 4096) -> bytes:
 
 
 def finetune_progress(paths: RunPaths, plan: Plan) -> str:
-    """'step 12/30, loss 4.12, ETA 1 min' from the last line of finetune/metrics.jsonl; '' before the first step.
-    The ETA counts the remaining tokens (steps x global batch x sample length) at the last logged tokens/s."""
-    lines = _tail(paths.metrics_jsonl).splitlines()
+    """'step 12/30, loss 4.12, val loss 4.50 at 10, ETA 1 min' from the last step and validation lines of
+    finetune/metrics.jsonl; '' before the first step. The ETA counts the remaining tokens (steps x global batch x
+    sample length) at the last logged tokens/s."""
     rec: dict[str, Any] = {}
-    for line in reversed(lines):
+    val: dict[str, Any] = {}
+    for line in reversed(_tail(paths.metrics_jsonl).splitlines()):
         try:
-            rec = json.loads(line)
-            break
+            r = json.loads(line)
         except ValueError:
             continue
+        if isinstance(r, dict) and "val_loss" in r:
+            val = val or r
+        elif isinstance(r, dict):
+            rec = rec or r
+        if rec and val:
+            break
     if not isinstance(rec.get("step"), int):
         return ""
     f = plan.spec.finetune
     out = f"step {rec['step']}/{f.max_steps}"
     if isinstance(rec.get("loss"), (int, float)):
         out += f", loss {rec['loss']:.3f}"
+    if isinstance(val.get("val_loss"), (int, float)):
+        out += f", val loss {val['val_loss']:.3f} at {val.get('step')}"
     rate = rec.get("tokens_per_s")
     if isinstance(rate, (int, float)) and rate > 0 and rec["step"] < f.max_steps:
         left = (f.max_steps - rec["step"]) * f.global_batch_size * plan.token_math.sample_length / rate

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PEAK_TFLOPS", "Checkpoint", "MissingShard", "Report", "Tokenize", "Training", "build", "checkpoints",
            "fmt", "markdown", "merge_shards", "plots", "read_evals", "read_metrics", "render", "results_dir",
-           "tables", "to_json", "tokenize_stats", "training", "write"]
+           "tables", "to_json", "tokenize_stats", "training", "validation_curve", "with_validation", "write"]
 
 
 def _num(v: Any) -> float | None:
@@ -145,12 +145,26 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     failures = tuple(failures)
     evals, lost = read_evals(paths, spec, checkpoint_steps, failures, missing)
     curve = tuple((r["step"], float(r["loss"])) for r in rows if _num(r.get("loss")) is not None)
+    val = validation_curve(paths.metrics_jsonl)
     metrics = tuple(spec.evaluate.metrics)
+    rows_ = with_validation(checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics), dict(val))
     return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
-                  loss_curve=curve, checkpoints=checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics),
-                  failures=failures, missing=tuple(missing), missing_shards=tuple(lost), metrics=metrics,
-                  samples=report_html.pick_samples(evals))
+                  loss_curve=curve, checkpoints=rows_, failures=failures, missing=tuple(missing),
+                  missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val)
+
+
+def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:
+    """(step, validation loss) of each validation point finetune logged (`metricslog.val_rows`)."""
+    return tuple((r["step"], float(r["val_loss"])) for r in metricslog.val_rows(path)
+                 if _num(r.get("val_loss")) is not None)
+
+
+def with_validation(rows: Sequence[Checkpoint], val: dict[int, float]) -> tuple[Checkpoint, ...]:
+    """The checkpoint rows with their validation loss, the lowest marked `best_val`."""
+    scored = [c.step for c in rows if c.step in val]
+    best = min(scored, key=lambda s: val[s]) if scored else None
+    return tuple(dataclasses.replace(c, val_loss=val.get(c.step), best_val=c.step == best) for c in rows)
 
 
 def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], failures: Sequence[dict[str, Any]],

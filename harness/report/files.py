@@ -22,19 +22,16 @@ def _png(fig: Any) -> bytes:
 
 
 def plots(rep: Report) -> dict[str, bytes]:
-    """loss.png (loss vs step) and eval.png (a panel per selected metric whose row says `plot`, vs checkpoint
-    step), where there is data."""
+    """loss.png (training and validation loss vs step) and eval.png (a panel per selected metric whose row says
+    `plot`, vs checkpoint step), where there is data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out: dict[str, bytes] = {}
-    if rep.loss_curve:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([s for s, _ in rep.loss_curve], [v for _, v in rep.loss_curve], lw=1.2)
-        ax.set(xlabel="step", ylabel="loss", title=f"{rep.name}: training loss")
-        ax.grid(alpha=0.3)
+    if rep.loss_curve or rep.val_curve:
+        fig = loss_figure(rep, plt)
         out["loss.png"] = _png(fig)
         plt.close(fig)
     scored = [c for c in rep.checkpoints if any(v is not None for v in c.values.values())]
@@ -55,6 +52,28 @@ def plots(rep: Report) -> dict[str, bytes]:
         out["eval.png"] = _png(fig)
         plt.close(fig)
     return out
+
+
+SEED_TARGET = (6.0, 7.0)
+"""The seed's "target loss 6-7": the real models' training loss in nats (uniform over 64,000 codes is 11.07);
+shaded on the loss plot for orientation, not a goal for the tiny presets."""
+
+
+def loss_figure(rep: Report, plt: Any) -> Any:
+    """Training and validation loss vs step on one axis, with the seed's target band shaded and labelled
+    (`plt`: matplotlib.pyplot on the Agg backend)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.axhspan(*SEED_TARGET, color="tab:green", alpha=0.15,
+               label=f"seed's target for the real models ({SEED_TARGET[0]:g}-{SEED_TARGET[1]:g})")
+    if rep.loss_curve:
+        ax.plot([s for s, _ in rep.loss_curve], [v for _, v in rep.loss_curve], lw=1.2, label="training loss")
+    if rep.val_curve:
+        ax.plot([s for s, _ in rep.val_curve], [v for _, v in rep.val_curve], marker="o", lw=1.2,
+                color="tab:orange", label="validation loss")
+    ax.set(xlabel="step", ylabel="loss (nats)", title=f"{rep.name}: training and validation loss")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
 
 
 def write(rep: Report, out_dir: Path) -> list[Path]:

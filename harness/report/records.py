@@ -59,6 +59,10 @@ class Checkpoint:
     """The protocol of `values` (`evaltable.protocol_label`: 'aligned, resize upstream' or 'tokenbench')."""
     others: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     """Protocol label -> metric name -> mean, for the other protocols of evaluate.protocol = "both"."""
+    val_loss: float | None = None
+    """The validation loss finetune logged for this checkpoint's weights (a training metric, not evaluate's)."""
+    best_val: bool = False
+    """Lowest validation loss among the checkpoints that have one."""
 
     def value(self, name: str) -> float | None:
         return self.values.get(name)
@@ -70,7 +74,7 @@ class Checkpoint:
         return {"step": self.step, **{m.name: self.values.get(m.name) for m in chosen},
                 "videos": self.videos, "best": self.best, "frames": self.frames, "shards": self.shards,
                 "shards_planned": self.shards_planned, "failed_videos": self.failed_videos,
-                "protocol": self.protocol,
+                "protocol": self.protocol, "val_loss": self.val_loss, "best_val_loss": self.best_val,
                 "other_protocols": {p: {m.name: v.get(m.name) for m in chosen} for p, v in self.others.items()}}
 
 
@@ -93,6 +97,7 @@ class Report:
     tokenize: Tokenize | None
     training: Training | None
     loss_curve: tuple[tuple[int, float], ...]
+    """(step, training loss) of each logged optimizer step."""
     checkpoints: tuple[Checkpoint, ...]
     failures: tuple[dict[str, Any], ...]
     missing: tuple[str, ...]
@@ -102,6 +107,8 @@ class Report:
     missing_shards: tuple[MissingShard, ...] = ()
     samples: tuple[report_html.Sample, ...] = ()
     """The evaluated videos report.html shows (the first few of each checkpoint)."""
+    val_curve: tuple[tuple[int, float], ...] = ()
+    """(step, validation loss) of each validation point: step 0 (the starting weights) and the planned steps."""
 
     @property
     def best(self) -> Checkpoint | None:

@@ -83,14 +83,18 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
         sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
         shown = mt.selected(rep.metrics)
         others = list(dict.fromkeys(p for c in rep.checkpoints for p in c.others))
+        val = any(c.val_loss is not None for c in rep.checkpoints)
         header = ["step"] + [m.column for m in shown] + ["protocol"] \
-            + [f"{m.column} {p}" for p in others for m in shown] + ["videos"] + (["shards"] if sharded else []) \
-            + ["best"] + ([] if same else ["frames compared"])
+            + [f"{m.column} {p}" for p in others for m in shown] + (["val loss"] if val else []) + ["videos"] \
+            + (["shards"] if sharded else []) + ["best"] + (["best val loss (lowest)"] if val else []) \
+            + ([] if same else ["frames compared"])
         out.append(("checkpoints", header,
                     [[str(c.step)] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
                      + [fmt(c.others.get(p, {}).get(m.name), m.name) for p in others for m in shown]
+                     + ([fmt(c.val_loss, "loss")] if val else [])
                      + [str(c.videos)] + ([f"{c.shards}/{c.shards_planned}"] if sharded else [])
-                     + ["*" if c.best else ""] + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
+                     + ["*" if c.best else ""] + (["*" if c.best_val else ""] if val else [])
+                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
         if same and frames != {""}:
             out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
     if rep.missing_shards:
@@ -123,8 +127,10 @@ def to_json(rep: Report) -> dict[str, Any]:
             "tokenize": asdict(rep.tokenize) if rep.tokenize else None,
             "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
             "loss_curve": [list(p) for p in rep.loss_curve],
+            "val_curve": [list(p) for p in rep.val_curve],
             "metrics": list(rep.metrics),
             "checkpoints": [c.to_json(rep.metrics) for c in rep.checkpoints],
             "best_checkpoint": best.step if best else None,
+            "best_checkpoint_val_loss": next((c.step for c in rep.checkpoints if c.best_val), None),
             "failures": list(rep.failures), "missing": list(rep.missing),
             "missing_shards": [asdict(m) for m in rep.missing_shards]}

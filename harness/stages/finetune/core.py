@@ -1,6 +1,7 @@
 """What both finetune engines share, in one place: the LR schedule, the metrics.jsonl record, the checkpoint
-side files (context/harness.json, trainer.json, the completion marker, checkpoints.json), the pretrained
-source, the training plan as a rank sees it, and the tracker opened on rank 0.
+side files (context/harness.json, trainer.json, the completion marker, checkpoints.json), the masked loss and
+the validation loss computed with it, the pretrained source, the training plan as a rank sees it, and the tracker
+opened on rank 0.
 
 The mcore engine (`mcore.py`) and the NeMo engine (`nemo*.py`) each call these; neither builds any of them on
 its own, so the two write the same files with the same numbers. The plan's numbers themselves (last step,
@@ -15,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from harness.core import trainplan
 from harness.core.atomic import atomic_write_json
@@ -27,6 +28,11 @@ from harness.cosmos.layout import resolve_pretrained
 from harness.lib.tracking import TrainTracker
 from harness.stages import staged, tracked
 from harness.stages.finetune import checkpoints
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.cosmos.data import TokenSource, VideoSamples
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +152,66 @@ def optimizer_config(f: FinetuneSection, *, bf16: bool, distributed: bool) -> An
     return OptimizerConfig(optimizer="adam", lr=f.lr, min_lr=f.min_lr, weight_decay=f.weight_decay,
                            clip_grad=f.grad_clip, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
                            use_distributed_optimizer=distributed)
+
+
+def masked_sums(per_token: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, counted labels) over the labels `mask` keeps (the video tokens): the training loss is their
+    ratio per micro-batch (`masked_loss`), the validation loss their ratio over all validation videos."""
+    return (per_token * mask).sum(), mask.sum()
+
+
+def masked_loss(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The training loss: masked mean next-token cross-entropy over the video tokens."""
+    total, count = masked_sums(per_token, mask)
+    return total / count
+
+
+def validation_samples(spec: RunSpec, plan: TrainingPlan, dataset: TokenSource, where: str) -> VideoSamples | None:
+    """The validation split's samples, or None (with a warning naming data.split) when validation is off or the
+    split is empty (too few videos for its weight)."""
+    from harness.core.errors import HarnessError
+    from harness.cosmos import data as data_mod
+
+    if not plan.validation_steps:
+        return None
+    try:
+        return data_mod.VideoSamples(dataset, spec.token_math, "val", where=where,
+                                     context_dim=spec.preset.crossattn_dim if spec.video2world else None)
+    except HarnessError:
+        log.warning("%s: no validation loss: the validation split is empty (data.split = %s over %d videos); "
+                    "give it more weight or set finetune.val_every = 0", spec.source, list(spec.data.split),
+                    len(dataset))
+        return None
+
+
+Forward = Callable[[dict[str, Any]], "torch.Tensor"]
+"""A batch (`harness.cosmos.data.collate`) -> the model's per-token loss [b, s]."""
+
+
+def validation_loss(forward: Forward, samples: VideoSamples, plan: TrainingPlan, *, micro_batch_size: int,
+                    dp_rank: int, dp_group: Any, device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+    """(loss, videos): the training loss (`masked_sums`) over the first `plan.val_videos` validation videos,
+    without gradients; DP rank r reads videos r, r + DP, ..., every TP rank of it the same ones; summed over
+    the DP group. The caller puts the model in eval mode."""
+    import torch
+    import torch.distributed as dist
+
+    from harness.cosmos import data as data_mod
+
+    count = min(plan.val_videos, len(samples))
+    mine = list(range(dp_rank, count, plan.data_parallel))
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for i in range(0, len(mine), micro_batch_size):
+            batch = data_mod.collate([samples.sample(k) for k in mine[i:i + micro_batch_size]], device, dtype)
+            total, labels = masked_sums(forward(batch).double(), batch["loss_mask"].double())
+            sums += torch.stack([total, labels])
+    if dist.is_initialized():
+        dist.all_reduce(sums, group=dp_group)
+    return float(sums[0] / sums[1]), count
+
+
+def validation_record(step: int, loss: float, videos: int, engine: EngineName) -> dict[str, Any]:
+    """The metrics.jsonl line of a validation point (`harness.core.metricslog.is_validation`)."""
+    log.info("step %d val_loss %.4f (%d videos)", step, loss, videos)
+    return {"step": step, "val_loss": loss, "val_videos": videos, "time": time.time(), "engine": engine}

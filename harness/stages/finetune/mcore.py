@@ -53,6 +53,8 @@ class Trainer:
     math: core.StepMath
     dtype: torch.dtype
     device: torch.device
+    val_samples: data_mod.VideoSamples | None
+    """The validation split (None: validation off or no validation videos)."""
 
     @property
     def last_step(self) -> int:
@@ -124,7 +126,7 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     math = core.StepMath.of(spec, plan, len(samples), "mcore")
     return Trainer(spec, paths, ddp, optimizer, samples, step, plan, math, torch.bfloat16 if bf16 else torch.float32,
-                   device)
+                   device, core.validation_samples(spec, plan, dataset, where))
 
 
 def train_step(t: Trainer) -> dict[str, Any]:
@@ -140,8 +142,7 @@ def train_step(t: Trainer) -> dict[str, Any]:
                                    dp_rank=dp_rank, n=len(t.samples), seed=t.spec.run.seed)
         batch = data_mod.collate([t.samples.sample(i) for i in ids], t.device, t.dtype)
         per_token = t.model(batch["tokens"], labels=batch["labels"], context=batch.get("context"))
-        mask = batch["loss_mask"]
-        loss = (per_token * mask).sum() / mask.sum()
+        loss = core.masked_loss(per_token, batch["loss_mask"])
         (loss / accum).backward()
         loss_sum += loss.detach().double()
     # DP all-reduce + sum over TP of the qk-layernorm grads (per-head norms) and, with sequence parallelism, of
@@ -168,6 +169,26 @@ def _dp_group() -> Any:
     from megatron.core import parallel_state
 
     return parallel_state.get_data_parallel_group()
+
+
+def validate(t: Trainer, tracker: TrainTracker | None) -> None:
+    """The validation loss of the current weights, logged on rank 0 (all ranks compute it). Called before the
+    step's checkpoint is saved, so a resume from that checkpoint finds it logged (`metricslog.truncate`)."""
+    if t.val_samples is None or t.step not in t.plan.validation_steps:
+        return
+    t.model.eval()
+    try:
+        loss, videos = core.validation_loss(
+            lambda b: t.model(b["tokens"], labels=b["labels"], context=b.get("context")), t.val_samples, t.plan,
+            micro_batch_size=t.spec.finetune.micro_batch_size, dp_rank=parallel.dp_rank(),
+            dp_group=_dp_group() if dist.is_initialized() else None, device=t.device, dtype=t.dtype)
+    finally:
+        t.model.train()
+    if parallel.is_main():
+        rec = core.validation_record(t.step, loss, videos, "mcore")
+        metricslog.append(t.paths.metrics_jsonl, rec)
+        if tracker is not None:
+            tracker.log(rec)
 
 
 def save(t: Trainer, reason: str) -> None:
@@ -197,6 +218,8 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         parallel.barrier()
         for w in tokens.warnings(spec.token_math):
             log.warning(w)
+        if t.step == 0:
+            validate(t, tracker)
         while t.step < t.last_step:
             rec = train_step(t)
             if parallel.is_main():
@@ -205,6 +228,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
                     tracker.log(rec)
                 if t.step % f.log_every == 0 or t.step == t.last_step:
                     t.math.log_line(rec)
+            validate(t, tracker)
             signum = stop.agreed(t.device)
             if t.step in planned or t.step == t.last_step or signum:
                 save(t, "signal" if signum and t.step not in planned else "schedule")

@@ -49,7 +49,7 @@ except Exception as e:  # NeMo 2 absent, broken, or NeMo 3 (speech only): the mc
     _IMPORT_ERROR: Exception | None = e
 else:
     _IMPORT_ERROR = None
-    from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback
+    from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback, Validation
     from harness.stages.finetune.nemo_model import CosmosNeMoConfig, HarnessLR, VideoDataModule
 
 __all__ = ["available", "build", "check_engine", "ordered_sample", "run", "time_steps"]
@@ -60,10 +60,11 @@ def available() -> bool:
     return _IMPORT_ERROR is None
 
 
-def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos: int, timing_only: bool
-               ) -> list[Any]:
+def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos: int, timing_only: bool,
+               val_samples: data_mod.VideoSamples | None) -> list[Any]:
+    validation = None if val_samples is None else Validation(val_samples, plan, spec.finetune.micro_batch_size)
     metrics = MetricsCallback(paths, core.StepMath.of(spec, plan, train_videos, "nemo"),
-                              None if timing_only else spec.tracking, core.run_config(spec, plan))
+                              None if timing_only else spec.tracking, core.run_config(spec, plan), validation)
     if timing_only:
         return [metrics]
     return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"))]
@@ -85,9 +86,10 @@ def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
 
 
 def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.VideoSamples, *,
-          timing_only: bool = False) -> dict[str, Any]:
+          timing_only: bool = False, val_samples: data_mod.VideoSamples | None = None) -> dict[str, Any]:
     """The keyword arguments of `llm.api.train` for this spec and its training plan (model, data, trainer, log,
-    optim, resume). `timing_only` (the bench): no checkpoints, resume or event files, only metrics.jsonl."""
+    optim, resume). `timing_only` (the bench): no checkpoints, resume or event files, only metrics.jsonl;
+    `val_samples`: the validation split (None: no validation loss)."""
     f = spec.finetune
     cuda, bf16 = plan.cuda, plan.precision == "bf16-mixed"
     tm = spec.token_math
@@ -102,7 +104,7 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
-    callbacks = _callbacks(spec, plan, paths, len(samples), timing_only)
+    callbacks = _callbacks(spec, plan, paths, len(samples), timing_only, val_samples)
     # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
     # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.
     trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
@@ -145,8 +147,10 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
 
     share_cpu_cores(ranks_per_node(spec.finetune))
 
-    samples = data_mod.VideoSamples(open_dataset(paths), spec.token_math, "train", where=str(paths.dataset_prefix))
+    dataset = open_dataset(paths)
+    samples = data_mod.VideoSamples(dataset, spec.token_math, "train", where=str(paths.dataset_prefix))
     plan = core.training_plan(spec, "nemo")
+    val_samples = core.validation_samples(spec, plan, dataset, str(paths.dataset_prefix))
     note = plan.epochs_note(len(samples))
     if note:
         log.warning(note)
@@ -155,5 +159,5 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
         log.info("checkpoint step %d already complete: nothing to train", latest[0])
         core.write_checkpoints_json(paths, plan)
         return latest[0]
-    llm.api.train(**build(spec, plan, paths, samples))
+    llm.api.train(**build(spec, plan, paths, samples, val_samples=val_samples))
     return plan.last_step

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import TrackingSection
 from harness.core.trainplan import TrainingPlan
+from harness.cosmos.data import VideoSamples
 from harness.cosmos.signals import StopSignal
 from harness.lib.tracking import TrainTracker
 from harness.stages import tracked
-from harness.stages.finetune.core import StepMath, mark_complete
-from harness.stages.finetune.nemo_common import CHECKPOINT_FILENAME, device, remove_incomplete, scalar
+from harness.stages.finetune.core import StepMath, mark_complete, validation_loss, validation_record
+from harness.stages.finetune.nemo_common import CHECKPOINT_FILENAME, device, forward_step, remove_incomplete, scalar
 
 log = logging.getLogger("harness.stages.finetune.nemo")
 
@@ -89,13 +91,27 @@ class HarnessCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier("harness-checkpoint")
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What the validation points need: the validation split, the plan (its steps, video count and DP size) and
+    the micro-batch size they are read in."""
+
+    samples: VideoSamples
+    plan: TrainingPlan
+    micro_batch_size: int
+
+
 class MetricsCallback(pl.Callback):
-    """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format."""
+    """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format, and one per
+    validation point (all ranks compute it, with the training step's `forward_step`, at step 0 and after the
+    planned steps, before the step's checkpoint: Lightning runs `ModelCheckpoint` callbacks last)."""
 
     def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection | None,
-                 run_config: dict[str, Any]) -> None:
-        """`tracking_cfg` None: metrics.jsonl only (the bench: no TensorBoard/W&B event files)."""
+                 run_config: dict[str, Any], validation: Validation | None = None) -> None:
+        """`tracking_cfg` None: metrics.jsonl only (the bench: no TensorBoard/W&B event files); `validation`
+        None: no validation loss."""
         self.paths, self.math, self.tracking_cfg, self.run_config = paths, math, tracking_cfg, run_config
+        self.validation = validation
         self.start, self.lr = 0.0, 0.0
         self.tracker: TrainTracker | None = None
 
@@ -105,6 +121,29 @@ class MetricsCallback(pl.Callback):
         if trainer.is_global_zero and self.tracking_cfg is not None:
             self.tracker = tracked.open_train_tracker(self.tracking_cfg, self.paths, trainer.global_step,
                                                       self.run_config)
+        if trainer.global_step == 0:
+            self._validate(trainer, pl_module)
+
+    def _validate(self, trainer: Any, pl_module: Any) -> None:
+        """The validation loss of the current weights at a planned validation step, logged on rank 0."""
+        v = self.validation
+        if v is None or trainer.global_step not in v.plan.validation_steps:
+            return
+        from megatron.core import parallel_state
+
+        pl_module.eval()
+        try:
+            loss, videos = validation_loss(
+                lambda b: forward_step(pl_module, b), v.samples, v.plan, micro_batch_size=v.micro_batch_size,
+                dp_rank=parallel_state.get_data_parallel_rank(), dp_group=parallel_state.get_data_parallel_group(),
+                device=device(), dtype=torch.bfloat16 if v.plan.precision == "bf16-mixed" else torch.float32)
+        finally:
+            pl_module.train()
+        if trainer.is_global_zero:
+            rec = validation_record(trainer.global_step, loss, videos, "nemo")
+            metricslog.append(self.paths.metrics_jsonl, rec)
+            if self.tracker is not None:
+                self.tracker.log(rec)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.tracker is not None:
@@ -119,8 +158,11 @@ class MetricsCallback(pl.Callback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         dt = time.perf_counter() - self.start
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            self._log_step(trainer, outputs, dt)
+        self._validate(trainer, pl_module)
+
+    def _log_step(self, trainer: Any, outputs: Any, dt: float) -> None:
         m = trainer.callback_metrics
         loss = scalar(m.get("reduced_train_loss"))
         if loss is None and isinstance(outputs, dict):
