@@ -79,7 +79,7 @@ class SyntheticVideos:
         return self.docs[i]
 
     def split(self, name: str) -> list[int]:
-        return list(range(len(self.docs))) if name == "train" else []
+        return list(range(len(self.docs))) if name in ("train", "val") else []
 
     def prompt_embedding(self, i: int) -> np.ndarray:
         return self.ctx
@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas (micro-batch each)")
     ap.add_argument("--sp", action="store_true", help="megatron sequence parallelism (needs --tp > 1)")
     ap.add_argument("--engine", default="mcore", choices=["mcore", "nemo"], help="the finetune engine timed")
+    ap.add_argument("--validation", action="store_true",
+                    help="also time the finetune stage's validation pass: seconds per validation video against a "
+                         "training step per video (mcore engine)")
     ap.add_argument("--out", default="results/bench")
     return ap
 
@@ -133,7 +136,31 @@ def _mcore_records(spec: spec_mod.RunSpec, root: Path, a: argparse.Namespace, cu
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     recs = [train.train_step(t) for _ in range(a.steps)]
+    if a.validation:
+        recs[-1] = {**recs[-1], "validation": _validation_cost(t, cuda)}
     return recs, (_profile(lambda: train.train_step(t), cuda) if a.profile else None)
+
+
+def _validation_cost(t: Any, cuda: bool, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per validation video of the finetune stage's own validation pass (`core.validation_loss`: eval
+    mode, no gradients, the training ranks and layout) over the synthetic videos, median of `repeats` passes."""
+    from harness.cosmos import parallel
+    from harness.stages.finetune import core
+
+    def once() -> float:
+        t.model.eval()
+        start = time.perf_counter()
+        core.validation_loss(lambda b: t.model(b["tokens"], labels=b["labels"], context=b.get("context")),
+                             t.val_samples, t.plan, micro_batch_size=t.spec.finetune.micro_batch_size,
+                             dp_rank=parallel.dp_rank(), dp_group=None, device=t.device, dtype=t.dtype)
+        if cuda:
+            torch.cuda.synchronize()
+        t.model.train()
+        return time.perf_counter() - start
+
+    once()  # warm-up: the eval-mode graph's first run
+    videos = min(t.plan.val_videos, len(t.val_samples))
+    return {"videos": videos, "s_per_video": statistics.median(once() for _ in range(repeats)) / videos}
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -176,6 +203,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__, "megatron_core": _mcore_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "profile": profile,
     }
+    if "validation" in recs[-1]:
+        v = recs[-1]["validation"]
+        per_video = step_s / spec.finetune.global_batch_size
+        result["validation"] = {**v, "train_step_s_per_video": per_video, "ratio_to_training": v["s_per_video"]
+                                / per_video}
     rank0 = rank0 and ranks.is_rank0()
     parallel.shutdown()
     if rank0:
