@@ -85,12 +85,13 @@ def cmd_report(run: str, workdir: str = "runs") -> int:
 
 def print_report(paths: RunPaths) -> int:
     """Tables in the terminal and the results files; used by `harness report` and `harness quickstart`."""
+    from harness.ops import gpuhours
     from harness.report import build as report
 
     plan = load_plan(paths)
     rs = state.collect(paths, plan)
     failures = [_failure(r) for r in rs.rows if r.state != state.COMPLETED]
-    rep = report.build(paths, plan.spec, failures, plan.training)
+    rep = report.build(paths, plan.spec, failures, plan.training, gpuhours.usage(rs, plan))
     console = _console()
     report.render(rep, console)
     out = report.results_dir(plan.spec, paths)
@@ -106,8 +107,9 @@ def print_report(paths: RunPaths) -> int:
 
 
 def _failure(r: state.TaskState) -> dict[str, object]:
-    """The report's failure rows keep the fields they always had (the task state minus Slurm's uid)."""
-    return {k: v for k, v in r.__dict__.items() if k != "cancelled_by"}
+    """The report's failure rows keep the fields they always had (the task state minus Slurm's uid and the
+    GPU-seconds, which the report's GPU-hours table sums)."""
+    return {k: v for k, v in r.__dict__.items() if k not in ("cancelled_by", "gpu_seconds")}
 
 
 def cmd_compare(runs: list[str], workdir: str = "runs") -> int:

@@ -12,8 +12,9 @@ from rich.console import Console
 from harness.core import metricslog, rundir
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
+from harness.core.plan import Plan
 from harness.launch.backend import load_plan
-from harness.ops import campaign, state
+from harness.ops import campaign, gpuhours, state
 from harness.report import build as report
 from harness.report import compare as cmp
 from harness.report import compare_files
@@ -32,15 +33,27 @@ def resolve(names: Sequence[str], workdir: str) -> list[RunPaths]:
     return out
 
 
-def read_run(paths: RunPaths, gpu_hours: float | None = None, planned: float | None = None) -> cmp.RunData:
-    """The run's spec, the evaluate files of each planned evaluation step and its logged validation losses."""
+def _hours(paths: RunPaths, plan: Plan) -> tuple[float | None, float | None]:
+    """(used, planned) GPU-hours of the whole run; used unknown (None) where the run's states cannot be read
+    (a Slurm controller that does not answer): compare still shows the rest."""
+    try:
+        rs = state.collect(paths, plan)
+    except HarnessError:
+        est = [v for v in gpuhours.planned(plan).values() if v is not None]
+        return None, sum(est) if est else None
+    return gpuhours.total_hours(gpuhours.usage(rs, plan))
+
+
+def read_run(paths: RunPaths) -> cmp.RunData:
+    """The run's spec, the evaluate files of each planned evaluation step, its logged validation losses and
+    its GPU-hours."""
     plan = load_plan(paths)
     steps = plan.checkpoint_steps
     evals, _ = report.read_evals(paths, plan.spec, steps, [], [])
     val = {r["step"]: float(r[cmp.VAL_LOSS]) for r in metricslog.by_step(paths.metrics_jsonl)
            if isinstance(r.get(cmp.VAL_LOSS), (int, float))}
     return cmp.RunData(paths.run_id, plan.spec.run.name, rundir.read_spec_record(paths),
-                       {s: tuple(evals.get(s, ())) for s in steps}, val, gpu_hours, planned)
+                       {s: tuple(evals.get(s, ())) for s in steps}, val, *_hours(paths, plan))
 
 
 def out_dir(first: RunPaths, c: cmp.Comparison) -> Path:

@@ -31,7 +31,7 @@ from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths
 from harness.report import html as report_html
 from harness.report.files import plots, write
-from harness.report.records import PEAK_TFLOPS, Checkpoint, MissingShard, Report, Tokenize, Training
+from harness.report.records import PEAK_TFLOPS, Checkpoint, MissingShard, Report, StageHours, Tokenize, Training
 from harness.report.tables import fmt, markdown, render, tables, to_json
 
 if TYPE_CHECKING:
@@ -133,9 +133,10 @@ def _read(path: Path, missing: list[str]) -> Any:
     return None
 
 
-def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], plan: TrainingPlan) -> Report:
+def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], plan: TrainingPlan,
+          gpu_hours: Sequence[StageHours] = ()) -> Report:
     """`plan`: the run's training plan (`harness.core.trainplan`): its checkpoint steps are the evaluations expected,
-    its last step where training ends."""
+    its last step where training ends. `gpu_hours`: per stage, where the caller read the task states."""
     checkpoint_steps = plan.checkpoint_steps
     missing: list[str] = []
     data = _read(paths.dataset_summary, missing)
@@ -150,7 +151,7 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
                   loss_curve=curve, checkpoints=checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics),
                   failures=failures, missing=tuple(missing), missing_shards=tuple(lost), metrics=metrics,
-                  samples=report_html.pick_samples(evals))
+                  samples=report_html.pick_samples(evals), gpu_hours=tuple(gpu_hours))
 
 
 def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], failures: Sequence[dict[str, Any]],

@@ -33,7 +33,7 @@ def _cell(r: Row, key: str) -> str:
 
 
 def _gpu_hours(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
+    return fmt(v, "gpu_hours")
 
 
 def tables(c: Comparison) -> Tables:

@@ -75,6 +75,22 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class StageHours:
+    """GPU-hours a stage used (its tasks' latest attempts: `TaskState.gpu_seconds`) beside the plan's estimate
+    (`harness.core.estimate`; None where the plan makes none)."""
+
+    stage: str
+    used: float
+    planned: float | None
+
+
+def total_hours(rows: Sequence[StageHours]) -> tuple[float, float | None]:
+    """(used, planned) over every stage; planned None when no stage has an estimate."""
+    planned = [r.planned for r in rows if r.planned is not None]
+    return sum(r.used for r in rows), sum(planned) if planned else None
+
+
+@dataclass(frozen=True)
 class MissingShard:
     """A (checkpoint, input shard) whose evaluate result is absent: its videos are in no mean."""
 
@@ -102,6 +118,8 @@ class Report:
     missing_shards: tuple[MissingShard, ...] = ()
     samples: tuple[report_html.Sample, ...] = ()
     """The evaluated videos report.html shows (the first few of each checkpoint)."""
+    gpu_hours: tuple[StageHours, ...] = ()
+    """Per stage, where the caller knows the run's task states (`harness report`; the report stage does not)."""
 
     @property
     def best(self) -> Checkpoint | None:
