@@ -24,6 +24,19 @@ def checkpoint_steps(f: FinetuneSection) -> tuple[int, ...]:
     return tuple(steps)
 
 
+def baseline(spec: RunSpec) -> bool:
+    """Whether step 0 (the weights before post-training) is inferred and evaluated: infer.baseline, where
+    'auto' means: when there is a pretrained model.checkpoint to judge the post-training against."""
+    b = spec.infer.baseline
+    return b == "on" or (b == "auto" and bool(spec.model.checkpoint))
+
+
+def eval_steps(spec: RunSpec) -> tuple[int, ...]:
+    """The steps infer and evaluate run on: step 0 first where the baseline is on, then every checkpoint step.
+    Step 0 is no finetune save: infer loads it from the pretrained source (or initialises it at random)."""
+    return ((0,) if baseline(spec) else ()) + checkpoint_steps(spec.finetune)
+
+
 def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
     """The precision training actually runs in. bf16-mixed needs CUDA: megatron-core's mixed-precision optimizer
     only accepts torch.cuda tensors (and CPU bf16 matmuls are slow), so a CPU run trains in fp32."""
@@ -49,6 +62,9 @@ class TrainingPlan:
     steps before any data exists, so both engines repeat the training split (crossing epochs) until max_steps
     rather than stop when max_epochs passes over it run out."""
     checkpoint_steps: tuple[int, ...]
+    eval_steps: tuple[int, ...]
+    """The steps infer and evaluate run on (`eval_steps`): the checkpoint steps, after step 0 where the baseline
+    is on."""
     data_parallel: int
     grad_accumulation: int
     """Micro-batches per optimizer step on each DP rank: GBS / (MBS x DP)."""
@@ -97,7 +113,7 @@ def of(spec: RunSpec, *, cuda: bool, engine: str | None = None) -> TrainingPlan:
     f, tm = spec.finetune, spec.token_math
     dp = data_parallel(f)
     return TrainingPlan(tensor_parallel=f.tensor_parallel, last_step=f.max_steps,
-                        checkpoint_steps=checkpoint_steps(f), data_parallel=dp,
+                        checkpoint_steps=checkpoint_steps(f), eval_steps=eval_steps(spec), data_parallel=dp,
                         grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
                         precision=precision(f, cuda=cuda),
                         sequence_parallel=sequence_parallel(f, cuda=cuda, engine=engine), cuda=cuda,

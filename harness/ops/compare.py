@@ -48,12 +48,13 @@ def read_run(paths: RunPaths) -> cmp.RunData:
     """The run's spec, the evaluate files of each planned evaluation step, its logged validation losses and
     its GPU-hours."""
     plan = load_plan(paths)
-    steps = plan.checkpoint_steps
+    steps = plan.eval_steps
     evals, _ = report.read_evals(paths, plan.spec, steps, [], [])
     val = {r["step"]: float(r[cmp.VAL_LOSS]) for r in metricslog.by_step(paths.metrics_jsonl)
            if isinstance(r.get(cmp.VAL_LOSS), (int, float))}
     return cmp.RunData(paths.run_id, plan.spec.run.name, rundir.read_spec_record(paths),
-                       {s: tuple(evals.get(s, ())) for s in steps}, val, *_hours(paths, plan))
+                       {s: tuple(evals.get(s, ())) for s in steps}, val, *_hours(paths, plan),
+                       report.baseline_label(plan.spec))
 
 
 def out_dir(first: RunPaths, c: cmp.Comparison) -> Path:

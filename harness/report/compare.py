@@ -41,15 +41,12 @@ class RunData:
     gpu_hours: float | None = None
     """GPU-hours the run used (all stages), where known."""
     gpu_hours_planned: float | None = None
+    baseline: str = "pretrained"
+    """What step 0 is, where the run evaluated it (`harness.report.build.baseline_label`)."""
 
     @property
     def metrics(self) -> tuple[str, ...]:
         return tuple(self.spec.get("evaluate", {}).get("metrics") or mt.names())
-
-    @property
-    def step0_label(self) -> str:
-        """What step 0 is: the pretrained weights, or a random initialisation where no checkpoint is set."""
-        return "pretrained" if self.spec.get("model", {}).get("checkpoint") else "random initialisation"
 
 
 @dataclass(frozen=True)
@@ -145,7 +142,7 @@ def _row(run: RunData, step: int, shards: Sequence[ShardRecord], metrics: Sequen
             means, videos = video_means(kept, metrics), len(kept)
         values.update({m: _finite(means.value(m)) for m in metrics})
         protocol = shards[0].result.protocol_label
-    label = f"0 ({run.step0_label})" if step == 0 else str(step)
+    label = f"0 ({run.baseline})" if step == 0 else str(step)
     return Row(run.run_id, step, label, values, videos, protocol, run.gpu_hours,
                tuple(f.get(k, "(unset)") for k in differing))
 

@@ -86,8 +86,8 @@ def to_json(c: Comparison) -> dict[str, Any]:
 
 
 def plots(c: Comparison) -> dict[str, bytes]:
-    """compare.png: validation loss (every logged step of each run, where there is any) and PSNR (per
-    checkpoint) against step, one line per run."""
+    """compare.png: validation loss (every logged step of each run, where there is any) and the first metric
+    (PSNR by default; per checkpoint) against step, one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,10 +96,10 @@ def plots(c: Comparison) -> dict[str, bytes]:
     panels: list[tuple[str, dict[str, list[tuple[int, float]]]]] = []
     if any(c.val_curves):
         panels.append(("validation loss", {rid: list(pts) for rid, pts in zip(c.runs, c.val_curves)}))
-    if "psnr" in c.metrics:
-        panels.append((mt.get("psnr").column, {rid: [(r.step, v) for r in c.rows if r.run_id == rid
-                                                     and (v := r.values.get("psnr")) is not None]
-                                               for rid in c.runs}))
+    if c.metrics:  # the first selected metric (PSNR, unless evaluate.metrics leaves it out)
+        m = mt.get(c.metrics[0])
+        panels.append((m.column, {rid: [(r.step, v) for r in c.rows if r.run_id == rid
+                                        and (v := r.values.get(m.name)) is not None] for rid in c.runs}))
     if not panels:
         return {}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), layout="constrained", squeeze=False)

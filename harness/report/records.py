@@ -59,6 +59,13 @@ class Checkpoint:
     """The protocol of `values` (`evaltable.protocol_label`: 'aligned, resize upstream' or 'tokenbench')."""
     others: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     """Protocol label -> metric name -> mean, for the other protocols of evaluate.protocol = "both"."""
+    baseline: str = ""
+    """Step 0's row, the weights before post-training: 'pretrained' or 'random initialisation'; '' for a
+    checkpoint of the run. A baseline is never the best checkpoint (it is no checkpoint to export)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.step} ({self.baseline})" if self.baseline else str(self.step)
 
     def value(self, name: str) -> float | None:
         return self.values.get(name)
@@ -70,7 +77,7 @@ class Checkpoint:
         return {"step": self.step, **{m.name: self.values.get(m.name) for m in chosen},
                 "videos": self.videos, "best": self.best, "frames": self.frames, "shards": self.shards,
                 "shards_planned": self.shards_planned, "failed_videos": self.failed_videos,
-                "protocol": self.protocol,
+                "protocol": self.protocol, "baseline": self.baseline or None,
                 "other_protocols": {p: {m.name: v.get(m.name) for m in chosen} for p, v in self.others.items()}}
 
 

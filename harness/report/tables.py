@@ -94,7 +94,7 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
             + [f"{m.column} {p}" for p in others for m in shown] + ["videos"] + (["shards"] if sharded else []) \
             + ["best"] + ([] if same else ["frames compared"])
         out.append(("checkpoints", header,
-                    [[str(c.step)] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
+                    [[c.label] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
                      + [fmt(c.others.get(p, {}).get(m.name), m.name) for p in others for m in shown]
                      + [str(c.videos)] + ([f"{c.shards}/{c.shards_planned}"] if sharded else [])
                      + ["*" if c.best else ""] + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
