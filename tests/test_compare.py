@@ -119,3 +119,21 @@ def test_compare_html_in_headless_chromium(tmp_path: Path, capsys: pytest.Captur
     rc, out, _ = _run(tmp_path, a.run_id, b.run_id, capsys=capsys)
     assert rc == 0
     assert media_state(Path(_doc_path(out)).parent / "compare.html") == "ok=1 bad=0 wait=0"  # the plot
+
+
+def test_baseline_rows_come_first_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    runs = [make_results(tmp_path)[0] for _ in range(2)]
+    for p in runs:
+        spec = read_json(p.spec_json)
+        spec["infer"]["baseline"] = "on"
+        atomic_write_json(p.spec_json, spec)
+        videos = [{"name": f"clip{i}.mp4", "psnr": 20.0, "ssim": 0.5} for i in range(2)]
+        atomic_write_json(p.eval_json(0), {"step": 0, "videos": videos, "mean": {"psnr": 20.0, "ssim": 0.5}})
+    rc, out, _ = _run(tmp_path, *(p.run_id for p in runs), capsys=capsys)
+    assert rc == 0
+    rows = _doc(out)["rows"]
+    assert [(r["step"], r["label"]) for r in rows[:2]] == [(0, "0 (random initialisation)"), (10, "10")]
+    assert rows[5]["label"] == "0 (random initialisation)" and rows[0]["psnr"] == 20.0
+    assert "0 (random initialisation)" in out
