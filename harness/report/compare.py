@@ -10,6 +10,7 @@ row has (`Comparison.common`), and the page says so; with no such video there is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ def _mark_best(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
         for i, v in scored:
             if v == top:
                 best.setdefault(i, set()).add(k)
-    return tuple(Row(**{**r.__dict__, "best": frozenset(best.get(i, ()))}) for i, r in enumerate(rows))
+    return tuple(dataclasses.replace(r, best=frozenset(best.get(i, ()))) for i, r in enumerate(rows))
 
 
 def compare(runs: Sequence[RunData]) -> Comparison:
