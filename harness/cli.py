@@ -215,6 +215,11 @@ def _add_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name in ("status", "resume", "cancel", "report", "logs"):
             s.add_argument("--workdir", default="runs", help="where to look up a run id")
 
+    s = sub.add_parser("compare", help="runs side by side: one row per (run, checkpoint), the spec keys that differ, "
+                       "the best row per metric; writes results/compare-<id>/compare.{md,json,html}")
+    s.add_argument("runs", nargs="+", metavar="run", help="run ids, run directories or campaigns (two runs at least)")
+    s.add_argument("--workdir", default="runs", help="where to look up run ids")
+
     s = sub.add_parser("inspect-checkpoint", help="compare a NeMo 2 checkpoint's tensor names and shapes with a "
                        "preset (metadata only); table of mismatches and exit 2 on any")
     s.add_argument("directory", help="checkpoint folder: weights/ + context/, weights in the folder itself "
@@ -332,6 +337,7 @@ def dispatch(a: argparse.Namespace) -> int:
         "resume": lambda: ops.cmd_resume(a.run, a.workdir),
         "cancel": lambda: ops.cmd_cancel(a.run, a.stage, a.workdir),
         "report": lambda: ops.cmd_report(a.run, a.workdir),
+        "compare": lambda: ops.cmd_compare(a.runs, a.workdir),
         "runs": lambda: ops.cmd_runs(a.workdir),
         "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
         "export": lambda: ops.cmd_export(a.source, a.step, a.to, a.format, a.dtype, a.preset, a.workdir,

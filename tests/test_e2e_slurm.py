@@ -1,6 +1,6 @@
 """The whole DAG through `harness submit --wait` on the local Slurm cluster: 40 clips (plus broken files)
-over 4 shards, tiny model, 2 checkpoints, infer + evaluate per checkpoint, report. Checks what each stage
-promised, from the run directory alone."""
+over 4 shards, tiny model, 2 checkpoints, infer + evaluate per checkpoint and for the baseline (step 0, a random
+initialisation here), report. Checks what each stage promised, from the run directory alone."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def finished_run(slurm_cluster: str, tmp_path_factory: pytest.TempPathFactory) -
         "video": {"width": 64, "height": 48, "num_frames": 9, "fps": 8}, "data": {"split": [8, 1, 1]},
         "tokenize": {"shards": 4},
         "finetune": {"engine": "mcore", "max_steps": 6, "save_every": 3, "lr": 3e-3, "precision": "fp32"},
-        "infer": {"max_inputs": 2, "batch_size": 2}})
+        "infer": {"max_inputs": 2, "batch_size": 2, "baseline": "on"}})
     p = subprocess.run([sys.executable, "-m", "harness.cli", "submit", str(spec), "--wait", "--timeout", "900"],
                        capture_output=True, text=True, timeout=960, cwd=tmp)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -75,8 +75,8 @@ def test_data_stages_tokens_match_token_math_and_decode_back(finished_run: RunPa
 @pytest.mark.timeout(1000)
 def test_every_checkpoint_has_videos_and_metrics(finished_run: RunPaths) -> None:
     spec = load_run_spec(finished_run)
-    assert read_json(finished_run.checkpoints_json)["steps"] == [3, 6]
-    for step in (3, 6):
+    assert read_json(finished_run.checkpoints_json)["steps"] == [3, 6]  # the baseline is no finetune save
+    for step in (0, 3, 6):
         mp4s = sorted(finished_run.infer_dir(step).glob("*.mp4"))
         assert len(mp4s) == 2
         for m in mp4s:
@@ -98,7 +98,11 @@ def test_report_written(finished_run: RunPaths) -> None:
     report = read_json(out / "report.json")
     assert report is not None
     assert [s for s, _ in report["val_curve"]] == [0, 3, 6]  # the starting weights and each checkpoint
-    assert [c["step"] for c in report["checkpoints"]] == [3, 6]
-    assert all(c["val_loss"] == dict(report["val_curve"])[c["step"]] for c in report["checkpoints"])
-    assert sum(c["best_val_loss"] for c in report["checkpoints"]) == 1
+    rows = report["checkpoints"]
+    assert [(r["step"], r["baseline"]) for r in rows] == [(0, "random initialisation"), (3, None), (6, None)]
+    assert all(c["val_loss"] == dict(report["val_curve"])[c["step"]] for c in rows)
+    assert sum(c["best_val_loss"] for c in rows) == 1 and not rows[0]["best_val_loss"]
     assert "loss.png" in report["plots"]
+    assert rows[0]["psnr"] > 0 and 0 < rows[0]["ssim"] <= 1 and rows[0]["videos"] == 2
+    assert not rows[0]["best"] and report["best_checkpoint"] in (3, 6)  # compared against, never chosen
+    assert "0 (random initialisation)" in (out / "report.md").read_text()

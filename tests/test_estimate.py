@@ -78,7 +78,7 @@ def test_tokenize_infer_evaluate() -> None:
     assert p.spec.infer.max_inputs == 833 and plan.infer_shards(p.spec.infer) == 7 and p.spec.infer.batch_size == 0
     i = estimate.infer(p)
     assert i.wall_s == pytest.approx(2 * 64 * 3 * 40 * 64 / estimate.GENERATE_B64.value)
-    assert i.gpu_hours == pytest.approx(i.wall_s * 4 * 7 / 3600)  # 4 checkpoints x 7 shards, 1 GPU each
+    assert i.gpu_hours == pytest.approx(i.wall_s * 5 * 7 / 3600)  # (baseline + 4 checkpoints) x 7 shards, 1 GPU each
     assert estimate.generate_rate(8)[0] == estimate.GENERATE_B8.value
     b8, b32 = estimate.GENERATE_B8.value, estimate.GENERATE_B32.value
     assert estimate.generate_rate(20)[0] == pytest.approx((b8 + b32) / 2)
@@ -107,6 +107,6 @@ def test_plan_prints_estimates_with_their_sources(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     est = [ln for ln in p.stdout.splitlines() if ln.startswith("estimate:")]
     assert [ln.split(":")[1].split()[0] for ln in est] == ["tokenize", "finetune", "infer", "evaluate", "writes"]
-    assert est[4] == ("estimate: writes ~227.6 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
-                      "checkpoints 224.8 GB; generated videos 2.3 GB)")  # 4 checkpoints x 833 videos
+    assert est[4] == ("estimate: writes ~228.2 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
+                      "checkpoints 224.8 GB; generated videos 2.9 GB)")  # (baseline + 4 checkpoints) x 833 videos
     assert "train-cosmos-4b-12800.json" in est[1] and "GPU-hours" in est[1]

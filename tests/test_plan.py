@@ -33,7 +33,9 @@ def test_dag_shape_and_dependencies() -> None:
     assert p.checkpoint_steps == (25, 50, 75, 100)
     # 10,000 inputs -> a test split of 833 (weights 10:1:1) <= max_inputs 1,000 -> ceil(833 / 125) = 7 shards
     assert p.spec.infer.max_inputs == 833 and plan.infer_shards(p.spec.infer) == 7
-    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 4 * 7
+    # model.checkpoint is set, so infer.baseline 'auto' adds step 0: 5 evaluated steps x 7 shards
+    assert p.eval_steps == (0, 25, 50, 75, 100)
+    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 5 * 7
     assert p.stage("tokenize").tasks == 100 and p.spec.tokenize.shards == 100
     assert p.sbatch_calls == 7
 
@@ -153,9 +155,9 @@ def test_rendered_scripts_carry_resources_and_flags() -> None:
     assert "#SBATCH --array=0-99%100" in tok and "#SBATCH --dependency=afterok:1000" in tok
     assert "#SBATCH --kill-on-invalid-dep=yes" in tok and "#SBATCH --gpus-per-node=1" in tok
     assert "#SBATCH --dependency=aftercorr:1004" in scripts["evaluate"]
-    for name in ("infer", "evaluate"):  # 4 checkpoints x 7 input shards
-        assert "#SBATCH --array=0-27" in scripts[name]
-        assert f"# {name} array: 4 checkpoint(s) x 7 input shard(s) of up to 125 input(s)" in scripts[name]
+    for name in ("infer", "evaluate"):  # (the baseline + 4 checkpoints) x 7 input shards
+        assert "#SBATCH --array=0-34" in scripts[name]
+        assert f"# {name} array: 5 checkpoint(s) x 7 input shard(s) of up to 125 input(s)" in scripts[name]
     assert "#SBATCH --dependency=afterany:1005" in scripts["report"]
     ft = scripts["finetune"]
     assert "#SBATCH --ntasks-per-node=8" in ft and "#SBATCH --gpus-per-node=8" in ft
@@ -195,8 +197,9 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0
     assert "5x40x64 = 12,800 tokens" in out
     assert "TP 8 x DP 1;" in out and "--container-image" in out  # sequence parallel off by default
-    assert "infer/evaluate: 4 checkpoint(s) x 7 input shard(s) = 28 task(s)" in out
-    assert sum("28 = 4 x 7" in ln for ln in out.splitlines()) == 2  # the infer and evaluate rows
+    assert "infer/evaluate: 5 checkpoint(s) x 7 input shard(s) = 35 task(s)" in out
+    assert sum("35 = 5 x 7" in ln for ln in out.splitlines()) == 2  # the infer and evaluate rows
+    assert "step 0 (the baseline) inferred and evaluated too" in " ".join(out.split())  # however rich wraps it
     assert len(list(tmp_path.glob("*.sbatch"))) == 7
 
 
@@ -211,7 +214,8 @@ def test_training_plan_is_the_one_source() -> None:
     t = trainplan.planned(s)
     assert p.training == t
     assert (t.last_step, t.checkpoint_steps, t.data_parallel, t.grad_accumulation) == (100, (25, 50, 75, 100), 1, 1)
-    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 4
+    assert t.eval_steps == (0, 25, 50, 75, 100)  # the baseline: model.checkpoint is set
+    assert p.stage("infer").tasks == p.stage("evaluate").tasks == 5
     assert t.precision == "bf16-mixed" and trainplan.of(s, cuda=False).precision == "fp32"
     assert t.flops_per_step == models.train_flops_per_token(s.preset, 12_799) * 12_799 * 1  # inputs: tokens[:-1]
     assert t.tokens_per_step == 12_800
@@ -296,3 +300,23 @@ def test_plan_for_the_local_executor_is_what_doctor_checks_without_slurm(
     assert cli.main(["plan", str(path), "--executor", "local"]) == 0
     out = capsys.readouterr().out
     assert "MaxArraySize = 1000000: the local executor has no array limit" in out and "note: no Slurm" not in out
+
+
+def test_baseline_adds_step_0_to_infer_and_evaluate_only() -> None:
+    """infer.baseline: 'auto' is on exactly when there is a pretrained checkpoint; 'on' also for a random
+    initialisation. Step 0 is the first infer/evaluate task (task = step index x shards + shard), never a save."""
+    from harness.core import trainplan
+
+    facts = plan.Facts(num_inputs=10_000, max_array_size=1001, nodes_available=4)
+    cases = {("auto", "org/model"): True, ("auto", ""): False, ("on", ""): True, ("off", "org/model"): False}
+    for (mode, ckpt), on in cases.items():
+        s = seed_spec()
+        s = dataclasses.replace(s, infer=dataclasses.replace(s.infer, baseline=mode),
+                                model=dataclasses.replace(s.model, checkpoint=ckpt))
+        p = plan.build(s, facts)
+        assert trainplan.baseline(p.spec) is on
+        assert p.checkpoint_steps == (25, 50, 75, 100)  # finetune saves the same steps either way
+        assert p.eval_steps == ((0,) if on else ()) + (25, 50, 75, 100)
+        assert p.stage("infer").tasks == len(p.eval_steps) * 7
+        first, last = plan.infer_task(p.spec, 0), plan.infer_task(p.spec, p.stage("infer").tasks - 1)
+        assert (first.step, first.shard, last.step, last.shard) == (0 if on else 25, 0, 100, 6)

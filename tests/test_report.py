@@ -326,3 +326,31 @@ def test_loss_plot_has_both_curves_and_the_seed_band(tmp_path: Path) -> None:
     (band,) = ax.patches
     assert (band.get_y(), band.get_y() + band.get_height()) == (6.0, 7.0)  # a Rectangle spanning the x axis
     plt.close(fig)
+
+
+def test_baseline_is_the_first_row_labelled_and_never_the_best(tmp_path: Path) -> None:
+    """infer.baseline = "on" without model.checkpoint: step 0 is a random initialisation, shown first with its
+    label in every form; better numbers than every checkpoint still do not make it the best checkpoint."""
+    from harness.core.atomic import read_json
+    from harness.launch.backend import load_plan
+
+    paths, _, _ = make_results(tmp_path)
+    spec = read_json(paths.spec_json)
+    assert spec["model"]["checkpoint"] == ""
+    spec["infer"]["baseline"] = "on"
+    atomic_write_json(paths.spec_json, spec)
+    plan = load_plan(paths)
+    videos = [{"name": f"clip{i}.mp4", "psnr": 40.0 + i, "ssim": 0.9} for i in range(2)]
+    atomic_write_json(paths.eval_json(0), {"step": 0, "videos": videos, "mean": {"psnr": 40.5, "ssim": 0.9,
+                                                                                 "videos": 2}})
+    rep = report.build(paths, plan.spec, [], plan.training)
+    assert [c.step for c in rep.checkpoints] == [0, *PSNR]
+    assert rep.checkpoints[0].label == "0 (random initialisation)" and rep.best is not None
+    assert rep.best.step == max(PSNR, key=PSNR.get)
+    doc = report.to_json(rep)
+    assert doc["checkpoints"][0]["baseline"] == "random initialisation" and doc["checkpoints"][0]["psnr"] == 40.5
+    assert doc["checkpoints"][1]["baseline"] is None and not doc["checkpoints"][0]["best"]
+    assert "| 0 (random initialisation) | 40.50 | 0.9000 |" in report.markdown(rep)
+    spec["model"]["checkpoint"] = "org/pretrained"
+    atomic_write_json(paths.spec_json, spec)
+    assert report.build(paths, load_plan(paths).spec, [], plan.training).checkpoints[0].label == "0 (pretrained)"

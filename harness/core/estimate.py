@@ -124,7 +124,7 @@ def infer(plan: Plan) -> StageEstimate:
     gpus = i.gpus_per_node * i.nodes
     tasks = plan.stage("infer").tasks
     return StageEstimate("infer", per_task, per_task * gpus * tasks / 3600,
-                         f"{tasks} task(s) ({len(plan.checkpoint_steps)} checkpoint(s) x "
+                         f"{tasks} task(s) ({len(plan.eval_steps)} checkpoint(s) x "
                          f"{plan_mod.infer_shards(i)} input shard(s)) x {per_task_inputs} video(s) x {gen:,} generated "
                          f"tokens at ~{rate:,.0f} tokens/s (batch {batch}{' (auto)' if not i.batch_size else ''}: "
                          f"{source}; x {1 / _model_scale(plan):.2f} for {spec.model.preset}'s parameters)")

@@ -48,6 +48,7 @@ def items(plan: Plan) -> tuple[Item, ...]:
     tokens = n * (tm.sample_length * TOKEN_BYTES + INDEX_BYTES_PER_DOC)
     ckpt = checkpoint_bytes(spec.preset.params, spec.finetune.precision)
     k = len(plan.checkpoint_steps)
+    e = len(plan.eval_steps)
     frames, h, w = spec.video.num_frames, spec.video.height, spec.video.width
     videos = min(spec.infer.max_inputs, max(1, n))
     mp4 = int(frames * h * w * VIDEO_BYTES_PER_PIXEL)
@@ -59,8 +60,8 @@ def items(plan: Plan) -> tuple[Item, ...]:
              f"{k} x {ckpt / 1e9:,.1f} GB ({spec.preset.params / 1e9:.2f} B params x "
              f"{CHECKPOINT_BYTES_PER_PARAM[spec.finetune.precision]} B: weights + master + Adam, "
              f"{spec.finetune.precision})"),
-        Item("generated videos", "workdir", k * videos * mp4,
-             f"{k} checkpoints x {videos} videos x {frames}x{h}x{w} at <= {VIDEO_BYTES_PER_PIXEL} B/pixel"),
+        Item("generated videos", "workdir", e * videos * mp4,
+             f"{e} evaluated steps x {videos} videos x {frames}x{h}x{w} at <= {VIDEO_BYTES_PER_PIXEL} B/pixel"),
     ]
     if spec.model.checkpoint and not spec.model.checkpoint.startswith("/"):
         out.append(Item("pretrained checkpoint", "hf_home", spec.preset.params * PRETRAINED_BYTES_PER_PARAM,

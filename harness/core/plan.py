@@ -93,6 +93,11 @@ class Plan:
         return self.training.checkpoint_steps
 
     @property
+    def eval_steps(self) -> tuple[int, ...]:
+        """What infer and evaluate run on: the checkpoint steps, after step 0 where the baseline is on."""
+        return self.training.eval_steps
+
+    @property
     def data_parallel(self) -> int:
         return self.training.data_parallel
 
@@ -150,7 +155,7 @@ class InferTask:
     """One infer/evaluate array task: task = checkpoint * shards + shard (checkpoint-major)."""
 
     checkpoint: int
-    """Index into checkpoint_steps."""
+    """Index into the evaluation steps (`trainplan.eval_steps`: step 0 first where the baseline is on)."""
     step: int
     shard: int
     shards: int
@@ -166,7 +171,7 @@ class InferTask:
 
 def infer_task(spec: RunSpec, task: int) -> InferTask:
     """The (checkpoint, shard) of an infer/evaluate array index and its input slice; the one such mapping."""
-    steps = checkpoint_steps(spec.finetune)
+    steps = trainplan.eval_steps(spec)
     shards = infer_shards(spec.infer)
     if not 0 <= task < len(steps) * shards:
         raise HarnessError(f"infer/evaluate task {task}: out of range; {len(steps)} checkpoints {list(steps)} x "
@@ -187,8 +192,7 @@ def build(spec: RunSpec, facts: Facts) -> Plan:
         spec, tokenize=dataclasses.replace(spec.tokenize, shards=shards),
         infer=dataclasses.replace(spec.infer, max_inputs=resolve_max_inputs(spec, facts.num_inputs)))
     training = trainplan.planned(resolved)
-    steps = training.checkpoint_steps
-    fanout = len(steps) * infer_shards(resolved.infer)
+    fanout = len(training.eval_steps) * infer_shards(resolved.infer)
     sizes = {"one": 1, "ranks": 1, "shards": shards, "checkpoints": fanout}
     stages = tuple(_stage(resolved, row, sizes[row.shape], facts) for row in STAGES)
     tm = spec.token_math
@@ -220,9 +224,10 @@ def to_json(plan: Plan) -> dict[str, Any]:
                        "sample_length": plan.token_math.sample_length, "model_max": plan.token_math.model_max,
                        "describe": plan.token_math.describe()},
         "checkpoint_steps": list(plan.checkpoint_steps),
+        "eval_steps": list(plan.eval_steps),
         "num_inputs": plan.num_inputs,
         "shards": plan.spec.tokenize.shards,
-        "infer": {"checkpoints": len(plan.checkpoint_steps), "shards": infer_shards(plan.spec.infer),
+        "infer": {"checkpoints": len(plan.eval_steps), "shards": infer_shards(plan.spec.infer),
                   "max_inputs": plan.spec.infer.max_inputs, "inputs_per_task": plan.spec.infer.inputs_per_task},
         "data_parallel": plan.data_parallel,
         "grad_accumulation": plan.grad_accumulation,

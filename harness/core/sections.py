@@ -27,6 +27,7 @@ Device = Literal["auto", "cpu", "cuda"]
 TextEncoderDtype = Literal["fp32", "bf16"]
 VideoResize = Literal["upstream", "area"]
 EvalProtocol = Literal["aligned", "tokenbench", "both"]
+Baseline = Literal["auto", "on", "off"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -184,6 +185,11 @@ class InferSection(Resources):
                           "fit in the GPU's free memory)", min=0, max=1024)
     tensor_parallel: int = opt(1, "tensor-parallel size for generation: ranks per infer task, one per GPU",
                                min=1, max=64)
+    baseline: Baseline = opt("auto", "also infer and evaluate step 0, the weights before post-training (the "
+                                     "pretrained model.checkpoint with the new tokenizer, or a random "
+                                     "initialisation from run.seed where it is ''), with the same inputs and "
+                                     "seeds, as the first row of the report; auto: on when model.checkpoint is "
+                                     "set")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,17 @@ def validation_steps(f: FinetuneSection) -> tuple[int, ...]:
     if steps[-1] != f.max_steps:
         steps.append(f.max_steps)
     return tuple(steps)
+def baseline(spec: RunSpec) -> bool:
+    """Whether step 0 (the weights before post-training) is inferred and evaluated: infer.baseline, where
+    'auto' means: when there is a pretrained model.checkpoint to judge the post-training against."""
+    b = spec.infer.baseline
+    return b == "on" or (b == "auto" and bool(spec.model.checkpoint))
+
+
+def eval_steps(spec: RunSpec) -> tuple[int, ...]:
+    """The steps infer and evaluate run on: step 0 first where the baseline is on, then every checkpoint step.
+    Step 0 is no finetune save: infer loads it from the pretrained source (or initialises it at random)."""
+    return ((0,) if baseline(spec) else ()) + checkpoint_steps(spec.finetune)
 
 
 def precision(f: FinetuneSection, *, cuda: bool) -> Precision:
@@ -65,6 +76,9 @@ class TrainingPlan:
     val_videos: int
     """At most this many validation videos per validation point (finetune.val_videos; fewer if the split is
     smaller)."""
+    eval_steps: tuple[int, ...]
+    """The steps infer and evaluate run on (`eval_steps`): the checkpoint steps, after step 0 where the baseline
+    is on."""
     data_parallel: int
     grad_accumulation: int
     """Micro-batches per optimizer step on each DP rank: GBS / (MBS x DP)."""
@@ -113,8 +127,8 @@ def of(spec: RunSpec, *, cuda: bool, engine: str | None = None) -> TrainingPlan:
     f, tm = spec.finetune, spec.token_math
     dp = data_parallel(f)
     return TrainingPlan(tensor_parallel=f.tensor_parallel, last_step=f.max_steps,
-                        checkpoint_steps=checkpoint_steps(f), validation_steps=validation_steps(f),
-                        val_videos=f.val_videos, data_parallel=dp,
+                        checkpoint_steps=checkpoint_steps(f), eval_steps=eval_steps(spec),
+                        validation_steps=validation_steps(f), val_videos=f.val_videos, data_parallel=dp,
                         grad_accumulation=f.global_batch_size // (f.micro_batch_size * dp),
                         precision=precision(f, cuda=cuda),
                         sequence_parallel=sequence_parallel(f, cuda=cuda, engine=engine), cuda=cuda,

@@ -205,17 +205,22 @@ def check_context(ckpt_dir: Path, preset: str) -> None:
             raise HarnessError(f"{ckpt_dir}: checkpoint of preset {saved!r}, but model.preset is {preset!r}")
 
 
-def load_for_inference(ckpt_dir: str | Path, preset: "ModelPreset", grid: "Grid", tp: int = 1, *, seed: int = 0,
-                       gpus_requested: int = 0, seq_len: int | None = None) -> "CosmosModel":
+def load_for_inference(ckpt_dir: str | Path | None, preset: "ModelPreset", grid: "Grid", tp: int = 1, *,
+                       seed: int = 0, gpus_requested: int = 0, seq_len: int | None = None) -> "CosmosModel":
     """A model in eval mode with the checkpoint's weights, tensor-parallel over `tp` ranks (every rank of the TP
     group calls this). Initialises torch.distributed/mcore if needed (single process when no launcher variables
-    are set). bf16 on GPU, fp32 on CPU. `seq_len`: positions the RoPE tables must cover (default: one sample)."""
+    are set). bf16 on GPU, fp32 on CPU. `seq_len`: positions the RoPE tables must cover (default: one sample).
+    `ckpt_dir` None: the random initialisation of `seed` (the baseline of a run without a pretrained
+    checkpoint): the same weights for the same seed, whatever the process ran before."""
     from harness.cosmos.model import build_model
 
-    ckpt_dir = Path(ckpt_dir)
-    check_context(ckpt_dir, preset.name)
+    if ckpt_dir is not None:
+        check_context(Path(ckpt_dir), preset.name)
     parallel.init(tp, seed=seed, gpus_requested=gpus_requested)
     precision: Precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
+    if ckpt_dir is None:
+        parallel.reseed(seed)
     model = build_model(preset, grid, tp=tp, precision=precision, seq_len=seq_len)
-    load_model(model, ckpt_dir)
+    if ckpt_dir is not None:
+        load_model(model, Path(ckpt_dir))
     return model.eval()

@@ -125,6 +125,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def reseed(seed: int) -> None:
+    """Seed every generator a model's initialisation draws from (torch's and mcore's model-parallel tracker), so
+    a random initialisation depends on the seed alone, not on what the process drew before (`init` seeds once
+    per process)."""
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
 def init(tp: int, *, seed: int = 1234, env: RankEnv | None = None, gpus_requested: int = 0) -> RankEnv:
     """Initialise torch.distributed and mcore's parallel state once per process (idempotent for the same TP).
     `gpus_requested`: the stage's `gpus_per_node`; the CPU compatibility layer is applied only where it is 0."""

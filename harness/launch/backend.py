@@ -61,6 +61,9 @@ class TaskState:
     submitted: float = 0.0
     """sacct's Submit time (epoch seconds; 0 when unknown): accounting keeps no comment unless the cluster
     stores it, so a record is matched to the submission that made it by its time."""
+    gpu_seconds: float = 0.0
+    """Elapsed seconds x GPUs allocated, of the task's latest attempt: from accounting on a cluster (ElapsedRaw
+    x AllocTRES gres/gpu), wall x the stage's planned GPUs on the local executor; 0 where unknown."""
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ def driver(paths: RunPaths, jobs: Jobs) -> tuple[int, bool]:
     return pids[-1], (not finished) and pid_alive(pids[-1])
 
 
-def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bool, alive: bool) -> TaskState:
+def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bool, alive: bool,
+         gpus: int = 0) -> TaskState:
     if done:
         state = COMPLETED
     elif e is None:
@@ -167,13 +168,15 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
     log = e.get("stdout") or (str(paths.task_log(stage, job)) if job else "")
     reason = e.get("reason", "") or ("the local driver died" if state == LOST else "")
     return TaskState(stage, t, state, job, os.uname().nodename if job else "",
-                     _fmt_elapsed(end - start) if start and end else "", "", reason, log)
+                     _fmt_elapsed(end - start) if start and end else "", "", reason, log,
+                     gpu_seconds=(end - start) * gpus if start and end else 0.0)
 
 
 def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,
-               alive: bool) -> tuple[TaskState, ...]:
+               alive: bool, gpus: int = 0) -> tuple[TaskState, ...]:
+    """`gpus`: the stage's planned GPUs a task (the local executor keeps no allocation of its own)."""
     done = done_tasks(paths, stage)
-    return tuple(_row(paths, stage, t, entries.get(str(t)), t in done, alive) for t in range(tasks))
+    return tuple(_row(paths, stage, t, entries.get(str(t)), t in done, alive, gpus) for t in range(tasks))
 
 
 def _entries(paths: RunPaths) -> dict[str, Any]:
@@ -197,7 +200,8 @@ class LocalBackend:
     def query(self, paths: RunPaths, plan: Plan, jobs: Jobs, known: Mapping[str, TaskState] | None = None) -> Query:
         _, alive = driver(paths, jobs)
         entries = _entries(paths)
-        return Query(tuple((s.name, stage_rows(paths, entries.get(s.name, {}), s.name, s.tasks, alive))
+        return Query(tuple((s.name, stage_rows(paths, entries.get(s.name, {}), s.name, s.tasks, alive,
+                                               s.resources.gpus_per_node * s.resources.nodes))
                            for s in plan.stages), alive)
 
     def cancel(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str | None) -> str:

@@ -21,9 +21,10 @@ from submitit.slurm.slurm import SlurmJobEnvironment
 
 from harness.core import sbatch_options
 from harness.core.paths import RunPaths
-from harness.core.plan import Plan, StagePlan, checkpoint_steps, infer_shards
+from harness.core.plan import Plan, StagePlan, infer_shards
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
+from harness.core.trainplan import eval_steps
 
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 
@@ -60,7 +61,7 @@ def fanout_line(spec: RunSpec, stage: StagePlan) -> list[str]:
     """infer/evaluate: the array's shape as a comment, so a script says which task is which pair."""
     if stage_def(stage.name).shape != "checkpoints":
         return []
-    c, k = len(checkpoint_steps(spec.finetune)), infer_shards(spec.infer)
+    c, k = len(eval_steps(spec)), infer_shards(spec.infer)
     return [f"# {stage.name} array: {c} checkpoint(s) x {k} input shard(s) of up to "
             f"{spec.infer.inputs_per_task or spec.infer.max_inputs} input(s); task = checkpoint * {k} + shard"]
 

@@ -115,13 +115,13 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
     if not job_ids:
         return {}
     out = _run(["sacct", "-n", "-P", "-j", ",".join(job_ids), "-o",
-                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Submit,Reason"]
+                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Submit,ElapsedRaw,AllocTRES,Reason"]
                ).stdout  # a failing sacct (slurmdbd down) must not read as "no tasks"
     states: dict[str, TaskState] = {}
     signals: dict[str, int] = {}
     for line in out.splitlines():
-        parts = line.split("|", 8)
-        if len(parts) != 9:
+        parts = line.split("|", 10)
+        if len(parts) != 11:
             continue
         job, _, step = parts[0].partition(".")
         sig = exit_signal(parts[5]) or exit_signal(parts[4])
@@ -130,9 +130,19 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
             continue
         words = parts[1].split() or ["UNKNOWN"]
         by = words[2] if len(words) > 2 and words[1] == "by" else ""
-        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[8], cancelled_by=by,
-                                signal=sig, time_limit=parts[6], submitted=epoch(parts[7]))
+        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[10], cancelled_by=by,
+                                signal=sig, time_limit=parts[6], submitted=epoch(parts[7]),
+                                gpu_seconds=float(parts[8]) * tres_gpus(parts[9]) if parts[8].isdigit() else 0.0)
     return {job: dataclasses.replace(st, signal=st.signal or signals.get(job, 0)) for job, st in states.items()}
+
+
+def tres_gpus(tres: str) -> int:
+    """GPUs in sacct's AllocTRES ('billing=8,cpu=8,gres/gpu:h100=2,gres/gpu=2,mem=64G,node=1' -> 2): the
+    untyped total where Slurm lists it, else the typed counts summed; 0 for an allocation without GPUs."""
+    pairs = [w.partition("=") for w in tres.split(",")]
+    gpus = [(k, v) for k, _, v in pairs if (k == "gres/gpu" or k.startswith("gres/gpu:")) and v.isdigit()]
+    total = [int(v) for k, v in gpus if k == "gres/gpu"]
+    return total[0] if total else sum(int(v) for _, v in gpus)
 
 
 def epoch(stamp: str) -> float:

@@ -91,7 +91,7 @@ def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float
         state = "FAILED"
     return TaskState(stage, task, state, sid, st.node if st.node not in ("None assigned",) else "",
                      st.elapsed, st.exit_code, explain(state, st, log, done, root), log, signal=st.signal,
-                     time_limit=st.time_limit)
+                     time_limit=st.time_limit, gpu_seconds=st.gpu_seconds)
 
 
 _FINAL_REASONS = {"OUT_OF_MEMORY": "out of memory{on}: raise mem_gb or lower the batch size",

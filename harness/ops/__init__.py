@@ -1,5 +1,5 @@
-"""Operating runs: status, logs, resume, cancel, report, runs, sync, and `submit --wait`; plus the commands that
-work on folders, not runs (evaluate, synth).
+"""Operating runs: status, logs, resume, cancel, report, compare, runs, sync, and `submit --wait`; plus the
+commands that work on folders, not runs (evaluate, synth).
 
 Every run command rebuilds what it needs from the run directory (spec.json, plan.json, jobs.json, completion
 markers) plus at most one squeue and one sacct, through the run's backend (harness.launch). Commands take
@@ -17,8 +17,9 @@ from harness.core.paths import CampaignPaths, RunPaths
 from harness.launch.backend import load_plan
 from harness.ops import control, state, status
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_runs", "cmd_inspect_checkpoint",
-           "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait", "control", "state", "status"]
+__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare", "cmd_runs",
+           "cmd_inspect_checkpoint", "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait",
+           "control", "state", "status"]
 
 
 def _console() -> Console:
@@ -84,12 +85,13 @@ def cmd_report(run: str, workdir: str = "runs") -> int:
 
 def print_report(paths: RunPaths) -> int:
     """Tables in the terminal and the results files; used by `harness report` and `harness quickstart`."""
+    from harness.ops import gpuhours
     from harness.report import build as report
 
     plan = load_plan(paths)
     rs = state.collect(paths, plan)
     failures = [_failure(r) for r in rs.rows if r.state != state.COMPLETED]
-    rep = report.build(paths, plan.spec, failures, plan.training)
+    rep = report.build(paths, plan.spec, failures, plan.training, gpuhours.usage(rs, plan))
     console = _console()
     report.render(rep, console)
     out = report.results_dir(plan.spec, paths)
@@ -105,8 +107,15 @@ def print_report(paths: RunPaths) -> int:
 
 
 def _failure(r: state.TaskState) -> dict[str, object]:
-    """The report's failure rows keep the fields they always had (the task state minus Slurm's uid)."""
-    return {k: v for k, v in r.__dict__.items() if k != "cancelled_by"}
+    """The report's failure rows keep the fields they always had (the task state minus Slurm's uid and the
+    GPU-seconds, which the report's GPU-hours table sums)."""
+    return {k: v for k, v in r.__dict__.items() if k not in ("cancelled_by", "gpu_seconds")}
+
+
+def cmd_compare(runs: list[str], workdir: str = "runs") -> int:
+    from harness.ops import compare
+
+    return compare.compare(runs, workdir, _console())
 
 
 def cmd_runs(workdir: str = "runs") -> int:

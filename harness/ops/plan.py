@@ -214,7 +214,9 @@ def _summary(plan: plan_mod.Plan) -> tuple[str, ...]:
             f" GBS {f.global_batch_size} = MBS {f.micro_batch_size} x DP {plan.data_parallel}"
             f" x grad-accum {plan.grad_accumulation}; {plan.training.precision}, {plan.training.last_step} steps",
             f"inputs: {plan.num_inputs} -> {spec.tokenize.shards} shard(s); checkpoints at steps "
-            f"{', '.join(map(str, plan.checkpoint_steps))}; sbatch calls: {plan.sbatch_calls}")
+            f"{', '.join(map(str, plan.checkpoint_steps))}"
+            f"{'; step 0 (the baseline) inferred and evaluated too' if 0 in plan.eval_steps else ''}"
+            f"; sbatch calls: {plan.sbatch_calls}")
 
 
 def _fanout(plan: plan_mod.Plan) -> str:
@@ -222,7 +224,7 @@ def _fanout(plan: plan_mod.Plan) -> str:
     k = plan_mod.infer_shards(i)
     per = f"{i.inputs_per_task} input(s) per task" if i.inputs_per_task else "all inputs in one task per checkpoint"
     src = f"infer.inputs {i.inputs}" if i.inputs else "the test split"
-    return (f"{len(plan.checkpoint_steps)} checkpoint(s) x {k} input shard(s) = {plan.stage('infer').tasks} "
+    return (f"{len(plan.eval_steps)} checkpoint(s) x {k} input shard(s) = {plan.stage('infer').tasks} "
             f"task(s) each; up to {i.max_inputs} input(s) from {src}, {per}")
 
 
@@ -245,7 +247,7 @@ def _stage_rows(plan: plan_mod.Plan) -> tuple[tuple[str, ...], ...]:
             if s.array else "-"
         deps = ", ".join(f"{d.kind}:{d.stage}" for d in s.depends) or "-"
         res = f"{r.nodes}N x {r.ntasks_per_node}T, {r.gpus_per_node} GPU/N, {r.cpus_per_task} CPU/T, {r.time_min} min"
-        tasks = f"{s.tasks} = {len(plan.checkpoint_steps)} x {plan_mod.infer_shards(plan.spec.infer)}" \
+        tasks = f"{s.tasks} = {len(plan.eval_steps)} x {plan_mod.infer_shards(plan.spec.infer)}" \
             if s.name in ("infer", "evaluate") else str(s.tasks)
         rows.append((s.name, tasks, arr, deps, res, "yes" if s.container else "-"))
     return tuple(rows)

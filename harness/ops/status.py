@@ -17,7 +17,9 @@ from harness.core.plan import Plan
 from harness.core.rundir import open_run
 from harness.launch import slurmcli, slurmstate
 from harness.launch.backend import load_plan
+from harness.ops import gpuhours
 from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, stored
+from harness.report.tables import fmt
 
 WAIT_RETRIES = 5
 """Consecutive failed Slurm queries `wait` tolerates."""
@@ -42,12 +44,19 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"[{_STYLE.get(s, 'white')}]{n} {s}[/]" for s, n in order)
 
 
-def stage_table(rs: RunState) -> Table:
+def stage_table(rs: RunState, plan: Plan | None = None) -> Table:
+    """With the plan, each stage's GPU-hours used beside the plan's estimate, and the run's in the caption."""
     jobs = load_jobs(rs.paths)
-    t = Table("stage", "done", "states", "job ids")
+    used = {u.stage: u for u in gpuhours.usage(rs, plan)} if plan is not None else {}
+    total, planned = gpuhours.total_hours(tuple(used.values()))
+    t = Table("stage", "done", "states", "job ids", *(("GPU-h used", "GPU-h planned") if used else ()),
+              caption=f"GPU-hours used {fmt(total, 'gpu_hours')} (planned {fmt(planned, 'gpu_hours')})"
+              if used else None, caption_justify="left")
     for s in rs.stages:
         ids = ", ".join(job_ids(jobs, s.name))  # a local run has none
-        t.add_row(s.name, f"{s.done}/{len(s.rows)}", _counts(s.counts), ids or "-")
+        hours = (fmt(used[s.name].used, "gpu_hours"), fmt(used[s.name].planned, "gpu_hours")) if s.name in used \
+            else ()
+        t.add_row(s.name, f"{s.done}/{len(s.rows)}", _counts(s.counts), ids or "-", *hours)
     return t
 
 
@@ -78,8 +87,8 @@ def _short(log: str, root: Path) -> str:
         return log
 
 
-def view(rs: RunState, show_all: bool = False) -> Group:
-    parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {escape(str(rs.paths.root))}", stage_table(rs),
+def view(rs: RunState, show_all: bool = False, plan: Plan | None = None) -> Group:
+    parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {escape(str(rs.paths.root))}", stage_table(rs, plan),
                    f"{verdict(rs)}: {rs.summary()}"]
     tasks = task_table(rs, show_all)
     if tasks is not None:
@@ -98,21 +107,21 @@ def status(paths: RunPaths, console: Console, show_all: bool = False, watch: boo
         if last is None:
             raise
         when, rs = last
-        console.print(view(rs, show_all))
+        console.print(view(rs, show_all, plan))
         console.print(f"the Slurm controller does not answer ({escape(slurmcli.gist(str(e)))}): these are the "
                       f"states stored at {datetime.fromtimestamp(when):%Y-%m-%d %H:%M:%S}, not live ones",
                       soft_wrap=True)
         return 1
     if not watch:
-        console.print(view(rs, show_all))
+        console.print(view(rs, show_all, plan))
         return 0
     from rich.live import Live
 
-    with Live(view(rs, show_all), console=console, refresh_per_second=2) as live:
+    with Live(view(rs, show_all, plan), console=console, refresh_per_second=2) as live:
         while not rs.final or rs.driver_alive:
             time.sleep(interval_s)
             rs = collect(paths, plan)
-            live.update(view(rs, show_all))
+            live.update(view(rs, show_all, plan))
     return 0
 
 

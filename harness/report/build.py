@@ -31,14 +31,15 @@ from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths
 from harness.report import html as report_html
 from harness.report.files import plots, write
-from harness.report.records import PEAK_TFLOPS, Checkpoint, MissingShard, Report, Tokenize, Training
+from harness.report.records import PEAK_TFLOPS, Checkpoint, MissingShard, Report, StageHours, Tokenize, Training
 from harness.report.tables import fmt, markdown, render, tables, to_json
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec
     from harness.core.trainplan import TrainingPlan
 
-__all__ = ["PEAK_TFLOPS", "Checkpoint", "MissingShard", "Report", "Tokenize", "Training", "build", "checkpoints",
+__all__ = ["PEAK_TFLOPS", "Checkpoint", "MissingShard", "Report", "Tokenize", "Training", "baseline_label", "build",
+           "checkpoints",
            "fmt", "markdown", "merge_shards", "plots", "read_evals", "read_metrics", "render", "results_dir",
            "tables", "to_json", "tokenize_stats", "training", "validation_curve", "with_validation", "write"]
 
@@ -99,16 +100,18 @@ def _best(rows: Sequence[Checkpoint], metrics: Sequence[str]) -> int | None:
 
 
 def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
-                metrics: Sequence[str] | None = None) -> tuple[Checkpoint, ...]:
-    """step -> the evaluate results read for it (one per shard); `best` marks the best of `_best`."""
+                metrics: Sequence[str] | None = None, baseline: str = "") -> tuple[Checkpoint, ...]:
+    """step -> the evaluate results read for it (one per shard); `best` marks the best of `_best` among the
+    checkpoints (step 0, the baseline, labelled `baseline` where given, is compared against, never chosen)."""
     chosen = mt.selected(metrics)
     rows = []
     for step in sorted(evals):
         e = merge_shards(evals[step], metrics)
         rows.append(Checkpoint(step, {m.name: _num(e.mean.value(m.name)) for m in chosen}, len(e.videos), False,
                                e.frames, len(evals[step]), shards_planned, len(e.failed),
-                               evals[step][0].result.protocol_label, _other_means(evals[step], metrics)))
-    best = _best(rows, [m.name for m in chosen])
+                               evals[step][0].result.protocol_label, _other_means(evals[step], metrics),
+                               baseline=baseline if step == 0 else ""))
+    best = _best([c for c in rows if not c.baseline], [m.name for m in chosen])
     return tuple(dataclasses.replace(c, best=c.step == best) for c in rows)
 
 
@@ -133,10 +136,11 @@ def _read(path: Path, missing: list[str]) -> Any:
     return None
 
 
-def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], plan: TrainingPlan) -> Report:
-    """`plan`: the run's training plan (`harness.core.trainplan`): its checkpoint steps are the evaluations expected,
-    its last step where training ends."""
-    checkpoint_steps = plan.checkpoint_steps
+def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], plan: TrainingPlan,
+          gpu_hours: Sequence[StageHours] = ()) -> Report:
+    """`plan`: the run's training plan (`harness.core.trainplan`): its evaluation steps are the evaluations expected,
+    its last step where training ends. `gpu_hours`: per stage, where the caller read the task states."""
+    checkpoint_steps = plan.eval_steps
     missing: list[str] = []
     data = _read(paths.dataset_summary, missing)
     rows = read_metrics(paths.metrics_jsonl)
@@ -147,11 +151,13 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     curve = tuple((r["step"], float(r["loss"])) for r in rows if _num(r.get("loss")) is not None)
     val = validation_curve(paths.metrics_jsonl)
     metrics = tuple(spec.evaluate.metrics)
-    rows_ = with_validation(checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics), dict(val))
+    rows_ = with_validation(checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics, baseline_label(spec)),
+                            dict(val))
     return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
                   loss_curve=curve, checkpoints=rows_, failures=failures, missing=tuple(missing),
-                  missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val)
+                  missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val,
+                  gpu_hours=tuple(gpu_hours))
 
 
 def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:
@@ -161,10 +167,16 @@ def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:
 
 
 def with_validation(rows: Sequence[Checkpoint], val: dict[int, float]) -> tuple[Checkpoint, ...]:
-    """The checkpoint rows with their validation loss, the lowest marked `best_val`."""
-    scored = [c.step for c in rows if c.step in val]
+    """The rows with their validation loss; the lowest among the run's checkpoints marked `best_val` (step 0's
+    baseline row shows its loss, the starting point, but is no checkpoint to choose)."""
+    scored = [c.step for c in rows if c.step in val and not c.baseline]
     best = min(scored, key=lambda s: val[s]) if scored else None
     return tuple(dataclasses.replace(c, val_loss=val.get(c.step), best_val=c.step == best) for c in rows)
+
+
+def baseline_label(spec: RunSpec) -> str:
+    """What step 0 is: the pretrained weights, or a random initialisation where model.checkpoint is ''."""
+    return "pretrained" if spec.model.checkpoint else "random initialisation"
 
 
 def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], failures: Sequence[dict[str, Any]],

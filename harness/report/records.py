@@ -63,6 +63,13 @@ class Checkpoint:
     """The validation loss finetune logged for this checkpoint's weights (a training metric, not evaluate's)."""
     best_val: bool = False
     """Lowest validation loss among the checkpoints that have one."""
+    baseline: str = ""
+    """Step 0's row, the weights before post-training: 'pretrained' or 'random initialisation'; '' for a
+    checkpoint of the run. A baseline is never the best checkpoint (it is no checkpoint to export)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.step} ({self.baseline})" if self.baseline else str(self.step)
 
     def value(self, name: str) -> float | None:
         return self.values.get(name)
@@ -75,7 +82,24 @@ class Checkpoint:
                 "videos": self.videos, "best": self.best, "frames": self.frames, "shards": self.shards,
                 "shards_planned": self.shards_planned, "failed_videos": self.failed_videos,
                 "protocol": self.protocol, "val_loss": self.val_loss, "best_val_loss": self.best_val,
+                "baseline": self.baseline or None,
                 "other_protocols": {p: {m.name: v.get(m.name) for m in chosen} for p, v in self.others.items()}}
+
+
+@dataclass(frozen=True)
+class StageHours:
+    """GPU-hours a stage used (its tasks' latest attempts: `TaskState.gpu_seconds`) beside the plan's estimate
+    (`harness.core.estimate`; None where the plan makes none)."""
+
+    stage: str
+    used: float
+    planned: float | None
+
+
+def total_hours(rows: Sequence[StageHours]) -> tuple[float, float | None]:
+    """(used, planned) over every stage; planned None when no stage has an estimate."""
+    planned = [r.planned for r in rows if r.planned is not None]
+    return sum(r.used for r in rows), sum(planned) if planned else None
 
 
 @dataclass(frozen=True)
@@ -109,6 +133,8 @@ class Report:
     """The evaluated videos report.html shows (the first few of each checkpoint)."""
     val_curve: tuple[tuple[int, float], ...] = ()
     """(step, validation loss) of each validation point: step 0 (the starting weights) and the planned steps."""
+    gpu_hours: tuple[StageHours, ...] = ()
+    """Per stage, where the caller knows the run's task states (`harness report`; the report stage does not)."""
 
     @property
     def best(self) -> Checkpoint | None:

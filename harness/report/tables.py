@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.core import metrics_table as mt
-from harness.report.records import PEAK_TFLOPS, Report
+from harness.report.records import PEAK_TFLOPS, Report, total_hours
 
 
 def fmt(v: float | None, kind: str) -> str:
@@ -20,7 +20,8 @@ def fmt(v: float | None, kind: str) -> str:
         return "-"
     if kind in mt.names():
         return mt.get(kind).format(v)
-    return {"loss": f"{v:.4f}", "rate": f"{v:,.1f}", "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%"}.get(kind, f"{v:g}")
+    return {"loss": f"{v:.4f}", "rate": f"{v:,.1f}", "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%",
+            "gpu_hours": f"{v:.3g}"}.get(kind, f"{v:g}")
 
 
 HIDDEN = frozenset({"documents", "prompt_notes"})
@@ -63,6 +64,12 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[reached, str(t.last_step), fmt(t.final_loss, "loss"), fmt(t.tokens_per_s, "rate"),
                       fmt(t.tflops, "tflops"), fmt(t.mfu, "mfu")]]))
     out += _checkpoint_tables(rep)
+    if rep.gpu_hours:
+        used, planned = total_hours(rep.gpu_hours)
+        out.append(("GPU-hours (used: elapsed x allocated GPUs; planned: harness plan's estimate)",
+                     ["stage", "used", "planned"],
+                     [[h.stage, fmt(h.used, "gpu_hours"), fmt(h.planned, "gpu_hours")] for h in rep.gpu_hours]
+                     + [["run", fmt(used, "gpu_hours"), fmt(planned, "gpu_hours")]]))
     if rep.failures:
         out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
                     [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
@@ -89,7 +96,7 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
             + (["shards"] if sharded else []) + ["best"] + (["best val loss (lowest)"] if val else []) \
             + ([] if same else ["frames compared"])
         out.append(("checkpoints", header,
-                    [[str(c.step)] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
+                    [[c.label] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
                      + [fmt(c.others.get(p, {}).get(m.name), m.name) for p in others for m in shown]
                      + ([fmt(c.val_loss, "loss")] if val else [])
                      + [str(c.videos)] + ([f"{c.shards}/{c.shards_planned}"] if sharded else [])
@@ -132,5 +139,13 @@ def to_json(rep: Report) -> dict[str, Any]:
             "checkpoints": [c.to_json(rep.metrics) for c in rep.checkpoints],
             "best_checkpoint": best.step if best else None,
             "best_checkpoint_val_loss": next((c.step for c in rep.checkpoints if c.best_val), None),
+            "gpu_hours": _hours_json(rep),
             "failures": list(rep.failures), "missing": list(rep.missing),
             "missing_shards": [asdict(m) for m in rep.missing_shards]}
+
+
+def _hours_json(rep: Report) -> dict[str, Any] | None:
+    if not rep.gpu_hours:
+        return None
+    used, planned = total_hours(rep.gpu_hours)
+    return {"used": used, "planned": planned, "stages": [asdict(h) for h in rep.gpu_hours]}

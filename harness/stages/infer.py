@@ -12,6 +12,11 @@ context tokens are read from the dataset, so no re-encoding). The list is ordere
 before a task takes its [start, stop) slice, and output names are made unique over the whole list, so every
 shard and every resume sees the same assignment and the same names. Each task writes its manifest
 (`RunPaths.infer_manifest`) last: the names it owns, which is what its evaluate task scores.
+
+Step 0, where infer.baseline is on (`trainplan.eval_steps`), is the baseline: the weights before post-training
+(`weights`), generated from the same inputs with the same seeds as every checkpoint. Its tasks are the first of
+the same array, after finetune like the rest: it needs only merge's test split, but one array with one
+dependency keeps resume, status and the evaluate pairing (aftercorr) as they are, for a task of minutes.
 """
 
 from __future__ import annotations
@@ -234,12 +239,30 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
               what="infer (infer.tensor_parallel)")
 
 
-def load_model(ckpt: Path, spec: RunSpec, tp: int, *, seq_len: int | None = None) -> "CosmosModel":
-    """The run's model with a checkpoint's weights, on this rank of a `tp`-way group (eval mode)."""
+def load_model(ckpt: Path | None, spec: RunSpec, tp: int, *, seq_len: int | None = None) -> "CosmosModel":
+    """The run's model with a checkpoint's weights (None: initialised at random from run.seed), on this rank of
+    a `tp`-way group (eval mode)."""
     from harness.cosmos.checkpoint import load_for_inference
 
     return load_for_inference(ckpt, spec.preset, spec.token_math.grid, tp, seed=spec.run.seed,
                               gpus_requested=spec.infer.gpus_per_node, seq_len=seq_len)
+
+
+def weights(spec: RunSpec, paths: RunPaths, step: int) -> Path | None:
+    """Where step `step`'s weights are: a finetune save, or for step 0 (the baseline) the weights before
+    post-training: the staged pretrained checkpoint finetune starts from, or None (a random initialisation
+    from run.seed) where model.checkpoint is ''."""
+    if step == 0:
+        if not spec.model.checkpoint:
+            return None
+        from harness.cosmos.layout import resolve_pretrained
+        from harness.stages.staged import resolve
+
+        return resolve_pretrained(resolve(paths, "checkpoint"))  # what finetune starts from (its pretrained_dir)
+    ckpt = paths.checkpoint_dir(step)
+    if not ckpt.is_dir():
+        raise HarnessError(f"{ckpt}: no checkpoint for step {step}; did the finetune stage save it?")
+    return ckpt
 
 
 def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
@@ -261,10 +284,7 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
         if not manifest.is_file():
             _write_manifest(manifest, t, items, [], {"generated": 0})
         return
-    ckpt = paths.checkpoint_dir(step)
-    if not ckpt.is_dir():
-        raise HarnessError(f"{ckpt}: no checkpoint for step {step}; did the finetune stage save it?")
-    model = load_model(ckpt, spec, spec.infer.tensor_parallel)
+    model = load_model(weights(spec, paths, step), spec, spec.infer.tensor_parallel)
     dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     parallel.barrier()  # every rank has decided `todo` before rank 0 writes anything
     encoder, decoder = load_tokenizer(paths, device)
