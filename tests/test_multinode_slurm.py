@@ -61,14 +61,14 @@ def metrics(paths: RunPaths) -> list[dict[str, Any]]:
 def single_node_reference(paths: RunPaths, root: Path) -> RunPaths:
     """The same spec on the same merged dataset, its 4 ranks spawned on this one machine, never interrupted."""
     from harness.launch.worker import load_run_spec
-    from harness.stages import ranks
+    from harness.stages import finetune, ranks
 
     ref = RunPaths(root)
     ref.root.mkdir(parents=True)
     shutil.copy2(paths.spec_json, ref.spec_json)
     shutil.copytree(paths.dataset_prefix.parent, ref.dataset_prefix.parent)
     spec = load_run_spec(ref)
-    ranks.spawn(spec, 0, ref, 4, "harness.stages.finetune:run_rank")
+    ranks.spawn(spec, 0, ref, 4, finetune.run_rank)
     return ref
 
 
