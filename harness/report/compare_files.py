@@ -17,7 +17,7 @@ from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from harness.report import html as report_html
 from harness.report.compare import EXCLUDED_KEYS, VAL_LOSS, Comparison, Row
-from harness.report.tables import fmt
+from harness.report.tables import fmt, markdown_tables
 
 Tables = list[tuple[str, list[str], list[list[str]]]]
 
@@ -67,11 +67,7 @@ def render(c: Comparison, console: Console) -> None:
 
 def markdown(c: Comparison) -> str:
     lines = [f"# Compare {', '.join(c.runs)}", ""] + [f"{n}\n" for n in _notes(c)]
-    for title, header, rows in tables(c):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(x.replace("|", "\\|") for x in r) + " |" for r in rows]
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + markdown_tables(tables(c)))
 
 
 def to_json(c: Comparison) -> dict[str, Any]:

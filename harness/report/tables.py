@@ -120,12 +120,17 @@ def render(rep: Report, console: Console) -> None:
 
 
 def markdown(rep: Report) -> str:
-    lines = [f"# Report {rep.run_id}", "", f"Run name: `{rep.name}`", ""]
-    for title, header, rows in tables(rep):
+    return "\n".join([f"# Report {rep.run_id}", "", f"Run name: `{rep.name}`", "", *markdown_tables(tables(rep))])
+
+
+def markdown_tables(titled: list[tuple[str, list[str], list[list[str]]]]) -> list[str]:
+    """(title, header, rows) tables as markdown lines, cells' `|` escaped: report.md's and compare.md's."""
+    lines: list[str] = []
+    for title, header, rows in titled:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def to_json(rep: Report) -> dict[str, Any]:
