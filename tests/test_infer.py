@@ -190,34 +190,42 @@ def test_tensor_parallel_2_generates_the_tp1_videos(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_baseline_step_0_is_the_pretrained_model_or_a_seeded_random_init(
         run_dir: tuple[spec_mod.RunSpec, RunPaths], tmp_path: Path) -> None:
-    """Step 0 loads the staged pretrained checkpoint finetune starts from (greedy generation from it equals a
-    finetune save holding the same weights), with no finetune checkpoint in the run; with model.checkpoint ''
-    it is the random initialisation of run.seed: the same videos again for the same seed, others for another."""
+    """Step 0 loads the staged pretrained checkpoint finetune starts from (the same weights as a finetune save
+    written from it), with no finetune checkpoint in the run; with model.checkpoint '' it is the random
+    initialisation of run.seed: the same weights again for the same seed, others for another. Weights are
+    compared, not generated pixels: greedy decoding of a tiny random model sits on near-ties that two loads of
+    the same weights may break differently on CPU (BLAS results vary with memory alignment)."""
     spec, paths = run_dir
     d = spec_mod.to_dict(spec)
     pretrained = tmp_path / "pretrained"
     write_tiny_pretrained(pretrained, PRESETS["tiny"], seed=3)  # the weights of the finetune save below
     greedy = {"infer": {"max_inputs": 1, "temperature": 0.0, "baseline": "on"}}
 
-    def frames(s: spec_mod.RunSpec, root: Path, step: int, checkpoint: Path | None = None) -> np.ndarray:
+    def run(s: spec_mod.RunSpec, root: Path, step: int, checkpoint: Path | None = None) -> dict[str, np.ndarray]:
+        """Infer's task for `step` in a run at `root`; the weights it generated from."""
         p = RunPaths(root)
         atomic_write_json(p.assets_json, {**read_json(paths.assets_json),
                                           **({"checkpoint": str(checkpoint)} if checkpoint else {})})
         if step:
             write_tiny_pretrained(p.checkpoint_dir(step), PRESETS["tiny"], seed=3)
-        task = plan_mod.eval_steps(s).index(step)  # one shard: the task is the step's index
-        infer.run(s, task, p)
+        infer.run(s, plan_mod.eval_steps(s).index(step), p)  # one shard: the task is the step's index
         assert media.Sidecar.read(media.sidecar_path(p.infer_dir(step) / "clip_000.mp4")).step == step
-        return load_clip(p.infer_dir(step) / "clip_000.mp4", ClipShape(17, 48, 64))
+        assert load_clip(p.infer_dir(step) / "clip_000.mp4", ClipShape(17, 48, 64)).shape == (17, 48, 64, 3)
+        model = infer.load_model(infer.weights(s, p, step), s, 1)
+        return {k: v.detach().float().numpy().copy() for k, v in model.state_dict().items()
+                if hasattr(v, "detach")}
+
+    def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
     with_ckpt = specs.build(d, greedy, {"model": {"checkpoint": str(pretrained)}})
     assert plan_mod.eval_steps(with_ckpt) == (0, 2)
-    base = frames(with_ckpt, tmp_path / "a", 0, pretrained)
+    base = run(with_ckpt, tmp_path / "a", 0, pretrained)
     assert not (tmp_path / "a" / "checkpoints").exists()  # step 0 needs no finetune save
-    np.testing.assert_array_equal(base, frames(with_ckpt, tmp_path / "b", 2))
+    assert same(base, run(with_ckpt, tmp_path / "b", 2))
 
     random = specs.build(d, greedy)  # model.checkpoint '': a random initialisation from run.seed
-    first = frames(random, tmp_path / "c", 0)
-    np.testing.assert_array_equal(first, frames(random, tmp_path / "d", 0))
-    other = frames(specs.build(d, greedy, {"run": {"seed": 99}}), tmp_path / "e", 0)
-    assert not np.array_equal(first, other) and not np.array_equal(first, base)
+    first = run(random, tmp_path / "c", 0)
+    assert same(first, run(random, tmp_path / "d", 0))
+    other = run(specs.build(d, greedy, {"run": {"seed": 99}}), tmp_path / "e", 0)
+    assert not same(first, other) and not same(first, base)
