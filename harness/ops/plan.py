@@ -111,7 +111,7 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
         items, why = _listed(spec, strict=purpose == "submit")
         count = len(items or [])
     facts, sources, assumed = cluster_facts(spec, choice, count)
-    facts = replace(facts, image=image_cache.state(spec, choice.executor == 'local'))
+    facts = replace(facts, image=image_cache.state(spec, choice.executor == "local"))
     return Gathered(choice, facts, sources, items, why, tuple(notes + assumed))
 
 
