@@ -104,9 +104,9 @@ def test_plan_shows_the_import_or_its_reuse(tmp_path: Path) -> None:
     assert image_cache.state(s, local=False) == "missing"
 
 
-def _standin(tmp: Path, monkeypatch: pytest.MonkeyPatch, **kw: float) -> Path:
+def _standin(tmp: Path, monkeypatch: pytest.MonkeyPatch, sleep_s: float = 0.0, rc: int = 0) -> Path:
     log = tmp / "enroot.log"
-    standins.enroot(tmp / "bin", log, **kw)  # type: ignore[arg-type]  # sleep_s float, rc int
+    standins.enroot(tmp / "bin", log, sleep_s=sleep_s, rc=rc)
     monkeypatch.setenv("PATH", f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}")
     return log
 
