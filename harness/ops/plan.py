@@ -20,7 +20,7 @@ from harness.core.explain import FactSources, origins
 from harness.core.paths import RunPaths
 from harness.launch import slurm, slurmcli
 from harness.lib.inputs import InputItem
-from harness.ops import inputs
+from harness.ops import image_cache, inputs
 
 ExecutorName = Literal["auto", "slurm", "local"]
 Purpose = Literal["plan", "doctor", "submit"]
@@ -111,6 +111,7 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
         items, why = _listed(spec, strict=purpose == "submit")
         count = len(items or [])
     facts, sources, assumed = cluster_facts(spec, choice, count)
+    facts = replace(facts, image=image_cache.state(spec, choice.executor == "local"))
     return Gathered(choice, facts, sources, items, why, tuple(notes + assumed))
 
 
@@ -216,7 +217,17 @@ def _summary(plan: plan_mod.Plan) -> tuple[str, ...]:
             f"inputs: {plan.num_inputs} -> {spec.tokenize.shards} shard(s); checkpoints at steps "
             f"{', '.join(map(str, plan.checkpoint_steps))}"
             f"{'; step 0 (the baseline) inferred and evaluated too' if 0 in plan.eval_steps else ''}"
-            f"; sbatch calls: {plan.sbatch_calls}")
+            f"; sbatch calls: {plan.sbatch_calls}", *_image_line(plan))
+
+
+def _image_line(plan: plan_mod.Plan) -> tuple[str, ...]:
+    i = plan.image
+    if i is None:
+        return ()
+    if i.reused:
+        return (f"import-image: reused {i.sqsh} (complete; not submitted)",)
+    users = ", ".join(s.name for s in plan.stages if s.container)
+    return (f"import-image: enroot import {i.source} -> {i.sqsh}, once, before {users}",)
 
 
 def _fanout(plan: plan_mod.Plan) -> str:
