@@ -287,6 +287,44 @@ def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: in
         assert got == want
 
 
+@pytest.mark.parametrize("count,gbs,mbs,dp", [(5, 2, 1, 1), (7, 4, 1, 2), (9, 8, 2, 2), (4, 6, 1, 3), (2, 3, 3, 1)])
+def test_nemo_validation_order_gives_each_rank_the_mcore_engines_videos(count: int, gbs: int, mbs: int,
+                                                                        dp: int) -> None:
+    """NeMo's validation sampler (drop_last, as NeMo sets it for validation) over `validation_order` gives DP
+    rank r the videos `core.validation_loss` reads on it (r, r + dp, ...), in the same micro-batches, with
+    padding (no loss) only after them; nothing is dropped, and the passes are whole global batches."""
+    from nemo.lightning.data import MegatronPretrainingSampler
+
+    from harness.stages.finetune.nemo_common import validation_order
+
+    order = validation_order(count, dp, mbs, gbs)
+    assert len(order) % gbs == 0 and sorted(v for v in order if v is not None) == list(range(count))
+    for rank in range(dp):
+        sampler = MegatronPretrainingSampler(total_samples=len(order), consumed_samples=0, micro_batch_size=mbs,
+                                             data_parallel_rank=rank, data_parallel_size=dp, global_batch_size=gbs)
+        got = [order[j] for idx in sampler for j in idx]
+        mine = list(range(rank, count, dp))
+        assert got[:len(mine)] == mine and set(got[len(mine):]) <= {None}, (rank, got)
+        want_batches = [mine[i:i + mbs] for i in range(0, len(mine), mbs)]
+        got_batches = [[v for v in (order[j] for j in idx) if v is not None] for idx in sampler]
+        assert [b for b in got_batches if b] == want_batches
+
+
+def test_validation_at_the_start_of_an_attempt(tmp_path: Path) -> None:
+    """Step 0 always (a fresh start rewrites it), a resumed validation step only when no attempt logged it."""
+    from harness.core import metricslog, trainplan
+    from harness.stages.finetune.nemo_common import validates_at_start
+
+    plan = trainplan.planned(spec_for())
+    assert plan.validation_steps == (0, SAVE, STEPS)
+    log = tmp_path / "metrics.jsonl"
+    metricslog.append(log, {"step": 0, "val_loss": 7.0, "val_videos": 2})
+    assert validates_at_start(log, plan, 0)
+    assert validates_at_start(log, plan, SAVE) and not validates_at_start(log, plan, 3)
+    metricslog.append(log, {"step": SAVE, "val_loss": 6.5, "val_videos": 2})
+    assert not validates_at_start(log, plan, SAVE)
+
+
 def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
     from harness.core.errors import HarnessError
     from harness.stages.finetune.nemo import check_engine

@@ -1,5 +1,6 @@
 """The NeMo engine's Lightning callbacks: checkpoints written in the harness layout with its completion marker,
-and one metrics.jsonl line per optimizer step in the mcore engine's format. Imported only where NeMo 2 imports.
+and one metrics.jsonl line per optimizer step and per validation pass of Lightning's loop, in the mcore engine's
+format. Imported only where NeMo 2 imports.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import TrackingSection
 from harness.core.trainplan import TrainingPlan
-from harness.cosmos.data import VideoSamples
 from harness.cosmos.signals import StopSignal
 from harness.lib.tracking import TrainTracker
 from harness.stages import tracked
-from harness.stages.finetune.core import StepMath, mark_complete, validation_loss, validation_record
-from harness.stages.finetune.nemo_common import CHECKPOINT_FILENAME, device, forward_step, remove_incomplete, scalar
+from harness.stages.finetune.core import StepMath, mark_complete, validation_record
+from harness.stages.finetune.nemo_common import CHECKPOINT_FILENAME, device, remove_incomplete, scalar
 
 log = logging.getLogger("harness.stages.finetune.nemo")
 
@@ -93,18 +93,21 @@ class HarnessCheckpoint(ModelCheckpoint):
 
 @dataclass(frozen=True)
 class Validation:
-    """What the validation points need: the validation split, the plan (its steps, video count and DP size) and
-    the micro-batch size they are read in."""
+    """What a validation point's record needs: the planned steps and the number of videos a pass reads."""
 
-    samples: VideoSamples
-    plan: TrainingPlan
-    micro_batch_size: int
+    steps: tuple[int, ...]
+    last_step: int
+    videos: int
 
 
 class MetricsCallback(pl.Callback):
     """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format, and one per
-    validation point (all ranks compute it, with the training step's `forward_step`, at step 0 and after the
-    planned steps, before the step's checkpoint: Lightning runs `ModelCheckpoint` callbacks last)."""
+    validation point. Validation runs through Lightning's validation loop (`CosmosGPTModel`'s validation steps
+    over `VideoDataModule.val_dataloader`): every `val_every` steps (`val_check_interval`), at the last step
+    (this callback sets `should_stop` there, which makes Lightning validate after the step), and at the start
+    of an attempt in the sanity pass (`num_sanity_val_steps`, set by the engine where
+    `nemo_common.validates_at_start`: step 0, or a resumed step whose point an earlier attempt did not log).
+    All ranks compute it; rank 0 logs it."""
 
     def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection | None,
                  run_config: dict[str, Any], validation: Validation | None = None) -> None:
@@ -114,33 +117,39 @@ class MetricsCallback(pl.Callback):
         self.validation = validation
         self.start, self.lr = 0.0, 0.0
         self.tracker: TrainTracker | None = None
+        self.begun = False
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero:  # after a resume, later steps are recomputed: each is logged once
+    def _begin(self, trainer: Any) -> None:
+        """Once per attempt, at the resumed step, before anything is logged (the sanity pass precedes
+        `on_train_start`): later steps are recomputed, so each is logged once."""
+        if self.begun:
+            return
+        self.begun = True
+        if trainer.is_global_zero:
             metricslog.truncate(self.paths.metrics_jsonl, trainer.global_step)
         if trainer.is_global_zero and self.tracking_cfg is not None:
             self.tracker = tracked.open_train_tracker(self.tracking_cfg, self.paths, trainer.global_step,
                                                       self.run_config)
-        if trainer.global_step == 0:
-            self._validate(trainer, pl_module)
 
-    def _validate(self, trainer: Any, pl_module: Any) -> None:
-        """The validation loss of the current weights at a planned validation step, logged on rank 0."""
-        v = self.validation
-        if v is None or trainer.global_step not in v.plan.validation_steps:
-            return
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+        self._begin(trainer)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._begin(trainer)
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        pl_module.validation_loss_reduction.reset()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """The pass's loss (summed over DP), logged on rank 0 at a planned validation step."""
         from megatron.core import parallel_state
 
-        pl_module.eval()
-        try:
-            loss, videos = validation_loss(
-                lambda b: forward_step(pl_module, b), v.samples, v.plan, micro_batch_size=v.micro_batch_size,
-                dp_rank=parallel_state.get_data_parallel_rank(), dp_group=parallel_state.get_data_parallel_group(),
-                device=device(), dtype=torch.bfloat16 if v.plan.precision == "bf16-mixed" else torch.float32)
-        finally:
-            pl_module.train()
-        if trainer.is_global_zero:
-            rec = validation_record(trainer.global_step, loss, videos, "nemo")
+        v = self.validation
+        if v is None:
+            return
+        loss = pl_module.validation_loss_reduction.loss(device(), parallel_state.get_data_parallel_group())
+        if trainer.is_global_zero and trainer.global_step in v.steps:
+            rec = validation_record(trainer.global_step, loss, v.videos, "nemo")
             metricslog.append(self.paths.metrics_jsonl, rec)
             if self.tracker is not None:
                 self.tracker.log(rec)
@@ -160,7 +169,9 @@ class MetricsCallback(pl.Callback):
         dt = time.perf_counter() - self.start
         if trainer.is_global_zero:
             self._log_step(trainer, outputs, dt)
-        self._validate(trainer, pl_module)
+        v = self.validation
+        if v is not None and trainer.global_step == v.last_step and v.last_step in v.steps:
+            trainer.should_stop = True  # Lightning validates after a step that stops training
 
     def _log_step(self, trainer: Any, outputs: Any, dt: float) -> None:
         m = trainer.callback_metrics

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
+from harness.core import metricslog
 from harness.core.atomic import read_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
+from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 
@@ -33,6 +35,35 @@ def ordered_sample(j: int, gbs: int, n: int, seed: int) -> int:
     batch m of DP rank r in step s takes s*gbs + (m*dp + r)*mbs ...), which is how the mcore engine slices
     `global_batch(step)`; so both engines train on identical batches."""
     return data_mod.global_batch(j // gbs, gbs, n, seed)[j % gbs]
+
+
+def validation_order(count: int, dp: int, micro_batch_size: int, global_batch_size: int) -> list[int | None]:
+    """Validation video at each position of the NeMo engine's validation dataset (None: padding, a sample whose
+    loss mask is all zero, so it adds nothing to the loss). NeMo's sampler hands DP rank r, in its c-th
+    micro-batch, positions c*mbs*dp + r*mbs + e (e < mbs) and each validation step takes gbs positions; this
+    order gives rank r the mcore engine's videos r, r + dp, ... (`core.validation_loss`) in the same
+    micro-batches, padded to whole global batches (NeMo's validation sampler drops a partial one)."""
+    per_rank = -(-count // dp)
+    rounds = -(-per_rank // micro_batch_size)
+    per_step = global_batch_size // (micro_batch_size * dp)
+    rounds = -(-rounds // per_step) * per_step
+    order: list[int | None] = []
+    for c in range(rounds):
+        for r in range(dp):
+            for e in range(micro_batch_size):
+                v = r + (c * micro_batch_size + e) * dp
+                order.append(v if v < count else None)
+    return order
+
+
+def validates_at_start(metrics_jsonl: Path, plan: TrainingPlan, step: int) -> bool:
+    """Whether an attempt starting at `step` validates before its first update (Lightning's sanity pass): step 0
+    always (a fresh start logs it anew: `metricslog.truncate`), a resumed planned step only if no earlier
+    attempt logged it (the NeMo engine validates after the step's checkpoint is saved, so a task stopped in
+    between resumes without it)."""
+    if step not in plan.validation_steps:
+        return False
+    return step == 0 or all(r["step"] != step for r in metricslog.val_rows(metrics_jsonl))
 
 
 def device() -> torch.device:
