@@ -132,7 +132,7 @@ def mark_best(rows: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
 
 @dataclass(frozen=True)
 class StageHours:
-    """GPU-hours a stage used (its tasks' latest attempts: `TaskState.gpu_seconds`) beside the plan's estimate
+    """GPU-hours a stage used (every attempt of its tasks: `TaskState.gpu_seconds`) beside the plan's estimate
     (`harness.core.estimate`; None where the plan makes none)."""
 
     stage: str
