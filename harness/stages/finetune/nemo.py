@@ -22,10 +22,9 @@ mcore engine's videos, padded with zero-mask samples to whole global batches), `
 compute the training step's per-token loss and sum its masked terms (`ValidationSums`, as
 `core.validation_loss` does), in eval mode without gradients (Lightning's loop), on the training ranks and TP
 layout. The trainer validates every `val_every` steps (`val_check_interval`, `check_val_every_n_epoch=None`), at
-the last step (`MetricsCallback` sets `should_stop` there), and before the first update in the sanity pass where
-the attempt's start step is a validation point not yet logged (`nemo_common.validates_at_start`: step 0, or a
-resumed step whose checkpoint was saved before its validation ran), so each point is logged once across
-requeues.
+the last step (`MetricsCallback` sets `should_stop` there), and at step 0 in the sanity pass of a fresh start. A
+step's checkpoint is saved after its validation (`HarnessCheckpoint`), as in the mcore engine, so a resumed
+attempt has its checkpoint's point logged and each point appears once across requeues.
 
 The parts: `nemo_common` (what needs no NeMo: sample and validation order, step functions, checkpoint
 housekeeping), `nemo_model` (the NeMo config and model, LR schedule and data module), `nemo_callbacks`
@@ -47,7 +46,7 @@ from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 from harness.stages.finetune import checkpoints, core
-from harness.stages.finetune.nemo_common import check_engine, ordered_sample, validates_at_start
+from harness.stages.finetune.nemo_common import check_engine, ordered_sample
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +83,23 @@ def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos:
                               None if timing_only else spec.tracking, core.run_config(spec, plan), validation)
     if timing_only:
         return [metrics]
-    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"))]
+    validated = frozenset(plan.validation_steps if val is not None else ())
+    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"),
+                                       validated)]
 
 
-def _validation_loop(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, val: ValidationData | None,
-                     start_step: int) -> dict[str, Any]:
+def _validation_loop(spec: RunSpec, plan: TrainingPlan, val: ValidationData | None, start_step: int
+                     ) -> dict[str, Any]:
     """Lightning's validation settings: a whole pass (`limit_val_batches`) every `val_every` optimizer
     steps (one training batch is one optimizer step; `check_val_every_n_epoch=None` counts batches across
-    epochs, the max_steps semantics), and the sanity pass before the first update where this attempt's start
-    step is a validation point not yet logged (Lightning does not validate at the start by itself)."""
+    epochs, the max_steps semantics), and step 0's as the sanity pass before the first update of a fresh start
+    (Lightning validates at no start by itself, and skips the sanity pass on a resume, whose checkpoint's point
+    is logged already: `HarnessCheckpoint` saves after the step's validation)."""
     if val is None:
         return {"limit_val_batches": 0, "num_sanity_val_steps": 0}
     batches = val.batches(spec.finetune, plan.data_parallel)
-    start = validates_at_start(paths.metrics_jsonl, plan, start_step)
     return {"limit_val_batches": batches, "val_check_interval": spec.finetune.val_every,
-            "check_val_every_n_epoch": None, "num_sanity_val_steps": batches if start else 0}
+            "check_val_every_n_epoch": None, "num_sanity_val_steps": batches if start_step == 0 else 0}
 
 
 def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
@@ -143,7 +144,7 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
     trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
                          max_steps=plan.last_step, max_epochs=-1, strategy=strategy,
                          plugins=nl.MegatronMixedPrecision(precision="bf16-mixed" if bf16 else "32"),
-                         **_validation_loop(spec, plan, paths, val, 0 if latest is None else latest[0]),
+                         **_validation_loop(spec, plan, val, 0 if latest is None else latest[0]),
                          log_every_n_steps=f.log_every,
                          enable_progress_bar=False, logger=False, callbacks=callbacks,
                          enable_checkpointing=not timing_only, gradient_clip_val=None, use_distributed_sampler=False)

@@ -35,16 +35,23 @@ class HarnessCheckpoint(ModelCheckpoint):
     every `save_every` steps and at the last step, keeping all of them (infer/evaluate index them); after each
     save completes, the harness completion marker and checkpoints.json. On SIGUSR2/SIGTERM (Slurm's warning
     before the time limit, preemption) all ranks checkpoint after the current step, then hand over to submitit's
-    requeue (or raise `Preempted`), as the mcore engine does."""
+    requeue (or raise `Preempted`), as the mcore engine does.
 
-    def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any]) -> None:
+    After a step that Lightning's validation loop validates (`validated`), the save (and a signal's exit) waits
+    for the end of that pass, as the mcore engine validates before it checkpoints: a checkpoint's validation
+    point is always logged, so a resumed attempt, which Lightning never validates at its start, misses none."""
+
+    def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any],
+                 validated: frozenset[int] = frozenset()) -> None:
         super().__init__(dirpath=str(paths.checkpoints_dir), filename=CHECKPOINT_FILENAME,
                          auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
                          every_n_train_steps=save_every, save_on_train_epoch_end=False)
         self.paths, self.plan, self.context = paths, plan, context
-        self.steps = set(plan.checkpoint_steps)
+        self.steps, self.validated = set(plan.checkpoint_steps), validated - {0}
         self.stop: StopSignal | None = None
         self.reason = "schedule"
+        self.pending: tuple[int, int] | None = None
+        """(step, agreed signal) of a step whose save waits for its validation pass."""
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)
@@ -67,9 +74,38 @@ class HarnessCheckpoint(ModelCheckpoint):
         return out
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        """Every save is this callback's (ModelCheckpoint's own `every_n_train_steps` save would come before the
+        step's validation pass)."""
         step = trainer.global_step
         signum = self.stop.agreed(device()) if self.stop is not None else 0
+        if step in self.validated:
+            self.pending = (step, signum)  # Lightning validates next: `on_validation_end` finishes the step
+            return
+        self._finish_step(trainer, step, signum)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._finish_pending(trainer)
+
+    def on_train_batch_start(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        self._finish_pending(trainer, missed=True)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._finish_pending(trainer, missed=True)
+        super().on_train_end(trainer, pl_module)
+
+    def _finish_pending(self, trainer: Any, missed: bool = False) -> None:
+        """The step waiting for its validation pass; `missed`: none came (never expected: the trainer's
+        validation schedule is the plan's), so the checkpoint is not lost."""
+        if self.pending is not None:
+            step, signum = self.pending
+            self.pending = None
+            if missed:
+                log.warning("no validation pass ran after step %d: checkpointing without it", step)
+            self._finish_step(trainer, step, signum)
+
+    def _finish_step(self, trainer: Any, step: int, signum: int) -> None:
+        """The step's checkpoint where planned or signalled, then the signal's exit."""
         if (step in self.steps or signum) and self._last_global_step_saved != step:
             self.reason = "schedule" if step in self.steps else "signal"
             self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
@@ -104,10 +140,8 @@ class MetricsCallback(pl.Callback):
     """Appends one metrics.jsonl line per optimizer step (rank 0), the mcore engine's format, and one per
     validation point. Validation runs through Lightning's validation loop (`CosmosGPTModel`'s validation steps
     over `VideoDataModule.val_dataloader`): every `val_every` steps (`val_check_interval`), at the last step
-    (this callback sets `should_stop` there, which makes Lightning validate after the step), and at the start
-    of an attempt in the sanity pass (`num_sanity_val_steps`, set by the engine where
-    `nemo_common.validates_at_start`: step 0, or a resumed step whose point an earlier attempt did not log).
-    All ranks compute it; rank 0 logs it."""
+    (this callback sets `should_stop` there, which makes Lightning validate after the step), and at step 0 in
+    the sanity pass of a fresh start (`num_sanity_val_steps`). All ranks compute it; rank 0 logs it."""
 
     def __init__(self, paths: RunPaths, math: StepMath, tracking_cfg: TrackingSection | None,
                  run_config: dict[str, Any], validation: Validation | None = None) -> None:

@@ -16,11 +16,9 @@ from typing import Any
 
 import torch
 
-from harness.core import metricslog
 from harness.core.atomic import read_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.core.trainplan import TrainingPlan
 from harness.cosmos import checkpoint as ckpt
 from harness.cosmos import data as data_mod
 
@@ -54,16 +52,6 @@ def validation_order(count: int, dp: int, micro_batch_size: int, global_batch_si
                 v = r + (c * micro_batch_size + e) * dp
                 order.append(v if v < count else None)
     return order
-
-
-def validates_at_start(metrics_jsonl: Path, plan: TrainingPlan, step: int) -> bool:
-    """Whether an attempt starting at `step` validates before its first update (Lightning's sanity pass): step 0
-    always (a fresh start logs it anew: `metricslog.truncate`), a resumed planned step only if no earlier
-    attempt logged it (the NeMo engine validates after the step's checkpoint is saved, so a task stopped in
-    between resumes without it)."""
-    if step not in plan.validation_steps:
-        return False
-    return step == 0 or all(r["step"] != step for r in metricslog.val_rows(metrics_jsonl))
 
 
 def device() -> torch.device:
