@@ -13,7 +13,7 @@ import pytest
 from harness import cli
 from harness.core.atomic import atomic_write_json, read_json
 from harness.core.paths import RunPaths
-from test_report import PSNR, SSIM, make_results
+from test_report import PREDICTED, PSNR, SSIM, make_results, with_predicted
 from test_report_html import CHROMIUM, media_state
 
 
@@ -40,6 +40,27 @@ def _run(tmp_path: Path, *names: str, capsys: pytest.CaptureFixture[str]) -> tup
 def _doc(out: str) -> dict:
     path = next(line.split("wrote ", 1)[1] for line in out.splitlines() if line.endswith("compare.json"))
     return json.loads(Path(path).read_text())
+
+
+def test_predicted_frames_columns_with_their_best(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where evaluate has predicted-frames means, compare shows them beside the all-frames ones, each column
+    with its best row marked."""
+    monkeypatch.setenv("COLUMNS", "250")
+    a, _, _ = make_results(tmp_path)
+    b, _, _ = make_results(tmp_path)
+    _set_seed(b, 99)
+    with_predicted(a, PREDICTED)
+    with_predicted(b, {s: (p - 1.0, q) for s, (p, q) in PREDICTED.items()})
+    rc, out, _ = _run(tmp_path, a.run_id, b.run_id, capsys=capsys)
+    assert rc == 0
+    rows = _doc(out)["rows"]
+    assert [r["predicted_psnr"] for r in rows[:4]] == [p for p, _ in PREDICTED.values()]
+    assert [(r["run_id"], r["step"]) for r in rows if "predicted_psnr" in r["best"]] == [(a.run_id, 20)]
+    assert [(r["run_id"], r["step"]) for r in rows if "predicted_ssim" in r["best"]] == [(a.run_id, 40),
+                                                                                         (b.run_id, 40)]
+    md = (Path(_doc_path(out)).parent / "compare.md").read_text()
+    assert "| SSIM | predicted PSNR (dB) | predicted SSIM | videos |" in md and "| 25.50 * | 0.6100 |" in md
 
 
 def test_two_runs_differing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -57,6 +57,18 @@ def test_local_driver_cancels_dependents_of_a_failure(tmp_path: Path) -> None:
     assert state["merge"]["0"]["reason"] == "DependencyNeverSatisfied"
 
 
+@pytest.mark.timeout(300)
+def test_local_driver_keeps_the_time_of_earlier_attempts(tmp_path: Path) -> None:
+    """A task run again (a resume after its failure) keeps the wall time of its earlier run, for GPU-hours."""
+    paths, p = make_run(tmp_path, tmp_path / "missing-tokenizer")
+    local.drive(paths, only={"stage-assets": [0]})
+    first = read_json(paths.local_state_json)["stages"]["stage-assets"]["0"]
+    local.drive(paths, only={"stage-assets": [0]})
+    second = read_json(paths.local_state_json)["stages"]["stage-assets"]["0"]
+    assert first["earlier_s"] == 0.0 and second["start"] >= first["end"] > first["start"]
+    assert second["earlier_s"] == pytest.approx(first["end"] - first["start"])
+
+
 @pytest.mark.timeout(120)
 def test_submit_local_returns_at_once(tmp_path: Path) -> None:
     tok = synth.write_tokenizer(tmp_path / "tok")

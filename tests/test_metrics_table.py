@@ -107,8 +107,9 @@ def test_an_added_row_reaches_every_consumer(with_mae: None) -> None:
     assert [c.step for c in cks if c.best] == [20]  # lower is better: the less noisy checkpoint
     rep = report.Report("r", "n", {}, None, None, (), report.checkpoints({s: [r] for s, r in shards.items()},
                                                                          metrics=chosen), (), (), metrics=chosen)
-    (title, header, rows), = [t for t in report.tables(rep) if t[0] == "checkpoints"]
+    (title, header, rows), = [t for t in report.tables(rep) if t[0].startswith("checkpoints")]
     assert header[:3] == ["step", "PSNR (dB)", "MAE"] and rows[0][2] == f"{rep.checkpoints[0].value('mae'):.3f}"
+    assert header[3:5] == ["predicted PSNR (dB)", "predicted MAE"] and rows[1][4].endswith(" *")
     assert "mae" in report.to_json(rep)["checkpoints"][0] and "ssim" not in report.to_json(rep)["checkpoints"][0]
     assert tracking.eval_scalars(rep.checkpoints[0])["eval/mae_mean"] == rep.checkpoints[0].value("mae")
 

@@ -234,6 +234,16 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
     assert torch.allclose(probe["logits"], torch.load(run_a.root / "probe.pt")["logits"], atol=1e-5)
 
 
+@pytest.mark.timeout(600)
+def test_each_checkpoint_is_saved_after_its_validation_point(run_a: RunPaths) -> None:
+    """As in the mcore engine, a step's validation pass runs before its checkpoint is saved, so a resume from
+    any checkpoint finds its point logged (Lightning runs no sanity pass on a resume)."""
+    logged = {r["step"]: r["time"] for r in val_metrics(run_a)}
+    for step in (SAVE, STEPS):
+        done = (run_a.checkpoint_dir(step) / "done.json").stat().st_mtime
+        assert logged[step] <= done, (step, logged[step], done)
+
+
 @pytest.mark.timeout(900)
 def test_tensor_parallel_2_matches_tp1(tmp_path: Path, run_a: RunPaths, pretrained: Path) -> None:
     """TP=2 over gloo (two ranks launched by Lightning): the same losses as TP=1, and its checkpoint reshards
@@ -285,6 +295,29 @@ def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: in
         want = [data_mod.micro_batch(step, m, gbs=gbs, mbs=mbs, dp=dp, dp_rank=rank, n=n, seed=seed)
                 for step in range(resume_step, steps) for m in range(accum)]
         assert got == want
+
+
+@pytest.mark.parametrize("count,gbs,mbs,dp", [(5, 2, 1, 1), (7, 4, 1, 2), (9, 8, 2, 2), (4, 6, 1, 3), (2, 3, 3, 1)])
+def test_nemo_validation_order_gives_each_rank_the_mcore_engines_videos(count: int, gbs: int, mbs: int,
+                                                                        dp: int) -> None:
+    """NeMo's validation sampler (drop_last, as NeMo sets it for validation) over `validation_order` gives DP
+    rank r the videos `core.validation_loss` reads on it (r, r + dp, ...), in the same micro-batches, with
+    padding (no loss) only after them; nothing is dropped, and the passes are whole global batches."""
+    from nemo.lightning.data import MegatronPretrainingSampler
+
+    from harness.stages.finetune.nemo_common import validation_order
+
+    order = validation_order(count, dp, mbs, gbs)
+    assert len(order) % gbs == 0 and sorted(v for v in order if v is not None) == list(range(count))
+    for rank in range(dp):
+        sampler = MegatronPretrainingSampler(total_samples=len(order), consumed_samples=0, micro_batch_size=mbs,
+                                             data_parallel_rank=rank, data_parallel_size=dp, global_batch_size=gbs)
+        got = [order[j] for idx in sampler for j in idx]
+        mine = list(range(rank, count, dp))
+        assert got[:len(mine)] == mine and set(got[len(mine):]) <= {None}, (rank, got)
+        want_batches = [mine[i:i + mbs] for i in range(0, len(mine), mbs)]
+        got_batches = [[v for v in (order[j] for j in idx) if v is not None] for idx in sampler]
+        assert [b for b in got_batches if b] == want_batches
 
 
 def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import specs
 from harness import cli
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.atomic import atomic_write_json
+from harness.core.atomic import atomic_write_json, read_json
 from harness.core.paths import RunPaths, mark_done, new_run_dir
 from harness.ops import submit as launching
 from harness.report import build as report
@@ -133,7 +133,7 @@ def test_results_files_json_markdown_and_plots(tmp_path: Path) -> None:
     assert doc["loss_curve"][0] == [1, metrics[0]["loss"]] and len(doc["loss_curve"]) == 40
     assert doc["tokenize"]["clips_per_s"] == 2.5 and doc["failures"] == failures
     md = (out / "report.md").read_text()
-    assert f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | aligned, resize upstream | 2 | * |" in md
+    assert f"| 30 | {PSNR[30]:.2f} * | {SSIM[30]:.4f} * | aligned, resize upstream | 2 | * |" in md
     assert all(c["protocol"] == "aligned, resize upstream" and c["other_protocols"] == {}
                for c in doc["checkpoints"])
     assert "| generated frames 9-16 vs reference 9-16 |" in md
@@ -203,7 +203,7 @@ def test_both_protocols_side_by_side_each_number_named(tmp_path: Path) -> None:
     rep = report.build(paths, plan.spec, [], plan.training)
     md = report.markdown(rep)
     assert "| step | PSNR (dB) | SSIM | protocol | PSNR (dB) tokenbench | SSIM tokenbench | videos | best |" in md
-    assert (f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | aligned, resize upstream | {PSNR[30] - 1.5:.2f} | "
+    assert (f"| 30 | {PSNR[30]:.2f} * | {SSIM[30]:.4f} * | aligned, resize upstream | {PSNR[30] - 1.5:.2f} | "
             f"{SSIM[30]:.4f} | 2 | * |") in md
     row = next(c for c in report.to_json(rep)["checkpoints"] if c["step"] == 30)
     assert row["psnr"] == PSNR[30] and row["protocol"] == "aligned, resize upstream"
@@ -300,9 +300,10 @@ def test_validation_loss_beside_psnr_with_its_own_best(tmp_path: Path) -> None:
     assert (doc["best_checkpoint"], doc["best_checkpoint_val_loss"]) == (30, 20)
     assert [c["step"] for c in doc["checkpoints"] if c["best_val_loss"]] == [20]
     md = (out / "report.md").read_text()
-    assert "| val loss | videos | best | best val loss (lowest) |" in md
-    assert f"| 20 | {PSNR[20]:.2f} | {SSIM[20]:.4f} | aligned, resize upstream | 7.1000 | 2 |  | * |" in md
-    assert f"| 30 | {PSNR[30]:.2f} | {SSIM[30]:.4f} | aligned, resize upstream | 7.3000 | 2 | * |  |" in md
+    assert "## checkpoints (* best of its column)" in md and "| val loss | videos | best |" in md
+    assert f"| 20 | {PSNR[20]:.2f} | {SSIM[20]:.4f} | aligned, resize upstream | 7.1000 * | 2 |  |" in md
+    assert f"| 30 | {PSNR[30]:.2f} * | {SSIM[30]:.4f} * | aligned, resize upstream | 7.3000 | 2 | * |" in md
+    assert doc["best_checkpoints"] == {"psnr": [30], "ssim": [30], "val_loss": [20]}
     w, h = png_size((out / "loss.png").read_bytes())
     assert w > 300 and h > 200
 
@@ -354,3 +355,39 @@ def test_baseline_is_the_first_row_labelled_and_never_the_best(tmp_path: Path) -
     spec["model"]["checkpoint"] = "org/pretrained"
     atomic_write_json(paths.spec_json, spec)
     assert report.build(paths, load_plan(paths).spec, [], plan.training).checkpoints[0].label == "0 (pretrained)"
+
+
+PREDICTED = {10: (22.0, 0.55), 20: (25.5, 0.61), 30: (24.9, 0.60), 40: (25.1, 0.64)}
+"""(PSNR, SSIM) over the predicted frames alone per checkpoint: best at 20 and 40, while all frames are best at 30."""
+
+
+def with_predicted(paths: RunPaths, predicted: dict[int, tuple[float, float]]) -> None:
+    """The evaluate files as evaluate writes them where a sidecar names the context frames: each video's
+    `predicted` scores and the means over them."""
+    for step, (psnr, ssim) in predicted.items():
+        d = read_json(paths.eval_json(step))
+        for v in d["videos"]:
+            v.update(alignment="sidecar", context_frames=9, predicted={"frames": 8, "psnr": psnr, "ssim": ssim,
+                                                                       "identical": False})
+        d["mean"].update(predicted_psnr=psnr, predicted_ssim=ssim)
+        atomic_write_json(paths.eval_json(step), d)
+
+
+def test_predicted_frames_columns_each_with_its_best(tmp_path: Path) -> None:
+    """The checkpoint table and report.json show PSNR and SSIM over all compared frames and over the predicted
+    frames only, and mark the best checkpoint by each of the four and by the validation loss."""
+    paths, plan, _ = make_results(tmp_path, val=VAL)
+    with_predicted(paths, PREDICTED)
+    rep = report.build(paths, plan.spec, [], plan.training)
+    md = report.markdown(rep)
+    assert ("| step | PSNR (dB) | SSIM | predicted PSNR (dB) | predicted SSIM | protocol | val loss | videos | best |"
+            in md)
+    assert f"| 20 | {PSNR[20]:.2f} | {SSIM[20]:.4f} | 25.50 * | 0.6100 | aligned, resize upstream | 7.1000 * |" in md
+    assert f"| 40 | {PSNR[40]:.2f} | {SSIM[40]:.4f} | 25.10 | 0.6400 * | aligned, resize upstream | 7.6000 |" in md
+    doc = report.to_json(rep)
+    row = next(c for c in doc["checkpoints"] if c["step"] == 20)
+    assert (row["predicted_psnr"], row["predicted_ssim"], row["best_of"]) == (25.5, 0.61, ["predicted_psnr",
+                                                                                          "val_loss"])
+    assert doc["best_checkpoints"] == {"psnr": [30], "ssim": [30], "predicted_psnr": [20], "predicted_ssim": [40],
+                                       "val_loss": [20]}
+    assert doc["best_checkpoint"] == 30  # the checkpoint the report picks stays the first metric's

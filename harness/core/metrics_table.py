@@ -52,6 +52,11 @@ class Metric:
         return f"predicted_{self.name}"
 
     @property
+    def predicted_column(self) -> str:
+        """The report's and compare's column of the predicted-frames mean."""
+        return f"predicted {self.column}"
+
+    @property
     def per_frame_key(self) -> str:
         return f"{self.name}_per_frame"
 
@@ -82,6 +87,12 @@ def get(name: str) -> Metric:
         if m.name == name:
             return m
     raise KeyError(f"unknown metric {name!r} (known: {', '.join(names())})")
+
+
+def find(key: str) -> Metric | None:
+    """The metric whose mean `key` is, over all compared frames (its name) or the predicted ones
+    (`predicted_key`); None for any other key (a loss, a rate)."""
+    return next((m for m in METRICS if key in (m.name, m.predicted_key)), None)
 
 
 def selected(chosen: Iterable[str] | None = None) -> tuple[Metric, ...]:

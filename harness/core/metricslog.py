@@ -60,8 +60,8 @@ def append(path: Path, rec: dict[str, Any]) -> None:
 
 
 def _kept(rec: dict[str, Any], step: int) -> bool:
-    """A validation point is computed before its step's checkpoint is saved, so a resume from checkpoint `step`
-    keeps it; one of step 0 has no checkpoint behind it and is recomputed by a fresh start."""
+    """A validation point is computed before its step's checkpoint is saved (both engines), so a resume from
+    checkpoint `step` keeps it; one of step 0 has no checkpoint behind it and is recomputed by a fresh start."""
     if is_validation(rec):
         return bool(rec["step"] < step or 0 < rec["step"] == step)
     return bool(rec["step"] <= step)

@@ -62,8 +62,12 @@ class TaskState:
     """sacct's Submit time (epoch seconds; 0 when unknown): accounting keeps no comment unless the cluster
     stores it, so a record is matched to the submission that made it by its time."""
     gpu_seconds: float = 0.0
-    """Elapsed seconds x GPUs allocated, of the task's latest attempt: from accounting on a cluster (ElapsedRaw
-    x AllocTRES gres/gpu), wall x the stage's planned GPUs on the local executor; 0 where unknown."""
+    """Elapsed seconds x GPUs allocated, of every attempt of the task: from accounting on a cluster (ElapsedRaw
+    x AllocTRES gres/gpu of each record of each round's job, `attempts`), wall x the stage's planned GPUs of each
+    attempt the local driver recorded; 0 where unknown."""
+    attempts: tuple[tuple[float, float], ...] = ()
+    """(Submit time, GPU-seconds) of every accounting record of this job id (sacct --duplicates: a requeued
+    job's earlier attempts, and any other job that had the id before), oldest first; () where not from sacct."""
 
 
 @dataclass(frozen=True)

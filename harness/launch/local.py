@@ -95,7 +95,7 @@ class _Driver:
             if ok:
                 todo.append(t)
             else:
-                st[str(t)] = {"state": CANCELLED, "reason": reason, "job_id": ""}
+                st[str(t)] = attempt(st.get(str(t)), state=CANCELLED, reason=reason, job_id="")
         self.save()
         wave = stage.resources.array_throttle or max(1, os.cpu_count() or 1)
         for i in range(0, len(todo), wave):
@@ -109,7 +109,7 @@ class _Driver:
         with ex.batch():
             jobs = [ex.submit(StageTask(str(self.paths.root), stage.name, t)) for t in tasks]
         for t, job in zip(tasks, jobs):
-            st[str(t)] = {"state": "RUNNING", "job_id": str(job.job_id), "start": time.time(), "reason": ""}
+            st[str(t)] = attempt(st.get(str(t)), state="RUNNING", job_id=str(job.job_id), start=time.time(), reason="")
         self.save()
         for t, job in zip(tasks, jobs):
             entry = st[str(t)]
@@ -123,6 +123,16 @@ class _Driver:
             entry["end"] = time.time()
             entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
             self.save()
+
+
+def attempt(prev: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+    """A task's new entry in local_state.json, carrying `earlier_s`: the wall seconds of every attempt recorded
+    before it (a resumed task's earlier runs used the stage's GPUs too; one whose driver died unrecorded, with
+    no end, counts 0)."""
+    prev = prev or {}
+    start, end = prev.get("start"), prev.get("end")
+    last = end - start if isinstance(start, (int, float)) and isinstance(end, (int, float)) else 0.0
+    return {**fields, "earlier_s": float(prev.get("earlier_s", 0.0)) + last}
 
 
 def drive(paths: RunPaths, only: dict[str, list[int]] | None = None) -> None:
@@ -167,9 +177,9 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
     job = str(e.get("job_id", ""))
     log = e.get("stdout") or (str(paths.task_log(stage, job)) if job else "")
     reason = e.get("reason", "") or ("the local driver died" if state == LOST else "")
+    wall = (end - start if start and end else 0.0) + float(e.get("earlier_s", 0.0))
     return TaskState(stage, t, state, job, os.uname().nodename if job else "",
-                     _fmt_elapsed(end - start) if start and end else "", "", reason, log,
-                     gpu_seconds=(end - start) * gpus if start and end else 0.0)
+                     _fmt_elapsed(end - start) if start and end else "", "", reason, log, gpu_seconds=wall * gpus)
 
 
 def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,

@@ -108,17 +108,30 @@ def squeue(job_ids: list[str]) -> dict[str, TaskState]:
     return states
 
 
+SACCT_FIELDS = "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Submit,ElapsedRaw,AllocTRES,Reason"
+
+
 def sacct(job_ids: list[str]) -> dict[str, TaskState]:
-    """Finished (and running) tasks from accounting, in one call; array tasks expanded. Steps are read too, for
-    the signal that ended a task: a SIGKILLed program shows as `0:9` only on its step (`71_1.0`); the allocation
-    reads `9:0` (srun's exit status) and, for array tasks on Slurm 22.05, a DerivedExitCode of `0:0`."""
+    """Finished (and running) tasks from accounting, in one call; array tasks expanded. `--duplicates`: every
+    record of each id, a requeued task's earlier attempts too (they used GPUs: `TaskState.attempts`). Steps are
+    read too, for the signal that ended a task: a SIGKILLed program shows as `0:9` only on its step (`71_1.0`);
+    the allocation reads `9:0` (srun's exit status) and, for array tasks on Slurm 22.05, a DerivedExitCode of
+    `0:0`."""
     if not job_ids:
         return {}
-    out = _run(["sacct", "-n", "-P", "-j", ",".join(job_ids), "-o",
-                "JobID,State,NodeList,Elapsed,ExitCode,DerivedExitCode,Timelimit,Submit,ElapsedRaw,AllocTRES,Reason"]
+    out = _run(["sacct", "-n", "-P", "-D", "-j", ",".join(job_ids), "-o", SACCT_FIELDS]
                ).stdout  # a failing sacct (slurmdbd down) must not read as "no tasks"
-    states: dict[str, TaskState] = {}
-    signals: dict[str, int] = {}
+    return parse_sacct(out)
+
+
+def parse_sacct(out: str) -> dict[str, TaskState]:
+    """`sacct -n -P -D -o SACCT_FIELDS` text -> id -> the latest record (the latest Submit; a later line on a tie),
+    with every record's (Submit, GPU-seconds) in `attempts` and the signal of the latest record's steps (a step's
+    lines follow its allocation's)."""
+    latest: dict[str, TaskState] = {}
+    attempts: dict[str, list[tuple[float, float]]] = {}
+    signals: dict[tuple[str, float], int] = {}
+    current: dict[str, float] = {}
     for line in out.splitlines():
         parts = line.split("|", 10)
         if len(parts) != 11:
@@ -126,14 +139,26 @@ def sacct(job_ids: list[str]) -> dict[str, TaskState]:
         job, _, step = parts[0].partition(".")
         sig = exit_signal(parts[5]) or exit_signal(parts[4])
         if step:
-            signals[job] = signals.get(job) or sig
+            key = (job, current.get(job, 0.0))
+            signals[key] = signals.get(key) or sig
             continue
-        words = parts[1].split() or ["UNKNOWN"]
-        by = words[2] if len(words) > 2 and words[1] == "by" else ""
-        states[job] = TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[10], cancelled_by=by,
-                                signal=sig, time_limit=parts[6], submitted=epoch(parts[7]),
-                                gpu_seconds=float(parts[8]) * tres_gpus(parts[9]) if parts[8].isdigit() else 0.0)
-    return {job: dataclasses.replace(st, signal=st.signal or signals.get(job, 0)) for job, st in states.items()}
+        st = _record(job, parts, sig)
+        current[job] = st.submitted
+        attempts.setdefault(job, []).append((st.submitted, st.gpu_seconds))
+        if job not in latest or st.submitted >= latest[job].submitted:
+            latest[job] = st
+    return {job: dataclasses.replace(st, signal=st.signal or signals.get((job, st.submitted), 0),
+                                     attempts=tuple(sorted(attempts[job], key=lambda a: a[0])))
+            for job, st in latest.items()}
+
+
+def _record(job: str, parts: list[str], sig: int) -> TaskState:
+    """One allocation line of `parse_sacct`."""
+    words = parts[1].split() or ["UNKNOWN"]
+    by = words[2] if len(words) > 2 and words[1] == "by" else ""
+    return TaskState("", -1, words[0], job, parts[2], parts[3], parts[4], parts[10], cancelled_by=by,
+                     signal=sig, time_limit=parts[6], submitted=epoch(parts[7]),
+                     gpu_seconds=float(parts[8]) * tres_gpus(parts[9]) if parts[8].isdigit() else 0.0)
 
 
 def tres_gpus(tres: str) -> int:

@@ -4,6 +4,7 @@ one sacct for any number of jobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import time
@@ -29,8 +30,24 @@ def ours(st: TaskState, run_id: str, submitted: float) -> bool:
         return st.comment == run_id
     if st.submitted:
         before, after = SUBMIT_WINDOW_S
-        return submitted - before <= st.submitted <= submitted + after
+        first = min((t for t, _ in since(st, submitted)), default=st.submitted)
+        return submitted - before <= first <= submitted + after
     return True
+
+
+def since(st: TaskState, submitted: float) -> tuple[tuple[float, float], ...]:
+    """The accounting records of `st`'s id from the submission at `submitted` on: its first attempt and the
+    requeued ones after it (Slurm gives each its own Submit time), not a record of an earlier job that had the
+    same id."""
+    before, _ = SUBMIT_WINDOW_S
+    return tuple(a for a in st.attempts if not a[0] or a[0] >= submitted - before)
+
+
+def used_gpu_seconds(st: TaskState | None, submitted: float) -> float:
+    """GPU-seconds of every attempt of the task submitted at `submitted` under `st`'s id."""
+    if st is None:
+        return 0.0
+    return sum(g for _, g in since(st, submitted)) if st.attempts else st.gpu_seconds
 _ARRAY = re.compile(r"^(\d+)_\[([^\]]+)\]$")
 
 
@@ -54,20 +71,43 @@ def query(ids: list[str]) -> dict[str, TaskState]:
         return {}
     live = expand_ids(slurmcli.squeue(ids))  # first: a task leaving the queue meanwhile is then in sacct
     acct = expand_ids(slurmcli.sacct(ids))
-    return {**acct, **live}
+    return {**acct, **{k: _with_usage(v, acct.get(k)) for k, v in live.items()}}
+
+
+def _with_usage(live: TaskState, acct: TaskState | None) -> TaskState:
+    """A live entry keeps the GPU use accounting has for its id (earlier attempts, the running one so far)."""
+    if acct is None:
+        return live
+    return dataclasses.replace(live, gpu_seconds=acct.gpu_seconds, attempts=acct.attempts)
+
+
+def all_ids(jobs: Jobs, stage: str) -> dict[int, list[tuple[str, float]]]:
+    """task -> (Slurm task id, submit time) of every round's submission containing it, oldest round first."""
+    out: dict[int, list[tuple[str, float]]] = {}
+    for sub in sorted((s for s in jobs.submissions if s.stage == stage), key=lambda s: s.round):
+        j = 0
+        for a, b in sub.tasks:
+            for t in range(a, b):
+                out.setdefault(t, []).append((f"{sub.job_id}_{j}" if sub.array else sub.job_id, sub.time))
+                j += 1
+    return out
 
 
 def latest_ids(paths: RunPaths, jobs: Jobs, stage: str) -> dict[int, tuple[str, str, float]]:
     """task -> (Slurm task id, stdout path, submit time) from the latest round's submission containing it."""
-    out: dict[int, tuple[str, str, float]] = {}
-    for sub in sorted((s for s in jobs.submissions if s.stage == stage), key=lambda s: s.round):
-        j = 0  # later rounds overwrite earlier ones
-        for a, b in sub.tasks:
-            for t in range(a, b):
-                sid = f"{sub.job_id}_{j}" if sub.array else sub.job_id
-                out[t] = (sid, str(paths.task_log(stage, sid)), sub.time)
-                j += 1
-    return out
+    return {t: (sid, str(paths.task_log(stage, sid)), time_) for t, ids in all_ids(jobs, stage).items()
+            for sid, time_ in ids[-1:]}
+
+
+def gpu_seconds(ids: list[tuple[str, float]], states: Mapping[str, TaskState], run_id: str) -> float:
+    """GPU-seconds a task used over every round that submitted it (`harness resume` resubmits under a new job
+    id) and every attempt of each (a requeue keeps the id); a record that is no longer this run's counts 0."""
+    total = 0.0
+    for sid, submitted in ids:
+        st = states.get(sid)
+        if st is not None and (not run_id or ours(st, run_id, submitted)):
+            total += used_gpu_seconds(st, submitted)
+    return total
 
 
 def _row(stage: str, task: int, done: bool, sid: str, log: str, submitted: float,
@@ -160,14 +200,16 @@ def error_line(log: str, root: Path | None = None, tail_bytes: int = 8192) -> st
 def stage_rows(paths: RunPaths, jobs: Jobs, stage: str, tasks: int,
                states: Mapping[str, TaskState]) -> tuple[TaskState, ...]:
     done = done_tasks(paths, stage)  # after the Slurm queries: a task finishing meanwhile reads COMPLETED
-    ids = latest_ids(paths, jobs, stage)
+    every = all_ids(jobs, stage)
     known = {k.split("_")[0] for k in states if "_" in k}
+    run_id = paths.stage_run_id(stage)
     rows = []
     for t in range(tasks):
-        if t not in ids:
+        if t not in every:
             rows.append(TaskState(stage, t, COMPLETED if t in done else NOT_SUBMITTED))
             continue
-        sid, log, submitted = ids[t]
-        rows.append(_row(stage, t, t in done, sid, log, submitted, states.get(sid), known, paths.root,
-                         paths.stage_run_id(stage)))
+        sid, submitted = every[t][-1]
+        row = _row(stage, t, t in done, sid, str(paths.task_log(stage, sid)), submitted, states.get(sid), known,
+                   paths.root, run_id)
+        rows.append(dataclasses.replace(row, gpu_seconds=gpu_seconds(every[t], states, run_id)))
     return tuple(rows)

@@ -31,7 +31,16 @@ from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths
 from harness.report import html as report_html
 from harness.report.files import plots, write
-from harness.report.records import PEAK_TFLOPS, Checkpoint, MissingShard, Report, StageHours, Tokenize, Training
+from harness.report.records import (
+    PEAK_TFLOPS,
+    Checkpoint,
+    MissingShard,
+    Report,
+    StageHours,
+    Tokenize,
+    Training,
+    mark_best,
+)
 from harness.report.tables import fmt, markdown, render, tables, to_json
 
 if TYPE_CHECKING:
@@ -102,7 +111,8 @@ def _best(rows: Sequence[Checkpoint], metrics: Sequence[str]) -> int | None:
 def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
                 metrics: Sequence[str] | None = None, baseline: str = "") -> tuple[Checkpoint, ...]:
     """step -> the evaluate results read for it (one per shard); `best` marks the best of `_best` among the
-    checkpoints (step 0, the baseline, labelled `baseline` where given, is compared against, never chosen)."""
+    checkpoints, `best_of` the best by each criterion (step 0, the baseline, labelled `baseline` where given, is
+    compared against, never chosen)."""
     chosen = mt.selected(metrics)
     rows = []
     for step in sorted(evals):
@@ -110,9 +120,10 @@ def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
         rows.append(Checkpoint(step, {m.name: _num(e.mean.value(m.name)) for m in chosen}, len(e.videos), False,
                                e.frames, len(evals[step]), shards_planned, len(e.failed),
                                evals[step][0].result.protocol_label, _other_means(evals[step], metrics),
-                               baseline=baseline if step == 0 else ""))
+                               baseline=baseline if step == 0 else "",
+                               predicted={m.name: _num(e.mean.predicted.get(m.name)) for m in chosen}))
     best = _best([c for c in rows if not c.baseline], [m.name for m in chosen])
-    return tuple(dataclasses.replace(c, best=c.step == best) for c in rows)
+    return mark_best([dataclasses.replace(c, best=c.step == best) for c in rows])
 
 
 def _other_means(shards: Sequence[ShardRecord], metrics: Sequence[str] | None
@@ -167,11 +178,11 @@ def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:
 
 
 def with_validation(rows: Sequence[Checkpoint], val: dict[int, float]) -> tuple[Checkpoint, ...]:
-    """The rows with their validation loss; the lowest among the run's checkpoints marked `best_val` (step 0's
-    baseline row shows its loss, the starting point, but is no checkpoint to choose)."""
+    """The rows with their validation loss; the lowest among the run's checkpoints marked `best_val` and in
+    `best_of` (step 0's baseline row shows its loss, the starting point, but is no checkpoint to choose)."""
     scored = [c.step for c in rows if c.step in val and not c.baseline]
     best = min(scored, key=lambda s: val[s]) if scored else None
-    return tuple(dataclasses.replace(c, val_loss=val.get(c.step), best_val=c.step == best) for c in rows)
+    return mark_best([dataclasses.replace(c, val_loss=val.get(c.step), best_val=c.step == best) for c in rows])
 
 
 def baseline_label(spec: RunSpec) -> str:

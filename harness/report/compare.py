@@ -20,11 +20,10 @@ from harness.core import metrics_table as mt
 from harness.core.errors import HarnessError, Problem
 from harness.core.evalrecords import ShardRecord, videos_of
 from harness.core.evalstats import merge_shards, video_means
+from harness.report.records import VAL_LOSS, best_marks
 
 EXCLUDED_KEYS: tuple[str, ...] = ("run.name", "run.workdir", "run.results_dir")
 """Spec keys left out of the differing columns: names and output places, which differ between any two runs."""
-VAL_LOSS = "val_loss"
-"""The metrics.jsonl key of the validation loss at a step (logged by finetune where validation is on)."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,16 @@ class Row:
     step: int
     label: str
     values: Mapping[str, float | None]
-    """Metric name (and `VAL_LOSS`) -> value; None where the run has none."""
+    """Metric name, its `predicted_key` (the predicted frames' mean) and `VAL_LOSS` -> value; None where the run
+    has none."""
     videos: int
     protocol: str
     gpu_hours: float | None
     differing: tuple[str, ...]
     """The run's value of each differing key, in `Comparison.differing` order."""
     best: frozenset[str] = frozenset()
-    """The metrics (and `VAL_LOSS`) whose best value over every row this row holds."""
+    """The criteria (`criteria`: each metric over all and over predicted frames, `VAL_LOSS`) whose best value
+    over every row this row holds."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def _row(run: RunData, step: int, shards: Sequence[ShardRecord], metrics: Sequen
             kept = [v for v in videos_of(shards) if v.name in set(common)]
             means, videos = video_means(kept, metrics), len(kept)
         values.update({m: _finite(means.value(m)) for m in metrics})
+        values.update({mt.get(m).predicted_key: _finite(means.predicted.get(m)) for m in metrics})
         protocol = shards[0].result.protocol_label
     label = f"0 ({run.baseline})" if step == 0 else str(step)
     return Row(run.run_id, step, label, values, videos, protocol, run.gpu_hours,
@@ -152,19 +154,16 @@ def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def criteria(metrics: Sequence[str]) -> tuple[str, ...]:
+    """The columns a best row is marked in: the validation loss, each metric over all compared frames, then each
+    over the predicted frames."""
+    return (VAL_LOSS, *metrics, *(mt.get(m).predicted_key for m in metrics))
+
+
 def _mark_best(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
     """Each key's best value over the rows (ties: every row holding it), in its direction."""
-    best: dict[int, set[str]] = {}
-    for k in keys:
-        higher = k != VAL_LOSS and mt.get(k).higher_is_better
-        scored = [(i, v) for i, r in enumerate(rows) if (v := r.values.get(k)) is not None]
-        if not scored:
-            continue
-        top = (max if higher else min)(v for _, v in scored)
-        for i, v in scored:
-            if v == top:
-                best.setdefault(i, set()).add(k)
-    return tuple(dataclasses.replace(r, best=frozenset(best.get(i, ()))) for i, r in enumerate(rows))
+    marks = best_marks([r.values for r in rows], keys)
+    return tuple(dataclasses.replace(r, best=m) for r, m in zip(rows, marks))
 
 
 def compare(runs: Sequence[RunData]) -> Comparison:
@@ -183,6 +182,6 @@ def compare(runs: Sequence[RunData]) -> Comparison:
         notes += (f"The rows were scored under different protocols ({', '.join(sorted(protocols))}): their "
                   "numbers do not compare with each other.",)
     return Comparison(tuple(ids), tuple(r.name for r in runs), metrics, differing,
-                      _mark_best(rows, (VAL_LOSS, *metrics)), common, notes,
+                      _mark_best(rows, criteria(metrics)), common, notes,
                       tuple((r.gpu_hours, r.gpu_hours_planned) for r in runs),
                       tuple(tuple(sorted(r.val_loss.items())) for r in runs))

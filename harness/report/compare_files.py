@@ -16,7 +16,7 @@ from rich.table import Table
 from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from harness.report import html as report_html
-from harness.report.compare import EXCLUDED_KEYS, VAL_LOSS, Comparison, Row
+from harness.report.compare import EXCLUDED_KEYS, VAL_LOSS, Comparison, Row, criteria
 from harness.report.tables import fmt, markdown_tables
 
 Tables = list[tuple[str, list[str], list[list[str]]]]
@@ -36,11 +36,20 @@ def _gpu_hours(v: float | None) -> str:
     return fmt(v, "gpu_hours")
 
 
+def _columns(c: Comparison) -> list[tuple[str, str]]:
+    """(criterion, header) of the value columns: the validation loss, each metric over all compared frames, and
+    each over the predicted frames where any row has that mean."""
+    named = {VAL_LOSS: "val loss", **{m.name: m.column for m in mt.selected(c.metrics)},
+             **{m.predicted_key: m.predicted_column for m in mt.selected(c.metrics)}}
+    return [(k, named[k]) for k in criteria(c.metrics)
+            if k in (VAL_LOSS, *c.metrics) or any(r.values.get(k) is not None for r in c.rows)]
+
+
 def tables(c: Comparison) -> Tables:
     """(title, header, rows): the checkpoints table, then the runs (GPU-hours used beside the plan's estimate)."""
-    header = ["run", "step", "val loss"] + [mt.get(m).column for m in c.metrics] + ["videos", "protocol",
-                                                                                   "GPU-h (run)"] + list(c.differing)
-    rows = [[r.run_id, r.label, _cell(r, VAL_LOSS)] + [_cell(r, m) for m in c.metrics]
+    cols = _columns(c)
+    header = ["run", "step"] + [h for _, h in cols] + ["videos", "protocol", "GPU-h (run)"] + list(c.differing)
+    rows = [[r.run_id, r.label] + [_cell(r, k) for k, _ in cols]
             + [str(r.videos), r.protocol, _gpu_hours(r.gpu_hours)] + list(r.differing) for r in c.rows]
     runs = [[rid, name, _gpu_hours(used), _gpu_hours(planned)]
             for rid, name, (used, planned) in zip(c.runs, c.names, c.gpu_hours)]
@@ -76,7 +85,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
             "metrics": list(c.metrics), "differing_keys": list(c.differing), "excluded_keys": list(EXCLUDED_KEYS),
             "common_videos": list(c.common) if c.common is not None else None, "notes": list(c.notes),
             "rows": [{"run_id": r.run_id, "step": r.step, "label": r.label,
-                      **{k: r.values.get(k) for k in (VAL_LOSS, *c.metrics)}, "videos": r.videos,
+                      **{k: r.values.get(k) for k in criteria(c.metrics)}, "videos": r.videos,
                       "protocol": r.protocol, "gpu_hours": r.gpu_hours,
                       "spec": dict(zip(c.differing, r.differing)), "best": sorted(r.best)} for r in c.rows]}
 

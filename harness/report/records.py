@@ -4,12 +4,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from harness.core import metrics_table as mt
 from harness.core.models import PEAK_TFLOPS  # noqa: F401 (re-exported: the report's modules and the bench read it here)
 from harness.report import html as report_html
+
+VAL_LOSS = "val_loss"
+"""The metrics.jsonl key of the validation loss at a step, and its criterion among the checkpoints' columns."""
+
+
+def best_marks(rows: Sequence[Mapping[str, float | None]], keys: Sequence[str]) -> list[frozenset[str]]:
+    """Per row, the criteria (`keys`: a metric's all-frames or predicted-frames mean, `VAL_LOSS`) whose best value
+    over the rows it holds, each in its direction (a loss: lowest); ties mark every row holding the value."""
+    marks: list[set[str]] = [set() for _ in rows]
+    for k in keys:
+        m = mt.find(k)
+        higher = m is not None and m.higher_is_better
+        scored = [(i, v) for i, r in enumerate(rows) if (v := r.get(k)) is not None]
+        if scored:
+            top = (max if higher else min)(v for _, v in scored)
+            for i, v in scored:
+                if v == top:
+                    marks[i].add(k)
+    return [frozenset(m) for m in marks]
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,11 @@ class Checkpoint:
     baseline: str = ""
     """Step 0's row, the weights before post-training: 'pretrained' or 'random initialisation'; '' for a
     checkpoint of the run. A baseline is never the best checkpoint (it is no checkpoint to export)."""
+    predicted: Mapping[str, float | None] = field(default_factory=dict)
+    """Metric name -> mean over the videos' predicted frames only (the frames after the context frames; absent
+    where no video has them, e.g. the tokenbench protocol)."""
+    best_of: frozenset[str] = frozenset()
+    """The criteria (`criteria` keys) whose best value among the run's checkpoints this one holds."""
 
     @property
     def label(self) -> str:
@@ -74,21 +99,40 @@ class Checkpoint:
     def value(self, name: str) -> float | None:
         return self.values.get(name)
 
+    def criteria(self) -> dict[str, float | None]:
+        """Every value a best checkpoint is chosen by: each selected metric (`values`' keys) over all compared
+        frames (its name) and over the predicted frames (`predicted_key`), and the validation loss (`VAL_LOSS`)."""
+        chosen = mt.selected(self.values)
+        return {**{m.name: self.values.get(m.name) for m in chosen},
+                **{m.predicted_key: self.predicted.get(m.name) for m in chosen}, VAL_LOSS: self.val_loss}
+
     def to_json(self, metrics: Sequence[str]) -> dict[str, Any]:
-        """report.json's row: the selected metrics (`metrics_table` order) after the step, then their protocol
-        and the other protocols' means."""
+        """report.json's row: the selected metrics (`metrics_table` order) after the step, then their
+        predicted-frames means, their protocol and the other protocols' means; `best_of` names each criterion
+        this checkpoint is the best by."""
         chosen = mt.selected(metrics)
         return {"step": self.step, **{m.name: self.values.get(m.name) for m in chosen},
-                "videos": self.videos, "best": self.best, "frames": self.frames, "shards": self.shards,
+                **{m.predicted_key: self.predicted.get(m.name) for m in chosen},
+                "videos": self.videos, "best": self.best, "best_of": sorted(self.best_of), "frames": self.frames,
+                "shards": self.shards,
                 "shards_planned": self.shards_planned, "failed_videos": self.failed_videos,
                 "protocol": self.protocol, "val_loss": self.val_loss, "best_val_loss": self.best_val,
                 "baseline": self.baseline or None,
                 "other_protocols": {p: {m.name: v.get(m.name) for m in chosen} for p, v in self.others.items()}}
 
 
+def mark_best(rows: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
+    """The rows with `best_of` set over the run's checkpoints (a baseline row is compared against, never marked)."""
+    scored = [c for c in rows if not c.baseline]
+    keys = list(dict.fromkeys(k for c in scored for k in c.criteria()))
+    marks = dict(zip((c.step for c in scored), best_marks([c.criteria() for c in scored], keys)))
+    return tuple(dataclasses.replace(c, best_of=marks.get(c.step, frozenset()) if not c.baseline else frozenset())
+                 for c in rows)
+
+
 @dataclass(frozen=True)
 class StageHours:
-    """GPU-hours a stage used (its tasks' latest attempts: `TaskState.gpu_seconds`) beside the plan's estimate
+    """GPU-hours a stage used (every attempt of its tasks: `TaskState.gpu_seconds`) beside the plan's estimate
     (`harness.core.estimate`; None where the plan makes none)."""
 
     stage: str

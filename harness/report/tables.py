@@ -11,15 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.core import metrics_table as mt
-from harness.report.records import PEAK_TFLOPS, Report, total_hours
+from harness.report.records import PEAK_TFLOPS, VAL_LOSS, Checkpoint, Report, total_hours
 
 
 def fmt(v: float | None, kind: str) -> str:
     """The one formatting of each number, shared by the terminal, markdown and tests."""
     if v is None:
         return "-"
-    if kind in mt.names():
-        return mt.get(kind).format(v)
+    if (m := mt.find(kind)) is not None:
+        return m.format(v)
     return {"loss": f"{v:.4f}", "rate": f"{v:,.1f}", "tflops": f"{v:.3g}", "mfu": f"{100 * v:.3g}%",
             "gpu_hours": f"{v:.3g}"}.get(kind, f"{v:g}")
 
@@ -80,28 +80,35 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+def _cell(c: Checkpoint, key: str) -> str:
+    """A criterion's value, marked `*` in the checkpoint that is the best by it."""
+    v = fmt(c.criteria().get(key), "loss" if key == VAL_LOSS else key)
+    return f"{v} *" if key in c.best_of else v
+
+
 def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per checkpoint its means over every evaluated video; with input shards, how many shards those videos
-    came from and a table naming each shard that has no result."""
+    """Per checkpoint its means over every evaluated video, over all compared frames and over the predicted
+    frames (where evaluate has them), and its validation loss, the best by each marked; with input shards, how
+    many shards those videos came from and a table naming each shard that has no result."""
     out: list[tuple[str, list[str], list[list[str]]]] = []
     if rep.checkpoints:
         frames = {c.frames for c in rep.checkpoints}
         same = len(frames) == 1
         sharded = any(c.shards_planned > 1 for c in rep.checkpoints)
         shown = mt.selected(rep.metrics)
+        pred = [m for m in shown if any(c.predicted.get(m.name) is not None for c in rep.checkpoints)]
         others = list(dict.fromkeys(p for c in rep.checkpoints for p in c.others))
         val = any(c.val_loss is not None for c in rep.checkpoints)
-        header = ["step"] + [m.column for m in shown] + ["protocol"] \
+        keys = [m.name for m in shown] + [m.predicted_key for m in pred]
+        header = ["step"] + [m.column for m in shown] + [m.predicted_column for m in pred] + ["protocol"] \
             + [f"{m.column} {p}" for p in others for m in shown] + (["val loss"] if val else []) + ["videos"] \
-            + (["shards"] if sharded else []) + ["best"] + (["best val loss (lowest)"] if val else []) \
-            + ([] if same else ["frames compared"])
-        out.append(("checkpoints", header,
-                    [[c.label] + [fmt(c.value(m.name), m.name) for m in shown] + [c.protocol]
+            + (["shards"] if sharded else []) + ["best"] + ([] if same else ["frames compared"])
+        out.append(("checkpoints (* best of its column)", header,
+                    [[c.label] + [_cell(c, k) for k in keys] + [c.protocol]
                      + [fmt(c.others.get(p, {}).get(m.name), m.name) for p in others for m in shown]
-                     + ([fmt(c.val_loss, "loss")] if val else [])
+                     + ([_cell(c, VAL_LOSS)] if val else [])
                      + [str(c.videos)] + ([f"{c.shards}/{c.shards_planned}"] if sharded else [])
-                     + ["*" if c.best else ""] + (["*" if c.best_val else ""] if val else [])
-                     + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
+                     + ["*" if c.best else ""] + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
         if same and frames != {""}:
             out.append(("frames compared (every checkpoint)", ["alignment"], [[frames.pop()]]))
     if rep.missing_shards:
@@ -144,6 +151,8 @@ def to_json(rep: Report) -> dict[str, Any]:
             "checkpoints": [c.to_json(rep.metrics) for c in rep.checkpoints],
             "best_checkpoint": best.step if best else None,
             "best_checkpoint_val_loss": next((c.step for c in rep.checkpoints if c.best_val), None),
+            "best_checkpoints": {k: [c.step for c in rep.checkpoints if k in c.best_of]
+                                 for k in dict.fromkeys(k for c in rep.checkpoints for k in sorted(c.best_of))},
             "gpu_hours": _hours_json(rep),
             "failures": list(rep.failures), "missing": list(rep.missing),
             "missing_shards": [asdict(m) for m in rep.missing_shards]}

@@ -16,9 +16,19 @@ Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harnes
 `harness.stages.infer.load_model` reads NeMo-engine checkpoints unchanged, and a requeued job resumes from the
 newest one with `done.json`.
 
-The parts: `nemo_common` (what needs no NeMo: sample order, step functions, checkpoint housekeeping), `nemo_model` (the
-NeMo config, LR schedule and data module), `nemo_callbacks` (checkpoint and metrics callbacks); this module builds
-`llm.api.train`'s arguments from them and runs it.
+Validation runs through Lightning's validation loop, as NeMo's recipes validate: `VideoDataModule.val_dataloader`
+holds the first `val_videos` of the validation split in `nemo_common.validation_order` (each DP rank reads the
+mcore engine's videos, padded with zero-mask samples to whole global batches), `CosmosGPTModel`'s validation steps
+compute the training step's per-token loss and sum its masked terms (`ValidationSums`, as
+`core.validation_loss` does), in eval mode without gradients (Lightning's loop), on the training ranks and TP
+layout. The trainer validates every `val_every` steps (`val_check_interval`, `check_val_every_n_epoch=None`), at
+the last step (`MetricsCallback` sets `should_stop` there), and at step 0 in the sanity pass of a fresh start. A
+step's checkpoint is saved after its validation (`HarnessCheckpoint`), as in the mcore engine, so a resumed
+attempt has its checkpoint's point logged and each point appears once across requeues.
+
+The parts: `nemo_common` (what needs no NeMo: sample and validation order, step functions, checkpoint
+housekeeping), `nemo_model` (the NeMo config and model, LR schedule and data module), `nemo_callbacks`
+(checkpoint and metrics callbacks); this module builds `llm.api.train`'s arguments from them and runs it.
 """
 
 from __future__ import annotations
@@ -50,7 +60,13 @@ except Exception as e:  # NeMo 2 absent, broken, or NeMo 3 (speech only): the mc
 else:
     _IMPORT_ERROR = None
     from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback, Validation
-    from harness.stages.finetune.nemo_model import CosmosNeMoConfig, HarnessLR, VideoDataModule
+    from harness.stages.finetune.nemo_model import (
+        CosmosGPTModel,
+        CosmosNeMoConfig,
+        HarnessLR,
+        ValidationData,
+        VideoDataModule,
+    )
 
 __all__ = ["available", "build", "check_engine", "ordered_sample", "run", "time_steps"]
 
@@ -61,13 +77,29 @@ def available() -> bool:
 
 
 def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos: int, timing_only: bool,
-               val_samples: data_mod.VideoSamples | None) -> list[Any]:
-    validation = None if val_samples is None else Validation(val_samples, plan, spec.finetune.micro_batch_size)
+               val: ValidationData | None) -> list[Any]:
+    validation = None if val is None else Validation(plan.validation_steps, plan.last_step, val.videos)
     metrics = MetricsCallback(paths, core.StepMath.of(spec, plan, train_videos, "nemo"),
                               None if timing_only else spec.tracking, core.run_config(spec, plan), validation)
     if timing_only:
         return [metrics]
-    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"))]
+    validated = frozenset(plan.validation_steps if val is not None else ())
+    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"),
+                                       validated)]
+
+
+def _validation_loop(spec: RunSpec, plan: TrainingPlan, val: ValidationData | None, start_step: int
+                     ) -> dict[str, Any]:
+    """Lightning's validation settings: a whole pass (`limit_val_batches`) every `val_every` optimizer
+    steps (one training batch is one optimizer step; `check_val_every_n_epoch=None` counts batches across
+    epochs, the max_steps semantics), and step 0's as the sanity pass before the first update of a fresh start
+    (Lightning validates at no start by itself, and skips the sanity pass on a resume, whose checkpoint's point
+    is logged already: `HarnessCheckpoint` saves after the step's validation)."""
+    if val is None:
+        return {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+    batches = val.batches(spec.finetune, plan.data_parallel)
+    return {"limit_val_batches": batches, "val_check_interval": spec.finetune.val_every,
+            "check_val_every_n_epoch": None, "num_sanity_val_steps": batches if start_step == 0 else 0}
 
 
 def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
@@ -97,20 +129,23 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
                               rope_length=tm.sample_length - 1, recompute=f.recompute,
                               tensor_model_parallel_size=plan.tensor_parallel, bf16=bf16,
                               params_dtype=torch.bfloat16 if bf16 else torch.float32)
-    model = llm.GPTModel(config, tokenizer=None)
+    model = CosmosGPTModel(config, tokenizer=None)
     strategy = nl.MegatronStrategy(
         tensor_model_parallel_size=plan.tensor_parallel, pipeline_model_parallel_size=1, context_parallel_size=1,
         sequence_parallel=plan.sequence_parallel, pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
-    callbacks = _callbacks(spec, plan, paths, len(samples), timing_only, val_samples)
+    val = None if val_samples is None else ValidationData(val_samples, min(plan.val_videos, len(val_samples)))
+    callbacks = _callbacks(spec, plan, paths, len(samples), timing_only, val)
+    latest = None if timing_only else checkpoints.latest_complete(paths)
     # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
     # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.
     trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
                          max_steps=plan.last_step, max_epochs=-1, strategy=strategy,
                          plugins=nl.MegatronMixedPrecision(precision="bf16-mixed" if bf16 else "32"),
-                         num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=f.log_every,
+                         **_validation_loop(spec, plan, val, 0 if latest is None else latest[0]),
+                         log_every_n_steps=f.log_every,
                          enable_progress_bar=False, logger=False, callbacks=callbacks,
                          enable_checkpointing=not timing_only, gradient_clip_val=None, use_distributed_sampler=False)
     optim = nl.MegatronOptimizerModule(
@@ -118,8 +153,9 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
         lr_scheduler=HarnessLR(f.lr, f.min_lr, f.warmup_steps, f.max_steps))
     resume = _resume(spec, paths, timing_only)
     logger = nl.NeMoLogger(explicit_log_dir=str(paths.nemo_log_dir), use_datetime_version=False)
-    return {"model": model, "data": VideoDataModule(spec, samples, plan.last_step), "trainer": trainer, "log": logger,
-            "optim": optim, "resume": resume, "tokenizer": None}
+    data = VideoDataModule(spec, samples, plan.last_step, val, plan.data_parallel)
+    return {"model": model, "data": data, "trainer": trainer, "log": logger, "optim": optim, "resume": resume,
+            "tokenizer": None}
 
 
 def _require(spec: RunSpec) -> None:

@@ -35,6 +35,25 @@ def ordered_sample(j: int, gbs: int, n: int, seed: int) -> int:
     return data_mod.global_batch(j // gbs, gbs, n, seed)[j % gbs]
 
 
+def validation_order(count: int, dp: int, micro_batch_size: int, global_batch_size: int) -> list[int | None]:
+    """Validation video at each position of the NeMo engine's validation dataset (None: padding, a sample whose
+    loss mask is all zero, so it adds nothing to the loss). NeMo's sampler hands DP rank r, in its c-th
+    micro-batch, positions c*mbs*dp + r*mbs + e (e < mbs) and each validation step takes gbs positions; this
+    order gives rank r the mcore engine's videos r, r + dp, ... (`core.validation_loss`) in the same
+    micro-batches, padded to whole global batches (NeMo's validation sampler drops a partial one)."""
+    per_rank = -(-count // dp)
+    rounds = -(-per_rank // micro_batch_size)
+    per_step = global_batch_size // (micro_batch_size * dp)
+    rounds = -(-rounds // per_step) * per_step
+    order: list[int | None] = []
+    for c in range(rounds):
+        for r in range(dp):
+            for e in range(micro_batch_size):
+                v = r + (c * micro_batch_size + e) * dp
+                order.append(v if v < count else None)
+    return order
+
+
 def device() -> torch.device:
     """This rank's device: the batch, and the stop-signal agreement between ranks, live there."""
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

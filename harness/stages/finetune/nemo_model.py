@@ -1,17 +1,20 @@
 """NeMo's view of the harness: `CosmosNeMoConfig` (a `GPTConfig` whose `configure_model` builds the harness model),
-the finetune core's LR schedule as a NeMo scheduler, and `VideoDataModule`, the training split in the mcore engine's
-sample order. Imported only where NeMo 2 imports (`harness.stages.finetune.nemo.available`).
+`CosmosGPTModel` (NeMo's GPTModel whose validation steps sum the training loss's terms), the finetune core's LR
+schedule as a NeMo scheduler, and `VideoDataModule`, the training split in the mcore engine's sample order and the
+validation videos in its validation order. Imported only where NeMo 2 imports
+(`harness.stages.finetune.nemo.available`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
-from nemo.collections.llm.gpt.model.base import GPTConfig
+from nemo.collections.llm.gpt.model.base import GPTConfig, GPTModel
 from nemo.lightning.data import WrappedDataLoader
+from nemo.lightning.megatron_parallel import MegatronLossReduction
 from nemo.lightning.pytorch.optim import LRSchedulerModule
 from nemo.lightning.pytorch.plugins import MegatronDataSampler
 
@@ -21,7 +24,7 @@ from harness.core.tokens import Grid
 from harness.cosmos import config as cfg
 from harness.cosmos import data as data_mod
 from harness.stages.finetune import core
-from harness.stages.finetune.nemo_common import MIRRORED, data_step, forward_step, ordered_sample
+from harness.stages.finetune.nemo_common import MIRRORED, data_step, forward_step, ordered_sample, validation_order
 
 
 @dataclass
@@ -57,6 +60,54 @@ class CosmosNeMoConfig(GPTConfig):
                            precision=precision, recompute=self.recompute, seq_len=self.rope_length)
 
 
+class ValidationSums(MegatronLossReduction):
+    """The validation loss as `core.validation_loss` computes it: the training loss's masked sums
+    (`core.masked_sums`, in float64) added over every micro-batch of a validation pass, so the loss is their
+    ratio over all validation videos (NeMo's own reduction averages per global batch). `reduce` returns the
+    step's ratio on this rank, which NeMo's strategy logs as `val_loss`; `loss` is the pass's, summed over DP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total, self.count = 0.0, 0.0
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0.0
+
+    def forward(self, batch: dict[str, torch.Tensor], forward_out: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, count = core.masked_sums(forward_out.double(), batch["loss_mask"].double())
+        return total.clone(), {"sums": torch.stack([total, count])}
+
+    def reduce(self, losses_reduced_per_micro_batch: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+        sums = torch.stack([x["sums"] for x in losses_reduced_per_micro_batch]).sum(dim=0)
+        total, count = sums.tolist()
+        self.total, self.count = self.total + total, self.count + count
+        return torch.tensor(total / count if count else 0.0, dtype=torch.float32, device=sums.device)
+
+    def loss(self, device: torch.device, dp_group: Any) -> float:
+        """The pass's loss over the whole DP group (every rank calls this: an all-reduce)."""
+        import torch.distributed as dist
+
+        sums = torch.tensor([self.total, self.count], dtype=torch.float64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(sums, group=dp_group)
+        return float(sums[0] / sums[1])
+
+
+class CosmosGPTModel(GPTModel):
+    """NeMo's GPTModel (its `validation_step` runs the config's `forward_step`, the training step's per-token
+    loss) whose validation reduction is `ValidationSums`, kept on the model so the metrics callback reads the
+    pass's loss where NeMo's reduction left it."""
+
+    @property
+    def validation_loss_reduction(self) -> ValidationSums:
+        found = getattr(self, "_validation_loss_reduction", None)  # GPTModel.__init__ sets it None
+        if not isinstance(found, ValidationSums):
+            found = ValidationSums()
+            self._validation_loss_reduction = found
+        return found
+
+
 class HarnessLR(LRSchedulerModule):
     """The finetune core's schedule (`harness.stages.finetune.core.lr_at`: linear warm-up, cosine to min_lr or
     constant) as a NeMo scheduler, so both engines use the same LR at every step."""
@@ -83,22 +134,59 @@ class _EpochSamples(torch.utils.data.Dataset):
         return self.total
 
     def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
-        s = self.samples.sample(ordered_sample(j, self.gbs, len(self.samples), self.seed))
-        out = {"tokens": torch.from_numpy(s.tokens), "labels": torch.from_numpy(s.labels),
-               "loss_mask": torch.from_numpy(s.loss_mask)}
-        if s.context is not None:
-            out["context"] = torch.from_numpy(s.context)
-        return out
+        return _as_batch_item(self.samples.sample(ordered_sample(j, self.gbs, len(self.samples), self.seed)))
+
+
+def _as_batch_item(s: data_mod.Sample, *, counted: bool = True) -> dict[str, torch.Tensor]:
+    """One sample as the data loader's dict (`counted` False: its loss mask zeroed, a padding sample)."""
+    mask = torch.from_numpy(s.loss_mask)
+    out = {"tokens": torch.from_numpy(s.tokens), "labels": torch.from_numpy(s.labels),
+           "loss_mask": mask if counted else torch.zeros_like(mask)}
+    if s.context is not None:
+        out["context"] = torch.from_numpy(s.context)
+    return out
+
+
+class _ValidationSamples(torch.utils.data.Dataset):
+    """The validation videos in `nemo_common.validation_order`: video k of the split, or a padding sample."""
+
+    def __init__(self, samples: data_mod.VideoSamples, order: list[int | None]) -> None:
+        self.samples, self.order = samples, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, j: int) -> dict[str, torch.Tensor]:
+        k = self.order[j]
+        return _as_batch_item(self.samples.sample(0 if k is None else k), counted=k is not None)
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    """The validation split and the first `videos` of it that each validation pass reads."""
+
+    samples: data_mod.VideoSamples
+    videos: int
+
+    def order(self, f: FinetuneSection, data_parallel: int) -> list[int | None]:
+        return validation_order(self.videos, data_parallel, f.micro_batch_size, f.global_batch_size)
+
+    def batches(self, f: FinetuneSection, data_parallel: int) -> int:
+        """Lightning's `limit_val_batches` for one whole pass: it counts the loader's items, which NeMo's sampler
+        makes micro-batches (each validation step then draws a global batch's worth of them)."""
+        return len(self.order(f, data_parallel)) // (f.micro_batch_size * data_parallel)
 
 
 class VideoDataModule(pl.LightningDataModule):
     """Training split of the merged dataset; NeMo's MegatronDataSampler slices it into micro-batches per DP
     rank and skips consumed samples on resume (state_dict below)."""
 
-    def __init__(self, spec: RunSpec, samples: data_mod.VideoSamples, total_steps: int) -> None:
+    def __init__(self, spec: RunSpec, samples: data_mod.VideoSamples, total_steps: int,
+                 validation: ValidationData | None = None, data_parallel: int = 1) -> None:
         super().__init__()
         f = spec.finetune
         self.spec, self.samples, self.total_steps = spec, samples, total_steps
+        self.validation, self.data_parallel = validation, data_parallel
         self.seq_length = spec.token_math.sample_length - 1
         self.micro_batch_size, self.global_batch_size = f.micro_batch_size, f.global_batch_size
         self.data_sampler = MegatronDataSampler(seq_len=self.seq_length, micro_batch_size=f.micro_batch_size,
@@ -113,6 +201,12 @@ class VideoDataModule(pl.LightningDataModule):
         ds = _EpochSamples(self.samples, f.global_batch_size, self.spec.run.seed,
                            self.total_steps * f.global_batch_size)
         return WrappedDataLoader(mode="train", dataset=ds, num_workers=0, pin_memory=False)
+
+    def val_dataloader(self) -> Any:
+        """Lightning asks for it only where validation is on (limit_val_batches > 0)."""
+        assert self.validation is not None
+        ds = _ValidationSamples(self.validation.samples, self.validation.order(self.spec.finetune, self.data_parallel))
+        return WrappedDataLoader(mode="validation", dataset=ds, num_workers=0, pin_memory=False)
 
     def state_dict(self) -> dict[str, Any]:
         assert self.trainer is not None  # as in train_dataloader
