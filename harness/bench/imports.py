@@ -1,0 +1,55 @@
+"""Start-up CPU of the processes the harness starts: each tokenize, merge, finetune and infer task and each
+spawned rank imports megatron-core (and the finetune stage's NeMo engine, NeMo). Fresh processes, A and B
+interleaved in one run, CPU seconds (user + system, which load on the machine inflates far less than wall time).
+
+A = `import megatron.core` with nothing else (megatron's import-time `torch.compile` decorations load TorchDynamo
+and Inductor), B = the same after `import harness` (its `harness.cosmos.lazyjit` defers them to the first call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.core.atomic import atomic_write_json
+
+CASES = {
+    "megatron_plain": "import megatron.core",
+    "megatron_via_harness": "import harness, megatron.core",
+    "tokenize_stage": "import harness.stages.tokenize",
+    "finetune_mcore_stage": "import harness.stages.finetune.mcore",
+}
+
+
+def cpu_of(code: str) -> float:
+    """CPU seconds of one fresh `python -c code`, spawn to exit."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="harness bench imports")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="results/bench")
+    args = ap.parse_args(argv)
+    cpu: dict[str, list[float]] = {k: [] for k in CASES}
+    cpu_of("import torch")  # page cache and .pyc warm for every case alike; not counted
+    for _ in range(args.repeats):
+        for name, code in CASES.items():
+            cpu[name].append(cpu_of(code))
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    out = {"bench": "imports", "repeats": args.repeats, "cpus": os.cpu_count(),
+           "load_average_1min": os.getloadavg()[0], "median_cpu_s": med, "all_cpu_s": cpu,
+           "megatron_via_harness_over_plain": med["megatron_via_harness"] / med["megatron_plain"],
+           "what": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else ""}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out) / "imports.json", out)
+    return out
