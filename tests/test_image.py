@@ -187,3 +187,20 @@ def test_import_image_is_no_container_stage(tmp_path: Path) -> None:
                                            r"container; choose from stage-assets, tokenize"):
         specs.build(specs.tiny_run(tmp_path, name="img"), {"container": {"image": URI,
                                                                           "stages": ["import-image", "finetune"]}})
+
+
+def test_resume_refuses_a_reused_image_that_is_gone(tmp_path: Path) -> None:
+    """A run planned to reuse a complete image plans no import, so if the file is removed before a resume, the
+    resubmitted container stages could only fail on their nodes: resume names the file first."""
+    from harness.ops import control
+
+    p = plan.build(_spec(tmp_path), plan.Facts(num_inputs=8, image="complete"))
+    assert p.image is not None and p.image.reused
+    p.image.sqsh.parent.mkdir(parents=True)
+    p.image.sqsh.write_bytes(b"squashfs")
+    p.image.done.write_text(image.done_record(p.image, 8))
+    control._check_reused_image(p, {"finetune": [0]})  # present and complete: resume goes on
+    p.image.sqsh.unlink()
+    control._check_reused_image(p, {"tokenize": [0]})  # no container stage to resubmit
+    with pytest.raises(HarnessError, match="nvcr.io\\+nvidia\\+nemo\\+26.02.sqsh: the imported container image"):
+        control._check_reused_image(p, {"finetune": [0]})

@@ -69,6 +69,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
         todo = incomplete(plan, paths)
         _check_shared(paths, todo, ignore, shared_parents)
         todo = {k: v for k, v in todo.items() if k not in ignore}
+        _check_reused_image(plan, todo)
         if not todo:
             console.print(f"run {paths.run_id}: every task is complete; nothing to resubmit")
             return {}
@@ -84,6 +85,19 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
     for stage, tasks in todo.items():
         console.print(f"resubmitted {stage}: {len(tasks)} task(s) {_fmt_tasks(tasks)}")
     return todo
+
+
+def _check_reused_image(plan: Plan, todo: dict[str, list[int]]) -> None:
+    """A run planned to reuse a complete cached image plans no import; if that file has gone since (freed, or a
+    cache directory cleaned), its container stages would fail on every node, so resume says so first."""
+    from harness.core import image
+
+    cached = plan.image
+    if cached is None or not cached.reused or image.complete(cached):
+        return
+    if any(s.container and s.name in todo for s in plan.stages):
+        raise HarnessError(f"{cached.sqsh}: the imported container image this run reuses is gone or incomplete; "
+                           f"restore it or submit the spec again (its plan imports {cached.uri} once more)")
 
 
 def _check_shared(paths: RunPaths, todo: dict[str, list[int]], ignore: tuple[str, ...],
