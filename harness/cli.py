@@ -181,6 +181,20 @@ def cmd_quickstart(spec: str, assets: str, executor: ExecutorName, timeout_s: fl
     return code
 
 
+def cmd_cache(verb: str, key: str, spec: str | None, cache_dir: str | None) -> int:
+    """`harness cache ls|rm`: the directory from --cache-dir, else from the spec's data.cache_dir."""
+    from harness.ops import cache
+
+    if not cache_dir and spec:
+        cache_dir = spec_mod.absolutize(spec_mod.load(Path(spec)), Path.cwd()).data.cache_dir
+        if not cache_dir:
+            raise HarnessError(Problem(spec, "data.cache_dir", "is not set: give --cache-dir DIR"))
+    if not cache_dir:
+        raise HarnessError(Problem("cache", "--cache-dir", "give the cache directory or a spec with data.cache_dir"))
+    d = Path(cache_dir).expanduser()
+    return cache.cmd_ls(d, console) if verb == "ls" else cache.cmd_rm(d, key, console)
+
+
 def cmd_bench(name: str, args: list[str]) -> int:
     import importlib
     import json
@@ -214,6 +228,15 @@ def _add_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             s.add_argument("stage", nargs="?", default=None)
         if name in ("status", "resume", "cancel", "report", "logs"):
             s.add_argument("--workdir", default="runs", help="where to look up a run id")
+
+    s = sub.add_parser("cache", help="the token cache (data.cache_dir): `ls` its entries, `rm KEY` one of them")
+    verbs = s.add_subparsers(dest="cache_command", required=True)
+    for verb in ("ls", "rm"):
+        v = verbs.add_parser(verb, help="list the entries" if verb == "ls" else "remove an entry (not one being built)")
+        if verb == "rm":
+            v.add_argument("key", help="the entry's key (its first characters, as `harness cache ls` shows them)")
+        v.add_argument("spec", nargs="?", default=None, help="a spec whose data.cache_dir names the cache")
+        v.add_argument("--cache-dir", default=None, help="the cache directory (instead of a spec)")
 
     s = sub.add_parser("compare", help="runs side by side: one row per (run, checkpoint), the spec keys that differ, "
                        "the best row per metric; writes results/compare-<id>/compare.{md,json,html}")
@@ -338,6 +361,7 @@ def dispatch(a: argparse.Namespace) -> int:
         "cancel": lambda: ops.cmd_cancel(a.run, a.stage, a.workdir),
         "report": lambda: ops.cmd_report(a.run, a.workdir),
         "compare": lambda: ops.cmd_compare(a.runs, a.workdir),
+        "cache": lambda: cmd_cache(a.cache_command, getattr(a, "key", ""), a.spec, a.cache_dir),
         "runs": lambda: ops.cmd_runs(a.workdir),
         "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
         "export": lambda: ops.cmd_export(a.source, a.step, a.to, a.format, a.dtype, a.preset, a.workdir,

@@ -70,11 +70,18 @@ def submit(spec_path: Path, expanded: Expanded, requested: ExecutorName = "auto"
         todo = {s.name: list(range(s.tasks)) for s in m.stages}
         prior: tuple[Submission, ...] = ()
         parents: dict[str, list[str]] = {}
+        text = expanded.effective_toml(m.member)
         if owner is not None:
-            paths = rundir.write_shared(paths, owner.paths)
-            prior = tuple(s for s in owner.submissions if s.stage in SHARED_STAGES)
-            parents = {st: [s.job_id for s in prior if s.stage == st] for st in SHARED_STAGES}
-        subs = launching.start(paths, expanded.effective_toml(m.member), m.plan, g, todo, parents, prior)
+            paths = rundir.write_shared(paths, owner.paths, owner.paths.cache, owner.paths.builder)
+            prior = tuple(s for s in rundir.read_jobs(owner.paths).submissions if s.stage in SHARED_STAGES)
+            parents = {st: [s.job_id for s in prior if s.stage == st] for st in SHARED_STAGES
+                       if st != "tokenize" or paths.cache is None}  # a build's tokenize may be long purged
+        elif g.cache is not None:  # the group's owner with a token cache: reuses, waits on or builds the entry
+            paths, subs = launching.start_cached(paths, text, m.plan, g, todo)
+            out.append(Member(m.member.index, paths, _values(m), tuple(subs)))
+            _record(cpaths, expanded, out, cp)
+            continue
+        subs = launching.start(paths, text, m.plan, g, todo, parents, prior)
         out.append(Member(m.member.index, paths, _values(m), tuple(subs)))
         _record(cpaths, expanded, out, cp)
     return CampaignSubmitted(cpaths, gathered[0].choice, tuple(out), time.perf_counter() - t0)
