@@ -4,6 +4,7 @@ cached run, and `harness cache ls / rm`."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from pathlib import Path
@@ -191,3 +192,20 @@ def test_the_slurm_backend_chains_a_reused_entry_on_its_own_stage_assets() -> No
     parents = {"stage-assets": ["10"], "merge": ["7"]}
     parents["tokenize"] = inherited(plan.stage("tokenize"), parents)
     assert parents["tokenize"] == ["10"] and inherited(plan.stage("merge"), parents) == ["7", "10"]
+
+
+def test_resume_never_rebuilds_an_entry_another_run_claimed(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from harness.core.errors import HarnessError
+    from harness.ops import control
+
+    key = "23" * 32
+    entry = cache_entry(tmp_path / "cache", key)
+    _claim(entry, key, _run(tmp_path, "builder", _dead_pid()))
+    reader = rundir.write_shared(_run(tmp_path, "reader", _dead_pid()), None, entry.root)
+    with pytest.raises(HarnessError) as e:
+        control.resume(reader, Console(file=io.StringIO()))
+    assert str(e.value) == (f"{reader.root}: its tokens (tokenize, merge) are in the token-cache entry {entry.root}, "
+                            f"which is incomplete and not this run's build: submit the spec again (a dead build is "
+                            f"redone, a live one waited on)")
