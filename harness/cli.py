@@ -126,6 +126,8 @@ def cmd_submit(spec: str, overrides: list[str], executor: ExecutorName, *, wait:
     res = submit.submit(Path(spec), executor, doctor=doctor, overrides=tuple(overrides))
     console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
     console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
+    if res.cache is not None:
+        console.print(res.cache.line(), markup=False)
     for s in res.submissions:
         console.print(f"  {s.stage:<13} job {s.job_id}")
     if wait:

@@ -108,7 +108,19 @@ def test_a_sweep_builds_one_entry_and_a_later_submit_reuses_it(slurm_cluster: st
     (rebuilt,) = [rundir.open_run(d) for d in (tmp_path / "runs").iterdir()
                   if d.name.startswith("killed-") and d != killed.root]
     assert rebuilt.cache == partial.root and "tokenize" in _stages(rebuilt)
+    # a separate submit of the same key meanwhile: no build of its own, its finetune after the builder's merge
+    waiter_spec = _spec(tmp_path, "waiter", {"run": {"seed": 5}, "finetune": {"lr": 2e-3}})
+    p = _cli(tmp_path, "submit", str(waiter_spec))
+    assert f"tokenize: waits on {rebuilt.run_id}'s build of cache entry {partial.key16}" in p.stdout, p.stdout
+    (waiter,) = [rundir.open_run(d) for d in (tmp_path / "runs").iterdir() if d.name.startswith("waiter-")]
+    merge_id = {s.job_id for s in rundir.read_jobs(rebuilt).submissions if s.stage == "merge"}
+    assert waiter.builder == rebuilt.root and {s.job_id for s in rundir.read_jobs(waiter).submissions
+                                               if s.stage == "merge"} == merge_id
+    (finetune_id,) = [s.job_id for s in rundir.read_jobs(waiter).submissions if s.stage == "finetune"]
+    shown = subprocess.run(["scontrol", "show", "job", finetune_id], capture_output=True, text=True).stdout
+    assert f"afterok:{next(iter(merge_id))}" in shown or partial.is_complete, shown  # (shown until satisfied)
     _until_complete(partial)
-    assert _cli(tmp_path, "cancel", str(rebuilt.root)).returncode == 0
+    for run in (rebuilt, waiter):
+        assert _cli(tmp_path, "cancel", str(run.root)).returncode == 0
     assert read_json(partial.claim_json)["run"] == rebuilt.run_id and cache.builder_of(partial) == rebuilt.run_id
     assert read_json(RunPaths(partial.root).marker("tokenize", 0))["time"] > faked  # tokenized again

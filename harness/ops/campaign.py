@@ -77,7 +77,7 @@ def submit(spec_path: Path, expanded: Expanded, requested: ExecutorName = "auto"
             parents = {st: [s.job_id for s in prior if s.stage == st] for st in SHARED_STAGES
                        if st != "tokenize" or paths.cache is None}  # a build's tokenize may be long purged
         elif g.cache is not None:  # the group's owner with a token cache: reuses, waits on or builds the entry
-            paths, subs = launching.start_cached(paths, text, m.plan, g, todo)
+            paths, subs, _ = launching.start_cached(paths, text, m.plan, g, todo)
             out.append(Member(m.member.index, paths, _values(m), tuple(subs)))
             _record(cpaths, expanded, out, cp)
             continue

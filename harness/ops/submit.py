@@ -22,6 +22,7 @@ from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json, atomic_write_text
 from harness.core.errors import HarnessError
 from harness.core.paths import CACHED_STAGES, RunPaths, new_run_dir
+from harness.core.tokencache import CacheUse
 from harness.launch.backend import Jobs, Submission, load_plan
 from harness.lib.inputs import InputItem
 from harness.ops import cache
@@ -40,6 +41,8 @@ class Submitted:
     choice: Choice
     submissions: tuple[Submission, ...]
     seconds: float
+    cache: CacheUse | None = None
+    """What the run did with its token-cache entry, as decided under the entry's lock."""
 
 
 def write_run(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, known: plan_mod.Facts, choice: Choice) -> None:
@@ -86,13 +89,16 @@ def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = 
         preflight(spec, plan, got.choice, got.items)
     text = e.effective_toml(e.members[0]) if overrides else spec_mod.read_text(spec_path)
     paths = new_run_dir(Path(spec.run.workdir), spec.run.name)
-    paths, subs = start_cached(paths, text, plan, got) if got.cache is not None else (paths, start(paths, text, plan,
-                                                                                                      got))
-    return Submitted(paths, plan, got.choice, tuple(subs), time.perf_counter() - t0)
+    use = None
+    if got.cache is not None:
+        paths, subs, use = start_cached(paths, text, plan, got)
+    else:
+        subs = start(paths, text, plan, got)
+    return Submitted(paths, plan, got.choice, tuple(subs), time.perf_counter() - t0, use)
 
 
 def start_cached(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan_ops.Gathered,
-                 todo: dict[str, list[int]] | None = None) -> tuple[RunPaths, list[Submission]]:
+                 todo: dict[str, list[int]] | None = None) -> tuple[RunPaths, list[Submission], CacheUse]:
     """`start` for a run with a token cache: under the entry's lock, reuse a complete entry (no tokenize, no
     merge), wait on a live build (finetune after the builder's merge) or claim the entry and build it."""
     assert got.cache is not None
@@ -112,7 +118,7 @@ def start_cached(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan
         if use.mode == "build":
             cache.record_build(entry, paths, subs)
     cache.add_user(entry, paths, use)
-    return paths, subs
+    return paths, subs, use
 
 
 def start(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan_ops.Gathered,
