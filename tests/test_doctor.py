@@ -127,6 +127,11 @@ def test_container_image_and_pyxis(tmp_path: Path, slurm_cluster: str) -> None:
     spec.write_text(spec.read_text().replace(f"{tmp_path}/nemo.sqsh", "nvcr.io#nvidia/nemo:25.02.rc3"))
     p = harness("doctor", str(spec), cwd=tmp_path)
     assert "pass  container.image: enroot URI well formed: nvcr.io#nvidia/nemo:25.02.rc3" in p.stdout
+    # a registry image is imported into container.cache_dir: writable, with room for container.image_gb
+    assert "pass  container.cache_dir: imported image cache writable: " in p.stdout
+    spec.write_text(spec.read_text().replace("[container]\n", "[container]\nimage_gb = 100000\n"))
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert "fail  container.cache_dir, container.image_gb: free space for the image (~100.0 TB): " in p.stdout
 
 
 def test_offline_assets_and_free_space(tmp_path: Path, slurm_cluster: str) -> None:

@@ -195,7 +195,9 @@ def test_validate_rejects_unknown_metrics(tmp_path: Path, capsys: pytest.Capture
 @pytest.mark.timeout(300)
 def test_cli_start_up_imports_only_what_evaluate_needs(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
     """`harness evaluate` on a CPU node: no torch (the GPU probe looks for device nodes first), megatron or
-    matplotlib; the numba kernel comes from the cache in NUMBA_CACHE_DIR after the first process wrote it."""
+    matplotlib, none of the run machinery (submitit, the launch backends), and not the scipy.linalg and cffi
+    numba would load for features its kernel never uses (yet both import fine afterwards); the numba kernel
+    comes from the cache in NUMBA_CACHE_DIR after the first process wrote it."""
     import os
     import subprocess
     import sys
@@ -209,8 +211,10 @@ def test_cli_start_up_imports_only_what_evaluate_needs(tmp_path: Path, dirs: tup
     cache = tmp_path / "numba"
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
     code = ("import sys, json; from harness import cli; rc = cli.main(sys.argv[1:]); "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'megatron', 'matplotlib', 'nemo'))), file=sys.stderr); sys.exit(rc)")
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'megatron', 'matplotlib', 'nemo', 'submitit', 'cffi') "
+            "or m.startswith(('scipy.linalg', 'harness.launch', 'harness.report.build'))); "
+            "import scipy.linalg, cffi; print(json.dumps(heavy), file=sys.stderr); sys.exit(rc)")
     for _ in range(2):
         p = subprocess.run([sys.executable, "-c", code, "evaluate", "--reference", str(ref), "--generated", str(gen)],
                            capture_output=True, text=True, env=env, timeout=240)

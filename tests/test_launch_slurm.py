@@ -14,13 +14,16 @@ import pytest
 import specs
 from harness.core import plan, spec
 from harness.core.atomic import read_json
-from harness.core.stages import NAMES
+from harness.core.stages import IMPORT_IMAGE
+from harness.core.stages import NAMES as ALL_NAMES
 from harness.launch import slurm, slurmcli
 from harness.launch.backend import TaskState
 from harness.lib import synth
 from harness.ops import submit as launching
 
 pytestmark = pytest.mark.slurm
+NAMES = tuple(n for n in ALL_NAMES if n != IMPORT_IMAGE)
+"""The stages of a run without a registry image (import-image is not planned)."""
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 
 

@@ -25,7 +25,7 @@ def seed_spec() -> spec.RunSpec:
 
 def test_dag_shape_and_dependencies() -> None:
     p = plan.build(seed_spec(), plan.Facts(num_inputs=10_000, max_array_size=1001, nodes_available=4))
-    assert [s.name for s in p.stages] == list(NAMES)
+    assert [s.name for s in p.stages] == [n for n in NAMES if n != "import-image"]  # no registry image imported
     deps = {s.name: [(d.stage, d.kind) for d in s.depends] for s in p.stages}
     assert deps["evaluate"] == [("infer", "aftercorr")]
     assert deps["report"] == [("evaluate", "afterany")]
@@ -200,7 +200,9 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "infer/evaluate: 5 checkpoint(s) x 7 input shard(s) = 35 task(s)" in out
     assert sum("35 = 5 x 7" in ln for ln in out.splitlines()) == 2  # the infer and evaluate rows
     assert "step 0 (the baseline) inferred and evaluated too" in " ".join(out.split())  # however rich wraps it
-    assert len(list(tmp_path.glob("*.sbatch"))) == 7
+    # the seed's registry image is imported once (nothing in /shared/runs/images here): import-image's script too
+    assert len(list(tmp_path.glob("*.sbatch"))) == 8 and (tmp_path / "00-import-image.sbatch").is_file()
+    assert "import-image: enroot import docker://nvcr.io#nvidia/nemo:26.02 -> " in " ".join(out.split())
 
 
 def test_training_plan_is_the_one_source() -> None:

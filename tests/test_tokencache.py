@@ -161,9 +161,7 @@ def test_plan_says_building_then_reused(tmp_path: Path, clips: list[InputItem]) 
 
 
 def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from rich.console import Console
-
-    monkeypatch.setattr(cli, "console", Console(width=300, highlight=False))  # a wide terminal: rows unfolded
+    monkeypatch.setenv("COLUMNS", "300")  # a wide terminal: rows unfolded
     live, done = "ef" * 32, "01" * 32
     d = tmp_path / "cache"
     builder = _run(tmp_path, "live", os.getpid())

@@ -5,7 +5,10 @@ Two members share stage-assets, tokenize and merge when every key those stages r
 the whole spec except the training, generation, evaluation, report and tracking tables and the run's name and
 results directory); the first member of a group runs them in its own run directory (the group's owner), and
 every other member's finetune waits on the owner's merge and reads the owner's dataset
-(`harness.core.paths.RunPaths.shared`). A sweep over training keys alone thus tokenizes once.
+(`harness.core.paths.RunPaths.shared`). A sweep over training keys alone thus tokenizes once. The container
+table is part of that key, so the group's owner also runs import-image (where a registry image is imported) and
+every member's container stages wait on it: one import for the group. Groups that differ in other data keys plan
+an import task each; the task's lock and marker make all but the first a no-op (`harness.stages.image`).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class CampaignPlan:
         out = []
         for name in STAGES:
             for m in self.members:
-                if m.runs(name):
+                if m.runs(name) and any(s.name == name for s in m.plan.stages):  # import-image: where planned
                     calls = len(m.plan.stage(name).chunks)
                     whom = _members(self.sharing(m.owner)) if name in SHARED_STAGES else _members((m.member.index,))
                     out.append((name, calls, whom))

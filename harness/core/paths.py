@@ -20,9 +20,10 @@ from harness.core.errors import HarnessError
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
-SHARED_STAGES: tuple[str, ...] = ("stage-assets", "tokenize", "merge")
-"""The stages whose outputs (staged assets, token shards, the merged dataset) a campaign member may take from
-another member's run: they depend only on the keys that decide the tokens (`harness.core.campaign.share_key`)."""
+SHARED_STAGES: tuple[str, ...] = ("import-image", "stage-assets", "tokenize", "merge")
+"""The stages whose outputs (the imported container image, staged assets, token shards, the merged dataset) a
+campaign member may take from another member's run: they depend only on keys that decide the tokens and the
+container (`harness.core.campaign.share_key`)."""
 
 CACHED_STAGES: tuple[str, ...] = ("tokenize", "merge")
 """The stages a token-cache entry (`data.cache_dir`) holds the outputs of; stage-assets stays per run (the base

@@ -17,11 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core import image as image_mod
 from harness.core import spec as spec_mod
 from harness.core import tokens, trainplan
 from harness.core.errors import HarnessError
+from harness.core.image import CacheState, ImageCache
 from harness.core.spec import InferSection, Resources, RunSpec
-from harness.core.stages import STAGES, DependencyKind, StageDef
+from harness.core.stages import IMPORT_IMAGE, STAGES, DependencyKind, StageDef
 from harness.core.trainplan import TrainingPlan
 from harness.core.trainplan import (
     checkpoint_steps as checkpoint_steps,  # re-exported: render and the bench read it here
@@ -35,6 +37,8 @@ class Facts:
     num_inputs: int
     max_array_size: int = 1001
     nodes_available: int = 1
+    image: CacheState = "off"
+    """The registry image's cache when planned (`harness.core.image.CacheState`)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ class Plan:
     """Last step, checkpoint steps, DP, gradient accumulation, precision: `harness.core.trainplan`, the one source."""
     num_inputs: int
     warnings: tuple[str, ...]
+    image: ImageCache | None = None
+    """The imported registry image container stages run from (import-image planned unless it is `reused`);
+    None: they name `container.image` as written."""
 
     def stage(self, name: str) -> StagePlan:
         return next(s for s in self.stages if s.name == name)
@@ -104,6 +111,11 @@ class Plan:
     @property
     def grad_accumulation(self) -> int:
         return self.training.grad_accumulation
+
+    @property
+    def container_image(self) -> str:
+        """What a container stage's --container-image names: the imported .sqsh, or the spec's image."""
+        return str(self.image.sqsh) if self.image else self.spec.container.image
 
     @property
     def sbatch_calls(self) -> int:
@@ -194,13 +206,16 @@ def build(spec: RunSpec, facts: Facts) -> Plan:
     training = trainplan.planned(resolved)
     fanout = len(training.eval_steps) * infer_shards(resolved.infer)
     sizes = {"one": 1, "ranks": 1, "shards": shards, "checkpoints": fanout}
-    stages = tuple(_stage(resolved, row, sizes[row.shape], facts) for row in STAGES)
+    image = image_mod.planned(resolved, facts.image)
+    importing = image is not None and not image.reused
+    stages = tuple(_stage(resolved, row, sizes[row.shape], facts, importing) for row in STAGES
+                   if row.name != IMPORT_IMAGE or importing)
     tm = spec.token_math
     return Plan(spec=resolved, stages=stages, token_math=tm, training=training, num_inputs=facts.num_inputs,
-                warnings=tuple(tokens.warnings(tm)))
+                warnings=tuple(tokens.warnings(tm)), image=image)
 
 
-def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts) -> StagePlan:
+def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts, importing: bool) -> StagePlan:
     section: Resources = getattr(spec, row.section)
     ranks = row.shape == "ranks"
     ntasks = {"finetune": spec_mod.ranks_per_node(spec.finetune), "infer": spec.infer.tensor_parallel}.get(row.name, 1)
@@ -212,10 +227,13 @@ def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts) -> StagePlan:
         signal_delay_s=spec.finetune.signal_delay_s if ranks else 90)
     size = max(1, facts.max_array_size)
     chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if row.array else ((0, 1),)
-    depends = (Dependency(row.after, row.dependency),) if row.after and row.dependency else ()
+    depends: tuple[Dependency, ...] = (Dependency(row.after, row.dependency),) if row.after and row.dependency \
+        else ()
+    container = bool(spec.container.image) and row.name in spec.container.stages
+    if container and importing:  # every container stage, not only the first: each must find the .sqsh whole
+        depends += (Dependency(IMPORT_IMAGE, "afterok"),)
     return StagePlan(name=row.name, tasks=tasks, array=row.array, depends=depends, resources=res,
-                     container=bool(spec.container.image) and row.name in spec.container.stages,
-                     chunks=chunks, requeue=ranks)
+                     container=container, chunks=chunks, requeue=ranks)
 
 
 def to_json(plan: Plan) -> dict[str, Any]:
@@ -234,5 +252,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "last_step": plan.training.last_step,
         "precision": plan.training.precision,
         "warnings": list(plan.warnings),
+        "image": None if plan.image is None else {"uri": plan.image.uri, "sqsh": str(plan.image.sqsh),
+                                                  "reused": plan.image.reused},
         "stages": [dataclasses.asdict(s) for s in plan.stages],
     }

@@ -120,6 +120,13 @@ class ContainerSection:
     python: str = opt("python", "python executable inside the container")
     harness_mount: str = opt("/opt/harness", "where the harness source is mounted inside the container")
     stages: tuple[str, ...] = opt([s.name for s in STAGES if s.container], "stages that run inside the container")
+    import_image: bool = opt(True, "a registry image is imported once (the import-image task: enroot import) into "
+                                   "cache_dir as a .sqsh that every container stage runs from, and reused by later "
+                                   "runs; false: Pyxis pulls the registry image in every container task")
+    cache_dir: str = opt("", "where imported images are kept ('' = <run.workdir>/images); on a filesystem every "
+                             "node sees")
+    image_gb: int = opt(40, "free space doctor requires in cache_dir for an image to import, GB (NeMo Framework "
+                            "images are tens of GB; set the image's size)", min=0, max=100_000)
 
 
 @dataclass(frozen=True)

@@ -165,4 +165,5 @@ def absolutize(spec: RunSpec, base: Path) -> RunSpec:
              model=r(spec.model, checkpoint=asset(spec.model.checkpoint), text_encoder=asset(spec.model.text_encoder)),
              tokenizer=r(spec.tokenizer, encoder=asset(spec.tokenizer.encoder), decoder=asset(spec.tokenizer.decoder)),
              infer=r(spec.infer, inputs=path(spec.infer.inputs)),
+             container=r(spec.container, cache_dir=path(spec.container.cache_dir)),
              evaluate=r(spec.evaluate, reference=path(spec.evaluate.reference)))

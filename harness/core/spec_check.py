@@ -15,7 +15,7 @@ from harness.core import hardware, metrics_table, models, sbatch_options, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.sections import RunSpec, data_parallel
-from harness.core.stages import NAMES
+from harness.core.stages import IN_CONTAINER
 from harness.core.stages import STAGES as STAGE_ROWS
 
 
@@ -174,9 +174,9 @@ def warnings(spec: RunSpec) -> list[Problem]:
 def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
     c, out = spec.container, []
     for s in c.stages:
-        if s not in NAMES:
-            out.append(("container.stages",
-                        f"= {list(c.stages)}: {s!r} is not a stage; choose from {', '.join(NAMES)}"))
+        if s not in IN_CONTAINER:
+            out.append(("container.stages", f"= {list(c.stages)}: {s!r} is not a stage that runs in the "
+                                            f"container; choose from {', '.join(IN_CONTAINER)}"))
     for m in c.mounts:
         if m.count(":") not in (1, 2) or "," in m:
             out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS without commas"))

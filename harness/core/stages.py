@@ -50,7 +50,13 @@ class StageDef:
         return f"{self.section}.{resource}"
 
 
+IMPORT_IMAGE = "import-image"
+"""Planned only where a registry image is imported (`harness.core.image`); runs on the host, never in a container,
+with the assets table's Slurm resources (a CPU task that downloads, as stage-assets); every container stage waits
+for it (`harness.core.plan`)."""
+
 STAGES: tuple[StageDef, ...] = (
+    StageDef(IMPORT_IMAGE, "assets", "one", None, None, False, "harness.stages.image"),
     StageDef("stage-assets", "assets", "one", None, None, False, "harness.stages.assets", downloads=True),
     StageDef("tokenize", "tokenize", "shards", "stage-assets", "afterok", False, "harness.stages.tokenize"),
     StageDef("merge", "merge", "one", "tokenize", "afterok", False, "harness.stages.merge"),
@@ -59,9 +65,11 @@ STAGES: tuple[StageDef, ...] = (
     StageDef("evaluate", "evaluate", "checkpoints", "infer", "aftercorr", False, "harness.stages.evaluate"),
     StageDef("report", "report", "one", "evaluate", "afterany", False, "harness.report.stage"),
 )
-"""In plan order."""
+"""In plan order (parents before children: the backends submit in this order)."""
 
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+IN_CONTAINER: tuple[str, ...] = tuple(n for n in NAMES if n != IMPORT_IMAGE)
+"""What `container.stages` may name: the import runs enroot on the host."""
 BY_NAME: dict[str, StageDef] = {s.name: s for s in STAGES}
 
 

@@ -43,8 +43,10 @@ def dependency(stage: StagePlan, parent_ids: dict[str, list[str]], chunk: int | 
     return ",".join(parts)
 
 
-def container_args(spec: RunSpec, paths: RunPaths, harness_src: Path, deps_src: list[Path]) -> list[str]:
-    """Pyxis flags: the image, the harness source and its pure-python deps, the run dir and the HF cache."""
+def container_args(plan: Plan, paths: RunPaths, harness_src: Path, deps_src: list[Path]) -> list[str]:
+    """Pyxis flags: the image (the imported .sqsh where the plan imports one), the harness source and its
+    pure-python deps, the run dir and the HF cache."""
+    spec = plan.spec
     c = spec.container
     hf_home = str(Path(spec.assets.hf_home).expanduser())
     mounts = [f"{harness_src}:{c.harness_mount}:ro", f"{paths.root}:{paths.root}", f"{hf_home}:{hf_home}"]
@@ -53,7 +55,7 @@ def container_args(spec: RunSpec, paths: RunPaths, harness_src: Path, deps_src: 
     mounts += [f"{d}:{c.harness_mount}-deps/{d.name}:ro" for d in deps_src]
     mounts += list(c.mounts)
     workdir = c.workdir or c.harness_mount
-    return [f"--container-image={c.image}", "--container-mounts=" + ",".join(mounts),
+    return [f"--container-image={plan.container_image}", "--container-mounts=" + ",".join(mounts),
             f"--container-workdir={workdir}", "--no-container-mount-home"]
 
 

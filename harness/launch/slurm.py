@@ -46,7 +46,7 @@ def python_for(plan: Plan, stage: StagePlan) -> str:
 def srun_args(plan: Plan, stage: StagePlan, paths: RunPaths) -> list[str]:
     if not stage.container:
         return []
-    return render.container_args(plan.spec, paths, harness_source(), pure_python_deps())
+    return render.container_args(plan, paths, harness_source(), pure_python_deps())
 
 
 def command(python: str, folder: Path) -> str:

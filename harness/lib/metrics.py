@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -181,6 +183,34 @@ if HAVE_NUMBA:
     _add_row, _win, _ratio_row, _row_sum = _jit(_add_row_py), _jit(_win_py), _jit(_ratio_row_py), _jit(_row_sum_py)
     _clip_kernel = _jit(_clip_kernel_py)
 
+_NUMBA_SKIPS = ("scipy.linalg.cython_blas", "cffi")
+"""What numba imports when it loads its first kernel only to offer features these kernels never use: BLAS for
+np.dot/np.linalg in kernels (importing scipy.linalg costs ~0.16 CPU-s, most of it parsing docstrings) and cffi
+function calls (~0.03 CPU-s). `harness evaluate` of one pair spends 15 ms in the kernel and was paying both."""
+_loaded = threading.Lock()
+_kernel_ready = False
+
+
+def _load_kernel(a: NDArray[Any], b: NDArray[Any], ssim: NDArray[Any], sse: NDArray[Any]) -> None:
+    """The first call (numba loads the cached kernel, or compiles it) with the modules of `_NUMBA_SKIPS` hidden
+    where nothing has imported them yet (a None entry makes `import` fail at once; numba then records those
+    features as absent), restored afterwards so later imports of scipy or cffi work as ever."""
+    global _kernel_ready
+    with _loaded:
+        if _kernel_ready:
+            _clip_kernel(a, b, _f32(C1), _f32(C2), ssim, sse)
+            return
+        hidden = [m for m in _NUMBA_SKIPS if m not in sys.modules]
+        for m in hidden:
+            sys.modules[m] = None  # type: ignore[assignment]  # None: the import system's 'not importable'
+        try:
+            _clip_kernel(a, b, _f32(C1), _f32(C2), ssim, sse)
+        finally:
+            for m in hidden:
+                if sys.modules.get(m, 0) is None:
+                    del sys.modules[m]
+        _kernel_ready = True
+
 
 def _numba_clip(a: NDArray[Any], b: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
     if not HAVE_NUMBA:
@@ -189,6 +219,10 @@ def _numba_clip(a: NDArray[Any], b: NDArray[Any]) -> tuple[NDArray[Any], NDArray
     if c != RGB:
         return clip_torch(a, b, "cpu")
     ssim, sse = np.empty(t, dtype=np.float64), np.empty(t, dtype=np.int64)
+    if not _kernel_ready:
+        _load_kernel(np.ascontiguousarray(a).reshape(t, h, w * c), np.ascontiguousarray(b).reshape(t, h, w * c),
+                     ssim, sse)
+        return sse, ssim
     _clip_kernel(np.ascontiguousarray(a).reshape(t, h, w * c), np.ascontiguousarray(b).reshape(t, h, w * c),
                  _f32(C1), _f32(C2), ssim, sse)
     return sse, ssim

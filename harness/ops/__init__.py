@@ -9,21 +9,24 @@ plain typed parameters; `harness.cli` parses the command line and calls them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from harness.core.paths import CampaignPaths, RunPaths
-from harness.launch.backend import load_plan
-from harness.ops import control, state, status
+    from harness.core.paths import CampaignPaths, RunPaths
+    from harness.ops.state import TaskState
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare", "cmd_runs",
-           "cmd_inspect_checkpoint", "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait",
-           "control", "state", "status"]
+__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare", "cmd_runs", "cmd_cache",
+           "cmd_inspect_checkpoint", "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait"]
+"""Each command imports what it uses when it runs: `harness evaluate` of one pair would otherwise pay for the
+run machinery (submitit, the launch backends, the report: ~0.36 CPU-s) before its first result."""
 
 
 def _console() -> Console:
     """Made per command, so the terminal width (or COLUMNS) of this call applies."""
+    from rich.console import Console
+
     return Console(highlight=False)
 
 
@@ -35,7 +38,8 @@ def _campaign(run: str, workdir: str) -> CampaignPaths | None:
 
 
 def cmd_status(run: str, workdir: str = "runs", *, watch: bool = False, show_all: bool = False) -> int:
-    from harness.ops import campaign
+    from harness.launch.backend import load_plan
+    from harness.ops import campaign, state, status
 
     cpaths = _campaign(run, workdir)
     if cpaths is not None:
@@ -52,11 +56,13 @@ def cmd_status(run: str, workdir: str = "runs", *, watch: bool = False, show_all
 
 def cmd_logs(run: str, stage: str, task: int, workdir: str = "runs", *, follow: bool = False,
              stderr: bool = False) -> int:
+    from harness.ops import control, state
+
     return control.show_logs(state.resolve_run(run, workdir), stage, task, _console(), follow=follow, stderr=stderr)
 
 
 def cmd_resume(run: str, workdir: str = "runs") -> int:
-    from harness.ops import campaign
+    from harness.ops import campaign, control, state
 
     cpaths = _campaign(run, workdir)
     if cpaths is not None:
@@ -66,7 +72,7 @@ def cmd_resume(run: str, workdir: str = "runs") -> int:
 
 
 def cmd_cancel(run: str, stage: str | None = None, workdir: str = "runs") -> int:
-    from harness.ops import campaign
+    from harness.ops import campaign, control, state
 
     cpaths = _campaign(run, workdir)
     if cpaths is not None:
@@ -75,7 +81,7 @@ def cmd_cancel(run: str, stage: str | None = None, workdir: str = "runs") -> int
 
 
 def cmd_report(run: str, workdir: str = "runs") -> int:
-    from harness.ops import campaign
+    from harness.ops import campaign, state
 
     cpaths = _campaign(run, workdir)
     if cpaths is not None:
@@ -85,7 +91,8 @@ def cmd_report(run: str, workdir: str = "runs") -> int:
 
 def print_report(paths: RunPaths) -> int:
     """Tables in the terminal and the results files; used by `harness report` and `harness quickstart`."""
-    from harness.ops import gpuhours
+    from harness.launch.backend import load_plan
+    from harness.ops import gpuhours, state
     from harness.report import build as report
 
     plan = load_plan(paths)
@@ -106,7 +113,7 @@ def print_report(paths: RunPaths) -> int:
     return 0
 
 
-def _failure(r: state.TaskState) -> dict[str, object]:
+def _failure(r: TaskState) -> dict[str, object]:
     """The report's failure rows keep the fields they always had (the task state minus Slurm's uid and the
     GPU-seconds, which the report's GPU-hours table sums)."""
     return {k: v for k, v in r.__dict__.items() if k not in ("cancelled_by", "gpu_seconds")}
@@ -118,7 +125,17 @@ def cmd_compare(runs: list[str], workdir: str = "runs") -> int:
     return compare.compare(runs, workdir, _console())
 
 
+def cmd_cache(verb: str, key: str, spec: str | None, cache_dir: str | None) -> int:
+    """`harness cache ls|rm` on --cache-dir or the spec's data.cache_dir."""
+    from harness.ops import cache
+
+    d = cache.cache_dir_of(spec, cache_dir)
+    return cache.cmd_ls(d, _console()) if verb == "ls" else cache.cmd_rm(d, key, _console())
+
+
 def cmd_runs(workdir: str = "runs") -> int:
+    from harness.ops import status
+
     return status.runs(Path(workdir), _console())
 
 
@@ -136,11 +153,14 @@ def cmd_export(source: str, step: int | None, to: str, fmt: str, dtype: str, pre
 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:
+    from harness.ops import status
+
     return status.wait(paths, timeout_s, _console())
 
 
 def cmd_sync(run: str, workdir: str = "runs") -> int:
     """Upload a run's offline W&B runs from the login node (compute nodes have no internet, and no key)."""
+    from harness.ops import state
     from harness.report import tracking
 
     console = _console()
@@ -151,7 +171,15 @@ def cmd_sync(run: str, workdir: str = "runs") -> int:
 
 def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | None, protocol: str = "aligned") -> int:
     """`harness evaluate`: two folders compared as the evaluate stage compares a run's, with no run around them;
-    with protocol "both" a table per protocol."""
+    with protocol "both" a table per protocol. The process does no linear algebra (numba and PyAV do the work, on
+    this command's own threads), so BLAS/OpenMP pools of one thread: idle pool threads spinning at start-up were
+    ~0.1 of the ~1 CPU-s one pair takes. Set before numpy loads, and only where the caller has not."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from rich.markup import escape
+
     from harness.core.atomic import atomic_write_json
     from harness.report import evaltable
     from harness.stages.evaluate import evaluate_dirs

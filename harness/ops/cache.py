@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from harness.core import footprint, rundir, tokencache
+from harness.core import spec as spec_mod
 from harness.core.assets import is_local
 from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
@@ -240,6 +241,17 @@ def remove(cache_dir: Path, key: str) -> CacheEntry:
                                        f"run {claim.get('run', '')} is still building this entry; cancel it first"))
         shutil.rmtree(entry.root)
     return entry
+
+
+def cache_dir_of(spec: str | None, cache_dir: str | None) -> Path:
+    """`harness cache`'s directory: --cache-dir, else the spec's data.cache_dir."""
+    if not cache_dir and spec:
+        cache_dir = spec_mod.absolutize(spec_mod.load(Path(spec)), Path.cwd()).data.cache_dir
+        if not cache_dir:
+            raise HarnessError(Problem(spec, "data.cache_dir", "is not set: give --cache-dir DIR"))
+    if not cache_dir:
+        raise HarnessError(Problem("cache", "--cache-dir", "give the cache directory or a spec with data.cache_dir"))
+    return Path(cache_dir).expanduser()
 
 
 def cmd_ls(cache_dir: Path, console: Console) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -23,6 +22,7 @@ from harness.core.plan import Plan, StagePlan
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 from harness.launch import slurmcli
+from harness.ops.image_cache import cache_checks, writable
 from harness.ops.inputs import data_key
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def path_checks(plan: Plan) -> list[Check]:
     out: list[Check] = []
     devices: dict[int, list[tuple[str, Path]]] = {}
     for k, d in dirs.items():
-        where, why = _writable(Path(d).expanduser())
+        where, why = writable(Path(d).expanduser())
         out.append(Check("pass" if not why else "fail", k, "writable", why or str(where)))
         if why:
             continue
@@ -217,22 +217,6 @@ def path_checks(plan: Plan) -> list[Check]:
         out.append(Check("pass" if free >= want else "fail", ", ".join(keys), what,
                          f"{footprint.human(free)} free on {group[0][1]}"))
     return out
-
-
-def _writable(d: Path) -> tuple[Path, str]:
-    """(the directory or its nearest existing parent, '' or why it cannot be written); probes with a temp file."""
-    where = d
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    if not where.is_dir():
-        return where, f"{where} is not a directory"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".harness-doctor-", dir=where)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        return where, f"cannot create a file in {where} ({e.strerror})"
-    return where, ""
 
 
 # ------------------------------------------------------------------------------------------------- assets
@@ -352,6 +336,7 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
             out += slurm_checks(plan, cluster)
     if "container" in groups:
         out += container_checks(spec, None if isinstance(cluster, str) else cluster.srun_help)
+        out += [Check(*c) for c in cache_checks(plan)]
     if "assets" in groups:
         out += asset_checks(spec) + [checkpoint_shapes_check(spec)]
         if spec.video2world:  # the prompt encoder's weights against the GPU memory the spec states

@@ -21,7 +21,7 @@ from harness.core.paths import RunPaths
 from harness.core.tokencache import CacheUse
 from harness.launch import slurm, slurmcli
 from harness.lib.inputs import InputItem
-from harness.ops import cache, inputs
+from harness.ops import cache, image_cache, inputs
 
 ExecutorName = Literal["auto", "slurm", "local"]
 Purpose = Literal["plan", "doctor", "submit"]
@@ -118,6 +118,7 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
         if purpose == "plan" and items is None:
             notes.append(f"inputs not readable here ({why}); planned for 0 inputs (use --num-inputs N)")
     facts, sources, assumed = cluster_facts(spec, choice, count)
+    facts = replace(facts, image=image_cache.state(spec, choice.executor == "local"))
     use, inputs = _cache_use(spec, facts, items, notes)
     return Gathered(choice, facts, sources, items, why, tuple(notes + assumed), use, inputs)
 
@@ -238,7 +239,17 @@ def _summary(plan: plan_mod.Plan) -> tuple[str, ...]:
             f"inputs: {plan.num_inputs} -> {spec.tokenize.shards} shard(s); checkpoints at steps "
             f"{', '.join(map(str, plan.checkpoint_steps))}"
             f"{'; step 0 (the baseline) inferred and evaluated too' if 0 in plan.eval_steps else ''}"
-            f"; sbatch calls: {plan.sbatch_calls}")
+            f"; sbatch calls: {plan.sbatch_calls}", *_image_line(plan))
+
+
+def _image_line(plan: plan_mod.Plan) -> tuple[str, ...]:
+    i = plan.image
+    if i is None:
+        return ()
+    if i.reused:
+        return (f"import-image: reused {i.sqsh} (complete; not submitted)",)
+    users = ", ".join(s.name for s in plan.stages if s.container)
+    return (f"import-image: enroot import {i.source} -> {i.sqsh}, once, before {users}",)
 
 
 def _cache_lines(use: CacheUse | None) -> tuple[str, ...]:
