@@ -207,3 +207,13 @@ def test_resume_never_rebuilds_an_entry_another_run_claimed(tmp_path: Path) -> N
     assert str(e.value) == (f"{reader.root}: its tokens (tokenize, merge) are in the token-cache entry {entry.root}, "
                             f"which is incomplete and not this run's build: submit the spec again (a dead build is "
                             f"redone, a live one waited on)")
+
+
+def test_container_tasks_of_a_cached_run_mount_the_entry(tmp_path: Path) -> None:
+    from harness.launch import render
+
+    spec = specs.build(specs.TINY, {"data": {"videos": "/v"}, "container": {"image": "/img/x.sqsh"}})
+    paths = RunPaths(tmp_path / "run", tmp_path / "owner", tmp_path / "cache" / "k")
+    args = render.container_args(plan_mod.build(spec, plan_mod.Facts(num_inputs=4)), paths, Path("/src"), [])
+    mounts = next(a for a in args if a.startswith("--container-mounts=")).split("=", 1)[1].split(",")
+    assert f"{paths.cache}:{paths.cache}" in mounts and f"{paths.shared}:{paths.shared}" in mounts
