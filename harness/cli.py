@@ -127,6 +127,8 @@ def cmd_submit(spec: str, overrides: list[str], executor: ExecutorName, *, wait:
     res = submit.submit(Path(spec), executor, doctor=doctor, overrides=tuple(overrides))
     console.print(f"run {res.paths.run_id} -> {res.paths.root}", markup=False)
     console.print(f"executor: {res.choice.executor} ({res.choice.reason})", markup=False)
+    if res.cache is not None:
+        console.print(res.cache.line(), markup=False)
     for s in res.submissions:
         console.print(f"  {s.stage:<13} job {s.job_id}")
     if wait:
@@ -215,6 +217,15 @@ def _add_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             s.add_argument("stage", nargs="?", default=None)
         if name in ("status", "resume", "cancel", "report", "logs"):
             s.add_argument("--workdir", default="runs", help="where to look up a run id")
+
+    s = sub.add_parser("cache", help="the token cache (data.cache_dir): `ls` its entries, `rm KEY` one of them")
+    verbs = s.add_subparsers(dest="cache_command", required=True)
+    for verb in ("ls", "rm"):
+        v = verbs.add_parser(verb, help="list the entries" if verb == "ls" else "remove an entry (not one being built)")
+        if verb == "rm":
+            v.add_argument("key", help="the entry's key (its first characters, as `harness cache ls` shows them)")
+        v.add_argument("spec", nargs="?", default=None, help="a spec whose data.cache_dir names the cache")
+        v.add_argument("--cache-dir", default=None, help="the cache directory (instead of a spec)")
 
     s = sub.add_parser("compare", help="runs side by side: one row per (run, checkpoint), the spec keys that differ, "
                        "the best row per metric; writes results/compare-<id>/compare.{md,json,html}")
@@ -339,6 +350,7 @@ def dispatch(a: argparse.Namespace) -> int:
         "cancel": lambda: ops.cmd_cancel(a.run, a.stage, a.workdir),
         "report": lambda: ops.cmd_report(a.run, a.workdir),
         "compare": lambda: ops.cmd_compare(a.runs, a.workdir),
+        "cache": lambda: ops.cmd_cache(a.cache_command, getattr(a, "key", ""), a.spec, a.cache_dir),
         "runs": lambda: ops.cmd_runs(a.workdir),
         "inspect-checkpoint": lambda: ops.cmd_inspect_checkpoint(a.directory, a.preset, a.tp, a.layers),
         "export": lambda: ops.cmd_export(a.source, a.step, a.to, a.format, a.dtype, a.preset, a.workdir,

@@ -25,6 +25,10 @@ SHARED_STAGES: tuple[str, ...] = ("import-image", "stage-assets", "tokenize", "m
 campaign member may take from another member's run: they depend only on keys that decide the tokens and the
 container (`harness.core.campaign.share_key`)."""
 
+CACHED_STAGES: tuple[str, ...] = ("tokenize", "merge")
+"""The stages a token-cache entry (`data.cache_dir`) holds the outputs of; stage-assets stays per run (the base
+model is not part of the tokens)."""
+
 
 def step_dir(checkpoints: Path, step: int) -> Path:
     """One checkpoint's folder in a checkpoints folder (a run's, or one copied out of it: `harness export`)."""
@@ -48,6 +52,12 @@ class RunPaths:
     shared: Path | None = None
     """The run directory that prepares this run's data (a campaign member sharing another's tokenize and merge;
     recorded in `shared_json`, read back by `harness.core.rundir.open_run`); None: this run prepares its own."""
+    cache: Path | None = None
+    """The token-cache entry (`CacheEntry.root`) holding this run's tokens and dataset, with tokenize's and merge's
+    markers and logs (`data.cache_dir`); None: they are in the data-preparing run's directory."""
+    builder: Path | None = None
+    """The run whose jobs build `cache` when that is neither this run nor `shared` (a run waiting on another
+    submit's build): its driver is waited on and its jobs' comments carry its id."""
 
     @property
     def run_id(self) -> str:
@@ -55,15 +65,25 @@ class RunPaths:
 
     @property
     def data_root(self) -> Path:
-        """Where the shared stages' outputs, markers and logs are: this run's directory or the sharing one's."""
-        return self.shared or self.root
+        """Where the tokens and dataset are: the cache entry, the sharing run's directory or this one."""
+        return self.cache or self.shared or self.root
 
     def stage_root(self, stage: str) -> Path:
-        return self.data_root if stage in SHARED_STAGES else self.root
+        """Where a stage's markers and logs are: tokenize's and merge's in the cache entry (when cached),
+        stage-assets' in the data-preparing run (a cached run still stages its own model)."""
+        if stage in CACHED_STAGES:
+            return self.data_root
+        return (self.shared or self.root) if stage in SHARED_STAGES else self.root
+
+    def runner(self, stage: str) -> Path:
+        """The run directory whose jobs run `stage` for this run (its own, the campaign owner's, the builder's)."""
+        if stage in CACHED_STAGES and self.builder is not None:
+            return self.builder
+        return (self.shared or self.root) if stage in SHARED_STAGES else self.root
 
     def stage_run_id(self, stage: str) -> str:
-        """The run whose job runs `stage` (Slurm's job comment): the sharing run's for a shared stage."""
-        return self.stage_root(stage).name
+        """The run whose job runs `stage` (Slurm's job comment): the sharing or building run's for a shared stage."""
+        return self.runner(stage).name
 
     @property
     def shared_json(self) -> Path:
@@ -150,7 +170,7 @@ class RunPaths:
     # -- stage-assets
     @property
     def assets_json(self) -> Path:
-        return self.data_root / "assets.json"
+        return self.stage_root("stage-assets") / "assets.json"
 
     @property
     def inputs_jsonl(self) -> Path:
@@ -310,3 +330,55 @@ def mark_done(paths: RunPaths, stage: str, task: int, info: dict[str, Any] | Non
 
 def is_done(paths: RunPaths, stage: str, task: int) -> bool:
     return paths.marker(stage, task).is_file()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One token-cache entry, `<data.cache_dir>/<key[:16]>/`: laid out as a run's data root (tokens/, dataset/,
+    done/, logs/ of tokenize and merge), plus what the cache itself keeps. Complete once merge's marker exists
+    (written last)."""
+
+    root: Path
+
+    @property
+    def key16(self) -> str:
+        return self.root.name
+
+    @property
+    def entry_json(self) -> Path:
+        """The key's inputs in clear, the full key, the builder and when it was created."""
+        return self.root / "entry.json"
+
+    @property
+    def claim_json(self) -> Path:
+        """Created O_EXCL by the submit that builds the entry (its run and merge job ids)."""
+        return self.root / "claim.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def users_dir(self) -> Path:
+        """One file per run using the entry (written once each, atomically): `harness cache ls`'s users."""
+        return self.root / "users"
+
+    def user(self, run_id: str) -> Path:
+        return self.users_dir / f"{run_id}.json"
+
+    @property
+    def complete_marker(self) -> Path:
+        return RunPaths(self.root).marker("merge", 0)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.complete_marker.is_file()
+
+    @property
+    def build_outputs(self) -> tuple[Path, ...]:
+        """What a build writes: removed before a stale (killed) build is redone, so no part of it is ever used."""
+        return (self.root / "tokens", self.root / "dataset", self.root / "done")
+
+
+def cache_entry(cache_dir: Path, key: str) -> CacheEntry:
+    return CacheEntry(cache_dir / key[:16])

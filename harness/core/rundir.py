@@ -21,22 +21,28 @@ from harness.core.paths import CampaignPaths, RunPaths
 # ------------------------------------------------------------------------------------------ shared.json
 def open_run(root: Path) -> RunPaths:
     """The run directory's layout, with where its shared data lies (a campaign member whose tokenize and merge
-    another member runs): every task, driver and command opens a run through here."""
+    another member runs; a token-cache entry and the run building it): every task, driver and command opens a run
+    through here."""
     paths = RunPaths(root)
     if not paths.shared_json.is_file():
         return paths
     try:
-        shared = Path(read_json(paths.shared_json)["run"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        raw = read_json(paths.shared_json)
+        got = {k: Path(raw[k]) if raw.get(k) else None for k in ("run", "cache", "builder")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise HarnessError(Problem(str(paths.shared_json), "run", f"cannot read ({e.__class__.__name__}: {e})")) \
             from None
-    return RunPaths(root, shared)
+    return RunPaths(root, got["run"], got["cache"], got["builder"])
 
 
-def write_shared(paths: RunPaths, owner: RunPaths) -> RunPaths:
-    """Record that `owner` prepares this run's data; the paths with it."""
-    atomic_write_json(paths.shared_json, {"run": str(owner.root)})
-    return RunPaths(paths.root, owner.root)
+def write_shared(paths: RunPaths, owner: RunPaths | None, cache: Path | None = None,
+                 builder: Path | None = None) -> RunPaths:
+    """Record that `owner` prepares this run's data (None: this run), that its tokens are in the cache entry
+    `cache`, built by `builder`'s jobs (None: by the data-preparing run); the paths with it."""
+    shared = owner.root if owner is not None else None
+    atomic_write_json(paths.shared_json, {"run": str(shared or ""), "cache": str(cache or ""),
+                                          "builder": str(builder or "")})
+    return RunPaths(paths.root, shared, cache, builder)
 
 
 # ------------------------------------------------------------------------------------------ campaign.json

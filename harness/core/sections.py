@@ -100,6 +100,9 @@ class DataSection:
     jsonl: str = opt("", 'Video2World jsonl: one {"prompt", "visual_input"} per line')
     split: tuple[int, ...] = opt([10, 1, 1], "train, validation, test weights", min=0, max=1_000_000)
     extensions: tuple[str, ...] = opt([".mp4", ".mov", ".avi", ".mkv", ".webm"], "video file suffixes")
+    cache_dir: str = opt("", "token cache on the shared filesystem: runs whose tokens would be identical (same "
+                             "inputs, encoder, video size, resize, recipe, split, seed) tokenize and merge once and "
+                             "reuse the dataset ('' = off; `harness cache ls`)")
 
 
 @dataclass(frozen=True)

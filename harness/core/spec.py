@@ -160,7 +160,7 @@ def absolutize(spec: RunSpec, base: Path) -> RunSpec:
     return r(spec,
              run=r(spec.run, workdir=path(spec.run.workdir), results_dir=path(spec.run.results_dir)),
              data=r(spec.data, videos=path(spec.data.videos), manifest=path(spec.data.manifest),
-                    jsonl=path(spec.data.jsonl)),
+                    jsonl=path(spec.data.jsonl), cache_dir=path(spec.data.cache_dir)),
              assets=r(spec.assets, hf_home=path(spec.assets.hf_home)),
              model=r(spec.model, checkpoint=asset(spec.model.checkpoint), text_encoder=asset(spec.model.text_encoder)),
              tokenizer=r(spec.tokenizer, encoder=asset(spec.tokenizer.encoder), decoder=asset(spec.tokenizer.decoder)),

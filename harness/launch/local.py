@@ -76,13 +76,13 @@ class _Driver:
         return True, ""
 
     def wait_shared(self, stage: StagePlan, poll_s: float = 1.0) -> None:
-        """A campaign member's stage whose parent another member's run prepares (its shared data) waits for that
-        run's driver: until the parent's tasks are complete or that driver has ended."""
+        """A stage whose parent another run runs (a campaign member's shared data, a token-cache entry another
+        submit builds) waits for that run's driver: until the parent's tasks are complete or that driver has ended."""
         for dep in stage.depends:
-            root = self.paths.stage_root(dep.stage)
+            root = self.paths.runner(dep.stage)
             if root == self.paths.root:
                 continue
-            owner, tasks = RunPaths(root), range(self.plan.stage(dep.stage).tasks)
+            owner, tasks = open_run(root), range(self.plan.stage(dep.stage).tasks)
             while not all(self.task_ok(dep.stage, t) for t in tasks) and driver(owner, read_jobs(owner))[1]:
                 time.sleep(poll_s)
 

@@ -50,8 +50,8 @@ def container_args(plan: Plan, paths: RunPaths, harness_src: Path, deps_src: lis
     c = spec.container
     hf_home = str(Path(spec.assets.hf_home).expanduser())
     mounts = [f"{harness_src}:{c.harness_mount}:ro", f"{paths.root}:{paths.root}", f"{hf_home}:{hf_home}"]
-    if paths.data_root != paths.root:  # a campaign member reads the dataset another member's run prepared
-        mounts.append(f"{paths.data_root}:{paths.data_root}")
+    for other in dict.fromkeys(p for p in (paths.shared, paths.cache) if p is not None and p != paths.root):
+        mounts.append(f"{other}:{other}")  # another member's run (its assets, dataset), the token-cache entry
     mounts += [f"{d}:{c.harness_mount}-deps/{d.name}:ro" for d in deps_src]
     mounts += list(c.mounts)
     workdir = c.workdir or c.harness_mount

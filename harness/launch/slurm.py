@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import submitit
 
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths
+from harness.core.paths import CACHED_STAGES, RunPaths
 from harness.core.plan import Plan, StagePlan
 from harness.launch import render, slurmcli, slurmstate
 from harness.launch.backend import Jobs, Query, Record, Submission, TaskState, ranges
@@ -109,6 +109,8 @@ class SlurmBackend:
                     parents[stage.name] = [s.job_id for s in new]
                     subs += new
                     record(subs)
+                elif stage.name in CACHED_STAGES and paths.cache is not None:  # a token-cache entry reused or
+                    parents[stage.name] = inherited(stage, parents)  # built by another run: wait on own assets too
         except Exception as e:
             slurmcli.scancel([s.job_id for s in subs])
             raise HarnessError(f"{paths.root}: submission failed, {len(subs)} job(s) cancelled: {e}") from None
@@ -132,6 +134,12 @@ class SlurmBackend:
 
     def log(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str, task: int) -> str:
         return slurmstate.latest_ids(paths, jobs, stage).get(task, ("", "", 0.0))[1]
+
+
+def inherited(stage: StagePlan, parents: Mapping[str, list[str]]) -> list[str]:
+    """A stage not submitted in this call stands for its given jobs (another run's build) and its own parents'."""
+    ids = [*parents.get(stage.name, []), *(i for d in stage.depends for i in parents.get(d.stage, []))]
+    return list(dict.fromkeys(ids))
 
 
 def job_ids(jobs: Jobs, stage: str | None = None) -> list[str]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from harness.core.paths import CampaignPaths, RunPaths
     from harness.ops.state import TaskState
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare", "cmd_runs",
+__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare", "cmd_runs", "cmd_cache",
            "cmd_inspect_checkpoint", "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait"]
 """Each command imports what it uses when it runs: `harness evaluate` of one pair would otherwise pay for the
 run machinery (submitit, the launch backends, the report: ~0.36 CPU-s) before its first result."""
@@ -123,6 +123,14 @@ def cmd_compare(runs: list[str], workdir: str = "runs") -> int:
     from harness.ops import compare
 
     return compare.compare(runs, workdir, _console())
+
+
+def cmd_cache(verb: str, key: str, spec: str | None, cache_dir: str | None) -> int:
+    """`harness cache ls|rm` on --cache-dir or the spec's data.cache_dir."""
+    from harness.ops import cache
+
+    d = cache.cache_dir_of(spec, cache_dir)
+    return cache.cmd_ls(d, _console()) if verb == "ls" else cache.cmd_rm(d, key, _console())
 
 
 def cmd_runs(workdir: str = "runs") -> int:

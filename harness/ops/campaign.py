@@ -23,11 +23,11 @@ from rich.table import Column, Table
 from harness.core import campaign as campaign_mod
 from harness.core import overrides, rundir
 from harness.core.atomic import atomic_write_json
-from harness.core.paths import SHARED_STAGES, CampaignPaths, RunPaths, new_campaign_dir, new_run_dir
+from harness.core.paths import SHARED_STAGES, CacheEntry, CampaignPaths, RunPaths, new_campaign_dir, new_run_dir
 from harness.core.rundir import Submission
 from harness.core.sweep import Expanded
 from harness.launch.backend import load_plan
-from harness.ops import control, state, status
+from harness.ops import cache, control, state, status
 from harness.ops import plan as plan_ops
 from harness.ops import submit as launching
 from harness.ops.plan import ExecutorName
@@ -70,11 +70,20 @@ def submit(spec_path: Path, expanded: Expanded, requested: ExecutorName = "auto"
         todo = {s.name: list(range(s.tasks)) for s in m.stages}
         prior: tuple[Submission, ...] = ()
         parents: dict[str, list[str]] = {}
+        text = expanded.effective_toml(m.member)
         if owner is not None:
-            paths = rundir.write_shared(paths, owner.paths)
-            prior = tuple(s for s in owner.submissions if s.stage in SHARED_STAGES)
-            parents = {st: [s.job_id for s in prior if s.stage == st] for st in SHARED_STAGES}
-        subs = launching.start(paths, expanded.effective_toml(m.member), m.plan, g, todo, parents, prior)
+            paths = rundir.write_shared(paths, owner.paths, owner.paths.cache, owner.paths.builder)
+            prior = tuple(s for s in rundir.read_jobs(owner.paths).submissions if s.stage in SHARED_STAGES)
+            parents = {st: [s.job_id for s in prior if s.stage == st] for st in SHARED_STAGES
+                       if st != "tokenize" or paths.cache is None}  # a build's tokenize may be long purged
+        elif g.cache is not None:  # the group's owner with a token cache: reuses, waits on or builds the entry
+            paths, subs, _ = launching.start_cached(paths, text, m.plan, g, todo)
+            out.append(Member(m.member.index, paths, _values(m), tuple(subs)))
+            _record(cpaths, expanded, out, cp)
+            continue
+        subs = launching.start(paths, text, m.plan, g, todo, parents, prior)
+        if paths.cache is not None and g.cache is not None:
+            cache.add_user(CacheEntry(paths.cache), paths, g.cache)
         out.append(Member(m.member.index, paths, _values(m), tuple(subs)))
         _record(cpaths, expanded, out, cp)
     return CampaignSubmitted(cpaths, gathered[0].choice, tuple(out), time.perf_counter() - t0)

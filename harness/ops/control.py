@@ -14,10 +14,11 @@ from pathlib import Path
 from rich.console import Console
 
 from harness.core.errors import HarnessError, Problem
-from harness.core.paths import SHARED_STAGES, RunPaths
+from harness.core.paths import CACHED_STAGES, SHARED_STAGES, CacheEntry, RunPaths
 from harness.core.plan import Plan
 from harness.core.rundir import read_facts
 from harness.launch.backend import load_plan, ranges
+from harness.ops import cache
 from harness.ops import submit as launching
 from harness.ops.state import ACTIVE, COMPLETED, RunState, backend_for, collect, done_tasks, load_jobs
 
@@ -63,7 +64,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
     the shared stages: `shared_parents` are the job ids that run's resume just gave them (its campaign's resume;
     {} where it resubmitted none, or its local driver, which this run's driver waits for, runs them)."""
     plan = plan or load_plan(paths)
-    ignore = SHARED_STAGES if paths.shared is not None else ()
+    ignore = SHARED_STAGES if paths.shared is not None else CACHED_STAGES if _cached_elsewhere(paths) else ()
     with launching.run_lock(paths):
         _refuse_if_active(collect(paths, plan), ignore)
         todo = incomplete(plan, paths)
@@ -104,10 +105,21 @@ def _check_shared(paths: RunPaths, todo: dict[str, list[int]], ignore: tuple[str
                   shared_parents: dict[str, list[str]] | None) -> None:
     """A member reading another run's data resumes only once that data is complete or resubmitted."""
     missing = [s for s in ignore if s in todo]
+    if missing and paths.shared is None:  # a token-cache entry another run builds (or built)
+        raise HarnessError(Problem(str(paths.root), "", f"its tokens ({', '.join(missing)}) are in the token-cache "
+                                   f"entry {paths.data_root}, which is incomplete and not this run's build: submit "
+                                   f"the spec again (a dead build is redone, a live one waited on)"))
     if missing and shared_parents is None:
         raise HarnessError(Problem(str(paths.root), "", f"its data ({', '.join(missing)}) comes from run "
                                    f"{paths.data_root.name}, which is incomplete: resume that run's campaign "
                                    f"(harness resume CAMPAIGN), which resumes the data first"))
+
+
+def _cached_elsewhere(paths: RunPaths) -> bool:
+    """A run reading a token-cache entry that another run claimed (a reused entry, or one it waits on)."""
+    if paths.cache is None:
+        return False
+    return str((cache.read_claim(CacheEntry(paths.cache)) or {}).get("run", "")) != paths.run_id
 
 
 def _fmt_tasks(tasks: list[int]) -> str:

@@ -8,19 +8,20 @@ plan shown is the plan submitted, derived number by derived number. Printing is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Mapping
 
-from harness.core import campaign, estimate, footprint, overrides, sweep
+from harness.core import campaign, estimate, footprint, overrides, sweep, tokencache
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 from harness.core.explain import FactSources, origins
 from harness.core.paths import RunPaths
+from harness.core.tokencache import CacheUse
 from harness.launch import slurm, slurmcli
 from harness.lib.inputs import InputItem
-from harness.ops import image_cache, inputs
+from harness.ops import cache, image_cache, inputs
 
 ExecutorName = Literal["auto", "slurm", "local"]
 Purpose = Literal["plan", "doctor", "submit"]
@@ -52,6 +53,10 @@ class Gathered:
     """Why the inputs could not be listed ('' when they were, or were not asked for)."""
     notes: tuple[str, ...]
     """What was assumed, for `harness plan` to say."""
+    cache: CacheUse | None = None
+    """What the run does with its token-cache entry (`data.cache_dir`); None: no cache, or no key known here."""
+    cache_inputs: Mapping[str, Any] = field(default_factory=dict)
+    """The cache key's inputs in clear (the entry's entry.json)."""
 
 
 def load(spec_path: Path) -> spec_mod.RunSpec:
@@ -105,14 +110,31 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
     items: list[InputItem] | None = None
     why = ""
     notes: list[str] = []
-    if purpose == "plan":
+    if purpose == "plan" and (num_inputs is not None or not spec.data.cache_dir):
         count = num_inputs if num_inputs is not None else _count(spec, notes)
-    else:
+    else:  # a token cache's key needs the listed inputs, for `plan` too
         items, why = _listed(spec, strict=purpose == "submit")
         count = len(items or [])
+        if purpose == "plan" and items is None:
+            notes.append(f"inputs not readable here ({why}); planned for 0 inputs (use --num-inputs N)")
     facts, sources, assumed = cluster_facts(spec, choice, count)
     facts = replace(facts, image=image_cache.state(spec, choice.executor == "local"))
-    return Gathered(choice, facts, sources, items, why, tuple(notes + assumed))
+    use, inputs = _cache_use(spec, facts, items, notes)
+    return Gathered(choice, facts, sources, items, why, tuple(notes + assumed), use, inputs)
+
+
+def _cache_use(spec: spec_mod.RunSpec, facts: plan_mod.Facts, items: list[InputItem] | None, notes: list[str]
+               ) -> tuple[CacheUse | None, dict[str, Any]]:
+    """The token-cache entry's key and what a submit now would do with it (None where no key is known)."""
+    if not spec.data.cache_dir:
+        return None, {}
+    if items is None:
+        notes.append("token cache: the inputs are not listed here, so their key is not known")
+        return None, {}
+    shards = plan_mod.build(spec, facts).stage("tokenize").tasks
+    inputs = cache.key_inputs(spec, items, shards)
+    key = tokencache.key_of(inputs)
+    return cache.inspect(cache.entry_of(spec, key), key), inputs
 
 
 def _listed(spec: spec_mod.RunSpec, *, strict: bool) -> tuple[list[InputItem] | None, str]:
@@ -179,7 +201,7 @@ class PlanView:
     title: str
     subtitle: str
     summary: tuple[str, ...]
-    """Token math, the finetune layout, inputs and checkpoints."""
+    """Token math, the finetune layout, inputs and checkpoints; with a token cache, what tokenize and merge do."""
     fanout: str
     notes: tuple[str, ...]
     resolved: tuple[str, ...]
@@ -201,7 +223,7 @@ def view(spec: spec_mod.RunSpec, gathered: Gathered) -> PlanView:
     plan = build(spec, gathered)
     notes = list(plan.warnings) + list(gathered.notes) + [f"warning: {w}" for w in spec_mod.warnings(spec)]
     return PlanView(plan, gathered, spec.run.name, f"{spec.run.recipe}, model {spec.model.preset}",
-                    _summary(plan), _fanout(plan), tuple(notes),
+                    _summary(plan) + _cache_lines(gathered.cache), _fanout(plan), tuple(notes),
                     tuple(origins(spec, plan, gathered.facts, gathered.sources)), _estimates(plan),
                     ("stage", "tasks", "array", "after", "resources", "container"), _stage_rows(plan), _scripts(plan))
 
@@ -228,6 +250,14 @@ def _image_line(plan: plan_mod.Plan) -> tuple[str, ...]:
         return (f"import-image: reused {i.sqsh} (complete; not submitted)",)
     users = ", ".join(s.name for s in plan.stages if s.container)
     return (f"import-image: enroot import {i.source} -> {i.sqsh}, once, before {users}",)
+
+
+def _cache_lines(use: CacheUse | None) -> tuple[str, ...]:
+    if use is None:
+        return ()
+    merge = {"reuse": f"merge: reused {use.key16}", "wait": f"merge: waits on {use.builder}'s merge",
+             "build": f"merge: into cache {use.key16}"}[use.mode]
+    return use.line(), merge
 
 
 def _fanout(plan: plan_mod.Plan) -> str:

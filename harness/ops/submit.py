@@ -17,18 +17,21 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.core import plan as plan_mod
+from harness.core import rundir
 from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json, atomic_write_text
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, new_run_dir
+from harness.core.paths import CACHED_STAGES, RunPaths, new_run_dir
+from harness.core.tokencache import CacheUse
 from harness.launch.backend import Jobs, Submission, load_plan
 from harness.lib.inputs import InputItem
+from harness.ops import cache
 from harness.ops import plan as plan_ops
 from harness.ops.plan import Choice, ExecutorName, choose_executor
 from harness.ops.state import backend_for
 
 __all__ = ["Choice", "Submitted", "backend_for", "choose_executor", "load_plan", "preflight", "record_jobs", "run_lock",
-           "start", "submit", "submit_stages", "write_run"]
+           "start", "start_cached", "submit", "submit_stages", "write_run"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Submitted:
     choice: Choice
     submissions: tuple[Submission, ...]
     seconds: float
+    cache: CacheUse | None = None
+    """What the run did with its token-cache entry, as decided under the entry's lock."""
 
 
 def write_run(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, known: plan_mod.Facts, choice: Choice) -> None:
@@ -84,8 +89,36 @@ def submit(spec_path: Path, requested: ExecutorName = "auto", *, doctor: bool = 
         preflight(spec, plan, got.choice, got.items)
     text = e.effective_toml(e.members[0]) if overrides else spec_mod.read_text(spec_path)
     paths = new_run_dir(Path(spec.run.workdir), spec.run.name)
-    subs = start(paths, text, plan, got)
-    return Submitted(paths, plan, got.choice, tuple(subs), time.perf_counter() - t0)
+    use = None
+    if got.cache is not None:
+        paths, subs, use = start_cached(paths, text, plan, got)
+    else:
+        subs = start(paths, text, plan, got)
+    return Submitted(paths, plan, got.choice, tuple(subs), time.perf_counter() - t0, use)
+
+
+def start_cached(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan_ops.Gathered,
+                 todo: dict[str, list[int]] | None = None) -> tuple[RunPaths, list[Submission], CacheUse]:
+    """`start` for a run with a token cache: under the entry's lock, reuse a complete entry (no tokenize, no
+    merge), wait on a live build (finetune after the builder's merge) or claim the entry and build it."""
+    assert got.cache is not None
+    entry = cache.entry_of(plan.spec, got.cache.key)
+    todo = todo if todo is not None else {s.name: list(range(s.tasks)) for s in plan.stages}
+    with cache.claimed(entry, got.cache.key, got.cache_inputs, paths) as use:
+        builder = cache.builder_root(entry) if use.mode == "wait" else None
+        paths = rundir.write_shared(paths, None, entry.root, builder)
+        prior: tuple[Submission, ...] = ()
+        if use.mode != "build":
+            todo = {k: v for k, v in todo.items() if k not in CACHED_STAGES}
+        if builder is not None:
+            prior = tuple(s for s in rundir.read_jobs(rundir.open_run(builder)).submissions
+                          if s.stage in CACHED_STAGES)
+        parents = {"merge": [s.job_id for s in prior if s.stage == "merge"]}  # not tokenize's: may be purged
+        subs = start(paths, spec_text, plan, got, todo, parents, prior)
+        if use.mode == "build":
+            cache.record_build(entry, paths, subs)
+    cache.add_user(entry, paths, use)
+    return paths, subs, use
 
 
 def start(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan_ops.Gathered,

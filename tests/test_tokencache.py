@@ -1,0 +1,219 @@
+"""The token cache (`data.cache_dir`) without a cluster: the key (what changes it, what does not), an entry's
+states (complete, partial, live and stale claims) as a submit decides them under the lock, the run paths of a
+cached run, and `harness cache ls / rm`."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import specs
+from harness import cli
+from harness.core import plan as plan_mod
+from harness.core import rundir, tokencache
+from harness.core import spec as spec_mod
+from harness.core.paths import CacheEntry, RunPaths, cache_entry, mark_done, new_run_dir
+from harness.core.rundir import Submission
+from harness.lib import synth
+from harness.lib.inputs import InputItem
+from harness.ops import cache
+from harness.ops import plan as plan_ops
+from harness.ops import submit as launching
+
+
+def _spec(tmp: Path, *layers: specs.Layer) -> spec_mod.RunSpec:
+    return specs.build(specs.tiny_run(tmp, name="c", videos=tmp / "videos"),
+                       {"data": {"cache_dir": str(tmp / "cache")}}, *layers)
+
+
+def _key(tmp: Path, items: list[InputItem], *layers: specs.Layer) -> str:
+    return tokencache.key_of(cache.key_inputs(_spec(tmp, *layers), items, 2))
+
+
+@pytest.fixture
+def clips(tmp_path: Path) -> list[InputItem]:
+    files = synth.make_clips(tmp_path / "videos", 2)
+    return [InputItem(i, str(f)) for i, f in enumerate(sorted(files))]
+
+
+def test_each_input_of_the_key_changes_it_and_training_keys_do_not(tmp_path: Path, clips: list[InputItem]) -> None:
+    base = _key(tmp_path, clips)
+    assert _key(tmp_path, clips, {"run": {"name": "other"}, "finetune": {"lr": 3e-3}, "infer": {"max_inputs": 3},
+                                  "model": {"checkpoint": "org/other"}}) == base
+    changed = [{"tokenizer": {"encoder": "org/other-dv"}}, {"assets": {"revisions": {synth.TOKENIZER_REPO: "abc"}}},
+               {"tokenizer": {"compression": [4, 16, 16]}}, {"video": {"width": 64}}, {"video": {"height": 64}},
+               {"video": {"num_frames": 17}}, {"video": {"resize": "area"}}, {"data": {"split": [5, 1, 1]}},
+               {"run": {"seed": 1}}]
+    keys = [_key(tmp_path, clips, layer) for layer in changed]
+    assert len({base, *keys}) == len(changed) + 1
+    assert tokencache.key_of(cache.key_inputs(_spec(tmp_path), clips, 3)) != base  # the shard layout
+    assert _key(tmp_path, clips[:1]) != base  # the input list
+    os.utime(clips[0].path, ns=(1, 1))
+    assert _key(tmp_path, clips) != base  # an input's mtime
+    inputs = cache.key_inputs(_spec(tmp_path), clips, 2)
+    assert inputs["format"] == tokencache.TOKENIZE_FORMAT
+    assert tokencache.key_of({**inputs, "format": tokencache.TOKENIZE_FORMAT + 1}) != tokencache.key_of(inputs)
+
+
+def test_a_local_encoder_is_keyed_by_its_file_and_a_manifest_by_its_text(tmp_path: Path,
+                                                                          clips: list[InputItem]) -> None:
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    layer = {"tokenizer": {"encoder": str(tok)}}
+    before = _key(tmp_path, clips, layer)
+    assert cache.encoder_id(_spec(tmp_path, layer)).startswith("sha256:")
+    (tok / "encoder.jit").write_bytes((tok / "encoder.jit").read_bytes() + b"\0")
+    assert _key(tmp_path, clips, layer) != before
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("".join(f"{c.path}\n" for c in clips))
+    m_layer = {"data": {"videos": None, "manifest": str(manifest)}}
+    first = _key(tmp_path, clips, m_layer)
+    manifest.write_text(f"{clips[0].path}\n")
+    assert _key(tmp_path, clips, m_layer) != first
+
+
+def _run(tmp: Path, name: str, pid: int) -> RunPaths:
+    """A local run with one driver `pid` (alive or not), as a builder's run directory reads."""
+    spec = _spec(tmp)
+    facts = plan_mod.Facts(num_inputs=2, max_array_size=10, nodes_available=1)
+    paths = new_run_dir(tmp / "runs", name)
+    choice = launching.Choice("local", "test")
+    launching.write_run(paths, "", plan_mod.build(spec, facts), facts, choice)
+    launching.record_jobs(paths, choice, [Submission("*", f"local:{pid}", (), False, 0.0)])
+    return paths
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _claim(entry: CacheEntry, key: str, paths: RunPaths) -> tokencache.CacheUse:
+    with cache.claimed(entry, key, {"k": 1}, paths) as use:
+        pass
+    return use
+
+
+def test_entry_states_build_wait_stale_and_complete(tmp_path: Path) -> None:
+    key = "ab" * 32
+    entry = cache_entry(tmp_path / "cache", key)
+    first = _run(tmp_path, "first", os.getpid())  # its driver (this process) is alive: its build is live
+    use = _claim(entry, key, first)
+    assert use.mode == "build" and rundir.read_spec(first) and entry.claim_json.is_file()
+    assert cache.builder_of(entry) == first.run_id
+    second = _run(tmp_path, "second", os.getpid())
+    use2 = _claim(entry, key, second)
+    assert (use2.mode, use2.builder) == ("wait", first.run_id)
+    assert use2.line() == f"tokenize: waits on {first.run_id}'s build of cache entry {key[:16]}"
+    # the builder dies mid-way: a partial entry (a shard, no merge marker) with a dead claim
+    launching.record_jobs(first, launching.Choice("local", "test"),
+                          [Submission("*", f"local:{_dead_pid()}", (), False, 0.0)])
+    mark_done(RunPaths(entry.root), "tokenize", 0)
+    (entry.root / "tokens").mkdir(exist_ok=True)
+    assert cache.inspect(entry, key).mode == "build"
+    third = _run(tmp_path, "third", os.getpid())
+    use3 = _claim(entry, key, third)
+    assert use3.mode == "build" and use3.stale == f"the build by {first.run_id} died"
+    assert not (entry.root / "tokens").exists() and not RunPaths(entry.root).markers_dir("tokenize").exists()
+    assert cache.read_claim(entry)["run"] == third.run_id  # type: ignore[index]  # a claim was just written
+    mark_done(RunPaths(entry.root), "merge", 0)
+    use4 = _claim(entry, key, second)
+    assert (use4.mode, use4.builder) == ("reuse", third.run_id)
+    assert use4.line() == f"tokenize: reused {key[:16]} (built by {third.run_id})"
+
+
+def test_a_failed_submit_gives_its_claim_up(tmp_path: Path) -> None:
+    key = "cd" * 32
+    entry = cache_entry(tmp_path / "cache", key)
+    with pytest.raises(RuntimeError):
+        with cache.claimed(entry, key, {}, _run(tmp_path, "a", os.getpid())):
+            raise RuntimeError("sbatch failed")
+    assert not entry.claim_json.exists()
+
+
+def test_a_cached_run_reads_tokens_from_the_entry_and_stages_its_own_assets(tmp_path: Path) -> None:
+    entry, builder = tmp_path / "cache" / "k", tmp_path / "runs" / "b"
+    run = new_run_dir(tmp_path / "runs", "r")
+    p = rundir.write_shared(run, None, entry, builder)
+    assert rundir.open_run(run.root) == p
+    assert p.dataset_dir == entry / "dataset" and p.shard_prefix(0).parent == entry / "tokens"
+    assert p.markers_dir("merge").parent.parent == entry and p.logs("tokenize").parent.parent == entry
+    assert p.assets_json.parent == run.root and p.markers_dir("stage-assets").parent.parent == run.root
+    assert p.stage_run_id("tokenize") == "b" and p.stage_run_id("stage-assets") == run.run_id
+    assert p.runner("merge") == builder and p.runner("finetune") == run.root
+
+
+def test_plan_says_building_then_reused(tmp_path: Path, clips: list[InputItem]) -> None:
+    spec = _spec(tmp_path)
+    got = plan_ops.gather(spec, "local", "plan")
+    assert got.cache is not None and got.cache.mode == "build"
+    view = plan_ops.view(spec, got)
+    assert f"tokenize: building into cache {got.cache.key16}" in view.summary
+    entry = cache.entry_of(spec, got.cache.key)
+    mark_done(RunPaths(entry.root), "merge", 0)
+    again = plan_ops.gather(spec, "local", "plan")
+    assert again.cache is not None and again.cache.mode == "reuse"
+    assert again.cache.line().startswith(f"tokenize: reused {got.cache.key16}")
+
+
+def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # a wide terminal: rows unfolded
+    live, done = "ef" * 32, "01" * 32
+    d = tmp_path / "cache"
+    builder = _run(tmp_path, "live", os.getpid())
+    _claim(cache_entry(d, live), live, builder)
+    finished = cache_entry(d, done)
+    _claim(finished, done, _run(tmp_path, "done", _dead_pid()))
+    mark_done(RunPaths(finished.root), "merge", 0)
+    cache.add_user(finished, builder, tokencache.CacheUse(done, "reuse", "x"))
+    assert cli.main(["cache", "ls", "--cache-dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert live[:16] in out and done[:16] in out and f"live ({builder.run_id})" in out and "1: " in out
+    assert cli.main(["cache", "rm", live[:8], "--cache-dir", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run {builder.run_id} is still building this entry" in err
+    assert cli.main(["cache", "rm", done[:16], "--cache-dir", str(d)]) == 0
+    assert not finished.root.exists() and cache_entry(d, live).root.exists()
+    assert cli.main(["cache", "rm", "zz", "--cache-dir", str(d)]) == 2
+    assert "matches no entry" in capsys.readouterr().err
+    assert cli.main(["cache", "ls"]) == 2
+
+
+def test_the_slurm_backend_chains_a_reused_entry_on_its_own_stage_assets() -> None:
+    from harness.launch.slurm import inherited
+
+    plan = plan_mod.build(specs.build(specs.TINY, {"data": {"videos": "/v"}}), plan_mod.Facts(num_inputs=4))
+    parents = {"stage-assets": ["10"], "merge": ["7"]}
+    parents["tokenize"] = inherited(plan.stage("tokenize"), parents)
+    assert parents["tokenize"] == ["10"] and inherited(plan.stage("merge"), parents) == ["7", "10"]
+
+
+def test_resume_never_rebuilds_an_entry_another_run_claimed(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from harness.core.errors import HarnessError
+    from harness.ops import control
+
+    key = "23" * 32
+    entry = cache_entry(tmp_path / "cache", key)
+    _claim(entry, key, _run(tmp_path, "builder", _dead_pid()))
+    reader = rundir.write_shared(_run(tmp_path, "reader", _dead_pid()), None, entry.root)
+    with pytest.raises(HarnessError) as e:
+        control.resume(reader, Console(file=io.StringIO()))
+    assert str(e.value) == (f"{reader.root}: its tokens (tokenize, merge) are in the token-cache entry {entry.root}, "
+                            f"which is incomplete and not this run's build: submit the spec again (a dead build is "
+                            f"redone, a live one waited on)")
+
+
+def test_container_tasks_of_a_cached_run_mount_the_entry(tmp_path: Path) -> None:
+    from harness.launch import render
+
+    spec = specs.build(specs.TINY, {"data": {"videos": "/v"}, "container": {"image": "/img/x.sqsh"}})
+    paths = RunPaths(tmp_path / "run", tmp_path / "owner", tmp_path / "cache" / "k")
+    args = render.container_args(plan_mod.build(spec, plan_mod.Facts(num_inputs=4)), paths, Path("/src"), [])
+    mounts = next(a for a in args if a.startswith("--container-mounts=")).split("=", 1)[1].split(",")
+    assert f"{paths.cache}:{paths.cache}" in mounts and f"{paths.shared}:{paths.shared}" in mounts
