@@ -72,6 +72,8 @@ class StagePlan:
     chunks: tuple[tuple[int, int], ...]
     """[start, stop) task ranges, one sbatch each, so no array exceeds the cluster's MaxArraySize."""
     requeue: bool = False
+    """sbatch --requeue: finetune's checkpoint-then-requeue, and any stage with `retries` (a NODE_FAIL task is
+    requeued by Slurm itself then, whatever the cluster's JobRequeue default)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts) -> StagePlan:
     depends = (Dependency(row.after, row.dependency),) if row.after and row.dependency else ()
     return StagePlan(name=row.name, tasks=tasks, array=row.array, depends=depends, resources=res,
                      container=bool(spec.container.image) and row.name in spec.container.stages,
-                     chunks=chunks, requeue=ranks)
+                     chunks=chunks, requeue=ranks or section.retries > 0)
 
 
 def to_json(plan: Plan) -> dict[str, Any]:
