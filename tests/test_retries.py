@@ -135,9 +135,8 @@ def test_status_shows_each_retry(tmp_path: Path) -> None:
 
 
 def test_the_report_shows_each_retry(tmp_path: Path) -> None:
-    from test_report import make_results
-
     from harness.report import build as report
+    from test_report import make_results
 
     paths, plan, _ = make_results(tmp_path)
     _recorded(paths.root)
