@@ -7,8 +7,8 @@
   limit the task stops at once with a reason naming every failure and the key. A restart without a node failure
   (a time-limit or preemption requeue of submitit's) counts nothing.
 - `after_failure`, when the task's code raised: a node-level cause (`core.retries.node_cause`) with retries left
-  is recorded, the task requeued (`scontrol requeue`), its node excluded (`ExcNodeList`) and, when that leaves the
-  task no node it has run on, the begin-time hold dropped so it restarts now rather than in ~2 min.
+  is recorded, the task requeued (`scontrol requeue`) and its node excluded (`ExcNodeList`). It starts again
+  after Slurm's hold on a requeued job (~2 min), as after a NODE_FAIL.
 Without Slurm (the local executor, a task by hand) neither does anything: nothing could run it again.
 """
 
@@ -101,12 +101,10 @@ def after_failure(paths: RunPaths, spec: RunSpec, stage: str, task: int, e: Base
         log.error("%s", retries.over_limit(stage, task, attempts, limit, key))
         return
     exclude = slurmcli.excluded_nodes(sid) + [node] if cause.exclude else []
-    one_node = os.environ.get("SLURM_JOB_NUM_NODES", "1") == "1"  # excluding it leaves no node the task ran on
     if not slurmcli.requeue(sid):  # another rank of the task requeued it first: add this node to its exclusions
-        if exclude:
-            slurmcli.update_pending(sid, exclude, start_now=False)
+        slurmcli.exclude_nodes(sid, exclude)
         raise Requeued(f"{cause.what}: node-level failure on {node}; another rank requeued the task") from e
     retries.save(record, stage, task, attempts, limit)
-    slurmcli.update_pending(sid, exclude, start_now=bool(exclude) and one_node)
+    slurmcli.exclude_nodes(sid, exclude)
     raise Requeued(f"{cause.what}: node-level failure on {node}; requeued"
                    f"{f' without {node}' if exclude else ''}: {retries.summary(stage, task, attempts, limit)}") from e

@@ -188,13 +188,12 @@ def requeue(task_id: str) -> bool:
     return _run(["scontrol", "requeue", task_id], check=False).returncode == 0
 
 
-def update_pending(task_id: str, exclude: list[str], start_now: bool) -> None:
-    """Keep a requeued task off `exclude` and, where asked, drop the hold Slurm puts on a requeued job (its begin
-    time, a credential lifetime ahead, ~2 min). Only a pending job takes either, so this follows `requeue`."""
-    if exclude:
-        _run(["scontrol", "update", f"JobId={task_id}", "ExcNodeList=" + ",".join(sorted(set(exclude)))])
-    if start_now:
-        _run(["scontrol", "update", f"JobId={task_id}", "StartTime=now"], check=False)
+def exclude_nodes(task_id: str, nodes: list[str]) -> None:
+    """Keep a requeued task off `nodes` (`ExcNodeList`; only a pending job takes it, so this follows `requeue`).
+    Its begin-time hold (~2 min, Slurm's credential lifetime) is left: Slurm sets it once the task's processes
+    have ended, after the task that asked could drop it."""
+    if nodes:
+        _run(["scontrol", "update", f"JobId={task_id}", "ExcNodeList=" + ",".join(sorted(set(nodes)))])
 
 
 # ------------------------------------------------------------------------- cluster inventory (harness doctor)
