@@ -160,7 +160,8 @@ def _restore_node(node: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_node_failure_under_a_running_task_is_retried_by_itself(slurm_cluster: str, tmp_path: Path,
-                                                                reliability: Any) -> None:
+                                                                reliability: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A node dies under tokenize[0]: the task runs again on another node with no `harness resume` (Slurm requeues
     it, the restarted task counts the NODE_FAIL against tokenize.retries), the run completes and status says so.
     Beside it, a run whose tokenize[1] fails in its own code (its manifest path blocked) fails once, unretried."""
@@ -197,17 +198,45 @@ def test_node_failure_under_a_running_task_is_retried_by_itself(slurm_cluster: s
     attempts = [h.split("|") for h in sacct_history(f"{tok}_{victim}")]
     assert [a[1] for a in attempts] == ["NODE_FAIL", "COMPLETED"] and attempts[0][2] == node, attempts
     assert attempts[1][2] != node, attempts  # the retry ran on another node
+    times = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", f"{tok}_{victim}", "-o", "End,Start"],
+                           capture_output=True, text=True, timeout=30).stdout.split()
+    gap = slurmcli.epoch(times[1].split("|")[1]) - slurmcli.epoch(times[0].split("|")[0])
+    reliability.note(f"the retry started {gap:.0f} s after the node failure (Slurm's hold on a requeued job)")
     assert not any(s.get("round") for s in read_json(paths.jobs_json)["submissions"])  # no resume
     line = f"tokenize[{victim}]: retried 1/2 (NODE_FAIL on {node})"
     res = harness("status", str(paths.root), cwd=tmp_path)
     assert line in " ".join(res.stdout.split()), res.stdout
     summary = read_json(paths.dataset_summary)
     assert summary["tokenized"] == 9 and summary["shards"] == 3
+    _restart_counts_against_the_limit(paths, tok, victim, node, monkeypatch)
     # a failure of the task's own code: FAILED once, never requeued, no retry recorded
     assert own["tokenize"][f"{own_ids['tokenize']}_1"] == "FAILED", own
     assert [h.split("|")[1] for h in sacct_history(f"{own_ids['tokenize']}_1")] == ["FAILED"]
     assert not own_paths.attempts("tokenize", 1).exists()
     reliability.add("faults_survived")
+
+
+def _restart_counts_against_the_limit(paths: RunPaths, tok: str, victim: int, node: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check a restarted task makes first, against the real accounting of the task just retried: counted
+    once however often it is read, and a stage allowing no retry stops there, naming the failure and the key."""
+    import dataclasses
+
+    from harness.core.errors import HarnessError
+    from harness.core.rundir import read_spec
+    from harness.launch import retry
+
+    for var, value in (("SLURM_ARRAY_JOB_ID", tok), ("SLURM_ARRAY_TASK_ID", str(victim)),
+                       ("SLURM_RESTART_COUNT", "1"), ("SLURM_PROCID", "1")):
+        monkeypatch.setenv(var, value)
+    spec = read_spec(paths)
+    before = paths.attempts("tokenize", victim).read_bytes()
+    retry.begin(paths, spec, "tokenize", victim)
+    assert paths.attempts("tokenize", victim).read_bytes() == before
+    none = dataclasses.replace(spec, tokenize=dataclasses.replace(spec.tokenize, retries=0))
+    with pytest.raises(HarnessError, match=re.escape(f"tokenize[{victim}]: 1 infrastructure failure(s) (NODE_FAIL "
+                                                     f"on {node}), tokenize.retries = 0 retries allowed")):
+        retry.begin(paths, none, "tokenize", victim)
 
 
 @pytest.mark.timeout(150)
