@@ -188,7 +188,7 @@ def test_node_failure_under_a_running_task_is_retried_by_itself(slurm_cluster: s
                         what="NODE_FAIL")
         reliability.note(f"node failure reported by Slurm: {hist}; retried without resume")
         # Slurm requeued the task; it starts again once its begin time (~2 min: the credential lifetime) passes
-        by = wait_stages(ids, list(DATA), timeout=200)
+        by = wait_stages(ids, list(DATA), timeout=230)
         assert by["merge"][ids["merge"]] == "COMPLETED", (by, sacct_history(f"{tok}_{victim}"))
         own = wait_stages(own_ids, list(DATA), timeout=30)
     finally:
@@ -250,10 +250,12 @@ def test_a_requeued_task_leaves_its_node(slurm_cluster: str, tmp_path: Path) -> 
     try:
         first = wait_for(lambda: (q := slurmcli.squeue([job]).get(job)) is not None and q.state == "RUNNING"
                          and q.node, 90, what="the job to run")
-        assert slurmcli.requeue(job)
-        slurmcli.exclude_nodes(job, slurmcli.excluded_nodes(job) + [first])
+        from harness.launch import retry
+
+        assert retry.requeue_elsewhere(job, first)
         assert slurmcli.excluded_nodes(job) == [first]
-        assert not slurmcli.requeue(job)  # a second rank's requeue is refused, not an error
+        assert not retry.requeue_elsewhere(job, first)  # a second rank's requeue is refused, not an error
+        assert slurmcli.excluded_nodes(job) == [first]
         wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True,
                                                        text=True).stdout, 60, what="the requeue's begin-time hold")
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)

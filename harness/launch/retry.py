@@ -100,11 +100,24 @@ def after_failure(paths: RunPaths, spec: RunSpec, stage: str, task: int, e: Base
         retries.save(record, stage, task, attempts, limit)
         log.error("%s", retries.over_limit(stage, task, attempts, limit, key))
         return
-    exclude = slurmcli.excluded_nodes(sid) + [node] if cause.exclude else []
-    if not slurmcli.requeue(sid):  # another rank of the task requeued it first: add this node to its exclusions
-        slurmcli.exclude_nodes(sid, exclude)
+    try:
+        requeued = requeue_elsewhere(sid, node if cause.exclude else "")
+    except HarnessError as err:  # Slurm would not: the task fails with its own error, as without retries
+        log.error("%s[%d]: could not requeue after %s: %s", stage, task, cause.what, err)
+        return
+    if not requeued:
         raise Requeued(f"{cause.what}: node-level failure on {node}; another rank requeued the task") from e
     retries.save(record, stage, task, attempts, limit)
-    slurmcli.exclude_nodes(sid, exclude)
     raise Requeued(f"{cause.what}: node-level failure on {node}; requeued"
-                   f"{f' without {node}' if exclude else ''}: {retries.summary(stage, task, attempts, limit)}") from e
+                   f"{' without ' + node if cause.exclude else ''}: {retries.summary(stage, task, attempts, limit)}"
+                   ) from e
+
+
+def requeue_elsewhere(sid: str, exclude: str) -> bool:
+    """Requeue the task, then keep it off `exclude` ('' = no node); False when another rank requeued it first
+    (its exclusion is added all the same)."""
+    others = slurmcli.excluded_nodes(sid) if exclude else []
+    requeued = slurmcli.requeue(sid)
+    if exclude:
+        slurmcli.exclude_nodes(sid, others + [exclude])
+    return requeued
