@@ -1,6 +1,7 @@
 """Fault injection against the real local cluster: a tokenize task SIGKILLed mid-shard, a node whose slurmd
-dies under a running task, finetune requeued (preempted) mid-run, and broken inputs mixed with good ones.
-Each fault ends in a complete, correct run (or a report naming every bad input); nothing is faked."""
+dies under a running task (retried by itself, `<stage>.retries`), finetune requeued (preempted) mid-run, and
+broken inputs mixed with good ones. Each fault ends in a complete, correct run (or a report naming every bad
+input); nothing is faked."""
 
 from __future__ import annotations
 
@@ -158,12 +159,20 @@ def _restore_node(node: str) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_node_failure_under_a_running_task(slurm_cluster: str, tmp_path: Path, reliability: Any) -> None:
+def test_node_failure_under_a_running_task_is_retried_by_itself(slurm_cluster: str, tmp_path: Path,
+                                                                reliability: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node dies under tokenize[0]: the task runs again on another node with no `harness resume` (Slurm requeues
+    it, the restarted task counts the NODE_FAIL against tokenize.retries), the run completes and status says so.
+    Beside it, a run whose tokenize[1] fails in its own code (its manifest path blocked) fails once, unretried."""
     spec_path = tiny_spec(tmp_path, name="node", shards=3, clips=9)
     paths, ids = submit_partial(spec_path, DATA, tmp_path)
-    reliability.add("slurm_jobs_submitted", len(ids))
+    own_paths, own_ids = submit_partial(tiny_spec(tmp_path, name="own", shards=2, clips=9), DATA, tmp_path)
+    blocker = own_paths.shard_manifest(1)
+    blocker.mkdir(parents=True)  # the atomic rename onto it fails: an error of the task, not of its node
+    reliability.add("slurm_jobs_submitted", len(ids) + len(own_ids))
     tok, victim, node = ids["tokenize"], 0, ""
-    later = list(ids.values())
+    later = list(ids.values()) + list(own_ids.values())
     try:
         proc = wait_for(lambda: task_process(tok, victim), 90, poll=0.05, what="tokenize[0] to start")
         proc.send_signal(signal.SIGSTOP)  # hold it running on its node
@@ -175,33 +184,86 @@ def test_node_failure_under_a_running_task(slurm_cluster: str, tmp_path: Path, r
         proc.send_signal(signal.SIGKILL)  # a dead node runs nothing
         reliability.add("faults_injected")
         reliability.note(f"node {node} failed (slurmd killed, node DOWN) under tokenize[{victim}]")
-        hist = wait_for(lambda: [h for h in sacct_history(f"{tok}_{victim}")
-                                 if "NODE_FAIL" in h or "REQUEUED" in h], 60, poll=0.5, what="NODE_FAIL")
-        reliability.note(f"node failure reported by Slurm: {hist}")
-        # Slurm requeues a NODE_FAIL batch task itself (JobRequeue=1), but holds it ~2 minutes (begin time);
-        # rather than wait, cancel that pending attempt: `harness resume` must then redo exactly this task.
-        if f"{tok}_{victim}" in slurmcli.squeue([tok]):
-            reliability.note("Slurm requeued the task (pending on its begin time); cancelled it to resume now")
-            slurmcli.scancel([f"{tok}_{victim}"])
-        by = wait_stages(ids, list(DATA), timeout=90)
-        assert by["merge"][ids["merge"]] != "COMPLETED"
-        assert is_done(paths, "tokenize", 1) and is_done(paths, "tokenize", 2)
-        new = resume_cli(paths.root, tmp_path)
-        later += list(new.values())
-        round1 = {s["stage"]: s["tasks"] for s in read_json(paths.jobs_json)["submissions"] if s.get("round") == 1}
-        assert round1["tokenize"] == [[victim, victim + 1]], round1
-        wait_stages(new, ["tokenize", "merge"], timeout=150)
-        after = states_by_stage(new)
-        assert after["merge"][new["merge"]] == "COMPLETED", after
-        redo = slurmcli.sacct([new["tokenize"]])
-        assert [v.node for v in redo.values()] and node not in [v.node for v in redo.values()], (node, redo)
-        summary = read_json(paths.dataset_summary)
-        assert summary["tokenized"] == 9 and summary["shards"] == 3
+        hist = wait_for(lambda: [h for h in sacct_history(f"{tok}_{victim}") if "NODE_FAIL" in h], 60, poll=0.5,
+                        what="NODE_FAIL")
+        reliability.note(f"node failure reported by Slurm: {hist}; retried without resume")
+        # Slurm requeued the task; it starts again once its begin time (~2 min: the credential lifetime) passes
+        by = wait_stages(ids, list(DATA), timeout=230)
+        assert by["merge"][ids["merge"]] == "COMPLETED", (by, sacct_history(f"{tok}_{victim}"))
+        own = wait_stages(own_ids, list(DATA), timeout=30)
     finally:
         slurmcli.scancel(later)
         if node:
             _restore_node(node)
+    attempts = [h.split("|") for h in sacct_history(f"{tok}_{victim}")]
+    assert [a[1] for a in attempts] == ["NODE_FAIL", "COMPLETED"] and attempts[0][2] == node, attempts
+    assert attempts[1][2] != node, attempts  # the retry ran on another node
+    times = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", f"{tok}_{victim}", "-o", "End,Start"],
+                           capture_output=True, text=True, timeout=30).stdout.split()
+    gap = slurmcli.epoch(times[1].split("|")[1]) - slurmcli.epoch(times[0].split("|")[0])
+    reliability.note(f"the retry started {gap:.0f} s after the node failure (Slurm's hold on a requeued job)")
+    assert not any(s.get("round") for s in read_json(paths.jobs_json)["submissions"])  # no resume
+    line = f"tokenize[{victim}]: retried 1/2 (NODE_FAIL on {node})"
+    res = harness("status", str(paths.root), cwd=tmp_path)
+    assert line in " ".join(res.stdout.split()), res.stdout
+    summary = read_json(paths.dataset_summary)
+    assert summary["tokenized"] == 9 and summary["shards"] == 3
+    _restart_counts_against_the_limit(paths, tok, victim, node, monkeypatch)
+    # a failure of the task's own code: FAILED once, never requeued, no retry recorded
+    assert own["tokenize"][f"{own_ids['tokenize']}_1"] == "FAILED", own
+    assert [h.split("|")[1] for h in sacct_history(f"{own_ids['tokenize']}_1")] == ["FAILED"]
+    assert not own_paths.attempts("tokenize", 1).exists()
     reliability.add("faults_survived")
+
+
+def _restart_counts_against_the_limit(paths: RunPaths, tok: str, victim: int, node: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check a restarted task makes first, against the real accounting of the task just retried: counted
+    once however often it is read, and a stage allowing no retry stops there, naming the failure and the key."""
+    import dataclasses
+
+    from harness.core.errors import HarnessError
+    from harness.core.rundir import read_spec
+    from harness.launch import retry
+
+    for var, value in (("SLURM_ARRAY_JOB_ID", tok), ("SLURM_ARRAY_TASK_ID", str(victim)),
+                       ("SLURM_RESTART_COUNT", "1"), ("SLURM_PROCID", "1")):
+        monkeypatch.setenv(var, value)
+    spec = read_spec(paths)
+    before = paths.attempts("tokenize", victim).read_bytes()
+    retry.begin(paths, spec, "tokenize", victim)
+    assert paths.attempts("tokenize", victim).read_bytes() == before
+    none = dataclasses.replace(spec, tokenize=dataclasses.replace(spec.tokenize, retries=0))
+    with pytest.raises(HarnessError, match=re.escape(f"tokenize[{victim}]: 1 infrastructure failure(s) (NODE_FAIL "
+                                                     f"on {node}), tokenize.retries = 0 retries allowed")):
+        retry.begin(paths, none, "tokenize", victim)
+
+
+@pytest.mark.timeout(150)
+def test_a_requeued_task_leaves_its_node(slurm_cluster: str, tmp_path: Path) -> None:
+    """What a task that sees a node-level failure does to itself (`harness.launch.retry`): requeue and exclude its
+    node; here on a plain job, which must run again elsewhere (its begin-time hold dropped by the test, as an
+    operator may: the task itself cannot, Slurm sets the hold after the task's processes end)."""
+    proc = subprocess.run(["sbatch", "--parsable", "--requeue", "--time=3", "-o", str(tmp_path / "%j.out"),
+                           "--wrap", "sleep 170"], capture_output=True, text=True, check=True, timeout=30)
+    job = proc.stdout.strip().split(";")[0]
+    try:
+        first = wait_for(lambda: (q := slurmcli.squeue([job]).get(job)) is not None and q.state == "RUNNING"
+                         and q.node, 90, what="the job to run")
+        from harness.launch import retry
+
+        assert retry.requeue_elsewhere(job, first)
+        assert slurmcli.excluded_nodes(job) == [first]
+        assert not retry.requeue_elsewhere(job, first)  # a second rank's requeue is refused, not an error
+        assert slurmcli.excluded_nodes(job) == [first]
+        wait_for(lambda: "BeginTime" in subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True,
+                                                       text=True).stdout, 60, what="the requeue's begin-time hold")
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+        again = wait_for(lambda: (q := slurmcli.squeue([job]).get(job)) is not None and q.state == "RUNNING"
+                         and q.node, 60, what="the requeued job to run again")
+        assert again != first, (first, again)
+    finally:
+        slurmcli.scancel([job])
 
 
 # ------------------------------------------------------------------------------ (c) preemption of finetune

@@ -5,7 +5,7 @@ from __future__ import annotations
 from harness.core import spec
 
 SLURM_KEYS = ("partition", "account", "qos", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
-              "constraint", "array_throttle", "sbatch_extra")
+              "constraint", "array_throttle", "retries", "sbatch_extra")
 
 
 def spec_reference_markdown() -> str:

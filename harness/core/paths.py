@@ -148,6 +148,13 @@ class RunPaths:
         """Completion marker of one array task; written last, after all of the task's outputs."""
         return self.markers_dir(stage) / f"{task:06d}.json"
 
+    def attempts(self, stage: str, task: int) -> Path:
+        """A task's infrastructure failures and retries (`harness.core.retries`); absent: it never had one."""
+        return self.attempts_dir(stage) / f"{task:06d}.json"
+
+    def attempts_dir(self, stage: str) -> Path:
+        return self.stage_root(stage) / "attempts" / stage
+
     # -- the local executor's driver
     @property
     def driver_log(self) -> Path:

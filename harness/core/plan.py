@@ -76,6 +76,8 @@ class StagePlan:
     chunks: tuple[tuple[int, int], ...]
     """[start, stop) task ranges, one sbatch each, so no array exceeds the cluster's MaxArraySize."""
     requeue: bool = False
+    """sbatch --requeue: finetune's checkpoint-then-requeue, and any stage with `retries` (a NODE_FAIL task is
+    requeued by Slurm itself then, whatever the cluster's JobRequeue default)."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts, importing: bo
     if container and importing:  # every container stage, not only the first: each must find the .sqsh whole
         depends += (Dependency(IMPORT_IMAGE, "afterok"),)
     return StagePlan(name=row.name, tasks=tasks, array=row.array, depends=depends, resources=res,
-                     container=container, chunks=chunks, requeue=ranks)
+                     container=container, chunks=chunks, requeue=ranks or section.retries > 0)
 
 
 def to_json(plan: Plan) -> dict[str, Any]:

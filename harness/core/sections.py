@@ -47,6 +47,9 @@ class Resources:
     mem_gb: int = opt(0, "memory per node in GB (0 = partition default)", min=0, max=100_000)
     constraint: str = opt("", "Slurm --constraint expression", pattern=re.compile(r"^[A-Za-z0-9_.&|\[\]*:,()-]*$"))
     array_throttle: int = opt(0, "at most this many array tasks at once (0 = no limit)", min=0, max=100_000)
+    retries: int = opt(2, "times a task is run again after an infrastructure failure (NODE_FAIL, a lost GPU, an "
+                          "NCCL timeout), its failed node excluded; a failure of its own code or input is never "
+                          "retried", min=0, max=10)
     sbatch_extra: tuple[str, ...] = opt([], "further sbatch options for every script of the stage, e.g. "
                                             "[\"--mail-type=END\", \"--exclusive\"]: sbatch's long options, "
                                             "except those the harness sets itself")

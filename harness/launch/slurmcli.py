@@ -190,6 +190,37 @@ def scancel(job_ids: list[str]) -> None:
         _run(["scancel", *job_ids], check=False)
 
 
+# ------------------------------------------------------------------------- a task retrying itself (launch.retry)
+def history(task_id: str) -> list[tuple[str, str]]:
+    """(state, node list) of every attempt of one job or array task, oldest first: `-D` keeps the attempts a
+    requeue replaced (a NODE_FAIL attempt among them)."""
+    out = _run(["sacct", "-n", "-X", "-D", "-P", "-j", task_id, "-o", "State,NodeList"]).stdout
+    rows = [ln.split("|") for ln in out.splitlines() if "|" in ln]
+    return [((r[0].split() or ["UNKNOWN"])[0], r[1]) for r in rows]
+
+
+def excluded_nodes(task_id: str) -> list[str]:
+    """The job's ExcNodeList as node names (`scontrol show job`; `(null)`: none)."""
+    recs = _records(_run(["scontrol", "-o", "show", "job", task_id]).stdout)
+    text = recs[0].get("ExcNodeList", "(null)") if recs else "(null)"
+    if text in ("(null)", ""):
+        return []
+    return _run(["scontrol", "show", "hostnames", text]).stdout.split()
+
+
+def requeue(task_id: str) -> bool:
+    """`scontrol requeue` of a running task; False when Slurm refused (another rank requeued it first)."""
+    return _run(["scontrol", "requeue", task_id], check=False).returncode == 0
+
+
+def exclude_nodes(task_id: str, nodes: list[str]) -> None:
+    """Keep a requeued task off `nodes` (`ExcNodeList`; only a pending job takes it, so this follows `requeue`).
+    Its begin-time hold (~2 min, Slurm's credential lifetime) is left: Slurm sets it once the task's processes
+    have ended, after the task that asked could drop it."""
+    if nodes:
+        _run(["scontrol", "update", f"JobId={task_id}", "ExcNodeList=" + ",".join(sorted(set(nodes)))])
+
+
 # ------------------------------------------------------------------------- cluster inventory (harness doctor)
 @dataclass(frozen=True)
 class Partition:

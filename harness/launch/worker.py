@@ -9,6 +9,8 @@
 - `run_task` writes the task's completion marker after `run` returns. A full disk met by any layer leaves it as
   `failures.NoSpaceError`, one line naming the filesystem and path. Before the stage runs, it checks that a stage
   whose Slurm resources ask for GPUs sees one (`require_gpus`).
+- Infrastructure failures are retried (`harness.launch.retry`): a restarted task counts the node failures before
+  it and stops past `<stage>.retries`; an exception with a node-level cause requeues the task off its node.
 - numba's on-disk cache (the evaluate kernel) goes to `<run>/cache/numba` unless NUMBA_CACHE_DIR is set: the run
   directory is the one place every task of a run can write, on every node and inside containers (the harness
   source is mounted read-only there, and with no home mounted numba would find no cache location at all). The
@@ -30,6 +32,7 @@ from harness.core.paths import RunPaths, is_done, mark_done
 from harness.core.rundir import open_run
 from harness.core.rundir import read_spec as load_run_spec  # the workers' name for the frozen spec's one reader
 from harness.core.stages import stage as stage_def
+from harness.launch import retry
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 
@@ -70,15 +73,17 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
         log.info("%s[%d] already complete; nothing to do", stage, task)
         return "skipped"
     spec = load_run_spec(paths)
-    require_gpus(spec, stage)
+    retry.begin(paths, spec, stage, task)  # a restart after a node failure: counted, stopped past the limit
     log.info("%s[%d] starting on %s (job %s)", stage, task, os.uname().nodename, os.environ.get("SLURM_JOB_ID", "-"))
     try:
+        require_gpus(spec, stage)  # inside: a GPU node that shows no GPU is a node-level failure, retried
         worker(stage)(spec, task, paths)
     except failures.NoSpaceError:
         raise
     except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is not an Exception
         if failures.is_no_space(e):  # any layer's wording of a full disk becomes the one line status shows
             raise failures.as_no_space(e, paths.root) from e
+        retry.after_failure(paths, spec, stage, task, e)  # requeues (raises) only for a node-level cause
         raise
     mark_done(paths, stage, task, {"node": os.uname().nodename, "job": os.environ.get("SLURM_JOB_ID", "")})
     return "done"

@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Column, Table
 
+from harness.core import retries
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
@@ -90,6 +91,8 @@ def _short(log: str, root: Path) -> str:
 def view(rs: RunState, show_all: bool = False, plan: Plan | None = None) -> Group:
     parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {escape(str(rs.paths.root))}", stage_table(rs, plan),
                    f"{verdict(rs)}: {rs.summary()}"]
+    lines = retries.run_lines(rs.paths, [s.name for s in rs.stages])
+    parts += [escape(f"infrastructure retry: {line}") for line in lines]
     tasks = task_table(rs, show_all)
     if tasks is not None:
         parts.append(tasks)

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from harness.core import metrics_table as mt
-from harness.core import metricslog
+from harness.core import metricslog, retries
 from harness.core import plan as plan_mod
 from harness.core.evalrecords import ShardRecord
 from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths
+from harness.core.stages import STAGES
 from harness.report import html as report_html
 from harness.report.files import plots, write
 from harness.report.records import (
@@ -168,7 +169,8 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
                   loss_curve=curve, checkpoints=rows_, failures=failures, missing=tuple(missing),
                   missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val,
-                  gpu_hours=tuple(gpu_hours))
+                  gpu_hours=tuple(gpu_hours),
+                  retries=tuple(retries.run_lines(paths, [s.name for s in STAGES])))
 
 
 def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:

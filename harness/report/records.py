@@ -179,6 +179,8 @@ class Report:
     """(step, validation loss) of each validation point: step 0 (the starting weights) and the planned steps."""
     gpu_hours: tuple[StageHours, ...] = ()
     """Per stage, where the caller knows the run's task states (`harness report`; the report stage does not)."""
+    retries: tuple[str, ...] = ()
+    """One line per task retried after an infrastructure failure (`harness.core.retries.summary`)."""
 
     @property
     def best(self) -> Checkpoint | None:

@@ -70,6 +70,9 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                      ["stage", "used", "planned"],
                      [[h.stage, fmt(h.used, "gpu_hours"), fmt(h.planned, "gpu_hours")] for h in rep.gpu_hours]
                      + [["run", fmt(used, "gpu_hours"), fmt(planned, "gpu_hours")]]))
+    if rep.retries:
+        out.append(("infrastructure retries (node failures; <stage>.retries)", ["task retried"],
+                    [[line] for line in rep.retries]))
     if rep.failures:
         out.append(("failures", ["stage", "task", "state", "exit", "reason", "log"],
                     [[str(f.get("stage", "")), str(f.get("task", "")), str(f.get("state", "")),
@@ -154,7 +157,7 @@ def to_json(rep: Report) -> dict[str, Any]:
             "best_checkpoints": {k: [c.step for c in rep.checkpoints if k in c.best_of]
                                  for k in dict.fromkeys(k for c in rep.checkpoints for k in sorted(c.best_of))},
             "gpu_hours": _hours_json(rep),
-            "failures": list(rep.failures), "missing": list(rep.missing),
+            "failures": list(rep.failures), "retries": list(rep.retries), "missing": list(rep.missing),
             "missing_shards": [asdict(m) for m in rep.missing_shards]}
 
 
