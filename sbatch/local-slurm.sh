@@ -115,8 +115,10 @@ SlurmdUser=root
 SlurmctldPort=$SLURMCTLD_PORT
 # munge on a private socket: both AuthInfo (daemons/clients) and, for the slurmdbd
 # persistent connection, AccountingStoragePass must name it, else they try /run/munge.
+# cred_expire: a requeued job (a node failure retried, a preempted finetune) is held this long before it may
+# start again (default 120 s). A one-host test cluster loads no environment and pages nothing out: 10 s.
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCK
+AuthInfo=socket=$MUNGE_SOCK,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d/%n

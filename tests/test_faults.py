@@ -187,7 +187,7 @@ def test_node_failure_under_a_running_task_is_retried_by_itself(slurm_cluster: s
         hist = wait_for(lambda: [h for h in sacct_history(f"{tok}_{victim}") if "NODE_FAIL" in h], 60, poll=0.5,
                         what="NODE_FAIL")
         reliability.note(f"node failure reported by Slurm: {hist}; retried without resume")
-        # Slurm requeued the task; it starts again once its begin time (~2 min: the credential lifetime) passes
+        # Slurm requeued the task; it starts again once its begin time (the credential lifetime) passes
         by = wait_stages(ids, list(DATA), timeout=230)
         assert by["merge"][ids["merge"]] == "COMPLETED", (by, sacct_history(f"{tok}_{victim}"))
         own = wait_stages(own_ids, list(DATA), timeout=30)
