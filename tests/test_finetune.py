@@ -354,8 +354,11 @@ def test_one_core_for_both_engines(tmp_path: Path) -> None:
             trainplan.of(spec, cuda=True, engine="nemo").sequence_parallel, plan.tensor_parallel) == (True, False, 2)
     paths = RunPaths(tmp_path)
     core.mark_complete(paths, plan, contexts["nemo"], 2, reason="signal")
+    assert not paths.checkpoints_json.exists()  # written once every rank is past the save: after_save
+    core.after_save(paths, plan, 2, "last")
     d = paths.checkpoint_dir(2)
-    assert json.loads((d / "trainer.json").read_text()) == {"step": 2, "samples_consumed": 8, "reason": "signal"}
+    assert json.loads((d / "trainer.json").read_text()) == {"step": 2, "samples_consumed": 8, "reason": "signal",
+                                                            "optimizer_state": False}
     assert json.loads((d / "context" / "harness.json").read_text()) == {**contexts["nemo"], "step": 2}
     assert json.loads(paths.checkpoints_json.read_text()) == {"steps": [2], "all": [2], "planned": [2, 4, 6],
                                                              "last_step": 6}

@@ -10,15 +10,16 @@ steps, TP / DP / SP, the precision and the FLOPs per step from `harness.core.tra
 metrics record, the checkpoint side files and the pretrained source from `harness.stages.finetune.core`.
 
 Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harness layout,
-`finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`) and NeMo's
-`context/`; after NeMo finalises a save, the harness adds `context/harness.json`, `trainer.json` and `done.json`
-(the completion marker, last; `core.mark_complete`) and rewrites `checkpoints.json`. So
-`harness.stages.infer.load_model` reads NeMo-engine checkpoints unchanged, and a requeued job resumes from the
-newest one with `done.json`.
+`finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`), the
+optimizer state apart in `optimizer/` (`nemo_io.OptimizerApart`) and NeMo's `context/`; after NeMo finalises a
+save, the harness adds `context/harness.json`, `trainer.json` and `done.json` (the completion marker, last;
+`core.mark_complete`), then removes older checkpoints' optimizer state (`finetune.keep_optimizer`) and rewrites
+`checkpoints.json` (`core.after_save`). So `harness.stages.infer.load_model` reads NeMo-engine checkpoints
+unchanged, and a requeued job resumes from the newest one with `done.json` and optimizer state.
 
-The parts: `nemo_common` (what needs no NeMo: sample order, step functions, checkpoint housekeeping), `nemo_model` (the
-NeMo config, LR schedule and data module), `nemo_callbacks` (checkpoint and metrics callbacks); this module builds
-`llm.api.train`'s arguments from them and runs it.
+The parts: `nemo_common` (what needs no NeMo: sample order, step functions, checkpoint housekeeping), `nemo_model`
+(the NeMo config, LR schedule and data module), `nemo_callbacks` (checkpoint and metrics callbacks), `nemo_io`
+(the optimizer state's own folder); this module builds `llm.api.train`'s arguments from them and runs it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ except Exception as e:  # NeMo 2 absent, broken, or NeMo 3 (speech only): the mc
 else:
     _IMPORT_ERROR = None
     from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback, Validation
+    from harness.stages.finetune.nemo_io import OptimizerApart
     from harness.stages.finetune.nemo_model import CosmosNeMoConfig, HarnessLR, VideoDataModule
 
 __all__ = ["available", "build", "check_engine", "ordered_sample", "run", "time_steps"]
@@ -67,12 +69,14 @@ def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos:
                               None if timing_only else spec.tracking, core.run_config(spec, plan), validation)
     if timing_only:
         return [metrics]
-    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"))]
+    return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"),
+                                       spec.finetune.keep_optimizer)]
 
 
 def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
-    """Where training starts: the newest complete checkpoint, else the pretrained weights, else from scratch."""
-    latest = None if timing_only else checkpoints.latest_complete(paths)
+    """Where training starts: the newest complete checkpoint with optimizer state, else the pretrained weights,
+    else from scratch."""
+    latest = None if timing_only else checkpoints.resume_point(paths)
     if latest is not None:
         ckpt.check_context(latest[1], spec.model.preset)
         check_engine(latest[1])
@@ -104,6 +108,7 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
         ddp=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
+    strategy.checkpoint_io = OptimizerApart(strategy.checkpoint_io)  # optimizer/ beside weights/, as mcore's
     callbacks = _callbacks(spec, plan, paths, len(samples), timing_only, val_samples)
     # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
     # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.
@@ -157,7 +162,7 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     latest = checkpoints.latest_complete(paths)
     if latest is not None and latest[0] >= plan.last_step:
         log.info("checkpoint step %d already complete: nothing to train", latest[0])
-        core.write_checkpoints_json(paths, plan)
+        core.after_save(paths, plan, latest[0], spec.finetune.keep_optimizer)
         return latest[0]
     llm.api.train(**build(spec, plan, paths, samples, val_samples=val_samples))
     return plan.last_step
