@@ -49,8 +49,9 @@ def spec_for(pretrained: str, **kw: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory: pytest.TempPathFactory, pretrained: str) -> RunPaths:
-    """Reference: TP=1, started from the pretrained checkpoint, uninterrupted."""
-    paths = make_run(tmp_path_factory.mktemp("run-a"), spec_for(pretrained))
+    """Reference: TP=1, started from the pretrained checkpoint, uninterrupted; every checkpoint keeps its optimizer
+    state (keep_optimizer = "all"), so a test can resume a copy of an older one."""
+    paths = make_run(tmp_path_factory.mktemp("run-a"), spec_for(pretrained, keep_optimizer="all"))
     run_task(str(paths.root), "finetune", 0)
     return paths
 

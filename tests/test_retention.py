@@ -101,6 +101,11 @@ def kill_once(paths: RunPaths, proc: subprocess.Popen[bytes], ready: Any, timeou
 def test_last_keeps_optimizer_in_the_newest_only_and_resumes_after_a_kill(tmp_path: Path, pretrained: str,
                                                                         run_all: RunPaths) -> None:
     assert optimizer_kept(run_all) == {5: True, 10: True, 15: True}
+    # the two folders hold what the plan's estimate says (fp32 on CPU: 4 B weights, 8 B Adam moments a param)
+    d, n = run_all.checkpoint_dir(5), PRESETS["tiny"].params
+    sizes = [sum(f.stat().st_size for f in (d / sub).rglob("*") if f.is_file()) for sub in ("weights", "optimizer")]
+    assert sizes == pytest.approx([footprint.checkpoint_disk(n, "fp32", 1, "all").weights,
+                                   footprint.checkpoint_disk(n, "fp32", 1, "all").optimizer], rel=0.05), sizes
     paths = make_run(tmp_path / "run", spec_for(pretrained, "last"))
     proc = _worker(paths.root)
     # SIGKILL mid-run, once step 10 is complete and step 5 stripped, before step 15
