@@ -7,6 +7,7 @@ between its two writes never leaves a checkpoint claiming optimizer state it lac
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,6 +173,11 @@ def test_a_removal_cut_short_claims_no_optimizer_state_and_is_finished_later(tmp
     assert [has_optimizer(dirs[s]) for s in (5, 10, 15)] == [False, False, True]
     assert not (dirs[5] / "optimizer").exists() and not (dirs[10] / "optimizer").exists()
     assert not strip_optimizer(dirs[5])
+    # a newest checkpoint without optimizer state strips nothing: the resume point stays
+    d20 = _fake_checkpoint(paths, 20, optimizer=False)
+    assert keep_optimizer(paths, 20, "last") == [] and has_optimizer(dirs[15])
+    assert resume_point(paths) == (15, dirs[15])
+    shutil.rmtree(d20)
     # a checkpoint written before the split (optimizer state inside weights/, no key) counts as resumable
     legacy = paths.checkpoint_dir(20)
     (legacy / "weights").mkdir(parents=True)

@@ -51,8 +51,12 @@ def resume_point(paths: RunPaths) -> tuple[int, Path] | None:
 def keep_optimizer(paths: RunPaths, newest: int, keep: str) -> list[int]:
     """After checkpoint `newest` is complete (every rank past the save's last barrier; rank 0 calls this): with
     keep = "last", remove the optimizer state of every older complete checkpoint (each marked weights-only before
-    its folder goes); "all" keeps it. Returns the steps stripped."""
+    its folder goes); "all" keeps it. Nothing is removed while `newest` itself has none: the resume point stays.
+    Returns the steps stripped."""
     if keep == "all":
+        return []
+    if not has_optimizer(paths.checkpoint_dir(newest)):
+        log.warning("checkpoint step %d has no optimizer state: the older checkpoints keep theirs", newest)
         return []
     stripped = [s for s in complete_steps(paths) if s < newest and strip_optimizer(paths.checkpoint_dir(s))]
     if stripped:

@@ -36,13 +36,16 @@ class HarnessCheckpoint(ModelCheckpoint):
     save completes, the harness completion marker and checkpoints.json. On SIGUSR2/SIGTERM (Slurm's warning
     before the time limit, preemption) all ranks checkpoint after the current step, then hand over to submitit's
     requeue (or raise `Preempted`), as the mcore engine does. Once a save is complete on every rank, rank 0
-    applies `keep` (finetune.keep_optimizer) to the older checkpoints' optimizer state."""
+    applies `keep` (finetune.keep_optimizer) to the older checkpoints' optimizer state. The last checkpoint
+    keeps its optimizer state too (NeMo's default drops it at max_steps), as the mcore engine's does: with
+    "last" it is the one that has it."""
 
     def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any],
                  keep: str = "last") -> None:
         super().__init__(dirpath=str(paths.checkpoints_dir), filename=CHECKPOINT_FILENAME,
                          auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
-                         every_n_train_steps=save_every, save_on_train_epoch_end=False)
+                         every_n_train_steps=save_every, save_on_train_epoch_end=False,
+                         save_optim_on_train_end=True)
         self.paths, self.plan, self.context, self.keep = paths, plan, context, keep
         self.steps = set(plan.checkpoint_steps)
         self.stop: StopSignal | None = None
