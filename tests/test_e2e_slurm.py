@@ -76,6 +76,8 @@ def test_data_stages_tokens_match_token_math_and_decode_back(finished_run: RunPa
 def test_every_checkpoint_has_videos_and_metrics(finished_run: RunPaths) -> None:
     spec = load_run_spec(finished_run)
     assert read_json(finished_run.checkpoints_json)["steps"] == [3, 6]  # the baseline is no finetune save
+    # keep_optimizer = "last": step 3 is weights-only, and the infer stage below generated from it all the same
+    assert [(finished_run.checkpoint_dir(s) / "optimizer").is_dir() for s in (3, 6)] == [False, True]
     for step in (0, 3, 6):
         mp4s = sorted(finished_run.infer_dir(step).glob("*.mp4"))
         assert len(mp4s) == 2

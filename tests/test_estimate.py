@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "results" / "bench" / "h200"
 
 
-def seed(**finetune: int) -> spec_mod.RunSpec:
+def seed(**finetune: object) -> spec_mod.RunSpec:
     s = spec_mod.load(REPO / "configs" / "cosmos-4b-dv4x8x8.toml")
     return dataclasses.replace(s, finetune=dataclasses.replace(s.finetune, **finetune)) if finetune else s
 
@@ -97,7 +97,14 @@ def test_cpu_only_stages_are_not_estimated() -> None:
 def test_checkpoint_footprint() -> None:
     p = build(seed())
     ck = next(i for i in footprint.items(p) if i.what == "checkpoints")
-    assert ck.bytes == 4 * p.spec.preset.params * 14  # bf16 weights + fp32 master + two Adam moments
+    n = p.spec.preset.params
+    # keep_optimizer = "last" (default): 4 x bf16 weights + the newest's fp32 master and two Adam moments, and
+    # while a save is written the previous one's too
+    assert ck.bytes == 4 * n * 2 + 2 * n * 12
+    assert "keep_optimizer = last: 80.3 GB at the end; all: 224.8 GB" in ck.basis, ck.basis
+    every = build(seed(keep_optimizer="all"))
+    ck = next(i for i in footprint.items(every) if i.what == "checkpoints")
+    assert ck.bytes == 4 * n * 14  # bf16 weights + fp32 master + two Adam moments, each of the 4
 
 
 def test_plan_prints_estimates_with_their_sources(tmp_path: Path) -> None:
@@ -107,6 +114,6 @@ def test_plan_prints_estimates_with_their_sources(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     est = [ln for ln in p.stdout.splitlines() if ln.startswith("estimate:")]
     assert [ln.split(":")[1].split()[0] for ln in est] == ["tokenize", "finetune", "infer", "evaluate", "writes"]
-    assert est[4] == ("estimate: writes ~228.2 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
-                      "checkpoints 224.8 GB; generated videos 2.9 GB)")  # (baseline + 4 checkpoints) x 833 videos
+    assert est[4] == ("estimate: writes ~131.9 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
+                      "checkpoints 128.5 GB; generated videos 2.9 GB)")  # (baseline + 4 checkpoints) x 833 videos
     assert "train-cosmos-4b-12800.json" in est[1] and "GPU-hours" in est[1]

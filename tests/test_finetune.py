@@ -49,8 +49,9 @@ def spec_for(pretrained: str, **kw: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory: pytest.TempPathFactory, pretrained: str) -> RunPaths:
-    """Reference: TP=1, started from the pretrained checkpoint, uninterrupted."""
-    paths = make_run(tmp_path_factory.mktemp("run-a"), spec_for(pretrained))
+    """Reference: TP=1, started from the pretrained checkpoint, uninterrupted; every checkpoint keeps its optimizer
+    state (keep_optimizer = "all"), so a test can resume a copy of an older one."""
+    paths = make_run(tmp_path_factory.mktemp("run-a"), spec_for(pretrained, keep_optimizer="all"))
     run_task(str(paths.root), "finetune", 0)
     return paths
 
@@ -354,8 +355,11 @@ def test_one_core_for_both_engines(tmp_path: Path) -> None:
             trainplan.of(spec, cuda=True, engine="nemo").sequence_parallel, plan.tensor_parallel) == (True, False, 2)
     paths = RunPaths(tmp_path)
     core.mark_complete(paths, plan, contexts["nemo"], 2, reason="signal")
+    assert not paths.checkpoints_json.exists()  # written once every rank is past the save: after_save
+    core.after_save(paths, plan, 2, "last")
     d = paths.checkpoint_dir(2)
-    assert json.loads((d / "trainer.json").read_text()) == {"step": 2, "samples_consumed": 8, "reason": "signal"}
+    assert json.loads((d / "trainer.json").read_text()) == {"step": 2, "samples_consumed": 8, "reason": "signal",
+                                                            "optimizer_state": False}
     assert json.loads((d / "context" / "harness.json").read_text()) == {**contexts["nemo"], "step": 2}
     assert json.loads(paths.checkpoints_json.read_text()) == {"steps": [2], "all": [2], "planned": [2, 4, 6],
                                                              "last_step": 6}

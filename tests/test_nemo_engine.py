@@ -183,6 +183,16 @@ def test_checkpoints_in_harness_layout_reload_to_identical_logits(run_a: RunPath
         ctx = json.loads((d / "context" / "harness.json").read_text())
         assert ctx["preset"] == "tiny" and ctx["engine"] == "nemo" and ctx["step"] == step
         assert (d / "context" / "model.yaml").is_file()  # NeMo's own io context, beside the harness one
+    # keep_optimizer = "last" (the default): optimizer state apart from the weights, in the newest checkpoint only
+    from megatron.core import dist_checkpointing
+
+    for step, kept in ((4, False), (6, True)):
+        d = run_a.checkpoint_dir(step)
+        assert json.loads((d / "trainer.json").read_text())["optimizer_state"] is kept
+        assert (d / "optimizer" / "metadata.json").is_file() is kept
+        assert not any(k.startswith("optimizer") for k in dist_checkpointing.load_tensors_metadata(str(d / "weights")))
+    assert any(k.startswith("optimizer") for k in
+               dist_checkpointing.load_tensors_metadata(str(run_a.checkpoint_dir(6) / "optimizer")))
     probe = torch.load(run_a.root / "probe.pt")
     logits = load_logits(run_a, STEPS, probe)
     assert torch.equal(logits, probe["logits"]), float((logits - probe["logits"]).abs().max())
@@ -230,6 +240,8 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
     assert info["steps"] == [SAVE, STEPS] and info["all"] == [k, SAVE, STEPS]
     assert sorted(p.name for p in paths.checkpoint_dir(0).parent.iterdir()) == \
         [paths.checkpoint_dir(s).name for s in (k, SAVE, STEPS)]
+    # resumed from k's optimizer/ (the losses above); k and SAVE are weights-only once STEPS is complete
+    assert [(paths.checkpoint_dir(s) / "optimizer").is_dir() for s in (k, SAVE, STEPS)] == [False, False, True]
     probe = torch.load(paths.root / "probe.pt")
     assert torch.allclose(probe["logits"], torch.load(run_a.root / "probe.pt")["logits"], atol=1e-5)
 

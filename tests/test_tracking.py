@@ -26,7 +26,8 @@ from harness.report import tracking
 
 @pytest.mark.timeout(120)
 def test_tensorboard_events_equal_metrics_jsonl_and_resume_logs_each_step_once(tmp_path: Path) -> None:
-    paths = make_run(tmp_path / "run", make_spec(max_steps=4, save_every=2))
+    # keep_optimizer = "all": the requeue below resumes from step 2, which "last" would have made weights-only
+    paths = make_run(tmp_path / "run", make_spec(max_steps=4, save_every=2, keep_optimizer="all"))
     run_task(str(paths.root), "finetune", 0)
     recs = metrics(paths)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]

@@ -16,9 +16,13 @@ TOKEN_BYTES = 2
 """Token datasets are uint16 (vocabulary 64,064 < 65,536): docs/design.md, "The Cosmos recipe"."""
 INDEX_BYTES_PER_DOC = 20
 """Megatron .idx: int32 length + int64 pointer per sequence, int64 document offset (+ header)."""
-CHECKPOINT_BYTES_PER_PARAM = {"bf16-mixed": 2 + 4 + 4 + 4, "fp32": 4 + 4 + 4}
-"""Model weights (bf16 or fp32) + fp32 master copy (bf16-mixed only) + Adam exp_avg + exp_avg_sq, all saved by
-harness/cosmos/checkpoint.save (model and optimizer sharded state)."""
+WEIGHT_BYTES_PER_PARAM = {"bf16-mixed": 2, "fp32": 4}
+"""A checkpoint's `weights/`: the model's parameters as it trains them (bf16, or fp32)."""
+OPTIMIZER_BYTES_PER_PARAM = {"bf16-mixed": 4 + 4 + 4, "fp32": 4 + 4}
+"""A checkpoint's `optimizer/`: fp32 master copy (bf16-mixed only) + Adam exp_avg + exp_avg_sq."""
+CHECKPOINT_BYTES_PER_PARAM = {k: WEIGHT_BYTES_PER_PARAM[k] + OPTIMIZER_BYTES_PER_PARAM[k]
+                              for k in WEIGHT_BYTES_PER_PARAM}
+"""What one save writes (harness/cosmos/checkpoint.save: weights and optimizer state)."""
 VIDEO_BYTES_PER_PIXEL = 0.25
 """Generated mp4 (libx264, crf 12): an upper-bound assumption of 2 bits a pixel-frame (measured clips are smaller)."""
 PRETRAINED_BYTES_PER_PARAM = 2
@@ -28,9 +32,48 @@ T5_BYTES = 45 * 10**9
 
 
 def checkpoint_bytes(params: int, precision: str) -> int:
-    """One training checkpoint: what `harness plan` and `doctor` add up, and what the trainer checks is free
-    before each save (with the precision it really trains in: fp32 on CPU)."""
+    """What one save writes, weights and optimizer state: what the trainer checks is free before each save (with
+    the precision it really trains in: fp32 on CPU). Older checkpoints' optimizer state is removed only once the
+    new save is complete (a crash mid-save must leave a checkpoint to resume from), so nothing it frees counts."""
     return params * CHECKPOINT_BYTES_PER_PARAM[precision]
+
+
+@dataclass(frozen=True)
+class CheckpointDisk:
+    """The disk a run's `count` checkpoints take under `finetune.keep_optimizer` (`keep`): `final` once training
+    is done, `peak` the most at any time (with "last": the newest's optimizer state and the one being written)."""
+
+    count: int
+    weights: int
+    """Bytes of one checkpoint's weights."""
+    optimizer: int
+    """Bytes of one checkpoint's optimizer state."""
+    keep: str
+
+    @property
+    def final(self) -> int:
+        kept = self.count if self.keep == "all" else min(self.count, 1)
+        return self.count * self.weights + kept * self.optimizer
+
+    @property
+    def peak(self) -> int:
+        kept = self.count if self.keep == "all" else min(self.count, 2)
+        return self.count * self.weights + kept * self.optimizer
+
+    def basis(self, precision: str) -> str:
+        w, o = self.weights / 1e9, self.optimizer / 1e9
+        each = (f"{WEIGHT_BYTES_PER_PARAM[precision]} B weights + {OPTIMIZER_BYTES_PER_PARAM[precision]} B "
+                f"master + Adam per param, {precision}")
+        if self.keep == "all":
+            return f"{self.count} x ({w:,.1f} GB weights + {o:,.1f} GB optimizer) ({each}; keep_optimizer = all)"
+        return (f"{self.count} x {w:,.1f} GB weights + {o:,.1f} GB optimizer in the newest only, twice while the "
+                f"next save is written ({each}; keep_optimizer = last: {self.final / 1e9:,.1f} GB at the end; "
+                f"all: {self.count * (self.weights + self.optimizer) / 1e9:,.1f} GB)")
+
+
+def checkpoint_disk(params: int, precision: str, count: int, keep: str) -> CheckpointDisk:
+    return CheckpointDisk(count, params * WEIGHT_BYTES_PER_PARAM[precision],
+                          params * OPTIMIZER_BYTES_PER_PARAM[precision], keep)
 
 
 @dataclass(frozen=True)
@@ -46,8 +89,8 @@ def items(plan: Plan) -> tuple[Item, ...]:
     spec, tm = plan.spec, plan.token_math
     n = plan.num_inputs
     tokens = n * (tm.sample_length * TOKEN_BYTES + INDEX_BYTES_PER_DOC)
-    ckpt = checkpoint_bytes(spec.preset.params, spec.finetune.precision)
-    k = len(plan.checkpoint_steps)
+    disk = checkpoint_disk(spec.preset.params, spec.finetune.precision, len(plan.checkpoint_steps),
+                           spec.finetune.keep_optimizer)
     e = len(plan.eval_steps)
     frames, h, w = spec.video.num_frames, spec.video.height, spec.video.width
     videos = min(spec.infer.max_inputs, max(1, n))
@@ -56,10 +99,7 @@ def items(plan: Plan) -> tuple[Item, ...]:
         Item("token shards", "workdir", tokens,
              f"{n:,} videos x {tm.sample_length:,} tokens x {TOKEN_BYTES} B (uint16) + index"),
         Item("merged dataset", "workdir", tokens, "a second copy of the shards, joined by merge"),
-        Item("checkpoints", "workdir", k * ckpt,
-             f"{k} x {ckpt / 1e9:,.1f} GB ({spec.preset.params / 1e9:.2f} B params x "
-             f"{CHECKPOINT_BYTES_PER_PARAM[spec.finetune.precision]} B: weights + master + Adam, "
-             f"{spec.finetune.precision})"),
+        Item("checkpoints", "workdir", disk.peak, disk.basis(spec.finetune.precision)),
         Item("generated videos", "workdir", e * videos * mp4,
              f"{e} evaluated steps x {videos} videos x {frames}x{h}x{w} at <= {VIDEO_BYTES_PER_PIXEL} B/pixel"),
     ]

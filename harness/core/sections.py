@@ -27,6 +27,7 @@ Device = Literal["auto", "cpu", "cuda"]
 TextEncoderDtype = Literal["fp32", "bf16"]
 VideoResize = Literal["upstream", "area"]
 EvalProtocol = Literal["aligned", "tokenbench", "both"]
+KeepOptimizer = Literal["last", "all"]
 Baseline = Literal["auto", "on", "off"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
@@ -171,6 +172,10 @@ class FinetuneSection(Resources):
                           min=1, max=1_000_000)
     precision: Precision = opt("bf16-mixed", "bf16 compute with fp32 master weights, or fp32")
     recompute: Recompute = opt("none", "activation recompute")
+    keep_optimizer: KeepOptimizer = opt("last", "which checkpoints keep their optimizer state (fp32 master copy, "
+                                                "Adam moments; ~6x the bf16 weights): last = only the newest "
+                                                "complete one (what a resume needs; older ones keep their weights, "
+                                                "all evaluation needs), all = every one")
     sequence_parallel: SequenceParallel = opt("off", "megatron sequence parallelism at TP > 1 (norms and residuals "
                                               "on 1/TP of the tokens; reduce-scatter/all-gather instead of "
                                               "all-reduce; mcore engine): saves activation memory, not time "

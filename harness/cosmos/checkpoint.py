@@ -1,11 +1,14 @@
 """Checkpoints of the mcore engine: megatron-core distributed checkpoints in a NeMo 2 layout.
 
-A checkpoint directory holds `weights/` (an mcore `torch_dist` checkpoint whose model keys are `module.<mcore
-key>`, as NeMo 2's MegatronStrategy writes them; optimizer state under `optimizer.*`), `context/harness.json`
-(preset, grid, TP, step) and `trainer.json` (step, samples consumed), then `done.json`: the completion marker,
-written last. A directory without it (a save killed mid-write) is ignored by `latest_complete`. Loading reshards
-across TP sizes (the checkpoint stores global tensors). A pretrained Cosmos NeMo 2 `nemo/` folder (weights/ +
-context/) loads the same way.
+A checkpoint directory holds `weights/` (an mcore `torch_dist` checkpoint of the model alone, keys `module.<mcore
+key>`, as NeMo 2's MegatronStrategy writes them), `optimizer/` (a second torch_dist checkpoint: the optimizer's
+`optimizer.*` state, fp32 master copy and Adam moments, ~6x the bf16 weights), `context/harness.json` (preset,
+grid, TP, step) and `trainer.json` (step, samples consumed, `optimizer_state`: whether `optimizer/` is there),
+then `done.json`: the completion marker, written last. A directory without it (a save killed mid-write) is
+ignored by `latest_complete`. Optimizer state in its own folder can be removed from an older checkpoint without
+rewriting its weights (`strip_optimizer`, `finetune.keep_optimizer`). Loading reshards across TP sizes (the
+checkpoint stores global tensors). A pretrained Cosmos NeMo 2 `nemo/` folder (weights/ + context/) loads the same
+way, and so does a checkpoint written before `optimizer/` existed (its optimizer state inside `weights/`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MARKER = "done.json"
 TRAINER_JSON = "trainer.json"
+OPTIMIZER = "optimizer"
 
 
 def weights_dir(ckpt_dir: Path) -> Path:
@@ -61,6 +65,35 @@ def context_file(ckpt_dir: Path) -> Path:
 
 def is_complete(ckpt_dir: Path) -> bool:
     return (ckpt_dir / MARKER).is_file()
+
+
+def optimizer_dir(ckpt_dir: Path) -> Path:
+    return ckpt_dir / OPTIMIZER
+
+
+def has_optimizer(ckpt_dir: Path) -> bool:
+    """Whether a training run can resume from this checkpoint. trainer.json's `optimizer_state` is turned off
+    before `optimizer/` is removed, so a removal cut short never leaves a checkpoint claiming state it lacks; a
+    checkpoint without the key predates the split and holds its optimizer state inside `weights/`."""
+    trainer = ckpt_dir / TRAINER_JSON
+    state = read_json(trainer).get("optimizer_state") if trainer.is_file() else None
+    if state is None:
+        return True
+    return bool(state) and optimizer_dir(ckpt_dir).is_dir()
+
+
+def strip_optimizer(ckpt_dir: Path) -> bool:
+    """Make a complete checkpoint weights-only: mark it in trainer.json (atomic), then remove `optimizer/`.
+    Returns whether there was a folder to remove (one whose optimizer state lives in `weights/`, from before the
+    split, is left whole: removing it would mean rewriting the weights)."""
+    odir = optimizer_dir(ckpt_dir)
+    if not odir.is_dir():
+        return False
+    trainer = read_json(ckpt_dir / TRAINER_JSON)
+    if trainer.get("optimizer_state") is not False:
+        atomic_write_json(ckpt_dir / TRAINER_JSON, {**trainer, "optimizer_state": False})
+    shutil.rmtree(odir)
+    return True
 
 
 _manager: Any = None
@@ -121,15 +154,22 @@ def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any],
 
 
 def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any]) -> None:
+    """Two saves, the weights and then the optimizer state, each its own torch_dist checkpoint, so the optimizer
+    part can later be deleted without touching the weights."""
     if parallel.is_main():
         (ckpt_dir / "weights").mkdir(parents=True)
     parallel.barrier()
     msd = model_sharded_state_dict(model)
-    state: dict[str, Any] = {"state_dict": msd}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(msd)
+    # before the weights' save, which expands msd's factories (SwiGLU fc1) in place: the optimizer maps its
+    # parameters through them
+    osd = None if optimizer is None else optimizer.sharded_state_dict(msd)
     _signal_proof_results_queue()
-    dist_checkpointing.save(state, str(ckpt_dir / "weights"))
+    dist_checkpointing.save({"state_dict": msd}, str(ckpt_dir / "weights"))
+    if osd is not None:
+        if parallel.is_main():
+            optimizer_dir(ckpt_dir).mkdir()
+        parallel.barrier()
+        dist_checkpointing.save({"optimizer": osd}, str(optimizer_dir(ckpt_dir)))
     parallel.barrier()
     if parallel.is_main():
         write_side_files(ckpt_dir, context=context, trainer=trainer)
@@ -137,18 +177,21 @@ def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any
 
 
 def write_side_files(ckpt_dir: Path, *, context: dict[str, Any], trainer: dict[str, Any]) -> None:
-    """The files beside a checkpoint's weights, once the weights are written: context/harness.json, trainer.json,
-    then the completion marker, last, so a save killed midway has none. Both engines' checkpoints end this way."""
+    """The files beside a checkpoint's weights, once the weights (and optimizer state) are written:
+    context/harness.json, trainer.json (with `optimizer_state`: whether `optimizer/` was written), then the
+    completion marker, last, so a save killed midway has none. Both engines' checkpoints end this way."""
     atomic_write_json(context_file(ckpt_dir), context)
-    atomic_write_json(ckpt_dir / TRAINER_JSON, trainer)
+    atomic_write_json(ckpt_dir / TRAINER_JSON, {**trainer, "optimizer_state": optimizer_dir(ckpt_dir).is_dir()})
     atomic_write_json(ckpt_dir / MARKER, {"step": trainer.get("step")})
 
 
-def _load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
-    wdir = weights_dir(ckpt_dir)
+def _load(ckpt_dir: Path, state: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
+    """`state` from `folder` (default: the weights); the model's shapes are checked first where it has them."""
+    wdir = folder or weights_dir(ckpt_dir)
     if not (wdir / "metadata.json").is_file():
-        raise HarnessError(f"{ckpt_dir}: not a megatron distributed checkpoint (no weights/metadata.json)")
-    _check_shapes(ckpt_dir, wdir, state["state_dict"])
+        raise HarnessError(f"{ckpt_dir}: not a megatron distributed checkpoint (no {wdir.name}/metadata.json)")
+    if "state_dict" in state:
+        _check_shapes(ckpt_dir, wdir, state["state_dict"])
     try:
         return dist_checkpointing.load(state, str(wdir))
     except Exception as e:  # mcore raises CheckpointingException/KeyError/RuntimeError for a mismatched model
@@ -186,13 +229,21 @@ def load_model(model: Any, ckpt_dir: Path) -> None:
 
 
 def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
-    """Model + optimizer state; returns trainer.json."""
+    """Model + optimizer state; returns trainer.json. A weights-only checkpoint is refused (`has_optimizer`)."""
+    if not has_optimizer(ckpt_dir):
+        raise HarnessError(f"{ckpt_dir}: weights only (its optimizer state was removed: finetune.keep_optimizer = "
+                           "'last'), so training cannot resume from it")
     msd = model_sharded_state_dict(model)
-    state = {"state_dict": msd, "optimizer": optimizer.sharded_state_dict(msd, is_loading=True)}
-    loaded = _load(ckpt_dir, state)
+    osd = optimizer.sharded_state_dict(msd, is_loading=True)
+    if optimizer_dir(ckpt_dir).is_dir():
+        loaded = _load(ckpt_dir, {"state_dict": msd})
+        loaded_optimizer = _load(ckpt_dir, {"optimizer": osd}, optimizer_dir(ckpt_dir))["optimizer"]
+    else:  # written before the optimizer state had its own folder: both in weights/
+        loaded = _load(ckpt_dir, {"state_dict": msd, "optimizer": osd})
+        loaded_optimizer = loaded["optimizer"]
     sd = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
     unwrap(model).load_state_dict(sd, strict=False)
-    optimizer.load_state_dict(loaded["optimizer"])
+    optimizer.load_state_dict(loaded_optimizer)
     return read_json(ckpt_dir / TRAINER_JSON)
 
 

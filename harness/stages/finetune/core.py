@@ -123,12 +123,18 @@ def write_checkpoints_json(paths: RunPaths, plan: TrainingPlan) -> None:
                                                "planned": sorted(planned), "last_step": plan.last_step})
 
 
+def after_save(paths: RunPaths, plan: TrainingPlan, step: int, keep: str) -> None:
+    """Rank 0, once checkpoint `step` is complete on every rank: the retention of `finetune.keep_optimizer`
+    (older checkpoints' optimizer state), then checkpoints.json."""
+    checkpoints.keep_optimizer(paths, step, keep)
+    write_checkpoints_json(paths, plan)
+
+
 def mark_complete(paths: RunPaths, plan: TrainingPlan, context: dict[str, Any], step: int, *, reason: str) -> None:
-    """The side files of a checkpoint whose weights are written (the completion marker last), then
-    checkpoints.json. Rank 0 only."""
+    """The side files of a checkpoint whose weights are written (the completion marker last). Rank 0 only;
+    `after_save` follows once every rank is past the save."""
     ckpt.write_side_files(paths.checkpoint_dir(step), context={**context, "step": step},
                           trainer=trainer_state(plan, step, reason))
-    write_checkpoints_json(paths, plan)
 
 
 def run_config(spec: RunSpec, plan: TrainingPlan) -> dict[str, Any]:

@@ -87,8 +87,8 @@ def wrap_ddp(model: Any, *, distributed: bool) -> DistributedDataParallel:
 
 
 def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, where: str = "dataset") -> Trainer:
-    """Build model + optimizer on this rank; resume from the newest complete checkpoint, else start from the
-    pretrained checkpoint (if any), else random init."""
+    """Build model + optimizer on this rank; resume from the newest complete checkpoint with optimizer state
+    (`checkpoints.resume_point`), else start from the pretrained checkpoint (if any), else random init."""
     f = spec.finetune
     plan = core.training_plan(spec, "mcore")
     parallel.init(plan.tensor_parallel, seed=spec.run.seed, gpus_requested=f.gpus_per_node)
@@ -101,7 +101,7 @@ def setup(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
     model = build_model(spec.preset, tm.grid, tp=plan.tensor_parallel, precision=plan.precision, recompute=f.recompute,
                         seq_len=tm.sample_length - 1, sequence_parallel=plan.sequence_parallel)
     log.info("model built in %.1fs", time.perf_counter() - t0)
-    latest = checkpoints.latest_complete(paths)
+    latest = checkpoints.resume_point(paths)
     if latest is None and spec.model.checkpoint:
         source = core.pretrained_dir(paths)
         t0 = time.perf_counter()
@@ -197,8 +197,8 @@ def save(t: Trainer, reason: str) -> None:
     need = footprint.checkpoint_bytes(t.spec.preset.params, t.plan.precision)
     ckpt.save(t.paths.checkpoint_dir(t.step), t.model, t.optimizer, trainer=core.trainer_state(t.plan, t.step, reason),
               context=context, need_bytes=need, device=t.device)
-    if parallel.is_main():
-        core.write_checkpoints_json(t.paths, t.plan)
+    if parallel.is_main():  # ckpt.save ends with a barrier: every rank is past this checkpoint
+        core.after_save(t.paths, t.plan, t.step, t.spec.finetune.keep_optimizer)
         log.info("checkpoint step %d (%s) in %.1fs", t.step, reason, time.perf_counter() - start)
 
 
@@ -237,7 +237,7 @@ def train(spec: RunSpec, paths: RunPaths, dataset: data_mod.TokenSource, *, wher
         if not ckpt.is_complete(paths.checkpoint_dir(t.step)):
             save(t, "final")
         elif parallel.is_main():
-            core.write_checkpoints_json(paths, t.plan)
+            core.after_save(paths, t.plan, t.step, f.keep_optimizer)
         parallel.barrier()
         return t.step
     finally:

@@ -10,11 +10,12 @@ steps, TP / DP / SP, the precision and the FLOPs per step from `harness.core.tra
 metrics record, the checkpoint side files and the pretrained source from `harness.stages.finetune.core`.
 
 Checkpoints: NeMo's own `ModelCheckpoint` writes each one directly in the harness layout,
-`finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`) and NeMo's
-`context/`; after NeMo finalises a save, the harness adds `context/harness.json`, `trainer.json` and `done.json`
-(the completion marker, last; `core.mark_complete`) and rewrites `checkpoints.json`. So
-`harness.stages.infer.load_model` reads NeMo-engine checkpoints unchanged, and a requeued job resumes from the
-newest one with `done.json`.
+`finetune/checkpoints/step-<8 digits>/` with `weights/` (mcore torch_dist, keys `module.<mcore key>`), the
+optimizer state apart in `optimizer/` (`nemo_io.OptimizerApart`) and NeMo's `context/`; after NeMo finalises a
+save, the harness adds `context/harness.json`, `trainer.json` and `done.json` (the completion marker, last;
+`core.mark_complete`), then removes older checkpoints' optimizer state (`finetune.keep_optimizer`) and rewrites
+`checkpoints.json` (`core.after_save`). So `harness.stages.infer.load_model` reads NeMo-engine checkpoints
+unchanged, and a requeued job resumes from the newest one with `done.json` and optimizer state.
 
 Validation runs through Lightning's validation loop, as NeMo's recipes validate: `VideoDataModule.val_dataloader`
 holds the first `val_videos` of the validation split in `nemo_common.validation_order` (each DP rank reads the
@@ -28,7 +29,8 @@ attempt has its checkpoint's point logged and each point appears once across req
 
 The parts: `nemo_common` (what needs no NeMo: sample and validation order, step functions, checkpoint
 housekeeping), `nemo_model` (the NeMo config and model, LR schedule and data module), `nemo_callbacks`
-(checkpoint and metrics callbacks); this module builds `llm.api.train`'s arguments from them and runs it.
+(checkpoint and metrics callbacks), `nemo_io` (the optimizer state's own folder); this module builds
+`llm.api.train`'s arguments from them and runs it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ except Exception as e:  # NeMo 2 absent, broken, or NeMo 3 (speech only): the mc
 else:
     _IMPORT_ERROR = None
     from harness.stages.finetune.nemo_callbacks import HarnessCheckpoint, MetricsCallback, Validation
+    from harness.stages.finetune.nemo_io import OptimizerApart
     from harness.stages.finetune.nemo_model import (
         CosmosGPTModel,
         CosmosNeMoConfig,
@@ -85,8 +88,7 @@ def _callbacks(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, train_videos:
         return [metrics]
     validated = frozenset(plan.validation_steps if val is not None else ())
     return [metrics, HarnessCheckpoint(paths, plan, spec.finetune.save_every, core.checkpoint_context(spec, "nemo"),
-                                       validated)]
-
+                                       validated, spec.finetune.keep_optimizer)]
 
 def _validation_loop(spec: RunSpec, plan: TrainingPlan, val: ValidationData | None, start_step: int
                      ) -> dict[str, Any]:
@@ -103,8 +105,9 @@ def _validation_loop(spec: RunSpec, plan: TrainingPlan, val: ValidationData | No
 
 
 def _resume(spec: RunSpec, paths: RunPaths, timing_only: bool) -> Any:
-    """Where training starts: the newest complete checkpoint, else the pretrained weights, else from scratch."""
-    latest = None if timing_only else checkpoints.latest_complete(paths)
+    """Where training starts: the newest complete checkpoint with optimizer state, else the pretrained weights,
+    else from scratch."""
+    latest = None if timing_only else checkpoints.resume_point(paths)
     if latest is not None:
         ckpt.check_context(latest[1], spec.model.preset)
         check_engine(latest[1])
@@ -137,8 +140,9 @@ def build(spec: RunSpec, plan: TrainingPlan, paths: RunPaths, samples: data_mod.
                                           use_distributed_optimizer=False),
         ckpt_async_save=False, ckpt_parallel_load=cuda)
     val = None if val_samples is None else ValidationData(val_samples, min(plan.val_videos, len(val_samples)))
+    strategy.checkpoint_io = OptimizerApart(strategy.checkpoint_io)  # optimizer/ beside weights/, as mcore's
     callbacks = _callbacks(spec, plan, paths, len(samples), timing_only, val)
-    latest = None if timing_only else checkpoints.latest_complete(paths)
+    latest = None if timing_only else checkpoints.resume_point(paths)  # where AutoResume starts (see _resume)
     # max_steps alone ends training: the data module holds last_step x GBS samples (the split repeated across
     # epochs, in the mcore engine's order), and max_epochs = -1 keeps Lightning from stopping at an epoch count.
     trainer = nl.Trainer(devices=ranks_per_node(f), num_nodes=f.nodes, accelerator="gpu" if cuda else "cpu",
@@ -193,7 +197,7 @@ def run(spec: RunSpec, paths: RunPaths) -> int:
     latest = checkpoints.latest_complete(paths)
     if latest is not None and latest[0] >= plan.last_step:
         log.info("checkpoint step %d already complete: nothing to train", latest[0])
-        core.write_checkpoints_json(paths, plan)
+        core.after_save(paths, plan, latest[0], spec.finetune.keep_optimizer)
         return latest[0]
     llm.api.train(**build(spec, plan, paths, samples, val_samples=val_samples))
     return plan.last_step

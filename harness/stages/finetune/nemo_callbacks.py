@@ -24,7 +24,7 @@ from harness.core.trainplan import TrainingPlan
 from harness.cosmos.signals import StopSignal
 from harness.lib.tracking import TrainTracker
 from harness.stages import tracked
-from harness.stages.finetune.core import StepMath, mark_complete, validation_record
+from harness.stages.finetune.core import StepMath, after_save, mark_complete, validation_record
 from harness.stages.finetune.nemo_common import CHECKPOINT_FILENAME, device, remove_incomplete, scalar
 
 log = logging.getLogger("harness.stages.finetune.nemo")
@@ -35,18 +35,22 @@ class HarnessCheckpoint(ModelCheckpoint):
     every `save_every` steps and at the last step, keeping all of them (infer/evaluate index them); after each
     save completes, the harness completion marker and checkpoints.json. On SIGUSR2/SIGTERM (Slurm's warning
     before the time limit, preemption) all ranks checkpoint after the current step, then hand over to submitit's
-    requeue (or raise `Preempted`), as the mcore engine does.
+    requeue (or raise `Preempted`), as the mcore engine does. Once a save is complete on every rank, rank 0
+    applies `keep` (finetune.keep_optimizer) to the older checkpoints' optimizer state. The last checkpoint
+    keeps its optimizer state too (NeMo's default drops it at max_steps), as the mcore engine's does: with
+    "last" it is the one that has it.
 
     After a step that Lightning's validation loop validates (`validated`), the save (and a signal's exit) waits
     for the end of that pass, as the mcore engine validates before it checkpoints: a checkpoint's validation
     point is always logged, so a resumed attempt, which Lightning never validates at its start, misses none."""
 
     def __init__(self, paths: RunPaths, plan: TrainingPlan, save_every: int, context: dict[str, Any],
-                 validated: frozenset[int] = frozenset()) -> None:
+                 validated: frozenset[int] = frozenset(), keep: str = "last") -> None:
         super().__init__(dirpath=str(paths.checkpoints_dir), filename=CHECKPOINT_FILENAME,
                          auto_insert_metric_name=False, monitor=None, save_top_k=-1, save_last=False,
-                         every_n_train_steps=save_every, save_on_train_epoch_end=False)
-        self.paths, self.plan, self.context = paths, plan, context
+                         every_n_train_steps=save_every, save_on_train_epoch_end=False,
+                         save_optim_on_train_end=True)
+        self.paths, self.plan, self.context, self.keep = paths, plan, context, keep
         self.steps, self.validated = set(plan.checkpoint_steps), validated - {0}
         self.stop: StopSignal | None = None
         self.reason = "schedule"
@@ -125,6 +129,8 @@ class HarnessCheckpoint(ModelCheckpoint):
             mark_complete(self.paths, self.plan, self.context, step, reason=self.reason)
             log.info("checkpoint step %d in %.1fs", step, time.perf_counter() - start)
         trainer.strategy.barrier("harness-checkpoint")
+        if trainer.is_global_zero:
+            after_save(self.paths, self.plan, step, self.keep)
 
 
 @dataclass(frozen=True)
