@@ -165,7 +165,7 @@ def test_two_imports_at_once_import_once(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_doctor_checks_the_cache_directory(tmp_path: Path) -> None:
-    s = _spec(tmp_path)
+    s = _spec(tmp_path, image_gb=1)  # room for 1 GB passes on any test machine; the default 40 may not
     p = plan.build(s, plan.Facts(num_inputs=8, image="missing"))
     rows = image_cache.cache_checks(p)
     assert [(r[0], r[1]) for r in rows] == [("pass", "container.cache_dir"),
