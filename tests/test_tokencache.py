@@ -173,6 +173,8 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     assert cli.main(["cache", "ls", "--cache-dir", str(d)]) == 0
     out = capsys.readouterr().out
     assert live[:16] in out and done[:16] in out and f"live ({builder.run_id})" in out and "1: " in out
+    assert cli.main(["cache", "ls", str(d)]) == 0  # the directory where a spec would go: the cache itself
+    assert live[:16] in capsys.readouterr().out
     assert cli.main(["cache", "rm", live[:8], "--cache-dir", str(d)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"run {builder.run_id} is still building this entry" in err

@@ -244,7 +244,10 @@ def remove(cache_dir: Path, key: str) -> CacheEntry:
 
 
 def cache_dir_of(spec: str | None, cache_dir: str | None) -> Path:
-    """`harness cache`'s directory: --cache-dir, else the spec's data.cache_dir."""
+    """`harness cache`'s directory: --cache-dir, else the spec's data.cache_dir; a directory given where the
+    spec goes is taken as the cache directory itself (what `harness cache ls DIR` plainly means)."""
+    if not cache_dir and spec and Path(spec).is_dir():
+        cache_dir = spec
     if not cache_dir and spec:
         cache_dir = spec_mod.absolutize(spec_mod.load(Path(spec)), Path.cwd()).data.cache_dir
         if not cache_dir:
