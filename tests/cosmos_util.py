@@ -169,3 +169,16 @@ def assert_events_match_metrics(paths: RunPaths) -> None:
     """The training event files (harness.lib.tracking) hold exactly metrics.jsonl's steps and values, the
     validation points' (val/loss) among them."""
     assert_same_scalars(tb_scalars(paths.tensorboard_train), tracked_scalars(metrics(paths) + val_metrics(paths)))
+
+
+def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny NeMo-layout pretrained checkpoint (seed 1) that finetune tests start from; the process's gloo group
+    the writer started is shut down again, so the test's own run starts its own."""
+    from harness.core.models import PRESETS
+    from harness.cosmos import parallel
+    from harness.cosmos import pretrained as pt
+
+    out = tmp_path_factory.mktemp("pretrained") / "nemo"
+    pt.write_tiny_pretrained(out, PRESETS["tiny"], seed=1)
+    parallel.shutdown()
+    return str(out)

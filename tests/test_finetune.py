@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_util import independent_val_loss, make_run, make_spec, metrics, val_metrics
+from cosmos_util import independent_val_loss, make_run, make_spec, metrics, tiny_pretrained, val_metrics
 from harness.core.errors import HarnessError
-from harness.core.models import PRESETS
 from harness.core.paths import RunPaths, is_done
 from harness.launch.worker import run_task
 from harness.stages import infer
@@ -33,13 +32,7 @@ LR = 1e-2
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from harness.cosmos import parallel
-    from harness.cosmos import pretrained as pt
-
-    out = tmp_path_factory.mktemp("pretrained") / "nemo"
-    pt.write_tiny_pretrained(out, PRESETS["tiny"], seed=1)
-    parallel.shutdown()
-    return str(out)
+    return tiny_pretrained(tmp_path_factory)
 
 
 def spec_for(pretrained: str, **kw: Any) -> Any:

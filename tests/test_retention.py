@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from cosmos_util import make_run, make_spec, metrics
+from cosmos_util import make_run, make_spec, metrics, tiny_pretrained
 from harness.cli import main
 from harness.core import footprint
 from harness.core.atomic import atomic_write_json
@@ -37,13 +37,7 @@ def spec_for(pretrained: str, keep: str) -> Any:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from harness.cosmos import parallel
-    from harness.cosmos import pretrained as pt
-
-    out = tmp_path_factory.mktemp("pretrained") / "nemo"
-    pt.write_tiny_pretrained(out, PRESETS["tiny"], seed=1)
-    parallel.shutdown()
-    return str(out)
+    return tiny_pretrained(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
