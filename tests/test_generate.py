@@ -89,6 +89,32 @@ def test_device_position_cache_matches_host_position(model: torch.nn.Module) -> 
         assert torch.equal(host, again)
 
 
+@pytest.mark.timeout(120)
+def test_prefill_in_chunks_gives_the_whole_prompt_tokens(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """A prompt prefilled in chunks of positions (each attending to the cache so far) leaves the cache and the
+    tokens of a whole-prompt prefill: greedy and sampled, eager and device positions."""
+    prompt = torch.randint(0, 64_000, (2, GRID.h * GRID.w + 3), generator=torch.Generator().manual_seed(8))
+    new = GRID.tokens - prompt.shape[1]
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kw: calls.append(args[0].shape[1]), with_kwargs=True)
+    try:
+        for s in (gen.Sampling(temperature=0.0), gen.Sampling(1.0, 0.8, seed=4)):
+            ref = gen.generate(model, prompt, new, s, use_cache=False)
+            for mode in ("eager", "device"):
+                monkeypatch.setattr(gen, "PREFILL_TOKENS", 10**6)
+                calls.clear()
+                whole = gen.generate(model, prompt, new, s, mode=mode)
+                assert calls[0] == prompt.shape[1] and set(calls[1:]) == {1}
+                monkeypatch.setattr(gen, "PREFILL_TOKENS", 2 * 5)  # batch 2: 5 positions a chunk
+                calls.clear()
+                chunked = gen.generate(model, prompt, new, s, mode=mode)
+                assert calls[:5] == [5, 5, 5, 5, 3] and set(calls[5:]) == {1}
+                assert torch.equal(chunked, whole) and torch.equal(chunked, ref), (s, mode)
+    finally:
+        hook.remove()
+
+
 def test_rope_device_start_equals_slice() -> None:
     from harness.cosmos.rope3d import Rope3D
 
@@ -152,6 +178,28 @@ def _v2w_inputs(b: int, seed: int, rows: int = 40) -> tuple[torch.Tensor, torch.
     context = torch.randn(b, 512, PRESETS["tiny-v2w"].crossattn_dim, generator=g)
     context[:, rows:] = 0
     return prompt, context
+
+
+@pytest.mark.timeout(120)
+def test_video2world_prefill_in_chunks_computes_the_context_once(v2w_model: torch.nn.Module,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks after the first read the context's keys/values the first chunk kept: one projection per layer,
+    and the tokens of the uncached path."""
+    m, new = v2w_model, 12
+    kv_calls: list[int] = []
+    hooks = [layer.cross_attention.linear_kv.register_forward_hook(lambda *a: kv_calls.append(1))
+             for layer in m.decoder.layers]
+    monkeypatch.setattr(gen, "PREFILL_TOKENS", 2 * 6)  # BOV + 20 codes in chunks of 6 positions
+    try:
+        prompt, context = _v2w_inputs(2, 5)
+        ref = gen.generate(m, prompt, new, gen.Sampling(0.0), use_cache=False, context=context)
+        kv_calls.clear()
+        got = gen.generate(m, prompt, new, gen.Sampling(0.0), context=context, mode="device")
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.equal(got, ref)
+    assert len(kv_calls) == len(m.decoder.layers)
 
 
 @pytest.mark.timeout(300)

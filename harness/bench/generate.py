@@ -85,6 +85,23 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
+def profile_decode(model: Any, grid: Grid, batch: int, context_latents: int, steps: int = 32, top: int = 30
+                   ) -> list[dict[str, Any]]:
+    """Kernels of `steps` graph-mode decode steps (after the prefill), by device time: where a step goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from harness.cosmos.generate import Sampling, StaticKVCache, generate
+
+    prompt, extra = inputs(model, batch, context_latents * grid.h * grid.w, "cuda", 0)
+    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + steps + 1)
+    sampling = Sampling(temperature=1.0, top_p=0.8, seed=0)
+    generate(model, prompt, steps + 1, sampling, cache=cache, mode="graph", **extra)  # capture
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        generate(model, prompt, steps + 1, sampling, cache=cache, mode="graph", **extra)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return [{"name": e.key[:120], "calls": e.count, "us_per_step": e.self_device_time_total / steps} for e in rows]
+
+
 def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, device: str
               ) -> dict[str, Any]:
     """Greedy tokens of the compiled graph path vs the same steps run eagerly with device positions (flex
@@ -193,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--modes", nargs="+", default=None, help="decode paths (default: eager graph on cuda)")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU; torchrun)")
     ap.add_argument("--no-checks", action="store_true", help="skip the agreement/exactness checks")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the decode step (default: Inductor's)")
+    ap.add_argument("--profile", action="store_true", help="kernels of 32 graph-mode decode steps at the first batch")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--name", default="", help="result file name (default generate[-tpN].json)")
     ap.add_argument("--tp-reference", default="", help=argparse.SUPPRESS)
@@ -225,6 +244,7 @@ def _summary(args: argparse.Namespace, argv: list[str], grid: Grid, device: str,
     """The result file: timings, checks, and the batch-1 goal (met when any mode reaches it)."""
     out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device, "tensor_parallel": args.tp,
            "command": "python -m harness.bench.generate " + " ".join(a for a in argv if "--tp-reference" not in a),
+           "compile_mode": args.compile_mode,
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
            "torch": torch.__version__, "path": "harness.cosmos.generate.generate (static KV cache; mode "
            "eager = host positions, SDPA; graph = device positions, flex-attention flash-decoding over the cache's "
@@ -249,9 +269,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         return _relaunch(args, argv, device, out_file)
     preset = PRESETS[args.preset]
     grid = Grid(*preset.pretrain_grid)
+    from harness.cosmos import generate as gen_mod
+
+    gen_mod.COMPILE_MODE = args.compile_mode
     model = build(args.preset, grid, device, args.tp)
     modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
     rows = _timings(model, grid, args, device, modes)
+    if args.profile and device == "cuda":
+        rows[0] = {**rows[0], "profile": profile_decode(model, grid, args.batch[0], args.context_latent_frames)}
     checks: list[dict[str, Any]] = []
     if not args.no_checks:
         checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \

@@ -120,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--validation", action="store_true",
                     help="also time the finetune stage's validation pass: seconds per validation video against a "
                          "training step per video (mcore engine)")
+    ap.add_argument("--no-wgrad-fusion", action="store_true",
+                    help="weight gradients added to main_grad by DDP's hook (harness.cosmos.wgrad off)")
+    ap.add_argument("--no-compiled-norm", action="store_true", help="aten's RMSNorm in training (not compiled)")
+    ap.add_argument("--name", default="", help="result file name (default train-<preset>-<seq>[...].json)")
     ap.add_argument("--out", default="results/bench")
     return ap
 
@@ -131,11 +135,11 @@ def _mcore_records(spec: spec_mod.RunSpec, root: Path, a: argparse.Namespace, cu
     from harness.stages.finetune import mcore as train
 
     t = train.setup(spec, RunPaths(root), SyntheticVideos(spec))
-    for _ in range(a.warmup):
-        train.train_step(t)
+    warm = [train.train_step(t) for _ in range(a.warmup)]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     recs = [train.train_step(t) for _ in range(a.steps)]
+    recs[0] = {**recs[0], "warmup_losses": [r["loss"] for r in warm]}
     if a.validation:
         recs[-1] = {**recs[-1], "validation": _validation_cost(t, cuda)}
     return recs, (_profile(lambda: train.train_step(t), cuda) if a.profile else None)
@@ -165,8 +169,9 @@ def _validation_cost(t: Any, cuda: bool, repeats: int = 3) -> dict[str, Any]:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     a = _parser().parse_args(argv)
+    _select_fusions(a)
     name = f"train-{a.preset}-{a.seq}" + ("" if a.tp * a.dp == 1 else f"-tp{a.tp}-dp{a.dp}{'-sp' if a.sp else ''}")
-    out = Path(a.out) / (name + ("-nemo" if a.engine == "nemo" else "") + ".json")
+    out = Path(a.out) / (a.name or name + ("-nemo" if a.engine == "nemo" else "") + ".json")
     if a.sp and a.tp == 1:
         raise SystemExit("--sp: sequence parallelism needs --tp > 1")
     if not ranks.launched(a.tp * a.dp):
@@ -199,6 +204,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "median_step_s": step_s, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs),
         "tflops": tflops, "mfu": tflops / a.peak_tflops, "peak_tflops": a.peak_tflops, "goal_mfu": GOAL_MFU,
         "losses": [r["loss"] for r in recs],
+        "step_losses": recs[0].get("warmup_losses", []) + [r["loss"] for r in recs],
+        "fusions": _fusions(),
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "torch": torch.__version__, "megatron_core": _mcore_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "profile": profile,
@@ -213,6 +220,21 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if rank0:
         atomic_write_json(out, result)
     return result
+
+
+def _select_fusions(a: argparse.Namespace) -> None:
+    """The two training fusions that can be switched off, to time both paths side by side (set before the model
+    and its config are built)."""
+    from harness.cosmos import layers, wgrad
+
+    wgrad.enabled = not a.no_wgrad_fusion
+    layers.compiled_norm = not a.no_compiled_norm
+
+
+def _fusions() -> dict[str, bool]:
+    from harness.cosmos import layers, wgrad
+
+    return {"wgrad_accumulation": wgrad.enabled and wgrad.available(), "compiled_norm": layers.compiled_norm}
 
 
 def _nemo_records(spec: spec_mod.RunSpec, root: Path, warmup: int, steps: int) -> list[dict[str, Any]]:

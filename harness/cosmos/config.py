@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from harness.core.models import ModelPreset, Precision
+from harness.cosmos import wgrad
 
 LAYERNORM_EPS = 1e-5
 INIT_STD = 0.02
@@ -46,7 +47,8 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
     Transformer Engine, and SDPA already fuses the attention. In bf16 (GPU) the two that megatron-core builds
     with `torch.compile` alone are on: SwiGLU (one pass forward, one backward, instead of chunk/silu/mul and
     their backwards) and the residual add; on CPU they stay off (inductor would need a C++ toolchain).
-    `sequence_parallel` only takes effect with tp > 1 (megatron's linears switch it off at TP 1 anyway)."""
+    `sequence_parallel` only takes effect with tp > 1 (megatron's linears switch it off at TP 1 anyway).
+    Gradient-accumulation fusion (Apex's, in megatron) is on in bf16 where `harness.cosmos.wgrad` supplies it."""
     bf16 = precision == "bf16-mixed"
     kw: dict[str, object] = dict(
         num_layers=preset.num_layers,
@@ -69,7 +71,7 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=bf16 and wgrad.install(),
         rotary_interleaved=False,
         tensor_model_parallel_size=tp,
         sequence_parallel=sequence_parallel and tp > 1,

@@ -21,6 +21,14 @@ from harness.cosmos.sampling import Sampling, make_generator, sample  # re-expor
 
 BLOCK = 128
 """Key block of the decode attention (flex attention's kernel block): buffers hold a whole number of blocks."""
+COMPILE_MODE: str | None = None
+"""`torch.compile`'s mode for the decode step (None: Inductor's default); `harness bench generate --compile-mode`
+times the others side by side."""
+PREFILL_TOKENS = 65_536
+"""Tokens (batch x prompt positions) of one prefill forward. Whole prompts at once made the prefill's
+activations the peak of a large batch: on the H200, Cosmos-4B whole videos (5,120 prompt positions) at batch 64
+peaked at 133.8 GiB, 72 GiB of it beside the weights and the 54 GiB KV cache. In chunks they are bounded by this
+count, whatever the batch."""
 
 
 class StaticLayerKV:
@@ -219,7 +227,7 @@ def _compiled(model: Any) -> Any:
     setattr(conf, name, max(getattr(conf, name), 256))
     fn = getattr(model, "_harness_compiled", None)
     if fn is None:
-        fn = torch.compile(model, dynamic=False)
+        fn = torch.compile(model, dynamic=False, mode=COMPILE_MODE)
         object.__setattr__(model, "_harness_compiled", fn)
     return fn
 
@@ -235,17 +243,21 @@ def kv_bytes_per_sequence(model: Any, positions: int) -> int:
 def max_batch(model: Any, positions: int, prompt_len: int, free_bytes: int, *, margin: float = 0.8,
               limit: int = 256) -> int:
     """The largest batch whose KV cache and prefill activations fit in `free_bytes` (after the weights are
-    loaded). Prefill is the peak besides the cache: per prompt token the gated MLP's [2 x ffn] output, its
-    [ffn] product and hidden-size buffers (the logits are the last position's only), counted as 4 x ffn + 8 x
-    hidden elements: on the H200, Cosmos-4B whole videos at batch 64 peaked at 133.8 GiB, i.e. ~1.1 GiB of
-    prefill a sequence beside its 0.84 GiB of cache (results/bench/h200/generate-whole-video.json), which this
-    estimate covers with `margin`; `limit` bounds what one graph capture is asked to hold."""
+    loaded). Prefill is the peak besides the cache: per token of one prefill forward (`prefill_chunk`) the gated
+    MLP's [2 x ffn] output, its [ffn] product and hidden-size buffers (the logits are the last position's only),
+    counted as 4 x ffn + 8 x hidden elements. Unchunked, on the H200, Cosmos-4B whole videos at batch 64 peaked
+    at 133.8 GiB, i.e. ~1.1 GiB of prefill a sequence beside its 0.84 GiB of cache
+    (results/bench/h200/generate-whole-video.json), which this count covers with `margin`. `limit` bounds what
+    one graph capture is asked to hold."""
     c = model.config
     elem = torch.finfo(c.params_dtype).bits // 8
-    tp = c.tensor_model_parallel_size
-    prefill = prompt_len * (4 * c.ffn_hidden_size // tp + 8 * c.hidden_size) * elem
-    per_seq = kv_bytes_per_sequence(model, positions) + prefill
-    return max(1, min(limit, int(free_bytes * margin) // per_seq))
+    per_token = (4 * c.ffn_hidden_size // c.tensor_model_parallel_size + 8 * c.hidden_size) * elem
+    kv = kv_bytes_per_sequence(model, positions)
+    budget = int(free_bytes * margin)
+    b = max(1, min(limit, budget // (kv + prompt_len * per_token)))  # a chunk of whole prompts: b x prompt_len
+    while b < limit and (b + 1) * kv + (b + 1) * prefill_chunk(b + 1, prompt_len) * per_token <= budget:
+        b += 1
+    return b
 
 
 def _takes(fn: Any, name: str) -> bool:
@@ -344,14 +356,25 @@ def _context_bound(model: Any, cache: StaticKVCache | None, context: torch.Tenso
     return cross_kv_bound(model, cache.cross)
 
 
+def prefill_chunk(batch: int, prompt_len: int) -> int:
+    """Prompt positions one prefill forward takes: `PREFILL_TOKENS` tokens over the batch (at least one position)."""
+    return max(1, min(prompt_len, PREFILL_TOKENS // batch))
+
+
 def _prefill(model: Any, prompt: torch.Tensor, cache: StaticKVCache | None, context: torch.Tensor | None
              ) -> torch.Tensor:
-    """The last prompt position's logits [b, V]; fills the cache (and the cross-attention store)."""
+    """The last prompt position's logits [b, V]; fills the cache (and the cross-attention store). With a cache,
+    the prompt goes in chunks of positions (`prefill_chunk`), each attending to the cache so far, so that the
+    activations of one forward stay bounded whatever the batch."""
     extra = {} if context is None else {"context": context}
-    logits = model(prompt, kv_cache=cache, last_only=True, **extra)[:, -1]
-    if cache is not None and cache.cross is not None and context is not None:
-        cache.cross.ready = True
-    return logits
+    if cache is None:
+        return model(prompt, last_only=True, **extra)[:, -1]
+    step = prefill_chunk(*prompt.shape)
+    for i in range(0, prompt.shape[1], step):
+        logits = model(prompt[:, i:i + step], kv_cache=cache, last_only=True, **extra)
+        if cache.cross is not None and context is not None:
+            cache.cross.ready = True  # the context's keys/values are kept: later chunks read them
+    return logits[:, -1]
 
 
 def _decode_eager(model: Any, prompt: torch.Tensor, out: torch.Tensor, sampling: Sampling, gen: torch.Generator,

@@ -1,0 +1,63 @@
+"""The two training fusions of the bf16 GPU path: the weight-gradient accumulation megatron calls by Apex's
+names (`harness.cosmos.wgrad`) and the compiled RMSNorm (`harness.cosmos.layers.rms_norm`). The CPU tests check
+the accumulation's arithmetic and that CPU training keeps the unfused path; the CUDA ones (run on the GPU
+machine) check the fused paths against the unfused ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.cosmos import layers, wgrad
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_bf16_accumulation_adds_the_weight_gradient_in_place() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(64, 16, generator=g), torch.randn(64, 8, generator=g)
+    main = torch.randn(8, 16, generator=g)
+    want = main + dy.t() @ x
+    buf = main.clone()
+    ptr = buf.data_ptr()
+    wgrad._Accumulate.wgrad_gemm_accum_fp16(x, dy, buf)  # the same in-place arithmetic, in fp32 on the CPU
+    assert buf.data_ptr() == ptr
+    torch.testing.assert_close(buf, want)
+
+
+def test_cpu_training_keeps_the_unfused_paths() -> None:
+    from harness.core.models import PRESETS
+    from harness.cosmos import config
+
+    assert not wgrad.available()
+    assert config.transformer_config(PRESETS["tiny"], precision="fp32").gradient_accumulation_fusion is False
+    x = torch.randn(4, 8, requires_grad=True)
+    assert torch.equal(layers.rms_norm(x, torch.ones(8), 1e-5), layers._rms_norm(x, torch.ones(8), 1e-5))
+
+
+@cuda
+def test_fused_accumulation_equals_the_fp32_sum_of_the_gradient() -> None:
+    assert wgrad.available()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4096, 256, generator=g, device="cuda").bfloat16()
+    dy = torch.randn(4096, 128, generator=g, device="cuda").bfloat16()
+    main = torch.randn(128, 256, generator=g, device="cuda")
+    want = main + dy.float().t() @ x.float()
+    wgrad._Accumulate.wgrad_gemm_accum_fp32(x, dy, main)
+    torch.testing.assert_close(main, want, rtol=1e-4, atol=1e-3)
+
+
+@cuda
+def test_compiled_norm_matches_aten_forward_and_backward() -> None:
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(2048, 1, 512, generator=g, device="cuda").bfloat16().requires_grad_()
+    w = (1 + 0.1 * torch.randn(512, generator=g, device="cuda")).bfloat16().requires_grad_()
+    dy = torch.randn(2048, 1, 512, generator=g, device="cuda").bfloat16()
+    grads = []
+    for fn in (layers._rms_norm, layers.rms_norm):
+        y = fn(x, w, 1e-5)
+        gx, gw = torch.autograd.grad(y, (x, w), dy)
+        grads.append((y, gx, gw))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+    assert layers._rms_norm_compiled is not None  # the second call went through torch.compile
