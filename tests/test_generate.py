@@ -9,8 +9,8 @@ import torch
 
 from harness.core.models import PRESETS
 from harness.core.tokens import Grid
+from harness.cosmos import batching, parallel
 from harness.cosmos import generate as gen
-from harness.cosmos import parallel
 from harness.cosmos.model import build_model
 
 GRID = Grid(3, 4, 5)
@@ -102,11 +102,11 @@ def test_prefill_in_chunks_gives_the_whole_prompt_tokens(model: torch.nn.Module,
         for s in (gen.Sampling(temperature=0.0), gen.Sampling(1.0, 0.8, seed=4)):
             ref = gen.generate(model, prompt, new, s, use_cache=False)
             for mode in ("eager", "device"):
-                monkeypatch.setattr(gen, "PREFILL_TOKENS", 10**6)
+                monkeypatch.setattr(batching, "PREFILL_TOKENS", 10**6)
                 calls.clear()
                 whole = gen.generate(model, prompt, new, s, mode=mode)
                 assert calls[0] == prompt.shape[1] and set(calls[1:]) == {1}
-                monkeypatch.setattr(gen, "PREFILL_TOKENS", 2 * 5)  # batch 2: 5 positions a chunk
+                monkeypatch.setattr(batching, "PREFILL_TOKENS", 2 * 5)  # batch 2: 5 positions a chunk
                 calls.clear()
                 chunked = gen.generate(model, prompt, new, s, mode=mode)
                 assert calls[:5] == [5, 5, 5, 5, 3] and set(calls[5:]) == {1}
@@ -132,7 +132,7 @@ def test_auto_batch_covers_the_measured_h200_peak() -> None:
     from types import SimpleNamespace
 
     from harness.core.models import PRESETS
-    from harness.cosmos.generate import kv_bytes_per_sequence, max_batch
+    from harness.cosmos.batching import kv_bytes_per_sequence, max_batch
 
     p = PRESETS["cosmos-4b"]
     conf = SimpleNamespace(num_query_groups=p.num_query_groups, tensor_model_parallel_size=1, kv_channels=128,
@@ -189,7 +189,7 @@ def test_video2world_prefill_in_chunks_computes_the_context_once(v2w_model: torc
     kv_calls: list[int] = []
     hooks = [layer.cross_attention.linear_kv.register_forward_hook(lambda *a: kv_calls.append(1))
              for layer in m.decoder.layers]
-    monkeypatch.setattr(gen, "PREFILL_TOKENS", 2 * 6)  # BOV + 20 codes in chunks of 6 positions
+    monkeypatch.setattr(batching, "PREFILL_TOKENS", 2 * 6)  # BOV + 20 codes in chunks of 6 positions
     try:
         prompt, context = _v2w_inputs(2, 5)
         ref = gen.generate(m, prompt, new, gen.Sampling(0.0), use_cache=False, context=context)

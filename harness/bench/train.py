@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-wgrad-fusion", action="store_true",
                     help="weight gradients added to main_grad by DDP's hook (harness.cosmos.wgrad off)")
     ap.add_argument("--no-compiled-norm", action="store_true", help="aten's RMSNorm in training (not compiled)")
+    ap.add_argument("--no-clip-fusion", action="store_true", help="megatron scales the gradients to clip them")
     ap.add_argument("--name", default="", help="result file name (default train-<preset>-<seq>[...].json)")
     ap.add_argument("--out", default="results/bench")
     return ap
@@ -226,15 +227,19 @@ def _select_fusions(a: argparse.Namespace) -> None:
     """The two training fusions that can be switched off, to time both paths side by side (set before the model
     and its config are built)."""
     from harness.cosmos import layers, wgrad
+    from harness.stages.finetune import clipfuse
 
     wgrad.enabled = not a.no_wgrad_fusion
     layers.compiled_norm = not a.no_compiled_norm
+    clipfuse.enabled = not a.no_clip_fusion
 
 
 def _fusions() -> dict[str, bool]:
     from harness.cosmos import layers, wgrad
+    from harness.stages.finetune import clipfuse
 
-    return {"wgrad_accumulation": wgrad.enabled and wgrad.available(), "compiled_norm": layers.compiled_norm}
+    return {"wgrad_accumulation": wgrad.enabled and wgrad.available(), "compiled_norm": layers.compiled_norm,
+            "clip_in_adam": clipfuse.enabled and bool(clipfuse._owners)}
 
 
 def _nemo_records(spec: spec_mod.RunSpec, root: Path, warmup: int, steps: int) -> list[dict[str, Any]]:

@@ -17,19 +17,12 @@ from typing import Any
 
 import torch
 
+from harness.cosmos.batching import BLOCK, prefill_chunk
 from harness.cosmos.sampling import Sampling, make_generator, sample  # re-exported: callers import them here
 
-BLOCK = 128
-"""Key block of the decode attention (flex attention's kernel block): buffers hold a whole number of blocks."""
 COMPILE_MODE: str | None = None
 """`torch.compile`'s mode for the decode step (None: Inductor's default); `harness bench generate --compile-mode`
 times the others side by side."""
-PREFILL_TOKENS = 65_536
-"""Tokens (batch x prompt positions) of one prefill forward. Whole prompts at once made the prefill's
-activations the peak of a large batch: on the H200, Cosmos-4B whole videos (5,120 prompt positions) at batch 64
-peaked at 133.8 GiB, 72 GiB of it beside the weights and the 54 GiB KV cache. In chunks they are bounded by this
-count, whatever the batch."""
-
 
 class StaticLayerKV:
     """One layer's keys/values [b, heads_kv, cap, d]. Host-position mode (`not cache.on_device`): `append` writes
@@ -232,34 +225,6 @@ def _compiled(model: Any) -> Any:
     return fn
 
 
-def kv_bytes_per_sequence(model: Any, positions: int) -> int:
-    """This rank's static KV cache for one sequence: keys and values of every layer over whole key blocks."""
-    c = model.config
-    local_groups = c.num_query_groups // c.tensor_model_parallel_size
-    elem = torch.finfo(c.params_dtype).bits // 8
-    return 2 * len(model.decoder.layers) * local_groups * c.kv_channels * (-(-positions // BLOCK) * BLOCK) * elem
-
-
-def max_batch(model: Any, positions: int, prompt_len: int, free_bytes: int, *, margin: float = 0.8,
-              limit: int = 256) -> int:
-    """The largest batch whose KV cache and prefill activations fit in `free_bytes` (after the weights are
-    loaded). Prefill is the peak besides the cache: per token of one prefill forward (`prefill_chunk`) the gated
-    MLP's [2 x ffn] output, its [ffn] product and hidden-size buffers (the logits are the last position's only),
-    counted as 4 x ffn + 8 x hidden elements. Unchunked, on the H200, Cosmos-4B whole videos at batch 64 peaked
-    at 133.8 GiB, i.e. ~1.1 GiB of prefill a sequence beside its 0.84 GiB of cache
-    (results/bench/h200/generate-whole-video.json), which this count covers with `margin`. `limit` bounds what
-    one graph capture is asked to hold."""
-    c = model.config
-    elem = torch.finfo(c.params_dtype).bits // 8
-    per_token = (4 * c.ffn_hidden_size // c.tensor_model_parallel_size + 8 * c.hidden_size) * elem
-    kv = kv_bytes_per_sequence(model, positions)
-    budget = int(free_bytes * margin)
-    b = max(1, min(limit, budget // (kv + prompt_len * per_token)))  # a chunk of whole prompts: b x prompt_len
-    while b < limit and (b + 1) * kv + (b + 1) * prefill_chunk(b + 1, prompt_len) * per_token <= budget:
-        b += 1
-    return b
-
-
 def _takes(fn: Any, name: str) -> bool:
     import inspect  # noqa: PLC0415
 
@@ -354,11 +319,6 @@ def _context_bound(model: Any, cache: StaticKVCache | None, context: torch.Tenso
     if cache.cross is None or len(cache.cross.layers) != len(model.decoder.layers):
         cache.cross = CrossKVCache(len(model.decoder.layers), cache.graphs.clear)
     return cross_kv_bound(model, cache.cross)
-
-
-def prefill_chunk(batch: int, prompt_len: int) -> int:
-    """Prompt positions one prefill forward takes: `PREFILL_TOKENS` tokens over the batch (at least one position)."""
-    return max(1, min(prompt_len, PREFILL_TOKENS // batch))
 
 
 def _prefill(model: Any, prompt: torch.Tensor, cache: StaticKVCache | None, context: torch.Tensor | None

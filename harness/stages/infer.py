@@ -163,7 +163,7 @@ def batches(spec: RunSpec, items: list[InferInput], size: int) -> Iterator[list[
 def batch_size(spec: RunSpec, model: Any, n_items: int, device: torch.device) -> int:
     """infer.batch_size, or (0 = auto) the largest batch the free memory holds; the same on every TP rank."""
     from harness.cosmos import parallel
-    from harness.cosmos.generate import max_batch
+    from harness.cosmos.batching import max_batch
 
     if spec.infer.batch_size:
         return spec.infer.batch_size

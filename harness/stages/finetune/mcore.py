@@ -34,7 +34,7 @@ from harness.cosmos import parallel
 from harness.cosmos.model import build_model
 from harness.cosmos.signals import StopSignal
 from harness.lib.tracking import TrainTracker
-from harness.stages.finetune import checkpoints, core
+from harness.stages.finetune import checkpoints, clipfuse, core
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Trainer:
 def build_optimizer(model: Any, f: FinetuneSection, *, bf16: bool, distributed: bool) -> Any:
     optimizer = get_megatron_optimizer(core.optimizer_config(f, bf16=bf16, distributed=distributed), [model])
     _fuse_adam(optimizer)
+    clipfuse.attach(optimizer)
     return optimizer
 
 
