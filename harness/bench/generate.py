@@ -64,6 +64,8 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     n_ctx = context_latents * grid.h * grid.w
     new_tokens = min(new_tokens or grid.tokens, grid.tokens - n_ctx)
     prompt, extra = inputs(model, batch, n_ctx, device, seed)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # this batch's peak, not an earlier one's
     cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
     sampling = Sampling(temperature=1.0, top_p=0.8, seed=seed)
     generate(model, prompt, min(8, new_tokens), sampling, cache=cache, mode=mode, **extra)  # warm-up, capture
@@ -201,7 +203,7 @@ def tp_reference(ckpt: Path, ref: Path, device: str, preset: str = "tiny", new_t
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench generate")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="0: the infer stage's auto batch")
     ap.add_argument("--new-tokens", type=int, default=256,
                     help="generated tokens per sequence (timed); 0 = the whole video after the context")
     ap.add_argument("--context-latent-frames", type=int, default=2)
@@ -229,7 +231,7 @@ def _relaunch(args: argparse.Namespace, argv: list[str], device: str, out_file: 
 
 def _timings(model: Any, grid: Grid, args: argparse.Namespace, device: str, modes: list[str]) -> list[dict[str, Any]]:
     rows = []
-    for b in args.batch:
+    for b in (auto_batch(model, grid, args, device) if b == 0 else b for b in args.batch):
         for m in modes:
             try:
                 rows.append(measure(model, grid, b, args.new_tokens, args.context_latent_frames, args.repeats,
@@ -237,6 +239,16 @@ def _timings(model: Any, grid: Grid, args: argparse.Namespace, device: str, mode
             except Exception as e:  # noqa: BLE001 - a diagnostic mode that fails is reported, not fatal
                 rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
     return rows
+
+
+def auto_batch(model: Any, grid: Grid, args: argparse.Namespace, device: str) -> int:
+    """`--batch 0`: what the infer stage's `infer.batch_size = 0` picks for these sizes on this device now."""
+    from harness.cosmos.batching import max_batch
+    from harness.stages.infer import free_memory
+
+    n_ctx = args.context_latent_frames * grid.h * grid.w
+    positions = n_ctx + min(args.new_tokens or grid.tokens, grid.tokens - n_ctx) + 1
+    return max_batch(model, positions, n_ctx, free_memory(torch.device(device)))
 
 
 def _summary(args: argparse.Namespace, argv: list[str], grid: Grid, device: str, rows: list[dict[str, Any]],
