@@ -59,6 +59,7 @@ def inputs(model: Any, batch: int, n_ctx: int, device: str, seed: int) -> tuple[
 
 def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, repeats: int,
             device: str, mode: str, seed: int = 0) -> dict[str, Any]:
+    from harness.cosmos.batching import prefill_chunk
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
 
     n_ctx = context_latents * grid.h * grid.w
@@ -82,6 +83,7 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     return {"mode": mode, "batch": batch, "context_tokens": n_ctx, "new_tokens": new_tokens, "tokens_per_s": tps,
             "t5_context": list(extra["context"].shape) if extra else None,
             "ms_per_step": 1e3 * step_s, "prefill_s": statistics.median(s.prefill_s for s in runs),
+            "prefill_chunk": prefill_chunk(batch, n_ctx + (1 if extra else 0)),
             "batch_s": video_s, "videos_per_gpu_hour": batch * 3600.0 / video_s / gpus if new_tokens + n_ctx ==
             grid.tokens else None, "weights_gb_per_s": weight_bytes / step_s / 1e9, "repeats": repeats,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
