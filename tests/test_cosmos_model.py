@@ -169,13 +169,18 @@ def test_video2world_cross_attention_and_cache(single_rank: None) -> None:
         model(toks)
 
 
-def test_token_loss_equals_megatron_vocab_parallel_cross_entropy() -> None:
-    """The one-rank log-softmax loss is megatron's cross-entropy, values and logit gradients (bf16 logits)."""
+@pytest.mark.parametrize("chunked", [False, True])
+def test_token_loss_equals_megatron_vocab_parallel_cross_entropy(chunked: bool, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """The one-rank loss, unchunked and in chunks of rows, is megatron's cross-entropy, values and logit
+    gradients (bf16 logits)."""
     from megatron.core import tensor_parallel
 
-    from harness.cosmos import parallel
-    from harness.cosmos.model import token_loss
+    from harness.cosmos import loss, parallel
+    from harness.cosmos.loss import token_loss
 
+    monkeypatch.setattr(loss, "chunked", chunked)
+    monkeypatch.setattr(loss, "CHUNK_ROWS", 4)  # 21 rows: five full chunks and a partial one
     parallel.init(1)
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(7, 3, 50, generator=g) * 4).to(torch.bfloat16).requires_grad_()

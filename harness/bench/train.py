@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="weight gradients added to main_grad by DDP's hook (harness.cosmos.wgrad off)")
     ap.add_argument("--no-compiled-norm", action="store_true", help="aten's RMSNorm in training (not compiled)")
     ap.add_argument("--no-clip-fusion", action="store_true", help="megatron scales the gradients to clip them")
+    ap.add_argument("--chunked-loss", action="store_true", help="the loss in chunks of rows (harness.cosmos.loss)")
     ap.add_argument("--name", default="", help="result file name (default train-<preset>-<seq>[...].json)")
     ap.add_argument("--out", default="results/bench")
     return ap
@@ -226,19 +227,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 def _select_fusions(a: argparse.Namespace) -> None:
     """The two training fusions that can be switched off, to time both paths side by side (set before the model
     and its config are built)."""
-    from harness.cosmos import layers, wgrad
+    from harness.cosmos import layers, loss, wgrad
     from harness.stages.finetune import clipfuse
 
+    loss.chunked = a.chunked_loss
     wgrad.enabled = not a.no_wgrad_fusion
     layers.compiled_norm = not a.no_compiled_norm
     clipfuse.enabled = not a.no_clip_fusion
 
 
 def _fusions() -> dict[str, bool]:
-    from harness.cosmos import layers, wgrad
+    from harness.cosmos import layers, loss, wgrad
     from harness.stages.finetune import clipfuse
 
-    return {"wgrad_accumulation": wgrad.enabled and wgrad.available(), "compiled_norm": layers.compiled_norm,
+    return {"chunked_loss": loss.chunked, "wgrad_accumulation": wgrad.enabled and wgrad.available(), "compiled_norm": layers.compiled_norm,
             "clip_in_adam": clipfuse.enabled and bool(clipfuse._owners)}
 
 

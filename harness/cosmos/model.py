@@ -41,6 +41,7 @@ from harness.core.models import ModelPreset
 from harness.core.tokens import VIDEO2WORLD_PAD, Grid
 from harness.cosmos import config as cfg
 from harness.cosmos.layers import NormedColumnParallelLinear, ResidualRMSNorm, RMSNorm, TPRowLinear
+from harness.cosmos.loss import token_loss
 from harness.cosmos.rope3d import Rope3D
 from harness.cosmos.video2world import cross_attention_spec
 
@@ -189,23 +190,6 @@ def layer_spec(video2world: bool = False, crossattn_dim: int = 1024) -> Transfor
         ),
     )
     return TransformerBlockSubmodules(layer_specs=[layer], layer_norm=ResidualRMSNorm)
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy [b, s] (float32) of logits [s, b, vocab/tp]. With one TP rank: a log-softmax
-    that reads the bf16 logits and writes fp32 log-probs in one pass, then a gather (megatron's vocab-parallel
-    version first copies the logits to fp32 and makes ~6 passes over the 64k-wide rows each way); with TP > 1
-    megatron's, which all-reduces the max and the sum across ranks."""
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
-        lab = labels.transpose(0, 1)[..., None]
-        inside = (lab >= 0) & (lab < logits.shape[-1])  # Video2World's PAD labels lie past the output vocab
-        idx = torch.where(inside, lab, 0)
-        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, idx)
-        # megatron scores an outside label as a shifted logit of 0: loss = logsumexp - max (max held constant)
-        lse = logits.gather(-1, idx).float() - logp - logits.detach().amax(-1, keepdim=True).float()
-        return torch.where(inside, -logp, lse).squeeze(-1).transpose(0, 1).contiguous()
-    loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.transpose(0, 1).contiguous())
-    return loss.transpose(0, 1).contiguous()
 
 
 class CosmosModel(GPTModel):
