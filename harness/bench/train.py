@@ -240,7 +240,8 @@ def _fusions() -> dict[str, bool]:
     from harness.cosmos import layers, loss, wgrad
     from harness.stages.finetune import clipfuse
 
-    return {"chunked_loss": loss.chunked, "wgrad_accumulation": wgrad.enabled and wgrad.available(), "compiled_norm": layers.compiled_norm,
+    return {"chunked_loss": loss.chunked, "wgrad_accumulation": wgrad.enabled and wgrad.available(),
+            "compiled_norm": layers.compiled_norm,
             "clip_in_adam": clipfuse.enabled and bool(clipfuse._owners)}
 
 
