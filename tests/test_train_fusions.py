@@ -63,3 +63,34 @@ def test_compiled_norm_matches_aten_forward_and_backward() -> None:
     for a, b in zip(*grads):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
     assert layers._rms_norm_compiled is not None  # the second call went through torch.compile
+
+
+def _adam_after_clip(device: str, fused_clip: bool) -> list[torch.Tensor]:
+    """Two AdamW steps of a few parameters whose gradient norm exceeds max_norm (5x), clipped by megatron's
+    rule: by scaling the gradients, or through `clipfuse.clip_in_step` (the step's grad_scale)."""
+    from harness.stages.finetune import clipfuse
+
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(64, 32, generator=g).to(device)) for _ in range(3)]
+    opt = torch.optim.AdamW(params, lr=1e-2, fused=True)
+    max_norm = 1.0
+    for step in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g).to(device) * 0.5
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+        assert norm > 5 * max_norm
+        if fused_clip:
+            clipfuse._owners.update((id(p), opt) for p in params)
+            clipfuse.clip_in_step(params, max_norm, norm)
+        else:
+            for p in params:
+                p.grad.mul_(max_norm / (norm + 1e-6))
+        opt.step()
+    clipfuse._owners.clear()
+    return [p.detach().cpu() for p in params]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_clip_as_the_fused_step_grad_scale_equals_scaled_gradients(device: str) -> None:
+    for a, b in zip(_adam_after_clip(device, False), _adam_after_clip(device, True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
