@@ -123,10 +123,12 @@ def test_rope_device_start_equals_slice() -> None:
         assert torch.equal(rope(torch.tensor(start), n), rope(start, n))
 
 
-def test_auto_batch_covers_the_measured_h200_peak() -> None:
+def test_auto_batch_covers_the_measured_h200_peak(monkeypatch: pytest.MonkeyPatch) -> None:
     """infer.batch_size = 0 sizes batches from free memory; its per-sequence estimate must cover what the H200
-    measured (Cosmos-4B whole videos: peak memory at batch 64 minus the bf16 weights), and the batch it picks
-    for an H200's free memory must not exceed the measured batch that fitted."""
+    measured (Cosmos-4B whole videos, each prompt prefilled whole: peak memory at batch 64 minus the bf16
+    weights), and the batch it picks for an H200's free memory, prompts prefilled whole as in that run, must
+    not exceed the measured batch that fitted."""
+    monkeypatch.setattr(batching, "PREFILL_TOKENS", 10**9)  # that run's prefill: whole prompts, whole batch
     import json
     from pathlib import Path
     from types import SimpleNamespace
