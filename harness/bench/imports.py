@@ -2,13 +2,17 @@
 spawned rank imports megatron-core (and the finetune stage's NeMo engine, NeMo). Fresh processes, A and B
 interleaved in one run, CPU seconds (user + system, which load on the machine inflates far less than wall time).
 
-A = `import megatron.core` with nothing else (megatron's import-time `torch.compile` decorations load TorchDynamo
-and Inductor), B = the same after `import harness` (its `harness.cosmos.lazyjit` defers them to the first call).
+A = `import megatron.core` (or NeMo's LLM collection and `nemo.lightning`, what the NeMo engine imports) with
+nothing else: megatron's and NeMo's import-time `torch.compile` decorations load TorchDynamo and Inductor, and
+Lightning's `import torchmetrics` every metric torchmetrics has; B = the same after `import harness` (its
+`harness.cosmos.lazyjit` defers the compiles to their first call, `harness.cosmos.lazymetrics` the metrics to
+their first use).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
@@ -25,6 +29,14 @@ CASES = {
     "tokenize_stage": "import harness.stages.tokenize",
     "finetune_mcore_stage": "import harness.stages.finetune.mcore",
 }
+NEMO = "from nemo import lightning; from nemo.collections import llm"
+NEMO_CASES = {  # where NeMo 2 is installed
+    "nemo_plain": NEMO,
+    "nemo_via_harness": "import harness; " + NEMO,
+    "finetune_nemo_stage": "import harness.stages.finetune.nemo",
+}
+RATIOS = {"megatron_via_harness_over_plain": ("megatron_via_harness", "megatron_plain"),
+          "nemo_via_harness_over_plain": ("nemo_via_harness", "nemo_plain")}
 
 
 def cpu_of(code: str) -> float:
@@ -35,20 +47,26 @@ def cpu_of(code: str) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def cases() -> dict[str, str]:
+    """The cases this machine can run: the NeMo ones only where `nemo` is installed."""
+    return {**CASES, **(NEMO_CASES if importlib.util.find_spec("nemo") is not None else {})}
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench imports")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
-    cpu: dict[str, list[float]] = {k: [] for k in CASES}
+    todo = cases()
+    cpu: dict[str, list[float]] = {k: [] for k in todo}
     cpu_of("import torch")  # page cache and .pyc warm for every case alike; not counted
     for _ in range(args.repeats):
-        for name, code in CASES.items():
+        for name, code in todo.items():
             cpu[name].append(cpu_of(code))
     med = {k: statistics.median(v) for k, v in cpu.items()}
     out = {"bench": "imports", "repeats": args.repeats, "cpus": os.cpu_count(),
            "load_average_1min": os.getloadavg()[0], "median_cpu_s": med, "all_cpu_s": cpu,
-           "megatron_via_harness_over_plain": med["megatron_via_harness"] / med["megatron_plain"],
+           **{r: med[b] / med[a] for r, (b, a) in RATIOS.items() if a in med},
            "what": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else ""}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.out) / "imports.json", out)

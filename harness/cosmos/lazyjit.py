@@ -1,15 +1,18 @@
-"""megatron-core's fused element-wise functions compiled on their first call, not when megatron is imported.
+"""Import-time `torch.compile` decorations compiled on their first call, not when their module is imported.
 
 `megatron.core.jit.jit_fuser` is `torch.compile`, applied as a decorator at import time to a dozen functions
 (`fusions/fused_bias_geglu.py`, `fused_bias_swiglu.py`, ...). Decorating already imports TorchDynamo and
 Inductor's `compile_fx`: ~2.7 of the ~6 CPU-s `import megatron.core` costs, paid by every process that imports
 megatron (each tokenize, merge, finetune and infer task, each spawned rank) whether or not it ever calls one of
-them (the CPU paths and generation never do). Compilation itself is lazy in torch anyway (it happens on the first
-call); this moves the import of the compiler to that first call too. Behaviour is otherwise the same: the first
-call compiles with the same arguments and later calls go to the compiled function.
+them (the CPU paths and generation never do). NeMo's LLM collection does the same once (Hyena's decay filter in
+`hyena_utils`, `@torch.compile(mode="max-autotune")`), which `nemo.collections.llm` imports with every model
+family: Inductor's `compile_fx` again (~0.7 CPU-s) for each NeMo-engine task and rank, none of which trains a
+Hyena model. Compilation itself is lazy in torch anyway (it happens on the first call); this moves the import of
+the compiler to that first call too. Behaviour is otherwise the same: the first call compiles with the same
+arguments and later calls go to the compiled function.
 
-Installed from `harness/__init__.py` as a meta-path hook that only acts when `megatron.core.jit` is first
-imported, so nothing here imports torch or megatron before they would be imported anyway.
+Installed from `harness/__init__.py` as a meta-path hook that only acts when one of `TARGETS` is first imported,
+so nothing here imports torch, megatron or NeMo before they would be imported anyway.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import threading
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-TARGET = "megatron.core.jit"
+TARGETS = frozenset({
+    "megatron.core.jit",
+    "nemo.collections.llm.gpt.model.megatron.hyena.hyena_utils",
+})
 
 
 def lazy_compile(compile_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,7 +54,8 @@ def lazy_compile(compile_fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Loader(importlib.abc.Loader):
-    """Executes megatron.core.jit with `torch.compile` lazy, so its `jit_fuser` binds to the lazy version."""
+    """Executes a target module with `torch.compile` lazy, so what it decorates (megatron's `jit_fuser`
+    included) binds to the lazy version."""
 
     def __init__(self, inner: importlib.abc.Loader) -> None:
         self.inner = inner
@@ -70,7 +77,7 @@ class _Loader(importlib.abc.Loader):
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != TARGET:
+        if fullname not in TARGETS:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
@@ -80,6 +87,6 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Idempotent; a no-op once megatron.core.jit is imported."""
-    if TARGET not in sys.modules and not any(isinstance(f, _Finder) for f in sys.meta_path):
+    """Idempotent; a no-op once every target is imported."""
+    if not TARGETS <= sys.modules.keys() and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
