@@ -2,8 +2,6 @@
 
 __version__ = "0.1.0"
 
-from harness.cosmos import lazyjit as _lazyjit  # noqa: E402 (after the version: hooks, import no torch)
-from harness.cosmos import lazymetrics as _lazymetrics  # noqa: E402
+from harness.cosmos import lazyjit as _lazyjit  # noqa: E402 (after the version: a hook, imports no torch)
 
 _lazyjit.install()
-_lazymetrics.install()

@@ -3,10 +3,8 @@ spawned rank imports megatron-core (and the finetune stage's NeMo engine, NeMo).
 interleaved in one run, CPU seconds (user + system, which load on the machine inflates far less than wall time).
 
 A = `import megatron.core` (or NeMo's LLM collection and `nemo.lightning`, what the NeMo engine imports) with
-nothing else: megatron's and NeMo's import-time `torch.compile` decorations load TorchDynamo and Inductor, and
-Lightning's `import torchmetrics` every metric torchmetrics has; B = the same after `import harness` (its
-`harness.cosmos.lazyjit` defers the compiles to their first call, `harness.cosmos.lazymetrics` the metrics to
-their first use).
+nothing else: megatron's and NeMo's import-time `torch.compile` decorations load TorchDynamo and Inductor;
+B = the same after `import harness` (its `harness.cosmos.lazyjit` defers the compiles to their first call).
 """
 
 from __future__ import annotations
