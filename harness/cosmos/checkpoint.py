@@ -271,7 +271,8 @@ def load_for_inference(ckpt_dir: str | Path | None, preset: "ModelPreset", grid:
     precision: Precision = "bf16-mixed" if torch.cuda.is_available() else "fp32"
     if ckpt_dir is None:
         parallel.reseed(seed)
-    model = build_model(preset, grid, tp=tp, precision=precision, seq_len=seq_len)
+    # with a checkpoint, `load_model` overwrites every weight (it refuses a missing one): no random init first
+    model = build_model(preset, grid, tp=tp, precision=precision, seq_len=seq_len, initialize=ckpt_dir is None)
     if ckpt_dir is not None:
         load_model(model, Path(ckpt_dir))
     return model.eval()

@@ -42,13 +42,16 @@ def yarn(preset: ModelPreset) -> Yarn | None:
 
 
 def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision = "fp32",
-                       recompute: str = "none", sequence_parallel: bool = False) -> TransformerConfig:
+                       recompute: str = "none", sequence_parallel: bool = False,
+                       initialize: bool = True) -> TransformerConfig:
     """Fusions that need Apex/TE kernels are switched off: the harness runs on CPU and on GPUs without
     Transformer Engine, and SDPA already fuses the attention. In bf16 (GPU) the two that megatron-core builds
     with `torch.compile` alone are on: SwiGLU (one pass forward, one backward, instead of chunk/silu/mul and
     their backwards) and the residual add; on CPU they stay off (inductor would need a C++ toolchain).
     `sequence_parallel` only takes effect with tp > 1 (megatron's linears switch it off at TP 1 anyway).
-    Gradient-accumulation fusion (Apex's, in megatron) is on in bf16 where `harness.cosmos.wgrad` supplies it."""
+    Gradient-accumulation fusion (Apex's, in megatron) is on in bf16 where `harness.cosmos.wgrad` supplies it.
+    `initialize` False: weights left as allocated (megatron's `perform_initialization`), for a model whose every
+    weight a checkpoint load overwrites: the random init of a real-width model costs ~10 s of CPU each build."""
     bf16 = precision == "bf16-mixed"
     kw: dict[str, object] = dict(
         num_layers=preset.num_layers,
@@ -76,6 +79,7 @@ def transformer_config(preset: ModelPreset, *, tp: int = 1, precision: Precision
         tensor_model_parallel_size=tp,
         sequence_parallel=sequence_parallel and tp > 1,
         init_method_std=INIT_STD,
+        perform_initialization=initialize,
         use_cpu_initialization=not torch.cuda.is_available(),
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,

@@ -267,16 +267,17 @@ class CosmosModel(GPTModel):
 
 def build_model(preset: ModelPreset, grid: Grid, *, tp: int = 1, precision: cfg.Precision = "fp32",
                 recompute: str = "none", seq_len: int | None = None, device: str | torch.device | None = None,
-                sequence_parallel: bool = False) -> CosmosModel:
+                sequence_parallel: bool = False, initialize: bool = True) -> CosmosModel:
     """Build on this rank (torch.distributed and mcore parallel state must be initialised; see `train.init_parallel`).
     `seq_len` is the longest input the RoPE tables cover (default: a whole sample of this grid).
     `sequence_parallel` (training only): megatron sequence parallelism over the TP ranks; same parameters and
-    checkpoint layout as without it."""
+    checkpoint layout as without it. `initialize` False: no random init (`cfg.transformer_config`), only for a
+    model whose weights are all loaded next."""
     if parallel_state.get_tensor_model_parallel_world_size() != tp:
         raise ValueError(f"model TP {tp} != initialised tensor-parallel size "
                          f"{parallel_state.get_tensor_model_parallel_world_size()}")
     conf = cfg.transformer_config(preset, tp=tp, precision=precision, recompute=recompute,
-                                  sequence_parallel=sequence_parallel)
+                                  sequence_parallel=sequence_parallel, initialize=initialize)
     if seq_len is None:
         seq_len = grid.tokens + (VIDEO2WORLD_PAD if preset.video2world else 0)
     if conf.sequence_parallel:
