@@ -42,10 +42,14 @@ def _spec(tmp: Path, name: str, *layers: specs.Layer) -> Path:
         "infer": {"max_inputs": 1, "batch_size": 1}}, *layers)
 
 
+POLL_S = 0.25
+"""A file check or one squeue: polled often, so each wait ends within a quarter second of its event."""
+
+
 def _until_complete(entry: CacheEntry, timeout_s: float = 300) -> None:
     deadline = time.time() + timeout_s
     while not entry.is_complete and time.time() < deadline:
-        time.sleep(2)
+        time.sleep(POLL_S)
     assert entry.is_complete, f"{entry.root}: merge's marker not written within {timeout_s} s"
 
 
@@ -99,7 +103,7 @@ def test_a_sweep_builds_one_entry_and_a_later_submit_reuses_it(slurm_cluster: st
     faked = read_json(RunPaths(partial.root).marker("tokenize", 0))["time"]
     deadline = time.time() + 60
     while cache.claim_live(read_json(partial.claim_json)) and time.time() < deadline:
-        time.sleep(2)
+        time.sleep(POLL_S)
     plan = _cli(tmp_path, "plan", str(killed_spec))
     assert f"tokenize: building into cache {partial.key16} (the build by {killed.run_id} died: rebuilt)" \
         in plan.stdout, plan.stdout
