@@ -113,7 +113,8 @@ def _sharded_state(preset: ModelPreset, ref: Mapping[str, torch.Tensor], dtype: 
             return torch.zeros(shape, dtype=dtype)
         if key.startswith("decoder.layers."):
             name = key.removeprefix("decoder.layers.")
-            return torch.stack([ref[f"decoder.layers.{i}.{name}"] for i in range(L)]).to(dtype)
+            # each layer cast before stacking: no stacked copy in the source dtype (fp32, twice bf16's bytes)
+            return torch.stack([ref[f"decoder.layers.{i}.{name}"].to(dtype) for i in range(L)])
         return ref[key].to(dtype)
 
     state: dict[str, object] = {}
