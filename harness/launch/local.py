@@ -114,6 +114,7 @@ class _Driver:
         for t, job in zip(tasks, jobs):
             entry = st[str(t)]
             try:
+                _until_done(job)
                 job.results()
                 entry["state"] = OK if self.task_ok(stage.name, t) else FAILED
             except Exception as e:  # noqa: BLE001 - a task failure is data, recorded for status
@@ -123,6 +124,13 @@ class _Driver:
             entry["end"] = time.time()
             entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
             self.save()
+
+
+def _until_done(job: "submitit.Job[Any]", poll_s: float = 0.05) -> None:
+    """submitit's `results()` looks at a running local job once a second: every stage ended up to a second
+    before its next one started. Its own check (the task process' `poll()`) costs nothing to ask more often."""
+    while not job.done():
+        time.sleep(poll_s)
 
 
 def attempt(prev: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
