@@ -36,6 +36,7 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.plan import split_counts
 from harness.core.spec import RunSpec
+from harness.lib import mmidx
 from harness.lib.inputs import reason_kind
 from harness.stages import dataset
 from harness.stages.inputs import read_inputs
@@ -72,15 +73,13 @@ def _check_lengths(spec: RunSpec, documents: list[dict[str, Any]]) -> None:
 
 
 def _join_tokens(paths: RunPaths, shards: int) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     prefix = paths.dataset_prefix
     prefix.parent.mkdir(parents=True, exist_ok=True)
     tmp_bin, tmp_idx = _tmp(Path(f"{prefix}.bin")), _tmp(Path(f"{prefix}.idx"))
     try:
-        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=np.uint16)
+        builder = mmidx.Builder(tmp_bin, dtype=np.uint16)
         for s in range(shards):
-            builder.add_index(str(paths.shard_prefix(s)))
+            builder.add_index(paths.shard_prefix(s))
         builder.finalize(str(tmp_idx))
         os.replace(tmp_bin, f"{prefix}.bin")
         os.replace(tmp_idx, f"{prefix}.idx")

@@ -27,7 +27,7 @@ from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import RunSpec
-from harness.lib import prompts
+from harness.lib import mmidx, prompts
 from harness.lib.dvtok import Encoder, Pending
 from harness.lib.inputs import InputItem, items_of_shard
 from harness.lib.video import ClipShape, try_load
@@ -209,8 +209,6 @@ class ShardWriter:
     """Writes one shard under temp names; `finish` renames them into place and writes the manifest last."""
 
     def __init__(self, paths: RunPaths, shard: int, spec: RunSpec) -> None:
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
         self.paths, self.shard, self.spec = paths, shard, spec
         self.math = spec.token_math
         self.files = dataset.shard_files(paths, shard, spec.video2world)
@@ -221,7 +219,7 @@ class ShardWriter:
         for stale in directory.glob(f".*{paths.shard_prefix(shard).name}.*.tmp*"):
             stale.unlink(missing_ok=True)
         self.tmp = {k: p.parent / f".{p.name}.{os.getpid()}.tmp" for k, p in self.files.items()}
-        self.builder = IndexedDatasetBuilder(str(self.tmp["bin"]), dtype=np.uint16)
+        self.builder = mmidx.Builder(self.tmp["bin"], dtype=np.uint16)
         self.videos: list[dict[str, Any]] = []
         self.skipped: list[dict[str, Any]] = []
         self.prompts: list[str] = []
