@@ -214,8 +214,8 @@ class ShardWriter:
         self.files = dataset.shard_files(paths, shard, spec.video2world)
         directory = self.files["bin"].parent
         directory.mkdir(parents=True, exist_ok=True)
-        # A killed attempt's leftovers: ours (.<name>.<pid>.tmp) and, with megatron-core 0.15, the builder's
-        # own temp file beside it (..<name>.<pid>.tmp.tmp).
+        # A killed attempt's leftovers: ours (.<name>.<pid>.tmp) and, from a run begun when the shard was written
+        # through megatron-core 0.15's builder, that builder's own temp file beside it (..<name>.<pid>.tmp.tmp).
         for stale in directory.glob(f".*{paths.shard_prefix(shard).name}.*.tmp*"):
             stale.unlink(missing_ok=True)
         self.tmp = {k: p.parent / f".{p.name}.{os.getpid()}.tmp" for k, p in self.files.items()}
