@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -180,6 +181,27 @@ def _v2w_inputs(b: int, seed: int, rows: int = 40) -> tuple[torch.Tensor, torch.
     context = torch.randn(b, 512, PRESETS["tiny-v2w"].crossattn_dim, generator=g)
     context[:, rows:] = 0
     return prompt, context
+
+
+@pytest.mark.timeout(120)
+def test_video2world_decode_steps_keep_the_position_on_the_device(v2w_model: torch.nn.Module,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device-position step (what the CUDA graph captures) hands the abs-position gather the device position:
+    turning it into a host int is a device-to-host sync, which invalidates the capture on a GPU (seen on an
+    H100: every Video2World graph-path generation failed with cudaErrorStreamCaptureInvalidated)."""
+    from harness.cosmos import video2world
+
+    seen: list[type] = []
+    real = video2world.prepare_context
+
+    def spy(model: Any, hidden: torch.Tensor, start: Any, n: int, context: Any) -> Any:
+        seen.append(type(start))
+        return real(model, hidden, start, n, context)
+
+    monkeypatch.setattr(video2world, "prepare_context", spy)
+    prompt, context = _v2w_inputs(1, 2)
+    gen.generate(v2w_model, prompt, 4, gen.Sampling(0.0), context=context, mode="device")
+    assert seen[0] is int and seen[1:] == [torch.Tensor] * 3  # the prefill at a host position, then 3 steps
 
 
 @pytest.mark.timeout(120)

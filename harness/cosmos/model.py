@@ -229,7 +229,7 @@ class CosmosModel(GPTModel):
         extra: dict[str, Any] = {}
         if self.preset.video2world:
             from harness.cosmos.video2world import prepare_context  # noqa: PLC0415
-            extra = prepare_context(self, hidden, int(start), n, context)  # a host position (see graph_supported)
+            extra = prepare_context(self, hidden, start, n, context)  # a device position in a captured step
         hidden = self.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=None, **extra)
         if last_only:  # a prefill needs the next token's logits only: [b, 5120, 64000] would be ~0.7 GB a sequence
             hidden = hidden[-1:]
