@@ -27,10 +27,12 @@ def test_bf16_accumulation_adds_the_weight_gradient_in_place() -> None:
 
 
 @cpu_only
-def test_cpu_training_keeps_the_unfused_paths() -> None:
+def test_cpu_training_keeps_the_unfused_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.core.models import PRESETS
     from harness.cosmos import config
 
+    monkeypatch.setattr(wgrad, "enabled", True)
+    monkeypatch.setattr(layers, "compiled_norm", True)
     assert not wgrad.available()
     assert config.transformer_config(PRESETS["tiny"], precision="fp32").gradient_accumulation_fusion is False
     x = torch.randn(4, 8, requires_grad=True)
@@ -38,7 +40,8 @@ def test_cpu_training_keeps_the_unfused_paths() -> None:
 
 
 @cuda
-def test_fused_accumulation_equals_the_fp32_sum_of_the_gradient() -> None:
+def test_fused_accumulation_equals_the_fp32_sum_of_the_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wgrad, "enabled", True)
     assert wgrad.available()
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(4096, 256, generator=g, device="cuda").bfloat16()
@@ -50,7 +53,8 @@ def test_fused_accumulation_equals_the_fp32_sum_of_the_gradient() -> None:
 
 
 @cuda
-def test_compiled_norm_matches_aten_forward_and_backward() -> None:
+def test_compiled_norm_matches_aten_forward_and_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layers, "compiled_norm", True)
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(2048, 1, 512, generator=g, device="cuda").bfloat16().requires_grad_()
     w = (1 + 0.1 * torch.randn(512, generator=g, device="cuda")).bfloat16().requires_grad_()

@@ -42,6 +42,12 @@ from harness.core.tokens import BOV_ID, PAD_ID, VIDEO2WORLD_PAD
 from harness.report.records import PEAK_TFLOPS
 
 GOAL_MFU = 0.50
+FUSIONS = {
+    "wgrad": "weight-gradient accumulation inside the wgrad GEMM (harness.cosmos.wgrad)",
+    "norm": "RMSNorm through torch.compile in training (harness.cosmos.layers.rms_norm)",
+    "clip": "the gradient clip as the fused Adam step's grad_scale (harness.stages.finetune.clipfuse)",
+    "loss": "the loss in chunks of rows, never all fp32 log-probs at once (harness.cosmos.loss)",
+}
 
 
 def geometry(seq: int, compression: tuple[int, int, int] = (4, 8, 8)) -> dict[str, int]:
@@ -120,11 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--validation", action="store_true",
                     help="also time the finetune stage's validation pass: seconds per validation video against a "
                          "training step per video (mcore engine)")
-    ap.add_argument("--no-wgrad-fusion", action="store_true",
-                    help="weight gradients added to main_grad by DDP's hook (harness.cosmos.wgrad off)")
-    ap.add_argument("--no-compiled-norm", action="store_true", help="aten's RMSNorm in training (not compiled)")
-    ap.add_argument("--no-clip-fusion", action="store_true", help="megatron scales the gradients to clip them")
-    ap.add_argument("--chunked-loss", action="store_true", help="the loss in chunks of rows (harness.cosmos.loss)")
+    ap.add_argument("--fuse", nargs="*", default=[], choices=sorted(FUSIONS),
+                    help="training fusions to switch on (all off by default until measured): " + "; ".join(
+                        f"{k}: {v}" for k, v in sorted(FUSIONS.items())))
     ap.add_argument("--name", default="", help="result file name (default train-<preset>-<seq>[...].json)")
     ap.add_argument("--out", default="results/bench")
     return ap
@@ -225,15 +229,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _select_fusions(a: argparse.Namespace) -> None:
-    """The two training fusions that can be switched off, to time both paths side by side (set before the model
-    and its config are built)."""
+    """The training fusions `--fuse` names on, the others off (set before the model and its config are built), so
+    that runs with and without each time both paths side by side."""
     from harness.cosmos import layers, loss, wgrad
     from harness.stages.finetune import clipfuse
 
-    loss.chunked = a.chunked_loss
-    wgrad.enabled = not a.no_wgrad_fusion
-    layers.compiled_norm = not a.no_compiled_norm
-    clipfuse.enabled = not a.no_clip_fusion
+    loss.chunked = "loss" in a.fuse
+    wgrad.enabled = "wgrad" in a.fuse
+    layers.compiled_norm = "norm" in a.fuse
+    clipfuse.enabled = "clip" in a.fuse
 
 
 def _fusions() -> dict[str, bool]:

@@ -42,7 +42,9 @@ GENERATE_B64 = Rate(5_215, "tokens/s", "results/bench/h200/generate-whole-video.
                                        "videos, CUDA graph, cosmos-4b (133.8 GiB peak: the auto batch on an H200)")
 GENERATE = ((1, GENERATE_B1), (8, GENERATE_B8), (32, GENERATE_B32), (64, GENERATE_B64))
 AUTO_BATCH = 64
-"""What infer.batch_size = 0 picks for Cosmos-4B on an H200 (harness.cosmos.generate.max_batch)."""
+"""The batch the estimate assumes infer.batch_size = 0 runs on an H200: the largest measured there. Since the
+prefill goes in chunks (`harness.cosmos.batching`) the auto batch there is larger (~100, not yet measured; on an
+H100 80GB it picked 58, results/bench/h100/generate-whole-video-auto.json), so the estimate errs long."""
 TOKENIZE = Rate(35.2, "clips/s/GPU", "results/bench/h200/tokenize-dv-cuda.json harness.clips_per_s: 17x320x512, "
                                      "DV4x8x8-sized encoder, 14 decode workers")
 EVALUATE = Rate(122, "pairs/s", "results/bench/h200/eval.json pairs / median_s.harness (64 / 0.523 s): 17x320x512, "
