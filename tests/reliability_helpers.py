@@ -77,14 +77,17 @@ def states_by_stage(ids: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def wait_stages(ids: dict[str, str], stages: list[str], timeout: float = 180.0,
-                poll: float = 0.5) -> dict[str, dict[str, str]]:
-    """Wait until every task of the given stages is final in sacct (and none is queued); returns all states."""
+                poll: float = 0.5, tasks: dict[str, int] | None = None) -> dict[str, dict[str, str]]:
+    """Wait until every task of the given stages is final in sacct (and none is queued); returns all states.
+    `tasks`: array sizes of stages whose every task must have its own record first (a task killed and failing
+    can be missing from sacct for a moment after squeue has let go of it)."""
     want = [ids[s] for s in stages]
     deadline = time.time() + timeout
     while time.time() < deadline:
         queued = slurmcli.squeue(want)
         by = states_by_stage(ids)
-        if not queued and all(by[s] and all(v in FINAL for v in by[s].values()) for s in stages):
+        counted = all(len(by[s]) >= n for s, n in (tasks or {}).items())
+        if not queued and counted and all(by[s] and all(v in FINAL for v in by[s].values()) for s in stages):
             return by
         time.sleep(poll)
     raise AssertionError(f"stages {stages} not final after {timeout}s: {states_by_stage(ids)}")

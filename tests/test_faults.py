@@ -103,7 +103,7 @@ def test_sigkill_tokenize_mid_shard_then_resume(slurm_cluster: str, tmp_path: Pa
         proc.send_signal(signal.SIGKILL)
         reliability.add("faults_injected")
         reliability.note(f"SIGKILL tokenize[{victim}] mid-shard (pid {proc.pid}, job {tok}_{victim})")
-        by = wait_stages(ids, list(DATA), timeout=120)
+        by = wait_stages(ids, list(DATA), timeout=120, tasks={"tokenize": 3})
         assert by["tokenize"][f"{tok}_{victim}"] != "COMPLETED"
         assert by["merge"][ids["merge"]] == "CANCELLED"  # afterok never satisfied; kill-on-invalid-dep
         from harness.launch.backend import load_plan
