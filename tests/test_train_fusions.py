@@ -1,7 +1,8 @@
-"""The two training fusions of the bf16 GPU path: the weight-gradient accumulation megatron calls by Apex's
-names (`harness.cosmos.wgrad`) and the compiled RMSNorm (`harness.cosmos.layers.rms_norm`). The CPU tests check
-the accumulation's arithmetic and that CPU training keeps the unfused path; the CUDA ones (run on the GPU
-machine) check the fused paths against the unfused ones."""
+"""The training fusions of the bf16 GPU path: the weight-gradient accumulation megatron calls by Apex's names
+(`harness.cosmos.wgrad`), the compiled RMSNorm (`harness.cosmos.layers.rms_norm`) and the clip folded into the
+fused Adam step (`harness.stages.finetune.clipfuse`); the chunked loss is tested in `test_cosmos_model.py`. The
+CPU tests check the accumulation's arithmetic and that CPU training keeps the unfused paths; the CUDA ones (run
+on the GPU machine) check the fused paths against the unfused ones."""
 
 from __future__ import annotations
 
@@ -29,10 +30,18 @@ def test_bf16_accumulation_adds_the_weight_gradient_in_place() -> None:
 @cpu_only
 def test_cpu_training_keeps_the_unfused_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.core.models import PRESETS
-    from harness.cosmos import config
+    from harness.cosmos import config, loss, parallel
 
+    parallel.init(1)
     monkeypatch.setattr(wgrad, "enabled", True)
     monkeypatch.setattr(layers, "compiled_norm", True)
+    monkeypatch.setattr(loss, "chunked", True)
+
+    def chunked_loss(*_: object) -> None:
+        raise AssertionError("the chunked loss ran on CPU")
+
+    monkeypatch.setattr(loss, "chunked_loss", chunked_loss)
+    assert loss.token_loss(torch.randn(3, 1, 10), torch.zeros(1, 3, dtype=torch.int64)).shape == (1, 3)
     assert not wgrad.available()
     assert config.transformer_config(PRESETS["tiny"], precision="fp32").gradient_accumulation_fusion is False
     x = torch.randn(4, 8, requires_grad=True)

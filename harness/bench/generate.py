@@ -214,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--modes", nargs="+", default=None, help="decode paths (default: eager graph on cuda)")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU; torchrun)")
     ap.add_argument("--no-checks", action="store_true", help="skip the agreement/exactness checks")
-    ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the decode step (default: Inductor's)")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode of the decode step (default: the harness's, "
+                         "harness.cosmos.generate.COMPILE_MODE; 'default': Inductor's)")
     ap.add_argument("--profile", action="store_true", help="kernels of 32 graph-mode decode steps at the first batch")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--name", default="", help="result file name (default generate[-tpN].json)")
@@ -253,12 +255,18 @@ def auto_batch(model: Any, grid: Grid, args: argparse.Namespace, device: str) ->
     return max_batch(model, positions, n_ctx, free_memory(torch.device(device)))
 
 
+def _harness_compile_mode() -> str | None:
+    from harness.cosmos import generate as gen_mod
+
+    return gen_mod.COMPILE_MODE
+
+
 def _summary(args: argparse.Namespace, argv: list[str], grid: Grid, device: str, rows: list[dict[str, Any]],
              checks: list[dict[str, Any]]) -> dict[str, Any]:
     """The result file: timings, checks, and the batch-1 goal (met when any mode reaches it)."""
     out = {"bench": "generate", "preset": args.preset, "grid": str(grid), "device": device, "tensor_parallel": args.tp,
            "command": "python -m harness.bench.generate " + " ".join(a for a in argv if "--tp-reference" not in a),
-           "compile_mode": args.compile_mode,
+           "compile_mode": args.compile_mode or _harness_compile_mode(),
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "",
            "torch": torch.__version__, "path": "harness.cosmos.generate.generate (static KV cache; mode "
            "eager = host positions, SDPA; graph = device positions, flex-attention flash-decoding over the cache's "
@@ -285,7 +293,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     grid = Grid(*preset.pretrain_grid)
     from harness.cosmos import generate as gen_mod
 
-    gen_mod.COMPILE_MODE = args.compile_mode
+    if args.compile_mode:
+        gen_mod.COMPILE_MODE = args.compile_mode
     model = build(args.preset, grid, device, args.tp)
     modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
     rows = _timings(model, grid, args, device, modes)

@@ -22,6 +22,7 @@ MFU is per GPU: the step's model FLOPs over the step time and the number of rank
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -115,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seq", type=int, default=12_800, help="video tokens per sample (12800 = 5x40x64)")
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
+    ap.add_argument("--layers", type=int, default=0,
+                    help="time the preset at this depth instead (a card too small for the whole training state "
+                         "still compares paths per layer; MFU is then that depth's)")
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
@@ -126,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--validation", action="store_true",
                     help="also time the finetune stage's validation pass: seconds per validation video against a "
                          "training step per video (mcore engine)")
-    ap.add_argument("--fuse", nargs="*", default=[], choices=sorted(FUSIONS),
-                    help="training fusions to switch on (all off by default until measured): " + "; ".join(
+    ap.add_argument("--fuse", nargs="*", default=sorted(FUSIONS), choices=sorted(FUSIONS),
+                    help="the training fusions on (default: all, the finetune stage's default; `--fuse` alone times "
+                         "the unfused path): " + "; ".join(
                         f"{k}: {v}" for k, v in sorted(FUSIONS.items())))
     ap.add_argument("--name", default="", help="result file name (default train-<preset>-<seq>[...].json)")
     ap.add_argument("--out", default="results/bench")
@@ -176,6 +181,7 @@ def _validation_cost(t: Any, cuda: bool, repeats: int = 3) -> dict[str, Any]:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     a = _parser().parse_args(argv)
     _select_fusions(a)
+    a.preset = _at_depth(a.preset, a.layers)
     name = f"train-{a.preset}-{a.seq}" + ("" if a.tp * a.dp == 1 else f"-tp{a.tp}-dp{a.dp}{'-sp' if a.sp else ''}")
     out = Path(a.out) / (a.name or name + ("-nemo" if a.engine == "nemo" else "") + ".json")
     if a.sp and a.tp == 1:
@@ -228,9 +234,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def _at_depth(preset: str, layers: int) -> str:
+    """`--layers`: the preset with that many layers, registered under its own name in this process (and in every
+    rank, which parses the same arguments), as a shape of no public checkpoint and no measured memory."""
+    if not layers or layers == PRESETS[preset].num_layers:
+        return preset
+    name = f"{preset}-{layers}l"
+    PRESETS[name] = dataclasses.replace(PRESETS[preset], name=name, num_layers=layers, hf_repo="", min_gpus=1,
+                                        one_gpu_train_gib=None)
+    return name
+
+
 def _select_fusions(a: argparse.Namespace) -> None:
     """The training fusions `--fuse` names on, the others off (set before the model and its config are built), so
-    that runs with and without each time both paths side by side."""
+    that runs with and without each time the paths side by side."""
     from harness.cosmos import layers, loss, wgrad
     from harness.stages.finetune import clipfuse
 

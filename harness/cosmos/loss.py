@@ -5,7 +5,9 @@ gather; its backward keeps those fp32 log-probs ([12,800, 64,000]: 3.3 GB for a 
 several passes over them. The chunked form (`chunked = True`) never holds fp32 rows beyond one chunk: forward
 keeps only the row's log-sum-exp, backward recomputes softmax - one-hot from the bf16 logits chunk by chunk
 (each chunk one compiled kernel on CUDA) and writes the bf16 gradient. Same values, same gradients.
-`harness bench train --fuse loss` times it against the unchunked form.
+On CUDA it is the default: `harness bench train` timed it against the unchunked form (Cosmos-4B's widths at 8
+layers, seq 12,800, one H100: 377.4 against 387.5 ms a step, 56.7 against 64.1 GiB peak; `--fuse` without
+`loss` times the unchunked form). CPU training keeps the unchunked form.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
-chunked = False
-"""Off until `harness bench train --fuse loss` has timed it against the unchunked form on an H200."""
+chunked = True
+"""The chunked form at one TP rank on CUDA (see the module's note)."""
 CHUNK_ROWS = 2048
 _compiled: dict[str, Any] = {}
 
@@ -31,14 +33,21 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return loss.transpose(0, 1).contiguous()
     s, b, v = logits.shape
     lab = labels.transpose(0, 1).reshape(s * b)
-    if chunked:
-        return _ChunkedCE.apply(logits.reshape(s * b, v), lab).reshape(s, b).transpose(0, 1).contiguous()
+    if chunked and logits.is_cuda:
+        return chunked_loss(logits, labels)
     lab2 = lab.reshape(s, b, 1)
     inside = (lab2 >= 0) & (lab2 < v)
     idx = torch.where(inside, lab2, 0)
     logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, idx)
     lse = logits.gather(-1, idx).float() - logp - logits.detach().amax(-1, keepdim=True).float()
     return torch.where(inside, -logp, lse).squeeze(-1).transpose(0, 1).contiguous()
+
+
+def chunked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`token_loss` at one TP rank in chunks of rows, on any device (CUDA training's default form)."""
+    s, b, v = logits.shape
+    lab = labels.transpose(0, 1).reshape(s * b)
+    return _ChunkedCE.apply(logits.reshape(s * b, v), lab).reshape(s, b).transpose(0, 1).contiguous()
 
 
 def _rows_forward(x: torch.Tensor, idx: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,9 @@ on an H200). With the extension, the GEMM accumulates into `main_grad` itself (C
 torch's `addmm` with `out_dtype` does the same on CUDA (bf16 inputs, fp32 accumulator and output), so this
 module supplies the two functions megatron calls by the extension's names and turns megatron's check on.
 
-`enabled` is read when a model's config is built (`harness.cosmos.config.transformer_config`). It is off until
-`harness bench train --fuse wgrad` has timed it against the unfused path on an H200 (Cosmos-4B's training state
-at 12,800 tokens does not fit an H100 80GB); its arithmetic is tested on CPU and CUDA.
+`enabled` is read when a model's config is built (`harness.cosmos.config.transformer_config`). On by default:
+`harness bench train` timed it against the unfused path (Cosmos-4B's widths at 8 layers, seq 12,800, one H100:
+383.8 against 387.5 ms a step); its arithmetic is tested on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-enabled = False
+enabled = True
 """Use the fused accumulation where it is available (CUDA, a torch whose addmm takes `out_dtype`)."""
 
 

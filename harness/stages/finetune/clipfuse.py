@@ -7,8 +7,9 @@ gradient by it as it reads it, so the clip costs nothing: the scale is set to no
 exceeds max_norm and cleared otherwise. The gradient norm megatron reports is unchanged (it is computed before).
 Where the parameters' owner is not a fused torch Adam on CUDA, megatron's own clip runs.
 
-`enabled` is read when the optimizer is built. It is off until `harness bench train --fuse clip` has timed it
-against megatron's clip on an H200; the equivalence is tested on CPU and CUDA.
+`enabled` is read when the optimizer is built. On by default: `harness bench train` timed it against megatron's
+clip (Cosmos-4B's widths at 8 layers, seq 12,800, one H100: 385.5 against 387.5 ms a step); the equivalence is
+tested on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-enabled = False
+enabled = True
 _owners: dict[int, torch.optim.Optimizer] = {}
 """id(main parameter) -> the fused torch optimizer that steps it."""
 _megatron_clip: Any = None
