@@ -11,6 +11,10 @@ PyTorch stack reached 534 TFLOP/s). On CPU, `--preset tiny` is a smoke test (fp3
     python -m harness.bench.train --preset cosmos-4b --tp 2 --out results/bench/h200x2   # 2 GPUs (torchrun)
     python -m harness.bench.train --preset cosmos-4b --tp 2 --sp --out results/bench/h200x2   # + sequence parallel
     python -m harness.bench.train --engine nemo --preset cosmos-4b --tp 2 --out results/bench/h200x2
+    python -m harness.bench.train --preset cosmos-4b --layers 8 --fuse   # 8 of 16 layers (fits an H100), unfused
+
+The training fusions (`--fuse`, default all: the finetune stage's CUDA path) can be switched off one by one to
+time each against the unfused path side by side.
 
 `--engine nemo` times the finetune stage's NeMo engine (`harness.stages.finetune.nemo`: NeMo 2 `llm.api.train`,
 MegatronStrategy, the same model, data order and FLOP accounting) instead: `--warmup + --steps + 1` steps, the
