@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from shared_util import file_lock, shared_root, xdist_worker
+from shared_util import file_lock, shared_root, xdist_group, xdist_worker
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONF = Path(os.environ.get("TMPDIR", "/tmp")) / "harness-slurm" / "etc" / "slurm.conf"
@@ -85,9 +85,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     fixture (a built run, a trained checkpoint) stays on one worker, so that fixture is built once."""
     for item in items:
         if item.get_closest_marker("slurm") or "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+            xdist_group(item, "slurm")
         elif _module_scoped(item):
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+            xdist_group(item, item.path.name)
 
 
 def _module_scoped(item: pytest.Item) -> bool:
@@ -102,6 +102,14 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     keep = [p for p in os.environ["PATH"].split(os.pathsep)
             if not (Path(p) / "sbatch").exists()]
     monkeypatch.setenv("PATH", os.pathsep.join(keep))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker runs at a lower CPU priority than the local cluster's jobs (slurmd's children keep their
+    own): on two cores the cluster's tests are the run's critical path, one after another on one worker, and
+    the other worker's CPU-bound tests then take what the cluster's tasks leave instead of slowing them."""
+    if xdist_worker():
+        os.nice(10)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -16,6 +16,20 @@ def xdist_worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
+def xdist_group(item: Any, name: str) -> None:
+    """Put a collected test in an xdist group, with the "@name" suffix of its node id that the controller's
+    `--dist loadgroup` scheduler groups by. pytest-xdist 3.8 appends that suffix by assigning `item._nodeid`,
+    which pytest 9 no longer reads (a node's id is `item._id`): without this, every test was scheduled on its
+    own, the local cluster's tests ran on both workers at once, and module fixtures were built on each."""
+    import pytest
+
+    item.add_marker(pytest.mark.xdist_group(name))
+    if xdist_worker() and hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # pytest >= 9: a node id is structured
+
+        item._id = coerce_node_id(f"{item.nodeid}@{name}")
+
+
 def shared_root(factory: Any) -> Path:
     """The run's temp root every worker sees: basetemp itself without xdist, its parent with it."""
     base = Path(factory.getbasetemp())
