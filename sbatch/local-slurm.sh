@@ -19,7 +19,8 @@
 #   LAB_DIR=${TMPDIR:-/tmp}/harness-slurm   root of all runtime files (wiped by `up` and `clean`)
 #   NODES=3          virtual compute nodes n1..nN: one slurmd per node on this host
 #                    (Debian's slurmd supports this: `slurmd -N nX`, per-node Port)
-#   CPUS=$(nproc)    CPUs advertised per virtual node (may exceed real cores: config_overrides)
+#   CPUS=$(nproc)    CPUs advertised per virtual node (may exceed real cores: config_overrides); the
+#                    host's usable cores, not OMP_NUM_THREADS (which GNU nproc reports when it is set)
 #   MEM_MB=90% RAM   RealMemory per node (memory is NOT a consumable resource here: CR_Core)
 #   WITH_DBD=1       also run MariaDB + slurmdbd so `sacct` works. submitit polls sacct for job
 #                    states; without it, states read UNKNOWN and a job that never writes a result
@@ -32,7 +33,7 @@ set -euo pipefail
 
 LAB_DIR=${LAB_DIR:-${TMPDIR:-/tmp}/harness-slurm}
 NODES=${NODES:-3}
-CPUS=${CPUS:-$(nproc)}
+CPUS=${CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 WITH_DBD=${WITH_DBD:-1}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 PARTITION=${PARTITION:-debug}
