@@ -62,6 +62,30 @@ def test_importing_megatron_through_the_harness_loads_no_compiler() -> None:
                    "restored": True, "wrapped": "first_call_compiles"}
 
 
+def test_megatrons_optional_integrations_load_on_their_first_use() -> None:
+    """A fresh process: megatron-core imports wandb and multistorageclient at module level; through the harness
+    they are bound but not executed (megatron's timers hold the very module object), and the first attribute
+    access loads the real package."""
+    names = [n for n in ("multistorageclient", "wandb") if importlib.util.find_spec(n) is not None]
+    if not names:
+        pytest.skip("neither wandb nor multistorageclient is installed")
+    code = ("import sys, json, types, harness, megatron.core, megatron.core.timers as timers; "
+            f"names = {names!r}; "
+            "before = {n: type(sys.modules[n]).__name__ for n in names}; "
+            "same = timers.wandb is sys.modules.get('wandb', None); "
+            "files = [bool(sys.modules[n].__file__) for n in names]; "
+            "after = {n: type(sys.modules[n]) is types.ModuleType for n in names}; "
+            "print(json.dumps({'before': before, 'same': same, 'files': files, 'after': after, "
+            "'init': callable(getattr(sys.modules.get('wandb'), 'init', None))}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["before"] == {n: "_LazyModule" for n in names}
+    assert got["files"] == [True] * len(names) and got["after"] == {n: True for n in names}
+    if "wandb" in names:
+        assert got["same"] and got["init"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("nemo") is None, reason="NeMo 2 not installed")
 def test_the_nemo_engines_import_loads_no_compiler() -> None:
     """A fresh process importing the NeMo finetune engine (NeMo's LLM collection, Lightning, megatron-core):

@@ -11,8 +11,16 @@ Hyena model. Compilation itself is lazy in torch anyway (it happens on the first
 the compiler to that first call too. Behaviour is otherwise the same: the first call compiles with the same
 arguments and later calls go to the compiled function.
 
-Installed from `harness/__init__.py` as a meta-path hook that only acts when one of `TARGETS` is first imported,
-so nothing here imports torch, megatron or NeMo before they would be imported anyway.
+The same hook defers two optional integrations megatron-core imports eagerly at module level, `wandb`
+(`megatron/core/timers.py`, for its timer logging) and `multistorageclient` (`msc_utils.py`, object-store
+checkpoint paths): neither is used through megatron by the harness, which logs to W&B itself, and together they
+were ~0.85 of the ~4.5 CPU-s a process spends importing megatron-core and the model (8 runs each, 2-core machine).
+They are bound as `importlib.util.LazyLoader` modules: present, so megatron's `try: import` sees them installed,
+and executed on their first attribute access (the harness's own `import wandb` in a tracked run loads the real
+package then). A package that is not installed stays not installed.
+
+Installed from `harness/__init__.py` as a meta-path hook that only acts when one of `TARGETS` or `DEFERRED` is
+first imported, so nothing here imports torch, megatron or NeMo before they would be imported anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import threading
 from types import ModuleType
@@ -29,6 +38,8 @@ TARGETS = frozenset({
     "megatron.core.jit",
     "nemo.collections.llm.gpt.model.megatron.hyena.hyena_utils",
 })
+DEFERRED = frozenset({"wandb", "multistorageclient"})
+"""Top-level packages loaded on first attribute access instead of at import."""
 
 
 def lazy_compile(compile_fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,16 +88,16 @@ class _Loader(importlib.abc.Loader):
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in TARGETS:
+        if fullname not in TARGETS and fullname not in DEFERRED:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _Loader(spec.loader)
+        spec.loader = _Loader(spec.loader) if fullname in TARGETS else importlib.util.LazyLoader(spec.loader)
         return spec
 
 
 def install() -> None:
     """Idempotent; a no-op once every target is imported."""
-    if not TARGETS <= sys.modules.keys() and not any(isinstance(f, _Finder) for f in sys.meta_path):
+    if not (TARGETS | DEFERRED) <= sys.modules.keys() and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
