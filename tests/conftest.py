@@ -14,14 +14,6 @@ import pytest
 from shared_util import file_lock, shared_root, xdist_group, xdist_worker
 
 REPO = Path(__file__).resolve().parents[1]
-
-# OpenMP threads that finish a parallel region sleep instead of spinning for the next one. This machine kind is
-# oversubscribed by design: two xdist workers and the local cluster's tasks (three 2-CPU nodes on the same cores)
-# each run torch with a thread per core, and a spinning thread takes the core another process is waiting for.
-# Measured on 2 cores, two workers on test_finetune + test_nemo_engine + test_export: 264 s -> 251 s, user CPU
-# 312 -> 281 s. Set before anything loads libgomp (torch), and inherited by spawned ranks and by cluster jobs
-# (submitted with the test process's environment). A value the caller set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 DEFAULT_CONF = Path(os.environ.get("TMPDIR", "/tmp")) / "harness-slurm" / "etc" / "slurm.conf"
 
 
