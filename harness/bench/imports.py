@@ -4,7 +4,8 @@ interleaved in one run, CPU seconds (user + system, which load on the machine in
 
 A = `import megatron.core` (or NeMo's LLM collection and `nemo.lightning`, what the NeMo engine imports) with
 nothing else: megatron's and NeMo's import-time `torch.compile` decorations load TorchDynamo and Inductor;
-B = the same after `import harness` (its `harness.cosmos.lazyjit` defers the compiles to their first call).
+B = the same after `import harness` (its `harness.cosmos.lazyjit` defers the compiles to their first call, and
+the wandb and multistorageclient packages megatron imports eagerly to their first use).
 """
 
 from __future__ import annotations
