@@ -18,6 +18,13 @@ from harness.cosmos.lazyjit import lazy_compile
 NEVER_NEEDED = ("torch._inductor.compile_fx",)
 
 
+def fresh_process(code: str, timeout: int) -> Any:
+    """`python -c code` in a new interpreter; its last stdout line parsed as JSON."""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def test_compiles_once_on_the_first_call_with_the_decorators_arguments() -> None:
     calls: list[tuple[Any, dict[str, Any]]] = []
 
@@ -55,9 +62,7 @@ def test_importing_megatron_through_the_harness_loads_no_compiler() -> None:
             "print(json.dumps({'dynamo': 'torch._dynamo' in sys.modules, "
             "'inductor': 'torch._inductor.compile_fx' in sys.modules, 'fuser': jit.jit_fuser.__qualname__, "
             "'restored': torch.compile is real, 'wrapped': f.swiglu.__code__.co_name}))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    got = json.loads(p.stdout.strip().splitlines()[-1])
+    got = fresh_process(code, timeout=300)
     assert got == {"dynamo": False, "inductor": False, "fuser": "lazy_compile.<locals>.compile_later",
                    "restored": True, "wrapped": "first_call_compiles"}
 
@@ -77,9 +82,7 @@ def test_megatrons_optional_integrations_load_on_their_first_use() -> None:
             "after = {n: type(sys.modules[n]) is types.ModuleType for n in names}; "
             "print(json.dumps({'before': before, 'same': same, 'files': files, 'after': after, "
             "'init': callable(getattr(sys.modules.get('wandb'), 'init', None))}))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    got = json.loads(p.stdout.strip().splitlines()[-1])
+    got = fresh_process(code, timeout=300)
     assert got["before"] == {n: "_LazyModule" for n in names}
     assert got["files"] == [True] * len(names) and got["after"] == {n: True for n in names}
     if "wandb" in names:
@@ -97,7 +100,5 @@ def test_the_nemo_engines_import_loads_no_compiler() -> None:
             "from nemo.collections.llm.gpt.model.megatron.hyena import hyena_utils as h; "
             "print(json.dumps({'available': engine.available(), 'heavy': heavy, 'lazy': torch.compile.__qualname__, "
             "'filter': h.ExplicitSingleDecayFilter.filter.__code__.co_name}))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    got = json.loads(p.stdout.strip().splitlines()[-1])
+    got = fresh_process(code, timeout=600)
     assert got == {"available": True, "heavy": [], "lazy": "compile", "filter": "first_call_compiles"}
