@@ -107,9 +107,15 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """An xdist worker runs at a lower CPU priority than the local cluster's jobs (slurmd's children keep their
     own): on two cores the cluster's tests are the run's critical path, one after another on one worker, and
-    the other worker's CPU-bound tests then take what the cluster's tasks leave instead of slowing them."""
+    the other worker's CPU-bound tests then take what the cluster's tasks leave instead of slowing them.
+    The workers also share the cores (OpenMP threads per process: cores // workers, inherited by every
+    subprocess and, through sbatch's exported environment, by the cluster's tasks), as the harness shares a
+    node's cores among its CPU ranks: N processes each starting one thread per core oversubscribe the cores
+    N times over. Set before any test imports torch, and only where the caller has not."""
     if xdist_worker():
         os.nice(10)
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
