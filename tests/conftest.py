@@ -84,10 +84,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     worker, one after another (they size their waits for a cluster of their own); a module with a module-scoped
     fixture (a built run, a trained checkpoint) stays on one worker, so that fixture is built once."""
     for item in items:
-        if item.get_closest_marker("slurm") or "slurm_cluster" in getattr(item, "fixturenames", ()):
+        if _on_cluster(item):
             xdist_group(item, "slurm")
         elif _module_scoped(item):
             xdist_group(item, item.path.name)
+
+
+def _on_cluster(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("slurm")) or "slurm_cluster" in getattr(item, "fixturenames", ())
 
 
 def _module_scoped(item: pytest.Item) -> bool:
@@ -104,16 +108,35 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", os.pathsep.join(keep))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """An xdist worker runs at a lower CPU priority than the local cluster's jobs (slurmd's children keep their
-    own): on two cores the cluster's tests are the run's critical path, one after another on one worker, and
-    the other worker's CPU-bound tests then take what the cluster's tasks leave instead of slowing them.
-    The workers also share the cores (OpenMP threads per process: cores // workers, inherited by every
-    subprocess and, through sbatch's exported environment, by the cluster's tasks), as the harness shares a
-    node's cores among its CPU ranks: N processes each starting one thread per core oversubscribe the cores
-    N times over. Set before any test imports torch, and only where the caller has not."""
+WORKER_NICE = 10
+"""An xdist worker's CPU priority outside the cluster's tests: on two cores the cluster's tests are the run's
+critical path, one after another on one worker, so everything else takes what they leave."""
+
+
+def _renice(value: int) -> None:
+    """Lowering a nice value needs privilege (CI runs as root); without it the worker stays where it is."""
+    if os.getpriority(os.PRIO_PROCESS, 0) != value:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+        except PermissionError:
+            pass
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A worker runs a cluster test at the cluster jobs' own priority (slurmd's children keep nice 0): the test's
+    in-process work and its subprocesses (submits, a local reference run's ranks) are on the critical path too.
+    Every other test runs at `WORKER_NICE`, taking the CPU time the critical path leaves idle."""
     if xdist_worker():
-        os.nice(10)
+        _renice(0 if _on_cluster(item) else WORKER_NICE)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker starts at `WORKER_NICE`. The workers also share the cores: OpenMP threads per process are
+    cores // workers, inherited by every subprocess and, through sbatch's exported environment, by the cluster's
+    tasks, as the harness shares a node's cores among its CPU ranks (N processes each starting one thread per
+    core oversubscribe the cores N times over). Set before any test imports torch, where the caller has not."""
+    if xdist_worker():
+        _renice(WORKER_NICE)
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
