@@ -3,6 +3,7 @@ CI sets HARNESS_REQUIRE_SLURM=1 so a missing cluster fails instead of skipping."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -111,32 +112,43 @@ def no_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 WORKER_NICE = 10
 """An xdist worker's CPU priority outside the cluster's tests: on two cores the cluster's tests are the run's
 critical path, one after another on one worker, so everything else takes what they leave."""
+AUTOGROUP = Path("/proc/self/autogroup")
 
 
-def _renice(value: int) -> None:
-    """Lowering a nice value needs privilege (CI runs as root); without it the worker stays where it is."""
+def _prioritise(value: int) -> None:
+    """This worker's nice value, and its session's where the kernel schedules sessions as groups (autogroup:
+    there a process's nice only orders it within its session, and each cluster job, a session of its own,
+    weighs as much as the whole worker). Lowering a process's nice needs privilege (CI runs as root); without
+    it the process keeps its own."""
     if os.getpriority(os.PRIO_PROCESS, 0) != value:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, value)
         except PermissionError:
             pass
+    try:
+        AUTOGROUP.write_text(str(value))
+    except OSError:  # no autogroup in this kernel, or not permitted
+        pass
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A worker runs a cluster test at the cluster jobs' own priority (slurmd's children keep nice 0): the test's
-    in-process work and its subprocesses (submits, a local reference run's ranks) are on the critical path too.
-    Every other test runs at `WORKER_NICE`, taking the CPU time the critical path leaves idle."""
+    """A worker runs a cluster test at the cluster jobs' own priority: the test's in-process work and its
+    subprocesses (submits, a local reference run's ranks) are on the critical path too. Every other test runs at
+    `WORKER_NICE`, taking the CPU time the critical path leaves idle."""
     if xdist_worker():
-        _renice(0 if _on_cluster(item) else WORKER_NICE)
+        _prioritise(0 if _on_cluster(item) else WORKER_NICE)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """An xdist worker starts at `WORKER_NICE`. The workers also share the cores: OpenMP threads per process are
+    """An xdist worker becomes a session of its own (so that `_prioritise` weighs it apart from the other worker)
+    and starts at `WORKER_NICE`. The workers also share the cores: OpenMP threads per process are
     cores // workers, inherited by every subprocess and, through sbatch's exported environment, by the cluster's
     tasks, as the harness shares a node's cores among its CPU ranks (N processes each starting one thread per
     core oversubscribe the cores N times over). Set before any test imports torch, where the caller has not."""
     if xdist_worker():
-        _renice(WORKER_NICE)
+        with contextlib.suppress(OSError):  # already a session leader
+            os.setsid()
+        _prioritise(WORKER_NICE)
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
