@@ -91,12 +91,15 @@ def main(run_dir: str) -> None:
     tests."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    apply()
-    from nemo.collections.llm import api
+    from harness.lib.heap import quiet_imports
 
-    from harness.core.paths import RunPaths
-    from harness.launch.worker import load_run_spec, run_task
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with quiet_imports():  # NeMo here, before the stage imports it: as the finetune stage does
+        apply()
+        from nemo.collections.llm import api
+
+        from harness.core.paths import RunPaths
+        from harness.launch.worker import load_run_spec, run_task
 
     paths = RunPaths(Path(run_dir))
     spec = load_run_spec(paths)
@@ -168,9 +171,11 @@ def _patch_checkpoint_io() -> None:
 def bench(argv: list[str]) -> None:
     """`harness.bench.train --engine nemo ARGV` on CPU (each rank of `torchrun ... nemo_cpu_compat.py --bench`):
     the CPU path of the NeMo bench script, to check it end to end with gloo before the GPU run."""
-    apply()
-    from harness.bench import train
+    from harness.lib.heap import quiet_imports
 
+    with quiet_imports():
+        apply()
+        from harness.bench import train
     train.main(argv)
 
 

@@ -6,6 +6,10 @@ A = `import megatron.core` (or NeMo's LLM collection and `nemo.lightning`, what 
 nothing else: megatron's and NeMo's import-time `torch.compile` decorations load TorchDynamo and Inductor;
 B = the same after `import harness` (its `harness.cosmos.lazyjit` defers the compiles to their first call, and
 the wandb and multistorageclient packages megatron imports eagerly to their first use).
+
+A stage's import as its task imports it (`*_quiet`: inside `harness.lib.heap.quiet_imports`, no garbage collection
+during the import, the imported heap frozen after it, so the interpreter's shutdown walks it no more) against the
+same import plain.
 """
 
 from __future__ import annotations
@@ -22,20 +26,25 @@ from typing import Any
 
 from harness.core.atomic import atomic_write_json
 
+QUIET = "from harness.lib.heap import quiet_imports\nwith quiet_imports():\n    "
 CASES = {
     "megatron_plain": "import megatron.core",
     "megatron_via_harness": "import harness, megatron.core",
     "tokenize_stage": "import harness.stages.tokenize",
     "finetune_mcore_stage": "import harness.stages.finetune.mcore",
+    "finetune_mcore_stage_quiet": QUIET + "import harness.stages.finetune.mcore",
 }
 NEMO = "from nemo import lightning; from nemo.collections import llm"
 NEMO_CASES = {  # where NeMo 2 is installed
     "nemo_plain": NEMO,
     "nemo_via_harness": "import harness; " + NEMO,
     "finetune_nemo_stage": "import harness.stages.finetune.nemo",
+    "finetune_nemo_stage_quiet": QUIET + "import harness.stages.finetune.nemo",
 }
 RATIOS = {"megatron_via_harness_over_plain": ("megatron_via_harness", "megatron_plain"),
-          "nemo_via_harness_over_plain": ("nemo_via_harness", "nemo_plain")}
+          "nemo_via_harness_over_plain": ("nemo_via_harness", "nemo_plain"),
+          "mcore_stage_quiet_over_plain": ("finetune_mcore_stage_quiet", "finetune_mcore_stage"),
+          "nemo_stage_quiet_over_plain": ("finetune_nemo_stage_quiet", "finetune_nemo_stage")}
 
 
 def cpu_of(code: str) -> float:

@@ -33,6 +33,7 @@ from harness.core.rundir import open_run
 from harness.core.rundir import read_spec as load_run_spec  # the workers' name for the frozen spec's one reader
 from harness.core.stages import stage as stage_def
 from harness.launch import retry
+from harness.lib.heap import quiet_imports
 
 StageFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 
@@ -77,7 +78,9 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
     log.info("%s[%d] starting on %s (job %s)", stage, task, os.uname().nodename, os.environ.get("SLURM_JOB_ID", "-"))
     try:
         require_gpus(spec, stage)  # inside: a GPU node that shows no GPU is a node-level failure, retried
-        worker(stage)(spec, task, paths)
+        with quiet_imports():  # the stage's torch, megatron-core, PyAV...: walked by no later collection
+            fn = worker(stage)
+        fn(spec, task, paths)
     except failures.NoSpaceError:
         raise
     except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is not an Exception

@@ -37,6 +37,7 @@ from harness.core.paths import RunPaths
 from harness.core.tokens import BOV_ID
 from harness.lib import media
 from harness.lib.dvtok import Decoder, Encoder
+from harness.lib.heap import quiet_imports
 from harness.lib.media import IMAGE_SUFFIXES, Sidecar, sidecar_path
 
 if TYPE_CHECKING:
@@ -266,10 +267,11 @@ def weights(spec: RunSpec, paths: RunPaths, step: int) -> Path | None:
 
 
 def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
-    from harness.core.plan import infer_task
-    from harness.cosmos import parallel
-    from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
-    from harness.lib.video import write_mp4
+    with quiet_imports():
+        from harness.core.plan import infer_task
+        from harness.cosmos import parallel
+        from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
+        from harness.lib.video import write_mp4
 
     t = infer_task(spec, task)
     step = t.step
