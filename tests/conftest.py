@@ -12,6 +12,7 @@ from typing import Iterator
 
 import pytest
 
+from harness.lib.heap import quiet_imports
 from shared_util import file_lock, shared_root, xdist_group, xdist_worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _stop_cluster()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[None]:
+    """Collection imports every test module, and with them torch, megatron-core and the harness, in each xdist
+    worker: with the garbage collector walking that growing heap again and again it took 11.7 CPU-s, paused and
+    the result frozen (as a stage imports, `harness.lib.heap`) 6.4."""
+    with quiet_imports():
+        yield
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for `--dist loadgroup` (before xdist reads them): every test on the local cluster runs on one
@@ -139,12 +149,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _prioritise(0 if _on_cluster(item) else WORKER_NICE)
 
 
+NUMBA_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-tests-numba-{os.getuid()}"
+"""numba's cache of the evaluate kernel for every run the suite starts. A run's tasks otherwise share one under
+the run directory (`<run>/cache/numba`, the harness's default where NUMBA_CACHE_DIR is unset), so each of the
+suite's ~40 runs that evaluate compiled the kernel again (~1.4 CPU-s each time, several times at once where a
+run's first evaluate tasks start together). numba keys the cache by the kernel's source file and its stamp, so
+runs from another checkout or an edited metrics module never load a stale kernel."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """An xdist worker becomes a session of its own (so that `_prioritise` weighs it apart from the other worker)
     and starts at `WORKER_NICE`. The workers also share the cores: OpenMP threads per process are
     cores // workers, inherited by every subprocess and, through sbatch's exported environment, by the cluster's
     tasks, as the harness shares a node's cores among its CPU ranks (N processes each starting one thread per
-    core oversubscribe the cores N times over). Set before any test imports torch, where the caller has not."""
+    core oversubscribe the cores N times over). Set before any test imports torch, where the caller has not;
+    `NUMBA_CACHE` likewise, before any test imports numba (it reads the variable once, at import)."""
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(NUMBA_CACHE))
     if xdist_worker():
         with contextlib.suppress(OSError):  # already a session leader
             os.setsid()

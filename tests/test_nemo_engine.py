@@ -9,6 +9,7 @@ Skipped where NeMo 2 is not installed (the `nemo` extra installs it; see the REA
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import signal
@@ -36,7 +37,9 @@ from harness.core.paths import RunPaths, is_done
 from harness.stages import infer
 from harness.stages.finetune.core import lr_at  # noqa: E402
 
-pytest.importorskip("nemo.collections.llm")
+# find_spec, not importorskip: collection in every xdist worker would import NeMo (~10 CPU-s) for nothing
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("nemo.collections.llm") is None,
+                                reason="NeMo 2 not installed")
 
 
 HERE = Path(__file__).resolve().parent

@@ -45,8 +45,10 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes:
 
 def _child(local_rank: int, target: RankFn, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
            port: int, parent: int) -> None:
-    from harness.cosmos.lifetime import die_with_parent
+    from harness.lib.heap import quiet_imports
 
+    with quiet_imports():  # torch and the target's module, unpickled before this ran: frozen for the exit
+        from harness.cosmos.lifetime import die_with_parent
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
