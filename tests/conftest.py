@@ -152,8 +152,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 NUMBA_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"harness-tests-numba-{os.getuid()}"
 """numba's cache of the evaluate kernel for every run the suite starts. A run's tasks otherwise share one under
 the run directory (`<run>/cache/numba`, the harness's default where NUMBA_CACHE_DIR is unset), so each of the
-suite's ~40 runs that evaluate compiled the kernel again (~1.4 CPU-s each time, several times at once where a
-run's first evaluate tasks start together). numba keys the cache by the kernel's source file and its stamp, so
+suite's runs that evaluate compiled the kernel again (~1.4 CPU-s each time, several times at once where a run's
+first evaluate tasks start together). numba keys the cache by the kernel's source file and its stamp, so
 runs from another checkout or an edited metrics module never load a stale kernel."""
 
 
