@@ -8,9 +8,12 @@ SIGUSR2/SIGTERM forwarded so a preemption still checkpoints on every rank.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
+import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 RankFn = Callable[[spec_mod.RunSpec, int, RunPaths], None]
 """A per-rank function, called as fn(spec, task, paths) on every rank. A module-level function: a spawned rank
-receives it pickled (by its module and name) and imports it, as any reader can follow it."""
+receives its module and name and imports it."""
 
 
 def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes: int, target: RankFn,
@@ -43,44 +46,63 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes:
         raise HarnessError(f"{spec.source}: {what} needs {want} ranks, but {env.world} were started ({env.source})")
 
 
-def _child(local_rank: int, target: RankFn, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
-           port: int, parent: int) -> None:
+def _child(local_rank: int, where: str, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
+           port: int, parent: int, errors: Any) -> None:
+    """A spawned rank. Its target arrives as "module:name", not pickled: unpickling a function imports its module
+    (and torch with it) before any code of ours runs, with the garbage collector walking every object the
+    import makes; named, the import happens here, inside `quiet_imports`."""
     from harness.lib.heap import quiet_imports
 
-    with quiet_imports():  # torch and the target's module, unpickled before this ran: frozen for the exit
+    with quiet_imports():
         from harness.cosmos.lifetime import die_with_parent
+
+        module, name = where.split(":")
+        target: RankFn = getattr(importlib.import_module(module), name)
     die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{local_rank} %(levelname)s %(name)s: %(message)s")
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    target(spec_mod.from_dict(spec_dict, source), task, open_run(Path(root)))
+    try:
+        target(spec_mod.from_dict(spec_dict, source), task, open_run(Path(root)))
+    except Exception:
+        errors.put(traceback.format_exc())
+        sys.exit(1)
+
+
+class RankFailed(RuntimeError):
+    """A spawned rank ended with an error (its traceback is the message, so a task's reason is its last line) or
+    was killed."""
 
 
 def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target: RankFn) -> None:
     """Start `world` local ranks and wait for them; a rank's Preempted re-raises here (after submitit's requeue
     handler ran, when a SIGUSR2 from Slurm started it)."""
-    import torch.multiprocessing as mp
+    import multiprocessing
 
     from harness.cosmos.parallel import _free_port
     from harness.cosmos.signals import SIGNALS, Preempted
 
-    args = (target, spec_mod.to_dict(spec), spec.source, task, str(paths.root), world, _free_port(), os.getpid())
-    ctx = mp.start_processes(_child, args=args, nprocs=world, join=False, start_method="spawn")
+    ctx = multiprocessing.get_context("spawn")
+    where = f"{target.__module__}:{target.__qualname__}"
+    args = (where, spec_mod.to_dict(spec), spec.source, task, str(paths.root), world, _free_port(), os.getpid())
+    errors = [ctx.SimpleQueue() for _ in range(world)]
+    procs = [ctx.Process(target=_child, args=(r, *args, errors[r]), name=f"rank{r}") for r in range(world)]
+    for p in procs:
+        p.start()
     caught: list[int] = []
     previous = {s: signal.getsignal(s) for s in SIGNALS}
 
     def forward(signum: int, frame: Any) -> None:
         caught.append(signum)
-        for p in ctx.processes:
+        for p in procs:
             if p.pid and p.is_alive():
                 os.kill(p.pid, signum)
 
     for s in SIGNALS:
         signal.signal(s, forward)
     try:
-        while not ctx.join():
-            pass
-    except mp.ProcessRaisedException as e:
+        _join(procs, errors)
+    except RankFailed as e:
         if caught and "Preempted" in str(e):
             prev = previous.get(signal.Signals(caught[0]))
             for s, h in previous.items():
@@ -92,3 +114,37 @@ def spawn(spec: spec_mod.RunSpec, task: int, paths: RunPaths, world: int, target
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _stop(procs)
+
+
+def _join(procs: list[Any], errors: list[Any]) -> None:
+    """Wait for every rank; the first to fail ends the others (its peers would wait in a collective forever)."""
+    from multiprocessing.connection import wait
+
+    left = {p.sentinel: (r, p) for r, p in enumerate(procs)}
+    while left:
+        for sentinel in wait(list(left)):
+            r, p = left.pop(sentinel)
+            p.join()
+            if p.exitcode == 0:
+                continue
+            code = p.exitcode
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            said = errors[r].get() if not errors[r].empty() else how
+            raise RankFailed(f"rank {r} of {len(procs)} (pid {p.pid}) failed:\n{said}")
+
+
+def _stop(procs: list[Any], grace_s: float = 30.0) -> None:
+    """SIGTERM to ranks still running, SIGKILL to those alive after `grace_s` (a rank in a C++ call may never
+    return to the interpreter to act on a signal)."""
+    import time
+
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in alive:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
