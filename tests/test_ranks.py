@@ -57,39 +57,6 @@ def test_spawned_ranks_die_with_a_killed_stage(tmp_path: Path) -> None:
             pass
 
 
-QUEUE_SERVER = """
-import sys, time
-from harness.cosmos import checkpoint
-checkpoint._signal_proof_results_queue()
-print(checkpoint._manager._process.pid, flush=True)
-time.sleep(600)
-"""
-
-
-def test_checkpoint_queue_server_dies_with_its_trainer() -> None:
-    """The results-queue server the checkpoint writer uses ignores the stop signals (so a preemption cannot break a
-    save); a SIGKILLed trainer must still take it along (one was found alive, 420 MB, after a killed test run)."""
-    from harness.cosmos import checkpoint
-
-    if not hasattr(__import__("megatron.core.dist_checkpointing.strategies.filesystem_async",
-                              fromlist=["_results_queue"]), "_results_queue"):
-        pytest.skip("this megatron-core has no results queue to serve")
-    assert checkpoint._start_manager  # the harness starts that server itself
-    trainer = subprocess.Popen([sys.executable, "-c", QUEUE_SERVER], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
-    try:
-        server = int(trainer.stdout.readline())  # type: ignore[union-attr]
-        assert pid_alive(server)
-        os.kill(trainer.pid, signal.SIGKILL)
-        trainer.wait()
-        assert _wait(lambda: not pid_alive(server), 20), f"queue server {server} outlived its trainer"
-    finally:
-        try:
-            os.killpg(trainer.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 THREADS = SPAWN.replace("rank_sleeper.sleep", "rank_sleeper.threads")
 
 
@@ -120,14 +87,31 @@ def test_thread_share_follows_the_launcher_and_the_user() -> None:
     assert cpu_threads(16, 4, {"OMP_NUM_THREADS": "8"}) is None  # the user's setting wins
 
 
-def test_queue_server_loads_no_torch() -> None:
-    """The queue server imports the module of its entry first: with the entry beside the checkpoint code it
-    loaded torch and megatron-core, 8.7 s of every finetune start on 2 cores (a profile of one task)."""
-    from harness.cosmos import checkpoint
+SAVE_TWICE = """
+import sys
+from pathlib import Path
+from harness.core.models import PRESETS
+from harness.core.tokens import Grid
+from harness.cosmos import checkpoint, parallel
+from harness.cosmos.model import build_model
 
-    manager = checkpoint._start_manager()
-    try:
-        maps = Path(f"/proc/{manager._process.pid}/maps").read_text()
-        assert "libtorch" not in maps, "the queue server loaded torch"
-    finally:
-        manager.shutdown()
+parallel.init(1)
+model = build_model(PRESETS["tiny"], Grid(2, 2, 2), tp=1, precision="fp32")
+for step in (1, 2):
+    checkpoint.save(Path(sys.argv[1]) / f"step-{step}", model, None, trainer={"step": step}, context={})
+import multiprocessing
+print(len(multiprocessing.active_children()), flush=True)
+"""
+
+
+def test_a_save_leaves_no_helper_process(tmp_path: Path) -> None:
+    """megatron-core's writer reports its results through a queue; the harness' saves are synchronous, so the
+    queue is the trainer's own, not one served by a helper process (that server imported torch to unpickle the
+    first result, ~290 MB and ~2 CPU-s a trainer, and died of Slurm's stop signals mid-save). Two saves: both
+    complete, and nothing the writer started outlives them."""
+    out = subprocess.run([sys.executable, "-c", SAVE_TWICE, str(tmp_path)], capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "0", out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1", "step-2"]
+    assert all((tmp_path / s / "done.json").is_file() for s in ("step-1", "step-2"))

@@ -14,7 +14,6 @@ way, and so does a checkpoint written before `optimizer/` existed (its optimizer
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,39 +95,21 @@ def strip_optimizer(ckpt_dir: Path) -> bool:
     return True
 
 
-_manager: Any = None
+def in_process_results_queue() -> None:
+    """megatron-core's torch_dist writer hands each save's write results to the finalising code through a module
+    global queue (`_results_queue` in 0.15-0.19), by default a `multiprocessing.Manager` queue served by a
+    spawned process, which its asynchronous saves need (the writing happens in another process). The harness
+    saves synchronously only (the mcore engine's `dist_checkpointing.save`, the NeMo engine's
+    `ckpt_async_save=False`): the results are put and taken in the trainer itself, and a `queue.Queue` carries
+    them. The served queue cost every trainer a second interpreter that imported torch (~290 MB, ~2 CPU-s) to
+    unpickle the first result, and on preemption Slurm's signal killed that server, so the checkpoint written on
+    the signal failed with BrokenPipeError (seen on the local cluster under `scontrol requeue`)."""
+    import queue  # noqa: PLC0415
 
-
-def _signal_proof_results_queue() -> None:
-    """megatron-core's torch_dist writer reports through a queue served by a multiprocessing Manager process it
-    spawns at the first save and keeps. On preemption Slurm signals every process of the step, and that server
-    died of it, so the checkpoint the trainer then writes on the signal failed with BrokenPipeError (seen on
-    the local cluster under `scontrol requeue`). Here the harness owns that server: started with the stop
-    signals ignored, replaced before a save if it is gone anyway, and handed to megatron-core through the module
-    global it checks (`_results_queue` in 0.15-0.19)."""
-    global _manager
     from megatron.core.dist_checkpointing.strategies import filesystem_async as fa  # noqa: PLC0415
 
-    if not hasattr(fa, "_results_queue"):
-        return
-    if _manager is not None and _manager._process.is_alive():
-        return
-    if _manager is not None:
-        log.warning("checkpoint writer's results queue server (pid %d) is gone; starting another",
-                    _manager._process.pid)
-    _manager = _start_manager()
-    fa._results_queue = _manager.Queue()
-
-
-def _start_manager() -> Any:
-    import multiprocessing as mp  # noqa: PLC0415
-    from multiprocessing.managers import SyncManager  # noqa: PLC0415
-
-    from harness.cosmos.lifetime import outlive_stop_signals  # noqa: PLC0415
-
-    manager = SyncManager(ctx=mp.get_context("spawn"))
-    manager.start(outlive_stop_signals, (os.getpid(),))
-    return manager
+    if hasattr(fa, "_results_queue") and not isinstance(fa._results_queue, queue.Queue):
+        fa._results_queue = queue.Queue()
 
 
 def save(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any], context: dict[str, Any],
@@ -163,7 +144,7 @@ def _write(ckpt_dir: Path, model: Any, optimizer: Any, *, trainer: dict[str, Any
     # before the weights' save, which expands msd's factories (SwiGLU fc1) in place: the optimizer maps its
     # parameters through them
     osd = None if optimizer is None else optimizer.sharded_state_dict(msd)
-    _signal_proof_results_queue()
+    in_process_results_queue()
     dist_checkpointing.save({"state_dict": msd}, str(ckpt_dir / "weights"))
     if osd is not None:
         if parallel.is_main():

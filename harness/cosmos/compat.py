@@ -6,8 +6,7 @@ GPU visible, as a CPU-only task of submitit's local executor sees a GPU workstat
 `apply()` is idempotent.
 
 Also required on CPU, outside this module: `psutil` installed (without it a dist-checkpoint save hangs in
-`count_queue.join()`), the `gather_object` exchange algorithm for fully-parallel loads (see checkpoint.py), and
-an `if __name__ == "__main__"` guard in scripts (a save starts a multiprocessing Manager).
+`count_queue.join()`) and the `gather_object` exchange algorithm for fully-parallel loads (see checkpoint.py).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from harness.core.models import (
 )
 from harness.cosmos import config as cfg
 from harness.cosmos import parallel
+from harness.cosmos.checkpoint import in_process_results_queue
 
 _LINEARS_WITH_EXTRA = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
 
@@ -86,6 +87,7 @@ def write_nemo(out_dir: str | Path, preset: ModelPreset, sd: Mapping[str, torch.
     if torch.distributed.get_rank() == 0:
         wdir.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
+    in_process_results_queue()
     dist_checkpointing.save({"state_dict": state}, str(wdir))
     if torch.distributed.get_rank() == 0:
         _write_context(out / "context", preset)

@@ -21,6 +21,7 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.spec import TrackingSection
 from harness.core.trainplan import TrainingPlan
+from harness.cosmos.checkpoint import in_process_results_queue
 from harness.cosmos.signals import StopSignal
 from harness.lib.tracking import TrainTracker
 from harness.stages import tracked
@@ -119,6 +120,7 @@ class HarnessCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         start = time.perf_counter()
+        in_process_results_queue()  # on every rank, before NeMo's (synchronous) torch_dist save
         super()._save_checkpoint(trainer, filepath)
         step = trainer.global_step
         directory = Path(ckpt_to_dir(filepath))
