@@ -51,6 +51,16 @@ def spec_for(*, tp: int = 1, checkpoint: str = "") -> Any:
                      engine="nemo", warmup_steps=2, min_lr=2e-3)
 
 
+@pytest.fixture(scope="module")
+def nemo_here() -> None:
+    """The tests that use NeMo inside the xdist worker import it as a task does: with the garbage collector
+    paused and the result frozen (~800,000 objects every later collection in the worker would walk again)."""
+    from harness.lib.heap import quiet_imports
+
+    with quiet_imports():
+        import harness.stages.finetune.nemo  # noqa: F401
+
+
 def train(paths: RunPaths, timeout: int = 400) -> subprocess.CompletedProcess[str]:
     """The NeMo engine on one run directory, in a fresh interpreter; the trained model's logits on probe tokens
     are written to RUN/probe.pt (tests/nemo_cpu_compat.py)."""
@@ -158,7 +168,7 @@ def first_batch_loss(paths: RunPaths, weights: Path) -> float:
     from harness.cosmos.model import build_model
     from harness.launch.worker import load_run_spec
     from harness.stages.dataset import open_dataset
-    from harness.stages.finetune.nemo import ordered_sample
+    from harness.stages.finetune.nemo_common import ordered_sample
 
     spec = load_run_spec(paths)
     tm = spec.token_math
@@ -292,13 +302,14 @@ def test_video2world(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("gbs,mbs,dp,resume_step", [(4, 1, 2, 0), (6, 1, 3, 2), (8, 2, 2, 3), (3, 3, 1, 1)])
-def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: int, resume_step: int) -> None:
+def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: int, resume_step: int,
+                                                      nemo_here: None) -> None:
     """NeMo's MegatronPretrainingSampler over the engine's dataset order gives every DP rank, micro-batch by
     micro-batch, exactly the samples the mcore engine's `micro_batch` picks (also after resuming mid-run)."""
     from nemo.lightning.data import MegatronPretrainingSampler
 
     from harness.cosmos import data as data_mod
-    from harness.stages.finetune.nemo import ordered_sample
+    from harness.stages.finetune.nemo_common import ordered_sample
 
     n, seed, steps = 5, 3, 6  # 5 videos: batches cross epoch boundaries
     for rank in range(dp):
@@ -314,7 +325,7 @@ def test_nemo_sampler_feeds_the_mcore_engines_batches(gbs: int, mbs: int, dp: in
 
 @pytest.mark.parametrize("count,gbs,mbs,dp", [(5, 2, 1, 1), (7, 4, 1, 2), (9, 8, 2, 2), (4, 6, 1, 3), (2, 3, 3, 1)])
 def test_nemo_validation_order_gives_each_rank_the_mcore_engines_videos(count: int, gbs: int, mbs: int,
-                                                                        dp: int) -> None:
+                                                                        dp: int, nemo_here: None) -> None:
     """NeMo's validation sampler (drop_last, as NeMo sets it for validation) over `validation_order` gives DP
     rank r the videos `core.validation_loss` reads on it (r, r + dp, ...), in the same micro-batches, with
     padding (no loss) only after them; nothing is dropped, and the passes are whole global batches."""
@@ -337,7 +348,7 @@ def test_nemo_validation_order_gives_each_rank_the_mcore_engines_videos(count: i
 
 def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
     from harness.core.errors import HarnessError
-    from harness.stages.finetune.nemo import check_engine
+    from harness.stages.finetune.nemo_common import check_engine
 
     atomic_write_json(tmp_path / "context" / "harness.json", {"preset": "tiny", "engine": "mcore"})
     with pytest.raises(HarnessError, match="'mcore' engine"):
@@ -346,7 +357,7 @@ def test_resume_refuses_another_engines_checkpoint(tmp_path: Path) -> None:
     check_engine(tmp_path)
 
 
-def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_engine_choice(monkeypatch: pytest.MonkeyPatch, nemo_here: None) -> None:
     import dataclasses
 
     from harness.stages import finetune
