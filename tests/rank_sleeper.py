@@ -29,3 +29,8 @@ def threads(spec: Any, task: int, paths: Any) -> None:
     parallel.init(tp=1)
     (Path(paths.root) / f"rank-{os.environ['RANK']}.threads").write_text(str(torch.get_num_threads()))
     parallel.shutdown()
+
+
+def fail(spec: Any, task: int, paths: Any) -> None:
+    """Fails with a traceback far larger than a pipe's buffer (the error's way back to the stage)."""
+    raise RuntimeError("x" * 200_000 + f" rank {os.environ['RANK']} failed on purpose")

@@ -57,6 +57,22 @@ def test_spawned_ranks_die_with_a_killed_stage(tmp_path: Path) -> None:
             pass
 
 
+FAIL = SPAWN.replace("rank_sleeper.sleep", "rank_sleeper.fail")
+
+
+def test_a_failed_ranks_error_reaches_the_stage(tmp_path: Path) -> None:
+    """A rank's exception ends the stage with the rank's own last line (the task's reason), also when its traceback
+    is larger than the pipe it travels through (a blocked write there would hang the stage forever)."""
+    from harness.core.failures import reason
+
+    spec = specs.write(tmp_path / "run.toml", specs.tiny_run(tmp_path, name="fail", videos=tmp_path))
+    out = subprocess.run([sys.executable, "-c", FAIL, str(spec), str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    assert out.returncode != 0
+    assert "RankFailed: rank " in out.stderr
+    assert reason(out.stderr).startswith("RuntimeError: xxx"), reason(out.stderr)[:200]
+
+
 THREADS = SPAWN.replace("rank_sleeper.sleep", "rank_sleeper.threads")
 
 

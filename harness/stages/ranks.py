@@ -46,6 +46,14 @@ def run(spec: spec_mod.RunSpec, task: int, paths: RunPaths, *, want: int, nodes:
         raise HarnessError(f"{spec.source}: {what} needs {want} ranks, but {env.world} were started ({env.source})")
 
 
+def _bounded(trace: str, line_chars: int = 2_000, total: int = 16_000) -> str:
+    """A failed rank's traceback, small enough for the pipe it travels through: the stage reads it only after the
+    rank exited, and a put larger than the pipe's buffer would never return. Its last lines (the last is the
+    task's reason), each line's head."""
+    lines = [ln if len(ln) <= line_chars else ln[:line_chars] + " ..." for ln in trace.splitlines()]
+    return "\n".join(lines)[-total:]
+
+
 def _child(local_rank: int, where: str, spec_dict: dict[str, Any], source: str, task: int, root: str, world: int,
            port: int, parent: int, errors: Any) -> None:
     """A spawned rank. Its target arrives as "module:name", not pickled: unpickling a function imports its module
@@ -65,7 +73,7 @@ def _child(local_rank: int, where: str, spec_dict: dict[str, Any], source: str, 
     try:
         target(spec_mod.from_dict(spec_dict, source), task, open_run(Path(root)))
     except Exception:
-        errors.put(traceback.format_exc())
+        errors.put(_bounded(traceback.format_exc()))
         sys.exit(1)
 
 
