@@ -10,6 +10,10 @@ the wandb and multistorageclient packages megatron imports eagerly to their firs
 A stage's import as its task imports it (`*_quiet`: inside `harness.lib.heap.quiet_imports`, no garbage collection
 during the import, the imported heap frozen after it, so the interpreter's shutdown walks it no more) against the
 same import plain.
+
+A trainer's first checkpoint save (a tiny model, megatron-core's torch_dist writer, the process's CPU with its
+children's) through megatron's default results queue, which a spawned manager process serves, against the
+in-process queue the harness hands it (`harness.cosmos.checkpoint.in_process_results_queue`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ CASES = {
     "finetune_mcore_stage": "import harness.stages.finetune.mcore",
     "finetune_mcore_stage_quiet": QUIET + "import harness.stages.finetune.mcore",
 }
+SAVE = ("import tempfile\nfrom megatron.core import dist_checkpointing\nfrom harness.core.models import PRESETS\n"
+        "from harness.core.tokens import Grid\nfrom harness.cosmos import checkpoint, parallel\n"
+        "from harness.cosmos.model import build_model\nparallel.init(1)\n"
+        "model = build_model(PRESETS['tiny'], Grid(2, 2, 2), tp=1, precision='fp32')\n{queue}"
+        "dist_checkpointing.save({{'state_dict': checkpoint.model_sharded_state_dict(model)}}, tempfile.mkdtemp())\n")
+CASES["first_save_served_queue"] = SAVE.format(queue="")
+CASES["first_save_in_process_queue"] = SAVE.format(queue="checkpoint.in_process_results_queue()\n")
 NEMO = "from nemo import lightning; from nemo.collections import llm"
 NEMO_CASES = {  # where NeMo 2 is installed
     "nemo_plain": NEMO,
@@ -44,7 +55,8 @@ NEMO_CASES = {  # where NeMo 2 is installed
 RATIOS = {"megatron_via_harness_over_plain": ("megatron_via_harness", "megatron_plain"),
           "nemo_via_harness_over_plain": ("nemo_via_harness", "nemo_plain"),
           "mcore_stage_quiet_over_plain": ("finetune_mcore_stage_quiet", "finetune_mcore_stage"),
-          "nemo_stage_quiet_over_plain": ("finetune_nemo_stage_quiet", "finetune_nemo_stage")}
+          "nemo_stage_quiet_over_plain": ("finetune_nemo_stage_quiet", "finetune_nemo_stage"),
+          "first_save_in_process_over_served": ("first_save_in_process_queue", "first_save_served_queue")}
 
 
 def cpu_of(code: str) -> float:
