@@ -42,7 +42,8 @@ SAVE = ("import tempfile\nfrom megatron.core import dist_checkpointing\nfrom har
         "from harness.core.tokens import Grid\nfrom harness.cosmos import checkpoint, parallel\n"
         "from harness.cosmos.model import build_model\nparallel.init(1)\n"
         "model = build_model(PRESETS['tiny'], Grid(2, 2, 2), tp=1, precision='fp32')\n{queue}"
-        "dist_checkpointing.save({{'state_dict': checkpoint.model_sharded_state_dict(model)}}, tempfile.mkdtemp())\n")
+        "with tempfile.TemporaryDirectory() as out:\n"
+        "    dist_checkpointing.save({{'state_dict': checkpoint.model_sharded_state_dict(model)}}, out)\n")
 CASES["first_save_served_queue"] = SAVE.format(queue="")
 CASES["first_save_in_process_queue"] = SAVE.format(queue="checkpoint.in_process_results_queue()\n")
 NEMO = "from nemo import lightning; from nemo.collections import llm"

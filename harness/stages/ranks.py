@@ -136,8 +136,7 @@ def _join(procs: list[Any], errors: list[Any]) -> None:
             p.join()
             if p.exitcode == 0:
                 continue
-            code = p.exitcode
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            how = f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
             said = errors[r].get() if not errors[r].empty() else how
             raise RankFailed(f"rank {r} of {len(procs)} (pid {p.pid}) failed:\n{said}")
 
