@@ -40,7 +40,28 @@ GENERATE_B32 = Rate(3_466, "tokens/s", "results/bench/h200/generate-whole-video.
                                        "videos (7,680 new tokens), CUDA graph, cosmos-4b")
 GENERATE_B64 = Rate(5_215, "tokens/s", "results/bench/h200/generate-whole-video.json results[1]: batch 64, whole "
                                        "videos, CUDA graph, cosmos-4b (133.8 GiB peak: the auto batch on an H200)")
-GENERATE = ((1, GENERATE_B1), (8, GENERATE_B8), (32, GENERATE_B32), (64, GENERATE_B64))
+@dataclass(frozen=True)
+class DecodePoint:
+    """A measured generation: `new` tokens after `prompt` positions at `batch`, Cosmos-4B on one H200."""
+    batch: int
+    prompt: int
+    new: int
+    rate: Rate
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes/s its decode steps moved (`models.decode_step_bytes` at the average attended length)."""
+        step_bytes = models.decode_step_bytes(REF_PRESET, self.batch, self.prompt + self.new / 2)
+        return step_bytes * self.rate.value / self.batch
+
+
+REF_PRESET = models.PRESETS["cosmos-4b"]
+GENERATE = (DecodePoint(1, 5_120, 256, GENERATE_B1), DecodePoint(8, 5_120, 256, GENERATE_B8),
+            DecodePoint(32, 5_120, 7_680, GENERATE_B32), DecodePoint(64, 5_120, 7_680, GENERATE_B64))
+"""Generation is bound by the bytes a decode step reads (weights once, every sequence's cached keys and values):
+these points give the bandwidth reached at each batch, and a spec's rate is that bandwidth over its own step
+bytes (its preset's weights and cache, its videos' attended lengths). On one H100 the model puts
+Cosmos-5B-Video2World's whole videos at 93% of Cosmos-4B's rate; measured 95% (README, "Measured")."""
 AUTO_BATCH = 64
 """The batch the estimate assumes infer.batch_size = 0 runs on an H200: the largest measured there. Since the
 prefill goes in chunks (`harness.cosmos.batching`) the auto batch there is larger (~100, not yet measured; on an
@@ -61,7 +82,8 @@ class StageEstimate:
 
 
 def _model_scale(plan: Plan) -> float:
-    """Time scales with the parameter count (FLOPs per token in training, weight bytes per step in decoding)."""
+    """Training time scales with the parameter count (FLOPs per token); generation has its own model
+    (`generate_rate`)."""
     return plan.spec.preset.params / REF_PARAMS
 
 
@@ -100,15 +122,22 @@ def finetune(plan: Plan) -> StageEstimate:
                           f"optimistic beyond TP 2" if eff != 1.0 else "") + ")")
 
 
-def generate_rate(batch: int) -> tuple[float, str]:
-    """tokens/s at `batch`, linear between the measured batch sizes (clamped to the largest), with its sources."""
-    pts = [(b, r) for b, r in GENERATE if b <= batch] or [GENERATE[0]]
+def bandwidth(batch: int) -> tuple[float, str]:
+    """Decode bytes/s at `batch`, linear between the measured batch sizes (clamped to the largest), with sources."""
+    pts = [p for p in GENERATE if p.batch <= batch] or [GENERATE[0]]
     lo = pts[-1]
-    hi = next(((b, r) for b, r in GENERATE if b > batch), None)
-    if hi is None or lo[0] == batch:
-        return lo[1].value, lo[1].source
-    frac = (batch - lo[0]) / (hi[0] - lo[0])
-    return lo[1].value + (hi[1].value - lo[1].value) * frac, f"between {lo[1].source} and {hi[1].source}"
+    hi = next((p for p in GENERATE if p.batch > batch), None)
+    if hi is None or lo.batch == batch:
+        return lo.bandwidth, lo.rate.source
+    frac = (batch - lo.batch) / (hi.batch - lo.batch)
+    return lo.bandwidth + (hi.bandwidth - lo.bandwidth) * frac, f"between {lo.rate.source} and {hi.rate.source}"
+
+
+def generate_rate(preset: models.ModelPreset, batch: int, prompt: int, new: int) -> tuple[float, str]:
+    """tokens/s generating `new` tokens after `prompt` positions at `batch`: the measured bandwidth at that batch
+    over this shape's decode step bytes."""
+    bw, source = bandwidth(batch)
+    return batch * bw / models.decode_step_bytes(preset, batch, prompt + new / 2), source
 
 
 def infer(plan: Plan) -> StageEstimate:
@@ -120,16 +149,17 @@ def infer(plan: Plan) -> StageEstimate:
     first = plan_mod.infer_task(spec, 0)
     per_task_inputs = first.stop - first.start
     batch = max(1, min(i.batch_size or AUTO_BATCH, per_task_inputs))
-    measured, source = generate_rate(batch)
-    rate = measured / _model_scale(plan)
+    prompt = i.context_latent_frames * tm.grid.h * tm.grid.w
+    rate, source = generate_rate(spec.preset, batch, prompt, gen)
+    auto = "" if i.batch_size else " (auto)"
     per_task = math.ceil(per_task_inputs / batch) * gen * batch / rate
     gpus = i.gpus_per_node * i.nodes
     tasks = plan.stage("infer").tasks
     return StageEstimate("infer", per_task, per_task * gpus * tasks / 3600,
                          f"{tasks} task(s) ({len(plan.eval_steps)} checkpoint(s) x "
                          f"{plan_mod.infer_shards(i)} input shard(s)) x {per_task_inputs} video(s) x {gen:,} generated "
-                         f"tokens at ~{rate:,.0f} tokens/s (batch {batch}{' (auto)' if not i.batch_size else ''}: "
-                         f"{source}; x {1 / _model_scale(plan):.2f} for {spec.model.preset}'s parameters)")
+                         f"tokens after {prompt:,} at ~{rate:,.0f} tokens/s (batch {batch}{auto}: the decode "
+                         f"bandwidth of {source}, over {spec.model.preset}'s weights and cache)")
 
 
 def tokenize(plan: Plan) -> StageEstimate:

@@ -155,6 +155,34 @@ def checkpoint_shapes(p: ModelPreset, layers: int | None = None) -> dict[str, tu
     return out
 
 
+PROMPT_ROWS = 512
+"""Rows of a Video2World prompt embedding: T5 encoder outputs padded or cut to this many tokens, upstream's
+length, which the cross-attention attends over in full (`harness.lib.prompts`)."""
+
+
+def kv_bytes(layers: int, groups: int, kv_channels: int, elem: int) -> int:
+    """Keys and values one cached position holds over `layers` layers of `groups` key/value heads."""
+    return 2 * layers * groups * kv_channels * elem
+
+
+def decode_weight_bytes(p: ModelPreset, elem: int = 2) -> int:
+    """Weight bytes one decode step reads: every decoder layer, the final norm and the output layer; not the input
+    embedding (one row a token) nor Video2World's cross-attention key/value projection (applied to the prompt
+    once, at prefill)."""
+    layer = sum(math.prod(s) for k, s in layer_shapes(p).items() if k != "cross_attention.linear_kv.weight")
+    rest = sum(math.prod(s) for k, s in global_shapes(p).items() if k != "embedding.word_embeddings.weight")
+    return elem * (p.num_layers * layer + rest)
+
+
+def decode_step_bytes(p: ModelPreset, batch: int, positions: float, elem: int = 2) -> float:
+    """Bytes one decode step reads at `batch` sequences attending to `positions` cached positions each: the
+    weights once, every sequence's keys and values (and, for Video2World, its prompt's cross-attention keys and
+    values). Generation is bound by this count over memory bandwidth (README, "Measured")."""
+    per_position = kv_bytes(p.num_layers, p.num_query_groups, p.kv_channels, elem)
+    prompt = PROMPT_ROWS if p.video2world else 0
+    return decode_weight_bytes(p, elem) + batch * (positions + prompt) * per_position
+
+
 def tp_problems(p: ModelPreset, tp: int) -> list[str]:
     """Dimensions that tensor parallelism of size `tp` would have to split unevenly."""
     dims = {"attention heads": p.num_attention_heads, "query groups": p.num_query_groups,

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from harness.core.models import kv_bytes
+
 BLOCK = 128
 """Key block of the decode attention (flex attention's kernel block): buffers hold a whole number of blocks."""
 PREFILL_TOKENS = 65_536
@@ -26,7 +28,7 @@ def kv_bytes_per_sequence(model: Any, positions: int) -> int:
     c = model.config
     local_groups = c.num_query_groups // c.tensor_model_parallel_size
     elem = torch.finfo(c.params_dtype).bits // 8
-    return 2 * len(model.decoder.layers) * local_groups * c.kv_channels * (-(-positions // BLOCK) * BLOCK) * elem
+    return kv_bytes(len(model.decoder.layers), local_groups, c.kv_channels, elem) * (-(-positions // BLOCK) * BLOCK)
 
 
 def max_batch(model: Any, positions: int, prompt_len: int, free_bytes: int, *, margin: float = 0.8,

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-MAX_LENGTH = 512
+from harness.core.models import PROMPT_ROWS
+
+MAX_LENGTH = PROMPT_ROWS
 """Prompt tokens per embedding (T5 positions after padding/truncation)."""
 
 
