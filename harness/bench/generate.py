@@ -4,8 +4,10 @@ frames of context prefilled, then top-p sampling one token per step.
 
 Weights are random (speed does not depend on their values), so no checkpoint is needed; bf16 on CUDA, fp32 on
 CPU (where `--preset tiny` is a smoke test). tokens/s counts generated tokens of all sequences per second of
-decoding (prefill reported separately). The memory-bandwidth bound at batch 1 is also reported: bytes of
-weights read per step / step time. Video2World presets get what generation gives them: a BOV token before the
+decoding (prefill reported separately). Decoding is bound by memory bandwidth, reported two ways: every
+parameter's bytes / step time (`weights_gb_per_s`, the older figure), and what a step reads / step time
+(`decode_gb_per_s`: `harness.core.models.decode_step_bytes`, the weights a step uses once and every sequence's
+cached keys and values at the average attended length; per GPU at TP > 1). Video2World presets get what generation gives them: a BOV token before the
 context latents and a T5-shaped context (random [b, 512, crossattn_dim]; its checks use tiny-v2w).
 
     python -m harness.bench.generate --preset cosmos-4b --batch 1 8 --out results/bench
@@ -28,7 +30,7 @@ import torch
 
 from harness.bench import ranks
 from harness.core.atomic import atomic_write_json
-from harness.core.models import PRESETS, Precision
+from harness.core.models import PRESETS, Precision, decode_step_bytes
 from harness.core.tokens import BOV_ID, Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0
@@ -58,7 +60,7 @@ def inputs(model: Any, batch: int, n_ctx: int, device: str, seed: int) -> tuple[
 
 
 def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, repeats: int,
-            device: str, mode: str, seed: int = 0) -> dict[str, Any]:
+            device: str, mode: str, seed: int = 0, preset: str = "cosmos-4b") -> dict[str, Any]:
     from harness.cosmos.batching import prefill_chunk
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
 
@@ -80,12 +82,15 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     video_s = statistics.median(s.prefill_s + s.decode_s for s in runs)
     gpus = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    elem = next(model.parameters()).element_size()
+    step_bytes = decode_step_bytes(PRESETS[preset], batch, n_ctx + new_tokens / 2, elem) / gpus
     return {"mode": mode, "batch": batch, "context_tokens": n_ctx, "new_tokens": new_tokens, "tokens_per_s": tps,
             "t5_context": list(extra["context"].shape) if extra else None,
             "ms_per_step": 1e3 * step_s, "prefill_s": statistics.median(s.prefill_s for s in runs),
             "prefill_chunk": prefill_chunk(batch, n_ctx + (1 if extra else 0)),
             "batch_s": video_s, "videos_per_gpu_hour": batch * 3600.0 / video_s / gpus if new_tokens + n_ctx ==
-            grid.tokens else None, "weights_gb_per_s": weight_bytes / step_s / 1e9, "repeats": repeats,
+            grid.tokens else None, "weights_gb_per_s": weight_bytes / step_s / 1e9,
+            "decode_gb_per_s": step_bytes / step_s / 1e9, "repeats": repeats,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
@@ -239,7 +244,7 @@ def _timings(model: Any, grid: Grid, args: argparse.Namespace, device: str, mode
         for m in modes:
             try:
                 rows.append(measure(model, grid, b, args.new_tokens, args.context_latent_frames, args.repeats,
-                                    device, m))
+                                    device, m, preset=args.preset))
             except Exception as e:  # noqa: BLE001 - a diagnostic mode that fails is reported, not fatal
                 rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
     return rows
