@@ -7,8 +7,9 @@ CPU (where `--preset tiny` is a smoke test). tokens/s counts generated tokens of
 decoding (prefill reported separately). Decoding is bound by memory bandwidth, reported two ways: every
 parameter's bytes / step time (`weights_gb_per_s`, the older figure), and what a step reads / step time
 (`decode_gb_per_s`: `harness.core.models.decode_step_bytes`, the weights a step uses once and every sequence's
-cached keys and values at the average attended length; per GPU at TP > 1). Video2World presets get what generation gives them: a BOV token before the
-context latents and a T5-shaped context (random [b, 512, crossattn_dim]; its checks use tiny-v2w).
+cached keys and values at the average attended length; per GPU at TP > 1). Video2World presets get what
+generation gives them: a BOV token before the context latents and a T5-shaped context (random
+[b, 512, crossattn_dim]; its checks use tiny-v2w).
 
     python -m harness.bench.generate --preset cosmos-4b --batch 1 8 --out results/bench
     python -m harness.bench.generate --batch 32 64 --new-tokens 0 --modes graph   # whole videos: videos/GPU-hour
