@@ -284,7 +284,7 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
     s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
-                                    "stages_tp", "imports", "attention"])
+                                    "stages_tp", "imports", "attention", "suite"])
     s.add_argument("args", nargs=argparse.REMAINDER)
 
 

@@ -127,6 +127,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq", type=int, default=12_800)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles for ~1 min)")
+    ap.add_argument("--name", default="", help="result file name (default attention-<preset>-<seq>.json)")
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     p = PRESETS[a.preset]
@@ -154,7 +155,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
            "fastest_fwd_bwd": min(ok, key=lambda r: r["fwd_bwd_ms"])["case"] if ok else None,
            "command": "python -m harness.bench.attention " + " ".join(argv or [])}
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(a.out) / f"attention-{a.preset}-{a.seq}.json", out)
+    atomic_write_json(Path(a.out) / (a.name or f"attention-{a.preset}-{a.seq}.json"), out)
     return out
 
 
