@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ def timed_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
     if not torch.cuda.is_available():
-        import time
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
