@@ -31,11 +31,10 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.transpose(0, 1).contiguous())
         return loss.transpose(0, 1).contiguous()
-    s, b, v = logits.shape
-    lab = labels.transpose(0, 1).reshape(s * b)
     if chunked and logits.is_cuda:
         return chunked_loss(logits, labels)
-    lab2 = lab.reshape(s, b, 1)
+    s, b, v = logits.shape
+    lab2 = labels.transpose(0, 1).reshape(s, b, 1)
     inside = (lab2 >= 0) & (lab2 < v)
     idx = torch.where(inside, lab2, 0)
     logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, idx)
