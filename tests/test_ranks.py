@@ -101,6 +101,13 @@ def test_thread_share_follows_the_launcher_and_the_user() -> None:
     assert cpu_threads(16, 4, {}) == 4 and cpu_threads(2, 4, {}) == 1
     assert cpu_threads(16, 1, {}) is None  # one rank keeps torch's default
     assert cpu_threads(16, 4, {"OMP_NUM_THREADS": "8"}) is None  # the user's setting wins
+    # srun's ranks, 4 tasks of 4 CPUs: a bound task sees its 4 (its own share), an unbound one the node's 16
+    srun = {"SLURM_CPUS_PER_TASK": "4", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "4"}
+    assert cpu_threads(4, 4, srun) is None and cpu_threads(16, 4, srun) == 4
+    # ranks spawned inside one Slurm task of 8 CPUs on an unbound 64-core node share the task's 8
+    inside = {"SLURM_CPUS_PER_TASK": "8", "SLURM_NTASKS": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert cpu_threads(64, 2, inside) == 4 and cpu_threads(8, 2, inside) == 4
+    assert cpu_threads(64, 1, {"SLURM_CPUS_PER_TASK": "8", "SLURM_NTASKS": "1"}) == 8  # one rank, unbound
 
 
 SAVE_TWICE = """
