@@ -1,8 +1,9 @@
 """Estimates for `harness plan`: GPU-hours and wall time per stage, from the token math and measured throughput.
 
 Every rate below is a figure this project measured (file and field named in `Rate.source`), scaled to the
-spec by a stated rule (parameter count, pixels, tensor-parallel efficiency). They are estimates for planning
-a request to the scheduler, not promises: other GPUs, containers and filesystems differ.
+spec by a stated rule (parameter count, pixels, tensor-parallel efficiency, the bytes a decode step reads). They
+are estimates for planning a request to the scheduler, not promises: other GPUs, containers and filesystems
+differ.
 """
 
 from __future__ import annotations
