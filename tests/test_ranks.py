@@ -92,7 +92,7 @@ def test_spawned_cpu_ranks_share_the_cores(tmp_path: Path) -> None:
 
 
 def test_thread_share_follows_the_launcher_and_the_user() -> None:
-    from harness.cosmos.parallel import cpu_threads, ranks_on_node
+    from harness.core.cpus import TASK_CPUS, cpu_threads, ranks_on_node, task_env
 
     assert ranks_on_node({"LOCAL_WORLD_SIZE": "4", "SLURM_NTASKS_PER_NODE": "2"}) == 4  # torchrun's own count
     assert ranks_on_node({"SLURM_NTASKS_PER_NODE": "2"}) == 2
@@ -108,6 +108,12 @@ def test_thread_share_follows_the_launcher_and_the_user() -> None:
     inside = {"SLURM_CPUS_PER_TASK": "8", "SLURM_NTASKS": "1", "LOCAL_WORLD_SIZE": "2"}
     assert cpu_threads(64, 2, inside) == 4 and cpu_threads(8, 2, inside) == 4
     assert cpu_threads(64, 1, {"SLURM_CPUS_PER_TASK": "8", "SLURM_NTASKS": "1"}) == 8  # one rank, unbound
+    # the worker's own setting for an unbound task: its ranks still share it; a bound task or the user: nothing
+    assert task_env({"SLURM_CPUS_PER_TASK": "8"}, 64) == {"OMP_NUM_THREADS": "8", TASK_CPUS: "8"}
+    assert task_env({"SLURM_CPUS_PER_TASK": "8"}, 8) == {} and task_env({}, 64) == {}
+    assert task_env({"SLURM_CPUS_PER_TASK": "8", "OMP_NUM_THREADS": "2"}, 64) == {}
+    assert cpu_threads(64, 2, {**inside, **task_env(inside, 64)}) == 4
+    assert cpu_threads(64, 2, {**inside, "OMP_NUM_THREADS": "8"}) is None  # the same number, but the user's
 
 
 SAVE_TWICE = """

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from harness.core.cpus import cpu_threads, ranks_on_node
 from harness.core.errors import HarnessError
 from harness.cosmos import compat, fastpaths
 
@@ -95,31 +96,6 @@ def node_address(host: str) -> str:
             pass
     raise HarnessError(f"rendezvous host {host!r} does not resolve and Slurm names no NodeAddr for it "
                        f"(set MASTER_ADDR)")
-
-
-def cpu_threads(cores: int, ranks_on_node: int, environ: dict[str, str]) -> int | None:
-    """Intra-op threads for one CPU rank: the CPUs its task was given, shared by the ranks that run inside that
-    task. Every rank otherwise starts one thread per visible core, and N ranks on C cores oversubscribe them N
-    times over (the OpenMP threads then spin against each other in every GEMM). Slurm gives a task
-    SLURM_CPUS_PER_TASK CPUs, which its affinity mask shows only where Slurm binds tasks (task/affinity,
-    cgroups): elsewhere every task sees the whole node. Ranks that srun starts are tasks of their own (a bound
-    one already sees only its share); ranks started inside one task (torchrun or spawn's LOCAL_WORLD_SIZE,
-    Lightning, submitit's local executor) share it. None where the user set OMP_NUM_THREADS, or where the share
-    is every visible core (torch's default)."""
-    if environ.get("OMP_NUM_THREADS"):
-        return None
-    given = int(environ.get("SLURM_CPUS_PER_TASK") or 0)
-    budget = min(cores, given) if given else cores
-    own_task = given and int(environ.get("SLURM_NTASKS") or 1) > 1 and not environ.get("LOCAL_WORLD_SIZE")
-    n = max(1, budget // (1 if own_task else max(1, ranks_on_node)))
-    return n if n < cores else None
-
-
-def ranks_on_node(environ: dict[str, str]) -> int:
-    """As torchrun/spawn (LOCAL_WORLD_SIZE), srun (SLURM_NTASKS_PER_NODE) or submitit's local executor say."""
-    n = (environ.get("LOCAL_WORLD_SIZE") or environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
-         or environ.get("SUBMITIT_LOCAL_NTASKS") or "1")
-    return max(1, int(n))
 
 
 def share_cpu_cores(ranks: int) -> None:

@@ -11,6 +11,8 @@
   whose Slurm resources ask for GPUs sees one (`require_gpus`).
 - Infrastructure failures are retried (`harness.launch.retry`): a restarted task counts the node failures before
   it and stops past `<stage>.retries`; an exception with a node-level cause requeues the task off its node.
+- An unbound Slurm task (one whose affinity shows more cores than SLURM_CPUS_PER_TASK) gets OMP_NUM_THREADS set
+  to its CPUs before the stage imports torch (`harness.core.cpus`), unless the user set it.
 - numba's on-disk cache (the evaluate kernel) goes to `<run>/cache/numba` unless NUMBA_CACHE_DIR is set: the run
   directory is the one place every task of a run can write, on every node and inside containers (the harness
   source is mounted read-only there, and with no home mounted numba would find no cache location at all). The
@@ -25,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from harness.core import failures
+from harness.core import cpus, failures
 from harness.core import spec as spec_mod
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths, is_done, mark_done
@@ -70,6 +72,7 @@ def run_task(run_dir: str, stage: str, task: int) -> str:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = open_run(Path(run_dir))
     os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.numba_cache))  # read when numba is first imported
+    os.environ.update(cpus.task_env(os.environ, len(os.sched_getaffinity(0))))  # before torch/OpenMP load
     if is_done(paths, stage, task):
         log.info("%s[%d] already complete; nothing to do", stage, task)
         return "skipped"
