@@ -36,6 +36,7 @@ def test_summary_of_committed_h100_results(tmp_path: Path) -> None:
     assert g["v2w_over_base_whole"] == pytest.approx(0.950, abs=5e-4)  # videos per GPU-hour (tokens/s: 95.2%)
     assert (g["whole_auto_batch"], g["v2w_whole_auto_batch"]) == (58, 56)
     assert not g["batch1_goal_met"] and not g["whole_goal_met"]
+    assert suite.devices(tmp_path, list(COMMITTED)) == ["NVIDIA H100 80GB HBM3"]
 
 
 def test_missing_results_leave_their_figures_out(tmp_path: Path) -> None:
