@@ -144,3 +144,20 @@ def test_plan_prints_estimates_with_their_sources(tmp_path: Path) -> None:
     assert est[4] == ("estimate: writes ~131.9 GB to run.workdir (token shards 256.2 MB; merged dataset 256.2 MB; "
                       "checkpoints 128.5 GB; generated videos 2.9 GB)")  # (baseline + 4 checkpoints) x 833 videos
     assert "train-cosmos-4b-12800.json" in est[1] and "GPU-hours" in est[1]
+
+
+@pytest.mark.parametrize(("path", "batch", "fraction"), [
+    ("h100/v2w-vs-base/generate-cosmos-4b.json", 1, 0.74),  # README, "Measured": the bandwidth model
+    ("h100/v2w-vs-base/generate-whole-video-auto.json", 58, 0.77),
+    ("h200/generate-whole-video.json", 64, 0.77),
+    ("h200/generate.json", 1, 0.60)])
+def test_the_bandwidth_fractions_the_readme_states(path: str, batch: int, fraction: float) -> None:
+    """Bytes a decode step reads (`models.decode_step_bytes` at the average attended length) x steps/s over the
+    card's HBM bandwidth, from the committed result files."""
+    result = json.loads((REPO / "results" / "bench" / path).read_text())
+    row = max((r for r in result["results"] if r["batch"] == batch), key=lambda r: r["tokens_per_s"])
+    peak = models.peak_bandwidth_tbps(result["gpu"])
+    assert peak is not None
+    moved = models.decode_step_bytes(models.PRESETS[result["preset"]], batch,
+                                     row["context_tokens"] + row["new_tokens"] / 2) * row["tokens_per_s"] / batch
+    assert moved / (peak * 1e12) == pytest.approx(fraction, abs=0.006)

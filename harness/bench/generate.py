@@ -7,7 +7,8 @@ CPU (where `--preset tiny` is a smoke test). tokens/s counts generated tokens of
 decoding (prefill reported separately). Decoding is bound by memory bandwidth, reported two ways: every
 parameter's bytes / step time (`weights_gb_per_s`, the older figure), and what a step reads / step time
 (`decode_gb_per_s`: `harness.core.models.decode_step_bytes`, the weights a step uses once and every sequence's
-cached keys and values at the average attended length; per GPU at TP > 1). Video2World presets get what
+cached keys and values at the average attended length; per GPU at TP > 1; `decode_bandwidth_fraction` of
+the card's HBM bandwidth where `models.PEAK_BANDWIDTH_TBPS` lists it). Video2World presets get what
 generation gives them: a BOV token before the context latents and a T5-shaped context (random
 [b, 512, crossattn_dim]; its checks use tiny-v2w).
 
@@ -31,7 +32,7 @@ import torch
 
 from harness.bench import ranks
 from harness.core.atomic import atomic_write_json
-from harness.core.models import PRESETS, Precision, decode_step_bytes
+from harness.core.models import PRESETS, Precision, decode_step_bytes, peak_bandwidth_tbps
 from harness.core.tokens import BOV_ID, Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0
@@ -85,13 +86,15 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     gpus = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     elem = next(model.parameters()).element_size()
     step_bytes = decode_step_bytes(PRESETS[preset], batch, n_ctx + new_tokens / 2, elem) / gpus
+    peak = peak_bandwidth_tbps(torch.cuda.get_device_name()) if device == "cuda" else None
     return {"mode": mode, "batch": batch, "context_tokens": n_ctx, "new_tokens": new_tokens, "tokens_per_s": tps,
             "t5_context": list(extra["context"].shape) if extra else None,
             "ms_per_step": 1e3 * step_s, "prefill_s": statistics.median(s.prefill_s for s in runs),
             "prefill_chunk": prefill_chunk(batch, n_ctx + (1 if extra else 0)),
             "batch_s": video_s, "videos_per_gpu_hour": batch * 3600.0 / video_s / gpus if new_tokens + n_ctx ==
             grid.tokens else None, "weights_gb_per_s": weight_bytes / step_s / 1e9,
-            "decode_gb_per_s": step_bytes / step_s / 1e9, "repeats": repeats,
+            "decode_gb_per_s": step_bytes / step_s / 1e9,
+            "decode_bandwidth_fraction": step_bytes / step_s / (peak * 1e12) if peak else None, "repeats": repeats,
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 

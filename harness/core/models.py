@@ -194,6 +194,14 @@ def tp_problems(p: ModelPreset, tp: int) -> list[str]:
 PEAK_TFLOPS = 989.0
 """Dense bf16 peak of one H100/H200 SXM GPU, TFLOP/s: the one MFU denominator of the project (the report, the
 training event files, the bench)."""
+PEAK_BANDWIDTH_TBPS = {"H100": 3.35, "H200": 4.8}
+"""HBM bandwidth of one SXM card by model (NVIDIA's data sheets; the H100 80GB HBM3 and the H200 141GB), TB/s:
+what decoding is bound by (`decode_step_bytes`)."""
+
+
+def peak_bandwidth_tbps(gpu_name: str) -> float | None:
+    """The card's HBM bandwidth from its device name ("NVIDIA H100 80GB HBM3"); None for a card not listed."""
+    return next((v for k, v in PEAK_BANDWIDTH_TBPS.items() if k in gpu_name.split()), None)
 
 
 def train_flops_per_token(preset: ModelPreset, seq: int) -> float:
