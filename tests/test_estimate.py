@@ -107,6 +107,10 @@ def test_decode_bytes_against_the_checkpoint_shapes() -> None:
     """Weights a decode step reads: the checkpoint's tensors but the input embedding (and V2W's prompt K/V
     projection); 64 KiB of keys and values a cached position for Cosmos-4B (16 layers x 8 groups x 128, bf16)."""
     p = models.PRESETS["cosmos-4b"]
+    # upstream's CosmosConfig4B (NVIDIA/Cosmos archived-ces2025, nemo/cosmos.py): 16 layers, hidden 4096, FFN 14,336
+    # (gated: fc1 twice as wide), 32 heads of 128 over 8 query groups, q/k layernorm, 64,000-row output layer
+    layer = (4096 + 2 * 8 * 128) * 4096 + 4096 * 4096 + 2 * 14_336 * 4096 + 4096 * 14_336 + 2 * 4096 + 2 * 128
+    assert models.decode_weight_bytes(p) == 2 * (16 * layer + 64_000 * 4096 + 4096) == 7_503_888_384
     assert models.decode_weight_bytes(p) == 2 * (p.params - p.vocab_size * p.hidden_size)
     assert models.kv_bytes(p.num_layers, p.num_query_groups, p.kv_channels, 2) == 64 * 1024
     assert models.decode_step_bytes(p, 2, 100) == models.decode_weight_bytes(p) + 2 * 100 * 64 * 1024

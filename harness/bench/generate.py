@@ -62,7 +62,7 @@ def inputs(model: Any, batch: int, n_ctx: int, device: str, seed: int) -> tuple[
 
 
 def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, repeats: int,
-            device: str, mode: str, seed: int = 0, preset: str = "cosmos-4b") -> dict[str, Any]:
+            device: str, mode: str, *, preset: str, seed: int = 0) -> dict[str, Any]:
     from harness.cosmos.batching import prefill_chunk
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
 

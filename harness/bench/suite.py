@@ -157,13 +157,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
-    todo = [c for c in cases(a.preset, a.v2w_preset, a.seq, a.steps, cuda) if a.only is None or c.group in a.only]
+    every = cases(a.preset, a.v2w_preset, a.seq, a.steps, cuda)
+    todo = [c for c in every if a.only is None or c.group in a.only]
     result: dict[str, Any] = {"bench": "suite", "device": torch.cuda.get_device_name() if cuda else "cpu",
                               "goals": GOALS, "runs": []}
     for case in todo:
         result["runs"].append(run_case(case, out))
         result.update(train=train_summary(out), generate=generate_summary(out),
-                      measured_on=devices(out, [c.name for c in cases(a.preset, a.v2w_preset, a.seq, a.steps, cuda)]))
+                      measured_on=devices(out, [c.name for c in every]))
         atomic_write_json(out / "suite.json", result)
     result["exit_code"] = 0 if all(r["rc"] == 0 for r in result["runs"]) else 1
     atomic_write_json(out / "suite.json", result)

@@ -23,7 +23,9 @@ class Rate:
     source: str
 
 
-REF_PARAMS = models.PRESETS["cosmos-4b"].params
+REF_PRESET = models.PRESETS["cosmos-4b"]
+"""The preset every training and generation figure below was measured with."""
+REF_PARAMS = REF_PRESET.params
 REF_PIXELS = 17 * 320 * 512
 """The clip geometry of the tokenize and evaluate figures."""
 
@@ -41,6 +43,8 @@ GENERATE_B32 = Rate(3_466, "tokens/s", "results/bench/h200/generate-whole-video.
                                        "videos (7,680 new tokens), CUDA graph, cosmos-4b")
 GENERATE_B64 = Rate(5_215, "tokens/s", "results/bench/h200/generate-whole-video.json results[1]: batch 64, whole "
                                        "videos, CUDA graph, cosmos-4b (133.8 GiB peak: the auto batch on an H200)")
+
+
 @dataclass(frozen=True)
 class DecodePoint:
     """A measured generation: `new` tokens after `prompt` positions at `batch`, Cosmos-4B on one H200."""
@@ -56,7 +60,6 @@ class DecodePoint:
         return step_bytes * self.rate.value / self.batch
 
 
-REF_PRESET = models.PRESETS["cosmos-4b"]
 GENERATE = (DecodePoint(1, 5_120, 256, GENERATE_B1), DecodePoint(8, 5_120, 256, GENERATE_B8),
             DecodePoint(32, 5_120, 7_680, GENERATE_B32), DecodePoint(64, 5_120, 7_680, GENERATE_B64))
 """Generation is bound by the bytes a decode step reads (weights once, every sequence's cached keys and values):
