@@ -62,7 +62,7 @@ def inputs(model: Any, batch: int, n_ctx: int, device: str, seed: int) -> tuple[
 
 
 def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, repeats: int,
-            device: str, mode: str, *, preset: str, seed: int = 0) -> dict[str, Any]:
+            device: str, mode: str, *, preset: str, seed: int = 0, fp8: bool = False) -> dict[str, Any]:
     from harness.cosmos.batching import prefill_chunk
     from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
 
@@ -71,7 +71,7 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     prompt, extra = inputs(model, batch, n_ctx, device, seed)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # this batch's peak, not an earlier one's
-    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
+    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens, fp8=fp8)
     sampling = Sampling(temperature=1.0, top_p=0.8, seed=seed)
     generate(model, prompt, min(8, new_tokens), sampling, cache=cache, mode=mode, **extra)  # warm-up, capture
     runs = []
@@ -85,9 +85,10 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
     video_s = statistics.median(s.prefill_s + s.decode_s for s in runs)
     gpus = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     elem = next(model.parameters()).element_size()
-    step_bytes = decode_step_bytes(PRESETS[preset], batch, n_ctx + new_tokens / 2, elem) / gpus
+    step_bytes = decode_step_bytes(PRESETS[preset], batch, n_ctx + new_tokens / 2, elem, fp8=fp8) / gpus
     peak = peak_bandwidth_tbps(torch.cuda.get_device_name()) if device == "cuda" else None
-    return {"mode": mode, "batch": batch, "context_tokens": n_ctx, "new_tokens": new_tokens, "tokens_per_s": tps,
+    return {"mode": mode, "kv_cache": "fp8" if fp8 else "model", "batch": batch, "context_tokens": n_ctx,
+            "new_tokens": new_tokens, "tokens_per_s": tps,
             "t5_context": list(extra["context"].shape) if extra else None,
             "ms_per_step": 1e3 * step_s, "prefill_s": statistics.median(s.prefill_s for s in runs),
             "prefill_chunk": prefill_chunk(batch, n_ctx + (1 if extra else 0)),
@@ -98,15 +99,15 @@ def measure(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
-def profile_decode(model: Any, grid: Grid, batch: int, context_latents: int, steps: int = 32, top: int = 30
-                   ) -> list[dict[str, Any]]:
+def profile_decode(model: Any, grid: Grid, batch: int, context_latents: int, steps: int = 32, top: int = 30,
+                   fp8: bool = False) -> list[dict[str, Any]]:
     """Kernels of `steps` graph-mode decode steps (after the prefill), by device time: where a step goes."""
     from torch.profiler import ProfilerActivity, profile
 
     from harness.cosmos.generate import Sampling, StaticKVCache, generate
 
     prompt, extra = inputs(model, batch, context_latents * grid.h * grid.w, "cuda", 0)
-    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + steps + 1)
+    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + steps + 1, fp8=fp8)
     sampling = Sampling(temperature=1.0, top_p=0.8, seed=0)
     generate(model, prompt, steps + 1, sampling, cache=cache, mode="graph", **extra)  # capture
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -115,8 +116,8 @@ def profile_decode(model: Any, grid: Grid, batch: int, context_latents: int, ste
     return [{"name": e.key[:120], "calls": e.count, "us_per_step": e.self_device_time_total / steps} for e in rows]
 
 
-def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, device: str
-              ) -> dict[str, Any]:
+def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_latents: int, device: str,
+              fp8: bool = False) -> dict[str, Any]:
     """Greedy tokens of the compiled graph path vs the same steps run eagerly with device positions (flex
     attention's reference implementation) and vs the host-position eager path (SDPA). Random weights give
     near-tied logits, so bf16 rounding differences between kernels may flip an argmax: reported, not required.
@@ -125,7 +126,7 @@ def agreement(model: Any, grid: Grid, batch: int, new_tokens: int, context_laten
 
     prompt, extra = inputs(model, batch, context_latents * grid.h * grid.w, device, 11)
     greedy = Sampling(temperature=0.0)
-    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
+    cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens, fp8=fp8)
     out = {m: generate(model, prompt, new_tokens, greedy, cache=cache, mode=m, **extra)
            for m in ("graph", "device", "eager")}
     s = Sampling(1.0, 0.8, seed=3)
@@ -146,9 +147,10 @@ def _modes(device: str) -> list[str]:
     return ["graph", "device", "eager"] if device == "cuda" else ["device", "eager"]
 
 
-def exactness(device: str, preset: str = "tiny", new_tokens: int = 150) -> list[dict[str, Any]]:
+def exactness(device: str, preset: str = "tiny", new_tokens: int = 150, fp8: bool = False) -> list[dict[str, Any]]:
     """A tiny preset in fp32 on this device: greedy tokens of every decode path (compiled graph, device
-    positions, host positions, no cache) must be identical; fp32 leaves no near-tie for rounding to flip."""
+    positions, host positions, no cache) must be identical; fp32 leaves no near-tie for rounding to flip. With
+    the fp8 cache the reference is the host-position path's (the uncached model attends to exact keys)."""
     from harness.cosmos.generate import Sampling, StaticKVCache, generate
     from harness.cosmos.model import build_model
 
@@ -158,12 +160,14 @@ def exactness(device: str, preset: str = "tiny", new_tokens: int = 150) -> list[
     rows = []
     for b in (1, 4):
         prompt, extra = inputs(model, b, 96, device, b)
-        cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens)
+        cache = StaticKVCache(len(model.decoder.layers), prompt.shape[1] + new_tokens, fp8=fp8)
         out = {m: generate(model, prompt, new_tokens, Sampling(0.0), cache=cache, mode=m, **extra)
                for m in _modes(device)}
-        ref = generate(model, prompt, new_tokens, Sampling(0.0), use_cache=False, **extra)
+        ref = out["eager"] if fp8 else generate(model, prompt, new_tokens, Sampling(0.0), use_cache=False, **extra)
         rows.append({"preset": preset, "precision": "fp32", "batch": b, "new_tokens": new_tokens,
-                     "identical_to_no_cache": {m: bool(torch.equal(t, ref)) for m, t in out.items()}})
+                     "kv_cache": "fp8" if fp8 else "model",
+                     f"identical_to_{'host_eager' if fp8 else 'no_cache'}": {m: bool(torch.equal(t, ref))
+                                                                             for m, t in out.items()}})
     return rows
 
 
@@ -226,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile-mode", default=None,
                     help="torch.compile mode of the decode step (default: the harness's, "
                          "harness.cosmos.generate.COMPILE_MODE; 'default': Inductor's)")
+    ap.add_argument("--kv-cache", default="model", choices=["model", "fp8"],
+                    help="the decode cache's keys/values (infer.kv_cache); fp8 adds its quality and kernel checks")
     ap.add_argument("--profile", action="store_true", help="kernels of 32 graph-mode decode steps at the first batch")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--name", default="", help="result file name (default generate[-tpN].json)")
@@ -248,10 +254,18 @@ def _timings(model: Any, grid: Grid, args: argparse.Namespace, device: str, mode
         for m in modes:
             try:
                 rows.append(measure(model, grid, b, args.new_tokens, args.context_latent_frames, args.repeats,
-                                    device, m, preset=args.preset))
+                                    device, m, preset=args.preset, fp8=args.kv_cache == "fp8"))
             except Exception as e:  # noqa: BLE001 - a diagnostic mode that fails is reported, not fatal
                 rows.append({"mode": m, "batch": b, "error": f"{e.__class__.__name__}: {str(e)[:300]}"})
     return rows
+
+
+def _fp8_checks(model: Any, grid: Grid, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    from harness.bench import kvfp8
+
+    n_ctx = args.context_latent_frames * grid.h * grid.w
+    prompt, extra = inputs(model, 2, n_ctx, device, 5)
+    return [kvfp8.kernel_check(model, device, b, grid.tokens) for b in (1, 4)] + [kvfp8.quality(model, prompt, extra)]
 
 
 def auto_batch(model: Any, grid: Grid, args: argparse.Namespace, device: str) -> int:
@@ -261,7 +275,7 @@ def auto_batch(model: Any, grid: Grid, args: argparse.Namespace, device: str) ->
 
     n_ctx = args.context_latent_frames * grid.h * grid.w
     positions = n_ctx + min(args.new_tokens or grid.tokens, grid.tokens - n_ctx) + 1
-    return max_batch(model, positions, n_ctx, free_memory(torch.device(device)))
+    return max_batch(model, positions, n_ctx, free_memory(torch.device(device)), fp8=args.kv_cache == "fp8")
 
 
 def _harness_compile_mode() -> str | None:
@@ -307,14 +321,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     model = build(args.preset, grid, device, args.tp)
     modes = args.modes or (["eager", "graph"] if device == "cuda" else ["eager", "device"])
     rows = _timings(model, grid, args, device, modes)
+    fp8 = args.kv_cache == "fp8"
     if args.profile and device == "cuda":
-        rows[0] = {**rows[0], "profile": profile_decode(model, grid, args.batch[0], args.context_latent_frames)}
+        rows[0] = {**rows[0], "profile": profile_decode(model, grid, args.batch[0], args.context_latent_frames,
+                                                        fp8=fp8)}
     checks: list[dict[str, Any]] = []
     if not args.no_checks:
-        checks = [agreement(model, grid, b, 32, args.context_latent_frames, device) for b in args.batch] \
+        checks = [agreement(model, grid, b, 32, args.context_latent_frames, device, fp8) for b in args.batch] \
             if "graph" in modes and args.tp == 1 else []
+        checks += _fp8_checks(model, grid, args, device) if fp8 else []
         del model  # before exactness builds its own model
-        checks += exactness(device, check_preset(args.preset)) if args.tp == 1 else \
+        checks += exactness(device, check_preset(args.preset), fp8=fp8) if args.tp == 1 else \
             tp_exactness(Path(args.tp_reference) / "tiny", Path(args.tp_reference) / "ref.pt", device, args.tp)
     out = _summary(args, argv, grid, device, rows, checks)
     if ranks.is_rank0():

@@ -160,9 +160,15 @@ PROMPT_ROWS = 512
 length, which the cross-attention attends over in full (`harness.lib.prompts`)."""
 
 
-def kv_bytes(layers: int, groups: int, kv_channels: int, elem: int) -> int:
-    """Keys and values one cached position holds over `layers` layers of `groups` key/value heads."""
-    return 2 * layers * groups * kv_channels * elem
+KV_FP8_SCALE_BYTES = 4
+"""An fp8 KV cache's scale per position and key/value head (fp32: the amax of its channels / 448)."""
+
+
+def kv_bytes(layers: int, groups: int, kv_channels: int, elem: int, *, fp8: bool = False) -> int:
+    """Keys and values one cached position holds over `layers` layers of `groups` key/value heads: `elem` bytes a
+    channel, or with `fp8` one byte a channel and a scale a head (`infer.kv_cache = "fp8"`)."""
+    head = kv_channels + KV_FP8_SCALE_BYTES if fp8 else kv_channels * elem
+    return 2 * layers * groups * head
 
 
 def decode_weight_bytes(p: ModelPreset, elem: int = 2) -> int:
@@ -174,13 +180,14 @@ def decode_weight_bytes(p: ModelPreset, elem: int = 2) -> int:
     return elem * (p.num_layers * layer + rest)
 
 
-def decode_step_bytes(p: ModelPreset, batch: int, positions: float, elem: int = 2) -> float:
+def decode_step_bytes(p: ModelPreset, batch: int, positions: float, elem: int = 2, *, fp8: bool = False) -> float:
     """Bytes one decode step reads at `batch` sequences attending to `positions` cached positions each: the
-    weights once, every sequence's keys and values (and, for Video2World, its prompt's cross-attention keys and
-    values). Generation is bound by this count over memory bandwidth (README, "Measured")."""
-    per_position = kv_bytes(p.num_layers, p.num_query_groups, p.kv_channels, elem)
-    prompt = PROMPT_ROWS if p.video2world else 0
-    return decode_weight_bytes(p, elem) + batch * (positions + prompt) * per_position
+    weights once, every sequence's keys and values (`fp8`: the fp8 cache's codes and scales), and for
+    Video2World its prompt's cross-attention keys and values (the model's dtype). Generation is bound by this
+    count over memory bandwidth (README, "Measured")."""
+    cached = kv_bytes(p.num_layers, p.num_query_groups, p.kv_channels, elem, fp8=fp8)
+    prompt = PROMPT_ROWS * kv_bytes(p.num_layers, p.num_query_groups, p.kv_channels, elem) if p.video2world else 0
+    return decode_weight_bytes(p, elem) + batch * (positions * cached + prompt)
 
 
 def tp_problems(p: ModelPreset, tp: int) -> list[str]:

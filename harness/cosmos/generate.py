@@ -1,9 +1,6 @@
-"""Autoregressive token generation on the harness' Cosmos model (`CosmosModel.forward` with a KV cache).
-
-The model's own `LayerKV` grows its cache with `torch.cat`, which copies the whole cache every step (O(n^2)
-memory traffic: the 21 tokens/s of the eager calibration). `StaticKVCache` duck-types the model's `KVCache`
-(`layers[i].append(k, v)`, `length`) over buffers allocated once per batch shape and reused across batches,
-so a decode step writes one position and reads views: no per-step allocation of cache memory.
+"""Autoregressive token generation on the harness' Cosmos model (`CosmosModel.forward` with a KV cache): the
+prompt prefilled in chunks, then one token a step, eagerly or as a compiled step captured in a CUDA graph over
+the static cache (`harness.cosmos.kvcache`).
 
 Sampling (`harness.cosmos.sampling`, re-exported here): seeded, identical on every tensor-parallel rank.
 """
@@ -12,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from harness.cosmos.batching import BLOCK, prefill_chunk
+from harness.cosmos.batching import prefill_chunk
+from harness.cosmos.kvcache import StaticKVCache, takes  # StaticKVCache re-exported: callers import it here
 from harness.cosmos.sampling import Sampling, make_generator, sample  # re-exported: callers import them here
 
 COMPILE_MODE: str | None = "max-autotune-no-cudagraphs"
@@ -26,143 +24,6 @@ graphs). Autotuning picks Triton GEMV kernels with the preceding RMSNorm fused i
 Cosmos-4B on one H100, graph path, against Inductor's default mode in the same session: batch 1 320 against 294
 tokens/s, batch 8 1,839 against 1,797, whole 5x40x64 videos at batch 58 3,692 against 3,316 (a day before); it
 costs ~40 s more compilation per batch size. `harness bench generate --compile-mode default` times the default."""
-
-class StaticLayerKV:
-    """One layer's keys/values [b, heads_kv, cap, d]. Host-position mode (`not cache.on_device`): `append` writes
-    at `n` and returns views of the first `n` positions (attention is the model's SDPA). Device-position mode: it
-    writes at `cache.pos` with `index_copy_` and `attend` runs flex attention over the whole buffers, visiting
-    only the key blocks that hold valid positions (flash-decoding: the keys are split across thread blocks, where
-    a masked SDPA over the buffer gives one thread block per K/V head and reads every position)."""
-
-    def __init__(self, cache: "StaticKVCache") -> None:
-        self.cache = cache
-        self.k_buf: torch.Tensor | None = None
-        self.v_buf: torch.Tensor | None = None
-        self.n = 0
-
-    def _buffers(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, h, _, d = k.shape
-        if self.k_buf is None or self.k_buf.shape != (b, h, self.cache.cap, d) or self.k_buf.dtype != k.dtype \
-                or self.k_buf.device != k.device:
-            self.k_buf = torch.zeros((b, h, self.cache.cap, d), dtype=k.dtype, device=k.device)
-            self.v_buf = torch.zeros_like(self.k_buf)
-            self.cache.graphs.clear()  # captured graphs point at the old buffers
-        assert self.v_buf is not None
-        return self.k_buf, self.v_buf
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kb, vb = self._buffers(k)
-        if self.cache.on_device:
-            assert self.cache.idx is not None  # set by begin() in device-position mode
-            kb.index_copy_(2, self.cache.idx, k)
-            vb.index_copy_(2, self.cache.idx, v)
-            return kb, vb
-        s = k.shape[2]
-        if self.n + s > self.cache.max_len:
-            raise ValueError(f"KV cache of {self.cache.max_len} positions cannot take {self.n} + {s}")
-        kb[:, :, self.n:self.n + s].copy_(k)
-        vb[:, :, self.n:self.n + s].copy_(v)
-        self.n += s
-        return kb[:, :, :self.n], vb[:, :, :self.n]
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor | None:
-        """q [b, h, s, d] over the whole buffers (device-position mode); None in host mode (the model's SDPA)."""
-        if not self.cache.on_device:
-            return None
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: PLC0415
-
-        return flex_attention(q, k, v, block_mask=self.cache.block_mask(q.shape[2]), scale=scale,
-                              enable_gqa=q.shape[1] != k.shape[1])
-
-    @property
-    def k(self) -> torch.Tensor | None:
-        return None if self.k_buf is None else self.k_buf[:, :, :self.n]
-
-
-@dataclass
-class StaticKVCache:
-    """Drop-in for `harness.cosmos.model.KVCache`; `reset()` reuses the buffers for the next batch.
-
-    Buffers hold `cap` = `max_len` rounded up to whole key blocks; positions past the valid ones are masked
-    (and whole blocks of them skipped), never read as keys."""
-
-    num_layers: int
-    max_len: int
-    layers: list[StaticLayerKV] = field(default_factory=list)
-    on_device: bool = False
-    """Device-position mode: the next position is `pos`, a 0-dim int64 tensor on the cache's device. `pos`,
-    the block counts and the buffers persist across calls: captured graphs read them by address."""
-    pos: torch.Tensor | None = None
-    idx: torch.Tensor | None = None
-    graphs: dict[Any, "_DecodeGraph"] = field(default_factory=dict)
-    cross: Any = None
-    """Video2World: the `harness.cosmos.video2world.CrossKVCache` of the current context (set by `generate`)."""
-    _masks: dict[int, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.cap = -(-self.max_len // BLOCK) * BLOCK
-        self.layers = [StaticLayerKV(self) for _ in range(self.num_layers)]
-
-    @property
-    def length(self) -> int | torch.Tensor:
-        if self.on_device:
-            assert self.pos is not None  # set by to_device_position()
-            return self.pos
-        return self.layers[0].n if self.layers else 0
-
-    def reset(self) -> None:
-        self.on_device = False
-        for layer in self.layers:
-            layer.n = 0
-
-    def to_device_position(self, device: torch.device) -> None:
-        """Switch to device-position mode at the current host position (after an eager prefill)."""
-        n = self.layers[0].n
-        if self.pos is None or self.pos.device != device:
-            self.pos = torch.zeros((), dtype=torch.int64, device=device)
-            self._masks.clear()
-        self.pos.fill_(n)
-        self.on_device = True
-
-    def begin(self, s: int) -> None:
-        """Positions of the next `s` tokens and the key blocks they attend to, computed on the device from
-        `pos` (graph-capturable): token i of the step sees cache positions <= pos + i."""
-        assert self.pos is not None
-        self.idx = self.pos + torch.arange(s, device=self.pos.device)
-        mask = self.block_mask(s)
-        mask.kv_num_blocks.copy_(torch.div(self.pos + s - 1, BLOCK, rounding_mode="floor") + 1)
-
-    def block_mask(self, s: int) -> Any:
-        """The flex-attention block mask of an `s`-token step: one query block; its key blocks are the first
-        `kv_num_blocks` (updated in place by `begin`), the causal rule applied inside them."""
-        mask = self._masks.get(s)
-        if mask is None:
-            from torch.nn.attention.flex_attention import BlockMask  # noqa: PLC0415
-
-            assert self.pos is not None
-            pos, dev = self.pos, self.pos.device
-            n_blocks = self.cap // BLOCK
-
-            def causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-                return kv_idx <= pos + q_idx
-
-            takes_lengths = _takes(BlockMask.from_kv_blocks, "seq_lengths")
-            extra: dict[str, Any] = {"seq_lengths": (s, self.cap)} if takes_lengths else {}
-            mask = BlockMask.from_kv_blocks(torch.ones((1, 1, 1), dtype=torch.int32, device=dev),
-                                            torch.arange(n_blocks, dtype=torch.int32, device=dev)[None, None, None],
-                                            BLOCK_SIZE=(BLOCK, BLOCK), mask_mod=causal, **extra)
-            self._masks[s] = mask
-        return mask
-
-    def advance(self, s: int) -> None:
-        assert self.pos is not None
-        self.pos.add_(s)
-
-    def to_host_position(self, n: int) -> None:
-        self.on_device = False
-        for layer in self.layers:
-            layer.n = n
-
 
 class _DecodeGraph:
     """One decode step (embed -> all layers -> logits -> sample) captured as a CUDA graph for one batch shape;
@@ -228,19 +89,13 @@ def _compiled(model: Any) -> Any:
     return fn
 
 
-def _takes(fn: Any, name: str) -> bool:
-    import inspect  # noqa: PLC0415
-
-    return name in inspect.signature(fn).parameters
-
-
 def flex_available() -> bool:
     """torch >= 2.5: flex attention with GQA and block masks built from key-block counts."""
     try:
         from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: PLC0415
     except ImportError:
         return False
-    return hasattr(BlockMask, "from_kv_blocks") and _takes(flex_attention, "enable_gqa")
+    return hasattr(BlockMask, "from_kv_blocks") and takes(flex_attention, "enable_gqa")
 
 
 def graph_supported(device: torch.device) -> bool:

@@ -170,7 +170,8 @@ def batch_size(spec: RunSpec, model: Any, n_items: int, device: torch.device) ->
         return spec.infer.batch_size
     tm = spec.token_math
     n_ctx = spec.infer.context_latent_frames * tm.grid.h * tm.grid.w
-    size = parallel.min_across_ranks(max_batch(model, tm.grid.tokens + 1, n_ctx, free_memory(device)), device)
+    fits = max_batch(model, tm.grid.tokens + 1, n_ctx, free_memory(device), fp8=spec.infer.kv_cache == "fp8")
+    size = parallel.min_across_ranks(fits, device)
     log.info("infer.batch_size = 0 (auto): batches of %d (%d inputs)", min(size, n_items), n_items)
     return max(1, min(size, n_items))
 
@@ -293,7 +294,7 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     text_encoder = _text_encoder(spec, todo, paths, device)
     tm, i = spec.token_math, spec.infer
     bov = 1 if spec.video2world else 0
-    cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov)
+    cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov, fp8=i.kv_cache == "fp8")
     records = []
     for k, batch in enumerate(batches(spec, todo, batch_size(spec, model, len(todo), device))):
         prompt = _context_tokens(spec, batch, encoder)
