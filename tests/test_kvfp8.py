@@ -133,3 +133,21 @@ def test_fp8_cache_gives_the_same_tokens_on_every_path(model: torch.nn.Module, m
         fp8 = model(prompt, kv_cache=gen.StaticKVCache(len(model.decoder.layers), GRID.tokens, fp8=True),
                     last_only=True)[:, -1]
     assert 0 < ((fp8 - exact).norm() / exact.norm()).item() < 0.03  # 0.9% measured
+
+
+@pytest.mark.timeout(180)
+def test_fp8_cache_with_a_video2world_context(model: torch.nn.Module) -> None:
+    """Video2World's cross-attention keeps its own (model-dtype) store beside the fp8 self-attention cache: host
+    and device positions give the same tokens."""
+    from harness.core.tokens import BOV_ID
+
+    torch.manual_seed(7)
+    v2w = build_model(PRESETS["tiny-v2w"], GRID, tp=1, precision="fp32", device="cpu").eval()
+    g = torch.Generator().manual_seed(2)
+    prompt = torch.cat([torch.full((2, 1), BOV_ID), torch.randint(0, 64_000, (2, GRID.h * GRID.w), generator=g)], 1)
+    context = torch.randn(2, 512, PRESETS["tiny-v2w"].crossattn_dim, generator=g)
+    new = GRID.tokens - GRID.h * GRID.w
+    cache = gen.StaticKVCache(len(v2w.decoder.layers), GRID.tokens + 1, fp8=True)
+    host = gen.generate(v2w, prompt, new, gen.Sampling(0.0), cache=cache, context=context, mode="eager")
+    dev = gen.generate(v2w, prompt, new, gen.Sampling(0.0), cache=cache, context=context, mode="device")
+    assert torch.equal(host, dev)

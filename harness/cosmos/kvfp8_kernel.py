@@ -13,7 +13,7 @@ import triton.language as tl
 @triton.jit
 def split_kernel(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - pointers in capitals, as kernels write them
                  sq_b, sq_h, sq_d, sk_b, sk_g, sk_n, ss_b, ss_g, so_b, so_h, so_s, sl_b, sl_h, G,
-                 SPLITS: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr, D: tl.constexpr,
+                 SPLITS, R: tl.constexpr, R_PAD: tl.constexpr, D: tl.constexpr,
                  BLOCK: tl.constexpr, IEEE: tl.constexpr):
     bg = tl.program_id(0)
     split = tl.program_id(1)
