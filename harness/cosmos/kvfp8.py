@@ -94,8 +94,9 @@ def flash_decode(q: torch.Tensor, k: torch.Tensor, ks: torch.Tensor, v: torch.Te
 def _split_attention(q: torch.Tensor, k: torch.Tensor, ks: torch.Tensor, v: torch.Tensor, vs: torch.Tensor,
                      pos: torch.Tensor, scale: float, n_splits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each split's attention output [b, heads, splits, d] and log-sum-exp [b, heads, splits] (fp32). A custom
-    op, not a bare kernel call, so that `torch.compile` knows it writes only its outputs: for a kernel it cannot
-    analyse, Inductor copies every argument it might write, here the whole cache, every step."""
+    op, not a bare kernel call, so that `torch.compile` knows it writes only its outputs (Inductor guards a kernel
+    whose writes it cannot tell with copies; called bare, one H100 ran Cosmos-4B's batch 1 at 281 tokens/s
+    against 320.7 as this op)."""
     from harness.cosmos.kvfp8_kernel import split_kernel  # noqa: PLC0415 - imports Triton
 
     b, h, _, d = q.shape
