@@ -83,6 +83,18 @@ def test_tokenize_infer_evaluate() -> None:
     assert i.gpu_hours == pytest.approx(i.wall_s * 5 * 7 / 3600)  # (baseline + 4 checkpoints) x 7 shards, 1 GPU each
     e = estimate.evaluate(p)
     assert e.wall_s == pytest.approx(125 / estimate.EVALUATE.value)
+    fp8 = estimate.infer(build(dataclasses.replace(seed(), infer=dataclasses.replace(seed().infer, kv_cache="fp8"))))
+    assert fp8.wall_s == i.wall_s and fp8.how == i.how + estimate.FP8_NOTE
+
+
+def test_the_fp8_notes_ratio_is_the_committed_h100_measurement() -> None:
+    d = Path(__file__).parents[1] / "results" / "bench" / "h100" / "fp8-kv"
+    (fp8,), (bf16,) = (json.loads((d / f"generate-whole-video-auto-{k}.json").read_text())["results"]
+                       for k in ("fp8", "model"))
+    assert (fp8["batch"], bf16["batch"]) == (107, 58)
+    ratio = fp8["videos_per_gpu_hour"] / bf16["videos_per_gpu_hour"]
+    assert f"{ratio:.2f}x" in estimate.FP8_NOTE
+    assert round(100 * fp8["decode_bandwidth_fraction"]) == 63 and round(100 * bf16["decode_bandwidth_fraction"]) == 79
 
 
 def test_generation_rate_is_the_measured_bandwidth_over_a_shapes_step_bytes() -> None:
