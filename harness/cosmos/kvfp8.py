@@ -75,8 +75,9 @@ def device_splits(k: torch.Tensor) -> int:
 
 
 def splits(programs: int, cap: int, sms: int) -> int:
-    """Splits of the positions per (sequence, key/value head): about two programs per SM, none shorter than a
-    block. Batch 1 of Cosmos-4B (8 key/value heads) on an H100 (132 SMs): 33 splits; batch 58: one."""
+    """Splits of the positions per (sequence, key/value head): about four programs per SM (the fastest of one
+    H100's sweep at batch 8 and 58, against one or two), none shorter than a block, at most 64. Batch 1 of
+    Cosmos-4B (8 key/value heads) on an H100 (132 SMs): 64 splits; batch 58: two."""
     return max(1, min(-(-4 * sms // programs), -(-cap // BLOCK_N), 64))
 
 
