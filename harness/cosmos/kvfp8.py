@@ -30,6 +30,8 @@ BLOCK_N = 128
 """Keys a kernel iteration reads: 16 KiB of fp8 at 128 channels."""
 WARPS, STAGES = 4, 3
 """The kernel's launch: warps per program and software-pipelined key blocks in flight."""
+F16 = False
+"""bf16 models: the kernel's dot products in fp16 (codes converted to fp16, not bf16)."""
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 """The kernel's module (`kvfp8_kernel`) imports Triton; on installs without it `decode_attention` runs the
 reference."""
@@ -110,7 +112,8 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, ks: torch.Tensor, v: torc
         q.stride(0), q.stride(1), q.stride(3), k.stride(0), k.stride(1), k.stride(2), ks.stride(0), ks.stride(1),
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), g,
         SPLITS=n_splits, R=r, R_PAD=max(16, 1 << (r - 1).bit_length()), D=d, BLOCK=BLOCK_N,
-        IEEE=q.dtype == torch.float32, num_warps=WARPS, num_stages=STAGES)
+        IEEE=q.dtype == torch.float32, F16=F16 and q.dtype != torch.float32, num_warps=WARPS,
+        num_stages=STAGES)
     return o, lse
 
 

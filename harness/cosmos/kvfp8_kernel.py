@@ -14,7 +14,7 @@ import triton.language as tl
 def split_kernel(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - pointers in capitals, as kernels write them
                  sq_b, sq_h, sq_d, sk_b, sk_g, sk_n, ss_b, ss_g, so_b, so_h, so_s, sl_b, sl_h, G,
                  SPLITS, R: tl.constexpr, R_PAD: tl.constexpr, D: tl.constexpr,
-                 BLOCK: tl.constexpr, IEEE: tl.constexpr):
+                 BLOCK: tl.constexpr, IEEE: tl.constexpr, F16: tl.constexpr):
     bg = tl.program_id(0)
     split = tl.program_id(1)
     bi = bg // G
@@ -23,6 +23,8 @@ def split_kernel(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - point
     d = tl.arange(0, D)
     heads = g * R + r
     q = tl.load(Q + bi * sq_b + heads[:, None] * sq_h + d[None, :] * sq_d, mask=(r < R)[:, None], other=0.0)
+    if F16:  # e4m3 codes convert to fp16 in hardware, and exactly; bf16 queries lose nothing in fp16's range
+        q = q.to(tl.float16)
     length = tl.load(POS).to(tl.int32) + 1
     chunk = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK) * BLOCK
     start = split * chunk
@@ -48,11 +50,12 @@ def split_kernel(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - point
         den = den * alpha + tl.sum(p, 1)
         v = tl.load(V + kv + n[:, None] * sk_n + d[None, :], mask=valid[:, None], other=0.0).to(q.dtype)
         vscale = tl.load(VS + sc + n, mask=valid, other=0.0)
-        pv = (p * vscale[None, :]).to(q.dtype)
+        vmax = tl.max(vscale, 0)  # > 0: the block holds a valid position
+        pv = (p * (vscale / vmax)[None, :]).to(q.dtype)  # in [0, 1]: no fp16 underflow of p x a small scale
         if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(pv, v, input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(pv, v, input_precision="ieee") * vmax
         else:
-            acc = acc * alpha[:, None] + tl.dot(pv, v)
+            acc = acc * alpha[:, None] + tl.dot(pv, v) * vmax
         m = m_new
     safe = tl.where(den > 0, den, 1.0)
     rows = (r < R)
