@@ -114,6 +114,22 @@ def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.Run
 
 
 @pytest.mark.timeout(300)
+def test_fp8_kv_cache_at_the_auto_batch(run_dir: tuple[spec_mod.RunSpec, RunPaths], tmp_path: Path) -> None:
+    """infer.kv_cache = "fp8" with infer.batch_size = 0: the videos of one auto-sized batch, and the manifest
+    says which cache generated them."""
+    spec, paths = run_dir
+    fp8 = specs.build(spec_mod.to_dict(spec), {"infer": {"kv_cache": "fp8", "batch_size": 0, "max_inputs": 2}})
+    p2 = RunPaths(tmp_path / "run")
+    atomic_write_json(p2.assets_json, read_json(paths.assets_json))
+    write_tiny_pretrained(p2.checkpoint_dir(2), PRESETS["tiny"], seed=3)
+    infer.run(fp8, 0, p2)
+    man = read_json(p2.infer_dir(2).parent / "step-00000002.stats.json")
+    assert man["kv_cache"] == "fp8" and man["generated"] == 2 and [b["batch"] for b in man["batches"]] == [2]
+    for name in man["names"]:
+        assert load_clip(p2.infer_dir(2) / f"{name}.mp4", ClipShape(17, 48, 64)).shape == (17, 48, 64, 3)
+
+
+@pytest.mark.timeout(300)
 def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunPaths]) -> None:
     spec, paths = run_dir
     img_dir = paths.root.parent / "images"

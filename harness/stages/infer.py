@@ -172,7 +172,8 @@ def batch_size(spec: RunSpec, model: Any, n_items: int, device: torch.device) ->
     n_ctx = spec.infer.context_latent_frames * tm.grid.h * tm.grid.w
     fits = max_batch(model, tm.grid.tokens + 1, n_ctx, free_memory(device), fp8=spec.infer.kv_cache == "fp8")
     size = parallel.min_across_ranks(fits, device)
-    log.info("infer.batch_size = 0 (auto): batches of %d (%d inputs)", min(size, n_items), n_items)
+    log.info("infer.batch_size = 0 (auto): batches of %d (%d inputs, %s KV cache)", min(size, n_items), n_items,
+             spec.infer.kv_cache)
     return max(1, min(size, n_items))
 
 
@@ -320,7 +321,7 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
             write_mp4(mp4, video, spec.video.fps, fast_decode=True)
     if parallel.is_main():
         _write_manifest(manifest, t, items, records, {"generated": len(todo), "grid": str(tm.grid),
-                                                      "device": str(device)})
+                                                      "device": str(device), "kv_cache": i.kv_cache})
     parallel.barrier()
 
 
