@@ -125,6 +125,7 @@ def test_fp8_kv_cache_at_the_auto_batch(run_dir: tuple[spec_mod.RunSpec, RunPath
     infer.run(fp8, 0, p2)
     man = read_json(p2.infer_dir(2).parent / "step-00000002.stats.json")
     assert man["kv_cache"] == "fp8" and man["generated"] == 2 and [b["batch"] for b in man["batches"]] == [2]
+    assert {"batch", "new_tokens", "prefill_s", "decode_s"} <= set(man["batches"][0])  # what the report sums
     for name in man["names"]:
         assert load_clip(p2.infer_dir(2) / f"{name}.mp4", ClipShape(17, 48, 64)).shape == (17, 48, 64, 3)
 

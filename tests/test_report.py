@@ -68,6 +68,13 @@ def make_results(root: Path, skip_eval: int | None = None, tokenbench: bool = Fa
     paths.metrics_jsonl.write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 41, "lo'
                                    + "".join("\n" + json.dumps({"step": s, "val_loss": v, "val_videos": 1})
                                              for s, v in (val or {}).items()))
+    for c, (step, cache) in enumerate(((10, "fp8"), (20, None))):  # the infer stage's manifest (one predates kv_cache)
+        key = plan_mod.infer_task(plan.spec, plan_mod.infer_task_index(plan.spec, c, 0)).key
+        atomic_write_json(paths.infer_manifest(step, key), {
+            "step": step, "shard": 0, "shards": 1, "input_range": [0, 2], "inputs": 2, "names": ["clip0", "clip1"],
+            "batches": [{"batch": 2, "new_tokens": 768, "prefill_s": 1.0, "decode_s": 4.0, "tokens_per_s": 383.5}],
+            "time": 0.0, "generated": 2, "grid": "5x8x32", "device": "cuda:0",
+            **({"kv_cache": cache} if cache else {})})
     for step in plan.checkpoint_steps:
         if step == skip_eval:
             continue
@@ -106,6 +113,8 @@ def test_tables_show_the_producers_numbers(tmp_path: Path) -> None:
         assert f"{SSIM[step]:.4f}" in row
         assert ("*" in row) == (step == max(PSNR, key=PSNR.get))
     assert line_with(text, "│ 2 ", "│ 10 ", "4.0", "2.5")  # tokenize: 10 clips in 4.0 s -> 2.5 clips/s
+    # generation: 2 infer tasks, 4 videos x 768 tokens in 8 s of decoding -> 384 tokens/s per task
+    assert line_with(text, "│ 2 ", "│ 4 ", "3,072", "8.0", "2.0", "384.0", "fp8+model")
     assert "broken.mp4" in line_with(text, "skipped ")
     assert "│ videos_in " in text and "│ 12 " in line_with(text, "videos_in")
     assert "documents" not in text  # one row per video stays out of the table

@@ -35,6 +35,7 @@ from harness.report.files import plots, write
 from harness.report.records import (
     PEAK_TFLOPS,
     Checkpoint,
+    Generation,
     MissingShard,
     Report,
     StageHours,
@@ -48,10 +49,10 @@ if TYPE_CHECKING:
     from harness.core.spec import RunSpec
     from harness.core.trainplan import TrainingPlan
 
-__all__ = ["PEAK_TFLOPS", "Checkpoint", "MissingShard", "Report", "Tokenize", "Training", "baseline_label", "build",
-           "checkpoints",
-           "fmt", "markdown", "merge_shards", "plots", "read_evals", "read_metrics", "render", "results_dir",
-           "tables", "to_json", "tokenize_stats", "training", "validation_curve", "with_validation", "write"]
+__all__ = ["PEAK_TFLOPS", "Checkpoint", "Generation", "MissingShard", "Report", "Tokenize", "Training",
+           "baseline_label", "build", "checkpoints", "fmt", "generation_stats", "markdown", "merge_shards", "plots",
+           "read_evals", "read_metrics", "render", "results_dir", "tables", "to_json", "tokenize_stats", "training",
+           "validation_curve", "with_validation", "write"]
 
 
 def _num(v: Any) -> float | None:
@@ -95,6 +96,33 @@ def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
     if not n:
         return None
     return Tokenize(n, clips, seconds, clips / seconds if seconds > 0 else None)
+
+
+def generation_stats(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int]) -> Generation | None:
+    """Summed over the infer manifests' batches (batch, new_tokens, prefill_s, decode_s) of every planned
+    (checkpoint, shard) task that generated something."""
+    tasks, videos, tokens, decode, prefill, caches = 0, 0, 0, 0.0, 0.0, set()
+    for c, step in enumerate(checkpoint_steps):
+        for k in range(plan_mod.infer_shards(spec.infer)):
+            key = plan_mod.infer_task(spec, plan_mod.infer_task_index(spec, c, k)).key
+            try:
+                man = json.loads(paths.infer_manifest(step, key).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            batches = [b for b in man.get("batches") or [] if isinstance(b, dict)]
+            if not batches:
+                continue
+            tasks += 1
+            caches.add(str(man.get("kv_cache", "model")))
+            for b in batches:
+                n, new = int(_num(b.get("batch")) or 0), int(_num(b.get("new_tokens")) or 0)
+                videos, tokens = videos + n, tokens + n * new
+                decode += _num(b.get("decode_s")) or 0.0
+                prefill += _num(b.get("prefill_s")) or 0.0
+    if not tasks:
+        return None
+    return Generation(tasks, videos, tokens, decode, prefill, "+".join(sorted(caches)),
+                      tokens / decode if decode > 0 else None)
 
 
 def _best(rows: Sequence[Checkpoint], metrics: Sequence[str]) -> int | None:
@@ -170,7 +198,8 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
                   loss_curve=curve, checkpoints=rows_, failures=failures, missing=tuple(missing),
                   missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val,
                   gpu_hours=tuple(gpu_hours),
-                  retries=tuple(retries.run_lines(paths, [s.name for s in STAGES])))
+                  retries=tuple(retries.run_lines(paths, [s.name for s in STAGES])),
+                  generation=generation_stats(paths, spec, checkpoint_steps))
 
 
 def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:

@@ -61,6 +61,22 @@ class Tokenize:
 
 
 @dataclass(frozen=True)
+class Generation:
+    tasks: int
+    """Infer tasks whose manifest was readable and generated something."""
+    videos: int
+    tokens: int
+    """Generated tokens of every video (the first sampled from the prefill's logits included)."""
+    decode_seconds: float
+    prefill_seconds: float
+    """Summed over the tasks' batches; the first batch of a shape also compiles and captures its decode step."""
+    kv_cache: str
+    """infer.kv_cache of the tasks ("model" where a manifest predates the key), or their values joined by "+"."""
+    tokens_per_s: float | None
+    """tokens / decode seconds: one task's decode rate, independent of how many ran at once."""
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     step: int
     values: Mapping[str, float | None]
@@ -181,6 +197,8 @@ class Report:
     """Per stage, where the caller knows the run's task states (`harness report`; the report stage does not)."""
     retries: tuple[str, ...] = ()
     """One line per task retried after an infrastructure failure (`harness.core.retries.summary`)."""
+    generation: Generation | None = None
+    """What the infer tasks' manifests say of their generation (None: none read)."""
 
     @property
     def best(self) -> Checkpoint | None:

@@ -56,6 +56,12 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         k = rep.tokenize
         out.append(("tokenize", ["shards", "clips", "task seconds", "clips/s per task"],
                     [[str(k.shards), str(k.clips), f"{k.seconds:.1f}", fmt(k.clips_per_s, "rate")]]))
+    g = rep.generation
+    if g is not None:
+        out.append(("generation", ["infer tasks", "videos", "generated tokens", "decode s", "prefill s",
+                                   "tokens/s per task", "KV cache"],
+                    [[str(g.tasks), str(g.videos), f"{g.tokens:,}", f"{g.decode_seconds:.1f}",
+                      f"{g.prefill_seconds:.1f}", fmt(g.tokens_per_s, "rate"), g.kv_cache]]))
     t = rep.training
     if t is not None:
         reached = str(t.steps) if t.steps >= t.last_step else f"{t.steps} (stopped before the planned end)"
@@ -147,6 +153,7 @@ def to_json(rep: Report) -> dict[str, Any]:
     best = rep.best
     return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
             "tokenize": asdict(rep.tokenize) if rep.tokenize else None,
+            "generation": asdict(rep.generation) if rep.generation else None,
             "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
             "loss_curve": [list(p) for p in rep.loss_curve],
             "val_curve": [list(p) for p in rep.val_curve],
