@@ -290,13 +290,16 @@ def _v2w_tp_tokens(ckpt: str, prompt: torch.Tensor, context: torch.Tensor, new: 
     cache = gen.StaticKVCache(len(m.decoder.layers), prompt.shape[1] + new)
     out.update({mode: gen.generate(m, prompt, new, s, cache=cache, context=context, mode=mode)
                 for mode in ("eager", "device")})
+    fp8 = gen.StaticKVCache(len(m.decoder.layers), prompt.shape[1] + new, fp8=True)  # scales per head: TP-invariant
+    out.update({f"fp8-{mode}": gen.generate(m, prompt, new, s, cache=fp8, context=context, mode=mode)
+                for mode in ("eager", "device")})
     return out
 
 
 @pytest.mark.timeout(600)
 def test_video2world_tensor_parallel_2_generates_the_tp1_tokens(tmp_path: Path) -> None:
     """TP=2 (two gloo ranks): each rank caches its own heads' cross-attention keys/values; fp32 greedy tokens of
-    every cached mode equal TP=1's uncached ones, on both ranks."""
+    every cached mode equal TP=1's uncached ones, on both ranks, and with the fp8 cache TP=1's fp8 tokens."""
     from cosmos_util import run_ranks
     from harness.cosmos import pretrained
 
@@ -305,7 +308,8 @@ def test_video2world_tensor_parallel_2_generates_the_tp1_tokens(tmp_path: Path) 
     new = 24
     one = _v2w_tp_tokens(str(tmp_path / "ckpt"), prompt, context, new, 1)
     assert torch.equal(one["eager"], one["none"]) and torch.equal(one["device"], one["none"])
+    assert torch.equal(one["fp8-device"], one["fp8-eager"])
     two = run_ranks(_v2w_tp_tokens, (str(tmp_path / "ckpt"), prompt, context, new, 2), 2, tmp_path)
     for rank in two:
         for mode, tokens in rank.items():
-            assert torch.equal(tokens, one["none"]), mode
+            assert torch.equal(tokens, one["fp8-eager" if mode.startswith("fp8") else "none"]), mode
