@@ -23,7 +23,9 @@ class StaticLayerKV:
     at `n` and returns views of the first `n` positions (attention is the model's SDPA). Device-position mode: it
     writes at `cache.pos` with `index_copy_` and `attend` runs flex attention over the whole buffers, visiting
     only the key blocks that hold valid positions (flash-decoding: the keys are split across thread blocks, where
-    a masked SDPA over the buffer gives one thread block per K/V head and reads every position)."""
+    a masked SDPA over the buffer gives one thread block per K/V head and reads every position). With the cache's
+    `fp8`, the buffers hold e4m3 codes beside per-position scales (`harness.cosmos.kvfp8`), read dequantized by the
+    host-position paths and by the fp8 decode kernel in device-position mode."""
 
     def __init__(self, cache: "StaticKVCache") -> None:
         self.cache = cache
@@ -43,8 +45,9 @@ class StaticLayerKV:
                 or self.k_buf.device != k.device or self.dtype != k.dtype:
             self.k_buf = torch.zeros((b, h, self.cache.cap, d), dtype=dtype, device=k.device)
             self.v_buf = torch.zeros_like(self.k_buf)
-            self.scales = tuple(torch.ones((b, h, self.cache.cap), device=k.device) for _ in "kv") \
-                if self.cache.fp8 else None  # type: ignore[assignment]  # a pair, built from a generator
+            ones = (b, h, self.cache.cap)
+            self.scales = (torch.ones(ones, device=k.device), torch.ones(ones, device=k.device)) \
+                if self.cache.fp8 else None
             self.dtype = k.dtype
             if self.cache.fp8:
                 from harness.cosmos.kvfp8 import device_splits  # noqa: PLC0415
