@@ -164,3 +164,16 @@ def test_fp8_cache_with_a_video2world_context(model: torch.nn.Module) -> None:
     host = gen.generate(v2w, prompt, new, gen.Sampling(0.0), cache=cache, context=context, mode="eager")
     dev = gen.generate(v2w, prompt, new, gen.Sampling(0.0), cache=cache, context=context, mode="device")
     assert torch.equal(host, dev)
+
+
+def test_the_generate_benchs_fp8_checks(model: torch.nn.Module) -> None:
+    """`harness bench generate --kv-cache fp8`'s checks on CPU: the kernel check compares the reference with
+    itself there (exactly), and the quality figures of the tiny model are small but not zero."""
+    from harness.bench import kvfp8 as checks
+
+    k = checks.kernel_check(model, "cpu", 2, 300)
+    assert k["ok"] and k["max_rel_diff"] == 0.0 and k["dtype"] == "torch.float32"
+    prompt = torch.randint(0, 64_000, (2, 40), generator=torch.Generator().manual_seed(1))
+    q = checks.quality(model, prompt, {})
+    assert q["sequences"] == 2 and q["positions"] == 40
+    assert 0 < q["logits_rel_l2"] < 0.03 and 0 <= q["kl_nats_mean"] < 1e-3 and q["top1_agreement"] >= 0.9
