@@ -50,12 +50,13 @@ def split_kernel(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - point
         den = den * alpha + tl.sum(p, 1)
         v = tl.load(V + kv + n[:, None] * sk_n + d[None, :], mask=valid[:, None], other=0.0).to(q.dtype)
         vscale = tl.load(VS + sc + n, mask=valid, other=0.0)
-        vmax = tl.max(vscale, 0)  # > 0: the block holds a valid position
-        pv = (p * (vscale / vmax)[None, :]).to(q.dtype)  # in [0, 1]: no fp16 underflow of p x a small scale
         if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(pv, v, input_precision="ieee") * vmax
+            acc = acc * alpha[:, None] + tl.dot(p * vscale[None, :], v, input_precision="ieee")
+        elif F16:  # p x scale normalised to [0, 1] by the block's largest scale: no fp16 underflow
+            vmax = tl.max(vscale, 0)  # > 0: the block holds a valid position
+            acc = acc * alpha[:, None] + tl.dot((p * (vscale / vmax)[None, :]).to(q.dtype), v) * vmax
         else:
-            acc = acc * alpha[:, None] + tl.dot(pv, v) * vmax
+            acc = acc * alpha[:, None] + tl.dot((p * vscale[None, :]).to(q.dtype), v)
         m = m_new
     safe = tl.where(den > 0, den, 1.0)
     rows = (r < R)
