@@ -26,13 +26,14 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from harness.bench import ranks
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS, Precision, decode_step_bytes, peak_bandwidth_tbps
+from harness.core.sections import KVCache
 from harness.core.tokens import BOV_ID, Grid
 
 GOAL_BATCH1_TOKENS_PER_S = 300.0
@@ -230,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile-mode", default=None,
                     help="torch.compile mode of the decode step (default: the harness's, "
                          "harness.cosmos.generate.COMPILE_MODE; 'default': Inductor's)")
-    ap.add_argument("--kv-cache", default="model", choices=["model", "fp8"],
+    ap.add_argument("--kv-cache", default="model", choices=get_args(KVCache),
                     help="the decode cache's keys/values (infer.kv_cache); fp8 adds its quality and kernel checks")
     ap.add_argument("--profile", action="store_true", help="kernels of 32 graph-mode decode steps at the first batch")
     ap.add_argument("--out", default="results/bench")

@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from harness.core import metrics_table as mt
 from harness.core import metricslog, retries
@@ -102,23 +102,21 @@ def generation_stats(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[
     """Summed over the infer manifests' batches (batch, new_tokens, prefill_s, decode_s) of every planned
     (checkpoint, shard) task that generated something."""
     tasks, videos, tokens, decode, prefill, caches = 0, 0, 0, 0.0, 0.0, set()
-    for c, step in enumerate(checkpoint_steps):
-        for k in range(plan_mod.infer_shards(spec.infer)):
-            key = plan_mod.infer_task(spec, plan_mod.infer_task_index(spec, c, k)).key
-            try:
-                man = json.loads(paths.infer_manifest(step, key).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            batches = [b for b in man.get("batches") or [] if isinstance(b, dict)]
-            if not batches:
-                continue
-            tasks += 1
-            caches.add(str(man.get("kv_cache", "model")))
-            for b in batches:
-                n, new = int(_num(b.get("batch")) or 0), int(_num(b.get("new_tokens")) or 0)
-                videos, tokens = videos + n, tokens + n * new
-                decode += _num(b.get("decode_s")) or 0.0
-                prefill += _num(b.get("prefill_s")) or 0.0
+    for step, _, _, key in infer_pairs(spec, checkpoint_steps):
+        try:
+            man = json.loads(paths.infer_manifest(step, key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        batches = [b for b in man.get("batches") or [] if isinstance(b, dict)]
+        if not batches:
+            continue
+        tasks += 1
+        caches.add(str(man.get("kv_cache", "model")))
+        for b in batches:
+            n, new = int(_num(b.get("batch")) or 0), int(_num(b.get("new_tokens")) or 0)
+            videos, tokens = videos + n, tokens + n * new
+            decode += _num(b.get("decode_s")) or 0.0
+            prefill += _num(b.get("prefill_s")) or 0.0
     if not tasks:
         return None
     return Generation(tasks, videos, tokens, decode, prefill, "+".join(sorted(caches)),
@@ -228,17 +226,23 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
     evals: dict[int, list[ShardRecord]] = {}
     lost: list[MissingShard] = []
     known = {(f.get("stage"), f.get("task")): f for f in failures}
+    for step, k, task, key in infer_pairs(spec, checkpoint_steps):
+        e = _read(paths.eval_json(step, key), missing)
+        if isinstance(e, dict):
+            evals.setdefault(step, []).append(ShardRecord.from_json(e))
+            continue
+        why = [f"{st}[{task}] {f.get('state', '')}" + (f" ({f['reason']})" if f.get("reason") else "")
+               for st in ("infer", "evaluate") if (f := known.get((st, task)))]
+        lost.append(MissingShard(step, k, task, "; ".join(why) or "no result file"))
+    return evals, lost
+
+
+def infer_pairs(spec: RunSpec, checkpoint_steps: Sequence[int]) -> Iterator[tuple[int, int, int, int | None]]:
+    """(checkpoint step, shard, infer/evaluate task index, its files' key) of every planned pair, in task order."""
     for c, step in enumerate(checkpoint_steps):
         for k in range(plan_mod.infer_shards(spec.infer)):
             task = plan_mod.infer_task_index(spec, c, k)
-            e = _read(paths.eval_json(step, plan_mod.infer_task(spec, task).key), missing)
-            if isinstance(e, dict):
-                evals.setdefault(step, []).append(ShardRecord.from_json(e))
-                continue
-            why = [f"{st}[{task}] {f.get('state', '')}" + (f" ({f['reason']})" if f.get("reason") else "")
-                   for st in ("infer", "evaluate") if (f := known.get((st, task)))]
-            lost.append(MissingShard(step, k, task, "; ".join(why) or "no result file"))
-    return evals, lost
+            yield step, k, task, plan_mod.infer_task(spec, task).key
 
 
 def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
