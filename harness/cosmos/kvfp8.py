@@ -30,6 +30,8 @@ BLOCK_N = 128
 """Keys a kernel iteration reads: 16 KiB of fp8 at 128 channels."""
 WARPS, STAGES = 4, 3
 """The kernel's launch: warps per program and software-pipelined key blocks in flight."""
+PROGRAMS_PER_SM = 4
+"""`splits` aims at this many programs per SM (the grid's waves: fewer leave a part-filled last wave)."""
 F16 = False
 """bf16 models: the kernel's dot products in fp16 (codes converted to fp16, not bf16)."""
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -80,7 +82,7 @@ def splits(programs: int, cap: int, sms: int) -> int:
     """Splits of the positions per (sequence, key/value head): about four programs per SM (the fastest of one
     H100's sweep at batch 8 and 58, against one or two), none shorter than a block, at most 64. Batch 1 of
     Cosmos-4B (8 key/value heads) on an H100 (132 SMs): 64 splits; batch 58: two."""
-    return max(1, min(-(-4 * sms // programs), -(-cap // BLOCK_N), 64))
+    return max(1, min(-(-PROGRAMS_PER_SM * sms // programs), -(-cap // BLOCK_N), 64))
 
 
 def flash_decode(q: torch.Tensor, k: torch.Tensor, ks: torch.Tensor, v: torch.Tensor, vs: torch.Tensor,

@@ -45,16 +45,18 @@ def _hours(paths: RunPaths, plan: Plan) -> tuple[float | None, float | None]:
 
 
 def read_run(paths: RunPaths) -> cmp.RunData:
-    """The run's spec, the evaluate files of each planned evaluation step, its logged validation losses and
-    its GPU-hours."""
+    """The run's spec, the evaluate files of each planned evaluation step, its logged validation losses, its
+    generation rate per step and its GPU-hours."""
     plan = load_plan(paths)
     steps = plan.eval_steps
     evals, _ = report.read_evals(paths, plan.spec, steps, [], [])
     val = {r["step"]: float(r[cmp.VAL_LOSS]) for r in metricslog.val_rows(paths.metrics_jsonl)
            if isinstance(r.get(cmp.VAL_LOSS), (int, float))}
+    gen = {s: g.tokens_per_s for s in steps
+           if (g := report.generation_stats(paths, plan.spec, [s])) is not None and g.tokens_per_s is not None}
     return cmp.RunData(paths.run_id, plan.spec.run.name, rundir.read_spec_record(paths),
                        {s: tuple(evals.get(s, ())) for s in steps}, val, *_hours(paths, plan),
-                       report.baseline_label(plan.spec))
+                       report.baseline_label(plan.spec), gen)
 
 
 def out_dir(first: RunPaths, c: cmp.Comparison) -> Path:

@@ -43,6 +43,9 @@ class RunData:
     gpu_hours_planned: float | None = None
     baseline: str = "pretrained"
     """What step 0 is, where the run evaluated it (`harness.report.build.baseline_label`)."""
+    gen_rate: Mapping[int, float] = field(default_factory=dict)
+    """Step -> generated tokens per decode second of its infer tasks (`harness.report.build.generation_stats`):
+    a campaign over `infer.*` keys (the KV cache, the batch) weighs quality against speed in one table."""
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -62,6 +65,7 @@ class Row:
     gpu_hours: float | None
     differing: tuple[str, ...]
     """The run's value of each differing key, in `Comparison.differing` order."""
+    gen_tokens_per_s: float | None = None
     best: frozenset[str] = frozenset()
     """The criteria (`criteria`: each metric over all and over predicted frames, `VAL_LOSS`) whose best value
     over every row this row holds."""
@@ -147,7 +151,7 @@ def _row(run: RunData, step: int, shards: Sequence[ShardRecord], metrics: Sequen
         protocol = shards[0].result.protocol_label
     label = f"0 ({run.baseline})" if step == 0 else str(step)
     return Row(run.run_id, step, label, values, videos, protocol, run.gpu_hours,
-               tuple(f.get(k, "(unset)") for k in differing))
+               tuple(f.get(k, "(unset)") for k in differing), run.gen_rate.get(step))
 
 
 def _finite(v: float | None) -> float | None:

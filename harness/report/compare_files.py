@@ -48,9 +48,11 @@ def _columns(c: Comparison) -> list[tuple[str, str]]:
 def tables(c: Comparison) -> Tables:
     """(title, header, rows): the checkpoints table, then the runs (GPU-hours used beside the plan's estimate)."""
     cols = _columns(c)
-    header = ["run", "step"] + [h for _, h in cols] + ["videos", "protocol", "GPU-h (run)"] + list(c.differing)
+    header = (["run", "step"] + [h for _, h in cols] + ["videos", "protocol", "gen tok/s", "GPU-h (run)"]
+              + list(c.differing))
     rows = [[r.run_id, r.label] + [_cell(r, k) for k, _ in cols]
-            + [str(r.videos), r.protocol, _gpu_hours(r.gpu_hours)] + list(r.differing) for r in c.rows]
+            + [str(r.videos), r.protocol, fmt(r.gen_tokens_per_s, "rate"), _gpu_hours(r.gpu_hours)]
+            + list(r.differing) for r in c.rows]
     runs = [[rid, name, _gpu_hours(used), _gpu_hours(planned)]
             for rid, name, (used, planned) in zip(c.runs, c.names, c.gpu_hours)]
     return [("checkpoints (* best of its column)", header, rows),
@@ -86,7 +88,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
             "common_videos": list(c.common) if c.common is not None else None, "notes": list(c.notes),
             "rows": [{"run_id": r.run_id, "step": r.step, "label": r.label,
                       **{k: r.values.get(k) for k in criteria(c.metrics)}, "videos": r.videos,
-                      "protocol": r.protocol, "gpu_hours": r.gpu_hours,
+                      "protocol": r.protocol, "gen_tokens_per_s": r.gen_tokens_per_s, "gpu_hours": r.gpu_hours,
                       "spec": dict(zip(c.differing, r.differing)), "best": sorted(r.best)} for r in c.rows]}
 
 
