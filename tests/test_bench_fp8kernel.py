@@ -26,4 +26,4 @@ def test_rows_per_variant_and_the_fastest_named(tmp_path: Path) -> None:
         assert x["cache"] == "model" or x["max_rel_diff"] < 1e-6
     best = r["best"]["2"]
     assert best["us"] == min(x["us"] for x in rows if x["cache"] == "fp8")
-    assert set(best["variant"]) == {"F16", "BLOCK_N", "WARPS"}
+    assert set(best["variant"]) == {"KEYS_LEFT", "F16", "BLOCK_N", "WARPS"}

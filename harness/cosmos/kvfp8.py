@@ -34,6 +34,8 @@ PROGRAMS_PER_SM = 4
 """`splits` aims at this many programs per SM (the grid's waves: fewer leave a part-filled last wave)."""
 F16 = False
 """bf16 models: the kernel's dot products in fp16 (codes converted to fp16, not bf16)."""
+KEYS_LEFT = False
+"""Launch `split_kernel_t` (the converted tiles as the products' left operands) rather than `split_kernel`."""
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 """The kernel's module (`kvfp8_kernel`) imports Triton; on installs without it `decode_attention` runs the
 reference."""
@@ -102,14 +104,14 @@ def _split_attention(q: torch.Tensor, k: torch.Tensor, ks: torch.Tensor, v: torc
     op, not a bare kernel call, so that `torch.compile` knows it writes only its outputs (Inductor guards a kernel
     whose writes it cannot tell with copies; called bare, one H100 ran Cosmos-4B's batch 1 at 281 tokens/s
     against 320.7 as this op)."""
-    from harness.cosmos.kvfp8_kernel import split_kernel  # noqa: PLC0415 - imports Triton
+    from harness.cosmos.kvfp8_kernel import split_kernel, split_kernel_t  # noqa: PLC0415 - imports Triton
 
     b, h, _, d = q.shape
     g = k.shape[1]
     o = torch.empty((b, h, n_splits, d), dtype=torch.float32, device=q.device)
     lse = torch.empty((b, h, n_splits), dtype=torch.float32, device=q.device)
     r = h // g
-    split_kernel[(b * g, n_splits)](
+    (split_kernel_t if KEYS_LEFT else split_kernel)[(b * g, n_splits)](
         q, k.view(FP8), ks, v.view(FP8), vs, pos, o, lse, scale,
         q.stride(0), q.stride(1), q.stride(3), k.stride(0), k.stride(1), k.stride(2), ks.stride(0), ks.stride(1),
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), g,

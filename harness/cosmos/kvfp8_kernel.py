@@ -64,3 +64,59 @@ def split_kernel(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - point
              mask=rows[:, None])
     tl.store(LSE + bi * sl_b + heads * sl_h + split, tl.where(den > 0, m + tl.log(safe), float("-inf")),
              mask=rows)
+
+
+@triton.jit
+def split_kernel_t(Q, K, KS, V, VS, POS, OUT, LSE, sm_scale,  # noqa: N803 - as `split_kernel`
+                   sq_b, sq_h, sq_d, sk_b, sk_g, sk_n, ss_b, ss_g, so_b, so_h, so_s, sl_b, sl_h, G,
+                   SPLITS, R: tl.constexpr, R_PAD: tl.constexpr, D: tl.constexpr,
+                   BLOCK: tl.constexpr, IEEE: tl.constexpr, F16: tl.constexpr):
+    """`split_kernel` transposed: scores^T = K q^T and out^T = V^T p^T, so the converted fp8 tiles are the
+    products' left operands. Hopper's wgmma reads its left operand from registers and its right one from shared
+    memory only: on the right, each converted tile is written back to shared memory first (32 KiB per tile)."""
+    bg = tl.program_id(0)
+    split = tl.program_id(1)
+    bi = bg // G
+    g = bg % G
+    r = tl.arange(0, R_PAD)
+    d = tl.arange(0, D)
+    heads = g * R + r
+    qt = tl.load(Q + bi * sq_b + heads[None, :] * sq_h + d[:, None] * sq_d, mask=(r < R)[None, :], other=0.0)
+    if F16:
+        qt = qt.to(tl.float16)
+    length = tl.load(POS).to(tl.int32) + 1
+    chunk = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK) * BLOCK
+    start = split * chunk
+    end = tl.minimum(start + chunk, length)
+    m = tl.full([R_PAD], float("-inf"), tl.float32)
+    den = tl.zeros([R_PAD], tl.float32)
+    acc = tl.zeros([D, R_PAD], tl.float32)
+    kv = bi * sk_b + g * sk_g
+    sc = bi * ss_b + g * ss_g
+    for n0 in range(start, end, BLOCK):
+        n = n0 + tl.arange(0, BLOCK)
+        valid = n < end
+        k = tl.load(K + kv + n[:, None] * sk_n + d[None, :], mask=valid[:, None], other=0.0).to(qt.dtype)
+        kscale = tl.load(KS + sc + n, mask=valid, other=0.0)
+        s = tl.dot(k, qt, input_precision="ieee") if IEEE else tl.dot(k, qt)  # [BLOCK, R_PAD]
+        s = tl.where(valid[:, None], s * (kscale * sm_scale).to(tl.float32)[:, None], float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[None, :])
+        den = den * alpha + tl.sum(p, 0)
+        vt = tl.load(V + kv + n[None, :] * sk_n + d[:, None], mask=valid[None, :], other=0.0).to(qt.dtype)
+        vscale = tl.load(VS + sc + n, mask=valid, other=0.0)
+        if IEEE:
+            acc = acc * alpha[None, :] + tl.dot(vt, p * vscale[:, None], input_precision="ieee")
+        elif F16:
+            vmax = tl.max(vscale, 0)
+            acc = acc * alpha[None, :] + tl.dot(vt, (p * (vscale / vmax)[:, None]).to(qt.dtype)) * vmax
+        else:
+            acc = acc * alpha[None, :] + tl.dot(vt, (p * vscale[:, None]).to(qt.dtype))
+        m = m_new
+    safe = tl.where(den > 0, den, 1.0)
+    rows = (r < R)
+    tl.store(OUT + bi * so_b + heads[None, :] * so_h + split * so_s + d[:, None], acc / safe[None, :],
+             mask=rows[None, :])
+    tl.store(LSE + bi * sl_b + heads * sl_h + split, tl.where(den > 0, m + tl.log(safe), float("-inf")),
+             mask=rows)
