@@ -7,6 +7,7 @@ Whole videos are bound by this kernel's share of the card's bandwidth (README, "
 moves the most bytes per second at the infer stage's batches is the one `harness.cosmos.kvfp8` should launch.
 
     python -m harness.bench.fp8kernel --batch 1 8 58 107 --out results/bench/h100
+    python -m harness.bench.fp8kernel --bare --batch 8 58 107 --out results/bench/h100 --name fp8kernel-bare.json
 
 On a CPU every fp8 variant runs the torch reference (the kernel is CUDA's): a smoke test of the bench itself.
 """
@@ -28,6 +29,10 @@ from harness.core.models import PRESETS, kv_bytes, peak_bandwidth_tbps
 VARIANTS = [{"KEYS_LEFT": left, "F16": f16, "BLOCK_N": block, "WARPS": warps}
             for left, f16, block, warps in itertools.product((False, True), (False, True), (64, 128), (4, 8))]
 """Launch variants of the fp8 kernel (`harness.cosmos.kvfp8`'s module constants of the same names)."""
+BARE_VARIANTS = [{**v, "STAGES": stages, "PROGRAMS_PER_SM": per_sm}
+                 for v, stages, per_sm in itertools.product(VARIANTS, (2, 3, 4), (2, 4, 8, 16))]
+"""`--bare`: also the pipeline depth and the splits' target, each launch timed as the op alone (no compile per
+variant, so the 192 of them take about as long as the 16 compiled ones)."""
 
 
 def layer(preset: str, batch: int, positions: int, fp8: bool, device: str) -> tuple[Any, torch.Tensor]:
@@ -55,6 +60,19 @@ def time_attend(lay: Any, q: torch.Tensor, repeats: int) -> tuple[float, torch.T
     return timed_ms(lambda: fn(q), repeats), fn(q)
 
 
+def time_bare(lay: Any, q: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
+    """Median ms of the fp8 decode attention called as the op (kernel and split merge, eager), at the splits the
+    module's constants give now."""
+    from harness.cosmos import kvfp8
+
+    n = kvfp8.device_splits(lay.k_buf)
+
+    def fn() -> torch.Tensor:
+        return kvfp8.decode_attention(q, lay.k_buf, lay.scales[0], lay.v_buf, lay.scales[1], lay.cache.pos, None, n)
+
+    return timed_ms(fn, repeats), fn()
+
+
 def one_batch(args: argparse.Namespace, batch: int, device: str) -> list[dict[str, Any]]:
     from harness.cosmos import kvfp8
 
@@ -68,16 +86,17 @@ def one_batch(args: argparse.Namespace, batch: int, device: str) -> list[dict[st
         moved = batch * n * kv_bytes(1, p.num_query_groups, p.kv_channels, elem, fp8=fp8)
         ref = kvfp8.reference(q.float(), lay.k_buf, lay.scales[0], lay.v_buf, lay.scales[1], lay.cache.pos,
                               None) if fp8 else None
-        for variant in VARIANTS if fp8 else [{}]:
+        for variant in (BARE_VARIANTS if args.bare else VARIANTS) if fp8 else [{}]:
             saved = {k: getattr(kvfp8, k) for k in variant}
             for k, val in variant.items():
                 setattr(kvfp8, k, val)
             try:
-                ms, out = time_attend(lay, q, args.repeats)
+                ms, out = time_bare(lay, q, args.repeats) if fp8 and args.bare else time_attend(lay, q, args.repeats)
+                splits = (kvfp8.device_splits(lay.k_buf) if args.bare else lay.splits) if fp8 else None
             finally:
                 for k, val in saved.items():
                     setattr(kvfp8, k, val)
-            row = {"cache": "fp8" if fp8 else "model", **variant, "batch": batch, "splits": lay.splits if fp8 else None,
+            row = {"cache": "fp8" if fp8 else "model", **variant, "batch": batch, "splits": splits,
                    "us": 1e3 * ms, "gb_per_s": moved / ms / 1e6,
                    "bandwidth_fraction": moved / ms / 1e-3 / (peak * 1e12) if peak else None}
             if ref is not None:
@@ -94,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="cached positions before the step (a whole video's average: 5,120 + 7,680 / 2)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--bare", action="store_true",
+                    help="sweep BARE_VARIANTS with the fp8 op timed alone (the model-dtype row stays compiled)")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--name", default="fp8kernel.json")
     return ap
@@ -108,11 +129,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         fp8 = [r for r in rows if r["batch"] == b and r["cache"] == "fp8"]
         model = next(r for r in rows if r["batch"] == b and r["cache"] == "model")
         top = min(fp8, key=lambda r: r["us"])
-        best[str(b)] = {"variant": {k: top[k] for k in VARIANTS[0]}, "us": top["us"], "model_us": model["us"],
+        best[str(b)] = {"variant": {k: top[k] for k in (BARE_VARIANTS if args.bare else VARIANTS)[0]}, "us": top["us"],
+                        "model_us": model["us"],
                         "speedup_over_model": model["us"] / top["us"]}
     out = {"bench": "fp8kernel", "preset": args.preset, "positions": args.positions, "device": device,
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "", "torch": torch.__version__,
-           "median_of": args.repeats, "results": rows, "best": best,
+           "median_of": args.repeats, "timed": "op alone" if args.bare else "compiled attend", "results": rows,
+           "best": best,
            "fp8_us_median_over_variants": {str(b): statistics.median(r["us"] for r in rows
                                                                      if r["batch"] == b and r["cache"] == "fp8")
                                            for b in args.batch}}
