@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.bench import BENCHES
 from harness.core.errors import HarnessError, Problem
 
 if TYPE_CHECKING:
@@ -283,8 +284,7 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "preprocessing (17 frames, short side 320, H.264 round trip); both: each")
 
     s = sub.add_parser("bench", help="benchmarks; figures go to results/bench/")
-    s.add_argument("name", choices=["submit", "tokenize", "train", "eval", "generate", "compare", "plan",
-                                    "stages_tp", "imports", "attention", "suite"])
+    s.add_argument("name", choices=BENCHES)
     s.add_argument("args", nargs=argparse.REMAINDER)
 
 
