@@ -31,8 +31,9 @@ VARIANTS = [{"KEYS_LEFT": left, "F16": f16, "BLOCK_N": block, "WARPS": warps}
 """Launch variants of the fp8 kernel (`harness.cosmos.kvfp8`'s module constants of the same names)."""
 BARE_VARIANTS = [{**v, "STAGES": stages, "PROGRAMS_PER_SM": per_sm}
                  for v, stages, per_sm in itertools.product(VARIANTS, (2, 3, 4), (2, 4, 8, 16))]
-"""`--bare`: also the pipeline depth and the splits' target, each launch timed as the op alone (no compile per
-variant, so the 192 of them take about as long as the 16 compiled ones)."""
+"""`--bare`: also the pipeline depth and the splits' target, each launch timed as the op alone: no
+`torch.compile` per variant, only Triton's compile of each kernel configuration (the splits are a runtime
+argument)."""
 
 
 def layer(preset: str, batch: int, positions: int, fp8: bool, device: str) -> tuple[Any, torch.Tensor]:
