@@ -1,7 +1,7 @@
 """`harness bench fp8kernel`: one layer's decode attention over the static KV cache as the graph path's compiled
 step runs it (`StaticLayerKV.attend` under `torch.compile`): the model-dtype cache (flex attention's
-flash-decoding) against the fp8 cache's Triton kernel in each launch variant (which kernel, keys per block,
-warps, fp16 dot products), per batch, at a preset's head layout and one attended length, side by side in one process.
+flash-decoding) against the fp8 cache's Triton kernel in each launch variant (keys per block, warps, fp16 dot
+products), per batch, at a preset's head layout and one attended length, side by side in one process.
 
 Whole videos are bound by this kernel's share of the card's bandwidth (README, "Measured"): the variant that
 moves the most bytes per second at the infer stage's batches is the one `harness.cosmos.kvfp8` should launch.
@@ -26,8 +26,8 @@ from harness.bench.attention import timed_ms
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS, kv_bytes, peak_bandwidth_tbps
 
-VARIANTS = [{"KEYS_LEFT": left, "F16": f16, "BLOCK_N": block, "WARPS": warps}
-            for left, f16, block, warps in itertools.product((False, True), (False, True), (64, 128), (4, 8))]
+VARIANTS = [{"F16": f16, "BLOCK_N": block, "WARPS": warps}
+            for f16, block, warps in itertools.product((False, True), (64, 128), (4, 8))]
 """Launch variants of the fp8 kernel (`harness.cosmos.kvfp8`'s module constants of the same names)."""
 BARE_VARIANTS = [{**v, "STAGES": stages, "PROGRAMS_PER_SM": per_sm}
                  for v, stages, per_sm in itertools.product(VARIANTS, (2, 3, 4), (2, 4, 8, 16))]
