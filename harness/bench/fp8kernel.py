@@ -61,17 +61,18 @@ def time_attend(lay: Any, q: torch.Tensor, repeats: int) -> tuple[float, torch.T
     return timed_ms(lambda: fn(q), repeats), fn(q)
 
 
-def time_bare(lay: Any, q: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median ms of the fp8 decode attention called as the op (kernel and split merge, eager), at the splits the
-    module's constants give now."""
+def time_bare(lay: Any, q: torch.Tensor, n: int, repeats: int) -> tuple[float, torch.Tensor]:
+    """Median ms of the fp8 decode attention called as the op (kernel and split merge, eager) in `n` splits."""
     from harness.cosmos import kvfp8
-
-    n = kvfp8.device_splits(lay.k_buf)
 
     def fn() -> torch.Tensor:
         return kvfp8.decode_attention(q, lay.k_buf, lay.scales[0], lay.v_buf, lay.scales[1], lay.cache.pos, None, n)
 
     return timed_ms(fn, repeats), fn()
+
+
+def variants(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return BARE_VARIANTS if args.bare else VARIANTS
 
 
 def one_batch(args: argparse.Namespace, batch: int, device: str) -> list[dict[str, Any]]:
@@ -87,13 +88,18 @@ def one_batch(args: argparse.Namespace, batch: int, device: str) -> list[dict[st
         moved = batch * n * kv_bytes(1, p.num_query_groups, p.kv_channels, elem, fp8=fp8)
         ref = kvfp8.reference(q.float(), lay.k_buf, lay.scales[0], lay.v_buf, lay.scales[1], lay.cache.pos,
                               None) if fp8 else None
-        for variant in (BARE_VARIANTS if args.bare else VARIANTS) if fp8 else [{}]:
+        for variant in variants(args) if fp8 else [{}]:
             saved = {k: getattr(kvfp8, k) for k in variant}
             for k, val in variant.items():
                 setattr(kvfp8, k, val)
             try:
-                ms, out = time_bare(lay, q, args.repeats) if fp8 and args.bare else time_attend(lay, q, args.repeats)
-                splits = (kvfp8.device_splits(lay.k_buf) if args.bare else lay.splits) if fp8 else None
+                if fp8 and args.bare:
+                    bare_splits = kvfp8.device_splits(lay.k_buf)
+                    splits: int | None = bare_splits
+                    ms, out = time_bare(lay, q, bare_splits, args.repeats)
+                else:
+                    splits = lay.splits if fp8 else None
+                    ms, out = time_attend(lay, q, args.repeats)
             finally:
                 for k, val in saved.items():
                     setattr(kvfp8, k, val)
@@ -130,8 +136,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         fp8 = [r for r in rows if r["batch"] == b and r["cache"] == "fp8"]
         model = next(r for r in rows if r["batch"] == b and r["cache"] == "model")
         top = min(fp8, key=lambda r: r["us"])
-        best[str(b)] = {"variant": {k: top[k] for k in (BARE_VARIANTS if args.bare else VARIANTS)[0]}, "us": top["us"],
-                        "model_us": model["us"],
+        best[str(b)] = {"variant": {k: top[k] for k in variants(args)[0]}, "us": top["us"], "model_us": model["us"],
                         "speedup_over_model": model["us"] / top["us"]}
     out = {"bench": "fp8kernel", "preset": args.preset, "positions": args.positions, "device": device,
            "gpu": torch.cuda.get_device_name() if device == "cuda" else "", "torch": torch.__version__,
