@@ -123,6 +123,10 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("container-stage-unknown", BASE + "[container]\nstages = ['train']\n", "container.stages"),
     ("env-bad-name", BASE + "[container]\nenv = { 'A-B' = '1' }\n", "container.env.A-B"),
     ("env-non-string", BASE + "[container]\nenv = { A = 1 }\n", "container.env"),
+    ("env-secret-hf", BASE + "[container]\nenv = { HF_TOKEN = 'hf_x' }\n", "container.env.HF_TOKEN"),
+    ("env-secret-wandb", BASE + "[container]\nenv = { WANDB_API_KEY = 'k' }\n", "container.env.WANDB_API_KEY"),
+    ("env-secret-aws", BASE + "[container]\nenv = { aws_secret_access_key = 'k' }\n",
+     "container.env.aws_secret_access_key"),
     ("revisions-non-string", BASE + "[assets]\nrevisions = { 'a/b' = 3 }\n", "assets.revisions"),
     ("mounts-not-list", BASE + "[container]\nmounts = '/a:/b'\n", "container.mounts"),
     ("extensions-int", BASE.replace("\n", "\nextensions = [1]\n", 1), "data.extensions"),
@@ -172,3 +176,17 @@ def test_readme_spec_reference_is_current() -> None:
     from harness.core.docs import spec_reference_markdown
 
     assert spec_reference_markdown() in (REPO / "README.md").read_text(), "run: python -m harness.core.docs"
+
+
+def test_a_secret_in_the_spec_is_refused_without_echoing_its_value(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec is copied into the run directory, rendered into sbatch scripts and shown by `harness compare`, so
+    a secret in `container.env` is refused; the message names the key, never the value. Names that merely
+    contain a secret-like word stay allowed."""
+    code, lines = run_validate(tmp_path, BASE + "[container]\nenv = { GITHUB_TOKEN = 'ghp_s3cr3t' }\n", capsys)
+    assert code == 2 and len(lines) == 1 and "container.env.GITHUB_TOKEN" in lines[0]
+    assert "ghp_s3cr3t" not in lines[0] and "environment" in lines[0]
+    ok = BASE + "[container]\nenv = { TOKENIZERS_PARALLELISM = 'false', MAX_TOKENS = '9', NCCL_DEBUG = 'WARN' }\n"
+    assert not [ln for ln in run_validate(tmp_path, ok, capsys)[1] if "container.env" in ln]
+    assert cli.main(["plan", str(tmp_path / "run.toml"), "container.env={HF_TOKEN='hf_0v3rr1d3'}"]) == 2
+    assert "hf_0v3rr1d3" not in "".join(capsys.readouterr())

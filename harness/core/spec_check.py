@@ -14,6 +14,7 @@ import re
 from harness.core import hardware, metrics_table, models, sbatch_options, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
+from harness.core.secretenv import is_secret
 from harness.core.sections import RunSpec, data_parallel
 from harness.core.stages import IN_CONTAINER
 from harness.core.stages import STAGES as STAGE_ROWS
@@ -186,6 +187,10 @@ def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
     for k in c.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
             out.append((f"container.env.{key_token(k)}", "must be a valid environment variable name"))
+        elif is_secret(k):
+            out.append((f"container.env.{k}", "looks like a secret, and secrets are read from the submitting "
+                                              "environment only (a spec is copied into the run directory, its "
+                                              "scripts and results): remove it and export it before submitting"))
     return out
 
 

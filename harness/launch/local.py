@@ -8,7 +8,6 @@ submitit's LocalExecutor and honours the dependency kinds itself (afterok / afte
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths, is_done
 from harness.core.plan import Plan, StagePlan
 from harness.core.rundir import open_run, read_jobs
+from harness.launch import procs
 from harness.launch.backend import (
     COMPLETED,
     LOST,
@@ -46,7 +46,7 @@ def start_driver(paths: RunPaths) -> int:
     """Spawn the driver in its own session so it outlives `harness submit` and the terminal."""
     paths.driver_log.parent.mkdir(parents=True, exist_ok=True)
     with open(paths.driver_log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.launch.local", str(paths.root)],
+        proc = subprocess.Popen([sys.executable, "-m", "harness.launch.local", str(paths.root.resolve())],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=os.getcwd())
     return proc.pid
@@ -161,12 +161,13 @@ def _fmt_elapsed(seconds: float) -> str:
 
 
 def driver(paths: RunPaths, jobs: Jobs) -> tuple[int, bool]:
-    """pid of the latest local driver and whether it is still running this run."""
+    """pid of the latest local driver and whether it, or a task it started, still runs this run (not merely a
+    process that now has its number: `procs`)."""
     pids = [int(s.job_id.split(":")[1]) for s in jobs.submissions if s.job_id.startswith("local:")]
     if not pids:
         return 0, False
     finished = paths.local_done_json.exists()
-    return pids[-1], (not finished) and pid_alive(pids[-1])
+    return pids[-1], (not finished) and procs.alive(pids[-1], paths.root, pid_alive(pids[-1]))
 
 
 def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bool, alive: bool,
@@ -227,14 +228,9 @@ class LocalBackend:
             raise HarnessError(Problem("cancel", "stage", "a local run is cancelled as a whole (one driver runs "
                                                           "every stage)"))
         pid, alive = driver(paths, jobs)
-        if alive:
-            os.killpg(pid, signal.SIGTERM)  # the driver runs in its own session with its tasks
-            for _ in range(50):
-                if not pid_alive(pid):
-                    break
-                time.sleep(0.1)
+        stopped = alive and procs.stop(pid, paths.root, pid_alive(pid))  # the driver's session holds its tasks
         _mark_cancelled(paths, plan)
-        return f"run {paths.run_id}: local driver {pid} {'stopped' if alive else 'was not running'}"
+        return f"run {paths.run_id}: local driver {pid} {'stopped' if stopped else 'was not running'}"
 
     def log(self, paths: RunPaths, plan: Plan, jobs: Jobs, stage: str, task: int) -> str:
         rows = stage_rows(paths, _entries(paths).get(stage, {}), stage, plan.stage(stage).tasks, False)

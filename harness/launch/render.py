@@ -22,11 +22,10 @@ from submitit.slurm.slurm import SlurmJobEnvironment
 from harness.core import sbatch_options
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan, StagePlan, infer_shards
+from harness.core.secretenv import SECRETS
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 from harness.core.trainplan import eval_steps
-
-SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 
 
 def dependency(stage: StagePlan, parent_ids: dict[str, list[str]], chunk: int | None = None) -> str:

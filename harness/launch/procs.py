@@ -1,0 +1,88 @@
+"""Which processes belong to a local run: its driver's process group, told by what the processes run.
+
+A local driver starts in its own session, so its pid is also the process group id of everything it starts (the
+submitit controllers, the stage tasks and their workers). jobs.json keeps that pid; after a crash, an OOM kill or
+a reboot the number may belong to an unrelated process, even to the leader of an unrelated group, and signalling
+it would stop someone else's work. So a process counts as the run's only where it is in that group and one of its
+arguments names the run directory or a path inside it (the driver's run root, a task's submitit log folder). While
+one such process exists the kernel does not hand the group's number to another process, so the whole group is the
+run's: `stop` may then signal the group, which also reaches workers whose arguments name nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+PROC = Path("/proc")
+GRACE_S = 10.0
+"""Between SIGTERM and SIGKILL: the finetune stage saves a checkpoint on SIGTERM; submitit's tasks ignore it
+(they keep running through Slurm's preemption warning), so whatever is left after this is killed."""
+
+
+def _stat(pid: str) -> tuple[str, int] | None:
+    """(state, process group) of a process, None when it is gone or unreadable."""
+    try:
+        rest = (PROC / pid / "stat").read_text().rsplit(")", 1)[1].split()
+        return rest[0], int(rest[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _names_run(pid: str, root: Path) -> bool:
+    """Whether one of the process's arguments, read from its own working directory, is `root` or inside it."""
+    try:
+        args = (PROC / pid / "cmdline").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(PROC / pid / "cwd"))
+    except OSError:
+        return False
+    for raw in args:
+        if not raw or raw.startswith(b"-"):
+            continue
+        p = (cwd / os.fsdecode(raw)).resolve()
+        if p == root or root in p.parents:
+            return True
+    return False
+
+
+def members(pgid: int, root: Path) -> list[int] | None:
+    """Live (not zombie) processes of group `pgid` when one of them is the run's, else []; None without /proc."""
+    if not (PROC / "self" / "stat").exists():
+        return None
+    pids = [p for p in os.listdir(PROC) if p.isdigit()]
+    group = [p for p in pids if (st := _stat(p)) is not None and st[1] == pgid and st[0] != "Z"]
+    root = root.resolve()
+    return [int(p) for p in group] if any(_names_run(p, root) for p in group) else []
+
+
+def alive(pgid: int, root: Path, fallback: bool) -> bool:
+    """Whether the run's driver or any of its tasks still runs; `fallback` (the bare pid check) without /proc."""
+    found = members(pgid, root)
+    return fallback if found is None else bool(found)
+
+
+def stop(pgid: int, root: Path, fallback: bool, grace_s: float | None = None) -> bool:
+    """SIGTERM the run's process group, then SIGKILL what is left after `grace_s`. False when nothing of the
+    run was running (nothing is signalled). Without /proc, `fallback` (the bare pid check) decides, and the group
+    gets SIGTERM only."""
+    found = members(pgid, root)
+    if found is None and fallback:
+        _signal(pgid, signal.SIGTERM)
+    if not found:
+        return bool(found is None and fallback)
+    _signal(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + (GRACE_S if grace_s is None else grace_s)
+    while members(pgid, root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if members(pgid, root):
+        _signal(pgid, signal.SIGKILL)
+    return True
+
+
+def _signal(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
