@@ -5,8 +5,11 @@ cached run, and `harness cache ls / rm`."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,13 +78,31 @@ def test_a_local_encoder_is_keyed_by_its_file_and_a_manifest_by_its_text(tmp_pat
     assert _key(tmp_path, clips, m_layer) != first
 
 
-def _run(tmp: Path, name: str, pid: int) -> RunPaths:
-    """A local run with one driver `pid` (alive or not), as a builder's run directory reads."""
+_DRIVERS: list["subprocess.Popen[bytes]"] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_drivers() -> Iterator[None]:
+    yield
+    for p in _DRIVERS:
+        p.kill()
+        p.wait()
+    _DRIVERS.clear()
+
+
+def _run(tmp: Path, name: str, pid: int | None = None) -> RunPaths:
+    """A local run with one driver `pid` (a dead one), as a builder's run directory reads; by default a live
+    stand-in driver: a process leading its own session whose arguments name the run directory, as the real
+    driver's do (a live process that is not the run's, this test's own, must not count)."""
     spec = _spec(tmp)
     facts = plan_mod.Facts(num_inputs=2, max_array_size=10, nodes_available=1)
     paths = new_run_dir(tmp / "runs", name)
     choice = launching.Choice("local", "test")
     launching.write_run(paths, "", plan_mod.build(spec, facts), facts, choice)
+    if pid is None:
+        _DRIVERS.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(paths.root)],
+                                         start_new_session=True))
+        pid = _DRIVERS[-1].pid
     launching.record_jobs(paths, choice, [Submission("*", f"local:{pid}", (), False, 0.0)])
     return paths
 
@@ -101,11 +122,11 @@ def _claim(entry: CacheEntry, key: str, paths: RunPaths) -> tokencache.CacheUse:
 def test_entry_states_build_wait_stale_and_complete(tmp_path: Path) -> None:
     key = "ab" * 32
     entry = cache_entry(tmp_path / "cache", key)
-    first = _run(tmp_path, "first", os.getpid())  # its driver (this process) is alive: its build is live
+    first = _run(tmp_path, "first")  # its driver is alive: its build is live
     use = _claim(entry, key, first)
     assert use.mode == "build" and rundir.read_spec(first) and entry.claim_json.is_file()
     assert cache.builder_of(entry) == first.run_id
-    second = _run(tmp_path, "second", os.getpid())
+    second = _run(tmp_path, "second")
     use2 = _claim(entry, key, second)
     assert (use2.mode, use2.builder) == ("wait", first.run_id)
     assert use2.line() == f"tokenize: waits on {first.run_id}'s build of cache entry {key[:16]}"
@@ -115,7 +136,7 @@ def test_entry_states_build_wait_stale_and_complete(tmp_path: Path) -> None:
     mark_done(RunPaths(entry.root), "tokenize", 0)
     (entry.root / "tokens").mkdir(exist_ok=True)
     assert cache.inspect(entry, key).mode == "build"
-    third = _run(tmp_path, "third", os.getpid())
+    third = _run(tmp_path, "third")
     use3 = _claim(entry, key, third)
     assert use3.mode == "build" and use3.stale == f"the build by {first.run_id} died"
     assert not (entry.root / "tokens").exists() and not RunPaths(entry.root).markers_dir("tokenize").exists()
@@ -130,7 +151,7 @@ def test_a_failed_submit_gives_its_claim_up(tmp_path: Path) -> None:
     key = "cd" * 32
     entry = cache_entry(tmp_path / "cache", key)
     with pytest.raises(RuntimeError):
-        with cache.claimed(entry, key, {}, _run(tmp_path, "a", os.getpid())):
+        with cache.claimed(entry, key, {}, _run(tmp_path, "a")):
             raise RuntimeError("sbatch failed")
     assert not entry.claim_json.exists()
 
@@ -164,7 +185,7 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     monkeypatch.setenv("COLUMNS", "300")  # a wide terminal: rows unfolded
     live, done = "ef" * 32, "01" * 32
     d = tmp_path / "cache"
-    builder = _run(tmp_path, "live", os.getpid())
+    builder = _run(tmp_path, "live")
     _claim(cache_entry(d, live), live, builder)
     finished = cache_entry(d, done)
     _claim(finished, done, _run(tmp_path, "done", _dead_pid()))
@@ -178,11 +199,20 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     assert cli.main(["cache", "rm", live[:8], "--cache-dir", str(d)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"run {builder.run_id} is still building this entry" in err
-    assert cli.main(["cache", "rm", done[:16], "--cache-dir", str(d)]) == 0
+    typo = done[:16] + "ff"  # shares the directory's 16 characters, but not the whole key
+    assert cli.main(["cache", "rm", typo, "--cache-dir", str(d)]) == 2
+    assert "matches no entry" in capsys.readouterr().err and finished.root.exists()
+    assert cli.main(["cache", "rm", done[:40], "--cache-dir", str(d)]) == 0
     assert not finished.root.exists() and cache_entry(d, live).root.exists()
     assert cli.main(["cache", "rm", "zz", "--cache-dir", str(d)]) == 2
     assert "matches no entry" in capsys.readouterr().err
     assert cli.main(["cache", "ls"]) == 2
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "entry.json").write_text(json.dumps({"key": "ab" * 32}))
+    (d / ("ab" * 8)).symlink_to(target)
+    assert cli.main(["cache", "rm", "abab", "--cache-dir", str(d)]) == 2
+    assert "symbolic link" in capsys.readouterr().err and (target / "entry.json").exists()
 
 
 def test_the_slurm_backend_chains_a_reused_entry_on_its_own_stage_assets() -> None:

@@ -222,9 +222,18 @@ def entries(cache_dir: Path) -> list[CacheEntry]:
             if d.is_dir() and (CacheEntry(d).entry_json.exists() or CacheEntry(d).claim_json.exists())]
 
 
+def full_key(entry: CacheEntry) -> str:
+    """The whole key from entry.json; the directory's 16 characters where it is missing or unreadable."""
+    try:
+        return str(read_json(entry.entry_json).get("key") or entry.key16)
+    except (OSError, ValueError, AttributeError):
+        return entry.key16
+
+
 def find(cache_dir: Path, key: str) -> CacheEntry:
-    """The entry whose key starts with `key` (16 characters or fewer of it): exactly one."""
-    hits = [e for e in entries(cache_dir) if key and e.key16.startswith(key[:16])]
+    """The entry whose whole key starts with `key`: exactly one. Every character given counts (a longer key that
+    only shares the directory's 16 would name another entry)."""
+    hits = [e for e in entries(cache_dir) if key and full_key(e).startswith(key)]
     if len(hits) != 1:
         what = "no entry" if not hits else f"{len(hits)} entries ({', '.join(e.key16 for e in hits)})"
         raise HarnessError(Problem(str(cache_dir), "KEY", f"{key!r} matches {what}; `harness cache ls` lists them"))
@@ -234,6 +243,9 @@ def find(cache_dir: Path, key: str) -> CacheEntry:
 def remove(cache_dir: Path, key: str) -> CacheEntry:
     """Remove an entry, under its lock; an entry whose build is still live is refused."""
     entry = find(cache_dir, key)
+    if entry.root.is_symlink():
+        raise HarnessError(Problem(str(entry.root), "KEY", f"is a symbolic link to {entry.root.resolve()}, which "
+                                                           "the harness did not create: remove it yourself"))
     with _locked(entry):
         claim = read_claim(entry) if not entry.is_complete else None
         if claim is not None and claim_live(claim):
