@@ -91,3 +91,59 @@ def test_a_damaged_jobs_json_is_one_line_naming_the_file(tmp_path: Path, content
     with pytest.raises(HarnessError) as e:
         rundir.read_jobs(paths)
     assert str(e.value).startswith(str(paths.jobs_json)) and "\n" not in str(e.value)
+
+
+DAMAGE = [  # (record, content): what a crash mid-write by hand, an edit or a full disk leaves
+    ("jobs.json", "[]"), ("jobs.json", '{"executor": "local", "submissions": [{"stage": "*"}]}'),
+    ("jobs.json", '{"executor": "local", "submissions": [5]}'),
+    ("jobs.json", '{"executor": "local", "submissions": [{"stage": "*", "job_id": "local:abc"}]}'),
+    ("plan.json", "{"), ("plan.json", "{}"), ("spec.json", None), ("spec.json", b"\xff\xfe"),
+    ("local_state.json", "{"), ("local_state.json", '{"stages": 5}')]
+
+
+@pytest.mark.parametrize("record,content", DAMAGE, ids=[f"{r}-{i}" for i, (r, _) in enumerate(DAMAGE)])
+def test_every_command_reports_a_damaged_record_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            record: str, content: str | bytes | None) -> None:
+    """status, report, logs, cancel and resume read the same records: each names the file in one line, exit 2,
+    and `harness runs` still lists the other runs."""
+    from harness import cli
+
+    spec = build(TINY, {"data": {"videos": str(tmp_path)}, "run": {"workdir": str(tmp_path / "runs")}})
+    facts = plan_mod.Facts(num_inputs=2, max_array_size=7, nodes_available=1)
+    good, bad = RunPaths(tmp_path / "runs" / "good"), RunPaths(tmp_path / "runs" / "bad")
+    for p in (good, bad):
+        write_run(p, "", plan_mod.build(spec, facts), facts, Choice("local", "no controller"))
+        atomic_write_json(p.jobs_json, rundir.Jobs("local", "", ()).to_json())
+    target = bad.root / record
+    if content is None:
+        target.unlink()
+    else:
+        target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for argv in (["status"], ["report"], ["logs", "tokenize", "0"], ["cancel"], ["resume"]):
+        cmd = [argv[0], str(bad.root), *argv[1:]]
+        assert cli.main(cmd) == 2, cmd
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(str(target)) and "\n" not in err and "Traceback" not in err, (cmd, err)
+    assert cli.main(["runs", "--workdir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "unreadable" in out
+
+
+def test_a_campaign_with_a_member_gone_still_cancels_the_others(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    spec = build(TINY, {"data": {"videos": str(tmp_path)}})
+    facts = plan_mod.Facts(num_inputs=2, max_array_size=7, nodes_available=1)
+    alive = RunPaths(tmp_path / "m2")
+    write_run(alive, "", plan_mod.build(spec, facts), facts, Choice("local", "no controller"))
+    atomic_write_json(alive.jobs_json, rundir.Jobs("local", "", ()).to_json())
+    camp = tmp_path / "camp"
+    atomic_write_json(camp / "campaign.json", {"members": [{"root": str(tmp_path / "m1-deleted")},
+                                                           {"root": str(alive.root)}]})
+    for cmd in ("cancel", "status", "report"):
+        assert cli.main([cmd, str(camp)]) == 2, cmd
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(str(tmp_path / "m1-deleted")) and "\n" not in err, (cmd, err)
+        if cmd == "cancel":
+            assert alive.local_done_json.is_file()  # the member after the gone one was cancelled

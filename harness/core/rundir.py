@@ -9,13 +9,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import CampaignPaths, RunPaths
+
+T = TypeVar("T")
+DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+"""What a missing, truncated, hand-edited or non-UTF-8 record raises while read and typed."""
+
+
+def parsed(path: Path, key: str, parse: Callable[[], T]) -> T:
+    """`parse()` of one record, a damaged record reported as one line naming its file (exit 2), not a traceback."""
+    try:
+        return parse()
+    except HarnessError:
+        raise
+    except DAMAGE as e:
+        raise HarnessError(Problem(str(path), key, f"cannot read ({e.__class__.__name__}: {e})")) from None
+
+
+def _object(path: Path) -> dict[str, Any]:
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, found {type(raw).__name__}")
+    return raw
 
 
 # ------------------------------------------------------------------------------------------ shared.json
@@ -59,25 +80,25 @@ def read_campaign(cpaths: CampaignPaths) -> list[tuple[str, Path]]:
 # ------------------------------------------------------------------------------------------ spec.json
 def read_spec_record(paths: RunPaths) -> dict[str, Any]:
     """spec.json as stored (a bench edits it in place); `read_spec` for the typed spec."""
-    record: dict[str, Any] = read_json(paths.spec_json)
-    return record
+    return parsed(paths.spec_json, "", lambda: _object(paths.spec_json))
 
 
 def read_spec(paths: RunPaths) -> spec_mod.RunSpec:
     """The frozen spec the run was submitted with (not the TOML file, which may have changed since)."""
-    return spec_mod.from_dict(read_spec_record(paths), source=str(paths.spec_json))
+    record = read_spec_record(paths)
+    return parsed(paths.spec_json, "", lambda: spec_mod.from_dict(record, source=str(paths.spec_json)))
 
 
 # ------------------------------------------------------------------------------------------ plan.json
 def read_plan_record(paths: RunPaths) -> dict[str, Any]:
     """plan.json as stored: the plan as `harness plan` showed it at submit, its facts and the executor chosen."""
-    record: dict[str, Any] = read_json(paths.plan_json)
-    return record
+    return parsed(paths.plan_json, "", lambda: _object(paths.plan_json))
 
 
 def read_facts(paths: RunPaths) -> plan_mod.Facts:
     """The facts gathered at submit: with the frozen spec they rebuild the identical plan."""
-    return plan_mod.Facts(**read_plan_record(paths)["facts"])
+    record = read_plan_record(paths)
+    return parsed(paths.plan_json, "facts", lambda: plan_mod.Facts(**record["facts"]))
 
 
 # ------------------------------------------------------------------------------------------ jobs.json
@@ -121,11 +142,13 @@ class Jobs:
 
 
 def read_jobs(paths: RunPaths) -> Jobs:
-    try:
-        raw = read_json(paths.jobs_json)
-    except (OSError, ValueError) as e:
-        raise HarnessError(Problem(str(paths.jobs_json), "", f"cannot read ({e.__class__.__name__}: {e})")) from None
+    raw = parsed(paths.jobs_json, "", lambda: _object(paths.jobs_json))
     if raw.get("executor") not in ("slurm", "local") or not isinstance(raw.get("submissions"), list):
         raise HarnessError(Problem(str(paths.jobs_json), "executor",
                                    "expected 'slurm' or 'local', with a 'submissions' list"))
-    return Jobs(raw["executor"], raw.get("reason", ""), tuple(Submission.from_json(s) for s in raw["submissions"]))
+    subs = parsed(paths.jobs_json, "submissions", lambda: tuple(Submission.from_json(s) for s in raw["submissions"]))
+    bad = [s.job_id for s in subs if s.job_id.startswith("local:") and not s.job_id[6:].isdigit()]
+    if bad:
+        raise HarnessError(Problem(str(paths.jobs_json), "submissions", f"job id {bad[0]!r}: a local driver's id is "
+                                                                        "'local:<pid>'"))
+    return Jobs(raw["executor"], str(raw.get("reason", "")), subs)

@@ -22,7 +22,7 @@ from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths, is_done
 from harness.core.plan import Plan, StagePlan
-from harness.core.rundir import open_run, read_jobs
+from harness.core.rundir import open_run, parsed, read_jobs
 from harness.launch import procs
 from harness.launch.backend import (
     COMPLETED,
@@ -55,8 +55,7 @@ def start_driver(paths: RunPaths) -> int:
 class _Driver:
     def __init__(self, plan: Plan, paths: RunPaths) -> None:
         self.plan, self.paths = plan, paths
-        p = paths.local_state_json
-        self.state: dict[str, dict[str, Any]] = read_json(p)["stages"] if p.exists() else {}
+        self.state: dict[str, dict[str, Any]] = read_state(paths)["stages"]
 
     def save(self) -> None:
         atomic_write_json(self.paths.local_state_json, {"driver_pid": os.getpid(), "stages": self.state,
@@ -198,9 +197,25 @@ def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,
     return tuple(_row(paths, stage, t, entries.get(str(t)), t in done, alive, gpus) for t in range(tasks))
 
 
-def _entries(paths: RunPaths) -> dict[str, Any]:
+def read_state(paths: RunPaths) -> dict[str, Any]:
+    """local_state.json ({"stages": {stage: {task: entry}}}); a damaged one is one line naming it."""
     sp = paths.local_state_json
-    return read_json(sp).get("stages", {}) if sp.exists() else {}
+    if not sp.exists():
+        return {"stages": {}}
+
+    def typed() -> dict[str, Any]:
+        raw = read_json(sp)
+        stages = raw.get("stages", {})
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) and all(isinstance(e, dict) for e in
+                                                                                v.values()) for v in stages.values()):
+            raise ValueError("'stages' is not {stage: {task: entry}}")
+        return {**raw, "stages": stages}
+    return parsed(sp, "stages", typed)
+
+
+def _entries(paths: RunPaths) -> dict[str, Any]:
+    stages: dict[str, Any] = read_state(paths)["stages"]
+    return stages
 
 
 class LocalBackend:
@@ -240,7 +255,7 @@ class LocalBackend:
 def _mark_cancelled(paths: RunPaths, plan: Plan) -> None:
     """Tasks that were running or waiting read CANCELLED afterwards, and the run is marked finished."""
     sp = paths.local_state_json
-    state = read_json(sp) if sp.exists() else {"stages": {}}
+    state = read_state(paths)
     for s in plan.stages:
         entries, done = state["stages"].setdefault(s.name, {}), done_tasks(paths, s.name)
         for t in range(s.tasks):

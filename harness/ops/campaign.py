@@ -23,6 +23,7 @@ from rich.table import Column, Table
 from harness.core import campaign as campaign_mod
 from harness.core import overrides, rundir
 from harness.core.atomic import atomic_write_json
+from harness.core.errors import HarnessError, Problem
 from harness.core.paths import SHARED_STAGES, CacheEntry, CampaignPaths, RunPaths, new_campaign_dir, new_run_dir
 from harness.core.rundir import Submission
 from harness.core.sweep import Expanded
@@ -121,15 +122,36 @@ def show_status(cpaths: CampaignPaths, console: Console) -> int:
     """One row per member (its run, values and state); exit 1 unless every member completed."""
     t = Table("member", Column("run", overflow="fold"), "values", "state", Column("tasks", overflow="fold"),
               title=escape(f"campaign {cpaths.campaign_id}"), title_justify="left")
-    complete = True
-    for i, (values, paths) in enumerate(members(cpaths), start=1):
-        rs = state.collect(paths, load_plan(paths))
+    complete, damaged = True, list[Problem]()
+    for i, (values, root) in enumerate(rundir.read_campaign(cpaths), start=1):
+        try:
+            paths = rundir.open_run(root)
+            rs = state.collect(paths, load_plan(paths))
+        except HarnessError as e:
+            damaged += e.problems
+            t.add_row(str(i), escape(root.name), escape(values), "unreadable", escape(str(e.problems[0])))
+            continue
         word = status.verdict(rs)
         complete = complete and word == "completed"
         data = "" if paths.shared is None else f" (data: {paths.shared.name})"
         t.add_row(str(i), escape(paths.run_id + data), escape(values), word, escape(rs.summary()))
     console.print(t)
+    if damaged:
+        raise HarnessError(damaged)
     return 0 if complete else 1
+
+
+def each_member(cpaths: CampaignPaths, act: Callable[[RunPaths], object]) -> None:
+    """`act` on every member in order; a member whose records are damaged or gone does not stop the others
+    (a cancel still reaches them), and its problems are raised together at the end."""
+    damaged: list[Problem] = []
+    for _, root in rundir.read_campaign(cpaths):
+        try:
+            act(rundir.open_run(root))
+        except HarnessError as e:
+            damaged += e.problems
+    if damaged:
+        raise HarnessError(damaged)
 
 
 def resume(cpaths: CampaignPaths, console: Console) -> int:
@@ -148,13 +170,11 @@ def resume(cpaths: CampaignPaths, console: Console) -> int:
 
 
 def cancel(cpaths: CampaignPaths, console: Console, stage: str | None) -> int:
-    for _, paths in members(cpaths):
-        control.cancel(paths, console, stage)
+    each_member(cpaths, lambda paths: control.cancel(paths, console, stage))
     return 0
 
 
 def report(cpaths: CampaignPaths, print_report: Callable[[RunPaths], int]) -> int:
     """Each member's report (`harness.ops.print_report`, passed in: the ops package imports this module)."""
-    for _, paths in members(cpaths):
-        print_report(paths)
+    each_member(cpaths, print_report)
     return 0

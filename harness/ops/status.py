@@ -160,8 +160,16 @@ def wait(paths: RunPaths, timeout_s: float, console: Console, interval_s: float 
 def find_runs(workdir: Path) -> list[RunPaths]:
     if not workdir.is_dir():
         return []
-    found = [open_run(p.absolute()) for p in workdir.iterdir() if RunPaths(p).is_run]
+    found = [_open(p.absolute()) for p in workdir.iterdir() if RunPaths(p).is_run]
     return sorted(found, key=lambda p: p.jobs_json.stat().st_mtime)
+
+
+def _open(root: Path) -> RunPaths:
+    """The run's paths; a damaged shared.json leaves the plain layout, for the row that says it is unreadable."""
+    try:
+        return open_run(root)
+    except HarnessError:
+        return RunPaths(root)
 
 
 def runs(workdir: Path, console: Console) -> int:
@@ -170,11 +178,19 @@ def runs(workdir: Path, console: Console) -> int:
     if not found:
         console.print(f"no runs under {workdir}", markup=False)
         return 0
-    jobs = {p: load_jobs(p) for p in found}
-    snap = Snapshot(slurmstate.query([i for p in found for i in job_ids(jobs[p])]))  # local runs have no ids
+    jobs, damaged = {}, {}
+    for p in found:
+        try:
+            jobs[p] = load_jobs(p)
+        except HarnessError as e:  # one unreadable run must not hide the others
+            damaged[p] = str(e.problems[0])
+    snap = Snapshot(slurmstate.query([i for j in jobs.values() for i in job_ids(j)]))  # local runs have no ids
     t = Table(Column("run", overflow="fold"), "executor", "submitted", "state", Column("tasks", overflow="fold"),
               title=escape(str(workdir)), title_justify="left")
     for p in found:
+        if p in damaged:
+            t.add_row(p.run_id, "-", "-", "unreadable", escape(damaged[p]))
+            continue
         try:
             rs = collect(p, load_plan(p), snap)
             counts: dict[str, int] = {}
