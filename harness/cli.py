@@ -59,9 +59,12 @@ def cmd_validate(args: list[str]) -> int:
 
 def cmd_plan(spec_path: str, overrides: list[str], out: str | None, num_inputs: int | None,
              executor: ExecutorName) -> int:
+    from harness.core.atomic import output_dir
     from harness.ops import plan as plan_ops
 
     e = plan_ops.load_members(Path(spec_path), overrides)
+    if out is not None:
+        output_dir(Path(out), "--out")  # before the plan is printed, not a traceback after it
     if e.is_sweep:
         return _plan_campaign(e, out, num_inputs, executor)
     spec = e.members[0].spec

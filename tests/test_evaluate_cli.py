@@ -62,3 +62,26 @@ def test_table_and_json_file(tmp_path: Path) -> None:
     assert both["mean"] == data["mean"] and tb["mean"]["psnr"] != data["mean"]["psnr"]
     assert "protocol aligned, resize upstream" in p.stdout and "protocol tokenbench" in p.stdout
     assert f"{tb['mean']['psnr']:.2f}" in p.stdout
+
+
+def test_nothing_to_compare_and_an_unwritable_out_are_refused_before_any_work(tmp_path: Path) -> None:
+    """No generated video with a reference namesake is an error, not a table of nothing; an `--out` that is a
+    directory (or under a file) is refused before the videos are read, and a JSON already there is kept."""
+    from harness import cli
+
+    ref, gen, other = tmp_path / "ref", tmp_path / "gen", tmp_path / "other"
+    for d in (ref, gen, other):
+        d.mkdir()
+    write_mp4(ref / "alpha.mp4", smooth_clip(9, 48, 64, 0), 25, crf=4)
+    write_mp4(other / "beta.mp4", smooth_clip(9, 48, 64, 1), 25, crf=4)
+    keep = gen / "evaluate.json"
+    keep.write_text('{"kept": true}')
+    for generated, out, needle in ((gen, None, "nothing to compare"), (other, str(ref), "is a directory"),
+                                   (other, str(keep / "x.json"), "cannot be written into")):
+        argv = ["evaluate", "--reference", str(ref), "--generated", str(generated)] + (["--out", out] if out else [])
+        p = run_cli(*argv, cwd=tmp_path)
+        assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert keep.read_text() == '{"kept": true}' and not (other / "evaluate.json").exists()
+    assert cli.main(["synth", "--out", str(keep)]) == 2
+    assert cli.main(["plan", str(REPO / "configs" / "quickstart.toml"), "--out", str(keep)]) == 2
+    assert keep.read_text() == '{"kept": true}'

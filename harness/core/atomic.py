@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import HarnessError, Problem
+
 
 def _umask() -> int:
     """The process umask without changing it (os.umask can only be read by setting it, which races threads)."""
@@ -47,3 +49,26 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def output_dir(path: Path, key: str) -> Path:
+    """`path` as a directory to write into, created if need be, checked before any work is done: a file in its
+    place or a parent that cannot hold it is one line naming it, not a traceback after the work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise HarnessError(Problem(str(path), key, f"cannot be written into as a directory ({e.strerror or e})")) \
+            from None
+    return path
+
+
+def output_file(path: Path, key: str) -> Path:
+    """`path` as a file to write (atomically) once the work is done, checked first: not a directory, and its
+    directory writable."""
+    if path.is_dir():
+        raise HarnessError(Problem(str(path), key, "is a directory: give the path of a file to write"))
+    output_dir(path.parent, key)
+    return path

@@ -180,12 +180,17 @@ def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | N
         os.environ.setdefault(var, "1")
     from rich.markup import escape
 
-    from harness.core.atomic import atomic_write_json
+    from harness.core.atomic import atomic_write_json, output_file
+    from harness.core.errors import HarnessError, Problem
     from harness.report import evaltable
     from harness.stages.evaluate import evaluate_dirs
 
+    out = output_file(Path(out_file) if out_file else evaltable.default_out(generated), "--out")
     result = evaluate_dirs(Path(reference), Path(generated), backend=backend, protocol=protocol)
-    out = Path(out_file) if out_file else evaltable.default_out(generated)
+    if not result["videos"] and not result["failed"]:
+        gens, refs = len(result["missing_reference"]), len(result["missing_generated"])
+        raise HarnessError(Problem(generated, "--generated", f"nothing to compare: none of its {gens} video(s) "
+                                                             f"has a namesake among the {refs} of {reference}"))
     atomic_write_json(out, result)
     console = _console()
     for one in (result, *result.get("other_protocols", [])):
@@ -197,9 +202,10 @@ def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | N
 
 
 def cmd_synth(out_dir: str) -> int:
+    from harness.core.atomic import output_dir
     from harness.lib import synth
 
-    out = synth.make_quickstart(Path(out_dir))
+    out = synth.make_quickstart(output_dir(Path(out_dir), "--out"))
     console = _console()
     for k, v in out.items():
         console.print(f"{k}: {v}", markup=False)

@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping
 from harness.core import campaign, estimate, footprint, overrides, sweep, tokencache
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
+from harness.core.atomic import atomic_write_text
 from harness.core.errors import HarnessError
 from harness.core.explain import FactSources, origins
 from harness.core.paths import RunPaths
@@ -345,7 +346,5 @@ def campaign_view(expanded: sweep.Expanded, gathered: list[Gathered]) -> Campaig
 def write_scripts(v: PlanView | CampaignView, out: Path) -> int:
     """`harness plan --out DIR`: each script under its file name; the number written."""
     for s in v.scripts:
-        f = out / s.file_name
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(s.text, encoding="utf-8")
+        atomic_write_text(out / s.file_name, s.text)
     return len(v.scripts)
