@@ -123,6 +123,10 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("container-stage-unknown", BASE + "[container]\nstages = ['train']\n", "container.stages"),
     ("env-bad-name", BASE + "[container]\nenv = { 'A-B' = '1' }\n", "container.env.A-B"),
     ("env-non-string", BASE + "[container]\nenv = { A = 1 }\n", "container.env"),
+    ("infer-tp-splits-no-head", BASE + "[model]\npreset = 'tiny'\n[infer]\ntensor_parallel = 3\n"
+     "gpus_per_node = 3\n", "infer.tensor_parallel"),
+    ("finetune-tp-over-query-groups", BASE + "[finetune]\ntensor_parallel = 16\ngpus_per_node = 16\n",
+     "query groups (8) not divisible by TP 16"),
     ("env-secret-hf", BASE + "[container]\nenv = { HF_TOKEN = 'hf_x' }\n", "container.env.HF_TOKEN"),
     ("env-secret-wandb", BASE + "[container]\nenv = { WANDB_API_KEY = 'k' }\n", "container.env.WANDB_API_KEY"),
     ("env-secret-aws", BASE + "[container]\nenv = { aws_secret_access_key = 'k' }\n",

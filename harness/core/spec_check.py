@@ -101,15 +101,22 @@ def _check_data(spec: RunSpec) -> list[tuple[str, str]]:
     return out
 
 
+def _tp_split(spec: RunSpec, stage: str, tp: int) -> list[tuple[str, str]]:
+    """The model's dimensions a stage's tensor parallelism splits must divide evenly (heads, query groups, FFN
+    width, vocabulary rows): megatron-core refuses otherwise, on the GPUs, after the queue."""
+    if spec.model.preset not in models.PRESETS or tp == 1:
+        return []
+    bad = models.tp_problems(spec.preset, tp)
+    return [(f"{stage}.tensor_parallel", f"= {tp}: the model {spec.model.preset!r} cannot be split so: "
+                                         f"{'; '.join(bad)}")] if bad else []
+
+
 def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
     f, out = spec.finetune, []
     gpus = f.gpus_per_node
     if gpus and gpus % f.tensor_parallel:
         out.append(("finetune.tensor_parallel", f"= {f.tensor_parallel}: must divide finetune.gpus_per_node ({gpus})"))
-    heads = spec.preset.num_attention_heads if spec.model.preset in models.PRESETS else 0
-    if heads and heads % f.tensor_parallel:
-        out.append(("finetune.tensor_parallel",
-            f"= {f.tensor_parallel}: must divide the model's {heads} attention heads"))
+    out += _tp_split(spec, "finetune", f.tensor_parallel)
     if f.sequence_parallel == "on" and f.tensor_parallel == 1:
         out.append(("finetune.sequence_parallel", "= 'on': needs finetune.tensor_parallel > 1 (is 1)"))
     elif f.sequence_parallel == "on" and f.engine == "nemo":
@@ -135,6 +142,7 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
     elif i.tensor_parallel > 1 and i.gpus_per_node and i.gpus_per_node % i.tensor_parallel:
         out.append(("infer.tensor_parallel",
             f"= {i.tensor_parallel}: must divide infer.gpus_per_node ({i.gpus_per_node})"))
+    out += _tp_split(spec, "infer", i.tensor_parallel)
     if spec.model.preset in models.PRESETS and len(spec.tokenizer.compression) == 3 \
             and i.context_latent_frames >= spec.token_math.grid.t:
         out.append(("infer.context_latent_frames",
