@@ -165,6 +165,23 @@ def test_inputs_not_readable(tmp_path: Path, no_slurm: None) -> None:
     assert lines(p.stdout, "fail") == [want]
 
 
+def test_paths_read_after_training_are_checked_before_the_queue(tmp_path: Path, no_slurm: None) -> None:
+    """infer.inputs and evaluate.reference are read only after training; doctor names a wrong one up front."""
+    (tmp_path / "empty").mkdir()
+    bad_jsonl = tmp_path / "v2w.jsonl"
+    bad_jsonl.write_text('{"prompt": "a", "visual_input": "videos/c0.mp4"}\n{"prompt": "b"}\n')
+    for extra, want in (({"infer": {"inputs": f"{tmp_path}/nope"}}, "infer.inputs: "),
+                        ({"infer": {"inputs": str(bad_jsonl)}}, "line 2: missing key: visual_input"),
+                        ({"evaluate": {"reference": f"{tmp_path}/empty"}}, "evaluate.reference: reference videos: "
+                                                                           f"{tmp_path}/empty: no file")):
+        p = harness("doctor", str(write_spec(tmp_path, extra)), cwd=tmp_path)
+        assert p.returncode == 2 and len(lines(p.stdout, "fail")) == 1 and want in lines(p.stdout, "fail")[0], \
+            p.stdout
+    good = {"infer": {"inputs": f"{tmp_path}/videos"}, "evaluate": {"reference": f"{tmp_path}/videos"}}
+    p = harness("doctor", str(write_spec(tmp_path, good)), cwd=tmp_path)
+    assert p.returncode == 0 and "pass  evaluate.reference" in p.stdout and "pass  infer.inputs" in p.stdout
+
+
 @pytest.mark.parametrize("text,minutes", [("UNLIMITED", None), ("30", 30), ("02:00:00", 120), ("1-00:00:00", 1440),
                                           ("2-12", 3600), ("00:30:01", 31), ("45:00", 45)])
 def test_slurm_time_format(text: str, minutes: int | None) -> None:

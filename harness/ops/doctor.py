@@ -23,7 +23,7 @@ from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 from harness.launch import slurmcli
 from harness.ops.image_cache import cache_checks, writable
-from harness.ops.inputs import data_key
+from harness.ops.inputs import after_training, data_key
 
 if TYPE_CHECKING:
     from harness.lib.inputs import InputItem
@@ -328,6 +328,7 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
     out: list[Check] = []
     if "inputs" in groups:
         out += input_checks(spec, items, items_why)
+        out += [Check("fail" if why else "pass", k, what, why or "found") for k, what, why in after_training(spec)]
     if "slurm" in groups:
         if isinstance(cluster, str):
             out.append(Check("skip", "*.partition", "Slurm partitions, accounts, QOS, nodes, time limits",

@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 from harness.core.errors import HarnessError, Problem
 from harness.core.spec import RunSpec
 from harness.lib import inputs as listing
+from harness.lib import media
 from harness.lib.inputs import InputItem
 
 T = TypeVar("T")
@@ -46,3 +47,39 @@ def count(spec: RunSpec) -> int:
     if d.manifest:
         return _keyed(spec, lambda: listing.count_manifest(Path(d.manifest).expanduser()))
     return _keyed(spec, lambda: listing.count_dir(Path(d.videos).expanduser(), d.extensions))
+
+
+def after_training(spec: RunSpec) -> list[tuple[str, str, str]]:
+    """(key, what, problem or '') of the paths read only after training, `infer.inputs` and `evaluate.reference`:
+    a typo there surfaces hours into a run, so doctor looks at them before the queue. Duplicates in a jsonl are
+    fine here (infer names each generation apart)."""
+    out = []
+    if spec.infer.inputs:
+        out.append(("infer.inputs", "videos/images or a Video2World jsonl to continue",
+                    _infer_problem(Path(spec.infer.inputs).expanduser(), spec.data.extensions)))
+    if spec.evaluate.reference:
+        root = Path(spec.evaluate.reference).expanduser()
+        why = _none_found(root, media.VIDEO_SUFFIXES) if root.is_dir() else f"{root}: not a directory"
+        out.append(("evaluate.reference", "reference videos", why))
+    return out
+
+
+def _none_found(root: Path, exts: tuple[str, ...]) -> str:
+    try:
+        n = listing.count_dir(root, exts)
+    except HarnessError as e:
+        return e.problems[0].message
+    return "" if n else f"{root}: no file with a suffix of {', '.join(exts)}"
+
+
+def _infer_problem(root: Path, extensions: tuple[str, ...]) -> str:
+    if root.is_dir():
+        return _none_found(root, (*extensions, *media.IMAGE_SUFFIXES))
+    if not (root.is_file() and root.suffix == ".jsonl"):
+        return f"{root}: not a directory of videos/images nor a .jsonl file"
+    try:
+        items = listing.from_jsonl(root)
+    except HarnessError as e:
+        return e.problems[0].message
+    bad = [it for it in items if it.error and "duplicate visual_input" not in it.error]
+    return f"{root}: {bad[0].error}" if bad else "" if items else f"{root}: no lines"
