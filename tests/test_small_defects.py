@@ -89,3 +89,17 @@ def test_cli_description_is_for_users() -> None:
                        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     head = p.stdout.split("positional arguments", 1)[0]
     assert "Cosmos" in head and "Slurm" in head and "nothing else is caught" not in head
+
+
+@pytest.mark.parametrize("bench,argv", [("plan", ["--repeat", "0"]), ("imports", ["--repeats", "-1"]),
+                                        ("eval", ["--n", "0"]), ("eval", ["--workers", "-1"]),
+                                        ("eval", ["--device", "tpu"]), ("plan", ["--files", "-5"]),
+                                        ("generate", ["--batch", "-1"]), ("train", ["--steps", "x"])])
+def test_bench_counts_out_of_range_are_refused_by_the_parser(bench: str, argv: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a StatisticsError after the setup, nor a negative rate or a made-up device written to results."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"harness.bench.{bench}").run(argv)
+    assert e.value.code == 2 and f"argument {argv[0]}" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from harness.bench import at_least
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS
 
@@ -124,8 +125,8 @@ def measure(name: str, fwd: Callable[[], torch.Tensor], shape: Shape, flops: flo
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench attention")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
-    ap.add_argument("--seq", type=int, default=12_800)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--seq", type=at_least(1), default=12_800)
+    ap.add_argument("--repeats", type=at_least(1), default=10)
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles for ~1 min)")
     ap.add_argument("--name", default="", help="result file name (default attention-<preset>-<seq>.json)")
     ap.add_argument("--out", default="results/bench")

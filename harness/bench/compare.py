@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harness.bench import at_least
 from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_text
 from harness.core.errors import HarnessError, Problem
@@ -254,7 +255,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/nightly", help="where to look up a run id")
     p.add_argument("--history", default="results/nightly/history.jsonl")
     p.add_argument("--references", default="configs/nightly/references.toml")
-    p.add_argument("--window", type=int, default=5, help="history entries the median is taken over")
+    p.add_argument("--window", type=at_least(1), default=5, help="history entries the median is taken over")
     p.add_argument("--system", default=None, help="references entry to use (default: the cluster name)")
     return p.parse_args(argv)
 

@@ -29,6 +29,7 @@ from typing import Any
 import av
 import numpy as np
 
+from harness.bench import at_least
 from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_json
 from harness.core.evalrecords import EvalResult
@@ -185,15 +186,16 @@ def startup_only(args: argparse.Namespace) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench eval")
-    ap.add_argument("--n", type=int, default=32, help="video pairs (17x320x512)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--baseline-repeats", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=0, help="threads (0 = CPUs available)")
-    ap.add_argument("--texture", type=int, default=4, help="per-pixel noise amplitude of the clips (bitrate)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--n", type=at_least(1), default=32, help="video pairs (17x320x512)")
+    ap.add_argument("--repeats", type=at_least(1), default=5)
+    ap.add_argument("--baseline-repeats", type=at_least(0), default=1)
+    ap.add_argument("--workers", type=at_least(0), default=0, help="threads (0 = CPUs available)")
+    ap.add_argument("--texture", type=at_least(0), default=4, help="per-pixel noise amplitude of the clips (bitrate)")
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--generated-cabac", action="store_true",
                     help="write the generated clips with x264's default CABAC, not the infer stage's CAVLC")
-    ap.add_argument("--startup-repeats", type=int, default=3, help="warm start-up runs (median)")
+    ap.add_argument("--startup-repeats", type=at_least(1), default=3, help="warm start-up runs (median)")
     ap.add_argument("--startup-only", action="store_true",
                     help="only the start-up of `harness evaluate` over one pair (eval-startup.json)")
     ap.add_argument("--out", default="results/bench")

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from harness.bench import at_least
 from harness.bench.attention import timed_ms
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS, kv_bytes, peak_bandwidth_tbps
@@ -115,11 +116,12 @@ def one_batch(args: argparse.Namespace, batch: int, device: str) -> list[dict[st
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench fp8kernel")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 58, 107])
-    ap.add_argument("--positions", type=int, default=9_000,
+    ap.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8, 58, 107])
+    ap.add_argument("--positions", type=at_least(1), default=9_000,
                     help="cached positions before the step (a whole video's average: 5,120 + 7,680 / 2)")
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--repeats", type=at_least(1), default=30)
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--bare", action="store_true",
                     help="sweep BARE_VARIANTS with the fp8 op timed alone (the model-dtype row stays compiled)")
     ap.add_argument("--out", default="results/bench")

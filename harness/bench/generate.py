@@ -30,7 +30,7 @@ from typing import Any, get_args
 
 import torch
 
-from harness.bench import ranks
+from harness.bench import at_least, ranks
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS, Precision, decode_step_bytes, peak_bandwidth_tbps
 from harness.core.sections import KVCache
@@ -219,14 +219,15 @@ def tp_reference(ckpt: Path, ref: Path, device: str, preset: str = "tiny", new_t
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench generate")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="0: the infer stage's auto batch")
-    ap.add_argument("--new-tokens", type=int, default=256,
+    ap.add_argument("--batch", type=at_least(0), nargs="+", default=[1, 8], help="0: the infer stage's auto batch")
+    ap.add_argument("--new-tokens", type=at_least(0), default=256,
                     help="generated tokens per sequence (timed); 0 = the whole video after the context")
-    ap.add_argument("--context-latent-frames", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--context-latent-frames", type=at_least(0), default=2)
+    ap.add_argument("--repeats", type=at_least(1), default=3)
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--modes", nargs="+", default=None, help="decode paths (default: eager graph on cuda)")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU; torchrun)")
+    ap.add_argument("--tp", type=at_least(1), default=1, help="tensor-parallel ranks (one per GPU; torchrun)")
     ap.add_argument("--no-checks", action="store_true", help="skip the agreement/exactness checks")
     ap.add_argument("--compile-mode", default=None,
                     help="torch.compile mode of the decode step (default: the harness's, "

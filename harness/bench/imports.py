@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.bench import at_least
 from harness.core.atomic import atomic_write_json
 
 QUIET = "from harness.lib.heap import quiet_imports\nwith quiet_imports():\n    "
@@ -75,7 +76,7 @@ def cases() -> dict[str, str]:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench imports")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=at_least(1), default=5)
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args(argv)
     todo = cases()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.bench import at_least
 from harness.core.atomic import atomic_write_json
 
 GOAL_S = 5.0
@@ -72,9 +73,9 @@ def _one(spec: Path, src: str = "") -> tuple[float, float, str]:
 
 def run(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench plan")
-    ap.add_argument("--files", type=int, default=1_000_000)
-    ap.add_argument("--per-dir", type=int, default=1000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--files", type=at_least(1), default=1_000_000)
+    ap.add_argument("--per-dir", type=at_least(1), default=1000)
+    ap.add_argument("--repeat", type=at_least(1), default=3)
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--baseline", default="", help="also time the harness source tree in this folder, "
                                                    "interleaved with this one (same load)")

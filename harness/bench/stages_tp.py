@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from harness.bench import at_least
 from harness.core import metricslog
 from harness.core.atomic import atomic_write_json, read_json
 from harness.core.paths import RunPaths
@@ -278,17 +279,17 @@ def kill_resume_flow(work: Path, text: str, first_ckpt: int, out: dict[str, Any]
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench stages_tp")
-    ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--tp", type=at_least(1), default=2)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=20, help="enough that the kill lands mid-run on a fast GPU")
-    ap.add_argument("--save-every", type=int, default=2)
+    ap.add_argument("--steps", type=at_least(1), default=20, help="enough that the kill lands mid-run on a fast GPU")
+    ap.add_argument("--save-every", type=at_least(1), default=2)
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--flow", choices=["full", "kill-resume"], default="full",
                     help="full: whole run + kill/torchrun resume + TP inference + TP=1 losses; kill-resume: the "
                          "user's path only (submit, kill the finetune ranks, harness resume), for model shapes "
                          "whose checkpoints fill the disk (a Cosmos-4B checkpoint with Adam state is ~56 GB)")
-    ap.add_argument("--video", type=int, nargs=3, default=[9, 48, 64], metavar=("FRAMES", "H", "W"))
-    ap.add_argument("--infer-context", type=int, default=2, metavar="LATENT_FRAMES",
+    ap.add_argument("--video", type=at_least(1), nargs=3, default=[9, 48, 64], metavar=("FRAMES", "H", "W"))
+    ap.add_argument("--infer-context", type=at_least(1), default=2, metavar="LATENT_FRAMES",
                     help="latent frames infer conditions on; the rest of the grid is generated")
     ap.add_argument("--runs-on", default="", help="put the bench's work folder (pretrained weights, runs, "
                     "checkpoints) in this folder, e.g. a tmpfs when the disk cannot hold two Cosmos-4B checkpoints "

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.bench import at_least
 from harness.core.atomic import atomic_write_json
 from harness.launch import slurmcli
 from harness.ops import submit as launching
@@ -62,9 +63,9 @@ def _one(tmp: Path, n: int, checkpoints: int, k: int) -> dict[str, Any]:
 
 def run(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench submit")
-    ap.add_argument("--videos", type=int, default=10_000)
-    ap.add_argument("--checkpoints", type=int, default=12)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--videos", type=at_least(1), default=10_000)
+    ap.add_argument("--checkpoints", type=at_least(1), default=12)
+    ap.add_argument("--repeat", type=at_least(1), default=5)
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:

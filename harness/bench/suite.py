@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.bench import at_least
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS
 
@@ -150,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
     ap.add_argument("--v2w-preset", default="cosmos-5b-v2w", choices=sorted(p for p in PRESETS
                                                                           if PRESETS[p].video2world))
-    ap.add_argument("--seq", type=int, default=12_800, help="training and attention sequence length")
-    ap.add_argument("--steps", type=int, default=18, help="timed training steps (after 2 warm-up steps)")
+    ap.add_argument("--seq", type=at_least(1), default=12_800, help="training and attention sequence length")
+    ap.add_argument("--steps", type=at_least(1), default=18, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--only", nargs="+", default=None, choices=["attention", "train", "generate", "whole", "fp8"],
                     help="groups of cases to run (default all)")
     ap.add_argument("--out", default="results/bench")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.bench import at_least
 from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json, read_json
 from harness.core.paths import RunPaths
@@ -43,17 +44,17 @@ SOURCE = (17, 360, 640)
 def run(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="harness bench tokenize")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--clips", type=int, default=0, help="clips to tokenize (default: 48 cpu, 512 cuda)")
-    ap.add_argument("--repeat", type=int, default=3, help="repetitions of each CPU configuration")
-    ap.add_argument("--workers", type=int, default=0, help="decode workers on cuda (default: cores - 2)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--clips", type=at_least(0), default=0, help="clips to tokenize (default: 48 cpu, 512 cuda)")
+    ap.add_argument("--repeat", type=at_least(1), default=3, help="repetitions of each CPU configuration")
+    ap.add_argument("--workers", type=at_least(0), default=0, help="decode workers on cuda (default: cores - 2)")
+    ap.add_argument("--batch-size", type=at_least(1), default=8)
     ap.add_argument("--mode", choices=["auto", "shards", "dv"], default="auto",
                     help="shards: 2 vs 1 shard with the tiny tokenizer; dv: DV4x8x8-sized encoder vs a serial "
                          "loop (auto: shards on cpu, dv on cuda)")
-    ap.add_argument("--frames", type=int, default=17)
-    ap.add_argument("--height", type=int, default=320)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--serial-clips", type=int, default=64, help="clips through the serial loop (dv mode)")
+    ap.add_argument("--frames", type=at_least(1), default=17)
+    ap.add_argument("--height", type=at_least(1), default=320)
+    ap.add_argument("--width", type=at_least(1), default=512)
+    ap.add_argument("--serial-clips", type=at_least(1), default=64, help="clips through the serial loop (dv mode)")
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     load_before = os.getloadavg()

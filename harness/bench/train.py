@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.bench import ranks
+from harness.bench import at_least, ranks
 from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_json
 from harness.core.models import PRESETS
@@ -117,18 +117,18 @@ def make_spec(a: argparse.Namespace, cuda: bool) -> spec_mod.RunSpec:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="harness bench train")
     ap.add_argument("--preset", default="cosmos-4b", choices=sorted(PRESETS))
-    ap.add_argument("--seq", type=int, default=12_800, help="video tokens per sample (12800 = 5x40x64)")
-    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
-    ap.add_argument("--layers", type=int, default=0,
+    ap.add_argument("--seq", type=at_least(1), default=12_800, help="video tokens per sample (12800 = 5x40x64)")
+    ap.add_argument("--steps", type=at_least(1), default=10, help="timed optimizer steps")
+    ap.add_argument("--warmup", type=at_least(0), default=2, help="untimed steps first (allocator, kernels)")
+    ap.add_argument("--layers", type=at_least(0), default=0,
                     help="time the preset at this depth instead (a card too small for the whole training state "
                          "still compares paths per layer; MFU is then that depth's)")
-    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--micro-batch", type=at_least(1), default=1)
     ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
     ap.add_argument("--profile", action="store_true", help="one extra step under torch.profiler: top kernels")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one per GPU)")
-    ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas (micro-batch each)")
+    ap.add_argument("--tp", type=at_least(1), default=1, help="tensor-parallel ranks (one per GPU)")
+    ap.add_argument("--dp", type=at_least(1), default=1, help="data-parallel replicas (micro-batch each)")
     ap.add_argument("--sp", action="store_true", help="megatron sequence parallelism (needs --tp > 1)")
     ap.add_argument("--engine", default="mcore", choices=["mcore", "nemo"], help="the finetune engine timed")
     ap.add_argument("--validation", action="store_true",

@@ -71,8 +71,8 @@ AUTO_BATCH = 64
 prefill goes in chunks (`harness.cosmos.batching`) the auto batch there is larger (~100, not yet measured; on an
 H100 80GB it picked 58, results/bench/h100/generate-whole-video-auto.json), so the estimate errs long."""
 FP8_NOTE = ("; with infer.kv_cache = fp8 at the model-dtype cache's rate and batch, so long: the fp8 cache measured "
-            "1.48x the whole videos per GPU-hour on one H100 (results/bench/h100/fp8-kv/), not yet on an H200")
-"""The fp8 cache's estimate stays the model-dtype cache's: its bandwidth share (63% against 79% on one H100) and
+            "1.64x the whole videos per GPU-hour on one H100 (results/bench/h100/fp8-kv/), not yet on an H200")
+"""The fp8 cache's estimate stays the model-dtype cache's: its bandwidth share (70% against 79% on one H100) and
 auto batch (107 against 58 there) are measured on an H100 only, and the estimate's points are H200 figures."""
 TOKENIZE = Rate(35.2, "clips/s/GPU", "results/bench/h200/tokenize-dv-cuda.json harness.clips_per_s: 17x320x512, "
                                      "DV4x8x8-sized encoder, 14 decode workers")
