@@ -286,6 +286,17 @@ def test_refusals_are_one_line_exit_2(tmp_path: Path, tp2: tuple[Path, Any], cap
     err = capsys.readouterr().err
     assert "--to exists" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob(".out.partial-*"))
+    (tmp_path / "out").rmdir()
+    for damage in ("missing", "truncated"):  # complete by its marker, but a weights file lost or cut short since
+        broken = tmp_path / damage / "step-00000001"
+        shutil.copytree(ckpts / "step-00000001", broken)
+        shard = sorted((broken / "weights").glob("*.distcp"))[0]
+        shard.unlink() if damage == "missing" else shard.write_bytes(shard.read_bytes()[:100])
+        assert main([*base[:1], str(broken), *base[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{broken / 'weights'}: the weights cannot be read")
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
 NEMO_CONTEXT = """

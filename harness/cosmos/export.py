@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import torch
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint.api import CheckpointException
 
 from harness.core.atomic import read_json
 from harness.core.errors import HarnessError
@@ -154,9 +155,16 @@ def read_weights(src: Source) -> dict[str, torch.Tensor]:
     parallel.init(1, env=parallel.rank_env({}))
     wdir = str(layout.weights_dir(src.root))
     wanted = checkpoint_shapes(src.preset)
-    meta = dist_checkpointing.load_tensors_metadata(wdir)
-    loaded = dist_checkpointing.load({k: v for k, v in meta.items() if k in wanted}, wdir,
-                                     validate_access_integrity=False)
+    try:
+        meta = dist_checkpointing.load_tensors_metadata(wdir)
+        loaded = dist_checkpointing.load({k: v for k, v in meta.items() if k in wanted}, wdir,
+                                         validate_access_integrity=False)
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - whatever the reader raises (torch's
+        # CheckpointException is a BaseException), the stored weights are damaged or missing
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) and e.failures else e
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
+        raise HarnessError(f"{wdir}: the weights cannot be read ({cause.__class__.__name__}: {first}); the "
+                           f"checkpoint's files are missing or damaged") from None
     sd: dict[str, torch.Tensor] = {}
     for key, t in loaded.items():
         if key not in wanted:  # the common state (common.pt: the optimizer's param groups) comes back with them

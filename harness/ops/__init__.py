@@ -8,8 +8,9 @@ plain typed parameters; `harness.cli` parses the command line and calls them.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -139,17 +140,39 @@ def cmd_runs(workdir: str = "runs") -> int:
     return status.runs(Path(workdir), _console())
 
 
-def cmd_inspect_checkpoint(directory: str, preset: str | None, tp: int, layers: int | None) -> int:
-    from harness.ops.checkpoint import inspect_checkpoint
+@contextmanager
+def _libraries_quiet() -> Iterator[None]:
+    """For the commands that read checkpoints on the login node: the warnings torch and megatron-core print on
+    import and load (pynvml's deprecation, "Transformer Engine and Apex are not installed", megatron's
+    end-of-life log lines) would bury the command's one line of result or error. The stages keep them in logs."""
+    import logging
+    import warnings
 
-    return inspect_checkpoint(Path(directory), preset, tp, layers, _console())
+    log = logging.getLogger("megatron")
+    level = log.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            log.setLevel(level)
+
+
+def cmd_inspect_checkpoint(directory: str, preset: str | None, tp: int, layers: int | None) -> int:
+    with _libraries_quiet():
+        from harness.ops.checkpoint import inspect_checkpoint
+
+        return inspect_checkpoint(Path(directory), preset, tp, layers, _console())
 
 
 def cmd_export(source: str, step: int | None, to: str, fmt: str, dtype: str, preset: str | None,
                workdir: str = "runs", context: str | None = None) -> int:
-    from harness.ops import export
+    with _libraries_quiet():
+        from harness.ops import export
 
-    return export.export(export.Request(source, step, Path(to), fmt, dtype, preset, workdir, context), _console())
+        return export.export(export.Request(source, step, Path(to), fmt, dtype, preset, workdir, context),
+                             _console())
 
 
 def wait(paths: RunPaths, timeout_s: float) -> int:

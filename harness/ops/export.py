@@ -134,12 +134,12 @@ def _context(req: Request, chosen: Chosen) -> Path | None:
 
 
 def export(req: Request, console: Console) -> int:
-    from harness.cosmos import export as ex
-
     if req.to.exists():
         raise HarnessError(f"{req.to}: --to exists; name a new folder (the export is renamed into place whole)")
     chosen = choose(req)
     context = _context(req, chosen)
+    from harness.cosmos import export as ex  # megatron-core: after the source is known to be there
+
     extra = ex.Extras(tokenizer=_tokenizer(chosen.run), context=context, preset=req.preset)
     fmt = next((f for f in ex.FORMATS if f == req.format), None)
     if fmt is None:
