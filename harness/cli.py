@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.bench import BENCHES
+from harness.bench import BENCHES, at_least
 from harness.core.errors import HarnessError, Problem
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec")
     s.add_argument("overrides", nargs="*", help=over)
     s.add_argument("--out", default=None)
-    s.add_argument("--num-inputs", type=int, default=None, help="plan for N inputs instead of listing them")
+    s.add_argument("--num-inputs", type=at_least(0), default=None, help="plan for N inputs instead of listing them")
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="slurm",
                    help="plan for this executor, as `submit --executor` would run it (default slurm: the "
                         "controller's figures, or Slurm's defaults assumed where none answers here)")

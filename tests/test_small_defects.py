@@ -103,3 +103,24 @@ def test_bench_counts_out_of_range_are_refused_by_the_parser(bench: str, argv: l
     with pytest.raises(SystemExit) as e:
         importlib.import_module(f"harness.bench.{bench}").run(argv)
     assert e.value.code == 2 and f"argument {argv[0]}" in capsys.readouterr().err
+
+
+def test_plan_says_when_the_inputs_are_empty_or_partly_unusable(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty videos folder or a jsonl with broken lines plans without error (tokenize skips bad lines and
+    merge lists them), but the plan says so instead of planning silently."""
+    import specs
+    from harness import cli
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    jsonl = tmp_path / "v2w.jsonl"
+    jsonl.write_text('{"prompt": "a", "visual_input": "clip.mp4"}\n{"prompt": "b"\n')
+    env = {"run": {"workdir": str(tmp_path / "runs")}}
+    for data, note in (({"videos": str(tmp_path / "empty")}, "data.videos: no inputs found there"),
+                       ({"jsonl": str(jsonl)}, "data.jsonl: 1 of 2 input(s) unusable (first: line 2: not valid JSON")):
+        spec = specs.write(tmp_path / "run.toml", specs.TINY, env, {"data": data})
+        assert cli.main(["plan", str(spec), "--executor", "local"]) == 0
+        assert note in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        cli.main(["plan", str(spec), "--num-inputs", "-5"])

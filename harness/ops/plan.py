@@ -151,10 +151,17 @@ def _listed(spec: spec_mod.RunSpec, *, strict: bool) -> tuple[list[InputItem] | 
 def _count(spec: spec_mod.RunSpec, notes: list[str]) -> int:
     """The number of inputs for `harness plan` (0, with a note, where they cannot be read here)."""
     try:
-        return inputs.count(spec)
+        n = inputs.count(spec)
     except HarnessError as e:
         notes.append(f"inputs not readable here ({e}); planned for 0 inputs (use --num-inputs N)")
         return 0
+    bad = [it for it in inputs.discover(spec) if it.error] if spec.data.jsonl else []  # a jsonl's lines, parsed
+    if n == 0:
+        notes.append(f"{inputs.data_key(spec)}: no inputs found there; a submit would have nothing to tokenize")
+    elif bad:
+        notes.append(f"{inputs.data_key(spec)}: {len(bad)} of {n} input(s) unusable (first: {bad[0].error}); "
+                     f"tokenize skips them and merge lists them")
+    return n
 
 
 def cluster_facts(spec: spec_mod.RunSpec, choice: Choice, num_inputs: int
