@@ -111,3 +111,16 @@ def test_quickstart_writes_every_artifact(tmp_path: Path) -> None:
     repo = Path(out["hf_home"]) / "hub" / ("models--" + out["tokenizer_repo"].replace("/", "--"))
     assert (repo / "refs" / "main").is_file()
     assert (Path(out["text_encoder_dir"]) / "config.json").is_file()
+
+
+def test_synth_never_overwrites_a_folder_of_other_files(tmp_path: Path) -> None:
+    """`harness synth --out` rewrites its own folder (quickstart reruns) but refuses one holding other files."""
+    from harness import cli
+
+    mine = tmp_path / "mine"
+    (mine / "videos").mkdir(parents=True)
+    (mine / "videos" / "clip_000.mp4").write_bytes(b"a real video")
+    assert cli.main(["synth", "--out", str(mine)]) == 2
+    assert (mine / "videos" / "clip_000.mp4").read_bytes() == b"a real video"
+    ours = tmp_path / "ours"
+    assert cli.main(["synth", "--out", str(ours)]) == 0 and cli.main(["synth", "--out", str(ours)]) == 0

@@ -234,10 +234,17 @@ def tokenizer_repo(compression: tuple[int, int, int]) -> str:
     return "harness-synth/tiny-dv{}x{}x{}".format(*compression)
 
 
+SYNTH_MARKER = ".harness-synth"
+
+
 def make_quickstart(out_dir: str | Path, *, clips: int = 12, bad_files: bool = True,
                     compression: tuple[int, int, int] = (4, 8, 8)) -> dict[str, str]:
-    """Everything a CPU quickstart run needs, under out_dir; returns the paths/ids a spec refers to."""
+    """Everything a CPU quickstart run needs, under out_dir; returns the paths/ids a spec refers to. The folder
+    is marked (`SYNTH_MARKER`) as synth's own, so a later run may rewrite it and `harness synth` knows a folder
+    of someone's real files from it."""
     out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SYNTH_MARKER).touch()
     videos = make_clips(out / "videos", clips)
     if bad_files:
         make_bad_files(out / "videos")

@@ -142,9 +142,10 @@ def cmd_runs(workdir: str = "runs") -> int:
 
 @contextmanager
 def _libraries_quiet() -> Iterator[None]:
-    """For the commands that read checkpoints on the login node: the warnings torch and megatron-core print on
-    import and load (pynvml's deprecation, "Transformer Engine and Apex are not installed", megatron's
-    end-of-life log lines) would bury the command's one line of result or error. The stages keep them in logs."""
+    """For the commands that read checkpoints (or write a tokenizer) on the login node: the warnings torch and
+    megatron-core print on import and load (pynvml's deprecation, "Transformer Engine and Apex are not
+    installed", megatron's end-of-life log lines) would bury the command's one line of result or error. The
+    stages keep them in logs."""
     import logging
     import warnings
 
@@ -226,9 +227,17 @@ def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | N
 
 def cmd_synth(out_dir: str) -> int:
     from harness.core.atomic import output_dir
-    from harness.lib import synth
 
-    out = synth.make_quickstart(output_dir(Path(out_dir), "--out"))
+    with _libraries_quiet():  # torch writes the TorchScript tokenizer
+        from harness.lib import synth
+
+        root = Path(out_dir)
+        if root.is_dir() and any(root.iterdir()) and not (root / synth.SYNTH_MARKER).exists():
+            from harness.core.errors import HarnessError, Problem
+
+            raise HarnessError(Problem(out_dir, "--out", "holds files harness synth did not write, which it "
+                                                         "would overwrite: name a new or empty folder"))
+        out = synth.make_quickstart(output_dir(root, "--out"))
     console = _console()
     for k, v in out.items():
         console.print(f"{k}: {v}", markup=False)
