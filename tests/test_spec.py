@@ -127,6 +127,8 @@ BAD_SPECS: list[tuple[str, str, str]] = [
      "gpus_per_node = 3\n", "infer.tensor_parallel"),
     ("finetune-tp-over-query-groups", BASE + "[finetune]\ntensor_parallel = 16\ngpus_per_node = 16\n",
      "query groups (8) not divisible by TP 16"),
+    ("encoder-empty", BASE + "[tokenizer]\nencoder = ''\n", "tokenizer.encoder"),
+    ("encoder-not-a-repo-id", BASE + "[tokenizer]\nencoder = 'bad repo id!!'\n", "tokenizer.encoder"),
     ("env-secret-hf", BASE + "[container]\nenv = { HF_TOKEN = 'hf_x' }\n", "container.env.HF_TOKEN"),
     ("env-secret-wandb", BASE + "[container]\nenv = { WANDB_API_KEY = 'k' }\n", "container.env.WANDB_API_KEY"),
     ("env-secret-aws", BASE + "[container]\nenv = { aws_secret_access_key = 'k' }\n",

@@ -4,10 +4,11 @@ repo. Both the login node (`harness doctor`) and the stage-assets task ask, so t
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.spec import RunSpec
+from harness.core.sections import RunSpec
 
 CHECKPOINT_FILES = ("nemo/*", "*.json", "weights/*", "context/*", ".metadata", "*.distcp", "common.pt")
 """A Cosmos repo's NeMo 2 folder (`nemo/`), or a repo that is itself one (weights under `weights/` or at its top);
@@ -38,6 +39,19 @@ def roles(spec: RunSpec) -> list[Role]:
                         (("config.json",), ("tokenizer.json", "spiece.model"),
                          ("*.safetensors", "pytorch_model*.bin"))))
     return out
+
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
+"""A Hugging Face repo id as the hub accepts it: owner/name of letters, digits, '.', '_' and '-'."""
+
+
+def source_problem(source: str) -> str:
+    """Why a spec's asset value is neither a local directory nor a repo id ('' when it is one of them)."""
+    if not source.strip():
+        return "is empty: give an HF repo id (owner/name) or a local directory"
+    if is_local(source) or REPO_ID.match(source):
+        return ""
+    return "is neither an HF repo id (owner/name: letters, digits, '.', '_', '-') nor a local directory"
 
 
 def is_local(source: str) -> bool:

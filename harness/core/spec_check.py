@@ -11,7 +11,7 @@ import difflib
 import importlib.util
 import re
 
-from harness.core import hardware, metrics_table, models, sbatch_options, tokens
+from harness.core import assets, hardware, metrics_table, models, sbatch_options, tokens
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.secretenv import is_secret
@@ -62,6 +62,10 @@ def _check_sbatch_extra(spec: RunSpec) -> list[tuple[str, str]]:
     return out
 
 
+ROLE_KEYS = {"encoder": "tokenizer.encoder", "decoder": "tokenizer.decoder", "checkpoint": "model.checkpoint",
+             "text_encoder": "model.text_encoder"}
+
+
 def _check_model(spec: RunSpec) -> list[tuple[str, str]]:
     m, out = spec.model, []
     if m.preset not in models.PRESETS:
@@ -75,6 +79,10 @@ def _check_model(spec: RunSpec) -> list[tuple[str, str]]:
             "a base preset (cosmos-4b, cosmos-12b, tiny)"
         out.append(("model.preset", f"= {m.preset!r}: recipe {spec.run.recipe!r} needs {want}"))
     out += tokens.problems(spec.token_math)
+    for role in assets.roles(spec):
+        why = assets.source_problem(role.source)
+        if why:
+            out.append((ROLE_KEYS[role.name], f"= {role.source!r}: {why}"))
     return out
 
 
