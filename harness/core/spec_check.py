@@ -106,6 +106,10 @@ def _check_data(spec: RunSpec) -> list[tuple[str, str]]:
         out.append(("data.split", f"= {list(d.split)}: must be 3 weights [train, val, test] with a positive sum"))
     elif d.split[0] <= 0:
         out.append(("data.split", f"= {list(d.split)}: the train weight must be positive"))
+    bad = [e for e in d.extensions if not re.match(r"^\.[A-Za-z0-9]+$", e)]
+    if bad:
+        out.append(("data.extensions", f"= {list(d.extensions)}: {bad[0]!r} is not a file suffix; write it with its "
+                                       f"dot, e.g. '.mp4'"))
     return out
 
 
@@ -137,6 +141,9 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
                     f"({f.micro_batch_size} x {dp})"))
     if f.save_every > f.max_steps:
         out.append(("finetune.save_every", f"= {f.save_every}: must be <= finetune.max_steps ({f.max_steps})"))
+    if f.warmup_steps > f.max_steps:
+        out.append(("finetune.warmup_steps", f"= {f.warmup_steps}: must be <= finetune.max_steps ({f.max_steps}); "
+                                             f"the learning rate would never reach finetune.lr"))
     if f.min_lr > f.lr:
         out.append(("finetune.min_lr", f"= {f.min_lr}: must be <= finetune.lr ({f.lr})"))
     if f.val_every and len(spec.data.split) == 3 and spec.data.split[1] == 0:

@@ -89,6 +89,9 @@ def sweep_table(raw: Mapping[str, Any], source: str) -> tuple[Mode, dict[str, li
         if key == "run.name":
             problems.append(Problem(source, where, "cannot be swept: members are named <run.name>-<i>"))
         lists[key] = values
+    if not lists and not problems:
+        problems.append(Problem(source, "sweep", "is empty: give at least one key with a list of values, e.g. "
+                                                 "\"finetune.lr\" = [1e-4, 3e-4]; or remove [sweep] for one run"))
     if mode == "zip" and len({len(v) for v in lists.values()}) > 1:
         sizes = ", ".join(f"{k} has {len(v)}" for k, v in lists.items())
         problems.append(Problem(source, "sweep.mode", f"= 'zip': every list must have one length ({sizes})"))
