@@ -46,6 +46,10 @@ def cmd_validate(args: list[str]) -> int:
     specs, overrides = split_overrides(args)
     if not specs:
         raise HarnessError("validate: give a spec file (then any section.key=value overrides)")
+    odd = [a for a in specs if "=" in a and not Path(a).exists()]  # `finetune=1`: an override without its key
+    if odd:
+        raise HarnessError([Problem(f"<override> {a}", "", "must be section.key=value, e.g. finetune.lr=3e-4")
+                            for a in odd])
     for path in specs:
         e = plan_ops.load_members(Path(path), overrides)
         for m in e.members:

@@ -124,3 +124,11 @@ def test_plan_says_when_the_inputs_are_empty_or_partly_unusable(tmp_path: Path,
         assert note in " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
         cli.main(["plan", str(spec), "--num-inputs", "-5"])
+
+
+def test_validate_names_an_override_without_its_section(capsys: pytest.CaptureFixture[str]) -> None:
+    """`finetune=1` after the spec is a mistyped override, as `plan` says, not a spec file that cannot be read."""
+    from harness import cli
+
+    assert cli.main(["validate", str(REPO / "configs" / "quickstart.toml"), "finetune=1"]) == 2
+    assert capsys.readouterr().err.strip() == "<override> finetune=1: must be section.key=value, e.g. finetune.lr=3e-4"
