@@ -99,11 +99,14 @@ def test_manifest_text_and_jsonl(tmp_path: Path) -> None:
                                          str(tmp_path / "lists/clips/a.mp4"), str(tmp_path / "c.mp4")]
     assert [it.error for it in items] == [None, None, "line 5: duplicate path: first on line 2", None]
     jl = tmp_path / "lists" / "videos.jsonl"
-    jl.write_text(json.dumps({"path": "x.mp4", "caption": "ignored"}) + "\n{broken\n" + json.dumps({"p": 1}) + "\n")
+    jl.write_text(json.dumps({"path": "x.mp4", "caption": "ignored"}) + "\n{broken\n" + json.dumps({"p": 1}) + "\n"
+                  + json.dumps({"path": 5}) + "\n[1]\n")
     items = inputs.discover(_spec(manifest=str(jl)))
     assert items[0].path == str(tmp_path / "lists" / "x.mp4") and items[0].error is None
     assert items[1].error.startswith("line 2: not valid JSON") and items[1].name == "videos.jsonl:2"
     assert items[2].error.startswith("line 3: missing key: path")
+    assert items[3].error.startswith("line 4: bad value: path = 5, must be a non-empty string")
+    assert items[4].error.startswith("line 5: not a JSON object")
 
 
 def test_manifest_that_cannot_be_read_is_one_error_naming_the_key(tmp_path: Path) -> None:

@@ -96,8 +96,12 @@ def _manifest_entry(line: str, as_json: bool) -> tuple[str | None, str | None]:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON: {e.msg} at column {e.colno}"
-    if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"]:
+    if not isinstance(obj, dict):
+        return None, 'not a JSON object: each line must be {"path": "<video file>"}'
+    if "path" not in obj:
         return None, 'missing key: path (each line must be {"path": "<video file>"})'
+    if not isinstance(obj["path"], str) or not obj["path"]:
+        return None, f'bad value: path = {json.dumps(obj["path"])}, must be a non-empty string (the video file)'
     return obj["path"], None
 
 
