@@ -188,3 +188,22 @@ def test_wandb_offline_run_holds_the_metrics_jsonl_values(tmp_path: Path, monkey
     assert not leaked
     cmd = tracking.sync_command(runs)
     assert cmd[-2:] == ["sync", str(runs[0])] and not any("KEY" in c for c in cmd)
+
+
+def test_sync_that_wandb_reports_failed_is_a_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wandb sync` exits 0 after "ERROR Failed to sync all data" (here: a cut-short offline run, and a server
+    that refuses connections); the harness says failed, exit 2, instead of "synced"."""
+    from harness import cli
+    from test_report import make_results
+
+    pytest.importorskip("wandb")
+    paths, _, _ = make_results(tmp_path)
+    run = paths.wandb_runs / "offline-run-20260101_000000-abc"
+    run.mkdir(parents=True)
+    (run / "run-abc.wandb").write_bytes(b"cut short")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert cli.main(["sync", str(paths.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wandb sync" in err[0] and "ERROR" in err[0] and "k" * 40 not in err[0], err

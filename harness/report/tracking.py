@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,9 @@ def sync(paths: RunPaths) -> list[Path]:
         raise HarnessError("wandb is not installed here: pip install -e '.[wandb]'")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=paths.wandb_dir)
-    if res.returncode:
-        last = next((ln for ln in reversed((res.stderr + res.stdout).splitlines()) if ln.strip()), "")
-        raise HarnessError(f"wandb sync {paths.wandb_dir} failed (exit {res.returncode}): {last.strip()}")
+    lines = (res.stderr + res.stdout).splitlines()
+    errors = [ln.strip() for ln in lines if re.match(r"^(wandb: )?ERROR\b", ln.strip())]
+    if res.returncode or errors:  # wandb sync exits 0 after "ERROR Failed to sync all data"
+        last = errors[0] if errors else next((ln for ln in reversed(lines) if ln.strip()), "").strip()
+        raise HarnessError(f"wandb sync {paths.wandb_dir} failed (exit {res.returncode}): {last}")
     return runs
