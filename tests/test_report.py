@@ -400,3 +400,26 @@ def test_predicted_frames_columns_each_with_its_best(tmp_path: Path) -> None:
     assert doc["best_checkpoints"] == {"psnr": [30], "ssim": [30], "predicted_psnr": [20], "predicted_ssim": [40],
                                        "val_loss": [20]}
     assert doc["best_checkpoint"] == 30  # the checkpoint the report picks stays the first metric's
+
+
+def test_report_of_a_slurm_run_where_slurm_is_gone_builds_from_the_run_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Slurm run reported where no Slurm client runs (the run directory copied off the cluster): the report
+    is built from the files, tasks with a completion marker COMPLETED, and a note says the states are not live."""
+    from harness import cli
+    from harness.core.paths import mark_done
+    from harness.core.rundir import Submission
+
+    paths, plan, _ = make_results(tmp_path)
+    launching.record_jobs(paths, launching.Choice("slurm", "test"),
+                          [Submission(s.name, str(100 + i), ((0, s.tasks),), s.tasks > 1, 1.0)
+                           for i, s in enumerate(plan.stages)])
+    mark_done(paths, "stage-assets", 0)
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no squeue, no sacct
+    assert cli.main(["report", str(paths.root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the Slurm controller does not answer" in out and "no states were stored" in out, out
+    doc = json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())
+    failed = {(f["stage"], f["task"]) for f in doc["failures"]}
+    assert ("stage-assets", 0) not in failed and ("finetune", 0) in failed

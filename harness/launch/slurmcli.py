@@ -21,14 +21,19 @@ CALLS: collections.Counter[str] = collections.Counter()
 """Slurm client invocations by command name, for tests and benchmarks."""
 
 
+class SlurmUnreachable(HarnessError):
+    """A Slurm client tool failed or is missing: the controller (or slurmdbd) does not answer here. A reader of a
+    run's state may then fall back to what the run directory holds."""
+
+
 def _run(cmd: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
     CALLS[cmd[0]] += 1
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise HarnessError(f"{cmd[0]}: {e}") from None
+        raise SlurmUnreachable(f"{cmd[0]}: {e}") from None
     if check and proc.returncode != 0:
-        raise HarnessError(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {proc.stderr.strip()[:400]}")
+        raise SlurmUnreachable(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {proc.stderr.strip()[:400]}")
     return proc
 
 
@@ -97,7 +102,7 @@ def squeue(job_ids: list[str]) -> dict[str, TaskState]:
         return {}
     proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T|%N|%M|%r|%k"], check=False)
     if proc.returncode != 0 and "Invalid job id" not in proc.stderr:  # that one: every job already left
-        raise HarnessError(f"squeue failed ({proc.returncode}): {' '.join(proc.stderr.split())[:300]}")
+        raise SlurmUnreachable(f"squeue failed ({proc.returncode}): {' '.join(proc.stderr.split())[:300]}")
     out = proc.stdout
     states = {}
     for line in out.splitlines():

@@ -97,10 +97,12 @@ def print_report(paths: RunPaths) -> int:
     from harness.report import build as report
 
     plan = load_plan(paths)
-    rs = state.collect(paths, plan)
+    rs, stale = state.collect_or_stored(paths, plan)
     failures = [_failure(r) for r in rs.rows if r.state != state.COMPLETED]
     rep = report.build(paths, plan.spec, failures, plan.training, gpuhours.usage(rs, plan))
     console = _console()
+    if stale:
+        console.print(f"note: {stale}", markup=False, soft_wrap=True)
     report.render(rep, console)
     out = report.results_dir(plan.spec, paths)
     files = report.write(rep, out)

@@ -18,6 +18,7 @@ from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
 from harness.core.rundir import open_run, read_jobs
+from harness.launch import slurmcli
 from harness.launch.backend import ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState, done_tasks
 from harness.launch.local import LocalBackend
 from harness.launch.slurm import SlurmBackend, job_ids
@@ -129,3 +130,25 @@ def stored(paths: RunPaths) -> tuple[float, RunState] | None:
             dataclasses.replace(TaskState(**r), state=COMPLETED, reason="") if r["task"] in done else TaskState(**r)
             for r in rows)))
     return float(raw["time"]), RunState(paths, "slurm", tuple(stages))
+
+
+def collect_or_stored(paths: RunPaths, plan: Plan) -> tuple[RunState, str]:
+    """The run's states and '' when its backend answers; when the Slurm controller does not, the states stored at
+    the last answer (or, never stored, the completion markers alone) and a line saying so. A report or status on a
+    machine the cluster is gone from still shows what the run directory knows."""
+    try:
+        return collect(paths, plan), ""
+    except slurmcli.SlurmUnreachable as e:
+        why = slurmcli.gist(str(e))
+    last = stored(paths)
+    if last is not None:
+        when, rs = last
+        return rs, (f"the Slurm controller does not answer ({why}): these are the states stored at "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}, not live ones")
+    stages = tuple(StageState(s.name, tuple(TaskState(s.name, t, COMPLETED if t in done else "UNKNOWN",
+                                                      reason="" if t in done else "no state: Slurm does not answer")
+                                            for t in range(s.tasks)))
+                   for s in plan.stages for done in [done_tasks(paths, s.name)])
+    return RunState(paths, "slurm", stages), (f"the Slurm controller does not answer ({why}) and no states were "
+                                              f"stored: tasks with a completion marker show COMPLETED, the rest "
+                                              f"UNKNOWN")

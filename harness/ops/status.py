@@ -16,10 +16,19 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
 from harness.core.rundir import open_run
-from harness.launch import slurmcli, slurmstate
+from harness.launch import slurmstate
 from harness.launch.backend import load_plan
 from harness.ops import gpuhours
-from harness.ops.state import ACTIVE, COMPLETED, RunState, Snapshot, collect, job_ids, load_jobs, stored
+from harness.ops.state import (
+    ACTIVE,
+    COMPLETED,
+    RunState,
+    Snapshot,
+    collect,
+    collect_or_stored,
+    job_ids,
+    load_jobs,
+)
 from harness.report.tables import fmt
 
 WAIT_RETRIES = 5
@@ -103,17 +112,10 @@ def status(paths: RunPaths, console: Console, show_all: bool = False, watch: boo
            interval_s: float = 2.0, plan: Plan | None = None) -> int:
     """One view, or with watch a live one until every task is final."""
     plan = plan or load_plan(paths)
-    try:
-        rs = collect(paths, plan)
-    except HarnessError as e:
-        last = stored(paths)
-        if last is None:
-            raise
-        when, rs = last
+    rs, stale = collect_or_stored(paths, plan)
+    if stale:
         console.print(view(rs, show_all, plan))
-        console.print(f"the Slurm controller does not answer ({escape(slurmcli.gist(str(e)))}): these are the "
-                      f"states stored at {datetime.fromtimestamp(when):%Y-%m-%d %H:%M:%S}, not live ones",
-                      soft_wrap=True)
+        console.print(escape(stale), soft_wrap=True)
         return 1
     if not watch:
         console.print(view(rs, show_all, plan))
