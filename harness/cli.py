@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -14,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.bench import BENCHES, at_least
-from harness.core.errors import HarnessError, Problem
+from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:
     from harness.core.sweep import Expanded
@@ -28,28 +27,16 @@ console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-OVERRIDE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+=")
-"""`section.key=value` after the spec file(s): an override, not a file."""
-
-
-def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
-    """(spec files, overrides) of positional arguments."""
-    return [a for a in args if not OVERRIDE.match(a)], [a for a in args if OVERRIDE.match(a)]
-
-
 def cmd_validate(args: list[str]) -> int:
     """Exit 2 on any problem (stderr, one line each); warnings go to stdout with the ok line. Every member of a
     sweep is checked, each problem naming its member."""
     from harness.core import spec as spec_mod
+    from harness.core.overrides import split_args
     from harness.ops import plan as plan_ops
 
-    specs, overrides = split_overrides(args)
+    specs, overrides = split_args(args, files=True)
     if not specs:
         raise HarnessError("validate: give a spec file (then any section.key=value overrides)")
-    odd = [a for a in specs if "=" in a and not Path(a).exists()]  # `finetune=1`: an override without its key
-    if odd:
-        raise HarnessError([Problem(f"<override> {a}", "", "must be section.key=value, e.g. finetune.lr=3e-4")
-                            for a in odd])
     for path in specs:
         e = plan_ops.load_members(Path(path), overrides)
         for m in e.members:
@@ -333,12 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: list[str]) -> list[str]:
-    """Every argument after the spec is an override; one that is not `section.key=value` is named at once."""
-    files, overrides = split_overrides(args)
-    if files:
-        raise HarnessError([Problem(f"<override> {f}", "", "must be section.key=value, e.g. finetune.lr=3e-4")
-                            for f in files])
-    return overrides
+    from harness.core.overrides import split_args
+
+    return split_args(args, files=False)[1]
 
 
 def dispatch(a: argparse.Namespace) -> int:

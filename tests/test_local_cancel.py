@@ -27,9 +27,9 @@ DRIVER = ("import subprocess, sys, time; "
 """A driver: dies on SIGTERM, its task (in its process group) does not."""
 
 
-def record(paths: launching.RunPaths, pid: int) -> None:
+def record(paths: launching.RunPaths, pid: int, when: float) -> None:
     launching.record_jobs(paths, launching.Choice("local", "test"),
-                          [Submission("*", f"local:{pid}", (), False, time.time(), 0)])
+                          [Submission("*", f"local:{pid}", (), False, when, 0)])
 
 
 def test_a_pid_reused_by_another_session_is_not_the_driver(tmp_path: Path,
@@ -37,9 +37,10 @@ def test_a_pid_reused_by_another_session_is_not_the_driver(tmp_path: Path,
     """The driver died unrecorded and its number now leads someone else's session: status does not call the
     run live, and cancel signals nothing."""
     paths, plan, _ = make_run(tmp_path, executor="local")
+    submitted = time.time() - 60  # the driver was recorded a minute ago; its number was taken since
     other = subprocess.Popen(["sleep", "600"], start_new_session=True)
     try:
-        record(paths, other.pid)
+        record(paths, other.pid, submitted)
         assert not state.collect(paths, plan).driver_alive
         assert cli.main(["cancel", str(paths.root)]) == 0
         assert f"local driver {other.pid} was not running" in capsys.readouterr().out
@@ -61,16 +62,32 @@ def test_cancel_stops_the_tasks_that_ignore_sigterm(tmp_path: Path, monkeypatch:
         while not started.exists():
             assert time.monotonic() < deadline and driver.poll() is None, "the stand-in task never started"
             time.sleep(0.05)
-        record(paths, driver.pid)
-        group = procs.members(driver.pid, paths.root)
+        record(paths, driver.pid, time.time())
+        group = procs.members(driver.pid, paths.root, time.time())
         assert group is not None and len(group) == 2 and driver.pid in group
         assert state.collect(paths, plan).driver_alive
         monkeypatch.setattr(procs, "GRACE_S", 1.0)
         assert cli.main(["cancel", str(paths.root)]) == 0
         assert f"local driver {driver.pid} stopped" in capsys.readouterr().out
-        assert procs.members(driver.pid, paths.root) == []
+        assert procs.members(driver.pid, paths.root, time.time()) == []
         rs = state.collect(paths, plan)
         assert rs.final and not rs.driver_alive
     finally:
         driver.kill()
         driver.wait()
+
+
+def test_the_driver_is_told_by_its_start_before_it_was_recorded(tmp_path: Path) -> None:
+    """Whatever its arguments say (or before they can be read), the process with the recorded pid that started
+    before the record is the driver; one that started after it took the number later."""
+    root = tmp_path / "run"
+    root.mkdir()
+    p = subprocess.Popen(["sleep", "600"], start_new_session=True)  # arguments that name nothing of the run
+    try:
+        time.sleep(0.05)
+        after = time.time()
+        assert procs.members(p.pid, root, after) == [p.pid]
+        assert procs.members(p.pid, root, after - 60) == []
+    finally:
+        p.kill()
+        p.wait()

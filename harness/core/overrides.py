@@ -14,6 +14,8 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import re
 import sys
 import typing
 from typing import Any, Mapping
@@ -130,3 +132,18 @@ def _value(v: Any) -> str:
     if isinstance(v, Mapping):
         return "{" + ", ".join(f"{key_token(k)} = {_value(x)}" for k, x in v.items()) + "}"
     return json.dumps(str(v))
+
+
+OVERRIDE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+=")
+"""`section.key=value` after the spec file(s): an override, not a file."""
+
+
+def split_args(args: list[str], *, files: bool) -> tuple[list[str], list[str]]:
+    """(spec files, overrides) of a command's positional arguments. Where no file may come (after plan's spec),
+    and for an `a=b` that names no file (`finetune=1`), a non-override is named as a mistyped override at once."""
+    given = [a for a in args if not OVERRIDE.match(a)]
+    odd = [a for a in given if not files or ("=" in a and not os.path.exists(a))]
+    if odd:
+        raise SpecError([Problem(f"<override> {a}", "", "must be section.key=value, e.g. finetune.lr=3e-4")
+                         for a in odd])
+    return given, [a for a in args if OVERRIDE.match(a)]

@@ -162,11 +162,11 @@ def _fmt_elapsed(seconds: float) -> str:
 def driver(paths: RunPaths, jobs: Jobs) -> tuple[int, bool]:
     """pid of the latest local driver and whether it, or a task it started, still runs this run (not merely a
     process that now has its number: `procs`)."""
-    pids = [int(s.job_id.split(":")[1]) for s in jobs.submissions if s.job_id.startswith("local:")]
-    if not pids:
+    subs = [s for s in jobs.submissions if s.job_id.startswith("local:")]
+    if not subs:
         return 0, False
-    finished = paths.local_done_json.exists()
-    return pids[-1], (not finished) and procs.alive(pids[-1], paths.root, pid_alive(pids[-1]))
+    pid, finished = int(subs[-1].job_id.split(":")[1]), paths.local_done_json.exists()
+    return pid, (not finished) and procs.alive(pid, paths.root, subs[-1].time, pid_alive(pid))
 
 
 def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bool, alive: bool,
@@ -243,7 +243,8 @@ class LocalBackend:
             raise HarnessError(Problem("cancel", "stage", "a local run is cancelled as a whole (one driver runs "
                                                           "every stage)"))
         pid, alive = driver(paths, jobs)
-        stopped = alive and procs.stop(pid, paths.root, pid_alive(pid))  # the driver's session holds its tasks
+        recorded = max((s.time for s in jobs.submissions if s.job_id == f"local:{pid}"), default=0.0)
+        stopped = alive and procs.stop(pid, paths.root, recorded, pid_alive(pid))  # its session holds its tasks
         _mark_cancelled(paths, plan)
         return f"run {paths.run_id}: local driver {pid} {'stopped' if stopped else 'was not running'}"
 
