@@ -66,7 +66,8 @@ def test_good_spec_passes_every_check_on_the_local_cluster(tmp_path: Path, slurm
     assert "pass  run.workdir, assets.hf_home: free space for ~" in out
     assert "skip  model.checkpoint: checkpoint tensors fit model.preset: no checkpoint (model.checkpoint = '': " \
            "random init)" in out
-    assert out.strip().splitlines()[-1].endswith("22 passed, 0 failed, 4 skipped")
+    assert "pass  data.split: test split to generate from: 3 usable input(s) split 1/1/1" in out
+    assert out.strip().splitlines()[-1].endswith("23 passed, 0 failed, 4 skipped")
 
 
 def test_missing_partition_is_named_by_its_key(tmp_path: Path, slurm_cluster: str) -> None:
@@ -163,6 +164,16 @@ def test_inputs_not_readable(tmp_path: Path, no_slurm: None) -> None:
     assert p.returncode == 2
     want = f"fail  data.videos: inputs cannot be listed: '{tmp_path}/nope' is not a directory"
     assert lines(p.stdout, "fail") == [want]
+
+
+def test_an_empty_test_split_is_a_failure_when_infer_reads_it(tmp_path: Path, no_slurm: None) -> None:
+    """Two inputs split [8, 1, 3] leave none for the test split that infer generates from (infer.inputs = '')."""
+    spec = write_spec(tmp_path)
+    (tmp_path / "videos" / "c2.mp4").unlink()
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2
+    assert lines(p.stdout, "fail") == ["fail  data.split: test split to generate from: 2 usable input(s) split 1/1/0; "
+                                       "the test split is empty: add inputs or set infer.inputs"]
 
 
 def test_paths_read_after_training_are_checked_before_the_queue(tmp_path: Path, no_slurm: None) -> None:

@@ -132,6 +132,13 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("extension-without-dot", BASE.replace("\n", "\nextensions = ['mp4']\n", 1), "data.extensions"),
     ("warmup-over-max-steps", BASE + "[finetune]\nmax_steps = 30\nwarmup_steps = 100\n", "finetune.warmup_steps"),
     ("sweep-empty", BASE + "[sweep]\n", "sweep"),
+    ("test-split-zero", BASE.replace("\n", "\nsplit = [8, 1, 0]\n", 1), "data.split"),
+    ("tokenbench-frames-over-video", BASE + "[video]\nnum_frames = 9\nwidth = 64\nheight = 48\n[evaluate]\n"
+     "protocol = 'tokenbench'\n", "evaluate.tokenbench_frames"),
+    ("tokenize-cuda-no-gpu", BASE + "[tokenize]\ndevice = 'cuda'\n", "tokenize.device"),
+    ("time-under-the-warning-signal", BASE + "[tokenize]\ntime_min = 1\n", "tokenize.time_min"),
+    ("v2w-infer-inputs-not-jsonl", '[run]\nrecipe = "video2world"\n[model]\npreset = "tiny-v2w"\n[data]\n'
+     'jsonl = "a.jsonl"\n[infer]\ninputs = "/imgs"\n', "infer.inputs"),
     ("env-secret-hf", BASE + "[container]\nenv = { HF_TOKEN = 'hf_x' }\n", "container.env.HF_TOKEN"),
     ("env-secret-wandb", BASE + "[container]\nenv = { WANDB_API_KEY = 'k' }\n", "container.env.WANDB_API_KEY"),
     ("env-secret-aws", BASE + "[container]\nenv = { aws_secret_access_key = 'k' }\n",

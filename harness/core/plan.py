@@ -23,7 +23,7 @@ from harness.core import tokens, trainplan
 from harness.core.errors import HarnessError
 from harness.core.image import CacheState, ImageCache
 from harness.core.spec import InferSection, Resources, RunSpec
-from harness.core.stages import IMPORT_IMAGE, STAGES, DependencyKind, StageDef
+from harness.core.stages import IMPORT_IMAGE, SIGNAL_DELAY_S, STAGES, DependencyKind, StageDef
 from harness.core.trainplan import TrainingPlan
 from harness.core.trainplan import (
     checkpoint_steps as checkpoint_steps,  # re-exported: render and the bench read it here
@@ -60,7 +60,7 @@ class SlurmResources:
     mem_gb: int
     constraint: str
     array_throttle: int
-    signal_delay_s: int = 90
+    signal_delay_s: int = SIGNAL_DELAY_S
     sbatch_extra: tuple[str, ...] = ()
 
 
@@ -226,7 +226,7 @@ def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts, importing: bo
         nodes=section.nodes, ntasks_per_node=ntasks, gpus_per_node=section.gpus_per_node,
         cpus_per_task=section.cpus_per_task, mem_gb=section.mem_gb, constraint=section.constraint,
         array_throttle=section.array_throttle, sbatch_extra=section.sbatch_extra,
-        signal_delay_s=spec.finetune.signal_delay_s if ranks else 90)
+        signal_delay_s=spec.finetune.signal_delay_s if ranks else SIGNAL_DELAY_S)
     size = max(1, facts.max_array_size)
     chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if row.array else ((0, 1),)
     depends: tuple[Dependency, ...] = (Dependency(row.after, row.dependency),) if row.after and row.dependency \

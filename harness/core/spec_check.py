@@ -16,7 +16,7 @@ from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.secretenv import is_secret
 from harness.core.sections import RunSpec, data_parallel
-from harness.core.stages import IN_CONTAINER
+from harness.core.stages import IN_CONTAINER, SIGNAL_DELAY_S
 from harness.core.stages import STAGES as STAGE_ROWS
 
 
@@ -31,6 +31,7 @@ def cross_check(spec: RunSpec) -> list[Problem]:
     out += _check_container(spec)
     out += _check_paths(spec)
     out += _check_sbatch_extra(spec)
+    out += _check_stage_fit(spec)
     return [Problem(spec.source, k, m) for k, m in out]
 
 
@@ -221,3 +222,26 @@ def wandb_installed() -> bool:
     """Whether this environment can import wandb: the submitting machine's answer stands for the compute nodes,
     which run the same environment (or container)."""
     return importlib.util.find_spec("wandb") is not None
+
+
+def _check_stage_fit(spec: RunSpec) -> list[tuple[str, str]]:
+    """Values valid one by one that a stage would fail on (or quietly misuse) together, known from the spec."""
+    out, d, i, e = [], spec.data, spec.infer, spec.evaluate
+    if not i.inputs and len(d.split) == 3 and d.split[2] == 0:
+        out.append(("data.split", f"= {list(d.split)}: the test weight is 0 and infer.inputs is '', so infer would "
+                                  f"have nothing to generate from; give the test split a weight or set infer.inputs"))
+    if spec.video2world and i.inputs and not i.inputs.endswith(".jsonl"):
+        out.append(("infer.inputs", f"= {i.inputs!r}: Video2World generates from a prompt: give a .jsonl of "
+                                    f"{{\"prompt\", \"visual_input\"}} lines (or '' for the test split)"))
+    if e.protocol != "aligned" and e.tokenbench_frames > spec.video.num_frames:
+        out.append(("evaluate.tokenbench_frames", f"= {e.tokenbench_frames}: more than the {spec.video.num_frames} "
+                                                  f"frames a video has (video.num_frames); every pair would fail"))
+    if spec.tokenize.device == "cuda" and spec.tokenize.gpus_per_node == 0:
+        out.append(("tokenize.device", "= 'cuda' but tokenize.gpus_per_node = 0: the tasks would get no GPU"))
+    for row in STAGE_ROWS:
+        section = getattr(spec, row.section)
+        delay = spec.finetune.signal_delay_s if row.name == "finetune" else SIGNAL_DELAY_S
+        if section.time_min * 60 <= delay:
+            out.append((f"{row.section}.time_min", f"= {section.time_min}: not longer than the {delay} s warning "
+                                                   f"signal before the limit, which would requeue the task at once"))
+    return out

@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+SIGNAL_DELAY_S = 90
+"""Seconds of SIGUSR2 warning before the time limit for the stages without a spec key for it (finetune's is
+finetune.signal_delay_s): what submitit checkpoints and requeues on."""
+
 Shape = Literal["one", "shards", "checkpoints", "ranks"]
 """Slurm shape: one task; an array over tokenize shards; an array over checkpoints x input shards; one task of
 nodes x ranks (requeued on preemption, with finetune.signal_delay_s warning)."""

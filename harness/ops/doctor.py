@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from harness.core import footprint
 from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
-from harness.core.plan import Plan, StagePlan
+from harness.core.plan import Plan, StagePlan, split_counts
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 from harness.launch import slurmcli
@@ -318,6 +318,11 @@ def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list
             out.append(Check("pass", k, "first input readable", first.path))
         except OSError as e:
             out.append(Check("fail", k, "first input readable", f"{first.path}: {e.strerror}"))
+    if not spec.infer.inputs and first is not None:  # infer generates from the test split
+        sizes = split_counts(len(items) - len(bad), spec.data.split)
+        out.append(Check("fail" if not sizes[2] else "pass", "data.split", "test split to generate from",
+                         f"{len(items) - len(bad)} usable input(s) split {sizes[0]}/{sizes[1]}/{sizes[2]}" +
+                         ("; the test split is empty: add inputs or set infer.inputs" if not sizes[2] else "")))
     return out
 
 
