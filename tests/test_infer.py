@@ -253,3 +253,14 @@ def test_baseline_step_0_is_the_pretrained_model_or_a_seeded_random_init(
     assert same(first, run(random, tmp_path / "d", 0))
     other = run(specs.build(d, greedy, {"run": {"seed": 99}}), tmp_path / "e", 0)
     assert not same(first, other) and not same(first, base)
+
+
+def test_output_names_stay_unique_when_a_rename_meets_another_inputs_own_name() -> None:
+    """Inputs a/x.mp4, b/x.mp4 and x-1.mp4 (a recursive folder): the second x must not become x-1, the third
+    input's own name, or one generation overwrites the other (and a resume skips it as done)."""
+    from harness.stages.infer import InferInput, _unique_names
+
+    got = [i.name for i in _unique_names([InferInput(n, f"/s/{k}/{n}.mp4") for k, n in enumerate(["x", "x", "x-1"])])]
+    assert got == ["x", "x-2", "x-1"]
+    got = [i.name for i in _unique_names([InferInput("x", f"/s/{k}.mp4") for k in range(3)])]
+    assert got == ["x", "x-1", "x-2"]

@@ -120,14 +120,20 @@ def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInpu
 
 
 def _unique_names(items: list[InferInput]) -> list[InferInput]:
-    seen: dict[str, int] = {}
+    """Output stems unique within a checkpoint's folder: a repeated stem gets `-k`, the first k not taken by any
+    input's own stem or an earlier rename (inputs x, x, x-1 become x, x-2, x-1, never two files x-1.mp4)."""
+    taken = {it.name for it in items}
+    used: set[str] = set()
     out = []
     for it in items:
-        k = seen.get(it.name, 0)
-        seen[it.name] = k + 1
-        if k:
-            it = InferInput(f"{it.name}-{k}", it.source, it.image, it.prompt, it.context_tokens,
-                            it.prompt_embedding, it.prompt_length)
+        name, k = it.name, 0
+        while name in used or (name != it.name and name in taken):  # another input's own stem stays its own
+            k += 1
+            name = f"{it.name}-{k}"
+        used.add(name)
+        if name != it.name:
+            it = InferInput(name, it.source, it.image, it.prompt, it.context_tokens, it.prompt_embedding,
+                            it.prompt_length)
         out.append(it)
     return out
 
