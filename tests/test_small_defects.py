@@ -132,3 +132,16 @@ def test_validate_names_an_override_without_its_section(capsys: pytest.CaptureFi
 
     assert cli.main(["validate", str(REPO / "configs" / "quickstart.toml"), "finetune=1"]) == 2
     assert capsys.readouterr().err.strip() == "<override> finetune=1: must be section.key=value, e.g. finetune.lr=3e-4"
+
+
+def test_the_local_executor_refuses_a_stage_of_several_nodes(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """One machine cannot start a second node's ranks: finetune would fail 'needs 2 ranks, but 1 were started'."""
+    import specs
+    from harness import cli
+
+    (tmp_path / "clips").mkdir()
+    spec = specs.write(tmp_path / "run.toml", specs.TINY, {"data": {"videos": str(tmp_path / "clips")},
+                                                           "finetune": {"nodes": 2}})
+    assert cli.main(["plan", str(spec), "--executor", "local"]) == 2
+    assert "finetune.nodes = 2: the local executor runs on this machine" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from harness.core import campaign, estimate, footprint, overrides, sweep, tokenc
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_text
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, Problem
 from harness.core.explain import FactSources, origins
 from harness.core.paths import RunPaths
 from harness.core.tokencache import CacheUse
@@ -108,6 +108,8 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
     """The executor, the inputs and the cluster's numbers, in that order (a submit with unreadable inputs stops
     before any cluster query). `num_inputs` replaces listing (`harness plan --num-inputs`)."""
     choice = choose_executor(requested, planning=purpose == "plan", why_not=why_not)
+    if choice.executor == "local":
+        _one_node(spec, choice)
     items: list[InputItem] | None = None
     why = ""
     notes: list[str] = []
@@ -162,6 +164,17 @@ def _count(spec: spec_mod.RunSpec, notes: list[str]) -> int:
         notes.append(f"{inputs.data_key(spec)}: {len(bad)} of {n} input(s) unusable (first: {bad[0].error}); "
                      f"tokenize skips them and merge lists them")
     return n
+
+
+def _one_node(spec: spec_mod.RunSpec, choice: Choice) -> None:
+    """The local executor is this machine: a stage asking for several nodes would start one rank set and fail."""
+    from harness.core.stages import STAGES
+
+    wide = [row.section for row in STAGES if getattr(spec, row.section).nodes > 1]
+    if wide:
+        n = getattr(spec, wide[0]).nodes
+        why = f"= {n}: the local executor runs on this machine ({choice.reason}), one node; use 1 or a Slurm cluster"
+        raise HarnessError(Problem(spec.source, f"{wide[0]}.nodes", why))
 
 
 def cluster_facts(spec: spec_mod.RunSpec, choice: Choice, num_inputs: int
