@@ -142,6 +142,6 @@ def test_the_local_executor_refuses_a_stage_of_several_nodes(tmp_path: Path,
 
     (tmp_path / "clips").mkdir()
     spec = specs.write(tmp_path / "run.toml", specs.TINY, {"data": {"videos": str(tmp_path / "clips")},
-                                                           "finetune": {"nodes": 2}})
+                                                           "finetune": {"nodes": 2, "global_batch_size": 2}})
     assert cli.main(["plan", str(spec), "--executor", "local"]) == 2
     assert "finetune.nodes = 2: the local executor runs on this machine" in capsys.readouterr().err
