@@ -139,6 +139,8 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("time-under-the-warning-signal", BASE + "[tokenize]\ntime_min = 1\n", "tokenize.time_min"),
     ("v2w-infer-inputs-not-jsonl", '[run]\nrecipe = "video2world"\n[model]\npreset = "tiny-v2w"\n[data]\n'
      'jsonl = "a.jsonl"\n[infer]\ninputs = "/imgs"\n', "infer.inputs"),
+    ("encoder-repo-of-another-compression", BASE + "[tokenizer]\nencoder = 'nvidia/Cosmos-0.1-Tokenizer-DV8x16x16'\n",
+     "a 8x16x16 tokenizer, but tokenizer.compression = [4, 8, 8]"),
     ("env-secret-hf", BASE + "[container]\nenv = { HF_TOKEN = 'hf_x' }\n", "container.env.HF_TOKEN"),
     ("env-secret-wandb", BASE + "[container]\nenv = { WANDB_API_KEY = 'k' }\n", "container.env.WANDB_API_KEY"),
     ("env-secret-aws", BASE + "[container]\nenv = { aws_secret_access_key = 'k' }\n",

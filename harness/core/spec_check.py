@@ -236,6 +236,13 @@ def _check_stage_fit(spec: RunSpec) -> list[tuple[str, str]]:
     if e.protocol != "aligned" and e.tokenbench_frames > spec.video.num_frames:
         out.append(("evaluate.tokenbench_frames", f"= {e.tokenbench_frames}: more than the {spec.video.num_frames} "
                                                   f"frames a video has (video.num_frames); every pair would fail"))
+    named = {k: tuple(map(int, m.groups())) for k, v in (("tokenizer.encoder", spec.tokenizer.encoder),
+                                                          ("tokenizer.decoder", spec.tokenizer.decoder))
+             if (m := re.search(r"-DV(\d+)x(\d+)x(\d+)$", v))}
+    for key, comp in named.items():  # upstream names each DV repo by its compression (Cosmos-0.1-Tokenizer-DV4x8x8)
+        if comp != tuple(spec.tokenizer.compression):
+            out.append((key, f"= {getattr(spec.tokenizer, key.split('.')[1])!r}: a {'x'.join(map(str, comp))} "
+                             f"tokenizer, but tokenizer.compression = {list(spec.tokenizer.compression)}"))
     if spec.tokenize.device == "cuda" and spec.tokenize.gpus_per_node == 0:
         out.append(("tokenize.device", "= 'cuda' but tokenize.gpus_per_node = 0: the tasks would get no GPU"))
     for row in STAGE_ROWS:
