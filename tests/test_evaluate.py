@@ -11,6 +11,7 @@ import pytest
 
 import specs
 from harness.core.atomic import atomic_write_json
+from harness.core.errors import HarnessError
 from harness.core.evalrecords import Failure
 from harness.core.paths import RunPaths
 from harness.core.plan import checkpoint_steps
@@ -135,6 +136,23 @@ def test_stage_writes_eval_json(tmp_path: Path, dirs: tuple[Path, Path, np.ndarr
     assert out["mean"]["psnr"] == v["psnr"]
     with pytest.raises(Exception, match="checkpoints"):
         evaluate.run(spec, 2, paths)
+
+
+def test_a_shard_whose_every_pair_failed_fails_its_task(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]) -> None:
+    """A pair that cannot be scored is a note while others score; when none scores, the task fails (its result
+    still written for the report) instead of reading COMPLETED with no metric at all."""
+    ref, _, clip = dirs
+    spec = specs.build({"data": {"videos": str(ref)}, "finetune": {"max_steps": 4, "save_every": 2},
+                        "evaluate": {"backend": "skimage", "reference": str(ref)}})
+    paths = RunPaths(tmp_path / "run")
+    step = checkpoint_steps(spec.finetune)[1]
+    out_dir = paths.infer_dir(step)
+    out_dir.mkdir(parents=True)
+    (out_dir / "clip.mp4").write_bytes(b"not a video")
+    with pytest.raises(HarnessError, match=r"evaluate\[1\]: all 1 pair\(s\) failed under protocol 'aligned'"):
+        evaluate.run(spec, 1, paths)
+    out = json.loads(paths.eval_json(step).read_text())
+    assert out["videos"] == [] and [f["name"] for f in out["failed"]] == ["clip"]
 
 
 def test_thread_pool_equals_serial(dirs: tuple[Path, Path, np.ndarray]) -> None:

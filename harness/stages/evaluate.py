@@ -321,3 +321,8 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
                                  selected)
     atomic_write_json(paths.eval_json(step, t.key),
                       ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), main, tuple(others)).to_json())
+    for result in (main, *others):
+        if result.failed and not result.videos:  # kept on disk for the report; the task itself failed
+            first = result.failed[0]
+            raise HarnessError(f"evaluate[{task}]: all {len(result.failed)} pair(s) failed under protocol "
+                               f"{result.protocol!r}, first {first.name}: {first.error}")
