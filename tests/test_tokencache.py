@@ -46,11 +46,11 @@ def clips(tmp_path: Path) -> list[InputItem]:
 def test_each_input_of_the_key_changes_it_and_training_keys_do_not(tmp_path: Path, clips: list[InputItem]) -> None:
     base = _key(tmp_path, clips)
     assert _key(tmp_path, clips, {"run": {"name": "other"}, "finetune": {"lr": 3e-3}, "infer": {"max_inputs": 3},
-                                  "model": {"checkpoint": "org/other"}}) == base
+                                  "model": {"checkpoint": "org/other"}, "tokenize": {"device": "cpu"}}) == base
     changed = [{"tokenizer": {"encoder": "org/other-dv"}}, {"assets": {"revisions": {synth.TOKENIZER_REPO: "abc"}}},
                {"tokenizer": {"compression": [4, 16, 16]}}, {"video": {"width": 64}}, {"video": {"height": 64}},
                {"video": {"num_frames": 17}}, {"video": {"resize": "area"}}, {"data": {"split": [5, 1, 1]}},
-               {"run": {"seed": 1}}]
+               {"run": {"seed": 1}}, {"tokenize": {"device": "cuda", "gpus_per_node": 1}}]
     keys = [_key(tmp_path, clips, layer) for layer in changed]
     assert len({base, *keys}) == len(changed) + 1
     assert tokencache.key_of(cache.key_inputs(_spec(tmp_path), clips, 3)) != base  # the shard layout

@@ -31,10 +31,18 @@ def key_inputs(spec: spec_mod.RunSpec, inputs_digest: str, encoder_id: str, shar
         "format": TOKENIZE_FORMAT, "inputs": inputs_digest, "encoder": encoder_id,
         "compression": list(spec.tokenizer.compression), "video": [v.width, v.height, v.num_frames],
         "resize": v.resize, "recipe": spec.run.recipe, "split": list(spec.data.split), "seed": spec.run.seed,
-        "shards": shards}
+        "shards": shards, "encoder_on": encoder_device(spec)}
     if spec.video2world:
         d["text_encoder"] = [spec.model.text_encoder, spec.model.text_encoder_dtype]
     return d
+
+
+def encoder_device(spec: spec_mod.RunSpec) -> str:
+    """Where tokenize encodes, as far as the spec says: the DV encoder runs in bf16 on a GPU and in fp32 on a
+    CPU (upstream's dtypes), and the tokens may differ by a code here and there, so the two are different
+    entries. `auto` encodes on the GPU a task is given."""
+    t = spec.tokenize
+    return "cuda" if t.device == "cuda" or (t.device == "auto" and t.gpus_per_node > 0) else "cpu"
 
 
 def key_of(inputs: dict[str, Any]) -> str:
