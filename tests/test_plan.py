@@ -322,3 +322,13 @@ def test_baseline_adds_step_0_to_infer_and_evaluate_only() -> None:
         assert p.stage("infer").tasks == len(p.eval_steps) * 7
         first, last = plan.infer_task(p.spec, 0), plan.infer_task(p.spec, p.stage("infer").tasks - 1)
         assert (first.step, first.shard, last.step, last.shard) == (0 if on else 25, 0, 100, 6)
+
+
+def test_a_step_larger_than_the_training_split_is_a_plan_warning() -> None:
+    """Planned with its inputs counted, a global batch above the training split's size is said before the run
+    (the finetune log said it only after the queue)."""
+    spec = specs.build({"data": {"videos": "x"}, "finetune": {"global_batch_size": 64}})
+    warned = [w for w in plan.build(spec, plan.Facts(num_inputs=12)).warnings if "global_batch_size" in w]
+    assert warned == ["finetune.global_batch_size = 64 is more than the 10 training video(s) of 12 input(s): every "
+                      "step repeats videos"]
+    assert not [w for w in plan.build(spec, plan.Facts(num_inputs=200)).warnings if "global_batch_size" in w]

@@ -249,3 +249,12 @@ def test_container_tasks_of_a_cached_run_mount_the_entry(tmp_path: Path) -> None
     args = render.container_args(plan_mod.build(spec, plan_mod.Facts(num_inputs=4)), paths, Path("/src"), [])
     mounts = next(a for a in args if a.startswith("--container-mounts=")).split("=", 1)[1].split(",")
     assert f"{paths.cache}:{paths.cache}" in mounts and f"{paths.shared}:{paths.shared}" in mounts
+
+
+def test_a_video2world_key_follows_the_prompt_encoders_revision() -> None:
+    """The prompt embeddings are tokenize's output too: a pinned T5 revision is a different entry."""
+    base = specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": "/x.jsonl"}})
+    pinned = specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": "/x.jsonl"},
+                                                 "assets": {"revisions": {synth.TEXT_ENCODER_REPO: "abc"}}})
+    keys = {tokencache.key_of(tokencache.key_inputs(s, "inputs", "encoder", 2)) for s in (base, pinned)}
+    assert len(keys) == 2

@@ -214,7 +214,15 @@ def build(spec: RunSpec, facts: Facts) -> Plan:
                    if row.name != IMPORT_IMAGE or importing)
     tm = spec.token_math
     return Plan(spec=resolved, stages=stages, token_math=tm, training=training, num_inputs=facts.num_inputs,
-                warnings=tuple(tokens.warnings(tm)), image=image)
+                warnings=tuple(tokens.warnings(tm)) + _batch_warnings(spec, facts.num_inputs), image=image)
+
+
+def _batch_warnings(spec: RunSpec, num_inputs: int) -> tuple[str, ...]:
+    """A step that takes more videos than the training split holds repeats videos within the step."""
+    train = split_counts(num_inputs, spec.data.split)[0] if num_inputs > 0 else 0
+    gbs = spec.finetune.global_batch_size
+    return (f"finetune.global_batch_size = {gbs} is more than the {train} training video(s) of {num_inputs} "
+            f"input(s): every step repeats videos",) if 0 < train < gbs else ()
 
 
 def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts, importing: bool) -> StagePlan:

@@ -33,7 +33,8 @@ def key_inputs(spec: spec_mod.RunSpec, inputs_digest: str, encoder_id: str, shar
         "resize": v.resize, "recipe": spec.run.recipe, "split": list(spec.data.split), "seed": spec.run.seed,
         "shards": shards, "encoder_on": encoder_device(spec)}
     if spec.video2world:
-        d["text_encoder"] = [spec.model.text_encoder, spec.model.text_encoder_dtype]
+        t5 = spec.model.text_encoder
+        d["text_encoder"] = [t5, spec.model.text_encoder_dtype, spec.assets.revisions.get(t5, "main")]
     return d
 
 
