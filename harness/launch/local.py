@@ -159,14 +159,19 @@ def _fmt_elapsed(seconds: float) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _latest(jobs: Jobs) -> tuple[int, float]:
+    """(pid, when jobs.json recorded it) of the latest local driver; (0, 0.0) when none was started."""
+    subs = [s for s in jobs.submissions if s.job_id.startswith("local:")]
+    return (int(subs[-1].job_id.split(":")[1]), subs[-1].time) if subs else (0, 0.0)
+
+
 def driver(paths: RunPaths, jobs: Jobs) -> tuple[int, bool]:
     """pid of the latest local driver and whether it, or a task it started, still runs this run (not merely a
     process that now has its number: `procs`)."""
-    subs = [s for s in jobs.submissions if s.job_id.startswith("local:")]
-    if not subs:
+    pid, recorded = _latest(jobs)
+    if not pid:
         return 0, False
-    pid, finished = int(subs[-1].job_id.split(":")[1]), paths.local_done_json.exists()
-    return pid, (not finished) and procs.alive(pid, paths.root, subs[-1].time, pid_alive(pid))
+    return pid, not paths.local_done_json.exists() and procs.alive(pid, paths.root, recorded, pid_alive(pid))
 
 
 def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bool, alive: bool,
@@ -243,8 +248,7 @@ class LocalBackend:
             raise HarnessError(Problem("cancel", "stage", "a local run is cancelled as a whole (one driver runs "
                                                           "every stage)"))
         pid, alive = driver(paths, jobs)
-        recorded = max((s.time for s in jobs.submissions if s.job_id == f"local:{pid}"), default=0.0)
-        stopped = alive and procs.stop(pid, paths.root, recorded, pid_alive(pid))  # its session holds its tasks
+        stopped = alive and procs.stop(pid, paths.root, _latest(jobs)[1], pid_alive(pid))  # its session: its tasks
         _mark_cancelled(paths, plan)
         return f"run {paths.run_id}: local driver {pid} {'stopped' if stopped else 'was not running'}"
 

@@ -82,8 +82,9 @@ def stop(pgid: int, root: Path, recorded: float, fallback: bool, grace_s: float 
     found = members(pgid, root, recorded)
     if found is None and fallback:
         _signal(pgid, signal.SIGTERM)
+        return True
     if not found:
-        return bool(found is None and fallback)
+        return False
     _signal(pgid, signal.SIGTERM)
     deadline = time.monotonic() + (GRACE_S if grace_s is None else grace_s)
     while members(pgid, root, recorded) and time.monotonic() < deadline:

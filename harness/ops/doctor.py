@@ -319,9 +319,10 @@ def input_checks(spec: RunSpec, items: list[InputItem] | None, why: str) -> list
         except OSError as e:
             out.append(Check("fail", k, "first input readable", f"{first.path}: {e.strerror}"))
     if not spec.infer.inputs and first is not None:  # infer generates from the test split
-        sizes = split_counts(len(items) - len(bad), spec.data.split)
+        usable = len(items) - len(bad)
+        sizes = split_counts(usable, spec.data.split)
         out.append(Check("fail" if not sizes[2] else "pass", "data.split", "test split to generate from",
-                         f"{len(items) - len(bad)} usable input(s) split {sizes[0]}/{sizes[1]}/{sizes[2]}" +
+                         f"{usable} usable input(s) split {sizes[0]}/{sizes[1]}/{sizes[2]}" +
                          ("; the test split is empty: add inputs or set infer.inputs" if not sizes[2] else "")))
     return out
 
