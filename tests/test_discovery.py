@@ -18,6 +18,7 @@ from harness.core import plan
 from harness.core import spec as spec_mod
 from harness.core.paths import RunPaths
 from harness.launch import slurm
+from harness.lib import inputs as listing
 from harness.ops import inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,15 +35,18 @@ def _touch(root: Path, rel: str) -> Path:
     return p
 
 
-def test_walk_follows_file_links_not_directory_links_and_flags_broken_ones(tmp_path: Path) -> None:
+def test_walk_follows_links_once_and_flags_broken_ones(tmp_path: Path) -> None:
     root = tmp_path / "v"
     for rel in ["a.mp4", "sub/b.MOV", "sub/deep/c.mkv", ".mp4", "x.mp4.bak", "notes.txt"]:
         _touch(root, rel)
     outside = _touch(tmp_path / "elsewhere", "o.mp4")
     _touch(tmp_path / "elsewhere", "d/inner.mp4")
     (root / "link.mp4").symlink_to(outside)                       # a link to a file is an input
-    (root / "dirlink").symlink_to(tmp_path / "elsewhere" / "d")   # a linked directory is not walked
-    (root / "loop").symlink_to(root)                              # ... so a cycle cannot hang the walk
+    (root / "dirlink").symlink_to(tmp_path / "elsewhere" / "d")   # a linked directory is walked ...
+    (root / "zlink").symlink_to(tmp_path / "elsewhere" / "d")     # ... once, links in path order: the later
+                                                                  # one is reported
+    (root / "loop").symlink_to(root)                              # a cycle is reported, cannot hang the walk
+    (root / "a-sub").symlink_to(root / "sub")                     # a link into the tree: the real path wins
     (root / "gone.mp4").symlink_to(tmp_path / "missing.mp4")      # broken: listed with an error
     _touch(root, "folder.mp4/hidden.mp4")                         # a directory named like a video: reported,
     os.mkfifo(root / "pipe.webm")                                 # not searched; special file: an error
@@ -50,16 +54,18 @@ def test_walk_follows_file_links_not_directory_links_and_flags_broken_ones(tmp_p
     (root / "dirlink.mp4").symlink_to(tmp_path / "elsewhere" / "d")
     items = inputs.discover(_spec(videos=str(root)))
     rels = [os.path.relpath(it.path, root) for it in items]
-    assert rels == ["a.mp4", "dirlink.mp4", "folder.mp4", "gone.mp4", "link.mp4", "loop.mp4", "pipe.webm",
-                    "sub/b.MOV", "sub/deep/c.mkv"]
+    assert rels == ["a-sub", "a.mp4", "dirlink.mp4", "dirlink/inner.mp4", "folder.mp4", "gone.mp4",
+                    "link.mp4", "loop", "loop.mp4", "pipe.webm", "sub/b.MOV", "sub/deep/c.mkv", "zlink"]
     errors = {os.path.relpath(it.path, root): it.error for it in items if it.error}
-    assert errors == {"dirlink.mp4": "a symlink to a directory (not followed)",
+    again = "a symlink to a directory already searched (not searched again)"
+    assert errors == {"a-sub": again, "zlink": again, "loop": again,
+                      "dirlink.mp4": "a directory named like a video: not an input, and not searched",
                       "folder.mp4": "a directory named like a video: not an input, and not searched",
                       "gone.mp4": "broken symlink",
                       "loop.mp4": "cannot read: Too many levels of symbolic links",
                       "pipe.webm": "not a regular file (a pipe, socket or device)"}
-    assert [it.index for it in items] == list(range(9)) and all(os.path.isabs(it.path) for it in items)
-    assert inputs.count(_spec(videos=str(root))) == 9
+    assert [it.index for it in items] == list(range(13)) and all(os.path.isabs(it.path) for it in items)
+    assert inputs.count(_spec(videos=str(root))) == 13
 
 
 def test_walk_does_not_stat_each_file(tmp_path: Path) -> None:
@@ -107,6 +113,24 @@ def test_manifest_text_and_jsonl(tmp_path: Path) -> None:
     assert items[2].error.startswith("line 3: missing key: path")
     assert items[3].error.startswith("line 4: bad value: path = 5, must be a non-empty string")
     assert items[4].error.startswith("line 5: not a JSON object")
+
+
+def test_a_byte_order_mark_and_unnormalised_duplicates(tmp_path: Path) -> None:
+    """Some editors start a UTF-8 file with a byte-order mark: it is not part of the first path or line. A
+    Video2World jsonl naming one file as ./v/a.mp4 and v/../v/a.mp4 lists it once (else the same clip could
+    land in the training and the test split)."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    text = tmp_path / "list.txt"
+    text.write_bytes("\ufeffv/a.mp4\n".encode("utf-8"))
+    (item,) = inputs.discover(_spec(manifest=str(text)))
+    assert item.path == str(tmp_path / "v" / "a.mp4") and item.error is None
+    jl = tmp_path / "prompts.jsonl"
+    lines = [{"prompt": "p", "visual_input": "./v/a.mp4"}, {"prompt": "q", "visual_input": "v/../v/a.mp4"}]
+    jl.write_bytes(("\ufeff" + "".join(json.dumps(x) + "\n" for x in lines)).encode("utf-8"))
+    first, second = listing.from_jsonl(jl)
+    assert first.path == str(tmp_path / "v" / "a.mp4") and first.error is None
+    assert second.error == "line 2: duplicate visual_input: first on line 1"
 
 
 def test_manifest_that_cannot_be_read_is_one_error_naming_the_key(tmp_path: Path) -> None:

@@ -149,7 +149,7 @@ def test_a_shard_whose_every_pair_failed_fails_its_task(tmp_path: Path, dirs: tu
     out_dir = paths.infer_dir(step)
     out_dir.mkdir(parents=True)
     (out_dir / "clip.mp4").write_bytes(b"not a video")
-    with pytest.raises(HarnessError, match=r"evaluate\[1\]: all 1 pair\(s\) failed under protocol 'aligned'"):
+    with pytest.raises(HarnessError, match=r"evaluate\[1\]: no video compared under protocol 'aligned' \(1 failed"):
         evaluate.run(spec, 1, paths)
     out = json.loads(paths.eval_json(step).read_text())
     assert out["videos"] == [] and [f["name"] for f in out["failed"]] == ["clip"]
@@ -241,3 +241,63 @@ def test_cli_start_up_imports_only_what_evaluate_needs(tmp_path: Path, dirs: tup
         assert "PSNR" in p.stdout  # the table; the JSON goes to GENERATED/evaluate.json
         assert json.loads((gen / "evaluate.json").read_text())["mean"]["psnr"] is not None
     assert list(cache.rglob("*.nbi")), "numba wrote no cache index under NUMBA_CACHE_DIR"
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def _generated(gen: Path, name: str, source: Path) -> None:
+    _touch(gen / f"{name}.mp4")
+    side = media.Sidecar(reference=str(source), reference_frames=(0,), context_frames=0)
+    atomic_write_json(media.sidecar_path(gen / f"{name}.mp4"), side.to_json())
+
+
+def test_references_are_found_by_the_source_not_the_output_name(tmp_path: Path) -> None:
+    """evaluate.reference is searched as inputs are (recursively): infer renames the second sub/b/same.mp4 to
+    same-1 and dup.mov to dup-1, which no reference is named; their sources' paths under the inputs find
+    them. A source outside the inputs' folder matches the only reference of its name; a name two references
+    share matches neither."""
+    inputs, ref, gen = tmp_path / "in", tmp_path / "ref", tmp_path / "gen"
+    for rel in ("sub/a/same.mp4", "sub/b/same.mp4", "dup.mp4", "dup.mov"):
+        _touch(inputs / rel)
+        _touch(ref / rel)
+    _touch(ref / "deep" / "solo.mp4")
+    _touch(ref / "x" / "twice.mp4")
+    _touch(ref / "y" / "twice.mp4")
+    for name, source in (("same", inputs / "sub/a/same.mp4"), ("same-1", inputs / "sub/b/same.mp4"),
+                         ("dup", inputs / "dup.mp4"), ("dup-1", inputs / "dup.mov"),
+                         ("solo", tmp_path / "elsewhere" / "solo.mp4"), ("twice", tmp_path / "e" / "twice.mp4")):
+        _generated(gen, name, source)
+    spec = specs.build({"data": {"videos": str(inputs)}, "infer": {"inputs": str(inputs)},
+                        "evaluate": {"reference": str(ref)}})
+    pairs, missing_ref, missing_gen = evaluate.stage_pairs(spec, gen, ["dup", "dup-1", "same", "same-1", "solo",
+                                                                       "twice", "never"])
+    assert {p.name: Path(p.reference).relative_to(ref).as_posix() for p in pairs} == {
+        "same": "sub/a/same.mp4", "same-1": "sub/b/same.mp4", "dup": "dup.mp4", "dup-1": "dup.mov",
+        "solo": "deep/solo.mp4"}
+    assert missing_ref == ["twice"] and missing_gen == ["never"]
+
+
+def test_a_shard_that_compared_nothing_fails_and_names_why(tmp_path: Path, dirs: tuple[Path, Path, np.ndarray]
+                                                           ) -> None:
+    """No reference found for any generated video (or infer skipped every input) leaves no video in any mean:
+    the task fails with the reason instead of reading COMPLETED; infer's skips are the result's failures."""
+    ref, _, clip = dirs
+    empty = tmp_path / "empty-ref"
+    empty.mkdir()
+    spec = specs.build({"data": {"videos": str(ref)}, "finetune": {"max_steps": 4, "save_every": 2},
+                        "evaluate": {"backend": "skimage", "reference": str(empty)}})
+    paths = RunPaths(tmp_path / "run")
+    step = checkpoint_steps(spec.finetune)[1]
+    write_generated(paths.infer_dir(step) / "clip.mp4", clip[:17], list(range(17)))
+    atomic_write_json(paths.infer_manifest(step), {"names": ["clip", "bad"], "skipped": {"bad": "empty file"}})
+    with pytest.raises(HarnessError, match=r"evaluate\[1\]: no video compared under protocol 'aligned' \(1 failed, "
+                                           r"first bad: infer skipped this input: empty file; no reference for 1, "
+                                           r"first clip\)"):
+        evaluate.run(spec, 1, paths)
+    out = json.loads(paths.eval_json(step).read_text())
+    assert out["missing_reference"] == ["clip"] and out["missing_generated"] == []
+    assert out["failed"] == [{"name": "bad", "error": "infer skipped this input: empty file"}]

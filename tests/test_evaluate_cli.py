@@ -85,3 +85,19 @@ def test_nothing_to_compare_and_an_unwritable_out_are_refused_before_any_work(tm
     assert cli.main(["synth", "--out", str(keep)]) == 2
     assert cli.main(["plan", str(REPO / "configs" / "quickstart.toml"), "--out", str(keep)]) == 2
     assert keep.read_text() == '{"kept": true}'
+
+
+def test_every_pair_failing_is_an_error_with_the_reasons(tmp_path: Path) -> None:
+    """Pairs that match by name but none can be compared (here a reference that is no video) end in exit 2,
+    after a note per pair, and a JSON already at --out is kept."""
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    write_mp4(gen / "alpha.mp4", smooth_clip(9, 48, 64, 0), 25, crf=4)
+    (ref / "alpha.mp4").write_bytes(b"not a video")
+    keep = gen / "evaluate.json"
+    keep.write_text('{"kept": true}')
+    p = run_cli("evaluate", "--reference", str(ref), "--generated", str(gen), cwd=tmp_path)
+    assert p.returncode == 2 and "no pair could be compared: all 1 failed" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "note: failed: alpha:" in p.stdout
+    assert keep.read_text() == '{"kept": true}'

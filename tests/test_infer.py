@@ -264,3 +264,35 @@ def test_output_names_stay_unique_when_a_rename_meets_another_inputs_own_name() 
     assert got == ["x", "x-2", "x-1"]
     got = [i.name for i in _unique_names([InferInput("x", f"/s/{k}.mp4") for k in range(3)])]
     assert got == ["x", "x-1", "x-2"]
+
+
+def test_output_names_are_never_hidden_nor_too_long() -> None:
+    """A dot-named input (.x.mp4) must not give a hidden output evaluate passes over, and a 240-byte name must leave
+    room for the temp, sidecar and report names (255 bytes a name): long names keep their start and a hash."""
+    from harness.stages.infer import NAME_BYTES, output_stem
+
+    assert output_stem(Path("/d/.hid.mp4")) == "hid" and output_stem(Path("/d/..mp4")) == "video"
+    long_a, long_b = "長" * 80 + "a", "長" * 80 + "b"
+    a, b = output_stem(Path(f"/d/{long_a}.mp4")), output_stem(Path(f"/d/{long_b}.mp4"))
+    assert a != b and a.startswith("長" * 30) and len(a.encode()) <= NAME_BYTES and len(b.encode()) <= NAME_BYTES
+    assert output_stem(Path("/d/plain name.mov")) == "plain name"
+
+
+def test_an_unreadable_input_is_skipped_with_its_reason(run_dir: tuple[spec_mod.RunSpec, RunPaths],
+                                                        tmp_path: Path) -> None:
+    """One empty or cut-short file among the inputs costs its own video, not the task (and with it the
+    shard's evaluation at every checkpoint): `readable` keeps the others and says why."""
+    from harness.stages.infer import InferInput, readable
+
+    spec, _ = run_dir
+    good = sorted(Path(spec.infer.inputs).glob("*.mp4"))[0]
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "cut.mp4").write_bytes(good.read_bytes()[:300])
+    batch = [InferInput("good", str(good)), InferInput("zero", str(tmp_path / "zero.mp4")),
+             InferInput("cut", str(tmp_path / "cut.mp4"))]
+    skipped: dict[str, str] = {}
+    kept, clips = readable(spec, batch, skipped)
+    assert [it.name for it in kept] == ["good"] and list(clips) == ["good"]
+    assert clips["good"].shape == (spec.token_math.context_frames(spec.infer.context_latent_frames), 48, 64, 3)
+    assert sorted(skipped) == ["cut", "zero"] and "empty file" in skipped["zero"]
+    assert str(tmp_path / "cut.mp4") in skipped["cut"]

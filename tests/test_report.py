@@ -423,3 +423,40 @@ def test_report_of_a_slurm_run_where_slurm_is_gone_builds_from_the_run_directory
     doc = json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())
     failed = {(f["stage"], f["task"]) for f in doc["failures"]}
     assert ("stage-assets", 0) not in failed and ("finetune", 0) in failed
+
+
+def test_videos_in_no_mean_and_shards_without_inputs_are_named(tmp_path: Path) -> None:
+    """A pair that failed, a video with no reference, one not generated (or skipped by infer) are in no mean:
+    the report names each with why, beside the means; a shard infer had no inputs for (the test split came out
+    shorter than planned) is a missing shard that says so, not a shard counted with 0 videos."""
+    (tmp_path / "videos").mkdir()
+    text = spec_text(tmp_path, {"infer": {"max_inputs": 6, "inputs_per_task": 3, "inputs": "/data/eval"}})
+    (tmp_path / "run.toml").write_text(text)
+    spec = spec_mod.absolutize(spec_mod.load(tmp_path / "run.toml"), tmp_path)
+    plan = plan_mod.build(spec, plan_mod.Facts(num_inputs=12))
+    paths = new_run_dir(tmp_path / "runs", "rep")
+    for c, step in enumerate(plan.checkpoint_steps):
+        for k in range(2):
+            t = plan_mod.infer_task(plan.spec, plan_mod.infer_task_index(plan.spec, c, k))
+            videos = [{"name": f"v{i}", "psnr": 20.0 + i, "ssim": 0.5} for i in range(t.start, t.stop)]
+            doc: dict = {"step": step, "shard": k, "videos": videos, "mean": {"psnr": 21.0, "videos": 3}}
+            if (step, k) == (30, 1):
+                doc = {"step": step, "shard": k, "videos": [], "mean": {"videos": 0}, "failed": []}
+            if (step, k) == (40, 0):
+                doc = {**doc, "videos": videos[:1], "failed": [{"name": "v1", "error": "infer skipped this input: "
+                                                                                       "empty file"}],
+                       "missing_reference": ["v2"], "missing_generated": ["v9"]}
+            atomic_write_json(paths.eval_json(step, t.key), doc)
+    rep = report.build(paths, plan.spec, [], plan.training)
+    assert [(u.step, u.video, u.why) for u in rep.uncompared] == [
+        (40, "v1", "failed: infer skipped this input: empty file"), (40, "v2", "no reference found"),
+        (40, "v9", "not generated")]
+    (empty,) = rep.missing_shards
+    assert (empty.step, empty.shard, empty.why) == (30, 1, report.EMPTY_SHARD)
+    by_step = {c.step: c for c in rep.checkpoints}
+    assert (by_step[30].videos, by_step[30].shards) == (3, 1) and by_step[40].videos == 4
+    md = (report.markdown(rep))
+    assert "## videos not compared (3, in no mean)" in md and "| 40 | v2 | no reference found |" in md
+    assert "no inputs: the input list ended before this shard" in md
+    assert report.to_json(rep)["uncompared"][0] == {"step": 40, "video": "v1",
+                                                    "why": "failed: infer skipped this input: empty file"}

@@ -26,7 +26,7 @@ def _umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone the umask allows
         with os.fdopen(fd, "wb") as f:
@@ -37,6 +37,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temp_prefix(name: str, limit: int = 100) -> str:
+    """A hidden temp file's name prefix for target `name`, from at most `limit` bytes of it (whole UTF-8
+    characters): the temp name adds ~18 bytes and a file name may have 255, so a long target name must not make
+    its temp name impossible."""
+    return "." + name.encode("utf-8")[:limit].decode("utf-8", "ignore") + "."
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -99,9 +99,11 @@ class VideoSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    videos: str = opt("", "directory of input videos, searched recursively (recipe = base)")
-    manifest: str = opt("", "instead of data.videos: a file listing the videos, one path a line (or .jsonl with a "
-                            "\"path\" key); relative paths are relative to it; nothing is listed or stat-ed")
+    videos: str = opt("", "directory of input videos, searched recursively, symlinked folders followed once "
+                          "(recipe = base)")
+    manifest: str = opt("", "instead of data.videos: a file listing the videos, one path a line, # starts a comment "
+                            "line (write ./#x.mp4 for such a name), or .jsonl with a \"path\" key; relative paths "
+                            "are relative to it; nothing is listed or stat-ed")
     jsonl: str = opt("", 'Video2World jsonl: one {"prompt", "visual_input"} per line')
     split: tuple[int, ...] = opt([10, 1, 1], "train, validation, test weights", min=0, max=1_000_000)
     extensions: tuple[str, ...] = opt([".mp4", ".mov", ".avi", ".mkv", ".webm"], "video file suffixes")
@@ -217,7 +219,9 @@ class InferSection(Resources):
 
 @dataclass(frozen=True)
 class EvaluateSection(Resources):
-    reference: str = opt("", "reference videos, matched by file name ('' = the infer inputs)")
+    reference: str = opt("", "folder of reference videos, searched recursively: a generated video's is the file at "
+                             "its source's path under the inputs' folder, else the only one of its source's name "
+                             "('' = the source itself)")
     backend: MetricBackend = opt("auto", "fast (vectorized, GPU if present) or skimage (reference)")
     metrics: tuple[Metric, ...] = opt(list(metrics_table.NAMES), "metrics computed, written and reported: "
                                       + ", ".join(metrics_table.NAMES))

@@ -106,8 +106,9 @@ def _manifest_entry(line: str, as_json: bool) -> tuple[str | None, str | None]:
 
 
 def _read(path: Path) -> str:
+    """The text of a listing; a UTF-8 byte-order mark (some editors write one) is not part of its first line."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise HarnessError(f"= {str(path)!r}: cannot read ({e.__class__.__name__}: {getattr(e, 'strerror', e)})") \
             from None
@@ -154,7 +155,7 @@ def _parse_line(line: str, base: Path) -> tuple[str | None, str | None, str | No
         return None, None, "bad value: prompt and visual_input must be strings, visual_input non-empty"
     p = Path(video).expanduser()
     p = p if p.is_absolute() else base / p
-    return str(p.absolute()), prompt, None
+    return os.path.normpath(p.absolute()), prompt, None  # a/../a/x.mp4 and ./a/x.mp4 are one video
 
 
 def reason_kind(reason: str) -> str:

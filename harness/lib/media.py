@@ -5,7 +5,7 @@ so the input discovery, the infer stage and the evaluate stage agree on what a v
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,48 +24,83 @@ def suffixes(extensions: Iterable[str]) -> frozenset[str]:
 def walk(root: str, exts: frozenset[str]) -> tuple[list[str], dict[str, str]]:
     """(relative paths of regular files, {relative path: why it is no input} of other entries) whose suffix is in
     `exts`, under `root`, unsorted. One `scandir` per directory and no `stat` per file: `DirEntry.is_dir/is_file`
-    read the d_type the directory listing already returned (a stat happens only for symlinks and on filesystems
-    that report no d_type). Symlinked directories are not followed (no cycles); a symlink to a file is a file.
-    One entry that cannot be read (a symlink loop, a dangling link, a directory that refuses listing, a directory
-    named like a video) is reported with its reason and the walk goes on: one bad entry never blocks a run."""
-    files: list[str] = []
-    other: dict[str, str] = {}
-    suffixes = tuple(exts)
-    stack = [""]
-    while stack:
-        rel = stack.pop()
+    read the d_type the directory listing already returned (a stat happens per directory, for symlinks, and on
+    filesystems that report no d_type). Symlinked directories are followed (datasets are often linked in) after
+    the real tree, in path order, each real directory searched once: a link to a directory already searched (a
+    cycle, a second link) is reported, not followed, and every file keeps one deterministic path. One entry that
+    cannot be read (a symlink loop, a dangling link, a directory that refuses listing, a directory named like a
+    video) is reported with its reason and the walk goes on: one bad entry never blocks a run."""
+    w = _Walk(root, tuple(exts))
+    try:
+        top = os.stat(root)
+    except OSError as err:
+        raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
+    w.seen.add((top.st_dev, top.st_ino))
+    while w.stack or w.links:
+        if not w.stack:
+            w.follow_next_link()
+            continue
+        rel = w.stack.pop()
         try:
             with os.scandir(root + "/" + rel if rel else root) as it:
                 for e in it:
-                    _entry(e, rel, suffixes, files, other, stack)
+                    w.entry(e, rel)
         except OSError as err:
             if not rel:
                 raise HarnessError(f"= {root!r}: cannot list {err.filename} ({err.strerror})") from None
-            other[rel.rstrip("/")] = f"directory not listed: {err.strerror}"
-    return files, other
+            w.other[rel.rstrip("/")] = f"directory not listed: {err.strerror}"
+    return w.files, w.other
 
 
-def _entry(e: os.DirEntry[str], rel: str, suffixes: tuple[str, ...], files: list[str], other: dict[str, str],
-           stack: list[str]) -> None:
-    name = e.name
-    video_name = name.lower().endswith(suffixes) and name.rfind(".") > 0
-    if e.is_dir(follow_symlinks=False):
-        if video_name:
-            other[rel + name] = "a directory named like a video: not an input, and not searched"
-        else:
-            stack.append(rel + name + "/")
-        return
-    if not video_name:
-        return
-    try:
-        if e.is_file():
-            files.append(rel + name)
-        elif e.is_dir():
-            other[rel + name] = "a symlink to a directory (not followed)"
-        else:
-            other[rel + name] = "broken symlink" if e.is_symlink() else "not a regular file (a pipe, socket or device)"
-    except OSError as err:  # a symlink loop (ELOOP), a path component refusing access
-        other[rel + name] = f"cannot read: {err.strerror}"
+@dataclass
+class _Walk:
+    root: str
+    suffixes: tuple[str, ...]
+    files: list[str] = field(default_factory=list)
+    other: dict[str, str] = field(default_factory=dict)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    """(device, inode) of every directory searched or queued."""
+    stack: list[str] = field(default_factory=lambda: [""])
+    links: list[str] = field(default_factory=list)
+    """Symlinked directories met, followed once the real tree is searched."""
+
+    def entry(self, e: os.DirEntry[str], rel: str) -> None:
+        name = e.name
+        video_name = name.lower().endswith(self.suffixes) and name.rfind(".") > 0
+        try:
+            if e.is_dir():  # a directory, or a symlink to one
+                if video_name:
+                    self.other[rel + name] = "a directory named like a video: not an input, and not searched"
+                elif e.is_symlink():
+                    self.links.append(rel + name)
+                else:
+                    st = e.stat()
+                    self.seen.add((st.st_dev, st.st_ino))
+                    self.stack.append(rel + name + "/")
+            elif not video_name:
+                return
+            elif e.is_file():
+                self.files.append(rel + name)
+            else:
+                self.other[rel + name] = ("broken symlink" if e.is_symlink()
+                                          else "not a regular file (a pipe, socket or device)")
+        except OSError as err:  # a symlink loop (ELOOP), a path component refusing access
+            if video_name or e.is_symlink():
+                self.other[rel + name] = f"cannot read: {err.strerror}"
+
+    def follow_next_link(self) -> None:
+        self.links.sort(reverse=True)
+        path = self.links.pop()
+        try:
+            st = os.stat(self.root + "/" + path)
+        except OSError as err:
+            self.other[path] = f"cannot read: {err.strerror}"
+            return
+        if (st.st_dev, st.st_ino) in self.seen:
+            self.other[path] = "a symlink to a directory already searched (not searched again)"
+            return
+        self.seen.add((st.st_dev, st.st_ino))
+        self.stack.append(path + "/")
 
 
 def files_under(root: Path, exts: Iterable[str]) -> list[Path]:

@@ -24,6 +24,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
+from harness.core.atomic import temp_prefix
 from harness.core.errors import HarnessError, Problem
 
 
@@ -203,7 +204,7 @@ def write_mp4(path: str | Path, frames: NDArray[np.uint8], fps: int, *, crf: int
     if h % 2 or w % 2:
         raise HarnessError(f"{path}: {w}x{h}: width and height must be even for yuv420p video")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=".mp4.tmp")
     os.close(fd)
     try:
         _encode(tmp, frames, fps, crf, fast_decode)

@@ -217,8 +217,13 @@ def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | N
         gens, refs = len(result["missing_reference"]), len(result["missing_generated"])
         raise HarnessError(Problem(generated, "--generated", f"nothing to compare: none of its {gens} video(s) "
                                                              f"has a namesake among the {refs} of {reference}"))
-    atomic_write_json(out, result)
     console = _console()
+    if not result["videos"]:  # every pair failed: say why, keep what --out holds, exit 2
+        for line in evaltable.problems(result):
+            console.print(f"[yellow]note:[/] {escape(line)}")
+        raise HarnessError(Problem(generated, "--generated", f"no pair could be compared: all "
+                                                             f"{len(result['failed'])} failed (notes above)"))
+    atomic_write_json(out, result)
     for one in (result, *result.get("other_protocols", [])):
         console.print(evaltable.table(one))
         for line in evaltable.problems(one):

@@ -41,6 +41,7 @@ from harness.report.records import (
     StageHours,
     Tokenize,
     Training,
+    Uncompared,
     mark_best,
 )
 from harness.report.tables import fmt, markdown, render, tables, to_json
@@ -164,6 +165,18 @@ def _other_means(shards: Sequence[ShardRecord], metrics: Sequence[str] | None
     return out
 
 
+def uncompared(evals: dict[int, list[ShardRecord]]) -> tuple[Uncompared, ...]:
+    """Every video of the read evaluate results that is in no mean of the main protocol, and why."""
+    out = []
+    for step in sorted(evals):
+        for rec in evals[step]:
+            r = rec.result
+            out += [Uncompared(step, f.name, f"failed: {f.error}") for f in r.failed]
+            out += [Uncompared(step, n, "no reference found") for n in r.missing_reference]
+            out += [Uncompared(step, n, "not generated") for n in r.missing_generated]
+    return tuple(out)
+
+
 def _read(path: Path, missing: list[str]) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -197,7 +210,7 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
                   missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val,
                   gpu_hours=tuple(gpu_hours),
                   retries=tuple(retries.run_lines(paths, [s.name for s in STAGES])),
-                  generation=generation_stats(paths, spec, checkpoint_steps))
+                  generation=generation_stats(paths, spec, checkpoint_steps), uncompared=uncompared(evals))
 
 
 def validation_curve(path: Path) -> tuple[tuple[int, float], ...]:
@@ -229,12 +242,26 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
     for step, k, task, key in infer_pairs(spec, checkpoint_steps):
         e = _read(paths.eval_json(step, key), missing)
         if isinstance(e, dict):
-            evals.setdefault(step, []).append(ShardRecord.from_json(e))
+            rec = ShardRecord.from_json(e)
+            if _empty(rec):
+                lost.append(MissingShard(step, k, task, EMPTY_SHARD))
+            else:
+                evals.setdefault(step, []).append(rec)
             continue
         why = [f"{st}[{task}] {f.get('state', '')}" + (f" ({f['reason']})" if f.get("reason") else "")
                for st in ("infer", "evaluate") if (f := known.get((st, task)))]
         lost.append(MissingShard(step, k, task, "; ".join(why) or "no result file"))
     return evals, lost
+
+
+EMPTY_SHARD = ("no inputs: the input list ended before this shard (fewer test videos than planned, e.g. inputs "
+               "that did not tokenize: the data summary names them)")
+
+
+def _empty(rec: ShardRecord) -> bool:
+    """A shard infer had nothing to give: no video, no failure, nothing missing."""
+    r = rec.result
+    return not (r.videos or r.failed or r.missing_reference or r.missing_generated)
 
 
 def infer_pairs(spec: RunSpec, checkpoint_steps: Sequence[int]) -> Iterator[tuple[int, int, int, int | None]]:

@@ -174,6 +174,16 @@ class MissingShard:
 
 
 @dataclass(frozen=True)
+class Uncompared:
+    """A video of an evaluated shard that is in no mean: its pair failed, it has no reference, it was not
+    generated, or infer skipped its input."""
+
+    step: int
+    video: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Report:
     run_id: str
     name: str
@@ -199,6 +209,7 @@ class Report:
     """One line per task retried after an infrastructure failure (`harness.core.retries.summary`)."""
     generation: Generation | None = None
     """What the infer tasks' manifests say of their generation (None: none read)."""
+    uncompared: tuple[Uncompared, ...] = ()
 
     @property
     def best(self) -> Checkpoint | None:

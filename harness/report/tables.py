@@ -89,6 +89,10 @@ def tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+UNCOMPARED_ROWS = 50
+"""Rows of the not-compared table in the printed and markdown report (report.json holds every one)."""
+
+
 def _cell(c: Checkpoint, key: str) -> str:
     """A criterion's value, marked `*` in the checkpoint that is the best by it."""
     v = fmt(c.criteria().get(key), "loss" if key == VAL_LOSS else key)
@@ -123,7 +127,17 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
     if rep.missing_shards:
         out.append(("missing shards (their videos are in no mean)", ["step", "shard", "infer/evaluate task", "why"],
                     [[str(m.step), str(m.shard), str(m.task), m.why] for m in rep.missing_shards]))
-    return out
+    return out + _uncompared_table(rep)
+
+
+def _uncompared_table(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The videos of evaluated shards that are in no mean, the first `UNCOMPARED_ROWS` of them."""
+    if not rep.uncompared:
+        return []
+    rows = [[str(u.step), u.video, u.why] for u in rep.uncompared[:UNCOMPARED_ROWS]]
+    if len(rep.uncompared) > len(rows):
+        rows.append(["", f"... {len(rep.uncompared) - len(rows)} more", "report.json lists them all"])
+    return [(f"videos not compared ({len(rep.uncompared)}, in no mean)", ["step", "video", "why"], rows)]
 
 
 def render(rep: Report, console: Console) -> None:
@@ -165,7 +179,8 @@ def to_json(rep: Report) -> dict[str, Any]:
                                  for k in dict.fromkeys(k for c in rep.checkpoints for k in sorted(c.best_of))},
             "gpu_hours": _hours_json(rep),
             "failures": list(rep.failures), "retries": list(rep.retries), "missing": list(rep.missing),
-            "missing_shards": [asdict(m) for m in rep.missing_shards]}
+            "missing_shards": [asdict(m) for m in rep.missing_shards],
+            "uncompared": [asdict(u) for u in rep.uncompared]}
 
 
 def _hours_json(rep: Report) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ SSIM kernel, the expensive part). Identical clips have infinite PSNR: JSON has n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections import deque
@@ -261,43 +262,87 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     return {"reference_dir": str(reference), "generated_dir": str(generated), **main.with_others(others)}
 
 
+class References:
+    """evaluate.reference, searched as inputs are (recursively, `media.walk`). A generated video's reference is
+    the file at its source's path relative to the inputs' folder (that suffix first, then any), else the only file
+    with its source's stem, else the only one with its own name: a renamed duplicate (x-2 from sub/b/x.mp4)
+    finds its source's namesake, and a stem two references share is no match rather than a guess."""
+
+    def __init__(self, root: Path) -> None:
+        if not root.is_dir():
+            raise HarnessError(f"evaluate.reference = {str(root)!r}: not a directory")
+        self.exact: dict[str, Path] = {}
+        self.by_rel: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        for p in media.files_under(root, (*media.VIDEO_SUFFIXES, *media.IMAGE_SUFFIXES)):
+            rel = p.relative_to(root)
+            self.exact[rel.as_posix()] = p
+            self.by_rel.setdefault(rel.with_suffix("").as_posix(), []).append(p)
+            self.by_stem.setdefault(p.stem, []).append(p)
+
+    def find(self, name: str, source: Path | None, inputs: Path | None) -> Path | None:
+        if source is not None and inputs is not None and source.is_relative_to(inputs):
+            rel = source.relative_to(inputs)
+            if rel.as_posix() in self.exact:
+                return self.exact[rel.as_posix()]
+            if len(same := self.by_rel.get(rel.with_suffix("").as_posix(), [])) == 1:
+                return same[0]
+        for stem in ([source.stem] if source is not None else []) + [name]:
+            if len(same := self.by_stem.get(stem, [])) == 1:
+                return same[0]
+        return None
+
+
+def _inputs_root(spec: RunSpec) -> Path | None:
+    """The folder the infer inputs were listed from (infer.inputs, else data.videos for the test split)."""
+    root = spec.infer.inputs or spec.data.videos
+    path = Path(root).expanduser().absolute() if root else None
+    return path if path is not None and path.is_dir() else None
+
+
 def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
                 ) -> tuple[list[Pair], list[str], list[str]]:
-    """Pairs of one checkpoint (or of the shard's `names` alone): the reference is evaluate.reference/<stem>.*
-    when set, else the sidecar's source, else infer.inputs/<stem>.*; returns (pairs, missing references,
-    missing generated)."""
+    """Pairs of one checkpoint (or of the shard's `names` alone): the reference is found in evaluate.reference
+    (`References`) when set, else it is the sidecar's source, else infer.inputs/<stem>.*; returns (pairs, missing
+    references, missing generated)."""
     gens = _videos(gen_dir)
     if names is not None:
         gens = {n: gens[n] for n in names if n in gens}
-    ref_dir = Path(spec.evaluate.reference).expanduser() if spec.evaluate.reference else None
-    if ref_dir is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
+    refs = References(Path(spec.evaluate.reference).expanduser()) if spec.evaluate.reference else None
+    if refs is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
         fallback = _videos(Path(spec.infer.inputs).expanduser())
     else:
         fallback = {}
-    refs = _videos(ref_dir) if ref_dir else {}
+    inputs = _inputs_root(spec)
     pairs, missing = [], []
     for stem, g in gens.items():
         side = media.Sidecar.read(media.sidecar_path(g)) if media.sidecar_path(g).is_file() else None
-        ref = refs.get(stem) if ref_dir else (Path(side.reference) if side else fallback.get(stem))
+        source = Path(side.reference) if side else None
+        ref = refs.find(stem, source, inputs) if refs is not None else (source or fallback.get(stem))
         if ref is None or not ref.is_file():
             missing.append(stem)
             continue
         pairs.append(Pair(stem, str(g), str(ref), side.reference_frames if side else None,
                           side.context_frames if side else 0))
-    expected = refs if names is None else {n: None for n in names}
-    return pairs, missing, [s for s in expected if s not in gens]
+    return pairs, missing, [n for n in names or () if n not in gens]
 
 
-def shard_names(paths: RunPaths, step: int, key: int | None, task: int) -> list[str] | None:
-    """The names infer[task] generated for its shard (None with one shard: the whole directory is the shard)."""
-    if key is None:
-        return None
+def infer_record(paths: RunPaths, step: int, key: int | None, task: int) -> tuple[list[str] | None, dict[str, str]]:
+    """What infer[task] was to generate for its shard and what it skipped ({name: why}, an unreadable input), from
+    its manifest. With one shard (key None) a run from before manifests named them has none: (None, {}), the
+    whole directory is the shard."""
     manifest = paths.infer_manifest(step, key)
     try:
-        return [str(n) for n in read_json(manifest)["names"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise HarnessError(f"{manifest}: no readable infer manifest for step {step} shard {key} "
-                           f"({e.__class__.__name__}); did infer[{task}] complete?") from None
+        raw = read_json(manifest)
+        return [str(n) for n in raw["names"]], {str(k): str(v) for k, v in (raw.get("skipped") or {}).items()}
+    except FileNotFoundError:
+        if key is None:
+            return None, {}
+        why = "FileNotFoundError"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = e.__class__.__name__
+    raise HarnessError(f"{manifest}: no readable infer manifest for step {step} shard {key} ({why}); "
+                       f"did infer[{task}] complete?")
 
 
 def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
@@ -308,21 +353,31 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
 
     t = infer_task(spec, task)
     step = t.step
-    selected = spec.evaluate.metrics
     gen_dir = paths.infer_dir(step)
-    names = shard_names(paths, step, t.key, task)
-    if names != [] and not gen_dir.is_dir():
+    names, skipped = infer_record(paths, step, t.key, task)
+    wanted = None if names is None else [n for n in names if n not in skipped]
+    if wanted != [] and not gen_dir.is_dir():
         raise HarnessError(f"{gen_dir}: no generated videos for checkpoint step {step}; did infer[{task}] run?")
-    pairs, missing_ref, missing_gen = stage_pairs(spec, gen_dir, names) if names != [] else ([], [], [])
+    pairs, missing_ref, missing_gen = stage_pairs(spec, gen_dir, wanted) if wanted != [] else ([], [], [])
     kind = metrics.resolve_backend(spec.evaluate.backend)
     device = metrics.default_device() if kind == "fast" else "cpu"
     workers = min(default_workers(), spec.evaluate.cpus_per_task)
-    main, *others = evaluate_all(pairs, spec_protocols(spec), kind, device, workers, missing_ref, missing_gen,
-                                 selected)
+    unread = tuple(Failure(n, f"infer skipped this input: {why}") for n, why in sorted(skipped.items()))
+    main, *others = (dataclasses.replace(r, failed=unread + r.failed) for r in evaluate_all(
+        pairs, spec_protocols(spec), kind, device, workers, missing_ref, missing_gen, spec.evaluate.metrics))
     atomic_write_json(paths.eval_json(step, t.key),
                       ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), main, tuple(others)).to_json())
     for result in (main, *others):
-        if result.failed and not result.videos:  # kept on disk for the report; the task itself failed
-            first = result.failed[0]
-            raise HarnessError(f"evaluate[{task}]: all {len(result.failed)} pair(s) failed under protocol "
-                               f"{result.protocol!r}, first {first.name}: {first.error}")
+        if not result.videos and (result.failed or result.missing_reference or result.missing_generated):
+            raise HarnessError(f"evaluate[{task}]: no video compared under protocol {result.protocol!r} "
+                               f"({_uncompared(result)}); the result is kept for the report")
+
+
+def _uncompared(result: EvalResult) -> str:
+    """Why a result compared nothing, for the task's error line."""
+    parts = [f"{len(result.failed)} failed, first {result.failed[0].name}: {result.failed[0].error}"
+             if result.failed else "",
+             f"no reference for {len(result.missing_reference)}, first {result.missing_reference[0]}"
+             if result.missing_reference else "",
+             f"{len(result.missing_generated)} not generated" if result.missing_generated else ""]
+    return "; ".join(p for p in parts if p)

@@ -21,6 +21,7 @@ dependency keeps resume, status and the evaluate pairing (aftercorr) as they are
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -80,10 +81,10 @@ def list_inputs(spec: RunSpec, paths: RunPaths, start: int = 0, stop: int | None
 def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
     if root.is_dir():
         files = media.files_under(root, (*spec.data.extensions, *IMAGE_SUFFIXES))
-        return [InferInput(p.stem, str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
+        return [InferInput(output_stem(p), str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
     if root.is_file() and root.suffix == ".jsonl":
         out = []
-        for n, line in enumerate(root.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(root.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -93,7 +94,8 @@ def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
                 raise HarnessError(f"{root}:{n}: infer.inputs line must be {{\"prompt\", \"visual_input\"}} "
                                    f"({e.__class__.__name__})") from None
             video = video if video.is_absolute() else root.parent / video
-            out.append(InferInput(video.stem, str(video.absolute()), video.suffix.lower() in IMAGE_SUFFIXES, prompt))
+            out.append(InferInput(output_stem(video), str(video.absolute()), video.suffix.lower() in IMAGE_SUFFIXES,
+                                  prompt))
         return out
     raise HarnessError(f"infer.inputs = {str(root)!r}: not a directory of videos/images nor a .jsonl file")
 
@@ -109,14 +111,30 @@ def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInpu
     for k, i in enumerate(ds.split("test")[: spec.infer.max_inputs]):
         doc = ds.document(i)
         if k not in keep:
-            out.append(InferInput(Path(doc["path"]).stem, doc["path"]))
+            out.append(InferInput(output_stem(Path(doc["path"])), doc["path"]))
             continue
         tokens = ds.tokens(i)
         video = tokens[1:1 + g.tokens] if ds.video2world else tokens[: g.tokens]
         emb = ds.prompt_embedding(i) if ds.video2world else None
-        out.append(InferInput(Path(doc["path"]).stem, doc["path"], False, None, video[:n_ctx].copy(), emb,
+        out.append(InferInput(output_stem(Path(doc["path"])), doc["path"], False, None, video[:n_ctx].copy(), emb,
                               ds.prompt_length(i) if ds.video2world else 0))
     return out
+
+
+NAME_BYTES = 120
+"""Longest output stem in bytes: `<name>.mp4`, its sidecar, temp files and the report's `<name>.generated.mp4`
+must stay within a file name's 255 bytes."""
+
+
+def output_stem(source: Path) -> str:
+    """An output name from a source's stem: no leading dot (a hidden file, which evaluate and file browsers pass
+    over), at most `NAME_BYTES` bytes (a longer one keeps its start and gains 8 hex digits of a hash of the whole
+    stem, so two long names stay apart)."""
+    stem = source.stem.lstrip(".") or "video"
+    raw = stem.encode("utf-8")
+    if len(raw) <= NAME_BYTES:
+        return stem
+    return raw[:NAME_BYTES - 9].decode("utf-8", "ignore") + "-" + hashlib.sha256(raw).hexdigest()[:8]
 
 
 def _unique_names(items: list[InferInput]) -> list[InferInput]:
@@ -191,20 +209,38 @@ def free_memory(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def _context_tokens(spec: RunSpec, batch: list[InferInput], encoder: Encoder) -> torch.Tensor:
-    from harness.lib.video import ClipShape, load_clip
+def readable(spec: RunSpec, batch: list[InferInput], skipped: dict[str, str]
+             ) -> tuple[list[InferInput], dict[str, np.ndarray]]:
+    """The batch's inputs whose context frames decode, with those frames (name -> clip); an input that does not
+    decode (empty, cut short, no video stream) goes into `skipped` with why, as tokenize skips it: one bad file
+    costs its own video, not the task's shard at every checkpoint. Every TP rank decides alike."""
+    from harness.lib.video import ClipShape, VideoError, load_clip
 
+    tm, v = spec.token_math, spec.video
+    shape = ClipShape(tm.context_frames(context_latents(spec, batch[0])), v.height, v.width, v.resize)
+    kept, clips = [], {}
+    for it in batch:
+        try:
+            if it.context_tokens is None:
+                clips[it.name] = load_clip(it.source, shape)
+            kept.append(it)
+        except VideoError as e:
+            skipped[it.name] = str(e)
+            log.warning("infer: skipping %s: %s", it.source, e)
+    return kept, clips
+
+
+def _context_tokens(spec: RunSpec, batch: list[InferInput], clips: dict[str, np.ndarray],
+                    encoder: Encoder) -> torch.Tensor:
     tm, v = spec.token_math, spec.video
     c = context_latents(spec, batch[0])
     rows = []
     to_encode = [it for it in batch if it.context_tokens is None]
     if to_encode:
-        shape = ClipShape(tm.context_frames(c), v.height, v.width, v.resize)
-        clips = np.stack([load_clip(it.source, shape) for it in to_encode])
-        idx = encoder.encode(clips)
+        idx = encoder.encode(np.stack([clips[it.name] for it in to_encode]))
         want = (len(to_encode), c, tm.grid.h, tm.grid.w)
         if tuple(idx.shape) != want:
-            raise HarnessError(f"tokenizer.encoder: {shape.frames}x{v.height}x{v.width} frames encode to "
+            raise HarnessError(f"tokenizer.encoder: {tm.context_frames(c)}x{v.height}x{v.width} frames encode to "
                                f"{list(idx.shape)[1:]} latents, expected {list(want)[1:]} for compression "
                                f"{list(spec.tokenizer.compression)}")
         encoded = iter(idx.reshape(len(to_encode), -1))
@@ -302,9 +338,13 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     tm, i = spec.token_math, spec.infer
     bov = 1 if spec.video2world else 0
     cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov, fp8=i.kv_cache == "fp8")
-    records = []
+    records: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
     for k, batch in enumerate(batches(spec, todo, batch_size(spec, model, len(todo), device))):
-        prompt = _context_tokens(spec, batch, encoder)
+        batch, clips = readable(spec, batch, skipped)
+        if not batch:
+            continue
+        prompt = _context_tokens(spec, batch, clips, encoder)
         n_ctx = prompt.shape[1]
         if bov:
             prompt = torch.cat([torch.full((len(batch), 1), BOV_ID, device=device, dtype=torch.int64), prompt], 1)
@@ -326,8 +366,9 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
             atomic_write_json(sidecar_path(mp4), side.to_json())
             write_mp4(mp4, video, spec.video.fps, fast_decode=True)
     if parallel.is_main():
-        _write_manifest(manifest, t, items, records, {"generated": len(todo), "grid": str(tm.grid),
-                                                      "device": str(device), "kv_cache": i.kv_cache})
+        _write_manifest(manifest, t, items, records, {"generated": len(todo) - len(skipped), "skipped": skipped,
+                                                      "grid": str(tm.grid), "device": str(device),
+                                                      "kv_cache": i.kv_cache})
     parallel.barrier()
 
 
