@@ -153,11 +153,13 @@ def test_baseline_rows_come_first_labelled(tmp_path: Path, capsys: pytest.Captur
         spec = read_json(p.spec_json)
         spec["infer"]["baseline"] = "on"
         atomic_write_json(p.spec_json, spec)
-        videos = [{"name": f"clip{i}.mp4", "psnr": 20.0, "ssim": 0.5} for i in range(2)]
-        atomic_write_json(p.eval_json(0), {"step": 0, "videos": videos, "mean": {"psnr": 20.0, "ssim": 0.5}})
+        videos = [{"name": f"clip{i}.mp4", "psnr": 99.0, "ssim": 0.99} for i in range(2)]
+        atomic_write_json(p.eval_json(0), {"step": 0, "videos": videos, "mean": {"psnr": 99.0, "ssim": 0.99}})
     rc, out, _ = _run(tmp_path, *(p.run_id for p in runs), capsys=capsys)
     assert rc == 0
     rows = _doc(out)["rows"]
     assert [(r["step"], r["label"]) for r in rows[:2]] == [(0, "0 (random initialisation)"), (10, "10")]
-    assert rows[5]["label"] == "0 (random initialisation)" and rows[0]["psnr"] == 20.0
+    assert rows[5]["label"] == "0 (random initialisation)" and rows[0]["psnr"] == 99.0
+    # the baseline scores highest here, yet it is compared against, never the best (as in each run's report)
+    assert rows[0]["best"] == [] == rows[5]["best"] and "psnr" in rows[3]["best"]
     assert "0 (random initialisation)" in out

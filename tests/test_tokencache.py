@@ -113,6 +113,18 @@ def _dead_pid() -> int:
     return p.pid
 
 
+def _complete(entry: CacheEntry, tokens: int = 0) -> None:
+    """What a finished merge leaves in an entry: the dataset's files (a summary of `tokens` tokens, their bytes)
+    and, last, the merge marker."""
+    data = RunPaths(entry.root)
+    data.dataset_dir.mkdir(parents=True, exist_ok=True)
+    data.dataset_summary.write_text(json.dumps({"tokens": tokens, "dtype": "uint16", "recipe": "base"}))
+    data.dataset_split.write_text("{}")
+    Path(f"{data.dataset_prefix}.bin").write_bytes(b"\0\0" * tokens)
+    Path(f"{data.dataset_prefix}.idx").write_bytes(b"idx")
+    mark_done(data, "merge", 0)
+
+
 def _claim(entry: CacheEntry, key: str, paths: RunPaths) -> tokencache.CacheUse:
     with cache.claimed(entry, key, {"k": 1}, paths) as use:
         pass
@@ -141,7 +153,7 @@ def test_entry_states_build_wait_stale_and_complete(tmp_path: Path) -> None:
     assert use3.mode == "build" and use3.stale == f"the build by {first.run_id} died"
     assert not (entry.root / "tokens").exists() and not RunPaths(entry.root).markers_dir("tokenize").exists()
     assert cache.read_claim(entry)["run"] == third.run_id  # type: ignore[index]  # a claim was just written
-    mark_done(RunPaths(entry.root), "merge", 0)
+    _complete(entry)
     use4 = _claim(entry, key, second)
     assert (use4.mode, use4.builder) == ("reuse", third.run_id)
     assert use4.line() == f"tokenize: reused {key[:16]} (built by {third.run_id})"
@@ -175,7 +187,7 @@ def test_plan_says_building_then_reused(tmp_path: Path, clips: list[InputItem]) 
     view = plan_ops.view(spec, got)
     assert f"tokenize: building into cache {got.cache.key16}" in view.summary
     entry = cache.entry_of(spec, got.cache.key)
-    mark_done(RunPaths(entry.root), "merge", 0)
+    _complete(entry)
     again = plan_ops.gather(spec, "local", "plan")
     assert again.cache is not None and again.cache.mode == "reuse"
     assert again.cache.line().startswith(f"tokenize: reused {got.cache.key16}")
@@ -189,7 +201,7 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     _claim(cache_entry(d, live), live, builder)
     finished = cache_entry(d, done)
     _claim(finished, done, _run(tmp_path, "done", _dead_pid()))
-    mark_done(RunPaths(finished.root), "merge", 0)
+    _complete(finished)
     cache.add_user(finished, builder, tokencache.CacheUse(done, "reuse", "x"))
     assert cli.main(["cache", "ls", "--cache-dir", str(d)]) == 0
     out = capsys.readouterr().out
@@ -202,6 +214,12 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     typo = done[:16] + "ff"  # shares the directory's 16 characters, but not the whole key
     assert cli.main(["cache", "rm", typo, "--cache-dir", str(d)]) == 2
     assert "matches no entry" in capsys.readouterr().err and finished.root.exists()
+    assert cli.main(["cache", "rm", done[:40], "--cache-dir", str(d)]) == 2  # a user run is still going
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run(s) {builder.run_id} still have tasks pending or running" in err
+    assert finished.root.exists()
+    _DRIVERS[0].kill()  # the user run's driver ends: nothing of it reads the entry any more
+    _DRIVERS[0].wait()
     assert cli.main(["cache", "rm", done[:40], "--cache-dir", str(d)]) == 0
     assert not finished.root.exists() and cache_entry(d, live).root.exists()
     assert cli.main(["cache", "rm", "zz", "--cache-dir", str(d)]) == 2
@@ -213,6 +231,26 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     (d / ("ab" * 8)).symlink_to(target)
     assert cli.main(["cache", "rm", "abab", "--cache-dir", str(d)]) == 2
     assert "symbolic link" in capsys.readouterr().err and (target / "entry.json").exists()
+
+
+def test_a_complete_entry_whose_dataset_is_damaged_is_built_again(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A token file cut short or gone (a user's cleanup, a full disk) must not be reused: every run of the key
+    would fail in finetune, and their merge would read COMPLETED. `cache ls` says so, a submit builds again."""
+    key = "9a" * 32
+    entry = cache_entry(tmp_path / "cache", key)
+    _claim(entry, key, _run(tmp_path, "b", _dead_pid()))
+    _complete(entry, tokens=10)
+    assert cache.inspect(entry, key).mode == "reuse"
+    data = RunPaths(entry.root)
+    Path(f"{data.dataset_prefix}.bin").write_bytes(b"\0" * 7)
+    assert cache.inspect(entry, key).mode == "build"
+    assert cli.main(["cache", "ls", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "damaged" in capsys.readouterr().out
+    Path(f"{data.dataset_prefix}.bin").unlink()
+    assert cache.damage(entry) == f"{data.dataset_prefix}.bin missing"
+    use = _claim(entry, key, _run(tmp_path, "again"))
+    assert use.mode == "build" and not entry.is_complete and not data.dataset_dir.exists()
 
 
 def test_the_slurm_backend_chains_a_reused_entry_on_its_own_stage_assets() -> None:

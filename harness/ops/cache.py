@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -36,6 +36,7 @@ from harness.core.spec import RunSpec
 from harness.launch.backend import ACTIVE, Submission, load_plan
 from harness.lib.inputs import InputItem
 from harness.ops.state import backend_for
+from harness.stages.dataset import merged_problem
 
 
 # ------------------------------------------------------------------------------------------ the key's facts
@@ -95,10 +96,10 @@ def builder_of(entry: CacheEntry) -> str:
         return ""
 
 
-def claim_live(claim: Mapping[str, Any]) -> bool:
-    """Whether the claiming run's tokenize or merge may still finish: a task pending or running (not one that
-    waits on a failed dependency) per the run's own backend."""
-    paths = rundir.open_run(Path(str(claim.get("root", ""))))
+def run_active(root: Path, stages: Collection[str] | None = None) -> bool:
+    """Whether the run at `root` may still work (in `stages`, or any stage): a task pending or running (not one
+    that waits on a failed dependency) per the run's own backend."""
+    paths = rundir.open_run(root)
     if not paths.is_run:
         return False  # a submit that died before recording its run: nothing of it can finish
     try:
@@ -107,14 +108,43 @@ def claim_live(claim: Mapping[str, Any]) -> bool:
     except (HarnessError, OSError, ValueError):
         return False
     return any(r.state in ACTIVE and "DependencyNeverSatisfied" not in r.reason
-               for name, rows in q.stages if name in CACHED_STAGES for r in rows)
+               for name, rows in q.stages if stages is None or name in stages for r in rows)
+
+
+def claim_live(claim: Mapping[str, Any]) -> bool:
+    """Whether the claiming run's tokenize or merge may still finish."""
+    return run_active(Path(str(claim.get("root", ""))), CACHED_STAGES)
+
+
+def live_users(entry: CacheEntry) -> list[str]:
+    """Runs recorded as using the entry that still have a task pending or running: they read its dataset."""
+    out = []
+    for p in sorted(entry.users_dir.glob("*.json")) if entry.users_dir.is_dir() else []:
+        try:
+            root = Path(str(read_json(p).get("root", "")))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if root != Path("") and run_active(root):
+            out.append(p.stem)
+    return out
+
+
+def damage(entry: CacheEntry) -> str | None:
+    """Why a complete entry cannot be used (a file of its dataset gone or cut short), None when it can."""
+    return merged_problem(RunPaths(entry.root)) if entry.is_complete else None
+
+
+def usable(entry: CacheEntry) -> bool:
+    return entry.is_complete and damage(entry) is None
 
 
 def inspect(entry: CacheEntry, key: str) -> tokencache.CacheUse:
-    """What a submit would do with the entry now (`harness plan`; submit decides again under the lock)."""
-    claim = read_claim(entry) if not entry.is_complete else None
+    """What a submit would do with the entry now (`harness plan`; submit decides again under the lock). A
+    complete entry whose dataset is damaged is built again, like a stale one."""
+    complete = usable(entry)
+    claim = read_claim(entry) if not complete else None
     live = claim is not None and claim_live(claim)
-    return tokencache.decide(key, entry.is_complete, str((claim or {}).get("run", "")), live, builder_of(entry))
+    return tokencache.decide(key, complete, str((claim or {}).get("run", "")), live, builder_of(entry))
 
 
 # ------------------------------------------------------------------------------------------ submit
@@ -193,6 +223,8 @@ class EntryRow:
     users: tuple[str, ...]
     claim: str
     """'' (no claim, or a complete entry), `live (run)` or `stale (run)`."""
+    damage: str = ""
+    """Why a complete entry's dataset is unusable (the next submit builds it again); '' when it is usable."""
 
 
 def _size(root: Path) -> int:
@@ -212,7 +244,7 @@ def row(entry: CacheEntry) -> EntryRow:
     claim = read_claim(entry) if not entry.is_complete else None
     state = "" if claim is None else f"{'live' if claim_live(claim) else 'stale'} ({claim.get('run', '')})"
     return EntryRow(entry.key16, _size(entry.root), entry.is_complete, builder_of(entry), max(stamps),
-                    tuple(p.stem for p in users), state)
+                    tuple(p.stem for p in users), state, damage(entry) or "")
 
 
 def entries(cache_dir: Path) -> list[CacheEntry]:
@@ -251,6 +283,10 @@ def remove(cache_dir: Path, key: str) -> CacheEntry:
         if claim is not None and claim_live(claim):
             raise HarnessError(Problem(str(entry.claim_json), "run",
                                        f"run {claim.get('run', '')} is still building this entry; cancel it first"))
+        busy = live_users(entry)
+        if busy:
+            raise HarnessError(Problem(str(entry.root), "KEY", f"run(s) {', '.join(busy)} still have tasks pending "
+                                                               "or running on this entry; wait or cancel them first"))
         shutil.rmtree(entry.root)
     return entry
 
@@ -276,7 +312,8 @@ def cmd_ls(cache_dir: Path, console: Console) -> int:
               title=escape(f"token cache {cache_dir}"), title_justify="left")
     for e in entries(cache_dir):
         r = row(e)
-        t.add_row(r.key16, footprint.human(r.size), "yes" if r.complete else "no", escape(r.builder or "-"),
+        done = f"damaged: {r.damage}" if r.damage else "yes" if r.complete else "no"
+        t.add_row(r.key16, footprint.human(r.size), escape(done), escape(r.builder or "-"),
                   time.strftime("%Y-%m-%d %H:%M", time.localtime(r.last_use)),
                   escape(f"{len(r.users)}: {', '.join(r.users)}" if r.users else "0"), escape(r.claim or "-"))
     console.print(t)

@@ -165,9 +165,11 @@ def criteria(metrics: Sequence[str]) -> tuple[str, ...]:
 
 
 def _mark_best(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
-    """Each key's best value over the rows (ties: every row holding it), in its direction."""
-    marks = best_marks([r.values for r in rows], keys)
-    return tuple(dataclasses.replace(r, best=m) for r, m in zip(rows, marks))
+    """Each key's best value over the checkpoint rows (ties: every row holding it), in its direction. Step 0, a
+    run's baseline (the weights before post-training), is compared against, never marked: as in each report."""
+    scored = [r for r in rows if r.step != 0]
+    marks = dict(zip((id(r) for r in scored), best_marks([r.values for r in scored], keys)))
+    return tuple(dataclasses.replace(r, best=marks.get(id(r), frozenset())) for r in rows)
 
 
 def compare(runs: Sequence[RunData]) -> Comparison:

@@ -126,14 +126,42 @@ class TokenDataset:
         return int(self._prompt_lengths[i])
 
 
+def merged_files(paths: RunPaths) -> tuple[Path, ...]:
+    prefix = paths.dataset_prefix
+    return paths.dataset_summary, paths.dataset_split, Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
+
+
+def merged_problem(paths: RunPaths) -> str | None:
+    """None when merge's outputs are all there and the token file holds the summary's token count (a cheap check,
+    no checksums: what a token cache needs before it hands an entry to another run); else what is wrong."""
+    missing = [p for p in merged_files(paths) if not p.is_file()]
+    if missing:
+        return f"{missing[0]} missing"
+    try:
+        summary = read_json(paths.dataset_summary)
+        want = int(summary["tokens"]) * np.dtype(summary.get("dtype", "uint16")).itemsize
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{paths.dataset_summary} unreadable ({e.__class__.__name__})"
+    got = Path(f"{paths.dataset_prefix}.bin").stat().st_size
+    if got != want:
+        return f"{paths.dataset_prefix}.bin holds {got} bytes, the summary's {summary['tokens']} tokens take {want}"
+    if summary.get("recipe") == "video2world":
+        gone = [p for p in (prompts_path(paths.dataset_prefix), prompt_lengths_path(paths.dataset_prefix))
+                if not p.is_file()]
+        if gone:
+            return f"{gone[0]} missing"
+    return None
+
+
 def open_dataset(paths: RunPaths) -> TokenDataset:
     """The merged dataset of a run (after merge); memory-mapped, cheap to open in every rank."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     prefix = paths.dataset_prefix
-    for p in (paths.dataset_summary, paths.dataset_split, Path(f"{prefix}.bin"), Path(f"{prefix}.idx")):
+    for p in merged_files(paths):
         if not p.is_file():
-            raise HarnessError(f"{p}: missing; run the merge stage first")
+            raise HarnessError(f"{p}: missing; run the merge stage first (a token-cache entry: `harness cache rm` "
+                               "it, and the next submit builds it again)")
     summary = read_json(paths.dataset_summary)
     split = json.loads(paths.dataset_split.read_text())
     index = IndexedDataset(str(prefix), mmap=True)
