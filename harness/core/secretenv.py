@@ -6,6 +6,15 @@ from __future__ import annotations
 
 SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 """The ones the harness itself reads: Hugging Face downloads (stage-assets only) and `harness sync`'s W&B upload."""
+HF_SECRETS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def stage_secrets(downloads: bool) -> tuple[str, ...]:
+    """The secrets a stage's tasks receive, under Slurm and on this machine alike: the Hugging Face token for the
+    stage that downloads, nothing for the rest (W&B runs offline in the tasks; `harness sync` uploads)."""
+    return HF_SECRETS if downloads else ()
+
+
 _WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "APIKEY"}
 _PAIRS = ("API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "AUTH_KEY")
 

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import submitit
 
@@ -23,6 +24,8 @@ from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths, is_done
 from harness.core.plan import Plan, StagePlan
 from harness.core.rundir import open_run, parsed, read_jobs
+from harness.core.secretenv import SECRETS, stage_secrets
+from harness.core.stages import stage as stage_def
 from harness.launch import procs
 from harness.launch.backend import (
     COMPLETED,
@@ -105,7 +108,7 @@ class _Driver:
         ex = submitit.LocalExecutor(folder=self.paths.logs(stage.name) / "%j")
         ex.update_parameters(timeout_min=r.time_min, tasks_per_node=r.ntasks_per_node * r.nodes,
                              nodes=1, gpus_per_node=r.gpus_per_node)
-        with ex.batch():
+        with _secrets_for(stage_def(stage.name).downloads), ex.batch():  # processes start as batch() ends
             jobs = [ex.submit(StageTask(str(self.paths.root), stage.name, t)) for t in tasks]
         for t, job in zip(tasks, jobs):
             st[str(t)] = attempt(st.get(str(t)), state="RUNNING", job_id=str(job.job_id), start=time.time(), reason="")
@@ -123,6 +126,28 @@ class _Driver:
             entry["end"] = time.time()
             entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
             self.save()
+
+
+_HELD: dict[str, str] = {}
+"""The driver's secrets, out of its environment (its task processes inherit that environment)."""
+
+
+def hold_secrets() -> None:
+    """Take the secrets out of the driver's environment, so that a task process gets only its stage's
+    (`stage_secrets`), as sbatch --export gives a Slurm job."""
+    _HELD.update({k: os.environ.pop(k) for k in SECRETS if k in os.environ})
+
+
+@contextmanager
+def _secrets_for(downloads: bool) -> Iterator[None]:
+    """The held secrets this stage receives, in the environment while its tasks are started."""
+    given = {k: _HELD[k] for k in stage_secrets(downloads) if k in _HELD}
+    os.environ.update(given)
+    try:
+        yield
+    finally:
+        for k in given:
+            os.environ.pop(k, None)
 
 
 def _until_done(job: "submitit.Job[Any]", poll_s: float = 0.05) -> None:
@@ -273,6 +298,7 @@ def _mark_cancelled(paths: RunPaths, plan: Plan) -> None:
 
 
 def main() -> None:
+    hold_secrets()
     paths = open_run(Path(sys.argv[1]))
     only_file = paths.local_only_json
     only = read_json(only_file) if only_file.exists() else None

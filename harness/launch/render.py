@@ -22,7 +22,7 @@ from submitit.slurm.slurm import SlurmJobEnvironment
 from harness.core import sbatch_options
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan, StagePlan, infer_shards
-from harness.core.secretenv import SECRETS
+from harness.core.secretenv import SECRETS, stage_secrets
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 from harness.core.trainplan import eval_steps
@@ -89,7 +89,7 @@ def export_env(stage: StagePlan) -> str:
     job's environment in the controller's state (and slurmdbd with AccountingStoreFlags=job_env) for the
     job's lifetime; `unset` in the script alone would leave the token there for every stage. Only
     stage-assets receives HF_TOKEN; no stage receives WANDB_API_KEY through Slurm."""
-    keep = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN") if stage_def(stage.name).downloads else ()
+    keep = stage_secrets(stage_def(stage.name).downloads)
     return ",".join(["ALL"] + [f"{k}=" for k in SECRETS if k not in keep])
 
 

@@ -1,0 +1,39 @@
+"""The local driver gives its task processes the secrets of their stage only, as `sbatch --export` does for a
+Slurm job: a real submitit LocalExecutor task process reads its own environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import submitit
+
+from harness.launch import local
+
+NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+
+
+def _in_a_task(tmp_path: Path, downloads: bool) -> dict[str, str | None]:
+    """Each secret as a task process started for such a stage reads it (`os.getenv` in that process)."""
+    ex = submitit.LocalExecutor(folder=tmp_path / f"logs-{downloads}")
+    ex.update_parameters(timeout_min=2)
+    with local._secrets_for(downloads), ex.batch():
+        jobs = [ex.submit(os.getenv, name) for name in NAMES]
+    return {name: job.result() for name, job in zip(NAMES, jobs)}
+
+
+@pytest.mark.timeout(120)
+def test_only_the_downloading_stage_gets_the_hugging_face_token(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("WANDB_API_KEY", "wb_secret")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(local, "_HELD", {})
+    local.hold_secrets()
+    assert "HF_TOKEN" not in os.environ and "WANDB_API_KEY" not in os.environ  # the driver holds them aside
+    assert _in_a_task(tmp_path, downloads=True) == {"HF_TOKEN": "hf_secret", "HUGGING_FACE_HUB_TOKEN": None,
+                                                    "WANDB_API_KEY": None}
+    assert _in_a_task(tmp_path, downloads=False) == {"HF_TOKEN": None, "HUGGING_FACE_HUB_TOKEN": None,
+                                                     "WANDB_API_KEY": None}
+    assert "HF_TOKEN" not in os.environ  # given back after the stage's tasks started
