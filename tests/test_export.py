@@ -39,6 +39,7 @@ from cosmos_util import make_run, make_spec
 from harness.cli import main
 from harness.core import plan as plan_mod
 from harness.core.models import PRESETS, ModelPreset
+from harness.core.paths import steps_in
 from harness.core.tokens import Grid
 from harness.launch.worker import run_task
 from harness.ops.plan import Choice
@@ -196,6 +197,9 @@ def check_formats(src: Path, tmp: Path, p: ModelPreset, grid: Grid, *extra: str,
     assert sorted(st) == sorted(up) and all(torch.equal(st[k], up[k]) for k in up)
     config = json.loads((tmp / "st" / "config.json").read_text())
     assert config["model"]["n_layers"] == p.num_layers and config["model"]["head_dim"] == p.kv_channels
+    from harness.core.atomic import file_mode  # as readable as the user's other files (safetensors writes 0600)
+
+    assert {f.stat().st_mode & 0o777 for f in (tmp / "st").rglob("*") if f.is_file()} == {file_mode()}
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -287,6 +291,14 @@ def test_refusals_are_one_line_exit_2(tmp_path: Path, tp2: tuple[Path, Any], cap
     assert "--to exists" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob(".out.partial-*"))
     (tmp_path / "out").rmdir()
+    (tmp_path / "afile").write_text("x")
+    for to, needle in ((tmp_path / "afile" / "sub", "--to: cannot be written into"),
+                       (ckpts / "step-00000099", "inside a checkpoints folder"),
+                       (tmp_path / "elsewhere" / "step-00000007", "named like a checkpoint")):
+        assert main(["export", str(ckpts), "--to", str(to), "--format", "pytorch", "--step", "1"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert steps_in(ckpts) == [1] and not (tmp_path / "elsewhere").exists()
     for damage in ("missing", "truncated"):  # complete by its marker, but a weights file lost or cut short since
         broken = tmp_path / damage / "step-00000001"
         shutil.copytree(ckpts / "step-00000001", broken)

@@ -23,12 +23,19 @@ def _umask() -> int:
     return 0o022
 
 
+def file_mode() -> int:
+    """The mode a plain `open` would give a new file under this umask: what temp-then-rename writes (mkstemp
+    makes 0600) and library writers (safetensors) set afterwards, so results on a shared filesystem are as
+    readable as the user's other files."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone the umask allows
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; results are for everyone the umask allows
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

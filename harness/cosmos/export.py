@@ -37,7 +37,7 @@ import torch
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 
-from harness.core.atomic import read_json
+from harness.core.atomic import file_mode, read_json
 from harness.core.errors import HarnessError
 from harness.core.models import MODEL_PREFIX, PRESETS, ModelPreset, checkpoint_shapes
 from harness.cosmos import config as cfg
@@ -302,6 +302,8 @@ def export(directory: Path, out: Path, fmt: Format, dtype: str = "bf16", extra: 
     tmp.mkdir(parents=True)
     try:
         n = _write(tmp, fmt, src, sd, dtype, extra)
+        for f in (f for f in tmp.rglob("*") if f.is_file()):
+            os.chmod(f, file_mode())  # safetensors writes 0600: weights on a shared filesystem are for others too
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

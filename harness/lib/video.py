@@ -24,7 +24,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
-from harness.core.atomic import temp_prefix
+from harness.core.atomic import file_mode, temp_prefix
 from harness.core.errors import HarnessError, Problem
 
 
@@ -205,6 +205,7 @@ def write_mp4(path: str | Path, frames: NDArray[np.uint8], fps: int, *, crf: int
         raise HarnessError(f"{path}: {w}x{h}: width and height must be even for yuv420p video")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=".mp4.tmp")
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         _encode(tmp, frames, fps, crf, fast_decode)

@@ -133,9 +133,21 @@ def _context(req: Request, chosen: Chosen) -> Path | None:
     return _pretrained_context(chosen.run) or (own if (own / "io.json").is_file() else None)
 
 
+def check_to(to: Path) -> None:
+    """`--to` before any weights are read: a new folder, in a writable place that is no checkpoints folder (the
+    harness would take a `step-N` there for a checkpoint of its run)."""
+    from harness.core.atomic import output_dir
+
+    if to.exists():
+        raise HarnessError(f"{to}: --to exists; name a new folder (the export is renamed into place whole)")
+    if is_step_dir(to) or steps_in(to.parent):
+        raise HarnessError(f"{to}: --to is inside a checkpoints folder (or named like a checkpoint step-N), which "
+                           "the harness reads as checkpoints of a run: export elsewhere")
+    output_dir(to.parent, "--to")
+
+
 def export(req: Request, console: Console) -> int:
-    if req.to.exists():
-        raise HarnessError(f"{req.to}: --to exists; name a new folder (the export is renamed into place whole)")
+    check_to(req.to)
     chosen = choose(req)
     context = _context(req, chosen)
     from harness.cosmos import export as ex  # megatron-core: after the source is known to be there
