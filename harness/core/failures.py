@@ -137,6 +137,12 @@ def reason(text: str, where: Path | None = None, limit: int = 300) -> str:
     return line[:limit]
 
 
+def names_an_exception(text: str) -> bool:
+    """Whether the text holds an exception line (a traceback's last), or our full-disk line."""
+    lines = [_RANK.sub("", ln).strip() for ln in text.splitlines()]
+    return any(_EXC_LINE.match(ln) or _OURS.search(ln) for ln in lines) or is_no_space(text)
+
+
 def _is_frame(line: str) -> bool:
     """Traceback furniture: frames, their source lines, carets, separators."""
     return line.startswith(("File ", "Traceback", "^", "~", "-" * 4, "During handling", "The above exception"))

@@ -120,12 +120,27 @@ class _Driver:
                 job.results()
                 entry["state"] = OK if self.task_ok(stage.name, t) else FAILED
             except Exception as e:  # noqa: BLE001 - a task failure is data, recorded for status
-                why = failures.reason(str(e), self.paths.root)  # '' when the log was cut short (a full disk)
-                entry.update(state=FAILED, reason=why or f"{type(e).__name__} with no error line in its log; see "
-                                                         f"harness logs {self.paths.root} {stage.name} {t} --stderr")
+                entry.update(state=FAILED, reason=_failure(e, self.paths.root, stage.name, t))
             entry["end"] = time.time()
             entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
             self.save()
+
+
+KILLED = ("killed: the task process ended with neither a result nor an error (a signal such as SIGKILL, or the "
+          "out-of-memory killer)")
+
+
+def _failure(e: Exception, root: Path, stage: str, task: int) -> str:
+    """A failed task's reason. A process that ended without writing its result (submitit: "has not produced any
+    output") and whose log names no exception was killed: its last log line is what it was saying then, not why
+    it ended."""
+    text = str(e)
+    if isinstance(e, submitit.core.utils.UncompletedJobError) and "has not produced any output" in text \
+            and not failures.names_an_exception(text.split("Error stream produced:", 1)[-1]):
+        return KILLED
+    why = failures.reason(str(e), root)  # '' when the log was cut short (a full disk)
+    return why or (f"{type(e).__name__} with no error line in its log; see harness logs {root} {stage} {task} "
+                   "--stderr")
 
 
 _HELD: dict[str, str] = {}

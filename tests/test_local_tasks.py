@@ -1,5 +1,5 @@
-"""The local driver gives its task processes the secrets of their stage only, as `sbatch --export` does for a
-Slurm job: a real submitit LocalExecutor task process reads its own environment."""
+"""The local driver's task processes: they get the secrets of their stage only, as `sbatch --export` gives a Slurm
+job (a real submitit LocalExecutor task process reads its own environment), and a killed one reads killed."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def test_only_the_downloading_stage_gets_the_hugging_face_token(tmp_path: Path,
     assert _in_a_task(tmp_path, downloads=False) == {"HF_TOKEN": None, "HUGGING_FACE_HUB_TOKEN": None,
                                                      "WANDB_API_KEY": None}
     assert "HF_TOKEN" not in os.environ  # given back after the stage's tasks started
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_task_reads_killed_not_its_last_log_line(tmp_path: Path) -> None:
+    """A task process killed outright (here SIGABRT; SIGKILL or the OOM killer alike) writes no result and no
+    error: its reason says killed, not the last thing it logged; a task that raised keeps its exception line."""
+    ex = submitit.LocalExecutor(folder=tmp_path / "logs")
+    ex.update_parameters(timeout_min=2)
+    with ex.batch():
+        killed, raised = ex.submit(os.abort), ex.submit(int, "x")
+    reasons = []
+    for job in (killed, raised):
+        with pytest.raises(Exception) as e:
+            job.results()
+        reasons.append(local._failure(e.value, tmp_path, "finetune", 0))
+    assert reasons[0] == local.KILLED
+    assert reasons[1] == "ValueError: invalid literal for int() with base 10: 'x'"
