@@ -230,5 +230,7 @@ def test_a_member_reading_another_runs_incomplete_data_resumes_only_through_its_
     assert str(e.value) == (f"{member.root}: its data (merge) comes from run {owner.run_id}, which is incomplete: "
                             f"resume that run's campaign (harness resume CAMPAIGN), which resumes the data first")
     assert control.incomplete(plan, member)["merge"] == [0]  # the owner's markers: the member's own are elsewhere
+    owner.dataset_dir.mkdir(parents=True)
+    owner.dataset_summary.write_text("{}")  # merge's result (its marker alone is a lost result: rerun)
     mark_done(owner, "merge", 0)
     assert "merge" not in control.incomplete(plan, member) and "finetune" in control.incomplete(plan, member)

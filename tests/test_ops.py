@@ -23,8 +23,9 @@ import specs
 from harness import cli
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
+from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
-from harness.core.paths import RunPaths, new_run_dir
+from harness.core.paths import RunPaths, mark_done, new_run_dir
 from harness.core.plan import Dependency
 from harness.launch import slurmcli
 from harness.launch.backend import Submission
@@ -350,3 +351,28 @@ def test_status_without_a_controller_shows_the_stored_states(tmp_path: Path, slu
     finally:
         monkeypatch.setenv("SLURM_CONF", slurm_cluster)
         slurmcli.scancel([gate] + [s.job_id for s in subs])
+
+
+def test_resume_reruns_a_complete_task_whose_result_file_is_gone(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evaluation file deleted after its task completed (the report then lists a missing shard) is resumed:
+    the task's marker alone no longer counts, and resume drops it so the task really runs again."""
+    paths, plan, _ = make_run(tmp_path, executor="local")
+    for s in plan.stages:
+        for t in range(s.tasks):
+            mark_done(paths, s.name, t)
+            if s.name in ("infer", "evaluate", "merge"):
+                f = control._result_file(plan, paths, s.name, t)
+                assert f is not None
+                atomic_write_json(f, {})
+    assert control.incomplete(plan, paths) == {} and control.lost(plan, paths) == {}
+    last = plan.stage("evaluate").tasks - 1
+    gone = control._result_file(plan, paths, "evaluate", last)
+    assert gone is not None
+    gone.unlink()
+    assert control.lost(plan, paths) == {"evaluate": [last]}
+    assert control.incomplete(plan, paths) == {"evaluate": [last], "report": [0]}
+    sent: list[dict[str, list[int]]] = []
+    monkeypatch.setattr(launching, "submit_stages", lambda plan, paths, todo, *a: sent.append(todo) or [])
+    assert control.resume(paths, Console(record=True)) == {"evaluate": [last], "report": [0]} == sent[0]
+    assert not paths.marker("evaluate", last).exists() and paths.marker("evaluate", 0).exists()

@@ -1,6 +1,7 @@
 """`harness resume`, `cancel` and `logs`: act on a run from its directory alone.
 
-Resume resubmits, in plan order, exactly the tasks without a completion marker. Where an `aftercorr` pair
+Resume resubmits, in plan order, exactly the tasks without a completion marker, and those whose result file
+(infer's manifest, evaluate's result, merge's summary) has gone since they completed. Where an `aftercorr` pair
 (infer -> evaluate) is resubmitted, both get the same index subset so array index j of the child still
 waits on index j of the parent; a parent task that is already complete simply returns at once ("already
 complete") when it is part of that subset.
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import CACHED_STAGES, SHARED_STAGES, CacheEntry, RunPaths
-from harness.core.plan import Plan
+from harness.core.plan import Plan, infer_task
 from harness.core.rundir import read_facts
 from harness.launch.backend import load_plan, ranges
 from harness.ops import cache
@@ -23,13 +24,36 @@ from harness.ops import submit as launching
 from harness.ops.state import ACTIVE, COMPLETED, RunState, backend_for, collect, done_tasks, load_jobs
 
 
+def _result_file(plan: Plan, paths: RunPaths, stage: str, task: int) -> Path | None:
+    """The file a task's stage writes last before its marker, where later stages and the report read one
+    (None: a stage whose outputs are not one file)."""
+    if stage in ("infer", "evaluate"):
+        t = infer_task(plan.spec, task)
+        return paths.infer_manifest(t.step, t.key) if stage == "infer" else paths.eval_json(t.step, t.key)
+    return paths.dataset_summary if stage == "merge" else None
+
+
+def lost(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
+    """stage -> tasks marked complete whose result file has gone since (deleted, or a disk cleaned): done by
+    their marker, yet what they wrote is not there for the stages and the report that read it."""
+    out: dict[str, list[int]] = {}
+    for s in plan.stages:
+        for t in sorted(done_tasks(paths, s.name)):
+            f = _result_file(plan, paths, s.name, t)
+            if f is not None and not f.is_file():
+                out.setdefault(s.name, []).append(t)
+    return out
+
+
 def incomplete(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
-    """stage -> task indices to resubmit: those without a completion marker, every task of an afterany
-    child (the report summarizes its parent, so it is rebuilt), aftercorr pairs aligned; {} when complete."""
+    """stage -> task indices to resubmit: those without a completion marker or whose result file is `lost`,
+    every task of an afterany child (the report summarizes its parent, so it is rebuilt), aftercorr pairs
+    aligned; {} when complete."""
     todo: dict[str, list[int]] = {}
+    gone = lost(plan, paths)
     for s in plan.stages:
         done = done_tasks(paths, s.name)
-        missing = [t for t in range(s.tasks) if t not in done]
+        missing = [t for t in range(s.tasks) if t not in done or t in gone.get(s.name, ())]
         if missing:
             todo[s.name] = missing
     for s in plan.stages:
@@ -77,6 +101,9 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
         for s in plan.stages:
             if any(d.kind == "afterany" and d.stage in todo for d in s.depends):
                 _forget(paths, s.name, todo[s.name])
+        for stage, tasks in lost(plan, paths).items():
+            if stage in todo:
+                _forget(paths, stage, tasks)  # their results are gone: run them again
         jobs = load_jobs(paths)
         choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]  # submit wrote slurm or local
         known = read_facts(paths)
