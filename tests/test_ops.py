@@ -376,3 +376,23 @@ def test_resume_reruns_a_complete_task_whose_result_file_is_gone(tmp_path: Path,
     monkeypatch.setattr(launching, "submit_stages", lambda plan, paths, todo, *a: sent.append(todo) or [])
     assert control.resume(paths, Console(record=True)) == {"evaluate": [last], "report": [0]} == sent[0]
     assert not paths.marker("evaluate", last).exists() and paths.marker("evaluate", 0).exists()
+
+
+def test_a_resumed_local_task_reads_pending_until_the_driver_reaches_it(tmp_path: Path) -> None:
+    """The previous round's CANCELLED (or a report's COMPLETED, whose marker resume dropped) must not show for a
+    task that was just resubmitted: it is PENDING until the new driver gets to it, not submitted if that
+    driver ends first; its earlier attempt's time still counts."""
+    from harness.launch import local
+
+    paths, plan, _ = make_run(tmp_path, executor="local")
+    atomic_write_json(paths.local_state_json, {"stages": {
+        "tokenize": {"0": {"state": "CANCELLED", "reason": "DependencyNeverSatisfied", "job_id": ""}},
+        "report": {"0": {"state": "COMPLETED", "job_id": "7", "start": 10.0, "end": 14.0}}}})
+    local._queue(paths, {"tokenize": [0], "report": [0]}, 1)
+    entries = local._entries(paths)
+    for stage in ("tokenize", "report"):
+        (row, *_) = local.stage_rows(paths, entries[stage], stage, 1, alive=True)
+        assert (row.state, row.reason) == ("PENDING", "resubmitted (round 1); the driver has not reached it")
+        (row, *_) = local.stage_rows(paths, entries[stage], stage, 1, alive=False)
+        assert (row.state, row.reason) == ("NOT_SUBMITTED", "the driver ended before reaching it")
+    assert entries["report"]["0"]["earlier_s"] == 4.0

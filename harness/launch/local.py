@@ -224,6 +224,8 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
         state = e.get("state", "UNKNOWN")
         if state == "RUNNING" and not alive:
             state = LOST
+        elif state == "PENDING" and not alive:  # resubmitted, and the driver ended before reaching it
+            state, e = NOT_SUBMITTED, {**e, "reason": "the driver ended before reaching it"}
     if e is None:
         return TaskState(stage, t, state, reason="driver has not reached it" if alive else "")
     start, end = e.get("start"), e.get("end") or (time.time() if state == "RUNNING" else None)
@@ -258,6 +260,19 @@ def read_state(paths: RunPaths) -> dict[str, Any]:
     return parsed(sp, "stages", typed)
 
 
+def _queue(paths: RunPaths, todo: Mapping[str, list[int]], round_: int) -> None:
+    """A resume's tasks read PENDING from the moment they are resubmitted, not the last round's state (a
+    CANCELLED, or a COMPLETED report whose marker resume dropped) until the new driver reaches them."""
+    state = read_state(paths)
+    stages: dict[str, Any] = state["stages"]
+    for stage, tasks in todo.items():
+        st = stages.setdefault(stage, {})
+        for t in tasks:
+            st[str(t)] = attempt(st.get(str(t)), state="PENDING", job_id="",
+                                 reason=f"resubmitted (round {round_}); the driver has not reached it")
+    atomic_write_json(paths.local_state_json, {**state, "stages": stages, "time": time.time()})
+
+
 def _entries(paths: RunPaths) -> dict[str, Any]:
     stages: dict[str, Any] = read_state(paths)["stages"]
     return stages
@@ -271,6 +286,8 @@ class LocalBackend:
         """One detached driver for every stage; a later round (resume) runs only the listed tasks."""
         if round_ > 0 or any(len(todo.get(s.name, [])) != s.tasks for s in plan.stages):
             atomic_write_json(paths.local_only_json, todo)  # a resume, or a campaign member without shared stages
+        if round_ > 0:
+            _queue(paths, todo, round_)
         paths.local_done_json.unlink(missing_ok=True)
         subs = [Submission("*", f"local:{start_driver(paths)}", (), False, time.time(), round_)]
         record(subs)
