@@ -374,8 +374,15 @@ def test_resume_reruns_a_complete_task_whose_result_file_is_gone(tmp_path: Path,
     assert control.incomplete(plan, paths) == {"evaluate": [last], "report": [0]}
     sent: list[dict[str, list[int]]] = []
     monkeypatch.setattr(launching, "submit_stages", lambda plan, paths, todo, *a: sent.append(todo) or [])
-    assert control.resume(paths, Console(record=True)) == {"evaluate": [last], "report": [0]} == sent[0]
+    con = Console(record=True, width=400)
+    assert control.resume(paths, con) == {"evaluate": [last], "report": [0]} == sent[0]
     assert not paths.marker("evaluate", last).exists() and paths.marker("evaluate", 0).exists()
+    assert "has changed since submit" not in con.export_text()
+    paths.spec_toml.write_text(paths.spec_toml.read_text() + "\n# a later edit\n")  # resume reads spec.json
+    gone.unlink(missing_ok=True)
+    con = Console(record=True, width=400)
+    control.resume(paths, con)
+    assert f"note: {paths.spec_toml} has changed since submit and is not read" in con.export_text()
 
 
 def test_a_resumed_local_task_reads_pending_until_the_driver_reaches_it(tmp_path: Path) -> None:

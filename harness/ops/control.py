@@ -17,7 +17,7 @@ from rich.console import Console
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import CACHED_STAGES, SHARED_STAGES, CacheEntry, RunPaths
 from harness.core.plan import Plan, infer_task
-from harness.core.rundir import read_facts
+from harness.core.rundir import read_facts, read_plan_record
 from harness.launch.backend import load_plan, ranges
 from harness.ops import cache
 from harness.ops import submit as launching
@@ -98,6 +98,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
         if not todo:
             console.print(f"run {paths.run_id}: every task is complete; nothing to resubmit")
             return {}
+        _note_edited_spec(paths, console)
         for s in plan.stages:
             if any(d.kind == "afterany" and d.stage in todo for d in s.depends):
                 _forget(paths, s.name, todo[s.name])
@@ -113,6 +114,20 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
     for stage, tasks in todo.items():
         console.print(f"resubmitted {stage}: {len(tasks)} task(s) {_fmt_tasks(tasks)}")
     return todo
+
+
+def _note_edited_spec(paths: RunPaths, console: Console) -> None:
+    """Resume runs the spec the run was submitted with (spec.json); an edit of the run's spec.toml copy since
+    is not read, which a user who made it must hear."""
+    want = read_plan_record(paths).get("spec_toml_sha256")
+    try:
+        now = launching.text_digest(paths.spec_toml.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        now = ""
+    if want and now != want:
+        console.print(f"note: {paths.spec_toml} has changed since submit and is not read: resume runs the spec "
+                      "the run was submitted with (spec.json); an edited spec is a new run (harness submit)",
+                      markup=False, soft_wrap=True)
 
 
 def _check_reused_image(plan: Plan, todo: dict[str, list[int]]) -> None:

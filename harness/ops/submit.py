@@ -9,6 +9,7 @@ orders the side effects: preflight, run directory, lock, submission, record.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -49,7 +50,13 @@ def write_run(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, known: plan_
     atomic_write_text(paths.spec_toml, spec_text)
     atomic_write_json(paths.spec_json, spec_mod.to_dict(plan.spec))
     atomic_write_json(paths.plan_json, {**plan_mod.to_json(plan), "facts": known.__dict__,
-                                        "executor": choice.executor, "executor_reason": choice.reason})
+                                        "executor": choice.executor, "executor_reason": choice.reason,
+                                        "spec_toml_sha256": text_digest(spec_text)})
+
+
+def text_digest(text: str) -> str:
+    """spec.toml's digest at submit: resume tells an edited copy (which it does not read) from the submitted one."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @contextmanager
