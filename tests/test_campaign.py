@@ -165,6 +165,29 @@ def test_members_with_equal_data_keys_share_the_data_stages() -> None:
     assert len([j for j in jobs if j[0] == "finetune"]) == 4
 
 
+def test_the_campaign_plan_submits_no_data_stages_a_token_cache_spares() -> None:
+    """Two data groups: with their token-cache entry complete, neither submits tokenize or merge; with two
+    groups of one key (a sweep over a key tokenize never reads), the second waits on the first's build."""
+    from harness.core.tokencache import CacheUse
+    from harness.ops import plan as plan_ops
+
+    facts = plan_mod.Facts(num_inputs=12)
+    e = sweep.expand(_raw({"sweep": {"finetune.lr": [1e-4, 3e-4], "data.split": [[8, 1, 1], [6, 2, 2]]}}), "s")
+    cp = campaign.build(e, [facts] * len(e.members))
+
+    def gathered(*uses: CacheUse) -> list[plan_ops.Gathered]:
+        return [plan_ops.Gathered(plan_ops.Choice("local", "t"), facts, _sources(), None, "", (), u) for u in uses]
+
+    reused = CacheUse("k" * 64, "reuse", "r1")
+    jobs = cp.jobs(plan_ops._cached(cp, gathered(reused, reused, reused, reused)))
+    data = [(s, c, w) for s, c, w in jobs if s in ("tokenize", "merge")]
+    assert data and all(c == 0 and w.endswith(f": reused {'k' * 16} (built by r1)") for _, c, w in data)
+    build = CacheUse("b" * 64, "build", "")
+    jobs = cp.jobs(plan_ops._cached(cp, gathered(build, build, build, build)))
+    assert [(c, w) for s, c, w in jobs if s == "tokenize"] == [
+        (1, "members 1, 3"), (0, f"members 2, 4: waits on member 1's build of cache entry {'b' * 16}")]
+
+
 def test_shared_paths_route_data_stages_to_the_owner(tmp_path: Path) -> None:
     owner, member = RunPaths(tmp_path / "a"), RunPaths(tmp_path / "b")
     member.root.mkdir()

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.paths import SHARED_STAGES
+from harness.core.paths import CACHED_STAGES, SHARED_STAGES
 from harness.core.stages import NAMES as STAGES
 from harness.core.sweep import Expanded, Member
 
@@ -63,14 +63,18 @@ class CampaignPlan:
         """1-based indices of the members whose data `owner`'s run prepares."""
         return tuple(m.member.index for m in self.members if m.owner == owner)
 
-    def jobs(self) -> list[tuple[str, int, str]]:
-        """(stage, sbatch calls, for which members) of the whole campaign, in plan order: what it submits."""
+    def jobs(self, cached: Mapping[int, str] | None = None) -> list[tuple[str, int, str]]:
+        """(stage, sbatch calls, for which members) of the whole campaign, in plan order: what it submits.
+        `cached`: owner -> why its tokenize and merge are not submitted (a token-cache entry reused, or built
+        by another submit or another member): 0 calls, and why."""
         out = []
         for name in STAGES:
             for m in self.members:
                 if m.runs(name) and any(s.name == name for s in m.plan.stages):  # import-image: where planned
                     calls = len(m.plan.stage(name).chunks)
                     whom = _members(self.sharing(m.owner)) if name in SHARED_STAGES else _members((m.member.index,))
+                    if name in CACHED_STAGES and m.owner in (cached or {}):
+                        calls, whom = 0, f"{whom}: {(cached or {})[m.owner]}"
                     out.append((name, calls, whom))
         return out
 

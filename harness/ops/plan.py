@@ -358,9 +358,26 @@ def campaign_view(expanded: sweep.Expanded, gathered: list[Gathered]) -> Campaig
         if owner is not m:
             paths = replace(paths, shared=_placeholder_paths(owner.plan.spec).root)
         scripts += _scripts(m.plan, paths, tuple(s.name for s in m.stages), f"{m.member.name}/")
-    jobs = tuple((stage, str(calls), whom) for stage, calls, whom in cp.jobs())
+    jobs = tuple((stage, str(calls), whom) for stage, calls, whom in cp.jobs(_cached(cp, gathered)))
     return CampaignView(cp, first, ("member", "run name", "values", "data (stage-assets, tokenize, merge)"),
                         tuple(rows), ("stage", "sbatch calls", "for"), jobs, tuple(scripts))
+
+
+def _cached(cp: campaign.CampaignPlan, gathered: list[Gathered]) -> dict[int, str]:
+    """Owner -> why its tokenize and merge are not submitted: its token-cache entry is reused or another run
+    builds it, or an earlier member of this campaign builds the same key (the later ones wait on that build)."""
+    out, builders = {}, dict[str, int]()
+    for o in cp.owners:
+        use = gathered[o].cache
+        if use is None:
+            continue
+        if use.mode != "build":
+            out[o] = use.line().removeprefix("tokenize: ")
+        elif use.key in builders:
+            out[o] = f"waits on member {builders[use.key] + 1}'s build of cache entry {use.key16}"
+        else:
+            builders[use.key] = o
+    return out
 
 
 def write_scripts(v: PlanView | CampaignView, out: Path) -> int:
