@@ -88,7 +88,7 @@ def test_two_runs_differing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # generation rate per checkpoint from the infer manifests (steps 10 and 20: 2 x 768 tokens in 4 s each)
     assert [r["gen_tokens_per_s"] for r in rows] == [384.0, 384.0, None, None] * 2
     md = (Path(_doc_path(out)).parent / "compare.md").read_text()
-    assert f"{PSNR[30]:.2f} *" in md and "run.name, run.workdir, run.results_dir" in md
+    assert f"{PSNR[30]:.2f} *" in md and "run.name, run.workdir, run.results_dir, data.cache_dir" in md
     assert "| gen tok/s |" in md and "| 384.0 |" in md
     page = (Path(_doc_path(out)).parent / "compare.html").read_text()
     assert "data:image/png;base64," in page and a.run_id in page

@@ -22,8 +22,9 @@ from harness.core.evalrecords import ShardRecord, videos_of
 from harness.core.evalstats import merge_shards, video_means
 from harness.report.records import VAL_LOSS, best_marks
 
-EXCLUDED_KEYS: tuple[str, ...] = ("run.name", "run.workdir", "run.results_dir")
-"""Spec keys left out of the differing columns: names and output places, which differ between any two runs."""
+EXCLUDED_KEYS: tuple[str, ...] = ("run.name", "run.workdir", "run.results_dir", "data.cache_dir")
+"""Spec keys left out of the differing columns: names and output places, which differ between any two runs (the
+token cache's place too: its entries are keyed by what decides the tokens, wherever they are kept)."""
 
 
 @dataclass(frozen=True)
