@@ -67,6 +67,16 @@ def test_sweep_problems_unknown_key_bad_mode_not_a_list_and_run_name() -> None:
     assert "s.toml: sweep.run.name: cannot be swept: members are named <run.name>-<i>" in got
 
 
+def test_a_value_twice_in_a_sweep_list_is_refused() -> None:
+    """The same values twice is the same run twice (same seed, same data): its GPU-hours paid for nothing."""
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"sweep": {"finetune.lr": [1e-3, 3e-4, 0.001]}}), "s.toml")
+    assert _problems(e) == ["s.toml: sweep: sweep member 3 (finetune.lr=0.001) has the values of member 1: a sweep "
+                            "list holds a value twice"]
+    zipped = sweep.expand(_raw({"sweep": {"mode": "zip", "finetune.lr": [1e-3, 1e-3], "run.seed": [1, 2]}}), "s")
+    assert len(zipped.members) == 2  # a repeated value with another key varying is another run
+
+
 def test_a_bad_member_value_names_the_member_and_key() -> None:
     with pytest.raises(SpecError) as e:
         sweep.expand(_raw({"sweep": {"finetune.lr": [1e-3, 20.0]}}), "s.toml")

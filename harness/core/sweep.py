@@ -11,6 +11,7 @@ is exactly as strict as the file it expands.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
@@ -139,7 +140,13 @@ def expand(raw: Mapping[str, Any], source: str, texts: tuple[str, ...] = (), *, 
                          for t in swept])
     members, problems = list[Member](), list[Problem]()
     base = effective.get("run", {}).get("name", "run") if isinstance(effective.get("run"), Mapping) else "run"
+    seen: dict[str, int] = {}
     for i, varied in enumerate(combinations(mode, lists), start=1):
+        same = seen.setdefault(json.dumps(varied, sort_keys=True, default=str), i)
+        if same != i:  # the same values twice: the same run twice, its cost paid twice for nothing
+            problems.append(Problem(source, "sweep", f"{label(i, varied)} has the values of member {same}: a sweep "
+                                                     "list holds a value twice"))
+            continue
         member_raw = overrides.set_dotted(effective, {**dict(varied), "run.name": f"{base}-{i}"})
         try:
             members.append(Member(i, varied, member_raw, _build(member_raw, source, for_submit, label(i, varied))))
