@@ -179,12 +179,16 @@ def test_an_empty_test_split_is_a_failure_when_infer_reads_it(tmp_path: Path, no
 def test_paths_read_after_training_are_checked_before_the_queue(tmp_path: Path, no_slurm: None) -> None:
     """infer.inputs and evaluate.reference are read only after training; doctor names a wrong one up front."""
     (tmp_path / "empty").mkdir()
+    (tmp_path / "others").mkdir()
+    (tmp_path / "others" / "unrelated.mp4").write_bytes(b"x")  # a reference folder naming none of the inputs
     bad_jsonl = tmp_path / "v2w.jsonl"
     bad_jsonl.write_text('{"prompt": "a", "visual_input": "videos/c0.mp4"}\n{"prompt": "b"}\n')
     for extra, want in (({"infer": {"inputs": f"{tmp_path}/nope"}}, "infer.inputs: "),
                         ({"infer": {"inputs": str(bad_jsonl)}}, "line 2: missing key: visual_input"),
                         ({"evaluate": {"reference": f"{tmp_path}/empty"}}, "evaluate.reference: reference videos: "
-                                                                           f"{tmp_path}/empty: no file")):
+                                                                           f"{tmp_path}/empty: no file"),
+                        ({"infer": {"inputs": f"{tmp_path}/videos"}, "evaluate": {"reference": f"{tmp_path}/others"}},
+                         f"{tmp_path}/others: no reference for any infer input")):
         p = harness("doctor", str(write_spec(tmp_path, extra)), cwd=tmp_path)
         assert p.returncode == 2 and len(lines(p.stdout, "fail")) == 1 and want in lines(p.stdout, "fail")[0], \
             p.stdout

@@ -60,8 +60,27 @@ def after_training(spec: RunSpec) -> list[tuple[str, str, str]]:
     if spec.evaluate.reference:
         root = Path(spec.evaluate.reference).expanduser()
         why = _none_found(root, media.VIDEO_SUFFIXES) if root.is_dir() else f"{root}: not a directory"
-        out.append(("evaluate.reference", "reference videos", why))
+        out.append(("evaluate.reference", "reference videos", why or _unmatched(spec, root)))
     return out
+
+
+def _unmatched(spec: RunSpec, root: Path) -> str:
+    """Where infer.inputs lists its inputs here: a problem when none of them finds a reference in `root` by the
+    evaluate stage's own rule (`media.References`), which would score no video at any checkpoint."""
+    src = Path(spec.infer.inputs).expanduser() if spec.infer.inputs else None
+    if src is None or not (src.is_dir() or src.suffix == ".jsonl"):
+        return ""  # the test split: its videos are known after merge
+    try:
+        sources = ([Path(it.path) for it in listing.from_jsonl(src) if not it.error] if src.suffix == ".jsonl"
+                   else media.files_under(src, (*spec.data.extensions, *media.IMAGE_SUFFIXES)))
+    except HarnessError:
+        return ""  # infer.inputs' own check names it
+    refs = media.References(root)
+    inputs = src.absolute() if src.is_dir() else None
+    if sources and not any(refs.find(p.stem, p.absolute(), inputs) for p in sources[:spec.infer.max_inputs]):
+        return (f"{root}: no reference for any infer input (a reference is the file at the input's path under "
+                "infer.inputs, else the only one of its name)")
+    return ""
 
 
 def _none_found(root: Path, exts: tuple[str, ...]) -> str:

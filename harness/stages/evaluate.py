@@ -262,37 +262,6 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     return {"reference_dir": str(reference), "generated_dir": str(generated), **main.with_others(others)}
 
 
-class References:
-    """evaluate.reference, searched as inputs are (recursively, `media.walk`). A generated video's reference is
-    the file at its source's path relative to the inputs' folder (that suffix first, then any), else the only file
-    with its source's stem, else the only one with its own name: a renamed duplicate (x-2 from sub/b/x.mp4)
-    finds its source's namesake, and a stem two references share is no match rather than a guess."""
-
-    def __init__(self, root: Path) -> None:
-        if not root.is_dir():
-            raise HarnessError(f"evaluate.reference = {str(root)!r}: not a directory")
-        self.exact: dict[str, Path] = {}
-        self.by_rel: dict[str, list[Path]] = {}
-        self.by_stem: dict[str, list[Path]] = {}
-        for p in media.files_under(root, (*media.VIDEO_SUFFIXES, *media.IMAGE_SUFFIXES)):
-            rel = p.relative_to(root)
-            self.exact[rel.as_posix()] = p
-            self.by_rel.setdefault(rel.with_suffix("").as_posix(), []).append(p)
-            self.by_stem.setdefault(p.stem, []).append(p)
-
-    def find(self, name: str, source: Path | None, inputs: Path | None) -> Path | None:
-        if source is not None and inputs is not None and source.is_relative_to(inputs):
-            rel = source.relative_to(inputs)
-            if rel.as_posix() in self.exact:
-                return self.exact[rel.as_posix()]
-            if len(same := self.by_rel.get(rel.with_suffix("").as_posix(), [])) == 1:
-                return same[0]
-        for stem in ([source.stem] if source is not None else []) + [name]:
-            if len(same := self.by_stem.get(stem, [])) == 1:
-                return same[0]
-        return None
-
-
 def _inputs_root(spec: RunSpec) -> Path | None:
     """The folder the infer inputs were listed from (infer.inputs, else data.videos for the test split)."""
     root = spec.infer.inputs or spec.data.videos
@@ -308,7 +277,7 @@ def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
     gens = _videos(gen_dir)
     if names is not None:
         gens = {n: gens[n] for n in names if n in gens}
-    refs = References(Path(spec.evaluate.reference).expanduser()) if spec.evaluate.reference else None
+    refs = media.References(Path(spec.evaluate.reference).expanduser()) if spec.evaluate.reference else None
     if refs is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
         fallback = _videos(Path(spec.infer.inputs).expanduser())
     else:
