@@ -173,6 +173,8 @@ def test_members_with_equal_data_keys_share_the_data_stages() -> None:
     assert [(s, w) for s, _, w in jobs if s == "tokenize"] == [("tokenize", "members 1, 3"),
                                                                ("tokenize", "members 2, 4")]
     assert len([j for j in jobs if j[0] == "finetune"]) == 4
+    fps = sweep.expand(_raw({"sweep": {"video.fps": [8, 25]}}), "s")  # only infer's mp4 files read it
+    assert [m.owner for m in campaign.build(fps, [facts] * 2).members] == [0, 0]
 
 
 def test_the_campaign_plan_submits_no_data_stages_a_token_cache_spares() -> None:

@@ -27,10 +27,15 @@ PER_RUN_SECTIONS = ("finetune", "infer", "evaluate", "report", "tracking")
 """Tables no shared stage reads: members differing only here share their data."""
 
 
+PER_RUN_VIDEO_KEYS = ("fps",)
+"""Keys of the video table only infer reads (the frame rate its mp4 files are written at)."""
+
+
 def share_key(spec: spec_mod.RunSpec) -> str:
     """Equal for two specs whose shared stages (stage-assets, tokenize, merge) would write the same files."""
     d: dict[str, Any] = {k: v for k, v in spec_mod.to_dict(spec).items() if k not in PER_RUN_SECTIONS}
     d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "results_dir")}
+    d["video"] = {k: v for k, v in d["video"].items() if k not in PER_RUN_VIDEO_KEYS}
     return json.dumps(d, sort_keys=True, default=str)
 
 
