@@ -55,3 +55,19 @@ def test_a_killed_task_reads_killed_not_its_last_log_line(tmp_path: Path) -> Non
         reasons.append(local._failure(e.value, tmp_path, "finetune", 0))
     assert reasons[0] == local.KILLED
     assert reasons[1] == "ValueError: invalid literal for int() with base 10: 'x'"
+
+
+@pytest.mark.timeout(120)
+def test_the_driver_holds_the_hugging_face_token_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detached driver outlives `harness submit`: it is started without the W&B key (no stage needs it)."""
+    from test_ops import make_run
+
+    paths, _, _ = make_run(tmp_path, executor="local")
+    monkeypatch.setenv("WANDB_API_KEY", "wb_secret")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    pid = local.start_driver(paths)
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        os.killpg(pid, 9)
+    assert b"WANDB_API_KEY" not in env and b"HF_TOKEN=hf_secret" in env

@@ -48,10 +48,12 @@ OK, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
 def start_driver(paths: RunPaths) -> int:
     """Spawn the driver in its own session so it outlives `harness submit` and the terminal."""
     paths.driver_log.parent.mkdir(parents=True, exist_ok=True)
+    keep = stage_secrets(downloads=True)  # the one secret a stage may need; the driver hands it to that stage only
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS or k in keep}
     with open(paths.driver_log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "harness.launch.local", str(paths.root.resolve())],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=os.getcwd())
+                                start_new_session=True, cwd=os.getcwd(), env=env)
     return proc.pid
 
 
