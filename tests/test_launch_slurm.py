@@ -3,6 +3,7 @@ MaxArraySize, cancelled dependents, distinct run dirs, local fallback. No Slurm 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -80,6 +81,28 @@ def test_sbatch_receives_the_rendered_script(slurm_cluster: str, tmp_path: Path)
             assert f"#SBATCH --job-name=t.{sub.stage}\n" in sent
     finally:
         slurmcli.scancel([s.job_id for s in res.submissions])
+
+
+def test_sbatch_variables_of_the_shell_do_not_override_the_scripts(slurm_cluster: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch lets SBATCH_* override #SBATCH lines: a shell's SBATCH_ARRAY_INX=0 would submit one task of each
+    array (the others then read as never run), SBATCH_TIMELIMIT would cut every stage's limit."""
+    tok = synth.write_tokenizer(tmp_path / "tok")
+    monkeypatch.setenv("SBATCH_ARRAY_INX", "0")
+    monkeypatch.setenv("SBATCH_TIMELIMIT", "1")
+    res = launching.submit(write_spec(tmp_path, str(tok)), "slurm")
+    try:
+        tokenize = next(s for s in res.submissions if s.stage == "tokenize")
+        shown = subprocess.run(["scontrol", "show", "job", tokenize.job_id], capture_output=True, text=True,
+                               check=True).stdout
+        tasks = res.plan.stage("tokenize").tasks
+        assert tasks > 1 and f"ArrayTaskId=0-{tasks - 1}" in shown.replace("\n", " ") or \
+            all(f"ArrayTaskId={t}" in shown for t in range(tasks)), shown
+        limit = res.plan.stage("tokenize").resources.time_min
+        assert f"TimeLimit={limit // 60:02d}:{limit % 60:02d}:00" in shown, shown
+    finally:
+        slurmcli.scancel([s.job_id for s in res.submissions])
+    assert os.environ["SBATCH_ARRAY_INX"] == "0"  # the shell's own environment is left as it was
 
 
 def test_jobs_json_and_run_dir(slurm_cluster: str, tmp_path: Path) -> None:

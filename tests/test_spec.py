@@ -150,6 +150,22 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("extensions-int", BASE.replace("\n", "\nextensions = [1]\n", 1), "data.extensions"),
     ("seed-negative", BASE + "[run]\nseed = -1\n", "run.seed"),
     ("nul-in-path", BASE.replace('"clips"', '"cl\\u0000ips"'), "data.videos"),
+    ("container-python-two-words", BASE + "[container]\nimage = '/i.sqsh'\npython = 'python; touch /tmp/x #'\n",
+     "container.python"),
+    ("container-python-empty", BASE + "[container]\nimage = '/i.sqsh'\npython = ''\n", "container.python"),
+    ("mount-relative-destination", BASE + "[container]\nmounts = ['/a:rel']\n", "container.mounts"),
+    ("mount-empty-source", BASE + "[container]\nmounts = [':/dst']\n", "container.mounts"),
+    ("harness-mount-relative", BASE + "[container]\nimage = '/i.sqsh'\nharness_mount = 'opt/h'\n",
+     "container.harness_mount"),
+    ("harness-mount-colon", BASE + "[container]\nimage = '/i.sqsh'\nharness_mount = '/opt/h:r'\n",
+     "container.harness_mount"),
+    ("container-workdir-relative", BASE + "[container]\nimage = '/i.sqsh'\nworkdir = 'rel/dir'\n",
+     "container.workdir"),
+    ("cache-dir-comma-in-container", BASE.replace("\n", "\ncache_dir = '/tmp/t,x:y'\n", 1)
+     + "[container]\nimage = '/i.sqsh'\n", "data.cache_dir"),
+    ("workdir-unknown-user", BASE + "[model]\npreset = 'tiny'\n[video]\nnum_frames = 9\nwidth = 64\nheight = 48\n"
+     "[run]\nworkdir = '~nosuchuser-harness/x'\n",
+     "run.workdir = '~nosuchuser-harness/x': cannot expand"),
 ]
 
 
@@ -208,3 +224,17 @@ def test_a_secret_in_the_spec_is_refused_without_echoing_its_value(tmp_path: Pat
     assert not [ln for ln in run_validate(tmp_path, ok, capsys)[1] if "container.env" in ln]
     assert cli.main(["plan", str(tmp_path / "run.toml"), "container.env={HF_TOKEN='hf_0v3rr1d3'}"]) == 2
     assert "hf_0v3rr1d3" not in "".join(capsys.readouterr())
+
+
+def test_a_relative_path_is_checked_where_it_resolves(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`workdir = "runs"` passes as text; submitted from a directory named `a%x` it becomes an #SBATCH --output
+    path Slurm rewrites (%x is the job name): the logs land elsewhere and the stored run cannot be read back."""
+    here = tmp_path / "a%x"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, lines = run_validate(here, BASE + "[model]\npreset = 'tiny'\n[video]\nnum_frames = 9\nwidth = 64\n"
+                                           "height = 48\n[run]\nworkdir = 'runs'\n", capsys)
+    assert code == 2 and len(lines) == 1
+    assert "run.workdir = '" in lines[0] and "must not contain '\\' or '%'" in lines[0]
+    assert lines[0].endswith("resolved against the current directory")

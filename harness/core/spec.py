@@ -145,25 +145,41 @@ def reference() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _expand(key: str, p: str, source: str) -> Path:
+    """`~` and `~user` expanded; a user this machine does not know is the spec's problem, not a traceback."""
+    try:
+        return Path(p).expanduser()
+    except RuntimeError:
+        raise SpecError([Problem(source, key, f"= {show(p)}: cannot expand {show(p.split('/')[0])}: no such user "
+                                              "(or no home directory) on this machine")]) from None
+
+
 def absolutize(spec: RunSpec, base: Path) -> RunSpec:
     """Relative paths resolve against `base` (the submit directory) once, so every task on every node sees
     the same absolute paths in the frozen spec. Repo ids stay repo ids unless a local path of that name exists."""
 
-    def path(p: str) -> str:
-        return str((base / Path(p).expanduser()).resolve()) if p else p
+    def path(key: str) -> str:
+        p = _value(spec, key)
+        return str((base / _expand(key, p, spec.source)).resolve()) if p else p
 
-    def asset(p: str) -> str:
-        local = base / Path(p).expanduser()
+    def asset(key: str) -> str:
+        p = _value(spec, key)
+        local = base / _expand(key, p, spec.source)
         return str(local.resolve()) if p and (p.startswith(("/", "./", "../", "~")) or local.exists()) else p
 
     r = dataclasses.replace
     return r(spec,
-             run=r(spec.run, workdir=path(spec.run.workdir), results_dir=path(spec.run.results_dir)),
-             data=r(spec.data, videos=path(spec.data.videos), manifest=path(spec.data.manifest),
-                    jsonl=path(spec.data.jsonl), cache_dir=path(spec.data.cache_dir)),
-             assets=r(spec.assets, hf_home=path(spec.assets.hf_home)),
-             model=r(spec.model, checkpoint=asset(spec.model.checkpoint), text_encoder=asset(spec.model.text_encoder)),
-             tokenizer=r(spec.tokenizer, encoder=asset(spec.tokenizer.encoder), decoder=asset(spec.tokenizer.decoder)),
-             infer=r(spec.infer, inputs=path(spec.infer.inputs)),
-             container=r(spec.container, cache_dir=path(spec.container.cache_dir)),
-             evaluate=r(spec.evaluate, reference=path(spec.evaluate.reference)))
+             run=r(spec.run, workdir=path("run.workdir"), results_dir=path("run.results_dir")),
+             data=r(spec.data, videos=path("data.videos"), manifest=path("data.manifest"), jsonl=path("data.jsonl"),
+                    cache_dir=path("data.cache_dir")),
+             assets=r(spec.assets, hf_home=path("assets.hf_home")),
+             model=r(spec.model, checkpoint=asset("model.checkpoint"), text_encoder=asset("model.text_encoder")),
+             tokenizer=r(spec.tokenizer, encoder=asset("tokenizer.encoder"), decoder=asset("tokenizer.decoder")),
+             infer=r(spec.infer, inputs=path("infer.inputs")),
+             container=r(spec.container, cache_dir=path("container.cache_dir")),
+             evaluate=r(spec.evaluate, reference=path("evaluate.reference")))
+
+
+def _value(spec: RunSpec, key: str) -> str:
+    section, name = key.split(".")
+    return str(getattr(getattr(spec, section), name))

@@ -35,6 +35,13 @@ def cross_check(spec: RunSpec) -> list[Problem]:
     return [Problem(spec.source, k, m) for k, m in out]
 
 
+def resolved_path_problems(spec: RunSpec, member: str = "") -> list[Problem]:
+    """The path checks again once relative paths are resolved (`spec.absolutize`): `runs` passes as text, yet
+    under a directory named `a%x` it becomes a log path Slurm rewrites."""
+    where = f"{spec.source}: {member}" if member else spec.source
+    return [Problem(where, k, f"{m}; resolved against the current directory") for k, m in _check_paths(spec)]
+
+
 def _check_paths(spec: RunSpec) -> list[tuple[str, str]]:
     """Paths may hold spaces, quotes, '$(...)', ';' or '#' (every script quotes them), but the run directory
     also appears in #SBATCH --output/--error, where sbatch reads '\\' as an escape even inside quotes and
@@ -44,11 +51,17 @@ def _check_paths(spec: RunSpec) -> list[tuple[str, str]]:
     if "\\" in w or "%" in w:
         out.append(("run.workdir", f"= {show(w)}: must not contain '\\' or '%' (sbatch and Slurm's log file "
                                    f"names give them a meaning)"))
-    if spec.container.image:
-        for key, value in (("run.workdir", w), ("assets.hf_home", spec.assets.hf_home)):
+    c = spec.container
+    if c.image:
+        mounted = (("run.workdir", w), ("assets.hf_home", spec.assets.hf_home), ("data.cache_dir", spec.data.cache_dir),
+                   ("container.harness_mount", c.harness_mount), ("container.workdir", c.workdir))
+        for key, value in mounted:
             if "," in value or ":" in value:
                 out.append((key, f"= {show(value)}: must not contain ',' or ':' when container.image is set "
-                                 f"(Pyxis splits --container-mounts there)"))
+                                 f"(Pyxis splits --container-mounts there, PYTHONPATH at ':')"))
+        for key, value in (("container.harness_mount", c.harness_mount), ("container.workdir", c.workdir or "/")):
+            if not value.startswith("/"):
+                out.append((key, f"= {show(value)}: must be an absolute path inside the container"))
     return out
 
 
@@ -203,8 +216,13 @@ def _check_container(spec: RunSpec) -> list[tuple[str, str]]:
             out.append(("container.stages", f"= {list(c.stages)}: {s!r} is not a stage that runs in the "
                                             f"container; choose from {', '.join(IN_CONTAINER)}"))
     for m in c.mounts:
-        if m.count(":") not in (1, 2) or "," in m:
-            out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS without commas"))
+        parts = m.split(":")
+        if len(parts) not in (2, 3) or "," in m or not all(p.startswith("/") for p in parts[:2]):
+            out.append(("container.mounts", f"= {m!r}: must be SRC:DST or SRC:DST:FLAGS, both absolute paths, "
+                                            "without commas"))
+    if not c.python or any(ch.isspace() for ch in c.python):
+        out.append(("container.python", f"= {c.python!r}: must be one executable (a name on the container's PATH "
+                                        "or an absolute path), without spaces"))
     if c.image and not (c.image.endswith(".sqsh") or "#" in c.image or "/" not in c.image.split(":")[0]):
         out.append(("container.image", f"= {c.image!r}: use an enroot URI with '#' after the registry "
                                        f"(e.g. nvcr.io#nvidia/nemo:26.02) or a .sqsh path"))

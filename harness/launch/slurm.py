@@ -8,11 +8,13 @@ alike: `Executor` is submitit's SlurmExecutor with its submission-file hook answ
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import submitit
 
@@ -40,7 +42,7 @@ def pure_python_deps() -> list[Path]:
 
 
 def python_for(plan: Plan, stage: StagePlan) -> str:
-    return plan.spec.container.python if stage.container else shlex.quote(sys.executable)
+    return shlex.quote(plan.spec.container.python if stage.container else sys.executable)
 
 
 def srun_args(plan: Plan, stage: StagePlan, paths: RunPaths) -> list[str]:
@@ -94,6 +96,21 @@ def submit_stage(plan: Plan, stage: StagePlan, paths: RunPaths, tasks: list[int]
     return out
 
 
+def sbatch_env() -> list[str]:
+    """SBATCH_* variables of this environment: sbatch lets them override the script's #SBATCH lines (the time
+    limit, the array, --export and with it the secrets kept from every job), so submission drops them."""
+    return sorted(k for k in os.environ if k.startswith("SBATCH_"))
+
+
+@contextmanager
+def _no_sbatch_env() -> Iterator[None]:
+    held = {k: os.environ.pop(k) for k in sbatch_env()}
+    try:
+        yield
+    finally:
+        os.environ.update(held)
+
+
 class SlurmBackend:
     name = "slurm"
 
@@ -103,14 +120,15 @@ class SlurmBackend:
         nothing is left half-chained."""
         parents, subs = dict(parent_ids), []
         try:
-            for stage in plan.stages:
-                if todo.get(stage.name):
-                    new = submit_stage(plan, stage, paths, todo[stage.name], parents, chunk_size, round_)
-                    parents[stage.name] = [s.job_id for s in new]
-                    subs += new
-                    record(subs)
-                elif stage.name in CACHED_STAGES and paths.cache is not None:  # a token-cache entry reused or
-                    parents[stage.name] = inherited(stage, parents)  # built by another run: wait on own assets too
+            with _no_sbatch_env():
+                for stage in plan.stages:
+                    if todo.get(stage.name):
+                        new = submit_stage(plan, stage, paths, todo[stage.name], parents, chunk_size, round_)
+                        parents[stage.name] = [s.job_id for s in new]
+                        subs += new
+                        record(subs)
+                    elif stage.name in CACHED_STAGES and paths.cache is not None:  # a token-cache entry reused
+                        parents[stage.name] = inherited(stage, parents)  # or built elsewhere: wait on own assets
         except Exception as e:
             slurmcli.scancel([s.job_id for s in subs])
             raise HarnessError(f"{paths.root}: submission failed, {len(subs)} job(s) cancelled: {e}") from None

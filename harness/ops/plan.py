@@ -16,9 +16,10 @@ from harness.core import campaign, estimate, footprint, overrides, sweep, tokenc
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
 from harness.core.atomic import atomic_write_text
-from harness.core.errors import HarnessError, Problem
+from harness.core.errors import HarnessError, Problem, SpecError
 from harness.core.explain import FactSources, origins
 from harness.core.paths import RunPaths
+from harness.core.spec_check import resolved_path_problems
 from harness.core.tokencache import CacheUse
 from harness.launch import slurm, slurmcli
 from harness.lib.inputs import InputItem
@@ -62,7 +63,15 @@ class Gathered:
 
 def load(spec_path: Path) -> spec_mod.RunSpec:
     """The spec as `plan` and `submit` take it: checked for submission, relative paths against this directory."""
-    return spec_mod.absolutize(spec_mod.load_for_submit(spec_path), Path.cwd())
+    return _resolved(spec_mod.load_for_submit(spec_path))
+
+
+def _resolved(spec: spec_mod.RunSpec, member: str = "") -> spec_mod.RunSpec:
+    out = spec_mod.absolutize(spec, Path.cwd())
+    problems = resolved_path_problems(out, member)
+    if problems:
+        raise SpecError(problems)
+    return out
 
 
 def load_members(spec_path: Path, texts: tuple[str, ...] | list[str] = (), *, for_submit: bool = True
@@ -70,7 +79,7 @@ def load_members(spec_path: Path, texts: tuple[str, ...] | list[str] = (), *, fo
     """`load` for a spec file plus `key=value` overrides: its members (one, or one per [sweep] combination),
     each checked as `load` checks a spec and with relative paths against this directory."""
     e = sweep.expand(spec_mod.read_table(spec_path), str(spec_path), tuple(texts), for_submit=for_submit)
-    members = tuple(replace(m, spec=spec_mod.absolutize(m.spec, Path.cwd())) for m in e.members)
+    members = tuple(replace(m, spec=_resolved(m.spec, m.label if e.is_sweep else "")) for m in e.members)
     return replace(e, members=members)
 
 
@@ -122,6 +131,9 @@ def gather(spec: spec_mod.RunSpec, requested: ExecutorName, purpose: Purpose, *,
             notes.append(f"inputs not readable here ({why}); planned for 0 inputs (use --num-inputs N)")
     facts, sources, assumed = cluster_facts(spec, choice, count)
     facts = replace(facts, image=image_cache.state(spec, choice.executor == "local"))
+    if choice.executor == "slurm" and slurm.sbatch_env():
+        notes.append(f"{', '.join(slurm.sbatch_env())} in this environment: not passed to sbatch (they would "
+                     "override the scripts' #SBATCH lines); the spec's keys set these")
     use, inputs = _cache_use(spec, facts, items, notes)
     return Gathered(choice, facts, sources, items, why, tuple(notes + assumed), use, inputs)
 
