@@ -52,6 +52,18 @@ def test_scale_splits_arrays_at_max_array_size(n: int) -> None:
     assert p.sbatch_calls == 6 + len(tok.chunks)
 
 
+def test_a_split_arrays_throttle_is_shared_between_its_sbatch_calls(tmp_path: Path) -> None:
+    """Slurm throttles each job of a split array on its own: `%6` on each of 10 calls would run 60 at once."""
+    p = plan.build(seed_spec(), plan.Facts(num_inputs=100_000, max_array_size=101, nodes_available=64))
+    tok = p.stage("tokenize")
+    tok = dataclasses.replace(tok, resources=dataclasses.replace(tok.resources, array_throttle=6))
+    calls = len(tok.chunks)
+    assert calls == 10
+    got = render.executor_params(p, tok, RunPaths(tmp_path / "run"), "", [])["array_parallelism"]
+    assert got == 1  # 6 // 10 rounds to 0: at least one task of each call runs
+    assert [render.chunk_throttle(t, n) for t, n in ((6, 2), (7, 2), (0, 3), (2, 5), (5, 1))] == [3, 3, 0, 1, 5]
+
+
 def test_checkpoint_steps_include_max_steps() -> None:
     f = dataclasses.replace(spec.FinetuneSection(), max_steps=30, save_every=8)
     assert plan.checkpoint_steps(f) == (8, 16, 24, 30)

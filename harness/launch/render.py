@@ -112,13 +112,19 @@ def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, sru
                 "dependency": dep}
     params.update({k: v for k, v in optional.items() if v})
     if stage.array:  # submitit throttles to 256 unless told; 0 = no limit = as many as the array has
-        params["array_parallelism"] = r.array_throttle or stage.tasks
+        params["array_parallelism"] = chunk_throttle(r.array_throttle, len(stage.chunks)) or stage.tasks
     if stage.requeue:
         params["additional_parameters"] = {**params["additional_parameters"], "requeue": True}
     if r.sbatch_extra:  # validated against sbatch's options and the ones set above (harness.core.sbatch_options)
         params["additional_parameters"] = {**params["additional_parameters"],
                                            **dict(sbatch_options.parsed(o) for o in r.sbatch_extra)}
     return params
+
+
+def chunk_throttle(throttle: int, chunks: int) -> int:
+    """`%k` of each sbatch call of a stage: an array split at MaxArraySize is several jobs, each throttled on its
+    own by Slurm, so the stage's limit is shared out between them (at least 1 each; 0 stays no limit)."""
+    return max(1, throttle // chunks) if throttle else 0
 
 
 SBATCH_DEFAULTS = {"wckey": "submitit", "array_parallelism": 256, "signal_delay_s": 90}
