@@ -134,7 +134,10 @@ def test_cli_exits_2_with_one_line_per_bad_override(tmp_path: Path, capsys: pyte
                                "array and chains the stages)"),
     ("--mem-per-cpu=4G", "'--mem-per-cpu=4G': clashes with what the harness sets (set it with <stage>.mem_gb)"),
     ("--mail-user", "'--mail-user': needs a value, '--mail-user=...'"),
-    ("--contiguous=yes", "'--contiguous=yes': takes no value, '--contiguous'")])
+    ("--contiguous=yes", "'--contiguous=yes': takes no value, '--contiguous'"),
+    ("--hint=nomultithread", ""), ("--mem-bind=local", ""), ("--network=sn_all", ""),  # man sbatch, not --help
+    ("--clusters=other", "'--clusters=other': clashes with what the harness sets (status, cancel and resume ask "
+                         "this cluster's controller (squeue/sacct/scancel without -M))")])
 def test_sbatch_extra_options(option: str, message: str) -> None:
     assert sbatch_options.check(option) == message
 

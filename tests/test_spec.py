@@ -137,6 +137,8 @@ BAD_SPECS: list[tuple[str, str, str]] = [
      "protocol = 'tokenbench'\n", "evaluate.tokenbench_frames"),
     ("tokenize-cuda-no-gpu", BASE + "[tokenize]\ndevice = 'cuda'\n", "tokenize.device"),
     ("time-under-the-warning-signal", BASE + "[tokenize]\ntime_min = 1\n", "tokenize.time_min"),
+    ("time-within-slurms-early-signal", BASE + "[merge]\ntime_min = 2\n",
+     "merge.time_min = 2: not longer than the 90 s warning signal (which Slurm may send up to 60 s early)"),
     ("v2w-infer-inputs-not-jsonl", '[run]\nrecipe = "video2world"\n[model]\npreset = "tiny-v2w"\n[data]\n'
      'jsonl = "a.jsonl"\n[infer]\ninputs = "/imgs"\n', "infer.inputs"),
     ("encoder-repo-of-another-compression", BASE + "[tokenizer]\nencoder = 'nvidia/Cosmos-0.1-Tokenizer-DV8x16x16'\n",

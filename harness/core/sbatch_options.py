@@ -34,9 +34,13 @@ OPTIONS: dict[str, Arg] = {
     "threads-per-core": "value", "time": "value", "time-min": "value", "tmp": "value", "uid": "value",
     "usage": "flag", "use-min-nodes": "flag", "verbose": "flag", "version": "flag", "wait": "flag",
     "wckey": "value", "wrap": "value",
+    "hint": "value", "mem-bind": "value", "network": "value", "ntasks-per-gpu": "value", "acctg-freq": "value",
+    "prefer": "value", "batch": "value", "kill-command": "optional", "tres-per-task": "value",
 }
-"""Every long option of `sbatch --help` (22.05), plus `open-mode` and `kill-on-invalid-dep`, which it omits:
-whether it takes a value (`--mail-type=END`), none (`--hold`) or an optional one (`--exclusive[=user]`)."""
+"""Every long option of `sbatch --help` (22.05), plus those `man sbatch` documents and the help omits (`open-mode`,
+`kill-on-invalid-dep`, `hint`, `mem-bind`, `network`, `ntasks-per-gpu`, `acctg-freq`, `prefer`, `batch`,
+`kill-command`, `tres-per-task`): whether it takes a value (`--mail-type=END`), none (`--hold`) or an optional
+one (`--exclusive[=user]`)."""
 
 _STAGE_KEYS = {"partition": "partition", "account": "account", "qos": "qos", "time": "time_min",
                "nodes": "nodes", "gpus-per-node": "gpus_per_node", "gpus": "gpus_per_node",
@@ -55,6 +59,8 @@ HARNESS_SET: dict[str, str] = {
     **dict.fromkeys(("export", "export-file", "get-user-env"),
                     "the harness sets the environment (it keeps secrets out of the job record)"),
     "wckey": "submitit's wckey marks the harness's jobs",
+    **dict.fromkeys(("clusters", "cluster-constraint"),
+                    "status, cancel and resume ask this cluster's controller (squeue/sacct/scancel without -M)"),
     **dict.fromkeys(("wrap", "parsable", "wait", "quiet", "verbose", "help", "usage", "version", "uid", "gid"),
                     "a command-line switch of sbatch itself, not a job option"),
 }

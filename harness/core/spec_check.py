@@ -16,7 +16,7 @@ from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.secretenv import is_secret
 from harness.core.sections import RunSpec, data_parallel
-from harness.core.stages import IN_CONTAINER, SIGNAL_DELAY_S
+from harness.core.stages import IN_CONTAINER, SIGNAL_DELAY_S, SIGNAL_EARLY_S
 from harness.core.stages import STAGES as STAGE_ROWS
 
 
@@ -263,10 +263,11 @@ def _check_stage_fit(spec: RunSpec) -> list[tuple[str, str]]:
                              f"tokenizer, but tokenizer.compression = {list(spec.tokenizer.compression)}"))
     if spec.tokenize.device == "cuda" and spec.tokenize.gpus_per_node == 0:
         out.append(("tokenize.device", "= 'cuda' but tokenize.gpus_per_node = 0: the tasks would get no GPU"))
-    for row in STAGE_ROWS:
-        section = getattr(spec, row.section)
-        delay = spec.finetune.signal_delay_s if row.name == "finetune" else SIGNAL_DELAY_S
+    for name in dict.fromkeys(row.section for row in STAGE_ROWS):  # import-image and stage-assets share [assets]
+        section = getattr(spec, name)
+        delay = (spec.finetune.signal_delay_s if name == "finetune" else SIGNAL_DELAY_S) + SIGNAL_EARLY_S
         if section.time_min * 60 <= delay:
-            out.append((f"{row.section}.time_min", f"= {section.time_min}: not longer than the {delay} s warning "
-                                                   f"signal before the limit, which would requeue the task at once"))
+            out.append((f"{name}.time_min", f"= {section.time_min}: not longer than the {delay - SIGNAL_EARLY_S} s "
+                                            f"warning signal (which Slurm may send up to {SIGNAL_EARLY_S} s early) "
+                                            f"before the limit: the task would be requeued at once, again and again"))
     return out

@@ -17,6 +17,9 @@ from typing import Literal
 SIGNAL_DELAY_S = 90
 """Seconds of SIGUSR2 warning before the time limit for the stages without a spec key for it (finetune's is
 finetune.signal_delay_s): what submitit checkpoints and requeues on."""
+SIGNAL_EARLY_S = 60
+"""Slurm sends the warning signal up to this much earlier than asked (`--signal`: "may be sent up to 60 seconds
+earlier than specified"): a time limit must leave the task more than delay + this before the signal."""
 
 Shape = Literal["one", "shards", "checkpoints", "ranks"]
 """Slurm shape: one task; an array over tokenize shards; an array over checkpoints x input shards; one task of
