@@ -215,6 +215,17 @@ def test_plan_cli_writes_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # the seed's registry image is imported once (nothing in /shared/runs/images here): import-image's script too
     assert len(list(tmp_path.glob("*.sbatch"))) == 8 and (tmp_path / "00-import-image.sbatch").is_file()
     assert "import-image: enroot import docker://nvcr.io#nvidia/nemo:26.02 -> " in " ".join(out.split())
+    # the same folder again: an earlier plan's scripts that this one does not write go, the user's stay
+    (tmp_path / "mine.sbatch").write_text("#!/bin/bash\n")
+    many = ["finetune.max_steps=1100", "finetune.save_every=1", "finetune.val_every=0", "infer.baseline='off'",
+            "infer.inputs_per_task=0"]
+    cfg = str(REPO / "configs" / "cosmos-4b-dv4x8x8.toml")
+    assert cli.main(["plan", cfg, *many, "--num-inputs", "10000", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "05-infer-1.sbatch").is_file()  # 1,100 checkpoints: split at MaxArraySize
+    assert cli.main(["plan", cfg, "--num-inputs", "10000", "--out", str(tmp_path)]) == 0
+    after = {p.name for p in tmp_path.glob("*.sbatch")}
+    assert "mine.sbatch" in after and not (tmp_path / "05-infer-1.sbatch").exists()
+    assert after - {"mine.sbatch"} == set((tmp_path / ".harness-plan").read_text().split())
 
 
 def test_training_plan_is_the_one_source() -> None:
