@@ -193,6 +193,16 @@ def test_plan_says_building_then_reused(tmp_path: Path, clips: list[InputItem]) 
     assert again.cache.line().startswith(f"tokenize: reused {got.cache.key16}")
 
 
+def test_planned_container_scripts_mount_the_entry_as_submit_does(tmp_path: Path, clips: list[InputItem]) -> None:
+    """`plan --out` is what submit sends: a container stage of a cached run mounts the token-cache entry."""
+    spec = _spec(tmp_path, {"container": {"image": str(tmp_path / "img.sqsh")}})
+    got = plan_ops.gather(spec, "local", "plan")
+    assert got.cache is not None
+    root = cache.entry_of(spec, got.cache.key).root
+    finetune = next(s for s in plan_ops.view(spec, got).scripts if s.stage == "finetune")
+    assert f"{root}:{root}" in finetune.text
+
+
 def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "300")  # a wide terminal: rows unfolded
     live, done = "ef" * 32, "01" * 32

@@ -258,7 +258,8 @@ def view(spec: spec_mod.RunSpec, gathered: Gathered) -> PlanView:
     return PlanView(plan, gathered, spec.run.name, f"{spec.run.recipe}, model {spec.model.preset}",
                     _summary(plan) + _cache_lines(gathered.cache), _fanout(plan), tuple(notes),
                     tuple(origins(spec, plan, gathered.facts, gathered.sources)), _estimates(plan),
-                    ("stage", "tasks", "array", "after", "resources", "container"), _stage_rows(plan), _scripts(plan))
+                    ("stage", "tasks", "array", "after", "resources", "container"), _stage_rows(plan),
+                    _scripts(plan, _placeholder_paths(spec, gathered.cache)))
 
 
 def _summary(plan: plan_mod.Plan) -> tuple[str, ...]:
@@ -327,8 +328,11 @@ def _stage_rows(plan: plan_mod.Plan) -> tuple[tuple[str, ...], ...]:
     return tuple(rows)
 
 
-def _placeholder_paths(spec: spec_mod.RunSpec) -> RunPaths:
-    return RunPaths(Path(spec.run.workdir) / f"{spec.run.name}-<run-id>")
+def _placeholder_paths(spec: spec_mod.RunSpec, use: CacheUse | None = None) -> RunPaths:
+    """The run's paths as submit will make them, its id a placeholder; with a token cache, the entry's folder
+    too (the container stages mount it)."""
+    root = Path(spec.run.workdir) / f"{spec.run.name}-<run-id>"
+    return RunPaths(root, None, cache.entry_of(spec, use.key).root if use is not None else None)
 
 
 def _scripts(plan: plan_mod.Plan, paths: RunPaths | None = None, stages: tuple[str, ...] | None = None,
@@ -366,7 +370,7 @@ def campaign_view(expanded: sweep.Expanded, gathered: list[Gathered]) -> Campaig
         data = "prepares its own" if owner is m else f"member {owner.member.index}'s ({owner.member.name})"
         values = ", ".join(f"{k}={overrides.toml_text(v)}" for k, v in m.member.varied)
         rows.append((str(m.member.index), m.member.name, values, data))
-        paths = _placeholder_paths(m.plan.spec)
+        paths = _placeholder_paths(m.plan.spec, gathered[m.owner].cache)
         if owner is not m:
             paths = replace(paths, shared=_placeholder_paths(owner.plan.spec).root)
         scripts += _scripts(m.plan, paths, tuple(s.name for s in m.stages), f"{m.member.name}/")
