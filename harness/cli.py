@@ -52,6 +52,7 @@ def cmd_plan(spec_path: str, overrides: list[str], out: str | None, num_inputs: 
              executor: ExecutorName) -> int:
     from harness.core.atomic import output_dir
     from harness.ops import plan as plan_ops
+    from harness.ops import scripts
 
     e = plan_ops.load_members(Path(spec_path), overrides)
     if out is not None:
@@ -62,7 +63,7 @@ def cmd_plan(spec_path: str, overrides: list[str], out: str | None, num_inputs: 
     v = plan_ops.view(spec, plan_ops.gather(spec, executor, "plan", num_inputs=num_inputs))
     _print_view(v, overrides)
     if out is not None:
-        plan_ops.write_scripts(v, Path(out))
+        scripts.write_scripts(v, Path(out))
         console.print(f"wrote {v.plan.sbatch_calls} sbatch script(s) to {Path(out)} "
                       f"(job ids shown as ${{STAGE_JOB_ID}})", markup=False)
     return 0
@@ -71,6 +72,7 @@ def cmd_plan(spec_path: str, overrides: list[str], out: str | None, num_inputs: 
 def _plan_campaign(e: Expanded, out: str | None, num_inputs: int | None, executor: ExecutorName) -> int:
     """A sweep: the first member's plan in full, then the members, the jobs they share and (--out) the scripts."""
     from harness.ops import plan as plan_ops
+    from harness.ops import scripts
 
     cv = plan_ops.campaign_view(e, plan_ops.gather_members(e, executor, "plan", num_inputs=num_inputs))
     _print_view(cv.first, list(cv.campaign.expanded.overrides))
@@ -82,7 +84,7 @@ def _plan_campaign(e: Expanded, out: str | None, num_inputs: int | None, executo
             table.add_row(*map(escape, row))
         console.print(table)
     if out is not None:
-        n = plan_ops.write_scripts(cv, Path(out))
+        n = scripts.write_scripts(cv, Path(out))
         console.print(f"wrote {n} sbatch script(s) to {Path(out)}, one folder per member "
                       f"(job ids shown as ${{STAGE_JOB_ID}})", markup=False)
     return 0

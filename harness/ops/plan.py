@@ -15,7 +15,6 @@ from typing import Any, Literal, Mapping
 from harness.core import campaign, estimate, footprint, overrides, sweep, tokencache
 from harness.core import plan as plan_mod
 from harness.core import spec as spec_mod
-from harness.core.atomic import atomic_write_text
 from harness.core.errors import HarnessError, Problem, SpecError
 from harness.core.explain import FactSources, origins
 from harness.core.paths import RunPaths
@@ -395,24 +394,3 @@ def _cached(cp: campaign.CampaignPlan, gathered: list[Gathered]) -> dict[int, st
             builders[use.key] = o
     return out
 
-
-PLAN_INDEX = ".harness-plan"
-"""In a `plan --out` folder: the scripts the last plan wrote there, one name a line."""
-
-
-def write_scripts(v: PlanView | CampaignView, out: Path) -> int:
-    """`harness plan --out DIR`: each script under its file name; the number written. Scripts an earlier plan
-    wrote there and this one does not (a split array's `04-infer-1.sbatch`) are removed, so the folder is this
-    plan's; files the harness did not write are left alone."""
-    names = [s.file_name for s in v.scripts]
-    index = out / PLAN_INDEX
-    earlier = index.read_text(encoding="utf-8").splitlines() if index.is_file() else []
-    for s in v.scripts:
-        atomic_write_text(out / s.file_name, s.text)
-    root = out.resolve()
-    for stale in sorted(set(earlier) - set(names)):
-        path = (out / stale).resolve()
-        if stale.endswith(".sbatch") and path.is_relative_to(root):  # an index edited by hand removes no more
-            path.unlink(missing_ok=True)
-    atomic_write_text(index, "".join(n + "\n" for n in names))
-    return len(v.scripts)
