@@ -219,15 +219,19 @@ def test_both_protocols_side_by_side_each_number_named(tmp_path: Path) -> None:
     assert row["other_protocols"] == {"tokenbench": {"psnr": PSNR[30] - 1.5, "ssim": SSIM[30]}}
 
 
+def sharded_run(tmp_path: Path, max_inputs: int) -> tuple[plan_mod.Plan, RunPaths]:
+    """A run of the default model whose infer inputs are split into shards of 3 (no results written yet)."""
+    (tmp_path / "videos").mkdir()
+    text = spec_text(tmp_path, {"infer": {"max_inputs": max_inputs, "inputs_per_task": 3, "inputs": "/data/eval"}})
+    (tmp_path / "run.toml").write_text(text)
+    spec = spec_mod.absolutize(spec_mod.load(tmp_path / "run.toml"), tmp_path)
+    return plan_mod.build(spec, plan_mod.Facts(num_inputs=12)), new_run_dir(tmp_path / "runs", "rep")
+
+
 def test_sharded_checkpoints_aggregate_all_videos_and_name_missing_shards(tmp_path: Path) -> None:
     """Evaluate fanned out over 3 input shards: a checkpoint's means are over every per-video record of the
     shards that were evaluated (not a mean of shard means), and a shard without its file is named."""
-    (tmp_path / "videos").mkdir()
-    text = spec_text(tmp_path, {"infer": {"max_inputs": 7, "inputs_per_task": 3, "inputs": "/data/eval"}})
-    (tmp_path / "run.toml").write_text(text)
-    spec = spec_mod.absolutize(spec_mod.load(tmp_path / "run.toml"), tmp_path)
-    plan = plan_mod.build(spec, plan_mod.Facts(num_inputs=12))
-    paths = new_run_dir(tmp_path / "runs", "rep")
+    plan, paths = sharded_run(tmp_path, 7)
     assert plan_mod.infer_shards(plan.spec.infer) == 3 and plan.stage("evaluate").tasks == 12
     per_video: dict[int, list[dict]] = {}
     for c, step in enumerate(plan.checkpoint_steps):
@@ -429,12 +433,7 @@ def test_videos_in_no_mean_and_shards_without_inputs_are_named(tmp_path: Path) -
     """A pair that failed, a video with no reference, one not generated (or skipped by infer) are in no mean:
     the report names each with why, beside the means; a shard infer had no inputs for (the test split came out
     shorter than planned) is a missing shard that says so, not a shard counted with 0 videos."""
-    (tmp_path / "videos").mkdir()
-    text = spec_text(tmp_path, {"infer": {"max_inputs": 6, "inputs_per_task": 3, "inputs": "/data/eval"}})
-    (tmp_path / "run.toml").write_text(text)
-    spec = spec_mod.absolutize(spec_mod.load(tmp_path / "run.toml"), tmp_path)
-    plan = plan_mod.build(spec, plan_mod.Facts(num_inputs=12))
-    paths = new_run_dir(tmp_path / "runs", "rep")
+    plan, paths = sharded_run(tmp_path, 6)
     for c, step in enumerate(plan.checkpoint_steps):
         for k in range(2):
             t = plan_mod.infer_task(plan.spec, plan_mod.infer_task_index(plan.spec, c, k))

@@ -188,6 +188,11 @@ class EvalResult:
     """aligned: video.resize, how the reference was fitted to the generated size; '' for tokenbench."""
 
     @property
+    def left_out(self) -> bool:
+        """Whether any video of the shard is in no mean: a pair failed, a reference or a generation missing."""
+        return bool(self.failed or self.missing_reference or self.missing_generated)
+
+    @property
     def protocol_label(self) -> str:
         """The protocol of these numbers as every output names it: 'tokenbench', or 'aligned' with the
         reference's resize."""

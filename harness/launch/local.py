@@ -140,7 +140,7 @@ def _failure(e: Exception, root: Path, stage: str, task: int) -> str:
     if isinstance(e, submitit.core.utils.UncompletedJobError) and "has not produced any output" in text \
             and not failures.names_an_exception(text.split("Error stream produced:", 1)[-1]):
         return KILLED
-    why = failures.reason(str(e), root)  # '' when the log was cut short (a full disk)
+    why = failures.reason(text, root)  # '' when the log was cut short (a full disk)
     return why or (f"{type(e).__name__} with no error line in its log; see harness logs {root} {stage} {task} "
                    "--stderr")
 

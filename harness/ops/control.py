@@ -45,12 +45,12 @@ def lost(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
     return out
 
 
-def incomplete(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
+def incomplete(plan: Plan, paths: RunPaths, gone: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
     """stage -> task indices to resubmit: those without a completion marker or whose result file is `lost`,
     every task of an afterany child (the report summarizes its parent, so it is rebuilt), aftercorr pairs
-    aligned; {} when complete."""
+    aligned; {} when complete. `gone`: `lost`, where the caller has it already."""
     todo: dict[str, list[int]] = {}
-    gone = lost(plan, paths)
+    gone = lost(plan, paths) if gone is None else gone
     for s in plan.stages:
         done = done_tasks(paths, s.name)
         missing = [t for t in range(s.tasks) if t not in done or t in gone.get(s.name, ())]
@@ -91,7 +91,8 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
     ignore = SHARED_STAGES if paths.shared is not None else CACHED_STAGES if _cached_elsewhere(paths) else ()
     with launching.run_lock(paths):
         _refuse_if_active(collect(paths, plan), ignore)
-        todo = incomplete(plan, paths)
+        gone = lost(plan, paths)
+        todo = incomplete(plan, paths, gone)
         _check_shared(paths, todo, ignore, shared_parents)
         todo = {k: v for k, v in todo.items() if k not in ignore}
         _check_reused_image(plan, todo)
@@ -102,7 +103,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
         for s in plan.stages:
             if any(d.kind == "afterany" and d.stage in todo for d in s.depends):
                 _forget(paths, s.name, todo[s.name])
-        for stage, tasks in lost(plan, paths).items():
+        for stage, tasks in gone.items():
             if stage in todo:
                 _forget(paths, stage, tasks)  # their results are gone: run them again
         jobs = load_jobs(paths)

@@ -260,8 +260,7 @@ EMPTY_SHARD = ("no inputs: the input list ended before this shard (fewer test vi
 
 def _empty(rec: ShardRecord) -> bool:
     """A shard infer had nothing to give: no video, no failure, nothing missing."""
-    r = rec.result
-    return not (r.videos or r.failed or r.missing_reference or r.missing_generated)
+    return not (rec.result.videos or rec.result.left_out)
 
 
 def infer_pairs(spec: RunSpec, checkpoint_steps: Sequence[int]) -> Iterator[tuple[int, int, int, int | None]]:

@@ -337,7 +337,7 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     atomic_write_json(paths.eval_json(step, t.key),
                       ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), main, tuple(others)).to_json())
     for result in (main, *others):
-        if not result.videos and (result.failed or result.missing_reference or result.missing_generated):
+        if not result.videos and result.left_out:
             raise HarnessError(f"evaluate[{task}]: no video compared under protocol {result.protocol!r} "
                                f"({_uncompared(result)}); the result is kept for the report")
 
