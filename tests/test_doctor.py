@@ -67,7 +67,25 @@ def test_good_spec_passes_every_check_on_the_local_cluster(tmp_path: Path, slurm
     assert "skip  model.checkpoint: checkpoint tensors fit model.preset: no checkpoint (model.checkpoint = '': " \
            "random init)" in out
     assert "pass  data.split: test split to generate from: 3 usable input(s) split 1/1/1" in out
-    assert out.strip().splitlines()[-1].endswith("23 passed, 0 failed, 4 skipped")
+    for table, stage in (("assets", "stage-assets"), ("tokenize", "tokenize"), ("finetune", "finetune")):
+        assert f"pass  {table}.*: sbatch --test-only of the {stage} script: the controller would accept it" in out
+    assert out.strip().splitlines()[-1].endswith("30 passed, 0 failed, 4 skipped")
+
+
+def test_an_option_only_the_controller_can_judge_fails_in_doctor(tmp_path: Path, slurm_cluster: str) -> None:
+    """`sbatch --test-only` of each stage's script: the value sbatch rejects fails on that stage's line, the
+    stage whose own checks already failed is skipped (one problem, one line), and nothing is queued."""
+    spec = write_spec(tmp_path, '[finetune]\nsbatch_extra = ["--mail-type=BOGUS"]\n[infer]\ncpus_per_task = 3\n')
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert lines(p.stdout, "fail") == [
+        "fail  infer.cpus_per_task: partition debug has 1 node(s) with 0 GPU(s), 3 CPU(s), any GB: only 0 of 3 "
+        "node(s) fit; largest node n1: 0 GPU(s), 2 CPU(s), 21 GB",
+        "fail  finetune.*: sbatch --test-only of the finetune script: Invalid --mail-type specification"], p.stdout
+    assert "skip  infer.*: sbatch --test-only of the infer script: a check of [infer] above failed" in p.stdout
+    assert "pass  merge.*: sbatch --test-only of the merge script: the controller would accept it" in p.stdout
+    queue = subprocess.run(["squeue", "-h", "-n", "doc.finetune"], capture_output=True, text=True, timeout=30)
+    assert queue.stdout.strip() == ""
 
 
 def test_missing_partition_is_named_by_its_key(tmp_path: Path, slurm_cluster: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,6 +110,18 @@ def _no_sbatch_env() -> Iterator[None]:
         yield
     finally:
         os.environ.update(held)
+
+
+def test_only(text: str) -> str:
+    """What the controller says of a rendered script without queueing it: '' if it would be accepted, else the
+    reason (an option sbatch rejects, a partition, account, QOS or node request it cannot meet). The dependency
+    line goes: its parents are placeholders until submit. The submitting shell's SBATCH_* variables are left
+    out as at submit."""
+    body = "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("#SBATCH --dependency"))
+    with tempfile.TemporaryDirectory(prefix="harness-test-only-") as tmp, _no_sbatch_env():
+        script = Path(tmp) / "job.sbatch"
+        script.write_text(body, encoding="utf-8")
+        return slurmcli.test_only(script)
 
 
 class SlurmBackend:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.core.errors import HarnessError
 from harness.launch.backend import TaskState
@@ -65,6 +66,13 @@ def gist(text: str, limit: int = 120) -> str:
     if len(line) <= limit:
         return line
     return line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def test_only(script: Path) -> str:
+    """'' when the controller would accept `script` now (`sbatch --test-only`: nothing is queued), else its
+    complaint in one line."""
+    proc = _run(["sbatch", "--test-only", str(script)], check=False)
+    return "" if proc.returncode == 0 else gist(proc.stderr + proc.stdout)
 
 
 def config() -> dict[str, str]:

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from harness.ops.plan import Gathered
 
 Status = Literal["pass", "fail", "skip"]
-Group = Literal["slurm", "container", "paths", "assets", "inputs"]
-ALL: tuple[Group, ...] = ("inputs", "slurm", "container", "assets", "paths")
+Group = Literal["slurm", "container", "paths", "assets", "inputs", "sbatch"]
+ALL: tuple[Group, ...] = ("inputs", "slurm", "container", "assets", "paths", "sbatch")
 CHEAP: tuple[Group, ...] = ("slurm", "container", "paths")
 """What `submit` checks: Slurm and container facts, and room in the run directory. Inputs are listed by submit
 itself, and assets are verified by stage-assets, which reports a missing one as its own failure."""
@@ -359,12 +359,16 @@ def diagnose(spec_path: Path, groups: tuple[Group, ...] = ALL, overrides: tuple[
     """`harness doctor SPEC [key=value ...]`: load, plan as `submit` would here, check that plan; every member of
     a sweep, each check's key then naming its member."""
     from harness.ops import plan as plan_ops
+    from harness.ops import scripts
 
     expanded = plan_ops.load_members(spec_path, overrides, for_submit=False)
     cluster, checks = gather_cluster(), []
     for m in expanded.members:
         plan, got = plan_here(m.spec, cluster)
         found = run(m.spec, plan, cluster, got.items, got.items_why, groups)
+        if "sbatch" in groups and not isinstance(cluster, str):
+            failed = {k.split(".")[0] for c in found if c.status == "fail" for k in c.key.split(", ")}
+            found += [Check(*c) for c in scripts.test_only(plan_ops.scripts(plan, got), failed)]
         checks += [replace(c, key=f"{m.label}: {c.key}") for c in found] if expanded.is_sweep else found
     return expanded.members[0].spec, checks
 

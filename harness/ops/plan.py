@@ -258,7 +258,7 @@ def view(spec: spec_mod.RunSpec, gathered: Gathered) -> PlanView:
                     _summary(plan) + _cache_lines(gathered.cache), _fanout(plan), tuple(notes),
                     tuple(origins(spec, plan, gathered.facts, gathered.sources)), _estimates(plan),
                     ("stage", "tasks", "array", "after", "resources", "container"), _stage_rows(plan),
-                    _scripts(plan, _placeholder_paths(spec, gathered.cache)))
+                    scripts(plan, gathered))
 
 
 def _summary(plan: plan_mod.Plan) -> tuple[str, ...]:
@@ -325,6 +325,10 @@ def _stage_rows(plan: plan_mod.Plan) -> tuple[tuple[str, ...], ...]:
             if s.name in ("infer", "evaluate") else str(s.tasks)
         rows.append((s.name, tasks, arr, deps, res, "yes" if s.container else "-"))
     return tuple(rows)
+
+
+def scripts(plan: plan_mod.Plan, gathered: Gathered) -> tuple[Script, ...]:
+    return _scripts(plan, _placeholder_paths(plan.spec, gathered.cache))
 
 
 def _placeholder_paths(spec: spec_mod.RunSpec, use: CacheUse | None = None) -> RunPaths:

@@ -1,11 +1,16 @@
-"""`harness plan --out DIR`: the rendered sbatch scripts written into a folder, the one side effect of a plan."""
+"""The rendered sbatch scripts outside a submit: written into a folder (`harness plan --out DIR`, the one side
+effect of a plan) and shown to the controller without queueing (`harness doctor`'s `sbatch --test-only`)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
+from typing import Literal
 
 from harness.core.atomic import atomic_write_text
-from harness.ops.plan import CampaignView, PlanView
+from harness.core.stages import stage as stage_def
+from harness.launch import slurm
+from harness.ops.plan import CampaignView, PlanView, Script
 
 PLAN_INDEX = ".harness-plan"
 """In a `plan --out` folder: the scripts the last plan wrote there, one name a line."""
@@ -27,3 +32,27 @@ def write_scripts(v: PlanView | CampaignView, out: Path) -> int:
             path.unlink(missing_ok=True)
     atomic_write_text(index, "".join(n + "\n" for n in names))
     return len(v.scripts)
+
+
+Verdict = tuple[Literal["pass", "fail", "skip"], str, str, str]
+
+
+def test_only(scripts: tuple[Script, ...], failed: Collection[str] = ()) -> list[Verdict]:
+    """`harness doctor`'s last word on each stage: its first script shown to the controller with
+    `sbatch --test-only`, so a value only Slurm can judge (a `sbatch_extra` option, a constraint, a QOS limit)
+    fails here rather than midway through a submit. (status, key, what, detail) rows, one per stage; a stage whose
+    table is in `failed` (another check of it failed, and sbatch would only repeat it) is skipped."""
+    rows: list[Verdict] = []
+    seen: set[str] = set()
+    for s in scripts:
+        if s.stage in seen:
+            continue
+        seen.add(s.stage)
+        table = stage_def(s.stage).key("sbatch_extra").rsplit(".", 1)[0]
+        what = f"sbatch --test-only of the {s.stage} script"
+        if table in failed:
+            rows.append(("skip", f"{table}.*", what, f"a check of [{table}] above failed"))
+            continue
+        why = slurm.test_only(s.text)
+        rows.append(("fail" if why else "pass", f"{table}.*", what, why or "the controller would accept it"))
+    return rows
