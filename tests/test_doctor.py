@@ -264,3 +264,19 @@ def test_one_symlink_loop_is_a_bad_input_not_a_blocked_run(tmp_path: Path, no_sl
             "symbolic links)") in p.stdout, p.stdout + p.stderr
     plan = harness("plan", str(spec), cwd=tmp_path)
     assert plan.returncode == 0 and "planned for 0 inputs" not in plan.stdout, plan.stdout + plan.stderr
+
+
+def test_a_script_sbatch_refuses_mid_submit_leaves_nothing_queued_and_status_says_why(tmp_path: Path,
+                                                                                      slurm_cluster: str) -> None:
+    """Without doctor, the finetune script's rejected option surfaces at its sbatch: the stages already sent are
+    cancelled, and `harness status` names that failure rather than showing a run that was never submitted."""
+    spec = write_spec(tmp_path, '[finetune]\nsbatch_extra = ["--mail-type=BOGUS"]\n')
+    sub = harness("submit", str(spec), "--no-doctor", cwd=tmp_path)
+    assert sub.returncode == 2, sub.stdout + sub.stderr
+    assert "submission failed, 3 job(s) cancelled" in sub.stderr and "Invalid --mail-type" in sub.stderr
+    (root,) = (tmp_path / "runs").iterdir()
+    queue = subprocess.run(["squeue", "-h", "-o", "%j", "--noheader"], capture_output=True, text=True, timeout=30)
+    assert not [j for j in queue.stdout.split() if j.startswith("doc.")], queue.stdout
+    st = harness("status", str(root), cwd=tmp_path)
+    text = " ".join(st.stdout.split())
+    assert "the last submission queued nothing:" in text and "Invalid --mail-type specification" in text, st.stdout

@@ -131,10 +131,13 @@ class Jobs:
     executor: str
     reason: str
     submissions: tuple[Submission, ...]
+    failed: str = ""
+    """Why the last submit or resume queued nothing (it cancelled what it had sent); '' once one succeeds."""
 
     def to_json(self) -> dict[str, Any]:
+        failed = {"failed": self.failed} if self.failed else {}
         return {"executor": self.executor, "reason": self.reason,
-                "submissions": [s.to_json() for s in self.submissions]}
+                "submissions": [s.to_json() for s in self.submissions], **failed}
 
     @property
     def next_round(self) -> int:
@@ -151,4 +154,4 @@ def read_jobs(paths: RunPaths) -> Jobs:
     if bad:
         raise HarnessError(Problem(str(paths.jobs_json), "submissions", f"job id {bad[0]!r}: a local driver's id is "
                                                                         "'local:<pid>'"))
-    return Jobs(raw["executor"], str(raw.get("reason", "")), subs)
+    return Jobs(raw["executor"], str(raw.get("reason", "")), subs, str(raw.get("failed", "")))

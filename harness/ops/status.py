@@ -100,6 +100,11 @@ def _short(log: str, root: Path) -> str:
 def view(rs: RunState, show_all: bool = False, plan: Plan | None = None) -> Group:
     parts: list = [f"run {rs.paths.run_id} ({rs.executor}): {escape(str(rs.paths.root))}", stage_table(rs, plan),
                    f"{verdict(rs)}: {rs.summary()}"]
+    failed = load_jobs(rs.paths).failed
+    if failed:
+        parts.append(escape(f"the last submission queued nothing: {failed}. After a passing fault `harness resume "
+                            f"{rs.paths.run_id}` submits again; a value sbatch rejects needs a new submit of the "
+                            "fixed spec (`harness doctor` tests each script first)"))
     lines = retries.run_lines(rs.paths, [s.name for s in rs.stages])
     parts += [escape(f"infrastructure retry: {line}") for line in lines]
     tasks = task_table(rs, show_all)

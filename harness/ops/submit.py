@@ -145,16 +145,17 @@ def submit_stages(plan: plan_mod.Plan, paths: RunPaths, todo: dict[str, list[int
                   choice: Choice, parent_ids: dict[str, list[str]] | None = None,
                   prior: tuple[Submission, ...] | list[Submission] = ()) -> list[Submission]:
     """Submit the listed tasks of each stage in plan order through the chosen backend, recording jobs.json
-    after each sbatch; on a failure the backend cancels what it submitted and jobs.json keeps `prior`."""
+    after each sbatch; on a failure the backend cancels what it submitted, and jobs.json keeps `prior` and says why
+(`harness status` shows it)."""
     prior = tuple(prior)
     rnd = Jobs(choice.executor, choice.reason, prior).next_round
     try:
         return backend_for(choice.executor).submit(plan, paths, todo, known.max_array_size, rnd, dict(parent_ids or {}),
                                                    lambda subs: record_jobs(paths, choice, [*prior, *subs]))
-    except HarnessError:
-        record_jobs(paths, choice, list(prior))
+    except HarnessError as e:
+        record_jobs(paths, choice, list(prior), failed=str(e))
         raise
 
 
-def record_jobs(paths: RunPaths, choice: Choice, subs: list[Submission]) -> None:
-    atomic_write_json(paths.jobs_json, Jobs(choice.executor, choice.reason, tuple(subs)).to_json())
+def record_jobs(paths: RunPaths, choice: Choice, subs: list[Submission], failed: str = "") -> None:
+    atomic_write_json(paths.jobs_json, Jobs(choice.executor, choice.reason, tuple(subs), failed).to_json())
