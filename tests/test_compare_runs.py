@@ -12,7 +12,7 @@ import pytest
 
 from harness import cli
 from harness.core.atomic import atomic_write_json, read_json
-from harness.core.paths import RunPaths
+from harness.core.paths import RunPaths, mark_done
 from test_report import PREDICTED, PSNR, SSIM, make_results, with_predicted
 from test_report_html import CHROMIUM, media_state
 
@@ -163,3 +163,21 @@ def test_baseline_rows_come_first_labelled(tmp_path: Path, capsys: pytest.Captur
     # the baseline scores highest here, yet it is compared against, never the best (as in each run's report)
     assert rows[0]["best"] == [] == rows[5]["best"] and "psnr" in rows[3]["best"]
     assert "0 (random initialisation)" in out
+
+
+def test_a_run_not_done_is_named_in_the_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Best-marked rows of a run still going (or stopped short) may change: compare says which run that is and
+    what to do, and says nothing of a run whose every task completed."""
+    a, plan, _ = make_results(tmp_path)
+    b, _, _ = make_results(tmp_path)
+    for paths in (a, b):
+        for s in plan.stages:
+            for t in range(s.tasks):
+                mark_done(paths, s.name, t)
+    rc, out, _ = _run(tmp_path, a.run_id, b.run_id, capsys=capsys)
+    assert rc == 0 and not [n for n in _doc(out)["notes"] if "Run " in n]
+    b.marker("evaluate", 0).unlink()
+    rc, out, _ = _run(tmp_path, a.run_id, b.run_id, capsys=capsys)
+    assert rc == 0
+    assert [n for n in _doc(out)["notes"] if "Run " in n] == [
+        f"Run {b.run_id} incomplete: `harness status {b.run_id}` says which tasks, `harness resume` runs them again"]

@@ -14,7 +14,7 @@ from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
 from harness.launch.backend import load_plan
-from harness.ops import campaign, gpuhours, state
+from harness.ops import campaign, gpuhours, state, status
 from harness.report import build as report
 from harness.report import compare as cmp
 from harness.report import compare_files
@@ -33,20 +33,20 @@ def resolve(names: Sequence[str], workdir: str) -> list[RunPaths]:
     return out
 
 
-def _hours(paths: RunPaths, plan: Plan) -> tuple[float | None, float | None]:
-    """(used, planned) GPU-hours of the whole run; used unknown (None) where the run's states cannot be read
-    (a Slurm controller that does not answer): compare still shows the rest."""
+def _progress(paths: RunPaths, plan: Plan) -> tuple[float | None, float | None, str]:
+    """(used, planned) GPU-hours of the whole run and its verdict; used and verdict unknown (None, '') where the
+    run's states cannot be read (a Slurm controller that does not answer): compare still shows the rest."""
     try:
         rs = state.collect(paths, plan)
     except HarnessError:
         est = [v for v in gpuhours.planned(plan).values() if v is not None]
-        return None, sum(est) if est else None
-    return gpuhours.total_hours(gpuhours.usage(rs, plan))
+        return None, sum(est) if est else None, ""
+    return *gpuhours.total_hours(gpuhours.usage(rs, plan)), status.verdict(rs)
 
 
 def read_run(paths: RunPaths) -> cmp.RunData:
     """The run's spec, the evaluate files of each planned evaluation step, its logged validation losses, its
-    generation rate per step and its GPU-hours."""
+    generation rate per step, its GPU-hours and whether it is done."""
     plan = load_plan(paths)
     steps = plan.eval_steps
     evals, _ = report.read_evals(paths, plan.spec, steps, [], [])
@@ -54,9 +54,10 @@ def read_run(paths: RunPaths) -> cmp.RunData:
            if isinstance(r.get(cmp.VAL_LOSS), (int, float))}
     gen = {s: g.tokens_per_s for s in steps
            if (g := report.generation_stats(paths, plan.spec, [s])) is not None and g.tokens_per_s is not None}
+    used, planned, verdict = _progress(paths, plan)
     return cmp.RunData(paths.run_id, plan.spec.run.name, rundir.read_spec_record(paths),
-                       {s: tuple(evals.get(s, ())) for s in steps}, val, *_hours(paths, plan),
-                       report.baseline_label(plan.spec), gen)
+                       {s: tuple(evals.get(s, ())) for s in steps}, val, used, planned,
+                       report.baseline_label(plan.spec), gen, verdict)
 
 
 def out_dir(first: RunPaths, c: cmp.Comparison) -> Path:

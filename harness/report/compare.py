@@ -47,6 +47,8 @@ class RunData:
     gen_rate: Mapping[int, float] = field(default_factory=dict)
     """Step -> generated tokens per decode second of its infer tasks (`harness.report.build.generation_stats`):
     a campaign over `infer.*` keys (the KV cache, the batch) weighs quality against speed in one table."""
+    verdict: str = ""
+    """running, completed, failed or incomplete (`harness.ops.status.verdict`); '' where its states are unknown."""
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -173,6 +175,15 @@ def _mark_best(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
     return tuple(dataclasses.replace(r, best=marks.get(id(r), frozenset())) for r in rows)
 
 
+def _unfinished(run: RunData) -> str:
+    """A run not yet (or never) done: its best-marked rows may change, or stand for less than was planned."""
+    missing = sum(1 for shards in run.evals.values() if not shards)
+    tail = f"; {missing} of its {len(run.evals)} checkpoint row(s) have no evaluation yet" if missing else ""
+    return (f"Run {run.run_id} is {run.verdict}{tail}: compare it again once it completes"
+            if run.verdict == "running" else f"Run {run.run_id} {run.verdict}{tail}: `harness status "
+            f"{run.run_id}` says which tasks, `harness resume` runs them again")
+
+
 def compare(runs: Sequence[RunData]) -> Comparison:
     """The rows of every run's checkpoints (step order, runs in the order given); raises HarnessError when the
     runs have no video in common."""
@@ -184,6 +195,7 @@ def compare(runs: Sequence[RunData]) -> Comparison:
     differing = differing_keys(runs)
     rows = [_row(r, step, r.evals.get(step, ()), metrics, common, differing)
             for r in runs for step in sorted(r.evals)]
+    notes += tuple(_unfinished(r) for r in runs if r.verdict in ("running", "failed", "incomplete"))
     protocols = {r.protocol for r in rows if r.protocol != "-"}
     if len(protocols) > 1:
         notes += (f"The rows were scored under different protocols ({', '.join(sorted(protocols))}): their "
