@@ -101,3 +101,51 @@ def test_every_pair_failing_is_an_error_with_the_reasons(tmp_path: Path) -> None
     assert p.returncode == 2 and "no pair could be compared: all 1 failed" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "note: failed: alpha:" in p.stdout
     assert keep.read_text() == '{"kept": true}'
+
+
+def test_inputs_are_never_written_over_and_missing_folders_are_named(tmp_path: Path) -> None:
+    """`--out` (or the default `evaluate.json`) that is a video, or a video's alignment sidecar, is refused before
+    any work, the files untouched; a missing folder is named by its own option, not by `--out`."""
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    write_mp4(ref / "evaluate.mp4", smooth_clip(9, 48, 64, 0), 25, crf=4)
+    write_mp4(gen / "evaluate.mp4", smooth_clip(9, 48, 64, 0), 25, crf=4)
+    sidecar = gen / "evaluate.json"
+    sidecar.write_text('{"source": "sidecar"}')
+    before = {p: p.read_bytes() for p in (ref / "evaluate.mp4", sidecar)}
+    cases = ((gen, None, "--out: would replace the alignment sidecar of evaluate.mp4"),
+             (gen, str(ref / "evaluate.mp4"), "--out: is a video's name"),
+             (tmp_path / "nope", None, "--generated: no such directory"),
+             (gen / "evaluate.mp4", None, "--generated: not a directory"))
+    for generated, out, needle in cases:
+        argv = ["evaluate", "--reference", str(ref), "--generated", str(generated)] + (["--out", out] if out else [])
+        p = run_cli(*argv, cwd=tmp_path)
+        assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_the_reference_of_the_same_name_wins_and_ambiguity_is_said(tmp_path: Path) -> None:
+    """References `dup.mp4` and `dup.mov`: generated `dup.mp4` is scored against `dup.mp4`; generated `two.mp4`
+    over references `two.mov` and `two.mkv` is a failed pair naming both; a broken link is a failed pair too."""
+    from harness.stages.evaluate import evaluate_dirs
+
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    clip = smooth_clip(9, 48, 64, 0)
+    write_mp4(ref / "dup.mp4", clip, 25, crf=4)
+    write_mp4(ref / "dup.mov", smooth_clip(9, 48, 64, 3), 25, crf=4)
+    write_mp4(gen / "dup.mp4", clip, 25, crf=4)
+    for suffix in (".mov", ".mkv"):
+        write_mp4(ref / f"two{suffix}", clip, 25, crf=4)
+    write_mp4(gen / "two.mp4", clip, 25, crf=4)
+    write_mp4(ref / "gone.mp4", clip, 25, crf=4)
+    (gen / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    got = evaluate_dirs(ref, gen, backend="fast", workers=1)
+    (dup,) = got["videos"]
+    assert dup["name"] == "dup" and dup["reference"].endswith("dup.mp4")
+    assert dup["identical"] or dup["psnr"] > 40, dup["psnr"]  # the same clip, not dup.mov's other one
+    failed = {f["name"]: f["error"] for f in got["failed"]}
+    assert failed["two"] == "ambiguous reference: two.mkv, two.mov share the stem 'two'; keep one"
+    assert "No such file" in failed["gone"] or "nowhere" in failed["gone"], failed

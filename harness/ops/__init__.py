@@ -206,12 +206,14 @@ def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | N
         os.environ.setdefault(var, "1")
     from rich.markup import escape
 
-    from harness.core.atomic import atomic_write_json, output_file
+    from harness.core.atomic import atomic_write_json
     from harness.core.errors import HarnessError, Problem
     from harness.report import evaltable
-    from harness.stages.evaluate import evaluate_dirs
+    from harness.stages.evaluate import evaluate_dirs, videos_of
 
-    out = output_file(Path(out_file) if out_file else evaltable.default_out(generated), "--out")
+    for folder, key in ((reference, "--reference"), (generated, "--generated")):
+        videos_of(Path(folder), key)  # a missing folder is named before --out is judged
+    out = _evaluate_out(Path(out_file) if out_file else evaltable.default_out(generated), "--out")
     result = evaluate_dirs(Path(reference), Path(generated), backend=backend, protocol=protocol)
     if not result["videos"] and not result["failed"]:
         gens, refs = len(result["missing_reference"]), len(result["missing_generated"])
@@ -230,6 +232,22 @@ def cmd_evaluate(reference: str, generated: str, backend: str, out_file: str | N
             console.print(f"[yellow]note:[/] {escape(line)}")
     console.print(f"wrote {out} (per-frame SSIM and the compared frame indices)", markup=False)
     return 0
+
+
+def _evaluate_out(out: Path, key: str) -> Path:
+    """Where `harness evaluate` may write its JSON: never over a video, nor over a video's alignment sidecar
+    (`<stem>.json` beside `<stem>.mp4`, which the default `evaluate.json` is beside `evaluate.mp4`)."""
+    from harness.core.atomic import output_file
+    from harness.core.errors import HarnessError, Problem
+    from harness.lib import media
+
+    if out.suffix.lower() in media.VIDEO_SUFFIXES:
+        raise HarnessError(Problem(str(out), key, "is a video's name: give a .json file to write"))
+    video = next((out.with_suffix(s) for s in media.VIDEO_SUFFIXES if out.with_suffix(s).exists()), None)
+    if video is not None:
+        raise HarnessError(Problem(str(out), key, f"would replace the alignment sidecar of {video.name}: give "
+                                                  "another file (--out)"))
+    return output_file(out, key)
 
 
 def cmd_synth(out_dir: str) -> int:

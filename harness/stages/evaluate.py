@@ -39,7 +39,7 @@ import numpy as np
 
 from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_json, read_json
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, Problem
 from harness.core.evalrecords import EvalResult, Failure, Scores, ShardRecord, VideoRecord
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
@@ -221,44 +221,68 @@ def summarize(results: Sequence[VideoRecord | Failure], *, backend: str, device:
 
 def evaluate_all(pairs: Sequence[Pair], protos: Sequence[Protocol], backend: str, device: str, workers: int,
                  missing_reference: Sequence[str], missing_generated: Sequence[str],
-                 selected: Sequence[str] | None = None) -> tuple[EvalResult, ...]:
-    """One result per protocol, in `protos` order (the pairs are decoded afresh for each)."""
-    return tuple(summarize(score_pairs(pairs, backend, device, workers, selected, p), backend=backend, device=device,
-                           missing_reference=missing_reference, missing_generated=missing_generated,
+                 selected: Sequence[str] | None = None, unpaired: Sequence[Failure] = ()) -> tuple[EvalResult, ...]:
+    """One result per protocol, in `protos` order (the pairs are decoded afresh for each); `unpaired`: videos
+    that could not be paired, listed among each result's failures."""
+    return tuple(summarize([*score_pairs(pairs, backend, device, workers, selected, p), *unpaired], backend=backend,
+                           device=device, missing_reference=missing_reference, missing_generated=missing_generated,
                            selected=selected, protocol=p) for p in protos)
 
 
 # ------------------------------------------------------------------------------------- matching
-def _videos(root: Path) -> dict[str, Path]:
-    """Video files of one directory keyed by stem (generated files are .mp4 whatever the source was)."""
+def videos_of(root: Path, key: str) -> dict[str, list[Path]]:
+    """Video files of one directory by stem (generated files are .mp4 whatever the source was). A broken link
+    stays in, so its pair fails with the reason rather than vanishing."""
     if not root.is_dir():
-        raise HarnessError(f"{root}: not a directory")
-    out: dict[str, Path] = {}
+        why = "no such directory" if not root.exists() else "not a directory"
+        raise HarnessError(Problem(str(root), key, f"{why}: give the folder of videos to compare"))
+    out: dict[str, list[Path]] = {}
     for p in sorted(root.iterdir()):
-        if p.suffix.lower() in media.VIDEO_SUFFIXES and p.is_file() and not p.name.startswith("."):
-            out.setdefault(p.stem, p)
+        if p.suffix.lower() in media.VIDEO_SUFFIXES and (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
+            out.setdefault(p.stem, []).append(p)
     return out
+
+
+def _first(videos: dict[str, list[Path]]) -> dict[str, Path]:
+    """A run's folders: infer writes one `<stem>.mp4` a video, so a stem is one file."""
+    return {stem: found[0] for stem, found in videos.items()}
+
+
+def _reference(g: Path, refs: list[Path]) -> Path | str:
+    """The reference of generated `g` among those of its stem: the same file name, else the only one; several
+    and none of the same name is ambiguous (the reason)."""
+    same = [r for r in refs if r.name == g.name]
+    if same or len(refs) == 1:
+        return (same or refs)[0]
+    return f"ambiguous reference: {', '.join(r.name for r in refs)} share the stem {g.stem!r}; keep one"
 
 
 def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "auto", *,
                   device: str | None = None, workers: int = 0, use_sidecars: bool = True,
                   protocol: str = "aligned") -> dict[str, Any]:
     """Standalone evaluation (`harness evaluate --reference DIR --generated DIR`): files matched by name as
-    TokenBench does (by stem, so x.mov matches x.mp4); unmatched files are reported by name, not fatal.
-    A generated file's sidecar, if present, gives its frame alignment; otherwise frame i vs frame i.
+    TokenBench does (by stem, so x.mov matches x.mp4; where a stem has several references, the one of the same
+    file name); unmatched files are reported by name, not fatal. A generated file's sidecar, if present, gives
+    its frame alignment; otherwise frame i vs frame i.
     `protocol`: as evaluate.protocol, at TokenBench's defaults (17 frames, short side 320)."""
-    refs, gens = _videos(Path(reference)), _videos(Path(generated))
-    pairs = []
-    for stem, g in gens.items():
-        if stem not in refs:
-            continue
-        side = media.Sidecar.read(media.sidecar_path(g)) if use_sidecars and media.sidecar_path(g).is_file() else None
-        pairs.append(Pair(stem, str(g), str(refs[stem]), side.reference_frames if side else None,
-                          side.context_frames if side else 0))
+    refs, gens = videos_of(Path(reference), "--reference"), videos_of(Path(generated), "--generated")
+    pairs, unpaired = [], []
+    for stem, found in gens.items():
+        for g in found if stem in refs else ():
+            name = stem if len(found) == 1 else g.name
+            ref = _reference(g, refs[stem])
+            if isinstance(ref, str):
+                unpaired.append(Failure(name, ref, str(g)))
+                continue
+            side = media.Sidecar.read(media.sidecar_path(g)) if use_sidecars and media.sidecar_path(g).is_file() \
+                else None
+            pairs.append(Pair(name, str(g), str(ref), side.reference_frames if side else None,
+                              side.context_frames if side else 0))
     kind = metrics.resolve_backend(backend)
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
     main, *others = evaluate_all(pairs, protocols(protocol), kind, device, workers,
-                                 [s for s in gens if s not in refs], [s for s in refs if s not in gens])
+                                 [s for s in gens if s not in refs], [s for s in refs if s not in gens],
+                                 unpaired=unpaired)
     return {"reference_dir": str(reference), "generated_dir": str(generated), **main.with_others(others)}
 
 
@@ -274,12 +298,12 @@ def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
     """Pairs of one checkpoint (or of the shard's `names` alone): the reference is found in evaluate.reference
     (`References`) when set, else it is the sidecar's source, else infer.inputs/<stem>.*; returns (pairs, missing
     references, missing generated)."""
-    gens = _videos(gen_dir)
+    gens = _first(videos_of(gen_dir, "generated"))
     if names is not None:
         gens = {n: gens[n] for n in names if n in gens}
     refs = media.References(Path(spec.evaluate.reference).expanduser()) if spec.evaluate.reference else None
     if refs is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
-        fallback = _videos(Path(spec.infer.inputs).expanduser())
+        fallback = _first(videos_of(Path(spec.infer.inputs).expanduser(), "infer.inputs"))
     else:
         fallback = {}
     inputs = _inputs_root(spec)
