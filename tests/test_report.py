@@ -459,3 +459,20 @@ def test_videos_in_no_mean_and_shards_without_inputs_are_named(tmp_path: Path) -
     assert "no inputs: the input list ended before this shard" in md
     assert report.to_json(rep)["uncompared"][0] == {"step": 40, "video": "v1",
                                                     "why": "failed: infer skipped this input: empty file"}
+
+
+def test_names_and_errors_are_printed_as_written_not_as_markup(tmp_path: Path) -> None:
+    """An error text holding `[/old]` (a path) once crashed the terminal render before any file was written;
+    `[g]` and `[bold]` vanished from notes and names. Every cell is literal text."""
+    paths, plan, _ = make_results(tmp_path)
+    step = plan.checkpoint_steps[0]
+    doc = json.loads(paths.eval_json(step).read_text())
+    doc["videos"][0]["name"] = "[bold]x"
+    doc["frames"] = "generated frame g is reference frame reference_frames[g]"
+    doc["failed"] = [{"name": "clip_x", "error": "VideoError: /data/take[/old]/clip_x.mp4: empty file"}]
+    atomic_write_json(paths.eval_json(step), doc)
+    rep = report.build(paths, plan.spec, [], plan.training)
+    con = Console(record=True, width=250)
+    report.render(rep, con)
+    text = con.export_text()
+    assert "reference_frames[g]" in text and "take[/old]/clip_x.mp4" in text, text

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.bench import at_least
@@ -243,7 +244,7 @@ def table(rows: list[dict[str, Any]], protocol: str = "") -> Table:
             lo, hi = bounds(ref["value"], Reference(**ref))
             ref_text = f"{ref['value']:.6g} {ref['unit']} [{lo:.6g}, {hi:.6g}]"
         hist = f"{r['history_median']:.6g} ({r['history_n']})" if r["history_median"] is not None else "-"
-        verdict = "[green]ok[/]" if not r["problems"] else "[red]" + "; ".join(r["problems"]) + "[/]"
+        verdict = "[green]ok[/]" if not r["problems"] else "[red]" + escape("; ".join(r["problems"])) + "[/]"
         label = f"{m.label}, protocol {protocol}" if protocol and m.key in quality else m.label
         t.add_row(label, report.fmt(r["value"], m.fmt), ref_text, hist, verdict)
     return t
@@ -276,9 +277,9 @@ def run(args: list[str]) -> dict[str, Any]:
     console = Console(highlight=False)
     console.print(table(rows, protocol))
     for v in violations:
-        console.print(f"[red]REGRESSION[/] {v}", soft_wrap=True)
+        console.print(f"[red]REGRESSION[/] {escape(v)}", soft_wrap=True)
     console.print(f"{paths.run_id} on {who['cluster']} ({who['image']}, commit {who['commit']}): "
-                  f"{'PASS' if not violations else f'{len(violations)} violation(s)'}", soft_wrap=True)
+                  f"{'PASS' if not violations else f'{len(violations)} violation(s)'}", soft_wrap=True, markup=False)
     entry = {"run_id": paths.run_id, **who, "metrics": values, "eval_protocol": protocol,
              "passed": not violations, "violations": violations}
     append_history(history, entry)

@@ -109,10 +109,10 @@ def print_report(paths: RunPaths) -> int:
     media = [f for f in files if f.parent.parent == out / "media"]
     for f in files:
         if f not in media:
-            console.print(f"wrote {f}", soft_wrap=True)
+            console.print(f"wrote {f}", soft_wrap=True, markup=False)
     if media:
         console.print(f"wrote {len(media)} video and frame files under {out / 'media'} (linked by report.html)",
-                      soft_wrap=True)
+                      soft_wrap=True, markup=False)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from harness.core import metrics_table as mt
@@ -43,7 +44,7 @@ def table(result: dict[str, Any]) -> Table:
     r = EvalResult.from_json(result)
     shown = mt.selected(r.metrics or None)
     t = Table(title=f"{' / '.join(m.label for m in shown)}, protocol {r.protocol_label} "
-                    f"({r.backend}, {r.engine}, {r.device})", caption=r.frames)
+                    f"({r.backend}, {r.engine}, {r.device})", caption=escape(r.frames))
     t.add_column("video", justify="left")
     for col in [f"{m.label} {m.unit}".strip() for m in shown] + [f"predicted {m.label}" for m in shown]:
         t.add_column(col, justify="right")
@@ -51,7 +52,7 @@ def table(result: dict[str, Any]) -> Table:
     for v in r.videos:
         pred = v.predicted
         pred_identical = pred.identical if pred else None
-        t.add_row(v.name, *[_cell(m, v.value(m.name), v.scores.identical) for m in shown],
+        t.add_row(escape(v.name), *[_cell(m, v.value(m.name), v.scores.identical) for m in shown],
                   *[_cell(m, pred.values.get(m.name) if pred else None, pred_identical) for m in shown],
                   _frames(v))
     t.add_section()

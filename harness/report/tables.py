@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.core import metrics_table as mt
@@ -141,11 +142,11 @@ def _uncompared_table(rep: Report) -> list[tuple[str, list[str], list[list[str]]
 
 
 def render(rep: Report, console: Console) -> None:
-    console.print(f"[bold]report[/] {rep.run_id} ({rep.name})")
-    for title, header, rows in tables(rep):
-        table = Table(*header, title=title, title_justify="left")
+    console.print(f"[bold]report[/] {escape(rep.run_id)} ({escape(rep.name)})")
+    for title, header, rows in tables(rep):  # cells hold names and error texts: literal, never rich markup
+        table = Table(*map(escape, header), title=escape(title), title_justify="left")
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*map(escape, r))
         console.print(table)
 
 
