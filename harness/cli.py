@@ -368,6 +368,10 @@ def _call(args: argparse.Namespace) -> int:
         for problem in e.problems:
             err.print(str(problem), markup=False, soft_wrap=True)
         return 2
+    except OSError as e:  # the file system refused (read-only, a file where a folder goes, full): one line
+        where = e.filename if e.filename is not None else "harness"
+        err.print(f"{where}: {e.strerror or e}", markup=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -37,3 +37,4 @@ def test_gist_keeps_the_message(text: str, said: str) -> None:
 def test_gist_cuts_at_a_word() -> None:
     cut = slurmcli.gist("scontrol: error: " + "configuration " * 20, limit=50)
     assert cut.endswith(" ...") and all(w == "configuration" for w in cut[:-4].split()), cut
+

@@ -476,3 +476,18 @@ def test_names_and_errors_are_printed_as_written_not_as_markup(tmp_path: Path) -
     report.render(rep, con)
     text = con.export_text()
     assert "reference_frames[g]" in text and "take[/old]/clip_x.mp4" in text, text
+
+
+def test_a_file_where_the_results_folder_goes_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file system refusing a write (here a file named as the run's results folder) is one line naming the
+    path and exit 2, not a traceback; the file is kept."""
+    from harness import cli
+
+    paths, plan, _ = make_results(tmp_path)
+    blocker = report.results_dir(plan.spec, paths)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("keep")
+    assert cli.main(["report", str(paths.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker) in err[0], err
+    assert blocker.read_text() == "keep"
