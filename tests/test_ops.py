@@ -403,3 +403,25 @@ def test_a_resumed_local_task_reads_pending_until_the_driver_reaches_it(tmp_path
         (row, *_) = local.stage_rows(paths, entries[stage], stage, 1, alive=False)
         assert (row.state, row.reason) == ("NOT_SUBMITTED", "the driver ended before reaching it")
     assert entries["report"]["0"]["earlier_s"] == 4.0
+
+
+def test_runs_lists_every_run_when_the_controller_does_not_answer(tmp_path: Path, no_slurm: None) -> None:
+    """A Slurm run among local ones, no controller: `harness runs` still lists every run (the Slurm one from its
+    markers, its torn status.json taken as none stored) and says why, where it once printed only squeue's error."""
+    slurm_paths, plan, _ = make_run(tmp_path / "a")
+    launching.record_jobs(slurm_paths, launching.Choice("slurm", "test"),
+                          [Submission("stage-assets", "101", ((0, 1),), False, 1.0)])
+    mark_done(slurm_paths, "stage-assets", 0)
+    slurm_paths.status_json.write_text('{"time": 1, "stages": {"tokenize": [')
+    local_paths, _, _ = make_run(tmp_path / "b", executor="local")
+    workdir = tmp_path / "all"
+    workdir.mkdir()
+    for p in (slurm_paths, local_paths):
+        p.root.rename(workdir / p.root.name)
+    con = Console(record=True, width=300)
+    assert status.runs(workdir, con) == 0
+    text = con.export_text()
+    rows = [ln for ln in text.splitlines() if "ops-" in ln]
+    assert len(rows) == 2 and "unreadable" not in text, text
+    assert f"1/{sum(s.tasks for s in plan.stages)} completed" in text and "unknown" in text
+    assert "the Slurm controller does not answer (" in " ".join(text.split()), text

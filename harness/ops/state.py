@@ -17,7 +17,7 @@ from harness.core.atomic import atomic_write_json, read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
-from harness.core.rundir import open_run, read_jobs
+from harness.core.rundir import DAMAGE, open_run, read_jobs
 from harness.launch import slurmcli
 from harness.launch.backend import ACTIVE, COMPLETED, LOST, MISSING, NOT_SUBMITTED, Backend, Jobs, TaskState, done_tasks
 from harness.launch.local import LocalBackend
@@ -122,14 +122,17 @@ def stored(paths: RunPaths) -> tuple[float, RunState] | None:
     COMPLETED (markers are the truth); None when no status was ever stored."""
     if not paths.status_json.is_file():
         return None
-    raw = read_json(paths.status_json)
-    stages = []
-    for name, rows in raw["stages"].items():
-        done = done_tasks(paths, name)
-        stages.append(StageState(name, tuple(
-            dataclasses.replace(TaskState(**r), state=COMPLETED, reason="") if r["task"] in done else TaskState(**r)
-            for r in rows)))
-    return float(raw["time"]), RunState(paths, "slurm", tuple(stages))
+    try:
+        raw = read_json(paths.status_json)
+        stages = []
+        for name, rows in raw["stages"].items():
+            done = done_tasks(paths, name)
+            stages.append(StageState(name, tuple(
+                dataclasses.replace(TaskState(**r), state=COMPLETED, reason="") if r["task"] in done else TaskState(**r)
+                for r in rows)))
+        return float(raw["time"]), RunState(paths, "slurm", tuple(stages))
+    except DAMAGE:  # a cache of the last answer, torn or edited: as if none was stored (the markers still count)
+        return None
 
 
 def collect_or_stored(paths: RunPaths, plan: Plan) -> tuple[RunState, str]:

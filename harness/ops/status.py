@@ -16,7 +16,7 @@ from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.plan import Plan
 from harness.core.rundir import open_run
-from harness.launch import slurmstate
+from harness.launch import slurmcli, slurmstate
 from harness.launch.backend import load_plan
 from harness.ops import gpuhours
 from harness.ops.state import (
@@ -191,7 +191,11 @@ def runs(workdir: Path, console: Console) -> int:
             jobs[p] = load_jobs(p)
         except HarnessError as e:  # one unreadable run must not hide the others
             damaged[p] = str(e.problems[0])
-    snap = Snapshot(slurmstate.query([i for j in jobs.values() for i in job_ids(j)]))  # local runs have no ids
+    try:
+        snap: Snapshot | None = Snapshot(slurmstate.query([i for j in jobs.values() for i in job_ids(j)]))
+        why = ""
+    except slurmcli.SlurmUnreachable as e:  # Slurm runs then show what their directories know; local runs, all
+        snap, why = None, slurmcli.gist(str(e))
     t = Table(Column("run", overflow="fold"), "executor", "submitted", "state", Column("tasks", overflow="fold"),
               title=escape(str(workdir)), title_justify="left")
     for p in found:
@@ -199,7 +203,9 @@ def runs(workdir: Path, console: Console) -> int:
             t.add_row(p.run_id, "-", "-", "unreadable", escape(damaged[p]))
             continue
         try:
-            rs = collect(p, load_plan(p), snap)
+            plan = load_plan(p)
+            rs = collect_or_stored(p, plan)[0] if snap is None and jobs[p].executor == "slurm" else \
+                collect(p, plan, snap)
             counts: dict[str, int] = {}
             for r in rs.rows:
                 counts[r.state] = counts.get(r.state, 0) + 1
@@ -212,4 +218,7 @@ def runs(workdir: Path, console: Console) -> int:
         when = datetime.fromtimestamp(subs[0].time).strftime("%Y-%m-%d %H:%M") if subs else "-"
         t.add_row(p.run_id, jobs[p].executor, when, state, tasks)
     console.print(t)
+    if why:
+        console.print(f"the Slurm controller does not answer ({why}): Slurm runs show the states stored at their "
+                      "last status, or their completion markers", markup=False, soft_wrap=True)
     return 0
