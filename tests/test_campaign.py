@@ -272,3 +272,33 @@ def test_a_member_reading_another_runs_incomplete_data_resumes_only_through_its_
     owner.dataset_summary.write_text("{}")  # merge's result (its marker alone is a lost result: rerun)
     mark_done(owner, "merge", 0)
     assert "merge" not in control.incomplete(plan, member) and "finetune" in control.incomplete(plan, member)
+
+
+def test_resume_of_a_campaign_goes_on_past_a_member_that_is_gone(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Member 1's folder moved away: resume still resumes member 2, then names member 1's problem (exit 2)."""
+    from rich.console import Console
+
+    from harness.core.atomic import atomic_write_json
+    from harness.core.errors import HarnessError
+    from harness.core.paths import new_campaign_dir, new_run_dir
+    from harness.ops import campaign, control
+    from harness.ops import submit as launching
+
+    spec = specs.build(_raw())
+    facts = plan_mod.Facts(num_inputs=10)
+    plan = plan_mod.build(spec, facts)
+    choice = launching.Choice("local", "test")
+    runs = [new_run_dir(tmp_path, n) for n in ("a", "b")]
+    for p in runs:
+        launching.write_run(p, "", plan, facts, choice)
+        launching.record_jobs(p, choice, [])
+    cpaths = new_campaign_dir(tmp_path, "camp")
+    atomic_write_json(cpaths.campaign_json, {"members": [{"values": v, "root": str(p.root)}
+                                                          for v, p in zip(("seed=1", "seed=2"), runs)]})
+    runs[0].root.rename(tmp_path / "moved")
+    resumed: list[Path] = []
+    monkeypatch.setattr(control, "resume", lambda paths, console, shared_parents=None: resumed.append(paths.root))
+    with pytest.raises(HarnessError) as e:
+        campaign.resume(cpaths, Console(file=io.StringIO()))
+    assert resumed == [runs[1].root] and str(runs[0].root) in str(e.value)

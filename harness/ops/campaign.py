@@ -155,17 +155,30 @@ def each_member(cpaths: CampaignPaths, act: Callable[[RunPaths], object]) -> Non
 
 
 def resume(cpaths: CampaignPaths, console: Console) -> int:
-    """Members preparing data first, then those reading it, their finetune waiting on the resubmitted merge."""
-    ms = [p for _, p in members(cpaths)]
+    """Members preparing data first, then those reading it, their finetune waiting on the resubmitted merge. A
+    member whose records are damaged or gone (or whose resume fails) does not stop the others; the problems are
+    raised together at the end, as `each_member` does."""
+    ms, damaged = [], list[Problem]()
+    for _, root in rundir.read_campaign(cpaths):
+        try:
+            ms.append(rundir.open_run(root))
+        except HarnessError as e:
+            damaged += e.problems
     resubmitted: dict[Path, dict[str, list[str]]] = {}
     for paths in sorted(ms, key=lambda p: p.shared is not None):
         parents = resubmitted.get(paths.data_root, {}) if paths.shared is not None else None  # owner resumed
-        before = len(state.load_jobs(paths).submissions)
-        control.resume(paths, console, shared_parents=parents)
-        new = state.load_jobs(paths).submissions[before:]
+        try:
+            before = len(state.load_jobs(paths).submissions)
+            control.resume(paths, console, shared_parents=parents)
+            new = state.load_jobs(paths).submissions[before:]
+        except HarnessError as e:
+            damaged += e.problems
+            continue
         if paths.shared is None:
             resubmitted[paths.root] = {st: [s.job_id for s in new if s.stage == st] for st in SHARED_STAGES
                                        if any(s.stage == st for s in new)}
+    if damaged:
+        raise HarnessError(damaged)
     return 0
 
 
