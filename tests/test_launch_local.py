@@ -82,3 +82,26 @@ def test_submit_local_returns_at_once(tmp_path: Path) -> None:
     while time.time() < deadline and not paths.local_state_json.exists():
         time.sleep(0.2)
     assert paths.local_state_json.exists()
+
+
+def test_a_moved_run_reads_its_own_logs_and_a_lost_marker_is_not_completed(tmp_path: Path) -> None:
+    """local_state.json of an earlier layout holds absolute log paths: a run directory moved since reads the log
+    under its new root. A task the driver saw complete whose marker is gone reads MISSING (resume reruns it), not
+    COMPLETED."""
+    from harness.core.atomic import atomic_write_json
+    from harness.core.paths import RunPaths, mark_done
+
+    paths = RunPaths(tmp_path / "moved-run")
+    log = paths.root / "logs" / "tokenize" / "7" / "7_0_log.out"
+    log.parent.mkdir(parents=True)
+    log.write_text("here")
+    old = "/gone/runs/old-run/logs/tokenize/7/7_0_log.out"
+    entries = {"0": {"state": "COMPLETED", "job_id": "7", "stdout": old, "start": 1.0, "end": 2.0},
+               "1": {"state": "COMPLETED", "job_id": "8", "stdout": "logs/tokenize/8/8_0_log.out", "start": 1.0,
+                     "end": 2.0}}
+    atomic_write_json(paths.local_state_json, {"stages": {"tokenize": entries}})
+    mark_done(paths, "tokenize", 0)
+    rows = local.stage_rows(paths, entries, "tokenize", 2, alive=False)
+    assert (rows[0].state, rows[0].log) == ("COMPLETED", str(log))
+    assert rows[1].state == "MISSING" and "marker is gone" in rows[1].reason
+    assert rows[1].log == str(paths.root / "logs" / "tokenize" / "8" / "8_0_log.out")

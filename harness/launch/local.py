@@ -30,6 +30,7 @@ from harness.launch import procs
 from harness.launch.backend import (
     COMPLETED,
     LOST,
+    MISSING,
     NOT_SUBMITTED,
     Jobs,
     Query,
@@ -124,8 +125,16 @@ class _Driver:
             except Exception as e:  # noqa: BLE001 - a task failure is data, recorded for status
                 entry.update(state=FAILED, reason=_failure(e, self.paths.root, stage.name, t))
             entry["end"] = time.time()
-            entry["stdout"] = str(job.paths.stdout).replace("%t", "0")
+            entry["stdout"] = _relative(self.paths, str(job.paths.stdout).replace("%t", "0"))
             self.save()
+
+
+def _relative(paths: RunPaths, log: str) -> str:
+    """Logs are kept relative to the run directory, so a moved or copied run still finds its own."""
+    try:
+        return str(Path(log).relative_to(paths.root))
+    except ValueError:
+        return log
 
 
 KILLED = ("killed: the task process ended with neither a result nor an error (a signal such as SIGKILL, or the "
@@ -224,7 +233,9 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
         state = "PENDING" if alive else NOT_SUBMITTED
     else:
         state = e.get("state", "UNKNOWN")
-        if state == "RUNNING" and not alive:
+        if state == COMPLETED:  # completed once, its marker since deleted: not done (resume reruns it)
+            state, e = MISSING, {**e, "reason": "its completion marker is gone: `harness resume` runs it again"}
+        elif state == "RUNNING" and not alive:
             state = LOST
         elif state == "PENDING" and not alive:  # resubmitted, and the driver ended before reaching it
             state, e = NOT_SUBMITTED, {**e, "reason": "the driver ended before reaching it"}
@@ -232,11 +243,21 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
         return TaskState(stage, t, state, reason="driver has not reached it" if alive else "")
     start, end = e.get("start"), e.get("end") or (time.time() if state == "RUNNING" else None)
     job = str(e.get("job_id", ""))
-    log = e.get("stdout") or (str(paths.task_log(stage, job)) if job else "")
+    log = _log(paths, e["stdout"]) if e.get("stdout") else (str(paths.task_log(stage, job)) if job else "")
     reason = e.get("reason", "") or ("the local driver died" if state == LOST else "")
     wall = (end - start if start and end else 0.0) + float(e.get("earlier_s", 0.0))
     return TaskState(stage, t, state, job, os.uname().nodename if job else "",
                      _fmt_elapsed(end - start) if start and end else "", "", reason, log, gpu_seconds=wall * gpus)
+
+
+def _log(paths: RunPaths, stored: str) -> str:
+    """A task's log as this run directory holds it: stored relative to it; an older absolute record of a run
+    directory since moved or copied is read at the same place under this one."""
+    p = Path(stored)
+    if not p.is_absolute():
+        return str(paths.root / p)
+    here = paths.root.joinpath(*p.parts[-4:]) if len(p.parts) >= 4 and p.parts[-4] == "logs" else p
+    return str(here if here.exists() or not p.exists() else p)
 
 
 def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,
