@@ -371,6 +371,11 @@ def test_resume_reruns_a_complete_task_whose_result_file_is_gone(tmp_path: Path,
     assert gone is not None
     gone.unlink()
     assert control.lost(plan, paths) == {"evaluate": [last]}
+    torn = control._result_file(plan, paths, "infer", 0)
+    assert torn is not None
+    torn.write_text('{"step": 1, "na')  # cut short: as lost as a deleted one
+    assert control.lost(plan, paths) == {"infer": [0], "evaluate": [last]}
+    atomic_write_json(torn, {})
     assert control.incomplete(plan, paths) == {"evaluate": [last], "report": [0]}
     sent: list[dict[str, list[int]]] = []
     monkeypatch.setattr(launching, "submit_stages", lambda plan, paths, todo, *a: sent.append(todo) or [])

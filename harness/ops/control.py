@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.core.atomic import read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import CACHED_STAGES, SHARED_STAGES, CacheEntry, RunPaths
 from harness.core.plan import Plan, infer_task
@@ -34,15 +35,23 @@ def _result_file(plan: Plan, paths: RunPaths, stage: str, task: int) -> Path | N
 
 
 def lost(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
-    """stage -> tasks marked complete whose result file has gone since (deleted, or a disk cleaned): done by
-    their marker, yet what they wrote is not there for the stages and the report that read it."""
+    """stage -> tasks marked complete whose result file has gone since (deleted, or a disk cleaned) or is no
+    longer a JSON object (cut short, edited): done by their marker, yet what they wrote is not there for the
+    stages and the report that read it."""
     out: dict[str, list[int]] = {}
     for s in plan.stages:
         for t in sorted(done_tasks(paths, s.name)):
             f = _result_file(plan, paths, s.name, t)
-            if f is not None and not f.is_file():
+            if f is not None and not _whole(f):
                 out.setdefault(s.name, []).append(t)
     return out
+
+
+def _whole(f: Path) -> bool:
+    try:
+        return isinstance(read_json(f), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def incomplete(plan: Plan, paths: RunPaths, gone: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
