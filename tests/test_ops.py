@@ -430,3 +430,19 @@ def test_runs_lists_every_run_when_the_controller_does_not_answer(tmp_path: Path
     assert len(rows) == 2 and "unreadable" not in text, text
     assert f"1/{sum(s.tasks for s in plan.stages)} completed" in text and "unknown" in text
     assert "the Slurm controller does not answer (" in " ".join(text.split()), text
+
+
+@pytest.mark.parametrize("value", ["abc", None, -3, True])
+def test_plan_json_facts_of_the_wrong_kind_are_a_damaged_record(tmp_path: Path, value: object) -> None:
+    """An edited plan.json fact fails in one line naming the file, never a traceback deep in planning nor (a
+    negative count) a silently different plan."""
+    from harness.core import rundir
+    from harness.core.atomic import read_json
+
+    paths, _, _ = make_run(tmp_path, executor="local")
+    record = read_json(paths.plan_json)
+    record["facts"]["num_inputs"] = value
+    atomic_write_json(paths.plan_json, record)
+    with pytest.raises(HarnessError) as e:
+        rundir.read_facts(paths)
+    assert str(paths.plan_json) in str(e.value) and "num_inputs" in str(e.value)

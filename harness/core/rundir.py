@@ -98,7 +98,18 @@ def read_plan_record(paths: RunPaths) -> dict[str, Any]:
 def read_facts(paths: RunPaths) -> plan_mod.Facts:
     """The facts gathered at submit: with the frozen spec they rebuild the identical plan."""
     record = read_plan_record(paths)
-    return parsed(paths.plan_json, "facts", lambda: plan_mod.Facts(**record["facts"]))
+    return parsed(paths.plan_json, "facts", lambda: _facts(record["facts"]))
+
+
+def _facts(raw: Mapping[str, Any]) -> plan_mod.Facts:
+    """Counts as counts: an edited plan.json with a string, a bool or a negative number would rebuild another
+    plan (or fail deep inside it), so it is a damaged record."""
+    facts = plan_mod.Facts(**raw)
+    for name in ("num_inputs", "max_array_size", "nodes_available"):
+        v = getattr(facts, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "num_inputs" else 1):
+            raise ValueError(f"{name} = {v!r}: expected a whole number >= {0 if name == 'num_inputs' else 1}")
+    return facts
 
 
 # ------------------------------------------------------------------------------------------ jobs.json
