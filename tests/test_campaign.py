@@ -75,6 +75,25 @@ def test_a_value_twice_in_a_sweep_list_is_refused() -> None:
                             "list holds a value twice"]
     zipped = sweep.expand(_raw({"sweep": {"mode": "zip", "finetune.lr": [1e-3, 1e-3], "run.seed": [1, 2]}}), "s")
     assert len(zipped.members) == 2  # a repeated value with another key varying is another run
+    with pytest.raises(SpecError) as e:  # TOML's 1 and 1.0 are one number
+        sweep.expand(_raw({"sweep": {"finetune.lr": [1, 1.0]}}), "s.toml")
+    assert "has the values of member 1" in _problems(e)[0]
+
+
+def test_a_key_twice_a_run_name_of_the_wrong_type_or_too_long_for_its_members() -> None:
+    """A list given both as `"a.b"` and under `[sweep.a]` would lose one unseen; run.name is checked before the
+    members' names extend it (`true` once became `True-1`; 63 characters failed on a `-1` never written)."""
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"sweep": {"finetune.lr": [1e-3, 2e-3], "finetune": {"lr": [5e-3, 6e-3]}}}), "s.toml")
+    assert _problems(e) == ["s.toml: sweep.finetune.lr: is given twice in [sweep]; keep one list"]
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"run": {"name": True}, "sweep": {"finetune.lr": [1e-3, 2e-3]}}), "s.toml")
+    assert _problems(e) == ["s.toml: run.name = true: must be a string"]
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw({"run": {"name": "n" * 63}, "sweep": {"finetune.lr": [1e-3, 2e-3]}}), "s.toml")
+    (line,) = _problems(e)
+    assert line.startswith("s.toml: run.name = 'nnn") and line.endswith(": 63 characters; a sweep names its "
+                                                                       "members <run.name>-<i>, so at most 62 here")
 
 
 def test_a_bad_member_value_names_the_member_and_key() -> None:

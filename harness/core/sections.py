@@ -32,7 +32,8 @@ KeepOptimizer = Literal["last", "all"]
 Baseline = Literal["auto", "on", "off"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RUN_NAME_MAX = 64
+_RUN_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{RUN_NAME_MAX - 1}}}$")
 
 
 @dataclass(frozen=True)

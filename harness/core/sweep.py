@@ -19,6 +19,7 @@ from harness.core import overrides
 from harness.core import spec as spec_mod
 from harness.core.errors import Problem, SpecError
 from harness.core.fields import show
+from harness.core.sections import RUN_NAME_MAX
 
 Mode = Literal["grid", "zip"]
 MODES: tuple[Mode, ...] = ("grid", "zip")
@@ -89,6 +90,8 @@ def sweep_table(raw: Mapping[str, Any], source: str) -> tuple[Mode, dict[str, li
                      or "must be section.key" in p.message]
         if key == "run.name":
             problems.append(Problem(source, where, "cannot be swept: members are named <run.name>-<i>"))
+        if key in lists:  # `"a.b" = [...]` and `[sweep.a] b = [...]` both: one list would be dropped unseen
+            problems.append(Problem(source, where, "is given twice in [sweep]; keep one list"))
         lists[key] = values
     if not lists and not problems:
         problems.append(Problem(source, "sweep", "is empty: give at least one key with a list of values, e.g. "
@@ -119,6 +122,25 @@ def _split(key: str) -> tuple[str, str]:
     return section, name
 
 
+def _base_name(effective: Mapping[str, Any], source: str, members: int) -> str:
+    """run.name, which each member's name extends (`<run.name>-<i>`): checked here, as the members' names
+    would hide a wrong one (`true` read as `True-1`) or blame a suffix the user never wrote."""
+    run = effective.get("run")
+    base = run.get("name", "run") if isinstance(run, Mapping) else "run"
+    if not isinstance(base, str):
+        raise SpecError(Problem(source, "run.name", f"= {show(base)}: must be a string"))
+    room = RUN_NAME_MAX - len(f"-{members}")
+    if len(base) > room:
+        raise SpecError(Problem(source, "run.name", f"= {show(base)}: {len(base)} characters; a sweep names its "
+                                                    f"members <run.name>-<i>, so at most {room} here"))
+    return base
+
+
+def _same_value(varied: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
+    """Values as TOML compares them: 1 and 1.0 are the same learning rate."""
+    return [(k, float(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in varied]
+
+
 def combinations(mode: Mode, lists: Mapping[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:
     keys = list(lists)
     rows = zip(*lists.values()) if mode == "zip" else itertools.product(*lists.values())
@@ -139,10 +161,11 @@ def expand(raw: Mapping[str, Any], source: str, texts: tuple[str, ...] = (), *, 
         raise SpecError([Problem(f"<override> {t}", "", "this key is swept in [sweep]; change its list there")
                          for t in swept])
     members, problems = list[Member](), list[Problem]()
-    base = effective.get("run", {}).get("name", "run") if isinstance(effective.get("run"), Mapping) else "run"
+    rows = combinations(mode, lists)
+    base = _base_name(effective, source, len(rows))
     seen: dict[str, int] = {}
-    for i, varied in enumerate(combinations(mode, lists), start=1):
-        same = seen.setdefault(json.dumps(varied, sort_keys=True, default=str), i)
+    for i, varied in enumerate(rows, start=1):
+        same = seen.setdefault(json.dumps(_same_value(varied), sort_keys=True, default=str), i)
         if same != i:  # the same values twice: the same run twice, its cost paid twice for nothing
             problems.append(Problem(source, "sweep", f"{label(i, varied)} has the values of member {same}: a sweep "
                                                      "list holds a value twice"))
