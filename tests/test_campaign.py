@@ -133,6 +133,19 @@ def test_the_effective_spec_reads_back_to_the_member() -> None:
     assert overrides.dumps({"a": {"x": float("inf"), "y": [True, 1.5]}}) == "[a]\nx = inf\ny = [true, 1.5]\n"
 
 
+def test_a_key_overridden_twice_and_control_characters_in_the_effective_spec() -> None:
+    """`finetune.lr=1e-3 finetune.lr=2e-3` kept the last unseen; a DEL in a value, or an escape character typed in
+    an override, made spec.toml invalid TOML (it must read back to the member)."""
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw(), "s.toml", ("finetune.lr=1e-3", "finetune.lr=2e-3"))
+    assert _problems(e) == ["<override> finetune.lr=2e-3: sets finetune.lr again (after finetune.lr=1e-3): give "
+                            "each key once"]
+    e2 = sweep.expand(_raw(), "s.toml", ('container.env={FOO="a\\u007fb"}', "run.results_dir=\x1bx"))
+    (m,) = e2.members
+    text = e2.effective_toml(m)
+    assert spec_mod.from_dict(tomllib.loads(text)) == m.spec and m.spec.container.env["FOO"] == "a\x7fb"
+
+
 def test_cli_exits_2_with_one_line_per_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = specs.write(tmp_path / "run.toml", _raw())
     assert cli.main(["validate", str(path), "finetune.lr=abc"]) == 2

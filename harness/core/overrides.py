@@ -72,7 +72,7 @@ def check(o: Override) -> list[Problem]:
 
 def apply(raw: Mapping[str, Any], texts: tuple[str, ...] | list[str]) -> Raw:
     """`raw` (the file's tables) with every override set; all bad overrides reported at once."""
-    parsed, problems = list[Override](), list[Problem]()
+    parsed, problems, first = list[Override](), list[Problem](), dict[tuple[str, str], str]()
     for text in texts:
         try:
             o = parse(text)
@@ -80,6 +80,10 @@ def apply(raw: Mapping[str, Any], texts: tuple[str, ...] | list[str]) -> Raw:
             problems += e.problems
             continue
         problems += check(o)
+        if (o.section, o.key) in first:  # the last would win unseen
+            problems.append(Problem(f"<override> {text}", "", f"sets {o.section}.{o.key} again (after "
+                                                               f"{first[o.section, o.key]}): give each key once"))
+        first.setdefault((o.section, o.key), text)
         parsed.append(o)
     if problems:
         raise SpecError(problems)
@@ -104,13 +108,18 @@ def set_dotted(raw: Mapping[str, Any], values: Mapping[str, Any]) -> Raw:
 def dumps(raw: Mapping[str, Any], header: str = "") -> str:
     """The tables as TOML text (spec.toml of a run made with overrides or a sweep): only the keys the user set,
     so a value that follows another when omitted (finetune.min_lr = lr) still does."""
-    lines = [f"# {line}" for line in header.splitlines()]
+    lines = [f"# {_printable(line)}" for line in header.splitlines()]
     for name, table in raw.items():
         if not isinstance(table, Mapping):
             continue
         lines += ["", f"[{key_token(name)}]"]
         lines += [f"{key_token(k)} = {_value(v)}" for k, v in table.items()]
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _printable(text: str) -> str:
+    """A comment line's text: TOML allows no control character but tab in a comment."""
+    return "".join(c if c == "\t" or (ord(c) >= 0x20 and ord(c) != 0x7F) else f"\\x{ord(c):02x}" for c in text)
 
 
 def toml_text(v: Any) -> str:
@@ -121,8 +130,8 @@ def toml_text(v: Any) -> str:
 def _value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, str):  # JSON escapes the controls below 0x20; TOML refuses DEL raw as well
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, float) and not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, (int, float)):
