@@ -268,7 +268,7 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("--spec", default="configs/quickstart.toml")
     s.add_argument("--assets", default=".quickstart")
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
-    s.add_argument("--timeout", type=float, default=1800.0)
+    s.add_argument("--timeout", type=at_least(1), default=1800, help="seconds")
 
     s = sub.add_parser("evaluate", help="TokenBench PSNR/SSIM of generated vs reference videos")
     s.add_argument("--reference", required=True)
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help=over)
     s.add_argument("--executor", choices=["auto", "slurm", "local"], default="auto")
     s.add_argument("--wait", action="store_true", help="wait for the run to finish (exit 1 if a task failed)")
-    s.add_argument("--timeout", type=float, default=3600.0)
+    s.add_argument("--timeout", type=at_least(1), default=3600, help="seconds --wait waits")
     s.add_argument("--no-doctor", action="store_true", help="skip the preflight checks (see harness doctor)")
 
     s = sub.add_parser("doctor", help="preflight on the login node: every check a line; exit 2 on any failure")

@@ -334,3 +334,12 @@ def test_resume_of_a_campaign_goes_on_past_a_member_that_is_gone(tmp_path: Path,
     with pytest.raises(HarnessError) as e:
         campaign.resume(cpaths, Console(file=io.StringIO()))
     assert resumed == [runs[1].root] and str(runs[0].root) in str(e.value)
+
+
+def test_a_temperature_too_small_to_sample_is_refused() -> None:
+    """1e-300 passed `min = 0` and sampled NaN probabilities (every token id 0); 0 is greedy."""
+    with pytest.raises(SpecError) as e:
+        sweep.expand(_raw(), "s.toml", ("infer.temperature=1e-300",))
+    assert _problems(e) == ["s.toml: infer.temperature = 1e-300: 0 (greedy) or at least 0.001; a smaller one "
+                            "overflows the logits it divides and samples nothing"]
+    assert sweep.expand(_raw(), "s.toml", ("infer.temperature=0",)).members[0].spec.infer.temperature == 0

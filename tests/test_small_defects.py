@@ -145,3 +145,13 @@ def test_the_local_executor_refuses_a_stage_of_several_nodes(tmp_path: Path,
                                                            "finetune": {"nodes": 2, "global_batch_size": 2}})
     assert cli.main(["plan", str(spec), "--executor", "local"]) == 2
     assert "finetune.nodes = 2: the local executor runs on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "0"])
+def test_a_wait_timeout_that_is_no_number_of_seconds_is_refused_by_the_parser(value: str) -> None:
+    """`--timeout -5` submitted and then reported "still running after -5 s"; `nan` waited forever."""
+    from harness import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["submit", "run.toml", "--wait", "--timeout", value])
+    assert e.value.code == 2

@@ -33,6 +33,9 @@ Baseline = Literal["auto", "on", "off"]
 
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")
 RUN_NAME_MAX = 64
+MIN_TEMPERATURE = 1e-3
+"""The smallest sampling temperature but 0 (greedy): fp32 logits divided by less can overflow to inf, whose
+softmax is NaN everywhere, and every sampled token is then id 0."""
 _RUN_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{RUN_NAME_MAX - 1}}}$")
 
 
@@ -201,7 +204,8 @@ class InferSection(Resources):
                                   "ceil(max_inputs / inputs_per_task) shards (0 = all inputs in one task)",
                                min=0, max=1_000_000)
     context_latent_frames: int = opt(2, "latent frames of context (1 for images)", min=1, max=1024)
-    temperature: float = opt(1.0, "sampling temperature (0 = greedy)", min=0.0, max=100.0)
+    temperature: float = opt(1.0, f"sampling temperature (0 = greedy, else at least {MIN_TEMPERATURE:g})", min=0.0,
+                             max=100.0)
     top_p: float = opt(0.8, "nucleus sampling mass", min=0.0, max=1.0)
     batch_size: int = opt(8, "inputs generated together (0 = auto: the largest batch whose KV cache and prefill "
                           "fit in the GPU's free memory)", min=0, max=1024)

@@ -15,7 +15,7 @@ from harness.core import assets, hardware, metrics_table, models, sbatch_options
 from harness.core.errors import Problem
 from harness.core.fields import key_token, show
 from harness.core.secretenv import is_secret
-from harness.core.sections import RunSpec, data_parallel
+from harness.core.sections import MIN_TEMPERATURE, RunSpec, data_parallel
 from harness.core.stages import IN_CONTAINER, SIGNAL_DELAY_S, SIGNAL_EARLY_S
 from harness.core.stages import STAGES as STAGE_ROWS
 
@@ -172,6 +172,9 @@ def _check_finetune(spec: RunSpec) -> list[tuple[str, str]]:
         out.append(("infer.tensor_parallel",
             f"= {i.tensor_parallel}: must divide infer.gpus_per_node ({i.gpus_per_node})"))
     out += _tp_split(spec, "infer", i.tensor_parallel)
+    if 0 < i.temperature < MIN_TEMPERATURE:
+        out.append(("infer.temperature", f"= {i.temperature:g}: 0 (greedy) or at least {MIN_TEMPERATURE:g}; a "
+                                         "smaller one overflows the logits it divides and samples nothing"))
     if spec.model.preset in models.PRESETS and len(spec.tokenizer.compression) == 3 \
             and i.context_latent_frames >= spec.token_math.grid.t:
         out.append(("infer.context_latent_frames",
