@@ -491,3 +491,17 @@ def test_a_file_where_the_results_folder_goes_is_one_line(tmp_path: Path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(blocker) in err[0], err
     assert blocker.read_text() == "keep"
+
+
+def test_manifests_that_are_not_objects_and_a_binary_tail_in_the_metrics_log(tmp_path: Path) -> None:
+    """An infer manifest `[1, 2]`, a tokenize manifest `null`, and bytes that are not UTF-8 appended to the
+    metrics log (a torn write) once each stopped the report with a traceback; they now leave their rows out."""
+    paths, plan, metrics = make_results(tmp_path)
+    atomic_write_json(paths.infer_manifest(10, plan_mod.infer_task(plan.spec, 0).key), [1, 2])
+    paths.shard_manifest(0).write_text("null")
+    with paths.metrics_jsonl.open("ab") as fh:
+        fh.write(b"\n\xff\xfe\x00garbage\x80\n")
+    rep = report.build(paths, plan.spec, [], plan.training)
+    assert rep.training is not None and rep.training.logged == len(metrics)
+    assert rep.tokenize is not None and rep.tokenize.shards == 1
+    assert rep.generation is not None and rep.generation.tasks == 1

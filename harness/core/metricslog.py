@@ -22,7 +22,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a torn binary write: skipped
         try:
             rec = json.loads(line)
         except ValueError:

@@ -82,13 +82,21 @@ def training(rows: list[dict[str, Any]], last_step: int) -> Training | None:
                     mfu=tflops / PEAK_TFLOPS if tflops is not None else None)
 
 
+def _object(path: Path) -> dict[str, Any]:
+    """A manifest the report sums, {} where it is missing, torn, or not a JSON object (the row then lacks it)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
 def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
     """Summed over the shard manifests' `stats` (clips, seconds) written by the tokenize tasks."""
     clips, seconds, n = 0, 0.0, 0
     for s in range(shards):
-        try:
-            stats = json.loads(paths.shard_manifest(s).read_text(encoding="utf-8")).get("stats") or {}
-        except (OSError, ValueError):
+        stats = _object(paths.shard_manifest(s)).get("stats")
+        if not isinstance(stats, dict):
             continue
         c, sec = _num(stats.get("clips")), _num(stats.get("seconds"))
         if c is None or sec is None:
@@ -104,11 +112,9 @@ def generation_stats(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[
     (checkpoint, shard) task that generated something."""
     tasks, videos, tokens, decode, prefill, caches = 0, 0, 0, 0.0, 0.0, set()
     for step, _, _, key in infer_pairs(spec, checkpoint_steps):
-        try:
-            man = json.loads(paths.infer_manifest(step, key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        batches = [b for b in man.get("batches") or [] if isinstance(b, dict)]
+        man = _object(paths.infer_manifest(step, key))
+        listed = man.get("batches")
+        batches = [b for b in listed if isinstance(b, dict)] if isinstance(listed, list) else []
         if not batches:
             continue
         tasks += 1
