@@ -181,3 +181,25 @@ def test_check_bounds_is_two_sided() -> None:
 def test_shipped_references_parse() -> None:
     refs = compare.load_references(Path(__file__).resolve().parents[1] / "configs/nightly/references.toml", "lab")
     assert set(refs) == {m.key for m in compare.metrics()}
+
+
+def test_a_nan_in_the_history_never_hides_a_regression_and_odd_lines_are_named(tmp_path: Path) -> None:
+    """A NaN (or a bool) among the history's values made the median NaN, and every comparison with NaN passes;
+    a line that is no entry (`[1, 2]`, `"metrics": null`) or a history that is a folder stopped the nightly
+    with a traceback (exit 1, read as a regression)."""
+    from harness.core.errors import HarnessError
+
+    h = [{"cluster": "c", "image": "i", "passed": True, "metrics": {"psnr": 20.0}},
+         {"cluster": "c", "image": "i", "passed": True, "metrics": {"psnr": float("nan")}},
+         {"cluster": "c", "image": "i", "passed": True, "metrics": {"psnr": True}}]
+    assert compare.medians(h, "c", "i", 5)["psnr"] == (20.0, 1)
+    for i, line in enumerate(('[1, 2]', '{"metrics": null}', '42')):
+        f = tmp_path / f"h{i}.jsonl"
+        f.write_text('{"metrics": {}}\n' + line + "\n")
+        with pytest.raises(HarnessError) as e:
+            compare.read_history(f)
+        assert str(e.value).startswith(f"{f}:2: not a history entry"), str(e.value)
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(HarnessError) as e:
+        compare.read_history(tmp_path / "bin.jsonl")
+    assert "--history: cannot read (UnicodeDecodeError" in str(e.value)

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from harness.bench import at_least
 from harness.core import metrics_table as mt
-from harness.core.atomic import atomic_write_text
+from harness.core.atomic import atomic_write_text, output_file
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import RunPaths
 from harness.core.rundir import read_jobs, read_spec
@@ -170,13 +170,21 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     import json
 
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:
+        raise HarnessError(Problem(str(path), "--history", f"cannot read ({e.__class__.__name__}: {e})")) from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            entry = json.loads(line)
         except ValueError:
             raise HarnessError(Problem(f"{path}:{i}", "", "not a JSON line")) from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics", {}), dict):
+            raise HarnessError(Problem(f"{path}:{i}", "", "not a history entry: a JSON object whose 'metrics' is "
+                                                          "an object"))
+        out.append(entry)
     return out
 
 
@@ -192,11 +200,15 @@ def medians(history: list[dict[str, Any]], cluster: str, image: str, window: int
     for m in metrics():
         pool = same if protocol is None or m.key not in quality else \
             [h for h in same if h.get("eval_protocol", "aligned, resize area") == protocol]
-        vals = [h["metrics"][m.key] for h in pool if isinstance(h.get("metrics", {}).get(m.key), (int, float))]
+        vals = [v for h in pool if _finite(v := h.get("metrics", {}).get(m.key))]  # NaN would make the median NaN
         vals = vals[-window:]
         if vals:
             out[m.key] = (statistics.median(vals), len(vals))
     return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def append_history(path: Path, entry: dict[str, Any]) -> None:
@@ -271,7 +283,7 @@ def run(args: list[str]) -> dict[str, Any]:
     who = identity(paths)
     refs = load_references(Path(a.references), a.system or who["cluster"])
     values, protocol = extract_with_protocol(paths)
-    history = Path(a.history)
+    history = output_file(Path(a.history), "--history")  # appended to at the end: checked before the work
     base = medians(read_history(history), who["cluster"], who["image"], a.window, protocol or None)
     rows, violations = evaluate(values, refs, base)
     console = Console(highlight=False)
