@@ -71,6 +71,8 @@ def test_two_runs_differing_seed(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _set_seed(b, 99)
     with b.metrics_jsonl.open("a") as fh:  # b logs validation; a torn line before it stays skipped
         fh.write("\n" + "".join(json.dumps({"step": s, "val_loss": 3.0 - s / 100}) + "\n" for s in (10, 20, 30, 40)))
+    with a.metrics_jsonl.open("a") as fh:  # a NaN validation loss is none (it once took every best mark away)
+        fh.write("\n" + json.dumps({"step": 10, "val_loss": float("nan")}) + "\n")
     rc, out, _ = _run(tmp_path, a.run_id, str(b.root), capsys=capsys)
     assert rc == 0
     assert a.run_id in out and b.run_id in out and "run.seed" in out

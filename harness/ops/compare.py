@@ -4,6 +4,7 @@ that is printed and written under `<run.results_dir of the first run>/compare-<i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -50,8 +51,8 @@ def read_run(paths: RunPaths) -> cmp.RunData:
     plan = load_plan(paths)
     steps = plan.eval_steps
     evals, _ = report.read_evals(paths, plan.spec, steps, [], [])
-    val = {r["step"]: float(r[cmp.VAL_LOSS]) for r in metricslog.val_rows(paths.metrics_jsonl)
-           if isinstance(r.get(cmp.VAL_LOSS), (int, float))}
+    val = {r["step"]: float(v) for r in metricslog.val_rows(paths.metrics_jsonl)  # NaN: no loss, as the report reads
+           if isinstance(v := r.get(cmp.VAL_LOSS), (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     gen = {s: g.tokens_per_s for s in steps
            if (g := report.generation_stats(paths, plan.spec, [s])) is not None and g.tokens_per_s is not None}
     used, planned, verdict = _progress(paths, plan)
