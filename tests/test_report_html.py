@@ -139,3 +139,14 @@ def test_report_html_in_headless_chromium(tmp_path: Path) -> None:
     (Path(moved) / "media/step-00000020/clip1.generated.mp4").write_bytes(b"not a video")
     (Path(moved) / "media/step-00000030/clip0.reference.mp4").unlink()
     assert media_state(page) == f"ok={8 * 3} bad=2 wait=0"
+
+
+def test_a_video_name_cannot_place_media_outside_the_media_folder() -> None:
+    """Names come from evaluation files: `../../../pwned` once wrote pwned.generated.mp4 beside results/."""
+    from harness.report.html import Sample, media_names
+
+    for name in ("../../../../pwned", "a/b", "..", ".hidden"):
+        paths = media_names(Sample(10, name, "g.mp4", "r.mp4", (0,), (0,), 0))
+        for rel in paths:
+            parts = Path(rel).parts
+            assert parts[:2] == ("media", "step-00000010") and len(parts) == 3 and ".." not in parts, rel

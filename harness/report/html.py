@@ -91,8 +91,10 @@ def subsample(n: int, k: int = SHEET_COLUMNS, keep: Sequence[int] = ()) -> list[
 
 
 def media_names(sample: Sample) -> tuple[str, str, str]:
-    """(generated, reference, sheet) paths relative to the page; one folder per checkpoint."""
-    stem = f"media/step-{sample.step:08d}/{sample.name}"
+    """(generated, reference, sheet) paths relative to the page; one folder per checkpoint. The name comes from an
+    evaluation file: a separator or a leading dot in it (`../../x`) would place the files outside `media/`."""
+    safe = sample.name.replace("/", "_").replace("\\", "_").replace("\0", "_").lstrip(".") or "video"
+    stem = f"media/step-{sample.step:08d}/{safe}"
     return f"{stem}.generated.mp4", f"{stem}.reference.mp4", f"{stem}.frames.png"
 
 
