@@ -505,3 +505,10 @@ def test_manifests_that_are_not_objects_and_a_binary_tail_in_the_metrics_log(tmp
     assert rep.training is not None and rep.training.logged == len(metrics)
     assert rep.tokenize is not None and rep.tokenize.shards == 1
     assert rep.generation is not None and rep.generation.tasks == 1
+
+
+def test_markdown_cells_stay_one_line_and_literal() -> None:
+    from harness.report.tables import markdown_tables
+
+    lines = markdown_tables([("t", ["video"], [["two\nlines | <script>alert(1)</script>"]])])
+    assert lines[4] == "| two lines \\| &lt;script&gt;alert(1)&lt;/script&gt; |" and lines[5] == ""

@@ -159,9 +159,15 @@ def markdown_tables(titled: list[tuple[str, list[str], list[list[str]]]]) -> lis
     lines: list[str] = []
     for title, header, rows in titled:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
         lines.append("")
     return lines
+
+
+def _md_cell(text: str) -> str:
+    """A cell as markdown reads it literally: one line (a newline would end the row), `|` escaped, and `<`/`>` as
+    entities (a name like `<script>` is text, as on the HTML page)."""
+    return " ".join(text.splitlines()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_json(rep: Report) -> dict[str, Any]:
