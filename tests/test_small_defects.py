@@ -155,3 +155,14 @@ def test_a_wait_timeout_that_is_no_number_of_seconds_is_refused_by_the_parser(va
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args(["submit", "run.toml", "--wait", "--timeout", value])
     assert e.value.code == 2
+
+
+def test_bench_plan_refuses_a_baseline_that_is_no_source_tree(tmp_path: Path) -> None:
+    """A missing --baseline folder once timed the installed harness and recorded it as the baseline."""
+    from harness.bench import plan as bench_plan
+    from harness.core.errors import HarnessError
+
+    with pytest.raises(HarnessError) as e:
+        bench_plan.run(["--files", "2", "--baseline", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert "--baseline: is no harness source tree" in str(e.value)
+    assert not (tmp_path / "o").exists()

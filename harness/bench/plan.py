@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.bench import at_least
 from harness.core.atomic import atomic_write_json
+from harness.core.errors import HarnessError, Problem
 
 GOAL_S = 5.0
 
@@ -83,6 +84,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--keep", default="", help="create the files in this folder once and reuse them on later runs "
                                                "(a million files take minutes to create on a busy machine)")
     a = ap.parse_args(argv)
+    if a.baseline and not (Path(a.baseline) / "harness" / "cli.py").is_file():  # else the installed tree is timed
+        raise HarnessError(Problem(a.baseline, "--baseline", "is no harness source tree (no harness/cli.py in it)"))
     runs: list[dict[str, Any]] = []
     baseline: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
