@@ -512,3 +512,21 @@ def test_markdown_cells_stay_one_line_and_literal() -> None:
 
     lines = markdown_tables([("t", ["video"], [["two\nlines | <script>alert(1)</script>"]])])
     assert lines[4] == "| two lines \\| &lt;script&gt;alert(1)&lt;/script&gt; |" and lines[5] == ""
+
+
+@pytest.mark.parametrize("content, why", [
+    ('{"step": 10, "mean": {"psnr": 14.3, "videos": 2}}', "no 'videos' list of objects"),
+    ('{"step": 10, "videos": [1, "x", null], "mean": {}}', "no 'videos' list of objects"),
+    ('[1, 2, 3]', "a JSON list, not an object"),
+    ('{"step": 10, "videos": []}', "no 'mean' object"),
+    ('{"step": 10, "vid', "unreadable"),
+])
+def test_a_damaged_evaluation_file_is_named_as_damaged(tmp_path: Path, content: str, why: str) -> None:
+    """Such files read as a shard with no inputs, as "no result file" although it was there, or as a row of
+    '-' means; each is now a missing shard whose reason says the file is damaged, and the file is listed."""
+    paths, plan, _ = make_results(tmp_path)
+    paths.eval_json(10).write_text(content)
+    rep = report.build(paths, plan.spec, [], plan.training)
+    (lost,) = [m for m in rep.missing_shards if m.step == 10]
+    assert lost.why == f"its result file is damaged ({why})", lost.why
+    assert any(str(paths.eval_json(10)) in m for m in rep.missing)

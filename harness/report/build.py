@@ -246,8 +246,12 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
     lost: list[MissingShard] = []
     known = {(f.get("stage"), f.get("task")): f for f in failures}
     for step, k, task, key in infer_pairs(spec, checkpoint_steps):
-        e = _read(paths.eval_json(step, key), missing)
-        if isinstance(e, dict):
+        path = paths.eval_json(step, key)
+        e = _read(path, missing)
+        damage = _damage(e) if e is not None else ""
+        if damage:
+            missing.append(f"{path} ({damage})")
+        elif e is not None:
             rec = ShardRecord.from_json(e)
             if _empty(rec):
                 lost.append(MissingShard(step, k, task, EMPTY_SHARD))
@@ -256,8 +260,19 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
             continue
         why = [f"{st}[{task}] {f.get('state', '')}" + (f" ({f['reason']})" if f.get("reason") else "")
                for st in ("infer", "evaluate") if (f := known.get((st, task)))]
-        lost.append(MissingShard(step, k, task, "; ".join(why) or "no result file"))
+        own = "no result file" if not path.exists() else f"its result file is damaged ({damage or 'unreadable'})"
+        lost.append(MissingShard(step, k, task, "; ".join(why) or own))
     return evals, lost
+
+
+def _damage(e: Any) -> str:
+    """What makes a parsed evaluation file no result ('' if none): evaluate always writes an object with a
+    `videos` list of objects and a `mean` object, so anything else was cut, edited or written by something else."""
+    if not isinstance(e, dict):
+        return f"a JSON {type(e).__name__}, not an object"
+    if not isinstance(e.get("videos"), list) or not all(isinstance(v, dict) for v in e["videos"]):
+        return "no 'videos' list of objects"
+    return "" if isinstance(e.get("mean"), dict) else "no 'mean' object"
 
 
 EMPTY_SHARD = ("no inputs: the input list ended before this shard (fewer test videos than planned, e.g. inputs "
