@@ -149,3 +149,16 @@ def test_the_reference_of_the_same_name_wins_and_ambiguity_is_said(tmp_path: Pat
     failed = {f["name"]: f["error"] for f in got["failed"]}
     assert failed["two"] == "ambiguous reference: two.mkv, two.mov share the stem 'two'; keep one"
     assert "No such file" in failed["gone"] or "nowhere" in failed["gone"], failed
+
+
+def test_generated_frames_past_the_references_end_are_said(tmp_path: Path) -> None:
+    """9 generated frames against a 3-frame reference: the table compares 3, and a note says 6 were left out."""
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    write_mp4(ref / "short.mp4", smooth_clip(3, 48, 64, 0), 25, crf=4)
+    write_mp4(gen / "short.mp4", smooth_clip(9, 48, 64, 0), 25, crf=4)
+    p = run_cli("evaluate", "--reference", str(ref), "--generated", str(gen), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "short: 6 generated frame(s) without a reference frame, not compared (generated 3-8" in \
+        " ".join(p.stdout.split()), p.stdout

@@ -62,13 +62,18 @@ def table(result: dict[str, Any]) -> Table:
 
 
 def problems(result: dict[str, Any]) -> list[str]:
-    """Lines for what was not compared: failures, unmatched names, identical clips left out of the means of
-    the metrics that are infinite for them."""
+    """Lines for what was not compared: failures, unmatched names, frames past the reference's end, identical
+    clips left out of the means of the metrics that are infinite for them."""
     out = [f"failed: {f['name']}: {f['error']}" for f in result.get("failed", [])]
     if result.get("missing_reference"):
         out.append(f"no reference for: {', '.join(result['missing_reference'])}")
     if result.get("missing_generated"):
         out.append(f"not generated: {', '.join(result['missing_generated'])}")
+    for v in result.get("videos", []):
+        gone = v.get("frames_without_reference") or []
+        if gone:
+            out.append(f"{v.get('name')}: {len(gone)} generated frame(s) without a reference frame, not compared "
+                       f"(generated {gone[0]}-{gone[-1]}: the reference ends first)")
     same = result.get("mean", {}).get("identical_videos", [])
     if same:
         label = " / ".join(m.label for m in mt.METRICS if m.infinite_when_identical)
