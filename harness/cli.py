@@ -154,19 +154,6 @@ def _submit_campaign(e: Expanded, executor: ExecutorName, *, wait: bool, timeout
     return max(codes)
 
 
-def cmd_doctor(spec: str, overrides: list[str]) -> int:
-    from harness.ops import doctor
-
-    _, checks = doctor.diagnose(Path(spec), overrides=tuple(overrides))
-    style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
-    for c in checks:
-        console.print(f"[{style[c.status]}]{c.status:<4}[/]  {escape(c.key)}: {escape(c.what)}: {escape(c.detail)}",
-                      soft_wrap=True)
-    n = {k: sum(c.status == k for c in checks) for k in style}
-    console.print(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
-    return 2 if n["fail"] else 0
-
-
 def cmd_quickstart(spec: str, assets: str, executor: ExecutorName, timeout_s: float) -> int:
     """synth -> submit configs/quickstart.toml -> wait -> report: the README's first command."""
     from harness import ops
@@ -336,7 +323,7 @@ def dispatch(a: argparse.Namespace) -> int:
         "plan": lambda: cmd_plan(a.spec, _overrides(a.overrides), a.out, a.num_inputs, a.executor),
         "submit": lambda: cmd_submit(a.spec, _overrides(a.overrides), a.executor, wait=a.wait, timeout_s=a.timeout,
                                      doctor=not a.no_doctor),
-        "doctor": lambda: cmd_doctor(a.spec, _overrides(a.overrides)),
+        "doctor": lambda: ops.cmd_doctor(a.spec, _overrides(a.overrides)),
         "status": lambda: ops.cmd_status(a.run, a.workdir, watch=a.watch, show_all=a.all),
         "logs": lambda: ops.cmd_logs(a.run, a.stage, a.task, a.workdir, follow=a.follow, stderr=a.stderr),
         "resume": lambda: ops.cmd_resume(a.run, a.workdir),
@@ -358,7 +345,21 @@ def dispatch(a: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return _call(build_parser().parse_args(argv))
+    return _call(parse(argv))
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Overrides may follow options too (`submit run.toml --executor local finetune.lr=1e-3`): argparse ends the
+    positionals at the first option, so the `section.key=value` words after it join the overrides."""
+    from harness.core.overrides import OVERRIDE
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or not all(OVERRIDE.match(x) for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -384,7 +385,7 @@ pair ~0.25 of its ~0.9 CPU-s."""
 
 def run() -> None:
     """The `harness` executable (`main` is for callers in a process that goes on)."""
-    args = build_parser().parse_args()
+    args = parse()
     rc = _call(args)
     if args.command in EXIT_AT_ONCE:
         sys.stdout.flush()

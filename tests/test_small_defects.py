@@ -166,3 +166,15 @@ def test_bench_plan_refuses_a_baseline_that_is_no_source_tree(tmp_path: Path) ->
         bench_plan.run(["--files", "2", "--baseline", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert "--baseline: is no harness source tree" in str(e.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_overrides_may_follow_options() -> None:
+    """`submit run.toml --executor local finetune.max_steps=10` was argparse's "unrecognized arguments"."""
+    from harness import cli
+
+    a = cli.parse(["submit", "run.toml", "finetune.lr=1e-3", "--executor", "local", "finetune.max_steps=10"])
+    assert a.overrides == ["finetune.lr=1e-3", "finetune.max_steps=10"] and a.executor == "local"
+    with pytest.raises(SystemExit):
+        cli.parse(["submit", "run.toml", "--executor", "local", "stray"])
+    with pytest.raises(SystemExit):
+        cli.parse(["status", "run-1", "finetune.lr=1"])

@@ -133,6 +133,15 @@ class RunPaths:
         """submitit's log folder of a stage's jobs (`%j`: the job id, filled in by submitit)."""
         return self.logs(stage) / "%j"
 
+    def recorded_log(self, stored: str) -> Path:
+        """A task log as recorded: relative to the run directory; an older absolute record of a run directory
+        since moved or copied is read at the same place (`logs/<stage>/<job>/<file>`) under this one."""
+        p = Path(stored)
+        if not p.is_absolute():
+            return self.root / p
+        here = self.root.joinpath(*p.parts[-4:]) if len(p.parts) >= 4 and p.parts[-4] == "logs" else p
+        return here if here.exists() or not p.exists() else p
+
     def task_log(self, stage: str, job_id: str) -> Path:
         """stdout of one submitit job (array task `job_id`, e.g. `123_7`); stderr: the same name, `.err`."""
         return self.logs(stage) / job_id / f"{job_id}_0_log.out"

@@ -243,21 +243,11 @@ def _row(paths: RunPaths, stage: str, t: int, e: dict[str, Any] | None, done: bo
         return TaskState(stage, t, state, reason="driver has not reached it" if alive else "")
     start, end = e.get("start"), e.get("end") or (time.time() if state == "RUNNING" else None)
     job = str(e.get("job_id", ""))
-    log = _log(paths, e["stdout"]) if e.get("stdout") else (str(paths.task_log(stage, job)) if job else "")
+    log = str(paths.recorded_log(e["stdout"])) if e.get("stdout") else (str(paths.task_log(stage, job)) if job else "")
     reason = e.get("reason", "") or ("the local driver died" if state == LOST else "")
     wall = (end - start if start and end else 0.0) + float(e.get("earlier_s", 0.0))
     return TaskState(stage, t, state, job, os.uname().nodename if job else "",
                      _fmt_elapsed(end - start) if start and end else "", "", reason, log, gpu_seconds=wall * gpus)
-
-
-def _log(paths: RunPaths, stored: str) -> str:
-    """A task's log as this run directory holds it: stored relative to it; an older absolute record of a run
-    directory since moved or copied is read at the same place under this one."""
-    p = Path(stored)
-    if not p.is_absolute():
-        return str(paths.root / p)
-    here = paths.root.joinpath(*p.parts[-4:]) if len(p.parts) >= 4 and p.parts[-4] == "logs" else p
-    return str(here if here.exists() or not p.exists() else p)
 
 
 def stage_rows(paths: RunPaths, entries: dict[str, Any], stage: str, tasks: int,

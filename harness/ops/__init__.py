@@ -1,5 +1,5 @@
 """Operating runs: status, logs, resume, cancel, report, compare, runs, sync, and `submit --wait`; plus the
-commands that work on folders, not runs (evaluate, synth).
+commands that work on folders, not runs (evaluate, synth), and doctor's printing of its checks.
 
 Every run command rebuilds what it needs from the run directory (spec.json, plan.json, jobs.json, completion
 markers) plus at most one squeue and one sacct, through the run's backend (harness.launch). Commands take
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from harness.core.paths import CampaignPaths, RunPaths
     from harness.ops.state import TaskState
 
-__all__ = ["cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare", "cmd_runs", "cmd_cache",
-           "cmd_inspect_checkpoint", "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth", "print_report", "wait"]
+__all__ = ["cmd_doctor", "cmd_status", "cmd_logs", "cmd_resume", "cmd_cancel", "cmd_report", "cmd_compare",
+           "cmd_runs", "cmd_cache", "cmd_inspect_checkpoint", "cmd_export", "cmd_sync", "cmd_evaluate", "cmd_synth",
+           "print_report", "wait"]
 """Each command imports what it uses when it runs: `harness evaluate` of one pair would otherwise pay for the
 run machinery (submitit, the launch backends, the report: ~0.36 CPU-s) before its first result."""
 
@@ -248,6 +249,21 @@ def _evaluate_out(out: Path, key: str) -> Path:
         raise HarnessError(Problem(str(out), key, f"would replace the alignment sidecar of {video.name}: give "
                                                   "another file (--out)"))
     return output_file(out, key)
+
+
+def cmd_doctor(spec: str, overrides: list[str]) -> int:
+    from rich.markup import escape
+
+    from harness.ops import doctor
+
+    _, checks = doctor.diagnose(Path(spec), overrides=tuple(overrides))
+    console, style = _console(), {"pass": "green", "fail": "bold red", "skip": "yellow"}
+    for c in checks:
+        console.print(f"[{style[c.status]}]{c.status:<4}[/]  {escape(c.key)}: {escape(c.what)}: {escape(c.detail)}",
+                      soft_wrap=True)
+    n = {k: sum(c.status == k for c in checks) for k in style}
+    console.print(f"{n['pass']} passed, {n['fail']} failed, {n['skip']} skipped")
+    return 2 if n["fail"] else 0
 
 
 def cmd_synth(out_dir: str) -> int:
