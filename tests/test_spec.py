@@ -240,3 +240,9 @@ def test_a_relative_path_is_checked_where_it_resolves(tmp_path: Path, capsys: py
     assert code == 2 and len(lines) == 1
     assert "run.workdir = '" in lines[0] and "must not contain '\\' or '%'" in lines[0]
     assert lines[0].endswith("resolved against the current directory")
+
+
+def test_a_spec_saved_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    f = tmp_path / "bom.toml"
+    f.write_bytes(b"\xef\xbb\xbf" + (REPO / "configs" / "quickstart.toml").read_bytes())
+    assert spec.read_table(f)["run"]["name"] == "quickstart"

@@ -67,7 +67,7 @@ def load(path: str | Path) -> RunSpec:
 
 def read_text(path: str | Path) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # an editor's byte-order mark is no TOML statement
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(Problem(str(path), "", f"cannot read: {e.__class__.__name__}: {e}")) from None
 
