@@ -205,3 +205,13 @@ def test_disk_estimates_follow_keep_optimizer() -> None:
     one = footprint.checkpoint_disk(p, "bf16-mixed", 1, "last")
     assert one.final == one.peak == 14 * p
     assert footprint.checkpoint_disk(p, "fp32", 3, "last").final == 3 * 4 * p + 8 * p
+
+
+def test_a_damaged_trainer_json_is_named(tmp_path: Path) -> None:
+    """An empty trainer.json (a save killed mid-write of it) failed finetune with a JSON error naming no file."""
+    from harness.core.errors import HarnessError
+    from harness.cosmos.checkpoint import has_optimizer
+
+    (tmp_path / "trainer.json").write_text("")
+    with pytest.raises(HarnessError, match="trainer.json: cannot read .*delete this folder and resume"):
+        has_optimizer(tmp_path)

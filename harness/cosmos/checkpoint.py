@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from torch.distributed.checkpoint.api import CheckpointException
 
 from harness.core import failures
 from harness.core.atomic import atomic_write_json, read_json
@@ -75,7 +76,12 @@ def has_optimizer(ckpt_dir: Path) -> bool:
     before `optimizer/` is removed, so a removal cut short never leaves a checkpoint claiming state it lacks; a
     checkpoint without the key predates the split and holds its optimizer state inside `weights/`."""
     trainer = ckpt_dir / TRAINER_JSON
-    state = read_json(trainer).get("optimizer_state") if trainer.is_file() else None
+    try:
+        record = read_json(trainer) if trainer.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{trainer}: cannot read ({e.__class__.__name__}: {e}): the checkpoint's training state "
+                           "is damaged; to go on from an older checkpoint, delete this folder and resume") from None
+    state = record.get("optimizer_state") if isinstance(record, dict) else None
     if state is None:
         return True
     return bool(state) and optimizer_dir(ckpt_dir).is_dir()
@@ -175,9 +181,12 @@ def _load(ckpt_dir: Path, state: dict[str, Any], folder: Path | None = None) -> 
         _check_shapes(ckpt_dir, wdir, state["state_dict"])
     try:
         return dist_checkpointing.load(state, str(wdir))
-    except Exception as e:  # mcore raises CheckpointingException/KeyError/RuntimeError for a mismatched model
-        raise HarnessError(f"{ckpt_dir}: cannot load into this model ({e.__class__.__name__}: "
-                           f"{str(e).splitlines()[0][:300]})") from e
+    except (Exception, CheckpointException) as e:  # mcore: CheckpointingException/KeyError/RuntimeError for another
+        # model; torch's reader: CheckpointException (a BaseException) for a file cut short or damaged
+        lines = str(e).splitlines() or [""]
+        raise HarnessError(f"{ckpt_dir}: cannot be loaded ({e.__class__.__name__}: {lines[0][:300]}): its files are "
+                           "damaged or it was written for another model; to go on from an older checkpoint, delete "
+                           "this folder and resume") from e
 
 
 def _check_shapes(ckpt_dir: Path, wdir: Path, msd: dict[str, Any]) -> None:
