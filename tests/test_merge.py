@@ -135,3 +135,18 @@ def test_more_shards_than_inputs(tmp_path: Path, tmp_path_factory: pytest.TempPa
     ds = dataset.open_dataset(paths)
     assert len(ds) == 2 and ds.prompt_embedding(1).shape == (512, 32)
     assert summary(paths)["splits"]["train"] >= 1
+
+
+def test_merge_fails_when_no_input_tokenized(copy: RunPaths) -> None:
+    """Every input skipped (undecodable, empty): merge once completed with an empty dataset, and finetune then
+    failed in megatron's reader with "cannot mmap an empty file" naming nothing."""
+    from harness.core.atomic import atomic_write_json
+
+    for s in range(load_run_spec(copy).tokenize.shards):
+        m = json.loads(copy.shard_manifest(s).read_text())
+        m["skipped"] = [dict(v, kind="unreadable", reason="no video stream") for v in m["videos"]]
+        m["videos"] = []
+        atomic_write_json(copy.shard_manifest(s), m)
+    with pytest.raises(HarnessError, match=r"merge: none of the inputs tokenized \(\d+ unreadable\)"):
+        worker("merge")(load_run_spec(copy), 0, copy)
+    assert not copy.dataset_summary.exists()

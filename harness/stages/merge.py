@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
                            f"(harness resume): " + "; ".join(problems))
     manifests = [read_json(paths.shard_manifest(s)) for s in range(shards)]
     documents = [dict(v, shard=m["shard"]) for m in manifests for v in m["videos"]]
+    if not documents:  # an empty dataset would pass here and fail finetune deep in megatron's reader
+        _nothing_tokenized(manifests)
     _check_lengths(spec, documents)
     _join_tokens(paths, shards)
     if spec.video2world:
@@ -62,6 +65,13 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     atomic_write_json(paths.dataset_summary, summary)
     log.info("merge: %d videos in, %d tokenized, %d skipped; split %s", summary["videos_in"],
              summary["tokenized"], len(summary["skipped"]), summary["splits"])
+
+
+def _nothing_tokenized(manifests: list[dict[str, Any]]) -> None:
+    kinds = Counter(str(s.get("kind", "other")) for m in manifests for s in m["skipped"])
+    why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no input listed"
+    raise HarnessError(f"merge: none of the inputs tokenized ({why}); each is named with its reason in the "
+                       "tokenize logs and in tokens/shard-*.manifest.json: fix or replace them, then submit again")
 
 
 def _check_lengths(spec: RunSpec, documents: list[dict[str, Any]]) -> None:
