@@ -4,6 +4,7 @@ evaluate stage then scores frame for frame."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,8 @@ def test_output_names_are_never_hidden_nor_too_long() -> None:
     a, b = output_stem(Path(f"/d/{long_a}.mp4")), output_stem(Path(f"/d/{long_b}.mp4"))
     assert a != b and a.startswith("長" * 30) and len(a.encode()) <= NAME_BYTES and len(b.encode()) <= NAME_BYTES
     assert output_stem(Path("/d/plain name.mov")) == "plain name"
+    latin1 = Path(os.fsdecode(b"/d/caf\xe9_clip.mp4"))  # a name in Latin-1 once failed every infer task
+    assert output_stem(latin1) == "caf\ufffd_clip"
 
 
 def test_an_unreadable_input_is_skipped_with_its_reason(run_dir: tuple[spec_mod.RunSpec, RunPaths],

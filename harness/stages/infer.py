@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,7 @@ def output_stem(source: Path) -> str:
     over), at most `NAME_BYTES` bytes (a longer one keeps its start and gains 8 hex digits of a hash of the whole
     stem, so two long names stay apart)."""
     stem = source.stem.lstrip(".") or "video"
+    stem = os.fsencode(stem).decode("utf-8", "replace")  # a name in another encoding (Latin-1 bytes): U+FFFD
     raw = stem.encode("utf-8")
     if len(raw) <= NAME_BYTES:
         return stem
