@@ -58,9 +58,7 @@ def model_sharded_state_dict(model: Any) -> dict[str, Any]:
     return {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
 
 
-def context_file(ckpt_dir: Path) -> Path:
-    """The harness' own record of a checkpoint (preset, grid, TP, step), beside NeMo's `context/model.yaml`."""
-    return ckpt_dir / "context" / "harness.json"
+context_file = layout.context_file
 
 
 def is_complete(ckpt_dir: Path) -> bool:
@@ -239,11 +237,9 @@ def load_training(model: Any, optimizer: Any, ckpt_dir: Path) -> dict[str, Any]:
 
 def check_context(ckpt_dir: Path, preset: str) -> None:
     """A harness checkpoint names its preset; refuse another model shape with a clear message."""
-    ctx = context_file(ckpt_dir)
-    if ctx.is_file():
-        saved = read_json(ctx).get("preset")
-        if saved and saved != preset:
-            raise HarnessError(f"{ckpt_dir}: checkpoint of preset {saved!r}, but model.preset is {preset!r}")
+    saved = layout.read_context(ckpt_dir).get("preset")
+    if saved and saved != preset:
+        raise HarnessError(f"{ckpt_dir}: checkpoint of preset {saved!r}, but model.preset is {preset!r}")
 
 
 def load_for_inference(ckpt_dir: str | Path | None, preset: "ModelPreset", grid: "Grid", tp: int = 1, *,

@@ -37,12 +37,11 @@ import torch
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 
-from harness.core.atomic import file_mode, read_json
+from harness.core.atomic import file_mode
 from harness.core.errors import HarnessError
 from harness.core.models import MODEL_PREFIX, PRESETS, ModelPreset, checkpoint_shapes
 from harness.cosmos import config as cfg
 from harness.cosmos import layout, parallel
-from harness.cosmos.checkpoint import context_file
 
 Format = Literal["pytorch", "safetensors", "nemo"]
 FORMATS: tuple[Format, ...] = ("pytorch", "safetensors", "nemo")
@@ -143,9 +142,7 @@ def open_source(directory: Path, preset: str | None = None) -> Source:
     blocking = [m.line() for m in layout.compare(stored, checkpoint_shapes(shape)) if m.kind != "unexpected"]
     if blocking:
         raise HarnessError(f"{root}: not a {name} checkpoint ({len(blocking)} tensors): {'; '.join(blocking[:3])}")
-    ctx_file = context_file(root)
-    context = read_json(ctx_file) if ctx_file.is_file() else {}
-    return Source(root, shape, context)
+    return Source(root, shape, layout.read_context(root))
 
 
 def read_weights(src: Source) -> dict[str, torch.Tensor]:

@@ -70,14 +70,33 @@ def preset_name(root: Path, preset: str | None) -> str:
     return name
 
 
+def context_file(ckpt_dir: Path) -> Path:
+    """The harness' own record of a checkpoint (preset, grid, TP, step), beside NeMo's `context/model.yaml`."""
+    return ckpt_dir / "context" / "harness.json"
+
+
+def read_context(ckpt_dir: Path) -> dict[str, object]:
+    """`context/harness.json` ({} where there is none: a foreign NeMo checkpoint); a damaged one is one line."""
+    f = context_file(ckpt_dir)
+    if not f.is_file():
+        return {}
+    try:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{f}: cannot read ({e.__class__.__name__}: {e}); restore it, or remove it and name "
+                           "the model with --preset") from None
+    if not isinstance(raw, dict):
+        raise HarnessError(f"{f}: a JSON {type(raw).__name__}, expected an object; restore it, or remove it and "
+                           "name the model with --preset")
+    return raw
+
+
 def named_preset(root: Path) -> str | None:
     """The preset a checkpoint names: the harness' `context/harness.json`, else an upstream config class in
     NeMo's `context/model.yaml`."""
-    harness_json = root / "context" / "harness.json"
-    if harness_json.is_file():
-        preset = json.loads(harness_json.read_text(encoding="utf-8")).get("preset")
-        if preset:
-            return str(preset)
+    preset = read_context(root).get("preset")
+    if preset:
+        return str(preset)
     yaml = root / "context" / "model.yaml"
     if yaml.is_file():
         for cls in re.findall(r"_target_:\s*\S+\.(\w+)", yaml.read_text(encoding="utf-8")):
