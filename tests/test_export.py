@@ -387,14 +387,12 @@ def test_a_run_id_names_the_run_and_its_tokenizer(tmp_path: Path, tp2: tuple[Pat
 def test_a_damaged_context_record_is_one_line(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
     """inspect-checkpoint and export once ended in a JSONDecodeError or AttributeError traceback (exit 1)."""
     from harness import cli
-
     from harness.core.models import PRESETS
     from harness.cosmos import pretrained
+    from harness.cosmos.checkpoint import MARKER
 
     pretrained.write_tiny_pretrained(tmp_path / "ck", PRESETS["tiny"], seed=1)
     (tmp_path / "ck" / "context" / "harness.json").write_text(text)
-    from harness.cosmos.checkpoint import MARKER
-
     (tmp_path / "ck" / MARKER).write_text("{}")
     for argv in (["inspect-checkpoint", str(tmp_path / "ck")],
                  ["export", str(tmp_path / "ck"), "--to", str(tmp_path / "out"), "--format", "pytorch"]):
