@@ -38,3 +38,39 @@ def test_gist_cuts_at_a_word() -> None:
     cut = slurmcli.gist("scontrol: error: " + "configuration " * 20, limit=50)
     assert cut.endswith(" ...") and all(w == "configuration" for w in cut[:-4].split()), cut
 
+
+
+@pytest.mark.timeout(120)
+def test_decode_workers_end_when_their_task_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of a tokenize task (the OOM killer, `scancel --signal=KILL`) left its fork-server decode workers
+    running, hundreds of MB each, long after a resume had finished the shard."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "task.py"
+    script.write_text(
+        "import time\n"
+        "from harness.stages.tokenize import _loader\n"
+        "from slow_items import SlowItems\n"
+        "if __name__ == '__main__':\n"
+        "    it = iter(_loader(SlowItems(), 2, False))\n"
+        "    next(it)\n"
+        "    print(' '.join(str(w.pid) for w in it._workers), flush=True)\n"
+        "    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), str(Path(__file__).parent)])}
+    task = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    assert task.stdout is not None
+    workers = [int(p) for p in task.stdout.readline().split()]
+    assert len(workers) == 2
+    task.send_signal(signal.SIGKILL)
+    task.wait()
+    deadline = time.time() + 20
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [p for p in workers if Path(f"/proc/{p}").exists() and "zombie" not in
+                 Path(f"/proc/{p}/status").read_text(errors="replace").lower()]
+    assert not alive, f"decode workers {alive} outlived their task"

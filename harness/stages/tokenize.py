@@ -9,10 +9,12 @@ Token ids stay int64 until the one checked narrowing to uint16 (`harness.stages.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections import deque
 from multiprocessing import get_context
@@ -139,7 +141,23 @@ def _loader(batches: ClipBatches, workers: int, pin: bool) -> Any:
     """In-order batches, at most 2 per worker decoded ahead of the encoder (bounded prefetch)."""
     return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
                                        collate_fn=_as_is, pin_memory=pin, prefetch_factor=2 if workers else None,
-                                       multiprocessing_context=_mp_context() if workers else None)
+                                       multiprocessing_context=_mp_context() if workers else None,
+                                       worker_init_fn=functools.partial(_end_with, os.getpid()) if workers else None)
+
+
+def _end_with(task_pid: int, _worker: int) -> None:
+    """A decode worker ends when its task process does. torch's own watchdog watches the worker's parent, which
+    under forkserver is the fork server, not the task: a task killed with SIGKILL (OOM, `scancel --signal=KILL`)
+    left its workers decoding, hundreds of MB each, for as long as the node ran."""
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(task_pid, 0)
+            except (ProcessLookupError, PermissionError):  # gone (a PermissionError: the pid is another's now)
+                os._exit(0)
+
+    threading.Thread(target=watch, name="end-with-task", daemon=True).start()
 
 
 def _as_is(batch: Any) -> Any:
