@@ -93,3 +93,16 @@ def test_shards_partition_the_inputs(n: int, shards: int) -> None:
     assert max((len(p) for p in parts), default=0) - min(len(p) for p in parts) <= 1
     assert all(listing.shard_of(it.index, shards) == s for s, p in enumerate(parts) for it in p)
     assert all([it.index for it in p] == sorted(it.index for it in p) for p in parts)
+
+
+def test_a_jsonl_line_that_is_not_utf8_is_that_lines_problem(tmp_path: Path) -> None:
+    """One Latin-1 prompt rejected the whole file (doctor and submit: a byte offset, no line); the other lines
+    are good prompts."""
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    jl = tmp_path / "data.jsonl"
+    jl.write_bytes(b'\xef\xbb\xbf{"prompt": "one", "visual_input": "a.mp4"}\n'
+                   b'{"prompt": "caf\xe9", "visual_input": "b.mp4"}\n')
+    items = inputs.discover(_spec(jsonl=str(jl)))
+    assert [(it.prompt, it.error) for it in items] == [
+        ("one", None), (None, "line 2: not UTF-8: byte 0xe9 at column 16")]

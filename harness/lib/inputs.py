@@ -114,16 +114,34 @@ def _read(path: Path) -> str:
             from None
 
 
+def _lines(path: Path) -> list[str | UnicodeDecodeError]:
+    """A listing's lines, each decoded on its own (a byte-order mark is not part of the first)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise HarnessError(f"= {str(path)!r}: cannot read ({e.__class__.__name__}: {e.strerror})") from None
+    out: list[str | UnicodeDecodeError] = []
+    for b in raw.removeprefix(b"\xef\xbb\xbf").splitlines():
+        try:
+            out.append(b.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            out.append(e)
+    return out
+
+
 def from_jsonl(path: Path) -> list[InputItem]:
     """Video2World's `{"prompt": ..., "visual_input": ...}` lines, in file order; relative videos are relative
     to the jsonl file."""
-    lines = _read(path).splitlines()
     items: list[InputItem] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in enumerate(_lines(path), start=1):
+        where = f"{path.name}:{lineno}"
+        if isinstance(line, UnicodeDecodeError):  # that line alone: the others are good prompts
+            bad = f"byte {line.object[line.start]:#04x} at column {line.start + 1}"
+            items.append(InputItem(len(items), where, None, f"line {lineno}: not UTF-8: {bad}"))
+            continue
         if not line.strip():
             continue
-        where = f"{path.name}:{lineno}"
         video, prompt, error = _parse_line(line, path.parent)
         if error is None:
             assert video is not None
