@@ -530,3 +530,18 @@ def test_a_damaged_evaluation_file_is_named_as_damaged(tmp_path: Path, content: 
     (lost,) = [m for m in rep.missing_shards if m.step == 10]
     assert lost.why == f"its result file is damaged ({why})", lost.why
     assert any(str(paths.eval_json(10)) in m for m in rep.missing)
+
+
+def test_the_frames_note_names_videos_compared_on_context_frames_only() -> None:
+    """A source of 1 or 3 frames under 9 generated ones with 4 context frames: those videos measure the tokenizer
+    alone, and the predicted means leave them out; the note says which and over how many the means are."""
+    from harness.core.evalrecords import Scores, VideoRecord
+    from harness.core.evalstats import frames_note
+
+    def rec(name: str, n: int) -> VideoRecord:
+        return VideoRecord(name, "g", "r", "sidecar", tuple(range(n)), tuple(range(n)), tuple(range(n, 9)), 4, {},
+                           Scores(n, {"psnr": 30.0}))
+
+    note = frames_note([rec("one_frame", 1), rec("three", 3), rec("whole", 9)])
+    assert "2 of them compared on context frames only" in note and "predicted means are over 1: one_frame, three" \
+        in note, note

@@ -42,6 +42,11 @@ def frames_note(videos: Sequence[VideoRecord]) -> str:
         ctx = sorted({v.context_frames for v in side})
         parts.append(f"{len(side)} video(s) aligned by sidecar ({ALIGNMENT_CONVENTION}; generated frames "
                      f"0..{ctx[0] - 1 if len(ctx) == 1 else '(C-1)'} reproduce the context, the rest are predicted)")
+        short = [v.name for v in side if all(g < v.context_frames for g in v.generated_frames)]
+        if short:  # a source that ends within the context: its frames measure the tokenizer alone
+            parts.append(f"{len(short)} of them compared on context frames only (no predicted frame has a "
+                         f"reference: the source ends first), so the predicted means are over {len(side) - len(short)}:"
+                         f" {', '.join(short[:5])}{', ...' if len(short) > 5 else ''}")
     tb = sum(v.alignment == "tokenbench" for v in videos)
     if tb:
         parts.append(f"{tb} video(s) under the tokenbench protocol: TokenBench's preprocessing of both files, "
