@@ -118,10 +118,11 @@ def test_only(text: str) -> str:
     line goes: its parents are placeholders until submit. The submitting shell's SBATCH_* variables are left
     out as at submit."""
     body = "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("#SBATCH --dependency"))
-    with tempfile.TemporaryDirectory(prefix="harness-test-only-") as tmp, _no_sbatch_env():
+    env = {k: v for k, v in os.environ.items() if k not in sbatch_env()}  # not os.environ's: callers run in threads
+    with tempfile.TemporaryDirectory(prefix="harness-test-only-") as tmp:
         script = Path(tmp) / "job.sbatch"
         script.write_text(body, encoding="utf-8")
-        return slurmcli.test_only(script)
+        return slurmcli.test_only(script, env)
 
 
 class SlurmBackend:

@@ -27,10 +27,11 @@ class SlurmUnreachable(HarnessError):
     run's state may then fall back to what the run directory holds."""
 
 
-def _run(cmd: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], timeout: float = 60.0, check: bool = True, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess[str]:
     CALLS[cmd[0]] += 1
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SlurmUnreachable(f"{cmd[0]}: {e}") from None
     if check and proc.returncode != 0:
@@ -68,10 +69,10 @@ def gist(text: str, limit: int = 120) -> str:
     return line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
-def test_only(script: Path) -> str:
+def test_only(script: Path, env: dict[str, str] | None = None) -> str:
     """'' when the controller would accept `script` now (`sbatch --test-only`: nothing is queued), else its
     complaint in one line."""
-    proc = _run(["sbatch", "--test-only", str(script)], check=False)
+    proc = _run(["sbatch", "--test-only", str(script)], check=False, env=env)
     return "" if proc.returncode == 0 else gist(proc.stderr + proc.stdout)
 
 

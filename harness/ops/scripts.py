@@ -4,6 +4,7 @@ effect of a plan) and shown to the controller without queueing (`harness doctor`
 from __future__ import annotations
 
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -42,17 +43,18 @@ def test_only(scripts: tuple[Script, ...], failed: Collection[str] = ()) -> list
     `sbatch --test-only`, so a value only Slurm can judge (a `sbatch_extra` option, a constraint, a QOS limit)
     fails here rather than midway through a submit. (status, key, what, detail) rows, one per stage; a stage whose
     table is in `failed` (another check of it failed, and sbatch would only repeat it) is skipped."""
+    first = {s.stage: s for s in reversed(scripts)}  # each stage's first script (chunks differ in range only)
+    todo = [s for s in scripts if first[s.stage] is s]
+    tables = {s.stage: stage_def(s.stage).key("sbatch_extra").rsplit(".", 1)[0] for s in todo}
+    asked = [s for s in todo if tables[s.stage] not in failed]
+    with ThreadPoolExecutor(max(1, min(8, len(asked)))) as pool:  # one controller round trip, not one a stage
+        said = dict(zip([s.stage for s in asked], pool.map(lambda s: slurm.test_only(s.text), asked)))
     rows: list[Verdict] = []
-    seen: set[str] = set()
-    for s in scripts:
-        if s.stage in seen:
-            continue
-        seen.add(s.stage)
-        table = stage_def(s.stage).key("sbatch_extra").rsplit(".", 1)[0]
-        what = f"sbatch --test-only of the {s.stage} script"
-        if table in failed:
+    for s in todo:
+        table, what = tables[s.stage], f"sbatch --test-only of the {s.stage} script"
+        if s.stage not in said:
             rows.append(("skip", f"{table}.*", what, f"a check of [{table}] above failed"))
-            continue
-        why = slurm.test_only(s.text)
-        rows.append(("fail" if why else "pass", f"{table}.*", what, why or "the controller would accept it"))
+        else:
+            why = said[s.stage]
+            rows.append(("fail" if why else "pass", f"{table}.*", what, why or "the controller would accept it"))
     return rows
