@@ -65,6 +65,18 @@ def test_infer_writes_videos_and_sidecars(run_dir: tuple[spec_mod.RunSpec, RunPa
     infer.run(spec, 0, paths)  # idempotent: everything present, nothing regenerated
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
+    # a task killed after its first video: the resume batches the whole assignment as before, so each input has
+    # its batch, seed and random draws again (sampled at temperature 1: batched alone it would differ)
+    first = {n: (load_clip(out / f"{n}.mp4", ClipShape(17, 48, 64)), media.Sidecar.read(out / f"{n}.json").seed)
+             for n in ("clip_001", "clip_002")}
+    for n in first:
+        (out / f"{n}.mp4").unlink()
+    infer.run(spec, 0, paths)
+    for n, (frames, seed) in first.items():
+        assert media.Sidecar.read(out / f"{n}.json").seed == seed
+        assert np.array_equal(load_clip(out / f"{n}.mp4", ClipShape(17, 48, 64)), frames), n
+    assert json.loads((out.parent / "step-00000002.stats.json").read_text())["generated"] == 3
+
     evaluate.run(spec, 0, paths)
     res = json.loads(paths.eval_json(2).read_text())
     assert res["missing_reference"] == [] and res["failed"] == [] and len(res["videos"]) == 3

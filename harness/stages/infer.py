@@ -317,14 +317,12 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
         from harness.core.plan import infer_task
         from harness.cosmos import parallel
         from harness.cosmos.generate import GenStats, Sampling, StaticKVCache, generate
-        from harness.lib.video import write_mp4
 
     t = infer_task(spec, task)
     step = t.step
     out_dir = paths.infer_dir(step)
     items = list_inputs(spec, paths, t.start, t.stop)
-    todo = [it for it in items if not ((out_dir / f"{it.name}.mp4").is_file() and
-                                       sidecar_path(out_dir / f"{it.name}.mp4").is_file())]
+    todo = [it for it in items if not _written(out_dir, it)]
     log.info("infer[%d] step %d shard %d/%d (inputs %d-%d): %d inputs, %d to generate", task, step, t.shard,
              t.shards, t.start, t.stop - 1, len(items), len(todo))
     manifest = paths.infer_manifest(step, t.key)
@@ -342,7 +340,11 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
     cache = StaticKVCache(len(model.decoder.layers), tm.grid.tokens + bov, fp8=i.kv_cache == "fp8")
     records: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    for k, batch in enumerate(batches(spec, todo, batch_size(spec, model, len(todo), device))):
+    # batches of the whole assignment, as the first attempt made them: a resumed task gives each input the batch,
+    # and so the seed and the random draws, it had; a batch whose outputs are all written is passed over
+    for k, batch in enumerate(batches(spec, items, batch_size(spec, model, len(items), device))):
+        if all(_written(out_dir, it) for it in batch):
+            continue
         batch, clips = readable(spec, batch, skipped)
         if not batch:
             continue
@@ -360,18 +362,30 @@ def run_rank(spec: RunSpec, task: int, paths: RunPaths) -> None:
                         "decode_s": stats.decode_s, "tokens_per_s": stats.tokens_per_s})
         if not parallel.is_main():
             continue
-        videos = decoder.decode(grid)
-        for it, video in zip(batch, videos):
-            mp4 = out_dir / f"{it.name}.mp4"
-            side = Sidecar(it.source, reference_frames(spec, it), tm.context_frames(context_latents(spec, it)),
-                           step, sampling.seed, i.temperature, i.top_p)
-            atomic_write_json(sidecar_path(mp4), side.to_json())
-            write_mp4(mp4, video, spec.video.fps, fast_decode=True)
+        _write_outputs(spec, out_dir, batch, decoder.decode(grid), step, sampling.seed)
     if parallel.is_main():
-        _write_manifest(manifest, t, items, records, {"generated": len(todo) - len(skipped), "skipped": skipped,
+        _write_manifest(manifest, t, items, records, {"generated": len(items) - len(skipped), "skipped": skipped,
                                                       "grid": str(tm.grid), "device": str(device),
                                                       "kv_cache": i.kv_cache})
     parallel.barrier()
+
+
+def _write_outputs(spec: RunSpec, out_dir: Path, batch: list[InferInput], videos: Any, step: int, seed: int) -> None:
+    """Each video's sidecar, then its mp4 (what `_written` looks for), both atomically."""
+    from harness.lib.video import write_mp4
+
+    tm, i = spec.token_math, spec.infer
+    for it, video in zip(batch, videos):
+        mp4 = out_dir / f"{it.name}.mp4"
+        side = Sidecar(it.source, reference_frames(spec, it), tm.context_frames(context_latents(spec, it)), step,
+                       seed, i.temperature, i.top_p)
+        atomic_write_json(sidecar_path(mp4), side.to_json())
+        write_mp4(mp4, video, spec.video.fps, fast_decode=True)
+
+
+def _written(out_dir: Path, it: InferInput) -> bool:
+    mp4 = out_dir / f"{it.name}.mp4"
+    return mp4.is_file() and sidecar_path(mp4).is_file()
 
 
 def _write_manifest(path: Path, t: InferTask, items: list[InferInput], records: list[dict[str, Any]],
