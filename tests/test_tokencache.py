@@ -306,3 +306,23 @@ def test_a_video2world_key_follows_the_prompt_encoders_revision() -> None:
                                                  "assets": {"revisions": {synth.TEXT_ENCODER_REPO: "abc"}}})
     keys = {tokencache.key_of(tokencache.key_inputs(s, "inputs", "encoder", 2)) for s in (base, pinned)}
     assert len(keys) == 2
+
+
+def test_a_local_prompt_encoder_is_keyed_by_its_files(tmp_path: Path) -> None:
+    """Another encoder copied to the same path (here a new hidden size in config.json, new weights) once reused the
+    old entry's embeddings; a lock file in a hidden folder changes nothing."""
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text('{"d_model": 32}')
+    (t5 / "model.safetensors").write_bytes(b"w" * 10)
+    spec = specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": "/x.jsonl"}, "model": {"text_encoder": str(t5)}})
+    first = cache.text_encoder_id(spec)
+    assert first.startswith("files:")
+    (t5 / ".locks").mkdir()
+    (t5 / ".locks" / "x.lock").write_text("")
+    assert cache.text_encoder_id(spec) == first
+    (t5 / "config.json").write_text('{"d_model": 64}')
+    assert cache.text_encoder_id(spec) != first
+    keys = {tokencache.key_of(tokencache.key_inputs(spec, "inputs", "encoder", 2, i)) for i in (first, "files:x")}
+    assert len(keys) == 2
+    assert cache.text_encoder_id(specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": "/x.jsonl"}})) == ""

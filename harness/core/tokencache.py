@@ -3,7 +3,7 @@
 A key is the SHA-256 of everything that decides the tokens and the merged dataset (`key_inputs`): the input list
 (each file's path, size and mtime, or the manifest's / jsonl's text), the encoder's identity (repo id and revision,
 or a hash of a local `encoder.jit`), the compression, the video size and frames, the resize method, the recipe
-(with the prompt encoder and its dtype for Video2World), the split weights, the seed, the shard layout and
+(with the prompt encoder, its dtype and, for a local folder, its files for Video2World), the split weights, the seed, the shard layout and
 `TOKENIZE_FORMAT`. The run's name, its training, generation and evaluation keys are not in it: a sweep over the
 learning rate reuses one entry. Gathering the facts (stat, hashing) is `harness.ops.cache`'s.
 """
@@ -23,9 +23,11 @@ TOKENIZE_FORMAT = 1
 Mode = Literal["reuse", "build", "wait"]
 
 
-def key_inputs(spec: spec_mod.RunSpec, inputs_digest: str, encoder_id: str, shards: int) -> dict[str, Any]:
+def key_inputs(spec: spec_mod.RunSpec, inputs_digest: str, encoder_id: str, shards: int,
+               text_encoder_id: str = "") -> dict[str, Any]:
     """The key's inputs in clear (entry.json keeps them): `inputs_digest` sums the input list's facts,
-    `encoder_id` names the encoder's weights, `shards` is the planned tokenize task count (the entry's layout)."""
+    `encoder_id` names the encoder's weights, `shards` is the planned tokenize task count (the entry's layout),
+    `text_encoder_id` (Video2World) the prompt encoder's files where it is a local folder."""
     v = spec.video
     d: dict[str, Any] = {
         "format": TOKENIZE_FORMAT, "inputs": inputs_digest, "encoder": encoder_id,
@@ -34,7 +36,8 @@ def key_inputs(spec: spec_mod.RunSpec, inputs_digest: str, encoder_id: str, shar
         "shards": shards, "encoder_on": encoder_device(spec)}
     if spec.video2world:
         t5 = spec.model.text_encoder
-        d["text_encoder"] = [t5, spec.model.text_encoder_dtype, spec.assets.revisions.get(t5, "main")]
+        d["text_encoder"] = [t5, spec.model.text_encoder_dtype, spec.assets.revisions.get(t5, "main"),
+                             *([text_encoder_id] if text_encoder_id else [])]
     return d
 
 

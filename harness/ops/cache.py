@@ -71,8 +71,34 @@ def encoder_id(spec: RunSpec) -> str:
         return f"{jit} (unreadable: {e.__class__.__name__})"
 
 
+TEXT_ENCODER_SMALL = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "spiece.model")
+"""A local prompt encoder's files hashed whole; its weight files (T5-11B's are ~45 GB) by name, size and mtime."""
+
+
+def text_encoder_id(spec: RunSpec) -> str:
+    """A local prompt-encoder folder by its files: another encoder copied to the same path (a new hidden size, new
+    weights) makes a new key, where the path alone reused the old embeddings. An HF repo id: '' (its id and
+    revision are in the key already)."""
+    t5 = spec.model.text_encoder
+    if not spec.video2world or not is_local(t5):
+        return ""
+    root, h = Path(t5).expanduser(), hashlib.sha256()
+    for f in sorted(root.rglob("*")) if root.is_dir() else ():
+        rel = f.relative_to(root).as_posix()
+        if not f.is_file() or any(part.startswith(".") for part in rel.split("/")):  # locks, caches
+            continue
+        h.update(rel.encode() + b"\0")
+        if f.name in TEXT_ENCODER_SMALL:
+            h.update(f.read_bytes())
+        else:
+            st = f.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return "files:" + h.hexdigest()
+
+
 def key_inputs(spec: RunSpec, items: list[InputItem], shards: int) -> dict[str, Any]:
-    return tokencache.key_inputs(spec, inputs_digest(spec, items), encoder_id(spec), shards)
+    return tokencache.key_inputs(spec, inputs_digest(spec, items), encoder_id(spec), shards, text_encoder_id(spec))
 
 
 def entry_of(spec: RunSpec, key: str) -> CacheEntry:
