@@ -106,3 +106,12 @@ def test_a_jsonl_line_that_is_not_utf8_is_that_lines_problem(tmp_path: Path) -> 
     items = inputs.discover(_spec(jsonl=str(jl)))
     assert [(it.prompt, it.error) for it in items] == [
         ("one", None), (None, "line 2: not UTF-8: byte 0xe9 at column 16")]
+
+
+def test_a_prompt_with_a_lone_surrogate_is_that_lines_problem(tmp_path: Path) -> None:
+    """JSON's "\\ud83d" alone passed plan and doctor, then failed the whole tokenize shard in the T5 tokenizer."""
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    jl = tmp_path / "data.jsonl"
+    jl.write_text('{"prompt": "a red ball \\ud83d", "visual_input": "a.mp4"}\n')
+    (item,) = inputs.discover(_spec(jsonl=str(jl)))
+    assert item.error == "line 1: bad value: prompt holds a lone surrogate '\\ud83d' at character 12"

@@ -3,9 +3,9 @@
 A key is the SHA-256 of everything that decides the tokens and the merged dataset (`key_inputs`): the input list
 (each file's path, size and mtime, or the manifest's / jsonl's text), the encoder's identity (repo id and revision,
 or a hash of a local `encoder.jit`), the compression, the video size and frames, the resize method, the recipe
-(with the prompt encoder, its dtype and, for a local folder, its files for Video2World), the split weights, the seed, the shard layout and
-`TOKENIZE_FORMAT`. The run's name, its training, generation and evaluation keys are not in it: a sweep over the
-learning rate reuses one entry. Gathering the facts (stat, hashing) is `harness.ops.cache`'s.
+(with the prompt encoder, its dtype and, for a local folder, its files for Video2World), the split weights, the
+seed, the shard layout and `TOKENIZE_FORMAT`. The run's name, its training, generation and evaluation keys are not
+in it: a sweep over the learning rate reuses one entry. Gathering the facts (stat, hashing) is `harness.ops.cache`'s.
 """
 
 from __future__ import annotations

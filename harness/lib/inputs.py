@@ -171,6 +171,11 @@ def _parse_line(line: str, base: Path) -> tuple[str | None, str | None, str | No
     prompt, video = obj["prompt"], obj["visual_input"]
     if not isinstance(prompt, str) or not isinstance(video, str) or not video:
         return None, None, "bad value: prompt and visual_input must be strings, visual_input non-empty"
+    for key, text in (("prompt", prompt), ("visual_input", video)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\ud83d" alone: no character, and the T5 tokenizer refuses it
+            return None, None, f"bad value: {key} holds a lone surrogate {text[e.start]!r} at character {e.start + 1}"
     p = Path(video).expanduser()
     p = p if p.is_absolute() else base / p
     return os.path.normpath(p.absolute()), prompt, None  # a/../a/x.mp4 and ./a/x.mp4 are one video
