@@ -311,3 +311,21 @@ def test_an_unreadable_input_is_skipped_with_its_reason(run_dir: tuple[spec_mod.
     assert clips["good"].shape == (spec.token_math.context_frames(spec.infer.context_latent_frames), 48, 64, 3)
     assert sorted(skipped) == ["cut", "zero"] and "empty file" in skipped["zero"]
     assert str(tmp_path / "cut.mp4") in skipped["cut"]
+
+
+def test_infer_reads_a_jsonl_as_tokenize_and_doctor_do(tmp_path: Path) -> None:
+    """infer once had its own jsonl reader: a U+2028 in a prompt split its line, a null prompt became "None", a
+    byte that is not UTF-8 was a traceback, and one bad line failed the task. Now the one parser: bad lines are
+    left out (and logged), the same video with two prompts is two generations."""
+    for n in ("a", "b"):
+        (tmp_path / f"{n}.mp4").write_bytes(b"x")
+    jl = tmp_path / "in.jsonl"
+    jl.write_bytes("\n".join([
+        json.dumps({"prompt": "one\u2028line", "visual_input": "a.mp4"}, ensure_ascii=False),
+        json.dumps({"prompt": None, "visual_input": "b.mp4"}),
+        '{"prompt": "caf\xe9", "visual_input": "b.mp4"}',
+        json.dumps({"prompt": "again", "visual_input": "a.mp4"}),
+        json.dumps({"prompt": "gone", "visual_input": "missing.mp4"})]).encode("utf-8").replace(b"\xc3\xa9", b"\xe9"))
+    got = infer._from_path(specs.build(specs.TINY, {"data": {"videos": str(tmp_path)}}), jl)
+    assert [(Path(i.source).name, i.prompt) for i in got] == [("a.mp4", "one\u2028line"), ("a.mp4", "again"),
+                                                             ("missing.mp4", "gone")]

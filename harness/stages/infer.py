@@ -22,7 +22,6 @@ dependency keeps resume, status and the evaluate pairing (aftercorr) as they are
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from harness.core.plan import InferTask
     from harness.core.spec import RunSpec
     from harness.cosmos.model import CosmosModel
+    from harness.lib.inputs import InputItem
 
 log = logging.getLogger("harness.infer")
 
@@ -84,21 +84,25 @@ def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
         files = media.files_under(root, (*spec.data.extensions, *IMAGE_SUFFIXES))
         return [InferInput(output_stem(p), str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
     if root.is_file() and root.suffix == ".jsonl":
-        out = []
-        for n, line in enumerate(root.read_text(encoding="utf-8-sig").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                video, prompt = Path(obj["visual_input"]).expanduser(), str(obj["prompt"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise HarnessError(f"{root}:{n}: infer.inputs line must be {{\"prompt\", \"visual_input\"}} "
-                                   f"({e.__class__.__name__})") from None
-            video = video if video.is_absolute() else root.parent / video
-            out.append(InferInput(output_stem(video), str(video.absolute()), video.suffix.lower() in IMAGE_SUFFIXES,
-                                  prompt))
-        return out
+        return [InferInput(output_stem(Path(it.path)), it.path, Path(it.path).suffix.lower() in IMAGE_SUFFIXES,
+                           it.prompt) for it in _jsonl(root)]
     raise HarnessError(f"infer.inputs = {str(root)!r}: not a directory of videos/images nor a .jsonl file")
+
+
+def _jsonl(root: Path) -> list[InputItem]:
+    """The lines tokenize and doctor read (`harness.lib.inputs.from_jsonl`, one parser), less the malformed ones,
+    each named in the log (doctor fails them before submit). A video listed twice stays: two prompts are two
+    generations. A missing video stays too: generation then skips it with the reason in the manifest."""
+    from harness.lib.inputs import from_jsonl
+
+    kept = []
+    for it in from_jsonl(root):
+        if it.error is None or it.prompt is not None and ("duplicate visual_input" in it.error
+                                                          or "visual_input not found" in it.error):
+            kept.append(it)
+        else:
+            log.warning("infer.inputs %s: left out: %s", root, it.error)
+    return kept
 
 
 def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInput]:
