@@ -280,3 +280,24 @@ def test_a_script_sbatch_refuses_mid_submit_leaves_nothing_queued_and_status_say
     st = harness("status", str(root), cwd=tmp_path)
     text = " ".join(st.stdout.split())
     assert "the last submission queued nothing:" in text and "Invalid --mail-type specification" in text, st.stdout
+
+
+def test_submit_refuses_a_listing_with_no_usable_input(tmp_path: Path, no_slurm: None,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty data folder, or a jsonl of only bad lines, once queued stage-assets and tokenize for merge to fail."""
+    from harness import cli
+
+    spec = write_spec(tmp_path)
+    for f in (tmp_path / "videos").iterdir():
+        f.unlink()
+    assert cli.main(["submit", str(spec), "--executor", "local"]) == 2
+    assert not (tmp_path / "runs").exists()
+    assert capsys.readouterr().err.strip() == f"{spec}: data.videos: no inputs found there: a run would have nothing " \
+                                              "to tokenize"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert cli.main(["submit", str(spec), f'data.jsonl="{bad}"', 'data.videos=""', "run.recipe=\"video2world\"",
+                     'model.preset="tiny-v2w"', "--executor", "local"]) == 2
+    assert not (tmp_path / "runs").exists()
+    assert "data.jsonl: all 1 listed input(s) are unusable (first: line 1: missing key: visual_input" in \
+        capsys.readouterr().err

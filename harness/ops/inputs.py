@@ -15,6 +15,16 @@ from harness.lib.inputs import InputItem
 T = TypeVar("T")
 
 
+def require_usable(spec: RunSpec, items: list[InputItem]) -> list[InputItem]:
+    """For submit: a run whose listing has no usable input (an empty folder or jsonl, every line bad) would queue
+    stage-assets and tokenize only for merge to fail; it is refused before anything is created."""
+    if not any(it.error is None for it in items):
+        first = next((it.error for it in items if it.error), "")
+        why = f"all {len(items)} listed input(s) are unusable (first: {first})" if items else "no inputs found there"
+        raise HarnessError(Problem(spec.source, data_key(spec), f"{why}: a run would have nothing to tokenize"))
+    return items
+
+
 def data_key(spec: RunSpec) -> str:
     """The one spec key the inputs come from: jsonl wins over a manifest, a manifest over the directory."""
     d = spec.data

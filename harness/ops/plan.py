@@ -154,7 +154,7 @@ def _cache_use(spec: spec_mod.RunSpec, facts: plan_mod.Facts, items: list[InputI
 def _listed(spec: spec_mod.RunSpec, *, strict: bool) -> tuple[list[InputItem] | None, str]:
     """(the inputs, '') or, unless `strict`, (None, why they cannot be listed)."""
     if strict:
-        return inputs.discover(spec), ""
+        return inputs.require_usable(spec, inputs.discover(spec)), ""
     try:
         return inputs.discover(spec), ""
     except HarnessError as e:
