@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -301,3 +301,21 @@ def test_submit_refuses_a_listing_with_no_usable_input(tmp_path: Path, no_slurm:
     assert not (tmp_path / "runs").exists()
     assert "data.jsonl: all 1 listed input(s) are unusable (first: line 1: missing key: visual_input" in \
         capsys.readouterr().err
+
+
+def test_a_prompt_encoder_of_another_width_fails_doctor_and_a_small_one_is_not_t5_11b(tmp_path: Path) -> None:
+    """A T5 of d_model 64 for tiny-v2w's 32-wide cross-attention passed doctor and failed at finetune, after
+    tokenize; and the GPU check always priced T5-11B (18 GiB in fp32), failing a 2-layer encoder on 16 GiB."""
+    from harness.lib import synth
+    from harness.ops import assetcheck
+
+    def spec_with(t5: Path) -> Any:
+        return specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": "/x.jsonl"}, "finetune": {"gpu_memory_gib": 16},
+                                                    "model": {"text_encoder": str(t5)}})
+
+    synth.write_text_encoder(tmp_path / "t5_64", d_model=64)
+    rows = {r[2]: r for r in assetcheck.asset_checks(spec_with(tmp_path / "t5_64"))}
+    assert rows["prompt encoder width fits model.preset"][0] == "fail"
+    assert "d_model 64; 'tiny-v2w''s cross-attention takes 32" in rows["prompt encoder width fits model.preset"][3]
+    assert rows["prompt encoder fits a GPU"][0] == "pass" and "T5 encoder (d_model 64)" in \
+        rows["prompt encoder fits a GPU"][3]

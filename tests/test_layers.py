@@ -250,7 +250,7 @@ RUN_DIR_NAMES = frozenset({
     "attempts"})
 RUN_DIR_MODULES = {"harness.core.paths"}
 # The same names used for paths that are not in a run directory, each with why.
-NOT_RUN_DIR = {("harness.ops.doctor", "nemo"): "a pretrained checkpoint's nemo/ folder (an HF snapshot)",
+NOT_RUN_DIR = {("harness.ops.assetcheck", "nemo"): "a pretrained checkpoint's nemo/ folder (an HF snapshot)",
                ("harness.bench.plan", "plan.json"): "the bench's own result file in --out"}
 _PATH_CALLS = {"joinpath", "glob", "rglob", "Path", "PurePath", "join"}
 

@@ -139,19 +139,34 @@ def t5_encoder_params(shape: dict[str, int] = T5_11B_ENCODER) -> int:
     return shape["vocab"] * shape["d_model"] + shape["layers"] * per_layer + shape["d_model"]
 
 
-def text_encoder_gpu_bytes(dtype: str) -> int:
+def text_encoder_gpu_bytes(dtype: str, shape: dict[str, int] = T5_11B_ENCODER) -> int:
     """Weights of the prompt encoder on the tokenize / infer GPU (activations for 512 tokens are small beside)."""
-    return t5_encoder_params() * TEXT_ENCODER_BYTES_PER_PARAM[dtype]
+    return t5_encoder_params(shape) * TEXT_ENCODER_BYTES_PER_PARAM[dtype]
 
 
-def text_encoder_line(dtype: str) -> str:
-    """What the prompt encoder holds on each tokenize and infer GPU (Video2World), for plan and doctor."""
-    return (f"T5-11B encoder, {t5_encoder_params() / 1e9:.2f} B params in {dtype}: "
-            f"{text_encoder_gpu_bytes(dtype) / 2**30:.1f} GiB of weights on each tokenize / infer GPU")
+def text_encoder_line(dtype: str, shape: dict[str, int] = T5_11B_ENCODER) -> str:
+    """What the prompt encoder holds on each tokenize and infer GPU (Video2World), for plan and doctor; `shape`
+    from the encoder's own config.json where it is here (T5-11B, upstream's, otherwise)."""
+    name = "T5-11B encoder" if shape == T5_11B_ENCODER else f"T5 encoder (d_model {shape['d_model']})"
+    return (f"{name}, {t5_encoder_params(shape) / 1e9:.2f} B params in {dtype}: "
+            f"{text_encoder_gpu_bytes(dtype, shape) / 2**30:.1f} GiB of weights on each tokenize / infer GPU")
 
 
-def text_encoder_fits(dtype: str, gpu_gib: int) -> tuple[bool, str]:
+def text_encoder_fits(dtype: str, gpu_gib: int, shape: dict[str, int] = T5_11B_ENCODER) -> tuple[bool, str]:
     """Whether the prompt encoder's weights fit a GPU of `gpu_gib` (finetune.gpu_memory_gib, the cluster's GPU),
     and the line saying so: T5-11B in fp32, upstream's dtype, alone takes ~18 GiB."""
-    need = text_encoder_gpu_bytes(dtype) / 2**30
-    return need < gpu_gib, f"{text_encoder_line(dtype)}; GPUs of {gpu_gib} GiB"
+    need = text_encoder_gpu_bytes(dtype, shape) / 2**30
+    return need < gpu_gib, f"{text_encoder_line(dtype, shape)}; GPUs of {gpu_gib} GiB"
+
+
+T5_CONFIG_KEYS = {"vocab": "vocab_size", "d_model": "d_model", "d_ff": "d_ff", "heads": "num_heads", "d_kv": "d_kv",
+                  "layers": "num_layers"}
+"""`T5_11B_ENCODER`'s names in a T5 config.json."""
+
+
+def t5_shape(config: dict[str, object]) -> dict[str, int] | None:
+    """An encoder's shape from its config.json, None where a field is missing or not a whole number."""
+    out = {k: config.get(name) for k, name in T5_CONFIG_KEYS.items()}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in out.values()):
+        return None
+    return {k: int(v) for k, v in out.items()}  # type: ignore[call-overload]  # ints, checked above

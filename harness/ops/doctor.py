@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from harness.core import footprint
-from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError, Problem
 from harness.core.plan import Plan, StagePlan, split_counts
 from harness.core.spec import RunSpec
 from harness.core.stages import stage as stage_def
 from harness.launch import slurmcli
+from harness.ops import assetcheck
 from harness.ops.image_cache import cache_checks, writable
 from harness.ops.inputs import after_training, data_key
 
@@ -219,81 +219,6 @@ def path_checks(plan: Plan) -> list[Check]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------- assets
-_ROLE_KEY = {"encoder": "tokenizer.encoder", "decoder": "tokenizer.decoder", "checkpoint": "model.checkpoint",
-             "text_encoder": "model.text_encoder"}
-
-
-def asset_checks(spec: RunSpec) -> list[Check]:
-    offline = hub_offline()
-    out = []
-    for role in roles(spec):
-        k, what = _ROLE_KEY.get(role.name, role.name), f"{role.name} {role.source!r} present"
-        if is_local(role.source):
-            where, missing = Path(role.source).expanduser(), _missing(role, Path(role.source).expanduser())
-            out.append(Check("fail" if missing else "pass", k, what, missing or f"local directory {where}"))
-            continue
-        snap = _cached(role, spec)
-        if snap is not None:
-            missing = _missing(role, snap)
-            out.append(Check("fail" if missing else "pass", k, what, missing or f"in the HF cache: {snap}"))
-        elif offline:
-            out.append(Check("fail", k, what, f"not in the HF cache {spec.assets.hf_home} and HF_HUB_OFFLINE=1: "
-                                              f"download it where there is internet (HF_HOME={spec.assets.hf_home} "
-                                              f"huggingface-cli download {role.source})"))
-        else:
-            out.append(Check("skip", k, what, "not in the HF cache yet: stage-assets downloads it (compute nodes "
-                                              "without internet: download it on the login node first)"))
-    return out
-
-
-def checkpoint_shapes_check(spec: RunSpec) -> Check:
-    """model.checkpoint's tensors against model.preset at finetune.tensor_parallel, from the checkpoint's metadata
-    (what stage-assets checks, and `harness inspect-checkpoint` lists), where the checkpoint is already here."""
-    k, what, source = "model.checkpoint", "checkpoint tensors fit model.preset", spec.model.checkpoint
-    if not source:
-        return Check("skip", k, what, "no checkpoint (model.checkpoint = '': random init)")
-    role = next(r for r in roles(spec) if r.name == "checkpoint")
-    where = Path(source).expanduser() if is_local(source) else _cached(role, spec)
-    if where is None or not where.is_dir():
-        return Check("skip", k, what, f"{where}: no such directory" if where else
-                     "not in the HF cache yet: stage-assets checks it after downloading")
-    from harness.cosmos import layout  # noqa: PLC0415 (torch only where there is a checkpoint)
-
-    try:
-        found = layout.inspect(where, spec.preset, spec.finetune.tensor_parallel)
-    except (HarnessError, OSError, ValueError, RuntimeError) as e:
-        return Check("fail", k, what, f"{where}: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}")
-    if found.blocking:
-        return Check("fail", k, what, f"{len(found.blocking)} problem(s) against {spec.model.preset!r}, first: "
-                                      f"{found.blocking[0]}; list them with `harness inspect-checkpoint {where} "
-                                      f"--preset {spec.model.preset}`")
-    return Check("pass", k, what, found.summary())
-
-
-def _cached(role: Role, spec: RunSpec) -> Path | None:
-    """The role's snapshot in the HF cache, looked up without the network; None when it is not there."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(role.source, revision=spec.assets.revisions.get(role.source),
-                                      cache_dir=Path(spec.assets.hf_home).expanduser() / "hub",
-                                      allow_patterns=list(role.patterns), local_files_only=True))
-    except Exception:  # the hub client raises several "not cached" types; any of them means: not here
-        return None
-
-
-def _missing(role: Role, directory: Path) -> str:
-    """'' when every file the role needs is in `directory`, else which are missing (as stage-assets verifies)."""
-    if not directory.is_dir():
-        return f"{directory}: no such directory"
-    if role.name == "checkpoint" and (directory / "nemo").is_dir():
-        directory = directory / "nemo"
-    gaps = [" or ".join(alts) for alts in role.required
-            if not any(next(directory.glob(p), None) is not None for p in alts)]
-    return f"{directory} has no {', '.join(gaps)}" if gaps else ""
-
-
 # ------------------------------------------------------------------------------------------------- inputs
 def _sentence(why: str) -> str:
     """A spec problem's `= '/x': not a directory` (made to follow a key) as words: `'/x' is not a directory`."""
@@ -345,10 +270,7 @@ def run(spec: RunSpec, plan: Plan, cluster: Cluster | str, items: list[InputItem
         out += container_checks(spec, None if isinstance(cluster, str) else cluster.srun_help)
         out += [Check(*c) for c in cache_checks(plan)]
     if "assets" in groups:
-        out += asset_checks(spec) + [checkpoint_shapes_check(spec)]
-        if spec.video2world:  # the prompt encoder's weights against the GPU memory the spec states
-            ok, detail = footprint.text_encoder_fits(spec.model.text_encoder_dtype, spec.finetune.gpu_memory_gib)
-            out.append(Check("pass" if ok else "fail", "model.text_encoder_dtype", "prompt encoder fits a GPU", detail))
+        out += [Check(*c) for c in assetcheck.asset_checks(spec)]
     if "paths" in groups:
         out += path_checks(plan)
     return out
