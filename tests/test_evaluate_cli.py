@@ -162,3 +162,23 @@ def test_generated_frames_past_the_references_end_are_said(tmp_path: Path) -> No
     assert p.returncode == 0, p.stderr
     assert "short: 6 generated frame(s) without a reference frame, not compared (generated 3-8" in \
         " ".join(p.stdout.split()), p.stdout
+
+
+def test_a_second_generation_of_one_source_pairs_by_its_sidecar(tmp_path: Path) -> None:
+    """infer names the second generation of clip `x` (another prompt) `x-1` and its sidecar names x's file: the
+    evaluate stage scored it, standalone evaluate reported "no reference for: x-1"."""
+    from harness.core.atomic import atomic_write_json
+    from harness.lib import media
+    from harness.stages.evaluate import evaluate_dirs
+
+    ref, gen = tmp_path / "ref", tmp_path / "gen"
+    ref.mkdir()
+    gen.mkdir()
+    clip = smooth_clip(9, 48, 64, 0)
+    write_mp4(ref / "x.mp4", clip, 25, crf=4)
+    for name in ("x", "x-1"):
+        write_mp4(gen / f"{name}.mp4", clip, 25, crf=4)
+        atomic_write_json(gen / f"{name}.json", media.Sidecar(str(ref / "x.mp4"), tuple(range(9)), 2).to_json())
+    got = evaluate_dirs(ref, gen, backend="fast", workers=1)
+    assert sorted(v["name"] for v in got["videos"]) == ["x", "x-1"]
+    assert got["missing_reference"] == [] and got["missing_generated"] == []

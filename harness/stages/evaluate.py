@@ -266,23 +266,27 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     its frame alignment; otherwise frame i vs frame i.
     `protocol`: as evaluate.protocol, at TokenBench's defaults (17 frames, short side 320)."""
     refs, gens = videos_of(Path(reference), "--reference"), videos_of(Path(generated), "--generated")
-    pairs, unpaired = [], []
+    pairs, unpaired, unmatched = [], [], []
     for stem, found in gens.items():
-        for g in found if stem in refs else ():
+        for g in found:
             name = stem if len(found) == 1 else g.name
-            ref = _reference(g, refs[stem])
+            side = media.Sidecar.read(media.sidecar_path(g)) if use_sidecars and media.sidecar_path(g).is_file() \
+                else None
+            key = stem if stem in refs else Path(side.reference).stem if side is not None else stem  # `x-1` of x
+            if key not in refs:
+                unmatched.append(stem)
+                continue
+            ref = _reference(Path(side.reference) if side is not None and key != stem else g, refs[key])
             if isinstance(ref, str):
                 unpaired.append(Failure(name, ref, str(g)))
                 continue
-            side = media.Sidecar.read(media.sidecar_path(g)) if use_sidecars and media.sidecar_path(g).is_file() \
-                else None
             pairs.append(Pair(name, str(g), str(ref), side.reference_frames if side else None,
                               side.context_frames if side else 0))
     kind = metrics.resolve_backend(backend)
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
-    main, *others = evaluate_all(pairs, protocols(protocol), kind, device, workers,
-                                 [s for s in gens if s not in refs], [s for s in refs if s not in gens],
-                                 unpaired=unpaired)
+    paired = {Path(p.reference).stem for p in pairs}
+    main, *others = evaluate_all(pairs, protocols(protocol), kind, device, workers, sorted(set(unmatched)),
+                                 [s for s in refs if s not in gens and s not in paired], unpaired=unpaired)
     return {"reference_dir": str(reference), "generated_dir": str(generated), **main.with_others(others)}
 
 
