@@ -130,7 +130,7 @@ def test_a_byte_order_mark_and_unnormalised_duplicates(tmp_path: Path) -> None:
     jl.write_bytes(("\ufeff" + "".join(json.dumps(x) + "\n" for x in lines)).encode("utf-8"))
     first, second = listing.from_jsonl(jl)
     assert first.path == str(tmp_path / "v" / "a.mp4") and first.error is None
-    assert second.error == "line 2: duplicate visual_input: first on line 1"
+    assert second.error == "line 2: duplicate visual_input: first on line 1; this line and its prompt are left out"
 
 
 def test_manifest_that_cannot_be_read_is_one_error_naming_the_key(tmp_path: Path) -> None:

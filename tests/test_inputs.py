@@ -63,7 +63,7 @@ def test_jsonl_problems_are_items_named_by_line(tmp_path: Path) -> None:
     assert errors["data.jsonl:2"].startswith("line 2: not valid JSON")
     assert errors["data.jsonl:3"] == "line 3: missing key: prompt (each line needs prompt and visual_input)"
     assert errors["missing.mp4"].startswith("line 4: visual_input not found")
-    assert errors["a.mp4"] == "line 6: duplicate visual_input: first on line 1"
+    assert errors["a.mp4"] == "line 6: duplicate visual_input: first on line 1; this line and its prompt are left out"
     assert errors["data.jsonl:7"].startswith("line 7: not a JSON object")
     assert errors["data.jsonl:9"].startswith("line 9: bad value")
     kinds = sorted(listing.reason_kind(e) for e in errors.values())

@@ -202,7 +202,7 @@ def test_video2world_ids_are_exact_and_prompts_embedded(tmp_path_factory: pytest
         "v2w.jsonl:7": reasons["v2w.jsonl:7"],
         "v2w.jsonl:8": "line 8: missing key: visual_input (each line needs prompt and visual_input)",
         "nowhere.mp4": "line 9: visual_input not found: no such file",
-        "clip_000.mp4": "line 10: duplicate visual_input: first on line 1",
+        "clip_000.mp4": "line 10: duplicate visual_input: first on line 1; this line and its prompt are left out",
         "corrupt.mp4": reasons["corrupt.mp4"],
     }
     assert reasons["corrupt.mp4"].startswith("cannot decode")

@@ -108,7 +108,8 @@ class DataSection:
     manifest: str = opt("", "instead of data.videos: a file listing the videos, one path a line, # starts a comment "
                             "line (write ./#x.mp4 for such a name), or .jsonl with a \"path\" key; relative paths "
                             "are relative to it; nothing is listed or stat-ed")
-    jsonl: str = opt("", 'Video2World jsonl: one {"prompt", "visual_input"} per line')
+    jsonl: str = opt("", 'Video2World jsonl: one {"prompt", "visual_input"} per line (a video once: a later line '
+                         "naming it again, another prompt, is left out and listed)")
     split: tuple[int, ...] = opt([10, 1, 1], "train, validation, test weights", min=0, max=1_000_000)
     extensions: tuple[str, ...] = opt([".mp4", ".mov", ".avi", ".mkv", ".webm"], "video file suffixes")
     cache_dir: str = opt("", "token cache on the shared filesystem: runs whose tokens would be identical (same "

@@ -146,7 +146,7 @@ def from_jsonl(path: Path) -> list[InputItem]:
         if error is None:
             assert video is not None
             if video in seen:
-                error = f"duplicate visual_input: first on line {seen[video]}"
+                error = f"duplicate visual_input: first on line {seen[video]}; this line and its prompt are left out"
             elif not Path(video).is_file():
                 error = "visual_input not found: no such file"
             else:
