@@ -326,3 +326,24 @@ def test_a_local_prompt_encoder_is_keyed_by_its_files(tmp_path: Path) -> None:
     keys = {tokencache.key_of(tokencache.key_inputs(spec, "inputs", "encoder", 2, i)) for i in (first, "files:x")}
     assert len(keys) == 2
     assert cache.text_encoder_id(specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": "/x.jsonl"}})) == ""
+
+
+def test_a_waiting_run_waits_on_the_builders_live_merge_after_a_cancel_and_resume(tmp_path: Path) -> None:
+    """The builder cancelled mid-tokenize and resumed has two merge jobs: a later submit waited on both, and Slurm
+    cancelled its finetune at once for the first (DependencyNeverSatisfied). It waits on the latest round's, and
+    the builder's resume writes that id into the entry's claim."""
+    from harness.ops.submit import latest_rounds
+
+    subs = (Submission("tokenize", "349", ((0, 2),), True, 1.0, 0), Submission("merge", "351", ((0, 1),), False, 1.0, 0),
+            Submission("finetune", "352", ((0, 1),), False, 1.0, 0),
+            Submission("tokenize", "357", ((1, 2),), True, 2.0, 1), Submission("merge", "358", ((0, 1),), False, 2.0, 1))
+    assert [s.job_id for s in latest_rounds(subs, ("tokenize", "merge"))] == ["357", "358"]
+    entry = CacheEntry(tmp_path / "cache" / "k")
+    entry.root.mkdir(parents=True)
+    builder = RunPaths(tmp_path / "da", None, entry.root)
+    other = RunPaths(tmp_path / "db", None, entry.root)
+    cache.record_build(entry, builder, [subs[1]])
+    cache.record_rebuild(other, [subs[4]])  # not the builder: the claim stays
+    assert (cache.read_claim(entry) or {})["merge_jobs"] == ["351"]
+    cache.record_rebuild(builder, [subs[3], subs[4]])
+    assert (cache.read_claim(entry) or {})["merge_jobs"] == ["358"]

@@ -227,6 +227,16 @@ def record_build(entry: CacheEntry, paths: RunPaths, subs: list[Submission]) -> 
     atomic_write_json(entry.claim_json, _claim(paths, [s.job_id for s in subs if s.stage == "merge"]))
 
 
+def record_rebuild(paths: RunPaths, subs: list[Submission]) -> None:
+    """A resume of the entry's builder that resubmitted its merge: the claim names the new merge job, which a
+    later submit's finetune waits on (the cancelled one never completes)."""
+    if paths.cache is None or not any(s.stage == "merge" for s in subs):
+        return
+    entry = CacheEntry(paths.cache)
+    if (read_claim(entry) or {}).get("run") == paths.run_id:
+        record_build(entry, paths, subs)
+
+
 def builder_root(entry: CacheEntry) -> Path:
     claim = read_claim(entry) or {}
     return Path(str(claim.get("root", "")))

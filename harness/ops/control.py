@@ -119,6 +119,7 @@ def resume(paths: RunPaths, console: Console, plan: Plan | None = None,
         choice = launching.Choice(jobs.executor, jobs.reason)  # type: ignore[arg-type]  # submit wrote slurm or local
         known = read_facts(paths)
         new = launching.submit_stages(plan, paths, todo, known, choice, dict(shared_parents or {}), jobs.submissions)
+        cache.record_rebuild(paths, new)
         for sub in new:
             console.print(f"  {sub.stage:<13} job {sub.job_id} (round {sub.round})")
     for stage, tasks in todo.items():

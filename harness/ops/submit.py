@@ -118,14 +118,20 @@ def start_cached(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan
         if use.mode != "build":
             todo = {k: v for k, v in todo.items() if k not in CACHED_STAGES}
         if builder is not None:
-            prior = tuple(s for s in rundir.read_jobs(rundir.open_run(builder)).submissions
-                          if s.stage in CACHED_STAGES)
+            prior = latest_rounds(rundir.read_jobs(rundir.open_run(builder)).submissions, CACHED_STAGES)
         parents = {"merge": [s.job_id for s in prior if s.stage == "merge"]}  # not tokenize's: may be purged
         subs = start(paths, spec_text, plan, got, todo, parents, prior)
         if use.mode == "build":
             cache.record_build(entry, paths, subs)
     cache.add_user(entry, paths, use)
     return paths, subs, use
+
+
+def latest_rounds(subs: tuple[Submission, ...], stages: tuple[str, ...] | frozenset[str]) -> tuple[Submission, ...]:
+    """Each of `stages`' submissions of its latest round: a builder cancelled and resumed has an earlier merge job
+    that never completes, and a finetune waiting on it would be cancelled by Slurm (DependencyNeverSatisfied)."""
+    last = {st: max((s.round for s in subs if s.stage == st), default=-1) for st in stages}
+    return tuple(s for s in subs if s.stage in last and s.round == last[s.stage])
 
 
 def start(paths: RunPaths, spec_text: str, plan: plan_mod.Plan, got: plan_ops.Gathered,
