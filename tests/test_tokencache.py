@@ -334,9 +334,11 @@ def test_a_waiting_run_waits_on_the_builders_live_merge_after_a_cancel_and_resum
     the builder's resume writes that id into the entry's claim."""
     from harness.ops.submit import latest_rounds
 
-    subs = (Submission("tokenize", "349", ((0, 2),), True, 1.0, 0), Submission("merge", "351", ((0, 1),), False, 1.0, 0),
+    subs = (Submission("tokenize", "349", ((0, 2),), True, 1.0, 0),
+            Submission("merge", "351", ((0, 1),), False, 1.0, 0),
             Submission("finetune", "352", ((0, 1),), False, 1.0, 0),
-            Submission("tokenize", "357", ((1, 2),), True, 2.0, 1), Submission("merge", "358", ((0, 1),), False, 2.0, 1))
+            Submission("tokenize", "357", ((1, 2),), True, 2.0, 1),
+            Submission("merge", "358", ((0, 1),), False, 2.0, 1))
     assert [s.job_id for s in latest_rounds(subs, ("tokenize", "merge"))] == ["357", "358"]
     entry = CacheEntry(tmp_path / "cache" / "k")
     entry.root.mkdir(parents=True)
