@@ -446,3 +446,18 @@ def test_plan_json_facts_of_the_wrong_kind_are_a_damaged_record(tmp_path: Path, 
     with pytest.raises(HarnessError) as e:
         rundir.read_facts(paths)
     assert str(paths.plan_json) in str(e.value) and "num_inputs" in str(e.value)
+
+
+def test_a_run_whose_unfinished_tasks_were_cancelled_reads_cancelled() -> None:
+    """A user's `harness cancel RUN finetune`: finetune and the tasks waiting on it are CANCELLED; the run read
+    "failed", as if a task had ended badly."""
+    from harness.launch.backend import TaskState
+    from harness.ops.state import RunState, StageState
+
+    def run(*states: str) -> RunState:
+        return RunState(RunPaths(Path("/r")), "slurm", (StageState("s", tuple(TaskState("s", i, st)
+                                                                            for i, st in enumerate(states))),))
+
+    assert status.verdict(run("COMPLETED", "CANCELLED", "CANCELLED")) == "cancelled"
+    assert status.verdict(run("COMPLETED", "FAILED", "CANCELLED")) == "failed"
+    assert status.verdict(run("COMPLETED", "NOT_SUBMITTED")) == "incomplete"

@@ -176,8 +176,8 @@ def explain(state: str, st: TaskState, log: str, done: bool, root: Path | None =
         if st.cancelled_by:
             return f"cancelled by uid {st.cancelled_by}"
         # no "by <uid>": Slurm cancelled it itself, which for harness jobs (--kill-on-invalid-dep=yes) means a
-        # dependency failed; sacct's Reason then reads "Dependency" or "None" depending on scheduler timing
-        return "DependencyNeverSatisfied: a task it depends on failed"
+        # dependency failed or was cancelled; sacct's Reason reads "Dependency" or "None" by scheduler timing
+        return "DependencyNeverSatisfied: a task it depends on failed or was cancelled"
     on = f" on {st.node}" if st.node and st.node != "None assigned" else ""
     return _FINAL_REASONS.get(state, "").format(on=on, limit=_limit(st.time_limit))
 

@@ -40,13 +40,15 @@ _STYLE = {COMPLETED: "green", "RUNNING": "cyan", "PENDING": "yellow", "FAILED": 
 
 
 def verdict(rs: RunState) -> str:
-    """One word for a run: running, completed, failed (some task ended badly) or incomplete."""
+    """One word for a run: running, completed, cancelled (what did not complete was cancelled: a user's cancel and
+    the tasks waiting on it), failed (some task ended badly) or incomplete."""
     states = {r.state for r in rs.rows}
     if states & ACTIVE or rs.driver_alive:
         return "running"
     if states == {COMPLETED}:
         return "completed"
-    return "failed" if states - {COMPLETED, "NOT_SUBMITTED"} else "incomplete"
+    ended = states - {COMPLETED, "NOT_SUBMITTED"}
+    return "cancelled" if ended == {"CANCELLED"} else "failed" if ended else "incomplete"
 
 
 def _counts(counts: dict[str, int]) -> str:

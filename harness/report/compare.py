@@ -48,7 +48,7 @@ class RunData:
     """Step -> generated tokens per decode second of its infer tasks (`harness.report.build.generation_stats`):
     a campaign over `infer.*` keys (the KV cache, the batch) weighs quality against speed in one table."""
     verdict: str = ""
-    """running, completed, failed or incomplete (`harness.ops.status.verdict`); '' where its states are unknown."""
+    """running, completed, cancelled, failed or incomplete (`harness.ops.status.verdict`); '' where unknown."""
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -195,7 +195,7 @@ def compare(runs: Sequence[RunData]) -> Comparison:
     differing = differing_keys(runs)
     rows = [_row(r, step, r.evals.get(step, ()), metrics, common, differing)
             for r in runs for step in sorted(r.evals)]
-    notes += tuple(_unfinished(r) for r in runs if r.verdict in ("running", "failed", "incomplete"))
+    notes += tuple(_unfinished(r) for r in runs if r.verdict in ("running", "failed", "cancelled", "incomplete"))
     protocols = {r.protocol for r in rows if r.protocol != "-"}
     if len(protocols) > 1:
         notes += (f"The rows were scored under different protocols ({', '.join(sorted(protocols))}): their "
