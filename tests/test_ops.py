@@ -461,3 +461,15 @@ def test_a_run_whose_unfinished_tasks_were_cancelled_reads_cancelled() -> None:
     assert status.verdict(run("COMPLETED", "CANCELLED", "CANCELLED")) == "cancelled"
     assert status.verdict(run("COMPLETED", "FAILED", "CANCELLED")) == "failed"
     assert status.verdict(run("COMPLETED", "NOT_SUBMITTED")) == "incomplete"
+
+
+def test_logs_of_a_task_that_never_ran_says_so(tmp_path: Path) -> None:
+    """`harness logs` of a task cancelled (or never sent) before it started said it "may still be pending"."""
+    paths, _, _ = make_run(tmp_path, executor="local")
+    atomic_write_json(paths.local_state_json, {"stages": {"tokenize": {"0": {
+        "state": "CANCELLED", "job_id": "7", "reason": "cancelled before it started",
+        "stdout": "logs/tokenize/7/7_0_log.out"}}}})
+    with pytest.raises(HarnessError) as e:
+        control.show_logs(paths, "tokenize", 0, Console(record=True))
+    assert "does not exist (yet); the task is CANCELLED (cancelled before it started) and wrote no log" in \
+        str(e.value), str(e.value)

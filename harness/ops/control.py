@@ -214,7 +214,10 @@ def show_logs(paths: RunPaths, stage: str, task: int, console: Console, follow: 
     p = log_path(paths, stage, task, plan, stderr)
     if not follow:
         if not p.exists():
-            raise HarnessError(Problem(str(p), "", "does not exist (yet); the task may still be pending"))
+            row = next((r for r in collect(paths, plan).rows if r.stage == stage and r.task == task), None)
+            why = "the task may still be pending" if row is None or row.state in ACTIVE else \
+                f"the task is {row.state}{f' ({row.reason})' if row.reason else ''} and wrote no log"
+            raise HarnessError(Problem(str(p), "", f"does not exist (yet); {why}"))
         console.print(p.read_text(errors="replace"), end="", markup=False, highlight=False, soft_wrap=True)
         return 0
     return _follow(paths, plan, stage, task, p, console, interval_s)
