@@ -215,3 +215,18 @@ def test_a_damaged_trainer_json_is_named(tmp_path: Path) -> None:
     (tmp_path / "trainer.json").write_text("")
     with pytest.raises(HarnessError, match="trainer.json: cannot read .*delete this folder and resume"):
         has_optimizer(tmp_path)
+
+
+def test_signal_checkpoints_go_once_a_newer_one_is_complete(tmp_path: Path) -> None:
+    """Each time-limit requeue saved a whole checkpoint at the signal's step (72, 151, ...) that was never removed
+    nor evaluated: with "last" they go once a newer checkpoint holds the resume point; planned ones stay."""
+    from harness.stages.finetune.checkpoints import complete_steps, drop_unplanned
+
+    paths = RunPaths(tmp_path)
+    for s in (72, 100, 151):
+        _fake_checkpoint(paths, s, optimizer=True)
+    assert drop_unplanned(paths, 151, (100, 200), "all") == []
+    assert drop_unplanned(paths, 151, (100, 200), "last") == [72]
+    assert complete_steps(paths) == [100, 151] and not paths.checkpoint_dir(72).exists()
+    _fake_checkpoint(paths, 200, optimizer=True)
+    assert drop_unplanned(paths, 200, (100, 200), "last") == [151] and complete_steps(paths) == [100, 200]

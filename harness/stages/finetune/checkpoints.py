@@ -5,11 +5,12 @@ its optimizer state), the progress the bench reports, and `finetune.keep_optimiz
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
-from harness.cosmos.checkpoint import has_optimizer, is_complete, strip_optimizer
+from harness.cosmos.checkpoint import MARKER, has_optimizer, is_complete, strip_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +64,21 @@ def keep_optimizer(paths: RunPaths, newest: int, keep: str) -> list[int]:
         log.info("checkpoint step %d complete: optimizer state removed from steps %s (finetune.keep_optimizer = "
                  "'last'; their weights stay)", newest, stripped)
     return stripped
+
+
+def drop_unplanned(paths: RunPaths, newest: int, planned: tuple[int, ...], keep: str) -> list[int]:
+    """With keep = "last", after checkpoint `newest` is complete with its optimizer state: remove the older
+    checkpoints no evaluation reads (each time-limit requeue or preemption saves one where the signal came: a whole
+    model's weights, ~8 GB for Cosmos-4B, that nothing planned, counted or reclaimed). Marker first, so a removal
+    cut short leaves an incomplete folder that nothing lists. Returns the steps removed."""
+    if keep == "all" or not has_optimizer(paths.checkpoint_dir(newest)):
+        return []
+    gone = [s for s in complete_steps(paths) if s < newest and s not in planned]
+    for s in gone:
+        d = paths.checkpoint_dir(s)
+        (d / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+    if gone:
+        log.info("checkpoint step %d complete: the signal checkpoints of steps %s removed (no evaluation reads "
+                 "them; finetune.keep_optimizer = 'last')", newest, gone)
+    return gone

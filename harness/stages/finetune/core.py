@@ -125,8 +125,9 @@ def write_checkpoints_json(paths: RunPaths, plan: TrainingPlan) -> None:
 
 def after_save(paths: RunPaths, plan: TrainingPlan, step: int, keep: str) -> None:
     """Rank 0, once checkpoint `step` is complete on every rank: the retention of `finetune.keep_optimizer`
-    (older checkpoints' optimizer state), then checkpoints.json."""
+    (older checkpoints' optimizer state, older signal checkpoints), then checkpoints.json."""
     checkpoints.keep_optimizer(paths, step, keep)
+    checkpoints.drop_unplanned(paths, step, plan.checkpoint_steps, keep)
     write_checkpoints_json(paths, plan)
 
 
