@@ -250,11 +250,12 @@ def test_signal_checkpoint_then_resume(run_a: RunPaths, pretrained: Path, tmp_pa
     log = (paths.root / "train.log").read_text()
     assert f"step {k + 1} loss" in log and f"step {k} loss" not in log  # resumed, not restarted
     info = json.loads(paths.checkpoints_json.read_text())
-    assert info["steps"] == [SAVE, STEPS] and info["all"] == [k, SAVE, STEPS]
+    # resumed from k's optimizer/ (the losses above); the signal checkpoint k is gone once a newer one is complete
+    # (nothing evaluates it), and SAVE is weights-only once STEPS is complete
+    assert info["steps"] == [SAVE, STEPS] and info["all"] == [SAVE, STEPS]
     assert sorted(p.name for p in paths.checkpoint_dir(0).parent.iterdir()) == \
-        [paths.checkpoint_dir(s).name for s in (k, SAVE, STEPS)]
-    # resumed from k's optimizer/ (the losses above); k and SAVE are weights-only once STEPS is complete
-    assert [(paths.checkpoint_dir(s) / "optimizer").is_dir() for s in (k, SAVE, STEPS)] == [False, False, True]
+        [paths.checkpoint_dir(s).name for s in (SAVE, STEPS)]
+    assert [(paths.checkpoint_dir(s) / "optimizer").is_dir() for s in (SAVE, STEPS)] == [False, True]
     probe = torch.load(paths.root / "probe.pt")
     assert torch.allclose(probe["logits"], torch.load(run_a.root / "probe.pt")["logits"], atol=1e-5)
 
