@@ -351,14 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Overrides may follow options too (`submit run.toml --executor local finetune.lr=1e-3`): argparse ends the
     positionals at the first option, so the `section.key=value` words after it join the overrides."""
-    from harness.core.overrides import OVERRIDE
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and (not hasattr(args, "overrides") or not all(OVERRIDE.match(x) for x in extra)):
+    if not extra:
+        return args
+    from harness.core.overrides import OVERRIDE  # only then: `harness evaluate` starts without the spec modules
+
+    if not hasattr(args, "overrides") or not all(OVERRIDE.match(x) for x in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    args.overrides = [*args.overrides, *extra]
     return args
 
 

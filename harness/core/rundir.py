@@ -32,7 +32,8 @@ def parsed(path: Path, key: str, parse: Callable[[], T]) -> T:
         raise HarnessError(Problem(str(path), key, f"cannot read ({e.__class__.__name__}: {e})")) from None
 
 
-def _object(path: Path) -> dict[str, Any]:
+def json_object(path: Path) -> dict[str, Any]:
+    """A record that must be a JSON object; OSError or ValueError where it is missing, torn or another type."""
     raw = read_json(path)
     if not isinstance(raw, dict):
         raise ValueError(f"expected a JSON object, found {type(raw).__name__}")
@@ -80,7 +81,7 @@ def read_campaign(cpaths: CampaignPaths) -> list[tuple[str, Path]]:
 # ------------------------------------------------------------------------------------------ spec.json
 def read_spec_record(paths: RunPaths) -> dict[str, Any]:
     """spec.json as stored (a bench edits it in place); `read_spec` for the typed spec."""
-    return parsed(paths.spec_json, "", lambda: _object(paths.spec_json))
+    return parsed(paths.spec_json, "", lambda: json_object(paths.spec_json))
 
 
 def read_spec(paths: RunPaths) -> spec_mod.RunSpec:
@@ -92,7 +93,7 @@ def read_spec(paths: RunPaths) -> spec_mod.RunSpec:
 # ------------------------------------------------------------------------------------------ plan.json
 def read_plan_record(paths: RunPaths) -> dict[str, Any]:
     """plan.json as stored: the plan as `harness plan` showed it at submit, its facts and the executor chosen."""
-    return parsed(paths.plan_json, "", lambda: _object(paths.plan_json))
+    return parsed(paths.plan_json, "", lambda: json_object(paths.plan_json))
 
 
 def read_facts(paths: RunPaths) -> plan_mod.Facts:
@@ -156,7 +157,7 @@ class Jobs:
 
 
 def read_jobs(paths: RunPaths) -> Jobs:
-    raw = parsed(paths.jobs_json, "", lambda: _object(paths.jobs_json))
+    raw = parsed(paths.jobs_json, "", lambda: json_object(paths.jobs_json))
     if raw.get("executor") not in ("slurm", "local") or not isinstance(raw.get("submissions"), list):
         raise HarnessError(Problem(str(paths.jobs_json), "executor",
                                    "expected 'slurm' or 'local', with a 'submissions' list"))

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from harness.core import footprint
 from harness.core.assets import Role, hub_offline, is_local, roles
 from harness.core.errors import HarnessError
 from harness.core.spec import RunSpec
-
-Row = tuple[Literal["pass", "fail", "skip"], str, str, str]
+from harness.ops.image_cache import Row
 
 _ROLE_KEY = {"encoder": "tokenizer.encoder", "decoder": "tokenizer.decoder", "checkpoint": "model.checkpoint",
              "text_encoder": "model.text_encoder"}

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.core.atomic import read_json
 from harness.core.errors import HarnessError, Problem
 from harness.core.paths import CACHED_STAGES, SHARED_STAGES, CacheEntry, RunPaths
 from harness.core.plan import Plan, infer_task
-from harness.core.rundir import read_facts, read_plan_record
+from harness.core.rundir import json_object, read_facts, read_plan_record
 from harness.launch.backend import load_plan, ranges
 from harness.ops import cache
 from harness.ops import submit as launching
@@ -49,9 +48,10 @@ def lost(plan: Plan, paths: RunPaths) -> dict[str, list[int]]:
 
 def _whole(f: Path) -> bool:
     try:
-        return isinstance(read_json(f), dict)
+        json_object(f)
     except (OSError, ValueError):
         return False
+    return True
 
 
 def incomplete(plan: Plan, paths: RunPaths, gone: dict[str, list[int]] | None = None) -> dict[str, list[int]]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 from harness.core.atomic import atomic_write_text
 from harness.core.stages import stage as stage_def
 from harness.launch import slurm
+from harness.ops.image_cache import Row
 from harness.ops.plan import CampaignView, PlanView, Script
 
 PLAN_INDEX = ".harness-plan"
@@ -35,10 +35,7 @@ def write_scripts(v: PlanView | CampaignView, out: Path) -> int:
     return len(v.scripts)
 
 
-Verdict = tuple[Literal["pass", "fail", "skip"], str, str, str]
-
-
-def test_only(scripts: tuple[Script, ...], failed: Collection[str] = ()) -> list[Verdict]:
+def test_only(scripts: tuple[Script, ...], failed: Collection[str] = ()) -> list[Row]:
     """`harness doctor`'s last word on each stage: its first script shown to the controller with
     `sbatch --test-only`, so a value only Slurm can judge (a `sbatch_extra` option, a constraint, a QOS limit)
     fails here rather than midway through a submit. (status, key, what, detail) rows, one per stage; a stage whose
@@ -49,7 +46,7 @@ def test_only(scripts: tuple[Script, ...], failed: Collection[str] = ()) -> list
     asked = [s for s in todo if tables[s.stage] not in failed]
     with ThreadPoolExecutor(max(1, min(8, len(asked)))) as pool:  # one controller round trip, not one a stage
         said = dict(zip([s.stage for s in asked], pool.map(lambda s: slurm.test_only(s.text), asked)))
-    rows: list[Verdict] = []
+    rows: list[Row] = []
     for s in todo:
         table, what = tables[s.stage], f"sbatch --test-only of the {s.stage} script"
         if s.stage not in said:

@@ -29,6 +29,7 @@ from harness.core import plan as plan_mod
 from harness.core.evalrecords import ShardRecord
 from harness.core.evalstats import merge_shards
 from harness.core.paths import RunPaths
+from harness.core.rundir import json_object
 from harness.core.stages import STAGES
 from harness.report import html as report_html
 from harness.report.files import plots, write
@@ -85,10 +86,9 @@ def training(rows: list[dict[str, Any]], last_step: int) -> Training | None:
 def _object(path: Path) -> dict[str, Any]:
     """A manifest the report sums, {} where it is missing, torn, or not a JSON object (the row then lacks it)."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return json_object(path)
     except (OSError, ValueError):
         return {}
-    return raw if isinstance(raw, dict) else {}
 
 
 def tokenize_stats(paths: RunPaths, shards: int) -> Tokenize | None:
