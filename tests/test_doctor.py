@@ -319,3 +319,5 @@ def test_a_prompt_encoder_of_another_width_fails_doctor_and_a_small_one_is_not_t
     assert "d_model 64; 'tiny-v2w''s cross-attention takes 32" in rows["prompt encoder width fits model.preset"][3]
     assert rows["prompt encoder fits a GPU"][0] == "pass" and "T5 encoder (d_model 64)" in \
         rows["prompt encoder fits a GPU"][3]
+    assert assetcheck.prompt_encoder_line(spec_with(tmp_path / "t5_64")).startswith("T5 encoder (d_model 64), ")
+    assert assetcheck.prompt_encoder_line(spec_with(tmp_path / "absent")).startswith("T5-11B encoder, ")

@@ -84,6 +84,7 @@ def test_nothing_to_compare_and_an_unwritable_out_are_refused_before_any_work(tm
     assert keep.read_text() == '{"kept": true}' and not (other / "evaluate.json").exists()
     assert cli.main(["synth", "--out", str(keep)]) == 2
     assert cli.main(["plan", str(REPO / "configs" / "quickstart.toml"), "--out", str(keep)]) == 2
+    assert cli.main(["bench", "eval", "--startup-only", "--out", str(keep)]) == 2  # before its ~12 s of work
     assert keep.read_text() == '{"kept": true}'
 
 

@@ -23,7 +23,7 @@ from harness.cosmos.pretrained import write_tiny_pretrained
 from harness.lib import media
 from harness.lib.synth import make_clips, smooth_clip, write_tokenizer
 from harness.lib.video import ClipShape, load_clip
-from harness.stages import evaluate, infer
+from harness.stages import evaluate, infer, infer_inputs
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[spec_mod.RunSpec,
 @pytest.mark.timeout(300)
 def test_infer_writes_videos_and_sidecars(run_dir: tuple[spec_mod.RunSpec, RunPaths]) -> None:
     spec, paths = run_dir
-    items = infer.list_inputs(spec, paths)
+    items = infer_inputs.list_inputs(spec, paths)
     assert [it.name for it in items] == ["clip_000", "clip_001", "clip_002"]  # max_inputs = 3, sorted
     infer.run(spec, 0, paths)
     out = paths.infer_dir(2)
@@ -97,9 +97,9 @@ def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.Run
     spec, paths = run_dir
     d = spec_mod.to_dict(spec)
     sh = specs.build(d, {"infer": {"inputs_per_task": 2}})
-    full = [it.name for it in infer.list_inputs(sh, paths)]
-    assert [it.name for it in infer.list_inputs(sh, paths, 0, 2)] == full[:2]
-    assert [it.name for it in infer.list_inputs(sh, paths, 2, 4)] == full[2:] == ["clip_002"]
+    full = [it.name for it in infer_inputs.list_inputs(sh, paths)]
+    assert [it.name for it in infer_inputs.list_inputs(sh, paths, 0, 2)] == full[:2]
+    assert [it.name for it in infer_inputs.list_inputs(sh, paths, 2, 4)] == full[2:] == ["clip_002"]
     p2 = RunPaths(tmp_path / "run")
     atomic_write_json(p2.assets_json, read_json(paths.assets_json))
     write_tiny_pretrained(p2.checkpoint_dir(2), PRESETS["tiny"], seed=3)
@@ -119,7 +119,7 @@ def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.Run
     assert res["missing_generated"] == [] and res["mean"]["videos"] == 1
 
     sparse = specs.build(d, {"infer": {"max_inputs": 5, "inputs_per_task": 2}})
-    assert len(infer.list_inputs(sparse, paths)) == 4  # 3 clips and still.png: shard 2 ([4, 5)) is empty
+    assert len(infer_inputs.list_inputs(sparse, paths)) == 4  # 3 clips and still.png: shard 2 ([4, 5)) is empty
     infer.run(sparse, 2, p2)
     assert read_json(p2.infer_manifest(2, 2))["names"] == []
     evaluate.run(sparse, 2, p2)
@@ -150,7 +150,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     img_dir.mkdir(exist_ok=True)
     (img_dir / "still.png").write_bytes((paths.root.parent / "inputs" / "still.png").read_bytes())
     spec2 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(img_dir)}})
-    (it,) = infer.list_inputs(spec2, paths)
+    (it,) = infer_inputs.list_inputs(spec2, paths)
     assert it.image and infer.context_latents(spec2, it) == 1
     assert infer.reference_frames(spec2, it)[:2] == (0, None)
     infer.run(spec2, 0, paths)
@@ -163,7 +163,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     empty.mkdir(exist_ok=True)
     spec3 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(empty)}})
     with pytest.raises(HarnessError, match="no inputs found"):
-        infer.list_inputs(spec3, paths)
+        infer_inputs.list_inputs(spec3, paths)
 
 
 @pytest.mark.timeout(300)
@@ -182,14 +182,17 @@ def test_video2world_from_jsonl_prompts(tmp_path: Path) -> None:
     t5 = write_text_encoder(tmp_path / "t5", d_model=PRESETS["tiny-v2w"].crossattn_dim)
     atomic_write_json(paths.assets_json, {"encoder": str(tok), "decoder": str(tok), "text_encoder": str(t5)})
     write_tiny_pretrained(paths.checkpoint_dir(1), PRESETS["tiny-v2w"], seed=5)
-    items = infer.list_inputs(spec, paths)
+    items = infer_inputs.list_inputs(spec, paths)
     assert [it.prompt is not None for it in items] == [True, True]
     infer.run(spec, 0, paths)
     for it in items:
         frames = load_clip(paths.infer_dir(1) / f"{it.name}.mp4", ClipShape(9, 48, 64))
         assert frames.shape == (9, 48, 64, 3)
         side = media.Sidecar.read(paths.infer_dir(1) / f"{it.name}.json")
-        assert side.reference == it.source and side.context_frames == 1
+        assert side.reference == it.source and side.context_frames == 1 and side.prompt == it.prompt
+    evaluate.run(spec, 0, paths)  # the prompt goes on to evaluate's records, which the report shows
+    assert {v["name"]: v["prompt"] for v in read_json(paths.eval_json(1))["videos"]} == \
+        {it.name: it.prompt for it in items}
 
 
 @pytest.mark.timeout(900)
@@ -271,7 +274,7 @@ def test_baseline_step_0_is_the_pretrained_model_or_a_seeded_random_init(
 def test_output_names_stay_unique_when_a_rename_meets_another_inputs_own_name() -> None:
     """Inputs a/x.mp4, b/x.mp4 and x-1.mp4 (a recursive folder): the second x must not become x-1, the third
     input's own name, or one generation overwrites the other (and a resume skips it as done)."""
-    from harness.stages.infer import InferInput, _unique_names
+    from harness.stages.infer_inputs import InferInput, _unique_names
 
     got = [i.name for i in _unique_names([InferInput(n, f"/s/{k}/{n}.mp4") for k, n in enumerate(["x", "x", "x-1"])])]
     assert got == ["x", "x-2", "x-1"]
@@ -282,7 +285,7 @@ def test_output_names_stay_unique_when_a_rename_meets_another_inputs_own_name() 
 def test_output_names_are_never_hidden_nor_too_long() -> None:
     """A dot-named input (.x.mp4) must not give a hidden output evaluate passes over, and a 240-byte name must leave
     room for the temp, sidecar and report names (255 bytes a name): long names keep their start and a hash."""
-    from harness.stages.infer import NAME_BYTES, output_stem
+    from harness.stages.infer_inputs import NAME_BYTES, output_stem
 
     assert output_stem(Path("/d/.hid.mp4")) == "hid" and output_stem(Path("/d/..mp4")) == "video"
     long_a, long_b = "長" * 80 + "a", "長" * 80 + "b"
@@ -297,7 +300,8 @@ def test_an_unreadable_input_is_skipped_with_its_reason(run_dir: tuple[spec_mod.
                                                         tmp_path: Path) -> None:
     """One empty or cut-short file among the inputs costs its own video, not the task (and with it the
     shard's evaluation at every checkpoint): `readable` keeps the others and says why."""
-    from harness.stages.infer import InferInput, readable
+    from harness.stages.infer import readable
+    from harness.stages.infer_inputs import InferInput
 
     spec, _ = run_dir
     good = sorted(Path(spec.infer.inputs).glob("*.mp4"))[0]
@@ -326,6 +330,35 @@ def test_infer_reads_a_jsonl_as_tokenize_and_doctor_do(tmp_path: Path) -> None:
         '{"prompt": "caf\xe9", "visual_input": "b.mp4"}',
         json.dumps({"prompt": "again", "visual_input": "a.mp4"}),
         json.dumps({"prompt": "gone", "visual_input": "missing.mp4"})]).encode("utf-8").replace(b"\xc3\xa9", b"\xe9"))
-    got = infer._from_path(specs.build(specs.TINY, {"data": {"videos": str(tmp_path)}}), jl)
+    got = infer_inputs._from_path(specs.build(specs.TINY, {"data": {"videos": str(tmp_path)}}), jl)
     assert [(Path(i.source).name, i.prompt) for i in got] == [("a.mp4", "one\u2028line"), ("a.mp4", "again"),
                                                              ("missing.mp4", "gone")]
+
+
+def test_infer_inputs_are_listed_once_per_run(tmp_path: Path) -> None:
+    """The first task's list of infer.inputs stands for every shard and resume: a clip added to the folder or a
+    line added to the jsonl while the array runs neither shifts the shards nor renames outputs. A run directory
+    reused with other settings lists again; a damaged list is one line naming it."""
+    clips = make_clips(tmp_path / "in", 2, seed=1)
+    spec = specs.build(specs.TINY, {"data": {"videos": str(tmp_path / "in")},
+                                    "infer": {"inputs": str(tmp_path / "in"), "max_inputs": 4}})
+    paths = RunPaths(tmp_path / "run")
+    first = infer_inputs.list_inputs(spec, paths)
+    (tmp_path / "in" / "a_first.mp4").write_bytes(clips[0].read_bytes())  # sorts before every other clip
+    assert infer_inputs.list_inputs(spec, paths) == first and len(first) == 2
+    assert infer_inputs.list_inputs(spec, paths, 1, 2) == first[1:]
+    more = specs.build(spec_mod.to_dict(spec), {"infer": {"max_inputs": 3}})
+    assert [it.name for it in infer_inputs.list_inputs(more, paths)][0] == "a_first"
+    assert infer_inputs.list_inputs(more, paths) == infer_inputs.list_inputs(more, paths)
+    head = paths.infer_inputs_jsonl.read_text().splitlines()[0]
+    paths.infer_inputs_jsonl.write_text(head + "\n{")
+    with pytest.raises(HarnessError, match=r"infer/inputs.jsonl: the run's list of infer.inputs is damaged"):
+        infer_inputs.list_inputs(more, paths)
+
+
+def test_create_once_keeps_the_first_writer(tmp_path: Path) -> None:
+    from harness.core.atomic import atomic_create_text
+
+    p = tmp_path / "d" / "once.txt"
+    assert atomic_create_text(p, "first") and not atomic_create_text(p, "second")
+    assert p.read_text() == "first" and [q.name for q in p.parent.iterdir()] == ["once.txt"]

@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,13 @@ def test_page_media_files_and_contact_sheet(tmp_path: Path) -> None:
     assert sheet.shape[1] > 8 * report_html.THUMB_WIDTH
     border_colours = {tuple(sheet[30, x]) for x in range(sheet.shape[1])}
     assert report_html.CONTEXT_RGB in border_colours and report_html.PREDICTED_RGB in border_colours
+
+
+def test_a_video2world_sample_shows_its_prompt_escaped(tmp_path: Path) -> None:
+    s = report_html.Sample(10, "x", "g.mp4", "r.mp4", (0,), (0,), 1, prompt="a <b>red</b> car & a dog")
+    page = report_html.page("t", [], {}, [report_html.Media(s, error="gone")])
+    assert '<p class="prompt">prompt: a &lt;b&gt;red&lt;/b&gt; car &amp; a dog</p>' in page
+    assert 'class="prompt"' not in report_html.page("t", [], {}, [report_html.Media(replace(s, prompt=None))])
 
 
 def test_unreadable_reference_is_named_not_fatal(tmp_path: Path) -> None:

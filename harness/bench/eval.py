@@ -31,7 +31,7 @@ import numpy as np
 
 from harness.bench import at_least
 from harness.core import metrics_table as mt
-from harness.core.atomic import atomic_write_json
+from harness.core.atomic import atomic_write_json, output_dir
 from harness.core.evalrecords import EvalResult
 from harness.lib import metrics
 from harness.lib.synth import smooth_clip
@@ -179,8 +179,7 @@ def startup_only(args: argparse.Namespace) -> dict[str, Any]:
            "startup_to_first_pair_cpu_s": {"cold": first_pair["cold_cpu_s"], "warm": first_pair["warm_cpu_s"]},
            "startup_to_first_pair_s": {"cold": first_pair["cold_s"], "warm": first_pair["warm_s"]},
            "startup": first_pair}
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.out) / "eval-startup.json", out)
+    atomic_write_json(args.out / "eval-startup.json", out)
     return out
 
 
@@ -204,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
+    args.out = output_dir(Path(args.out), "--out")  # a file in its place fails now, not after minutes of work
     if args.startup_only:
         return startup_only(args)
     device = args.device or metrics.default_device()
@@ -249,8 +249,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "startup_to_first_pair_cpu_s": {"cold": first_pair["cold_cpu_s"], "warm": first_pair["warm_cpu_s"]},
         "startup": first_pair,
     }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(args.out) / "eval.json", out)
+    atomic_write_json(args.out / "eval.json", out)
     return out
 
 

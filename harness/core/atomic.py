@@ -32,6 +32,35 @@ def file_mode() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
+    tmp = _synced_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_create_text(path: Path, text: str) -> bool:
+    """Write `path` atomically unless it exists; False where it did. Of processes racing to create it the first
+    wins and the rest keep its content: a hard link of the synced temp file fails on a taken name, where a
+    rename would replace it. A file system without hard links falls back to a rename where the name is free."""
+    tmp = _synced_temp(path, text.encode("utf-8"))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _synced_temp(path: Path, data: bytes) -> str:
+    """A hidden temp file beside `path` holding `data`, on disk, with the mode a plain `open` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
@@ -40,10 +69,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def temp_prefix(name: str, limit: int = 100) -> str:

@@ -87,6 +87,8 @@ class VideoRecord:
     scores: Scores
     predicted: Scores | None = None
     """Over the predicted frames alone, where a sidecar says which frames reproduce the context."""
+    prompt: str | None = None
+    """Video2World: the prompt the generation followed (from its sidecar)."""
 
     def value(self, name: str) -> float | None:
         return self.scores.values.get(name)
@@ -102,6 +104,8 @@ class VideoRecord:
         out.update(self.scores.to_json())
         if self.predicted is not None:
             out["predicted"] = self.predicted.to_json()
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
         return out
 
     @classmethod
@@ -113,7 +117,8 @@ class VideoRecord:
         return cls(str(d.get("name", "")), str(d.get("generated") or ""), str(d.get("reference") or ""),
                    str(d.get("alignment", "identity")), _ints(cf.get("generated")), _ints(cf.get("reference")),
                    _ints(d.get("frames_without_reference")), _int(d.get("context_frames")), per_frame,
-                   Scores.from_json(d), Scores.from_json(pred) if isinstance(pred, Mapping) else None)
+                   Scores.from_json(d), Scores.from_json(pred) if isinstance(pred, Mapping) else None,
+                   d["prompt"] if isinstance(d.get("prompt"), str) else None)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Run-directory layout: every path of a run is built here (`RunPaths`), nowhere else.
 
-Everything `status`, `resume` and `report` need is rebuilt from this directory alone: the frozen spec,
-the plan, the job ids, each task's outputs and its completion marker (always written last). A folder renamed
-here is renamed for every writer and reader at once (`tests/test_layers.py` fails on a run-directory name
-joined into a path anywhere else); the stored records are read back through `harness.core.rundir`.
+Everything `status`, `resume` and `report` need is rebuilt from this directory alone: the frozen spec, the plan,
+the job ids, each task's outputs and its completion marker (always written last). A folder renamed here is renamed
+for every reader and writer (`tests/test_layers.py` fails on a run-directory name joined into a path anywhere
+else); the stored records are read back through `harness.core.rundir`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from harness.core.errors import HarnessError
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 SHARED_STAGES: tuple[str, ...] = ("import-image", "stage-assets", "tokenize", "merge")
-"""The stages whose outputs (the imported container image, staged assets, token shards, the merged dataset) a
-campaign member may take from another member's run: they depend only on keys that decide the tokens and the
-container (`harness.core.campaign.share_key`)."""
+"""The stages whose outputs (imported container image, staged assets, token shards, merged dataset) a campaign
+member may take from another's run: they depend only on keys deciding the tokens and the container
+(`harness.core.campaign.share_key`)."""
 
 CACHED_STAGES: tuple[str, ...] = ("tokenize", "merge")
 """The stages a token-cache entry (`data.cache_dir`) holds the outputs of; stage-assets stays per run (the base
@@ -37,9 +37,8 @@ def step_dir(checkpoints: Path, step: int) -> Path:
 
 def steps_in(checkpoints: Path) -> list[int]:
     """Steps of the checkpoint folders in `checkpoints` (complete or not), ascending; [] where it is no folder."""
-    if not checkpoints.is_dir():
-        return []
-    return sorted(int(m.group(1)) for d in checkpoints.iterdir() if (m := _STEP_DIR.match(d.name)))
+    found = (_STEP_DIR.match(d.name) for d in checkpoints.iterdir()) if checkpoints.is_dir() else ()
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def is_step_dir(directory: Path) -> bool:
@@ -109,8 +108,7 @@ class RunPaths:
 
     @property
     def status_json(self) -> Path:
-        """The task states of the last status query that Slurm answered: shown, marked as stored, while the
-        controller does not answer."""
+        """Task states of the last status query Slurm answered, shown as stored while it does not answer."""
         return self.root / "status.json"
 
     @property
@@ -250,6 +248,10 @@ class RunPaths:
     def infer_root(self) -> Path:
         return self.root / "infer"
 
+    @property
+    def infer_inputs_jsonl(self) -> Path:  # written once, by the first infer task (harness.stages.infer_inputs)
+        return self.infer_root / "inputs.jsonl"
+
     def infer_dir(self, step: int) -> Path:
         return self.infer_root / f"step-{step:08d}"
 
@@ -340,8 +342,7 @@ def new_campaign_dir(workdir: Path, name: str) -> CampaignPaths:
 
 
 def mark_done(paths: RunPaths, stage: str, task: int, info: dict[str, Any] | None = None) -> None:
-    atomic_write_json(paths.marker(stage, task), {"stage": stage, "task": task, "time": time.time(),
-                                                  **(info or {})})
+    atomic_write_json(paths.marker(stage, task), {"stage": stage, "task": task, "time": time.time(), **(info or {})})
 
 
 def is_done(paths: RunPaths, stage: str, task: int) -> bool:
@@ -350,9 +351,8 @@ def is_done(paths: RunPaths, stage: str, task: int) -> bool:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """One token-cache entry, `<data.cache_dir>/<key[:16]>/`: laid out as a run's data root (tokens/, dataset/,
-    done/, logs/ of tokenize and merge), plus what the cache itself keeps. Complete once merge's marker exists
-    (written last)."""
+    """One token-cache entry, `<data.cache_dir>/<key[:16]>/`: laid out as a run's data root (tokens/, dataset/, done/,
+    logs/ of tokenize and merge), plus what the cache keeps. Complete once merge's marker exists (written last)."""
 
     root: Path
 

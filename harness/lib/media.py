@@ -154,6 +154,8 @@ class Sidecar:
     seed: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
+    prompt: str | None = None
+    """Video2World: the prompt the generation followed (None: the base model, or a sidecar written before)."""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "reference_frames": list(self.reference_frames),
@@ -167,10 +169,16 @@ class Sidecar:
                            reference_frames=tuple(None if r is None else int(r) for r in raw["reference_frames"]),
                            context_frames=int(raw["context_frames"]), step=int(raw.get("step", 0)),
                            seed=int(raw.get("seed", 0)), temperature=float(raw.get("temperature", 1.0)),
-                           top_p=float(raw.get("top_p", 1.0)))
+                           top_p=float(raw.get("top_p", 1.0)), prompt=_text(raw.get("prompt")))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise HarnessError(f"{path}: not a valid alignment sidecar ({e.__class__.__name__}: {e}); it needs "
                                f"reference, reference_frames, context_frames") from None
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"prompt must be a string, not {type(value).__name__}")
+    return value
 
 
 def sidecar_path(video: Path) -> Path:

@@ -101,7 +101,7 @@ def _prompt_encoder(spec: RunSpec) -> list[Row]:
     if not spec.video2world:
         return []
     config = _t5_config(spec)
-    shape = footprint.t5_shape(config) if config is not None else None
+    shape = _shape(config)
     out: list[Row] = []
     want = spec.preset.crossattn_dim
     if config is not None and config.get("d_model") != want:
@@ -109,9 +109,20 @@ def _prompt_encoder(spec: RunSpec) -> list[Row]:
                     f"its config.json has d_model {config.get('d_model')}; {spec.model.preset!r}'s cross-attention "
                     f"takes {want}"))
     dtype, gpu = spec.model.text_encoder_dtype, spec.finetune.gpu_memory_gib
-    ok, detail = footprint.text_encoder_fits(dtype, gpu, shape) if shape else footprint.text_encoder_fits(dtype, gpu)
+    ok, detail = footprint.text_encoder_fits(dtype, gpu, shape)
     out.append(("pass" if ok else "fail", "model.text_encoder_dtype", "prompt encoder fits a GPU", detail))
     return out
+
+
+def prompt_encoder_line(spec: RunSpec) -> str:
+    """What the prompt encoder holds on each tokenize / infer GPU, from its own config.json where it is here."""
+    return footprint.text_encoder_line(spec.model.text_encoder_dtype, _shape(_t5_config(spec)))
+
+
+def _shape(config: dict[str, Any] | None) -> dict[str, int]:
+    """The encoder's shape from its config.json; T5-11B's (upstream's encoder) where that is not here."""
+    shape = footprint.t5_shape(config) if config is not None else None
+    return shape or footprint.T5_11B_ENCODER
 
 
 def _t5_config(spec: RunSpec) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from harness.core.spec_check import resolved_path_problems
 from harness.core.tokencache import CacheUse
 from harness.launch import slurm, slurmcli
 from harness.lib.inputs import InputItem
-from harness.ops import cache, image_cache, inputs
+from harness.ops import assetcheck, cache, image_cache, inputs
 
 ExecutorName = Literal["auto", "slurm", "local"]
 Purpose = Literal["plan", "doctor", "submit"]
@@ -306,8 +306,7 @@ def _estimates(plan: plan_mod.Plan) -> tuple[str, ...]:
     """Wall time and GPU-hours from the bench figures, then what the run writes to run.workdir."""
     disk = footprint.items(plan)
     written = "; ".join(f"{i.what} {footprint.human(i.bytes)}" for i in disk if i.where == "workdir")
-    dtype = plan.spec.model.text_encoder_dtype
-    t5 = (f"prompt encoder (model.text_encoder_dtype): {footprint.text_encoder_line(dtype)}",
+    t5 = (f"prompt encoder (model.text_encoder_dtype): {assetcheck.prompt_encoder_line(plan.spec)}",
           ) if plan.spec.video2world else ()
     return (*estimate.lines(plan),
             f"writes ~{footprint.human(footprint.total(disk, 'workdir'))} to run.workdir ({written})", *t5)

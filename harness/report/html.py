@@ -54,6 +54,8 @@ class Sample:
     """(metric name, the video's value) for the metrics evaluate computed, in `metrics_table` order."""
     resize: str = "upstream"
     """How evaluate fitted the reference to the generated size (its result's `resize`)."""
+    prompt: str | None = None
+    """Video2World: the prompt the generation followed."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def pick_samples(evals: Mapping[int, Sequence[ShardRecord]],
             if not g or len(g) != len(r) or not v.generated or not v.reference:
                 continue
             out.append(Sample(step, v.name, v.generated, v.reference, g, r, v.context_frames,
-                              tuple(v.scores.values.items()), resize[v.name]))
+                              tuple(v.scores.values.items()), resize[v.name], v.prompt))
     return tuple(out)
 
 
@@ -215,7 +217,8 @@ def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 def _sample_html(m: Media) -> str:
     e, s = html.escape, m.sample
     scores = ", ".join(f"{mt.get(k).label} {v:.4g}" for k, v in s.scores if v is not None)
-    title = f"<h4>{e(s.name)}{' (' + e(scores) + ')' if scores else ''}</h4>"
+    title = f"<h4>{e(s.name)}{' (' + e(scores) + ')' if scores else ''}</h4>" \
+        + (f'<p class="prompt">prompt: {e(s.prompt)}</p>' if s.prompt is not None else "")
     if m.error:
         return f'<div class="sample">{title}<p class="bad">not shown: {e(m.error)}</p></div>'
     n = len(s.generated_frames)

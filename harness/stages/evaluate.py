@@ -91,6 +91,8 @@ class Pair:
     reference_frames: tuple[int | None, ...] | None
     """None: identity alignment (no sidecar)."""
     context_frames: int = 0
+    prompt: str | None = None
+    """Video2World: the generation's prompt, from its sidecar."""
 
 
 def load_pair(pair: Pair, resize: str = "upstream") -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
@@ -158,7 +160,7 @@ def score_arrays(pair: Pair, ref: np.ndarray, gen: np.ndarray, g_idx: list[int],
                        tuple(missing), 0 if tokenbench_frames else pair.context_frames,
                        {m.name: tuple(float(x) for x in values[m.name]) for m in chosen if m.per_frame},
                        _scores(chosen, values, list(range(len(g_idx))), frame_pixels),
-                       _scores(chosen, values, pred, frame_pixels) if predicted else None)
+                       _scores(chosen, values, pred, frame_pixels) if predicted else None, pair.prompt)
 
 
 def score_pair(pair: Pair, backend: str, device: str, selected: Sequence[str] | None = None,
@@ -248,6 +250,12 @@ def _first(videos: dict[str, list[Path]]) -> dict[str, Path]:
     return {stem: found[0] for stem, found in videos.items()}
 
 
+def _pair(name: str, g: Path, ref: Path, side: media.Sidecar | None) -> Pair:
+    if side is None:
+        return Pair(name, str(g), str(ref), None)
+    return Pair(name, str(g), str(ref), side.reference_frames, side.context_frames, side.prompt)
+
+
 def _reference(g: Path, refs: list[Path]) -> Path | str:
     """The reference of generated `g` among those of its stem: the same file name, else the only one; several
     and none of the same name is ambiguous (the reason)."""
@@ -280,8 +288,7 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
             if isinstance(ref, str):
                 unpaired.append(Failure(name, ref, str(g)))
                 continue
-            pairs.append(Pair(name, str(g), str(ref), side.reference_frames if side else None,
-                              side.context_frames if side else 0))
+            pairs.append(_pair(name, g, ref, side))
     kind = metrics.resolve_backend(backend)
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
     paired = {Path(p.reference).stem for p in pairs}
@@ -319,8 +326,7 @@ def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
         if ref is None or not ref.is_file():
             missing.append(stem)
             continue
-        pairs.append(Pair(stem, str(g), str(ref), side.reference_frames if side else None,
-                          side.context_frames if side else 0))
+        pairs.append(_pair(stem, g, ref, side))
     return pairs, missing, [n for n in names or () if n not in gens]
 
 

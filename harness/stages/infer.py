@@ -8,9 +8,8 @@ a KV cache, decoded with the DV decoder (no diffusion decoder), written as `<nam
 alignment sidecar `<name>.json` (see harness.lib.media.Sidecar): generated frame g stands for source
 frame g, and the first 1 + (c-1)*t frames reproduce the context. Inputs come from infer.inputs (a directory of
 videos/images, or a Video2World jsonl) or, when empty, from the test split of the run's merged dataset (its
-context tokens are read from the dataset, so no re-encoding). The list is ordered and cut to infer.max_inputs
-before a task takes its [start, stop) slice, and output names are made unique over the whole list, so every
-shard and every resume sees the same assignment and the same names. Each task writes its manifest
+context tokens are read from the dataset, so no re-encoding); `harness.stages.infer_inputs` lists them once per
+run, so every shard and every resume sees the same assignment and the same names. Each task writes its manifest
 (`RunPaths.infer_manifest`) last: the names it owns, which is what its evaluate task scores.
 
 Step 0, where infer.baseline is on (`trainplan.eval_steps`), is the baseline: the weights before post-training
@@ -21,11 +20,8 @@ dependency keeps resume, status and the evaluate pairing (aftercorr) as they are
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -36,130 +32,17 @@ from harness.core.atomic import atomic_write_json
 from harness.core.errors import HarnessError
 from harness.core.paths import RunPaths
 from harness.core.tokens import BOV_ID
-from harness.lib import media
 from harness.lib.dvtok import Decoder, Encoder
 from harness.lib.heap import quiet_imports
-from harness.lib.media import IMAGE_SUFFIXES, Sidecar, sidecar_path
+from harness.lib.media import Sidecar, sidecar_path
+from harness.stages.infer_inputs import InferInput, list_inputs
 
 if TYPE_CHECKING:
     from harness.core.plan import InferTask
     from harness.core.spec import RunSpec
     from harness.cosmos.model import CosmosModel
-    from harness.lib.inputs import InputItem
 
 log = logging.getLogger("harness.infer")
-
-
-@dataclass(frozen=True)
-class InferInput:
-    name: str
-    """Output file stem (unique within the checkpoint's directory)."""
-    source: str
-    """The video or image the context comes from; the evaluate stage's reference."""
-    image: bool = False
-    prompt: str | None = None
-    context_tokens: np.ndarray | None = field(default=None, compare=False)
-    """Already-encoded context (dataset test split); None: encode the source."""
-    prompt_embedding: np.ndarray | None = field(default=None, compare=False)
-    prompt_length: int = 0
-
-
-# ------------------------------------------------------------------------------------- inputs
-def list_inputs(spec: RunSpec, paths: RunPaths, start: int = 0, stop: int | None = None) -> list[InferInput]:
-    """Items [start, stop) of the ordered input list (all of it by default); an empty slice past the end of a
-    list shorter than planned is no error, an empty list is."""
-    src = spec.infer.inputs
-    keep = range(start, spec.infer.max_inputs if stop is None else stop)
-    items = _from_dataset(spec, paths, keep) if not src else _from_path(spec, Path(src).expanduser())
-    items = items[: spec.infer.max_inputs]
-    if not items:
-        raise HarnessError(f"infer.inputs = {src!r}: no inputs found" if src else
-                           f"{paths.dataset_split}: the test split is empty; set data.split's test weight or "
-                           "infer.inputs")
-    return _unique_names(items)[keep.start:keep.stop]
-
-
-def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
-    if root.is_dir():
-        files = media.files_under(root, (*spec.data.extensions, *IMAGE_SUFFIXES))
-        return [InferInput(output_stem(p), str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
-    if root.is_file() and root.suffix == ".jsonl":
-        return [InferInput(output_stem(Path(it.path)), it.path, Path(it.path).suffix.lower() in IMAGE_SUFFIXES,
-                           it.prompt) for it in _jsonl(root)]
-    raise HarnessError(f"infer.inputs = {str(root)!r}: not a directory of videos/images nor a .jsonl file")
-
-
-def _jsonl(root: Path) -> list[InputItem]:
-    """The lines tokenize and doctor read (`harness.lib.inputs.from_jsonl`, one parser), less the malformed ones,
-    each named in the log (doctor fails them before submit). A video listed twice stays: two prompts are two
-    generations. A missing video stays too: generation then skips it with the reason in the manifest."""
-    from harness.lib.inputs import from_jsonl
-
-    kept = []
-    for it in from_jsonl(root):
-        if it.error is None or it.prompt is not None and ("duplicate visual_input" in it.error
-                                                          or "visual_input not found" in it.error):
-            kept.append(it)
-        else:
-            log.warning("infer.inputs %s: left out: %s", root, it.error)
-    return kept
-
-
-def _from_dataset(spec: RunSpec, paths: RunPaths, keep: range) -> list[InferInput]:
-    """Test-split items in split order; only those in `keep` carry their context tokens and prompt."""
-    from harness.stages.dataset import open_dataset
-
-    ds = open_dataset(paths)
-    g = spec.token_math.grid
-    n_ctx = spec.infer.context_latent_frames * g.h * g.w
-    out = []
-    for k, i in enumerate(ds.split("test")[: spec.infer.max_inputs]):
-        doc = ds.document(i)
-        if k not in keep:
-            out.append(InferInput(output_stem(Path(doc["path"])), doc["path"]))
-            continue
-        tokens = ds.tokens(i)
-        video = tokens[1:1 + g.tokens] if ds.video2world else tokens[: g.tokens]
-        emb = ds.prompt_embedding(i) if ds.video2world else None
-        out.append(InferInput(output_stem(Path(doc["path"])), doc["path"], False, None, video[:n_ctx].copy(), emb,
-                              ds.prompt_length(i) if ds.video2world else 0))
-    return out
-
-
-NAME_BYTES = 120
-"""Longest output stem in bytes: `<name>.mp4`, its sidecar, temp files and the report's `<name>.generated.mp4`
-must stay within a file name's 255 bytes."""
-
-
-def output_stem(source: Path) -> str:
-    """An output name from a source's stem: no leading dot (a hidden file, which evaluate and file browsers pass
-    over), at most `NAME_BYTES` bytes (a longer one keeps its start and gains 8 hex digits of a hash of the whole
-    stem, so two long names stay apart)."""
-    stem = source.stem.lstrip(".") or "video"
-    stem = os.fsencode(stem).decode("utf-8", "replace")  # a name in another encoding (Latin-1 bytes): U+FFFD
-    raw = stem.encode("utf-8")
-    if len(raw) <= NAME_BYTES:
-        return stem
-    return raw[:NAME_BYTES - 9].decode("utf-8", "ignore") + "-" + hashlib.sha256(raw).hexdigest()[:8]
-
-
-def _unique_names(items: list[InferInput]) -> list[InferInput]:
-    """Output stems unique within a checkpoint's folder: a repeated stem gets `-k`, the first k not taken by any
-    input's own stem or an earlier rename (inputs x, x, x-1 become x, x-2, x-1, never two files x-1.mp4)."""
-    taken = {it.name for it in items}
-    used: set[str] = set()
-    out = []
-    for it in items:
-        name, k = it.name, 0
-        while name in used or (name != it.name and name in taken):  # another input's own stem stays its own
-            k += 1
-            name = f"{it.name}-{k}"
-        used.add(name)
-        if name != it.name:
-            it = InferInput(name, it.source, it.image, it.prompt, it.context_tokens, it.prompt_embedding,
-                            it.prompt_length)
-        out.append(it)
-    return out
 
 
 # ------------------------------------------------------------------------------------- tokenizer
@@ -382,7 +265,7 @@ def _write_outputs(spec: RunSpec, out_dir: Path, batch: list[InferInput], videos
     for it, video in zip(batch, videos):
         mp4 = out_dir / f"{it.name}.mp4"
         side = Sidecar(it.source, reference_frames(spec, it), tm.context_frames(context_latents(spec, it)), step,
-                       seed, i.temperature, i.top_p)
+                       seed, i.temperature, i.top_p, it.prompt)
         atomic_write_json(sidecar_path(mp4), side.to_json())
         write_mp4(mp4, video, spec.video.fps, fast_decode=True)
 
