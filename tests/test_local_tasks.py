@@ -4,6 +4,7 @@ job (a real submitit LocalExecutor task process reads its own environment), and 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,10 @@ def test_the_driver_holds_the_hugging_face_token_alone(tmp_path: Path, monkeypat
     monkeypatch.setenv("WANDB_API_KEY", "wb_secret")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     pid = local.start_driver(paths)
-    try:
+    try:  # read once the driver runs Python: mid-exec (a loaded machine) /proc shows an empty environment
+        deadline = time.monotonic() + 30
+        while b"harness.launch.local" not in Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         env = Path(f"/proc/{pid}/environ").read_bytes()
     finally:
         os.killpg(pid, 9)

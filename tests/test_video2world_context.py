@@ -20,7 +20,7 @@ from harness.cosmos import parallel
 from harness.cosmos.data import VideoSamples, collate
 from harness.cosmos.model import build_model
 from harness.lib import prompts, synth
-from harness.stages import infer
+from harness.stages import infer, infer_inputs
 from harness.stages.dataset import open_dataset, prompt_lengths_path, prompts_path
 
 CPU = torch.device("cpu")
@@ -72,7 +72,7 @@ class CrossAttentionInputs:
 def test_generation_and_training_see_the_same_context(v2w: tuple[RunSpec, RunPaths, Any]) -> None:
     spec, paths, model = v2w
     ds = open_dataset(paths)
-    item = infer._from_dataset(spec, paths, range(1))[0]  # the infer stage's view of the first test video
+    item = infer_inputs._from_dataset(spec, paths, range(1))[0]  # the infer stage's view of the first test video
     doc = ds.split("test")[0]
     assert 0 < ds.prompt_length(doc) < prompts.MAX_LENGTH  # the prompt has padding rows
     sample = VideoSamples(ds, spec.token_math, "test", context_dim=spec.preset.crossattn_dim).sample(0)
