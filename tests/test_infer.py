@@ -119,11 +119,14 @@ def test_sharded_infer_and_evaluate_take_their_slice(run_dir: tuple[spec_mod.Run
     assert res["missing_generated"] == [] and res["mean"]["videos"] == 1
 
     sparse = specs.build(d, {"infer": {"max_inputs": 5, "inputs_per_task": 2}})
-    assert len(infer_inputs.list_inputs(sparse, paths)) == 4  # 3 clips and still.png: shard 2 ([4, 5)) is empty
-    infer.run(sparse, 2, p2)
-    assert read_json(p2.infer_manifest(2, 2))["names"] == []
-    evaluate.run(sparse, 2, p2)
-    assert read_json(p2.eval_json(2, 2))["videos"] == []
+    with pytest.raises(HarnessError, match="infer tasks have already written from it"):
+        infer_inputs.list_inputs(sparse, p2)  # the run's list is kept once a task has written
+    p3 = RunPaths(tmp_path / "run3")
+    assert len(infer_inputs.list_inputs(sparse, p3)) == 4  # 3 clips and still.png: shard 2 ([4, 5)) is empty
+    infer.run(sparse, 2, p3)
+    assert read_json(p3.infer_manifest(2, 2))["names"] == []
+    evaluate.run(sparse, 2, p3)
+    assert read_json(p3.eval_json(2, 2))["videos"] == []
 
 
 @pytest.mark.timeout(300)
@@ -150,6 +153,9 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     img_dir.mkdir(exist_ok=True)
     (img_dir / "still.png").write_bytes((paths.root.parent / "inputs" / "still.png").read_bytes())
     spec2 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(img_dir)}})
+    paths = RunPaths(paths.root.parent / "run-images")
+    atomic_write_json(paths.assets_json, read_json(run_dir[1].assets_json))
+    write_tiny_pretrained(paths.checkpoint_dir(2), PRESETS["tiny"], seed=3)
     (it,) = infer_inputs.list_inputs(spec2, paths)
     assert it.image and infer.context_latents(spec2, it) == 1
     assert infer.reference_frames(spec2, it)[:2] == (0, None)
@@ -163,7 +169,7 @@ def test_image_input_uses_one_latent_frame(run_dir: tuple[spec_mod.RunSpec, RunP
     empty.mkdir(exist_ok=True)
     spec3 = specs.build(spec_mod.to_dict(spec), {"infer": {"inputs": str(empty)}})
     with pytest.raises(HarnessError, match="no inputs found"):
-        infer_inputs.list_inputs(spec3, paths)
+        infer_inputs.list_inputs(spec3, RunPaths(paths.root.parent / "run-empty"))
 
 
 @pytest.mark.timeout(300)
@@ -330,7 +336,7 @@ def test_infer_reads_a_jsonl_as_tokenize_and_doctor_do(tmp_path: Path) -> None:
         '{"prompt": "caf\xe9", "visual_input": "b.mp4"}',
         json.dumps({"prompt": "again", "visual_input": "a.mp4"}),
         json.dumps({"prompt": "gone", "visual_input": "missing.mp4"})]).encode("utf-8").replace(b"\xc3\xa9", b"\xe9"))
-    got = infer_inputs._from_path(specs.build(specs.TINY, {"data": {"videos": str(tmp_path)}}), jl)
+    got = infer_inputs._from_path(specs.build(specs.TINY, specs.V2W, {"data": {"jsonl": str(jl)}}), jl)
     assert [(Path(i.source).name, i.prompt) for i in got] == [("a.mp4", "one\u2028line"), ("a.mp4", "again"),
                                                              ("missing.mp4", "gone")]
 
@@ -350,8 +356,15 @@ def test_infer_inputs_are_listed_once_per_run(tmp_path: Path) -> None:
     more = specs.build(spec_mod.to_dict(spec), {"infer": {"max_inputs": 3}})
     assert [it.name for it in infer_inputs.list_inputs(more, paths)][0] == "a_first"
     assert infer_inputs.list_inputs(more, paths) == infer_inputs.list_inputs(more, paths)
-    head = paths.infer_inputs_jsonl.read_text().splitlines()[0]
-    paths.infer_inputs_jsonl.write_text(head + "\n{")
+    lines = paths.infer_inputs_jsonl.read_text().splitlines()
+    paths.infer_inputs_jsonl.write_text("\n".join(lines[:-1]) + "\n")  # cut at a line: one input short
+    with pytest.raises(HarnessError, match="damaged .*2 inputs listed where its first line says 3"):
+        infer_inputs.list_inputs(more, paths)
+    paths.infer_inputs_jsonl.unlink()
+    paths.infer_dir(2).mkdir(parents=True)  # a task has written: the list is the run's for good
+    with pytest.raises(HarnessError, match="is gone or was made with other settings, and infer tasks have already"):
+        infer_inputs.list_inputs(more, paths)
+    paths.infer_inputs_jsonl.write_text(lines[0] + "\n{")
     with pytest.raises(HarnessError, match=r"infer/inputs.jsonl: the run's list of infer.inputs is damaged"):
         infer_inputs.list_inputs(more, paths)
 

@@ -7,7 +7,8 @@ directory, or a Video2World jsonl) is listed once per run, by the first infer ta
 shards neither overlap nor drop inputs when the source changes while the array runs, and a resumed task writes
 the names its first attempt did. It is listed at task time, not at submit, because an rglob over a large tree is
 what made planning slow, and the folder may well be filled while the model trains. A listing with no inputs is
-not kept: the task fails, and a resume after the folder is fixed lists it again.
+not kept: the task fails, and a resume after the folder is fixed lists it again. Once any infer task has written,
+the stored list is the only one: gone or damaged, it stops the task rather than be listed anew.
 """
 
 from __future__ import annotations
@@ -65,17 +66,19 @@ def list_inputs(spec: RunSpec, paths: RunPaths, start: int = 0, stop: int | None
 
 def _listed(spec: RunSpec, paths: RunPaths) -> list[InferInput]:
     """The run's list of infer.inputs: the stored one, else listed now and stored unless another task stored its
-    own first (then that one stands). A stored list of other settings (a run directory reused with another spec)
-    is listed again."""
+    own first (then that one stands). A run directory reused with other settings lists again, but only before
+    any infer task has written: a new list then could move inputs between shards already done."""
     path, key = paths.infer_inputs_jsonl, _key(spec)
     stored = _read_listed(path, key) if path.is_file() else None
     if stored is not None:
         return stored
+    _refuse_a_second_list(paths)
     items = _from_path(spec, Path(spec.infer.inputs).expanduser())[: spec.infer.max_inputs]
     if not items:
         return []
-    text = json.dumps(key) + "\n" + "".join(json.dumps({"name": it.name, "source": it.source, "image": it.image,
-                                                        "prompt": it.prompt}) + "\n" for it in items)
+    text = json.dumps({**key, "count": len(items)}) + "\n" + "".join(
+        json.dumps({"name": it.name, "source": it.source, "image": it.image, "prompt": it.prompt}) + "\n"
+        for it in items)
     if path.is_file():
         atomic_write_text(path, text)
     elif not atomic_create_text(path, text):
@@ -83,8 +86,19 @@ def _listed(spec: RunSpec, paths: RunPaths) -> list[InferInput]:
     return items
 
 
+def _refuse_a_second_list(paths: RunPaths) -> None:
+    path = paths.infer_inputs_jsonl
+    written = sorted(p.name for p in paths.infer_root.iterdir() if p.name != path.name and not
+                     p.name.startswith(".")) if paths.infer_root.is_dir() else []
+    if written:
+        raise HarnessError(f"{path}: the run's list of infer.inputs is gone or was made with other settings, and "
+                           f"infer tasks have already written from it ({', '.join(written[:3])}"
+                           f"{', ...' if len(written) > 3 else ''}); a new list could move inputs between shards "
+                           "already done: restore the file, or submit the spec again as a new run")
+
+
 def _key(spec: RunSpec) -> dict[str, Any]:
-    """What the stored list was listed with: the first line of the file."""
+    """What the stored list was listed with: the first line of the file (with the count of lines after it)."""
     return {"infer.inputs": spec.infer.inputs, "infer.max_inputs": spec.infer.max_inputs,
             "data.extensions": list(spec.data.extensions)}
 
@@ -94,8 +108,11 @@ def _read_listed(path: Path, key: dict[str, Any]) -> list[InferInput] | None:
     out = []
     try:
         head, *lines = path.read_text(encoding="utf-8").splitlines()
-        if json.loads(head) != key:
+        header = json.loads(head)
+        if not isinstance(header, dict) or {k: v for k, v in header.items() if k != "count"} != key:
             return None
+        if header.get("count") != len(lines):
+            raise ValueError(f"{len(lines)} inputs listed where its first line says {header.get('count')}")
         for line in lines:
             d = json.loads(line)
             prompt = d["prompt"]
@@ -105,8 +122,7 @@ def _read_listed(path: Path, key: dict[str, Any]) -> list[InferInput] | None:
             out.append(InferInput(d["name"], d["source"], d["image"], prompt))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise HarnessError(f"{path}: the run's list of infer.inputs is damaged ({e.__class__.__name__}: {e}); "
-                           "delete it to list infer.inputs again (outputs already written keep their names "
-                           "only if the list comes out the same)") from None
+                           "restore it, or submit the spec again as a new run") from None
     return out
 
 
@@ -116,7 +132,7 @@ def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
         return [InferInput(output_stem(p), str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
     if root.is_file() and root.suffix == ".jsonl":
         return [InferInput(output_stem(Path(it.path)), it.path, Path(it.path).suffix.lower() in IMAGE_SUFFIXES,
-                           it.prompt) for it in _jsonl(root)]
+                           it.prompt if spec.video2world else None) for it in _jsonl(root)]  # base: no prompt
     raise HarnessError(f"infer.inputs = {str(root)!r}: not a directory of videos/images nor a .jsonl file")
 
 
