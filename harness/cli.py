@@ -364,6 +364,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _call(args: argparse.Namespace) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name in another encoding prints as its byte, not a traceback
+        getattr(stream, "reconfigure", lambda **_: None)(errors="surrogateescape")
     try:
         return dispatch(args)
     except HarnessError as e:
@@ -379,9 +381,8 @@ def _call(args: argparse.Namespace) -> int:
 
 
 EXIT_AT_ONCE = frozenset({"evaluate"})
-"""Commands whose process ends the moment they return: everything they write is written (atomically) and
-joined by then, and the interpreter's teardown of numba's and llvmlite's modules cost `harness evaluate` of one
-pair ~0.25 of its ~0.9 CPU-s."""
+"""Commands whose process ends the moment they return (all they write is written and joined by then): the
+interpreter's teardown of numba's and llvmlite's modules cost `harness evaluate` of one pair ~0.25 CPU-s."""
 
 
 def run() -> None:

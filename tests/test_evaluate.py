@@ -273,8 +273,11 @@ def test_references_are_found_by_the_source_not_the_output_name(tmp_path: Path) 
         _generated(gen, name, source)
     spec = specs.build({"data": {"videos": str(inputs)}, "infer": {"inputs": str(inputs)},
                         "evaluate": {"reference": str(ref)}})
-    pairs, missing_ref, missing_gen = evaluate.stage_pairs(spec, gen, ["dup", "dup-1", "same", "same-1", "solo",
-                                                                       "twice", "never"])
+    (gen / "broken.mp4").write_bytes((gen / "solo.mp4").read_bytes())
+    (gen / "broken.json").write_text('{"reference": ')  # a damaged sidecar: that video fails, not the shard
+    pairs, missing_ref, missing_gen, damaged = evaluate.stage_pairs(
+        spec, gen, ["dup", "dup-1", "same", "same-1", "solo", "twice", "never", "broken"])
+    assert [(f.name, "not a valid alignment sidecar" in f.error) for f in damaged] == [("broken", True)]
     assert {p.name: Path(p.reference).relative_to(ref).as_posix() for p in pairs} == {
         "same": "sub/a/same.mp4", "same-1": "sub/b/same.mp4", "dup": "dup.mp4", "dup-1": "dup.mov",
         "solo": "deep/solo.mp4"}

@@ -162,3 +162,26 @@ def test_merged_shards_keep_the_tokenbench_note() -> None:
     assert merged.frames == ("2 video(s) under the tokenbench protocol: TokenBench's preprocessing of both files, "
                              "frame i compared with frame i")
     assert merged.mean.value("psnr") == 30.5
+
+
+def test_a_second_protocol_that_compares_nothing_does_not_fail_the_task(tmp_path: Path) -> None:
+    """protocol "both" over an image input, which TokenBench's preprocessing cannot take: the aligned result
+    scores it, so the task completes (resume would rerun it forever), and the tokenbench result keeps the
+    failure for the report."""
+    from PIL import Image
+
+    ref = tmp_path / "videos"
+    _write_pair(ref, tmp_path / "unused", "clip", 5, 48, 64, 5)  # generated: 5 frames, as infer makes of an image
+    Image.fromarray(smooth_clip(1, 48, 64, 5)[0]).save(ref / "clip.png")
+    (ref / "clip.mp4").unlink()
+    spec = specs.build({"data": {"videos": str(ref)}, "finetune": {"max_steps": 4, "save_every": 2},
+                        "evaluate": {"protocol": "both", "tokenbench_width": 32, "tokenbench_frames": 9,
+                                     "reference": str(ref)}})
+    paths = RunPaths(tmp_path / "run")
+    step = checkpoint_steps(spec.finetune)[1]
+    paths.infer_dir(step).mkdir(parents=True)
+    (tmp_path / "unused" / "clip.mp4").rename(paths.infer_dir(step) / "clip.mp4")
+    evaluate.run(spec, 1, paths)
+    rec = ShardRecord.from_json(json.loads(paths.eval_json(step).read_text()))
+    tb = rec.under("tokenbench")
+    assert len(rec.result.videos) == 1 and tb is not None and not tb.videos and [f.name for f in tb.failed] == ["clip"]

@@ -44,7 +44,7 @@ def atomic_create_text(path: Path, text: str) -> bool:
     """Write `path` atomically unless it exists; False where it did. Of processes racing to create it the first
     wins and the rest keep its content: a hard link of the synced temp file fails on a taken name, where a
     rename would replace it. A file system without hard links falls back to a rename where the name is free."""
-    tmp = _synced_temp(path, text.encode("utf-8"))
+    tmp = _synced_temp(path, text.encode("utf-8", "surrogateescape"))
     try:
         os.link(tmp, path)
         return True
@@ -83,7 +83,9 @@ def temp_prefix(name: str, limit: int = 100) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8; a file name in another encoding (a Latin-1 byte, which Python reads as a lone surrogate) goes in
+    as the byte it was, where a strict encode would fail the whole report over one name."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

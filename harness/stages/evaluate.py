@@ -278,8 +278,10 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     for stem, found in gens.items():
         for g in found:
             name = stem if len(found) == 1 else g.name
-            side = media.Sidecar.read(media.sidecar_path(g)) if use_sidecars and media.sidecar_path(g).is_file() \
-                else None
+            side = read_sidecar(g) if use_sidecars else None
+            if isinstance(side, str):
+                unpaired.append(Failure(name, side, str(g)))
+                continue
             key = stem if stem in refs else Path(side.reference).stem if side is not None else stem  # `x-1` of x
             if key not in refs:
                 unmatched.append(stem)
@@ -305,10 +307,10 @@ def _inputs_root(spec: RunSpec) -> Path | None:
 
 
 def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
-                ) -> tuple[list[Pair], list[str], list[str]]:
+                ) -> tuple[list[Pair], list[str], list[str], list[Failure]]:
     """Pairs of one checkpoint (or of the shard's `names` alone): the reference is found in evaluate.reference
     (`References`) when set, else it is the sidecar's source, else infer.inputs/<stem>.*; returns (pairs, missing
-    references, missing generated)."""
+    references, missing generated, videos whose sidecar is damaged)."""
     gens = _first(videos_of(gen_dir, "generated"))
     if names is not None:
         gens = {n: gens[n] for n in names if n in gens}
@@ -318,16 +320,29 @@ def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
     else:
         fallback = {}
     inputs = _inputs_root(spec)
-    pairs, missing = [], []
+    pairs, missing, damaged = [], [], []
     for stem, g in gens.items():
-        side = media.Sidecar.read(media.sidecar_path(g)) if media.sidecar_path(g).is_file() else None
+        side = read_sidecar(g)
+        if isinstance(side, str):
+            damaged.append(Failure(stem, side, str(g)))
+            continue
         source = Path(side.reference) if side else None
         ref = refs.find(stem, source, inputs) if refs is not None else (source or fallback.get(stem))
         if ref is None or not ref.is_file():
             missing.append(stem)
             continue
         pairs.append(_pair(stem, g, ref, side))
-    return pairs, missing, [n for n in names or () if n not in gens]
+    return pairs, missing, [n for n in names or () if n not in gens], damaged
+
+
+def read_sidecar(g: Path) -> media.Sidecar | str | None:
+    """`g`'s alignment sidecar; None where it has none; why, where it is damaged: that video fails, not the task."""
+    if not media.sidecar_path(g).is_file():
+        return None
+    try:
+        return media.Sidecar.read(media.sidecar_path(g))
+    except HarnessError as e:
+        return str(e)
 
 
 def infer_record(paths: RunPaths, step: int, key: int | None, task: int) -> tuple[list[str] | None, dict[str, str]]:
@@ -361,19 +376,18 @@ def run(spec: RunSpec, task: int, paths: RunPaths) -> None:
     wanted = None if names is None else [n for n in names if n not in skipped]
     if wanted != [] and not gen_dir.is_dir():
         raise HarnessError(f"{gen_dir}: no generated videos for checkpoint step {step}; did infer[{task}] run?")
-    pairs, missing_ref, missing_gen = stage_pairs(spec, gen_dir, wanted) if wanted != [] else ([], [], [])
+    pairs, missing_ref, missing_gen, damaged = stage_pairs(spec, gen_dir, wanted) if wanted != [] else ([], [], [], [])
     kind = metrics.resolve_backend(spec.evaluate.backend)
     device = metrics.default_device() if kind == "fast" else "cpu"
     workers = min(default_workers(), spec.evaluate.cpus_per_task)
-    unread = tuple(Failure(n, f"infer skipped this input: {why}") for n, why in sorted(skipped.items()))
+    unread = (*(Failure(n, f"infer skipped this input: {why}") for n, why in sorted(skipped.items())), *damaged)
     main, *others = (dataclasses.replace(r, failed=unread + r.failed) for r in evaluate_all(
         pairs, spec_protocols(spec), kind, device, workers, missing_ref, missing_gen, spec.evaluate.metrics))
     atomic_write_json(paths.eval_json(step, t.key),
                       ShardRecord(step, t.checkpoint, t.shard, t.shards, str(gen_dir), main, tuple(others)).to_json())
-    for result in (main, *others):
-        if not result.videos and result.left_out:
-            raise HarnessError(f"evaluate[{task}]: no video compared under protocol {result.protocol!r} "
-                               f"({_uncompared(result)}); the result is kept for the report")
+    if not main.videos and main.left_out:  # another protocol comparing nothing (images under tokenbench) is reported
+        raise HarnessError(f"evaluate[{task}]: no video compared under protocol {main.protocol!r} "
+                           f"({_uncompared(main)}); the result is kept for the report")
 
 
 def _uncompared(result: EvalResult) -> str:
