@@ -114,9 +114,11 @@ def test_inputs_are_never_written_over_and_missing_folders_are_named(tmp_path: P
     write_mp4(gen / "evaluate.mp4", smooth_clip(9, 48, 64, 0), 25, crf=4)
     sidecar = gen / "evaluate.json"
     sidecar.write_text('{"source": "sidecar"}')
-    before = {p: p.read_bytes() for p in (ref / "evaluate.mp4", sidecar)}
+    (ref / "pic.png").write_bytes(b"an image reference")
+    before = {p: p.read_bytes() for p in (ref / "evaluate.mp4", sidecar, ref / "pic.png")}
     cases = ((gen, None, "--out: would replace the alignment sidecar of evaluate.mp4"),
-             (gen, str(ref / "evaluate.mp4"), "--out: is a video's name"),
+             (gen, str(ref / "evaluate.mp4"), "--out: is a video's or image's name"),
+             (gen, str(ref / "pic.png"), "--out: is a video's or image's name"),
              (tmp_path / "nope", None, "--generated: no such directory"),
              (gen / "evaluate.mp4", None, "--generated: not a directory"))
     for generated, out, needle in cases:

@@ -292,8 +292,11 @@ def test_refusals_are_one_line_exit_2(tmp_path: Path, tp2: tuple[Path, Any], cap
     assert not list(tmp_path.glob(".out.partial-*"))
     (tmp_path / "out").rmdir()
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for to, needle in ((tmp_path / "afile" / "sub", "--to: cannot be written into"),
                        (ckpts / "step-00000099", "inside a checkpoints folder"),
+                       (ckpts / "step-00000001" / "weights" / "exp", "or a checkpoint"),  # retention deletes it
+                       (tmp_path / "dangling", "--to exists"),
                        (tmp_path / "elsewhere" / "step-00000007", "named like a checkpoint")):
         assert main(["export", str(ckpts), "--to", str(to), "--format", "pytorch", "--step", "1"]) == 2
         err = capsys.readouterr().err

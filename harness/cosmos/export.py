@@ -37,7 +37,7 @@ import torch
 from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 
-from harness.core.atomic import file_mode
+from harness.core.atomic import file_mode, temp_prefix
 from harness.core.errors import HarnessError
 from harness.core.models import MODEL_PREFIX, PRESETS, ModelPreset, checkpoint_shapes
 from harness.cosmos import config as cfg
@@ -294,7 +294,7 @@ def export(directory: Path, out: Path, fmt: Format, dtype: str = "bf16", extra: 
     if fmt == "nemo" and extra.context is not None:
         check_context(extra.context, src.preset)
     sd = read_weights(src)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = out.parent / f"{temp_prefix(out.name)}partial-{os.getpid()}"  # a long --to keeps a legal temp name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -242,8 +242,8 @@ def _evaluate_out(out: Path, key: str) -> Path:
     from harness.core.errors import HarnessError, Problem
     from harness.lib import media
 
-    if out.suffix.lower() in media.VIDEO_SUFFIXES:
-        raise HarnessError(Problem(str(out), key, "is a video's name: give a .json file to write"))
+    if out.suffix.lower() in (*media.VIDEO_SUFFIXES, *media.IMAGE_SUFFIXES):  # references may be images too
+        raise HarnessError(Problem(str(out), key, "is a video's or image's name: give a .json file to write"))
     video = next((out.with_suffix(s) for s in media.VIDEO_SUFFIXES if out.with_suffix(s).exists()), None)
     if video is not None:
         raise HarnessError(Problem(str(out), key, f"would replace the alignment sidecar of {video.name}: give "

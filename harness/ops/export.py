@@ -138,11 +138,12 @@ def check_to(to: Path) -> None:
     harness would take a `step-N` there for a checkpoint of its run)."""
     from harness.core.atomic import output_dir
 
-    if to.exists():
+    if to.exists() or to.is_symlink():
         raise HarnessError(f"{to}: --to exists; name a new folder (the export is renamed into place whole)")
-    if is_step_dir(to) or steps_in(to.parent):
-        raise HarnessError(f"{to}: --to is inside a checkpoints folder (or named like a checkpoint step-N), which "
-                           "the harness reads as checkpoints of a run: export elsewhere")
+    here = to.parent.resolve()  # a checkpoint's folders are removed with it (retention, a resave)
+    if is_step_dir(to) or steps_in(to.parent) or any(is_step_dir(a) for a in (here, *here.parents)):
+        raise HarnessError(f"{to}: --to is inside a checkpoints folder or a checkpoint (or named like a checkpoint "
+                           "step-N), which the harness reads as checkpoints of a run and deletes: export elsewhere")
     output_dir(to.parent, "--to")
 
 
