@@ -106,6 +106,9 @@ def test_identical_runs_have_no_differing_key(tmp_path: Path, capsys: pytest.Cap
     rc, out, _ = _run(tmp_path, a.run_id, b.run_id, capsys=capsys)
     assert rc == 0 and _doc(out)["differing_keys"] == []
     assert "differ between the runs: none" in out
+    (tmp_path / "link").symlink_to(a.root)  # the same run under another name is still one run
+    rc, _, err = _run(tmp_path, a.run_id, str(tmp_path / "link"), capsys=capsys)
+    assert rc == 2 and "compare needs at least two runs" in err
 
 
 def test_different_inputs_are_compared_on_common_videos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -349,3 +349,11 @@ def test_a_waiting_run_waits_on_the_builders_live_merge_after_a_cancel_and_resum
     assert (cache.read_claim(entry) or {})["merge_jobs"] == ["351"]
     cache.record_rebuild(builder, [subs[3], subs[4]])
     assert (cache.read_claim(entry) or {})["merge_jobs"] == ["358"]
+
+
+def test_a_claim_of_another_json_shape_reads_as_unreadable(tmp_path: Path) -> None:
+    """`[]` in claim.json (valid JSON, not an object) was a traceback in `cache ls` and `cache rm`."""
+    entry = CacheEntry(tmp_path / "cccc000011112222")
+    entry.root.mkdir()
+    entry.claim_json.write_text("[]")
+    assert cache.read_claim(entry) is None

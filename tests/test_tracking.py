@@ -207,3 +207,14 @@ def test_sync_that_wandb_reports_failed_is_a_failure(tmp_path: Path, capsys: pyt
     assert cli.main(["sync", str(paths.root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wandb sync" in err[0] and "ERROR" in err[0] and "k" * 40 not in err[0], err
+
+
+def test_sync_names_wandbs_cause_not_its_log_pointer() -> None:
+    """Without a key `wandb sync` prints "ERROR Find detailed error logs at ..." first and the cause after."""
+    from harness.report.tracking import sync_errors
+
+    lines = ["wandb: ERROR Find detailed error logs at: /x/debug-cli.root.log",
+             "Error: No API key configured. Use `wandb login` to log in."]
+    assert sync_errors(lines) == [lines[1]]
+    assert sync_errors(["wandb: ERROR Failed to sync all data"]) == ["wandb: ERROR Failed to sync all data"]
+    assert sync_errors(lines[:1]) == lines[:1] and sync_errors(["synced"]) == []

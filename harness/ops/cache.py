@@ -108,10 +108,10 @@ def entry_of(spec: RunSpec, key: str) -> CacheEntry:
 # ------------------------------------------------------------------------------------------ an entry's state
 def read_claim(entry: CacheEntry) -> dict[str, Any] | None:
     try:
-        claim: dict[str, Any] = read_json(entry.claim_json)
-        return claim
+        claim = read_json(entry.claim_json)
     except (OSError, ValueError):
         return None
+    return claim if isinstance(claim, dict) else None  # valid JSON of another shape reads as unreadable
 
 
 def builder_of(entry: CacheEntry) -> str:

@@ -27,7 +27,7 @@ def resolve(names: Sequence[str], workdir: str) -> list[RunPaths]:
     for name in names:
         cpaths = campaign.resolve(name, workdir)
         found = [p for _, p in campaign.members(cpaths)] if cpaths is not None else [state.resolve_run(name, workdir)]
-        out += [p for p in found if p.root not in {q.root for q in out}]
+        out += [p for p in found if p.root.resolve() not in {q.root.resolve() for q in out}]  # a link: one run
     if len(out) < 2:
         raise HarnessError(Problem(" ".join(names), "run", "compare needs at least two runs (run ids, run "
                                                            "directories or a campaign with two members)"))

@@ -103,8 +103,15 @@ def sync(paths: RunPaths) -> list[Path]:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     res = subprocess.run(sync_command(runs), env=env, capture_output=True, text=True, cwd=paths.wandb_dir)
     lines = (res.stderr + res.stdout).splitlines()
-    errors = [ln.strip() for ln in lines if re.match(r"^(wandb: )?ERROR\b", ln.strip())]
+    errors = sync_errors(lines)
     if res.returncode or errors:  # wandb sync exits 0 after "ERROR Failed to sync all data"
-        last = errors[0] if errors else next((ln for ln in reversed(lines) if ln.strip()), "").strip()
+        last = "; ".join(errors[:2]) if errors else next((ln for ln in reversed(lines) if ln.strip()), "").strip()
         raise HarnessError(f"wandb sync {paths.wandb_dir} failed (exit {res.returncode}): {last}")
     return runs
+
+
+def sync_errors(lines: list[str]) -> list[str]:
+    """wandb's error lines, the cause first: "wandb: ERROR Find detailed error logs at ..." comes before the
+    line that says why ("Error: No API key configured. Use `wandb login` to log in.")."""
+    errors = [ln.strip() for ln in lines if re.match(r"^(wandb: )?(ERROR\b|Error:)", ln.strip())]
+    return [e for e in errors if "detailed error logs" not in e] or errors
