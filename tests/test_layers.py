@@ -246,8 +246,8 @@ RUN_DIR_NAMES = frozenset({
     "driver.log",
     "done", "local_state.json", "local_done.json", "local_only.json", "tokens", "dataset", "summary.json",
     "split.json", "finetune", "checkpoints", "checkpoints.json", "metrics.jsonl", "nemo", "infer", "eval", "cache",
-    "numba", "tensorboard", "train", "wandb", "shared.json", "campaign.json", "entry.json", "claim.json", "users",
-    "attempts"})
+    "numba", "tensorboard", "train", "wandb", "shared.json", "campaign.json", "entry.json", "claim.json", "freed.json",
+    "users", "attempts"})
 RUN_DIR_MODULES = {"harness.core.paths"}
 # The same names used for paths that are not in a run directory, each with why.
 NOT_RUN_DIR = {("harness.ops.assetcheck", "nemo"): "a pretrained checkpoint's nemo/ folder (an HF snapshot)",

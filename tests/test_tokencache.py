@@ -230,7 +230,11 @@ def test_cache_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str], mon
     assert finished.root.exists()
     _DRIVERS[0].kill()  # the user run's driver ends: nothing of it reads the entry any more
     _DRIVERS[0].wait()
-    assert cli.main(["cache", "rm", done[:40], "--cache-dir", str(d)]) == 0
+    assert cli.main(["cache", "rm", done[:40], "--cache-dir", str(d)]) == 0  # freed: the runs on it stay complete
+    assert "freed cache entry" in capsys.readouterr().out and cache.damage(finished) is not None
+    assert finished.is_complete and not RunPaths(finished.root).dataset_dir.exists()
+    assert not cache.usable(finished)  # a later submit builds it again, as it does a damaged entry
+    assert cli.main(["cache", "rm", done[:40], "--cache-dir", str(d)]) == 0  # again: the rest goes too
     assert not finished.root.exists() and cache_entry(d, live).root.exists()
     assert cli.main(["cache", "rm", "zz", "--cache-dir", str(d)]) == 2
     assert "matches no entry" in capsys.readouterr().err

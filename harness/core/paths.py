@@ -55,8 +55,7 @@ class RunPaths:
     """The token-cache entry (`CacheEntry.root`) holding this run's tokens and dataset, with tokenize's and merge's
     markers and logs (`data.cache_dir`); None: they are in the data-preparing run's directory."""
     builder: Path | None = None
-    """The run whose jobs build `cache` when that is neither this run nor `shared` (a run waiting on another
-    submit's build): its driver is waited on and its jobs' comments carry its id."""
+    """The run whose jobs build `cache` where neither this run nor `shared` does (a run waiting on another's build)."""
 
     @property
     def run_id(self) -> str:
@@ -70,15 +69,13 @@ class RunPaths:
     def stage_root(self, stage: str) -> Path:
         """Where a stage's markers and logs are: tokenize's and merge's in the cache entry (when cached),
         stage-assets' in the data-preparing run (a cached run still stages its own model)."""
-        if stage in CACHED_STAGES:
-            return self.data_root
-        return (self.shared or self.root) if stage in SHARED_STAGES else self.root
+        shared = (self.shared or self.root) if stage in SHARED_STAGES else self.root
+        return self.data_root if stage in CACHED_STAGES else shared
 
     def runner(self, stage: str) -> Path:
         """The run directory whose jobs run `stage` for this run (its own, the campaign owner's, the builder's)."""
-        if stage in CACHED_STAGES and self.builder is not None:
-            return self.builder
-        return (self.shared or self.root) if stage in SHARED_STAGES else self.root
+        own = (self.shared or self.root) if stage in SHARED_STAGES else self.root
+        return self.builder if stage in CACHED_STAGES and self.builder is not None else own
 
     def stage_run_id(self, stage: str) -> str:
         """The run whose job runs `stage` (Slurm's job comment): the sharing or building run's for a shared stage."""
@@ -132,8 +129,7 @@ class RunPaths:
         return self.logs(stage) / "%j"
 
     def recorded_log(self, stored: str) -> Path:
-        """A task log as recorded: relative to the run directory; an older absolute record of a run directory
-        since moved or copied is read at the same place (`logs/<stage>/<job>/<file>`) under this one."""
+        """A task log as recorded: relative to the run directory (an older absolute one: re-rooted under this one)."""
         p = Path(stored)
         if not p.is_absolute():
             return self.root / p
@@ -381,6 +377,10 @@ class CacheEntry:
 
     def user(self, run_id: str) -> Path:
         return self.users_dir / f"{run_id}.json"
+
+    @property
+    def freed_json(self) -> Path:  # `harness cache rm` of a complete entry: its tokens and dataset are gone
+        return self.root / "freed.json"
 
     @property
     def complete_marker(self) -> Path:

@@ -156,7 +156,9 @@ def live_users(entry: CacheEntry) -> list[str]:
 
 
 def damage(entry: CacheEntry) -> str | None:
-    """Why a complete entry cannot be used (a file of its dataset gone or cut short), None when it can."""
+    """Why a complete entry cannot be used (freed, or a file of its dataset gone or cut short), None when it can."""
+    if entry.freed_json.is_file():
+        return "its tokens and dataset were freed (harness cache rm)"
     return merged_problem(RunPaths(entry.root)) if entry.is_complete else None
 
 
@@ -309,7 +311,10 @@ def find(cache_dir: Path, key: str) -> CacheEntry:
 
 
 def remove(cache_dir: Path, key: str) -> CacheEntry:
-    """Remove an entry, under its lock; an entry whose build is still live is refused."""
+    """Remove an entry, under its lock; an entry whose build is still live, or that a live run reads, is refused.
+    A complete entry is freed: its tokens and dataset go, its markers, logs and users stay, so the runs trained
+    on it still read as complete (and a later submit of its key builds it again, as it does a damaged one); a
+    freed entry removed again goes whole."""
     entry = find(cache_dir, key)
     if entry.root.is_symlink():
         raise HarnessError(Problem(str(entry.root), "KEY", f"is a symbolic link to {entry.root.resolve()}, which "
@@ -323,7 +328,13 @@ def remove(cache_dir: Path, key: str) -> CacheEntry:
         if busy:
             raise HarnessError(Problem(str(entry.root), "KEY", f"run(s) {', '.join(busy)} still have tasks pending "
                                                                "or running on this entry; wait or cancel them first"))
-        shutil.rmtree(entry.root)
+        if entry.is_complete and not entry.freed_json.is_file():
+            atomic_write_json(entry.freed_json, {"time": time.time()})  # first: a cut-short free is a damaged entry
+            for part in entry.build_outputs:
+                if part != RunPaths(entry.root).done_dir:  # the markers stay: the runs on it read as complete
+                    shutil.rmtree(part, ignore_errors=True)
+        else:
+            shutil.rmtree(entry.root)
     return entry
 
 
@@ -358,5 +369,7 @@ def cmd_ls(cache_dir: Path, console: Console) -> int:
 
 def cmd_rm(cache_dir: Path, key: str, console: Console) -> int:
     entry = remove(cache_dir, key)
-    console.print(f"removed cache entry {entry.key16} ({entry.root})", markup=False)
+    console.print(f"freed cache entry {entry.key16} ({entry.root}): its tokens and dataset are removed; the runs "
+                  "trained on it keep their records (rm it again to remove the rest)" if entry.root.is_dir() else
+                  f"removed cache entry {entry.key16} ({entry.root})", markup=False)
     return 0

@@ -28,7 +28,7 @@ from harness.core import metricslog, retries
 from harness.core import plan as plan_mod
 from harness.core.evalrecords import ShardRecord
 from harness.core.evalstats import merge_shards
-from harness.core.paths import RunPaths
+from harness.core.paths import CacheEntry, RunPaths
 from harness.core.rundir import json_object
 from harness.core.stages import STAGES
 from harness.report import html as report_html
@@ -199,7 +199,8 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     its last step where training ends. `gpu_hours`: per stage, where the caller read the task states."""
     checkpoint_steps = plan.eval_steps
     missing: list[str] = []
-    data = _read(paths.dataset_summary, missing)
+    freed = paths.cache is not None and CacheEntry(paths.cache).freed_json.is_file()  # `harness cache rm`
+    data = None if freed else _read(paths.dataset_summary, missing)
     rows = read_metrics(paths.metrics_jsonl)
     if not rows:
         missing.append(str(paths.metrics_jsonl))
