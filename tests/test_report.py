@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -451,7 +452,9 @@ def test_videos_in_no_mean_and_shards_without_inputs_are_named(tmp_path: Path) -
         (40, "v1", "failed: infer skipped this input: empty file"), (40, "v2", "no reference found"),
         (40, "v9", "not generated")]
     (empty,) = rep.missing_shards
-    assert (empty.step, empty.shard, empty.why) == (30, 1, report.EMPTY_SHARD)
+    assert (empty.step, empty.shard, empty.why) == (30, 1, report.EMPTY_LISTED)  # infer.inputs lists fewer
+    split = replace(plan.spec, infer=replace(plan.spec.infer, inputs=""))  # the test split: some did not tokenize
+    assert report.build(paths, split, [], plan.training).missing_shards[0].why == report.EMPTY_SHARD
     by_step = {c.step: c for c in rep.checkpoints}
     assert (by_step[30].videos, by_step[30].shards) == (3, 1) and by_step[40].videos == 4
     md = (report.markdown(rep))

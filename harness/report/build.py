@@ -255,7 +255,7 @@ def read_evals(paths: RunPaths, spec: RunSpec, checkpoint_steps: Sequence[int], 
         elif e is not None:
             rec = ShardRecord.from_json(e)
             if _empty(rec):
-                lost.append(MissingShard(step, k, task, EMPTY_SHARD))
+                lost.append(MissingShard(step, k, task, EMPTY_LISTED if spec.infer.inputs else EMPTY_SHARD))
             else:
                 evals.setdefault(step, []).append(rec)
             continue
@@ -276,6 +276,8 @@ def _damage(e: Any) -> str:
     return "" if isinstance(e.get("mean"), dict) else "no 'mean' object"
 
 
+EMPTY_LISTED = ("no inputs: the input list ended before this shard (infer.inputs lists fewer inputs than "
+                "infer.max_inputs: set that to its size)")
 EMPTY_SHARD = ("no inputs: the input list ended before this shard (fewer test videos than planned, e.g. inputs "
                "that did not tokenize: the data summary names them)")
 
