@@ -185,3 +185,12 @@ def test_a_second_generation_of_one_source_pairs_by_its_sidecar(tmp_path: Path) 
     got = evaluate_dirs(ref, gen, backend="fast", workers=1)
     assert sorted(v["name"] for v in got["videos"]) == ["x", "x-1"]
     assert got["missing_reference"] == [] and got["missing_generated"] == []
+    # generations of different sources of one stem (sub1/x.mp4, sub2/x.mp4, x.png) are not scored against one x.mp4
+    for name, source in (("x", "in/x.png"), ("x-1", "in/sub1/x.mp4"), ("x-2", "in/sub2/x.mp4")):
+        write_mp4(gen / f"{name}.mp4", clip, 25, crf=4)
+        atomic_write_json(gen / f"{name}.json", media.Sidecar(str(tmp_path / source), tuple(range(9)), 2).to_json())
+    got = evaluate_dirs(ref, gen, backend="fast", workers=1)
+    why = {f["name"]: f["error"] for f in got["failed"]}
+    assert got["videos"] == [] and why["x"].startswith("its sidecar names source x.png, not the reference x.mp4")
+    assert why["x-1"] == why["x-2"] == ("generations of 2 different sources pair with the one reference x.mp4: "
+                                        "which is its own is unknown")

@@ -39,12 +39,13 @@ import numpy as np
 
 from harness.core import metrics_table as mt
 from harness.core.atomic import atomic_write_json, read_json
-from harness.core.errors import HarnessError, Problem
+from harness.core.errors import HarnessError
 from harness.core.evalrecords import EvalResult, Failure, Scores, ShardRecord, VideoRecord
 from harness.core.evalstats import frames_note, video_means
 from harness.core.paths import RunPaths
-from harness.lib import media, metrics, tokenbench
+from harness.lib import metrics, tokenbench
 from harness.lib.video import load_frames
+from harness.stages.pairing import Pair, dir_pairs, stage_pairs, videos_of
 
 if TYPE_CHECKING:
     from harness.core.spec import RunSpec
@@ -83,18 +84,6 @@ def spec_protocols(spec: RunSpec) -> tuple[Protocol, ...]:
 
 
 # ------------------------------------------------------------------------------------- pairs
-@dataclass(frozen=True)
-class Pair:
-    name: str
-    generated: str
-    reference: str
-    reference_frames: tuple[int | None, ...] | None
-    """None: identity alignment (no sidecar)."""
-    context_frames: int = 0
-    prompt: str | None = None
-    """Video2World: the generation's prompt, from its sidecar."""
-
-
 def load_pair(pair: Pair, resize: str = "upstream") -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[int]]:
     """(reference frames, generated frames, compared generated indices, their reference indices,
     generated indices without ground truth) for one pair, already aligned frame for frame.
@@ -231,40 +220,7 @@ def evaluate_all(pairs: Sequence[Pair], protos: Sequence[Protocol], backend: str
                            selected=selected, protocol=p) for p in protos)
 
 
-# ------------------------------------------------------------------------------------- matching
-def videos_of(root: Path, key: str) -> dict[str, list[Path]]:
-    """Video files of one directory by stem (generated files are .mp4 whatever the source was). A broken link
-    stays in, so its pair fails with the reason rather than vanishing."""
-    if not root.is_dir():
-        why = "no such directory" if not root.exists() else "not a directory"
-        raise HarnessError(Problem(str(root), key, f"{why}: give the folder of videos to compare"))
-    out: dict[str, list[Path]] = {}
-    for p in sorted(root.iterdir()):
-        if p.suffix.lower() in media.VIDEO_SUFFIXES and (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
-            out.setdefault(p.stem, []).append(p)
-    return out
-
-
-def _first(videos: dict[str, list[Path]]) -> dict[str, Path]:
-    """A run's folders: infer writes one `<stem>.mp4` a video, so a stem is one file."""
-    return {stem: found[0] for stem, found in videos.items()}
-
-
-def _pair(name: str, g: Path, ref: Path, side: media.Sidecar | None) -> Pair:
-    if side is None:
-        return Pair(name, str(g), str(ref), None)
-    return Pair(name, str(g), str(ref), side.reference_frames, side.context_frames, side.prompt)
-
-
-def _reference(g: Path, refs: list[Path]) -> Path | str:
-    """The reference of generated `g` among those of its stem: the same file name, else the only one; several
-    and none of the same name is ambiguous (the reason)."""
-    same = [r for r in refs if r.name == g.name]
-    if same or len(refs) == 1:
-        return (same or refs)[0]
-    return f"ambiguous reference: {', '.join(r.name for r in refs)} share the stem {g.stem!r}; keep one"
-
-
+# ------------------------------------------------------------------------------------- directories
 def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "auto", *,
                   device: str | None = None, workers: int = 0, use_sidecars: bool = True,
                   protocol: str = "aligned") -> dict[str, Any]:
@@ -274,75 +230,13 @@ def evaluate_dirs(reference: str | Path, generated: str | Path, backend: str = "
     its frame alignment; otherwise frame i vs frame i.
     `protocol`: as evaluate.protocol, at TokenBench's defaults (17 frames, short side 320)."""
     refs, gens = videos_of(Path(reference), "--reference"), videos_of(Path(generated), "--generated")
-    pairs, unpaired, unmatched = [], [], []
-    for stem, found in gens.items():
-        for g in found:
-            name = stem if len(found) == 1 else g.name
-            side = read_sidecar(g) if use_sidecars else None
-            if isinstance(side, str):
-                unpaired.append(Failure(name, side, str(g)))
-                continue
-            key = stem if stem in refs else Path(side.reference).stem if side is not None else stem  # `x-1` of x
-            if key not in refs:
-                unmatched.append(stem)
-                continue
-            ref = _reference(Path(side.reference) if side is not None and key != stem else g, refs[key])
-            if isinstance(ref, str):
-                unpaired.append(Failure(name, ref, str(g)))
-                continue
-            pairs.append(_pair(name, g, ref, side))
+    pairs, unpaired, unmatched = dir_pairs(refs, gens, use_sidecars)
     kind = metrics.resolve_backend(backend)
     device = device or (metrics.default_device() if kind == "fast" else "cpu")
     paired = {Path(p.reference).stem for p in pairs}
     main, *others = evaluate_all(pairs, protocols(protocol), kind, device, workers, sorted(set(unmatched)),
                                  [s for s in refs if s not in gens and s not in paired], unpaired=unpaired)
     return {"reference_dir": str(reference), "generated_dir": str(generated), **main.with_others(others)}
-
-
-def _inputs_root(spec: RunSpec) -> Path | None:
-    """The folder the infer inputs were listed from (infer.inputs, else data.videos for the test split)."""
-    root = spec.infer.inputs or spec.data.videos
-    path = Path(root).expanduser().absolute() if root else None
-    return path if path is not None and path.is_dir() else None
-
-
-def stage_pairs(spec: RunSpec, gen_dir: Path, names: Sequence[str] | None = None
-                ) -> tuple[list[Pair], list[str], list[str], list[Failure]]:
-    """Pairs of one checkpoint (or of the shard's `names` alone): the reference is found in evaluate.reference
-    (`References`) when set, else it is the sidecar's source, else infer.inputs/<stem>.*; returns (pairs, missing
-    references, missing generated, videos whose sidecar is damaged)."""
-    gens = _first(videos_of(gen_dir, "generated"))
-    if names is not None:
-        gens = {n: gens[n] for n in names if n in gens}
-    refs = media.References(Path(spec.evaluate.reference).expanduser()) if spec.evaluate.reference else None
-    if refs is None and spec.infer.inputs and Path(spec.infer.inputs).expanduser().is_dir():
-        fallback = _first(videos_of(Path(spec.infer.inputs).expanduser(), "infer.inputs"))
-    else:
-        fallback = {}
-    inputs = _inputs_root(spec)
-    pairs, missing, damaged = [], [], []
-    for stem, g in gens.items():
-        side = read_sidecar(g)
-        if isinstance(side, str):
-            damaged.append(Failure(stem, side, str(g)))
-            continue
-        source = Path(side.reference) if side else None
-        ref = refs.find(stem, source, inputs) if refs is not None else (source or fallback.get(stem))
-        if ref is None or not ref.is_file():
-            missing.append(stem)
-            continue
-        pairs.append(_pair(stem, g, ref, side))
-    return pairs, missing, [n for n in names or () if n not in gens], damaged
-
-
-def read_sidecar(g: Path) -> media.Sidecar | str | None:
-    """`g`'s alignment sidecar; None where it has none; why, where it is damaged: that video fails, not the task."""
-    if not media.sidecar_path(g).is_file():
-        return None
-    try:
-        return media.Sidecar.read(media.sidecar_path(g))
-    except HarnessError as e:
-        return str(e)
 
 
 def infer_record(paths: RunPaths, step: int, key: int | None, task: int) -> tuple[list[str] | None, dict[str, str]]:
