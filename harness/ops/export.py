@@ -78,9 +78,11 @@ def choose(req: Request) -> Chosen:
 
 
 def _is_harness_checkpoint(folder: Path) -> bool:
-    from harness.cosmos.checkpoint import TRAINER_JSON, context_file
+    """A training save (its completion marker written last); a NeMo export or a pretrained folder, which carry a
+    context but no trainer state, is complete as it is."""
+    from harness.cosmos.checkpoint import TRAINER_JSON
 
-    return is_step_dir(folder) or (folder / TRAINER_JSON).is_file() or context_file(folder).is_file()
+    return is_step_dir(folder) or (folder / TRAINER_JSON).is_file()
 
 
 def _tokenizer(run: RunPaths | None) -> dict[str, Any] | None:
