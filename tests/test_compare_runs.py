@@ -186,3 +186,22 @@ def test_a_run_not_done_is_named_in_the_notes(tmp_path: Path, capsys: pytest.Cap
     assert rc == 0
     assert [n for n in _doc(out)["notes"] if "Run " in n] == [
         f"Run {b.run_id} incomplete: `harness status {b.run_id}` says which tasks, `harness resume` runs them again"]
+
+
+def test_a_run_whose_evaluations_are_gone_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run's rows of '-' with no word of why (its eval folder deleted) looked like a run that scored nothing."""
+    import shutil
+
+    from harness.core.paths import mark_done
+
+    a, _, _ = make_results(tmp_path)
+    b, plan, _ = make_results(tmp_path)
+    for run in (a, b):  # both complete
+        for stage in plan.stages:
+            for task in range(stage.tasks):
+                mark_done(run, stage.name, task)
+    shutil.rmtree(b.eval_dir)
+    rc, out, _ = _run(tmp_path, a.run_id, b.run_id, capsys=capsys)
+    flat = " ".join(out.split())
+    assert rc == 0 and f"Run {b.run_id} is" in flat and "have no evaluation results" in flat, flat
+    assert f"Run {a.run_id} is" not in flat

@@ -195,7 +195,11 @@ def compare(runs: Sequence[RunData]) -> Comparison:
     differing = differing_keys(runs)
     rows = [_row(r, step, r.evals.get(step, ()), metrics, common, differing)
             for r in runs for step in sorted(r.evals)]
-    notes += tuple(_unfinished(r) for r in runs if r.verdict in ("running", "failed", "cancelled", "incomplete"))
+    unfinished = ("running", "failed", "cancelled", "incomplete")
+    notes += tuple(_unfinished(r) for r in runs if r.verdict in unfinished)
+    notes += tuple(f"Run {r.run_id} is {r.verdict or 'of unknown state'}, but {n} of its {len(r.evals)} checkpoint "
+                   "row(s) have no evaluation results (files gone from its eval folder?): its rows show '-'"
+                   for r in runs if r.verdict not in unfinished and (n := sum(not s for s in r.evals.values())))
     protocols = {r.protocol for r in rows if r.protocol != "-"}
     if len(protocols) > 1:
         notes += (f"The rows were scored under different protocols ({', '.join(sorted(protocols))}): their "
