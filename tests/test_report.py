@@ -212,12 +212,22 @@ def test_both_protocols_side_by_side_each_number_named(tmp_path: Path) -> None:
     paths, plan, _ = make_results(tmp_path, tokenbench=True)
     rep = report.build(paths, plan.spec, [], plan.training)
     md = report.markdown(rep)
-    assert "| step | PSNR (dB) | SSIM | protocol | PSNR (dB) tokenbench | SSIM tokenbench | videos | best |" in md
+    assert ("| step | PSNR (dB) | SSIM | protocol | PSNR (dB) tokenbench | SSIM tokenbench | videos tokenbench "
+            "| videos | best |") in md
     assert (f"| 30 | {PSNR[30]:.2f} * | {SSIM[30]:.4f} * | aligned, resize upstream | {PSNR[30] - 1.5:.2f} | "
-            f"{SSIM[30]:.4f} | 2 | * |") in md
+            f"{SSIM[30]:.4f} | 2 | 2 | * |") in md
     row = next(c for c in report.to_json(rep)["checkpoints"] if c["step"] == 30)
     assert row["psnr"] == PSNR[30] and row["protocol"] == "aligned, resize upstream"
-    assert row["other_protocols"] == {"tokenbench": {"psnr": PSNR[30] - 1.5, "ssim": SSIM[30]}}
+    assert row["other_protocols"] == {"tokenbench": {"psnr": PSNR[30] - 1.5, "ssim": SSIM[30], "videos": 2}}
+    doc = json.loads(paths.eval_json(20).read_text())  # clip1 scored aligned, but TokenBench could not take it
+    tb = doc["other_protocols"][0]
+    tb["videos"], tb["failed"] = tb["videos"][:1], [{"name": "clip1.mp4", "error": "shape mismatch"}]
+    atomic_write_json(paths.eval_json(20), doc)
+    md = report.markdown(report.build(paths, plan.spec, [], plan.training))
+    assert f"| 20 | {PSNR[20]:.2f} | {SSIM[20]:.4f} | aligned, resize upstream | {PSNR[20] - 1.5:.2f} | " in md
+    assert line_with(md, "| 20 |").endswith(f"| {SSIM[20]:.4f} | 1 | 2 |  |")
+    assert "## videos not compared under tokenbench (1, in none of its means)" in md
+    assert "| 20 | clip1.mp4 | failed: shape mismatch |" in md and "## videos not compared (" not in md
 
 
 def sharded_run(tmp_path: Path, max_inputs: int) -> tuple[plan_mod.Plan, RunPaths]:

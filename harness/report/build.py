@@ -153,7 +153,7 @@ def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
         e = merge_shards(evals[step], metrics)
         rows.append(Checkpoint(step, {m.name: _num(e.mean.value(m.name)) for m in chosen}, len(e.videos), False,
                                e.frames, len(evals[step]), shards_planned, len(e.failed),
-                               evals[step][0].result.protocol_label, _other_means(evals[step], metrics),
+                               evals[step][0].result.protocol_label, *_other_means(evals[step], metrics),
                                baseline=baseline if step == 0 else "",
                                predicted={m.name: _num(e.mean.predicted.get(m.name)) for m in chosen}))
     best = _best([c for c in rows if not c.baseline], [m.name for m in chosen])
@@ -161,18 +161,23 @@ def checkpoints(evals: dict[int, list[ShardRecord]], shards_planned: int = 1,
 
 
 def _other_means(shards: Sequence[ShardRecord], metrics: Sequence[str] | None
-                 ) -> dict[str, dict[str, float | None]]:
-    """Protocol label -> metric -> mean over every shard's videos, for each protocol besides the main one."""
+                 ) -> tuple[dict[str, dict[str, float | None]], dict[str, int]]:
+    """For each protocol besides the main one, by its label: metric -> mean over every shard's videos, and how
+    many videos those means are over."""
     out: dict[str, dict[str, float | None]] = {}
+    videos: dict[str, int] = {}
     for proto in dict.fromkeys(p for s in shards for p in s.protocols()[1:]):
         under = [dataclasses.replace(s, result=r, others=()) for s in shards if (r := s.under(proto)) is not None]
         e = merge_shards(under, metrics)
-        out[under[0].result.protocol_label] = {m.name: _num(e.mean.value(m.name)) for m in mt.selected(metrics)}
-    return out
+        label = under[0].result.protocol_label
+        out[label] = {m.name: _num(e.mean.value(m.name)) for m in mt.selected(metrics)}
+        videos[label] = len(e.videos)
+    return out, videos
 
 
 def uncompared(evals: dict[int, list[ShardRecord]]) -> tuple[Uncompared, ...]:
-    """Every video of the read evaluate results that is in no mean of the main protocol, and why."""
+    """Every video of the read evaluate results that is in no mean of the main protocol, and why; then those in
+    the main protocol's means that another protocol could not score (their protocol named)."""
     out = []
     for step in sorted(evals):
         for rec in evals[step]:
@@ -180,6 +185,9 @@ def uncompared(evals: dict[int, list[ShardRecord]]) -> tuple[Uncompared, ...]:
             out += [Uncompared(step, f.name, f"failed: {f.error}") for f in r.failed]
             out += [Uncompared(step, n, "no reference found") for n in r.missing_reference]
             out += [Uncompared(step, n, "not generated") for n in r.missing_generated]
+            lost = {f.name for f in r.failed} | set(r.missing_reference) | set(r.missing_generated)
+            out += [Uncompared(step, f.name, f"failed: {f.error}", o.protocol_label) for o in rec.others
+                    for f in o.failed if f.name not in lost]
     return tuple(out)
 
 

@@ -95,6 +95,8 @@ class Checkpoint:
     """The protocol of `values` (`evaltable.protocol_label`: 'aligned, resize upstream' or 'tokenbench')."""
     others: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
     """Protocol label -> metric name -> mean, for the other protocols of evaluate.protocol = "both"."""
+    other_videos: Mapping[str, int] = field(default_factory=dict)
+    """Protocol label -> the videos its means are over (fewer than `videos` where a pair failed only there)."""
     val_loss: float | None = None
     """The validation loss finetune logged for this checkpoint's weights (a training metric, not evaluate's)."""
     best_val: bool = False
@@ -134,7 +136,8 @@ class Checkpoint:
                 "shards_planned": self.shards_planned, "failed_videos": self.failed_videos,
                 "protocol": self.protocol, "val_loss": self.val_loss, "best_val_loss": self.best_val,
                 "baseline": self.baseline or None,
-                "other_protocols": {p: {m.name: v.get(m.name) for m in chosen} for p, v in self.others.items()}}
+                "other_protocols": {p: {**{m.name: v.get(m.name) for m in chosen},
+                                        "videos": self.other_videos.get(p)} for p, v in self.others.items()}}
 
 
 def mark_best(rows: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
@@ -181,6 +184,9 @@ class Uncompared:
     step: int
     video: str
     why: str
+    protocol: str = ""
+    """'' for the main protocol's means; another protocol's label (evaluate.protocol = "both"): in that one's
+    means only it is missing."""
 
 
 @dataclass(frozen=True)

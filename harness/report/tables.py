@@ -115,11 +115,13 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
         val = any(c.val_loss is not None for c in rep.checkpoints)
         keys = [m.name for m in shown] + [m.predicted_key for m in pred]
         header = ["step"] + [m.column for m in shown] + [m.predicted_column for m in pred] + ["protocol"] \
-            + [f"{m.column} {p}" for p in others for m in shown] + (["val loss"] if val else []) + ["videos"] \
+            + [c for p in others for c in (*(f"{m.column} {p}" for m in shown), f"videos {p}")] \
+            + (["val loss"] if val else []) + ["videos"] \
             + (["shards"] if sharded else []) + ["best"] + ([] if same else ["frames compared"])
         out.append(("checkpoints (* best of its column)", header,
                     [[c.label] + [_cell(c, k) for k in keys] + [c.protocol]
-                     + [fmt(c.others.get(p, {}).get(m.name), m.name) for p in others for m in shown]
+                     + [x for p in others for x in (*(fmt(c.others.get(p, {}).get(m.name), m.name) for m in shown),
+                                                    str(c.other_videos.get(p, "-")))]
                      + ([_cell(c, VAL_LOSS)] if val else [])
                      + [str(c.videos)] + ([f"{c.shards}/{c.shards_planned}"] if sharded else [])
                      + ["*" if c.best else ""] + ([] if same else [c.frames or "-"]) for c in rep.checkpoints]))
@@ -132,13 +134,18 @@ def _checkpoint_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]
 
 
 def _uncompared_table(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The videos of evaluated shards that are in no mean, the first `UNCOMPARED_ROWS` of them."""
-    if not rep.uncompared:
-        return []
-    rows = [[str(u.step), u.video, u.why] for u in rep.uncompared[:UNCOMPARED_ROWS]]
-    if len(rep.uncompared) > len(rows):
-        rows.append(["", f"... {len(rep.uncompared) - len(rows)} more", "report.json lists them all"])
-    return [(f"videos not compared ({len(rep.uncompared)}, in no mean)", ["step", "video", "why"], rows)]
+    """The videos of evaluated shards that are in no mean, the first `UNCOMPARED_ROWS` of them; a table of their
+    own for those another protocol alone could not score."""
+    out = []
+    for proto in sorted(dict.fromkeys(u.protocol for u in rep.uncompared), key=bool):  # the main protocol first
+        some = [u for u in rep.uncompared if u.protocol == proto]
+        rows = [[str(u.step), u.video, u.why] for u in some[:UNCOMPARED_ROWS]]
+        if len(some) > len(rows):
+            rows.append(["", f"... {len(some) - len(rows)} more", "report.json lists them all"])
+        title = f"videos not compared under {proto} ({len(some)}, in none of its means)" if proto else \
+            f"videos not compared ({len(some)}, in no mean)"
+        out.append((title, ["step", "video", "why"], rows))
+    return out
 
 
 def render(rep: Report, console: Console) -> None:
