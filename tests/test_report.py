@@ -558,3 +558,26 @@ def test_the_frames_note_names_videos_compared_on_context_frames_only() -> None:
     note = frames_note([rec("one_frame", 1), rec("three", 3), rec("whole", 9)])
     assert "2 of them compared on context frames only" in note and "predicted means are over 1: one_frame, three" \
         in note, note
+
+
+def test_a_copied_run_never_replaces_the_originals_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy of a run directory has its id, so its report went to the original's results folder; a run moved
+    (the original gone) takes its folder over."""
+    import shutil
+
+    from harness import cli
+
+    paths, _, _ = make_results(tmp_path)
+    assert cli.main(["report", str(paths.root)]) == 0
+    written = (tmp_path / "results" / paths.run_id / "report.json").read_bytes()
+    copy = tmp_path / "elsewhere" / paths.run_id
+    shutil.copytree(paths.root, copy)
+    capsys.readouterr()
+    assert cli.main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"holds the report of {paths.root.resolve()}" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "results" / paths.run_id / "report.json").read_bytes() == written
+    shutil.rmtree(paths.root)  # moved, not copied
+    assert cli.main(["report", str(copy)]) == 0
+    assert json.loads((tmp_path / "results" / paths.run_id / "report.json").read_text())["run_dir"] == \
+        str(copy.resolve())

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 from harness.core import metrics_table as mt
 from harness.core import metricslog, retries
 from harness.core import plan as plan_mod
+from harness.core.errors import HarnessError, Problem
 from harness.core.evalrecords import ShardRecord
 from harness.core.evalstats import merge_shards
 from harness.core.paths import CacheEntry, RunPaths
@@ -219,7 +220,8 @@ def build(paths: RunPaths, spec: RunSpec, failures: Iterable[dict[str, Any]], pl
     metrics = tuple(spec.evaluate.metrics)
     rows_ = with_validation(checkpoints(evals, plan_mod.infer_shards(spec.infer), metrics, baseline_label(spec)),
                             dict(val))
-    return Report(run_id=paths.run_id, name=spec.run.name, data=data if isinstance(data, dict) else {},
+    return Report(run_id=paths.run_id, run_dir=str(paths.root.resolve()), name=spec.run.name,
+                  data=data if isinstance(data, dict) else {},
                   tokenize=tokenize_stats(paths, spec.tokenize.shards), training=training(rows, plan.last_step),
                   loss_curve=curve, checkpoints=rows_, failures=failures, missing=tuple(missing),
                   missing_shards=tuple(lost), metrics=metrics, samples=report_html.pick_samples(evals), val_curve=val,
@@ -304,4 +306,15 @@ def infer_pairs(spec: RunSpec, checkpoint_steps: Sequence[int]) -> Iterator[tupl
 
 
 def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
-    return Path(spec.run.results_dir).expanduser() / paths.run_id
+    """`<run.results_dir>/<run id>`; refused where it holds the report of another run directory of that id that
+    still exists (a copy of the run, which would replace the original's report); a moved run takes it over."""
+    out = Path(spec.run.results_dir).expanduser() / paths.run_id
+    try:
+        other = json.loads((out / "report.json").read_text(encoding="utf-8")).get("run_dir") or ""
+    except (OSError, ValueError, AttributeError):
+        return out
+    if other and Path(other) != paths.root.resolve() and RunPaths(Path(other)).is_run:
+        raise HarnessError(Problem(str(out), "run.results_dir", f"holds the report of {other}, another run "
+                                   f"directory of id {paths.run_id} (a copy?): rename this copy's folder, or give it "
+                                   "another run.results_dir in its spec.json"))
+    return out

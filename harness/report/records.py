@@ -216,6 +216,9 @@ class Report:
     generation: Generation | None = None
     """What the infer tasks' manifests say of their generation (None: none read)."""
     uncompared: tuple[Uncompared, ...] = ()
+    run_dir: str = ""
+    """The run directory reported on (a copy of a run has its id: `harness.report.build.results_dir` keeps their
+    reports apart)."""
 
     @property
     def best(self) -> Checkpoint | None:

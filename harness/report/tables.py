@@ -179,7 +179,7 @@ def _md_cell(text: str) -> str:
 
 def to_json(rep: Report) -> dict[str, Any]:
     best = rep.best
-    return {"run_id": rep.run_id, "name": rep.name, "data": rep.data,
+    return {"run_id": rep.run_id, "run_dir": rep.run_dir, "name": rep.name, "data": rep.data,
             "tokenize": asdict(rep.tokenize) if rep.tokenize else None,
             "generation": asdict(rep.generation) if rep.generation else None,
             "training": asdict(rep.training) if rep.training else None, "peak_tflops": PEAK_TFLOPS,
@@ -194,7 +194,7 @@ def to_json(rep: Report) -> dict[str, Any]:
             "gpu_hours": _hours_json(rep),
             "failures": list(rep.failures), "retries": list(rep.retries), "missing": list(rep.missing),
             "missing_shards": [asdict(m) for m in rep.missing_shards],
-            "uncompared": [asdict(u) for u in rep.uncompared]}
+            "uncompared": [{k: v for k, v in asdict(u).items() if v or k != "protocol"} for u in rep.uncompared]}
 
 
 def _hours_json(rep: Report) -> dict[str, Any] | None:
