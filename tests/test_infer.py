@@ -375,3 +375,18 @@ def test_create_once_keeps_the_first_writer(tmp_path: Path) -> None:
     p = tmp_path / "d" / "once.txt"
     assert atomic_create_text(p, "first") and not atomic_create_text(p, "second")
     assert p.read_text() == "first" and [q.name for q in p.parent.iterdir()] == ["once.txt"]
+
+
+def test_a_dangling_link_among_the_inputs_is_skipped_by_name(tmp_path: Path) -> None:
+    """A broken link in an infer.inputs folder vanished from the list, the manifest and the report."""
+    from harness.stages.infer import readable
+
+    make_clips(tmp_path / "in", 1, seed=2)
+    (tmp_path / "in" / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    spec = specs.build(specs.TINY, {"data": {"videos": str(tmp_path / "in")},
+                                    "infer": {"inputs": str(tmp_path / "in")}})
+    items = infer_inputs.list_inputs(spec, RunPaths(tmp_path / "run"))
+    assert [it.name for it in items] == ["clip_000", "gone"]
+    skipped: dict[str, str] = {}
+    kept, _ = readable(spec, items, skipped)
+    assert [it.name for it in kept] == ["clip_000"] and list(skipped) == ["gone"]

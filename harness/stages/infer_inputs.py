@@ -127,8 +127,10 @@ def _read_listed(path: Path, key: dict[str, Any]) -> list[InferInput] | None:
 
 
 def _from_path(spec: RunSpec, root: Path) -> list[InferInput]:
-    if root.is_dir():
-        files = media.files_under(root, (*spec.data.extensions, *IMAGE_SUFFIXES))
+    if root.is_dir():  # an entry that cannot be read (a dangling link) stays: infer skips it, naming why
+        exts = media.suffixes((*spec.data.extensions, *IMAGE_SUFFIXES))
+        found, other = media.walk(os.path.abspath(root), exts)
+        files = [root / rel for rel in sorted([*found, *(r for r in other if Path(r).suffix.lower() in exts)])]
         return [InferInput(output_stem(p), str(p.absolute()), p.suffix.lower() in IMAGE_SUFFIXES) for p in files]
     if root.is_file() and root.suffix == ".jsonl":
         return [InferInput(output_stem(Path(it.path)), it.path, Path(it.path).suffix.lower() in IMAGE_SUFFIXES,
