@@ -200,9 +200,9 @@ def test_paths_read_after_training_are_checked_before_the_queue(tmp_path: Path, 
     (tmp_path / "others").mkdir()
     (tmp_path / "others" / "unrelated.mp4").write_bytes(b"x")  # a reference folder naming none of the inputs
     bad_jsonl = tmp_path / "v2w.jsonl"
-    bad_jsonl.write_text('{"prompt": "a", "visual_input": "videos/c0.mp4"}\n{"prompt": "b"}\n')
+    bad_jsonl.write_text('{"prompt": "a", "visual_input": "videos/c0.mp4"}\n{"prompt": "b"}\n{"prompt": 3\n')
     for extra, want in (({"infer": {"inputs": f"{tmp_path}/nope"}}, "infer.inputs: "),
-                        ({"infer": {"inputs": str(bad_jsonl)}}, "line 2: missing key: visual_input"),
+                        ({"infer": {"inputs": str(bad_jsonl)}}, "(and 1 more: line 3: not valid JSON"),  # every one
                         ({"evaluate": {"reference": f"{tmp_path}/empty"}}, "evaluate.reference: reference videos: "
                                                                            f"{tmp_path}/empty: no file"),
                         ({"infer": {"inputs": f"{tmp_path}/videos"}, "evaluate": {"reference": f"{tmp_path}/others"}},

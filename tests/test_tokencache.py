@@ -361,3 +361,16 @@ def test_a_claim_of_another_json_shape_reads_as_unreadable(tmp_path: Path) -> No
     entry.root.mkdir()
     entry.claim_json.write_text("[]")
     assert cache.read_claim(entry) is None
+
+
+def test_an_edited_entry_json_still_lets_rm_take_what_ls_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    """`cache ls` listed `dddd000011112222` (and a builder `['a']`), then `cache rm` of that key said it matched
+    no entry: the key in entry.json was not a string of that directory."""
+    d = tmp_path / "cache"
+    entry = CacheEntry(d / "dddd000011112222")
+    entry.root.mkdir(parents=True)
+    entry.entry_json.write_text('{"key": 5, "builder": ["a"]}')
+    assert cli.main(["cache", "ls", "--cache-dir", str(d)]) == 0
+    assert "['a']" not in capsys.readouterr().out
+    assert cli.main(["cache", "rm", "dddd000011112222", "--cache-dir", str(d)]) == 0 and not entry.root.exists()

@@ -117,9 +117,10 @@ def read_claim(entry: CacheEntry) -> dict[str, Any] | None:
 def builder_of(entry: CacheEntry) -> str:
     """Run id of the build that made the entry (entry.json), '' where unknown."""
     try:
-        return str(read_json(entry.entry_json).get("builder", ""))
+        builder = read_json(entry.entry_json).get("builder", "")
     except (OSError, ValueError, AttributeError):
         return ""
+    return builder if isinstance(builder, str) else ""
 
 
 def run_active(root: Path, stages: Collection[str] | None = None) -> bool:
@@ -293,11 +294,13 @@ def entries(cache_dir: Path) -> list[CacheEntry]:
 
 
 def full_key(entry: CacheEntry) -> str:
-    """The whole key from entry.json; the directory's 16 characters where it is missing or unreadable."""
+    """The whole key from entry.json; the directory's 16 characters where it is missing, unreadable or not a key
+    of that directory (an edited entry.json: `cache ls` shows the directory, so `cache rm` must take it)."""
     try:
-        return str(read_json(entry.entry_json).get("key") or entry.key16)
+        key = read_json(entry.entry_json).get("key")
     except (OSError, ValueError, AttributeError):
         return entry.key16
+    return key if isinstance(key, str) and key.startswith(entry.key16) else entry.key16
 
 
 def find(cache_dir: Path, key: str) -> CacheEntry:

@@ -111,4 +111,6 @@ def _infer_problem(root: Path, extensions: tuple[str, ...]) -> str:
     except HarnessError as e:
         return e.problems[0].message
     bad = [it for it in items if it.error and "duplicate visual_input" not in it.error]
-    return f"{root}: {bad[0].error}" if bad else "" if items else f"{root}: no lines"
+    more = f" (and {len(bad) - 1} more: " + "; ".join(it.error or "" for it in bad[1:4]) + \
+        ("; ..." if len(bad) > 4 else "") + ")" if len(bad) > 1 else ""
+    return f"{root}: {bad[0].error}{more}" if bad else "" if items else f"{root}: no lines"
