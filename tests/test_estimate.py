@@ -177,3 +177,18 @@ def test_the_bandwidth_fractions_the_readme_states(path: str, batch: int, fracti
     moved = models.decode_step_bytes(models.PRESETS[result["preset"]], batch,
                                      row["context_tokens"] + row["new_tokens"] / 2) * row["tokens_per_s"] / batch
     assert moved / (peak * 1e12) == pytest.approx(fraction, abs=0.006)
+
+
+def test_video2world_data_counts_its_prompt_embeddings_and_a_listed_infer_input_counts_to_max_inputs() -> None:
+    """tokenize and merge each write float32 [N, 512, crossattn_dim] embeddings beside the tokens (~2.1 MB a video
+    at T5-11B's 1024: 80x the tokens), and an infer.inputs list is generated up to infer.max_inputs a checkpoint,
+    not up to the training input count."""
+    v2w = build(spec_mod.load(REPO / "configs" / "cosmos-5b-v2w-dv4x8x8.toml"))
+    shards = next(i for i in footprint.items(v2w) if i.what == "token shards")
+    tokens = 10_000 * (v2w.token_math.sample_length * footprint.TOKEN_BYTES + footprint.INDEX_BYTES_PER_DOC)
+    assert shards.bytes == tokens + 10_000 * models.PROMPT_ROWS * v2w.spec.preset.crossattn_dim * 4
+    assert next(i for i in footprint.items(v2w) if i.what == "merged dataset").bytes == shards.bytes
+    s = seed()
+    listed = build(dataclasses.replace(s, infer=dataclasses.replace(s.infer, inputs="/eval", max_inputs=1000)), 40)
+    gen = next(i for i in footprint.items(listed) if i.what == "generated videos")
+    assert "x 1000 videos x" in gen.basis

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from harness.core.models import PROMPT_ROWS
+
 if TYPE_CHECKING:
     from harness.core.plan import Plan
 
@@ -89,16 +91,18 @@ def items(plan: Plan) -> tuple[Item, ...]:
     spec, tm = plan.spec, plan.token_math
     n = plan.num_inputs
     tokens = n * (tm.sample_length * TOKEN_BYTES + INDEX_BYTES_PER_DOC)
+    prompts = n * PROMPT_ROWS * spec.preset.crossattn_dim * 4 if spec.video2world else 0  # float32 T5 embeddings
+    also = f" + {n:,} prompt embeddings of {PROMPT_ROWS} x {spec.preset.crossattn_dim} x 4 B" if prompts else ""
     disk = checkpoint_disk(spec.preset.params, spec.finetune.precision, len(plan.checkpoint_steps),
                            spec.finetune.keep_optimizer)
     e = len(plan.eval_steps)
     frames, h, w = spec.video.num_frames, spec.video.height, spec.video.width
-    videos = min(spec.infer.max_inputs, max(1, n))
+    videos = spec.infer.max_inputs if spec.infer.inputs else min(spec.infer.max_inputs, max(1, n))  # its own list
     mp4 = int(frames * h * w * VIDEO_BYTES_PER_PIXEL)
     out = [
-        Item("token shards", "workdir", tokens,
-             f"{n:,} videos x {tm.sample_length:,} tokens x {TOKEN_BYTES} B (uint16) + index"),
-        Item("merged dataset", "workdir", tokens, "a second copy of the shards, joined by merge"),
+        Item("token shards", "workdir", tokens + prompts,
+             f"{n:,} videos x {tm.sample_length:,} tokens x {TOKEN_BYTES} B (uint16) + index{also}"),
+        Item("merged dataset", "workdir", tokens + prompts, "a second copy of the shards, joined by merge"),
         Item("checkpoints", "workdir", disk.peak, disk.basis(spec.finetune.precision)),
         Item("generated videos", "workdir", e * videos * mp4,
              f"{e} evaluated steps x {videos} videos x {frames}x{h}x{w} at <= {VIDEO_BYTES_PER_PIXEL} B/pixel"),

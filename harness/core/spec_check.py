@@ -93,6 +93,10 @@ def _check_model(spec: RunSpec) -> list[tuple[str, str]]:
             "a base preset (cosmos-4b, cosmos-12b, tiny)"
         out.append(("model.preset", f"= {m.preset!r}: recipe {spec.run.recipe!r} needs {want}"))
     out += tokens.problems(spec.token_math)
+    other = next((p for p in models.PRESETS.values() if p.hf_repo and p.hf_repo == m.checkpoint), None)
+    if other is not None and other.name != m.preset:  # known before any download, unlike a local folder's shapes
+        out.append(("model.preset", f"= {m.preset!r}, but model.checkpoint = {m.checkpoint!r} is {other.name!r}'s "
+                                    "checkpoint: name that preset, or that preset's checkpoint"))
     for role in assets.roles(spec):
         why = assets.source_problem(role.source)
         if why:
@@ -268,6 +272,10 @@ def _check_stage_fit(spec: RunSpec) -> list[tuple[str, str]]:
         out.append(("tokenize.device", "= 'cuda' but tokenize.gpus_per_node = 0: the tasks would get no GPU"))
     for name in dict.fromkeys(row.section for row in STAGE_ROWS):  # import-image and stage-assets share [assets]
         section = getattr(spec, name)
+        if name != "finetune" and getattr(section, "nodes", 1) > 1:
+            out.append((f"{name}.nodes", f"= {section.nodes}: " + (
+                "infer runs on one node (its ranks are infer.tensor_parallel GPUs of that node)" if name == "infer"
+                else "this stage runs one process a task: more nodes would run copies of it") + "; use 1"))
         delay = (spec.finetune.signal_delay_s if name == "finetune" else SIGNAL_DELAY_S) + SIGNAL_EARLY_S
         if section.time_min * 60 <= delay:
             out.append((f"{name}.time_min", f"= {section.time_min}: not longer than the {delay - SIGNAL_EARLY_S} s "
