@@ -62,6 +62,11 @@ def test_a_split_arrays_throttle_is_shared_between_its_sbatch_calls(tmp_path: Pa
     got = render.executor_params(p, tok, RunPaths(tmp_path / "run"), "", [])["array_parallelism"]
     assert got == 1  # 6 // 10 rounds to 0: at least one task of each call runs
     assert [render.chunk_throttle(t, n) for t, n in ((6, 2), (7, 2), (0, 3), (2, 5), (5, 1))] == [3, 3, 0, 1, 5]
+    s = seed_spec()  # a throttle below the number of arrays cannot hold: each runs at least one task at once
+    low = dataclasses.replace(s, tokenize=dataclasses.replace(s.tokenize, array_throttle=6))
+    with pytest.raises(HarnessError, match=r"tokenize.array_throttle = 6: tokenize's 1,000 tasks are 10 arrays at "
+                                           r"MaxArraySize 101, each throttled on its own by Slurm; give at least 10"):
+        plan.build(low, plan.Facts(num_inputs=100_000, max_array_size=101, nodes_available=64))
 
 
 def test_checkpoint_steps_include_max_steps() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from harness.core import image as image_mod
 from harness.core import spec as spec_mod
 from harness.core import tokens, trainplan
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, Problem
 from harness.core.image import CacheState, ImageCache
 from harness.core.spec import InferSection, Resources, RunSpec
 from harness.core.stages import IMPORT_IMAGE, SIGNAL_DELAY_S, STAGES, DependencyKind, StageDef
@@ -237,6 +237,10 @@ def _stage(spec: RunSpec, row: StageDef, tasks: int, facts: Facts, importing: bo
         signal_delay_s=spec.finetune.signal_delay_s if ranks else SIGNAL_DELAY_S)
     size = max(1, facts.max_array_size)
     chunks = tuple((a, min(a + size, tasks)) for a in range(0, tasks, size)) if row.array else ((0, 1),)
+    if 0 < section.array_throttle < len(chunks):  # each array is throttled on its own: at least 1 task each
+        raise HarnessError(Problem(spec.source, f"{row.section}.array_throttle", f"= {section.array_throttle}: "
+                                   f"{row.name}'s {tasks:,} tasks are {len(chunks)} arrays at MaxArraySize {size:,}, "
+                                   f"each throttled on its own by Slurm; give at least {len(chunks)}, or 0"))
     depends: tuple[Dependency, ...] = (Dependency(row.after, row.dependency),) if row.after and row.dependency \
         else ()
     container = bool(spec.container.image) and row.name in spec.container.stages

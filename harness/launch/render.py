@@ -123,7 +123,8 @@ def executor_params(plan: Plan, stage: StagePlan, paths: RunPaths, dep: str, sru
 
 def chunk_throttle(throttle: int, chunks: int) -> int:
     """`%k` of each sbatch call of a stage: an array split at MaxArraySize is several jobs, each throttled on its
-    own by Slurm, so the stage's limit is shared out between them (at least 1 each; 0 stays no limit)."""
+    own by Slurm, so the stage's limit is shared out between them (planning refuses fewer than one each; 0 stays
+    no limit)."""
     return max(1, throttle // chunks) if throttle else 0
 
 
