@@ -172,6 +172,9 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     ("workdir-unknown-user", BASE + "[model]\npreset = 'tiny'\n[video]\nnum_frames = 9\nwidth = 64\nheight = 48\n"
      "[run]\nworkdir = '~nosuchuser-harness/x'\n",
      "run.workdir = '~nosuchuser-harness/x': cannot expand"),
+    ("workdir-unset-variable", BASE + "[model]\npreset = 'tiny'\n[video]\nnum_frames = 9\nwidth = 64\nheight = 48\n"
+     "[run]\nworkdir = '$HARNESS_NO_SUCH_VAR/runs'\n",
+     "run.workdir = '$HARNESS_NO_SUCH_VAR/runs': $HARNESS_NO_SUCH_VAR is not set in this environment"),
 ]
 
 
@@ -250,3 +253,12 @@ def test_a_spec_saved_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
     f = tmp_path / "bom.toml"
     f.write_bytes(b"\xef\xbb\xbf" + (REPO / "configs" / "quickstart.toml").read_bytes())
     assert spec.read_table(f)["run"]["name"] == "quickstart"
+
+
+def test_environment_variables_in_paths_expand_at_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`$SCRATCH/runs` was taken literally: a folder named `$SCRATCH` under the submit directory."""
+    monkeypatch.setenv("HARNESS_SCRATCH", str(tmp_path / "scratch"))
+    f = tmp_path / "run.toml"
+    f.write_text('[data]\nvideos = "${HARNESS_SCRATCH}/clips"\n[run]\nworkdir = "$HARNESS_SCRATCH/runs"\n')
+    s = spec.absolutize(spec.load(f), tmp_path / "cwd")
+    assert (s.run.workdir, s.data.videos) == (str(tmp_path / "scratch" / "runs"), str(tmp_path / "scratch" / "clips"))

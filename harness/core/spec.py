@@ -9,6 +9,8 @@ closest valid key suggested; relations between fields are checked in `harness.co
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -146,9 +148,14 @@ def reference() -> list[tuple[str, str, str, str]]:
 
 
 def _expand(key: str, p: str, source: str) -> Path:
-    """`~` and `~user` expanded; a user this machine does not know is the spec's problem, not a traceback."""
+    """`~`, `~user` and environment variables (`$SCRATCH/runs`) expanded here, at submit, as a shell would: the
+    frozen spec holds the result, so every node sees the same path. A user this machine does not know, or a
+    variable that is not set, is the spec's problem, not a literal `$SCRATCH` folder."""
+    unset = [m.group(0) for m in re.finditer(r"\$(\w+|\{\w+\})", p) if m.group(1).strip("{}") not in os.environ]
+    if unset:
+        raise SpecError([Problem(source, key, f"= {show(p)}: {unset[0]} is not set in this environment")])
     try:
-        return Path(p).expanduser()
+        return Path(os.path.expandvars(p)).expanduser()
     except RuntimeError:
         raise SpecError([Problem(source, key, f"= {show(p)}: cannot expand {show(p.split('/')[0])}: no such user "
                                               "(or no home directory) on this machine")]) from None
@@ -165,7 +172,7 @@ def absolutize(spec: RunSpec, base: Path) -> RunSpec:
     def asset(key: str) -> str:
         p = _value(spec, key)
         local = base / _expand(key, p, spec.source)
-        return str(local.resolve()) if p and (p.startswith(("/", "./", "../", "~")) or local.exists()) else p
+        return str(local.resolve()) if p and (p.startswith(("/", "./", "../", "~", "$")) or local.exists()) else p
 
     r = dataclasses.replace
     return r(spec,
