@@ -357,7 +357,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return args
     from harness.core.overrides import OVERRIDE  # only then: `harness evaluate` starts without the spec modules
 
-    if not hasattr(args, "overrides") or not all(OVERRIDE.match(x) for x in extra):
+    if not hasattr(args, "overrides") or not all(OVERRIDE.match(x) or "=" in x and x[0] != "-" for x in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*args.overrides, *extra]
     return args

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import build_parser
-from harness.core import docs
+from harness.core import docs, overrides
 from harness.core import spec as spec_mod
 from harness.ops import quickstart
 
@@ -131,7 +131,10 @@ def test_validate_names_an_override_without_its_section(capsys: pytest.CaptureFi
     from harness import cli
 
     assert cli.main(["validate", str(REPO / "configs" / "quickstart.toml"), "finetune=1"]) == 2
-    assert capsys.readouterr().err.strip() == "<override> finetune=1: must be section.key=value, e.g. finetune.lr=3e-4"
+    assert capsys.readouterr().err.strip() == "<override> finetune=1: " + overrides.MALFORMED
+    # after an option, a key of a table (`container.env.MY=1`) is the same one line, not argparse's usage
+    assert cli.main(["plan", str(REPO / "configs" / "quickstart.toml"), "--num-inputs", "4", "container.env.MY=1"]) == 2
+    assert capsys.readouterr().err.strip() == "<override> container.env.MY=1: " + overrides.MALFORMED
 
 
 def test_the_local_executor_refuses_a_stage_of_several_nodes(tmp_path: Path,

@@ -54,7 +54,7 @@ def parse(text: str) -> Override:
     dotted, eq, value = text.partition("=")
     section, dot, key = dotted.strip().partition(".")
     if not eq or not dot or not section or not key or "." in key:
-        raise SpecError(Problem(f"<override> {text}", "", "must be section.key=value, e.g. finetune.lr=3e-4"))
+        raise SpecError(Problem(f"<override> {text}", "", MALFORMED))
     return Override(text, section, key, toml_value(value.strip()))
 
 
@@ -143,6 +143,8 @@ def _value(v: Any) -> str:
     return json.dumps(str(v))
 
 
+MALFORMED = ("must be section.key=value, e.g. finetune.lr=3e-4 (a table's key goes in the table's value: "
+             "'container.env={MY=\"1\"}')")
 OVERRIDE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+=")
 """`section.key=value` after the spec file(s): an override, not a file."""
 
@@ -153,6 +155,5 @@ def split_args(args: list[str], *, files: bool) -> tuple[list[str], list[str]]:
     given = [a for a in args if not OVERRIDE.match(a)]
     odd = [a for a in given if not files or ("=" in a and not os.path.exists(a))]
     if odd:
-        raise SpecError([Problem(f"<override> {a}", "", "must be section.key=value, e.g. finetune.lr=3e-4")
-                         for a in odd])
+        raise SpecError([Problem(f"<override> {a}", "", MALFORMED) for a in odd])
     return given, [a for a in args if OVERRIDE.match(a)]
