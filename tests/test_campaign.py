@@ -165,6 +165,10 @@ def test_cli_exits_2_with_one_line_per_bad_override(tmp_path: Path, capsys: pyte
     ("--dependency=afterok:1", "'--dependency=afterok:1': clashes with what the harness sets (the harness sets the "
                                "array and chains the stages)"),
     ("--mem-per-cpu=4G", "'--mem-per-cpu=4G': clashes with what the harness sets (set it with <stage>.mem_gb)"),
+    ("--ntasks-per-gpu=1", "'--ntasks-per-gpu=1': clashes with what the harness sets (the harness sets the tasks per "
+                           "node from the stage's ranks)"),  # sbatch: mutually exclusive with --ntasks-per-node
+    ("--tres-per-task=cpu:2", "'--tres-per-task=cpu:2': clashes with what the harness sets (set GPUs and CPUs with "
+                              "<stage>.gpus_per_node and <stage>.cpus_per_task (the harness renders those))"),
     ("--mail-user", "'--mail-user': needs a value, '--mail-user=...'"),
     ("--contiguous=yes", "'--contiguous=yes': takes no value, '--contiguous'"),
     ("--hint=nomultithread", ""), ("--mem-bind=local", ""), ("--network=sn_all", ""),  # man sbatch, not --help

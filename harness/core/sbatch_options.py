@@ -54,7 +54,10 @@ HARNESS_SET: dict[str, str] = {
     **dict.fromkeys(("output", "error", "open-mode", "input"), "the harness places each task's log files"),
     **dict.fromkeys(("array", "dependency", "kill-on-invalid-dep", "hold"),
                     "the harness sets the array and chains the stages"),
-    **dict.fromkeys(("ntasks", "ntasks-per-node"), "the harness sets the tasks per node from the stage's ranks"),
+    **dict.fromkeys(("ntasks", "ntasks-per-node", "ntasks-per-gpu"),
+                    "the harness sets the tasks per node from the stage's ranks"),
+    **dict.fromkeys(("gpus-per-socket", "tres-per-task"), "set GPUs and CPUs with <stage>.gpus_per_node and "
+                                                           "<stage>.cpus_per_task (the harness renders those)"),
     **dict.fromkeys(("signal", "requeue", "no-requeue"), "the harness sets the checkpoint signal and requeue"),
     **dict.fromkeys(("export", "export-file", "get-user-env"),
                     "the harness sets the environment (it keeps secrets out of the job record)"),
