@@ -118,14 +118,16 @@ def test_time_limit_over_the_partition_maxtime(tmp_path: Path, short_partition: 
 
 
 def test_gpu_request_the_nodes_cannot_meet(tmp_path: Path, slurm_cluster: str) -> None:
-    spec = write_spec(tmp_path,
-        "[finetune]\ngpus_per_node = 8\nglobal_batch_size = 8\n[merge]\nnodes = 4\n[infer]\ncpus_per_task = 3\n")
+    spec = write_spec(tmp_path, "[finetune]\nnodes = 4\nglobal_batch_size = 4\n")
+    p = harness("doctor", str(spec), cwd=tmp_path)
+    assert p.returncode == 2 and lines(p.stdout, "fail") == [
+        "fail  finetune.nodes: partition debug has 4 node(s) with 0 GPU(s), 2 CPU(s), any GB: only 3 of 3 node(s) "
+        "fit; largest node n1: 0 GPU(s), 2 CPU(s), 21 GB"], p.stdout
+    spec = write_spec(tmp_path, "[finetune]\ngpus_per_node = 8\nglobal_batch_size = 8\n[infer]\ncpus_per_task = 3\n")
     p = harness("doctor", str(spec), cwd=tmp_path)
     assert p.returncode == 2
     failed = lines(p.stdout, "fail")
     assert failed == [
-        "fail  merge.nodes: partition debug has 4 node(s) with 0 GPU(s), 2 CPU(s), any GB: only 3 of 3 node(s) fit; "
-        "largest node n1: 0 GPU(s), 2 CPU(s), 21 GB",
         "fail  finetune.gpus_per_node: partition debug has 1 node(s) with 8 GPU(s), 16 CPU(s), any GB: only 0 of 3 "
         "node(s) fit; largest node n1: 0 GPU(s), 2 CPU(s), 21 GB",
         "fail  infer.cpus_per_task: partition debug has 1 node(s) with 0 GPU(s), 3 CPU(s), any GB: only 0 of 3 "
