@@ -310,8 +310,8 @@ def results_dir(spec: RunSpec, paths: RunPaths) -> Path:
     still exists (a copy of the run, which would replace the original's report); a moved run takes it over."""
     out = Path(spec.run.results_dir).expanduser() / paths.run_id
     try:
-        other = json.loads((out / "report.json").read_text(encoding="utf-8")).get("run_dir") or ""
-    except (OSError, ValueError, AttributeError):
+        other = str(json_object(out / "report.json").get("run_dir") or "")
+    except (OSError, ValueError):
         return out
     if other and Path(other) != paths.root.resolve() and RunPaths(Path(other)).is_run:
         raise HarnessError(Problem(str(out), "run.results_dir", f"holds the report of {other}, another run "
